@@ -1,0 +1,223 @@
+// Package coord is the coordination-store interface taskd is built on.
+//
+// Three backends implement it: an etcd server embedded in taskd, an external
+// etcd cluster (both in coord/etcd) and a ZooKeeper ensemble (coord/zk). One
+// contract suite (coord/coordtest) runs against every backend on real servers.
+//
+// Guarantees:
+//   - Keys are slash-separated paths ("/taskd/members/n1"). List and Watch see
+//     the direct children of a directory only.
+//   - Every write returns the key's new Version. Conditional writes (Update,
+//     Delete with a version, Txn) are checked by the store itself, atomically.
+//   - A Session is a ZooKeeper session or an etcd lease. Keys created with
+//     WithSession are deleted by the store when the session ends.
+//   - Watch delivers the current contents of a directory, then every change,
+//     and survives reconnects: after a gap it re-reads the directory and
+//     delivers the difference, so no change of state is lost. Intermediate
+//     versions of one key may be coalesced.
+//
+// Non-guarantees:
+//   - Versions are only comparable for the same key. On ZooKeeper a deleted and
+//     re-created key starts its versions again, so fencing conditions must be
+//     placed on keys that are never deleted (the quorum epoch key, a task
+//     record), not on ephemeral keys.
+//   - A Session's LastContact is measured on the local monotonic clock; the
+//     local deadline derived from it is only as good as the assumption that
+//     clocks on the node and the store advance at the same rate.
+package coord
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors. Backends wrap them; callers test with errors.Is.
+var (
+	// ErrNotFound: the key does not exist.
+	ErrNotFound = errors.New("coord: key not found")
+	// ErrExists: a create found the key already present.
+	ErrExists = errors.New("coord: key already exists")
+	// ErrConflict: a condition (version, absence) did not hold.
+	ErrConflict = errors.New("coord: condition failed")
+	// ErrSessionLost: the session expired or was closed.
+	ErrSessionLost = errors.New("coord: session lost")
+	// ErrUnavailable: the store could not be reached in time.
+	ErrUnavailable = errors.New("coord: store unavailable")
+)
+
+// KV is one key as read from the store.
+type KV struct {
+	Key   string
+	Value []byte
+	// Version changes on every write of the key; it is > 0 for an existing key.
+	Version int64
+	// CreateOrder orders keys by creation across the whole store (etcd create
+	// revision, ZooKeeper czxid). Quorum uses it for "earliest joined".
+	CreateOrder int64
+	// Ephemeral is true when the key is bound to a session.
+	Ephemeral bool
+}
+
+// EventType says what happened to a key.
+type EventType int
+
+// Event types delivered by Watch.
+const (
+	EventPut EventType = iota + 1
+	EventDelete
+	// EventSynced marks the end of the initial contents (or of a resync after
+	// a gap); consumers that need a complete view wait for it.
+	EventSynced
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventPut:
+		return "put"
+	case EventDelete:
+		return "delete"
+	case EventSynced:
+		return "synced"
+	}
+	return "unknown"
+}
+
+// Event is one change seen by Watch. For EventDelete, KV holds the last value
+// the watcher knew.
+type Event struct {
+	Type EventType
+	KV   KV
+}
+
+// Store is a coordination store.
+type Store interface {
+	// Get reads one key. ErrNotFound if absent.
+	Get(ctx context.Context, key string) (KV, error)
+	// List reads the direct children of dir, sorted by key.
+	List(ctx context.Context, dir string) ([]KV, error)
+	// Create writes key only if it is absent (ErrExists otherwise).
+	Create(ctx context.Context, key string, value []byte, opts ...OpOption) (KV, error)
+	// Update writes key only if its version is ifVersion (ErrConflict
+	// otherwise, ErrNotFound if absent). ifVersion 0 writes unconditionally
+	// an existing key.
+	Update(ctx context.Context, key string, value []byte, ifVersion int64) (KV, error)
+	// Delete removes key if its version is ifVersion (0: any version).
+	Delete(ctx context.Context, key string, ifVersion int64) error
+	// Txn applies ops atomically if every cond holds, else ErrConflict.
+	Txn(ctx context.Context, conds []Cond, ops []Op) error
+	// Watch streams the contents of dir and then its changes until ctx ends;
+	// the channel is closed after the watcher has stopped.
+	Watch(ctx context.Context, dir string) <-chan Event
+	// NewSession opens a session with the given timeout.
+	NewSession(ctx context.Context, timeout time.Duration) (Session, error)
+	// Close releases the store's connections.
+	Close() error
+}
+
+// OpOption modifies a Create.
+type OpOption func(*OpOptions)
+
+// OpOptions are the resolved options of a Create.
+type OpOptions struct {
+	Session Session
+}
+
+// WithSession binds the created key to s: it disappears when s ends.
+func WithSession(s Session) OpOption { return func(o *OpOptions) { o.Session = s } }
+
+// ApplyOptions resolves opts; for backends.
+func ApplyOptions(opts []OpOption) OpOptions {
+	var o OpOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
+// Cond is a transaction condition on one key.
+type Cond struct {
+	Key string
+	// Version the key must have; 0 means the key must be absent.
+	Version int64
+}
+
+// VersionIs requires key to have version v.
+func VersionIs(key string, v int64) Cond { return Cond{Key: key, Version: v} }
+
+// OpType is a transaction operation.
+type OpType int
+
+// Transaction operations.
+const (
+	OpCreate OpType = iota + 1
+	OpPut
+	OpDelete
+)
+
+// Op is one write inside a Txn.
+type Op struct {
+	Type    OpType
+	Key     string
+	Value   []byte
+	Session Session // OpCreate only: bind the key to this session
+}
+
+// CreateOp creates key (the Txn fails with ErrConflict if it exists).
+func CreateOp(key string, value []byte, s Session) Op {
+	return Op{Type: OpCreate, Key: key, Value: value, Session: s}
+}
+
+// PutOp overwrites an existing key.
+func PutOp(key string, value []byte) Op { return Op{Type: OpPut, Key: key, Value: value} }
+
+// DeleteOp removes an existing key.
+func DeleteOp(key string) Op { return Op{Type: OpDelete, Key: key} }
+
+// SessionState is the client's view of a session.
+type SessionState int
+
+// Session states. They match the original service's names.
+const (
+	// StateRunning: the session is confirmed alive.
+	StateRunning SessionState = iota + 1
+	// StateConnecting: contact is lost; the session may still be alive.
+	StateConnecting
+	// StateExpired: the session is gone (expired on the server, or its local
+	// deadline has passed).
+	StateExpired
+	// StateStopped: the session was closed by us.
+	StateStopped
+)
+
+func (s SessionState) String() string {
+	switch s {
+	case StateRunning:
+		return "running"
+	case StateConnecting:
+		return "connecting"
+	case StateExpired:
+		return "expired"
+	case StateStopped:
+		return "stopped"
+	}
+	return "unknown"
+}
+
+// Session is a ZooKeeper session or an etcd lease.
+type Session interface {
+	// ID identifies the session in logs and records.
+	ID() string
+	// Timeout is the server-side session timeout.
+	Timeout() time.Duration
+	// State returns the current state and a channel closed on the next change.
+	State() (SessionState, <-chan struct{})
+	// LastContact is the send time of the last request the store confirmed
+	// while this session was alive. The store cannot expire the session
+	// before LastContact + Timeout.
+	LastContact() time.Time
+	// Done is closed once the session has ended (expired or closed).
+	Done() <-chan struct{}
+	// Close ends the session, deleting its keys if the store is reachable.
+	Close(ctx context.Context) error
+}

@@ -1,0 +1,334 @@
+// Package coordtest is the contract suite every coord.Store backend passes.
+// Each backend's test runs it against a real server.
+package coordtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+)
+
+// Factory returns a fresh store; keys are isolated by the prefix the suite
+// chooses, so stores may share a server.
+type Factory func(t *testing.T) coord.Store
+
+var prefixSeq atomic.Int64
+
+func prefix(t *testing.T) string {
+	return fmt.Sprintf("/contract/%d-%d", time.Now().UnixNano(), prefixSeq.Add(1))
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Run runs the contract suite.
+func Run(t *testing.T, newStore Factory) {
+	t.Run("CreateGet", func(t *testing.T) { testCreateGet(t, newStore(t)) })
+	t.Run("UpdateDelete", func(t *testing.T) { testUpdateDelete(t, newStore(t)) })
+	t.Run("List", func(t *testing.T) { testList(t, newStore(t)) })
+	t.Run("Txn", func(t *testing.T) { testTxn(t, newStore(t)) })
+	t.Run("SessionEphemeral", func(t *testing.T) { testSessionEphemeral(t, newStore(t)) })
+	t.Run("Watch", func(t *testing.T) { testWatch(t, newStore(t)) })
+	t.Run("CreateOrder", func(t *testing.T) { testCreateOrder(t, newStore(t)) })
+}
+
+func mustErr(t *testing.T, err, want error, what string) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Fatalf("%s: got error %v, want %v", what, err, want)
+	}
+}
+
+func testCreateGet(t *testing.T, s coord.Store) {
+	ctx, p := ctxT(t), prefix(t)
+	k := p + "/a"
+	if _, err := s.Get(ctx, k); !errors.Is(err, coord.ErrNotFound) {
+		t.Fatalf("get absent: %v", err)
+	}
+	kv, err := s.Create(ctx, k, []byte("one"))
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if kv.Version <= 0 || kv.Ephemeral {
+		t.Fatalf("create returned %+v", kv)
+	}
+	_, err = s.Create(ctx, k, []byte("two"))
+	mustErr(t, err, coord.ErrExists, "second create")
+	got, err := s.Get(ctx, k)
+	if err != nil {
+		t.Fatalf("get: %v", err)
+	}
+	if string(got.Value) != "one" || got.Version != kv.Version {
+		t.Fatalf("get = %+v, want value one version %d", got, kv.Version)
+	}
+}
+
+func testUpdateDelete(t *testing.T, s coord.Store) {
+	ctx, p := ctxT(t), prefix(t)
+	k := p + "/u"
+	_, err := s.Update(ctx, k, []byte("x"), 0)
+	mustErr(t, err, coord.ErrNotFound, "update absent")
+	kv, err := s.Create(ctx, k, []byte("v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv2, err := s.Update(ctx, k, []byte("v2"), kv.Version)
+	if err != nil {
+		t.Fatalf("update at version: %v", err)
+	}
+	if kv2.Version == kv.Version {
+		t.Fatalf("version did not change: %d", kv2.Version)
+	}
+	_, err = s.Update(ctx, k, []byte("v3"), kv.Version)
+	mustErr(t, err, coord.ErrConflict, "update at stale version")
+	if got, _ := s.Get(ctx, k); string(got.Value) != "v2" {
+		t.Fatalf("stale update changed the value to %q", got.Value)
+	}
+	mustErr(t, s.Delete(ctx, k, kv.Version), coord.ErrConflict, "delete at stale version")
+	if err := s.Delete(ctx, k, kv2.Version); err != nil {
+		t.Fatalf("delete at version: %v", err)
+	}
+	mustErr(t, s.Delete(ctx, k, 0), coord.ErrNotFound, "delete absent")
+}
+
+func testList(t *testing.T, s coord.Store) {
+	ctx, p := ctxT(t), prefix(t)
+	list, err := s.List(ctx, p+"/none")
+	if err != nil || len(list) != 0 {
+		t.Fatalf("list of missing dir = %v, %v", list, err)
+	}
+	for _, n := range []string{"c", "a", "b"} {
+		if _, err := s.Create(ctx, p+"/d/"+n, []byte(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Create(ctx, p+"/dx", []byte("sibling")); err != nil {
+		t.Fatal(err)
+	}
+	list, err = s.List(ctx, p+"/d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, kv := range list {
+		names = append(names, string(kv.Value))
+	}
+	if fmt.Sprint(names) != "[a b c]" {
+		t.Fatalf("list = %v, want [a b c] (sorted, direct children only)", names)
+	}
+}
+
+func testTxn(t *testing.T, s coord.Store) {
+	ctx, p := ctxT(t), prefix(t)
+	epoch, err := s.Create(ctx, p+"/epoch", []byte("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fails on a stale version: nothing is written.
+	err = s.Txn(ctx, []coord.Cond{coord.VersionIs(p+"/epoch", epoch.Version+1000)},
+		[]coord.Op{coord.PutOp(p+"/epoch", []byte("2")), coord.CreateOp(p+"/leader", []byte("x"), nil)})
+	mustErr(t, err, coord.ErrConflict, "txn with stale condition")
+	if _, err := s.Get(ctx, p+"/leader"); !errors.Is(err, coord.ErrNotFound) {
+		t.Fatalf("failed txn created a key: %v", err)
+	}
+	// Succeeds: all ops applied.
+	err = s.Txn(ctx, []coord.Cond{coord.VersionIs(p+"/epoch", epoch.Version), {Key: p + "/absent"}},
+		[]coord.Op{coord.PutOp(p+"/epoch", []byte("2")), coord.CreateOp(p+"/leader", []byte("x"), nil)})
+	if err != nil {
+		t.Fatalf("txn: %v", err)
+	}
+	if got, _ := s.Get(ctx, p+"/epoch"); string(got.Value) != "2" {
+		t.Fatalf("epoch = %q", got.Value)
+	}
+	if _, err := s.Get(ctx, p+"/absent"); !errors.Is(err, coord.ErrNotFound) {
+		t.Fatalf("absence condition left a key behind: %v", err)
+	}
+	// An absence condition on an existing key fails.
+	err = s.Txn(ctx, []coord.Cond{{Key: p + "/leader"}}, []coord.Op{coord.PutOp(p+"/epoch", []byte("3"))})
+	mustErr(t, err, coord.ErrConflict, "absence condition on existing key")
+	// A create of an existing key fails the whole txn.
+	err = s.Txn(ctx, nil, []coord.Op{coord.PutOp(p+"/epoch", []byte("4")), coord.CreateOp(p+"/leader", nil, nil)})
+	mustErr(t, err, coord.ErrConflict, "txn create of existing key")
+	if got, _ := s.Get(ctx, p+"/epoch"); string(got.Value) != "2" {
+		t.Fatalf("failed txn wrote epoch %q", got.Value)
+	}
+	// Delete in a txn.
+	if err := s.Txn(ctx, nil, []coord.Op{coord.DeleteOp(p + "/leader")}); err != nil {
+		t.Fatalf("txn delete: %v", err)
+	}
+	if _, err := s.Get(ctx, p+"/leader"); !errors.Is(err, coord.ErrNotFound) {
+		t.Fatalf("txn delete left key: %v", err)
+	}
+}
+
+func testSessionEphemeral(t *testing.T, s coord.Store) {
+	ctx, p := ctxT(t), prefix(t)
+	sess, err := s.NewSession(ctx, 4*time.Second)
+	if err != nil {
+		t.Fatalf("new session: %v", err)
+	}
+	if st, _ := sess.State(); st != coord.StateRunning {
+		t.Fatalf("new session state %v", st)
+	}
+	first := sess.LastContact()
+	kv, err := s.Create(ctx, p+"/eph", []byte("e"), coord.WithSession(sess))
+	if err != nil {
+		t.Fatalf("create ephemeral: %v", err)
+	}
+	if !kv.Ephemeral {
+		t.Fatal("create with session returned a non-ephemeral key")
+	}
+	if err := s.Txn(ctx, nil, []coord.Op{coord.CreateOp(p+"/eph2", nil, sess)}); err != nil {
+		t.Fatalf("txn create ephemeral: %v", err)
+	}
+	got, err := s.Get(ctx, p+"/eph2")
+	if err != nil || !got.Ephemeral {
+		t.Fatalf("txn-created key = %+v, %v; want ephemeral", got, err)
+	}
+	// The heartbeat confirms contact at least every timeout/6.
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	for !sess.LastContact().After(first) {
+		_, ch := sess.State()
+		select {
+		case <-ch:
+		case <-wctx.Done():
+			t.Fatalf("last contact never advanced past %v", first)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if err := sess.Close(ctx); err != nil {
+		t.Fatalf("close session: %v", err)
+	}
+	select {
+	case <-sess.Done():
+	default:
+		t.Fatal("Done not closed after Close")
+	}
+	if st, _ := sess.State(); st != coord.StateStopped {
+		t.Fatalf("closed session state %v", st)
+	}
+	for _, k := range []string{p + "/eph", p + "/eph2"} {
+		if _, err := s.Get(ctx, k); !errors.Is(err, coord.ErrNotFound) {
+			t.Fatalf("ephemeral %s survived its session: %v", k, err)
+		}
+	}
+}
+
+// next reads one event or fails after a deadline.
+func next(t *testing.T, ch <-chan coord.Event) coord.Event {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		if !ok {
+			t.Fatal("watch channel closed early")
+		}
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatal("no watch event within 10s")
+	}
+	return coord.Event{}
+}
+
+func testWatch(t *testing.T, s coord.Store) {
+	ctx, p := ctxT(t), prefix(t)
+	dir := p + "/w"
+	if _, err := s.Create(ctx, dir+"/pre", []byte("0")); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	ch := s.Watch(wctx, dir)
+	defer func() {
+		cancel()
+		for range ch { // join the watcher
+		}
+	}()
+	if ev := next(t, ch); ev.Type != coord.EventPut || ev.KV.Key != dir+"/pre" {
+		t.Fatalf("first event %v %s, want put of existing key", ev.Type, ev.KV.Key)
+	}
+	if ev := next(t, ch); ev.Type != coord.EventSynced {
+		t.Fatalf("want synced, got %v", ev.Type)
+	}
+	kv, err := s.Create(ctx, dir+"/k", []byte("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(t, ch); ev.Type != coord.EventPut || string(ev.KV.Value) != "1" {
+		t.Fatalf("after create: %v %q", ev.Type, ev.KV.Value)
+	}
+	if _, err := s.Update(ctx, dir+"/k", []byte("2"), kv.Version); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(t, ch); ev.Type != coord.EventPut || string(ev.KV.Value) != "2" {
+		t.Fatalf("after update: %v %q", ev.Type, ev.KV.Value)
+	}
+	// A deeper key is not a child and must not be delivered.
+	if _, err := s.Create(ctx, dir+"/sub/deep", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, dir+"/k", 0); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ev := next(t, ch)
+		if ev.KV.Key == dir+"/sub/deep" {
+			t.Fatalf("watch delivered a grandchild: %v", ev)
+		}
+		if ev.KV.Key == dir+"/sub" {
+			continue // ZooKeeper materialises parent nodes
+		}
+		if ev.Type != coord.EventDelete || ev.KV.Key != dir+"/k" {
+			t.Fatalf("after delete: %v %s", ev.Type, ev.KV.Key)
+		}
+		break
+	}
+	// Ephemeral keys vanish from the watch when their session closes.
+	sess, err := s.NewSession(ctx, 4*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create(ctx, dir+"/e", nil, coord.WithSession(sess)); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(t, ch); ev.Type != coord.EventPut || ev.KV.Key != dir+"/e" {
+		t.Fatalf("ephemeral create: %v %s", ev.Type, ev.KV.Key)
+	}
+	if err := sess.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(t, ch); ev.Type != coord.EventDelete || ev.KV.Key != dir+"/e" {
+		t.Fatalf("session close: %v %s", ev.Type, ev.KV.Key)
+	}
+}
+
+func testCreateOrder(t *testing.T, s coord.Store) {
+	ctx, p := ctxT(t), prefix(t)
+	a, err := s.Create(ctx, p+"/z-first", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.Create(ctx, p+"/a-second", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := s.List(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 || a.CreateOrder >= b.CreateOrder {
+		t.Fatalf("create order: first %d second %d (list %d)", a.CreateOrder, b.CreateOrder, len(list))
+	}
+	for _, kv := range list {
+		if kv.Key == a.Key && kv.CreateOrder != a.CreateOrder {
+			t.Fatalf("listed create order %d != created %d", kv.CreateOrder, a.CreateOrder)
+		}
+	}
+}

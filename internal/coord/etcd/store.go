@@ -1,0 +1,355 @@
+// Package etcd implements coord.Store on etcd v3: an external cluster through
+// client/v3, or a server embedded in taskd (embed.go).
+//
+// Versions are etcd mod revisions, which are unique across the whole store, so
+// conditions here are safe against delete-and-recreate; the coord contract
+// still only promises that for keys that are never deleted.
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+type mvccKV = mvccpb.KeyValue
+
+// Store is a coord.Store backed by an etcd client.
+type Store struct {
+	cli *clientv3.Client
+	log *slog.Logger
+}
+
+var _ coord.Store = (*Store)(nil)
+
+// Open connects to endpoints. It does not wait for the cluster to answer:
+// operations fail with coord.ErrUnavailable until it does.
+func Open(endpoints []string, log *slog.Logger) (*Store, error) {
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            endpoints,
+		DialTimeout:          2 * time.Second,
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: 2 * time.Second,
+		AutoSyncInterval:     0,
+		Logger:               zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
+	}
+	return &Store{cli: cli, log: log}, nil
+}
+
+// Close closes the client.
+func (s *Store) Close() error { return s.cli.Close() }
+
+func kvOf(k *mvccKV) coord.KV {
+	return coord.KV{Key: string(k.Key), Value: k.Value, Version: k.ModRevision, CreateOrder: k.CreateRevision, Ephemeral: k.Lease != 0}
+}
+
+// wrap maps client errors to coord sentinels, keeping the cause.
+func wrap(op, key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("etcd %s %s: %w", op, key, err)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "Unavailable") ||
+		errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrTimeout) {
+		return fmt.Errorf("etcd %s %s: %w: %w", op, key, coord.ErrUnavailable, err)
+	}
+	return fmt.Errorf("etcd %s %s: %w", op, key, err)
+}
+
+// Get implements coord.Store.
+func (s *Store) Get(ctx context.Context, key string) (coord.KV, error) {
+	resp, err := s.cli.Get(ctx, key)
+	if err != nil {
+		return coord.KV{}, wrap("get", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return coord.KV{}, fmt.Errorf("%s: %w", key, coord.ErrNotFound)
+	}
+	return kvOf(resp.Kvs[0]), nil
+}
+
+// List implements coord.Store.
+func (s *Store) List(ctx context.Context, dir string) ([]coord.KV, error) {
+	list, _, err := s.list(ctx, dir)
+	return list, err
+}
+
+func (s *Store) list(ctx context.Context, dir string) ([]coord.KV, int64, error) {
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, wrap("list", dir, err)
+	}
+	out := make([]coord.KV, 0, len(resp.Kvs))
+	for _, k := range resp.Kvs {
+		if coord.IsChild(dir, string(k.Key)) {
+			out = append(out, kvOf(k))
+		}
+	}
+	return out, resp.Header.Revision, nil
+}
+
+func leaseOf(sess coord.Session) (clientv3.LeaseID, error) {
+	if sess == nil {
+		return clientv3.NoLease, nil
+	}
+	ls, ok := sess.(*session)
+	if !ok {
+		return 0, fmt.Errorf("etcd: session %s belongs to another backend", sess.ID())
+	}
+	return ls.id, nil
+}
+
+// Create implements coord.Store.
+func (s *Store) Create(ctx context.Context, key string, value []byte, opts ...coord.OpOption) (coord.KV, error) {
+	o := coord.ApplyOptions(opts)
+	lease, err := leaseOf(o.Session)
+	if err != nil {
+		return coord.KV{}, err
+	}
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(value), clientv3.WithLease(lease))).
+		Commit()
+	if err != nil {
+		return coord.KV{}, wrap("create", key, err)
+	}
+	if !resp.Succeeded {
+		return coord.KV{}, fmt.Errorf("%s: %w", key, coord.ErrExists)
+	}
+	rev := resp.Header.Revision
+	return coord.KV{Key: key, Value: value, Version: rev, CreateOrder: rev, Ephemeral: lease != clientv3.NoLease}, nil
+}
+
+// Update implements coord.Store.
+func (s *Store) Update(ctx context.Context, key string, value []byte, ifVersion int64) (coord.KV, error) {
+	cmp := clientv3.Compare(clientv3.ModRevision(key), "=", ifVersion)
+	if ifVersion == 0 {
+		cmp = clientv3.Compare(clientv3.CreateRevision(key), ">", 0)
+	}
+	resp, err := s.cli.Txn(ctx).If(cmp).
+		Then(clientv3.OpPut(key, string(value), clientv3.WithIgnoreLease()), clientv3.OpGet(key)).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return coord.KV{}, wrap("update", key, err)
+	}
+	if !resp.Succeeded {
+		if len(resp.Responses[0].GetResponseRange().Kvs) == 0 {
+			return coord.KV{}, fmt.Errorf("%s: %w", key, coord.ErrNotFound)
+		}
+		return coord.KV{}, fmt.Errorf("%s: version is not %d: %w", key, ifVersion, coord.ErrConflict)
+	}
+	kvs := resp.Responses[1].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return coord.KV{}, fmt.Errorf("%s: vanished after update: %w", key, coord.ErrConflict)
+	}
+	return kvOf(kvs[0]), nil
+}
+
+// Delete implements coord.Store.
+func (s *Store) Delete(ctx context.Context, key string, ifVersion int64) error {
+	cmp := clientv3.Compare(clientv3.ModRevision(key), "=", ifVersion)
+	if ifVersion == 0 {
+		cmp = clientv3.Compare(clientv3.CreateRevision(key), ">", 0)
+	}
+	resp, err := s.cli.Txn(ctx).If(cmp).Then(clientv3.OpDelete(key)).Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return wrap("delete", key, err)
+	}
+	if !resp.Succeeded {
+		if len(resp.Responses[0].GetResponseRange().Kvs) == 0 {
+			return fmt.Errorf("%s: %w", key, coord.ErrNotFound)
+		}
+		return fmt.Errorf("%s: version is not %d: %w", key, ifVersion, coord.ErrConflict)
+	}
+	return nil
+}
+
+// Txn implements coord.Store.
+func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) error {
+	cmps := make([]clientv3.Cmp, 0, len(conds)+len(ops))
+	for _, c := range conds {
+		if c.Version == 0 {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(c.Key), "=", 0))
+		} else {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(c.Key), "=", c.Version))
+		}
+	}
+	thens := make([]clientv3.Op, 0, len(ops))
+	for _, op := range ops {
+		switch op.Type {
+		case coord.OpCreate:
+			lease, err := leaseOf(op.Session)
+			if err != nil {
+				return err
+			}
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(op.Key), "=", 0))
+			thens = append(thens, clientv3.OpPut(op.Key, string(op.Value), clientv3.WithLease(lease)))
+		case coord.OpPut:
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(op.Key), ">", 0))
+			thens = append(thens, clientv3.OpPut(op.Key, string(op.Value), clientv3.WithIgnoreLease()))
+		case coord.OpDelete:
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(op.Key), ">", 0))
+			thens = append(thens, clientv3.OpDelete(op.Key))
+		default:
+			return fmt.Errorf("etcd txn: unknown op type %d", op.Type)
+		}
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(thens...).Commit()
+	if err != nil {
+		return wrap("txn", "", err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("txn: %w", coord.ErrConflict)
+	}
+	return nil
+}
+
+// Watch implements coord.Store. It lists dir, then watches from the listing's
+// revision; the etcd client resumes the watch after reconnects from the last
+// revision it saw. If the revision was compacted away, or the member lost its
+// leader, it lists again and delivers the difference.
+func (s *Store) Watch(ctx context.Context, dir string) <-chan coord.Event {
+	out := make(chan coord.Event)
+	go func() {
+		defer close(out)
+		cache := coord.NewWatchCache(out)
+		backoff := newBackoff()
+		for ctx.Err() == nil {
+			list, rev, err := s.list(ctx, dir)
+			if err != nil {
+				s.log.Debug("watch list failed", "dir", dir, "err", err)
+				if !backoff.wait(ctx) {
+					return
+				}
+				continue
+			}
+			backoff.reset()
+			if !cache.Resync(ctx, list) {
+				return
+			}
+			if !s.follow(ctx, dir, rev, cache) {
+				return
+			}
+		}
+	}()
+	return out
+}
+
+// follow applies watch events until the watch breaks (returns true: resync)
+// or ctx ends (returns false).
+func (s *Store) follow(ctx context.Context, dir string, rev int64, cache *coord.WatchCache) bool {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	for wr := range s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		if err := wr.Err(); err != nil {
+			s.log.Debug("watch broke, resyncing", "dir", dir, "err", err)
+			return ctx.Err() == nil
+		}
+		for _, ev := range wr.Events {
+			key := string(ev.Kv.Key)
+			if !coord.IsChild(dir, key) {
+				continue
+			}
+			ok := true
+			if ev.Type == clientv3.EventTypeDelete {
+				ok = cache.Delete(ctx, key)
+			} else {
+				ok = cache.Put(ctx, kvOf(ev.Kv))
+			}
+			if !ok {
+				return false
+			}
+		}
+	}
+	return ctx.Err() == nil
+}
+
+// backoff is a capped exponential delay for retry loops.
+type backoff struct{ next time.Duration }
+
+func newBackoff() *backoff { return &backoff{next: 50 * time.Millisecond} }
+
+func (b *backoff) reset() { b.next = 50 * time.Millisecond }
+
+func (b *backoff) wait(ctx context.Context) bool {
+	t := time.NewTimer(b.next)
+	defer t.Stop()
+	b.next = min(b.next*2, 2*time.Second)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// session is an etcd lease with a heartbeat that records confirmed contact.
+type session struct {
+	*coord.SessionCore
+	id     clientv3.LeaseID
+	cli    *clientv3.Client
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// NewSession grants a lease of timeout (rounded up to whole seconds, as etcd
+// counts TTLs in seconds; the lease never outlives the local deadline's basis
+// by less than timeout).
+func (s *Store) NewSession(ctx context.Context, timeout time.Duration) (coord.Session, error) {
+	ttl := int64((timeout + time.Second - 1) / time.Second)
+	sent := time.Now()
+	resp, err := s.cli.Grant(ctx, ttl)
+	if err != nil {
+		return nil, wrap("grant lease", "", err)
+	}
+	hctx, cancel := context.WithCancel(context.Background())
+	ls := &session{SessionCore: coord.NewSessionCore(timeout, sent), id: resp.ID, cli: s.cli, cancel: cancel}
+	ls.wg.Add(1)
+	go func() {
+		defer ls.wg.Done()
+		coord.RunHeartbeat(hctx, ls.SessionCore, ls.ping)
+	}()
+	return ls, nil
+}
+
+func (ls *session) ping(ctx context.Context) (bool, error) {
+	resp, err := ls.cli.KeepAliveOnce(ctx, ls.id)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return true, err
+	}
+	if err != nil {
+		return false, err
+	}
+	return resp.TTL <= 0, nil
+}
+
+func (ls *session) ID() string { return fmt.Sprintf("lease-%x", int64(ls.id)) }
+
+// Close revokes the lease (deleting its keys) and stops the heartbeat.
+func (ls *session) Close(ctx context.Context) error {
+	ls.cancel()
+	ls.wg.Wait()
+	ls.End(coord.StateStopped)
+	if _, err := ls.cli.Revoke(ctx, ls.id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return wrap("revoke lease", ls.ID(), err)
+	}
+	return nil
+}

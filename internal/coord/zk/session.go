@@ -1,0 +1,113 @@
+package zk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+	"github.com/taskd/taskd/internal/coord"
+)
+
+// session is one ZooKeeper connection used as a coord.Session.
+type session struct {
+	*coord.SessionCore
+	c      *conn
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// NewSession connects a new ZooKeeper session and waits until the ensemble
+// has granted it or ctx ends.
+//
+// The library reconnects to another ensemble member on its own when its
+// server fails, keeping the session; the state goes connecting -> running.
+// The ensemble must allow timeout (minSessionTimeout <= timeout <=
+// maxSessionTimeout), or it negotiates another value.
+func (s *Store) NewSession(ctx context.Context, timeout time.Duration) (coord.Session, error) {
+	sent := time.Now()
+	zs := &session{}
+	var coreMu sync.Mutex // the callback may run before SessionCore exists
+	var early []zk.State
+	onState := func(st zk.State) {
+		coreMu.Lock()
+		defer coreMu.Unlock()
+		if zs.SessionCore == nil {
+			early = append(early, st)
+			return
+		}
+		applyState(zs.SessionCore, st)
+	}
+	c, err := dial(s.servers, timeout, s.log, onState)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-c.hasSess:
+	case <-ctx.Done():
+		c.Close()
+		return nil, fmt.Errorf("zookeeper session on %v: %w: %w", s.servers, coord.ErrUnavailable, ctx.Err())
+	}
+	if s.chroot != "" {
+		if err := s.ensureParents(c, s.chrootKey()); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	hctx, cancel := context.WithCancel(context.Background())
+	coreMu.Lock()
+	zs.SessionCore = coord.NewSessionCore(timeout, sent)
+	zs.c, zs.cancel = c, cancel
+	// Before the session existed the library reported connecting/connected;
+	// only an expiry in that window matters.
+	for _, st := range early {
+		if st == zk.StateExpired {
+			applyState(zs.SessionCore, st)
+		}
+	}
+	coreMu.Unlock()
+	zs.wg.Add(1)
+	go func() {
+		defer zs.wg.Done()
+		coord.RunHeartbeat(hctx, zs.SessionCore, zs.ping)
+	}()
+	return zs, nil
+}
+
+// chrootKey is a key whose parents are the chroot itself.
+func (s *Store) chrootKey() string { return "/.chroot" }
+
+func applyState(core *coord.SessionCore, st zk.State) {
+	switch st {
+	case zk.StateDisconnected, zk.StateConnecting:
+		core.Disconnected()
+	case zk.StateExpired:
+		core.End(coord.StateExpired)
+	}
+}
+
+// ping is a round trip on the session's own connection; the server answers
+// it only while the session is alive.
+func (zs *session) ping(context.Context) (bool, error) {
+	_, _, err := zs.c.Exists("/")
+	if errors.Is(err, zk.ErrSessionExpired) {
+		return true, err
+	}
+	return false, err
+}
+
+func (zs *session) ID() string { return fmt.Sprintf("zk-%x", zs.c.SessionID()) }
+
+// Server is the ensemble member the session is connected to.
+func (zs *session) Server() string { return zs.c.Server() }
+
+// Close closes the session; the ensemble deletes its ephemeral keys.
+func (zs *session) Close(context.Context) error {
+	zs.cancel()
+	zs.c.Close()
+	zs.wg.Wait()
+	zs.End(coord.StateStopped)
+	return nil
+}

@@ -1,0 +1,367 @@
+// Package zk implements coord.Store on a ZooKeeper ensemble with
+// github.com/go-zookeeper/zk.
+//
+// A Store keeps one "base" connection (its own ZooKeeper session) for plain
+// reads, writes and watches, and replaces it if that session ever expires.
+// Each coord.Session is a separate connection, so that ephemeral keys die with
+// exactly the session they were created in.
+//
+// Session events are taken through the library's event callback, which never
+// drops an event, rather than its 6-slot channel, which does once full
+// (samuel/go-zookeeper#153). The callback only updates state; it never blocks.
+//
+// Versions are ZooKeeper data versions plus one, so 0 can mean "absent". They
+// restart when a key is deleted and re-created: see the coord package doc.
+//
+// The library's calls take no context. They are bounded by its receive
+// timeout (two thirds of the session timeout) and by Close, which fails every
+// pending request.
+package zk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+	"github.com/taskd/taskd/internal/coord"
+)
+
+// baseTimeout is the session timeout of the base connection. Its expiry only
+// costs a resync of the watches, so it need not match taskd's session timeout.
+const baseTimeout = 10 * time.Second
+
+var acl = zk.WorldACL(zk.PermAll)
+
+// Store is a coord.Store on ZooKeeper.
+type Store struct {
+	servers []string
+	chroot  string
+	log     *slog.Logger
+
+	mu   sync.Mutex
+	base *conn
+}
+
+var _ coord.Store = (*Store)(nil)
+
+// conn is one ZooKeeper connection and what its callback has seen.
+type conn struct {
+	*zk.Conn
+	expired   atomic.Bool
+	hasSess   chan struct{}
+	hasOnce   sync.Once
+	onSession func(zk.State)
+}
+
+func dial(servers []string, timeout time.Duration, log *slog.Logger, onState func(zk.State)) (*conn, error) {
+	c := &conn{hasSess: make(chan struct{}), onSession: onState}
+	zc, _, err := zk.Connect(servers, timeout,
+		zk.WithLogger(zkLogger{log}),
+		zk.WithLogInfo(false),
+		zk.WithEventCallback(func(ev zk.Event) {
+			if ev.Type != zk.EventSession {
+				return
+			}
+			switch ev.State {
+			case zk.StateHasSession:
+				c.hasOnce.Do(func() { close(c.hasSess) })
+			case zk.StateExpired:
+				c.expired.Store(true)
+			}
+			if c.onSession != nil {
+				c.onSession(ev.State)
+			}
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("zookeeper connect %v: %w", servers, err)
+	}
+	c.Conn = zc
+	return c, nil
+}
+
+// Open prepares a store for servers ("host:port") under chroot. Connections
+// are made lazily and retried by the library, so an unreachable ensemble
+// makes operations fail with coord.ErrUnavailable rather than Open.
+func Open(servers []string, chroot string, log *slog.Logger) (*Store, error) {
+	if len(servers) == 0 {
+		return nil, errors.New("zookeeper: no servers")
+	}
+	return &Store{servers: servers, chroot: strings.TrimSuffix(chroot, "/"), log: log}, nil
+}
+
+// Close closes the base connection. Sessions are closed by their owners.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.base != nil {
+		s.base.Close()
+		s.base = nil
+	}
+	return nil
+}
+
+// conn returns a live base connection, replacing an expired one.
+func (s *Store) conn() (*conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.base != nil && !s.base.expired.Load() {
+		return s.base, nil
+	}
+	if s.base != nil {
+		s.base.Close()
+		s.base = nil
+	}
+	c, err := dial(s.servers, baseTimeout, s.log, nil)
+	if err != nil {
+		return nil, err
+	}
+	s.base = c
+	return c, nil
+}
+
+func (s *Store) abs(key string) string { return s.chroot + key }
+
+func (s *Store) rel(p string) string { return strings.TrimPrefix(p, s.chroot) }
+
+func mapErr(op, key string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, zk.ErrNoNode):
+		return fmt.Errorf("zookeeper %s %s: %w", op, key, coord.ErrNotFound)
+	case errors.Is(err, zk.ErrNodeExists):
+		return fmt.Errorf("zookeeper %s %s: %w", op, key, coord.ErrExists)
+	case errors.Is(err, zk.ErrBadVersion), errors.Is(err, zk.ErrNotEmpty):
+		return fmt.Errorf("zookeeper %s %s: %w: %w", op, key, coord.ErrConflict, err)
+	case errors.Is(err, zk.ErrSessionExpired):
+		return fmt.Errorf("zookeeper %s %s: %w: %w", op, key, coord.ErrSessionLost, err)
+	case errors.Is(err, zk.ErrNoServer), errors.Is(err, zk.ErrConnectionClosed), errors.Is(err, zk.ErrClosing):
+		return fmt.Errorf("zookeeper %s %s: %w: %w", op, key, coord.ErrUnavailable, err)
+	}
+	return fmt.Errorf("zookeeper %s %s: %w", op, key, err)
+}
+
+func (s *Store) kv(key string, data []byte, st *zk.Stat) coord.KV {
+	return coord.KV{Key: key, Value: data, Version: int64(st.Version) + 1, CreateOrder: st.Czxid, Ephemeral: st.EphemeralOwner != 0}
+}
+
+// Get implements coord.Store.
+func (s *Store) Get(ctx context.Context, key string) (coord.KV, error) {
+	if err := ctx.Err(); err != nil {
+		return coord.KV{}, err
+	}
+	c, err := s.conn()
+	if err != nil {
+		return coord.KV{}, err
+	}
+	data, st, err := c.Get(s.abs(key))
+	if err != nil {
+		return coord.KV{}, mapErr("get", key, err)
+	}
+	return s.kv(key, data, st), nil
+}
+
+// List implements coord.Store.
+func (s *Store) List(ctx context.Context, dir string) ([]coord.KV, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c, err := s.conn()
+	if err != nil {
+		return nil, err
+	}
+	kids, _, err := c.Children(s.abs(dir))
+	if errors.Is(err, zk.ErrNoNode) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, mapErr("list", dir, err)
+	}
+	sort.Strings(kids)
+	out := make([]coord.KV, 0, len(kids))
+	for _, k := range kids {
+		key := path.Join(dir, k)
+		data, st, err := c.Get(s.abs(key))
+		if errors.Is(err, zk.ErrNoNode) {
+			continue // deleted between the two reads
+		}
+		if err != nil {
+			return nil, mapErr("list", dir, err)
+		}
+		out = append(out, s.kv(key, data, st))
+	}
+	return out, nil
+}
+
+// ensureParents creates the missing persistent parents of key.
+func (s *Store) ensureParents(c *conn, key string) error {
+	dir := path.Dir(s.abs(key))
+	if dir == "/" {
+		return nil
+	}
+	parts := strings.Split(strings.TrimPrefix(dir, "/"), "/")
+	p := ""
+	for _, part := range parts {
+		p += "/" + part
+		if _, err := c.Create(p, nil, 0, acl); err != nil && !errors.Is(err, zk.ErrNodeExists) {
+			return mapErr("create parent", s.rel(p), err)
+		}
+	}
+	return nil
+}
+
+// sessionConn picks the connection for a write that may bind keys to sess.
+func (s *Store) sessionConn(sess coord.Session) (*conn, int32, error) {
+	if sess == nil {
+		c, err := s.conn()
+		return c, 0, err
+	}
+	zs, ok := sess.(*session)
+	if !ok {
+		return nil, 0, fmt.Errorf("zookeeper: session %s belongs to another backend", sess.ID())
+	}
+	return zs.c, zk.FlagEphemeral, nil
+}
+
+// Create implements coord.Store.
+func (s *Store) Create(ctx context.Context, key string, value []byte, opts ...coord.OpOption) (coord.KV, error) {
+	if err := ctx.Err(); err != nil {
+		return coord.KV{}, err
+	}
+	c, flags, err := s.sessionConn(coord.ApplyOptions(opts).Session)
+	if err != nil {
+		return coord.KV{}, err
+	}
+	_, err = c.Create(s.abs(key), value, flags, acl)
+	if errors.Is(err, zk.ErrNoNode) {
+		if err := s.ensureParents(c, key); err != nil {
+			return coord.KV{}, err
+		}
+		_, err = c.Create(s.abs(key), value, flags, acl)
+	}
+	if err != nil {
+		return coord.KV{}, mapErr("create", key, err)
+	}
+	_, st, err := c.Exists(s.abs(key))
+	if err != nil {
+		return coord.KV{}, mapErr("create", key, err)
+	}
+	return coord.KV{Key: key, Value: value, Version: 1, CreateOrder: st.Czxid, Ephemeral: flags != 0}, nil
+}
+
+func zkVersion(v int64) int32 {
+	if v == 0 {
+		return -1
+	}
+	return int32(v - 1)
+}
+
+// Update implements coord.Store.
+func (s *Store) Update(ctx context.Context, key string, value []byte, ifVersion int64) (coord.KV, error) {
+	if err := ctx.Err(); err != nil {
+		return coord.KV{}, err
+	}
+	c, err := s.conn()
+	if err != nil {
+		return coord.KV{}, err
+	}
+	st, err := c.Set(s.abs(key), value, zkVersion(ifVersion))
+	if err != nil {
+		return coord.KV{}, mapErr("update", key, err)
+	}
+	return s.kv(key, value, st), nil
+}
+
+// Delete implements coord.Store.
+func (s *Store) Delete(ctx context.Context, key string, ifVersion int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c, err := s.conn()
+	if err != nil {
+		return err
+	}
+	return mapErr("delete", key, c.Delete(s.abs(key), zkVersion(ifVersion)))
+}
+
+// Txn implements coord.Store with a ZooKeeper multi. "Absent" conditions are
+// expressed as a create followed by a delete of the same key, which fails if
+// the key exists and otherwise leaves nothing behind.
+func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var sess coord.Session
+	for _, op := range ops {
+		if op.Session != nil {
+			if sess != nil && sess != op.Session {
+				return errors.New("zookeeper txn: ops bind keys to two different sessions")
+			}
+			sess = op.Session
+		}
+	}
+	c, flags, err := s.sessionConn(sess)
+	if err != nil {
+		return err
+	}
+	reqs := make([]any, 0, len(conds)+len(ops))
+	for _, cd := range conds {
+		p := s.abs(cd.Key)
+		if cd.Version == 0 {
+			reqs = append(reqs, &zk.CreateRequest{Path: p, Acl: acl}, &zk.DeleteRequest{Path: p, Version: -1})
+		} else {
+			reqs = append(reqs, &zk.CheckVersionRequest{Path: p, Version: zkVersion(cd.Version)})
+		}
+	}
+	for _, op := range ops {
+		p := s.abs(op.Key)
+		switch op.Type {
+		case coord.OpCreate:
+			f := int32(0)
+			if op.Session != nil {
+				f = flags
+			}
+			if err := s.ensureParents(c, op.Key); err != nil {
+				return err
+			}
+			reqs = append(reqs, &zk.CreateRequest{Path: p, Data: op.Value, Acl: acl, Flags: f})
+		case coord.OpPut:
+			reqs = append(reqs, &zk.SetDataRequest{Path: p, Data: op.Value, Version: -1})
+		case coord.OpDelete:
+			reqs = append(reqs, &zk.DeleteRequest{Path: p, Version: -1})
+		default:
+			return fmt.Errorf("zookeeper txn: unknown op type %d", op.Type)
+		}
+	}
+	res, err := c.Multi(reqs...)
+	if err == nil {
+		for _, r := range res {
+			if r.Error != nil {
+				err = r.Error
+				break
+			}
+		}
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, zk.ErrBadVersion), errors.Is(err, zk.ErrNodeExists), errors.Is(err, zk.ErrNoNode):
+		return fmt.Errorf("zookeeper txn: %w: %w", coord.ErrConflict, err)
+	}
+	return mapErr("txn", "", err)
+}
+
+// zkLogger sends the library's messages to slog at debug level.
+type zkLogger struct{ log *slog.Logger }
+
+func (l zkLogger) Printf(format string, args ...any) {
+	l.log.Debug("zookeeper client: " + fmt.Sprintf(format, args...))
+}

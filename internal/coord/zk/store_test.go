@@ -1,0 +1,100 @@
+package zk_test
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/coord/coordtest"
+	"github.com/taskd/taskd/internal/coord/zk"
+	"github.com/taskd/taskd/internal/testenv"
+)
+
+func open(t *testing.T, addrs []string, chroot string) coord.Store {
+	t.Helper()
+	s, err := zk.Open(addrs, chroot, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestContract(t *testing.T) {
+	ens := testenv.StartEnsemble(t, 1)
+	coordtest.Run(t, func(t *testing.T) coord.Store { return open(t, ens.Addrs(), "/taskd-test") })
+}
+
+// TestServerLossKeepsSession kills the server a session is connected to, in
+// a three-server ensemble: the client must move to another server without
+// the session expiring, and a watch must deliver a change made meanwhile.
+func TestServerLossKeepsSession(t *testing.T) {
+	ens := testenv.StartEnsemble(t, 3)
+	s := open(t, ens.Addrs(), "")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sess, err := s.NewSession(ctx, 6*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close(ctx)
+	if _, err := s.Create(ctx, "/loss/eph", nil, coord.WithSession(sess)); err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithCancel(ctx)
+	events := s.Watch(wctx, "/loss")
+	defer func() {
+		wcancel()
+		for range events {
+		}
+	}()
+	for ev := range events {
+		if ev.Type == coord.EventSynced {
+			break
+		}
+	}
+	server := sess.(interface{ Server() string }).Server()
+	var victim *testenv.ZKServer
+	for _, z := range ens.Servers {
+		if z.Addr() == server {
+			victim = z
+		}
+	}
+	if victim == nil {
+		t.Fatalf("session server %q not in ensemble %v", server, ens.Addrs())
+	}
+	victim.Kill()
+	// A write made through the store while the session's server is gone.
+	if _, err := s.Create(ctx, "/loss/during", []byte("x")); err != nil {
+		t.Fatalf("create during failover: %v", err)
+	}
+	got := false
+	deadline := time.After(10 * time.Second)
+	for !got {
+		select {
+		case ev := <-events:
+			got = ev.Type == coord.EventPut && ev.KV.Key == "/loss/during"
+		case <-deadline:
+			t.Fatal("watch missed the change made during failover")
+		}
+	}
+	// The session must be confirmed on another server, never expired.
+	err = testenv.WaitFor(ctx, 50*time.Millisecond, func() bool {
+		st, _ := sess.State()
+		return st == coord.StateRunning && sess.(interface{ Server() string }).Server() != server
+	})
+	if err != nil {
+		st, _ := sess.State()
+		t.Fatalf("session did not recover on another server: state %v: %v", st, err)
+	}
+	select {
+	case <-sess.Done():
+		t.Fatal("session ended after losing one server of three")
+	default:
+	}
+	if kv, err := s.Get(ctx, "/loss/eph"); err != nil || !kv.Ephemeral {
+		t.Fatalf("ephemeral key lost with the server: %v", err)
+	}
+}
