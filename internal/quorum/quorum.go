@@ -1,0 +1,478 @@
+// Package quorum runs a node's membership, the priority election and the
+// session lifecycle with fencing.
+//
+// Guarantees:
+//   - The process never exits because a session was lost. A lost session
+//     (expired, or silent past the local deadline) fences the node and the
+//     node joins again with a new session.
+//   - Fencing cancels every role-bound context (leader duties, member duties)
+//     and waits until the roles have returned, before the session could expire
+//     on the server: the local deadline is last confirmed contact +
+//     DeadlineFraction × SessionTimeout, and Config.Validate keeps a budget
+//     between it and the timeout. Each fence is reported with its timing.
+//   - Every leader write made through Leadership.Txn is conditional on the
+//     leader's epoch still being current; the store rejects it otherwise
+//     (ErrFenced), so a paused or partitioned former leader cannot overwrite
+//     its successor's writes.
+//   - The leader yields only to a member with a strictly higher current
+//     priority that has been seen for YieldGrace: leadership does not flap,
+//     and when every member is unhealthy it stays where it is.
+//
+// Non-guarantees:
+//   - The local deadline assumes the node's clock and the store's advance at
+//     about the same rate. A process stopped (SIGSTOP, a VM pause) cannot
+//     fence while stopped; it fences as soon as it runs again, and its writes
+//     in between are rejected by the epoch check.
+//   - Another member's "session" field is what that member last wrote.
+package quorum
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+)
+
+// ErrDuplicateName: a live member with another node id uses this name.
+var ErrDuplicateName = errors.New("quorum: node name already in use by another live member")
+
+// ErrFenced: the node no longer holds the epoch (or session) a write needs.
+var ErrFenced = errors.New("quorum: fenced: this node no longer holds the current epoch")
+
+// ErrNotMember: set-priority named a node that is not a live member.
+var ErrNotMember = errors.New("quorum: no live member has that name")
+
+// Roles are the components whose lifetime is bound to the node's standing.
+// Each runs in a context that fencing cancels; fencing waits for it.
+type Roles struct {
+	// Leader runs while this node leads. ctx ends when leadership ends.
+	Leader func(ctx context.Context, l *Leadership) error
+	// Member runs while this node is a joined member on one session.
+	Member func(ctx context.Context, s coord.Session) error
+}
+
+// FenceReport describes one fence.
+type FenceReport struct {
+	Reason   string        `json:"reason"`
+	Started  time.Time     `json:"started"`
+	Finished time.Time     `json:"finished"`
+	Duration time.Duration `json:"duration_ns"`
+	// LastContact + SessionTimeout: the earliest moment the store could
+	// have expired the session. Finished must come before it.
+	EarliestExpiry time.Time `json:"earliest_expiry"`
+	BeforeExpiry   bool      `json:"before_expiry"`
+}
+
+// View is a snapshot of the cluster as this node sees it.
+type View struct {
+	Self        string        `json:"self"`
+	Session     string        `json:"session"`
+	SessionID   string        `json:"session_id"`
+	Ready       bool          `json:"ready"`
+	Leader      string        `json:"leader"`
+	Epoch       int64         `json:"epoch"`
+	ElectedAt   time.Time     `json:"elected_at"`
+	Members     []Member      `json:"members"`
+	LastContact time.Time     `json:"last_contact"`
+	LastFence   *FenceReport  `json:"last_fence,omitempty"`
+	StartedAt   time.Time     `json:"started_at"`
+	JoinError   string        `json:"join_error,omitempty"`
+	Timeout     time.Duration `json:"-"`
+}
+
+// Quorum is one node's participation in the cluster.
+type Quorum struct {
+	cfg       Config
+	store     coord.Store
+	log       *slog.Logger
+	roles     Roles
+	startedAt time.Time
+
+	ready    atomic.Bool
+	kick     chan struct{} // health/priority changed: re-evaluate
+	onFence  func(FenceReport)
+	mu       sync.Mutex
+	view     View
+	healthy  bool
+	hReason  string
+	viewSubs chan struct{}
+}
+
+// Option customises a Quorum.
+type Option func(*Quorum)
+
+// WithFenceHook is called after every fence.
+func WithFenceHook(f func(FenceReport)) Option { return func(q *Quorum) { q.onFence = f } }
+
+// New validates cfg and returns a Quorum ready to Run.
+func New(cfg Config, store coord.Store, roles Roles, log *slog.Logger, opts ...Option) (*Quorum, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("quorum config: %w", err)
+	}
+	q := &Quorum{
+		cfg: cfg, store: store, log: log.With("node", cfg.Name), roles: roles,
+		startedAt: time.Now(), kick: make(chan struct{}, 1), healthy: true,
+		viewSubs: make(chan struct{}),
+	}
+	q.view = View{Self: cfg.Name, Session: coord.StateStopped.String(), StartedAt: q.startedAt, Timeout: cfg.SessionTimeout}
+	for _, o := range opts {
+		o(q)
+	}
+	return q, nil
+}
+
+func (q *Quorum) key(parts ...string) string {
+	return path.Join(append([]string{q.cfg.Root}, parts...)...)
+}
+
+func (q *Quorum) membersDir() string  { return q.key("members") }
+func (q *Quorum) electionDir() string { return q.key("election") }
+func (q *Quorum) leaderKey() string   { return q.key("election", "leader") }
+func (q *Quorum) epochKey() string    { return q.key("election", "epoch") }
+func (q *Quorum) priorityDir() string { return q.key("config", "priority") }
+
+// Ready reports whether the node has joined with a live session.
+func (q *Quorum) Ready() bool { return q.ready.Load() }
+
+// View returns the current snapshot and a channel closed at the next change.
+func (q *Quorum) View() (View, <-chan struct{}) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	v := q.view
+	v.Members = slices.Clone(v.Members)
+	return v, q.viewSubs
+}
+
+func (q *Quorum) updateView(f func(*View)) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	f(&q.view)
+	close(q.viewSubs)
+	q.viewSubs = make(chan struct{})
+}
+
+// SetHealth records the node's health. An unhealthy node advertises current
+// priority 0, so a healthy member can take over after the yield grace.
+func (q *Quorum) SetHealth(ok bool, reason string) {
+	q.mu.Lock()
+	changed := q.healthy != ok || q.hReason != reason
+	q.healthy, q.hReason = ok, reason
+	q.mu.Unlock()
+	if changed {
+		q.log.Info("health changed", "healthy", ok, "reason", reason)
+		q.poke()
+	}
+}
+
+func (q *Quorum) poke() {
+	select {
+	case q.kick <- struct{}{}:
+	default: // a poke is pending; the receiver re-reads all state
+	}
+}
+
+func (q *Quorum) health() (bool, string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.healthy, q.hReason
+}
+
+// SetPriority stores an operator's priority for node. Without force the node
+// must be a live member, which catches typos.
+func (q *Quorum) SetPriority(ctx context.Context, node string, priority int, force bool) error {
+	if err := ValidatePriority(priority); err != nil {
+		return err
+	}
+	if !ValidName(node) {
+		return fmt.Errorf("node name %q is not valid", node)
+	}
+	if !force {
+		if _, err := q.store.Get(ctx, path.Join(q.membersDir(), node)); errors.Is(err, coord.ErrNotFound) {
+			return fmt.Errorf("%s: %w (use --force to store a priority for a node that is not running)", node, ErrNotMember)
+		} else if err != nil {
+			return err
+		}
+	}
+	rec := encode(priorityRecord{Priority: priority, SetAt: time.Now().UTC()})
+	k := path.Join(q.priorityDir(), node)
+	if _, err := q.store.Create(ctx, k, rec); errors.Is(err, coord.ErrExists) {
+		_, err = q.store.Update(ctx, k, rec, 0)
+		return err
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// Run joins the cluster and keeps it joined until ctx ends, fencing and
+// rejoining whenever a session is lost. It returns nil on shutdown, or
+// ErrDuplicateName if the very first join finds the name taken by another
+// node (a configuration error the operator must fix).
+func (q *Quorum) Run(ctx context.Context) error {
+	q.log.Info("quorum starting", "priority", q.cfg.Priority, "session_timeout", q.cfg.SessionTimeout,
+		"local_deadline", q.cfg.LocalDeadline(), "root", q.cfg.Root)
+	first := true
+	retry := newBackoff(100*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		sess, err := q.openSession(ctx)
+		if err != nil {
+			break // ctx ended
+		}
+		joined, err := q.term(ctx, sess)
+		if errors.Is(err, ErrDuplicateName) && first {
+			return err
+		}
+		if err != nil {
+			q.log.Error("membership term failed, rejoining", "err", err)
+			q.updateView(func(v *View) { v.JoinError = err.Error() })
+		}
+		first = first && !joined
+		if joined {
+			retry.reset()
+			continue
+		}
+		if !retry.wait(ctx) {
+			break
+		}
+	}
+	q.updateView(func(v *View) { v.Session = coord.StateStopped.String(); v.Ready = false })
+	q.log.Info("quorum stopped")
+	return nil
+}
+
+// openSession retries with backoff until a session opens or ctx ends.
+func (q *Quorum) openSession(ctx context.Context) (coord.Session, error) {
+	b := newBackoff(200*time.Millisecond, 5*time.Second)
+	failures := 0
+	for {
+		octx, cancel := context.WithTimeout(ctx, q.cfg.SessionTimeout)
+		sess, err := q.store.NewSession(octx, q.cfg.SessionTimeout)
+		cancel()
+		if err == nil {
+			if failures > 0 {
+				q.log.Info("coordinator reachable again", "after_failures", failures)
+			}
+			return sess, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		failures++
+		if failures == 1 || failures%20 == 0 {
+			q.log.Warn("cannot open a session with the coordinator; retrying with backoff", "failures", failures, "err", err)
+		}
+		q.updateView(func(v *View) { v.Session = coord.StateConnecting.String(); v.JoinError = err.Error() })
+		if !b.wait(ctx) {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// term runs one session's worth of membership: join, roles, then fence.
+func (q *Quorum) term(ctx context.Context, sess coord.Session) (joined bool, err error) {
+	log := q.log.With("session", sess.ID())
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if cerr := sess.Close(cctx); cerr != nil {
+			log.Warn("closing session failed; the store expires it", "err", cerr)
+		}
+	}()
+	if err := q.join(ctx, sess, log); err != nil {
+		return false, err
+	}
+	log.Info("session state changed", "from", "stopped", "to", "running", "reason", "joined the cluster")
+	q.updateView(func(v *View) {
+		v.Session, v.SessionID, v.JoinError, v.Ready = coord.StateRunning.String(), sess.ID(), "", true
+	})
+	q.ready.Store(true)
+
+	termCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	el := newElection(q, sess, log)
+	wg.Add(1)
+	go func() { defer wg.Done(); el.run(termCtx) }()
+	if q.roles.Member != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := q.roles.Member(termCtx, sess); err != nil && termCtx.Err() == nil {
+				log.Error("member role stopped with an error", "err", err)
+			}
+		}()
+	}
+
+	reason := q.awaitEnd(ctx, sess, log)
+
+	// Fence: cancel every role-bound context, then wait for the roles.
+	q.ready.Store(false)
+	started := time.Now()
+	log.Warn("fencing started", "reason", reason)
+	cancel()
+	wg.Wait()
+	finished := time.Now()
+	expiry := sess.LastContact().Add(q.cfg.SessionTimeout)
+	rep := FenceReport{Reason: reason, Started: started, Finished: finished, Duration: finished.Sub(started),
+		EarliestExpiry: expiry, BeforeExpiry: finished.Before(expiry)}
+	if rep.BeforeExpiry || ctx.Err() != nil {
+		log.Info("fencing finished", "reason", reason, "duration", rep.Duration, "margin_to_expiry", expiry.Sub(finished))
+	} else {
+		// Only a stopped process gets here: it could not run at its deadline.
+		log.Error("fencing finished after the session may have expired (process was not running at its local deadline)",
+			"reason", reason, "duration", rep.Duration, "late_by", finished.Sub(expiry))
+	}
+	q.updateView(func(v *View) {
+		v.LastFence = &rep
+		v.Ready = false
+		if ctx.Err() == nil {
+			v.Session = coord.StateExpired.String()
+		}
+	})
+	if q.onFence != nil {
+		q.onFence(rep)
+	}
+	return true, nil
+}
+
+// awaitEnd watches the session until it must end, logging each state change,
+// and returns the reason.
+func (q *Quorum) awaitEnd(ctx context.Context, sess coord.Session, log *slog.Logger) string {
+	last := coord.StateRunning
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		st, changed := sess.State()
+		lc := sess.LastContact()
+		if st != last {
+			log.Warn("session state changed", "from", last.String(), "to", st.String(), "last_contact", lc)
+			last = st
+		}
+		q.updateView(func(v *View) { v.Session, v.LastContact = st.String(), lc })
+		if st == coord.StateExpired || st == coord.StateStopped {
+			return "session " + st.String()
+		}
+		deadline := lc.Add(q.cfg.LocalDeadline())
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return fmt.Sprintf("local deadline passed: no confirmed contact for %v (deadline %v of a %v session)",
+				time.Since(lc).Round(time.Millisecond), q.cfg.LocalDeadline(), q.cfg.SessionTimeout)
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return "shutdown requested"
+		case <-sess.Done():
+		case <-changed:
+		case <-timer.C:
+		}
+	}
+}
+
+// join registers the member record, replacing a record left by an earlier
+// incarnation of this node (same node id), and refusing one of another node.
+func (q *Quorum) join(ctx context.Context, sess coord.Session, log *slog.Logger) error {
+	prio := q.cfg.Priority
+	if kv, err := q.store.Get(ctx, path.Join(q.priorityDir(), q.cfg.Name)); err == nil {
+		if pr, derr := decode[priorityRecord](kv.Value); derr == nil {
+			prio = pr.Priority
+		}
+	} else if !errors.Is(err, coord.ErrNotFound) {
+		return fmt.Errorf("read stored priority: %w", err)
+	}
+	ok, reason := q.health()
+	rec := Member{
+		Name: q.cfg.Name, NodeID: q.cfg.NodeID, Address: q.cfg.Address, Version: q.cfg.Version,
+		Priority: prio, CurrentPriority: currentPriority(prio, ok), Health: healthWord(ok), HealthReason: reason,
+		Session: coord.StateRunning.String(), SessionID: sess.ID(), StartedAt: q.startedAt, JoinedAt: time.Now().UTC(),
+	}
+	key := path.Join(q.membersDir(), q.cfg.Name)
+	for range 3 {
+		_, err := q.store.Create(ctx, key, encode(rec), coord.WithSession(sess))
+		if err == nil {
+			return q.clearStaleLeader(ctx, sess, log)
+		}
+		if !errors.Is(err, coord.ErrExists) {
+			return fmt.Errorf("register member %s: %w", q.cfg.Name, err)
+		}
+		kv, err := q.store.Get(ctx, key)
+		if errors.Is(err, coord.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read existing member %s: %w", q.cfg.Name, err)
+		}
+		old, derr := decode[Member](kv.Value)
+		if derr != nil || old.NodeID != q.cfg.NodeID {
+			return fmt.Errorf("%w: %q is registered by node %s at %s (joined %s); give this node another --name",
+				ErrDuplicateName, q.cfg.Name, old.NodeID, old.Address, old.JoinedAt.Format(time.RFC3339))
+		}
+		// Our own earlier incarnation (the data directory lock proves it is
+		// gone) or our own fenced session: its record may be removed.
+		log.Info("removing member record of this node's previous session", "old_session", old.SessionID)
+		if err := q.store.Delete(ctx, key, kv.Version); err != nil && !errors.Is(err, coord.ErrNotFound) && !errors.Is(err, coord.ErrConflict) {
+			return fmt.Errorf("remove stale member record: %w", err)
+		}
+	}
+	return fmt.Errorf("register member %s: record keeps reappearing", q.cfg.Name)
+}
+
+// clearStaleLeader removes a leader record left by this node's previous
+// session, so a restarted leader's successor need not wait for expiry.
+func (q *Quorum) clearStaleLeader(ctx context.Context, sess coord.Session, log *slog.Logger) error {
+	kv, err := q.store.Get(ctx, q.leaderKey())
+	if errors.Is(err, coord.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read leader record: %w", err)
+	}
+	rec, derr := decode[LeaderRecord](kv.Value)
+	if derr != nil || rec.NodeID != q.cfg.NodeID || rec.SessionID == sess.ID() {
+		return nil
+	}
+	log.Info("removing leader record of this node's previous session", "epoch", rec.Epoch, "old_session", rec.SessionID)
+	if err := q.store.Delete(ctx, q.leaderKey(), kv.Version); err != nil && !errors.Is(err, coord.ErrNotFound) && !errors.Is(err, coord.ErrConflict) {
+		return fmt.Errorf("remove stale leader record: %w", err)
+	}
+	return nil
+}
+
+func currentPriority(prio int, healthy bool) int {
+	if healthy {
+		return prio
+	}
+	return 0
+}
+
+func healthWord(ok bool) string {
+	if ok {
+		return "ok"
+	}
+	return "unhealthy"
+}
+
+// backoff is a capped exponential delay.
+type backoff struct{ base, cap, next time.Duration }
+
+func newBackoff(base, cap time.Duration) *backoff { return &backoff{base: base, cap: cap, next: base} }
+
+func (b *backoff) reset() { b.next = b.base }
+
+func (b *backoff) wait(ctx context.Context) bool {
+	t := time.NewTimer(b.next)
+	defer t.Stop()
+	b.next = min(2*b.next, b.cap)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
