@@ -63,7 +63,7 @@ func ValidName(s string) bool { return nameRE.MatchString(s) }
 // ValidatePriority checks a priority value.
 func ValidatePriority(p int) error {
 	if p < 0 || p > 255 {
-		return fmt.Errorf("priority %d is out of range: use 0-255 (higher wins)", p)
+		return fmt.Errorf("%w: priority %d is out of range: use 0-255 (higher wins)", ErrInvalid, p)
 	}
 	return nil
 }

@@ -46,6 +46,9 @@ var ErrDuplicateName = errors.New("quorum: node name already in use by another l
 // ErrFenced: the node no longer holds the epoch (or session) a write needs.
 var ErrFenced = errors.New("quorum: fenced: this node no longer holds the current epoch")
 
+// ErrInvalid: an argument is out of range or malformed.
+var ErrInvalid = errors.New("invalid argument")
+
 // ErrNotMember: set-priority named a node that is not a live member.
 var ErrNotMember = errors.New("quorum: no live member has that name")
 
@@ -191,7 +194,7 @@ func (q *Quorum) SetPriority(ctx context.Context, node string, priority int, for
 		return err
 	}
 	if !ValidName(node) {
-		return fmt.Errorf("node name %q is not valid", node)
+		return fmt.Errorf("%w: node name %q is not valid", ErrInvalid, node)
 	}
 	if !force {
 		if _, err := q.store.Get(ctx, path.Join(q.membersDir(), node)); errors.Is(err, coord.ErrNotFound) {

@@ -8,9 +8,10 @@ package testenv
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"testing"
+
+	"github.com/taskd/taskd/internal/harness"
 )
 
 // InCI reports whether the tests run under CI (CI=true).
@@ -26,23 +27,12 @@ func Missing(t testing.TB, format string, args ...any) {
 	t.Skipf("component missing: %s (run `make test` to install it)", msg)
 }
 
-// FreePorts reserves n distinct free loopback TCP ports. The ports are
-// released before returning, so a race with other processes is possible but
-// unlikely on a test machine.
+// FreePorts reserves n distinct free loopback TCP ports.
 func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
-	ports := make([]int, 0, n)
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("reserve port: %v", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
+	ports, err := harness.FreePorts(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ports
 }

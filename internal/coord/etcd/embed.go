@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
 )
@@ -20,6 +23,7 @@ type ServerConfig struct {
 	InitialCluster string // name=peerURL,...; empty: a single-member cluster
 	ClusterState   string // "new" or "existing"
 	LogLevel       string // etcd's zap level: debug, info, warn, error
+	Log            *slog.Logger
 }
 
 // DefaultServerConfig returns a single-member configuration on loopback.
@@ -80,8 +84,9 @@ func parseURL(s string) (url.URL, error) {
 
 // Server is a running embedded etcd member.
 type Server struct {
-	e   *embed.Etcd
-	cfg ServerConfig
+	e       *embed.Etcd
+	cfg     ServerConfig
+	closing *atomic.Bool
 }
 
 // StartServer starts the member and waits until it serves (a multi-member
@@ -105,8 +110,16 @@ func StartServer(ctx context.Context, c ServerConfig) (*Server, error) {
 	}
 	cfg.ClusterState = c.ClusterState
 	cfg.InitialClusterToken = "taskd"
-	cfg.LogLevel = c.LogLevel
-	cfg.LogOutputs = []string{"stderr"}
+	log := c.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	closing := new(atomic.Bool)
+	zl, err := newZapLogger(log, c.LogLevel, closing)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd log level %q: %w", c.LogLevel, err)
+	}
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zl)
 	cfg.AutoCompactionMode = "periodic"
 	cfg.AutoCompactionRetention = "1h"
 	e, err := embed.StartEtcd(cfg)
@@ -115,11 +128,13 @@ func StartServer(ctx context.Context, c ServerConfig) (*Server, error) {
 	}
 	select {
 	case <-e.Server.ReadyNotify():
-		return &Server{e: e, cfg: c}, nil
+		return &Server{e: e, cfg: c, closing: closing}, nil
 	case err := <-e.Err():
+		closing.Store(true)
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd %s failed while starting: %w", c.Name, err)
 	case <-ctx.Done():
+		closing.Store(true)
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd %s not ready (is a quorum of the initial cluster running?): %w", c.Name, ctx.Err())
 	}
@@ -135,4 +150,57 @@ func (s *Server) Err() <-chan error { return s.e.Err() }
 func (s *Server) IsLeader() bool { return s.e.Server.Leader() == s.e.Server.MemberID() }
 
 // Close stops the member; etcd hands raft leadership to a peer first.
-func (s *Server) Close() { s.e.Close() }
+func (s *Server) Close() {
+	s.closing.Store(true)
+	s.e.Close()
+}
+
+// KeepRaftLeadershipAway hands raft leadership to another voting member
+// whenever this member holds it, until ctx ends.
+//
+// Why: when an etcd raft leader dies, the new raft leader renews every lease
+// for a full TTL. If the taskd leader's node also led raft, its death would
+// delay taskd failover by the election time on top of the session timeout.
+// With raft led elsewhere, a dead taskd leader's lease expires on time.
+func (s *Server) KeepRaftLeadershipAway(ctx context.Context, log *slog.Logger) {
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	for {
+		changed := s.e.Server.LeaderChangedNotify()
+		if s.IsLeader() {
+			if err := s.transferRaftLeadership(ctx); err != nil {
+				log.Debug("cannot move etcd raft leadership off the taskd leader yet", "err", err)
+				retry.Reset(5 * time.Second)
+			} else {
+				log.Info("moved etcd raft leadership off the taskd leader", "to", s.e.Server.Leader().String())
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-retry.C:
+		}
+	}
+}
+
+func (s *Server) transferRaftLeadership(ctx context.Context) error {
+	self := s.e.Server.MemberID()
+	var errs []error
+	for _, m := range s.e.Server.Cluster().Members() {
+		if m.ID == self || m.IsLearner {
+			continue
+		}
+		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := s.e.Server.MoveLeader(tctx, uint64(self), uint64(m.ID))
+		cancel()
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("to %s: %w", m.Name, err))
+	}
+	if len(errs) == 0 {
+		return errors.New("no other voting member")
+	}
+	return errors.Join(errs...)
+}

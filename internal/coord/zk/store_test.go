@@ -9,6 +9,7 @@ import (
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/coordtest"
 	"github.com/taskd/taskd/internal/coord/zk"
+	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/testenv"
 )
 
@@ -56,7 +57,7 @@ func TestServerLossKeepsSession(t *testing.T) {
 		}
 	}
 	server := sess.(interface{ Server() string }).Server()
-	var victim *testenv.ZKServer
+	var victim *harness.ZKServer
 	for _, z := range ens.Servers {
 		if z.Addr() == server {
 			victim = z

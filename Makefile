@@ -1,0 +1,44 @@
+# taskd build, run and test entry points. See README.md.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+DATA ?= ./data
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+.PHONY: all build run test test-deps proto bench vet clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/taskd ./cmd/taskd
+	$(GO) build -o $(BIN)/taskctl ./cmd/taskctl
+
+# Single node on the embedded coordinator; `bin/taskctl service list` in
+# another shell shows it as leader.
+run: build
+	$(BIN)/taskd --data-dir $(DATA)
+
+# Installs what the tests need (Debian packages) when missing, then runs the
+# whole suite with the race detector.
+test: test-deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-deps:
+	@scripts/test-deps.sh
+
+proto:
+	PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc -I proto \
+	  --go_out=internal/api/gen --go_opt=module=github.com/taskd/taskd/internal/api/gen \
+	  --connect-go_out=internal/api/gen --connect-go_opt=module=github.com/taskd/taskd/internal/api/gen \
+	  proto/taskd/v1/*.proto
+
+bench: build
+	$(GO) run ./cmd/taskd-bench quorum
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN)

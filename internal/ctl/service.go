@@ -1,0 +1,206 @@
+package ctl
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/quorum"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+func serviceCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "service", Short: "Cluster membership and leader election"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List members, the leader and the epoch",
+		Args:  exactArgs(0),
+		RunE:  func(cmd *cobra.Command, _ []string) error { return serviceList(cmd, g) },
+	})
+	var force bool
+	sp := &cobra.Command{
+		Use:   "set-priority NODE PRIORITY",
+		Short: "Set a node's election priority (0-255, higher wins)",
+		Long: "Set a node's election priority (0-255, higher wins). The leader hands over to a member with a\n" +
+			"strictly higher priority once it has been stable for the yield grace period.\n" +
+			"--force stores the priority even if NODE is not a live member (e.g. before it first starts).",
+		Args: exactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := strconv.Atoi(args[1])
+			if err != nil {
+				return usageError{fmt.Errorf("priority %q is not a number: use 0-255", args[1])}
+			}
+			if err := quorum.ValidatePriority(p); err != nil {
+				return usageError{err}
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			_, err = c.Cluster.SetPriority(ctx, connect.NewRequest(&taskdv1.SetPriorityRequest{Node: args[0], Priority: int32(p), Force: force}))
+			if err != nil {
+				return fmt.Errorf("set priority of %s: %w", args[0], err)
+			}
+			if g.output == "json" {
+				return json.NewEncoder(g.out).Encode(map[string]any{"node": args[0], "priority": p})
+			}
+			fmt.Fprintf(g.out, "priority of %s set to %d\n", args[0], p)
+			return nil
+		},
+	}
+	sp.Flags().BoolVar(&force, "force", false, "store the priority even if NODE is not a live member")
+	cmd.AddCommand(sp)
+	return cmd
+}
+
+// serviceListJSON is the stable JSON of `service list`.
+type serviceListJSON struct {
+	Leader      string       `json:"leader"`
+	Epoch       int64        `json:"epoch"`
+	ElectedAt   *time.Time   `json:"elected_at,omitempty"`
+	Self        string       `json:"self"`
+	SelfSession string       `json:"self_session"`
+	SelfReady   bool         `json:"self_ready"`
+	SelfError   string       `json:"self_error,omitempty"`
+	Coordinator string       `json:"coordinator"`
+	Members     []memberJSON `json:"members"`
+	LastFence   *fenceJSON   `json:"last_fence,omitempty"`
+}
+
+type memberJSON struct {
+	Name            string     `json:"name"`
+	Address         string     `json:"address"`
+	Priority        int32      `json:"priority"`
+	CurrentPriority int32      `json:"current_priority"`
+	Session         string     `json:"session"`
+	Health          string     `json:"health"`
+	HealthReason    string     `json:"health_reason,omitempty"`
+	Leader          bool       `json:"leader"`
+	Version         string     `json:"version"`
+	NodeID          string     `json:"node_id"`
+	StartedAt       *time.Time `json:"started_at,omitempty"`
+	JoinedAt        *time.Time `json:"joined_at,omitempty"`
+	UptimeSeconds   float64    `json:"uptime_seconds"`
+}
+
+type fenceJSON struct {
+	Reason         string     `json:"reason"`
+	Started        *time.Time `json:"started,omitempty"`
+	Finished       *time.Time `json:"finished,omitempty"`
+	DurationMS     int64      `json:"duration_ms"`
+	EarliestExpiry *time.Time `json:"earliest_expiry,omitempty"`
+	BeforeExpiry   bool       `json:"before_expiry"`
+}
+
+func tp(t *timestamppb.Timestamp) *time.Time {
+	if t == nil {
+		return nil
+	}
+	v := t.AsTime()
+	return &v
+}
+
+func toServiceListJSON(r *taskdv1.ListMembersResponse, now time.Time) serviceListJSON {
+	out := serviceListJSON{
+		Leader: r.Leader, Epoch: r.Epoch, ElectedAt: tp(r.ElectedAt), Self: r.Self, SelfSession: r.SelfSession,
+		SelfReady: r.SelfReady, SelfError: r.SelfError, Coordinator: r.Coordinator, Members: []memberJSON{},
+	}
+	for _, m := range r.Members {
+		mj := memberJSON{
+			Name: m.Name, Address: m.Address, Priority: m.Priority, CurrentPriority: m.CurrentPriority, Session: m.Session,
+			Health: m.Health, HealthReason: m.HealthReason, Leader: m.Leader, Version: m.Version, NodeID: m.NodeId,
+			StartedAt: tp(m.StartedAt), JoinedAt: tp(m.JoinedAt),
+		}
+		if mj.StartedAt != nil {
+			mj.UptimeSeconds = now.Sub(*mj.StartedAt).Seconds()
+		}
+		out.Members = append(out.Members, mj)
+	}
+	if f := r.LastFence; f != nil {
+		out.LastFence = &fenceJSON{Reason: f.Reason, Started: tp(f.Started), Finished: tp(f.Finished), DurationMS: f.DurationMs,
+			EarliestExpiry: tp(f.EarliestExpiry), BeforeExpiry: f.BeforeExpiry}
+	}
+	return out
+}
+
+func serviceList(cmd *cobra.Command, g *globals) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := g.ctx(cmd)
+	defer cancel()
+	resp, err := c.Cluster.ListMembers(ctx, connect.NewRequest(&taskdv1.ListMembersRequest{}))
+	if err != nil {
+		return fmt.Errorf("list members from %s: %w", g.endpoint, err)
+	}
+	v := toServiceListJSON(resp.Msg, time.Now())
+	if g.output == "json" {
+		enc := json.NewEncoder(g.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	leader := v.Leader
+	if leader == "" {
+		leader = "(none)"
+	}
+	fmt.Fprintf(g.out, "service taskd  coordinator %s  leader %s  epoch %d", v.Coordinator, leader, v.Epoch)
+	if v.ElectedAt != nil {
+		fmt.Fprintf(g.out, "  elected %s (%s ago)", v.ElectedAt.Local().Format(time.RFC3339), human(time.Since(*v.ElectedAt)))
+	}
+	fmt.Fprintln(g.out)
+	fmt.Fprintf(g.out, "answered by %s: session %s", v.Self, v.SelfSession)
+	if v.SelfError != "" {
+		fmt.Fprintf(g.out, " (%s)", v.SelfError)
+	}
+	fmt.Fprintln(g.out)
+	tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tADDRESS\tROLE\tPRIORITY\tCURRENT\tSESSION\tHEALTH\tSTARTED\tUPTIME\tVERSION")
+	for _, m := range v.Members {
+		role := "follower"
+		if m.Leader {
+			role = "leader"
+		}
+		started, uptime := "-", "-"
+		if m.StartedAt != nil {
+			started = m.StartedAt.Local().Format(time.RFC3339)
+			uptime = human(time.Duration(m.UptimeSeconds * float64(time.Second)))
+		}
+		health := m.Health
+		if m.HealthReason != "" {
+			health += " (" + m.HealthReason + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Address, role, m.Priority, m.CurrentPriority,
+			m.Session, health, started, uptime, m.Version)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if f := v.LastFence; f != nil && f.Finished != nil {
+		fmt.Fprintf(g.out, "last fence on %s: %s at %s, took %dms, before expiry: %v\n", v.Self, f.Reason,
+			f.Finished.Local().Format(time.RFC3339), f.DurationMS, f.BeforeExpiry)
+	}
+	return nil
+}
+
+// human prints a duration as 1d21h3m, 5m3s or 850ms.
+func human(d time.Duration) string {
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Hour:
+		return d.Round(time.Second).String()
+	case d < 24*time.Hour:
+		return d.Round(time.Minute).String()
+	}
+	days := int(d / (24 * time.Hour))
+	rest := (d % (24 * time.Hour)).Round(time.Minute)
+	return fmt.Sprintf("%dd%s", days, rest)
+}

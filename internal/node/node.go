@@ -1,0 +1,224 @@
+// Package node composes one taskd daemon: the data directory, the
+// coordination store (embedded etcd, external etcd or ZooKeeper), the quorum
+// and the API server. Start-up runs in that order; shutdown in reverse.
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/taskd/taskd/internal/api"
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/coord/etcd"
+	"github.com/taskd/taskd/internal/coord/zk"
+	"github.com/taskd/taskd/internal/quorum"
+	"golang.org/x/sync/errgroup"
+)
+
+// ErrDataDir marks a data directory that cannot be used (exit code 73).
+var ErrDataDir = errors.New("data directory unusable")
+
+// ErrCoordinatorFailed marks a fatal failure of the embedded etcd server
+// (exit code 70).
+var ErrCoordinatorFailed = errors.New("embedded coordinator failed")
+
+// Node is a running taskd.
+type Node struct {
+	cfg     Config
+	log     *slog.Logger
+	baseLog *slog.Logger // without the node attribute, for components that add it
+	target  coord.Target
+	q       atomic.Pointer[quorum.Quorum]
+	wait    atomic.Pointer[string] // why the quorum has not started yet
+}
+
+// Run starts the node and blocks until ctx ends and everything has stopped.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	target, _ := coord.ParseTarget(cfg.Coordinator)
+	token, err := api.ReadToken(cfg.TokenFile)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), baseLog: log, target: target}
+	n.setWaiting("starting")
+
+	unlock, nodeID, err := prepareDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	srv, err := api.NewServer(api.ServerConfig{Listen: cfg.Listen, Token: token, TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey}, n, n.log)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("%w: listen on %s: %w", ErrConfig, cfg.Listen, err)
+	}
+	n.log.Info("taskd starting", "version", cfg.Version, "listen", ln.Addr().String(), "coordinator", target.String(),
+		"data_dir", cfg.DataDir, "node_id", nodeID, "session_timeout", cfg.SessionTimeout)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Run(gctx, ln) })
+	g.Go(func() error { return n.runCoordinated(gctx, nodeID) })
+	err = g.Wait()
+	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		n.log.Info("taskd stopped")
+		return nil
+	}
+	return err
+}
+
+// runCoordinated opens the store and runs the quorum until ctx ends.
+func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
+	var (
+		store   coord.Store
+		err     error
+		srvErrs <-chan error
+		roles   quorum.Roles
+	)
+	switch n.target.Kind {
+	case coord.KindEmbedded:
+		sc := etcd.ServerConfig{
+			Name: n.cfg.Name, DataDir: filepath.Join(n.cfg.DataDir, "etcd"), ClientURL: n.cfg.EtcdClientURL,
+			PeerURL: n.cfg.EtcdPeerURL, InitialCluster: n.cfg.EtcdInitialCluster, ClusterState: n.cfg.EtcdClusterState,
+			LogLevel: n.cfg.EtcdLogLevel, Log: n.log,
+		}
+		n.setWaiting("waiting for the embedded etcd member to serve (a multi-node cluster needs a quorum of its members running)")
+		srv, serr := etcd.StartServer(ctx, sc)
+		if serr != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("%w: %w", ErrCoordinatorFailed, serr)
+		}
+		defer srv.Close()
+		srvErrs = srv.Err()
+		roles.Leader = func(ctx context.Context, _ *quorum.Leadership) error {
+			srv.KeepRaftLeadershipAway(ctx, n.log)
+			return nil
+		}
+		store, err = etcd.Open([]string{srv.ClientURL()}, n.log)
+	case coord.KindEtcd:
+		eps := make([]string, len(n.target.Endpoints))
+		for i, e := range n.target.Endpoints {
+			eps[i] = "http://" + e
+		}
+		store, err = etcd.Open(eps, n.log)
+	case coord.KindZK:
+		store, err = zk.Open(n.target.Endpoints, n.target.Chroot, n.log)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	defer store.Close()
+
+	q, err := quorum.New(n.cfg.quorumConfig(nodeID), store, roles, n.baseLog)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	n.q.Store(q)
+
+	qctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	qerr := make(chan error, 1)
+	go func() { qerr <- q.Run(qctx) }()
+	select {
+	case err := <-qerr:
+		if errors.Is(err, quorum.ErrDuplicateName) {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+		return err
+	case err := <-srvErrs:
+		cancel()
+		<-qerr
+		return fmt.Errorf("%w: %w", ErrCoordinatorFailed, err)
+	}
+}
+
+func (n *Node) setWaiting(why string) { n.wait.Store(&why) }
+
+// View implements api.Cluster.
+func (n *Node) View() quorum.View {
+	if q := n.q.Load(); q != nil {
+		v, _ := q.View()
+		return v
+	}
+	return quorum.View{Self: n.cfg.Name, Session: coord.StateConnecting.String(), JoinError: *n.wait.Load()}
+}
+
+// Ready implements api.Cluster.
+func (n *Node) Ready() bool {
+	q := n.q.Load()
+	return q != nil && q.Ready()
+}
+
+// SetPriority implements api.Cluster.
+func (n *Node) SetPriority(ctx context.Context, node string, priority int, force bool) error {
+	q := n.q.Load()
+	if q == nil {
+		return fmt.Errorf("node is not connected to the coordinator yet: %w", coord.ErrUnavailable)
+	}
+	return q.SetPriority(ctx, node, priority, force)
+}
+
+// Coordinator implements api.Cluster.
+func (n *Node) Coordinator() string { return n.target.String() }
+
+// prepareDataDir creates the directory, takes its lock (one taskd per
+// directory) and reads or creates the node id.
+func prepareDataDir(dir string) (unlock func(), nodeID string, err error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, "", fmt.Errorf("%w: %w", ErrDataDir, err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: %w", ErrDataDir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, "", fmt.Errorf("%w: %s is locked by another running taskd: %w", ErrDataDir, dir, err)
+	}
+	unlock = func() { f.Close() }
+	idPath := filepath.Join(dir, "node-id")
+	b, err := os.ReadFile(idPath)
+	switch {
+	case err == nil:
+		nodeID = strings.TrimSpace(string(b))
+	case errors.Is(err, os.ErrNotExist):
+		var raw [16]byte
+		_, _ = rand.Read(raw[:])
+		nodeID = hex.EncodeToString(raw[:])
+		tmp := idPath + ".tmp"
+		if err := os.WriteFile(tmp, []byte(nodeID+"\n"), 0o640); err != nil {
+			unlock()
+			return nil, "", fmt.Errorf("%w: %w", ErrDataDir, err)
+		}
+		if err := os.Rename(tmp, idPath); err != nil {
+			unlock()
+			return nil, "", fmt.Errorf("%w: %w", ErrDataDir, err)
+		}
+	default:
+		unlock()
+		return nil, "", fmt.Errorf("%w: %w", ErrDataDir, err)
+	}
+	if nodeID == "" {
+		unlock()
+		return nil, "", fmt.Errorf("%w: %s is empty; remove it to get a new node id", ErrDataDir, idPath)
+	}
+	return unlock, nodeID, nil
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs when it is missing: ZooKeeper 3.8 (and
+# its Java runtime) from Debian. Safe to run repeatedly; does nothing when all
+# is present. Under CI=true a missing component the tests need makes them
+# fail, never skip, so an install failure here surfaces as a test failure.
+set -euo pipefail
+
+need=()
+[ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null || need+=(zookeeper)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "test-deps: installing ${need[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+  sudo=sudo
+  command -v sudo >/dev/null || { echo "test-deps: need root (or sudo) to install ${need[*]}" >&2; exit 1; }
+else
+  sudo=
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+echo "test-deps: installed ${need[*]}"
