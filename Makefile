@@ -35,7 +35,10 @@ proto:
 	  proto/taskd/v1/*.proto
 
 bench: build
-	$(GO) run ./cmd/taskd-bench quorum
+	$(GO) run ./cmd/taskd-bench failover -n 20
+	$(GO) run ./cmd/taskd-bench handover -n 20
+	$(GO) run ./cmd/taskd-bench reconnect -n 20
+	$(GO) run ./cmd/taskd-bench idle -duration 60s
 
 vet:
 	$(GO) vet ./...

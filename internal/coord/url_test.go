@@ -1,0 +1,68 @@
+package coord
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseTarget(t *testing.T) {
+	good := []struct {
+		in   string
+		want Target
+	}{
+		{"", Target{Kind: KindEmbedded}},
+		{"embedded", Target{Kind: KindEmbedded}},
+		{"etcd://127.0.0.1:2379", Target{Kind: KindEtcd, Endpoints: []string{"127.0.0.1:2379"}}},
+		{"etcd://a:1,b:2", Target{Kind: KindEtcd, Endpoints: []string{"a:1", "b:2"}}},
+		{"zk://h1:2181,h2:2181,h3:2181/taskd", Target{Kind: KindZK, Endpoints: []string{"h1:2181", "h2:2181", "h3:2181"}, Chroot: "/taskd"}},
+		{"zk://h1:2181/", Target{Kind: KindZK, Endpoints: []string{"h1:2181"}}},
+		{"zk://[::1]:2181", Target{Kind: KindZK, Endpoints: []string{"[::1]:2181"}}},
+	}
+	for _, g := range good {
+		got, err := ParseTarget(g.in)
+		if err != nil {
+			t.Errorf("%q: %v", g.in, err)
+			continue
+		}
+		if got.String() != g.want.String() || got.Kind != g.want.Kind || got.Chroot != g.want.Chroot {
+			t.Errorf("%q = %+v, want %+v", g.in, got, g.want)
+		}
+	}
+	bad := map[string]string{
+		"zk:/h:1":           "no scheme",
+		"consul://h:1":      "unknown scheme",
+		"etcd://":           "no host",
+		"etcd://h":          "not host:port",
+		"etcd://h:0":        "port",
+		"etcd://h:70000":    "port",
+		"etcd://h:1/prefix": "only allowed for zk",
+		"zk://h:1/a/../b":   "clean",
+		"zk://:2181":        "no host",
+		"zk://h:1,,h:2":     "not host:port",
+	}
+	for in, want := range bad {
+		_, err := ParseTarget(in)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want one mentioning %q", in, err, want)
+		}
+	}
+}
+
+func TestIsChild(t *testing.T) {
+	cases := []struct {
+		dir, key string
+		want     bool
+	}{
+		{"/a", "/a/b", true},
+		{"/a/", "/a/b", true},
+		{"/a", "/a/b/c", false},
+		{"/a", "/ab", false},
+		{"/a", "/a/", false},
+		{"/a", "/a", false},
+	}
+	for _, c := range cases {
+		if got := IsChild(c.dir, c.key); got != c.want {
+			t.Errorf("IsChild(%q, %q) = %v", c.dir, c.key, got)
+		}
+	}
+}
