@@ -38,6 +38,8 @@ type Cluster interface {
 	Ready() bool
 	// SetPriority stores a node's priority.
 	SetPriority(ctx context.Context, node string, priority int, force bool) error
+	// SetSpecified restricts who may lead.
+	SetSpecified(ctx context.Context, names []string, force bool) error
 	// Coordinator describes the coordination store in use.
 	Coordinator() string
 }
@@ -223,6 +225,7 @@ func (s *clusterService) ListMembers(context.Context, *connect.Request[taskdv1.L
 	out := &taskdv1.ListMembersResponse{
 		Leader: v.Leader, Epoch: v.Epoch, ElectedAt: ts(v.ElectedAt), Self: v.Self,
 		SelfSession: v.Session, SelfReady: v.Ready, SelfError: v.JoinError, Coordinator: s.c.Coordinator(),
+		SpecifiedMembers: v.Specified,
 	}
 	for _, m := range v.Members {
 		pm := &taskdv1.Member{
@@ -250,4 +253,11 @@ func (s *clusterService) SetPriority(ctx context.Context, req *connect.Request[t
 		return nil, toConnect(err)
 	}
 	return connect.NewResponse(&taskdv1.SetPriorityResponse{}), nil
+}
+
+func (s *clusterService) SetSpecifiedMembers(ctx context.Context, req *connect.Request[taskdv1.SetSpecifiedMembersRequest]) (*connect.Response[taskdv1.SetSpecifiedMembersResponse], error) {
+	if err := s.c.SetSpecified(ctx, req.Msg.Members, req.Msg.Force); err != nil {
+		return nil, toConnect(err)
+	}
+	return connect.NewResponse(&taskdv1.SetSpecifiedMembersResponse{}), nil
 }

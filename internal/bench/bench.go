@@ -226,7 +226,11 @@ func reconnect(args []string, out io.Writer) error {
 		return err
 	}
 	defer ens.Close()
-	store, err := zk.Open(ens.Addrs(), "", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	logOut := io.Discard
+	if os.Getenv("TASKD_BENCH_DEBUG") != "" {
+		logOut = os.Stderr
+	}
+	store, err := zk.Open(ens.Addrs(), "", slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ type SessionCore struct {
 	changed     chan struct{}
 	lastContact time.Time
 	done        chan struct{}
+	kick        chan struct{} // asks the heartbeat to confirm contact now
 }
 
 // NewSessionCore starts in StateRunning with contact confirmed at sentAt.
@@ -30,6 +31,7 @@ func NewSessionCore(timeout time.Duration, sentAt time.Time) *SessionCore {
 		changed:     make(chan struct{}),
 		lastContact: sentAt,
 		done:        make(chan struct{}),
+		kick:        make(chan struct{}, 1),
 	}
 }
 
@@ -65,6 +67,17 @@ func (c *SessionCore) Confirm(sentAt time.Time) {
 		c.lastContact = sentAt
 	}
 	c.setLocked(StateRunning)
+}
+
+// Reconnected asks the heartbeat to confirm contact at once, so that a
+// session regained on another server is confirmed in one round trip rather
+// than at the next heartbeat tick. Pending kicks coalesce: one round trip
+// answers them all.
+func (c *SessionCore) Reconnected() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Disconnected records that contact is lost but the session may live.
@@ -116,6 +129,7 @@ func RunHeartbeat(ctx context.Context, c *SessionCore, ping func(ctx context.Con
 		case <-c.done:
 			return
 		case <-t.C:
+		case <-c.kick:
 		}
 		sent := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, interval)

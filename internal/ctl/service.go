@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -57,6 +58,40 @@ func serviceCmd(g *globals) *cobra.Command {
 	}
 	sp.Flags().BoolVar(&force, "force", false, "store the priority even if NODE is not a live member")
 	cmd.AddCommand(sp)
+	var clearList, forceList bool
+	ss := &cobra.Command{
+		Use:   "set-specified-members NODE... | --clear",
+		Short: "Restrict leadership to the named members (the original's \"specified members\")",
+		Long: "Only the named members may lead. A leader not on the list resigns at once. Without --force at\n" +
+			"least one named node must be a live member. --clear lets every member lead again.",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if clearList == (len(args) > 0) {
+				return usageError{fmt.Errorf("give either node names or --clear; usage: %s", cmd.UseLine())}
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			_, err = c.Cluster.SetSpecifiedMembers(ctx, connect.NewRequest(&taskdv1.SetSpecifiedMembersRequest{Members: args, Force: forceList}))
+			if err != nil {
+				return fmt.Errorf("set specified members: %w", err)
+			}
+			if g.output == "json" {
+				return json.NewEncoder(g.out).Encode(map[string]any{"specified_members": append([]string{}, args...)})
+			}
+			if len(args) == 0 {
+				fmt.Fprintln(g.out, "every member may lead")
+			} else {
+				fmt.Fprintf(g.out, "only %v may lead\n", args)
+			}
+			return nil
+		},
+	}
+	ss.Flags().BoolVar(&clearList, "clear", false, "let every member lead")
+	ss.Flags().BoolVar(&forceList, "force", false, "store the list even if none of the names is a live member")
+	cmd.AddCommand(ss)
 	return cmd
 }
 
@@ -71,7 +106,9 @@ type serviceListJSON struct {
 	SelfError   string       `json:"self_error,omitempty"`
 	Coordinator string       `json:"coordinator"`
 	Members     []memberJSON `json:"members"`
-	LastFence   *fenceJSON   `json:"last_fence,omitempty"`
+	// SpecifiedMembers restricts who may lead; empty: everyone.
+	SpecifiedMembers []string   `json:"specified_members"`
+	LastFence        *fenceJSON `json:"last_fence,omitempty"`
 }
 
 type memberJSON struct {
@@ -111,6 +148,7 @@ func toServiceListJSON(r *taskdv1.ListMembersResponse, now time.Time) serviceLis
 	out := serviceListJSON{
 		Leader: r.Leader, Epoch: r.Epoch, ElectedAt: tp(r.ElectedAt), Self: r.Self, SelfSession: r.SelfSession,
 		SelfReady: r.SelfReady, SelfError: r.SelfError, Coordinator: r.Coordinator, Members: []memberJSON{},
+		SpecifiedMembers: append([]string{}, r.SpecifiedMembers...),
 	}
 	for _, m := range r.Members {
 		mj := memberJSON{
@@ -156,6 +194,9 @@ func serviceList(cmd *cobra.Command, g *globals) error {
 		fmt.Fprintf(g.out, "  elected %s (%s ago)", v.ElectedAt.Local().Format(time.RFC3339), human(time.Since(*v.ElectedAt)))
 	}
 	fmt.Fprintln(g.out)
+	if len(v.SpecifiedMembers) > 0 {
+		fmt.Fprintf(g.out, "only these may lead (specified members): %s\n", strings.Join(v.SpecifiedMembers, ", "))
+	}
 	fmt.Fprintf(g.out, "answered by %s: session %s", v.Self, v.SelfSession)
 	if v.SelfError != "" {
 		fmt.Fprintf(g.out, " (%s)", v.SelfError)

@@ -62,6 +62,9 @@ type Node struct {
 
 // NewCluster prepares n nodes under dir; StartAll starts them.
 func NewCluster(dir, bin string, n int, opt Options) (*Cluster, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
 	ports, err := FreePorts(3 * n)
 	if err != nil {
 		return nil, err

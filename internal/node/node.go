@@ -176,6 +176,15 @@ func (n *Node) SetPriority(ctx context.Context, node string, priority int, force
 	return q.SetPriority(ctx, node, priority, force)
 }
 
+// SetSpecified implements api.Cluster.
+func (n *Node) SetSpecified(ctx context.Context, names []string, force bool) error {
+	q := n.q.Load()
+	if q == nil {
+		return fmt.Errorf("node is not connected to the coordinator yet: %w", coord.ErrUnavailable)
+	}
+	return q.SetSpecified(ctx, names, force)
+}
+
 // Coordinator implements api.Cluster.
 func (n *Node) Coordinator() string { return n.target.String() }
 

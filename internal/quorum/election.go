@@ -25,6 +25,7 @@ type election struct {
 	leader    *LeaderRecord
 	leaderVer int64
 	priority  map[string]int // operator-set priorities
+	specified []string       // who may lead; empty: everyone
 	synced    [3]bool
 
 	myVer     int64 // version of our own member record
@@ -138,6 +139,20 @@ func (e *election) applyElection(ev coord.Event) {
 		e.synced[srcElection] = true
 		return
 	}
+	if ev.KV.Key == e.q.specifiedKey() {
+		e.specified = nil
+		if ev.Type == coord.EventPut {
+			rec, err := decode[specifiedRecord](ev.KV.Value)
+			if err != nil {
+				e.log.Warn("ignoring undecodable specified-members record", "err", err)
+				return
+			}
+			e.specified = rec.Members
+		}
+		e.log.Info("specified members changed", "specified_members", e.specified)
+		e.publish()
+		return
+	}
 	if ev.KV.Key != e.q.leaderKey() {
 		return
 	}
@@ -180,6 +195,7 @@ func (e *election) publish() {
 	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	e.q.updateView(func(v *View) {
 		v.Members = ms
+		v.Specified = slices.Clone(e.specified)
 		v.Leader, v.Epoch, v.ElectedAt = "", 0, time.Time{}
 		if e.leader != nil {
 			v.Leader, v.Epoch, v.ElectedAt = e.leader.Name, e.leader.Epoch, e.leader.ElectedAt
@@ -217,6 +233,11 @@ func (e *election) reconcile(ctx context.Context) {
 			e.resign(ctx, "leader record without a running role")
 			return
 		}
+		if !e.eligible(me.Name) {
+			e.resign(ctx, fmt.Sprintf("not among the specified members %v", e.specified))
+			e.holdUntil = time.Now().Add(e.q.cfg.CampaignStagger)
+			return
+		}
 		if to, ok := e.yieldTarget(me, now, schedule); ok {
 			e.resign(ctx, fmt.Sprintf("yielding to %s (current priority %d > %d, stable for %v)",
 				to.Name, to.CurrentPriority, me.CurrentPriority, e.q.cfg.YieldGrace))
@@ -227,7 +248,7 @@ func (e *election) reconcile(ctx context.Context) {
 		if e.absentAt.IsZero() {
 			e.absentAt = now
 		}
-		rank := slices.IndexFunc(ranked(e.members, nil), func(m Member) bool { return m.Name == me.Name })
+		rank := slices.IndexFunc(ranked(e.members, e.specified), func(m Member) bool { return m.Name == me.Name })
 		if rank < 0 {
 			break
 		}
@@ -255,7 +276,7 @@ func (e *election) yieldTarget(me Member, now time.Time, schedule func(time.Time
 	var best Member
 	found := false
 	for name, m := range e.members {
-		if m.CurrentPriority <= me.CurrentPriority {
+		if m.CurrentPriority <= me.CurrentPriority || !e.eligible(name) {
 			delete(e.better, name)
 			continue
 		}
@@ -275,6 +296,11 @@ func (e *election) yieldTarget(me Member, now time.Time, schedule func(time.Time
 		}
 	}
 	return best, found
+}
+
+// eligible reports whether name may lead under the specified-members list.
+func (e *election) eligible(name string) bool {
+	return len(e.specified) == 0 || slices.Contains(e.specified, name)
 }
 
 // updateOwnRecord rewrites our member record when priority or health changed.

@@ -83,6 +83,7 @@ type View struct {
 	Epoch       int64         `json:"epoch"`
 	ElectedAt   time.Time     `json:"elected_at"`
 	Members     []Member      `json:"members"`
+	Specified   []string      `json:"specified_members,omitempty"`
 	LastContact time.Time     `json:"last_contact"`
 	LastFence   *FenceReport  `json:"last_fence,omitempty"`
 	StartedAt   time.Time     `json:"started_at"`
@@ -135,11 +136,12 @@ func (q *Quorum) key(parts ...string) string {
 	return path.Join(append([]string{q.cfg.Root}, parts...)...)
 }
 
-func (q *Quorum) membersDir() string  { return q.key("members") }
-func (q *Quorum) electionDir() string { return q.key("election") }
-func (q *Quorum) leaderKey() string   { return q.key("election", "leader") }
-func (q *Quorum) epochKey() string    { return q.key("election", "epoch") }
-func (q *Quorum) priorityDir() string { return q.key("config", "priority") }
+func (q *Quorum) membersDir() string   { return q.key("members") }
+func (q *Quorum) electionDir() string  { return q.key("election") }
+func (q *Quorum) leaderKey() string    { return q.key("election", "leader") }
+func (q *Quorum) epochKey() string     { return q.key("election", "epoch") }
+func (q *Quorum) specifiedKey() string { return q.key("election", "specified") }
+func (q *Quorum) priorityDir() string  { return q.key("config", "priority") }
 
 // Ready reports whether the node has joined with a live session.
 func (q *Quorum) Ready() bool { return q.ready.Load() }
@@ -207,6 +209,50 @@ func (q *Quorum) SetPriority(ctx context.Context, node string, priority int, for
 	k := path.Join(q.priorityDir(), node)
 	if _, err := q.store.Create(ctx, k, rec); errors.Is(err, coord.ErrExists) {
 		_, err = q.store.Update(ctx, k, rec, 0)
+		return err
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// SetSpecified restricts leadership to names; an empty list lifts the
+// restriction. Without force at least one named node must be a live member,
+// so a typo cannot leave the cluster without an eligible leader.
+func (q *Quorum) SetSpecified(ctx context.Context, names []string, force bool) error {
+	seen := map[string]bool{}
+	for _, n := range names {
+		if !ValidName(n) {
+			return fmt.Errorf("%w: node name %q is not valid", ErrInvalid, n)
+		}
+		if seen[n] {
+			return fmt.Errorf("%w: node %q is listed twice", ErrInvalid, n)
+		}
+		seen[n] = true
+	}
+	if len(names) == 0 {
+		err := q.store.Delete(ctx, q.specifiedKey(), 0)
+		if errors.Is(err, coord.ErrNotFound) {
+			return nil
+		}
+		return err
+	}
+	if !force {
+		live, err := q.store.List(ctx, q.membersDir())
+		if err != nil {
+			return err
+		}
+		ok := false
+		for _, kv := range live {
+			ok = ok || seen[path.Base(kv.Key)]
+		}
+		if !ok {
+			return fmt.Errorf("%w: none of %v is a live member, so nobody could lead (use --force to set it anyway)", ErrNotMember, names)
+		}
+	}
+	rec := encode(specifiedRecord{Members: names, SetAt: time.Now().UTC()})
+	if _, err := q.store.Create(ctx, q.specifiedKey(), rec); errors.Is(err, coord.ErrExists) {
+		_, err = q.store.Update(ctx, q.specifiedKey(), rec, 0)
 		return err
 	} else if err != nil {
 		return err

@@ -164,6 +164,7 @@ func TestQuorum(t *testing.T) {
 			t.Run("PartitionFencesBeforeExpiry", func(t *testing.T) { testPartitionFence(t, b) })
 			t.Run("DuplicateName", func(t *testing.T) { testDuplicateName(t, b) })
 			t.Run("UnhealthyEverywhereNoCarousel", func(t *testing.T) { testAllUnhealthy(t, b) })
+			t.Run("SpecifiedMembers", func(t *testing.T) { testSpecified(t, b) })
 		})
 	}
 }
@@ -410,4 +411,37 @@ func testAllUnhealthy(t *testing.T, b backend) {
 	if e2 != epoch+1 {
 		t.Fatalf("epoch %d -> %d, want exactly one handover", epoch, e2)
 	}
+}
+
+// testSpecified restricts leadership to one low-priority member: the leader
+// resigns at once, the specified member leads, and lifting the restriction
+// gives the lead back to the highest priority after the grace period.
+func testSpecified(t *testing.T, b backend) {
+	r := root()
+	n1 := startNode(t, b.open(t, b.addr), testConfig("n1", r, 200))
+	waitLeaderIs(t, []*node{n1}, "n1", 15*time.Second)
+	n2 := startNode(t, b.open(t, b.addr), testConfig("n2", r, 10))
+	nodes := []*node{n1, n2}
+	_, e0 := waitLeaderIs(t, nodes, "n1", 15*time.Second)
+	ctx := context.Background()
+	if err := n1.q.SetSpecified(ctx, []string{"ghost"}, false); !errors.Is(err, quorum.ErrNotMember) {
+		t.Fatalf("specified list without a live member: %v", err)
+	}
+	if err := n1.q.SetSpecified(ctx, []string{"n2", "n2"}, true); !errors.Is(err, quorum.ErrInvalid) {
+		t.Fatalf("duplicate names: %v", err)
+	}
+	if v := n1.view(); v.Leader != "n1" || v.Epoch != e0 || len(v.Specified) != 0 {
+		t.Fatalf("rejected input changed the election: %+v", v)
+	}
+	if err := n1.q.SetSpecified(ctx, []string{"n2"}, false); err != nil {
+		t.Fatal(err)
+	}
+	_, e1 := waitLeaderIs(t, nodes, "n2", 10*time.Second)
+	if e1 != e0+1 {
+		t.Fatalf("epoch %d -> %d, want one handover", e0, e1)
+	}
+	if err := n1.q.SetSpecified(ctx, nil, false); err != nil {
+		t.Fatal(err)
+	}
+	waitLeaderIs(t, nodes, "n1", 15*time.Second)
 }

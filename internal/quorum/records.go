@@ -43,6 +43,12 @@ type epochRecord struct {
 	Epoch int64 `json:"epoch"`
 }
 
+// specifiedRecord restricts who may lead, ROOT/election/specified.
+type specifiedRecord struct {
+	Members []string  `json:"members"`
+	SetAt   time.Time `json:"set_at"`
+}
+
 // priorityRecord is an operator's priority for a node, ROOT/config/priority/NAME.
 type priorityRecord struct {
 	Priority int       `json:"priority"`

@@ -83,6 +83,8 @@ func applyState(core *coord.SessionCore, st zk.State) {
 	switch st {
 	case zk.StateDisconnected, zk.StateConnecting:
 		core.Disconnected()
+	case zk.StateHasSession:
+		core.Reconnected()
 	case zk.StateExpired:
 		core.End(coord.StateExpired)
 	}

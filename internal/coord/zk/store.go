@@ -64,6 +64,7 @@ type conn struct {
 func dial(servers []string, timeout time.Duration, log *slog.Logger, onState func(zk.State)) (*conn, error) {
 	c := &conn{hasSess: make(chan struct{}), onSession: onState}
 	zc, _, err := zk.Connect(servers, timeout,
+		zk.WithHostProvider(newHostProvider()),
 		zk.WithLogger(zkLogger{log}),
 		zk.WithLogInfo(false),
 		zk.WithEventCallback(func(ev zk.Event) {

@@ -283,14 +283,16 @@ type ListMembersResponse struct {
 	ElectedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=elected_at,json=electedAt,proto3" json:"elected_at,omitempty"`
 	Members   []*Member              `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
 	// The answering node.
-	Self          string       `protobuf:"bytes,5,opt,name=self,proto3" json:"self,omitempty"`
-	SelfSession   string       `protobuf:"bytes,6,opt,name=self_session,json=selfSession,proto3" json:"self_session,omitempty"`
-	SelfReady     bool         `protobuf:"varint,7,opt,name=self_ready,json=selfReady,proto3" json:"self_ready,omitempty"`
-	SelfError     string       `protobuf:"bytes,8,opt,name=self_error,json=selfError,proto3" json:"self_error,omitempty"`
-	LastFence     *FenceReport `protobuf:"bytes,9,opt,name=last_fence,json=lastFence,proto3" json:"last_fence,omitempty"`
-	Coordinator   string       `protobuf:"bytes,10,opt,name=coordinator,proto3" json:"coordinator,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Self        string       `protobuf:"bytes,5,opt,name=self,proto3" json:"self,omitempty"`
+	SelfSession string       `protobuf:"bytes,6,opt,name=self_session,json=selfSession,proto3" json:"self_session,omitempty"`
+	SelfReady   bool         `protobuf:"varint,7,opt,name=self_ready,json=selfReady,proto3" json:"self_ready,omitempty"`
+	SelfError   string       `protobuf:"bytes,8,opt,name=self_error,json=selfError,proto3" json:"self_error,omitempty"`
+	LastFence   *FenceReport `protobuf:"bytes,9,opt,name=last_fence,json=lastFence,proto3" json:"last_fence,omitempty"`
+	Coordinator string       `protobuf:"bytes,10,opt,name=coordinator,proto3" json:"coordinator,omitempty"`
+	// Only these members may lead; empty means every member may.
+	SpecifiedMembers []string `protobuf:"bytes,11,rep,name=specified_members,json=specifiedMembers,proto3" json:"specified_members,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ListMembersResponse) Reset() {
@@ -393,6 +395,13 @@ func (x *ListMembersResponse) GetCoordinator() string {
 	return ""
 }
 
+func (x *ListMembersResponse) GetSpecifiedMembers() []string {
+	if x != nil {
+		return x.SpecifiedMembers
+	}
+	return nil
+}
+
 type SetPriorityRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Node     string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -490,6 +499,95 @@ func (*SetPriorityResponse) Descriptor() ([]byte, []int) {
 	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
+type SetSpecifiedMembersRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Members []string               `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	// Store the list even if none of its names is a live member.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSpecifiedMembersRequest) Reset() {
+	*x = SetSpecifiedMembersRequest{}
+	mi := &file_taskd_v1_cluster_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSpecifiedMembersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSpecifiedMembersRequest) ProtoMessage() {}
+
+func (x *SetSpecifiedMembersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_cluster_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSpecifiedMembersRequest.ProtoReflect.Descriptor instead.
+func (*SetSpecifiedMembersRequest) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SetSpecifiedMembersRequest) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *SetSpecifiedMembersRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type SetSpecifiedMembersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSpecifiedMembersResponse) Reset() {
+	*x = SetSpecifiedMembersResponse{}
+	mi := &file_taskd_v1_cluster_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSpecifiedMembersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSpecifiedMembersResponse) ProtoMessage() {}
+
+func (x *SetSpecifiedMembersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_cluster_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSpecifiedMembersResponse.ProtoReflect.Descriptor instead.
+func (*SetSpecifiedMembersResponse) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{7}
+}
+
 var File_taskd_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_taskd_v1_cluster_proto_rawDesc = "" +
@@ -518,7 +616,7 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\vduration_ms\x18\x04 \x01(\x03R\n" +
 	"durationMs\x12C\n" +
 	"\x0fearliest_expiry\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0eearliestExpiry\x12#\n" +
-	"\rbefore_expiry\x18\x06 \x01(\bR\fbeforeExpiry\"\xf7\x02\n" +
+	"\rbefore_expiry\x18\x06 \x01(\bR\fbeforeExpiry\"\xa4\x03\n" +
 	"\x13ListMembersResponse\x12\x16\n" +
 	"\x06leader\x18\x01 \x01(\tR\x06leader\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x129\n" +
@@ -534,15 +632,21 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"last_fence\x18\t \x01(\v2\x15.taskd.v1.FenceReportR\tlastFence\x12 \n" +
 	"\vcoordinator\x18\n" +
-	" \x01(\tR\vcoordinator\"Z\n" +
+	" \x01(\tR\vcoordinator\x12+\n" +
+	"\x11specified_members\x18\v \x03(\tR\x10specifiedMembers\"Z\n" +
 	"\x12SetPriorityRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
 	"\bpriority\x18\x02 \x01(\x05R\bpriority\x12\x14\n" +
 	"\x05force\x18\x03 \x01(\bR\x05force\"\x15\n" +
-	"\x13SetPriorityResponse2\xb2\x01\n" +
+	"\x13SetPriorityResponse\"L\n" +
+	"\x1aSetSpecifiedMembersRequest\x12\x18\n" +
+	"\amembers\x18\x01 \x03(\tR\amembers\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\x1d\n" +
+	"\x1bSetSpecifiedMembersResponse2\x9b\x02\n" +
 	"\x0eClusterService\x12O\n" +
 	"\vListMembers\x12\x1c.taskd.v1.ListMembersRequest\x1a\x1d.taskd.v1.ListMembersResponse\"\x03\x90\x02\x01\x12O\n" +
-	"\vSetPriority\x12\x1c.taskd.v1.SetPriorityRequest\x1a\x1d.taskd.v1.SetPriorityResponse\"\x03\x90\x02\x02B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
+	"\vSetPriority\x12\x1c.taskd.v1.SetPriorityRequest\x1a\x1d.taskd.v1.SetPriorityResponse\"\x03\x90\x02\x02\x12g\n" +
+	"\x13SetSpecifiedMembers\x12$.taskd.v1.SetSpecifiedMembersRequest\x1a%.taskd.v1.SetSpecifiedMembersResponse\"\x03\x90\x02\x02B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
 
 var (
 	file_taskd_v1_cluster_proto_rawDescOnce sync.Once
@@ -556,31 +660,35 @@ func file_taskd_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_taskd_v1_cluster_proto_rawDescData
 }
 
-var file_taskd_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_taskd_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_taskd_v1_cluster_proto_goTypes = []any{
-	(*ListMembersRequest)(nil),    // 0: taskd.v1.ListMembersRequest
-	(*Member)(nil),                // 1: taskd.v1.Member
-	(*FenceReport)(nil),           // 2: taskd.v1.FenceReport
-	(*ListMembersResponse)(nil),   // 3: taskd.v1.ListMembersResponse
-	(*SetPriorityRequest)(nil),    // 4: taskd.v1.SetPriorityRequest
-	(*SetPriorityResponse)(nil),   // 5: taskd.v1.SetPriorityResponse
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*ListMembersRequest)(nil),          // 0: taskd.v1.ListMembersRequest
+	(*Member)(nil),                      // 1: taskd.v1.Member
+	(*FenceReport)(nil),                 // 2: taskd.v1.FenceReport
+	(*ListMembersResponse)(nil),         // 3: taskd.v1.ListMembersResponse
+	(*SetPriorityRequest)(nil),          // 4: taskd.v1.SetPriorityRequest
+	(*SetPriorityResponse)(nil),         // 5: taskd.v1.SetPriorityResponse
+	(*SetSpecifiedMembersRequest)(nil),  // 6: taskd.v1.SetSpecifiedMembersRequest
+	(*SetSpecifiedMembersResponse)(nil), // 7: taskd.v1.SetSpecifiedMembersResponse
+	(*timestamppb.Timestamp)(nil),       // 8: google.protobuf.Timestamp
 }
 var file_taskd_v1_cluster_proto_depIdxs = []int32{
-	6,  // 0: taskd.v1.Member.started_at:type_name -> google.protobuf.Timestamp
-	6,  // 1: taskd.v1.Member.joined_at:type_name -> google.protobuf.Timestamp
-	6,  // 2: taskd.v1.FenceReport.started:type_name -> google.protobuf.Timestamp
-	6,  // 3: taskd.v1.FenceReport.finished:type_name -> google.protobuf.Timestamp
-	6,  // 4: taskd.v1.FenceReport.earliest_expiry:type_name -> google.protobuf.Timestamp
-	6,  // 5: taskd.v1.ListMembersResponse.elected_at:type_name -> google.protobuf.Timestamp
+	8,  // 0: taskd.v1.Member.started_at:type_name -> google.protobuf.Timestamp
+	8,  // 1: taskd.v1.Member.joined_at:type_name -> google.protobuf.Timestamp
+	8,  // 2: taskd.v1.FenceReport.started:type_name -> google.protobuf.Timestamp
+	8,  // 3: taskd.v1.FenceReport.finished:type_name -> google.protobuf.Timestamp
+	8,  // 4: taskd.v1.FenceReport.earliest_expiry:type_name -> google.protobuf.Timestamp
+	8,  // 5: taskd.v1.ListMembersResponse.elected_at:type_name -> google.protobuf.Timestamp
 	1,  // 6: taskd.v1.ListMembersResponse.members:type_name -> taskd.v1.Member
 	2,  // 7: taskd.v1.ListMembersResponse.last_fence:type_name -> taskd.v1.FenceReport
 	0,  // 8: taskd.v1.ClusterService.ListMembers:input_type -> taskd.v1.ListMembersRequest
 	4,  // 9: taskd.v1.ClusterService.SetPriority:input_type -> taskd.v1.SetPriorityRequest
-	3,  // 10: taskd.v1.ClusterService.ListMembers:output_type -> taskd.v1.ListMembersResponse
-	5,  // 11: taskd.v1.ClusterService.SetPriority:output_type -> taskd.v1.SetPriorityResponse
-	10, // [10:12] is the sub-list for method output_type
-	8,  // [8:10] is the sub-list for method input_type
+	6,  // 10: taskd.v1.ClusterService.SetSpecifiedMembers:input_type -> taskd.v1.SetSpecifiedMembersRequest
+	3,  // 11: taskd.v1.ClusterService.ListMembers:output_type -> taskd.v1.ListMembersResponse
+	5,  // 12: taskd.v1.ClusterService.SetPriority:output_type -> taskd.v1.SetPriorityResponse
+	7,  // 13: taskd.v1.ClusterService.SetSpecifiedMembers:output_type -> taskd.v1.SetSpecifiedMembersResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
 	8,  // [8:8] is the sub-list for extension type_name
 	8,  // [8:8] is the sub-list for extension extendee
 	0,  // [0:8] is the sub-list for field type_name
@@ -597,7 +705,7 @@ func file_taskd_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskd_v1_cluster_proto_rawDesc), len(file_taskd_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,6 +39,9 @@ const (
 	// ClusterServiceSetPriorityProcedure is the fully-qualified name of the ClusterService's
 	// SetPriority RPC.
 	ClusterServiceSetPriorityProcedure = "/taskd.v1.ClusterService/SetPriority"
+	// ClusterServiceSetSpecifiedMembersProcedure is the fully-qualified name of the ClusterService's
+	// SetSpecifiedMembers RPC.
+	ClusterServiceSetSpecifiedMembersProcedure = "/taskd.v1.ClusterService/SetSpecifiedMembers"
 )
 
 // ClusterServiceClient is a client for the taskd.v1.ClusterService service.
@@ -47,6 +50,8 @@ type ClusterServiceClient interface {
 	ListMembers(context.Context, *connect.Request[taskdv1.ListMembersRequest]) (*connect.Response[taskdv1.ListMembersResponse], error)
 	// SetPriority stores a node's election priority (0-255).
 	SetPriority(context.Context, *connect.Request[taskdv1.SetPriorityRequest]) (*connect.Response[taskdv1.SetPriorityResponse], error)
+	// SetSpecifiedMembers restricts who may lead; an empty list lifts it.
+	SetSpecifiedMembers(context.Context, *connect.Request[taskdv1.SetSpecifiedMembersRequest]) (*connect.Response[taskdv1.SetSpecifiedMembersResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the taskd.v1.ClusterService service. By default,
@@ -74,13 +79,21 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithIdempotency(connect.IdempotencyIdempotent),
 			connect.WithClientOptions(opts...),
 		),
+		setSpecifiedMembers: connect.NewClient[taskdv1.SetSpecifiedMembersRequest, taskdv1.SetSpecifiedMembersResponse](
+			httpClient,
+			baseURL+ClusterServiceSetSpecifiedMembersProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("SetSpecifiedMembers")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // clusterServiceClient implements ClusterServiceClient.
 type clusterServiceClient struct {
-	listMembers *connect.Client[taskdv1.ListMembersRequest, taskdv1.ListMembersResponse]
-	setPriority *connect.Client[taskdv1.SetPriorityRequest, taskdv1.SetPriorityResponse]
+	listMembers         *connect.Client[taskdv1.ListMembersRequest, taskdv1.ListMembersResponse]
+	setPriority         *connect.Client[taskdv1.SetPriorityRequest, taskdv1.SetPriorityResponse]
+	setSpecifiedMembers *connect.Client[taskdv1.SetSpecifiedMembersRequest, taskdv1.SetSpecifiedMembersResponse]
 }
 
 // ListMembers calls taskd.v1.ClusterService.ListMembers.
@@ -93,12 +106,19 @@ func (c *clusterServiceClient) SetPriority(ctx context.Context, req *connect.Req
 	return c.setPriority.CallUnary(ctx, req)
 }
 
+// SetSpecifiedMembers calls taskd.v1.ClusterService.SetSpecifiedMembers.
+func (c *clusterServiceClient) SetSpecifiedMembers(ctx context.Context, req *connect.Request[taskdv1.SetSpecifiedMembersRequest]) (*connect.Response[taskdv1.SetSpecifiedMembersResponse], error) {
+	return c.setSpecifiedMembers.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the taskd.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// ListMembers returns the members, the leader and the epoch.
 	ListMembers(context.Context, *connect.Request[taskdv1.ListMembersRequest]) (*connect.Response[taskdv1.ListMembersResponse], error)
 	// SetPriority stores a node's election priority (0-255).
 	SetPriority(context.Context, *connect.Request[taskdv1.SetPriorityRequest]) (*connect.Response[taskdv1.SetPriorityResponse], error)
+	// SetSpecifiedMembers restricts who may lead; an empty list lifts it.
+	SetSpecifiedMembers(context.Context, *connect.Request[taskdv1.SetSpecifiedMembersRequest]) (*connect.Response[taskdv1.SetSpecifiedMembersResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -122,12 +142,21 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithIdempotency(connect.IdempotencyIdempotent),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceSetSpecifiedMembersHandler := connect.NewUnaryHandler(
+		ClusterServiceSetSpecifiedMembersProcedure,
+		svc.SetSpecifiedMembers,
+		connect.WithSchema(clusterServiceMethods.ByName("SetSpecifiedMembers")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/taskd.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceListMembersProcedure:
 			clusterServiceListMembersHandler.ServeHTTP(w, r)
 		case ClusterServiceSetPriorityProcedure:
 			clusterServiceSetPriorityHandler.ServeHTTP(w, r)
+		case ClusterServiceSetSpecifiedMembersProcedure:
+			clusterServiceSetSpecifiedMembersHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -143,4 +172,8 @@ func (UnimplementedClusterServiceHandler) ListMembers(context.Context, *connect.
 
 func (UnimplementedClusterServiceHandler) SetPriority(context.Context, *connect.Request[taskdv1.SetPriorityRequest]) (*connect.Response[taskdv1.SetPriorityResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.ClusterService.SetPriority is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) SetSpecifiedMembers(context.Context, *connect.Request[taskdv1.SetSpecifiedMembersRequest]) (*connect.Response[taskdv1.SetSpecifiedMembersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.ClusterService.SetSpecifiedMembers is not implemented"))
 }
