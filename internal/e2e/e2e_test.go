@@ -248,28 +248,13 @@ func TestZKServerLossNoExpiry(t *testing.T) {
 	}
 }
 
-// runTaskd runs taskd to completion (for start-up errors) and returns its
-// exit code and output.
-func runTaskd(t *testing.T, limit time.Duration, args ...string) (int, string) {
+// run runs a binary to completion with extra environment and returns its
+// exit code and combined output.
+func run(t *testing.T, limit time.Duration, env []string, bin string, args ...string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, taskdBin, args...).CombinedOutput()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), string(out)
-	}
-	if err != nil {
-		t.Fatalf("run taskd: %v\n%s", err, out)
-	}
-	return 0, string(out)
-}
-
-func runTaskctl(t *testing.T, env []string, args ...string) (int, string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, taskctlBin, args...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
@@ -277,9 +262,19 @@ func runTaskctl(t *testing.T, env []string, args ...string) (int, string) {
 		return ee.ExitCode(), string(out)
 	}
 	if err != nil {
-		t.Fatalf("run taskctl: %v\n%s", err, out)
+		t.Fatalf("run %s: %v\n%s", bin, err, out)
 	}
 	return 0, string(out)
+}
+
+func runTaskd(t *testing.T, limit time.Duration, args ...string) (int, string) {
+	t.Helper()
+	return run(t, limit, nil, taskdBin, args...)
+}
+
+func runTaskctl(t *testing.T, env []string, args ...string) (int, string) {
+	t.Helper()
+	return run(t, 20*time.Second, env, taskctlBin, args...)
 }
 
 func TestBadStartupInput(t *testing.T) {

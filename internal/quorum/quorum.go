@@ -363,7 +363,11 @@ func (q *Quorum) term(ctx context.Context, sess coord.Session) (joined bool, err
 	// Fence: cancel every role-bound context, then wait for the roles.
 	q.ready.Store(false)
 	started := time.Now()
-	log.Warn("fencing started", "reason", reason)
+	if ctx.Err() != nil {
+		log.Info("fencing started", "reason", reason)
+	} else {
+		log.Warn("fencing started", "reason", reason)
+	}
 	cancel()
 	wg.Wait()
 	finished := time.Now()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/taskd/taskd/internal/coord/zk"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/testenv"
+	"go.uber.org/goleak"
 )
 
 // backend starts a real store server and opens clients to it, directly or
@@ -27,21 +29,10 @@ type backend struct {
 }
 
 func backends(t *testing.T) []backend {
-	ports := testenv.FreePorts(t, 2)
-	cfg := etcd.DefaultServerConfig()
-	cfg.Name, cfg.DataDir = "qt", t.TempDir()
-	cfg.ClientURL = fmt.Sprintf("http://127.0.0.1:%d", ports[0])
-	cfg.PeerURL = fmt.Sprintf("http://127.0.0.1:%d", ports[1])
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	srv, err := etcd.StartServer(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
+	srv := testenv.StartEtcd(t)
 	ens := testenv.StartEnsemble(t, 1)
 	return []backend{
-		{"etcd", fmt.Sprintf("127.0.0.1:%d", ports[0]), func(t *testing.T, addr string) coord.Store {
+		{"etcd", strings.TrimPrefix(srv.ClientURL(), "http://"), func(t *testing.T, addr string) coord.Store {
 			s, err := etcd.Open([]string{"http://" + addr}, slog.Default())
 			if err != nil {
 				t.Fatal(err)
@@ -153,7 +144,9 @@ func waitLeader(t *testing.T, nodes []*node, limit time.Duration) (string, int64
 
 func TestMain(m *testing.M) {
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	os.Exit(m.Run())
+	// Every goroutine quorum starts is joined on shutdown; so are the
+	// stores' own once they are closed.
+	goleak.VerifyTestMain(m)
 }
 
 func TestQuorum(t *testing.T) {

@@ -1,11 +1,8 @@
 package etcd_test
 
 import (
-	"context"
-	"fmt"
 	"log/slog"
 	"testing"
-	"time"
 
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/coordtest"
@@ -13,27 +10,8 @@ import (
 	"github.com/taskd/taskd/internal/testenv"
 )
 
-// startServer starts an embedded single-member etcd for the test.
-func startServer(t *testing.T) *etcd.Server {
-	t.Helper()
-	ports := testenv.FreePorts(t, 2)
-	cfg := etcd.DefaultServerConfig()
-	cfg.Name = "test"
-	cfg.DataDir = t.TempDir()
-	cfg.ClientURL = fmt.Sprintf("http://127.0.0.1:%d", ports[0])
-	cfg.PeerURL = fmt.Sprintf("http://127.0.0.1:%d", ports[1])
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	srv, err := etcd.StartServer(ctx, cfg)
-	if err != nil {
-		t.Fatalf("start embedded etcd: %v", err)
-	}
-	t.Cleanup(srv.Close)
-	return srv
-}
-
 func TestContract(t *testing.T) {
-	srv := startServer(t)
+	srv := testenv.StartEtcd(t)
 	coordtest.Run(t, func(t *testing.T) coord.Store {
 		s, err := etcd.Open([]string{srv.ClientURL()}, slog.Default())
 		if err != nil {
