@@ -6,7 +6,7 @@ DATA ?= ./data
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all build run test test-deps proto bench vet clean
+.PHONY: all build run test test-deps proto bench bench-copy fuzz vet clean
 
 all: build
 
@@ -39,6 +39,17 @@ bench: build
 	$(GO) run ./cmd/taskd-bench handover -n 20
 	$(GO) run ./cmd/taskd-bench reconnect -n 20
 	$(GO) run ./cmd/taskd-bench idle -duration 60s
+
+# Volume copy against qemu-img, cp, dd, nbdcopy and rsync (4 GiB images;
+# BENCH_COPY_FLAGS=-quick for 1 GiB). Needs root to drop the page cache.
+bench-copy: build
+	@scripts/test-deps.sh --bench
+	$(GO) run ./cmd/taskd-bench copy $(BENCH_COPY_FLAGS)
+
+# The NBD reply parser under the fuzzer. Minimisation is capped so the
+# minute goes to new inputs.
+fuzz:
+	$(GO) test -run XXX -fuzz FuzzReplyParser -fuzztime 60s -fuzzminimizetime 100x ./internal/nbd
 
 vet:
 	$(GO) vet ./...

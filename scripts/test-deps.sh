@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs when it is missing: ZooKeeper 3.8 (and
-# its Java runtime) from Debian. Safe to run repeatedly; does nothing when all
-# is present. Under CI=true a missing component the tests need makes them
-# fail, never skip, so an install failure here surfaces as a test failure.
+# Installs what the test suite needs when it is missing, from Debian:
+# ZooKeeper 3.8 (and its Java runtime), qemu-utils (qemu-nbd, qemu-img,
+# qemu-io) and nbdkit. With --bench it also installs what the copy benchmark
+# compares against: nbdcopy (libnbd-bin) and rsync.
+# Safe to run repeatedly; does nothing when all is present. Under CI=true a
+# missing component the tests need makes them fail, never skip, so an install
+# failure here surfaces as a test failure.
 set -euo pipefail
 
 need=()
 [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null || need+=(zookeeper)
+command -v qemu-nbd >/dev/null && command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || need+=(qemu-utils)
+command -v nbdkit >/dev/null || need+=(nbdkit)
+if [ "${1:-}" = "--bench" ]; then
+  command -v nbdcopy >/dev/null || need+=(libnbd-bin)
+  command -v rsync >/dev/null || need+=(rsync)
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

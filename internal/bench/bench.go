@@ -29,6 +29,7 @@ commands:
   handover   SIGTERM the leader of a 3-node cluster, time until the survivors agree on a new leader
   reconnect  kill the ZooKeeper server a session uses (3-server ensemble), time until the session is confirmed on another server
   idle       RSS and CPU of one idle node on the embedded default
+  copy       volume copy against qemu-img convert, cp, dd, nbdcopy and rsync on generated images
 Run "taskd-bench COMMAND -h" for flags. Build first: the command builds taskd itself.
 `
 
@@ -39,7 +40,7 @@ func Main(args []string, out io.Writer) int {
 		return 0
 	}
 	cmds := map[string]func([]string, io.Writer) error{
-		"failover": failover, "handover": handover, "reconnect": reconnect, "idle": idle,
+		"failover": failover, "handover": handover, "reconnect": reconnect, "idle": idle, "copy": copyBench,
 	}
 	f, ok := cmds[args[0]]
 	if !ok {

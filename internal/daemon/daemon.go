@@ -18,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	volcopy "github.com/taskd/taskd/internal/copy"
 	"github.com/taskd/taskd/internal/node"
 )
 
@@ -58,6 +59,10 @@ func exitCode(err error) int {
 		return ExitUsage
 	case errors.Is(err, errForced):
 		return ExitForced
+	case errors.Is(err, errInterrupted):
+		return ExitCopyInterrupted
+	case errors.Is(err, volcopy.ErrVerify):
+		return ExitCopyVerify
 	case errors.Is(err, node.ErrConfig):
 		return ExitConfig
 	case errors.Is(err, node.ErrDataDir):
@@ -116,6 +121,7 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&cfg.EtcdLogLevel, "etcd-log-level", cfg.EtcdLogLevel, "embedded etcd: log level (debug, info, warn, error)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	cmd.AddCommand(newVolumeCmd())
 	return cmd
 }
 

@@ -84,6 +84,17 @@ func (p *Proc) ExitCode() int {
 	return p.state.ExitCode()
 }
 
+// Rusage is the resource usage of the exited process (nil while it runs).
+func (p *Proc) Rusage() *syscall.Rusage {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state == nil {
+		return nil
+	}
+	ru, _ := p.state.SysUsage().(*syscall.Rusage)
+	return ru
+}
+
 // FreePorts reserves n distinct free loopback TCP ports (released before
 // returning; a race with other processes is possible but unlikely).
 func FreePorts(n int) ([]int, error) {

@@ -1,0 +1,412 @@
+package bench
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/taskd/taskd/internal/harness"
+)
+
+// copyTool is one contender in a set: how to reset its target (untimed),
+// the timed command, and what to clean up after.
+type copyTool struct {
+	name   string
+	argv   []string
+	target string // the file the copy ends in
+	reset  func() error
+	stop   func() []*syscall.Rusage // servers of the NBD path
+}
+
+type copyResult struct {
+	walls          []time.Duration
+	cpu            []float64
+	maxRSS         int64
+	readB, writeB  []int64
+	du             int64
+	correct        string
+	logicalBytes   int64
+	correctChecked bool
+}
+
+type copySet struct {
+	name   string
+	source string // expected content of every target
+	size   int64
+	tools  []*copyTool
+}
+
+func copyBench(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("copy", flag.ContinueOnError)
+	quick := fs.Bool("quick", false, "1 GiB images instead of 4 GiB")
+	reps := fs.Int("reps", 5, "repetitions; the tools take turns within each")
+	dirFlag := fs.String("dir", "", "work directory (default: new under /var/tmp); needs about 4x the image size free")
+	drop := fs.Bool("drop-caches", true, "sync and drop the page cache before every timed run (needs root)")
+	setsFlag := fs.String("sets", "sparse25,sparse25-halfzero,random100,incremental,dirty-bitmap,nbd", "sets to run")
+	seed := fs.Uint64("seed", 1, "image generator seed")
+	keep := fs.Bool("keep", false, "keep the work directory")
+	sizeMiB := fs.Int64("size-mib", 0, "image size in MiB (overrides -quick; for a smoke run)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	size := int64(4 << 30)
+	if *quick {
+		size = 1 << 30
+	}
+	if *sizeMiB > 0 {
+		size = *sizeMiB << 20
+	}
+	dir := *dirFlag
+	if dir == "" {
+		d, err := os.MkdirTemp("/var/tmp", "taskd-copy-bench")
+		if err != nil {
+			return err
+		}
+		dir = d
+	}
+	if !*keep {
+		defer os.RemoveAll(dir)
+	}
+	for _, tool := range []string{"qemu-img", "qemu-nbd", "nbdcopy", "rsync", "cmp", "cp", "dd", "sync"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not installed (scripts/test-deps.sh --bench installs the benchmark's tools): %w", tool, err)
+		}
+	}
+	taskd, _, err := harness.Build(filepath.Join(dir, "bin"))
+	if err != nil {
+		return err
+	}
+	if *drop && os.Geteuid() != 0 {
+		fmt.Fprintln(out, "note: not root, page cache not dropped between runs")
+		*drop = false
+	}
+
+	gen := imageGen{seed: *seed, size: size}
+	img := func(name string) string { return filepath.Join(dir, name+".raw") }
+	fmt.Fprintf(out, "copy benchmark: images of %s, seed %d, %d repetitions, page cache dropped: %v, dir %s\n",
+		humanSize(size), *seed, *reps, *drop, dir)
+	var sets []*copySet
+	for _, name := range strings.Split(*setsFlag, ",") {
+		s, err := makeSet(name, gen, dir, img, taskd)
+		if err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+		sets = append(sets, s)
+	}
+
+	for _, s := range sets {
+		results := map[string]*copyResult{}
+		for rep := range *reps {
+			for _, t := range s.tools {
+				r := results[t.name]
+				if r == nil {
+					r = &copyResult{logicalBytes: s.size}
+					results[t.name] = r
+				}
+				if err := runTool(t, r, s.source, *drop); err != nil {
+					return fmt.Errorf("set %s, %s, repetition %d: %w", s.name, t.name, rep+1, err)
+				}
+			}
+		}
+		printSet(out, s, results)
+	}
+	return nil
+}
+
+func makeSet(name string, gen imageGen, dir string, img func(string) string, taskd string) (*copySet, error) {
+	ensure := func(kind string) (string, error) {
+		p := img(kind)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+		return p, gen.write(p, kind)
+	}
+	dst := filepath.Join(dir, "target-"+name)
+	fresh := func() error {
+		if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	local := func(src string) []*copyTool {
+		return []*copyTool{
+			{name: "taskd", argv: []string{taskd, "volume", "copy", src, dst, "--progress", "none"}, target: dst, reset: fresh},
+			{name: "taskd (no checkpoints)", argv: []string{taskd, "volume", "copy", src, dst, "--progress", "none", "--extent-size", fmt.Sprint(gen.size)}, target: dst, reset: fresh},
+			{name: "qemu-img convert -W -m 16", argv: []string{"qemu-img", "convert", "-W", "-m", "16", "-f", "raw", "-O", "raw", src, dst}, target: dst, reset: fresh},
+			{name: "cp", argv: []string{"cp", src, dst}, target: dst, reset: fresh},
+			{name: "dd conv=sparse bs=1M", argv: []string{"dd", "if=" + src, "of=" + dst, "bs=1M", "conv=sparse", "status=none"}, target: dst, reset: fresh},
+		}
+	}
+	switch name {
+	case imgSparse, imgHalf, imgRandom:
+		src, err := ensure(name)
+		if err != nil {
+			return nil, err
+		}
+		return &copySet{name: name, source: src, size: gen.size, tools: local(src)}, nil
+	case "incremental":
+		base, err := ensure(imgBase)
+		if err != nil {
+			return nil, err
+		}
+		src := img(imgIncr)
+		if _, err := os.Stat(src); err != nil {
+			if err := gen.writeIncremental(base, src, 10000); err != nil {
+				return nil, err
+			}
+		}
+		fromBase := func() error {
+			if err := fresh(); err != nil {
+				return err
+			}
+			return copyFileSparse(base, dst)
+		}
+		return &copySet{name: "incremental (base + 10k random 4 KiB writes)", source: src, size: gen.size, tools: []*copyTool{
+			{name: "taskd --base", argv: []string{taskd, "volume", "copy", src, dst, "--base", base, "--progress", "none"}, target: dst, reset: fromBase},
+			{name: "rsync --inplace --no-whole-file", argv: []string{"rsync", "--inplace", "--no-whole-file", src, dst}, target: dst, reset: fromBase},
+			{name: "taskd full copy", argv: []string{taskd, "volume", "copy", src, dst, "--progress", "none"}, target: dst, reset: fresh},
+		}}, nil
+	case "dirty-bitmap":
+		base, err := ensure(imgBase)
+		if err != nil {
+			return nil, err
+		}
+		disk, want, err := gen.writeBitmapImage(base, dir, 10000)
+		if err != nil {
+			return nil, err
+		}
+		fromBase := func() error {
+			if err := fresh(); err != nil {
+				return err
+			}
+			return copyFileSparse(base, dst)
+		}
+		serve := []string{"-f", "qcow2", "--read-only", "--shared=4", "--bitmap=b0"}
+		return &copySet{name: "dirty bitmap (qcow2 base + 10k random 4 KiB writes, served by qemu-nbd)", source: want, size: gen.size, tools: []*copyTool{
+			nbdSourceTool("taskd --dirty-bitmap b0", dir, disk, serve, dst, fromBase, func(u string) []string {
+				return []string{taskd, "volume", "copy", u, dst, "--dirty-bitmap", "b0", "--progress", "none"}
+			}),
+			nbdSourceTool("taskd full copy", dir, disk, serve, dst, fresh, func(u string) []string {
+				return []string{taskd, "volume", "copy", u, dst, "--progress", "none"}
+			}),
+			nbdSourceTool("nbdcopy full copy", dir, disk, serve, dst, func() error {
+				if err := fresh(); err != nil {
+					return err
+				}
+				return os.WriteFile(dst, nil, 0o600)
+			}, func(u string) []string {
+				return []string{"nbdcopy", u, dst}
+			}),
+		}}, nil
+	case "nbd":
+		src, err := ensure(imgSparse)
+		if err != nil {
+			return nil, err
+		}
+		return &copySet{name: "nbd (sparse25 through qemu-nbd -e 4)", source: src, size: gen.size, tools: []*copyTool{
+			nbdTool("taskd", dir, src, dst, gen.size, func(s, d string) []string {
+				return []string{taskd, "volume", "copy", s, d, "--progress", "none"}
+			}),
+			nbdTool("nbdcopy", dir, src, dst, gen.size, func(s, d string) []string {
+				return []string{"nbdcopy", s, d}
+			}),
+		}}, nil
+	}
+	return nil, fmt.Errorf("unknown set %q (sparse25, sparse25-halfzero, random100, incremental, nbd)", name)
+}
+
+// nbdTool serves the source read-only and a fresh sparse target with
+// qemu-nbd -e 4 for each run; the servers' CPU and I/O count in the run.
+func nbdTool(name, dir, src, dst string, size int64, argv func(s, d string) []string) *copyTool {
+	t := &copyTool{name: name, target: dst}
+	var servers []*harness.NBDServer
+	sockDir := filepath.Join(dir, "sock-"+strings.ReplaceAll(name, " ", "-"))
+	t.reset = func() error {
+		os.RemoveAll(sockDir)
+		if err := os.MkdirAll(sockDir, 0o700); err != nil {
+			return err
+		}
+		if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if err := os.WriteFile(dst, nil, 0o600); err != nil {
+			return err
+		}
+		if err := os.Truncate(dst, size); err != nil {
+			return err
+		}
+		s, err := harness.StartQemuNBD(sockDir, "src", src, "-f", "raw", "--read-only", "--shared=4")
+		if err != nil {
+			return err
+		}
+		d, err := harness.StartQemuNBD(sockDir, "dst", dst, "-f", "raw", "--shared=4", "--discard=unmap")
+		if err != nil {
+			s.Stop()
+			return err
+		}
+		servers = []*harness.NBDServer{s, d}
+		t.argv = argv(s.URI(), d.URI())
+		return nil
+	}
+	t.stop = func() []*syscall.Rusage {
+		var out []*syscall.Rusage
+		for _, s := range servers {
+			s.Stop()
+			out = append(out, s.Rusage())
+		}
+		servers = nil
+		return out
+	}
+	return t
+}
+
+// nbdSourceTool serves a source image with qemu-nbd for each run and copies
+// it to a local target file.
+func nbdSourceTool(name, dir, img string, serveArgs []string, dst string, reset func() error, argv func(uri string) []string) *copyTool {
+	t := &copyTool{name: name, target: dst}
+	var srv *harness.NBDServer
+	sockDir := filepath.Join(dir, "sock-"+strings.NewReplacer(" ", "-", "/", "-").Replace(name))
+	t.reset = func() error {
+		if err := reset(); err != nil {
+			return err
+		}
+		os.RemoveAll(sockDir)
+		if err := os.MkdirAll(sockDir, 0o700); err != nil {
+			return err
+		}
+		s, err := harness.StartQemuNBD(sockDir, "src", img, serveArgs...)
+		if err != nil {
+			return err
+		}
+		srv = s
+		t.argv = argv(s.URI())
+		return nil
+	}
+	t.stop = func() []*syscall.Rusage {
+		srv.Stop()
+		return []*syscall.Rusage{srv.Rusage()}
+	}
+	return t
+}
+
+func runTool(t *copyTool, r *copyResult, source string, drop bool) error {
+	if err := t.reset(); err != nil {
+		return fmt.Errorf("reset: %w", err)
+	}
+	if drop {
+		if err := dropCaches(); err != nil {
+			return err
+		}
+	}
+	start := time.Now()
+	cmd := exec.Command(t.argv[0], t.argv[1:]...)
+	outb, err := cmd.CombinedOutput()
+	if err != nil {
+		if t.stop != nil {
+			t.stop()
+		}
+		return fmt.Errorf("%s: %v\n%s", strings.Join(t.argv, " "), err, outb)
+	}
+	// Every tool's time includes making the target durable; for tools
+	// that flush themselves this sync finds nothing left to write.
+	syncCmd := exec.Command("sync", t.target)
+	if out, err := syncCmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("sync %s: %v: %s", t.target, err, out)
+	}
+	wall := time.Since(start)
+	rus := []*syscall.Rusage{cmd.ProcessState.SysUsage().(*syscall.Rusage), syncCmd.ProcessState.SysUsage().(*syscall.Rusage)}
+	if t.stop != nil {
+		rus = append(rus, t.stop()...)
+	}
+	var cpu float64
+	var rd, wr int64
+	for _, ru := range rus {
+		if ru == nil {
+			continue
+		}
+		cpu += tv(ru.Utime) + tv(ru.Stime)
+		rd += ru.Inblock * 512
+		wr += ru.Oublock * 512
+		r.maxRSS = max(r.maxRSS, ru.Maxrss)
+	}
+	r.walls = append(r.walls, wall)
+	r.cpu = append(r.cpu, cpu)
+	r.readB = append(r.readB, rd)
+	r.writeB = append(r.writeB, wr)
+	var st syscall.Stat_t
+	if err := syscall.Stat(t.target, &st); err != nil {
+		return err
+	}
+	r.du = st.Blocks * 512
+	if !r.correctChecked {
+		r.correctChecked = true
+		out, err := runQuiet("cmp", source, t.target)
+		r.correct = "cmp ok"
+		if err != nil {
+			r.correct = "DIFFERS: " + strings.TrimSpace(out)
+		}
+	}
+	return nil
+}
+
+func tv(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+
+func dropCaches() error {
+	if out, err := runQuiet("sync"); err != nil {
+		return fmt.Errorf("sync: %v %s", err, out)
+	}
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
+		return fmt.Errorf("drop caches: %w", err)
+	}
+	return nil
+}
+
+func runQuiet(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
+}
+
+func median[T int64 | float64 | time.Duration](v []T) T {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func humanSize(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	default:
+		return fmt.Sprintf("%.0f KiB", float64(n)/(1<<10))
+	}
+}
+
+func printSet(out io.Writer, s *copySet, results map[string]*copyResult) {
+	fmt.Fprintf(out, "\n### %s (%s logical)\n\n", s.name, humanSize(s.size))
+	fmt.Fprintln(out, "| tool | wall p50 (min-max) | GB/s | read | written | CPU s | peak RSS | target du | correct |")
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|")
+	for _, t := range s.tools {
+		r := results[t.name]
+		w := median(r.walls)
+		fmt.Fprintf(out, "| %s | %.2fs (%.2f-%.2f) | %.2f | %s | %s | %.2f | %s | %s | %s |\n",
+			t.name, w.Seconds(), slices.Min(r.walls).Seconds(), slices.Max(r.walls).Seconds(),
+			float64(r.logicalBytes)/w.Seconds()/1e9, humanSize(median(r.readB)), humanSize(median(r.writeB)),
+			median(r.cpu), humanSize(r.maxRSS<<10), humanSize(r.du), r.correct)
+	}
+	first := results[s.tools[0].name]
+	fmt.Fprintln(out)
+	for _, t := range s.tools[1:] {
+		fmt.Fprintf(out, "ratio %s / %s = %.2f\n", s.tools[0].name, t.name,
+			median(first.walls).Seconds()/median(results[t.name].walls).Seconds())
+	}
+}

@@ -1,0 +1,251 @@
+package copy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+
+	"github.com/taskd/taskd/internal/volume"
+)
+
+// Copier copies one volume onto another. Create it with New, run it once.
+type Copier struct {
+	src, dst, base volume.Volume
+	dirty          volume.DirtyTracker
+	mode           Mode
+	opts           Options
+	targetZero     bool
+	limiter        *rate.Limiter
+	log            *slog.Logger
+	start          int64      // first offset to copy (from a checkpoint)
+	resumed        checkpoint // the state the run starts from
+	zeroBlock      []byte
+
+	read, written, zeroed  atomic.Int64
+	allocDone, logicalDone atomic.Int64
+	extentsDone            atomic.Int64
+	allocTotal             atomic.Int64
+}
+
+// New checks the volumes and options and prepares a copy of src onto dst.
+// An error wraps ErrInvalid and nothing has been written.
+func New(src, dst volume.Volume, opts Options) (*Copier, error) {
+	c := &Copier{src: src, dst: dst, base: opts.Base, opts: opts, mode: ModeFull, log: opts.Logger}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if src.Identity() == dst.Identity() {
+		return nil, fmt.Errorf("%w: source and destination are the same volume (%s)", ErrInvalid, src.Identity())
+	}
+	if dst.Size() < src.Size() {
+		return nil, fmt.Errorf("%w: destination (%d bytes) is smaller than the source (%d bytes)", ErrInvalid, dst.Size(), src.Size())
+	}
+	switch {
+	case opts.Base != nil && opts.DirtyBitmap != "":
+		return nil, fmt.Errorf("%w: --base and --dirty-bitmap exclude each other", ErrInvalid)
+	case opts.Base != nil:
+		c.mode = ModeBase
+		if opts.Base.Size() != src.Size() {
+			return nil, fmt.Errorf("%w: base (%d bytes) and source (%d bytes) differ in size", ErrInvalid, opts.Base.Size(), src.Size())
+		}
+	case opts.DirtyBitmap != "":
+		c.mode = ModeDirty
+		d, ok := src.(volume.DirtyTracker)
+		if !ok {
+			return nil, fmt.Errorf("%w: --dirty-bitmap needs an NBD source that exports the bitmap", ErrInvalid)
+		}
+		c.dirty = d
+	}
+	c.targetZero = opts.TargetIsZero || dst.IsZero()
+	if err := c.applyDefaults(); err != nil {
+		return nil, err
+	}
+	if opts.Resume != nil {
+		cp, err := decodeCheckpoint(opts.Resume)
+		if err != nil {
+			return nil, err
+		}
+		if cp.Mode != c.mode || cp.Size != src.Size() || cp.Extent != c.opts.ExtentSize || cp.Bitmap != opts.DirtyBitmap {
+			return nil, fmt.Errorf("%w: the checkpoint belongs to a different copy (mode %s, %d bytes, extent %d)", ErrInvalid, cp.Mode, cp.Size, cp.Extent)
+		}
+		if cp.Next < 0 || cp.Next > src.Size() || cp.Next%cp.Extent != 0 && cp.Next != src.Size() {
+			return nil, fmt.Errorf("%w: checkpoint offset %d is not an extent boundary", ErrInvalid, cp.Next)
+		}
+		c.start = cp.Next
+		c.read.Store(cp.Read)
+		c.written.Store(cp.Written)
+		c.zeroed.Store(cp.Zeroed)
+		c.allocDone.Store(cp.AllocDon)
+		c.extentsDone.Store(cp.Next / cp.Extent)
+		// A resumed target is no longer known to be zero: the extent cut
+		// off may hold partial writes.
+		c.targetZero = opts.TargetIsZero
+	}
+	c.logicalDone.Store(c.start)
+	c.resumed = checkpoint{
+		Version: 1, Mode: c.mode, Size: src.Size(), Extent: c.opts.ExtentSize, Bitmap: opts.DirtyBitmap,
+		Next: c.start, Read: c.read.Load(), Written: c.written.Load(), Zeroed: c.zeroed.Load(), AllocDon: c.allocDone.Load(),
+	}
+	lim := rate.Inf
+	if c.opts.Rate > 0 {
+		lim = rate.Limit(c.opts.Rate)
+	}
+	c.limiter = rate.NewLimiter(lim, c.opts.RequestSize)
+	c.zeroBlock = make([]byte, c.opts.BlockSize)
+	return c, nil
+}
+
+func isNBD(v volume.Volume) bool { return strings.HasPrefix(v.Identity(), "nbd:") }
+
+func (c *Copier) applyDefaults() error {
+	o := &c.opts
+	nbdPath := isNBD(c.src) || isNBD(c.dst)
+	if o.Workers == 0 {
+		o.Workers = defaultFileWork
+		if nbdPath {
+			o.Workers = defaultNBDWork
+		}
+	}
+	defaultedRequest := o.RequestSize == 0
+	if o.RequestSize == 0 {
+		o.RequestSize = defaultFileReq
+		if nbdPath {
+			o.RequestSize = defaultNBDReq
+		}
+	}
+	if o.BlockSize == 0 {
+		o.BlockSize = defaultBlock
+	}
+	if o.ExtentSize == 0 {
+		o.ExtentSize = defaultExtent
+	}
+	if defaultedRequest && int64(o.RequestSize) > o.ExtentSize {
+		o.RequestSize = int(o.ExtentSize)
+	}
+	if o.ProgressInterval == 0 {
+		o.ProgressInterval = defaultProgressT
+	}
+	maxReq := min(c.src.MaxRequest(), c.dst.MaxRequest())
+	if c.base != nil {
+		maxReq = min(maxReq, c.base.MaxRequest())
+	}
+	switch {
+	case o.Workers < 1 || o.Workers > 1024:
+		return fmt.Errorf("%w: workers %d outside 1-1024", ErrInvalid, o.Workers)
+	case o.BlockSize < 512 || o.BlockSize&(o.BlockSize-1) != 0:
+		return fmt.Errorf("%w: block size %d is not a power of two of at least 512", ErrInvalid, o.BlockSize)
+	case o.RequestSize < o.BlockSize || o.RequestSize%o.BlockSize != 0:
+		return fmt.Errorf("%w: request size %d is not a multiple of the block size %d", ErrInvalid, o.RequestSize, o.BlockSize)
+	case o.RequestSize > maxReq:
+		return fmt.Errorf("%w: request size %d exceeds what the endpoints accept (%d)", ErrInvalid, o.RequestSize, maxReq)
+	case o.ExtentSize < int64(o.RequestSize) || o.ExtentSize%int64(o.BlockSize) != 0:
+		return fmt.Errorf("%w: extent size %d must be a multiple of the block size and at least the request size", ErrInvalid, o.ExtentSize)
+	case o.Rate < 0:
+		return fmt.Errorf("%w: rate %d is negative", ErrInvalid, o.Rate)
+	}
+	return nil
+}
+
+// SetRate changes the read rate limit (bytes per second, 0 unlimited) while
+// the copy runs.
+func (c *Copier) SetRate(bytesPerSecond int64) {
+	if bytesPerSecond <= 0 {
+		c.limiter.SetLimit(rate.Inf)
+		return
+	}
+	c.limiter.SetLimit(rate.Limit(bytesPerSecond))
+}
+
+// Mode reports the copy mode New chose.
+func (c *Copier) Mode() Mode { return c.mode }
+
+// Run copies, and returns the final progress. It returns when every
+// goroutine it started has ended.
+func (c *Copier) Run(ctx context.Context) (Progress, error) {
+	total, err := c.scanAllocated(ctx)
+	if err != nil {
+		return c.snapshot(), err
+	}
+	c.allocTotal.Store(total)
+	c.log.Info("copy started", "mode", c.mode, "size", c.src.Size(), "allocated", total,
+		"resume_from", c.start, "workers", c.opts.Workers, "request", c.opts.RequestSize)
+
+	repCtx, stopReporter := context.WithCancel(ctx)
+	reporterDone := make(chan struct{})
+	go func() { defer close(reporterDone); c.report(repCtx) }()
+	defer func() { stopReporter(); <-reporterDone }()
+
+	g, gctx := errgroup.WithContext(ctx)
+	items := make(chan item, c.opts.Workers*2)
+	extents := make(chan *extentWork, 1)
+	// Two extents may be open: one being flushed and checkpointed, the
+	// next being read. The next one's writes wait for the checkpoint.
+	window := make(chan struct{}, 2)
+	for range c.opts.Workers {
+		g.Go(func() error { return c.worker(gctx, items) })
+	}
+	g.Go(func() error { return c.flusher(gctx, extents, window) })
+	g.Go(func() error {
+		defer close(items)
+		defer close(extents)
+		return c.produce(gctx, items, extents, window)
+	})
+	err = g.Wait()
+	p := c.snapshot()
+	if err != nil {
+		return p, err
+	}
+	if c.opts.OnProgress != nil {
+		c.opts.OnProgress(p)
+	}
+	c.log.Info("copy finished", "read", p.BytesRead, "written", p.BytesWritten, "zeroed", p.BytesZeroed)
+	return p, nil
+}
+
+func (c *Copier) snapshot() Progress {
+	size := c.src.Size()
+	ext := (size + c.opts.ExtentSize - 1) / c.opts.ExtentSize
+	return Progress{
+		LogicalDone: c.logicalDone.Load(), LogicalTotal: size,
+		AllocatedDone: c.allocDone.Load(), AllocatedTotal: c.allocTotal.Load(),
+		BytesRead: c.read.Load(), BytesWritten: c.written.Load(), BytesZeroed: c.zeroed.Load(),
+		ExtentsDone: c.extentsDone.Load(), ExtentsTotal: ext,
+	}
+}
+
+// report calls OnProgress every interval with a smoothed rate and ETA.
+func (c *Copier) report(ctx context.Context) {
+	if c.opts.OnProgress == nil {
+		return
+	}
+	t := time.NewTicker(c.opts.ProgressInterval)
+	defer t.Stop()
+	last, lastAt := c.allocDone.Load(), time.Now()
+	var rateEWMA float64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			p := c.snapshot()
+			inst := float64(p.AllocatedDone-last) / now.Sub(lastAt).Seconds()
+			if rateEWMA == 0 {
+				rateEWMA = inst
+			} else {
+				rateEWMA = 0.5*rateEWMA + 0.5*inst
+			}
+			last, lastAt = p.AllocatedDone, now
+			p.Rate = rateEWMA
+			if rateEWMA > 0 {
+				p.ETA = time.Duration(float64(p.AllocatedTotal-p.AllocatedDone) / rateEWMA * float64(time.Second))
+			}
+			c.opts.OnProgress(p)
+		}
+	}
+}

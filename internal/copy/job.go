@@ -1,0 +1,133 @@
+package copy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/taskd/taskd/internal/volume"
+)
+
+// Spec describes a copy by URIs, as the CLI and the task type take it.
+type Spec struct {
+	Source       string `json:"source"`
+	Target       string `json:"target"`
+	Base         string `json:"base,omitempty"`
+	DirtyBitmap  string `json:"dirty_bitmap,omitempty"`
+	TargetIsZero bool   `json:"target_is_zero,omitempty"`
+	Verify       bool   `json:"verify,omitempty"`
+	Rate         int64  `json:"rate,omitempty"`
+	Workers      int    `json:"workers,omitempty"`
+	RequestSize  int    `json:"request_size,omitempty"`
+	ExtentSize   int64  `json:"extent_size,omitempty"`
+}
+
+// Job is a prepared copy with its open volumes.
+type Job struct {
+	*Copier
+	vols []volume.Volume
+}
+
+// Close closes every volume.
+func (j *Job) Close() error {
+	var errs []error
+	for _, v := range j.vols {
+		errs = append(errs, v.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Prepare opens the volumes of spec and checks the copy, in an order that
+// writes nothing until every check has passed: source, base, then target (a
+// missing target file is created last, with the source's size). env carries
+// what the caller decides: roots, NBD tuning, callbacks, a checkpoint to
+// resume from. An error wraps ErrInvalid when the input is at fault.
+func Prepare(ctx context.Context, spec Spec, env volume.Options, opts Options) (*Job, error) {
+	if spec.Source == "" || spec.Target == "" {
+		return nil, fmt.Errorf("%w: source and target are required", ErrInvalid)
+	}
+	if spec.Base != "" && spec.DirtyBitmap != "" {
+		return nil, fmt.Errorf("%w: --base and --dirty-bitmap exclude each other", ErrInvalid)
+	}
+	if spec.Source == spec.Target {
+		return nil, fmt.Errorf("%w: source and destination are the same volume (%s)", ErrInvalid, spec.Source)
+	}
+	j := &Job{}
+	fail := func(err error) (*Job, error) {
+		j.Close()
+		return nil, err
+	}
+	ro := env
+	ro.Write, ro.CreateSize = false, 0
+	if spec.DirtyBitmap != "" {
+		ro.NBD.MetaContexts = append(ro.NBD.MetaContexts, "qemu:dirty-bitmap:"+spec.DirtyBitmap)
+	}
+	src, err := volume.Open(ctx, spec.Source, ro)
+	if err != nil {
+		return fail(inputError("source", err))
+	}
+	j.vols = append(j.vols, src)
+	if spec.Base != "" {
+		ro.NBD.MetaContexts = nil
+		base, err := volume.Open(ctx, spec.Base, ro)
+		if err != nil {
+			return fail(inputError("base", err))
+		}
+		j.vols = append(j.vols, base)
+		opts.Base = base
+	}
+	// Open the target without creating it first, so that the checks below
+	// run before anything exists on disk.
+	rw := env
+	rw.Write, rw.CreateSize = true, 0
+	dst, err := volume.Open(ctx, spec.Target, rw)
+	created := false
+	if errors.Is(err, os.ErrNotExist) {
+		rw.CreateSize = src.Size()
+		dst, err = volume.Open(ctx, spec.Target, rw)
+		created = err == nil
+	}
+	if err != nil {
+		return fail(inputError("target", err))
+	}
+	j.vols = append(j.vols, dst)
+	opts.DirtyBitmap = spec.DirtyBitmap
+	opts.TargetIsZero = opts.TargetIsZero || spec.TargetIsZero
+	opts.Verify = opts.Verify || spec.Verify
+	opts.Rate = max(opts.Rate, spec.Rate)
+	if spec.Workers != 0 {
+		opts.Workers = spec.Workers
+	}
+	if spec.RequestSize != 0 {
+		opts.RequestSize = spec.RequestSize
+	}
+	if spec.ExtentSize != 0 {
+		opts.ExtentSize = spec.ExtentSize
+	}
+	c, err := New(src, dst, opts)
+	if err != nil {
+		if created {
+			removeCreated(spec.Target)
+		}
+		return fail(err)
+	}
+	j.Copier = c
+	return j, nil
+}
+
+// removeCreated deletes a target file Prepare created when a later check
+// refused the copy, so that bad input leaves nothing behind.
+func removeCreated(uri string) {
+	const p = "file://"
+	if len(uri) > len(p) && uri[:len(p)] == p {
+		os.Remove(uri[len(p):])
+	}
+}
+
+func inputError(role string, err error) error {
+	if errors.Is(err, ErrInvalid) {
+		return err
+	}
+	return fmt.Errorf("%w: %s: %w", ErrInvalid, role, err)
+}

@@ -1,0 +1,134 @@
+package copy_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	volcopy "github.com/taskd/taskd/internal/copy"
+	"github.com/taskd/taskd/internal/testenv"
+)
+
+func runCmd(t *testing.T, name string, args ...string) {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+}
+
+func TestCopyThroughQemuNBD(t *testing.T) {
+	testenv.Need(t, "qemu-utils", "qemu-nbd", "qemu-img")
+	rng := rand.New(rand.NewPCG(5, 5))
+	dir := t.TempDir()
+	src := writeImage(t, filepath.Join(dir, "src"), 12<<20+512, rng)
+
+	// File to NBD: the export starts full of other data; the copy must
+	// zero the holes, and WRITE_ZEROES lets qemu punch them.
+	tgt := writeImage(t, filepath.Join(dir, "tgt"), len(src.data), rng)
+	srv := testenv.StartQemuNBD(t, "tgt", tgt.path, "-f", "raw", "--discard=unmap", "--cache=none")
+	p, err := run(t, volcopy.Spec{Source: fileURI(src.path), Target: srv.URI(), Verify: true}, volcopy.Options{})
+	if err != nil {
+		t.Fatalf("file -> nbd: %v", err)
+	}
+	srv.Stop()
+	mustEqual(t, tgt.path, src.data)
+	if a, max := allocated(t, tgt.path), nonZeroBytes(src.data)+1<<20; a > max {
+		t.Fatalf("nbd target allocates %d bytes; the source has %d non-zero bytes", a, nonZeroBytes(src.data))
+	}
+	if p.BytesRead > allocated(t, src.path) {
+		t.Fatalf("read %d bytes from a source with %d allocated", p.BytesRead, allocated(t, src.path))
+	}
+
+	// NBD to file: only what block status reports as data is read.
+	ro := testenv.StartQemuNBD(t, "src", src.path, "-f", "raw", "--read-only", "--shared=4")
+	out := filepath.Join(dir, "out")
+	p, err = run(t, volcopy.Spec{Source: ro.URI(), Target: fileURI(out)}, volcopy.Options{})
+	if err != nil {
+		t.Fatalf("nbd -> file: %v", err)
+	}
+	mustEqual(t, out, src.data)
+	if p.BytesRead > allocated(t, src.path) {
+		t.Fatalf("read %d bytes over NBD from a source with %d allocated", p.BytesRead, allocated(t, src.path))
+	}
+}
+
+func TestCopyIntoNbdkit(t *testing.T) {
+	testenv.Need(t, "nbdkit", "nbdkit")
+	rng := rand.New(rand.NewPCG(6, 6))
+	dir := t.TempDir()
+	src := writeImage(t, filepath.Join(dir, "src"), 8<<20, rng)
+	srv := testenv.StartNbdkit(t, "mem", "memory", fmt.Sprintf("size=%d", len(src.data)))
+	if _, err := run(t, volcopy.Spec{Source: fileURI(src.path), Target: srv.URI(), TargetIsZero: true, Verify: true}, volcopy.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	// Read it back with a plain copy to a file.
+	back := filepath.Join(dir, "back")
+	if _, err := run(t, volcopy.Spec{Source: srv.URI(), Target: fileURI(back)}, volcopy.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, back, src.data)
+}
+
+// A dirty bitmap made with qemu-img: the copy reads only the extents it
+// marks, and the target (which held the base) ends up equal to the image.
+func TestDirtyBitmapCopy(t *testing.T) {
+	testenv.Need(t, "qemu-utils", "qemu-nbd", "qemu-img", "qemu-io")
+	rng := rand.New(rand.NewPCG(8, 8))
+	dir := t.TempDir()
+	base := writeImage(t, filepath.Join(dir, "base.raw"), 16<<20, rng)
+	disk := filepath.Join(dir, "disk.qcow2")
+	runCmd(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", base.path, disk)
+	runCmd(t, "qemu-img", "bitmap", "--add", "-g", "65536", disk, "b0")
+	args := []string{"-f", "qcow2"}
+	var changed int64
+	for range 25 {
+		off := rng.IntN(16<<20-8192) &^ 511
+		n := (1 + rng.IntN(16)) * 512
+		if rng.IntN(4) == 0 {
+			args = append(args, "-c", fmt.Sprintf("write -z %d %d", off, n))
+		} else {
+			args = append(args, "-c", fmt.Sprintf("write -P %d %d %d", 1+rng.IntN(255), off, n))
+		}
+		changed += 2 * 65536 // at most two bitmap granules per write
+	}
+	runCmd(t, "qemu-io", append(args, disk)...)
+	want := filepath.Join(dir, "want.raw")
+	runCmd(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", disk, want)
+	wantData, err := os.ReadFile(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	target := filepath.Join(dir, "target.raw")
+	cloneFile(t, base.path, target)
+	srv := testenv.StartQemuNBD(t, "disk", disk, "-f", "qcow2", "--read-only", "--bitmap=b0")
+	p, err := run(t, volcopy.Spec{Source: srv.URI(), Target: fileURI(target), DirtyBitmap: "b0", Verify: true}, volcopy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, target, wantData)
+	if p.AllocatedTotal == 0 || p.AllocatedTotal > changed {
+		t.Fatalf("bitmap marks %d bytes dirty; 25 small writes dirty at most %d", p.AllocatedTotal, changed)
+	}
+	// Verify reads whole extents; without it the copy reads only dirty data.
+	cloneFile(t, base.path, target)
+	p, err = run(t, volcopy.Spec{Source: srv.URI(), Target: fileURI(target), DirtyBitmap: "b0"}, volcopy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, target, wantData)
+	if p.BytesRead != p.AllocatedTotal {
+		t.Fatalf("read %d bytes for %d dirty bytes", p.BytesRead, p.AllocatedTotal)
+	}
+	t.Logf("dirty %d bytes of %d; read %d, wrote %d, zeroed %d", p.AllocatedTotal, len(wantData), p.BytesRead, p.BytesWritten, p.BytesZeroed)
+
+	// A bitmap the export does not have is refused before anything runs.
+	_, err = run(t, volcopy.Spec{Source: srv.URI(), Target: fileURI(target), DirtyBitmap: "nope"}, volcopy.Options{})
+	if err == nil {
+		t.Fatal("copy with an unknown bitmap succeeded")
+	}
+}

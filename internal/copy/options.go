@@ -1,0 +1,149 @@
+// Package copy copies a volume onto another: only allocated data is read,
+// all-zero blocks become holes, and work is done in extents that end with a
+// flush and a checkpoint, so that a copy cut off anywhere resumes by
+// re-copying at most one extent.
+//
+// Three modes: a full copy; an incremental copy against a base that the
+// target already holds (blocks equal to the base are not written); and an
+// incremental copy through an NBD dirty bitmap (only changed extents are
+// read).
+package copy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/taskd/taskd/internal/volume"
+)
+
+// Mode is the kind of copy.
+type Mode string
+
+const (
+	ModeFull  Mode = "full"
+	ModeBase  Mode = "base"
+	ModeDirty Mode = "dirty-bitmap"
+)
+
+// ErrInvalid marks options or volumes a copy cannot run with. Nothing has
+// been written when it is returned.
+var ErrInvalid = errors.New("invalid copy")
+
+// ErrVerify is returned when --verify finds a target extent that differs
+// from its source.
+var ErrVerify = errors.New("verify failed")
+
+// Options tunes a copy. The zero value of a field means its default.
+type Options struct {
+	// Base is the volume the target already holds (ModeBase).
+	Base volume.Volume
+	// DirtyBitmap names the source's dirty bitmap (ModeDirty).
+	DirtyBitmap string
+	// TargetIsZero promises the target reads as zeros, so holes need no
+	// zeroing. A target file the copy created is known to be zero.
+	TargetIsZero bool
+	// Workers is the number of requests in flight (default 4 for local
+	// files, 32 when an endpoint is NBD).
+	Workers int
+	// RequestSize is the size of one read (default 1 MiB).
+	RequestSize int
+	// ExtentSize is the checkpoint interval (default 256 MiB).
+	ExtentSize int64
+	// BlockSize is the granularity of zero detection and base comparison
+	// (default 4 KiB).
+	BlockSize int
+	// Verify hashes each extent of source and target after it is flushed.
+	Verify bool
+	// Rate limits the bytes read per second; 0 is unlimited. SetRate
+	// changes it while the copy runs.
+	Rate int64
+	// Resume is a checkpoint from an earlier run of the same copy.
+	Resume []byte
+	// OnCheckpoint receives a checkpoint after each extent is durable. An
+	// error stops the copy.
+	OnCheckpoint func(checkpoint []byte) error
+	// OnProgress is called every ProgressInterval and once at the end.
+	OnProgress       func(Progress)
+	ProgressInterval time.Duration
+	Logger           *slog.Logger
+}
+
+const (
+	defaultExtent    = 256 << 20
+	defaultBlock     = 4 << 10
+	defaultFileReq   = 1 << 20
+	defaultNBDReq    = 1 << 20
+	defaultFileWork  = 4
+	defaultNBDWork   = 32
+	defaultProgressT = time.Second
+)
+
+// Progress is a snapshot of a running copy.
+type Progress struct {
+	// Logical bytes: offsets walked, whatever they held.
+	LogicalDone, LogicalTotal int64
+	// Allocated bytes: data the copy has to read (allocated, dirty, or
+	// allocated in source or base).
+	AllocatedDone, AllocatedTotal int64
+	BytesRead, BytesWritten       int64
+	BytesZeroed                   int64
+	// Rate is allocated bytes per second over the last interval.
+	Rate float64
+	ETA  time.Duration
+	// Extents done of the total.
+	ExtentsDone, ExtentsTotal int64
+}
+
+// checkpoint is the opaque state between runs. Only this package reads it.
+type checkpoint struct {
+	Version  int    `json:"v"`
+	Mode     Mode   `json:"mode"`
+	Size     int64  `json:"size"`
+	Extent   int64  `json:"extent"`
+	Bitmap   string `json:"bitmap,omitempty"`
+	Next     int64  `json:"next"`
+	Read     int64  `json:"read"`
+	Written  int64  `json:"written"`
+	Zeroed   int64  `json:"zeroed"`
+	AllocDon int64  `json:"alloc_done"`
+}
+
+func (c checkpoint) encode() []byte {
+	b, _ := json.Marshal(c)
+	return b
+}
+
+func decodeCheckpoint(b []byte) (checkpoint, error) {
+	var c checkpoint
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("%w: checkpoint is not readable: %v", ErrInvalid, err)
+	}
+	if c.Version != 1 {
+		return c, fmt.Errorf("%w: checkpoint version %d is not supported", ErrInvalid, c.Version)
+	}
+	return c, nil
+}
+
+// CheckpointInfo is what a checkpoint says about the copy it belongs to.
+type CheckpointInfo struct {
+	Mode Mode
+	// Next is the offset the copy resumes at; everything before it is
+	// durable on the target.
+	Next      int64
+	Size      int64
+	// Counters up to Next.
+	BytesRead, BytesWritten, BytesZeroed int64
+}
+
+// DescribeCheckpoint reads a checkpoint for display.
+func DescribeCheckpoint(b []byte) (CheckpointInfo, error) {
+	c, err := decodeCheckpoint(b)
+	if err != nil {
+		return CheckpointInfo{}, err
+	}
+	return CheckpointInfo{Mode: c.Mode, Next: c.Next, Size: c.Size,
+		BytesRead: c.Read, BytesWritten: c.Written, BytesZeroed: c.Zeroed}, nil
+}

@@ -1,0 +1,390 @@
+package copy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/taskd/taskd/internal/volume"
+)
+
+type itemKind int
+
+const (
+	itemData    itemKind = iota // read source, write data, zero what is zero
+	itemZero                    // make the target range zero
+	itemCompare                 // read source and base, write what differs
+)
+
+type item struct {
+	kind   itemKind
+	off, n int64
+	ext    *extentWork
+}
+
+// extentWork tracks the items of one checkpoint extent. pending starts at 1,
+// the producer's seal, so done closes only after every item is queued and
+// finished.
+//
+// writable gates the extent's writes: it is the previous extent's
+// checkpointed channel. Workers may read ahead into an extent while the one
+// before it is flushed, but change the target only once everything before
+// the extent is durable and checkpointed. So a crash loses at most the
+// writes of one extent: the one after the last checkpoint.
+type extentWork struct {
+	index, off, end int64
+	pending         atomic.Int64
+	done            chan struct{}
+	writable        <-chan struct{}
+	checkpointed    chan struct{}
+
+	// What this extent read and wrote, so a checkpoint records counters
+	// that match its offset even while the next extent reads ahead.
+	read, written, zeroed, alloc atomic.Int64
+}
+
+func newExtent(index, off, end int64, writable <-chan struct{}) *extentWork {
+	e := &extentWork{index: index, off: off, end: end, done: make(chan struct{}),
+		writable: writable, checkpointed: make(chan struct{})}
+	e.pending.Store(1)
+	return e
+}
+
+// awaitWritable blocks until the extent may change the target.
+func (e *extentWork) awaitWritable(ctx context.Context) error {
+	select {
+	case <-e.writable:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (e *extentWork) finishOne() {
+	if e.pending.Add(-1) == 0 {
+		close(e.done)
+	}
+}
+
+// produce walks the source extent by extent and queues work. At most two
+// extents are open at once (window); see extentWork for why a crash still
+// loses at most one.
+func (c *Copier) produce(ctx context.Context, items chan<- item, extents chan<- *extentWork, window chan struct{}) error {
+	size := c.src.Size()
+	prev := make(chan struct{})
+	close(prev)
+	for off := c.start; off < size; off += c.opts.ExtentSize {
+		select {
+		case window <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		e := newExtent(off/c.opts.ExtentSize, off, min(off+c.opts.ExtentSize, size), prev)
+		prev = e.checkpointed
+		send := func(it item) error {
+			it.ext = e
+			e.pending.Add(1)
+			select {
+			case items <- it:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		var err error
+		switch c.mode {
+		case ModeFull:
+			err = c.walkFull(ctx, e, send)
+		case ModeBase:
+			err = c.walkBase(ctx, e, send)
+		case ModeDirty:
+			err = c.walkDirty(ctx, e, send)
+		}
+		if err != nil {
+			return err
+		}
+		e.finishOne()
+		select {
+		case extents <- e:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// split queues a data-bearing range in request-sized items.
+func (c *Copier) split(kind itemKind, off, n int64, send func(item) error) error {
+	req := int64(c.opts.RequestSize)
+	for n > 0 {
+		m := min(n, req)
+		if err := send(item{kind: kind, off: off, n: m}); err != nil {
+			return err
+		}
+		off, n = off+m, n-m
+	}
+	return nil
+}
+
+func (c *Copier) walkFull(ctx context.Context, e *extentWork, send func(item) error) error {
+	for pos := e.off; pos < e.end; {
+		exts, err := c.src.Extents(ctx, pos, e.end-pos)
+		if err != nil {
+			return fmt.Errorf("source allocation at %d: %w", pos, err)
+		}
+		for _, x := range exts {
+			switch {
+			case !x.Zero:
+				err = c.split(itemData, x.Off, x.Len, send)
+			case c.targetZero:
+				c.logicalDone.Add(x.Len)
+			default:
+				err = send(item{kind: itemZero, off: x.Off, n: x.Len})
+			}
+			if err != nil {
+				return err
+			}
+			pos = x.Off + x.Len
+		}
+	}
+	return nil
+}
+
+func (c *Copier) walkDirty(ctx context.Context, e *extentWork, send func(item) error) error {
+	for pos := e.off; pos < e.end; {
+		ranges, end, err := c.dirty.Dirty(ctx, c.opts.DirtyBitmap, pos, e.end-pos)
+		if err != nil {
+			return fmt.Errorf("dirty bitmap at %d: %w", pos, err)
+		}
+		if end <= pos {
+			return fmt.Errorf("dirty bitmap at %d: server answered no progress", pos)
+		}
+		end = min(end, e.end)
+		clean := end - pos
+		for _, r := range ranges {
+			r.Len = min(r.Off+r.Len, end) - r.Off
+			clean -= r.Len
+			if err := c.split(itemData, r.Off, r.Len, send); err != nil {
+				return err
+			}
+		}
+		c.logicalDone.Add(clean)
+		pos = end
+	}
+	return nil
+}
+
+// walkBase compares what the source holds with the base; where the source
+// is a hole but the base holds data, the target (which holds the base) is
+// zeroed.
+func (c *Copier) walkBase(ctx context.Context, e *extentWork, send func(item) error) error {
+	for pos := e.off; pos < e.end; {
+		exts, err := c.src.Extents(ctx, pos, e.end-pos)
+		if err != nil {
+			return fmt.Errorf("source allocation at %d: %w", pos, err)
+		}
+		for _, x := range exts {
+			if !x.Zero {
+				err = c.split(itemCompare, x.Off, x.Len, send)
+			} else {
+				err = c.zeroWhereBaseHasData(ctx, x, send)
+			}
+			if err != nil {
+				return err
+			}
+			pos = x.Off + x.Len
+		}
+	}
+	return nil
+}
+
+func (c *Copier) zeroWhereBaseHasData(ctx context.Context, hole volume.Extent, send func(item) error) error {
+	end := hole.Off + hole.Len
+	for pos := hole.Off; pos < end; {
+		exts, err := c.base.Extents(ctx, pos, end-pos)
+		if err != nil {
+			return fmt.Errorf("base allocation at %d: %w", pos, err)
+		}
+		for _, x := range exts {
+			if x.Zero {
+				c.logicalDone.Add(x.Len)
+			} else if err := send(item{kind: itemZero, off: x.Off, n: x.Len}); err != nil {
+				return err
+			}
+			pos = x.Off + x.Len
+		}
+	}
+	return nil
+}
+
+// scanAllocated sums the bytes the copy will have to read, for progress.
+func (c *Copier) scanAllocated(ctx context.Context) (int64, error) {
+	size := c.src.Size()
+	var total int64
+	for pos := int64(0); pos < size; {
+		if c.mode == ModeDirty {
+			ranges, end, err := c.dirty.Dirty(ctx, c.opts.DirtyBitmap, pos, size-pos)
+			if err != nil {
+				return 0, fmt.Errorf("dirty bitmap at %d: %w", pos, err)
+			}
+			if end <= pos {
+				return 0, fmt.Errorf("dirty bitmap at %d: server answered no progress", pos)
+			}
+			for _, r := range ranges {
+				total += min(r.Off+r.Len, size) - r.Off
+			}
+			pos = end
+			continue
+		}
+		exts, err := c.src.Extents(ctx, pos, size-pos)
+		if err != nil {
+			return 0, fmt.Errorf("source allocation at %d: %w", pos, err)
+		}
+		for _, x := range exts {
+			if !x.Zero {
+				total += x.Len
+			}
+			pos = x.Off + x.Len
+		}
+	}
+	return total, nil
+}
+
+// worker runs items until the queue closes. Each worker owns its buffers.
+func (c *Copier) worker(ctx context.Context, items <-chan item) error {
+	buf := volume.AlignedBuffer(c.opts.RequestSize)
+	var baseBuf []byte
+	if c.mode == ModeBase {
+		baseBuf = volume.AlignedBuffer(c.opts.RequestSize)
+	}
+	for {
+		var it item
+		var ok bool
+		select {
+		case it, ok = <-items:
+			if !ok {
+				return nil
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		var err error
+		switch it.kind {
+		case itemData:
+			err = c.copyData(ctx, buf[:it.n], it.off, it.ext)
+		case itemZero:
+			if err = it.ext.awaitWritable(ctx); err == nil {
+				err = c.zeroTarget(ctx, it.ext, it.off, it.n)
+			}
+		case itemCompare:
+			err = c.copyChanged(ctx, buf[:it.n], baseBuf[:it.n], it.off, it.ext)
+		}
+		if err != nil {
+			return err
+		}
+		c.logicalDone.Add(it.n)
+		it.ext.finishOne()
+	}
+}
+
+func (c *Copier) zeroTarget(ctx context.Context, e *extentWork, off, n int64) error {
+	if err := c.dst.Zero(ctx, off, n); err != nil {
+		return fmt.Errorf("zero target at %d: %w", off, err)
+	}
+	c.zeroed.Add(n)
+	e.zeroed.Add(n)
+	return nil
+}
+
+func (c *Copier) readSource(ctx context.Context, e *extentWork, v volume.Volume, buf []byte, off int64) error {
+	if err := c.limiter.WaitN(ctx, len(buf)); err != nil {
+		return err
+	}
+	if err := v.ReadAt(ctx, buf, off); err != nil {
+		return err
+	}
+	c.read.Add(int64(len(buf)))
+	e.read.Add(int64(len(buf)))
+	return nil
+}
+
+// copyData reads one request and writes its data blocks; its all-zero
+// blocks become holes (or nothing, on a zero target).
+func (c *Copier) copyData(ctx context.Context, buf []byte, off int64, e *extentWork) error {
+	if err := c.readSource(ctx, e, c.src, buf, off); err != nil {
+		return fmt.Errorf("read source at %d: %w", off, err)
+	}
+	if err := e.awaitWritable(ctx); err != nil {
+		return err
+	}
+	c.allocDone.Add(int64(len(buf)))
+	e.alloc.Add(int64(len(buf)))
+	return c.writeRuns(ctx, e, buf, off, nil)
+}
+
+// copyChanged reads source and base and writes only blocks that differ.
+func (c *Copier) copyChanged(ctx context.Context, buf, baseBuf []byte, off int64, e *extentWork) error {
+	if err := c.readSource(ctx, e, c.src, buf, off); err != nil {
+		return fmt.Errorf("read source at %d: %w", off, err)
+	}
+	if err := c.readSource(ctx, e, c.base, baseBuf, off); err != nil {
+		return fmt.Errorf("read base at %d: %w", off, err)
+	}
+	if err := e.awaitWritable(ctx); err != nil {
+		return err
+	}
+	c.allocDone.Add(int64(len(buf)))
+	e.alloc.Add(int64(len(buf)))
+	return c.writeRuns(ctx, e, buf, off, baseBuf)
+}
+
+// writeRuns classifies buf block by block and writes maximal runs: data
+// runs as writes, zero runs as zeroing. With base, blocks equal to the base
+// are skipped. A zero run on a zero target is skipped too.
+func (c *Copier) writeRuns(ctx context.Context, e *extentWork, buf []byte, off int64, base []byte) error {
+	const (
+		skip = iota
+		data
+		zero
+	)
+	bs := c.opts.BlockSize
+	runKind, runStart := skip, 0
+	flush := func(end int) error {
+		if end == runStart {
+			return nil
+		}
+		o, n := off+int64(runStart), int64(end-runStart)
+		switch runKind {
+		case data:
+			if err := c.dst.WriteAt(ctx, buf[runStart:end], o); err != nil {
+				return fmt.Errorf("write target at %d: %w", o, err)
+			}
+			c.written.Add(n)
+			e.written.Add(n)
+		case zero:
+			return c.zeroTarget(ctx, e, o, n)
+		}
+		return nil
+	}
+	for i := 0; i < len(buf); i += bs {
+		blk := buf[i:min(i+bs, len(buf))]
+		k := data
+		switch {
+		case base != nil && bytes.Equal(blk, base[i:i+len(blk)]):
+			k = skip
+		case bytes.Equal(blk, c.zeroBlock[:len(blk)]):
+			k = zero
+			if c.targetZero {
+				k = skip
+			}
+		}
+		if k != runKind {
+			if err := flush(i); err != nil {
+				return err
+			}
+			runKind, runStart = k, i
+		}
+	}
+	return flush(len(buf))
+}

@@ -1,0 +1,257 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	volcopy "github.com/taskd/taskd/internal/copy"
+	"github.com/taskd/taskd/internal/nbd"
+	"github.com/taskd/taskd/internal/volume"
+)
+
+// Exit codes of `taskd volume copy` (docs/exit-codes.md).
+const (
+	ExitCopyFailed      = 1 // I/O error during the copy; resume with --checkpoint
+	ExitCopyInterrupted = 4 // SIGINT/SIGTERM; the last checkpoint is saved
+	ExitCopyVerify      = 5 // --verify found a target extent that differs
+)
+
+var errInterrupted = errors.New("interrupted")
+
+func newVolumeCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "volume", Short: "Local volume commands that run in this process"}
+	cmd.AddCommand(newVolumeCopyCmd())
+	return cmd
+}
+
+func newVolumeCopyCmd() *cobra.Command {
+	var (
+		spec       volcopy.Spec
+		rate       string
+		reqSize    string
+		extentSize string
+		checkpoint string
+		progress   string
+		conns      int
+		direct     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "copy SRC DST",
+		Short: "Copy a volume: sparse-aware, incremental, resumable",
+		Long: `Copy SRC onto DST in this process, with the rights of the user who runs it.
+SRC and DST are file:///PATH (a file or block device; a bare path works too),
+nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH. A missing DST file is
+created with the source's size. Only allocated data is read; all-zero blocks
+become holes. With --checkpoint FILE the copy saves its position after every
+extent and, when FILE exists, resumes from it.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return usageError{fmt.Errorf("volume copy needs SRC and DST, got %d arguments", len(args))}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			spec.Source, spec.Target = fileURI(args[0]), fileURI(args[1])
+			if spec.Base != "" {
+				spec.Base = fileURI(spec.Base)
+			}
+			if spec.Rate, err = parseBytes(rate); err != nil {
+				return usageError{fmt.Errorf("--rate: %w", err)}
+			}
+			r, err := parseBytes(reqSize)
+			if err != nil {
+				return usageError{fmt.Errorf("--request-size: %w", err)}
+			}
+			spec.RequestSize = int(r)
+			if spec.ExtentSize, err = parseBytes(extentSize); err != nil {
+				return usageError{fmt.Errorf("--extent-size: %w", err)}
+			}
+			return runVolumeCopy(cmd.Context(), cmd.ErrOrStderr(), spec, checkpoint, progress, volume.Options{Direct: direct, NBD: nbd.Options{Connections: conns}})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&spec.Base, "base", "", "incremental: the base the target already holds; only blocks that differ from it are written")
+	f.StringVar(&spec.DirtyBitmap, "dirty-bitmap", "", "incremental: read only the extents this NBD dirty bitmap marks")
+	f.BoolVar(&spec.TargetIsZero, "target-is-zero", false, "the target reads as zeros already: skip zeroing holes")
+	f.BoolVar(&spec.Verify, "verify", false, "hash every extent of source and target (XXH3) after it is flushed")
+	f.StringVar(&rate, "rate", "0", "limit reads to this many bytes per second (K/M/G suffixes, 0 = unlimited)")
+	f.IntVar(&spec.Workers, "workers", 0, "requests in flight (default 4 for files, 32 for NBD)")
+	f.StringVar(&reqSize, "request-size", "0", "bytes per read (default 1M)")
+	f.StringVar(&extentSize, "extent-size", "0", "bytes per checkpoint extent (default 256M)")
+	f.StringVar(&checkpoint, "checkpoint", "", "save the checkpoint to FILE after each extent; resume from FILE when it exists")
+	f.StringVar(&progress, "progress", "auto", "progress display: auto (bar on a terminal, log lines otherwise), bar, log, none")
+	f.IntVar(&conns, "connections", 4, "NBD connections when the server allows multi-conn")
+	f.BoolVar(&direct, "direct-io", true, "bypass the page cache (O_DIRECT) for aligned I/O on files and block devices")
+	return cmd
+}
+
+// fileURI lets the local command take plain paths.
+func fileURI(s string) string {
+	if strings.Contains(s, "://") {
+		return s
+	}
+	if abs, err := filepath.Abs(s); err == nil {
+		return "file://" + abs
+	}
+	return s
+}
+
+// parseBytes reads "0", "512", "64K", "4M", "1G", "1.5G" (powers of 1024).
+func parseBytes(s string) (int64, error) {
+	s = strings.TrimSpace(strings.ToUpper(s))
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "I")
+	mult := int64(1)
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			s = s[:n-1]
+		}
+	}
+	var f float64
+	if _, err := fmt.Sscanf(s, "%g", &f); err != nil || f < 0 || f*float64(mult) > 1<<62 {
+		return 0, fmt.Errorf("%q is not a byte count (e.g. 100M)", s)
+	}
+	return int64(f * float64(mult)), nil
+}
+
+func runVolumeCopy(ctx context.Context, stderr io.Writer, spec volcopy.Spec, cpFile, progress string, env volume.Options) error {
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	opts := volcopy.Options{Logger: log}
+	if cpFile != "" {
+		b, err := os.ReadFile(cpFile)
+		switch {
+		case err == nil && len(b) > 0:
+			opts.Resume = b
+			fmt.Fprintf(stderr, "resuming from checkpoint %s\n", cpFile)
+		case err != nil && !errors.Is(err, os.ErrNotExist):
+			return usageError{fmt.Errorf("read checkpoint: %w", err)}
+		}
+		opts.OnCheckpoint = func(cp []byte) error { return writeFileAtomic(cpFile, cp) }
+	}
+	mode := progress
+	if mode == "auto" {
+		mode = "log"
+		if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			mode = "bar"
+		}
+	}
+	var bar *progressbar.ProgressBar
+	switch mode {
+	case "bar":
+		bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(stderr), progressbar.OptionShowBytes(true),
+			progressbar.OptionSetDescription("copy"), progressbar.OptionThrottle(200*time.Millisecond),
+			progressbar.OptionShowCount(), progressbar.OptionFullWidth(), progressbar.OptionOnCompletion(func() { fmt.Fprintln(stderr) }))
+		opts.ProgressInterval = 250 * time.Millisecond
+		opts.OnProgress = func(p volcopy.Progress) {
+			bar.ChangeMax64(max(p.AllocatedTotal, 1))
+			_ = bar.Set64(p.AllocatedDone)
+		}
+	case "log":
+		opts.ProgressInterval = 5 * time.Second
+		opts.OnProgress = func(p volcopy.Progress) { fmt.Fprintln(stderr, formatProgress(p)) }
+	case "none":
+	default:
+		return usageError{fmt.Errorf("--progress %q: want auto, bar, log or none", progress)}
+	}
+
+	job, err := volcopy.Prepare(ctx, spec, env, opts)
+	if err != nil {
+		return usageError{err}
+	}
+	defer job.Close()
+	p, err := job.Run(ctx)
+	if bar != nil {
+		_ = bar.Finish()
+	}
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return fmt.Errorf("%w: copy stopped at %s of %s (%s)", errInterrupted, humanBytes(p.LogicalDone), humanBytes(p.LogicalTotal), checkpointHint(cpFile))
+	case errors.Is(err, volcopy.ErrVerify):
+		return err
+	default:
+		return fmt.Errorf("copy failed: %w (%s)", err, checkpointHint(cpFile))
+	}
+	if cpFile != "" {
+		os.Remove(cpFile)
+	}
+	fmt.Fprintf(stderr, "copied %s: read %s, wrote %s, zeroed %s\n", humanBytes(p.LogicalTotal),
+		humanBytes(p.BytesRead), humanBytes(p.BytesWritten), humanBytes(p.BytesZeroed))
+	return nil
+}
+
+func checkpointHint(cpFile string) string {
+	if cpFile == "" {
+		return "no --checkpoint given: a rerun starts over"
+	}
+	return "rerun the same command to resume from " + cpFile
+}
+
+func formatProgress(p volcopy.Progress) string {
+	pct := 100.0
+	if p.AllocatedTotal > 0 {
+		pct = 100 * float64(p.AllocatedDone) / float64(p.AllocatedTotal)
+	}
+	return fmt.Sprintf("copy: %5.1f%%  allocated %s/%s  logical %s/%s  %s/s  eta %s",
+		pct, humanBytes(p.AllocatedDone), humanBytes(p.AllocatedTotal),
+		humanBytes(p.LogicalDone), humanBytes(p.LogicalTotal), humanBytes(int64(p.Rate)), p.ETA.Round(time.Second))
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
