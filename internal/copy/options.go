@@ -132,8 +132,8 @@ type CheckpointInfo struct {
 	Mode Mode
 	// Next is the offset the copy resumes at; everything before it is
 	// durable on the target.
-	Next      int64
-	Size      int64
+	Next int64
+	Size int64
 	// Counters up to Next.
 	BytesRead, BytesWritten, BytesZeroed int64
 }

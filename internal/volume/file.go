@@ -16,10 +16,10 @@ import (
 type fileVolume struct {
 	f      *os.File
 	direct *os.File // the same file with O_DIRECT, for aligned I/O; nil if unsupported or off
-	size  int64
-	block bool
-	zero  bool
-	id    string
+	size   int64
+	block  bool
+	zero   bool
+	id     string
 }
 
 func openFile(path string, opts Options) (Volume, error) {
