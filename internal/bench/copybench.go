@@ -54,6 +54,7 @@ func copyBench(args []string, out io.Writer) error {
 	seed := fs.Uint64("seed", 1, "image generator seed")
 	keep := fs.Bool("keep", false, "keep the work directory")
 	sizeMiB := fs.Int64("size-mib", 0, "image size in MiB (overrides -quick; for a smoke run)")
+	granularity := fs.Int("bitmap-granularity", 4096, "dirty bitmap granularity in bytes for the dirty-bitmap set (qemu's default is 65536)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -95,7 +96,7 @@ func copyBench(args []string, out io.Writer) error {
 		humanSize(size), *seed, *reps, *drop, dir)
 	var sets []*copySet
 	for _, name := range strings.Split(*setsFlag, ",") {
-		s, err := makeSet(name, gen, dir, img, taskd)
+		s, err := makeSet(name, gen, dir, img, taskd, *granularity)
 		if err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
@@ -121,7 +122,7 @@ func copyBench(args []string, out io.Writer) error {
 	return nil
 }
 
-func makeSet(name string, gen imageGen, dir string, img func(string) string, taskd string) (*copySet, error) {
+func makeSet(name string, gen imageGen, dir string, img func(string) string, taskd string, granularity int) (*copySet, error) {
 	ensure := func(kind string) (string, error) {
 		p := img(kind)
 		if _, err := os.Stat(p); err == nil {
@@ -179,7 +180,7 @@ func makeSet(name string, gen imageGen, dir string, img func(string) string, tas
 		if err != nil {
 			return nil, err
 		}
-		disk, want, err := gen.writeBitmapImage(base, dir, 10000)
+		disk, want, err := gen.writeBitmapImage(base, dir, 10000, granularity)
 		if err != nil {
 			return nil, err
 		}
@@ -190,7 +191,7 @@ func makeSet(name string, gen imageGen, dir string, img func(string) string, tas
 			return copyFileSparse(base, dst)
 		}
 		serve := []string{"-f", "qcow2", "--read-only", "--shared=4", "--bitmap=b0"}
-		return &copySet{name: "dirty bitmap (qcow2 base + 10k random 4 KiB writes, served by qemu-nbd)", source: want, size: gen.size, tools: []*copyTool{
+		return &copySet{name: fmt.Sprintf("dirty bitmap (qcow2 base + 10k random 4 KiB writes, bitmap granularity %d, served by qemu-nbd)", granularity), source: want, size: gen.size, tools: []*copyTool{
 			nbdSourceTool("taskd --dirty-bitmap b0", dir, disk, serve, dst, fromBase, func(u string) []string {
 				return []string{taskd, "volume", "copy", u, dst, "--dirty-bitmap", "b0", "--progress", "none"}
 			}),

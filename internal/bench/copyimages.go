@@ -127,12 +127,12 @@ func copyFileSparse(from, to string) error {
 }
 
 // writeBitmapImage converts base to a qcow2 image with an enabled dirty
-// bitmap b0, then applies random 4 KiB writes through qemu-io so that the
+// bitmap b0 of the given granularity, then applies random 4 KiB writes through qemu-io so that the
 // bitmap records them. It returns the qcow2 path and a raw export of the
 // result to compare targets with.
-func (g imageGen) writeBitmapImage(base, dir string, writes int) (disk, want string, err error) {
-	disk = filepath.Join(dir, "bitmap-disk.qcow2")
-	want = filepath.Join(dir, "bitmap-want.raw")
+func (g imageGen) writeBitmapImage(base, dir string, writes, granularity int) (disk, want string, err error) {
+	disk = filepath.Join(dir, fmt.Sprintf("bitmap-disk-g%d.qcow2", granularity))
+	want = filepath.Join(dir, fmt.Sprintf("bitmap-want-g%d.raw", granularity))
 	if _, err := os.Stat(want); err == nil {
 		return disk, want, nil
 	}
@@ -140,7 +140,7 @@ func (g imageGen) writeBitmapImage(base, dir string, writes int) (disk, want str
 	if out, err := runQuiet("qemu-img", "convert", "-f", "raw", "-O", "qcow2", base, disk); err != nil {
 		return "", "", fmt.Errorf("qemu-img convert: %v: %s", err, out)
 	}
-	if out, err := runQuiet("qemu-img", "bitmap", "--add", disk, "b0"); err != nil {
+	if out, err := runQuiet("qemu-img", "bitmap", "--add", "-g", fmt.Sprint(granularity), disk, "b0"); err != nil {
 		return "", "", fmt.Errorf("qemu-img bitmap: %v: %s", err, out)
 	}
 	rng := rand.New(rand.NewPCG(g.seed, 6))

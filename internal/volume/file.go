@@ -181,10 +181,14 @@ func (v *fileVolume) WriteAt(_ context.Context, p []byte, off int64) error {
 	if _, err := v.f.WriteAt(p, off); err != nil {
 		return fmt.Errorf("write %s at %d: %w", v.f.Name(), off, err)
 	}
-	// Start writeback now rather than at the next flush: the disk writes
-	// while the copy reads on, and the flush finds little left to do.
-	// Failure only loses that overlap; Flush still makes the data durable.
-	_ = unix.SyncFileRange(int(v.f.Fd()), off, int64(len(p)), unix.SYNC_FILE_RANGE_WRITE)
+	// Start writeback of a large write now rather than at the next flush:
+	// the disk writes while the copy reads on, and the flush finds little
+	// left to do. Small writes stay in the cache, where the flush can
+	// merge them. Failure only loses that overlap; Flush still makes the
+	// data durable.
+	if len(p) >= minDirectWrite {
+		_ = unix.SyncFileRange(int(v.f.Fd()), off, int64(len(p)), unix.SYNC_FILE_RANGE_WRITE)
+	}
 	return nil
 }
 
