@@ -31,6 +31,9 @@ type Options struct {
 	InFlight int
 	// MetaContexts are asked for during the handshake.
 	MetaContexts []string
+	// Timeout fails a connection whose server has not answered a request
+	// for this long (default 60s; negative waits for ever).
+	Timeout time.Duration
 }
 
 // Client is an open export, possibly over several connections.
@@ -83,6 +86,12 @@ func Dial(ctx context.Context, t Target, opts Options) (*Client, error) {
 	if opts.InFlight <= 0 {
 		opts.InFlight = 32
 	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 60 * time.Second
+	}
+	if opts.Timeout < 0 {
+		opts.Timeout = 0
+	}
 	first, err := dialOne(ctx, t, opts)
 	if err != nil {
 		return nil, err
@@ -127,7 +136,7 @@ func dialOne(ctx context.Context, t Target, opts Options) (*conn, error) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	return newConn(nc, info, opts.InFlight, br), nil
+	return newConn(nc, info, opts.InFlight, opts.Timeout, br), nil
 }
 
 // Size is the export size in bytes.

@@ -9,15 +9,21 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // ErrClosed is returned for requests on a connection that has been closed or
 // has failed.
 var ErrClosed = errors.New("nbd connection closed")
 
+// ErrTimeout is returned when the server did not answer a request within
+// Options.Timeout; the connection is closed.
+var ErrTimeout = errors.New("nbd request timed out")
+
 // conn is one negotiated NBD connection in transmission phase.
 type conn struct {
 	nc      net.Conn
+	timeout time.Duration // per request; 0 waits for ever
 	export  exportInfo
 	slots   chan struct{} // bounds requests in flight
 	wmu     sync.Mutex    // serialises request writes
@@ -38,9 +44,10 @@ type exportInfo struct {
 	contexts   map[string]uint32
 }
 
-func newConn(nc net.Conn, info exportInfo, inFlight int, br *bufio.Reader) *conn {
+func newConn(nc net.Conn, info exportInfo, inFlight int, timeout time.Duration, br *bufio.Reader) *conn {
 	c := &conn{
 		nc:      nc,
+		timeout: timeout,
 		export:  info,
 		slots:   make(chan struct{}, inFlight),
 		pending: make(map[uint64]*request),
@@ -159,12 +166,24 @@ func (c *conn) do(ctx context.Context, req *request, flags uint16, payload []byt
 		c.abort(fmt.Errorf("%w: write request: %v", ErrClosed, werr))
 	}
 
+	var expired <-chan time.Time
+	if c.timeout > 0 {
+		t := time.NewTimer(c.timeout)
+		defer t.Stop()
+		expired = t.C
+	}
 	select {
 	case <-req.done:
 	case <-ctx.Done():
 		c.abort(fmt.Errorf("%w: request abandoned: %v", ErrClosed, ctx.Err()))
 		<-req.done
 		return ctx.Err()
+	case <-expired:
+		// A server that stops answering would hold the copy for ever;
+		// give up on the connection so the caller sees an error.
+		c.abort(fmt.Errorf("%w: no reply within %v", ErrTimeout, c.timeout))
+		<-req.done
+		return req.err
 	}
 	return req.err
 }

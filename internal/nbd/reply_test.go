@@ -230,6 +230,24 @@ transmission:
 	}
 }
 
+func TestSilentServerTimesOut(t *testing.T) {
+	target := scriptedServer(t, 1<<20, func(uint16, uint64, uint64, uint32) []byte { return []byte{} })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, target, Options{Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	err = c.ReadAt(ctx, make([]byte, 4096), 0)
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("err = %v, want ErrTimeout", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the request waited for the test's own deadline instead of the timeout")
+	}
+}
+
 func TestBrokenServerRepliesFailCleanly(t *testing.T) {
 	cases := []struct {
 		name  string
