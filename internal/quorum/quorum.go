@@ -330,9 +330,12 @@ func (q *Quorum) term(ctx context.Context, sess coord.Session) (joined bool, err
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
+		start := time.Now()
 		if cerr := sess.Close(cctx); cerr != nil {
-			log.Warn("closing session failed; the store expires it", "err", cerr)
+			log.Warn("closing session failed; the store expires it", "err", cerr, "duration", time.Since(start))
+			return
 		}
+		log.Info("session closed", "duration", time.Since(start))
 	}()
 	if err := q.join(ctx, sess, log); err != nil {
 		return false, err

@@ -167,6 +167,11 @@ func (s *Server) KeepRaftLeadershipAway(ctx context.Context, log *slog.Logger) {
 	defer retry.Stop()
 	for {
 		changed := s.e.Server.LeaderChangedNotify()
+		// A transfer started as the role ends would race the session's
+		// revoke: raft drops proposals while leadership moves.
+		if ctx.Err() != nil {
+			return
+		}
 		if s.IsLeader() {
 			if err := s.transferRaftLeadership(ctx); err != nil {
 				log.Debug("cannot move etcd raft leadership off the taskd leader yet", "err", err)

@@ -348,8 +348,20 @@ func (ls *session) Close(ctx context.Context) error {
 	ls.cancel()
 	ls.wg.Wait()
 	ls.End(coord.StateStopped)
-	if _, err := ls.cli.Revoke(ctx, ls.id); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return wrap("revoke lease", ls.ID(), err)
+	// Short attempts, retried: a raft leader change can drop the proposal
+	// without an answer, and one long attempt would then keep the lease
+	// (and the keys a successor waits for) alive until ctx ends.
+	for {
+		actx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		_, err := ls.cli.Revoke(actx, ls.id)
+		cancel()
+		if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return wrap("revoke lease", ls.ID(), err)
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return nil
 }
