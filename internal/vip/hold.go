@@ -1,0 +1,299 @@
+package vip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/vishvananda/netlink"
+)
+
+// Config is the timing of probing, announcing and defending.
+type Config struct {
+	ProbeCount    int           // probes before adding (default 3)
+	ProbeInterval time.Duration // between probes (default 100ms)
+	ProbeWait     time.Duration // listening after the last probe (default 200ms)
+	Burst         int           // announcement pairs after the first (default 4)
+	BurstInterval time.Duration // default 250ms
+	Refresh       time.Duration // periodic announcement (default 20s)
+	// DefendWindow: a second foreign claim within this time of the first
+	// makes the holder give the address up (default 10s). See Hold.
+	DefendWindow time.Duration
+	Log          *slog.Logger
+	// Event receives what an operator should see: conflicts and duplicate
+	// claims. It must not block.
+	Event func(Event)
+}
+
+// DefaultConfig returns the documented schedule.
+func DefaultConfig() Config {
+	return Config{ProbeCount: 3, ProbeInterval: 100 * time.Millisecond, ProbeWait: 200 * time.Millisecond,
+		Burst: 4, BurstInterval: 250 * time.Millisecond, Refresh: 20 * time.Second, DefendWindow: 10 * time.Second}
+}
+
+// Validate checks ranges and ratios.
+func (c Config) Validate() error {
+	switch {
+	case c.ProbeCount < 1 || c.ProbeInterval <= 0 || c.ProbeWait <= 0:
+		return fmt.Errorf("%w: probing needs at least one probe and positive intervals", ErrInvalid)
+	case c.Burst < 0 || c.BurstInterval <= 0:
+		return fmt.Errorf("%w: burst interval must be positive", ErrInvalid)
+	case c.Refresh < time.Second || c.Refresh > 60*time.Second:
+		return fmt.Errorf("%w: refresh %v outside 1s-60s (it must stay well under ARP cache timeouts)", ErrInvalid, c.Refresh)
+	case c.DefendWindow <= c.BurstInterval:
+		return fmt.Errorf("%w: defend window must exceed the burst interval", ErrInvalid)
+	}
+	return nil
+}
+
+// Event is something a holder saw.
+type Event struct {
+	Kind    string // "probe-conflict", "duplicate", "defended", "released-on-conflict", "held", "released"
+	Service string
+	Addr    netip.Addr
+	MAC     string // the other host's MAC, for conflicts
+	Time    time.Time
+}
+
+// Hold probes for the address, adds it and keeps announcing it until ctx
+// ends; then it removes the address and returns nil. It returns ErrConflict
+// without adding the address if the probe is answered.
+//
+// Duplicate policy (RFC 5227 section 2.4 (b)): when another MAC claims the
+// address while it is held (any ARP packet with the VIP as sender address),
+// the holder records a "duplicate" event and defends once with an immediate
+// announcement. If another conflicting packet comes within DefendWindow, it
+// records "released-on-conflict", removes the address and returns
+// ErrConflict, so that two hosts never keep fighting over it; whoever
+// assigns VIPs decides what happens next.
+func Hold(ctx context.Context, s Spec, cfg Config) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("service", s.Service, "vip", s.Prefix.String(), "interface", s.Interface)
+	emit := func(kind, mac string) {
+		if cfg.Event != nil {
+			cfg.Event(Event{Kind: kind, Service: s.Service, Addr: s.Prefix.Addr(), MAC: mac, Time: time.Now()})
+		}
+	}
+	link, err := netlink.LinkByName(s.Interface)
+	if err != nil {
+		return fmt.Errorf("%w: interface %s: %v", ErrInvalid, s.Interface, err)
+	}
+	mac := link.Attrs().HardwareAddr
+	conn, err := openARP(link.Attrs().Index, mac)
+	if err != nil {
+		return err
+	}
+	defer conn.close()
+	ip := s.Prefix.Addr()
+
+	if other, err := probe(ctx, conn, ip, cfg); err != nil {
+		return err
+	} else if other != nil {
+		log.Warn("vip not added: another host answers for it", "mac", other.String())
+		emit("probe-conflict", other.String())
+		return fmt.Errorf("%w: %s answers for %s", ErrConflict, other, ip)
+	}
+	addr := nlAddr(s)
+	if err := netlink.AddrReplace(link, addr); err != nil {
+		return fmt.Errorf("add %s to %s: %w", s.Prefix, s.Interface, err)
+	}
+	log.Info("vip added")
+	emit("held", "")
+	defer func() {
+		if err := netlink.AddrDel(link, addr); err != nil && !errors.Is(err, os.ErrNotExist) {
+			log.Error("removing vip failed", "err", err)
+			return
+		}
+		log.Info("vip removed")
+		emit("released", "")
+	}()
+	return keep(ctx, conn, ip, cfg, log, emit)
+}
+
+func nlAddr(s Spec) *netlink.Addr {
+	return &netlink.Addr{
+		IPNet: &net.IPNet{IP: s.Prefix.Addr().AsSlice(), Mask: net.CIDRMask(s.Prefix.Bits(), 32)},
+		Label: s.Label(),
+		// Deprecated (preferred lifetime 0), valid for ever: the kernel
+		// never picks the VIP as a source address.
+		PreferedLft: 0,
+		ValidLft:    math.MaxUint32,
+	}
+}
+
+// probe sends RFC 5227 probes and returns the MAC of a host that answers
+// for ip or probes for it itself, or nil.
+func probe(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config) (net.HardwareAddr, error) {
+	for i := range cfg.ProbeCount {
+		if err := c.probe(ip); err != nil {
+			return nil, err
+		}
+		wait := cfg.ProbeInterval
+		if i == cfg.ProbeCount-1 {
+			wait = cfg.ProbeWait
+		}
+		deadline := time.Now().Add(wait)
+		for {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			p, err := c.recv(deadline)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			if err != nil {
+				return nil, err
+			}
+			if slices.Equal(p.SenderMAC, c.mac) {
+				continue
+			}
+			if p.SenderIP == ip || (p.Op == arpRequest && !p.SenderIP.IsValid()) ||
+				(p.Op == arpRequest && p.SenderIP.IsUnspecified() && p.TargetIP == ip) {
+				return p.SenderMAC, nil
+			}
+		}
+	}
+	return nil, nil
+}
+
+// keep announces on schedule and watches for other hosts claiming ip.
+func keep(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config, log *slog.Logger, emit func(kind, mac string)) error {
+	next := time.Now()
+	burst := cfg.Burst + 1
+	var lastClaim time.Time
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !time.Now().Before(next) {
+			if err := c.announce(ip); err != nil {
+				log.Warn("gratuitous ARP failed", "err", err)
+			}
+			if burst--; burst > 0 {
+				next = time.Now().Add(cfg.BurstInterval)
+			} else {
+				next = time.Now().Add(cfg.Refresh)
+			}
+		}
+		// Read until the next announcement, waking at least every 100 ms
+		// to notice ctx.
+		deadline := time.Now().Add(100 * time.Millisecond)
+		if next.Before(deadline) {
+			deadline = next
+		}
+		p, err := c.recv(deadline)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("watch ARP: %w", err)
+		}
+		if p.SenderIP != ip || slices.Equal(p.SenderMAC, c.mac) {
+			continue
+		}
+		other := p.SenderMAC.String()
+		now := time.Now()
+		if !lastClaim.IsZero() && now.Sub(lastClaim) < cfg.DefendWindow {
+			log.Error("another host keeps claiming the vip; giving it up", "mac", other)
+			emit("released-on-conflict", other)
+			return fmt.Errorf("%w: %s keeps claiming %s", ErrConflict, other, ip)
+		}
+		lastClaim = now
+		log.Warn("another host claims the vip; defending", "mac", other)
+		emit("duplicate", other)
+		if err := c.announce(ip); err != nil {
+			log.Warn("gratuitous ARP failed", "err", err)
+		}
+		emit("defended", other)
+	}
+}
+
+// Cleanup removes addresses this node left behind (after a crash): every
+// address whose label is one of labels. It returns what it removed.
+func Cleanup(labels []string) ([]string, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, a := range addrs {
+		if !slices.Contains(labels, a.Label) {
+			continue
+		}
+		link, err := netlink.LinkByIndex(a.LinkIndex)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := netlink.AddrDel(link, &a); err != nil {
+			errs = append(errs, fmt.Errorf("remove stale %s (%s): %w", a.IPNet, a.Label, err))
+			continue
+		}
+		removed = append(removed, a.IPNet.String()+" "+a.Label)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// Query asks, from interface ifname and source address src, who has ip,
+// and returns the distinct MACs that answer within wait.
+func Query(ctx context.Context, ifname string, src, ip netip.Addr, wait time.Duration) ([]string, error) {
+	link, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s: %w", ifname, err)
+	}
+	c, err := openARP(link.Attrs().Index, link.Attrs().HardwareAddr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.close()
+	if err := c.request(src, ip); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(wait)
+	var macs []string
+	for ctx.Err() == nil {
+		p, err := c.recv(deadline)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if p.Op == arpReply && p.SenderIP == ip && !slices.Contains(macs, p.SenderMAC.String()) {
+			macs = append(macs, p.SenderMAC.String())
+		}
+	}
+	return macs, ctx.Err()
+}
+
+// Announce sends one gratuitous ARP pair for ip from ifname (used to stand
+// in for a foreign host in tests, and by operators' tools).
+func Announce(ifname string, ip netip.Addr) error {
+	link, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("interface %s: %w", ifname, err)
+	}
+	c, err := openARP(link.Attrs().Index, link.Attrs().HardwareAddr)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	return c.announce(ip)
+}

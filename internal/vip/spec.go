@@ -1,0 +1,97 @@
+// Package vip holds a virtual IP address on a node: it probes that no other
+// host uses the address, adds it with a label that marks it as taskd's,
+// announces it with gratuitous ARP, watches for another host claiming it,
+// and removes it when the hold ends. Which node holds a VIP is decided
+// elsewhere (the leader, through fenced assignments); this package only does
+// what a holder does on its own interface.
+//
+// Announcement schedule (Config): at once a gratuitous ARP request and a
+// gratuitous ARP reply; then Burst more pairs BurstInterval apart (default 4
+// pairs, 250 ms apart: about one second), so that switches and hosts that
+// missed the first learn the new MAC quickly; then a pair every Refresh
+// (default 20 s), well under common ARP cache (60 s and more) and switch MAC
+// aging (300 s) timeouts.
+package vip
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+)
+
+// ErrInvalid marks a VIP specification that cannot be used.
+var ErrInvalid = errors.New("invalid vip")
+
+// ErrConflict is returned when another host answers for the address: before
+// it was added (the probe), or repeatedly while it was held.
+var ErrConflict = errors.New("address in use by another host")
+
+// Spec is one VIP.
+type Spec struct {
+	Service   string       // e.g. "iscsi"
+	Prefix    netip.Prefix // the address and its prefix length (/32 by default)
+	Interface string       // e.g. "eth0"
+}
+
+// maxLabel is the kernel's limit on an address label (IFNAMSIZ - 1).
+const maxLabel = 15
+
+var (
+	ifaceName   = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+	serviceName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+)
+
+// Label is the address label that marks the VIP as taskd's: "IF:svc".
+func (s Spec) Label() string { return s.Interface + ":" + s.Service }
+
+// Validate checks what can be checked without the network: an IPv4
+// address that is neither the network nor the broadcast address of its
+// prefix, a valid interface name, and a label that fits the kernel's 15
+// characters.
+func (s Spec) Validate() error {
+	if !serviceName.MatchString(s.Service) {
+		return fmt.Errorf("%w: service %q: use lower-case letters, digits, - and _", ErrInvalid, s.Service)
+	}
+	if !ifaceName.MatchString(s.Interface) || s.Interface == "." || s.Interface == ".." {
+		return fmt.Errorf("%w: interface name %q is not a valid Linux interface name", ErrInvalid, s.Interface)
+	}
+	if l := s.Label(); len(l) > maxLabel {
+		return fmt.Errorf("%w: label %q is %d characters; the kernel allows %d (shorten the service name)", ErrInvalid, l, len(l), maxLabel)
+	}
+	a := s.Prefix.Addr()
+	if !s.Prefix.IsValid() || !a.Is4() {
+		return fmt.Errorf("%w: %q is not an IPv4 address", ErrInvalid, s.Prefix)
+	}
+	if a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return fmt.Errorf("%w: %s cannot be a service address", ErrInvalid, a)
+	}
+	if bits := s.Prefix.Bits(); bits < 31 {
+		if a == s.Prefix.Masked().Addr() {
+			return fmt.Errorf("%w: %s is the network address of %s", ErrInvalid, a, s.Prefix.Masked())
+		}
+		if a == broadcast(s.Prefix) {
+			return fmt.Errorf("%w: %s is the broadcast address of %s", ErrInvalid, a, s.Prefix.Masked())
+		}
+	}
+	return nil
+}
+
+func broadcast(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// ParsePrefix reads "IP" or "IP/PREFIX"; a bare IP is a /32.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%w: %q is neither IP nor IP/PREFIX", ErrInvalid, s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
