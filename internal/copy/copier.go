@@ -24,6 +24,8 @@ type Copier struct {
 	limiter        *rate.Limiter
 	log            *slog.Logger
 	start          int64      // first offset to copy (from a checkpoint)
+	unit           int64      // bytes between checkpoints (see applyDefaults)
+	lag            int        // units whose writes may run ahead of the last checkpoint
 	resumed        checkpoint // the state the run starts from
 	zeroBlock      []byte
 
@@ -74,15 +76,15 @@ func New(src, dst volume.Volume, opts Options) (*Copier, error) {
 		if cp.Mode != c.mode || cp.Size != src.Size() || cp.Extent != c.opts.ExtentSize || cp.Bitmap != opts.DirtyBitmap {
 			return nil, fmt.Errorf("%w: the checkpoint belongs to a different copy (mode %s, %d bytes, extent %d)", ErrInvalid, cp.Mode, cp.Size, cp.Extent)
 		}
-		if cp.Next < 0 || cp.Next > src.Size() || cp.Next%cp.Extent != 0 && cp.Next != src.Size() {
-			return nil, fmt.Errorf("%w: checkpoint offset %d is not an extent boundary", ErrInvalid, cp.Next)
+		if cp.Next < 0 || cp.Next > src.Size() || cp.Next%c.unit != 0 && cp.Next != src.Size() {
+			return nil, fmt.Errorf("%w: checkpoint offset %d is not a checkpoint boundary", ErrInvalid, cp.Next)
 		}
 		c.start = cp.Next
 		c.read.Store(cp.Read)
 		c.written.Store(cp.Written)
 		c.zeroed.Store(cp.Zeroed)
 		c.allocDone.Store(cp.AllocDon)
-		c.extentsDone.Store(cp.Next / cp.Extent)
+		c.extentsDone.Store(cp.Next / c.unit)
 		// A resumed target is no longer known to be zero: the extent cut
 		// off may hold partial writes.
 		c.targetZero = opts.TargetIsZero
@@ -149,6 +151,14 @@ func (c *Copier) applyDefaults() error {
 	case o.Rate < 0:
 		return fmt.Errorf("%w: rate %d is negative", ErrInvalid, o.Rate)
 	}
+	// Checkpoint every half extent, and let writes run one half ahead of
+	// the last checkpoint: the flush of one half overlaps the writes of the
+	// next, yet a crash still loses at most two halves, one extent. An
+	// extent too small to halve checkpoints whole, without overlap.
+	c.unit, c.lag = o.ExtentSize, 1
+	if half := o.ExtentSize / 2; half >= int64(o.RequestSize) && half%int64(o.BlockSize) == 0 {
+		c.unit, c.lag = half, 2
+	}
 	return nil
 }
 
@@ -184,9 +194,9 @@ func (c *Copier) Run(ctx context.Context) (Progress, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	items := make(chan item, c.opts.Workers*2)
 	extents := make(chan *extentWork, 1)
-	// Two extents may be open: one being flushed and checkpointed, the
-	// next being read. The next one's writes wait for the checkpoint.
-	window := make(chan struct{}, 2)
+	// Units open at once: lag of them may write past the last checkpoint,
+	// one more may read ahead.
+	window := make(chan struct{}, c.lag+1)
 	for range c.opts.Workers {
 		g.Go(func() error { return c.worker(gctx, items) })
 	}
@@ -210,7 +220,7 @@ func (c *Copier) Run(ctx context.Context) (Progress, error) {
 
 func (c *Copier) snapshot() Progress {
 	size := c.src.Size()
-	ext := (size + c.opts.ExtentSize - 1) / c.opts.ExtentSize
+	ext := (size + c.unit - 1) / c.unit
 	return Progress{
 		LogicalDone: c.logicalDone.Load(), LogicalTotal: size,
 		AllocatedDone: c.allocDone.Load(), AllocatedTotal: c.allocTotal.Load(),

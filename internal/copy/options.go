@@ -50,7 +50,9 @@ type Options struct {
 	Workers int
 	// RequestSize is the size of one read (default 1 MiB).
 	RequestSize int
-	// ExtentSize is the checkpoint interval (default 256 MiB).
+	// ExtentSize bounds the work a crash can cost (default 256 MiB): the
+	// copy checkpoints every half extent and writes at most one extent
+	// past its last checkpoint.
 	ExtentSize int64
 	// BlockSize is the granularity of zero detection and base comparison
 	// (default 4 KiB).

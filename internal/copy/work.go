@@ -27,11 +27,12 @@ type item struct {
 // the producer's seal, so done closes only after every item is queued and
 // finished.
 //
-// writable gates the extent's writes: it is the previous extent's
-// checkpointed channel. Workers may read ahead into an extent while the one
-// before it is flushed, but change the target only once everything before
-// the extent is durable and checkpointed. So a crash loses at most the
-// writes of one extent: the one after the last checkpoint.
+// The copy checkpoints in units (half an extent, see applyDefaults).
+// writable gates a unit's writes: it is the checkpointed channel of the unit
+// lag places before. With lag 2, unit m writes while unit m-1 is flushed,
+// but only once unit m-2 is checkpointed; so after the last checkpoint at
+// most two units, one extent, have written anything, and that is all a
+// crash makes the resume do again. Reads may run a unit further ahead.
 type extentWork struct {
 	index, off, end int64
 	pending         atomic.Int64
@@ -67,21 +68,25 @@ func (e *extentWork) finishOne() {
 	}
 }
 
-// produce walks the source extent by extent and queues work. At most two
-// extents are open at once (window); see extentWork for why a crash still
-// loses at most one.
+// produce walks the source checkpoint unit by unit and queues work. A unit
+// writes only once the unit lag places before it is checkpointed; see
+// extentWork for why a crash then loses at most lag units (one extent).
 func (c *Copier) produce(ctx context.Context, items chan<- item, extents chan<- *extentWork, window chan struct{}) error {
 	size := c.src.Size()
-	prev := make(chan struct{})
-	close(prev)
-	for off := c.start; off < size; off += c.opts.ExtentSize {
+	open := make(chan struct{})
+	close(open)
+	gates := make([]<-chan struct{}, c.lag) // checkpointed channels of the last lag units
+	for i := range gates {
+		gates[i] = open
+	}
+	for off := c.start; off < size; off += c.unit {
 		select {
 		case window <- struct{}{}:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		e := newExtent(off/c.opts.ExtentSize, off, min(off+c.opts.ExtentSize, size), prev)
-		prev = e.checkpointed
+		e := newExtent(off/c.unit, off, min(off+c.unit, size), gates[0])
+		gates = append(gates[1:], e.checkpointed)
 		send := func(it item) error {
 			it.ext = e
 			e.pending.Add(1)
