@@ -132,28 +132,35 @@ func (c *Copier) split(kind itemKind, off, n int64, send func(item) error) error
 	return nil
 }
 
-func (c *Copier) walkFull(ctx context.Context, e *extentWork, send func(item) error) error {
-	for pos := e.off; pos < e.end; {
-		exts, err := c.src.Extents(ctx, pos, e.end-pos)
+// forExtents calls fn for each allocation extent of v in [off, end).
+func forExtents(ctx context.Context, v volume.Volume, role string, off, end int64, fn func(volume.Extent) error) error {
+	for pos := off; pos < end; {
+		exts, err := v.Extents(ctx, pos, end-pos)
 		if err != nil {
-			return fmt.Errorf("source allocation at %d: %w", pos, err)
+			return fmt.Errorf("%s allocation at %d: %w", role, pos, err)
 		}
 		for _, x := range exts {
-			switch {
-			case !x.Zero:
-				err = c.split(itemData, x.Off, x.Len, send)
-			case c.targetZero:
-				c.logicalDone.Add(x.Len)
-			default:
-				err = send(item{kind: itemZero, off: x.Off, n: x.Len})
-			}
-			if err != nil {
+			if err := fn(x); err != nil {
 				return err
 			}
 			pos = x.Off + x.Len
 		}
 	}
 	return nil
+}
+
+func (c *Copier) walkFull(ctx context.Context, e *extentWork, send func(item) error) error {
+	return forExtents(ctx, c.src, "source", e.off, e.end, func(x volume.Extent) error {
+		switch {
+		case !x.Zero:
+			return c.split(itemData, x.Off, x.Len, send)
+		case c.targetZero:
+			c.logicalDone.Add(x.Len)
+			return nil
+		default:
+			return send(item{kind: itemZero, off: x.Off, n: x.Len})
+		}
+	})
 }
 
 func (c *Copier) walkDirty(ctx context.Context, e *extentWork, send func(item) error) error {
@@ -180,78 +187,49 @@ func (c *Copier) walkDirty(ctx context.Context, e *extentWork, send func(item) e
 	return nil
 }
 
-// walkBase compares what the source holds with the base; where the source
-// is a hole but the base holds data, the target (which holds the base) is
-// zeroed.
+// walkBase compares what the source holds with the base.
 func (c *Copier) walkBase(ctx context.Context, e *extentWork, send func(item) error) error {
-	for pos := e.off; pos < e.end; {
-		exts, err := c.src.Extents(ctx, pos, e.end-pos)
-		if err != nil {
-			return fmt.Errorf("source allocation at %d: %w", pos, err)
+	return forExtents(ctx, c.src, "source", e.off, e.end, func(x volume.Extent) error {
+		if !x.Zero {
+			return c.split(itemCompare, x.Off, x.Len, send)
 		}
-		for _, x := range exts {
-			if !x.Zero {
-				err = c.split(itemCompare, x.Off, x.Len, send)
-			} else {
-				err = c.zeroWhereBaseHasData(ctx, x, send)
+		// Where the source is a hole but the base holds data, zero the
+		// target (which holds the base).
+		return forExtents(ctx, c.base, "base", x.Off, x.Off+x.Len, func(b volume.Extent) error {
+			if b.Zero {
+				c.logicalDone.Add(b.Len)
+				return nil
 			}
-			if err != nil {
-				return err
-			}
-			pos = x.Off + x.Len
-		}
-	}
-	return nil
-}
-
-func (c *Copier) zeroWhereBaseHasData(ctx context.Context, hole volume.Extent, send func(item) error) error {
-	end := hole.Off + hole.Len
-	for pos := hole.Off; pos < end; {
-		exts, err := c.base.Extents(ctx, pos, end-pos)
-		if err != nil {
-			return fmt.Errorf("base allocation at %d: %w", pos, err)
-		}
-		for _, x := range exts {
-			if x.Zero {
-				c.logicalDone.Add(x.Len)
-			} else if err := send(item{kind: itemZero, off: x.Off, n: x.Len}); err != nil {
-				return err
-			}
-			pos = x.Off + x.Len
-		}
-	}
-	return nil
+			return send(item{kind: itemZero, off: b.Off, n: b.Len})
+		})
+	})
 }
 
 // scanAllocated sums the bytes the copy will have to read, for progress.
 func (c *Copier) scanAllocated(ctx context.Context) (int64, error) {
 	size := c.src.Size()
 	var total int64
-	for pos := int64(0); pos < size; {
-		if c.mode == ModeDirty {
-			ranges, end, err := c.dirty.Dirty(ctx, c.opts.DirtyBitmap, pos, size-pos)
-			if err != nil {
-				return 0, fmt.Errorf("dirty bitmap at %d: %w", pos, err)
-			}
-			if end <= pos {
-				return 0, fmt.Errorf("dirty bitmap at %d: server answered no progress", pos)
-			}
-			for _, r := range ranges {
-				total += min(r.Off+r.Len, size) - r.Off
-			}
-			pos = end
-			continue
-		}
-		exts, err := c.src.Extents(ctx, pos, size-pos)
-		if err != nil {
-			return 0, fmt.Errorf("source allocation at %d: %w", pos, err)
-		}
-		for _, x := range exts {
+	if c.mode != ModeDirty {
+		err := forExtents(ctx, c.src, "source", 0, size, func(x volume.Extent) error {
 			if !x.Zero {
 				total += x.Len
 			}
-			pos = x.Off + x.Len
+			return nil
+		})
+		return total, err
+	}
+	for pos := int64(0); pos < size; {
+		ranges, end, err := c.dirty.Dirty(ctx, c.opts.DirtyBitmap, pos, size-pos)
+		if err != nil {
+			return 0, fmt.Errorf("dirty bitmap at %d: %w", pos, err)
 		}
+		if end <= pos {
+			return 0, fmt.Errorf("dirty bitmap at %d: server answered no progress", pos)
+		}
+		for _, r := range ranges {
+			total += min(r.Off+r.Len, size) - r.Off
+		}
+		pos = end
 	}
 	return total, nil
 }
