@@ -32,6 +32,7 @@ type Copier struct {
 	read, written, zeroed  atomic.Int64
 	allocDone, logicalDone atomic.Int64
 	extentsDone            atomic.Int64
+	flushes                atomic.Int64
 	allocTotal             atomic.Int64
 }
 
@@ -225,7 +226,7 @@ func (c *Copier) snapshot() Progress {
 		LogicalDone: c.logicalDone.Load(), LogicalTotal: size,
 		AllocatedDone: c.allocDone.Load(), AllocatedTotal: c.allocTotal.Load(),
 		BytesRead: c.read.Load(), BytesWritten: c.written.Load(), BytesZeroed: c.zeroed.Load(),
-		ExtentsDone: c.extentsDone.Load(), ExtentsTotal: ext,
+		ExtentsDone: c.extentsDone.Load(), ExtentsTotal: ext, Flushes: c.flushes.Load(),
 	}
 }
 

@@ -369,3 +369,36 @@ func (v *crashingVolume) WriteAt(ctx context.Context, p []byte, off int64) error
 	}
 	return v.Volume.WriteAt(ctx, p, off)
 }
+
+// Units that change nothing on the target are not flushed: on a fresh
+// target, only the units holding data cost a flush.
+func TestEmptyUnitsNeedNoFlush(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	data := make([]byte, 1<<20)
+	fillRandom(rand.New(rand.NewPCG(3, 3)), data)
+	f, err := os.Create(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(8 << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	// Extent 1 MiB: units of 512 KiB, two of them hold the data.
+	p, err := run(t, volcopy.Spec{Source: fileURI(src), Target: fileURI(filepath.Join(dir, "dst")),
+		RequestSize: 64 << 10, ExtentSize: 1 << 20}, volcopy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ExtentsTotal != 16 || p.ExtentsDone != 16 {
+		t.Fatalf("units %d/%d, want 16/16", p.ExtentsDone, p.ExtentsTotal)
+	}
+	if p.Flushes != 2 {
+		t.Fatalf("%d flushes, want 2 (one per unit holding data)", p.Flushes)
+	}
+	mustEqual(t, filepath.Join(dir, "dst"), append(data, make([]byte, 7<<20)...))
+}

@@ -32,8 +32,14 @@ func (c *Copier) flusher(ctx context.Context, extents <-chan *extentWork, window
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if err := c.dst.Flush(ctx); err != nil {
-			return fmt.Errorf("flush target after extent %d: %w", e.index, err)
+		// A unit that changed nothing needs no flush: every write before
+		// it was covered by the previous unit's flush, which finished
+		// after all of them (units are flushed in order).
+		if e.written.Load()+e.zeroed.Load() > 0 {
+			if err := c.dst.Flush(ctx); err != nil {
+				return fmt.Errorf("flush target after unit %d: %w", e.index, err)
+			}
+			c.flushes.Add(1)
 		}
 		if c.opts.Verify {
 			if err := c.verifyExtent(ctx, e); err != nil {

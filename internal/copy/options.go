@@ -95,8 +95,10 @@ type Progress struct {
 	// Rate is allocated bytes per second over the last interval.
 	Rate float64
 	ETA  time.Duration
-	// Extents done of the total.
+	// Checkpoint units (half extents) done of the total, and the target
+	// flushes this run made (a unit that changed nothing needs none).
 	ExtentsDone, ExtentsTotal int64
+	Flushes                   int64
 }
 
 // checkpoint is the opaque state between runs. Only this package reads it.
