@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing, from Debian:
 # ZooKeeper 3.8 (and its Java runtime), qemu-utils (qemu-nbd, qemu-img,
-# qemu-io) and nbdkit. With --bench it also installs what the copy benchmark
+# qemu-io), nbdkit and iproute2 (network namespaces for the VIP tests). With --bench it also installs what the copy benchmark
 # compares against: nbdcopy (libnbd-bin) and rsync.
 # Safe to run repeatedly; does nothing when all is present. Under CI=true a
 # missing component the tests need makes them fail, never skip, so an install
@@ -12,6 +12,7 @@ need=()
 [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null || need+=(zookeeper)
 command -v qemu-nbd >/dev/null && command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || need+=(qemu-utils)
 command -v nbdkit >/dev/null || need+=(nbdkit)
+command -v ip >/dev/null || need+=(iproute2)
 if [ "${1:-}" = "--bench" ]; then
   command -v nbdcopy >/dev/null || need+=(libnbd-bin)
   command -v rsync >/dev/null || need+=(rsync)
