@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing, from Debian:
 # ZooKeeper 3.8 (and its Java runtime), qemu-utils (qemu-nbd, qemu-img,
-# qemu-io), nbdkit and iproute2 (network namespaces for the VIP tests). With --bench it also installs what the copy benchmark
-# compares against: nbdcopy (libnbd-bin) and rsync.
+# qemu-io), nbdkit and iproute2 (network namespaces for the VIP tests).
+# With --bench it also installs what the copy benchmark compares against:
+# nbdcopy (libnbd-bin) and rsync.
 # Safe to run repeatedly; does nothing when all is present. Under CI=true a
 # missing component the tests need makes them fail, never skip, so an install
 # failure here surfaces as a test failure.
