@@ -113,6 +113,7 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&cfg.TokenFile, "token-file", cfg.TokenFile, "file holding the API bearer token")
 	f.StringVar(&cfg.TLSCert, "tls-cert", cfg.TLSCert, "TLS certificate (PEM) for the API")
 	f.StringVar(&cfg.TLSKey, "tls-key", cfg.TLSKey, "TLS private key (PEM) for the API")
+	f.StringArrayVar(&cfg.VIPs, "vip", nil, "virtual IP the leader holds, SERVICE=IP[/PREFIX]@INTERFACE (repeatable), e.g. iscsi=10.0.0.50@eth0")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "after the first SIGTERM, exit forcibly (code 3) if shutdown takes longer")
 	f.StringVar(&cfg.EtcdClientURL, "etcd-client-url", cfg.EtcdClientURL, "embedded etcd: client URL")
 	f.StringVar(&cfg.EtcdPeerURL, "etcd-peer-url", cfg.EtcdPeerURL, "embedded etcd: peer URL")

@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"github.com/taskd/taskd/internal/vip"
 	"os"
 	"time"
 
@@ -27,6 +28,8 @@ type Config struct {
 	TLSCert          string
 	TLSKey           string
 	ShutdownTimeout  time.Duration
+	// VIPs the leader holds, as SERVICE=IP[/PREFIX]@INTERFACE.
+	VIPs []string
 
 	// Embedded etcd (--coordinator embedded).
 	EtcdClientURL      string
@@ -93,10 +96,31 @@ func (c Config) Validate() error {
 	if err := sc.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := c.vipSpecs(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	return nil
+}
+
+// vipSpecs parses --vip; services and addresses must be unique.
+func (c Config) vipSpecs() ([]vip.Spec, error) {
+	var out []vip.Spec
+	for _, v := range c.VIPs {
+		s, err := vip.ParseSpec(v)
+		if err != nil {
+			return nil, fmt.Errorf("--vip: %w", err)
+		}
+		for _, o := range out {
+			if o.Service == s.Service || o.Prefix.Addr() == s.Prefix.Addr() {
+				return nil, fmt.Errorf("--vip %q: service or address given twice", v)
+			}
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }
 
 func (c Config) advertise() string {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -90,6 +91,9 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 		err     error
 		srvErrs <-chan error
 		roles   quorum.Roles
+		// raftAway keeps the embedded etcd's raft leadership off the
+		// taskd leader (nil for external stores).
+		raftAway func(context.Context)
 	)
 	switch n.target.Kind {
 	case coord.KindEmbedded:
@@ -108,10 +112,7 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 		}
 		defer srv.Close()
 		srvErrs = srv.Err()
-		roles.Leader = func(ctx context.Context, _ *quorum.Leadership) error {
-			srv.KeepRaftLeadershipAway(ctx, n.log)
-			return nil
-		}
+		raftAway = func(ctx context.Context) { srv.KeepRaftLeadershipAway(ctx, n.log) }
 		store, err = etcd.Open([]string{srv.ClientURL()}, n.log)
 	case coord.KindEtcd:
 		eps := make([]string, len(n.target.Endpoints))
@@ -127,6 +128,24 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	}
 	defer store.Close()
 
+	vips, _ := n.cfg.vipSpecs() // validated in Run
+	n.cleanupVIPs(vips)
+	roles.Leader = func(ctx context.Context, _ *quorum.Leadership) error {
+		// Leader duties run until leadership ends, and the fence waits
+		// for them: VIPs are removed before the local deadline.
+		var wg sync.WaitGroup
+		if raftAway != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); raftAway(ctx) }()
+		}
+		for _, v := range vips {
+			wg.Add(1)
+			go func() { defer wg.Done(); n.holdVIP(ctx, v) }()
+		}
+		<-ctx.Done()
+		wg.Wait()
+		return nil
+	}
 	q, err := quorum.New(n.cfg.quorumConfig(nodeID), store, roles, n.baseLog)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -26,7 +25,15 @@ type Config struct {
 	// DefendWindow: a second foreign claim within this time of the first
 	// makes the holder give the address up (default 10s). See Hold.
 	DefendWindow time.Duration
-	Log          *slog.Logger
+	// ValidLifetime is the address's valid lifetime in the kernel (whole
+	// seconds, default 1s); the holder renews it every RenewInterval
+	// (default 250ms). If the holder process dies or is stopped, the
+	// kernel removes the address within about ValidLifetime + 1s, so a
+	// frozen or killed holder cannot keep answering for the VIP while
+	// another node takes it over.
+	ValidLifetime time.Duration
+	RenewInterval time.Duration
+	Log           *slog.Logger
 	// Event receives what an operator should see: conflicts and duplicate
 	// claims. It must not block.
 	Event func(Event)
@@ -35,7 +42,8 @@ type Config struct {
 // DefaultConfig returns the documented schedule.
 func DefaultConfig() Config {
 	return Config{ProbeCount: 3, ProbeInterval: 100 * time.Millisecond, ProbeWait: 200 * time.Millisecond,
-		Burst: 4, BurstInterval: 250 * time.Millisecond, Refresh: 20 * time.Second, DefendWindow: 10 * time.Second}
+		Burst: 4, BurstInterval: 250 * time.Millisecond, Refresh: 20 * time.Second, DefendWindow: 10 * time.Second,
+		ValidLifetime: time.Second, RenewInterval: 250 * time.Millisecond}
 }
 
 // Validate checks ranges and ratios.
@@ -49,6 +57,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: refresh %v outside 1s-60s (it must stay well under ARP cache timeouts)", ErrInvalid, c.Refresh)
 	case c.DefendWindow <= c.BurstInterval:
 		return fmt.Errorf("%w: defend window must exceed the burst interval", ErrInvalid)
+	case c.ValidLifetime < time.Second || c.ValidLifetime%time.Second != 0:
+		return fmt.Errorf("%w: valid lifetime %v must be whole seconds, at least 1s", ErrInvalid, c.ValidLifetime)
+	case c.RenewInterval <= 0 || 3*c.RenewInterval > c.ValidLifetime:
+		return fmt.Errorf("%w: renew interval %v must be at most a third of the valid lifetime %v", ErrInvalid, c.RenewInterval, c.ValidLifetime)
 	}
 	return nil
 }
@@ -109,7 +121,7 @@ func Hold(ctx context.Context, s Spec, cfg Config) error {
 		emit("probe-conflict", other.String())
 		return fmt.Errorf("%w: %s answers for %s", ErrConflict, other, ip)
 	}
-	addr := nlAddr(s)
+	addr := nlAddr(s, cfg.ValidLifetime)
 	if err := netlink.AddrReplace(link, addr); err != nil {
 		return fmt.Errorf("add %s to %s: %w", s.Prefix, s.Interface, err)
 	}
@@ -123,17 +135,19 @@ func Hold(ctx context.Context, s Spec, cfg Config) error {
 		log.Info("vip removed")
 		emit("released", "")
 	}()
-	return keep(ctx, conn, ip, cfg, log, emit)
+	renew := func() error { return netlink.AddrReplace(link, addr) }
+	return keep(ctx, conn, ip, cfg, log, emit, renew)
 }
 
-func nlAddr(s Spec) *netlink.Addr {
+func nlAddr(s Spec, valid time.Duration) *netlink.Addr {
 	return &netlink.Addr{
 		IPNet: &net.IPNet{IP: s.Prefix.Addr().AsSlice(), Mask: net.CIDRMask(s.Prefix.Bits(), 32)},
 		Label: s.Label(),
-		// Deprecated (preferred lifetime 0), valid for ever: the kernel
-		// never picks the VIP as a source address.
+		// Deprecated (preferred lifetime 0): the kernel never picks the
+		// VIP as a source address. The valid lifetime is a dead man's
+		// switch, renewed while the holder runs.
 		PreferedLft: 0,
-		ValidLft:    math.MaxUint32,
+		ValidLft:    int(valid / time.Second),
 	}
 }
 
@@ -172,9 +186,11 @@ func probe(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config) (net.Hard
 	return nil, nil
 }
 
-// keep announces on schedule and watches for other hosts claiming ip.
-func keep(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config, log *slog.Logger, emit func(kind, mac string)) error {
+// keep announces on schedule, renews the address's lifetime and watches for
+// other hosts claiming ip.
+func keep(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config, log *slog.Logger, emit func(kind, mac string), renew func() error) error {
 	next := time.Now()
+	nextRenew := time.Now().Add(cfg.RenewInterval)
 	burst := cfg.Burst + 1
 	var lastClaim time.Time
 	for {
@@ -191,11 +207,23 @@ func keep(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config, log *slog.
 				next = time.Now().Add(cfg.Refresh)
 			}
 		}
-		// Read until the next announcement, waking at least every 100 ms
-		// to notice ctx.
+		if !time.Now().Before(nextRenew) {
+			if err := renew(); err != nil {
+				// Without renewal the kernel drops the address within
+				// its lifetime; stop claiming it rather than hold it
+				// half-way.
+				return fmt.Errorf("renew address lifetime: %w", err)
+			}
+			nextRenew = time.Now().Add(cfg.RenewInterval)
+		}
+		// Read until the next announcement or renewal, waking at least
+		// every 100 ms to notice ctx.
 		deadline := time.Now().Add(100 * time.Millisecond)
 		if next.Before(deadline) {
 			deadline = next
+		}
+		if nextRenew.Before(deadline) {
+			deadline = nextRenew
 		}
 		p, err := c.recv(deadline)
 		if errors.Is(err, os.ErrDeadlineExceeded) {

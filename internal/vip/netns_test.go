@@ -3,8 +3,6 @@ package vip
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,6 +48,9 @@ func helperMain(mode string) int {
 		}
 		cfg := DefaultConfig()
 		cfg.Refresh = time.Second
+		if v := env("VALID"); v != "" {
+			cfg.ValidLifetime, _ = time.ParseDuration(v)
+		}
 		cfg.Event = func(e Event) {
 			b, _ := json.Marshal(e)
 			fmt.Println(string(b))
@@ -106,82 +107,24 @@ func claimOnce(ifname string, ip netip.Addr) error {
 	return c.send(arpPacket{Op: arpReply, SenderMAC: c.mac, SenderIP: ip, TargetMAC: broadcastMAC, TargetIP: ip}, broadcastMAC)
 }
 
-// lab is a set of namespaces on one bridge, subnet 10.77.0.0/24; host i
-// has 10.77.0.(10+i) on eth0.
+// lab adds to testenv.NetLab the helper processes of this package's tests.
 type lab struct {
-	t      *testing.T
-	prefix string
-	hosts  []string
-	dir    string
+	*testenv.NetLab
+	t   *testing.T
+	dir string
 }
 
 func newLab(t *testing.T, hosts ...string) *lab {
 	t.Helper()
-	testenv.Need(t, "iproute2", "ip")
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "network namespaces need root")
-	}
-	b := make([]byte, 3)
-	rand.Read(b)
-	l := &lab{t: t, prefix: "tdv" + hex.EncodeToString(b), hosts: hosts, dir: t.TempDir()}
-	t.Cleanup(l.destroy)
-	br := l.prefix + "-br"
-	l.ip("netns", "add", br)
-	l.ip("-n", br, "link", "add", "br0", "type", "bridge")
-	l.ip("-n", br, "link", "set", "br0", "up")
-	for i, h := range hosts {
-		ns := l.ns(h)
-		l.ip("netns", "add", ns)
-		l.ip("-n", br, "link", "add", fmt.Sprintf("v%d", i), "type", "veth", "peer", "name", "eth0", "netns", ns)
-		l.ip("-n", br, "link", "set", fmt.Sprintf("v%d", i), "master", "br0", "up")
-		l.ip("-n", ns, "link", "set", "lo", "up")
-		l.ip("-n", ns, "link", "set", "eth0", "up")
-		l.ip("-n", ns, "addr", "add", l.addr(h)+"/24", "dev", "eth0")
-	}
-	return l
+	return &lab{NetLab: testenv.NewNetLab(t, hosts...), t: t, dir: t.TempDir()}
 }
 
-func (l *lab) ns(host string) string { return l.prefix + "-" + host }
-
-func (l *lab) addr(host string) string {
-	for i, h := range l.hosts {
-		if h == host {
-			return fmt.Sprintf("10.77.0.%d", 10+i)
-		}
-	}
-	l.t.Fatalf("no host %s", host)
-	return ""
-}
-
-func (l *lab) ip(args ...string) string {
-	l.t.Helper()
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	if err != nil {
-		l.t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-func (l *lab) destroy() {
-	for _, h := range append([]string{"br"}, l.hosts...) {
-		exec.Command("ip", "netns", "del", l.ns(h)).Run()
-	}
-}
-
-// helper runs the test binary as a helper in host's namespace.
-func (l *lab) helper(host, mode string, env ...string) *exec.Cmd {
-	cmd := exec.Command("ip", "netns", "exec", l.ns(host), os.Args[0])
-	cmd.Env = append(os.Environ(), append([]string{"TASKD_VIP_HELPER=" + mode}, env...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	return cmd
-}
-
-// start runs a long-lived helper; its stdout lines go to a file read by
-// events().
+// start runs a long-lived helper in host's namespace; its stdout lines go
+// to a file read by events().
 func (l *lab) start(host, mode string, env ...string) (*harness.Proc, string) {
 	l.t.Helper()
 	log := filepath.Join(l.dir, host+"-"+mode+".log")
-	args := append([]string{"netns", "exec", l.ns(host), "env", "TASKD_VIP_HELPER=" + mode}, env...)
+	args := append([]string{"netns", "exec", l.NS(host), "env", "TASKD_VIP_HELPER=" + mode}, env...)
 	args = append(args, os.Args[0])
 	p, err := harness.StartProc(log, "ip", args...)
 	if err != nil {
@@ -191,48 +134,20 @@ func (l *lab) start(host, mode string, env ...string) (*harness.Proc, string) {
 	return p, log
 }
 
+// run runs a helper in host's namespace to completion.
 func (l *lab) run(host, mode string, env ...string) (string, error) {
-	out, err := l.helper(host, mode, env...).CombinedOutput()
+	cmd := exec.Command("ip", "netns", "exec", l.NS(host), os.Args[0])
+	cmd.Env = append(os.Environ(), append([]string{"TASKD_VIP_HELPER=" + mode}, env...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
 }
 
-func (l *lab) mac(host string) string {
-	var links []struct {
-		Address string `json:"address"`
-	}
-	if err := json.Unmarshal([]byte(l.ip("-n", l.ns(host), "-j", "link", "show", "dev", "eth0")), &links); err != nil || len(links) != 1 {
-		l.t.Fatalf("mac of %s: %v", host, err)
-	}
-	return links[0].Address
-}
-
-type addrInfo struct {
-	Local     string `json:"local"`
-	PrefixLen int    `json:"prefixlen"`
-	Label     string `json:"label"`
-	// The kernel reports a permanent address's preferred lifetime as
-	// "forever" even when it is deprecated; the flag is what counts.
-	Deprecated bool `json:"deprecated"`
-}
-
-func (l *lab) addrs(host string) []addrInfo {
-	var links []struct {
-		AddrInfo []addrInfo `json:"addr_info"`
-	}
-	if err := json.Unmarshal([]byte(l.ip("-n", l.ns(host), "-j", "addr", "show", "dev", "eth0")), &links); err != nil || len(links) != 1 {
-		l.t.Fatalf("addresses of %s: %v", host, err)
-	}
-	return links[0].AddrInfo
-}
-
-func (l *lab) has(host, ip string) (addrInfo, bool) {
-	for _, a := range l.addrs(host) {
-		if a.Local == ip {
-			return a, true
-		}
-	}
-	return addrInfo{}, false
-}
+func (l *lab) has(host, ip string) (testenv.AddrInfo, bool) { return l.Has(host, ip) }
+func (l *lab) mac(host string) string                       { return l.MAC(host) }
+func (l *lab) addr(host string) string                      { return l.Addr(host) }
+func (l *lab) ns(host string) string                        { return l.NS(host) }
+func (l *lab) ip(args ...string) string                     { return l.IP(args...) }
 
 func events(t *testing.T, log string) []Event {
 	t.Helper()
@@ -345,9 +260,27 @@ func TestDuplicateClaimRaisesEvent(t *testing.T) {
 	})
 }
 
-func TestCleanupRemovesStaleVIPAfterKill(t *testing.T) {
+// A killed holder cannot renew the address's lifetime: the kernel removes
+// it on its own, so a dead or frozen holder stops answering.
+func TestKilledHolderAddressExpires(t *testing.T) {
 	l := newLab(t, "n1")
 	p, log := l.start("n1", "hold", "VIP="+vipAddr, "SERVICE=iscsi")
+	waitFor(t, 10*time.Second, "vip held", func() bool { return hasEvent(t, log, "held") })
+	p.Signal(syscall.SIGKILL)
+	p.Wait()
+	killed := time.Now()
+	waitFor(t, 5*time.Second, "stale vip expiring", func() bool {
+		_, ok := l.has("n1", vipAddr)
+		return !ok
+	})
+	t.Logf("address gone %v after kill -9 (valid lifetime 1s)", time.Since(killed).Round(10*time.Millisecond))
+}
+
+func TestCleanupRemovesStaleVIPAfterKill(t *testing.T) {
+	l := newLab(t, "n1")
+	// A long lifetime, so the address outlives the kill and only the
+	// cleanup can remove it.
+	p, log := l.start("n1", "hold", "VIP="+vipAddr, "SERVICE=iscsi", "VALID=60s")
 	waitFor(t, 10*time.Second, "vip held", func() bool { return hasEvent(t, log, "held") })
 	p.Signal(syscall.SIGKILL)
 	p.Wait()

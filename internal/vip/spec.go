@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"strings"
 )
 
 // ErrInvalid marks a VIP specification that cannot be used.
@@ -94,4 +95,20 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("%w: %q is neither IP nor IP/PREFIX", ErrInvalid, s)
 	}
 	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// ParseSpec reads "SERVICE=IP[/PREFIX]@INTERFACE", the form of taskd's
+// --vip flag, and validates it.
+func ParseSpec(s string) (Spec, error) {
+	svc, rest, ok1 := strings.Cut(s, "=")
+	addr, iface, ok2 := strings.Cut(rest, "@")
+	if !ok1 || !ok2 {
+		return Spec{}, fmt.Errorf("%w: %q: want SERVICE=IP[/PREFIX]@INTERFACE, e.g. iscsi=10.0.0.50@eth0", ErrInvalid, s)
+	}
+	prefix, err := ParsePrefix(addr)
+	if err != nil {
+		return Spec{}, err
+	}
+	spec := Spec{Service: svc, Prefix: prefix, Interface: iface}
+	return spec, spec.Validate()
 }
