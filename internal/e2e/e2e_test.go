@@ -22,6 +22,10 @@ import (
 var taskdBin, taskctlBin string
 
 func TestMain(m *testing.M) {
+	if mode := os.Getenv("TASKD_E2E_HELPER"); mode != "" {
+		// Re-executed inside a test network namespace; see vip_test.go.
+		os.Exit(helperMain(mode))
+	}
 	dir, err := os.MkdirTemp("", "taskd-e2e-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
