@@ -30,6 +30,7 @@ commands:
   reconnect  kill the ZooKeeper server a session uses (3-server ensemble), time until the session is confirmed on another server
   idle       RSS and CPU of one idle node on the embedded default
   copy       volume copy against qemu-img convert, cp, dd, nbdcopy and rsync on generated images
+  vip-failover  kill -9 the VIP holder of a 3-node cluster in network namespaces, time until the VIP answers elsewhere (root)
 Run "taskd-bench COMMAND -h" for flags. Build first: the command builds taskd itself.
 `
 
@@ -40,7 +41,8 @@ func Main(args []string, out io.Writer) int {
 		return 0
 	}
 	cmds := map[string]func([]string, io.Writer) error{
-		"failover": failover, "handover": handover, "reconnect": reconnect, "idle": idle, "copy": copyBench,
+		"failover": failover, "handover": handover, "reconnect": reconnect, "idle": idle, "copy": copyBench, "vip-failover": vipFailover,
+		"arpsample": arpSample, // run by vip-failover inside the client namespace
 	}
 	f, ok := cmds[args[0]]
 	if !ok {

@@ -143,7 +143,7 @@ func (l *lab) run(host, mode string, env ...string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
-func (l *lab) has(host, ip string) (testenv.AddrInfo, bool) { return l.Has(host, ip) }
+func (l *lab) has(host, ip string) (harness.AddrInfo, bool) { return l.Has(host, ip) }
 func (l *lab) mac(host string) string                       { return l.MAC(host) }
 func (l *lab) addr(host string) string                      { return l.Addr(host) }
 func (l *lab) ns(host string) string                        { return l.NS(host) }

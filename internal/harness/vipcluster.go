@@ -1,0 +1,222 @@
+package harness
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/taskd/taskd/internal/vip"
+)
+
+// VIPCluster is three taskd nodes (n1-n3), each in its own lab namespace,
+// forming one embedded etcd cluster over the lab subnet and holding one VIP
+// on eth0, plus a "client" namespace. Every process that touches the lab
+// subnet runs inside the lab's namespaces.
+type VIPCluster struct {
+	Lab     *NetLab
+	VIP     string
+	Timeout time.Duration
+	Nodes   map[string]*Proc
+	dir     string
+	token   string
+	taskd   string
+	taskctl string
+}
+
+// VIPNodes are the node names of a VIPCluster.
+var VIPNodes = []string{"n1", "n2", "n3"}
+
+// StartVIPCluster builds the lab and starts the nodes. Close removes all.
+func StartVIPCluster(dir, taskd, taskctl string, timeout time.Duration) (*VIPCluster, error) {
+	lab, err := NewNetLab(append(VIPNodes, "client")...)
+	if err != nil {
+		return nil, err
+	}
+	c := &VIPCluster{Lab: lab, VIP: "10.77.0.100", Timeout: timeout, Nodes: map[string]*Proc{},
+		dir: dir, token: filepath.Join(dir, "token"), taskd: taskd, taskctl: taskctl}
+	if err := os.WriteFile(c.token, []byte("vip-lab-token\n"), 0o600); err != nil {
+		c.Close()
+		return nil, err
+	}
+	for _, n := range VIPNodes {
+		if err := c.Start(n); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// Start (re)starts node name; its log is DIR/name.log.
+func (c *VIPCluster) Start(name string) error {
+	var peers []string
+	for _, n := range VIPNodes {
+		peers = append(peers, fmt.Sprintf("%s=http://%s:2380", n, c.Lab.Addr(n)))
+	}
+	p, err := StartProc(c.LogPath(name), "ip", "netns", "exec", c.Lab.NS(name), c.taskd,
+		"--name", name, "--data-dir", filepath.Join(c.dir, name),
+		"--listen", "0.0.0.0:10600", "--token-file", c.token,
+		"--etcd-client-url", "http://127.0.0.1:2379", "--etcd-peer-url", "http://"+c.Lab.Addr(name)+":2380",
+		"--etcd-initial-cluster", strings.Join(peers, ","),
+		"--session-timeout", c.Timeout.String(),
+		"--vip", "iscsi="+c.VIP+"/32@eth0", "--log-format", "json")
+	if err != nil {
+		return err
+	}
+	c.Nodes[name] = p
+	return nil
+}
+
+// LogPath is where node name logs.
+func (c *VIPCluster) LogPath(name string) string { return filepath.Join(c.dir, name+".log") }
+
+// Kill sends SIGKILL to node name and waits for it to exit.
+func (c *VIPCluster) Kill(name string) {
+	c.Nodes[name].Signal(syscall.SIGKILL)
+	c.Nodes[name].Wait()
+}
+
+// Leader asks node from (inside its namespace) who leads and since when;
+// "" until all three members are seen.
+func (c *VIPCluster) Leader(from string) (string, time.Time) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", c.Lab.NS(from), c.taskctl,
+		"--token-file", c.token, "service", "list", "-o", "json").Output()
+	if err != nil {
+		return "", time.Time{}
+	}
+	var r struct {
+		Leader    string    `json:"leader"`
+		ElectedAt time.Time `json:"elected_at"`
+		Members   []struct {
+			Name string `json:"name"`
+		} `json:"members"`
+	}
+	if json.Unmarshal(out, &r) != nil || len(r.Members) != len(VIPNodes) {
+		return "", time.Time{}
+	}
+	return r.Leader, r.ElectedAt
+}
+
+// NodeOf names the node whose eth0 has mac.
+func (c *VIPCluster) NodeOf(mac string) string {
+	for _, n := range VIPNodes {
+		if m, _ := c.Lab.MAC(n); m == mac {
+			return n
+		}
+	}
+	return "unknown " + mac
+}
+
+// StartSampler runs argv (a program that calls ARPSample) in the client
+// namespace with VIP, SRC and LIMIT in its environment; samples go to the
+// returned file.
+func (c *VIPCluster) StartSampler(limit time.Duration, env []string, argv ...string) (string, *Proc, error) {
+	log := filepath.Join(c.dir, "samples.jsonl")
+	args := append([]string{"netns", "exec", c.Lab.NS("client"), "env",
+		"VIP=" + c.VIP, "SRC=" + c.Lab.Addr("client"), "LIMIT=" + limit.String()}, env...)
+	p, err := StartProc(log, "ip", append(args, argv...)...)
+	return log, p, err
+}
+
+// Close kills the nodes and removes the lab.
+func (c *VIPCluster) Close() {
+	for _, p := range c.Nodes {
+		p.Signal(syscall.SIGKILL)
+		p.Wait()
+	}
+	c.Lab.Close()
+}
+
+// Sample is one ARP question for the VIP and the MACs that answered.
+type Sample struct {
+	At   int64    `json:"t"`
+	MACs []string `json:"macs"`
+	Err  string   `json:"err,omitempty"`
+}
+
+// ARPSample asks for the VIP from eth0 every 20 ms for the duration in
+// $LIMIT, writing one JSON Sample per line. It is what StartSampler runs.
+func ARPSample(w io.Writer) error {
+	ip, err := netip.ParseAddr(os.Getenv("VIP"))
+	if err != nil {
+		return err
+	}
+	src, err := netip.ParseAddr(os.Getenv("SRC"))
+	if err != nil {
+		return err
+	}
+	limit, err := time.ParseDuration(os.Getenv("LIMIT"))
+	if err != nil {
+		return err
+	}
+	end := time.Now().Add(limit)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	bw := bufio.NewWriter(w)
+	for time.Now().Before(end) {
+		at := time.Now()
+		macs, err := vip.Query(context.Background(), "eth0", src, ip, 15*time.Millisecond)
+		s := Sample{At: at.UnixNano(), MACs: macs}
+		if err != nil {
+			s.Err = err.Error()
+		}
+		b, _ := json.Marshal(s)
+		bw.Write(append(b, '\n'))
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		<-tick.C
+	}
+	return nil
+}
+
+// ReadSamples reads a sampler's output.
+func ReadSamples(path string) []Sample {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []Sample
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var s Sample
+		if json.Unmarshal(sc.Bytes(), &s) == nil && s.At != 0 {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// FirstAnswer finds the first sample at or after since answered by exactly
+// one MAC other than not.
+func FirstAnswer(samples []Sample, since time.Time, not string) (time.Time, string, bool) {
+	for _, s := range samples {
+		if s.At >= since.UnixNano() && len(s.MACs) == 1 && s.MACs[0] != not {
+			return time.Unix(0, s.At), s.MACs[0], true
+		}
+	}
+	return time.Time{}, "", false
+}
+
+// Overlaps counts samples answered by more than one MAC.
+func Overlaps(samples []Sample) int {
+	n := 0
+	for _, s := range samples {
+		if len(s.MACs) > 1 {
+			n++
+		}
+	}
+	return n
+}
