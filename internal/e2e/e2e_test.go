@@ -295,6 +295,13 @@ func TestBadStartupInput(t *testing.T) {
 		{"bad name", []string{"--name", "a/b"}, "--name"},
 		{"non-loopback without token", []string{"--listen", "0.0.0.0:0"}, "token"},
 		{"deadline fraction too high", []string{"--deadline-fraction", "0.95"}, "deadline"},
+		{"vip network address", []string{"--vip", "iscsi=10.0.0.0/24@eth0"}, "network address"},
+		{"vip broadcast address", []string{"--vip", "iscsi=10.0.0.255/24@eth0"}, "broadcast address"},
+		{"vip not ipv4", []string{"--vip", "iscsi=fd00::1@eth0"}, "not an IPv4 address"},
+		{"vip bad interface", []string{"--vip", "iscsi=10.0.0.5@eth 0"}, "interface name"},
+		{"vip label too long", []string{"--vip", "management=10.0.0.5@bond0.100"}, "15"},
+		{"vip malformed", []string{"--vip", "10.0.0.5"}, "SERVICE=IP"},
+		{"vip twice", []string{"--vip", "a=10.0.0.5@eth0", "--vip", "b=10.0.0.5@eth0"}, "twice"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
