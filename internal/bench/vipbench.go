@@ -107,8 +107,8 @@ func vipFailover(args []string, out io.Writer) error {
 		}
 	}
 	all := harness.ReadSamples(samples)
-	fmt.Fprintf(out, "vip-failover: n=%d %s (goal <= %v); samples=%d overlap_samples=%d\n",
-		len(times), summary(times), *timeout+500*time.Millisecond, len(all), harness.Overlaps(all))
+	fmt.Fprintf(out, "vip-failover: %s (goal <= %v); samples=%d overlap_samples=%d\n",
+		summary(times), *timeout+500*time.Millisecond, len(all), harness.Overlaps(all))
 	return nil
 }
 
