@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/harness"
+	"github.com/taskd/taskd/internal/vip"
 )
 
 // vipFailover kills the VIP holder (the leader) of a three-node cluster in
@@ -88,7 +89,7 @@ func vipFailover(args []string, out io.Writer) error {
 		var mac string
 		if err := wait("vip answered elsewhere", 4**timeout, func() bool {
 			var ok bool
-			at, mac, ok = harness.FirstAnswer(harness.ReadSamples(samples), killed, oldMAC)
+			at, mac, ok = vip.FirstAnswer(vip.ReadSamples(samples), killed, oldMAC)
 			return ok
 		}); err != nil {
 			return fmt.Errorf("round %d: %w", round, err)
@@ -106,10 +107,17 @@ func vipFailover(args []string, out io.Writer) error {
 			return fmt.Errorf("round %d: %w", round, err)
 		}
 	}
-	all := harness.ReadSamples(samples)
+	all := vip.ReadSamples(samples)
 	fmt.Fprintf(out, "vip-failover: %s (goal <= %v); samples=%d overlap_samples=%d\n",
-		summary(times), *timeout+500*time.Millisecond, len(all), harness.Overlaps(all))
+		summary(times), *timeout+500*time.Millisecond, len(all), vip.Overlaps(all))
 	return nil
 }
 
-func arpSample(_ []string, out io.Writer) error { return harness.ARPSample(out) }
+// arpSample is what vip-failover runs in the client namespace.
+func arpSample(_ []string, out io.Writer) error {
+	ip, src, limit, err := harness.SamplerEnv()
+	if err != nil {
+		return err
+	}
+	return vip.SampleARP(out, ip, src, limit)
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/testenv"
+	"github.com/taskd/taskd/internal/vip"
 )
 
 // helperMain runs inside a lab namespace (the test binary re-executed with
@@ -19,7 +20,12 @@ import (
 func helperMain(mode string) int {
 	switch mode {
 	case "arpsample":
-		if err := harness.ARPSample(os.Stdout); err != nil {
+		ip, src, limit, err := harness.SamplerEnv()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		if err := vip.SampleARP(os.Stdout, ip, src, limit); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
@@ -79,7 +85,7 @@ func TestVIPFollowsLeader(t *testing.T) {
 	var mac string
 	if err := harness.WaitFor(ctxFor(t, 20*time.Second), 20*time.Millisecond, func() bool {
 		var ok bool
-		_, mac, ok = harness.FirstAnswer(harness.ReadSamples(samples), time.Time{}, "")
+		_, mac, ok = vip.FirstAnswer(vip.ReadSamples(samples), time.Time{}, "")
 		return ok
 	}); err != nil {
 		t.Fatalf("the vip never answered: %v", err)
@@ -108,7 +114,7 @@ func TestVIPFollowsLeader(t *testing.T) {
 		var at time.Time
 		if err := harness.WaitFor(ctxFor(t, 4*timeout), 20*time.Millisecond, func() bool {
 			var ok bool
-			at, mac, ok = harness.FirstAnswer(harness.ReadSamples(samples), killed, oldMAC)
+			at, mac, ok = vip.FirstAnswer(vip.ReadSamples(samples), killed, oldMAC)
 			return ok
 		}); err != nil {
 			t.Fatalf("round %d: no other host answers for the vip after kill -9 of %s: %v", round, old, err)
@@ -145,8 +151,8 @@ func TestVIPFollowsLeader(t *testing.T) {
 		}
 	}
 
-	all := harness.ReadSamples(samples)
-	if n := harness.Overlaps(all); n > 0 {
+	all := vip.ReadSamples(samples)
+	if n := vip.Overlaps(all); n > 0 {
 		t.Fatalf("%d samples were answered by two MACs", n)
 	}
 	var answered, silent int

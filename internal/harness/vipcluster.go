@@ -1,11 +1,10 @@
 package harness
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -13,8 +12,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/taskd/taskd/internal/vip"
 )
 
 // VIPCluster is three taskd nodes (n1-n3), each in its own lab namespace,
@@ -118,15 +115,23 @@ func (c *VIPCluster) NodeOf(mac string) string {
 	return "unknown " + mac
 }
 
-// StartSampler runs argv (a program that calls ARPSample) in the client
-// namespace with VIP, SRC and LIMIT in its environment; samples go to the
-// returned file.
+// StartSampler runs argv (a program that calls vip.SampleARP with $VIP,
+// $SRC and $LIMIT) in the client namespace; samples go to the returned file.
 func (c *VIPCluster) StartSampler(limit time.Duration, env []string, argv ...string) (string, *Proc, error) {
 	log := filepath.Join(c.dir, "samples.jsonl")
 	args := append([]string{"netns", "exec", c.Lab.NS("client"), "env",
 		"VIP=" + c.VIP, "SRC=" + c.Lab.Addr("client"), "LIMIT=" + limit.String()}, env...)
 	p, err := StartProc(log, "ip", append(args, argv...)...)
 	return log, p, err
+}
+
+// SamplerEnv reads what StartSampler passes to the sampler: $VIP, $SRC and
+// $LIMIT.
+func SamplerEnv() (ip, src netip.Addr, limit time.Duration, err error) {
+	ip, err1 := netip.ParseAddr(os.Getenv("VIP"))
+	src, err2 := netip.ParseAddr(os.Getenv("SRC"))
+	limit, err3 := time.ParseDuration(os.Getenv("LIMIT"))
+	return ip, src, limit, errors.Join(err1, err2, err3)
 }
 
 // Close kills the nodes and removes the lab.
@@ -136,87 +141,4 @@ func (c *VIPCluster) Close() {
 		p.Wait()
 	}
 	c.Lab.Close()
-}
-
-// Sample is one ARP question for the VIP and the MACs that answered.
-type Sample struct {
-	At   int64    `json:"t"`
-	MACs []string `json:"macs"`
-	Err  string   `json:"err,omitempty"`
-}
-
-// ARPSample asks for the VIP from eth0 every 20 ms for the duration in
-// $LIMIT, writing one JSON Sample per line. It is what StartSampler runs.
-func ARPSample(w io.Writer) error {
-	ip, err := netip.ParseAddr(os.Getenv("VIP"))
-	if err != nil {
-		return err
-	}
-	src, err := netip.ParseAddr(os.Getenv("SRC"))
-	if err != nil {
-		return err
-	}
-	limit, err := time.ParseDuration(os.Getenv("LIMIT"))
-	if err != nil {
-		return err
-	}
-	end := time.Now().Add(limit)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	bw := bufio.NewWriter(w)
-	for time.Now().Before(end) {
-		at := time.Now()
-		macs, err := vip.Query(context.Background(), "eth0", src, ip, 15*time.Millisecond)
-		s := Sample{At: at.UnixNano(), MACs: macs}
-		if err != nil {
-			s.Err = err.Error()
-		}
-		b, _ := json.Marshal(s)
-		bw.Write(append(b, '\n'))
-		if err := bw.Flush(); err != nil {
-			return err
-		}
-		<-tick.C
-	}
-	return nil
-}
-
-// ReadSamples reads a sampler's output.
-func ReadSamples(path string) []Sample {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var out []Sample
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		var s Sample
-		if json.Unmarshal(sc.Bytes(), &s) == nil && s.At != 0 {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// FirstAnswer finds the first sample at or after since answered by exactly
-// one MAC other than not.
-func FirstAnswer(samples []Sample, since time.Time, not string) (time.Time, string, bool) {
-	for _, s := range samples {
-		if s.At >= since.UnixNano() && len(s.MACs) == 1 && s.MACs[0] != not {
-			return time.Unix(0, s.At), s.MACs[0], true
-		}
-	}
-	return time.Time{}, "", false
-}
-
-// Overlaps counts samples answered by more than one MAC.
-func Overlaps(samples []Sample) int {
-	n := 0
-	for _, s := range samples {
-		if len(s.MACs) > 1 {
-			n++
-		}
-	}
-	return n
 }
