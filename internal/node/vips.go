@@ -7,12 +7,12 @@ import (
 	"github.com/taskd/taskd/internal/vip"
 )
 
-// vipConfig is the holder timing: one probe and 50 ms of listening (any
-// host on the LAN answers within a millisecond or two), since a takeover
-// waits for it; the announcement schedule is vip.DefaultConfig's.
+// vipConfig is the holder timing: one probe and 20 ms of listening (a host
+// on the LAN answers within a millisecond or two), since a takeover waits
+// for it; the announcement schedule is vip.DefaultConfig's.
 func (n *Node) vipConfig() vip.Config {
 	c := vip.DefaultConfig()
-	c.ProbeCount, c.ProbeInterval, c.ProbeWait = 1, 50*time.Millisecond, 50*time.Millisecond
+	c.ProbeCount, c.ProbeInterval, c.ProbeWait = 1, 20*time.Millisecond, 20*time.Millisecond
 	c.Log = n.log
 	return c
 }
