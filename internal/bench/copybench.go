@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/taskd/taskd/internal/harness"
 )
 
@@ -57,6 +59,9 @@ func copyBench(args []string, out io.Writer) error {
 	granularity := fs.Int("bitmap-granularity", 4096, "dirty bitmap granularity in bytes for the dirty-bitmap set (qemu's default is 65536)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *reps < 1 || *reps > 50 {
+		return errors.New("-reps must be 1-50")
 	}
 	size := int64(4 << 30)
 	if *quick {
@@ -190,21 +195,21 @@ func makeSet(name string, gen imageGen, dir string, img func(string) string, tas
 			}
 			return copyFileSparse(base, dst)
 		}
-		serve := []string{"-f", "qcow2", "--read-only", "--shared=4", "--bitmap=b0"}
+		serve := []nbdExport{{disk, []string{"-f", "qcow2", "--read-only", "--shared=4", "--bitmap=b0"}}}
 		return &copySet{name: fmt.Sprintf("dirty bitmap (qcow2 base + 10k random 4 KiB writes, bitmap granularity %d, served by qemu-nbd)", granularity), source: want, size: gen.size, tools: []*copyTool{
-			nbdSourceTool("taskd --dirty-bitmap b0", dir, disk, serve, dst, fromBase, func(u string) []string {
-				return []string{taskd, "volume", "copy", u, dst, "--dirty-bitmap", "b0", "--progress", "none"}
+			nbdTool("taskd --dirty-bitmap b0", dir, dst, fromBase, serve, func(u []string) []string {
+				return []string{taskd, "volume", "copy", u[0], dst, "--dirty-bitmap", "b0", "--progress", "none"}
 			}),
-			nbdSourceTool("taskd full copy", dir, disk, serve, dst, fresh, func(u string) []string {
-				return []string{taskd, "volume", "copy", u, dst, "--progress", "none"}
+			nbdTool("taskd full copy", dir, dst, fresh, serve, func(u []string) []string {
+				return []string{taskd, "volume", "copy", u[0], dst, "--progress", "none"}
 			}),
-			nbdSourceTool("nbdcopy full copy", dir, disk, serve, dst, func() error {
+			nbdTool("nbdcopy full copy", dir, dst, func() error {
 				if err := fresh(); err != nil {
 					return err
 				}
 				return os.WriteFile(dst, nil, 0o600)
-			}, func(u string) []string {
-				return []string{"nbdcopy", u, dst}
+			}, serve, func(u []string) []string {
+				return []string{"nbdcopy", u[0], dst}
 			}),
 		}}, nil
 	case "nbd":
@@ -212,51 +217,44 @@ func makeSet(name string, gen imageGen, dir string, img func(string) string, tas
 		if err != nil {
 			return nil, err
 		}
+		sparseTarget := func() error {
+			if err := fresh(); err != nil {
+				return err
+			}
+			if err := os.WriteFile(dst, nil, 0o600); err != nil {
+				return err
+			}
+			return os.Truncate(dst, gen.size)
+		}
+		exports := []nbdExport{
+			{src, []string{"-f", "raw", "--read-only", "--shared=4"}},
+			{dst, []string{"-f", "raw", "--shared=4", "--discard=unmap"}},
+		}
 		return &copySet{name: "nbd (sparse25 through qemu-nbd -e 4)", source: src, size: gen.size, tools: []*copyTool{
-			nbdTool("taskd", dir, src, dst, gen.size, func(s, d string) []string {
-				return []string{taskd, "volume", "copy", s, d, "--progress", "none"}
+			nbdTool("taskd", dir, dst, sparseTarget, exports, func(u []string) []string {
+				return []string{taskd, "volume", "copy", u[0], u[1], "--progress", "none"}
 			}),
-			nbdTool("nbdcopy", dir, src, dst, gen.size, func(s, d string) []string {
-				return []string{"nbdcopy", s, d}
+			nbdTool("nbdcopy", dir, dst, sparseTarget, exports, func(u []string) []string {
+				return []string{"nbdcopy", u[0], u[1]}
 			}),
 		}}, nil
 	}
-	return nil, fmt.Errorf("unknown set %q (sparse25, sparse25-halfzero, random100, incremental, nbd)", name)
+	return nil, fmt.Errorf("unknown set %q (sparse25, sparse25-halfzero, random100, incremental, dirty-bitmap, nbd)", name)
 }
 
-// nbdTool serves the source read-only and a fresh sparse target with
-// qemu-nbd -e 4 for each run; the servers' CPU and I/O count in the run.
-func nbdTool(name, dir, src, dst string, size int64, argv func(s, d string) []string) *copyTool {
+// nbdExport is an image a tool reads or writes through qemu-nbd.
+type nbdExport struct {
+	image string
+	args  []string // qemu-nbd flags before the image
+}
+
+// nbdTool resets the target, then serves each export with qemu-nbd for one
+// run; argv gets the exports' URIs in order. The servers' CPU and I/O count
+// in the run.
+func nbdTool(name, dir, dst string, reset func() error, exports []nbdExport, argv func(uris []string) []string) *copyTool {
 	t := &copyTool{name: name, target: dst}
 	var servers []*harness.NBDServer
-	sockDir := filepath.Join(dir, "sock-"+strings.ReplaceAll(name, " ", "-"))
-	t.reset = func() error {
-		os.RemoveAll(sockDir)
-		if err := os.MkdirAll(sockDir, 0o700); err != nil {
-			return err
-		}
-		if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		if err := os.WriteFile(dst, nil, 0o600); err != nil {
-			return err
-		}
-		if err := os.Truncate(dst, size); err != nil {
-			return err
-		}
-		s, err := harness.StartQemuNBD(sockDir, "src", src, "-f", "raw", "--read-only", "--shared=4")
-		if err != nil {
-			return err
-		}
-		d, err := harness.StartQemuNBD(sockDir, "dst", dst, "-f", "raw", "--shared=4", "--discard=unmap")
-		if err != nil {
-			s.Stop()
-			return err
-		}
-		servers = []*harness.NBDServer{s, d}
-		t.argv = argv(s.URI(), d.URI())
-		return nil
-	}
+	sockDir := filepath.Join(dir, "sock-"+strings.NewReplacer(" ", "-", "/", "-").Replace(name))
 	t.stop = func() []*syscall.Rusage {
 		var out []*syscall.Rusage
 		for _, s := range servers {
@@ -266,15 +264,6 @@ func nbdTool(name, dir, src, dst string, size int64, argv func(s, d string) []st
 		servers = nil
 		return out
 	}
-	return t
-}
-
-// nbdSourceTool serves a source image with qemu-nbd for each run and copies
-// it to a local target file.
-func nbdSourceTool(name, dir, img string, serveArgs []string, dst string, reset func() error, argv func(uri string) []string) *copyTool {
-	t := &copyTool{name: name, target: dst}
-	var srv *harness.NBDServer
-	sockDir := filepath.Join(dir, "sock-"+strings.NewReplacer(" ", "-", "/", "-").Replace(name))
 	t.reset = func() error {
 		if err := reset(); err != nil {
 			return err
@@ -283,17 +272,18 @@ func nbdSourceTool(name, dir, img string, serveArgs []string, dst string, reset 
 		if err := os.MkdirAll(sockDir, 0o700); err != nil {
 			return err
 		}
-		s, err := harness.StartQemuNBD(sockDir, "src", img, serveArgs...)
-		if err != nil {
-			return err
+		var uris []string
+		for i, e := range exports {
+			s, err := harness.StartQemuNBD(sockDir, fmt.Sprint("e", i), e.image, e.args...)
+			if err != nil {
+				t.stop()
+				return err
+			}
+			servers = append(servers, s)
+			uris = append(uris, s.URI())
 		}
-		srv = s
-		t.argv = argv(s.URI())
+		t.argv = argv(uris)
 		return nil
-	}
-	t.stop = func() []*syscall.Rusage {
-		srv.Stop()
-		return []*syscall.Rusage{srv.Rusage()}
 	}
 	return t
 }
@@ -381,16 +371,7 @@ func median[T int64 | float64 | time.Duration](v []T) T {
 	return s[len(s)/2]
 }
 
-func humanSize(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	default:
-		return fmt.Sprintf("%.0f KiB", float64(n)/(1<<10))
-	}
-}
+func humanSize(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }
 
 func printSet(out io.Writer, s *copySet, results map[string]*copyResult) {
 	fmt.Fprintf(out, "\n### %s (%s logical)\n\n", s.name, humanSize(s.size))

@@ -26,6 +26,9 @@ func vipFailover(args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *n < 1 || *n > 200 {
+		return errors.New("-n must be 1-200")
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("network namespaces need root")
 	}

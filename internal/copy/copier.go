@@ -23,10 +23,9 @@ type Copier struct {
 	targetZero     bool
 	limiter        *rate.Limiter
 	log            *slog.Logger
-	start          int64      // first offset to copy (from a checkpoint)
 	unit           int64      // bytes between checkpoints (see applyDefaults)
 	lag            int        // units whose writes may run ahead of the last checkpoint
-	resumed        checkpoint // the state the run starts from
+	resumed        checkpoint // the state the run starts from (Next: first offset to copy)
 	zeroBlock      []byte
 
 	read, written, zeroed  atomic.Int64
@@ -69,6 +68,7 @@ func New(src, dst volume.Volume, opts Options) (*Copier, error) {
 	if err := c.applyDefaults(); err != nil {
 		return nil, err
 	}
+	c.resumed = checkpoint{Version: 1, Mode: c.mode, Size: src.Size(), Extent: c.opts.ExtentSize, Bitmap: opts.DirtyBitmap}
 	if opts.Resume != nil {
 		cp, err := decodeCheckpoint(opts.Resume)
 		if err != nil {
@@ -80,21 +80,17 @@ func New(src, dst volume.Volume, opts Options) (*Copier, error) {
 		if cp.Next < 0 || cp.Next > src.Size() || cp.Next%c.unit != 0 && cp.Next != src.Size() {
 			return nil, fmt.Errorf("%w: checkpoint offset %d is not a checkpoint boundary", ErrInvalid, cp.Next)
 		}
-		c.start = cp.Next
+		c.resumed = cp
 		c.read.Store(cp.Read)
 		c.written.Store(cp.Written)
 		c.zeroed.Store(cp.Zeroed)
-		c.allocDone.Store(cp.AllocDon)
+		c.allocDone.Store(cp.AllocDone)
 		c.extentsDone.Store(cp.Next / c.unit)
 		// A resumed target is no longer known to be zero: the extent cut
 		// off may hold partial writes.
 		c.targetZero = opts.TargetIsZero
 	}
-	c.logicalDone.Store(c.start)
-	c.resumed = checkpoint{
-		Version: 1, Mode: c.mode, Size: src.Size(), Extent: c.opts.ExtentSize, Bitmap: opts.DirtyBitmap,
-		Next: c.start, Read: c.read.Load(), Written: c.written.Load(), Zeroed: c.zeroed.Load(), AllocDon: c.allocDone.Load(),
-	}
+	c.logicalDone.Store(c.resumed.Next)
 	lim := rate.Inf
 	if c.opts.Rate > 0 {
 		lim = rate.Limit(c.opts.Rate)
@@ -173,9 +169,6 @@ func (c *Copier) SetRate(bytesPerSecond int64) {
 	c.limiter.SetLimit(rate.Limit(bytesPerSecond))
 }
 
-// Mode reports the copy mode New chose.
-func (c *Copier) Mode() Mode { return c.mode }
-
 // Run copies, and returns the final progress. It returns when every
 // goroutine it started has ended.
 func (c *Copier) Run(ctx context.Context) (Progress, error) {
@@ -185,7 +178,7 @@ func (c *Copier) Run(ctx context.Context) (Progress, error) {
 	}
 	c.allocTotal.Store(total)
 	c.log.Info("copy started", "mode", c.mode, "size", c.src.Size(), "allocated", total,
-		"resume_from", c.start, "workers", c.opts.Workers, "request", c.opts.RequestSize)
+		"resume_from", c.resumed.Next, "workers", c.opts.Workers, "request", c.opts.RequestSize)
 
 	repCtx, stopReporter := context.WithCancel(ctx)
 	reporterDone := make(chan struct{})

@@ -51,7 +51,7 @@ func (c *Copier) flusher(ctx context.Context, extents <-chan *extentWork, window
 		durable.Read += e.read.Load()
 		durable.Written += e.written.Load()
 		durable.Zeroed += e.zeroed.Load()
-		durable.AllocDon += e.alloc.Load()
+		durable.AllocDone += e.alloc.Load()
 		if c.opts.OnCheckpoint != nil {
 			if err := c.opts.OnCheckpoint(durable.encode()); err != nil {
 				return fmt.Errorf("save checkpoint after extent %d: %w", e.index, err)

@@ -42,16 +42,12 @@ func (j *Job) Close() error {
 // writes nothing until every check has passed: source, base, then target (a
 // missing target file is created last, with the source's size). env carries
 // what the caller decides: roots, NBD tuning, callbacks, a checkpoint to
-// resume from. An error wraps ErrInvalid when the input is at fault.
+// resume from. New does the checks that need no I/O beyond opening (same
+// volume, exclusive modes, sizes). An error wraps ErrInvalid when the input
+// is at fault.
 func Prepare(ctx context.Context, spec Spec, env volume.Options, opts Options) (*Job, error) {
 	if spec.Source == "" || spec.Target == "" {
 		return nil, fmt.Errorf("%w: source and target are required", ErrInvalid)
-	}
-	if spec.Base != "" && spec.DirtyBitmap != "" {
-		return nil, fmt.Errorf("%w: --base and --dirty-bitmap exclude each other", ErrInvalid)
-	}
-	if spec.Source == spec.Target {
-		return nil, fmt.Errorf("%w: source and destination are the same volume (%s)", ErrInvalid, spec.Source)
 	}
 	j := &Job{}
 	fail := func(err error) (*Job, error) {

@@ -103,16 +103,16 @@ type Progress struct {
 
 // checkpoint is the opaque state between runs. Only this package reads it.
 type checkpoint struct {
-	Version  int    `json:"v"`
-	Mode     Mode   `json:"mode"`
-	Size     int64  `json:"size"`
-	Extent   int64  `json:"extent"`
-	Bitmap   string `json:"bitmap,omitempty"`
-	Next     int64  `json:"next"`
-	Read     int64  `json:"read"`
-	Written  int64  `json:"written"`
-	Zeroed   int64  `json:"zeroed"`
-	AllocDon int64  `json:"alloc_done"`
+	Version   int    `json:"v"`
+	Mode      Mode   `json:"mode"`
+	Size      int64  `json:"size"`
+	Extent    int64  `json:"extent"`
+	Bitmap    string `json:"bitmap,omitempty"`
+	Next      int64  `json:"next"`
+	Read      int64  `json:"read"`
+	Written   int64  `json:"written"`
+	Zeroed    int64  `json:"zeroed"`
+	AllocDone int64  `json:"alloc_done"`
 }
 
 func (c checkpoint) encode() []byte {

@@ -79,7 +79,7 @@ func (c *Copier) produce(ctx context.Context, items chan<- item, extents chan<- 
 	for i := range gates {
 		gates[i] = open
 	}
-	for off := c.start; off < size; off += c.unit {
+	for off := c.resumed.Next; off < size; off += c.unit {
 		select {
 		case window <- struct{}{}:
 		case <-ctx.Done():
@@ -163,28 +163,44 @@ func (c *Copier) walkFull(ctx context.Context, e *extentWork, send func(item) er
 	})
 }
 
-func (c *Copier) walkDirty(ctx context.Context, e *extentWork, send func(item) error) error {
-	for pos := e.off; pos < e.end; {
-		ranges, end, err := c.dirty.Dirty(ctx, c.opts.DirtyBitmap, pos, e.end-pos)
+// forDirty calls fn with the dirty ranges of the source's bitmap in
+// [off, end), a piece at a time: the ranges (clamped to end) and the offset
+// up to which the piece is complete.
+func (c *Copier) forDirty(ctx context.Context, off, end int64, fn func(ranges []volume.Range, upTo int64) error) error {
+	for pos := off; pos < end; {
+		ranges, upTo, err := c.dirty.Dirty(ctx, c.opts.DirtyBitmap, pos, end-pos)
 		if err != nil {
 			return fmt.Errorf("dirty bitmap at %d: %w", pos, err)
 		}
-		if end <= pos {
+		if upTo <= pos {
 			return fmt.Errorf("dirty bitmap at %d: server answered no progress", pos)
 		}
-		end = min(end, e.end)
-		clean := end - pos
+		upTo = min(upTo, end)
+		for i := range ranges {
+			ranges[i].Len = min(ranges[i].Off+ranges[i].Len, upTo) - ranges[i].Off
+		}
+		if err := fn(ranges, upTo); err != nil {
+			return err
+		}
+		pos = upTo
+	}
+	return nil
+}
+
+func (c *Copier) walkDirty(ctx context.Context, e *extentWork, send func(item) error) error {
+	pos := e.off
+	return c.forDirty(ctx, e.off, e.end, func(ranges []volume.Range, upTo int64) error {
+		clean := upTo - pos
 		for _, r := range ranges {
-			r.Len = min(r.Off+r.Len, end) - r.Off
 			clean -= r.Len
 			if err := c.split(itemData, r.Off, r.Len, send); err != nil {
 				return err
 			}
 		}
 		c.logicalDone.Add(clean)
-		pos = end
-	}
-	return nil
+		pos = upTo
+		return nil
+	})
 }
 
 // walkBase compares what the source holds with the base.
@@ -218,20 +234,13 @@ func (c *Copier) scanAllocated(ctx context.Context) (int64, error) {
 		})
 		return total, err
 	}
-	for pos := int64(0); pos < size; {
-		ranges, end, err := c.dirty.Dirty(ctx, c.opts.DirtyBitmap, pos, size-pos)
-		if err != nil {
-			return 0, fmt.Errorf("dirty bitmap at %d: %w", pos, err)
-		}
-		if end <= pos {
-			return 0, fmt.Errorf("dirty bitmap at %d: server answered no progress", pos)
-		}
+	err := c.forDirty(ctx, 0, size, func(ranges []volume.Range, _ int64) error {
 		for _, r := range ranges {
-			total += min(r.Off+r.Len, size) - r.Off
+			total += r.Len
 		}
-		pos = end
-	}
-	return total, nil
+		return nil
+	})
+	return total, err
 }
 
 // worker runs items until the queue closes. Each worker owns its buffers.
@@ -255,13 +264,13 @@ func (c *Copier) worker(ctx context.Context, items <-chan item) error {
 		var err error
 		switch it.kind {
 		case itemData:
-			err = c.copyData(ctx, buf[:it.n], it.off, it.ext)
+			err = c.copyRequest(ctx, buf[:it.n], nil, it.off, it.ext)
 		case itemZero:
 			if err = it.ext.awaitWritable(ctx); err == nil {
 				err = c.zeroTarget(ctx, it.ext, it.off, it.n)
 			}
 		case itemCompare:
-			err = c.copyChanged(ctx, buf[:it.n], baseBuf[:it.n], it.off, it.ext)
+			err = c.copyRequest(ctx, buf[:it.n], baseBuf[:it.n], it.off, it.ext)
 		}
 		if err != nil {
 			return err
@@ -292,34 +301,25 @@ func (c *Copier) readSource(ctx context.Context, e *extentWork, v volume.Volume,
 	return nil
 }
 
-// copyData reads one request and writes its data blocks; its all-zero
-// blocks become holes (or nothing, on a zero target).
-func (c *Copier) copyData(ctx context.Context, buf []byte, off int64, e *extentWork) error {
+// copyRequest reads one request of the source (and, with base, the same
+// range of the base) and writes it: data blocks as data, all-zero blocks as
+// holes (or nothing, on a zero target), and with base only the blocks that
+// differ from it.
+func (c *Copier) copyRequest(ctx context.Context, buf, base []byte, off int64, e *extentWork) error {
 	if err := c.readSource(ctx, e, c.src, buf, off); err != nil {
 		return fmt.Errorf("read source at %d: %w", off, err)
+	}
+	if base != nil {
+		if err := c.readSource(ctx, e, c.base, base, off); err != nil {
+			return fmt.Errorf("read base at %d: %w", off, err)
+		}
 	}
 	if err := e.awaitWritable(ctx); err != nil {
 		return err
 	}
 	c.allocDone.Add(int64(len(buf)))
 	e.alloc.Add(int64(len(buf)))
-	return c.writeRuns(ctx, e, buf, off, nil)
-}
-
-// copyChanged reads source and base and writes only blocks that differ.
-func (c *Copier) copyChanged(ctx context.Context, buf, baseBuf []byte, off int64, e *extentWork) error {
-	if err := c.readSource(ctx, e, c.src, buf, off); err != nil {
-		return fmt.Errorf("read source at %d: %w", off, err)
-	}
-	if err := c.readSource(ctx, e, c.base, baseBuf, off); err != nil {
-		return fmt.Errorf("read base at %d: %w", off, err)
-	}
-	if err := e.awaitWritable(ctx); err != nil {
-		return err
-	}
-	c.allocDone.Add(int64(len(buf)))
-	e.alloc.Add(int64(len(buf)))
-	return c.writeRuns(ctx, e, buf, off, baseBuf)
+	return c.writeRuns(ctx, e, buf, off, base)
 }
 
 // writeRuns classifies buf block by block and writes maximal runs: data

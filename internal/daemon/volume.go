@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -223,18 +224,7 @@ func formatProgress(p volcopy.Progress) string {
 		humanBytes(p.LogicalDone), humanBytes(p.LogicalTotal), humanBytes(int64(p.Rate)), p.ETA.Round(time.Second))
 }
 
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%dB", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func humanBytes(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }
 
 func writeFileAtomic(path string, b []byte) error {
 	tmp := path + ".tmp"

@@ -154,11 +154,6 @@ func (c *Client) Connections() int { return len(c.conns) }
 // HasContext says whether the server agreed to a meta context.
 func (c *Client) HasContext(name string) bool { _, ok := c.info.contexts[name]; return ok }
 
-// CanFastZero says whether WRITE_ZEROES with FAST_ZERO is supported.
-func (c *Client) CanFastZero() bool {
-	return c.info.flags&tflagWriteZeroes != 0 && c.info.flags&tflagFastZero != 0
-}
-
 func (c *Client) pick() *conn {
 	if len(c.conns) == 1 {
 		return c.conns[0]

@@ -170,7 +170,7 @@ func testPriorityElection(t *testing.T, b backend) {
 	for i, p := range []int{10, 50, 30} {
 		nodes = append(nodes, startNode(t, b.open(t, b.addr), testConfig(fmt.Sprintf("n%d", i+1), r, p)))
 	}
-	leader, epoch := waitLeader(t, nodes, 15*time.Second)
+	_, epoch := waitLeader(t, nodes, 15*time.Second)
 	// All three started together; the best candidate (n2, priority 50) should
 	// win unless it was not yet registered when the others campaigned, in
 	// which case it takes over after the grace period.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,25 +60,32 @@ var broadcastMAC = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 // the kernel adds the Ethernet header.
 type arpConn struct {
 	f       *os.File
-	fd      int
 	ifindex int
 	mac     net.HardwareAddr
+	buf     [1500]byte // receive buffer; one reader per conn
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-func openARP(ifindex int, mac net.HardwareAddr) (*arpConn, error) {
+// openARP opens an ARP socket on interface ifname and returns it with the
+// interface.
+func openARP(ifname string) (*arpConn, netlink.Link, error) {
+	link, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: interface %s: %v", ErrInvalid, ifname, err)
+	}
+	ifindex, mac := link.Attrs().Index, link.Attrs().HardwareAddr
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ARP)))
 	if err != nil {
-		return nil, fmt.Errorf("open ARP socket: %w", err)
+		return nil, nil, fmt.Errorf("open ARP socket: %w", err)
 	}
 	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: ifindex}); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("bind ARP socket: %w", err)
+		return nil, nil, fmt.Errorf("bind ARP socket: %w", err)
 	}
 	// os.NewFile on a non-blocking fd uses the runtime poller, so reads
 	// take deadlines.
-	return &arpConn{f: os.NewFile(uintptr(fd), "arp"), fd: fd, ifindex: ifindex, mac: mac}, nil
+	return &arpConn{f: os.NewFile(uintptr(fd), "arp"), ifindex: ifindex, mac: mac}, link, nil
 }
 
 func (c *arpConn) close() error { return c.f.Close() }
@@ -105,7 +113,7 @@ func (c *arpConn) send(p arpPacket, dst net.HardwareAddr) error {
 
 // recv returns the next ARP message, or an error when the deadline passes.
 func (c *arpConn) recv(deadline time.Time) (arpPacket, error) {
-	buf := make([]byte, 1500)
+	buf := c.buf[:]
 	if err := c.f.SetReadDeadline(deadline); err != nil {
 		return arpPacket{}, err
 	}

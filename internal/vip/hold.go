@@ -102,12 +102,7 @@ func Hold(ctx context.Context, s Spec, cfg Config) error {
 			cfg.Event(Event{Kind: kind, Service: s.Service, Addr: s.Prefix.Addr(), MAC: mac, Time: time.Now()})
 		}
 	}
-	link, err := netlink.LinkByName(s.Interface)
-	if err != nil {
-		return fmt.Errorf("%w: interface %s: %v", ErrInvalid, s.Interface, err)
-	}
-	mac := link.Attrs().HardwareAddr
-	conn, err := openARP(link.Attrs().Index, mac)
+	conn, link, err := openARP(s.Interface)
 	if err != nil {
 		return err
 	}
@@ -282,11 +277,7 @@ func Cleanup(labels []string) ([]string, error) {
 // Query asks, from interface ifname and source address src, who has ip,
 // and returns the distinct MACs that answer within wait.
 func Query(ctx context.Context, ifname string, src, ip netip.Addr, wait time.Duration) ([]string, error) {
-	link, err := netlink.LinkByName(ifname)
-	if err != nil {
-		return nil, fmt.Errorf("interface %s: %w", ifname, err)
-	}
-	c, err := openARP(link.Attrs().Index, link.Attrs().HardwareAddr)
+	c, _, err := openARP(ifname)
 	if err != nil {
 		return nil, err
 	}
@@ -309,19 +300,4 @@ func Query(ctx context.Context, ifname string, src, ip netip.Addr, wait time.Dur
 		}
 	}
 	return macs, ctx.Err()
-}
-
-// Announce sends one gratuitous ARP pair for ip from ifname (used to stand
-// in for a foreign host in tests, and by operators' tools).
-func Announce(ifname string, ip netip.Addr) error {
-	link, err := netlink.LinkByName(ifname)
-	if err != nil {
-		return fmt.Errorf("interface %s: %w", ifname, err)
-	}
-	c, err := openARP(link.Attrs().Index, link.Attrs().HardwareAddr)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	return c.announce(ip)
 }

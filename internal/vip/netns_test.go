@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/testenv"
 )
@@ -95,11 +93,7 @@ func helperMain(mode string) int {
 }
 
 func claimOnce(ifname string, ip netip.Addr) error {
-	link, err := netlink.LinkByName(ifname)
-	if err != nil {
-		return err
-	}
-	c, err := openARP(link.Attrs().Index, link.Attrs().HardwareAddr)
+	c, _, err := openARP(ifname)
 	if err != nil {
 		return err
 	}

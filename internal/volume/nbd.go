@@ -54,12 +54,6 @@ func (v *nbdVolume) Zero(ctx context.Context, off, n int64) error {
 	return err
 }
 
-// ZeroFast zeroes the range only if the server can do it without writing
-// data (NBD_CMD_FLAG_FAST_ZERO); otherwise it returns nbd.ErrNotFast.
-func (v *nbdVolume) ZeroFast(ctx context.Context, off, n int64) error {
-	return v.c.WriteZeroes(ctx, off, n, true)
-}
-
 func (v *nbdVolume) Flush(ctx context.Context) error { return v.c.Flush(ctx) }
 
 func (v *nbdVolume) Extents(ctx context.Context, off, n int64) ([]Extent, error) {
