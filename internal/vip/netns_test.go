@@ -137,12 +137,6 @@ func (l *lab) run(host, mode string, env ...string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
-func (l *lab) has(host, ip string) (harness.AddrInfo, bool) { return l.Has(host, ip) }
-func (l *lab) mac(host string) string                       { return l.MAC(host) }
-func (l *lab) addr(host string) string                      { return l.Addr(host) }
-func (l *lab) ns(host string) string                        { return l.NS(host) }
-func (l *lab) ip(args ...string) string                     { return l.IP(args...) }
-
 func events(t *testing.T, log string) []Event {
 	t.Helper()
 	f, err := os.Open(log)
@@ -186,16 +180,16 @@ func TestHoldAddsAnnouncesAndReleases(t *testing.T) {
 	p, log := l.start("n1", "hold", "VIP="+vipAddr, "SERVICE=iscsi")
 	waitFor(t, 10*time.Second, "vip held", func() bool { return hasEvent(t, log, "held") })
 
-	a, ok := l.has("n1", vipAddr)
+	a, ok := l.Has("n1", vipAddr)
 	if !ok {
 		t.Fatal("held vip is not on n1's eth0")
 	}
 	if a.Label != "eth0:iscsi" || a.PrefixLen != 32 || !a.Deprecated {
 		t.Fatalf("vip address %+v: want label eth0:iscsi, /32, deprecated (preferred lifetime 0)", a)
 	}
-	out, err := l.run("client", "query", "SRC="+l.addr("client"), "VIP="+vipAddr)
-	if err != nil || out != l.mac("n1") {
-		t.Fatalf("ARP for the vip from the client: %q (%v), want only n1's MAC %s", out, err, l.mac("n1"))
+	out, err := l.run("client", "query", "SRC="+l.Addr("client"), "VIP="+vipAddr)
+	if err != nil || out != l.MAC("n1") {
+		t.Fatalf("ARP for the vip from the client: %q (%v), want only n1's MAC %s", out, err, l.MAC("n1"))
 	}
 
 	p.Signal(syscall.SIGTERM)
@@ -203,28 +197,28 @@ func TestHoldAddsAnnouncesAndReleases(t *testing.T) {
 	if p.ExitCode() != 0 {
 		t.Fatalf("holder exit code %d after SIGTERM", p.ExitCode())
 	}
-	if _, ok := l.has("n1", vipAddr); ok {
+	if _, ok := l.Has("n1", vipAddr); ok {
 		t.Fatal("vip still on n1 after release")
 	}
-	if out, _ := l.run("client", "query", "SRC="+l.addr("client"), "VIP="+vipAddr); out != "" {
+	if out, _ := l.run("client", "query", "SRC="+l.Addr("client"), "VIP="+vipAddr); out != "" {
 		t.Fatalf("released vip still answers ARP: %q", out)
 	}
 }
 
 func TestProbeConflictDoesNotAdd(t *testing.T) {
 	l := newLab(t, "n1", "foreign")
-	l.ip("-n", l.ns("foreign"), "addr", "add", vipAddr+"/24", "dev", "eth0")
+	l.IP("-n", l.NS("foreign"), "addr", "add", vipAddr+"/24", "dev", "eth0")
 	p, log := l.start("n1", "hold", "VIP="+vipAddr, "SERVICE=iscsi")
 	p.Wait()
 	if p.ExitCode() != 3 {
 		t.Fatalf("holder exit code %d, want 3 (ErrConflict)", p.ExitCode())
 	}
-	if _, ok := l.has("n1", vipAddr); ok {
+	if _, ok := l.Has("n1", vipAddr); ok {
 		t.Fatal("vip added although another host answers for it")
 	}
 	evs := events(t, log)
-	if len(evs) != 1 || evs[0].Kind != "probe-conflict" || evs[0].MAC != l.mac("foreign") {
-		t.Fatalf("events %+v, want one probe-conflict naming %s", evs, l.mac("foreign"))
+	if len(evs) != 1 || evs[0].Kind != "probe-conflict" || evs[0].MAC != l.MAC("foreign") {
+		t.Fatalf("events %+v, want one probe-conflict naming %s", evs, l.MAC("foreign"))
 	}
 }
 
@@ -237,11 +231,11 @@ func TestDuplicateClaimRaisesEvent(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "duplicate event", func() bool { return hasEvent(t, log, "duplicate") })
 	for _, e := range events(t, log) {
-		if e.Kind == "duplicate" && e.MAC != l.mac("foreign") {
-			t.Fatalf("duplicate event names %s, want the foreign host %s", e.MAC, l.mac("foreign"))
+		if e.Kind == "duplicate" && e.MAC != l.MAC("foreign") {
+			t.Fatalf("duplicate event names %s, want the foreign host %s", e.MAC, l.MAC("foreign"))
 		}
 	}
-	if _, ok := l.has("n1", vipAddr); !ok {
+	if _, ok := l.Has("n1", vipAddr); !ok {
 		t.Fatal("one foreign claim made the holder drop the vip; the policy defends once")
 	}
 	// A second claim within the defend window makes the holder let go.
@@ -249,7 +243,7 @@ func TestDuplicateClaimRaisesEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "release on repeated conflict", func() bool {
-		_, held := l.has("n1", vipAddr)
+		_, held := l.Has("n1", vipAddr)
 		return hasEvent(t, log, "released-on-conflict") && !held
 	})
 }
@@ -264,7 +258,7 @@ func TestKilledHolderAddressExpires(t *testing.T) {
 	p.Wait()
 	killed := time.Now()
 	waitFor(t, 5*time.Second, "stale vip expiring", func() bool {
-		_, ok := l.has("n1", vipAddr)
+		_, ok := l.Has("n1", vipAddr)
 		return !ok
 	})
 	t.Logf("address gone %v after kill -9 (valid lifetime 1s)", time.Since(killed).Round(10*time.Millisecond))
@@ -278,19 +272,19 @@ func TestCleanupRemovesStaleVIPAfterKill(t *testing.T) {
 	waitFor(t, 10*time.Second, "vip held", func() bool { return hasEvent(t, log, "held") })
 	p.Signal(syscall.SIGKILL)
 	p.Wait()
-	if _, ok := l.has("n1", vipAddr); !ok {
+	if _, ok := l.Has("n1", vipAddr); !ok {
 		t.Fatal("kill -9 removed the vip; the test cannot show cleanup")
 	}
 	// Another address with a foreign label must survive the cleanup.
-	l.ip("-n", l.ns("n1"), "addr", "add", "10.77.0.200/32", "dev", "eth0", "label", "eth0:other")
+	l.IP("-n", l.NS("n1"), "addr", "add", "10.77.0.200/32", "dev", "eth0", "label", "eth0:other")
 	out, err := l.run("n1", "cleanup", "LABELS=eth0:iscsi,eth0:nfs")
 	if err != nil {
 		t.Fatalf("cleanup: %v: %s", err, out)
 	}
-	if _, ok := l.has("n1", vipAddr); ok {
+	if _, ok := l.Has("n1", vipAddr); ok {
 		t.Fatal("stale vip survived the cleanup")
 	}
-	if _, ok := l.has("n1", "10.77.0.200"); !ok {
+	if _, ok := l.Has("n1", "10.77.0.200"); !ok {
 		t.Fatal("cleanup removed an address that is not taskd's")
 	}
 }
