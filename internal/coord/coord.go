@@ -42,7 +42,10 @@ var (
 	ErrConflict = errors.New("coord: condition failed")
 	// ErrSessionLost: the session expired or was closed.
 	ErrSessionLost = errors.New("coord: session lost")
-	// ErrUnavailable: the store could not be reached in time.
+	// ErrUnavailable: the store could not be reached in time, or the
+	// connection broke while the request was in flight (ZooKeeper fails
+	// every unanswered request when its server goes away). The outcome of
+	// a write that failed this way is unknown: it may have been applied.
 	ErrUnavailable = errors.New("coord: store unavailable")
 )
 

@@ -2,6 +2,7 @@ package zk_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"testing"
 	"time"
@@ -68,8 +69,26 @@ func TestServerLossKeepsSession(t *testing.T) {
 	}
 	victim.Kill()
 	// A write made through the store while the session's server is gone.
-	if _, err := s.Create(ctx, "/loss/during", []byte("x")); err != nil {
-		t.Fatalf("create during failover: %v", err)
+	// If the store's connection was on the killed server too, a request in
+	// flight fails with ErrUnavailable and an unknown outcome (see
+	// coord.ErrUnavailable); the caller retries, and ErrExists on a retry
+	// means the first attempt landed, which its content must show.
+	for attempt := 1; ; attempt++ {
+		_, err := s.Create(ctx, "/loss/during", []byte("x"))
+		if err == nil {
+			break
+		}
+		if errors.Is(err, coord.ErrExists) && attempt > 1 {
+			kv, gerr := s.Get(ctx, "/loss/during")
+			if gerr != nil || string(kv.Value) != "x" {
+				t.Fatalf("create retried after an unknown outcome: exists, but get = %v, %v", kv, gerr)
+			}
+			break
+		}
+		if !errors.Is(err, coord.ErrUnavailable) || attempt == 5 {
+			t.Fatalf("create during failover (attempt %d): %v", attempt, err)
+		}
+		t.Logf("create during failover, attempt %d: %v; retrying", attempt, err)
 	}
 	got := false
 	deadline := time.After(10 * time.Second)
