@@ -27,6 +27,8 @@ type ClientConfig struct {
 // Client holds the service clients.
 type Client struct {
 	Cluster taskdv1connect.ClusterServiceClient
+	Tasks   taskdv1connect.TaskServiceClient
+	Runners taskdv1connect.RunnerServiceClient
 }
 
 // NormalizeEndpoint adds http:// to a bare host:port.
@@ -76,7 +78,11 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.GRPC {
 		opts = append(opts, connect.WithGRPC())
 	}
-	return &Client{Cluster: taskdv1connect.NewClusterServiceClient(hc, base, opts...)}, nil
+	return &Client{
+		Cluster: taskdv1connect.NewClusterServiceClient(hc, base, opts...),
+		Tasks:   taskdv1connect.NewTaskServiceClient(hc, base, opts...),
+		Runners: taskdv1connect.NewRunnerServiceClient(hc, base, opts...),
+	}, nil
 }
 
 // bearer adds the token to every request.

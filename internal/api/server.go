@@ -25,6 +25,7 @@ import (
 	"github.com/taskd/taskd/internal/api/gen/taskdv1/taskdv1connect"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/task"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/h2c"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -42,6 +43,8 @@ type Cluster interface {
 	SetSpecified(ctx context.Context, names []string, force bool) error
 	// Coordinator describes the coordination store in use.
 	Coordinator() string
+	// TaskStore is the task store, nil until the node is connected.
+	TaskStore() *task.Store
 }
 
 // ServerConfig configures the API listener.
@@ -96,6 +99,8 @@ func NewServer(cfg ServerConfig, cluster Cluster, log *slog.Logger) (*Server, er
 	mux := http.NewServeMux()
 	opts := connect.WithInterceptors(authInterceptor(cfg.Token))
 	mux.Handle(taskdv1connect.NewClusterServiceHandler(&clusterService{c: cluster}, opts))
+	mux.Handle(taskdv1connect.NewTaskServiceHandler(&taskService{c: cluster}, opts))
+	mux.Handle(taskdv1connect.NewRunnerServiceHandler(&runnerService{c: cluster}, opts))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !cluster.Ready() {
@@ -195,11 +200,11 @@ func toConnect(err error) error {
 	switch {
 	case errors.Is(err, quorum.ErrInvalid):
 		code = connect.CodeInvalidArgument
-	case errors.Is(err, quorum.ErrNotMember), errors.Is(err, coord.ErrNotFound):
+	case errors.Is(err, quorum.ErrNotMember), errors.Is(err, coord.ErrNotFound), errors.Is(err, task.ErrNotFound):
 		code = connect.CodeNotFound
-	case errors.Is(err, coord.ErrConflict), errors.Is(err, coord.ErrExists):
+	case errors.Is(err, coord.ErrConflict), errors.Is(err, coord.ErrExists), errors.Is(err, task.ErrState):
 		code = connect.CodeFailedPrecondition
-	case errors.Is(err, quorum.ErrFenced):
+	case errors.Is(err, quorum.ErrFenced), errors.Is(err, task.ErrFenced):
 		code = connect.CodeAborted
 	case errors.Is(err, coord.ErrUnavailable), errors.Is(err, coord.ErrSessionLost):
 		code = connect.CodeUnavailable

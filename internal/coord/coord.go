@@ -108,7 +108,8 @@ type Store interface {
 	// Delete removes key if its version is ifVersion (0: any version).
 	Delete(ctx context.Context, key string, ifVersion int64) error
 	// Txn applies ops atomically if every cond holds, else ErrConflict.
-	Txn(ctx context.Context, conds []Cond, ops []Op) error
+	// It returns the new version of each op's key (0 for a delete).
+	Txn(ctx context.Context, conds []Cond, ops []Op) ([]int64, error)
 	// Watch streams the contents of dir and then its changes until ctx ends;
 	// the channel is closed after the watcher has stopped.
 	Watch(ctx context.Context, dir string) <-chan Event

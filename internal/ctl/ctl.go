@@ -50,6 +50,10 @@ func exitCode(err error) int {
 	if errors.As(err, &ue) {
 		return ExitUsage
 	}
+	var te taskEndedError
+	if errors.As(err, &te) {
+		return ExitTaskUnsuccessful
+	}
 	switch connect.CodeOf(err) {
 	case connect.CodeInvalidArgument, connect.CodeOutOfRange:
 		return ExitUsage
@@ -122,7 +126,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	pf.StringVar(&g.tlsCA, "tls-ca", envOr("TASKD_TLS_CA", ""), "CA certificate (PEM) to verify an https endpoint (env TASKD_TLS_CA)")
 	pf.DurationVar(&g.timeout, "timeout", api.DefaultTimeout, "deadline for each request")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(serviceCmd(g))
+	root.AddCommand(serviceCmd(g), taskCmd(g), runnerCmd(g))
 	return root
 }
 

@@ -253,3 +253,6 @@ func (n *Node) LeadsRaft(ctx context.Context) (bool, error) {
 	}
 	return st.Leader != "" && st.Leader == st.Header.MemberID, nil
 }
+
+// Client is the node's API client.
+func (n *Node) Client() *api.Client { return n.client }

@@ -3,13 +3,17 @@ package node
 import (
 	"errors"
 	"fmt"
-	"github.com/taskd/taskd/internal/vip"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/dispatch"
 	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/runner"
+	"github.com/taskd/taskd/internal/vip"
 )
 
 // Config is everything a taskd node is started with. Flags, TASKD_*
@@ -30,6 +34,12 @@ type Config struct {
 	ShutdownTimeout  time.Duration
 	// VIPs the leader holds, as SERVICE=IP[/PREFIX]@INTERFACE.
 	VIPs []string
+
+	// Tasks.
+	RunnerCapacity     int
+	RunnerTypeCapacity []string // TYPE=N
+	TaskRetention      time.Duration
+	TimeZone           string // default zone of run windows
 
 	// Embedded etcd (--coordinator embedded).
 	EtcdClientURL      string
@@ -55,6 +65,9 @@ func DefaultConfig() Config {
 		YieldGrace:       q.YieldGrace,
 		Priority:         q.Priority,
 		ShutdownTimeout:  10 * time.Second,
+		RunnerCapacity:   runner.DefaultConfig().Capacity,
+		TaskRetention:    dispatch.DefaultConfig().Retention,
+		TimeZone:         "UTC",
 		EtcdClientURL:    "http://127.0.0.1:10601",
 		EtcdPeerURL:      "http://127.0.0.1:10602",
 		EtcdClusterState: "new",
@@ -99,6 +112,15 @@ func (c Config) Validate() error {
 	if _, err := c.vipSpecs(); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := c.runnerConfig(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.TaskRetention <= 0 {
+		errs = append(errs, fmt.Errorf("--task-retention %v must be positive", c.TaskRetention))
+	}
+	if _, err := time.LoadLocation(c.TimeZone); err != nil || c.TimeZone == "" || c.TimeZone == "Local" {
+		errs = append(errs, fmt.Errorf("--time-zone %q: use an IANA zone name such as UTC or Europe/Berlin", c.TimeZone))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
@@ -121,6 +143,27 @@ func (c Config) vipSpecs() ([]vip.Spec, error) {
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// runnerConfig builds the runner's settings from the flags.
+func (c Config) runnerConfig() (runner.Config, error) {
+	rc := runner.DefaultConfig()
+	rc.Node, rc.Capacity, rc.DeadlineFraction = c.Name, c.RunnerCapacity, c.DeadlineFraction
+	for _, tc := range c.RunnerTypeCapacity {
+		typ, n, ok := strings.Cut(tc, "=")
+		v, err := strconv.Atoi(n)
+		if !ok || typ == "" || err != nil {
+			return rc, fmt.Errorf("--runner-type-capacity %q: want TYPE=N, e.g. copy=2", tc)
+		}
+		if rc.TypeCapacity == nil {
+			rc.TypeCapacity = map[string]int{}
+		}
+		rc.TypeCapacity[typ] = v
+	}
+	if err := rc.Validate(); err != nil {
+		return rc, fmt.Errorf("--runner-capacity: %w", err)
+	}
+	return rc, nil
 }
 
 func (c Config) advertise() string {

@@ -22,7 +22,11 @@ import (
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/etcd"
 	"github.com/taskd/taskd/internal/coord/zk"
+	"github.com/taskd/taskd/internal/dispatch"
 	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/runner"
+	"github.com/taskd/taskd/internal/task"
+	"github.com/taskd/taskd/internal/tasktype"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -40,6 +44,7 @@ type Node struct {
 	baseLog *slog.Logger // without the node attribute, for components that add it
 	target  coord.Target
 	q       atomic.Pointer[quorum.Quorum]
+	tasks   atomic.Pointer[task.Store]
 	wait    atomic.Pointer[string] // why the quorum has not started yet
 }
 
@@ -128,12 +133,37 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	}
 	defer store.Close()
 
+	tasks, err := task.NewStore(store, quorum.DefaultConfig().Root, tasktype.Builtin(), n.cfg.TimeZone, nil)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	rc, _ := n.cfg.runnerConfig() // validated in Run
+	run, err := runner.New(rc, tasks, n.log)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	dc := dispatch.DefaultConfig()
+	dc.Retention = n.cfg.TaskRetention
+	disp, err := dispatch.New(dc, tasks, n.log)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	n.tasks.Store(tasks)
+	roles.Member = run.Run
+
 	vips, _ := n.cfg.vipSpecs() // validated in Run
 	n.cleanupVIPs(vips)
-	roles.Leader = func(ctx context.Context, _ *quorum.Leadership) error {
+	roles.Leader = func(ctx context.Context, l *quorum.Leadership) error {
 		// Leader duties run until leadership ends, and the fence waits
 		// for them: VIPs are removed before the local deadline.
 		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := disp.Run(ctx, l); err != nil {
+				n.log.Warn("dispatcher ended", "err", err)
+			}
+		}()
 		if raftAway != nil {
 			wg.Add(1)
 			go func() { defer wg.Done(); raftAway(ctx) }()
@@ -203,6 +233,9 @@ func (n *Node) SetSpecified(ctx context.Context, names []string, force bool) err
 	}
 	return q.SetSpecified(ctx, names, force)
 }
+
+// TaskStore implements api.Cluster.
+func (n *Node) TaskStore() *task.Store { return n.tasks.Load() }
 
 // Coordinator implements api.Cluster.
 func (n *Node) Coordinator() string { return n.target.String() }

@@ -354,7 +354,7 @@ func (e *election) campaign(ctx context.Context) {
 		return
 	}
 	rec := LeaderRecord{Name: e.q.cfg.Name, NodeID: e.q.cfg.NodeID, SessionID: e.sess.ID(), Epoch: cur.Epoch + 1, ElectedAt: time.Now().UTC()}
-	err = e.q.store.Txn(ctx,
+	_, err = e.q.store.Txn(ctx,
 		[]coord.Cond{coord.VersionIs(e.q.epochKey(), ekv.Version), {Key: e.q.leaderKey()}},
 		[]coord.Op{coord.PutOp(e.q.epochKey(), encode(epochRecord{Epoch: rec.Epoch})), coord.CreateOp(e.q.leaderKey(), encode(rec), e.sess)})
 	if errors.Is(err, coord.ErrConflict) {

@@ -28,15 +28,16 @@ func (l *Leadership) Fence() coord.Cond { return coord.VersionIs(l.q.epochKey(),
 
 // Txn applies ops if the epoch is still ours and conds hold. It returns an
 // error wrapping ErrFenced when the epoch has moved on, and coord.ErrConflict
-// when only one of conds failed.
-func (l *Leadership) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) error {
-	err := l.q.store.Txn(ctx, append([]coord.Cond{l.Fence()}, conds...), ops)
+// when only one of conds failed. Like coord.Store.Txn it returns the new
+// version of each op's key.
+func (l *Leadership) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]int64, error) {
+	vers, err := l.q.store.Txn(ctx, append([]coord.Cond{l.Fence()}, conds...), ops)
 	if !errors.Is(err, coord.ErrConflict) {
-		return err
+		return vers, err
 	}
 	kv, gerr := l.q.store.Get(ctx, l.q.epochKey())
 	if gerr != nil || kv.Version != l.token {
-		return fmt.Errorf("leader write of epoch %d rejected: %w", l.epoch, ErrFenced)
+		return nil, fmt.Errorf("leader write of epoch %d rejected: %w", l.epoch, ErrFenced)
 	}
-	return err
+	return nil, err
 }

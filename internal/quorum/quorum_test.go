@@ -190,7 +190,7 @@ func testPriorityElection(t *testing.T, b backend) {
 	n2.mu.Lock()
 	l := n2.leads[len(n2.leads)-1]
 	n2.mu.Unlock()
-	if err := l.Txn(context.Background(), nil, []coord.Op{coord.CreateOp(r+"/probe", []byte("x"), nil)}); err != nil {
+	if _, err := l.Txn(context.Background(), nil, []coord.Op{coord.CreateOp(r+"/probe", []byte("x"), nil)}); err != nil {
 		t.Fatalf("current leader's fenced write failed: %v", err)
 	}
 }
@@ -313,7 +313,7 @@ func testPartitionFence(t *testing.T, b backend) {
 		t.Fatalf("old leader fenced at %v, after the new epoch began at %v", f.Finished, elected)
 	}
 	proxy.Resume()
-	err := old.Txn(ctx, nil, []coord.Op{coord.CreateOp(r+"/late", []byte("stale"), nil)})
+	_, err := old.Txn(ctx, nil, []coord.Op{coord.CreateOp(r+"/late", []byte("stale"), nil)})
 	if !errors.Is(err, quorum.ErrFenced) {
 		t.Fatalf("late write of the old leader: got %v, want ErrFenced", err)
 	}

@@ -133,17 +133,24 @@ func testTxn(t *testing.T, s coord.Store) {
 		t.Fatal(err)
 	}
 	// Fails on a stale version: nothing is written.
-	err = s.Txn(ctx, []coord.Cond{coord.VersionIs(p+"/epoch", epoch.Version+1000)},
+	_, err = s.Txn(ctx, []coord.Cond{coord.VersionIs(p+"/epoch", epoch.Version+1000)},
 		[]coord.Op{coord.PutOp(p+"/epoch", []byte("2")), coord.CreateOp(p+"/leader", []byte("x"), nil)})
 	mustErr(t, err, coord.ErrConflict, "txn with stale condition")
 	if _, err := s.Get(ctx, p+"/leader"); !errors.Is(err, coord.ErrNotFound) {
 		t.Fatalf("failed txn created a key: %v", err)
 	}
 	// Succeeds: all ops applied.
-	err = s.Txn(ctx, []coord.Cond{coord.VersionIs(p+"/epoch", epoch.Version), {Key: p + "/absent"}},
+	vers, err := s.Txn(ctx, []coord.Cond{coord.VersionIs(p+"/epoch", epoch.Version), {Key: p + "/absent"}},
 		[]coord.Op{coord.PutOp(p+"/epoch", []byte("2")), coord.CreateOp(p+"/leader", []byte("x"), nil)})
 	if err != nil {
 		t.Fatalf("txn: %v", err)
+	}
+	// The returned versions are the keys' new versions.
+	for i, k := range []string{p + "/epoch", p + "/leader"} {
+		kv, err := s.Get(ctx, k)
+		if err != nil || len(vers) != 2 || kv.Version != vers[i] {
+			t.Fatalf("txn versions %v; %s read back at %d (%v)", vers, k, kv.Version, err)
+		}
 	}
 	if got, _ := s.Get(ctx, p+"/epoch"); string(got.Value) != "2" {
 		t.Fatalf("epoch = %q", got.Value)
@@ -152,16 +159,16 @@ func testTxn(t *testing.T, s coord.Store) {
 		t.Fatalf("absence condition left a key behind: %v", err)
 	}
 	// An absence condition on an existing key fails.
-	err = s.Txn(ctx, []coord.Cond{{Key: p + "/leader"}}, []coord.Op{coord.PutOp(p+"/epoch", []byte("3"))})
+	_, err = s.Txn(ctx, []coord.Cond{{Key: p + "/leader"}}, []coord.Op{coord.PutOp(p+"/epoch", []byte("3"))})
 	mustErr(t, err, coord.ErrConflict, "absence condition on existing key")
 	// A create of an existing key fails the whole txn.
-	err = s.Txn(ctx, nil, []coord.Op{coord.PutOp(p+"/epoch", []byte("4")), coord.CreateOp(p+"/leader", nil, nil)})
+	_, err = s.Txn(ctx, nil, []coord.Op{coord.PutOp(p+"/epoch", []byte("4")), coord.CreateOp(p+"/leader", nil, nil)})
 	mustErr(t, err, coord.ErrConflict, "txn create of existing key")
 	if got, _ := s.Get(ctx, p+"/epoch"); string(got.Value) != "2" {
 		t.Fatalf("failed txn wrote epoch %q", got.Value)
 	}
 	// Delete in a txn.
-	if err := s.Txn(ctx, nil, []coord.Op{coord.DeleteOp(p + "/leader")}); err != nil {
+	if _, err := s.Txn(ctx, nil, []coord.Op{coord.DeleteOp(p + "/leader")}); err != nil {
 		t.Fatalf("txn delete: %v", err)
 	}
 	if _, err := s.Get(ctx, p+"/leader"); !errors.Is(err, coord.ErrNotFound) {
@@ -186,7 +193,7 @@ func testSessionEphemeral(t *testing.T, s coord.Store) {
 	if !kv.Ephemeral {
 		t.Fatal("create with session returned a non-ephemeral key")
 	}
-	if err := s.Txn(ctx, nil, []coord.Op{coord.CreateOp(p+"/eph2", nil, sess)}); err != nil {
+	if _, err := s.Txn(ctx, nil, []coord.Op{coord.CreateOp(p+"/eph2", nil, sess)}); err != nil {
 		t.Fatalf("txn create ephemeral: %v", err)
 	}
 	got, err := s.Get(ctx, p+"/eph2")

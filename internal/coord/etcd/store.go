@@ -182,7 +182,7 @@ func (s *Store) Delete(ctx context.Context, key string, ifVersion int64) error {
 }
 
 // Txn implements coord.Store.
-func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) error {
+func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]int64, error) {
 	cmps := make([]clientv3.Cmp, 0, len(conds)+len(ops))
 	for _, c := range conds {
 		if c.Version == 0 {
@@ -197,7 +197,7 @@ func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) err
 		case coord.OpCreate:
 			lease, err := leaseOf(op.Session)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(op.Key), "=", 0))
 			thens = append(thens, clientv3.OpPut(op.Key, string(op.Value), clientv3.WithLease(lease)))
@@ -208,17 +208,23 @@ func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) err
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(op.Key), ">", 0))
 			thens = append(thens, clientv3.OpDelete(op.Key))
 		default:
-			return fmt.Errorf("etcd txn: unknown op type %d", op.Type)
+			return nil, fmt.Errorf("etcd txn: unknown op type %d", op.Type)
 		}
 	}
 	resp, err := s.cli.Txn(ctx).If(cmps...).Then(thens...).Commit()
 	if err != nil {
-		return wrap("txn", "", err)
+		return nil, wrap("txn", "", err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("txn: %w", coord.ErrConflict)
+		return nil, fmt.Errorf("txn: %w", coord.ErrConflict)
 	}
-	return nil
+	vers := make([]int64, len(ops))
+	for i, op := range ops {
+		if op.Type != coord.OpDelete {
+			vers[i] = resp.Header.Revision
+		}
+	}
+	return vers, nil
 }
 
 // Watch implements coord.Store. It lists dir, then watches from the listing's

@@ -296,22 +296,22 @@ func (s *Store) Delete(ctx context.Context, key string, ifVersion int64) error {
 // Txn implements coord.Store with a ZooKeeper multi. "Absent" conditions are
 // expressed as a create followed by a delete of the same key, which fails if
 // the key exists and otherwise leaves nothing behind.
-func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) error {
+func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]int64, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	var sess coord.Session
 	for _, op := range ops {
 		if op.Session != nil {
 			if sess != nil && sess != op.Session {
-				return errors.New("zookeeper txn: ops bind keys to two different sessions")
+				return nil, errors.New("zookeeper txn: ops bind keys to two different sessions")
 			}
 			sess = op.Session
 		}
 	}
 	c, flags, err := s.sessionConn(sess)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	reqs := make([]any, 0, len(conds)+len(ops))
 	for _, cd := range conds {
@@ -331,7 +331,7 @@ func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) err
 				f = flags
 			}
 			if err := s.ensureParents(c, op.Key); err != nil {
-				return err
+				return nil, err
 			}
 			reqs = append(reqs, &zk.CreateRequest{Path: p, Data: op.Value, Acl: acl, Flags: f})
 		case coord.OpPut:
@@ -339,7 +339,7 @@ func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) err
 		case coord.OpDelete:
 			reqs = append(reqs, &zk.DeleteRequest{Path: p, Version: -1})
 		default:
-			return fmt.Errorf("zookeeper txn: unknown op type %d", op.Type)
+			return nil, fmt.Errorf("zookeeper txn: unknown op type %d", op.Type)
 		}
 	}
 	res, err := c.Multi(reqs...)
@@ -353,11 +353,21 @@ func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) err
 	}
 	switch {
 	case err == nil:
-		return nil
+		vers := make([]int64, len(ops))
+		first := len(reqs) - len(ops)
+		for i, op := range ops {
+			switch {
+			case op.Type == coord.OpCreate:
+				vers[i] = 1
+			case op.Type == coord.OpPut && first+i < len(res) && res[first+i].Stat != nil:
+				vers[i] = int64(res[first+i].Stat.Version) + 1
+			}
+		}
+		return vers, nil
 	case errors.Is(err, zk.ErrBadVersion), errors.Is(err, zk.ErrNodeExists), errors.Is(err, zk.ErrNoNode):
-		return fmt.Errorf("zookeeper txn: %w: %w", coord.ErrConflict, err)
+		return nil, fmt.Errorf("zookeeper txn: %w: %w", coord.ErrConflict, err)
 	}
-	return mapErr("txn", "", err)
+	return nil, mapErr("txn", "", err)
 }
 
 // zkLogger sends the library's messages to slog at debug level.

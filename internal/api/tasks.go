@@ -1,0 +1,291 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"connectrpc.com/connect"
+	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/task"
+)
+
+// errNotConnected: the node has no task store yet.
+var errNotConnected = fmt.Errorf("node is not connected to the coordinator yet: %w", coord.ErrUnavailable)
+
+type taskService struct{ c Cluster }
+
+func (s *taskService) store() (*task.Store, error) {
+	st := s.c.TaskStore()
+	if st == nil {
+		return nil, toConnect(errNotConnected)
+	}
+	return st, nil
+}
+
+// toTask converts a record; reason is why it waits ("" when running or final).
+func toTask(r *task.Record, reason string) *taskdv1.Task {
+	t := &taskdv1.Task{
+		Id: r.ID, Type: r.Type, Spec: string(r.Spec), State: string(r.State), Request: string(r.Request),
+		Attempt: int32(r.Attempt), Runner: r.Runner, Priority: int32(r.Priority), Node: r.Node,
+		MaxRetries: int32(r.MaxRetries), Retries: int32(r.Retries), Reason: reason,
+		Progress: &taskdv1.TaskProgress{Done: r.Progress.Done, Total: r.Progress.Total, Bytes: r.Progress.Bytes,
+			Rate: r.Progress.Rate, EtaSeconds: r.Progress.ETASeconds},
+		Created: ts(r.Created), Started: ts(r.Started), Finished: ts(r.Finished), Updated: ts(r.Updated),
+		NotBefore: ts(r.NotBefore), HasCheckpoint: len(r.Checkpoint) > 0,
+	}
+	if r.Window != nil {
+		t.Window, t.WindowZone = r.Window.Spec, r.Window.Zone
+	}
+	if r.Error != nil {
+		t.Error = &taskdv1.TaskError{Code: r.Error.Code, Message: r.Error.Message}
+	}
+	for _, a := range r.History {
+		t.History = append(t.History, &taskdv1.TaskAttempt{
+			N: int32(a.N), Runner: a.Runner, Started: ts(a.Started), Ended: ts(a.Ended), Outcome: a.Outcome,
+			Error: a.Error, ResumedFromCheckpoint: a.Resumed, ProgressDone: a.Progress,
+		})
+	}
+	return t
+}
+
+// explain computes why r waits, reading the runners when it matters.
+func explain(ctx context.Context, st *task.Store, r *task.Record) (string, error) {
+	if r.State != task.Waiting && r.State != task.Paused {
+		return "", nil
+	}
+	runners, err := st.Runners(ctx)
+	if err != nil {
+		return "", err
+	}
+	why, _ := r.WaitReason(runners, st.Now())
+	if why == "" {
+		why = "ready to run; waiting for the dispatcher"
+	}
+	if r.Parked != "" {
+		why += " (" + r.Parked + ")"
+	}
+	return why, nil
+}
+
+func (s *taskService) reply(ctx context.Context, st *task.Store, r *task.Record) (*connect.Response[taskdv1.GetTaskResponse], error) {
+	why, err := explain(ctx, st, r)
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	return connect.NewResponse(&taskdv1.GetTaskResponse{Task: toTask(r, why)}), nil
+}
+
+func (s *taskService) CreateTask(ctx context.Context, req *connect.Request[taskdv1.CreateTaskRequest]) (*connect.Response[taskdv1.CreateTaskResponse], error) {
+	st, err := s.store()
+	if err != nil {
+		return nil, err
+	}
+	m := req.Msg
+	cr := task.CreateRequest{Type: m.Type, Spec: json.RawMessage(m.Spec), Priority: int(m.Priority), Node: m.Node,
+		Window: m.Window, Zone: m.WindowZone}
+	if m.MaxRetries != nil {
+		n := int(*m.MaxRetries)
+		cr.MaxRetries = &n
+	}
+	r, err := st.Create(ctx, cr)
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	return connect.NewResponse(&taskdv1.CreateTaskResponse{Task: toTask(r, "")}), nil
+}
+
+func (s *taskService) GetTask(ctx context.Context, req *connect.Request[taskdv1.GetTaskRequest]) (*connect.Response[taskdv1.GetTaskResponse], error) {
+	st, err := s.store()
+	if err != nil {
+		return nil, err
+	}
+	r, err := st.Get(ctx, req.Msg.Id)
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	return s.reply(ctx, st, r)
+}
+
+func (s *taskService) ListTasks(ctx context.Context, req *connect.Request[taskdv1.ListTasksRequest]) (*connect.Response[taskdv1.ListTasksResponse], error) {
+	st, err := s.store()
+	if err != nil {
+		return nil, err
+	}
+	rs, err := st.List(ctx, task.Filter{Status: req.Msg.Status, Type: req.Msg.Type})
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	out := &taskdv1.ListTasksResponse{Tasks: make([]*taskdv1.Task, 0, len(rs))}
+	for _, r := range rs {
+		out.Tasks = append(out.Tasks, toTask(r, ""))
+	}
+	return connect.NewResponse(out), nil
+}
+
+// control runs one of the store's control operations.
+func (s *taskService) control(ctx context.Context, id string, op func(*task.Store) func(context.Context, string) (*task.Record, error)) (*connect.Response[taskdv1.GetTaskResponse], error) {
+	st, err := s.store()
+	if err != nil {
+		return nil, err
+	}
+	r, err := op(st)(ctx, id)
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	return s.reply(ctx, st, r)
+}
+
+func (s *taskService) CancelTask(ctx context.Context, req *connect.Request[taskdv1.TaskRef]) (*connect.Response[taskdv1.GetTaskResponse], error) {
+	return s.control(ctx, req.Msg.Id, func(st *task.Store) func(context.Context, string) (*task.Record, error) { return st.Cancel })
+}
+
+func (s *taskService) PauseTask(ctx context.Context, req *connect.Request[taskdv1.TaskRef]) (*connect.Response[taskdv1.GetTaskResponse], error) {
+	return s.control(ctx, req.Msg.Id, func(st *task.Store) func(context.Context, string) (*task.Record, error) { return st.Pause })
+}
+
+func (s *taskService) ResumeTask(ctx context.Context, req *connect.Request[taskdv1.TaskRef]) (*connect.Response[taskdv1.GetTaskResponse], error) {
+	return s.control(ctx, req.Msg.Id, func(st *task.Store) func(context.Context, string) (*task.Record, error) { return st.Resume })
+}
+
+func (s *taskService) SetTaskWindow(ctx context.Context, req *connect.Request[taskdv1.SetTaskWindowRequest]) (*connect.Response[taskdv1.GetTaskResponse], error) {
+	m := req.Msg
+	if m.Clear == (m.Window != "") {
+		return nil, toConnect(fmt.Errorf("%w: give a window HH:MM-HH:MM or clear, not both or neither", task.ErrInvalid))
+	}
+	return s.control(ctx, m.Id, func(st *task.Store) func(context.Context, string) (*task.Record, error) {
+		return func(ctx context.Context, id string) (*task.Record, error) {
+			return st.SetWindow(ctx, id, m.Window, m.WindowZone)
+		}
+	})
+}
+
+// WatchTask sends the record now and after each change, until it is final.
+// It follows the store's watch: no polling.
+func (s *taskService) WatchTask(ctx context.Context, req *connect.Request[taskdv1.TaskRef], stream *connect.ServerStream[taskdv1.GetTaskResponse]) error {
+	st, err := s.store()
+	if err != nil {
+		return err
+	}
+	id := req.Msg.Id
+	if err := task.ValidID(id); err != nil {
+		return toConnect(err)
+	}
+	send := func(r *task.Record) (bool, error) {
+		why, err := explain(ctx, st, r)
+		if err != nil {
+			return false, toConnect(err)
+		}
+		if err := stream.Send(&taskdv1.GetTaskResponse{Task: toTask(r, why)}); err != nil {
+			return false, err
+		}
+		return r.State.Final(), nil
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	events := st.KV().Watch(wctx, st.Layout().ActiveDir())
+	defer func() {
+		cancel()
+		for range events {
+		}
+	}()
+	r, err := st.Get(ctx, id)
+	if err != nil {
+		return toConnect(err)
+	}
+	if done, err := send(r); done || err != nil {
+		return err
+	}
+	key := st.Layout().ActiveKey(id)
+	for ev := range events {
+		switch {
+		case ev.Type == coord.EventPut && ev.KV.Key == key:
+			r, err := task.Decode(ev.KV.Value, ev.KV.Version)
+			if err != nil {
+				return toConnect(err)
+			}
+			if done, err := send(r); done || err != nil {
+				return err
+			}
+		case ev.Type == coord.EventDelete && ev.KV.Key == key, ev.Type == coord.EventSynced:
+			r, err := st.Get(ctx, id)
+			if err != nil {
+				return toConnect(err)
+			}
+			if r.State.Final() {
+				_, err := send(r)
+				return err
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return toConnect(ctx.Err())
+	}
+	return toConnect(errors.New("task watch ended"))
+}
+
+type runnerService struct{ c Cluster }
+
+func toRunner(r task.Runner) *taskdv1.RunnerInfo {
+	out := &taskdv1.RunnerInfo{
+		Node: r.Info.Node, Live: r.Live, Session: r.Info.Session, Capacity: int32(r.Info.Capacity),
+		Running: int32(r.Running), Cordoned: r.Marks.Cordoned, Draining: r.Marks.Draining, Types: r.Info.Types,
+		Started: ts(r.Info.Started), RunningByType: map[string]int32{}, TypeCapacity: map[string]int32{},
+	}
+	for k, v := range r.RunningByType {
+		out.RunningByType[k] = int32(v)
+	}
+	for k, v := range r.Info.TypeCapacity {
+		out.TypeCapacity[k] = int32(v)
+	}
+	return out
+}
+
+func (s *runnerService) ListRunners(ctx context.Context, _ *connect.Request[taskdv1.ListRunnersRequest]) (*connect.Response[taskdv1.ListRunnersResponse], error) {
+	st := s.c.TaskStore()
+	if st == nil {
+		return nil, toConnect(errNotConnected)
+	}
+	rs, err := st.Runners(ctx)
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	out := &taskdv1.ListRunnersResponse{}
+	for _, r := range rs {
+		out.Runners = append(out.Runners, toRunner(r))
+	}
+	return connect.NewResponse(out), nil
+}
+
+func (s *runnerService) SetRunnerMarks(ctx context.Context, req *connect.Request[taskdv1.SetRunnerMarksRequest]) (*connect.Response[taskdv1.SetRunnerMarksResponse], error) {
+	st := s.c.TaskStore()
+	if st == nil {
+		return nil, toConnect(errNotConnected)
+	}
+	m := req.Msg
+	var f func(*task.Marks)
+	switch m.Action {
+	case "cordon":
+		f = func(mk *task.Marks) { mk.Cordoned = true }
+	case "uncordon":
+		f = func(mk *task.Marks) { mk.Cordoned, mk.Draining = false, false }
+	case "drain":
+		f = func(mk *task.Marks) { mk.Cordoned, mk.Draining = true, true }
+	default:
+		return nil, toConnect(fmt.Errorf("%w: runner action %q: use cordon, uncordon or drain", task.ErrInvalid, m.Action))
+	}
+	if _, err := st.SetMarks(ctx, m.Node, m.Force, f); err != nil {
+		return nil, toConnect(err)
+	}
+	rs, err := st.Runners(ctx)
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	for _, r := range rs {
+		if r.Info.Node == m.Node {
+			return connect.NewResponse(&taskdv1.SetRunnerMarksResponse{Runner: toRunner(r)}), nil
+		}
+	}
+	return connect.NewResponse(&taskdv1.SetRunnerMarksResponse{}), nil
+}

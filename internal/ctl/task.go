@@ -1,0 +1,398 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"golang.org/x/term"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// ExitTaskUnsuccessful: `task wait` saw the task end failed or cancelled.
+const ExitTaskUnsuccessful = 7
+
+type taskEndedError struct{ t *taskdv1.Task }
+
+func (e taskEndedError) Error() string {
+	msg := fmt.Sprintf("task %s ended %s", e.t.Id, e.t.State)
+	if e.t.Error != nil {
+		msg += ": " + e.t.Error.Message
+	}
+	return msg
+}
+
+var jsonOut = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+
+func (g *globals) printJSON(m proto.Message) error {
+	b, err := jsonOut.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode JSON: %w", err)
+	}
+	_, err = fmt.Fprintln(g.out, string(b))
+	return err
+}
+
+func taskCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "task", Short: "Create, inspect and control tasks"}
+	cmd.AddCommand(taskCreateCmd(g), taskListCmd(g), taskShowCmd(g), taskWaitCmd(g), taskSetWindowCmd(g))
+	for _, c := range []struct{ name, short string }{
+		{"cancel", "Cancel a task (a running one stops at its next checkpoint)"},
+		{"pause", "Pause a task (a running one parks at its next checkpoint); pausing twice is harmless"},
+		{"resume", "Resume a paused task"},
+	} {
+		cmd.AddCommand(&cobra.Command{
+			Use: c.name + " ID", Short: c.short, Args: exactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error { return taskControl(cmd, g, c.name, args[0]) },
+		})
+	}
+	return cmd
+}
+
+func taskCreateCmd(g *globals) *cobra.Command {
+	var spec, node, win, zone string
+	var prio, retries int
+	cmd := &cobra.Command{
+		Use:   "create TYPE [--spec JSON|@FILE]",
+		Short: "Create a task and print its id",
+		Long: "Create a task of TYPE (sleep, noop, ...). --spec is the type's JSON spec, inline or @FILE.\n" +
+			"--node pins the task to one runner; --window limits it to a daily HH:MM-HH:MM (may cross midnight).",
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if strings.HasPrefix(spec, "@") {
+				b, err := os.ReadFile(spec[1:])
+				if err != nil {
+					return usageError{fmt.Errorf("--spec: %w", err)}
+				}
+				spec = string(b)
+			}
+			req := &taskdv1.CreateTaskRequest{Type: args[0], Spec: spec, Priority: int32(prio), Node: node, Window: win, WindowZone: zone}
+			if cmd.Flags().Changed("max-retries") {
+				n := int32(retries)
+				req.MaxRetries = &n
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			resp, err := c.Tasks.CreateTask(ctx, connect.NewRequest(req))
+			if err != nil {
+				return fmt.Errorf("create task: %w", err)
+			}
+			if g.output == "json" {
+				return g.printJSON(resp.Msg.Task)
+			}
+			_, err = fmt.Fprintln(g.out, resp.Msg.Task.Id)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&spec, "spec", "", "task spec as JSON, or @FILE")
+	f.IntVar(&prio, "priority", 0, "priority -1000..1000; higher runs first")
+	f.StringVar(&node, "node", "", "run only on this node")
+	f.StringVar(&win, "window", "", "daily run window HH:MM-HH:MM")
+	f.StringVar(&zone, "window-zone", "", "time zone of --window (default: the cluster's --time-zone)")
+	f.IntVar(&retries, "max-retries", 3, "retries after retryable errors")
+	return cmd
+}
+
+func taskListCmd(g *globals) *cobra.Command {
+	var status, typ string
+	cmd := &cobra.Command{
+		Use:   "list [--status unfinished|finished|all|STATE] [--type T]",
+		Short: "List tasks, oldest first",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			resp, err := c.Tasks.ListTasks(ctx, connect.NewRequest(&taskdv1.ListTasksRequest{Status: status, Type: typ}))
+			if err != nil {
+				return fmt.Errorf("list tasks: %w", err)
+			}
+			if g.output == "json" {
+				return g.printJSON(resp.Msg)
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tTYPE\tSTATE\tATTEMPT\tRUNNER\tPROGRESS\tPRIORITY\tCREATED")
+			for _, t := range resp.Msg.Tasks {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", t.Id, t.Type, stateText(t), t.Attempt, dash(t.Runner),
+					progressText(t.Progress), t.Priority, t.Created.AsTime().Local().Format(time.DateTime))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&status, "status", "unfinished", "unfinished, finished, all, or a state (waiting, running, paused, succeeded, failed, cancelled)")
+	cmd.Flags().StringVar(&typ, "type", "", "only tasks of this type")
+	return cmd
+}
+
+func stateText(t *taskdv1.Task) string {
+	if t.Request != "" {
+		return t.State + " (" + t.Request + " requested)"
+	}
+	return t.State
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func progressText(p *taskdv1.TaskProgress) string {
+	if p == nil || p.Total <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f%%", 100*float64(p.Done)/float64(p.Total))
+}
+
+func taskShowCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show ID",
+		Short: "Show a task, and why it is not running if it waits",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			resp, err := c.Tasks.GetTask(ctx, connect.NewRequest(&taskdv1.GetTaskRequest{Id: args[0]}))
+			if err != nil {
+				return fmt.Errorf("show task: %w", err)
+			}
+			return g.showTask(resp.Msg.Task)
+		},
+	}
+}
+
+func (g *globals) showTask(t *taskdv1.Task) error {
+	if g.output == "json" {
+		return g.printJSON(t)
+	}
+	tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
+		}
+	}
+	row("id", t.Id)
+	row("type", t.Type)
+	row("state", stateText(t))
+	row("reason", t.Reason)
+	row("attempt", fmt.Sprint(t.Attempt))
+	row("runner", t.Runner)
+	row("progress", fmt.Sprintf("%d/%d (%s)", t.Progress.GetDone(), t.Progress.GetTotal(), progressText(t.Progress)))
+	row("priority", fmt.Sprint(t.Priority))
+	row("node", t.Node)
+	if t.Window != "" {
+		row("window", t.Window+" "+t.WindowZone)
+	}
+	if t.Error != nil {
+		row("error", t.Error.Code+": "+t.Error.Message)
+	}
+	row("retries", fmt.Sprintf("%d of %d", t.Retries, t.MaxRetries))
+	row("created", when(t.Created))
+	row("started", when(t.Started))
+	row("finished", when(t.Finished))
+	row("spec", t.Spec)
+	for _, a := range t.History {
+		line := fmt.Sprintf("#%d on %s from %s", a.N, a.Runner, a.Started.AsTime().Local().Format(time.TimeOnly))
+		if a.Outcome != "" {
+			line += " -> " + a.Outcome
+		}
+		if a.Error != "" {
+			line += ": " + a.Error
+		}
+		row("attempt", line)
+	}
+	return tw.Flush()
+}
+
+func when(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return ""
+	}
+	return ts.AsTime().Local().Format(time.RFC3339)
+}
+
+func taskControl(cmd *cobra.Command, g *globals, op, id string) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := g.ctx(cmd)
+	defer cancel()
+	req := connect.NewRequest(&taskdv1.TaskRef{Id: id})
+	var resp *connect.Response[taskdv1.GetTaskResponse]
+	switch op {
+	case "cancel":
+		resp, err = c.Tasks.CancelTask(ctx, req)
+	case "pause":
+		resp, err = c.Tasks.PauseTask(ctx, req)
+	case "resume":
+		resp, err = c.Tasks.ResumeTask(ctx, req)
+	}
+	if err != nil {
+		return fmt.Errorf("%s task %s: %w", op, id, err)
+	}
+	if g.output == "json" {
+		return g.printJSON(resp.Msg.Task)
+	}
+	_, err = fmt.Fprintf(g.out, "%s: %s\n", id, stateText(resp.Msg.Task))
+	return err
+}
+
+func taskSetWindowCmd(g *globals) *cobra.Command {
+	var clear bool
+	var zone string
+	cmd := &cobra.Command{
+		Use:   "set-window ID HH:MM-HH:MM | --clear",
+		Short: "Set or clear a task's daily run window (applies to a running task too)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 1 || len(args) > 2 || clear == (len(args) == 2) {
+				return usageError{fmt.Errorf("give a window or --clear; usage: %s", cmd.UseLine())}
+			}
+			req := &taskdv1.SetTaskWindowRequest{Id: args[0], Clear: clear, WindowZone: zone}
+			if len(args) == 2 {
+				req.Window = args[1]
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			resp, err := c.Tasks.SetTaskWindow(ctx, connect.NewRequest(req))
+			if err != nil {
+				return fmt.Errorf("set window of task %s: %w", args[0], err)
+			}
+			return g.showTask(resp.Msg.Task)
+		},
+	}
+	cmd.Flags().BoolVar(&clear, "clear", false, "remove the window")
+	cmd.Flags().StringVar(&zone, "window-zone", "", "time zone of the window (default: the cluster's --time-zone)")
+	return cmd
+}
+
+func taskWaitCmd(g *globals) *cobra.Command {
+	var maxWait time.Duration
+	cmd := &cobra.Command{
+		Use:   "wait ID",
+		Short: "Wait until a task ends; exit 0 if it succeeded, 7 if it failed or was cancelled",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			if maxWait > 0 {
+				var cancel func()
+				ctx, cancel = context.WithTimeout(ctx, maxWait)
+				defer cancel()
+			}
+			stream, err := c.Tasks.WatchTask(ctx, connect.NewRequest(&taskdv1.TaskRef{Id: args[0]}))
+			if err != nil {
+				return fmt.Errorf("wait for task %s: %w", args[0], err)
+			}
+			defer stream.Close()
+			show := newWaitDisplay(cmd.ErrOrStderr(), g.output == "json")
+			var last *taskdv1.Task
+			for stream.Receive() {
+				last = stream.Msg().Task
+				show.update(last)
+			}
+			show.done()
+			if err := stream.Err(); err != nil {
+				return fmt.Errorf("wait for task %s: %w", args[0], err)
+			}
+			if last == nil || (last.State != "succeeded" && last.State != "failed" && last.State != "cancelled") {
+				return fmt.Errorf("wait for task %s: the stream ended early: %w", args[0], connect.NewError(connect.CodeUnavailable, errors.New("stream closed")))
+			}
+			if g.output == "json" {
+				if err := g.printJSON(last); err != nil {
+					return err
+				}
+			}
+			if last.State != "succeeded" {
+				return taskEndedError{last}
+			}
+			if g.output != "json" {
+				fmt.Fprintf(g.out, "%s succeeded\n", last.Id)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&maxWait, "max-wait", 0, "give up after this long (0: wait as long as it takes)")
+	return cmd
+}
+
+// waitDisplay shows progress: a bar on a terminal, a line per change
+// otherwise (nothing in JSON mode, which prints the final record).
+type waitDisplay struct {
+	w     io.Writer
+	quiet bool
+	bar   *progressbar.ProgressBar
+	last  string
+}
+
+func newWaitDisplay(w io.Writer, quiet bool) *waitDisplay {
+	d := &waitDisplay{w: w, quiet: quiet}
+	if f, ok := w.(*os.File); ok && !quiet && term.IsTerminal(int(f.Fd())) {
+		d.bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(w), progressbar.OptionShowCount(),
+			progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionFullWidth(),
+			progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))
+	}
+	return d
+}
+
+func (d *waitDisplay) update(t *taskdv1.Task) {
+	if d.quiet {
+		return
+	}
+	line := fmt.Sprintf("%s attempt %d %s", stateText(t), t.Attempt, progressText(t.Progress))
+	if t.Runner != "" {
+		line += " on " + t.Runner
+	}
+	if t.Reason != "" {
+		line += ": " + t.Reason
+	}
+	if d.bar != nil {
+		if p := t.Progress; p != nil && p.Total > 0 {
+			d.bar.ChangeMax64(p.Total)
+			_ = d.bar.Set64(p.Done)
+		}
+		d.bar.Describe(line)
+		return
+	}
+	if line != d.last {
+		fmt.Fprintf(d.w, "%s %s\n", time.Now().Format(time.TimeOnly), line)
+		d.last = line
+	}
+}
+
+func (d *waitDisplay) done() {
+	if d.bar != nil {
+		_ = d.bar.Finish()
+	}
+}

@@ -1,0 +1,410 @@
+// Package dispatch is the leader's scheduler. It runs only while its node
+// leads, and every write it makes is fenced by the leader's epoch.
+//
+// It is driven by watches of the unfinished tasks, the live runners and the
+// runners' marks: every change triggers one reconcile pass, and a timer
+// covers the only changes that come from the clock (a backoff ending, a run
+// window opening). There is no polling interval under the start latency.
+//
+// A reconcile pass:
+//  1. gives back the tasks of runners whose session has ended: they wait
+//     again and the next attempt resumes from their checkpoint;
+//  2. assigns waiting tasks, highest priority first and FIFO within a
+//     priority, each to the least loaded live runner that matches its
+//     constraints and has room (total and per type).
+//
+// Assignments of one pass are written in batches, one transaction each.
+package dispatch
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"slices"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/task"
+)
+
+// Config tunes the dispatcher.
+type Config struct {
+	// Retention is how long finished tasks are kept.
+	Retention time.Duration
+	// GCInterval is how often finished tasks are collected.
+	GCInterval time.Duration
+}
+
+// DefaultConfig keeps finished tasks 7 days.
+func DefaultConfig() Config {
+	return Config{Retention: 7 * 24 * time.Hour, GCInterval: 10 * time.Minute}
+}
+
+// Validate checks the settings.
+func (c Config) Validate() error {
+	if c.Retention <= 0 {
+		return fmt.Errorf("task retention %v must be positive", c.Retention)
+	}
+	if c.GCInterval <= 0 {
+		return fmt.Errorf("task GC interval %v must be positive", c.GCInterval)
+	}
+	return nil
+}
+
+// batchSize bounds one assignment transaction (etcd allows 128 operations
+// and compares; each assignment needs two compares).
+const batchSize = 50
+
+// Dispatcher assigns tasks to runners.
+type Dispatcher struct {
+	cfg   Config
+	store *task.Store
+	log   *slog.Logger
+}
+
+// New returns a dispatcher; Run it from the leader role.
+func New(cfg Config, store *task.Store, log *slog.Logger) (*Dispatcher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Dispatcher{cfg: cfg, store: store, log: log}, nil
+}
+
+// state is the dispatcher's view, fed by the watches.
+type state struct {
+	tasks   map[string]*task.Record
+	runners map[string]task.RunnerInfo
+	marks   map[string]task.Marks
+	synced  [3]bool
+}
+
+// Run dispatches until ctx ends (leadership lost or shutdown). It returns
+// nil then; it returns early only if the leadership is fenced.
+func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lay := d.store.Layout()
+	watches := [3]<-chan coord.Event{
+		d.store.KV().Watch(ctx, lay.ActiveDir()),
+		d.store.KV().Watch(ctx, lay.RunnersDir()),
+		d.store.KV().Watch(ctx, lay.RunnerConfigDir()),
+	}
+	defer func() {
+		cancel()
+		for _, w := range watches { // join the watchers
+			for range w {
+			}
+		}
+	}()
+	st := &state{tasks: map[string]*task.Record{}, runners: map[string]task.RunnerInfo{}, marks: map[string]task.Marks{}}
+	log := d.log.With("epoch", l.Epoch())
+	log.Info("dispatcher started")
+
+	wake := time.NewTimer(time.Hour)
+	wake.Stop()
+	gc := time.NewTimer(0) // collect once at the start of each leadership
+	defer wake.Stop()
+	defer gc.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("dispatcher stopped")
+			return nil
+		case ev, ok := <-watches[0]:
+			if !st.apply(0, ev, ok, log) {
+				return nil
+			}
+		case ev, ok := <-watches[1]:
+			if !st.apply(1, ev, ok, log) {
+				return nil
+			}
+		case ev, ok := <-watches[2]:
+			if !st.apply(2, ev, ok, log) {
+				return nil
+			}
+		case <-wake.C:
+		case <-gc.C:
+			if err := d.collect(ctx, l, log); err != nil {
+				if errors.Is(err, quorum.ErrFenced) {
+					return err
+				}
+				log.Warn("collecting finished tasks failed; next try at the next interval", "err", err)
+			}
+			gc.Reset(d.cfg.GCInterval)
+			continue
+		}
+		// Drain whatever else is pending, so one pass covers a burst.
+		if !d.drain(ctx, st, watches, log) {
+			return nil
+		}
+		if !st.synced[0] || !st.synced[1] || !st.synced[2] {
+			continue
+		}
+		next, err := d.reconcile(ctx, l, st, log)
+		if errors.Is(err, quorum.ErrFenced) {
+			log.Warn("dispatcher fenced", "err", err)
+			return err
+		}
+		if err != nil && ctx.Err() == nil {
+			log.Warn("dispatch pass incomplete; the next change retries it", "err", err)
+			// A store error has no watch event to retry on: try again soon.
+			next = time.Now().Add(time.Second)
+		}
+		wake.Stop()
+		if !next.IsZero() {
+			wake.Reset(max(time.Until(next), 0))
+		}
+	}
+}
+
+// drain applies every event already waiting, without blocking.
+func (d *Dispatcher) drain(ctx context.Context, st *state, watches [3]<-chan coord.Event, log *slog.Logger) bool {
+	for range 10000 {
+		var ok bool
+		var ev coord.Event
+		var i int
+		select {
+		case ev, ok = <-watches[0]:
+		case ev, ok = <-watches[1]:
+			i = 1
+		case ev, ok = <-watches[2]:
+			i = 2
+		default:
+			return ctx.Err() == nil
+		}
+		if !st.apply(i, ev, ok, log) {
+			return false
+		}
+	}
+	return ctx.Err() == nil
+}
+
+// apply feeds one event of watch i; false when the watch has closed.
+func (st *state) apply(i int, ev coord.Event, ok bool, log *slog.Logger) bool {
+	if !ok {
+		return false
+	}
+	switch i {
+	case 0:
+		st.applyTask(ev, log)
+	case 1:
+		applyJSON(st.runners, &st.synced[1], ev, log)
+	case 2:
+		applyJSON(st.marks, &st.synced[2], ev, log)
+	}
+	return true
+}
+
+func (st *state) applyTask(ev coord.Event, log *slog.Logger) {
+	id := path.Base(ev.KV.Key)
+	switch ev.Type {
+	case coord.EventSynced:
+		st.synced[0] = true
+	case coord.EventDelete:
+		delete(st.tasks, id)
+	case coord.EventPut:
+		// Our own writes come back through the watch; keep the newer.
+		// Versions of one key only grow while it exists.
+		if cur, ok := st.tasks[id]; ok && cur.Version() > ev.KV.Version {
+			return
+		}
+		r, err := task.Decode(ev.KV.Value, ev.KV.Version)
+		if err != nil {
+			log.Error("skipping unreadable task record", "key", ev.KV.Key, "err", err)
+			return
+		}
+		st.tasks[id] = r
+	}
+}
+
+func applyJSON[T any](m map[string]T, synced *bool, ev coord.Event, log *slog.Logger) {
+	name := path.Base(ev.KV.Key)
+	switch ev.Type {
+	case coord.EventSynced:
+		*synced = true
+	case coord.EventDelete:
+		delete(m, name)
+	case coord.EventPut:
+		var v T
+		if err := json.Unmarshal(ev.KV.Value, &v); err != nil {
+			log.Error("skipping unreadable record", "key", ev.KV.Key, "err", err)
+			return
+		}
+		m[name] = v
+	}
+}
+
+// reconcile makes one pass and returns when the clock alone may make more
+// work possible (zero: only an event can).
+func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *state, log *slog.Logger) (time.Time, error) {
+	now := d.store.Now().UTC()
+	txn := task.TxnFunc(l.Txn)
+	runners := make(map[string]*task.Runner, len(st.runners))
+	for name, info := range st.runners {
+		runners[name] = &task.Runner{Info: info, Marks: st.marks[name], Live: true, RunningByType: map[string]int{}}
+	}
+
+	var waiting []*task.Record
+	var errs []error
+	for _, r := range st.tasks {
+		switch r.State {
+		case task.Running:
+			rn, ok := runners[r.Runner]
+			if ok && rn.Info.Session == r.RunnerSession {
+				rn.Running++
+				rn.RunningByType[r.Type]++
+				continue
+			}
+			errs = append(errs, d.giveBack(ctx, txn, r, now, log))
+		case task.Waiting:
+			waiting = append(waiting, r)
+		}
+	}
+	slices.SortFunc(waiting, func(a, b *task.Record) int {
+		if c := cmp.Compare(b.Priority, a.Priority); c != 0 {
+			return c
+		}
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+
+	list := make([]task.Runner, 0, len(runners))
+	var next time.Time
+	var batch []*task.Record
+	for _, r := range waiting {
+		list = list[:0]
+		for _, rn := range runners {
+			list = append(list, *rn)
+		}
+		if why, wake := r.WaitReason(list, now); why != "" {
+			if !wake.IsZero() && (next.IsZero() || wake.Before(next)) {
+				next = wake
+			}
+			continue
+		}
+		best := pick(runners, r)
+		if best == nil {
+			continue
+		}
+		a := r.Clone()
+		a.Assign(best.Info, now)
+		best.Running++
+		best.RunningByType[r.Type]++
+		batch = append(batch, a)
+		if len(batch) == batchSize {
+			errs = append(errs, d.assign(ctx, txn, st, batch, log))
+			batch = nil
+		}
+	}
+	if len(batch) > 0 {
+		errs = append(errs, d.assign(ctx, txn, st, batch, log))
+	}
+	return next, errors.Join(errs...)
+}
+
+// pick chooses the least loaded runner that accepts r; ties go by name so
+// that a pass is deterministic.
+func pick(runners map[string]*task.Runner, r *task.Record) *task.Runner {
+	var best *task.Runner
+	for _, rn := range runners {
+		if ok, _ := rn.Accepts(r); !ok {
+			continue
+		}
+		if best == nil || rn.Running < best.Running || (rn.Running == best.Running && rn.Info.Node < best.Info.Node) {
+			best = rn
+		}
+	}
+	return best
+}
+
+// assign writes a batch of assignments; if one record changed since it was
+// read the batch is written one by one, and the changed ones are left to
+// the pass its watch event triggers.
+func (d *Dispatcher) assign(ctx context.Context, txn task.TxnFunc, st *state, batch []*task.Record, log *slog.Logger) error {
+	err := d.store.PutMany(ctx, txn, batch)
+	if errors.Is(err, coord.ErrConflict) && len(batch) > 1 {
+		var errs []error
+		for _, r := range batch {
+			errs = append(errs, d.assign(ctx, txn, st, []*task.Record{r}, log))
+		}
+		return errors.Join(errs...)
+	}
+	if errors.Is(err, coord.ErrConflict) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, r := range batch {
+		st.tasks[r.ID] = r
+		log.Debug("task assigned", "task", r.ID, "attempt", r.Attempt, "runner", r.Runner)
+	}
+	return nil
+}
+
+// giveBack returns a task whose runner's session has ended.
+func (d *Dispatcher) giveBack(ctx context.Context, txn task.TxnFunc, r *task.Record, now time.Time, log *slog.Logger) error {
+	g := r.Clone()
+	why := fmt.Sprintf("runner %s lost its session", r.Runner)
+	var err error
+	if g.Park(now, "runner lost", why) {
+		err = d.store.Finish(ctx, txn, g)
+	} else {
+		err = d.store.Put(ctx, txn, g)
+	}
+	if errors.Is(err, coord.ErrConflict) {
+		return nil // changed meanwhile; its event brings the next pass
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("task given back: its runner's session ended", "task", r.ID, "attempt", r.Attempt, "runner", r.Runner, "state", g.State)
+	return nil
+}
+
+// collect deletes finished tasks older than the retention.
+func (d *Dispatcher) collect(ctx context.Context, l *quorum.Leadership, log *slog.Logger) error {
+	cutoff := d.store.Now().Add(-d.cfg.Retention)
+	lay := d.store.Layout()
+	n := 0
+	for _, shard := range task.Shards() {
+		kvs, err := d.store.KV().List(ctx, path.Join(lay.DoneDir(), shard))
+		if err != nil {
+			return fmt.Errorf("list finished tasks: %w", err)
+		}
+		var conds []coord.Cond
+		var ops []coord.Op
+		for _, kv := range kvs {
+			r, err := task.Decode(kv.Value, kv.Version)
+			if err != nil || !r.Finished.Before(cutoff) {
+				continue
+			}
+			conds = append(conds, coord.VersionIs(kv.Key, kv.Version))
+			ops = append(ops, coord.DeleteOp(kv.Key))
+			if len(ops) == batchSize {
+				if _, err := l.Txn(ctx, conds, ops); err != nil && !errors.Is(err, coord.ErrConflict) {
+					return fmt.Errorf("delete finished tasks: %w", err)
+				}
+				n += len(ops)
+				conds, ops = nil, nil
+			}
+		}
+		if len(ops) > 0 {
+			if _, err := l.Txn(ctx, conds, ops); err != nil && !errors.Is(err, coord.ErrConflict) {
+				return fmt.Errorf("delete finished tasks: %w", err)
+			}
+			n += len(ops)
+		}
+	}
+	if n > 0 {
+		log.Info("finished tasks collected", "count", n, "retention", d.cfg.Retention)
+	}
+	return nil
+}

@@ -1,0 +1,452 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/harness"
+	"github.com/taskd/taskd/internal/testenv"
+)
+
+// taskTimeout is the session timeout of the task tests: short, so that the
+// tests that wait for a session to expire stay quick.
+const taskTimeout = 4 * time.Second
+
+// backends runs f on a three-node cluster of each store backend.
+func backends(t *testing.T, f func(t *testing.T, c *harness.Cluster)) {
+	t.Run("embedded", func(t *testing.T) {
+		f(t, newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout}))
+	})
+	t.Run("zookeeper", func(t *testing.T) {
+		ens := testenv.StartEnsemble(t, 1)
+		f(t, newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Coordinator: ens.URL("/tasks")}))
+	})
+}
+
+// ready waits for a leader and three live runners, and returns the leader.
+func ready(t *testing.T, c *harness.Cluster) *harness.Node {
+	t.Helper()
+	st, err := harness.WaitAgreed(ctxFor(t, 60*time.Second), c.Nodes, 0)
+	if err != nil {
+		t.Fatalf("no leader: %v", err)
+	}
+	n := c.Node(st.Leader)
+	err = harness.WaitFor(ctxFor(t, 30*time.Second), 20*time.Millisecond, func() bool {
+		r, err := n.Client().Runners.ListRunners(context.Background(), connect.NewRequest(&taskdv1.ListRunnersRequest{}))
+		if err != nil {
+			return false
+		}
+		live := 0
+		for _, rn := range r.Msg.Runners {
+			if rn.Live {
+				live++
+			}
+		}
+		return live == len(c.Nodes)
+	})
+	if err != nil {
+		t.Fatalf("runners did not all register: %v", err)
+	}
+	return n
+}
+
+func create(t *testing.T, n *harness.Node, typ, spec string) string {
+	t.Helper()
+	r, err := n.Client().Tasks.CreateTask(ctxFor(t, 10*time.Second), connect.NewRequest(&taskdv1.CreateTaskRequest{Type: typ, Spec: spec}))
+	if err != nil {
+		t.Fatalf("create %s task: %v", typ, err)
+	}
+	return r.Msg.Task.Id
+}
+
+func getTask(ctx context.Context, n *harness.Node, id string) (*taskdv1.Task, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	r, err := n.Client().Tasks.GetTask(ctx, connect.NewRequest(&taskdv1.GetTaskRequest{Id: id}))
+	if err != nil {
+		return nil, err
+	}
+	return r.Msg.Task, nil
+}
+
+// waitTask waits until cond holds for the task, asking any running node.
+func waitTask(t *testing.T, c *harness.Cluster, id string, limit time.Duration, what string, cond func(*taskdv1.Task) bool) *taskdv1.Task {
+	t.Helper()
+	var last *taskdv1.Task
+	err := harness.WaitFor(ctxFor(t, limit), 20*time.Millisecond, func() bool {
+		for _, n := range c.Running() {
+			if tk, err := getTask(context.Background(), n, id); err == nil {
+				last = tk
+				return cond(tk)
+			}
+		}
+		return false
+	})
+	if err != nil {
+		t.Fatalf("task %s: %s did not happen within %v; last seen: %v", id, what, limit, last)
+	}
+	return last
+}
+
+func sleepSpec(d, interval time.Duration, ledger string) string {
+	return fmt.Sprintf(`{"duration":%q,"checkpoint_interval":%q,"ledger":%q}`, d.String(), interval.String(), ledger)
+}
+
+// ledgerLine is one unit of work a sleep attempt did.
+type ledgerLine struct {
+	attempt   int
+	elapsedMS int64
+	at        int64
+}
+
+func readLedger(t *testing.T, path string) map[string][]ledgerLine {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatalf("ledger: %v", err)
+	}
+	defer f.Close()
+	out := map[string][]ledgerLine{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) != 4 {
+			t.Fatalf("ledger line %q", sc.Text())
+		}
+		a, _ := strconv.Atoi(fs[1])
+		e, _ := strconv.ParseInt(fs[2], 10, 64)
+		at, _ := strconv.ParseInt(fs[3], 10, 64)
+		out[fs[0]] = append(out[fs[0]], ledgerLine{attempt: a, elapsedMS: e, at: at})
+	}
+	return out
+}
+
+// checkOneActive fails if, for any task, an attempt did work after a later
+// attempt had started: then two attempts were active at the same instant.
+func checkOneActive(t *testing.T, ledger map[string][]ledgerLine) {
+	t.Helper()
+	for id, lines := range ledger {
+		sort.Slice(lines, func(i, j int) bool { return lines[i].at < lines[j].at })
+		highest := 0
+		for _, l := range lines {
+			if l.attempt < highest {
+				t.Errorf("task %s: attempt %d worked at %d after attempt %d had started", id, l.attempt, l.at, highest)
+			}
+			highest = max(highest, l.attempt)
+		}
+	}
+}
+
+// cordonLeader keeps tasks off the leader, so that killing a runner does
+// not also kill the dispatcher.
+func cordon(t *testing.T, n *harness.Node, node string) {
+	t.Helper()
+	_, err := n.Client().Runners.SetRunnerMarks(ctxFor(t, 10*time.Second), connect.NewRequest(&taskdv1.SetRunnerMarksRequest{Node: node, Action: "cordon"}))
+	if err != nil {
+		t.Fatalf("cordon %s: %v", node, err)
+	}
+}
+
+// TestTaskResumesAfterRunnerKill: kill -9 of the runner mid-task; the task
+// resumes on another runner from its checkpoint, repeating at most one
+// checkpoint interval of work, within session timeout + 1 s.
+func TestTaskResumesAfterRunnerKill(t *testing.T) {
+	backends(t, func(t *testing.T, c *harness.Cluster) {
+		leader := ready(t, c)
+		cordon(t, leader, leader.Name)
+		ledger := filepath.Join(t.TempDir(), "ledger")
+		const interval = 500 * time.Millisecond
+		id := create(t, leader, "sleep", sleepSpec(12*time.Second, interval, ledger))
+		tk := waitTask(t, c, id, 10*time.Second, "progress on attempt 1", func(tk *taskdv1.Task) bool {
+			return tk.State == "running" && tk.Progress.GetDone() >= 2000
+		})
+		victim := c.Node(tk.Runner)
+		killed := time.Now()
+		victim.Kill()
+		tk = waitTask(t, c, id, taskTimeout+5*time.Second, "attempt 2 running", func(tk *taskdv1.Task) bool {
+			return tk.Attempt == 2 && tk.State == "running"
+		})
+		if tk.Runner == victim.Name {
+			t.Fatalf("attempt 2 went to the killed runner %s", victim.Name)
+		}
+		waitTask(t, c, id, 30*time.Second, "success", func(tk *taskdv1.Task) bool { return tk.State == "succeeded" })
+
+		lines := readLedger(t, ledger)[id]
+		var max1, first2 int64 = -1, -1
+		var at2 int64
+		for _, l := range lines {
+			switch {
+			case l.attempt == 1:
+				max1 = max(max1, l.elapsedMS)
+			case l.attempt == 2 && first2 < 0:
+				first2, at2 = l.elapsedMS, l.at
+			}
+		}
+		// Attempt 2 resumes from checkpoint first2-interval. Everything
+		// attempt 1 did past that checkpoint is repeated work.
+		repeated := time.Duration(max1-(first2-interval.Milliseconds())) * time.Millisecond
+		resume := time.Unix(0, at2).Sub(killed) - interval
+		t.Logf("runner %s killed; attempt 2 on %s resumed after %v, repeating %v of work", victim.Name, tk.Runner, resume, repeated)
+		if max1 < 0 || first2 < 0 || repeated > interval {
+			t.Errorf("repeated %v of work (attempt 1 reached %d ms, attempt 2 started at %d ms); want <= %v", repeated, max1, first2, interval)
+		}
+		if resume > taskTimeout+time.Second {
+			t.Errorf("resumed %v after the kill; want <= session timeout + 1 s", resume)
+		}
+		checkOneActive(t, readLedger(t, ledger))
+	})
+}
+
+// TestTaskStoppedRunnerIsFenced: SIGSTOP a runner past its session timeout,
+// then SIGCONT. The task moves on; the stopped runner's writes are rejected
+// and it stops its attempt; the process stays up and rejoins; the ledger
+// shows at most one active attempt at any instant.
+func TestTaskStoppedRunnerIsFenced(t *testing.T) {
+	backends(t, func(t *testing.T, c *harness.Cluster) {
+		leader := ready(t, c)
+		cordon(t, leader, leader.Name)
+		ledger := filepath.Join(t.TempDir(), "ledger")
+		var ids []string
+		for range 3 {
+			ids = append(ids, create(t, leader, "sleep", sleepSpec(10*time.Second, 200*time.Millisecond, ledger)))
+		}
+		tk := waitTask(t, c, ids[0], 10*time.Second, "running", func(tk *taskdv1.Task) bool { return tk.State == "running" && tk.Progress.GetDone() > 0 })
+		victim := c.Node(tk.Runner)
+		victim.Signal(syscall.SIGSTOP)
+		stopped := true
+		defer func() {
+			if stopped {
+				victim.Signal(syscall.SIGCONT)
+			}
+		}()
+		waitTask(t, c, ids[0], taskTimeout+10*time.Second, "reassignment", func(tk *taskdv1.Task) bool {
+			return tk.Attempt >= 2 && tk.State == "running" && tk.Runner != victim.Name
+		})
+		victim.Signal(syscall.SIGCONT)
+		stopped = false
+		for _, id := range ids {
+			tk := waitTask(t, c, id, 40*time.Second, "success", func(tk *taskdv1.Task) bool { return tk.State == "succeeded" })
+			for _, h := range tk.History {
+				if h.Runner == victim.Name && h.Outcome == "succeeded" {
+					t.Errorf("task %s: the stopped runner's attempt %d was recorded as the outcome", id, h.N)
+				}
+			}
+		}
+		if victim.Proc.Exited() {
+			t.Fatalf("%s exited after losing its session (code %d)", victim.Name, victim.Proc.ExitCode())
+		}
+		if !strings.Contains(victim.Log(), "no longer owns the task") && !strings.Contains(victim.Log(), "attempt stopped") {
+			t.Errorf("%s did not log stopping its fenced attempt", victim.Name)
+		}
+		checkOneActive(t, readLedger(t, ledger))
+		if _, err := harness.WaitAgreed(ctxFor(t, 30*time.Second), c.Nodes, 0); err != nil {
+			t.Fatalf("stopped node did not rejoin: %v", err)
+		}
+	})
+}
+
+// TestTaskLeaderKilledDuringDispatch: kill -9 of the leader while tasks are
+// being created and dispatched; no task is lost and none starts twice.
+func TestTaskLeaderKilledDuringDispatch(t *testing.T) {
+	backends(t, func(t *testing.T, c *harness.Cluster) {
+		leader := ready(t, c)
+		var api *harness.Node
+		for _, n := range c.Nodes {
+			if n != leader {
+				api = n
+				break
+			}
+		}
+		ledger := filepath.Join(t.TempDir(), "ledger")
+		const total = 40
+		var ids []string
+		for i := range total {
+			if i == total/2 {
+				leader.Kill()
+			}
+			// A create may meet the moment the store moves; retry it
+			// only if it certainly did not happen (the store answered).
+			id := create(t, api, "sleep", sleepSpec(600*time.Millisecond, 200*time.Millisecond, ledger))
+			ids = append(ids, id)
+		}
+		for _, id := range ids {
+			waitTask(t, c, id, 60*time.Second, "success", func(tk *taskdv1.Task) bool { return tk.State == "succeeded" })
+		}
+		lines := readLedger(t, ledger)
+		for _, id := range ids {
+			tk, err := getTask(context.Background(), api, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			starts := map[int]bool{}
+			for _, l := range lines[id] {
+				starts[l.attempt] = true
+			}
+			// Only a task whose first runner was the killed node may run again.
+			if len(tk.History) > 0 && tk.History[0].Runner != leader.Name && (tk.Attempt != 1 || len(starts) != 1) {
+				t.Errorf("task %s ran %d attempts (ledger %v) though its runner %s survived", id, tk.Attempt, starts, tk.History[0].Runner)
+			}
+		}
+		checkOneActive(t, lines)
+	})
+}
+
+// TestTaskControl: cancel, pause and resume on running tasks, through
+// taskctl, with its exit codes.
+func TestTaskControl(t *testing.T) {
+	backends(t, func(t *testing.T, c *harness.Cluster) {
+		leader := ready(t, c)
+		env := []string{"TASKD_ENDPOINT=" + leader.API}
+		ctl := func(args ...string) (int, string) { return runTaskctl(t, env, args...) }
+
+		// Cancel takes effect within 1 s for a task that watches its
+		// context, even with a long checkpoint interval.
+		code, out := ctl("task", "create", "sleep", "--spec", `{"duration":"60s","checkpoint_interval":"20s"}`)
+		if code != 0 {
+			t.Fatalf("create: %d %s", code, out)
+		}
+		id := strings.TrimSpace(out)
+		waitTask(t, c, id, 10*time.Second, "running", func(tk *taskdv1.Task) bool { return tk.State == "running" })
+		asked := time.Now()
+		if code, out := ctl("task", "cancel", id); code != 0 {
+			t.Fatalf("cancel: %d %s", code, out)
+		}
+		waitTask(t, c, id, 5*time.Second, "cancelled", func(tk *taskdv1.Task) bool { return tk.State == "cancelled" })
+		if d := time.Since(asked); d > time.Second {
+			t.Errorf("cancel took %v; want <= 1 s", d)
+		}
+		if code, out := ctl("task", "cancel", id); code != 6 || !strings.Contains(out, "already cancelled") {
+			t.Errorf("cancel of a finished task: exit %d %q; want 6", code, out)
+		}
+
+		// Pause parks at a checkpoint; pausing twice is harmless; resume
+		// continues from the checkpoint on a new attempt.
+		_, out = ctl("task", "create", "sleep", "--spec", `{"duration":"3s","checkpoint_interval":"200ms"}`)
+		id = strings.TrimSpace(out)
+		waitTask(t, c, id, 10*time.Second, "progress", func(tk *taskdv1.Task) bool { return tk.Progress.GetDone() >= 600 })
+		for range 2 {
+			if code, out := ctl("task", "pause", id); code != 0 {
+				t.Fatalf("pause: %d %s", code, out)
+			}
+		}
+		tk := waitTask(t, c, id, 5*time.Second, "paused", func(tk *taskdv1.Task) bool { return tk.State == "paused" })
+		if !tk.HasCheckpoint || !strings.Contains(tk.Reason, "paused by a user") {
+			t.Errorf("paused task: checkpoint %v, reason %q", tk.HasCheckpoint, tk.Reason)
+		}
+		if code, out := ctl("task", "pause", id); code != 0 {
+			t.Errorf("pause of a paused task: %d %s", code, out)
+		}
+		done := tk.Progress.GetDone()
+		if code, out := ctl("task", "resume", id); code != 0 {
+			t.Fatalf("resume: %d %s", code, out)
+		}
+		code, out = ctl("task", "wait", id)
+		if code != 0 {
+			t.Fatalf("wait: %d %s", code, out)
+		}
+		tk, _ = getTask(context.Background(), leader, id)
+		if tk.Attempt != 2 || !tk.History[1].ResumedFromCheckpoint || tk.History[0].ProgressDone < done {
+			t.Errorf("resumed task: attempt %d, history %v; want attempt 2 resumed from %d ms", tk.Attempt, tk.History, done)
+		}
+
+		// A task that fails permanently fails at once; wait exits 7.
+		_, out = ctl("task", "create", "sleep", "--spec", `{"duration":"5s","fail_after":"100ms","permanent":true}`)
+		id = strings.TrimSpace(out)
+		if code, out := ctl("task", "wait", id); code != 7 || !strings.Contains(out, "failing after") {
+			t.Errorf("wait on a failing task: %d %q; want 7 and the cause", code, out)
+		}
+
+		// Bad input: a clear error, exit 2 or 4, and nothing created.
+		_, before := ctl("task", "list", "--status", "all", "-o", "json")
+		for _, bad := range []struct {
+			code int
+			args []string
+		}{
+			{2, []string{"task", "create", "nosuch"}},
+			{2, []string{"task", "create", "sleep", "--spec", `{"duration":"soon"}`}},
+			{2, []string{"task", "create", "sleep", "--spec", `{"duration":"1s"`}},
+			{2, []string{"task", "create", "sleep", "--spec", `{"duration":"1s"}`, "--window", "25:00-01:00"}},
+			{2, []string{"task", "create", "sleep", "--spec", `{"duration":"1s"}`, "--window", "08:00-08:00"}},
+			{2, []string{"task", "create", "noop", "--priority", "5000"}},
+			{4, []string{"task", "show", "00000000-0000-4000-8000-000000000000"}},
+			{4, []string{"task", "cancel", "00000000-0000-4000-8000-000000000000"}},
+			{2, []string{"task", "show", "not-a-uuid"}},
+			{2, []string{"task", "list", "--status", "sleeping"}},
+			{2, []string{"task", "set-window", id}},
+		} {
+			if code, out := ctl(bad.args...); code != bad.code || len(strings.TrimSpace(out)) == 0 {
+				t.Errorf("taskctl %v: exit %d %q; want %d and a message", bad.args, code, out, bad.code)
+			}
+		}
+		if _, after := ctl("task", "list", "--status", "all", "-o", "json"); after != before {
+			t.Errorf("bad input changed the task list")
+		}
+	})
+}
+
+// TestTaskWindowAndDrain: set-window applies to a running task, which parks
+// and says why; clearing the window resumes it. A drained runner's task
+// moves to another runner at its next checkpoint.
+func TestTaskWindowAndDrain(t *testing.T) {
+	c := newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout})
+	leader := ready(t, c)
+	id := create(t, leader, "sleep", `{"duration":"4s","checkpoint_interval":"200ms"}`)
+	waitTask(t, c, id, 10*time.Second, "running", func(tk *taskdv1.Task) bool { return tk.State == "running" })
+	// A one-minute window twelve hours away is closed now.
+	now := time.Now().UTC()
+	from := now.Add(12 * time.Hour)
+	win := fmt.Sprintf("%s-%s", from.Format("15:04"), from.Add(time.Minute).Format("15:04"))
+	_, err := leader.Client().Tasks.SetTaskWindow(ctxFor(t, 5*time.Second), connect.NewRequest(&taskdv1.SetTaskWindowRequest{Id: id, Window: win}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk := waitTask(t, c, id, 5*time.Second, "parked", func(tk *taskdv1.Task) bool { return tk.State == "waiting" })
+	if !strings.Contains(tk.Reason, "outside its run window") {
+		t.Errorf("parked task's reason %q does not name the window", tk.Reason)
+	}
+	if _, err := leader.Client().Tasks.SetTaskWindow(ctxFor(t, 5*time.Second), connect.NewRequest(&taskdv1.SetTaskWindowRequest{Id: id, Clear: true})); err != nil {
+		t.Fatal(err)
+	}
+	tk = waitTask(t, c, id, 5*time.Second, "running again", func(tk *taskdv1.Task) bool { return tk.State == "running" && tk.Attempt == 2 })
+
+	// Drain its runner: the task moves.
+	from1 := tk.Runner
+	if _, err := leader.Client().Runners.SetRunnerMarks(ctxFor(t, 5*time.Second), connect.NewRequest(&taskdv1.SetRunnerMarksRequest{Node: from1, Action: "drain"})); err != nil {
+		t.Fatal(err)
+	}
+	tk = waitTask(t, c, id, 5*time.Second, "moved", func(tk *taskdv1.Task) bool { return tk.State == "running" && tk.Runner != from1 })
+	if !slices.ContainsFunc(tk.History, func(a *taskdv1.TaskAttempt) bool { return a.Outcome == "runner drained" }) {
+		t.Errorf("history does not record the drain: %v", tk.History)
+	}
+	waitTask(t, c, id, 20*time.Second, "success", func(tk *taskdv1.Task) bool { return tk.State == "succeeded" })
+
+	// Pinned to the drained (cordoned) node, a task waits and says why.
+	r, err := leader.Client().Tasks.CreateTask(ctxFor(t, 5*time.Second), connect.NewRequest(&taskdv1.CreateTaskRequest{Type: "noop", Node: from1}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk = waitTask(t, c, r.Msg.Task.Id, 5*time.Second, "reason", func(tk *taskdv1.Task) bool { return tk.Reason != "" })
+	if !strings.Contains(tk.Reason, "cordoned") {
+		t.Errorf("reason %q; want it to name the cordon", tk.Reason)
+	}
+	r, err = leader.Client().Tasks.CreateTask(ctxFor(t, 5*time.Second), connect.NewRequest(&taskdv1.CreateTaskRequest{Type: "noop", Node: "nosuchnode"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk = waitTask(t, c, r.Msg.Task.Id, 5*time.Second, "reason", func(tk *taskdv1.Task) bool { return tk.Reason != "" })
+	if !strings.Contains(tk.Reason, "no live runner matches constraint node=nosuchnode") {
+		t.Errorf("reason %q; want it to name the constraint", tk.Reason)
+	}
+}

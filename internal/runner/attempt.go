@@ -1,0 +1,204 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/task"
+)
+
+// writeTimeout bounds one fenced write of an attempt.
+const writeTimeout = 10 * time.Second
+
+// attempt is one run of a task on this runner. It is the task's Reporter.
+type attempt struct {
+	s      *session
+	id     string
+	n      int
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	log    *slog.Logger
+	ending atomic.Bool
+
+	mu        sync.Mutex
+	rec       *task.Record // latest record this attempt wrote or read
+	progress  task.Progress
+	lastWrite time.Time
+}
+
+func (a *attempt) stop(cause error) {
+	if a.ctx.Err() == nil {
+		a.log.Info("stopping attempt", "reason", cause)
+	}
+	a.cancel(cause)
+}
+
+func (a *attempt) finishing() bool { return a.ending.Load() }
+
+// TaskID implements task.Reporter.
+func (a *attempt) TaskID() string { return a.id }
+
+// Attempt implements task.Reporter.
+func (a *attempt) Attempt() int { return a.n }
+
+// Active implements task.Reporter: the attempt has not been told to stop
+// and the session is alive by the local deadline.
+func (a *attempt) Active() bool {
+	if a.ctx.Err() != nil {
+		return false
+	}
+	sess := a.s.sess
+	deadline := sess.LastContact().Add(time.Duration(a.s.r.cfg.DeadlineFraction * float64(sess.Timeout())))
+	return time.Now().Before(deadline)
+}
+
+// Checkpoint implements task.Reporter.
+func (a *attempt) Checkpoint(cp []byte, p task.Progress) error {
+	err := a.write(func(r *task.Record) bool {
+		r.Checkpoint, r.Progress = cp, p
+		return false
+	})
+	if err != nil {
+		return err
+	}
+	if a.ctx.Err() != nil {
+		return context.Cause(a.ctx)
+	}
+	return nil
+}
+
+// Progress implements task.Reporter.
+func (a *attempt) Progress(p task.Progress) {
+	a.mu.Lock()
+	a.progress = p
+	due := time.Since(a.lastWrite) >= a.s.r.cfg.ProgressInterval
+	a.mu.Unlock()
+	if !due {
+		return
+	}
+	if err := a.write(func(r *task.Record) bool { r.Progress = p; return false }); err != nil {
+		a.log.Debug("progress write failed", "err", err)
+	}
+}
+
+// write applies f to the attempt's record and stores it, fenced by the
+// record version and the runner's session key. f returns true when the
+// record is final (it is then moved to the finished tasks).
+func (a *attempt) write(f func(r *task.Record) bool) error {
+	ctx, cancel := context.WithTimeout(a.s.ctx, writeTimeout)
+	defer cancel()
+	st := a.s.r.store
+	for range 20 {
+		a.mu.Lock()
+		r := a.rec.Clone()
+		a.mu.Unlock()
+		if !r.Owns(a.s.r.cfg.Node, a.s.sess.ID(), a.n) {
+			return fmt.Errorf("task %s attempt %d: %w", a.id, a.n, task.ErrFenced)
+		}
+		var err error
+		if f(r) {
+			err = st.Finish(ctx, st.KV().Txn, r, a.s.fence)
+		} else {
+			err = st.Put(ctx, st.KV().Txn, r, a.s.fence)
+		}
+		if err == nil {
+			a.mu.Lock()
+			a.rec, a.lastWrite = r, time.Now()
+			a.mu.Unlock()
+			return nil
+		}
+		if !errors.Is(err, coord.ErrConflict) {
+			return err
+		}
+		// Someone else wrote the record, or our session key is gone.
+		if _, err := st.KV().Get(ctx, a.s.fence.Key); errors.Is(err, coord.ErrNotFound) {
+			return fmt.Errorf("task %s attempt %d: session %s has ended: %w", a.id, a.n, a.s.sess.ID(), task.ErrFenced)
+		}
+		fresh, err := st.Get(ctx, a.id)
+		if errors.Is(err, task.ErrNotFound) || (err == nil && fresh.State.Final()) {
+			return fmt.Errorf("task %s attempt %d: the task has ended: %w", a.id, a.n, task.ErrFenced)
+		}
+		if err != nil {
+			return err
+		}
+		a.mu.Lock()
+		a.rec = fresh
+		a.mu.Unlock()
+	}
+	return fmt.Errorf("task %s attempt %d: too many conflicting writes: %w", a.id, a.n, coord.ErrConflict)
+}
+
+// run executes the attempt and records its outcome.
+func (a *attempt) run() {
+	a.log.Info("attempt started", "resumed", len(a.rec.Checkpoint) > 0)
+	typ, err := a.s.r.store.Types().Lookup(a.rec.Type)
+	if err == nil {
+		err = runSafely(a.ctx, typ, a.rec.Spec, a.rec.Checkpoint, a)
+	}
+	a.ending.Store(true)
+	cause := context.Cause(a.ctx)
+	if a.ctx.Err() == nil {
+		cause = nil
+	}
+	switch {
+	case a.s.ctx.Err() != nil:
+		a.log.Info("attempt stopped: the runner's session ended or the node is stopping", "err", err)
+		return
+	case errors.Is(cause, task.ErrFenced) || errors.Is(err, task.ErrFenced):
+		a.log.Warn("attempt stopped: no longer owns the task", "err", errors.Join(cause, err))
+		return
+	}
+	a.mu.Lock()
+	progress := a.progress
+	a.mu.Unlock()
+	node := a.s.r.cfg.Node
+	var outcome string
+	werr := a.write(func(r *task.Record) bool {
+		now := a.s.r.store.Now().UTC()
+		if progress != (task.Progress{}) {
+			r.Progress = progress
+		}
+		switch {
+		case err == nil:
+			r.Succeed(now)
+			outcome = "succeeded"
+			return true
+		case errors.Is(cause, errCancelled), errors.Is(cause, errPaused):
+			outcome = "stopped on request"
+			return r.Park(now, outcome, "")
+		case errors.Is(cause, errDrained):
+			outcome = "runner drained"
+			return r.Park(now, outcome, "runner "+node+" was drained; parked at its last checkpoint")
+		case errors.Is(cause, errWindow):
+			outcome = "window closed"
+			return r.Park(now, outcome, "its run window closed; parked at its last checkpoint")
+		}
+		outcome = "failed"
+		return r.Fail(now, err, task.IsPermanent(err), a.s.r.cfg.Backoff)
+	})
+	if werr != nil {
+		a.log.Warn("recording the attempt's outcome failed", "outcome", outcome, "err", werr, "task_err", err)
+		return
+	}
+	a.mu.Lock()
+	state := a.rec.State
+	a.mu.Unlock()
+	a.log.Info("attempt ended", "outcome", outcome, "state", state, "err", err)
+}
+
+// runSafely turns a panic in a task type into a permanent error: a bug in
+// one task must not take the node down.
+func runSafely(ctx context.Context, typ task.Type, spec, cp []byte, r task.Reporter) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = task.Permanent(fmt.Errorf("task type panicked: %v", p))
+		}
+	}()
+	return typ.Run(ctx, spec, cp, r)
+}

@@ -1,0 +1,328 @@
+// Package runner executes the tasks the dispatcher assigns to this node.
+// Every node runs one, the leader included, for as long as the node is a
+// member on one session.
+//
+// The runner watches the unfinished tasks. A record that names this node
+// and this session as the runner of its current attempt starts that attempt;
+// a change to the record (a cancel or pause request, a new window, a
+// reassignment) or to the runner's marks (drain) stops it at its next
+// checkpoint, or at once if the task watches its context.
+//
+// Every write of an attempt is fenced twice by the store: on the record's
+// version, which any reassignment changes, and on the runner's session key,
+// which the store deletes when the session ends. A runner that was paused
+// past its session cannot write; when it runs again it finds itself fenced
+// and stops. The session's loss also cancels the member role, and the
+// quorum waits for the runner to return before its local deadline.
+package runner
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"sync"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/task"
+)
+
+// Config tunes a runner.
+type Config struct {
+	Node string
+	// Capacity is the most attempts it runs at once.
+	Capacity int
+	// TypeCapacity limits single types further.
+	TypeCapacity map[string]int
+	// DeadlineFraction × session timeout after the last confirmed contact,
+	// attempts stop counting themselves active (the quorum's local deadline).
+	DeadlineFraction float64
+	// ProgressInterval is the least time between two progress-only writes.
+	ProgressInterval time.Duration
+	// Backoff gives the wait before retry n (task.Backoff if nil).
+	Backoff func(retry int) time.Duration
+}
+
+// DefaultConfig runs 8 tasks at once.
+func DefaultConfig() Config {
+	return Config{Capacity: 8, DeadlineFraction: 2.0 / 3, ProgressInterval: time.Second, Backoff: task.Backoff}
+}
+
+// Validate checks the settings.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Capacity < 1 || c.Capacity > 10000 {
+		errs = append(errs, fmt.Errorf("runner capacity %d: use 1..10000", c.Capacity))
+	}
+	for t, n := range c.TypeCapacity {
+		if n < 1 {
+			errs = append(errs, fmt.Errorf("runner capacity for type %s: %d must be at least 1", t, n))
+		}
+	}
+	if c.DeadlineFraction <= 0 || c.DeadlineFraction >= 1 {
+		errs = append(errs, fmt.Errorf("deadline fraction %v must be in (0,1)", c.DeadlineFraction))
+	}
+	if c.ProgressInterval <= 0 {
+		errs = append(errs, fmt.Errorf("progress interval %v must be positive", c.ProgressInterval))
+	}
+	return errors.Join(errs...)
+}
+
+// Runner runs attempts on this node.
+type Runner struct {
+	cfg   Config
+	store *task.Store
+	log   *slog.Logger
+}
+
+// New returns a runner; Run it from the member role.
+func New(cfg Config, store *task.Store, log *slog.Logger) (*Runner, error) {
+	if cfg.Backoff == nil {
+		cfg.Backoff = task.Backoff
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Runner{cfg: cfg, store: store, log: log}, nil
+}
+
+// Stop causes: why an attempt's context was cancelled.
+var (
+	errCancelled  = errors.New("cancelled by a user")
+	errPaused     = errors.New("paused by a user")
+	errReassigned = fmt.Errorf("the task was reassigned: %w", task.ErrFenced)
+	errDrained    = errors.New("runner drained")
+	errWindow     = errors.New("outside its run window")
+	errShutdown   = errors.New("runner stopping: session ended or node shutting down")
+)
+
+// session is one Run: the runner on one coord session.
+type session struct {
+	r     *Runner
+	sess  coord.Session
+	fence coord.Cond
+	log   *slog.Logger
+	ctx   context.Context
+
+	mu       sync.Mutex
+	attempts map[string]*attempt // by task id
+	wg       sync.WaitGroup
+	kick     chan struct{} // an attempt ended: look again
+}
+
+// Run registers the runner for sess and runs attempts until ctx ends. It
+// returns after every attempt has stopped.
+func (r *Runner) Run(ctx context.Context, sess coord.Session) error {
+	log := r.log.With("session", sess.ID())
+	types := r.store.Types().Names()
+	info := task.RunnerInfo{
+		Node: r.cfg.Node, Session: sess.ID(), Capacity: r.cfg.Capacity, TypeCapacity: r.cfg.TypeCapacity,
+		Types: types, Started: time.Now().UTC(),
+	}
+	fence, err := r.register(ctx, sess, info, log)
+	if err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	s := &session{r: r, sess: sess, fence: fence, log: log, ctx: ctx, attempts: map[string]*attempt{}, kick: make(chan struct{}, 1)}
+	defer s.wg.Wait()
+	defer s.stopAll(errShutdown)
+	return s.loop(ctx)
+}
+
+// register creates the runner's keys. A key left by this node's previous
+// session blocks it until the store deletes it with that session; the
+// runners watch says when.
+func (r *Runner) register(ctx context.Context, sess coord.Session, info task.RunnerInfo, log *slog.Logger) (coord.Cond, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var events <-chan coord.Event
+	for {
+		fence, err := r.store.Register(ctx, sess, info)
+		if err == nil {
+			log.Info("runner registered", "capacity", info.Capacity, "types", info.Types)
+			return fence, nil
+		}
+		if !errors.Is(err, coord.ErrConflict) {
+			if ctx.Err() != nil {
+				return coord.Cond{}, nil
+			}
+			return coord.Cond{}, err
+		}
+		if events == nil {
+			log.Info("runner key of a previous session still exists; waiting for the store to remove it")
+			events = r.store.KV().Watch(wctx, r.store.Layout().RunnersDir())
+		}
+		if !waitDeleted(ctx, events, path.Join(r.store.Layout().RunnersDir(), info.Node)) {
+			cancel()
+			for range events {
+			}
+			return coord.Cond{}, nil
+		}
+	}
+}
+
+// waitDeleted returns true when key is absent from the watched directory
+// (after a sync or on its delete event), false when ctx ends.
+func waitDeleted(ctx context.Context, events <-chan coord.Event, key string) bool {
+	present := false
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case ev, ok := <-events:
+			if !ok {
+				return false
+			}
+			switch {
+			case ev.Type == coord.EventPut && ev.KV.Key == key:
+				present = true
+			case ev.Type == coord.EventDelete && ev.KV.Key == key:
+				return true
+			case ev.Type == coord.EventSynced && !present:
+				return true
+			}
+		}
+	}
+}
+
+// loop follows the tasks and the runner's marks.
+func (s *session) loop(ctx context.Context) error {
+	lay := s.r.store.Layout()
+	wctx, cancel := context.WithCancel(ctx)
+	tasks := s.r.store.KV().Watch(wctx, lay.ActiveDir())
+	marks := s.r.store.KV().Watch(wctx, lay.RunnerConfigDir())
+	defer func() {
+		cancel()
+		for range tasks {
+		}
+		for range marks {
+		}
+	}()
+	records := map[string]*task.Record{}
+	var myMarks task.Marks
+	markKey := path.Join(lay.RunnerConfigDir(), s.r.cfg.Node)
+	windowTimer := time.NewTimer(time.Hour)
+	windowTimer.Stop()
+	defer windowTimer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-tasks:
+			if !ok {
+				return nil
+			}
+			id := path.Base(ev.KV.Key)
+			switch ev.Type {
+			case coord.EventDelete:
+				delete(records, id)
+			case coord.EventPut:
+				rec, err := task.Decode(ev.KV.Value, ev.KV.Version)
+				if err != nil {
+					s.log.Error("skipping unreadable task record", "key", ev.KV.Key, "err", err)
+					continue
+				}
+				records[id] = rec
+			}
+		case ev, ok := <-marks:
+			if !ok {
+				return nil
+			}
+			if ev.KV.Key != markKey {
+				continue
+			}
+			myMarks = task.Marks{}
+			if ev.Type == coord.EventPut {
+				if err := json.Unmarshal(ev.KV.Value, &myMarks); err != nil {
+					s.log.Error("unreadable runner marks; ignoring them", "err", err)
+				}
+			}
+		case <-windowTimer.C:
+		case <-s.kick:
+		}
+		next := s.reconcile(records, myMarks)
+		windowTimer.Stop()
+		if !next.IsZero() {
+			windowTimer.Reset(max(time.Until(next), 0))
+		}
+	}
+}
+
+// reconcile starts attempts assigned to this session and stops those that
+// must stop. It returns when the next run window closes (zero: none).
+func (s *session) reconcile(records map[string]*task.Record, marks task.Marks) time.Time {
+	now := s.r.store.Now()
+	var next time.Time
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, a := range s.attempts {
+		rec, ok := records[id]
+		switch {
+		case a.finishing():
+			// its own final write moves the record on
+			continue
+		case !ok || !rec.Owns(s.r.cfg.Node, s.sess.ID(), a.n):
+			a.stop(errReassigned)
+			continue
+		case rec.Request == task.RequestCancel:
+			a.stop(errCancelled)
+		case rec.Request == task.RequestPause:
+			a.stop(errPaused)
+		case marks.Draining:
+			a.stop(errDrained)
+		}
+		if w, err := rec.Window.Parse(); err == nil && w.IsSet() {
+			if !w.Contains(now) {
+				a.stop(errWindow)
+			} else if c := w.NextClose(now); next.IsZero() || c.Before(next) {
+				next = c
+			}
+		}
+	}
+	for id, rec := range records {
+		if _, running := s.attempts[id]; running || !rec.Owns(s.r.cfg.Node, s.sess.ID(), rec.Attempt) {
+			continue
+		}
+		if _, err := s.r.store.Types().Lookup(rec.Type); err != nil {
+			continue // assigned by a leader that knows more types; it will time out as lost
+		}
+		s.start(rec)
+	}
+	return next
+}
+
+func (s *session) stopAll(cause error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, a := range s.attempts {
+		a.stop(cause)
+	}
+}
+
+func (s *session) start(rec *task.Record) {
+	actx, cancel := context.WithCancelCause(s.ctx)
+	a := &attempt{s: s, id: rec.ID, n: rec.Attempt, rec: rec.Clone(), ctx: actx, cancel: cancel,
+		log: s.log.With("task", rec.ID, "attempt", rec.Attempt, "type", rec.Type)}
+	s.attempts[rec.ID] = a
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer cancel(nil)
+		a.run()
+		s.mu.Lock()
+		if s.attempts[rec.ID] == a {
+			delete(s.attempts, rec.ID)
+		}
+		s.mu.Unlock()
+		select {
+		case s.kick <- struct{}{}:
+		default: // a look is already pending; it sees this change too
+		}
+	}()
+}

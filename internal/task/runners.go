@@ -1,0 +1,190 @@
+package task
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/quorum"
+)
+
+// RunnerInfo is a live runner, as it registers itself for one session.
+type RunnerInfo struct {
+	Node    string `json:"node"`
+	Session string `json:"session"`
+	// Capacity is the most tasks it runs at once; TypeCapacity limits
+	// single types further.
+	Capacity     int            `json:"capacity"`
+	TypeCapacity map[string]int `json:"type_capacity,omitempty"`
+	Types        []string       `json:"types"`
+	Started      time.Time      `json:"started"`
+}
+
+// Marks are an operator's settings for a runner; they outlive its sessions.
+type Marks struct {
+	Cordoned bool      `json:"cordoned"`
+	Draining bool      `json:"draining"`
+	Updated  time.Time `json:"updated"`
+}
+
+// Runner is a runner as the dispatcher and `runner list` see it.
+type Runner struct {
+	Info    RunnerInfo `json:"info"`
+	Marks   Marks      `json:"marks"`
+	Live    bool       `json:"live"`
+	Running int        `json:"running"`
+	// RunningByType counts running tasks per type.
+	RunningByType map[string]int `json:"running_by_type,omitempty"`
+}
+
+// Accepts reports whether the runner may take r now, and if not, why.
+func (rn *Runner) Accepts(r *Record) (bool, string) {
+	switch {
+	case !rn.Live:
+		return false, "runner is not live"
+	case rn.Marks.Cordoned || rn.Marks.Draining:
+		return false, "runner is cordoned"
+	case r.Node != "" && r.Node != rn.Info.Node:
+		return false, "constraint node=" + r.Node
+	case !slices.Contains(rn.Info.Types, r.Type):
+		return false, "runner does not run type " + r.Type
+	case rn.Running >= rn.Info.Capacity:
+		return false, "runner is full"
+	}
+	if c, ok := rn.Info.TypeCapacity[r.Type]; ok && rn.RunningByType[r.Type] >= c {
+		return false, "runner is full for type " + r.Type
+	}
+	return true, ""
+}
+
+// Register announces a runner for sess: its info key and its fencing key,
+// both deleted by the store when sess ends. It returns the fencing
+// condition every write of the runner carries: the session key exists,
+// unmodified since this creation.
+func (s *Store) Register(ctx context.Context, sess coord.Session, info RunnerInfo) (coord.Cond, error) {
+	b, err := json.Marshal(info)
+	if err != nil {
+		return coord.Cond{}, fmt.Errorf("encode runner info: %w", err)
+	}
+	key := path.Join(s.layout.RunnersDir(), info.Node)
+	// A runner key left by this node's previous session disappears when
+	// that session expires; until then the new one cannot be created.
+	vers, err := s.kv.Txn(ctx, nil, []coord.Op{
+		coord.CreateOp(s.layout.SessionKey(sess.ID()), []byte(info.Node), sess),
+		coord.CreateOp(key, b, sess),
+	})
+	if err != nil {
+		return coord.Cond{}, fmt.Errorf("register runner %s: %w", info.Node, err)
+	}
+	return coord.VersionIs(s.layout.SessionKey(sess.ID()), vers[0]), nil
+}
+
+// Runners lists every runner that is live or has marks, with its load.
+func (s *Store) Runners(ctx context.Context) ([]Runner, error) {
+	live, err := s.kv.List(ctx, s.layout.RunnersDir())
+	if err != nil {
+		return nil, fmt.Errorf("list runners: %w", err)
+	}
+	marks, err := s.kv.List(ctx, s.layout.RunnerConfigDir())
+	if err != nil {
+		return nil, fmt.Errorf("list runner marks: %w", err)
+	}
+	active, err := s.List(ctx, Filter{Status: "unfinished"})
+	if err != nil {
+		return nil, err
+	}
+	byNode := map[string]*Runner{}
+	get := func(node string) *Runner {
+		if r, ok := byNode[node]; ok {
+			return r
+		}
+		r := &Runner{Info: RunnerInfo{Node: node}}
+		byNode[node] = r
+		return r
+	}
+	for _, kv := range live {
+		var info RunnerInfo
+		if err := json.Unmarshal(kv.Value, &info); err != nil {
+			return nil, fmt.Errorf("runner record %s: %w", kv.Key, err)
+		}
+		rn := get(info.Node)
+		rn.Info, rn.Live = info, true
+	}
+	for _, kv := range marks {
+		var m Marks
+		if err := json.Unmarshal(kv.Value, &m); err != nil {
+			return nil, fmt.Errorf("runner marks %s: %w", kv.Key, err)
+		}
+		get(path.Base(kv.Key)).Marks = m
+	}
+	for _, r := range active {
+		if r.State == Running {
+			get(r.Runner).count(r)
+		}
+	}
+	out := make([]Runner, 0, len(byNode))
+	for _, r := range byNode {
+		out = append(out, *r)
+	}
+	slices.SortFunc(out, func(a, b Runner) int { return strings.Compare(a.Info.Node, b.Info.Node) })
+	return out, nil
+}
+
+func (rn *Runner) count(r *Record) {
+	rn.Running++
+	if rn.RunningByType == nil {
+		rn.RunningByType = map[string]int{}
+	}
+	rn.RunningByType[r.Type]++
+}
+
+// SetMarks changes a runner's marks. Without force the runner must be live,
+// which catches typos.
+func (s *Store) SetMarks(ctx context.Context, node string, force bool, f func(*Marks)) (Marks, error) {
+	if !quorum.ValidName(node) {
+		return Marks{}, fmt.Errorf("%w: node name %q", ErrInvalid, node)
+	}
+	if !force {
+		if _, err := s.kv.Get(ctx, path.Join(s.layout.RunnersDir(), node)); errors.Is(err, coord.ErrNotFound) {
+			return Marks{}, fmt.Errorf("%w: no live runner named %s (use --force to mark it anyway)", ErrNotFound, node)
+		} else if err != nil {
+			return Marks{}, fmt.Errorf("read runner %s: %w", node, err)
+		}
+	}
+	key := path.Join(s.layout.RunnerConfigDir(), node)
+	for range casRetries {
+		var m Marks
+		kv, err := s.kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, coord.ErrNotFound):
+		case err != nil:
+			return Marks{}, fmt.Errorf("read runner marks: %w", err)
+		default:
+			if err := json.Unmarshal(kv.Value, &m); err != nil {
+				return Marks{}, fmt.Errorf("runner marks %s: %w", key, err)
+			}
+		}
+		f(&m)
+		m.Updated = s.now().UTC()
+		b, _ := json.Marshal(m)
+		if kv.Version == 0 {
+			_, err = s.kv.Create(ctx, key, b)
+		} else {
+			_, err = s.kv.Update(ctx, key, b, kv.Version)
+		}
+		if errors.Is(err, coord.ErrConflict) || errors.Is(err, coord.ErrExists) {
+			continue
+		}
+		if err != nil {
+			return Marks{}, fmt.Errorf("write runner marks: %w", err)
+		}
+		return m, nil
+	}
+	return Marks{}, fmt.Errorf("runner %s marks: %w", node, coord.ErrConflict)
+}

@@ -1,0 +1,439 @@
+package task
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/window"
+)
+
+// Defaults and limits of task settings.
+const (
+	DefaultMaxRetries = 3
+	MaxMaxRetries     = 100
+	MinPriority       = -1000
+	MaxPriority       = 1000
+	// casRetries bounds a read-modify-write loop that keeps losing races.
+	casRetries = 50
+)
+
+// Store reads and writes task records. Every node has one; the API, the
+// dispatcher and the runner share it.
+type Store struct {
+	kv     coord.Store
+	layout Layout
+	types  Registry
+	zone   string
+	now    func() time.Time
+}
+
+// NewStore binds the layout under root to kv. zone is the default time zone
+// of run windows (an IANA name, "UTC" if empty).
+func NewStore(kv coord.Store, root string, types Registry, zone string, now func() time.Time) (*Store, error) {
+	if zone == "" {
+		zone = "UTC"
+	}
+	if _, err := time.LoadLocation(zone); err != nil {
+		return nil, fmt.Errorf("%w: time zone %q: %w", ErrInvalid, zone, err)
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Store{kv: kv, layout: Layout{Root: root}, types: types, zone: zone, now: now}, nil
+}
+
+// Layout is the store layout in use.
+func (s *Store) Layout() Layout { return s.layout }
+
+// Types is the registry of task types.
+func (s *Store) Types() Registry { return s.types }
+
+// KV is the underlying coordination store.
+func (s *Store) KV() coord.Store { return s.kv }
+
+// Now is the store's clock.
+func (s *Store) Now() time.Time { return s.now() }
+
+// CreateRequest is a new task.
+type CreateRequest struct {
+	Type       string
+	Spec       json.RawMessage
+	Priority   int
+	Node       string
+	Window     string // HH:MM-HH:MM, empty for none
+	Zone       string // zone of Window; empty: the store's default
+	MaxRetries *int   // nil: DefaultMaxRetries
+}
+
+// Create validates req and stores a waiting task. Nothing is written when
+// req is invalid.
+func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) {
+	typ, err := s.types.Lookup(req.Type)
+	if err != nil {
+		return nil, err
+	}
+	spec := req.Spec
+	if len(spec) == 0 {
+		spec = json.RawMessage("{}")
+	}
+	if !json.Valid(spec) {
+		return nil, fmt.Errorf("%w: spec is not valid JSON", ErrInvalid)
+	}
+	if err := typ.Validate(spec); err != nil {
+		return nil, err
+	}
+	if req.Priority < MinPriority || req.Priority > MaxPriority {
+		return nil, fmt.Errorf("%w: priority %d: use %d..%d", ErrInvalid, req.Priority, MinPriority, MaxPriority)
+	}
+	node := req.Node
+	if c, ok := typ.(Constrainer); ok {
+		if pinned := c.Node(spec); pinned != "" {
+			if node != "" && node != pinned {
+				return nil, fmt.Errorf("%w: --node %s conflicts with the spec, which needs node %s", ErrInvalid, node, pinned)
+			}
+			node = pinned
+		}
+	}
+	if node != "" && !quorum.ValidName(node) {
+		return nil, fmt.Errorf("%w: node name %q", ErrInvalid, node)
+	}
+	w, err := s.window(req.Window, req.Zone)
+	if err != nil {
+		return nil, err
+	}
+	retries := DefaultMaxRetries
+	if req.MaxRetries != nil {
+		retries = *req.MaxRetries
+	}
+	if retries < 0 || retries > MaxMaxRetries {
+		return nil, fmt.Errorf("%w: max retries %d: use 0..%d", ErrInvalid, retries, MaxMaxRetries)
+	}
+	now := s.now().UTC()
+	r := &Record{
+		ID: uuid.NewString(), Type: req.Type, Spec: spec, State: Waiting, Priority: req.Priority,
+		Node: node, Window: w, MaxRetries: retries, Created: now, Updated: now,
+	}
+	kv, err := s.kv.Create(ctx, s.layout.ActiveKey(r.ID), r.encode())
+	if err != nil {
+		return nil, fmt.Errorf("store task %s: %w", r.ID, err)
+	}
+	r.version = kv.Version
+	return r, nil
+}
+
+// window validates a window given by a user; "" means none.
+func (s *Store) window(spec, zone string) (*Window, error) {
+	if spec == "" {
+		if zone != "" {
+			return nil, fmt.Errorf("%w: a time zone without a window", ErrInvalid)
+		}
+		return nil, nil
+	}
+	if zone == "" {
+		zone = s.zone
+	}
+	w := &Window{Spec: spec, Zone: zone}
+	if _, err := w.Parse(); err != nil {
+		if errors.Is(err, window.ErrInvalid) {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		return nil, err
+	}
+	return w, nil
+}
+
+// ValidID checks the form of a task id.
+func ValidID(id string) error {
+	if _, err := uuid.Parse(id); err != nil || len(id) != 36 {
+		return fmt.Errorf("%w: task id %q is not a UUID", ErrInvalid, id)
+	}
+	return nil
+}
+
+// Get reads a task, unfinished or finished.
+func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
+	if err := ValidID(id); err != nil {
+		return nil, err
+	}
+	for _, key := range []string{s.layout.ActiveKey(id), s.layout.DoneKey(id)} {
+		kv, err := s.kv.Get(ctx, key)
+		if errors.Is(err, coord.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read task %s: %w", id, err)
+		}
+		return Decode(kv.Value, kv.Version)
+	}
+	// It may have moved from active to done between the two reads.
+	kv, err := s.kv.Get(ctx, s.layout.DoneKey(id))
+	if err == nil {
+		return Decode(kv.Value, kv.Version)
+	}
+	if errors.Is(err, coord.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return nil, fmt.Errorf("read task %s: %w", id, err)
+}
+
+// Filter selects tasks for List.
+type Filter struct {
+	// Status: "" or "all", "unfinished", "finished", or a state name.
+	Status string
+	Type   string
+}
+
+// List returns the tasks that match f, oldest first. Unfinished tasks are
+// one directory read; finished ones are a read per shard.
+func (s *Store) List(ctx context.Context, f Filter) ([]*Record, error) {
+	var active, done bool
+	var state State
+	switch f.Status {
+	case "", "all":
+		active, done = true, true
+	case "unfinished":
+		active = true
+	case "finished":
+		done = true
+	default:
+		st, err := ParseState(f.Status)
+		if err != nil {
+			return nil, fmt.Errorf("%w (or unfinished, finished, all)", err)
+		}
+		state = st
+		active, done = !st.Final(), st.Final()
+	}
+	if f.Type != "" {
+		if _, err := s.types.Lookup(f.Type); err != nil {
+			return nil, err
+		}
+	}
+	var out []*Record
+	keep := func(kvs []coord.KV) error {
+		for _, kv := range kvs {
+			r, err := Decode(kv.Value, kv.Version)
+			if err != nil {
+				return fmt.Errorf("%s: %w", kv.Key, err)
+			}
+			if (state == "" || r.State == state) && (f.Type == "" || r.Type == f.Type) {
+				out = append(out, r)
+			}
+		}
+		return nil
+	}
+	if active {
+		kvs, err := s.kv.List(ctx, s.layout.ActiveDir())
+		if err != nil {
+			return nil, fmt.Errorf("list tasks: %w", err)
+		}
+		if err := keep(kvs); err != nil {
+			return nil, err
+		}
+	}
+	if done {
+		for _, shard := range Shards() {
+			kvs, err := s.kv.List(ctx, s.layout.DoneDir()+"/"+shard)
+			if err != nil {
+				return nil, fmt.Errorf("list finished tasks: %w", err)
+			}
+			if err := keep(kvs); err != nil {
+				return nil, err
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b *Record) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out, nil
+}
+
+// TxnFunc is a conditional write: the store's own, or the leader's fenced one.
+type TxnFunc func(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]int64, error)
+
+// Put writes r back, on condition that the stored record is still at the
+// version r was read at, and that every extra condition holds.
+func (s *Store) Put(ctx context.Context, txn TxnFunc, r *Record, extra ...coord.Cond) error {
+	r.Updated = s.now().UTC()
+	conds := append([]coord.Cond{coord.VersionIs(s.layout.ActiveKey(r.ID), r.version)}, extra...)
+	vers, err := txn(ctx, conds, []coord.Op{coord.PutOp(s.layout.ActiveKey(r.ID), r.encode())})
+	if err != nil {
+		return fmt.Errorf("write task %s: %w", r.ID, err)
+	}
+	r.version = vers[0]
+	return nil
+}
+
+// PutMany writes several records in one transaction, each on condition
+// that it is unchanged since read. If any record changed, nothing is written
+// and the error wraps coord.ErrConflict.
+func (s *Store) PutMany(ctx context.Context, txn TxnFunc, rs []*Record) error {
+	now := s.now().UTC()
+	conds := make([]coord.Cond, 0, len(rs))
+	ops := make([]coord.Op, 0, len(rs))
+	for _, r := range rs {
+		r.Updated = now
+		conds = append(conds, coord.VersionIs(s.layout.ActiveKey(r.ID), r.version))
+		ops = append(ops, coord.PutOp(s.layout.ActiveKey(r.ID), r.encode()))
+	}
+	vers, err := txn(ctx, conds, ops)
+	if err != nil {
+		return fmt.Errorf("write %d tasks: %w", len(rs), err)
+	}
+	for i, r := range rs {
+		r.version = vers[i]
+	}
+	return nil
+}
+
+// Finish moves r, which must be in a final state, to the finished records,
+// on the same conditions as Put.
+func (s *Store) Finish(ctx context.Context, txn TxnFunc, r *Record, extra ...coord.Cond) error {
+	if !r.State.Final() {
+		return fmt.Errorf("finish task %s in state %s: %w", r.ID, r.State, ErrState)
+	}
+	now := s.now().UTC()
+	r.Updated, r.Finished = now, now
+	r.Request, r.Runner, r.RunnerSession = RequestNone, "", ""
+	conds := append([]coord.Cond{coord.VersionIs(s.layout.ActiveKey(r.ID), r.version)}, extra...)
+	vers, err := txn(ctx, conds, []coord.Op{
+		coord.DeleteOp(s.layout.ActiveKey(r.ID)),
+		coord.CreateOp(s.layout.DoneKey(r.ID), r.encode(), nil),
+	})
+	if err != nil {
+		return fmt.Errorf("finish task %s: %w", r.ID, err)
+	}
+	r.version = vers[1]
+	return nil
+}
+
+// change is what a modify step decided.
+type change int
+
+const (
+	keep   change = iota // nothing to write
+	put                  // write the record back
+	finish               // move it to the finished records
+)
+
+// modify runs f on the current unfinished record until its write wins the
+// compare-and-swap. A finished task is passed to f read-only (f must return
+// keep or an error).
+func (s *Store) modify(ctx context.Context, id string, f func(r *Record) (change, error)) (*Record, error) {
+	if err := ValidID(id); err != nil {
+		return nil, err
+	}
+	txn := s.kv.Txn
+	for range casRetries {
+		r, err := s.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		c, err := f(r)
+		if err != nil {
+			return r, err
+		}
+		switch c {
+		case keep:
+			return r, nil
+		case put:
+			err = s.Put(ctx, txn, r)
+		case finish:
+			err = s.Finish(ctx, txn, r)
+		}
+		if errors.Is(err, coord.ErrConflict) {
+			continue // someone else wrote it first: read again
+		}
+		return r, err
+	}
+	return nil, fmt.Errorf("task %s: gave up after %d conflicting writes: %w", id, casRetries, coord.ErrConflict)
+}
+
+func finishedErr(r *Record, what string) error {
+	return fmt.Errorf("%w: cannot %s task %s: it has already %s", ErrState, what, r.ID, r.State)
+}
+
+// Cancel ends a task. A waiting or paused task is cancelled at once; a
+// running one is asked to stop at its next checkpoint, and its runner
+// records the cancellation.
+func (s *Store) Cancel(ctx context.Context, id string) (*Record, error) {
+	return s.modify(ctx, id, func(r *Record) (change, error) {
+		switch {
+		case r.State.Final():
+			return keep, finishedErr(r, "cancel")
+		case r.State == Running:
+			if r.Request == RequestCancel {
+				return keep, nil
+			}
+			r.Request = RequestCancel
+			return put, nil
+		}
+		r.State = Cancelled
+		return finish, nil
+	})
+}
+
+// Pause stops a task from running until Resume. Pausing a paused task
+// changes nothing.
+func (s *Store) Pause(ctx context.Context, id string) (*Record, error) {
+	return s.modify(ctx, id, func(r *Record) (change, error) {
+		switch {
+		case r.State.Final():
+			return keep, finishedErr(r, "pause")
+		case r.State == Paused || r.Request == RequestPause:
+			return keep, nil
+		case r.Request == RequestCancel:
+			return keep, fmt.Errorf("%w: task %s is being cancelled", ErrState, r.ID)
+		case r.State == Running:
+			r.Request = RequestPause
+			return put, nil
+		}
+		r.State = Paused
+		return put, nil
+	})
+}
+
+// Resume lets a paused task run again (or withdraws a pause request that a
+// running task has not reached yet). Resuming a task that is not paused
+// changes nothing.
+func (s *Store) Resume(ctx context.Context, id string) (*Record, error) {
+	return s.modify(ctx, id, func(r *Record) (change, error) {
+		switch {
+		case r.State.Final():
+			return keep, finishedErr(r, "resume")
+		case r.State == Paused:
+			r.State, r.Parked = Waiting, ""
+			return put, nil
+		case r.Request == RequestPause:
+			r.Request = RequestNone
+			return put, nil
+		}
+		return keep, nil
+	})
+}
+
+// SetWindow sets (spec != "") or clears a task's run window. A running task
+// outside its new window parks at its next checkpoint.
+func (s *Store) SetWindow(ctx context.Context, id, spec, zone string) (*Record, error) {
+	w, err := s.window(spec, zone)
+	if err != nil {
+		return nil, err
+	}
+	return s.modify(ctx, id, func(r *Record) (change, error) {
+		if r.State.Final() {
+			return keep, finishedErr(r, "set the window of")
+		}
+		r.Window = w
+		return put, nil
+	})
+}
