@@ -30,6 +30,7 @@ commands:
   reconnect  kill the ZooKeeper server a session uses (3-server ensemble), time until the session is confirmed on another server
   idle       RSS and CPU of one idle node on the embedded default
   copy       volume copy against qemu-img convert, cp, dd, nbdcopy and rsync on generated images
+  tasks      task center on a 3-node cluster: dispatch latency, noop throughput, resume after kill -9, task list with 100k finished
   vip-failover  kill -9 the VIP holder of a 3-node cluster in network namespaces, time until the VIP answers elsewhere (root)
 Run "taskd-bench COMMAND -h" for flags. Build first: the command builds taskd itself.
 `
@@ -41,7 +42,7 @@ func Main(args []string, out io.Writer) int {
 		return 0
 	}
 	cmds := map[string]func([]string, io.Writer) error{
-		"failover": failover, "handover": handover, "reconnect": reconnect, "idle": idle, "copy": copyBench, "vip-failover": vipFailover,
+		"failover": failover, "handover": handover, "reconnect": reconnect, "idle": idle, "copy": copyBench, "vip-failover": vipFailover, "tasks": taskBench,
 		"arpsample": arpSample, // run by vip-failover inside the client namespace
 	}
 	f, ok := cmds[args[0]]
@@ -72,6 +73,10 @@ func setup(backend string, timeout time.Duration) (*env, func(), error) {
 	cleanup := func() {
 		if e.ens != nil {
 			e.ens.Close()
+		}
+		if os.Getenv("TASKD_BENCH_KEEP") != "" {
+			fmt.Fprintf(os.Stderr, "kept %s (TASKD_BENCH_KEEP)\n", dir)
+			return
 		}
 		os.RemoveAll(dir)
 	}

@@ -93,6 +93,10 @@ type Event struct {
 	KV   KV
 }
 
+// WatchBuffer is how many events a watch channel holds, so that a busy
+// consumer finds a burst queued and can handle it in one pass.
+const WatchBuffer = 1024
+
 // Store is a coordination store.
 type Store interface {
 	// Get reads one key. ErrNotFound if absent.

@@ -81,6 +81,7 @@ type state struct {
 	runners map[string]task.RunnerInfo
 	marks   map[string]task.Marks
 	synced  [3]bool
+	dirty   bool // changed since the last pass
 }
 
 // Run dispatches until ctx ends (leadership lost or shutdown). It returns
@@ -128,6 +129,7 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 				return nil
 			}
 		case <-wake.C:
+			st.dirty = true
 		case <-gc.C:
 			if err := d.collect(ctx, l, log); err != nil {
 				if errors.Is(err, quorum.ErrFenced) {
@@ -142,9 +144,10 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		if !d.drain(ctx, st, watches, log) {
 			return nil
 		}
-		if !st.synced[0] || !st.synced[1] || !st.synced[2] {
+		if !st.synced[0] || !st.synced[1] || !st.synced[2] || !st.dirty {
 			continue
 		}
+		st.dirty = false
 		next, err := d.reconcile(ctx, l, st, log)
 		if errors.Is(err, quorum.ErrFenced) {
 			log.Warn("dispatcher fenced", "err", err)
@@ -191,16 +194,22 @@ func (st *state) apply(i int, ev coord.Event, ok bool, log *slog.Logger) bool {
 	}
 	switch i {
 	case 0:
-		st.applyTask(ev, log)
+		if st.applyTask(ev, log) {
+			st.dirty = true
+		}
+		return true
 	case 1:
 		applyJSON(st.runners, &st.synced[1], ev, log)
 	case 2:
 		applyJSON(st.marks, &st.synced[2], ev, log)
 	}
+	st.dirty = true
 	return true
 }
 
-func (st *state) applyTask(ev coord.Event, log *slog.Logger) {
+// applyTask reports whether the event changed the view: the echo of the
+// dispatcher's own write does not.
+func (st *state) applyTask(ev coord.Event, log *slog.Logger) bool {
 	id := path.Base(ev.KV.Key)
 	switch ev.Type {
 	case coord.EventSynced:
@@ -210,16 +219,17 @@ func (st *state) applyTask(ev coord.Event, log *slog.Logger) {
 	case coord.EventPut:
 		// Our own writes come back through the watch; keep the newer.
 		// Versions of one key only grow while it exists.
-		if cur, ok := st.tasks[id]; ok && cur.Version() > ev.KV.Version {
-			return
+		if cur, ok := st.tasks[id]; ok && cur.Version() >= ev.KV.Version {
+			return false
 		}
 		r, err := task.Decode(ev.KV.Value, ev.KV.Version)
 		if err != nil {
 			log.Error("skipping unreadable task record", "key", ev.KV.Key, "err", err)
-			return
+			return false
 		}
 		st.tasks[id] = r
 	}
+	return true
 }
 
 func applyJSON[T any](m map[string]T, synced *bool, ev coord.Event, log *slog.Logger) {
@@ -275,19 +285,23 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 		return cmp.Compare(a.ID, b.ID)
 	})
 
-	list := make([]task.Runner, 0, len(runners))
+	free := 0
+	for _, rn := range runners {
+		if !rn.Marks.Cordoned && !rn.Marks.Draining {
+			free += max(rn.Info.Capacity-rn.Running, 0)
+		}
+	}
 	var next time.Time
 	var batch []*task.Record
 	for _, r := range waiting {
-		list = list[:0]
-		for _, rn := range runners {
-			list = append(list, *rn)
-		}
-		if why, wake := r.WaitReason(list, now); why != "" {
+		if why, wake := r.Ready(now); why != "" {
 			if !wake.IsZero() && (next.IsZero() || wake.Before(next)) {
 				next = wake
 			}
 			continue
+		}
+		if free == 0 {
+			continue // still scan for wake times; nothing else can be placed
 		}
 		best := pick(runners, r)
 		if best == nil {
@@ -297,6 +311,7 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 		a.Assign(best.Info, now)
 		best.Running++
 		best.RunningByType[r.Type]++
+		free--
 		batch = append(batch, a)
 		if len(batch) == batchSize {
 			errs = append(errs, d.assign(ctx, txn, st, batch, log))

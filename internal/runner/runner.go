@@ -110,7 +110,12 @@ type session struct {
 	mu       sync.Mutex
 	attempts map[string]*attempt // by task id
 	wg       sync.WaitGroup
-	kick     chan struct{} // an attempt ended: look again
+	kick     chan struct{} // an attempt ended: look at its task again
+	ended    []string      // tasks whose attempts ended, for the loop
+	// ran is the highest attempt of each task this session has run. An
+	// attempt number is started at most once: the watch may still show a
+	// record the attempt itself has just moved on.
+	ran map[string]int
 }
 
 // Run registers the runner for sess and runs attempts until ctx ends. It
@@ -129,7 +134,7 @@ func (r *Runner) Run(ctx context.Context, sess coord.Session) error {
 	if ctx.Err() != nil {
 		return nil
 	}
-	s := &session{r: r, sess: sess, fence: fence, log: log, ctx: ctx, attempts: map[string]*attempt{}, kick: make(chan struct{}, 1)}
+	s := &session{r: r, sess: sess, fence: fence, log: log, ctx: ctx, attempts: map[string]*attempt{}, kick: make(chan struct{}, 1), ran: map[string]int{}}
 	defer s.wg.Wait()
 	defer s.stopAll(errShutdown)
 	return s.loop(ctx)
@@ -191,7 +196,8 @@ func waitDeleted(ctx context.Context, events <-chan coord.Event, key string) boo
 	}
 }
 
-// loop follows the tasks and the runner's marks.
+// loop follows the tasks and the runner's marks. A task event is handled
+// for that task alone; marks, the window timer and a resync look at all.
 func (s *session) loop(ctx context.Context) error {
 	lay := s.r.store.Layout()
 	wctx, cancel := context.WithCancel(ctx)
@@ -204,12 +210,26 @@ func (s *session) loop(ctx context.Context) error {
 		for range marks {
 		}
 	}()
+	// records holds the tasks that name this node as their runner.
 	records := map[string]*task.Record{}
 	var myMarks task.Marks
 	markKey := path.Join(lay.RunnerConfigDir(), s.r.cfg.Node)
 	windowTimer := time.NewTimer(time.Hour)
 	windowTimer.Stop()
 	defer windowTimer.Stop()
+	var nextClose time.Time
+	setTimer := func(t time.Time) {
+		if t.IsZero() || (!nextClose.IsZero() && !t.Before(nextClose)) {
+			return
+		}
+		nextClose = t
+		windowTimer.Reset(max(time.Until(t), 0))
+	}
+	all := func() {
+		nextClose = time.Time{}
+		windowTimer.Stop()
+		setTimer(s.reconcile(records, myMarks))
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -218,18 +238,23 @@ func (s *session) loop(ctx context.Context) error {
 			if !ok {
 				return nil
 			}
+			if ev.Type == coord.EventSynced {
+				all()
+				continue
+			}
 			id := path.Base(ev.KV.Key)
-			switch ev.Type {
-			case coord.EventDelete:
-				delete(records, id)
-			case coord.EventPut:
+			delete(records, id)
+			if ev.Type == coord.EventPut {
 				rec, err := task.Decode(ev.KV.Value, ev.KV.Version)
 				if err != nil {
 					s.log.Error("skipping unreadable task record", "key", ev.KV.Key, "err", err)
 					continue
 				}
-				records[id] = rec
+				if rec.Runner == s.r.cfg.Node {
+					records[id] = rec
+				}
 			}
+			setTimer(s.check(id, records[id], myMarks, s.r.store.Now()))
 		case ev, ok := <-marks:
 			if !ok {
 				return nil
@@ -243,58 +268,91 @@ func (s *session) loop(ctx context.Context) error {
 					s.log.Error("unreadable runner marks; ignoring them", "err", err)
 				}
 			}
+			all()
 		case <-windowTimer.C:
+			all()
 		case <-s.kick:
-		}
-		next := s.reconcile(records, myMarks)
-		windowTimer.Stop()
-		if !next.IsZero() {
-			windowTimer.Reset(max(time.Until(next), 0))
+			now := s.r.store.Now()
+			for _, id := range s.takeEnded() {
+				setTimer(s.check(id, records[id], myMarks, now))
+			}
 		}
 	}
 }
 
-// reconcile starts attempts assigned to this session and stops those that
-// must stop. It returns when the next run window closes (zero: none).
+// reconcile checks every task this runner has or is assigned, and returns
+// when the next run window closes (zero: none).
 func (s *session) reconcile(records map[string]*task.Record, marks task.Marks) time.Time {
 	now := s.r.store.Now()
-	var next time.Time
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	for id, a := range s.attempts {
-		rec, ok := records[id]
-		switch {
-		case a.finishing():
-			// its own final write moves the record on
-			continue
-		case !ok || !rec.Owns(s.r.cfg.Node, s.sess.ID(), a.n):
-			a.stop(errReassigned)
-			continue
-		case rec.Request == task.RequestCancel:
-			a.stop(errCancelled)
-		case rec.Request == task.RequestPause:
-			a.stop(errPaused)
-		case marks.Draining:
-			a.stop(errDrained)
-		}
-		if w, err := rec.Window.Parse(); err == nil && w.IsSet() {
-			if !w.Contains(now) {
-				a.stop(errWindow)
-			} else if c := w.NextClose(now); next.IsZero() || c.Before(next) {
-				next = c
-			}
-		}
+	ids := make([]string, 0, len(s.attempts)+len(records))
+	for id := range s.attempts {
+		ids = append(ids, id)
 	}
-	for id, rec := range records {
-		if _, running := s.attempts[id]; running || !rec.Owns(s.r.cfg.Node, s.sess.ID(), rec.Attempt) {
-			continue
+	s.mu.Unlock()
+	for id := range records {
+		ids = append(ids, id)
+	}
+	var next time.Time
+	for _, id := range ids {
+		if c := s.check(id, records[id], marks, now); !c.IsZero() && (next.IsZero() || c.Before(next)) {
+			next = c
 		}
-		if _, err := s.r.store.Types().Lookup(rec.Type); err != nil {
-			continue // assigned by a leader that knows more types; it will time out as lost
-		}
-		s.start(rec)
 	}
 	return next
+}
+
+// check starts the attempt rec assigns to this session, or stops the local
+// attempt of task id if it must stop. It returns when the attempt's run
+// window closes (zero: no window).
+func (s *session) check(id string, rec *task.Record, marks task.Marks, now time.Time) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, running := s.attempts[id]
+	if !running {
+		if rec == nil {
+			delete(s.ran, id)
+			return time.Time{}
+		}
+		if !rec.Owns(s.r.cfg.Node, s.sess.ID(), rec.Attempt) || rec.Attempt <= s.ran[id] {
+			return time.Time{}
+		}
+		if _, err := s.r.store.Types().Lookup(rec.Type); err != nil {
+			return time.Time{} // a type this build does not know; the leader gives it back when we go
+		}
+		a = s.start(rec)
+	}
+	switch {
+	case a.finishing():
+		return time.Time{} // its own final write moves the record on
+	case rec == nil || !rec.Owns(s.r.cfg.Node, s.sess.ID(), a.n):
+		a.stop(errReassigned)
+		return time.Time{}
+	case rec.Request == task.RequestCancel:
+		a.stop(errCancelled)
+	case rec.Request == task.RequestPause:
+		a.stop(errPaused)
+	case marks.Draining:
+		a.stop(errDrained)
+	}
+	w, err := rec.Window.Parse()
+	if err != nil || !w.IsSet() {
+		return time.Time{}
+	}
+	if !w.Contains(now) {
+		a.stop(errWindow)
+		return time.Time{}
+	}
+	return w.NextClose(now)
+}
+
+// takeEnded returns the tasks whose attempts ended since the last call.
+func (s *session) takeEnded() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := s.ended
+	s.ended = nil
+	return ids
 }
 
 func (s *session) stopAll(cause error) {
@@ -305,11 +363,13 @@ func (s *session) stopAll(cause error) {
 	}
 }
 
-func (s *session) start(rec *task.Record) {
+// start runs an attempt; s.mu is held.
+func (s *session) start(rec *task.Record) *attempt {
 	actx, cancel := context.WithCancelCause(s.ctx)
 	a := &attempt{s: s, id: rec.ID, n: rec.Attempt, rec: rec.Clone(), ctx: actx, cancel: cancel,
 		log: s.log.With("task", rec.ID, "attempt", rec.Attempt, "type", rec.Type)}
 	s.attempts[rec.ID] = a
+	s.ran[rec.ID] = rec.Attempt
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -319,10 +379,12 @@ func (s *session) start(rec *task.Record) {
 		if s.attempts[rec.ID] == a {
 			delete(s.attempts, rec.ID)
 		}
+		s.ended = append(s.ended, rec.ID)
 		s.mu.Unlock()
 		select {
 		case s.kick <- struct{}{}:
-		default: // a look is already pending; it sees this change too
+		default: // a look is already pending; it takes this id too
 		}
 	}()
+	return a
 }

@@ -11,6 +11,17 @@ import (
 // returns "" for a waiting task that can be dispatched now, and for a task
 // that is running or finished.
 func (r *Record) WaitReason(runners []Runner, now time.Time) (reason string, wake time.Time) {
+	if why, wake := r.Ready(now); why != "" || r.State != Waiting {
+		return why, wake
+	}
+	return r.runnerReason(runners)
+}
+
+// Ready says why r may not run at now regardless of runners (paused,
+// backing off, outside its window), and when that changes by the clock.
+// It returns "" for a waiting task that may run now, and for a task that is
+// running or finished.
+func (r *Record) Ready(now time.Time) (reason string, wake time.Time) {
 	switch r.State {
 	case Paused:
 		return "paused by a user", time.Time{}
@@ -31,6 +42,11 @@ func (r *Record) WaitReason(runners []Runner, now time.Time) (reason string, wak
 		open := w.NextOpen(now)
 		return fmt.Sprintf("outside its run window %s (%s); opens at %s", r.Window.Spec, r.Window.Zone, open.UTC().Format(time.RFC3339)), open
 	}
+	return "", time.Time{}
+}
+
+// runnerReason says why no runner takes r ("" if one does).
+func (r *Record) runnerReason(runners []Runner) (string, time.Time) {
 	var matching, cordoned, full int
 	for i := range runners {
 		rn := &runners[i]

@@ -232,7 +232,7 @@ func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]
 // revision it saw. If the revision was compacted away, or the member lost its
 // leader, it lists again and delivers the difference.
 func (s *Store) Watch(ctx context.Context, dir string) <-chan coord.Event {
-	out := make(chan coord.Event)
+	out := make(chan coord.Event, coord.WatchBuffer)
 	go func() {
 		defer close(out)
 		cache := coord.NewWatchCache(out)

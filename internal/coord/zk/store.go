@@ -46,6 +46,8 @@ type Store struct {
 	chroot  string
 	log     *slog.Logger
 
+	dirs sync.Map // absolute directories known to exist
+
 	mu   sync.Mutex
 	base *conn
 }
@@ -202,10 +204,16 @@ func (s *Store) List(ctx context.Context, dir string) ([]coord.KV, error) {
 	return out, nil
 }
 
-// ensureParents creates the missing persistent parents of key.
+// ensureParents creates the missing persistent parents of key. A create
+// is a write that goes through the ensemble's leader even when the node
+// exists, so directories known to exist are remembered and skipped; a
+// transaction that still finds one missing forgets it (see Txn).
 func (s *Store) ensureParents(c *conn, key string) error {
 	dir := path.Dir(s.abs(key))
 	if dir == "/" {
+		return nil
+	}
+	if _, ok := s.dirs.Load(dir); ok {
 		return nil
 	}
 	parts := strings.Split(strings.TrimPrefix(dir, "/"), "/")
@@ -216,6 +224,7 @@ func (s *Store) ensureParents(c *conn, key string) error {
 			return mapErr("create parent", s.rel(p), err)
 		}
 	}
+	s.dirs.Store(dir, true)
 	return nil
 }
 
@@ -343,6 +352,14 @@ func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]
 		}
 	}
 	res, err := c.Multi(reqs...)
+	if errors.Is(err, zk.ErrNoNode) {
+		// A remembered parent may have been removed by someone else.
+		for _, op := range ops {
+			if op.Type == coord.OpCreate {
+				s.dirs.Delete(path.Dir(s.abs(op.Key)))
+			}
+		}
+	}
 	if err == nil {
 		for _, r := range res {
 			if r.Error != nil {

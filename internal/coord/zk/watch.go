@@ -19,7 +19,7 @@ import (
 // the watcher then lists the directory on the new session and delivers the
 // difference.
 func (s *Store) Watch(ctx context.Context, dir string) <-chan coord.Event {
-	out := make(chan coord.Event)
+	out := make(chan coord.Event, coord.WatchBuffer)
 	go func() {
 		defer close(out)
 		cache := coord.NewWatchCache(out)

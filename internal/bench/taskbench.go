@@ -1,0 +1,459 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/coord/etcd"
+	"github.com/taskd/taskd/internal/coord/zk"
+	"github.com/taskd/taskd/internal/harness"
+	"github.com/taskd/taskd/internal/task"
+)
+
+// taskBench measures the task center on a three-node loopback cluster:
+// dispatch latency, noop throughput, resume after kill -9 of a runner, and
+// `task list --status unfinished` with many finished tasks retained.
+func taskBench(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("tasks", flag.ContinueOnError)
+	backend := fs.String("backend", "embedded", "embedded or zk")
+	timeout := fs.Duration("session-timeout", 6*time.Second, "taskd --session-timeout")
+	latN := fs.Int("latency-n", 200, "tasks timed create -> running, one at a time")
+	noopN := fs.Int("noop-n", 5000, "noop tasks for the throughput run")
+	creators := fs.Int("creators", 32, "concurrent clients creating noop tasks")
+	capacity := fs.Int("runner-capacity", 64, "taskd --runner-capacity")
+	resumeN := fs.Int("resume-n", 3, "kill -9 rounds for the resume time")
+	retained := fs.Int("retained", 100000, "finished tasks stored before timing task list")
+	listN := fs.Int("list-n", 200, "timed task list calls")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	for _, v := range []struct {
+		name   string
+		v, max int
+	}{{"latency-n", *latN, 10000}, {"noop-n", *noopN, 100000}, {"resume-n", *resumeN, 20}, {"retained", *retained, 1000000}, {"list-n", *listN, 10000}, {"creators", *creators, 256}} {
+		if v.v < 0 || v.v > v.max {
+			return fmt.Errorf("-%s must be 0-%d", v.name, v.max)
+		}
+	}
+	e, cleanup, err := setup(*backend, *timeout)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	e.opts.Extra = append(e.opts.Extra, "--runner-capacity", fmt.Sprint(*capacity))
+	c, err := harness.NewCluster(filepath.Join(e.dir, "cluster"), e.bin, 3, e.opts)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.StartAll(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	st, err := harness.WaitAgreed(ctx, c.Nodes, 0)
+	if err != nil {
+		return err
+	}
+	kv, err := benchStore(*backend, c, e)
+	if err != nil {
+		return err
+	}
+	defer kv.Close()
+	lay := task.Layout{Root: "/taskd"}
+	if err := waitRunners(ctx, c.Node(st.Leader), 3); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "tasks: backend=%s 3 nodes on loopback, session-timeout=%v runner-capacity=%d\n", *backend, *timeout, *capacity)
+
+	if *latN > 0 {
+		lat, ack, err := dispatchLatency(ctx, c, kv, lay, *latN)
+		if err != nil {
+			return fmt.Errorf("dispatch latency: %w", err)
+		}
+		fmt.Fprintf(out, "dispatch latency create->running (assigned):      %s\n", summary(lat))
+		fmt.Fprintf(out, "dispatch latency create->first checkpoint (10ms): %s\n", summary(ack))
+	}
+	if *noopN > 0 {
+		rate, d, err := noopThroughput(ctx, c, kv, lay, *noopN, *creators)
+		if err != nil {
+			return fmt.Errorf("noop throughput: %w", err)
+		}
+		fmt.Fprintf(out, "noop throughput create->succeeded: %d tasks in %v = %.0f tasks/s (%d creators)\n", *noopN, d.Round(time.Millisecond), rate, *creators)
+	}
+	if *resumeN > 0 {
+		re, first, err := resumeAfterKill(ctx, out, c, kv, lay, *resumeN)
+		if err != nil {
+			return fmt.Errorf("resume: %w", err)
+		}
+		fmt.Fprintf(out, "resume after kill -9 of the runner, kill->attempt 2 assigned:       %s\n", summary(re))
+		fmt.Fprintf(out, "resume after kill -9 of the runner, kill->attempt 2 first checkpoint: %s (checkpoint interval 100ms)\n", summary(first))
+	}
+	if *listN > 0 {
+		lat, n, err := listUnfinished(ctx, c, kv, lay, *retained, *listN)
+		if err != nil {
+			return fmt.Errorf("list: %w", err)
+		}
+		fmt.Fprintf(out, "task list --status unfinished (%d unfinished, %d finished retained), API call: %s\n", n, *retained, summary(lat))
+	}
+	return nil
+}
+
+// benchStore opens the cluster's store directly, to watch records.
+func benchStore(backend string, c *harness.Cluster, e *env) (coord.Store, error) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if backend == "zk" {
+		return zk.Open(e.ens.Addrs(), "/bench", log)
+	}
+	var eps []string
+	for _, n := range c.Nodes {
+		eps = append(eps, n.EtcdClientURL)
+	}
+	return etcd.Open(eps, log)
+}
+
+func waitRunners(ctx context.Context, n *harness.Node, want int) error {
+	return harness.WaitFor(ctx, 20*time.Millisecond, func() bool {
+		r, err := n.Client().Runners.ListRunners(ctx, connect.NewRequest(&taskdv1.ListRunnersRequest{}))
+		if err != nil {
+			return false
+		}
+		live := 0
+		for _, rn := range r.Msg.Runners {
+			if rn.Live {
+				live++
+			}
+		}
+		return live >= want
+	})
+}
+
+// follower records, for every task id, when the watch of the active
+// directory first showed it running, with progress, and deleted (finished).
+type follower struct {
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced at every event
+	marks   map[string]*marks
+}
+
+type marks struct {
+	running, progress, deleted time.Time
+	attempt                    int
+	attemptAt                  map[int]time.Time // first seen running per attempt
+	progressAt                 map[int]time.Time // the attempt's first write by its runner
+	events                     map[int]int       // records seen per attempt
+}
+
+func follow(ctx context.Context, kv coord.Store, lay task.Layout) (*follower, func()) {
+	f := &follower{changed: make(chan struct{}), marks: map[string]*marks{}}
+	wctx, cancel := context.WithCancel(ctx)
+	events := kv.Watch(wctx, lay.ActiveDir())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range events {
+			now := time.Now()
+			if ev.Type == coord.EventSynced {
+				continue
+			}
+			id := path.Base(ev.KV.Key)
+			f.mu.Lock()
+			m := f.marks[id]
+			if m == nil {
+				m = &marks{attemptAt: map[int]time.Time{}, progressAt: map[int]time.Time{}, events: map[int]int{}}
+				f.marks[id] = m
+			}
+			if ev.Type == coord.EventDelete {
+				m.deleted = now
+			} else if r, err := task.Decode(ev.KV.Value, ev.KV.Version); err == nil && r.State == task.Running {
+				if m.running.IsZero() {
+					m.running = now
+				}
+				if _, ok := m.attemptAt[r.Attempt]; !ok {
+					m.attemptAt[r.Attempt] = now
+				}
+				// The assignment is the attempt's first record; the
+				// runner's first checkpoint is the second.
+				if m.events[r.Attempt]++; m.events[r.Attempt] == 2 {
+					m.progressAt[r.Attempt] = now
+				}
+				if r.Progress.Done > 0 && m.progress.IsZero() {
+					m.progress = now
+				}
+			}
+			close(f.changed)
+			f.changed = make(chan struct{})
+			f.mu.Unlock()
+		}
+	}()
+	return f, func() { cancel(); <-done }
+}
+
+// wait blocks until cond holds for the marks of id, or ctx ends.
+func (f *follower) wait(ctx context.Context, id string, cond func(m *marks) bool) (marks, error) {
+	for {
+		f.mu.Lock()
+		m, ch := f.marks[id], f.changed
+		if m != nil && cond(m) {
+			c := *m
+			f.mu.Unlock()
+			return c, nil
+		}
+		f.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return marks{}, fmt.Errorf("task %s: %w", id, ctx.Err())
+		}
+	}
+}
+
+func createTask(ctx context.Context, n *harness.Node, req *taskdv1.CreateTaskRequest) (string, error) {
+	r, err := n.Client().Tasks.CreateTask(ctx, connect.NewRequest(req))
+	if err != nil {
+		return "", err
+	}
+	return r.Msg.Task.Id, nil
+}
+
+// dispatchLatency creates sleep tasks one at a time, through the three
+// nodes in turn, and times create -> running (the leader's assignment seen
+// by a watcher) and create -> first checkpoint (the runner has started the
+// attempt and written; the first checkpoint is 10 ms into the task).
+func dispatchLatency(ctx context.Context, c *harness.Cluster, kv coord.Store, lay task.Layout, n int) ([]time.Duration, []time.Duration, error) {
+	f, stop := follow(ctx, kv, lay)
+	defer stop()
+	var lat, ack []time.Duration
+	for i := range n {
+		node := c.Nodes[i%len(c.Nodes)]
+		start := time.Now()
+		id, err := createTask(ctx, node, &taskdv1.CreateTaskRequest{Type: "sleep", Spec: `{"duration":"20ms","checkpoint_interval":"10ms"}`})
+		if err != nil {
+			return nil, nil, err
+		}
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		m, err := f.wait(wctx, id, func(m *marks) bool { return !m.progress.IsZero() })
+		cancel()
+		if err != nil {
+			return nil, nil, err
+		}
+		lat = append(lat, m.running.Sub(start))
+		ack = append(ack, m.progress.Sub(start))
+	}
+	if len(ack) == 0 {
+		return nil, nil, errors.New("no samples")
+	}
+	return lat, ack, nil
+}
+
+// noopThroughput creates n noop tasks from concurrent clients spread over
+// the nodes and times the first create to the last task's end.
+func noopThroughput(ctx context.Context, c *harness.Cluster, kv coord.Store, lay task.Layout, n, creators int) (float64, time.Duration, error) {
+	f, stop := follow(ctx, kv, lay)
+	defer stop()
+	ids := make(chan string, n)
+	work := make(chan int, n)
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, creators)
+	for w := range max(creators, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			node := c.Nodes[w%len(c.Nodes)]
+			for range work {
+				id, err := createTask(ctx, node, &taskdv1.CreateTaskRequest{Type: "noop"})
+				if err != nil {
+					errs <- err
+					return
+				}
+				ids <- id
+			}
+		}()
+	}
+	wg.Wait()
+	created := time.Since(start)
+	close(ids)
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, 0, err
+	}
+	// Wait for each task to leave the active directory. A watch may
+	// coalesce a short-lived key away entirely, so a task the watch did
+	// not report within a second is looked up directly.
+	for id := range ids {
+		for {
+			wctx, cancel := context.WithTimeout(ctx, time.Second)
+			_, err := f.wait(wctx, id, func(m *marks) bool { return !m.deleted.IsZero() })
+			cancel()
+			if err == nil {
+				break
+			}
+			if _, err := kv.Get(ctx, lay.ActiveKey(id)); errors.Is(err, coord.ErrNotFound) {
+				break
+			} else if err != nil || ctx.Err() != nil {
+				return 0, 0, fmt.Errorf("task %s: %w", id, errors.Join(err, ctx.Err()))
+			}
+		}
+	}
+	// The end is the last finish time the runners recorded.
+	done, err := c.Nodes[0].Client().Tasks.ListTasks(ctx, connect.NewRequest(&taskdv1.ListTasksRequest{Status: "finished", Type: "noop"}))
+	if err != nil {
+		return 0, 0, err
+	}
+	var last time.Time
+	ok := 0
+	for _, t := range done.Msg.Tasks {
+		if t.State == "succeeded" && !t.Finished.AsTime().Before(start) {
+			ok++
+			if t.Finished.AsTime().After(last) {
+				last = t.Finished.AsTime()
+			}
+		}
+	}
+	if ok < n {
+		return 0, 0, fmt.Errorf("only %d of %d noop tasks succeeded", ok, n)
+	}
+	d := last.Sub(start)
+	fmt.Fprintf(os.Stderr, "noop: creates done after %v\n", created.Round(time.Millisecond))
+	return float64(n) / d.Seconds(), d, nil
+}
+
+// resumeAfterKill runs a sleep task on a non-leader runner, kills that
+// runner with SIGKILL, and times the kill -> the next attempt's assignment
+// and its first checkpoint. The killed node is restarted after each round.
+func resumeAfterKill(ctx context.Context, out io.Writer, c *harness.Cluster, kv coord.Store, lay task.Layout, rounds int) ([]time.Duration, []time.Duration, error) {
+	f, stop := follow(ctx, kv, lay)
+	defer stop()
+	var re, first []time.Duration
+	for range rounds {
+		st, err := harness.WaitAgreed(ctx, c.Nodes, 0)
+		if err != nil {
+			return nil, nil, err
+		}
+		leader := c.Node(st.Leader)
+		if err := waitRunners(ctx, leader, 3); err != nil {
+			return nil, nil, err
+		}
+		// Keep the task off the leader, so that the kill measures a
+		// runner's loss and not a failover.
+		if _, err := leader.Client().Runners.SetRunnerMarks(ctx, connect.NewRequest(&taskdv1.SetRunnerMarksRequest{Node: leader.Name, Action: "cordon"})); err != nil {
+			return nil, nil, err
+		}
+		id, err := createTask(ctx, leader, &taskdv1.CreateTaskRequest{Type: "sleep", Spec: `{"duration":"60s","checkpoint_interval":"100ms"}`})
+		if err != nil {
+			return nil, nil, err
+		}
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		if _, err := f.wait(wctx, id, func(m *marks) bool { return !m.progress.IsZero() }); err != nil {
+			cancel()
+			return nil, nil, err
+		}
+		cancel()
+		r, err := getRecord(ctx, kv, lay, id)
+		if err != nil {
+			return nil, nil, err
+		}
+		victim := c.Node(r.Runner)
+		raft := ""
+		if leads, err := victim.LeadsRaft(ctx); err == nil && leads {
+			raft = " (it hosted the etcd raft leader)"
+		}
+		killed := time.Now()
+		victim.Kill()
+		wctx, cancel = context.WithTimeout(ctx, time.Minute)
+		m, err := f.wait(wctx, id, func(m *marks) bool { _, ok := m.progressAt[2]; return ok })
+		cancel()
+		if err != nil {
+			return nil, nil, err
+		}
+		re = append(re, m.attemptAt[2].Sub(killed))
+		first = append(first, m.progressAt[2].Sub(killed))
+		fmt.Fprintf(out, "  resume round: killed runner %s%s: attempt 2 assigned after %v, first checkpoint after %v\n",
+			victim.Name, raft, re[len(re)-1].Round(time.Millisecond), first[len(first)-1].Round(time.Millisecond))
+		if _, err := leader.Client().Tasks.CancelTask(ctx, connect.NewRequest(&taskdv1.TaskRef{Id: id})); err != nil {
+			return nil, nil, err
+		}
+		if _, err := leader.Client().Runners.SetRunnerMarks(ctx, connect.NewRequest(&taskdv1.SetRunnerMarksRequest{Node: leader.Name, Action: "uncordon"})); err != nil {
+			return nil, nil, err
+		}
+		if err := victim.Start(); err != nil {
+			return nil, nil, err
+		}
+	}
+	return re, first, nil
+}
+
+func getRecord(ctx context.Context, kv coord.Store, lay task.Layout, id string) (*task.Record, error) {
+	v, err := kv.Get(ctx, lay.ActiveKey(id))
+	if err != nil {
+		return nil, err
+	}
+	return task.Decode(v.Value, v.Version)
+}
+
+// listUnfinished stores retained finished records directly (the way the
+// runners leave them), adds paused tasks through the API, and times
+// ListTasks(status=unfinished).
+func listUnfinished(ctx context.Context, c *harness.Cluster, kv coord.Store, lay task.Layout, retained, n int) ([]time.Duration, int, error) {
+	now := time.Now().UTC()
+	const batch = 100
+	for i := 0; i < retained; i += batch {
+		var ops []coord.Op
+		for j := i; j < min(i+batch, retained); j++ {
+			id := uuid.NewString()
+			r := task.Record{ID: id, Type: "noop", Spec: json.RawMessage("{}"), State: task.Succeeded, MaxRetries: 3, Attempt: 1,
+				Created: now, Started: now, Finished: now, Updated: now,
+				History: []task.Attempt{{N: 1, Runner: "n1", Started: now, Ended: now, Outcome: "succeeded"}}}
+			b, err := json.Marshal(&r)
+			if err != nil {
+				return nil, 0, err
+			}
+			ops = append(ops, coord.CreateOp(lay.DoneKey(id), b, nil))
+		}
+		if _, err := kv.Txn(ctx, nil, ops); err != nil {
+			return nil, 0, fmt.Errorf("store finished tasks: %w", err)
+		}
+	}
+	api := c.Running()[0]
+	const unfinished = 50
+	for range unfinished {
+		id, err := createTask(ctx, api, &taskdv1.CreateTaskRequest{Type: "sleep", Spec: `{"duration":"1h"}`, Window: "00:00-00:01", WindowZone: "Pacific/Kiritimati"})
+		if err != nil {
+			return nil, 0, err
+		}
+		if _, err := api.Client().Tasks.PauseTask(ctx, connect.NewRequest(&taskdv1.TaskRef{Id: id})); err != nil {
+			return nil, 0, err
+		}
+	}
+	var lat []time.Duration
+	got := 0
+	for range n {
+		start := time.Now()
+		r, err := api.Client().Tasks.ListTasks(ctx, connect.NewRequest(&taskdv1.ListTasksRequest{Status: "unfinished"}))
+		if err != nil {
+			return nil, 0, err
+		}
+		lat = append(lat, time.Since(start))
+		got = len(r.Msg.Tasks)
+	}
+	return lat, got, nil
+}

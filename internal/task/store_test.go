@@ -1,0 +1,205 @@
+package task_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/coord/etcd"
+	"github.com/taskd/taskd/internal/coord/zk"
+	"github.com/taskd/taskd/internal/task"
+	"github.com/taskd/taskd/internal/tasktype"
+	"github.com/taskd/taskd/internal/testenv"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// stores runs f against a real embedded etcd and a real ZooKeeper.
+func stores(t *testing.T, f func(t *testing.T, kv coord.Store)) {
+	t.Run("etcd", func(t *testing.T) {
+		srv := testenv.StartEtcd(t)
+		kv, err := etcd.Open([]string{srv.ClientURL()}, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { kv.Close() })
+		f(t, kv)
+	})
+	t.Run("zookeeper", func(t *testing.T) {
+		ens := testenv.StartEnsemble(t, 1)
+		kv, err := zk.Open(ens.Addrs(), "/t", quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { kv.Close() })
+		f(t, kv)
+	})
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newStore(t *testing.T, kv coord.Store) *task.Store {
+	st, err := task.NewStore(kv, "/taskd", tasktype.Builtin(), "Europe/Berlin", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// TestBadInputChangesNothing: every invalid request is refused with
+// ErrInvalid (or ErrNotFound / ErrState) and leaves the store as it was.
+func TestBadInputChangesNothing(t *testing.T) {
+	stores(t, func(t *testing.T, kv coord.Store) {
+		ctx, st := ctxT(t), newStore(t, kv)
+		done, err := st.Create(ctx, task.CreateRequest{Type: "noop"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Cancel(ctx, done.ID); err != nil {
+			t.Fatal(err)
+		}
+		live, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1h"}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before, err := st.List(ctx, task.Filter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		neg := -1
+		cases := []struct {
+			name string
+			want error
+			do   func() error
+		}{
+			{"unknown type", task.ErrInvalid, func() error { _, err := st.Create(ctx, task.CreateRequest{Type: "nosuch"}); return err }},
+			{"invalid spec", task.ErrInvalid, func() error {
+				_, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"-1s"}`)})
+				return err
+			}},
+			{"unknown spec field", task.ErrInvalid, func() error {
+				_, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1s","durration":"2s"}`)})
+				return err
+			}},
+			{"not JSON", task.ErrInvalid, func() error {
+				_, err := st.Create(ctx, task.CreateRequest{Type: "noop", Spec: json.RawMessage(`{`)})
+				return err
+			}},
+			{"window 25:00", task.ErrInvalid, func() error {
+				_, err := st.Create(ctx, task.CreateRequest{Type: "noop", Window: "25:00-01:00"})
+				return err
+			}},
+			{"empty window", task.ErrInvalid, func() error {
+				_, err := st.Create(ctx, task.CreateRequest{Type: "noop", Window: "08:00-08:00"})
+				return err
+			}},
+			{"bad zone", task.ErrInvalid, func() error {
+				_, err := st.Create(ctx, task.CreateRequest{Type: "noop", Window: "08:00-09:00", Zone: "Mars/Olympus"})
+				return err
+			}},
+			{"negative retries", task.ErrInvalid, func() error {
+				_, err := st.Create(ctx, task.CreateRequest{Type: "noop", MaxRetries: &neg})
+				return err
+			}},
+			{"bad node", task.ErrInvalid, func() error { _, err := st.Create(ctx, task.CreateRequest{Type: "noop", Node: "a b"}); return err }},
+			{"cancel finished", task.ErrState, func() error { _, err := st.Cancel(ctx, done.ID); return err }},
+			{"pause finished", task.ErrState, func() error { _, err := st.Pause(ctx, done.ID); return err }},
+			{"window of finished", task.ErrState, func() error { _, err := st.SetWindow(ctx, done.ID, "01:00-02:00", ""); return err }},
+			{"unknown id", task.ErrNotFound, func() error { _, err := st.Cancel(ctx, "00000000-0000-4000-8000-000000000000"); return err }},
+			{"malformed id", task.ErrInvalid, func() error { _, err := st.Get(ctx, "../../etc"); return err }},
+			{"bad window on live", task.ErrInvalid, func() error { _, err := st.SetWindow(ctx, live.ID, "24:00-01:00", ""); return err }},
+			{"bad status", task.ErrInvalid, func() error { _, err := st.List(ctx, task.Filter{Status: "sleeping"}); return err }},
+		}
+		for _, c := range cases {
+			if err := c.do(); !errors.Is(err, c.want) {
+				t.Errorf("%s: err %v, want %v", c.name, err, c.want)
+			}
+		}
+		after, err := st.List(ctx, task.Filter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(after) != len(before) {
+			t.Fatalf("bad input changed the number of tasks: %d -> %d", len(before), len(after))
+		}
+		for i := range after {
+			if after[i].Version() != before[i].Version() {
+				t.Errorf("bad input rewrote task %s", after[i].ID)
+			}
+		}
+		// Pausing twice is idempotent: the second pause writes nothing.
+		p1, err := st.Pause(ctx, live.ID)
+		if err != nil || p1.State != task.Paused {
+			t.Fatalf("pause: %v %v", p1, err)
+		}
+		p2, err := st.Pause(ctx, live.ID)
+		if err != nil || p2.Version() != p1.Version() {
+			t.Fatalf("second pause: version %d -> %d, %v", p1.Version(), p2.Version(), err)
+		}
+	})
+}
+
+// TestStaleRunnerWriteRejected: once a runner's session has ended, the
+// store refuses its writes even though the record still names it.
+func TestStaleRunnerWriteRejected(t *testing.T) {
+	stores(t, func(t *testing.T, kv coord.Store) {
+		ctx, st := ctxT(t), newStore(t, kv)
+		sess, err := kv.NewSession(ctx, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info := task.RunnerInfo{Node: "n1", Session: sess.ID(), Capacity: 1, Types: []string{"sleep"}}
+		fence, err := st.Register(ctx, sess, info)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1h"}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Assign(info, time.Now())
+		if err := st.Put(ctx, kv.Txn, r); err != nil {
+			t.Fatal(err)
+		}
+		// A live runner's fenced checkpoint is accepted.
+		r.Checkpoint = []byte("1")
+		if err := st.Put(ctx, kv.Txn, r, fence); err != nil {
+			t.Fatalf("fenced write of a live runner: %v", err)
+		}
+		if err := sess.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		r.Checkpoint = []byte("2")
+		if err := st.Put(ctx, kv.Txn, r, fence); !errors.Is(err, coord.ErrConflict) {
+			t.Fatalf("write after the session ended: %v, want a conflict", err)
+		}
+		got, err := st.Get(ctx, r.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got.Checkpoint) != "1" {
+			t.Fatalf("checkpoint %q after a rejected write, want \"1\"", got.Checkpoint)
+		}
+		// A new session of the same node does not revive the old fence.
+		sess2, err := kv.NewSession(ctx, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sess2.Close(ctx)
+		if _, err := st.Register(ctx, sess2, task.RunnerInfo{Node: "n1", Session: sess2.ID(), Capacity: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Put(ctx, kv.Txn, got, fence); !errors.Is(err, coord.ErrConflict) {
+			t.Fatalf("old session's fence accepted after the node re-registered: %v", err)
+		}
+	})
+}
