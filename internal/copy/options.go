@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/taskd/taskd/internal/volume"
@@ -150,4 +151,32 @@ func DescribeCheckpoint(b []byte) (CheckpointInfo, error) {
 	}
 	return CheckpointInfo{Mode: c.Mode, Next: c.Next, Size: c.Size,
 		BytesRead: c.Read, BytesWritten: c.Written, BytesZeroed: c.Zeroed}, nil
+}
+
+// ParseBytes reads a byte count with an optional K, M, G or T suffix
+// (powers of 1024; "100M", "1.5GiB").
+func ParseBytes(s string) (int64, error) {
+	s = strings.TrimSpace(strings.ToUpper(s))
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "I")
+	mult := int64(1)
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			s = s[:n-1]
+		}
+	}
+	var f float64
+	if _, err := fmt.Sscanf(s, "%g", &f); err != nil || f < 0 || f*float64(mult) > 1<<62 {
+		return 0, fmt.Errorf("%q is not a byte count (e.g. 100M)", s)
+	}
+	return int64(f * float64(mult)), nil
 }

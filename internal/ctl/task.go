@@ -300,51 +300,55 @@ func taskWaitCmd(g *globals) *cobra.Command {
 		Use:   "wait ID",
 		Short: "Wait until a task ends; exit 0 if it succeeded, 7 if it failed or was cancelled",
 		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			if maxWait > 0 {
-				var cancel func()
-				ctx, cancel = context.WithTimeout(ctx, maxWait)
-				defer cancel()
-			}
-			stream, err := c.Tasks.WatchTask(ctx, connect.NewRequest(&taskdv1.TaskRef{Id: args[0]}))
-			if err != nil {
-				return fmt.Errorf("wait for task %s: %w", args[0], err)
-			}
-			defer stream.Close()
-			show := newWaitDisplay(cmd.ErrOrStderr(), g.output == "json")
-			var last *taskdv1.Task
-			for stream.Receive() {
-				last = stream.Msg().Task
-				show.update(last)
-			}
-			show.done()
-			if err := stream.Err(); err != nil {
-				return fmt.Errorf("wait for task %s: %w", args[0], err)
-			}
-			if last == nil || (last.State != "succeeded" && last.State != "failed" && last.State != "cancelled") {
-				return fmt.Errorf("wait for task %s: the stream ended early: %w", args[0], connect.NewError(connect.CodeUnavailable, errors.New("stream closed")))
-			}
-			if g.output == "json" {
-				if err := g.printJSON(last); err != nil {
-					return err
-				}
-			}
-			if last.State != "succeeded" {
-				return taskEndedError{last}
-			}
-			if g.output != "json" {
-				fmt.Fprintf(g.out, "%s succeeded\n", last.Id)
-			}
-			return nil
-		},
+		RunE:  func(cmd *cobra.Command, args []string) error { return waitFor(cmd, g, args[0], maxWait) },
 	}
 	cmd.Flags().DurationVar(&maxWait, "max-wait", 0, "give up after this long (0: wait as long as it takes)")
 	return cmd
+}
+
+// waitFor follows a task until it ends: nil if it succeeded, a
+// taskEndedError (exit 7) if it failed or was cancelled.
+func waitFor(cmd *cobra.Command, g *globals, id string, maxWait time.Duration) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	if maxWait > 0 {
+		var cancel func()
+		ctx, cancel = context.WithTimeout(ctx, maxWait)
+		defer cancel()
+	}
+	stream, err := c.Tasks.WatchTask(ctx, connect.NewRequest(&taskdv1.TaskRef{Id: id}))
+	if err != nil {
+		return fmt.Errorf("wait for task %s: %w", id, err)
+	}
+	defer stream.Close()
+	show := newWaitDisplay(cmd.ErrOrStderr(), g.output == "json")
+	var last *taskdv1.Task
+	for stream.Receive() {
+		last = stream.Msg().Task
+		show.update(last)
+	}
+	show.done()
+	if err := stream.Err(); err != nil {
+		return fmt.Errorf("wait for task %s: %w", id, err)
+	}
+	if last == nil || (last.State != "succeeded" && last.State != "failed" && last.State != "cancelled") {
+		return fmt.Errorf("wait for task %s: the stream ended early: %w", id, connect.NewError(connect.CodeUnavailable, errors.New("stream closed")))
+	}
+	if g.output == "json" {
+		if err := g.printJSON(last); err != nil {
+			return err
+		}
+	}
+	if last.State != "succeeded" {
+		return taskEndedError{last}
+	}
+	if g.output != "json" {
+		fmt.Fprintf(g.out, "%s succeeded\n", last.Id)
+	}
+	return nil
 }
 
 // waitDisplay shows progress: a bar on a terminal, a line per change

@@ -116,6 +116,7 @@ func newRootCmd() *cobra.Command {
 	f.StringArrayVar(&cfg.VIPs, "vip", nil, "virtual IP the leader holds, SERVICE=IP[/PREFIX]@INTERFACE (repeatable), e.g. iscsi=10.0.0.50@eth0")
 	f.IntVar(&cfg.RunnerCapacity, "runner-capacity", cfg.RunnerCapacity, "most tasks this node runs at once")
 	f.StringArrayVar(&cfg.RunnerTypeCapacity, "runner-type-capacity", nil, "most tasks of one type this node runs at once, TYPE=N (repeatable), e.g. copy=2")
+	f.StringArrayVar(&cfg.VolumeRoots, "volume-root", nil, "directory under which copy tasks may use file:// endpoints (repeatable); none: file endpoints are refused")
 	f.DurationVar(&cfg.TaskRetention, "task-retention", cfg.TaskRetention, "how long finished tasks are kept before the leader deletes them")
 	f.StringVar(&cfg.TimeZone, "time-zone", cfg.TimeZone, "IANA time zone of run windows created without one; every node should use the same")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "after the first SIGTERM, exit forcibly (code 3) if shutdown takes longer")

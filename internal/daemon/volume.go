@@ -70,15 +70,15 @@ extent and, when FILE exists, resumes from it.`,
 			if spec.Base != "" {
 				spec.Base = fileURI(spec.Base)
 			}
-			if spec.Rate, err = parseBytes(rate); err != nil {
+			if spec.Rate, err = volcopy.ParseBytes(rate); err != nil {
 				return usageError{fmt.Errorf("--rate: %w", err)}
 			}
-			r, err := parseBytes(reqSize)
+			r, err := volcopy.ParseBytes(reqSize)
 			if err != nil {
 				return usageError{fmt.Errorf("--request-size: %w", err)}
 			}
 			spec.RequestSize = int(r)
-			if spec.ExtentSize, err = parseBytes(extentSize); err != nil {
+			if spec.ExtentSize, err = volcopy.ParseBytes(extentSize); err != nil {
 				return usageError{fmt.Errorf("--extent-size: %w", err)}
 			}
 			return runVolumeCopy(cmd.Context(), cmd.ErrOrStderr(), spec, checkpoint, progress, volume.Options{Direct: direct, NBD: nbd.Options{Connections: conns}})
@@ -109,33 +109,6 @@ func fileURI(s string) string {
 		return "file://" + abs
 	}
 	return s
-}
-
-// parseBytes reads "0", "512", "64K", "4M", "1G", "1.5G" (powers of 1024).
-func parseBytes(s string) (int64, error) {
-	s = strings.TrimSpace(strings.ToUpper(s))
-	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "I")
-	mult := int64(1)
-	if n := len(s); n > 0 {
-		switch s[n-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		}
-		if mult > 1 {
-			s = s[:n-1]
-		}
-	}
-	var f float64
-	if _, err := fmt.Sscanf(s, "%g", &f); err != nil || f < 0 || f*float64(mult) > 1<<62 {
-		return 0, fmt.Errorf("%q is not a byte count (e.g. 100M)", s)
-	}
-	return int64(f * float64(mult)), nil
 }
 
 func runVolumeCopy(ctx context.Context, stderr io.Writer, spec volcopy.Spec, cpFile, progress string, env volume.Options) error {

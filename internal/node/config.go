@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,8 @@ type Config struct {
 	RunnerTypeCapacity []string // TYPE=N
 	TaskRetention      time.Duration
 	TimeZone           string // default zone of run windows
+	// VolumeRoots confine the file:// endpoints of copy tasks.
+	VolumeRoots []string
 
 	// Embedded etcd (--coordinator embedded).
 	EtcdClientURL      string
@@ -114,6 +117,11 @@ func (c Config) Validate() error {
 	}
 	if _, err := c.runnerConfig(); err != nil {
 		errs = append(errs, err)
+	}
+	for _, r := range c.VolumeRoots {
+		if !filepath.IsAbs(r) {
+			errs = append(errs, fmt.Errorf("--volume-root %q must be an absolute path", r))
+		}
 	}
 	if c.TaskRetention <= 0 {
 		errs = append(errs, fmt.Errorf("--task-retention %v must be positive", c.TaskRetention))

@@ -133,7 +133,7 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	}
 	defer store.Close()
 
-	tasks, err := task.NewStore(store, quorum.DefaultConfig().Root, tasktype.Builtin(), n.cfg.TimeZone, nil)
+	tasks, err := task.NewStore(store, quorum.DefaultConfig().Root, tasktype.Builtin(n.cfg.VolumeRoots, n.log), n.cfg.TimeZone, nil)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}

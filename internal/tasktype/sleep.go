@@ -7,15 +7,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
 	"github.com/taskd/taskd/internal/task"
 )
 
-// Builtin returns the registry of every built-in type.
-func Builtin() task.Registry {
-	return task.Registry{"sleep": Sleep{}, "noop": Noop{}}
+// Builtin returns the registry of every built-in type; roots confine the
+// copy's file endpoints on this node.
+func Builtin(roots []string, log *slog.Logger) task.Registry {
+	return task.Registry{"sleep": Sleep{}, "noop": Noop{}, "copy": Copy{Roots: roots, Log: log}}
 }
 
 // Noop succeeds at once; it measures the task machinery itself.

@@ -30,6 +30,18 @@ func StartQemuNBD(t testing.TB, name, image string, args ...string) *harness.NBD
 	return s
 }
 
+// StartQemuNBDTCP serves image with qemu-nbd on a free loopback port.
+func StartQemuNBDTCP(t testing.TB, name, image string, args ...string) *harness.NBDServer {
+	t.Helper()
+	Need(t, "qemu-utils", "qemu-nbd")
+	s, err := harness.StartQemuNBDTCP(shortDir(t), name, image, FreePorts(t, 1)[0], args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
 // StartNbdkit runs nbdkit with a plugin for the test; cleanup stops it.
 func StartNbdkit(t testing.TB, name string, plugin ...string) *harness.NBDServer {
 	t.Helper()

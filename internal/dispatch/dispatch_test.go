@@ -1,0 +1,248 @@
+package dispatch_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/coord/etcd"
+	"github.com/taskd/taskd/internal/dispatch"
+	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/runner"
+	"github.com/taskd/taskd/internal/task"
+	"github.com/taskd/taskd/internal/tasktype"
+	"github.com/taskd/taskd/internal/testenv"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// member is one in-process node: a quorum whose leader role dispatches and
+// whose member role runs a runner, as in taskd.
+type member struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startMember(t *testing.T, kv coord.Store, st *task.Store, name string, capacity int) *member {
+	cfg := quorum.DefaultConfig()
+	cfg.Name, cfg.NodeID, cfg.Address, cfg.Root = name, "id-"+name, name+":1", "/taskd"
+	cfg.SessionTimeout = 2 * time.Second
+	rc := runner.DefaultConfig()
+	rc.Node, rc.Capacity, rc.DeadlineFraction = name, capacity, cfg.DeadlineFraction
+	run, err := runner.New(rc, st, quiet.With("node", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	disp, err := dispatch.New(dispatch.DefaultConfig(), st, quiet.With("node", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roles := quorum.Roles{
+		Leader: func(ctx context.Context, l *quorum.Leadership) error { return disp.Run(ctx, l) },
+		Member: run.Run,
+	}
+	q, err := quorum.New(cfg, kv, roles, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &member{cancel: cancel, done: make(chan error, 1)}
+	go func() { m.done <- q.Run(ctx) }()
+	t.Cleanup(m.stop)
+	return m
+}
+
+func (m *member) stop() {
+	m.cancel()
+	<-m.done
+}
+
+// waitState waits for every id to reach a final state, through a watch.
+func waitFinal(t *testing.T, st *task.Store, ids []string, limit time.Duration) map[string]*task.Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	out := map[string]*task.Record{}
+	for _, id := range ids {
+		for {
+			r, err := st.Get(ctx, id)
+			if err == nil && r.State.Final() {
+				out[id] = r
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("task %s not final after %v: %v %v", id, limit, r, err)
+			}
+			tick := time.NewTimer(20 * time.Millisecond)
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+			}
+		}
+	}
+	return out
+}
+
+// TestDispatchAndRun runs tasks on two in-process members under the race
+// detector: all succeed, capacity is respected, priorities go first, a
+// cancel reaches a running task, and a failing task retries then fails.
+func TestDispatchAndRun(t *testing.T) {
+	kv, st := openStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	testDispatchAndRun(ctx, t, kv, st)
+}
+
+func openStore(t *testing.T) (coord.Store, *task.Store) {
+	srv := testenv.StartEtcd(t)
+	kv, err := etcd.Open([]string{srv.ClientURL()}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kv.Close() })
+	st, err := task.NewStore(kv, "/taskd", tasktype.Builtin(nil, nil), "UTC", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv, st
+}
+
+func testDispatchAndRun(ctx context.Context, t *testing.T, kv coord.Store, st *task.Store) {
+	// Watch running counts per runner: never above capacity.
+	var mu sync.Mutex
+	maxRunning := map[string]int{}
+	wctx, wcancel := context.WithCancel(ctx)
+	events := kv.Watch(wctx, st.Layout().ActiveDir())
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		running := map[string]string{}
+		for ev := range events {
+			if ev.Type == coord.EventSynced {
+				continue
+			}
+			delete(running, ev.KV.Key)
+			if ev.Type == coord.EventPut {
+				if r, err := task.Decode(ev.KV.Value, ev.KV.Version); err == nil && r.State == task.Running {
+					running[ev.KV.Key] = r.Runner
+				}
+			}
+			count := map[string]int{}
+			for _, n := range running {
+				count[n]++
+			}
+			mu.Lock()
+			for n, c := range count {
+				maxRunning[n] = max(maxRunning[n], c)
+			}
+			mu.Unlock()
+		}
+	}()
+	defer func() { wcancel(); <-watchDone }()
+
+	startMember(t, kv, st, "n1", 2)
+	startMember(t, kv, st, "n2", 2)
+
+	var ids []string
+	for i := range 20 {
+		r, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"100ms","checkpoint_interval":"20ms"}`), Priority: i % 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.ID)
+	}
+	long, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1h","checkpoint_interval":"50ms"}`), Priority: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := 1
+	failing, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1s","fail_after":"10ms"}`), MaxRetries: &zero})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(ctx, t, st, long.ID)
+	if _, err := st.Cancel(ctx, long.ID); err != nil {
+		t.Fatal(err)
+	}
+	final := waitFinal(t, st, append(ids, long.ID, failing.ID), 40*time.Second)
+	for _, id := range ids {
+		if final[id].State != task.Succeeded {
+			t.Errorf("task %s ended %s: %+v", id, final[id].State, final[id].Error)
+		}
+	}
+	if r := final[long.ID]; r.State != task.Cancelled {
+		t.Errorf("cancelled task ended %s", r.State)
+	}
+	if r := final[failing.ID]; r.State != task.Failed || r.Attempt != 2 || r.Error == nil || r.Error.Code != "retryable" {
+		t.Errorf("failing task: %s attempt %d error %+v; want failed after 1 retry", r.State, r.Attempt, r.Error)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for n, c := range maxRunning {
+		if c > 2 {
+			t.Errorf("runner %s ran %d tasks at once; capacity is 2", n, c)
+		}
+	}
+	if len(maxRunning) != 2 {
+		t.Errorf("tasks ran on %v; want both runners", maxRunning)
+	}
+}
+
+// TestPriorityOrder: with one free slot, the higher priority goes first,
+// and FIFO holds within a priority.
+func TestPriorityOrder(t *testing.T) {
+	_, st := openStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	startMember(t, st.KV(), st, "n1", 1)
+	blocker, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1h"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(ctx, t, st, blocker.ID)
+	var ids []string
+	for _, p := range []int{0, 5, 0, 5} {
+		r, err := st.Create(ctx, task.CreateRequest{Type: "noop", Priority: p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.ID)
+	}
+	if _, err := st.Cancel(ctx, blocker.ID); err != nil {
+		t.Fatal(err)
+	}
+	final := waitFinal(t, st, ids, 20*time.Second)
+	order := []string{ids[1], ids[3], ids[0], ids[2]} // priority 5 first, each priority in creation order
+	for i := 1; i < len(order); i++ {
+		if !final[order[i-1]].Started.Before(final[order[i]].Started) {
+			t.Fatalf("task %d started at %v, not before task %d at %v", i-1, final[order[i-1]].Started, i, final[order[i]].Started)
+		}
+	}
+}
+
+func waitRunning(ctx context.Context, t *testing.T, st *task.Store, id string) {
+	t.Helper()
+	for {
+		r, err := st.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.State == task.Running {
+			return
+		}
+		tick := time.NewTimer(10 * time.Millisecond)
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("task %s never ran", id)
+		}
+	}
+}

@@ -1,0 +1,101 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/harness"
+	"github.com/taskd/taskd/internal/testenv"
+)
+
+// TestCopyTask: a copy task between NBD exports resumes from its checkpoint
+// on another runner after kill -9 of its runner, and the target ends equal
+// to the source. `taskctl copy --wait` copies local files inside the volume
+// root and refuses a path outside it.
+func TestCopyTask(t *testing.T) {
+	testenv.Need(t, "qemu-utils", "qemu-nbd")
+	root := t.TempDir()
+	c := newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Extra: []string{"--volume-root", root}})
+	leader := ready(t, c)
+	cordon(t, leader, leader.Name)
+
+	data := make([]byte, 48<<20)
+	if _, err := rand.Read(data[:24<<20]); err != nil { // half data, half zeros
+		t.Fatal(err)
+	}
+	src, dst := filepath.Join(root, "src.img"), filepath.Join(root, "dst.img")
+	if err := os.WriteFile(src, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(dst, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	srcNBD := testenv.StartQemuNBDTCP(t, "src", src, "-f", "raw", "-r")
+	dstNBD := testenv.StartQemuNBDTCP(t, "dst", dst, "-f", "raw")
+	spec, _ := json.Marshal(map[string]any{"source": srcNBD.URI(), "target": dstNBD.URI(),
+		"extent_size": 4 << 20, "rate": 8 << 20, "verify": true})
+	r, err := leader.Client().Tasks.CreateTask(ctxFor(t, 5*time.Second), connect.NewRequest(&taskdv1.CreateTaskRequest{Type: "copy", Spec: string(spec)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.Msg.Task.Id
+	tk := waitTask(t, c, id, 30*time.Second, "a checkpoint at a third", func(tk *taskdv1.Task) bool {
+		return tk.State == "running" && tk.HasCheckpoint && tk.Progress.GetDone() >= int64(len(data))/3
+	})
+	victim := c.Node(tk.Runner)
+	victim.Kill()
+	tk = waitTask(t, c, id, 60*time.Second, "success", func(tk *taskdv1.Task) bool { return tk.State == "succeeded" || tk.State == "failed" })
+	if tk.State != "succeeded" || tk.Attempt != 2 || !tk.History[1].ResumedFromCheckpoint || tk.History[1].Runner == victim.Name {
+		t.Fatalf("copy task: %s attempt %d history %v; want success on attempt 2 resumed elsewhere", tk.State, tk.Attempt, tk.History)
+	}
+	dstNBD.Stop() // flushes the image
+	got, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("target differs from the source after the resumed copy")
+	}
+	t.Logf("killed %s at %d of %d bytes; attempt 2 on %s finished the copy", victim.Name, tk.History[0].ProgressDone, len(data), tk.History[1].Runner)
+
+	// taskctl copy of local files, on the node it talks to.
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	target := c.Running()[0]
+	env := []string{"TASKD_ENDPOINT=" + target.API}
+	if target.Name == leader.Name {
+		_, _ = runTaskctl(t, env, "runner", "uncordon", leader.Name)
+	}
+	dst2 := filepath.Join(root, "copy.img")
+	code, out := runTaskctl(t, env, "copy", "file://"+src, "file://"+dst2, "--verify", "--wait")
+	if code != 0 {
+		t.Fatalf("taskctl copy --wait: exit %d\n%s", code, out)
+	}
+	if got, err := os.ReadFile(dst2); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("local copy differs from the source (%v)", err)
+	}
+	outside := filepath.Join(t.TempDir(), "x.img")
+	code, out = runTaskctl(t, env, "copy", "file://"+src, "file://"+outside, "--wait")
+	if code != 7 || !strings.Contains(out, "root") {
+		t.Errorf("copy outside the volume root: exit %d %q; want 7 and a message about the root", code, out)
+	}
+	if _, err := os.Stat(outside); !os.IsNotExist(err) {
+		t.Errorf("a refused copy created %s", outside)
+	}
+	code, out = runTaskctl(t, env, "copy", "file://"+src, "file://"+src)
+	if code != 2 {
+		t.Errorf("copy onto itself: exit %d %q; want 2", code, out)
+	}
+}

@@ -1,0 +1,137 @@
+package tasktype
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	volcopy "github.com/taskd/taskd/internal/copy"
+	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/task"
+	"github.com/taskd/taskd/internal/volume"
+)
+
+// Copy is the volume copy as a task: the copy engine with its checkpoints
+// stored in the task record, so that another runner resumes it.
+type Copy struct {
+	// Roots confines file:// endpoints on this node. With no roots the
+	// daemon refuses file endpoints: it must not copy arbitrary files on
+	// behalf of API callers.
+	Roots []string
+	Log   *slog.Logger
+}
+
+// copySpec is copy.Spec plus the node that holds its file endpoints.
+type copySpec struct {
+	volcopy.Spec
+	// Node runs the copy; required when an endpoint is a local file.
+	Node string `json:"node,omitempty"`
+}
+
+func parseCopy(raw json.RawMessage) (copySpec, error) {
+	var s copySpec
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return s, fmt.Errorf("%w: copy spec: %w", task.ErrInvalid, err)
+	}
+	if s.Source == "" || s.Target == "" {
+		return s, fmt.Errorf("%w: copy spec: source and target are required", task.ErrInvalid)
+	}
+	local := false
+	for _, u := range []string{s.Source, s.Target, s.Base} {
+		if u == "" {
+			continue
+		}
+		p, err := url.Parse(u)
+		if err != nil {
+			return s, fmt.Errorf("%w: copy spec: %q: %w", task.ErrInvalid, u, err)
+		}
+		switch p.Scheme {
+		case "file":
+			local = true
+		case "nbd", "nbd+unix":
+			local = local || p.Scheme == "nbd+unix"
+		default:
+			return s, fmt.Errorf("%w: copy spec: %q: use file://, nbd:// or nbd+unix://", task.ErrInvalid, u)
+		}
+	}
+	if s.Base != "" && s.DirtyBitmap != "" {
+		return s, fmt.Errorf("%w: copy spec: base and dirty_bitmap exclude each other", task.ErrInvalid)
+	}
+	if s.Source == s.Target {
+		return s, fmt.Errorf("%w: copy spec: source and target are the same", task.ErrInvalid)
+	}
+	if s.Rate < 0 || s.Workers < 0 || s.RequestSize < 0 || s.ExtentSize < 0 {
+		return s, fmt.Errorf("%w: copy spec: rate, workers and sizes must not be negative", task.ErrInvalid)
+	}
+	if local && s.Node == "" {
+		return s, fmt.Errorf("%w: copy spec: a file:// or nbd+unix:// endpoint is local to one node: give its node", task.ErrInvalid)
+	}
+	if s.Node != "" && !quorum.ValidName(s.Node) {
+		return s, fmt.Errorf("%w: copy spec: node %q", task.ErrInvalid, s.Node)
+	}
+	return s, nil
+}
+
+// Validate implements task.Type.
+func (Copy) Validate(spec json.RawMessage) error { _, err := parseCopy(spec); return err }
+
+// Node implements task.Constrainer: a copy with local endpoints runs on
+// their node.
+func (Copy) Node(spec json.RawMessage) string {
+	s, err := parseCopy(spec)
+	if err != nil {
+		return ""
+	}
+	return s.Node
+}
+
+// Run implements task.Type.
+func (c Copy) Run(ctx context.Context, raw json.RawMessage, cp []byte, r task.Reporter) error {
+	s, err := parseCopy(raw)
+	if err != nil {
+		return task.Permanent(err)
+	}
+	if len(c.Roots) == 0 && (strings.HasPrefix(s.Source, "file:") || strings.HasPrefix(s.Target, "file:") || strings.HasPrefix(s.Base, "file:")) {
+		return task.Permanent(fmt.Errorf("%w: this node has no --volume-root; file:// endpoints are refused", task.ErrInvalid))
+	}
+	log := c.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var last task.Progress
+	opts := volcopy.Options{
+		Resume:           cp,
+		Logger:           log.With("task", r.TaskID(), "attempt", r.Attempt()),
+		ProgressInterval: time.Second,
+		OnProgress: func(p volcopy.Progress) {
+			last = task.Progress{Done: p.LogicalDone, Total: p.LogicalTotal, Bytes: p.BytesWritten, Rate: p.Rate, ETASeconds: p.ETA.Seconds()}
+			r.Progress(last)
+		},
+		OnCheckpoint: func(b []byte) error { return r.Checkpoint(b, last) },
+	}
+	job, err := volcopy.Prepare(ctx, s.Spec, volume.Options{Roots: c.Roots, Direct: true}, opts)
+	if err != nil {
+		if errors.Is(err, volcopy.ErrInvalid) {
+			return task.Permanent(err)
+		}
+		return err
+	}
+	defer job.Close()
+	p, err := job.Run(ctx)
+	if err == nil {
+		r.Progress(task.Progress{Done: p.LogicalDone, Total: p.LogicalTotal, Bytes: p.BytesWritten, Rate: p.Rate})
+		return nil
+	}
+	if errors.Is(err, volcopy.ErrVerify) || errors.Is(err, volcopy.ErrInvalid) {
+		return task.Permanent(err)
+	}
+	return err
+}
