@@ -102,6 +102,19 @@ func setup(backend string, timeout time.Duration) (*env, func(), error) {
 	return e, cleanup, nil
 }
 
+// startCluster starts n taskd nodes; the caller closes the cluster.
+func (e *env) startCluster(n int) (*harness.Cluster, error) {
+	c, err := harness.NewCluster(filepath.Join(e.dir, "cluster"), e.bin, n, e.opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.StartAll(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
 func others(c *harness.Cluster, name string) []*harness.Node {
 	var out []*harness.Node
 	for _, n := range c.Running() {
@@ -172,14 +185,11 @@ func leaderBench(name string, args []string, out io.Writer, sig syscall.Signal) 
 		return err
 	}
 	defer cleanup()
-	c, err := harness.NewCluster(filepath.Join(e.dir, "cluster"), e.bin, 3, e.opts)
+	c, err := e.startCluster(3)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if err := c.StartAll(); err != nil {
-		return err
-	}
 	fmt.Fprintf(out, "%s: backend=%s session-timeout=%v rounds=%d settle=%v\n", name, *backend, *timeout, *rounds, *settle)
 	var samples []time.Duration
 	for i := range *rounds {
@@ -304,14 +314,11 @@ func idle(args []string, out io.Writer) error {
 		return err
 	}
 	defer cleanup()
-	c, err := harness.NewCluster(filepath.Join(e.dir, "cluster"), e.bin, 1, e.opts)
+	c, err := e.startCluster(1)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if err := c.StartAll(); err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), *dur+time.Minute)
 	defer cancel()
 	if _, err := harness.WaitAgreed(ctx, c.Nodes, 0); err != nil {

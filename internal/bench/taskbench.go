@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"path"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -55,14 +54,11 @@ func taskBench(args []string, out io.Writer) error {
 	}
 	defer cleanup()
 	e.opts.Extra = append(e.opts.Extra, "--runner-capacity", fmt.Sprint(*capacity))
-	c, err := harness.NewCluster(filepath.Join(e.dir, "cluster"), e.bin, 3, e.opts)
+	c, err := e.startCluster(3)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if err := c.StartAll(); err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	st, err := harness.WaitAgreed(ctx, c.Nodes, 0)
@@ -128,17 +124,8 @@ func benchStore(backend string, c *harness.Cluster, e *env) (coord.Store, error)
 
 func waitRunners(ctx context.Context, n *harness.Node, want int) error {
 	return harness.WaitFor(ctx, 20*time.Millisecond, func() bool {
-		r, err := n.Client().Runners.ListRunners(ctx, connect.NewRequest(&taskdv1.ListRunnersRequest{}))
-		if err != nil {
-			return false
-		}
-		live := 0
-		for _, rn := range r.Msg.Runners {
-			if rn.Live {
-				live++
-			}
-		}
-		return live >= want
+		live, err := n.LiveRunners(ctx)
+		return err == nil && live >= want
 	})
 }
 

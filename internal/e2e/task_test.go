@@ -44,17 +44,8 @@ func ready(t *testing.T, c *harness.Cluster) *harness.Node {
 	}
 	n := c.Node(st.Leader)
 	err = harness.WaitFor(ctxFor(t, 30*time.Second), 20*time.Millisecond, func() bool {
-		r, err := n.Client().Runners.ListRunners(context.Background(), connect.NewRequest(&taskdv1.ListRunnersRequest{}))
-		if err != nil {
-			return false
-		}
-		live := 0
-		for _, rn := range r.Msg.Runners {
-			if rn.Live {
-				live++
-			}
-		}
-		return live == len(c.Nodes)
+		live, err := n.LiveRunners(context.Background())
+		return err == nil && live == len(c.Nodes)
 	})
 	if err != nil {
 		t.Fatalf("runners did not all register: %v", err)
@@ -173,9 +164,17 @@ func TestTaskResumesAfterRunnerKill(t *testing.T) {
 			return tk.State == "running" && tk.Progress.GetDone() >= 2000
 		})
 		victim := c.Node(tk.Runner)
+		// On the embedded store, the death of the node that hosts the etcd
+		// raft leader makes the next raft leader renew every lease: the dead
+		// runner's session then lasts for the election (up to 2 s), the
+		// election timeout (1 s) and a full TTL more. docs/tasks.md says so.
+		bound := taskTimeout + time.Second
+		if hosts, err := victim.LeadsRaft(context.Background()); err == nil && hosts {
+			bound = taskTimeout + 4*time.Second
+		}
 		killed := time.Now()
 		victim.Kill()
-		tk = waitTask(t, c, id, taskTimeout+5*time.Second, "attempt 2 running", func(tk *taskdv1.Task) bool {
+		tk = waitTask(t, c, id, taskTimeout+10*time.Second, "attempt 2 running", func(tk *taskdv1.Task) bool {
 			return tk.Attempt == 2 && tk.State == "running"
 		})
 		if tk.Runner == victim.Name {
@@ -198,12 +197,12 @@ func TestTaskResumesAfterRunnerKill(t *testing.T) {
 		// attempt 1 did past that checkpoint is repeated work.
 		repeated := time.Duration(max1-(first2-interval.Milliseconds())) * time.Millisecond
 		resume := time.Unix(0, at2).Sub(killed) - interval
-		t.Logf("runner %s killed; attempt 2 on %s resumed after %v, repeating %v of work", victim.Name, tk.Runner, resume, repeated)
+		t.Logf("runner %s killed; attempt 2 on %s resumed after %v (bound %v), repeating %v of work", victim.Name, tk.Runner, resume, bound, repeated)
 		if max1 < 0 || first2 < 0 || repeated > interval {
 			t.Errorf("repeated %v of work (attempt 1 reached %d ms, attempt 2 started at %d ms); want <= %v", repeated, max1, first2, interval)
 		}
-		if resume > taskTimeout+time.Second {
-			t.Errorf("resumed %v after the kill; want <= session timeout + 1 s", resume)
+		if resume > bound {
+			t.Errorf("resumed %v after the kill; want <= %v", resume, bound)
 		}
 		checkOneActive(t, readLedger(t, ledger))
 	})

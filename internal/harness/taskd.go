@@ -256,3 +256,20 @@ func (n *Node) LeadsRaft(ctx context.Context) (bool, error) {
 
 // Client is the node's API client.
 func (n *Node) Client() *api.Client { return n.client }
+
+// LiveRunners counts the runners the node reports live.
+func (n *Node) LiveRunners(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	r, err := n.client.Runners.ListRunners(ctx, connect.NewRequest(&taskdv1.ListRunnersRequest{}))
+	if err != nil {
+		return 0, err
+	}
+	live := 0
+	for _, rn := range r.Msg.Runners {
+		if rn.Live {
+			live++
+		}
+	}
+	return live, nil
+}
