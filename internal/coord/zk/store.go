@@ -189,20 +189,44 @@ func (s *Store) List(ctx context.Context, dir string) ([]coord.KV, error) {
 		return nil, mapErr("list", dir, err)
 	}
 	sort.Strings(kids)
+	// The reads are independent: issue them together (the client pipelines
+	// requests on its connection) instead of one round trip after another.
+	kvs := make([]coord.KV, len(kids))
+	found := make([]bool, len(kids))
+	errs := make([]error, len(kids))
+	sem := make(chan struct{}, listParallel)
+	var wg sync.WaitGroup
+	for i, k := range kids {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			key := path.Join(dir, k)
+			data, st, err := c.Get(s.abs(key))
+			switch {
+			case errors.Is(err, zk.ErrNoNode): // deleted between the two reads
+			case err != nil:
+				errs[i] = mapErr("list", dir, err)
+			default:
+				kvs[i], found[i] = s.kv(key, data, st), true
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
 	out := make([]coord.KV, 0, len(kids))
-	for _, k := range kids {
-		key := path.Join(dir, k)
-		data, st, err := c.Get(s.abs(key))
-		if errors.Is(err, zk.ErrNoNode) {
-			continue // deleted between the two reads
+	for i := range kvs {
+		if found[i] {
+			out = append(out, kvs[i])
 		}
-		if err != nil {
-			return nil, mapErr("list", dir, err)
-		}
-		out = append(out, s.kv(key, data, st))
 	}
 	return out, nil
 }
+
+// listParallel bounds the reads one List has in flight.
+const listParallel = 32
 
 // ensureParents creates the missing persistent parents of key. A create
 // is a write that goes through the ensemble's leader even when the node
