@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -401,4 +402,39 @@ func TestEmptyUnitsNeedNoFlush(t *testing.T) {
 		t.Fatalf("%d flushes, want 2 (one per unit holding data)", p.Flushes)
 	}
 	mustEqual(t, filepath.Join(dir, "dst"), append(data, make([]byte, 7<<20)...))
+}
+
+// TestMayWriteStopsWrites: once the gate refuses, the copy stops with the
+// gate's error and writes nothing more to the target.
+func TestMayWriteStopsWrites(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	dir := t.TempDir()
+	src := writeImage(t, filepath.Join(dir, "src"), 8<<20, rng)
+	dst := filepath.Join(dir, "dst")
+	gone := errors.New("attempt no longer active")
+	var allowed, refused atomic.Int64
+	opts := volcopy.Options{MayWrite: func() error {
+		if allowed.Load() >= 10 {
+			refused.Add(1)
+			return gone
+		}
+		allowed.Add(1)
+		return nil
+	}}
+	_, err := run(t, volcopy.Spec{Source: fileURI(src.path), Target: fileURI(dst), RequestSize: 64 << 10, Workers: 1}, opts)
+	if !errors.Is(err, gone) {
+		t.Fatalf("copy with a closed gate: err = %v, want the gate's error", err)
+	}
+	if refused.Load() == 0 {
+		t.Fatal("the gate was never asked after it closed")
+	}
+	got, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// With one worker, at most the 10 allowed writes of at most one
+	// request each reached the target.
+	if n := nonZeroBytes(got); n > 10*64<<10 {
+		t.Fatalf("%d bytes written, more than the 10 allowed requests", n)
+	}
 }

@@ -68,6 +68,10 @@ type Options struct {
 	// OnCheckpoint receives a checkpoint after each extent is durable. An
 	// error stops the copy.
 	OnCheckpoint func(checkpoint []byte) error
+	// MayWrite, when set, is asked before every write or zeroing of the
+	// target; an error stops the copy with that error. The copy task uses
+	// it to stop writing the moment its attempt is no longer active.
+	MayWrite func() error
 	// OnProgress is called every ProgressInterval and once at the end.
 	OnProgress       func(Progress)
 	ProgressInterval time.Duration

@@ -280,7 +280,18 @@ func (c *Copier) worker(ctx context.Context, items <-chan item) error {
 	}
 }
 
+// mayWrite asks the caller's gate before a target write.
+func (c *Copier) mayWrite() error {
+	if c.opts.MayWrite == nil {
+		return nil
+	}
+	return c.opts.MayWrite()
+}
+
 func (c *Copier) zeroTarget(ctx context.Context, e *extentWork, off, n int64) error {
+	if err := c.mayWrite(); err != nil {
+		return err
+	}
 	if err := c.dst.Zero(ctx, off, n); err != nil {
 		return fmt.Errorf("zero target at %d: %w", off, err)
 	}
@@ -340,6 +351,9 @@ func (c *Copier) writeRuns(ctx context.Context, e *extentWork, buf []byte, off i
 		o, n := off+int64(runStart), int64(end-runStart)
 		switch runKind {
 		case data:
+			if err := c.mayWrite(); err != nil {
+				return err
+			}
 			if err := c.dst.WriteAt(ctx, buf[runStart:end], o); err != nil {
 				return fmt.Errorf("write target at %d: %w", o, err)
 			}

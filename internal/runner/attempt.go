@@ -150,7 +150,9 @@ func (a *attempt) run() {
 	case a.s.ctx.Err() != nil:
 		a.log.Info("attempt stopped: the runner's session ended or the node is stopping", "err", err)
 		return
-	case errors.Is(cause, task.ErrFenced) || errors.Is(err, task.ErrFenced):
+	case errors.Is(cause, task.ErrFenced), cause == nil && errors.Is(err, task.ErrFenced):
+		// A task that saw a stop request and then found itself inactive
+		// returns ErrFenced too; the request (cause) decides then.
 		a.log.Warn("attempt stopped: no longer owns the task", "err", errors.Join(cause, err))
 		return
 	}
@@ -159,7 +161,7 @@ func (a *attempt) run() {
 	a.mu.Unlock()
 	node := a.s.r.cfg.Node
 	var outcome string
-	werr := a.write(func(r *task.Record) bool {
+	record := func(r *task.Record) bool {
 		now := a.s.r.store.Now().UTC()
 		if progress != (task.Progress{}) {
 			r.Progress = progress
@@ -181,15 +183,39 @@ func (a *attempt) run() {
 		}
 		outcome = "failed"
 		return r.Fail(now, err, task.IsPermanent(err), a.s.r.cfg.Backoff)
-	})
-	if werr != nil {
-		a.log.Warn("recording the attempt's outcome failed", "outcome", outcome, "err", werr, "task_err", err)
-		return
+	}
+	// The outcome must reach the store: until it does, the record says
+	// this runner runs the task. A store that is briefly unavailable is
+	// retried for as long as the session lives.
+	backoff := 100 * time.Millisecond
+	for {
+		werr := a.write(record)
+		if werr == nil {
+			break
+		}
+		if errors.Is(werr, task.ErrFenced) || !a.sleep(backoff) {
+			a.log.Warn("recording the attempt's outcome failed", "outcome", outcome, "err", werr, "task_err", err)
+			return
+		}
+		a.log.Warn("recording the attempt's outcome failed; retrying", "outcome", outcome, "err", werr, "in", backoff)
+		backoff = min(2*backoff, 5*time.Second)
 	}
 	a.mu.Lock()
 	state := a.rec.State
 	a.mu.Unlock()
 	a.log.Info("attempt ended", "outcome", outcome, "state", state, "err", err)
+}
+
+// sleep waits d unless the session ends first (false then).
+func (a *attempt) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-a.s.ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // runSafely turns a panic in a task type into a permanent error: a bug in

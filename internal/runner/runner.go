@@ -147,17 +147,31 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var events <-chan coord.Event
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	backoff := 100 * time.Millisecond
 	for {
 		fence, err := r.store.Register(ctx, sess, info)
 		if err == nil {
 			log.Info("runner registered", "capacity", info.Capacity, "types", info.Types)
 			return fence, nil
 		}
+		if ctx.Err() != nil {
+			return coord.Cond{}, nil
+		}
 		if !errors.Is(err, coord.ErrConflict) {
-			if ctx.Err() != nil {
+			// The store may be electing a leader or unreachable for a
+			// moment; the runner must not give up for the session.
+			log.Warn("runner registration failed; retrying", "err", err, "in", backoff)
+			retry.Reset(backoff)
+			select {
+			case <-ctx.Done():
 				return coord.Cond{}, nil
+			case <-retry.C:
 			}
-			return coord.Cond{}, err
+			backoff = min(2*backoff, 2*time.Second)
+			continue
 		}
 		if events == nil {
 			log.Info("runner key of a previous session still exists; waiting for the store to remove it")

@@ -1,6 +1,7 @@
 package task
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -79,6 +80,14 @@ func (s *Store) Register(ctx context.Context, sess coord.Session, info RunnerInf
 		coord.CreateOp(s.layout.SessionKey(sess.ID()), []byte(info.Node), sess),
 		coord.CreateOp(key, b, sess),
 	})
+	if errors.Is(err, coord.ErrConflict) {
+		// An earlier try whose answer was lost may have registered us.
+		if kv, gerr := s.kv.Get(ctx, s.layout.SessionKey(sess.ID())); gerr == nil {
+			if cur, gerr := s.kv.Get(ctx, key); gerr == nil && bytes.Equal(cur.Value, b) {
+				return coord.VersionIs(kv.Key, kv.Version), nil
+			}
+		}
+	}
 	if err != nil {
 		return coord.Cond{}, fmt.Errorf("register runner %s: %w", info.Node, err)
 	}

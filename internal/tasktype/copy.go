@@ -116,6 +116,17 @@ func (c Copy) Run(ctx context.Context, raw json.RawMessage, cp []byte, r task.Re
 			r.Progress(last)
 		},
 		OnCheckpoint: func(b []byte) error { return r.Checkpoint(b, last) },
+		// No target write once the attempt is no longer active: another
+		// attempt may own the target by then.
+		MayWrite: func() error {
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			if !r.Active() {
+				return fmt.Errorf("copy: attempt %d no longer active: %w", r.Attempt(), task.ErrFenced)
+			}
+			return nil
+		},
 	}
 	job, err := volcopy.Prepare(ctx, s.Spec, volume.Options{Roots: c.Roots, Direct: true}, opts)
 	if err != nil {
