@@ -73,10 +73,10 @@ func TestCopyTask(t *testing.T) {
 	if err := victim.Start(); err != nil {
 		t.Fatal(err)
 	}
-	target := c.Running()[0]
+	target := ready(t, c) // every node ready again; the leader answers
 	env := []string{"TASKD_ENDPOINT=" + target.API}
-	if target.Name == leader.Name {
-		_, _ = runTaskctl(t, env, "runner", "uncordon", leader.Name)
+	if code, out := runTaskctl(t, env, "runner", "uncordon", target.Name); code != 0 {
+		t.Fatalf("uncordon: %d %s", code, out)
 	}
 	dst2 := filepath.Join(root, "copy.img")
 	code, out := runTaskctl(t, env, "copy", "file://"+src, "file://"+dst2, "--verify", "--wait")
