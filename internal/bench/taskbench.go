@@ -85,6 +85,11 @@ func taskBench(args []string, out io.Writer) error {
 		fmt.Fprintf(out, "dispatch latency create->first checkpoint (10ms): %s\n", summary(ack))
 	}
 	if *noopN > 0 {
+		wps, err := storeCeiling(ctx, kv, *noopN, *creators)
+		if err != nil {
+			return fmt.Errorf("store ceiling: %w", err)
+		}
+		fmt.Fprintf(out, "store ceiling: %d single-key transactions from %d clients straight to the store = %.0f writes/s (a noop task needs 2 plus a share of a batch)\n", *noopN, *creators, wps)
 		rate, d, err := noopThroughput(ctx, c, kv, lay, *noopN, *creators)
 		if err != nil {
 			return fmt.Errorf("noop throughput: %w", err)
@@ -245,6 +250,40 @@ func dispatchLatency(ctx context.Context, c *harness.Cluster, kv coord.Store, la
 		return nil, nil, errors.New("no samples")
 	}
 	return lat, ack, nil
+}
+
+// storeCeiling measures how many small conditional writes per second the
+// store itself takes from the bench process: the ceiling under any task
+// throughput, since every task is at least a create and a finish.
+func storeCeiling(ctx context.Context, kv coord.Store, n, clients int) (float64, error) {
+	work := make(chan int, n)
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	errs := make(chan error, clients)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range max(clients, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				key := fmt.Sprintf("/bench-ceiling/%02x/%d", i%256, i)
+				if _, err := kv.Txn(ctx, nil, []coord.Op{coord.CreateOp(key, []byte(`{"state":"succeeded"}`), nil)}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	d := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, err
+	}
+	return float64(n) / d.Seconds(), nil
 }
 
 // noopThroughput creates n noop tasks from concurrent clients spread over

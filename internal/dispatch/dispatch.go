@@ -56,9 +56,10 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// batchSize bounds one assignment transaction (etcd allows 128 operations
-// and compares; each assignment needs two compares).
-const batchSize = 50
+// batchSize bounds one assignment transaction: etcd allows 128 compares
+// and 128 operations, and each assignment needs three compares (record
+// version, record exists, assignment key absent) and two operations.
+const batchSize = 30
 
 // Dispatcher assigns tasks to runners.
 type Dispatcher struct {

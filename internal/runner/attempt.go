@@ -98,6 +98,21 @@ func (a *attempt) write(f func(r *task.Record) bool) error {
 		a.mu.Lock()
 		r := a.rec.Clone()
 		a.mu.Unlock()
+		if r.Version() == 0 {
+			// Started from its assignment key: read the record itself
+			// for the version the write is conditional on.
+			fresh, err := st.Get(ctx, a.id)
+			if errors.Is(err, task.ErrNotFound) {
+				return fmt.Errorf("task %s attempt %d: the task is gone: %w", a.id, a.n, task.ErrFenced)
+			}
+			if err != nil {
+				return err
+			}
+			a.mu.Lock()
+			a.rec = fresh
+			a.mu.Unlock()
+			continue
+		}
 		if !r.Owns(a.s.r.cfg.Node, a.s.sess.ID(), a.n) {
 			return fmt.Errorf("task %s attempt %d: %w", a.id, a.n, task.ErrFenced)
 		}

@@ -215,7 +215,7 @@ func waitDeleted(ctx context.Context, events <-chan coord.Event, key string) boo
 func (s *session) loop(ctx context.Context) error {
 	lay := s.r.store.Layout()
 	wctx, cancel := context.WithCancel(ctx)
-	tasks := s.r.store.KV().Watch(wctx, lay.ActiveDir())
+	tasks := s.r.store.KV().Watch(wctx, lay.AssignDir(s.r.cfg.Node))
 	marks := s.r.store.KV().Watch(wctx, lay.RunnerConfigDir())
 	defer func() {
 		cancel()
@@ -224,7 +224,8 @@ func (s *session) loop(ctx context.Context) error {
 		for range marks {
 		}
 	}()
-	// records holds the tasks that name this node as their runner.
+	// records holds the tasks assigned to this node, as their assignment
+	// keys hold them (version unknown: an attempt reads before it writes).
 	records := map[string]*task.Record{}
 	var myMarks task.Marks
 	markKey := path.Join(lay.RunnerConfigDir(), s.r.cfg.Node)
@@ -259,9 +260,9 @@ func (s *session) loop(ctx context.Context) error {
 			id := path.Base(ev.KV.Key)
 			delete(records, id)
 			if ev.Type == coord.EventPut {
-				rec, err := task.Decode(ev.KV.Value, ev.KV.Version)
+				rec, err := task.Decode(ev.KV.Value, 0)
 				if err != nil {
-					s.log.Error("skipping unreadable task record", "key", ev.KV.Key, "err", err)
+					s.log.Error("skipping unreadable assignment", "key", ev.KV.Key, "err", err)
 					continue
 				}
 				if rec.Runner == s.r.cfg.Node {

@@ -10,6 +10,8 @@
 //	tasks/done/XY/ID         finished records, sharded by the id's first two
 //	                         hex digits so that no directory holds more than
 //	                         a few hundred children at 100k retained tasks
+//	assigned/NODE/ID         one key per task running on NODE; the runner
+//	                         watches this small directory
 //	runners/NODE             a live runner (bound to its session)
 //	sessions/SESSION         bound to a runner's session, never modified: the
 //	                         fencing condition of every runner write
@@ -166,6 +168,9 @@ type Record struct {
 
 	// version is the store version the record was read at.
 	version int64
+	// held is the runner whose assignment key exists for the stored
+	// version ("" when the stored record is not running).
+	held string
 }
 
 // Version is the store version this copy was read at (0: not from the store).
@@ -195,6 +200,9 @@ func Decode(b []byte, version int64) (*Record, error) {
 		return nil, fmt.Errorf("decode task record: %w", err)
 	}
 	r.version = version
+	if r.State == Running {
+		r.held = r.Runner
+	}
 	return &r, nil
 }
 
@@ -245,6 +253,15 @@ func (l Layout) DoneShard(id string) string { return path.Join(l.DoneDir(), id[:
 
 // DoneKey is a finished record's key.
 func (l Layout) DoneKey(id string) string { return path.Join(l.DoneShard(id), id) }
+
+// AssignDir holds one key per task running on node. The dispatcher creates
+// it with the assignment, every write that takes the task off the runner
+// deletes it, and a user's request to a running task rewrites it: a runner
+// watches only its own directory, not every task of the cluster.
+func (l Layout) AssignDir(node string) string { return path.Join(l.Root, "assigned", node) }
+
+// AssignKey is the assignment key of task id on node.
+func (l Layout) AssignKey(node, id string) string { return path.Join(l.AssignDir(node), id) }
 
 // RunnersDir holds live runners.
 func (l Layout) RunnersDir() string { return path.Join(l.Root, "runners") }

@@ -264,14 +264,56 @@ type TxnFunc func(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]in
 // Put writes r back, on condition that the stored record is still at the
 // version r was read at, and that every extra condition holds.
 func (s *Store) Put(ctx context.Context, txn TxnFunc, r *Record, extra ...coord.Cond) error {
+	return s.put(ctx, txn, r, false, extra)
+}
+
+// put writes r with the assignment key changes its state implies; notify
+// rewrites the key of a task that stays running, so that its runner sees
+// the change.
+func (s *Store) put(ctx context.Context, txn TxnFunc, r *Record, notify bool, extra []coord.Cond) error {
 	r.Updated = s.now().UTC()
 	conds := append([]coord.Cond{coord.VersionIs(s.layout.ActiveKey(r.ID), r.version)}, extra...)
-	vers, err := txn(ctx, conds, []coord.Op{coord.PutOp(s.layout.ActiveKey(r.ID), r.encode())})
+	enc := r.encode()
+	ops := append([]coord.Op{coord.PutOp(s.layout.ActiveKey(r.ID), enc)}, s.assignOps(r, notify, enc)...)
+	vers, err := txn(ctx, conds, ops)
 	if err != nil {
 		return fmt.Errorf("write task %s: %w", r.ID, err)
 	}
 	r.version = vers[0]
+	r.held = heldBy(r)
 	return nil
+}
+
+// heldBy is the runner whose assignment key exists once r is stored.
+func heldBy(r *Record) string {
+	if r.State == Running {
+		return r.Runner
+	}
+	return ""
+}
+
+// assignOps keeps the assignment keys in step with r: created when r starts
+// running on a runner, deleted when it leaves it, rewritten on notify. The
+// key holds the record as written (enc), so that the runner needs no read
+// to start the attempt; its version is the assignment key's, not the
+// record's, so a runner reads the record before its first write.
+func (s *Store) assignOps(r *Record, notify bool, enc []byte) []coord.Op {
+	prev, next := r.held, heldBy(r)
+	val := enc
+	switch {
+	case prev == next && next != "" && notify:
+		return []coord.Op{coord.PutOp(s.layout.AssignKey(next, r.ID), val)}
+	case prev == next:
+		return nil
+	}
+	var ops []coord.Op
+	if prev != "" {
+		ops = append(ops, coord.DeleteOp(s.layout.AssignKey(prev, r.ID)))
+	}
+	if next != "" {
+		ops = append(ops, coord.CreateOp(s.layout.AssignKey(next, r.ID), val, nil))
+	}
+	return ops
 }
 
 // PutMany writes several records in one transaction, each on condition
@@ -280,18 +322,23 @@ func (s *Store) Put(ctx context.Context, txn TxnFunc, r *Record, extra ...coord.
 func (s *Store) PutMany(ctx context.Context, txn TxnFunc, rs []*Record) error {
 	now := s.now().UTC()
 	conds := make([]coord.Cond, 0, len(rs))
-	ops := make([]coord.Op, 0, len(rs))
+	ops := make([]coord.Op, 0, 2*len(rs))
+	var assign []coord.Op
 	for _, r := range rs {
 		r.Updated = now
+		enc := r.encode()
 		conds = append(conds, coord.VersionIs(s.layout.ActiveKey(r.ID), r.version))
-		ops = append(ops, coord.PutOp(s.layout.ActiveKey(r.ID), r.encode()))
+		ops = append(ops, coord.PutOp(s.layout.ActiveKey(r.ID), enc))
+		assign = append(assign, s.assignOps(r, false, enc)...)
 	}
+	ops = append(ops, assign...)
 	vers, err := txn(ctx, conds, ops)
 	if err != nil {
 		return fmt.Errorf("write %d tasks: %w", len(rs), err)
 	}
 	for i, r := range rs {
 		r.version = vers[i]
+		r.held = heldBy(r)
 	}
 	return nil
 }
@@ -306,14 +353,17 @@ func (s *Store) Finish(ctx context.Context, txn TxnFunc, r *Record, extra ...coo
 	r.Updated, r.Finished = now, now
 	r.Request, r.Runner, r.RunnerSession = RequestNone, "", ""
 	conds := append([]coord.Cond{coord.VersionIs(s.layout.ActiveKey(r.ID), r.version)}, extra...)
-	vers, err := txn(ctx, conds, []coord.Op{
+	enc := r.encode()
+	ops := append([]coord.Op{
 		coord.DeleteOp(s.layout.ActiveKey(r.ID)),
-		coord.CreateOp(s.layout.DoneKey(r.ID), r.encode(), nil),
-	})
+		coord.CreateOp(s.layout.DoneKey(r.ID), enc, nil),
+	}, s.assignOps(r, false, enc)...)
+	vers, err := txn(ctx, conds, ops)
 	if err != nil {
 		return fmt.Errorf("finish task %s: %w", r.ID, err)
 	}
 	r.version = vers[1]
+	r.held = ""
 	return nil
 }
 
@@ -347,7 +397,9 @@ func (s *Store) modify(ctx context.Context, id string, f func(r *Record) (change
 		case keep:
 			return r, nil
 		case put:
-			err = s.Put(ctx, txn, r)
+			// A user's change to a running task reaches its runner
+			// through the assignment key.
+			err = s.put(ctx, txn, r, true, nil)
 		case finish:
 			err = s.Finish(ctx, txn, r)
 		}
