@@ -6,7 +6,7 @@ DATA ?= ./data
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all build run test test-deps proto bench bench-copy fuzz vet clean
+.PHONY: all build run test test-deps proto bench bench-copy fuzz vet clean install
 
 all: build
 
@@ -53,6 +53,20 @@ fuzz:
 
 vet:
 	$(GO) vet ./...
+
+# Binaries, the systemd unit, a default config (kept if present), the
+# operator docs and shell completions, under $(DESTDIR).
+install: build
+	install -D -m 0755 $(BIN)/taskd $(DESTDIR)$(PREFIX)/bin/taskd
+	install -D -m 0755 $(BIN)/taskctl $(DESTDIR)$(PREFIX)/bin/taskctl
+	install -D -m 0644 deploy/taskd.service $(DESTDIR)/etc/systemd/system/taskd.service
+	sed -i -e 's|/usr/local/bin/taskd|$(PREFIX)/bin/taskd|' -e 's|/usr/share/doc/taskd|$(PREFIX)/share/doc/taskd|' $(DESTDIR)/etc/systemd/system/taskd.service
+	test -e $(DESTDIR)/etc/taskd/taskd.conf || install -D -m 0640 deploy/taskd.conf $(DESTDIR)/etc/taskd/taskd.conf
+	install -d $(DESTDIR)$(PREFIX)/share/doc/taskd
+	install -m 0644 docs/*.md $(DESTDIR)$(PREFIX)/share/doc/taskd/
+	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions
+	$(BIN)/taskctl completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/taskctl
+	$(BIN)/taskctl completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_taskctl
 
 clean:
 	rm -rf $(BIN)

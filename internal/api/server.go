@@ -53,6 +53,9 @@ type ServerConfig struct {
 	Token   string // empty: no authentication (loopback only)
 	TLSCert string
 	TLSKey  string
+	// Metrics, when set, is served on /metrics, behind the same bearer
+	// token as the RPCs (Prometheus: bearer_token_file).
+	Metrics http.Handler
 }
 
 // IsLoopback reports whether addr (host:port) listens only on loopback.
@@ -101,6 +104,16 @@ func NewServer(cfg ServerConfig, cluster Cluster, log *slog.Logger) (*Server, er
 	mux.Handle(taskdv1connect.NewClusterServiceHandler(&clusterService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewTaskServiceHandler(&taskService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewRunnerServiceHandler(&runnerService{c: cluster}, opts))
+	if cfg.Metrics != nil {
+		a := &auth{token: cfg.Token}
+		mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+			if err := a.check(r.Header); err != nil {
+				http.Error(w, err.Error(), http.StatusUnauthorized)
+				return
+			}
+			cfg.Metrics.ServeHTTP(w, r)
+		})
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !cluster.Ready() {

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
 )
@@ -38,6 +39,8 @@ type Config struct {
 	Retention time.Duration
 	// GCInterval is how often finished tasks are collected.
 	GCInterval time.Duration
+	// Metrics, when set, receives dispatch figures.
+	Metrics *metrics.Set
 }
 
 // DefaultConfig keeps finished tasks 7 days.
@@ -106,6 +109,9 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 	st := &state{tasks: map[string]*task.Record{}, runners: map[string]task.RunnerInfo{}, marks: map[string]task.Marks{}}
 	log := d.log.With("epoch", l.Epoch())
 	log.Info("dispatcher started")
+	if m := d.cfg.Metrics; m != nil {
+		defer m.Tasks.Reset() // only the leader exports task counts
+	}
 
 	wake := time.NewTimer(time.Hour)
 	wake.Stop()
@@ -150,6 +156,7 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		}
 		st.dirty = false
 		next, err := d.reconcile(ctx, l, st, log)
+		d.count(st)
 		if errors.Is(err, quorum.ErrFenced) {
 			log.Warn("dispatcher fenced", "err", err)
 			return err
@@ -325,6 +332,18 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 	return next, errors.Join(errs...)
 }
 
+// count publishes the unfinished tasks by state and type.
+func (d *Dispatcher) count(st *state) {
+	m := d.cfg.Metrics
+	if m == nil {
+		return
+	}
+	m.Tasks.Reset()
+	for _, r := range st.tasks {
+		m.Tasks.WithLabelValues(string(r.State), r.Type).Inc()
+	}
+}
+
 // pick chooses the least loaded runner that accepts r; ties go by name so
 // that a pass is deterministic.
 func pick(runners map[string]*task.Runner, r *task.Record) *task.Runner {
@@ -358,9 +377,16 @@ func (d *Dispatcher) assign(ctx context.Context, txn task.TxnFunc, st *state, ba
 	if err != nil {
 		return err
 	}
+	now := d.store.Now()
 	for _, r := range batch {
 		st.tasks[r.ID] = r
 		log.Debug("task assigned", "task", r.ID, "attempt", r.Attempt, "runner", r.Runner)
+		if m := d.cfg.Metrics; m != nil {
+			m.Assignments.Inc()
+			if r.Attempt == 1 {
+				m.DispatchLatency.Observe(now.Sub(r.Created).Seconds())
+			}
+		}
 	}
 	return nil
 }
@@ -380,6 +406,9 @@ func (d *Dispatcher) giveBack(ctx context.Context, txn task.TxnFunc, r *task.Rec
 	}
 	if err != nil {
 		return err
+	}
+	if m := d.cfg.Metrics; m != nil {
+		m.GivenBack.Inc()
 	}
 	log.Info("task given back: its runner's session ended", "task", r.ID, "attempt", r.Attempt, "runner", r.Runner, "state", g.State)
 	return nil

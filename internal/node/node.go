@@ -23,6 +23,7 @@ import (
 	"github.com/taskd/taskd/internal/coord/etcd"
 	"github.com/taskd/taskd/internal/coord/zk"
 	"github.com/taskd/taskd/internal/dispatch"
+	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
 	"github.com/taskd/taskd/internal/task"
@@ -45,7 +46,10 @@ type Node struct {
 	target  coord.Target
 	q       atomic.Pointer[quorum.Quorum]
 	tasks   atomic.Pointer[task.Store]
-	wait    atomic.Pointer[string] // why the quorum has not started yet
+	metrics *metrics.Set
+	// quorumStarted is closed once n.q is set.
+	quorumStarted chan struct{}
+	wait          atomic.Pointer[string] // why the quorum has not started yet
 }
 
 // Run starts the node and blocks until ctx ends and everything has stopped.
@@ -58,7 +62,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), baseLog: log, target: target}
+	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), baseLog: log, target: target, quorumStarted: make(chan struct{})}
+	n.metrics = metrics.New(func() *quorum.View {
+		if q := n.q.Load(); q != nil {
+			v, _ := q.View()
+			return &v
+		}
+		return nil
+	})
 	n.setWaiting("starting")
 
 	unlock, nodeID, err := prepareDataDir(cfg.DataDir)
@@ -67,7 +78,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer unlock()
 
-	srv, err := api.NewServer(api.ServerConfig{Listen: cfg.Listen, Token: token, TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey}, n, n.log)
+	srv, err := api.NewServer(api.ServerConfig{Listen: cfg.Listen, Token: token, TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey,
+		Metrics: n.metrics.Handler()}, n, n.log)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
@@ -81,6 +93,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(gctx, ln) })
 	g.Go(func() error { return n.runCoordinated(gctx, nodeID) })
+	g.Go(func() error { n.notifySystemd(gctx); return nil })
 	err = g.Wait()
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		n.log.Info("taskd stopped")
@@ -133,17 +146,18 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	}
 	defer store.Close()
 
-	tasks, err := task.NewStore(store, quorum.DefaultConfig().Root, tasktype.Builtin(n.cfg.VolumeRoots, n.log), n.cfg.TimeZone, nil)
+	tasks, err := task.NewStore(store, quorum.DefaultConfig().Root, tasktype.Builtin(n.cfg.VolumeRoots, n.log, n.metrics), n.cfg.TimeZone, nil)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	rc, _ := n.cfg.runnerConfig() // validated in Run
+	rc.Metrics = n.metrics
 	run, err := runner.New(rc, tasks, n.log)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	dc := dispatch.DefaultConfig()
-	dc.Retention = n.cfg.TaskRetention
+	dc.Retention, dc.Metrics = n.cfg.TaskRetention, n.metrics
 	disp, err := dispatch.New(dc, tasks, n.log)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
@@ -176,11 +190,12 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 		wg.Wait()
 		return nil
 	}
-	q, err := quorum.New(n.cfg.quorumConfig(nodeID), store, roles, n.baseLog)
+	q, err := quorum.New(n.cfg.quorumConfig(nodeID), store, roles, n.baseLog, quorum.WithFenceHook(n.metrics.Fenced))
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n.q.Store(q)
+	close(n.quorumStarted)
 
 	qctx, cancel := context.WithCancel(ctx)
 	defer cancel()

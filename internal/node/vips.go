@@ -40,6 +40,9 @@ func (n *Node) cleanupVIPs(specs []vip.Spec) {
 // answers for the address, the interface is missing), it logs why and tries
 // again with backoff: a leader never exits or resigns over a VIP.
 func (n *Node) holdVIP(ctx context.Context, s vip.Spec) {
+	holding := n.metrics.VIPHolding.WithLabelValues(s.Service)
+	holding.Set(1)
+	defer holding.Set(0)
 	wait := time.Second
 	for {
 		err := vip.Hold(ctx, s, n.vipConfig())

@@ -218,6 +218,9 @@ func (a *attempt) run() {
 	a.mu.Lock()
 	state := a.rec.State
 	a.mu.Unlock()
+	if m := a.s.r.cfg.Metrics; m != nil {
+		m.Attempts.WithLabelValues(outcome).Inc()
+	}
 	a.log.Info("attempt ended", "outcome", outcome, "state", state, "err", err)
 }
 

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/task"
 )
 
@@ -44,6 +45,8 @@ type Config struct {
 	ProgressInterval time.Duration
 	// Backoff gives the wait before retry n (task.Backoff if nil).
 	Backoff func(retry int) time.Duration
+	// Metrics, when set, counts ended attempts.
+	Metrics *metrics.Set
 }
 
 // DefaultConfig runs 8 tasks at once.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	volcopy "github.com/taskd/taskd/internal/copy"
+	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/volume"
@@ -23,8 +24,9 @@ type Copy struct {
 	// Roots confines file:// endpoints on this node. With no roots the
 	// daemon refuses file endpoints: it must not copy arbitrary files on
 	// behalf of API callers.
-	Roots []string
-	Log   *slog.Logger
+	Roots   []string
+	Log     *slog.Logger
+	Metrics *metrics.Set // optional
 }
 
 // copySpec is copy.Spec plus the node that holds its file endpoints.
@@ -107,11 +109,28 @@ func (c Copy) Run(ctx context.Context, raw json.RawMessage, cp []byte, r task.Re
 		log = slog.New(slog.DiscardHandler)
 	}
 	var last task.Progress
+	var lastBytes int64
+	var lastRate float64
+	account := func(p volcopy.Progress, running bool) {
+		if c.Metrics == nil {
+			return
+		}
+		c.Metrics.CopyBytes.Add(float64(max(p.BytesWritten-lastBytes, 0)))
+		lastBytes = p.BytesWritten
+		rate := p.Rate
+		if !running {
+			rate = 0
+		}
+		c.Metrics.CopyRate.Add(rate - lastRate)
+		lastRate = rate
+	}
+	defer func() { account(volcopy.Progress{BytesWritten: lastBytes}, false) }()
 	opts := volcopy.Options{
 		Resume:           cp,
 		Logger:           log.With("task", r.TaskID(), "attempt", r.Attempt()),
 		ProgressInterval: time.Second,
 		OnProgress: func(p volcopy.Progress) {
+			account(p, true)
 			last = task.Progress{Done: p.LogicalDone, Total: p.LogicalTotal, Bytes: p.BytesWritten, Rate: p.Rate, ETASeconds: p.ETA.Seconds()}
 			r.Progress(last)
 		},

@@ -11,13 +11,14 @@ import (
 	"os"
 	"time"
 
+	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/task"
 )
 
 // Builtin returns the registry of every built-in type; roots confine the
-// copy's file endpoints on this node.
-func Builtin(roots []string, log *slog.Logger) task.Registry {
-	return task.Registry{"sleep": Sleep{}, "noop": Noop{}, "copy": Copy{Roots: roots, Log: log}}
+// copy's file endpoints on this node; m (optional) receives copy figures.
+func Builtin(roots []string, log *slog.Logger, m *metrics.Set) task.Registry {
+	return task.Registry{"sleep": Sleep{}, "noop": Noop{}, "copy": Copy{Roots: roots, Log: log, Metrics: m}}
 }
 
 // Noop succeeds at once; it measures the task machinery itself.

@@ -1,0 +1,60 @@
+package e2e
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/harness"
+)
+
+func scrape(t *testing.T, n *harness.Node) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.API+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %d %v", resp.StatusCode, err)
+	}
+	return string(b)
+}
+
+// TestMetrics: /metrics reports the node's standing and the task center.
+func TestMetrics(t *testing.T) {
+	c := newCluster(t, 1, harness.Options{SessionTimeout: taskTimeout})
+	leader := ready(t, c)
+	id := create(t, leader, "sleep", `{"duration":"60s"}`)
+	waitTask(t, c, id, 10*time.Second, "running", func(tk *taskdv1.Task) bool { return tk.State == "running" })
+	var text string
+	err := harness.WaitFor(ctxFor(t, 10*time.Second), 20*time.Millisecond, func() bool {
+		text = scrape(t, leader)
+		return strings.Contains(text, `taskd_tasks{state="running",type="sleep"} 1`)
+	})
+	if err != nil {
+		t.Fatalf("running task not counted:\n%s", text)
+	}
+	for _, want := range []string{
+		"taskd_is_leader 1",
+		`taskd_session_state{state="running"} 1`,
+		"taskd_ready 1",
+		"taskd_dispatch_latency_seconds_count 1",
+		"taskd_dispatch_assignments_total 1",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
