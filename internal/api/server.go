@@ -100,7 +100,9 @@ func NewServer(cfg ServerConfig, cluster Cluster, log *slog.Logger) (*Server, er
 	}
 	s := &Server{cfg: cfg, cluster: cluster, log: log}
 	mux := http.NewServeMux()
-	opts := connect.WithInterceptors(authInterceptor(cfg.Token))
+	// A request larger than any valid one (a task spec is at most 64 KiB)
+	// is refused before it is read into memory.
+	opts := connect.WithHandlerOptions(connect.WithInterceptors(authInterceptor(cfg.Token)), connect.WithReadMaxBytes(1<<20))
 	mux.Handle(taskdv1connect.NewClusterServiceHandler(&clusterService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewTaskServiceHandler(&taskService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewRunnerServiceHandler(&runnerService{c: cluster}, opts))

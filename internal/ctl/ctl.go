@@ -55,7 +55,7 @@ func exitCode(err error) int {
 		return ExitTaskUnsuccessful
 	}
 	switch connect.CodeOf(err) {
-	case connect.CodeInvalidArgument, connect.CodeOutOfRange:
+	case connect.CodeInvalidArgument, connect.CodeOutOfRange, connect.CodeResourceExhausted:
 		return ExitUsage
 	case connect.CodeUnavailable, connect.CodeDeadlineExceeded:
 		return ExitUnavailable

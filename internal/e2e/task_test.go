@@ -388,6 +388,13 @@ func TestTaskControl(t *testing.T) {
 
 		// Bad input: a clear error, exit 2 or 4, and nothing created.
 		_, before := ctl("task", "list", "--status", "all", "-o", "json")
+		bigSpec := filepath.Join(t.TempDir(), "big.json")
+		hugeSpec := filepath.Join(t.TempDir(), "huge.json")
+		for path, n := range map[string]int{bigSpec: 100 << 10, hugeSpec: 4 << 20} {
+			if err := os.WriteFile(path, []byte(`{"duration":"1s","pad":"`+strings.Repeat("x", n)+`"}`), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
 		for _, bad := range []struct {
 			code int
 			args []string
@@ -398,6 +405,8 @@ func TestTaskControl(t *testing.T) {
 			{2, []string{"task", "create", "sleep", "--spec", `{"duration":"1s"}`, "--window", "25:00-01:00"}},
 			{2, []string{"task", "create", "sleep", "--spec", `{"duration":"1s"}`, "--window", "08:00-08:00"}},
 			{2, []string{"task", "create", "noop", "--priority", "5000"}},
+			{2, []string{"task", "create", "sleep", "--spec", "@" + bigSpec}},
+			{2, []string{"task", "create", "sleep", "--spec", "@" + hugeSpec}},
 			{4, []string{"task", "show", "00000000-0000-4000-8000-000000000000"}},
 			{4, []string{"task", "cancel", "00000000-0000-4000-8000-000000000000"}},
 			{2, []string{"task", "show", "not-a-uuid"}},

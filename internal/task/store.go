@@ -23,6 +23,9 @@ const (
 	MaxPriority       = 1000
 	// casRetries bounds a read-modify-write loop that keeps losing races.
 	casRetries = 50
+	// MaxSpecBytes bounds a spec: records stay small for the store (etcd
+	// refuses requests over 1.5 MiB, ZooKeeper nodes over 1 MiB).
+	MaxSpecBytes = 64 << 10
 )
 
 // Store reads and writes task records. Every node has one; the API, the
@@ -83,6 +86,9 @@ func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) 
 	spec := req.Spec
 	if len(spec) == 0 {
 		spec = json.RawMessage("{}")
+	}
+	if len(spec) > MaxSpecBytes {
+		return nil, fmt.Errorf("%w: spec of %d bytes is larger than %d", ErrInvalid, len(spec), MaxSpecBytes)
 	}
 	if !json.Valid(spec) {
 		return nil, fmt.Errorf("%w: spec is not valid JSON", ErrInvalid)

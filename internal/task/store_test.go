@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,6 +109,11 @@ func TestBadInputChangesNothing(t *testing.T) {
 			}},
 			{"negative retries", task.ErrInvalid, func() error {
 				_, err := st.Create(ctx, task.CreateRequest{Type: "noop", MaxRetries: &neg})
+				return err
+			}},
+			{"huge spec", task.ErrInvalid, func() error {
+				big := `{"duration":"1s","pad":"` + strings.Repeat("x", task.MaxSpecBytes) + `"}`
+				_, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(big)})
 				return err
 			}},
 			{"bad node", task.ErrInvalid, func() error { _, err := st.Create(ctx, task.CreateRequest{Type: "noop", Node: "a b"}); return err }},
