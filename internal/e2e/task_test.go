@@ -477,3 +477,32 @@ func TestTaskWindowAndDrain(t *testing.T) {
 		t.Errorf("reason %q; want it to name the constraint", tk.Reason)
 	}
 }
+
+// TestTaskRidesThroughZKOutage: the ZooKeeper ensemble loses its quorum
+// for two seconds (two of three servers down) while a task checkpoints.
+// Sessions outlive that, so the task must neither fail an attempt nor spend
+// a retry: the runner waits for the store instead of failing the attempt.
+func TestTaskRidesThroughZKOutage(t *testing.T) {
+	ens := testenv.StartEnsemble(t, 3)
+	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/ride")})
+	leader := ready(t, c)
+	id := create(t, leader, "sleep", `{"duration":"8s","checkpoint_interval":"100ms"}`)
+	waitTask(t, c, id, 10*time.Second, "progress", func(tk *taskdv1.Task) bool { return tk.Progress.GetDone() >= 1000 })
+	down := ens.Servers[:2]
+	for _, z := range down {
+		z.Kill()
+	}
+	outage := time.NewTimer(2 * time.Second) // the fault's length, not a wait for a condition
+	<-outage.C
+	if err := down[0].Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := harness.WaitFor(ctxFor(t, 30*time.Second), 50*time.Millisecond, func() bool { return down[0].Mode() != "" }); err != nil {
+		t.Fatalf("zookeeper %d did not come back: %v", down[0].ID, err)
+	}
+	tk := waitTask(t, c, id, 40*time.Second, "an end", func(tk *taskdv1.Task) bool { return tk.State == "succeeded" || tk.State == "failed" })
+	if tk.State != "succeeded" || tk.Attempt != 1 || tk.Retries != 0 {
+		t.Fatalf("task after a ZooKeeper outage: %s, attempt %d, retries %d; want success on attempt 1 (history %v)",
+			tk.State, tk.Attempt, tk.Retries, tk.History)
+	}
+}

@@ -82,7 +82,7 @@ func (a *attempt) Progress(p task.Progress) {
 	if !due {
 		return
 	}
-	if err := a.write(func(r *task.Record) bool { r.Progress = p; return false }); err != nil {
+	if err := a.writeOnce(func(r *task.Record) bool { r.Progress = p; return false }); err != nil {
 		a.log.Debug("progress write failed", "err", err)
 	}
 }
@@ -90,7 +90,29 @@ func (a *attempt) Progress(p task.Progress) {
 // write applies f to the attempt's record and stores it, fenced by the
 // record version and the runner's session key. f returns true when the
 // record is final (it is then moved to the finished tasks).
+//
+// A store that is briefly unavailable (a ZooKeeper server lost, an etcd
+// election) is waited out for as long as the session lives: a checkpoint
+// then blocks instead of failing the attempt, which would spend one of the
+// task's retries on an outage the cluster rides through. If the session is
+// lost, the fence cancels the runner and the wait ends.
 func (a *attempt) write(f func(r *task.Record) bool) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := a.writeOnce(f)
+		if err == nil || a.s.ctx.Err() != nil || !(errors.Is(err, coord.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded)) {
+			return err
+		}
+		a.log.Warn("task write waits for the store", "err", err, "retry_in", backoff)
+		if !a.sleep(backoff) {
+			return err
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// writeOnce is one try of write, bounded by writeTimeout.
+func (a *attempt) writeOnce(f func(r *task.Record) bool) error {
 	ctx, cancel := context.WithTimeout(a.s.ctx, writeTimeout)
 	defer cancel()
 	st := a.s.r.store
