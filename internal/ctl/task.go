@@ -13,6 +13,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 	"golang.org/x/term"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -319,24 +320,50 @@ func waitFor(cmd *cobra.Command, g *globals, id string, maxWait time.Duration) e
 		ctx, cancel = context.WithTimeout(ctx, maxWait)
 		defer cancel()
 	}
-	stream, err := c.Tasks.WatchTask(ctx, connect.NewRequest(&taskdv1.TaskRef{Id: id}))
-	if err != nil {
-		return fmt.Errorf("wait for task %s: %w", id, err)
-	}
-	defer stream.Close()
 	show := newWaitDisplay(cmd.ErrOrStderr(), g.output == "json")
 	var last *taskdv1.Task
-	for stream.Receive() {
-		last = stream.Msg().Task
-		show.update(last)
+	final := func() bool {
+		return last != nil && (last.State == "succeeded" || last.State == "failed" || last.State == "cancelled")
+	}
+	// The task lives in the store, not in the node taskctl talks to: if
+	// that node goes away (restart, failover), the wait reconnects and
+	// goes on, for up to waitReconnect of continuous failure.
+	var lostSince time.Time
+	backoff := 200 * time.Millisecond
+	for !final() {
+		err := watchOnce(ctx, c, id, func(t *taskdv1.Task) {
+			last = t
+			lostSince = time.Time{}
+			show.update(t)
+		})
+		if final() {
+			break
+		}
+		if err == nil {
+			err = connect.NewError(connect.CodeUnavailable, errors.New("stream ended early"))
+		}
+		code := connect.CodeOf(err)
+		if ctx.Err() != nil || (code != connect.CodeUnavailable && code != connect.CodeUnknown) {
+			show.done()
+			return fmt.Errorf("wait for task %s: %w", id, err)
+		}
+		if lostSince.IsZero() {
+			lostSince = time.Now()
+		}
+		if time.Since(lostSince) > waitReconnect {
+			show.done()
+			return fmt.Errorf("wait for task %s: no answer for %v: %w", id, waitReconnect, err)
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "lost the stream from taskd (%v); reconnecting\n", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 	show.done()
-	if err := stream.Err(); err != nil {
-		return fmt.Errorf("wait for task %s: %w", id, err)
-	}
-	if last == nil || (last.State != "succeeded" && last.State != "failed" && last.State != "cancelled") {
-		return fmt.Errorf("wait for task %s: the stream ended early: %w", id, connect.NewError(connect.CodeUnavailable, errors.New("stream closed")))
-	}
 	if g.output == "json" {
 		if err := g.printJSON(last); err != nil {
 			return err
@@ -349,6 +376,23 @@ func waitFor(cmd *cobra.Command, g *globals, id string, maxWait time.Duration) e
 		fmt.Fprintf(g.out, "%s succeeded\n", last.Id)
 	}
 	return nil
+}
+
+// waitReconnect bounds how long `task wait` keeps reconnecting to a node
+// that does not answer.
+const waitReconnect = time.Minute
+
+// watchOnce follows the task on one stream until it ends.
+func watchOnce(ctx context.Context, c *api.Client, id string, on func(*taskdv1.Task)) error {
+	stream, err := c.Tasks.WatchTask(ctx, connect.NewRequest(&taskdv1.TaskRef{Id: id}))
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	for stream.Receive() {
+		on(stream.Msg().Task)
+	}
+	return stream.Err()
 }
 
 // waitDisplay shows progress: a bar on a terminal, a line per change

@@ -506,3 +506,43 @@ func TestTaskRidesThroughZKOutage(t *testing.T) {
 			tk.State, tk.Attempt, tk.Retries, tk.History)
 	}
 }
+
+// TestTaskWaitSurvivesNodeRestart: `task wait` follows a task through the
+// restart of the node it talks to (kill -9, then start), and ends with the
+// task's outcome.
+func TestTaskWaitSurvivesNodeRestart(t *testing.T) {
+	c := newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout})
+	leader := ready(t, c)
+	var api *harness.Node
+	for _, n := range c.Nodes {
+		if n != leader {
+			api = n
+			break
+		}
+	}
+	cordon(t, leader, api.Name) // the task runs elsewhere and survives the restart
+	id := create(t, leader, "sleep", `{"duration":"8s","checkpoint_interval":"200ms"}`)
+	waitTask(t, c, id, 10*time.Second, "running", func(tk *taskdv1.Task) bool { return tk.State == "running" })
+	logPath := filepath.Join(t.TempDir(), "wait.log")
+	w, err := harness.StartProc(logPath, taskctlBin, "--endpoint", api.API, "task", "wait", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Signal(syscall.SIGKILL); w.Wait() })
+	api.Kill()
+	if err := api.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.Done():
+	case <-ctxFor(t, 60*time.Second).Done():
+		t.Fatal("task wait did not end")
+	}
+	out, _ := os.ReadFile(logPath)
+	if w.ExitCode() != 0 || !strings.Contains(string(out), "succeeded") {
+		t.Fatalf("task wait across a restart of its node: exit %d\n%s", w.ExitCode(), out)
+	}
+	if !strings.Contains(string(out), "reconnecting") {
+		t.Fatalf("the kill -9 of its node did not show in the wait's output:\n%s", out)
+	}
+}
