@@ -29,6 +29,7 @@ type Client struct {
 	Cluster taskdv1connect.ClusterServiceClient
 	Tasks   taskdv1connect.TaskServiceClient
 	Runners taskdv1connect.RunnerServiceClient
+	Events  taskdv1connect.EventServiceClient
 }
 
 // NormalizeEndpoint adds http:// to a bare host:port.
@@ -82,6 +83,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		Cluster: taskdv1connect.NewClusterServiceClient(hc, base, opts...),
 		Tasks:   taskdv1connect.NewTaskServiceClient(hc, base, opts...),
 		Runners: taskdv1connect.NewRunnerServiceClient(hc, base, opts...),
+		Events:  taskdv1connect.NewEventServiceClient(hc, base, opts...),
 	}, nil
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1/taskdv1connect"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
 	"golang.org/x/net/http2"
@@ -45,6 +46,8 @@ type Cluster interface {
 	Coordinator() string
 	// TaskStore is the task store, nil until the node is connected.
 	TaskStore() *task.Store
+	// Events is the node's timeline recorder (nil before it is open).
+	Events() *events.Recorder
 }
 
 // ServerConfig configures the API listener.
@@ -106,6 +109,7 @@ func NewServer(cfg ServerConfig, cluster Cluster, log *slog.Logger) (*Server, er
 	mux.Handle(taskdv1connect.NewClusterServiceHandler(&clusterService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewTaskServiceHandler(&taskService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewRunnerServiceHandler(&runnerService{c: cluster}, opts))
+	mux.Handle(taskdv1connect.NewEventServiceHandler(&eventService{c: cluster}, opts))
 	if cfg.Metrics != nil {
 		a := &auth{token: cfg.Token}
 		mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {

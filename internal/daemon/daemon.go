@@ -219,7 +219,21 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 // run starts the node and handles signals: the first SIGTERM/SIGINT starts a
 // graceful shutdown (resign, deregister); a second one, or the shutdown
 // timeout, forces the exit.
-func run(cfg node.Config, log *slog.Logger) error {
+func run(cfg node.Config, log *slog.Logger) (err error) {
+	defer func() {
+		// The next start reads this back. Not for configuration or data
+		// directory errors: the directory may belong to another taskd.
+		if errors.Is(err, node.ErrConfig) || errors.Is(err, node.ErrDataDir) {
+			return
+		}
+		reason := "clean shutdown"
+		if err != nil {
+			reason = err.Error()
+		}
+		if werr := node.RecordExit(cfg.DataDir, exitCode(err), reason); werr != nil {
+			log.Warn("cannot record the exit code for the next start", "err", werr)
+		}
+	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 2)

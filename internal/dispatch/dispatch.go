@@ -410,7 +410,7 @@ func (d *Dispatcher) giveBack(ctx context.Context, txn task.TxnFunc, r *task.Rec
 	if m := d.cfg.Metrics; m != nil {
 		m.GivenBack.Inc()
 	}
-	log.Info("task given back: its runner's session ended", "task", r.ID, "attempt", r.Attempt, "runner", r.Runner, "state", g.State)
+	log.Info("task given back: its runner's session ended", "event", "task_reassigned", "task", r.ID, "attempt", r.Attempt, "runner", r.Runner, "state", g.State)
 	return nil
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/taskd/taskd/internal/coord/etcd"
 	"github.com/taskd/taskd/internal/coord/zk"
 	"github.com/taskd/taskd/internal/dispatch"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
@@ -47,6 +48,7 @@ type Node struct {
 	q       atomic.Pointer[quorum.Quorum]
 	tasks   atomic.Pointer[task.Store]
 	metrics *metrics.Set
+	events  *events.Recorder
 	// quorumStarted is closed once n.q is set.
 	quorumStarted chan struct{}
 	wait          atomic.Pointer[string] // why the quorum has not started yet
@@ -77,6 +79,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer unlock()
+	rec, err := events.Open(filepath.Join(cfg.DataDir, "events.jsonl"), cfg.Name, quorum.DefaultConfig().Root)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrDataDir, err)
+	}
+	defer rec.Close()
+	// Lines with an "event" attribute also go to the timeline.
+	tapped := slog.New(events.Tap(log.Handler(), rec))
+	n.baseLog, n.log, n.events = tapped, tapped.With("node", cfg.Name), rec
+	prevCode, prevReason := previousExit(cfg.DataDir)
 
 	srv, err := api.NewServer(api.ServerConfig{Listen: cfg.Listen, Token: token, TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey,
 		Metrics: n.metrics.Handler()}, n, n.log)
@@ -87,7 +98,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("%w: listen on %s: %w", ErrConfig, cfg.Listen, err)
 	}
-	n.log.Info("taskd starting", "version", cfg.Version, "listen", ln.Addr().String(), "coordinator", target.String(),
+	n.log.Info("taskd starting", "event", "start", "previous_exit", prevCode, "previous_reason", prevReason, "version", cfg.Version, "listen", ln.Addr().String(), "coordinator", target.String(),
 		"data_dir", cfg.DataDir, "node_id", nodeID, "session_timeout", cfg.SessionTimeout)
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -145,6 +156,12 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	defer store.Close()
+	// Publish the timeline to the store while it is open.
+	pctx, pcancel := context.WithCancel(ctx)
+	var pub sync.WaitGroup
+	pub.Add(1)
+	go func() { defer pub.Done(); n.events.Run(pctx, store) }()
+	defer func() { pcancel(); pub.Wait() }()
 
 	tasks, err := task.NewStore(store, quorum.DefaultConfig().Root, tasktype.Builtin(n.cfg.VolumeRoots, n.log, n.metrics), n.cfg.TimeZone, nil)
 	if err != nil {
@@ -248,6 +265,9 @@ func (n *Node) SetSpecified(ctx context.Context, names []string, force bool) err
 	}
 	return q.SetSpecified(ctx, names, force)
 }
+
+// Events implements api.Cluster.
+func (n *Node) Events() *events.Recorder { return n.events }
 
 // TaskStore implements api.Cluster.
 func (n *Node) TaskStore() *task.Store { return n.tasks.Load() }

@@ -42,7 +42,11 @@ func (n *Node) cleanupVIPs(specs []vip.Spec) {
 func (n *Node) holdVIP(ctx context.Context, s vip.Spec) {
 	holding := n.metrics.VIPHolding.WithLabelValues(s.Service)
 	holding.Set(1)
-	defer holding.Set(0)
+	n.log.Info("taking the vip", "event", "vip_take", "service", s.Service, "vip", s.Prefix.String())
+	defer func() {
+		holding.Set(0)
+		n.log.Info("vip released", "event", "vip_release", "service", s.Service, "vip", s.Prefix.String())
+	}()
 	wait := time.Second
 	for {
 		err := vip.Hold(ctx, s, n.vipConfig())

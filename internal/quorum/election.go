@@ -329,7 +329,7 @@ func (e *election) updateOwnRecord(ctx context.Context) {
 	e.myVer = kv.Version
 	want.joinOrder = me.joinOrder
 	e.members[want.Name] = want
-	e.log.Info("priority changed", "priority", want.Priority, "current_priority", want.CurrentPriority, "health", want.Health)
+	e.log.Info("priority changed", "event", "priority", "priority", want.Priority, "current_priority", want.CurrentPriority, "health", want.Health)
 	e.publish()
 }
 
@@ -378,7 +378,7 @@ func (e *election) campaign(ctx context.Context) {
 	}
 	e.leader = &rec
 	e.startLeading(ctx, &Leadership{q: e.q, sess: e.sess, epoch: rec.Epoch, token: ekv.Version})
-	e.log.Info("elected leader", "epoch", rec.Epoch, "reason", "best eligible candidate and no leader")
+	e.log.Info("elected leader", "event", "election", "epoch", rec.Epoch, "reason", "best eligible candidate and no leader")
 	e.publish()
 }
 

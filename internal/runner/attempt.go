@@ -243,6 +243,9 @@ func (a *attempt) run() {
 	if m := a.s.r.cfg.Metrics; m != nil {
 		m.Attempts.WithLabelValues(outcome).Inc()
 	}
+	if state == task.Waiting && (outcome == "window closed" || outcome == "runner drained") {
+		a.log.Info("task parked", "event", "task_parked", "outcome", outcome)
+	}
 	a.log.Info("attempt ended", "outcome", outcome, "state", state, "err", err)
 }
 

@@ -1,0 +1,146 @@
+package ctl
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"github.com/taskd/taskd/internal/api"
+	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// eventsCmd prints the cluster timeline: the answering node's journal and
+// the store's rings, plus every other member's local journal, so that the
+// story survives a coordinator outage.
+func eventsCmd(g *globals) *cobra.Command {
+	var since, node, typ string
+	cmd := &cobra.Command{
+		Use:   "events [--since DURATION|TIME] [--node N] [--type T]",
+		Short: "The cluster's lifecycle timeline, merged from every member, in time order",
+		Long: "Session changes, elections, fences, process starts with the previous exit, health and\n" +
+			"priority changes, VIP takes and releases, task reassignments and parkings. --since takes a\n" +
+			"duration (1h) or a time (RFC 3339).",
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &taskdv1.ListEventsRequest{Node: node, Type: typ}
+			if since != "" {
+				t, err := parseSince(since)
+				if err != nil {
+					return usageError{err}
+				}
+				req.Since = timestamppb.New(t)
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			resp, err := c.Events.ListEvents(ctx, connect.NewRequest(req))
+			if err != nil {
+				return fmt.Errorf("list events: %w", err)
+			}
+			all := resp.Msg.Events
+			if resp.Msg.Partial != "" {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", resp.Msg.Partial)
+			}
+			all = append(all, g.memberJournals(ctx, cmd, c, req)...)
+			all = mergeEvents(all)
+			if g.output == "json" {
+				return g.printJSON(&taskdv1.ListEventsResponse{Events: all, Partial: resp.Msg.Partial})
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tNODE\tTYPE\tEVENT\tDETAILS")
+			for _, e := range all {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.AsTime().Local().Format("2006-01-02 15:04:05.000"),
+					e.Node, e.Type, e.Message, details(e.Attrs))
+			}
+			return tw.Flush()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&since, "since", "", "only events after this: a duration back from now (30m) or an RFC 3339 time")
+	f.StringVar(&node, "node", "", "only this node's events")
+	f.StringVar(&typ, "type", "", "only this type (session, election, fence_started, fence_finished, start, health, priority, vip_take, vip_release, task_reassigned, task_parked)")
+	return cmd
+}
+
+// memberJournals asks every other member for its local journal; members
+// that do not answer are named on stderr and skipped.
+func (g *globals) memberJournals(ctx context.Context, cmd *cobra.Command, c *api.Client, req *taskdv1.ListEventsRequest) []*taskdv1.Event {
+	m, err := c.Cluster.ListMembers(ctx, connect.NewRequest(&taskdv1.ListMembersRequest{}))
+	if err != nil {
+		fmt.Fprintln(cmd.ErrOrStderr(), "warning: cannot list members:", err)
+		return nil
+	}
+	tok, _ := api.ReadToken(g.tokenFile)
+	scheme := "http://"
+	if strings.HasPrefix(g.endpoint, "https://") {
+		scheme = "https://"
+	}
+	local := &taskdv1.ListEventsRequest{Since: req.Since, Node: req.Node, Type: req.Type, LocalOnly: true}
+	var out []*taskdv1.Event
+	for _, mb := range m.Msg.Members {
+		if mb.Name == m.Msg.Self || mb.Address == "" {
+			continue
+		}
+		mc, err := api.NewClient(api.ClientConfig{Endpoint: scheme + mb.Address, Token: tok, TLSCA: g.tlsCA})
+		if err != nil {
+			continue
+		}
+		mctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		r, err := mc.Events.ListEvents(mctx, connect.NewRequest(local))
+		cancel()
+		if err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s (%s) did not answer; its journal is missing: %v\n", mb.Name, mb.Address, err)
+			continue
+		}
+		out = append(out, r.Msg.Events...)
+	}
+	return out
+}
+
+func mergeEvents(in []*taskdv1.Event) []*taskdv1.Event {
+	seen := map[string]bool{}
+	var out []*taskdv1.Event
+	for _, e := range in {
+		k := fmt.Sprintf("%s/%d", e.Node, e.Seq)
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, e)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b *taskdv1.Event) int {
+		if c := a.Time.AsTime().Compare(b.Time.AsTime()); c != 0 {
+			return c
+		}
+		return cmp.Or(cmp.Compare(a.Node, b.Node), cmp.Compare(a.Seq, b.Seq))
+	})
+	return out
+}
+
+func details(attrs map[string]string) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(attrs)) {
+		parts = append(parts, k+"="+attrs[k])
+	}
+	return strings.Join(parts, " ")
+}
+
+func parseSince(s string) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return time.Now().Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("--since %q: use a duration (30m) or an RFC 3339 time", s)
+}

@@ -1,0 +1,291 @@
+// Package events is the cluster's lifecycle timeline. A component records
+// an event by logging a line with an "event" attribute (the log line is the
+// one place a state transition is told); Tap copies such lines into the
+// node's Recorder. The recorder keeps them in a local journal in the data
+// directory, which survives a coordinator outage, and publishes them to a
+// bounded ring per node in the coordination store. Readers merge both.
+package events
+
+import (
+	"bufio"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+)
+
+// Event is one entry of the timeline.
+type Event struct {
+	Time    time.Time         `json:"time"`
+	Node    string            `json:"node"`
+	Seq     uint64            `json:"seq"`
+	Type    string            `json:"type"`
+	Message string            `json:"message"`
+	Attrs   map[string]string `json:"attrs,omitempty"`
+}
+
+// Limits of the two stores.
+const (
+	// RingSize is how many events each node keeps in the store.
+	RingSize = 500
+	// journalMax is how many lines the local journal grows to before it
+	// is cut back to journalKeep.
+	journalMax  = 20000
+	journalKeep = 10000
+	// queueSize bounds the events waiting for the store.
+	queueSize = 1024
+)
+
+// Recorder keeps one node's events.
+type Recorder struct {
+	node string
+	path string
+	root string
+
+	mu    sync.Mutex
+	seq   uint64
+	lines int
+	f     *os.File
+	queue chan Event
+}
+
+// Open opens (or creates) the journal at path for node; root is the
+// store directory of the cluster (/taskd).
+func Open(path, node, root string) (*Recorder, error) {
+	r := &Recorder{node: node, path: path, root: root, queue: make(chan Event, queueSize)}
+	old, err := readJournal(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	for _, e := range old {
+		r.seq = max(r.seq, e.Seq)
+	}
+	r.lines = len(old)
+	if r.lines > journalMax {
+		if err := r.rewrite(old[len(old)-journalKeep:]); err != nil {
+			return nil, err
+		}
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("event journal: %w", err)
+	}
+	r.f = f
+	return r, nil
+}
+
+func (r *Recorder) rewrite(keep []Event) error {
+	tmp := r.path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("event journal: %w", err)
+	}
+	w := bufio.NewWriter(f)
+	for _, e := range keep {
+		b, _ := json.Marshal(e)
+		w.Write(append(b, '\n'))
+	}
+	if err := errors.Join(w.Flush(), f.Close()); err != nil {
+		return fmt.Errorf("event journal: %w", err)
+	}
+	r.lines = len(keep)
+	return os.Rename(tmp, r.path)
+}
+
+// trimLocked cuts the journal back to its newest journalKeep lines.
+func (r *Recorder) trimLocked() {
+	all, err := readJournal(r.path)
+	if err != nil || len(all) <= journalKeep {
+		return
+	}
+	if err := r.rewrite(all[len(all)-journalKeep:]); err != nil {
+		return
+	}
+	if f, err := os.OpenFile(r.path, os.O_WRONLY|os.O_APPEND, 0o640); err == nil {
+		r.f.Close()
+		r.f = f
+	}
+}
+
+// Close closes the journal.
+func (r *Recorder) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.f.Close()
+}
+
+// Record appends an event to the journal and queues it for the store.
+func (r *Recorder) Record(typ, msg string, attrs map[string]string) {
+	r.mu.Lock()
+	r.seq++
+	e := Event{Time: time.Now().UTC(), Node: r.node, Seq: r.seq, Type: typ, Message: msg, Attrs: attrs}
+	b, _ := json.Marshal(e)
+	_, _ = r.f.Write(append(b, '\n')) // best effort: the log line exists too
+	r.lines++
+	if r.lines > journalMax {
+		r.trimLocked()
+	}
+	r.mu.Unlock()
+	select {
+	case r.queue <- e:
+	default: // the store is far behind; the journal still has it
+	}
+}
+
+// Local reads the local journal.
+func (r *Recorder) Local() ([]Event, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return readJournal(r.path)
+}
+
+func readJournal(p string) ([]Event, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []Event
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var e Event
+		if json.Unmarshal(sc.Bytes(), &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out, sc.Err()
+}
+
+// Dir is the store directory of node's ring.
+func Dir(root, node string) string { return path.Join(root, "events", node) }
+
+// Run publishes queued events to the store until ctx ends, retrying while
+// the store is unavailable.
+func (r *Recorder) Run(ctx context.Context, kv coord.Store) {
+	backoff := 100 * time.Millisecond
+	for {
+		var e Event
+		select {
+		case <-ctx.Done():
+			return
+		case e = <-r.queue:
+		}
+		for {
+			err := put(ctx, kv, path.Join(Dir(r.root, r.node), fmt.Sprintf("%03d", e.Seq%RingSize)), e)
+			if err == nil || ctx.Err() != nil {
+				backoff = 100 * time.Millisecond
+				break
+			}
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff = min(2*backoff, 5*time.Second)
+		}
+	}
+}
+
+func put(ctx context.Context, kv coord.Store, key string, e Event) error {
+	b, _ := json.Marshal(e)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := kv.Update(ctx, key, b, 0); !errors.Is(err, coord.ErrNotFound) {
+		return err
+	}
+	_, err := kv.Create(ctx, key, b)
+	return err
+}
+
+// FromStore reads the rings of nodes.
+func FromStore(ctx context.Context, kv coord.Store, root string, nodes []string) ([]Event, error) {
+	var out []Event
+	for _, n := range nodes {
+		kvs, err := kv.List(ctx, Dir(root, n))
+		if err != nil {
+			return out, err
+		}
+		for _, k := range kvs {
+			var e Event
+			if json.Unmarshal(k.Value, &e) == nil {
+				out = append(out, e)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Merge orders events by time, without duplicates (same node and seq).
+func Merge(lists ...[]Event) []Event {
+	seen := map[string]bool{}
+	var out []Event
+	for _, l := range lists {
+		for _, e := range l {
+			k := fmt.Sprintf("%s/%d", e.Node, e.Seq)
+			if !seen[k] {
+				seen[k] = true
+				out = append(out, e)
+			}
+		}
+	}
+	slices.SortStableFunc(out, func(a, b Event) int {
+		if c := a.Time.Compare(b.Time); c != 0 {
+			return c
+		}
+		return cmp.Or(cmp.Compare(a.Node, b.Node), cmp.Compare(a.Seq, b.Seq))
+	})
+	return out
+}
+
+// Tap returns a handler that passes every record to next and records
+// those with an "event" attribute.
+func Tap(next slog.Handler, r *Recorder) slog.Handler { return &tap{next: next, r: r} }
+
+type tap struct {
+	next  slog.Handler
+	r     *Recorder
+	attrs []slog.Attr
+}
+
+func (t *tap) Enabled(ctx context.Context, l slog.Level) bool { return t.next.Enabled(ctx, l) }
+
+func (t *tap) Handle(ctx context.Context, rec slog.Record) error {
+	var typ string
+	attrs := map[string]string{}
+	add := func(a slog.Attr) bool {
+		if a.Key == "event" {
+			typ = a.Value.String()
+		} else if a.Key != "node" {
+			attrs[a.Key] = a.Value.String()
+		}
+		return true
+	}
+	for _, a := range t.attrs {
+		add(a)
+	}
+	rec.Attrs(add)
+	if typ != "" {
+		t.r.Record(typ, rec.Message, attrs)
+	}
+	return t.next.Handle(ctx, rec)
+}
+
+func (t *tap) WithAttrs(as []slog.Attr) slog.Handler {
+	return &tap{next: t.next.WithAttrs(as), r: t.r, attrs: append(slices.Clone(t.attrs), as...)}
+}
+
+func (t *tap) WithGroup(name string) slog.Handler {
+	return &tap{next: t.next.WithGroup(name), r: t.r, attrs: t.attrs}
+}

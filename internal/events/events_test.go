@@ -1,0 +1,60 @@
+package events
+
+import (
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestTapJournalAndMerge: only lines with an "event" attribute are
+// recorded, with the logger's own attributes; the journal survives a
+// reopen with its sequence; it is cut back when it grows too long; Merge
+// orders by time and drops duplicates.
+func TestTapJournalAndMerge(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "events.jsonl")
+	r, err := Open(p, "n1", "/taskd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(Tap(slog.NewTextHandler(io.Discard, nil), r)).With("session", "s1")
+	log.Info("not an event")
+	log.Info("elected leader", "event", "election", "epoch", 3)
+	ev, err := r.Local()
+	if err != nil || len(ev) != 1 {
+		t.Fatalf("journal %v %v; want one event", ev, err)
+	}
+	if e := ev[0]; e.Type != "election" || e.Attrs["epoch"] != "3" || e.Attrs["session"] != "s1" || e.Seq != 1 || e.Node != "n1" {
+		t.Fatalf("event %+v", e)
+	}
+	r.Close()
+	r, err = Open(p, "n1", "/taskd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.Record("start", "taskd starting", nil)
+	ev, _ = r.Local()
+	if len(ev) != 2 || ev[1].Seq != 2 {
+		t.Fatalf("after reopen: %+v", ev)
+	}
+	for range journalMax {
+		r.Record("health", "x", nil)
+		select { // keep the queue from filling: nothing publishes here
+		case <-r.queue:
+		default:
+		}
+	}
+	ev, _ = r.Local()
+	if len(ev) > journalMax || ev[len(ev)-1].Seq != uint64(journalMax+2) {
+		t.Fatalf("journal not cut back: %d lines, last seq %d", len(ev), ev[len(ev)-1].Seq)
+	}
+	t0 := time.Now()
+	a := Event{Time: t0.Add(time.Second), Node: "n2", Seq: 1}
+	b := Event{Time: t0, Node: "n1", Seq: 7}
+	m := Merge([]Event{a, b}, []Event{b})
+	if len(m) != 2 || m[0].Node != "n1" {
+		t.Fatalf("merge %+v", m)
+	}
+}
