@@ -2,10 +2,13 @@ package api
 
 import (
 	"context"
+	"encoding/json"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/quorum"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -54,4 +57,67 @@ func (s *eventService) ListEvents(ctx context.Context, req *connect.Request[task
 			Type: e.Type, Message: e.Message, Attrs: e.Attrs})
 	}
 	return connect.NewResponse(out), nil
+}
+
+// WatchEvents follows every member's ring in the store: one watch per
+// member known when the stream starts. It sends what the rings hold after
+// since, then each new event.
+func (s *eventService) WatchEvents(ctx context.Context, req *connect.Request[taskdv1.ListEventsRequest], stream *connect.ServerStream[taskdv1.Event]) error {
+	st := s.c.TaskStore()
+	if st == nil {
+		return toConnect(errNotConnected)
+	}
+	m := req.Msg
+	v := s.c.View()
+	names := map[string]bool{v.Self: true}
+	for _, mb := range v.Members {
+		names[mb.Name] = true
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	merged := make(chan coord.Event)
+	var wg sync.WaitGroup
+	for n := range names {
+		if m.Node != "" && n != m.Node {
+			continue
+		}
+		ch := st.KV().Watch(wctx, events.Dir(quorum.DefaultConfig().Root, n))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ev := range ch {
+				select {
+				case merged <- ev:
+				case <-wctx.Done():
+				}
+			}
+		}()
+	}
+	defer wg.Wait()
+	defer cancel()
+	var since time.Time
+	if m.Since != nil {
+		since = m.Since.AsTime()
+	}
+	seen := map[string]uint64{} // newest seq sent per node
+	for {
+		var ev coord.Event
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev = <-merged:
+		}
+		if ev.Type != coord.EventPut {
+			continue
+		}
+		var e events.Event
+		if json.Unmarshal(ev.KV.Value, &e) != nil || e.Seq <= seen[e.Node] || e.Time.Before(since) || (m.Type != "" && e.Type != m.Type) {
+			continue
+		}
+		seen[e.Node] = e.Seq
+		if err := stream.Send(&taskdv1.Event{Time: timestamppb.New(e.Time), Node: e.Node, Seq: e.Seq, Type: e.Type,
+			Message: e.Message, Attrs: e.Attrs}); err != nil {
+			return err
+		}
+	}
 }

@@ -249,7 +249,8 @@ func (s *clusterService) ListMembers(context.Context, *connect.Request[taskdv1.L
 	out := &taskdv1.ListMembersResponse{
 		Leader: v.Leader, Epoch: v.Epoch, ElectedAt: ts(v.ElectedAt), Self: v.Self,
 		SelfSession: v.Session, SelfReady: v.Ready, SelfError: v.JoinError, Coordinator: s.c.Coordinator(),
-		SpecifiedMembers: v.Specified,
+		SpecifiedMembers: v.Specified, ServerTime: timestamppb.Now(),
+		SessionTimeoutMs: v.Timeout.Milliseconds(), DeadlineFraction: v.DeadlineFraction,
 	}
 	for _, m := range v.Members {
 		pm := &taskdv1.Member{

@@ -54,6 +54,10 @@ func exitCode(err error) int {
 	if errors.As(err, &te) {
 		return ExitTaskUnsuccessful
 	}
+	var fe findingsError
+	if errors.As(err, &fe) {
+		return ExitDoctorFindings
+	}
 	switch connect.CodeOf(err) {
 	case connect.CodeInvalidArgument, connect.CodeOutOfRange, connect.CodeResourceExhausted:
 		return ExitUsage
@@ -126,7 +130,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	pf.StringVar(&g.tlsCA, "tls-ca", envOr("TASKD_TLS_CA", ""), "CA certificate (PEM) to verify an https endpoint (env TASKD_TLS_CA)")
 	pf.DurationVar(&g.timeout, "timeout", api.DefaultTimeout, "deadline for each request")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(serviceCmd(g), taskCmd(g), runnerCmd(g), copyCmd(g), eventsCmd(g))
+	root.AddCommand(serviceCmd(g), taskCmd(g), runnerCmd(g), copyCmd(g), eventsCmd(g), doctorCmd(g))
 	return root
 }
 

@@ -22,8 +22,9 @@ import (
 // story survives a coordinator outage.
 func eventsCmd(g *globals) *cobra.Command {
 	var since, node, typ string
+	var follow bool
 	cmd := &cobra.Command{
-		Use:   "events [--since DURATION|TIME] [--node N] [--type T]",
+		Use:   "events [--since DURATION|TIME] [--node N] [--type T] [--follow]",
 		Short: "The cluster's lifecycle timeline, merged from every member, in time order",
 		Long: "Session changes, elections, fences, process starts with the previous exit, health and\n" +
 			"priority changes, VIP takes and releases, task reassignments and parkings. --since takes a\n" +
@@ -54,23 +55,68 @@ func eventsCmd(g *globals) *cobra.Command {
 			}
 			all = append(all, g.memberJournals(ctx, cmd, c, req)...)
 			all = mergeEvents(all)
+			if follow {
+				return g.follow(cmd, c, req, all)
+			}
 			if g.output == "json" {
 				return g.printJSON(&taskdv1.ListEventsResponse{Events: all, Partial: resp.Msg.Partial})
 			}
 			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "TIME\tNODE\tTYPE\tEVENT\tDETAILS")
 			for _, e := range all {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.AsTime().Local().Format("2006-01-02 15:04:05.000"),
-					e.Node, e.Type, e.Message, details(e.Attrs))
+				fmt.Fprintln(tw, eventRow(e))
 			}
 			return tw.Flush()
 		},
 	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "after the timeline, print new events as they reach the store, until interrupted (-o json: one object per line)")
 	f := cmd.Flags()
 	f.StringVar(&since, "since", "", "only events after this: a duration back from now (30m) or an RFC 3339 time")
 	f.StringVar(&node, "node", "", "only this node's events")
 	f.StringVar(&typ, "type", "", "only this type (session, election, fence_started, fence_finished, start, health, priority, vip_take, vip_release, task_reassigned, task_parked)")
 	return cmd
+}
+
+func eventRow(e *taskdv1.Event) string {
+	return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", e.Time.AsTime().Local().Format("2006-01-02 15:04:05.000"),
+		e.Node, e.Type, e.Message, details(e.Attrs))
+}
+
+// follow prints the timeline so far, then new events from the stream,
+// skipping those already printed.
+func (g *globals) follow(cmd *cobra.Command, c *api.Client, req *taskdv1.ListEventsRequest, past []*taskdv1.Event) error {
+	printed := map[string]bool{}
+	show := func(e *taskdv1.Event) error {
+		k := fmt.Sprintf("%s/%d", e.Node, e.Seq)
+		if printed[k] {
+			return nil
+		}
+		printed[k] = true
+		if g.output == "json" {
+			return g.printJSON(e)
+		}
+		_, err := fmt.Fprintln(g.out, strings.ReplaceAll(eventRow(e), "\t", "  "))
+		return err
+	}
+	for _, e := range past {
+		if err := show(e); err != nil {
+			return err
+		}
+	}
+	stream, err := c.Events.WatchEvents(cmd.Context(), connect.NewRequest(req))
+	if err != nil {
+		return fmt.Errorf("follow events: %w", err)
+	}
+	defer stream.Close()
+	for stream.Receive() {
+		if err := show(stream.Msg()); err != nil {
+			return err
+		}
+	}
+	if cmd.Context().Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("follow events: %w", stream.Err())
 }
 
 // memberJournals asks every other member for its local journal; members

@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -86,6 +89,27 @@ func TestEventsTimeline(t *testing.T) {
 	if restarted == nil || restarted.Attrs["previous_exit"] != "none" || !strings.Contains(restarted.Attrs["previous_reason"], "killed") {
 		t.Errorf("restart after kill -9: %+v; want previous_exit none and a reason naming a kill", restarted)
 	}
+
+	// --follow prints new events as they happen.
+	logPath := filepath.Join(t.TempDir(), "follow.log")
+	f, err := harness.StartProc(logPath, taskctlBin, "--endpoint", asker.API, "events", "--follow", "--type", "priority")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Signal(syscall.SIGKILL); f.Wait() })
+	if code, out := runTaskctl(t, []string{"TASKD_ENDPOINT=" + asker.API}, "service", "set-priority", first.Name, "150"); code != 0 {
+		t.Fatalf("set-priority: %d %s", code, out)
+	}
+	err = harness.WaitFor(ctxFor(t, 20*time.Second), 50*time.Millisecond, func() bool {
+		b, _ := os.ReadFile(logPath)
+		return strings.Contains(string(b), "priority changed") && strings.Contains(string(b), "priority=150")
+	})
+	if err != nil {
+		b, _ := os.ReadFile(logPath)
+		t.Fatalf("events --follow did not show the priority change:\n%s", b)
+	}
+	f.Signal(syscall.SIGKILL)
+	f.Wait()
 
 	// The coordinator goes away: the timeline is still there, from the
 	// local journals, and shows the sessions losing contact.

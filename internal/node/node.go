@@ -239,7 +239,8 @@ func (n *Node) View() quorum.View {
 		v, _ := q.View()
 		return v
 	}
-	return quorum.View{Self: n.cfg.Name, Session: coord.StateConnecting.String(), JoinError: *n.wait.Load()}
+	return quorum.View{Self: n.cfg.Name, Session: coord.StateConnecting.String(), JoinError: *n.wait.Load(),
+		Timeout: n.cfg.SessionTimeout, DeadlineFraction: n.cfg.DeadlineFraction}
 }
 
 // Ready implements api.Cluster.

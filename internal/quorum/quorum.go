@@ -89,6 +89,8 @@ type View struct {
 	StartedAt   time.Time     `json:"started_at"`
 	JoinError   string        `json:"join_error,omitempty"`
 	Timeout     time.Duration `json:"-"`
+	// DeadlineFraction of Timeout after the last contact, the node fences.
+	DeadlineFraction float64 `json:"-"`
 }
 
 // Quorum is one node's participation in the cluster.
@@ -125,7 +127,7 @@ func New(cfg Config, store coord.Store, roles Roles, log *slog.Logger, opts ...O
 		startedAt: time.Now(), kick: make(chan struct{}, 1), healthy: true,
 		viewSubs: make(chan struct{}),
 	}
-	q.view = View{Self: cfg.Name, Session: coord.StateStopped.String(), StartedAt: q.startedAt, Timeout: cfg.SessionTimeout}
+	q.view = View{Self: cfg.Name, Session: coord.StateStopped.String(), StartedAt: q.startedAt, Timeout: cfg.SessionTimeout, DeadlineFraction: cfg.DeadlineFraction}
 	for _, o := range opts {
 		o(q)
 	}

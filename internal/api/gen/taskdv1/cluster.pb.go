@@ -291,6 +291,11 @@ type ListMembersResponse struct {
 	Coordinator string       `protobuf:"bytes,10,opt,name=coordinator,proto3" json:"coordinator,omitempty"`
 	// Only these members may lead; empty means every member may.
 	SpecifiedMembers []string `protobuf:"bytes,11,rep,name=specified_members,json=specifiedMembers,proto3" json:"specified_members,omitempty"`
+	// The answering node's clock when it answered, and its timing settings
+	// (taskctl doctor compares them across members).
+	ServerTime       *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
+	SessionTimeoutMs int64                  `protobuf:"varint,13,opt,name=session_timeout_ms,json=sessionTimeoutMs,proto3" json:"session_timeout_ms,omitempty"`
+	DeadlineFraction float64                `protobuf:"fixed64,14,opt,name=deadline_fraction,json=deadlineFraction,proto3" json:"deadline_fraction,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -400,6 +405,27 @@ func (x *ListMembersResponse) GetSpecifiedMembers() []string {
 		return x.SpecifiedMembers
 	}
 	return nil
+}
+
+func (x *ListMembersResponse) GetServerTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ServerTime
+	}
+	return nil
+}
+
+func (x *ListMembersResponse) GetSessionTimeoutMs() int64 {
+	if x != nil {
+		return x.SessionTimeoutMs
+	}
+	return 0
+}
+
+func (x *ListMembersResponse) GetDeadlineFraction() float64 {
+	if x != nil {
+		return x.DeadlineFraction
+	}
+	return 0
 }
 
 type SetPriorityRequest struct {
@@ -616,7 +642,7 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\vduration_ms\x18\x04 \x01(\x03R\n" +
 	"durationMs\x12C\n" +
 	"\x0fearliest_expiry\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0eearliestExpiry\x12#\n" +
-	"\rbefore_expiry\x18\x06 \x01(\bR\fbeforeExpiry\"\xa4\x03\n" +
+	"\rbefore_expiry\x18\x06 \x01(\bR\fbeforeExpiry\"\xbc\x04\n" +
 	"\x13ListMembersResponse\x12\x16\n" +
 	"\x06leader\x18\x01 \x01(\tR\x06leader\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x129\n" +
@@ -633,7 +659,11 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"last_fence\x18\t \x01(\v2\x15.taskd.v1.FenceReportR\tlastFence\x12 \n" +
 	"\vcoordinator\x18\n" +
 	" \x01(\tR\vcoordinator\x12+\n" +
-	"\x11specified_members\x18\v \x03(\tR\x10specifiedMembers\"Z\n" +
+	"\x11specified_members\x18\v \x03(\tR\x10specifiedMembers\x12;\n" +
+	"\vserver_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"serverTime\x12,\n" +
+	"\x12session_timeout_ms\x18\r \x01(\x03R\x10sessionTimeoutMs\x12+\n" +
+	"\x11deadline_fraction\x18\x0e \x01(\x01R\x10deadlineFraction\"Z\n" +
 	"\x12SetPriorityRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
 	"\bpriority\x18\x02 \x01(\x05R\bpriority\x12\x14\n" +
@@ -681,17 +711,18 @@ var file_taskd_v1_cluster_proto_depIdxs = []int32{
 	8,  // 5: taskd.v1.ListMembersResponse.elected_at:type_name -> google.protobuf.Timestamp
 	1,  // 6: taskd.v1.ListMembersResponse.members:type_name -> taskd.v1.Member
 	2,  // 7: taskd.v1.ListMembersResponse.last_fence:type_name -> taskd.v1.FenceReport
-	0,  // 8: taskd.v1.ClusterService.ListMembers:input_type -> taskd.v1.ListMembersRequest
-	4,  // 9: taskd.v1.ClusterService.SetPriority:input_type -> taskd.v1.SetPriorityRequest
-	6,  // 10: taskd.v1.ClusterService.SetSpecifiedMembers:input_type -> taskd.v1.SetSpecifiedMembersRequest
-	3,  // 11: taskd.v1.ClusterService.ListMembers:output_type -> taskd.v1.ListMembersResponse
-	5,  // 12: taskd.v1.ClusterService.SetPriority:output_type -> taskd.v1.SetPriorityResponse
-	7,  // 13: taskd.v1.ClusterService.SetSpecifiedMembers:output_type -> taskd.v1.SetSpecifiedMembersResponse
-	11, // [11:14] is the sub-list for method output_type
-	8,  // [8:11] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	8,  // 8: taskd.v1.ListMembersResponse.server_time:type_name -> google.protobuf.Timestamp
+	0,  // 9: taskd.v1.ClusterService.ListMembers:input_type -> taskd.v1.ListMembersRequest
+	4,  // 10: taskd.v1.ClusterService.SetPriority:input_type -> taskd.v1.SetPriorityRequest
+	6,  // 11: taskd.v1.ClusterService.SetSpecifiedMembers:input_type -> taskd.v1.SetSpecifiedMembersRequest
+	3,  // 12: taskd.v1.ClusterService.ListMembers:output_type -> taskd.v1.ListMembersResponse
+	5,  // 13: taskd.v1.ClusterService.SetPriority:output_type -> taskd.v1.SetPriorityResponse
+	7,  // 14: taskd.v1.ClusterService.SetSpecifiedMembers:output_type -> taskd.v1.SetSpecifiedMembersResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_taskd_v1_cluster_proto_init() }

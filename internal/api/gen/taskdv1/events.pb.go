@@ -253,10 +253,11 @@ const file_taskd_v1_events_proto_rawDesc = "" +
 	"local_only\x18\x04 \x01(\bR\tlocalOnly\"W\n" +
 	"\x12ListEventsResponse\x12'\n" +
 	"\x06events\x18\x01 \x03(\v2\x0f.taskd.v1.EventR\x06events\x12\x18\n" +
-	"\apartial\x18\x02 \x01(\tR\apartial2\\\n" +
+	"\apartial\x18\x02 \x01(\tR\apartial2\x9d\x01\n" +
 	"\fEventService\x12L\n" +
 	"\n" +
-	"ListEvents\x12\x1b.taskd.v1.ListEventsRequest\x1a\x1c.taskd.v1.ListEventsResponse\"\x03\x90\x02\x01B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
+	"ListEvents\x12\x1b.taskd.v1.ListEventsRequest\x1a\x1c.taskd.v1.ListEventsResponse\"\x03\x90\x02\x01\x12?\n" +
+	"\vWatchEvents\x12\x1b.taskd.v1.ListEventsRequest\x1a\x0f.taskd.v1.Event\"\x000\x01B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
 
 var (
 	file_taskd_v1_events_proto_rawDescOnce sync.Once
@@ -284,9 +285,11 @@ var file_taskd_v1_events_proto_depIdxs = []int32{
 	4, // 2: taskd.v1.ListEventsRequest.since:type_name -> google.protobuf.Timestamp
 	0, // 3: taskd.v1.ListEventsResponse.events:type_name -> taskd.v1.Event
 	1, // 4: taskd.v1.EventService.ListEvents:input_type -> taskd.v1.ListEventsRequest
-	2, // 5: taskd.v1.EventService.ListEvents:output_type -> taskd.v1.ListEventsResponse
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
+	1, // 5: taskd.v1.EventService.WatchEvents:input_type -> taskd.v1.ListEventsRequest
+	2, // 6: taskd.v1.EventService.ListEvents:output_type -> taskd.v1.ListEventsResponse
+	0, // 7: taskd.v1.EventService.WatchEvents:output_type -> taskd.v1.Event
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
 	4, // [4:4] is the sub-list for extension type_name
 	4, // [4:4] is the sub-list for extension extendee
 	0, // [0:4] is the sub-list for field type_name

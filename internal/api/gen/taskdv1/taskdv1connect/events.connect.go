@@ -35,6 +35,9 @@ const (
 const (
 	// EventServiceListEventsProcedure is the fully-qualified name of the EventService's ListEvents RPC.
 	EventServiceListEventsProcedure = "/taskd.v1.EventService/ListEvents"
+	// EventServiceWatchEventsProcedure is the fully-qualified name of the EventService's WatchEvents
+	// RPC.
+	EventServiceWatchEventsProcedure = "/taskd.v1.EventService/WatchEvents"
 )
 
 // EventServiceClient is a client for the taskd.v1.EventService service.
@@ -42,6 +45,9 @@ type EventServiceClient interface {
 	// ListEvents merges the answering node's local journal with the
 	// store's rings of every member (unless local_only), in time order.
 	ListEvents(context.Context, *connect.Request[taskdv1.ListEventsRequest]) (*connect.Response[taskdv1.ListEventsResponse], error)
+	// WatchEvents streams every member's events as they reach the store's
+	// rings (after those already there), until the client goes away.
+	WatchEvents(context.Context, *connect.Request[taskdv1.ListEventsRequest]) (*connect.ServerStreamForClient[taskdv1.Event], error)
 }
 
 // NewEventServiceClient constructs a client for the taskd.v1.EventService service. By default, it
@@ -62,12 +68,19 @@ func NewEventServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		watchEvents: connect.NewClient[taskdv1.ListEventsRequest, taskdv1.Event](
+			httpClient,
+			baseURL+EventServiceWatchEventsProcedure,
+			connect.WithSchema(eventServiceMethods.ByName("WatchEvents")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // eventServiceClient implements EventServiceClient.
 type eventServiceClient struct {
-	listEvents *connect.Client[taskdv1.ListEventsRequest, taskdv1.ListEventsResponse]
+	listEvents  *connect.Client[taskdv1.ListEventsRequest, taskdv1.ListEventsResponse]
+	watchEvents *connect.Client[taskdv1.ListEventsRequest, taskdv1.Event]
 }
 
 // ListEvents calls taskd.v1.EventService.ListEvents.
@@ -75,11 +88,19 @@ func (c *eventServiceClient) ListEvents(ctx context.Context, req *connect.Reques
 	return c.listEvents.CallUnary(ctx, req)
 }
 
+// WatchEvents calls taskd.v1.EventService.WatchEvents.
+func (c *eventServiceClient) WatchEvents(ctx context.Context, req *connect.Request[taskdv1.ListEventsRequest]) (*connect.ServerStreamForClient[taskdv1.Event], error) {
+	return c.watchEvents.CallServerStream(ctx, req)
+}
+
 // EventServiceHandler is an implementation of the taskd.v1.EventService service.
 type EventServiceHandler interface {
 	// ListEvents merges the answering node's local journal with the
 	// store's rings of every member (unless local_only), in time order.
 	ListEvents(context.Context, *connect.Request[taskdv1.ListEventsRequest]) (*connect.Response[taskdv1.ListEventsResponse], error)
+	// WatchEvents streams every member's events as they reach the store's
+	// rings (after those already there), until the client goes away.
+	WatchEvents(context.Context, *connect.Request[taskdv1.ListEventsRequest], *connect.ServerStream[taskdv1.Event]) error
 }
 
 // NewEventServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -96,10 +117,18 @@ func NewEventServiceHandler(svc EventServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	eventServiceWatchEventsHandler := connect.NewServerStreamHandler(
+		EventServiceWatchEventsProcedure,
+		svc.WatchEvents,
+		connect.WithSchema(eventServiceMethods.ByName("WatchEvents")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/taskd.v1.EventService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case EventServiceListEventsProcedure:
 			eventServiceListEventsHandler.ServeHTTP(w, r)
+		case EventServiceWatchEventsProcedure:
+			eventServiceWatchEventsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -111,4 +140,8 @@ type UnimplementedEventServiceHandler struct{}
 
 func (UnimplementedEventServiceHandler) ListEvents(context.Context, *connect.Request[taskdv1.ListEventsRequest]) (*connect.Response[taskdv1.ListEventsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.EventService.ListEvents is not implemented"))
+}
+
+func (UnimplementedEventServiceHandler) WatchEvents(context.Context, *connect.Request[taskdv1.ListEventsRequest], *connect.ServerStream[taskdv1.Event]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.EventService.WatchEvents is not implemented"))
 }

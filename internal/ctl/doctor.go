@@ -1,0 +1,164 @@
+package ctl
+
+import (
+	"context"
+
+	"fmt"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"github.com/taskd/taskd/internal/api"
+	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+)
+
+// ExitDoctorFindings: taskctl doctor found something wrong.
+const ExitDoctorFindings = 8
+
+// maxSkew is the clock difference doctor reports: leases, deadlines and
+// the timeline all assume clocks that agree far better than a second.
+const maxSkew = 500 * time.Millisecond
+
+type findingsError struct{ n int }
+
+func (e findingsError) Error() string { return fmt.Sprintf("%d problem(s) found", e.n) }
+
+type doctor struct {
+	out      strings.Builder
+	findings int
+}
+
+func (d *doctor) ok(format string, args ...any) { fmt.Fprintf(&d.out, "ok    "+format+"\n", args...) }
+
+func (d *doctor) bad(format string, args ...any) {
+	d.findings++
+	fmt.Fprintf(&d.out, "FAIL  "+format+"\n", args...)
+}
+
+// doctorCmd checks the cluster as taskctl sees it and explains problems.
+func doctorCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "doctor",
+		Short: "Check the cluster and explain what is wrong; exit 8 if anything is",
+		Long: "Checks, through every member's API: the token and TLS, that each member reaches the\n" +
+			"coordinator (a live session), the session timeout against the local deadline and across\n" +
+			"members, clock skew between members and this host, member health, and that every\n" +
+			"member answers under its own name at its advertised address.",
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var d doctor
+			d.run(cmd.Context(), g)
+			if _, err := fmt.Fprint(g.out, d.out.String()); err != nil {
+				return err
+			}
+			if d.findings > 0 {
+				return findingsError{d.findings}
+			}
+			return nil
+		},
+	}
+}
+
+// ask calls ListMembers on endpoint and measures the skew of its clock
+// against ours (its answer time against the middle of the round trip).
+func ask(ctx context.Context, g *globals, endpoint string) (*taskdv1.ListMembersResponse, time.Duration, error) {
+	tok, err := api.ReadToken(g.tokenFile)
+	if err != nil {
+		return nil, 0, err
+	}
+	c, err := api.NewClient(api.ClientConfig{Endpoint: endpoint, Token: tok, TLSCA: g.tlsCA})
+	if err != nil {
+		return nil, 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	t0 := time.Now()
+	r, err := c.Cluster.ListMembers(ctx, connect.NewRequest(&taskdv1.ListMembersRequest{}))
+	t1 := time.Now()
+	if err != nil {
+		return nil, 0, err
+	}
+	var skew time.Duration
+	if st := r.Msg.ServerTime; st != nil {
+		skew = st.AsTime().Sub(t0.Add(t1.Sub(t0) / 2))
+	}
+	return r.Msg, skew, nil
+}
+
+func explain(err error) string {
+	switch connect.CodeOf(err) {
+	case connect.CodeUnauthenticated:
+		return "the token is missing or wrong: pass --token-file (or TASKD_TOKEN_FILE) with the cluster's token"
+	case connect.CodeUnavailable:
+		if strings.Contains(err.Error(), "x509") || strings.Contains(err.Error(), "tls") {
+			return "TLS failed: " + err.Error() + " (check --tls-ca and the server's certificate)"
+		}
+		return "not reachable: " + err.Error()
+	}
+	return err.Error()
+}
+
+func (d *doctor) run(ctx context.Context, g *globals) {
+	first, skew, err := ask(ctx, g, g.endpoint)
+	if err != nil {
+		d.bad("%s: %s", g.endpoint, explain(err))
+		return
+	}
+	d.ok("%s answers as %s (coordinator %s)", g.endpoint, first.Self, first.Coordinator)
+	scheme := "http://"
+	if strings.HasPrefix(g.endpoint, "https://") {
+		scheme = "https://"
+	}
+	answers := map[string]*taskdv1.ListMembersResponse{first.Self: first}
+	skews := map[string]time.Duration{first.Self: skew}
+	for _, m := range first.Members {
+		if m.Name == first.Self {
+			continue
+		}
+		r, sk, err := ask(ctx, g, scheme+m.Address)
+		switch {
+		case err != nil:
+			d.bad("member %s at its advertised address %s: %s", m.Name, m.Address, explain(err))
+			continue
+		case r.Self != m.Name:
+			d.bad("member %s advertises %s, but the node there answers as %s: two nodes share an address, or --advertise is wrong", m.Name, m.Address, r.Self)
+			continue
+		}
+		answers[m.Name], skews[m.Name] = r, sk
+	}
+	timeouts := map[int64][]string{}
+	for _, m := range first.Members {
+		r, ok := answers[m.Name]
+		if !ok {
+			continue
+		}
+		if r.SelfSession != "running" || !r.SelfReady {
+			d.bad("member %s has no live session with the coordinator (session %s): %s", m.Name, r.SelfSession, r.SelfError)
+		} else {
+			d.ok("member %s reaches the coordinator (session running)", m.Name)
+		}
+		if m.Health != "" && m.Health != "ok" {
+			d.bad("member %s is unhealthy: %s", m.Name, m.HealthReason)
+		}
+		timeouts[r.SessionTimeoutMs] = append(timeouts[r.SessionTimeoutMs], m.Name)
+		deadline := time.Duration(float64(r.SessionTimeoutMs)*r.DeadlineFraction) * time.Millisecond
+		if budget := time.Duration(r.SessionTimeoutMs)*time.Millisecond - deadline; budget < 500*time.Millisecond {
+			d.bad("member %s fences only %v before its session can expire (timeout %dms, deadline fraction %.2f): raise --session-timeout or lower --deadline-fraction",
+				m.Name, budget, r.SessionTimeoutMs, r.DeadlineFraction)
+		}
+		if sk := skews[m.Name]; sk > maxSkew || sk < -maxSkew {
+			d.bad("member %s's clock is %v off this host's: synchronise the clocks (NTP); windows, the timeline and lease checks assume agreeing clocks", m.Name, sk.Round(time.Millisecond))
+		}
+	}
+	if len(timeouts) > 1 {
+		d.bad("members use different session timeouts %v: give every node the same --session-timeout, or failover times differ by node", timeouts)
+	} else {
+		for t := range timeouts {
+			d.ok("every member uses a session timeout of %dms", t)
+		}
+	}
+	if first.Leader == "" {
+		d.bad("there is no leader: tasks are not dispatched and VIPs are not held")
+	}
+}
