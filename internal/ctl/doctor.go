@@ -4,6 +4,8 @@ import (
 	"context"
 
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -152,11 +154,22 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 		}
 	}
 	if len(timeouts) > 1 {
-		d.bad("members use different session timeouts %v: give every node the same --session-timeout, or failover times differ by node", timeouts)
+		var parts []string
+		for _, t := range slices.Sorted(maps.Keys(timeouts)) {
+			parts = append(parts, fmt.Sprintf("%v on %s", time.Duration(t)*time.Millisecond, strings.Join(timeouts[t], ",")))
+		}
+		d.bad("members use different session timeouts (%s): give every node the same --session-timeout, or failover times differ by node", strings.Join(parts, "; "))
 	} else {
 		for t := range timeouts {
 			d.ok("every member uses a session timeout of %dms", t)
 		}
+	}
+	ids := map[string]string{}
+	for _, m := range first.Members {
+		if other, dup := ids[m.NodeId]; dup && m.NodeId != "" {
+			d.bad("members %s and %s share node id %s: one data directory was copied from the other; give one a fresh data directory", other, m.Name, m.NodeId)
+		}
+		ids[m.NodeId] = m.Name
 	}
 	if first.Leader == "" {
 		d.bad("there is no leader: tasks are not dispatched and VIPs are not held")
