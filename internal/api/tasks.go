@@ -126,12 +126,12 @@ func (s *taskService) ListTasks(ctx context.Context, req *connect.Request[taskdv
 }
 
 // control runs one of the store's control operations.
-func (s *taskService) control(ctx context.Context, id string, op func(*task.Store) func(context.Context, string) (*task.Record, error)) (*connect.Response[taskdv1.GetTaskResponse], error) {
+func (s *taskService) control(ctx context.Context, id string, op func(*task.Store, context.Context, string) (*task.Record, error)) (*connect.Response[taskdv1.GetTaskResponse], error) {
 	st, err := s.store()
 	if err != nil {
 		return nil, err
 	}
-	r, err := op(st)(ctx, id)
+	r, err := op(st, ctx, id)
 	if err != nil {
 		return nil, toConnect(err)
 	}
@@ -139,15 +139,15 @@ func (s *taskService) control(ctx context.Context, id string, op func(*task.Stor
 }
 
 func (s *taskService) CancelTask(ctx context.Context, req *connect.Request[taskdv1.TaskRef]) (*connect.Response[taskdv1.GetTaskResponse], error) {
-	return s.control(ctx, req.Msg.Id, func(st *task.Store) func(context.Context, string) (*task.Record, error) { return st.Cancel })
+	return s.control(ctx, req.Msg.Id, (*task.Store).Cancel)
 }
 
 func (s *taskService) PauseTask(ctx context.Context, req *connect.Request[taskdv1.TaskRef]) (*connect.Response[taskdv1.GetTaskResponse], error) {
-	return s.control(ctx, req.Msg.Id, func(st *task.Store) func(context.Context, string) (*task.Record, error) { return st.Pause })
+	return s.control(ctx, req.Msg.Id, (*task.Store).Pause)
 }
 
 func (s *taskService) ResumeTask(ctx context.Context, req *connect.Request[taskdv1.TaskRef]) (*connect.Response[taskdv1.GetTaskResponse], error) {
-	return s.control(ctx, req.Msg.Id, func(st *task.Store) func(context.Context, string) (*task.Record, error) { return st.Resume })
+	return s.control(ctx, req.Msg.Id, (*task.Store).Resume)
 }
 
 func (s *taskService) SetTaskWindow(ctx context.Context, req *connect.Request[taskdv1.SetTaskWindowRequest]) (*connect.Response[taskdv1.GetTaskResponse], error) {
@@ -155,10 +155,8 @@ func (s *taskService) SetTaskWindow(ctx context.Context, req *connect.Request[ta
 	if m.Clear == (m.Window != "") {
 		return nil, toConnect(fmt.Errorf("%w: give a window HH:MM-HH:MM or clear, not both or neither", task.ErrInvalid))
 	}
-	return s.control(ctx, m.Id, func(st *task.Store) func(context.Context, string) (*task.Record, error) {
-		return func(ctx context.Context, id string) (*task.Record, error) {
-			return st.SetWindow(ctx, id, m.Window, m.WindowZone)
-		}
+	return s.control(ctx, m.Id, func(st *task.Store, ctx context.Context, id string) (*task.Record, error) {
+		return st.SetWindow(ctx, id, m.Window, m.WindowZone)
 	})
 }
 

@@ -144,7 +144,6 @@ type follower struct {
 
 type marks struct {
 	running, progress, deleted time.Time
-	attempt                    int
 	attemptAt                  map[int]time.Time // first seen running per attempt
 	progressAt                 map[int]time.Time // the attempt's first write by its runner
 	events                     map[int]int       // records seen per attempt

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -82,16 +83,28 @@ type globals struct {
 	out       io.Writer
 }
 
-func (g *globals) client() (*api.Client, error) {
+func (g *globals) client() (*api.Client, error) { return g.clientAt(g.endpoint) }
+
+// clientAt is a client for endpoint with the global token and TLS settings.
+func (g *globals) clientAt(endpoint string) (*api.Client, error) {
 	tok, err := api.ReadToken(g.tokenFile)
 	if err != nil {
 		return nil, usageError{err}
 	}
-	c, err := api.NewClient(api.ClientConfig{Endpoint: g.endpoint, Token: tok, TLSCA: g.tlsCA})
+	c, err := api.NewClient(api.ClientConfig{Endpoint: endpoint, Token: tok, TLSCA: g.tlsCA})
 	if err != nil {
 		return nil, usageError{err}
 	}
 	return c, nil
+}
+
+// memberEndpoint is the URL of a member's advertised address, in the
+// scheme of --endpoint (a cluster serves either TLS or not).
+func (g *globals) memberEndpoint(addr string) string {
+	if strings.HasPrefix(g.endpoint, "https://") {
+		return "https://" + addr
+	}
+	return "http://" + addr
 }
 
 func (g *globals) ctx(cmd *cobra.Command) (context.Context, context.CancelFunc) {

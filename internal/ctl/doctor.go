@@ -11,7 +11,6 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
-	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 )
 
@@ -65,11 +64,7 @@ func doctorCmd(g *globals) *cobra.Command {
 // ask calls ListMembers on endpoint and measures the skew of its clock
 // against ours (its answer time against the middle of the round trip).
 func ask(ctx context.Context, g *globals, endpoint string) (*taskdv1.ListMembersResponse, time.Duration, error) {
-	tok, err := api.ReadToken(g.tokenFile)
-	if err != nil {
-		return nil, 0, err
-	}
-	c, err := api.NewClient(api.ClientConfig{Endpoint: endpoint, Token: tok, TLSCA: g.tlsCA})
+	c, err := g.clientAt(endpoint)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -108,17 +103,13 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 		return
 	}
 	d.ok("%s answers as %s (coordinator %s)", g.endpoint, first.Self, first.Coordinator)
-	scheme := "http://"
-	if strings.HasPrefix(g.endpoint, "https://") {
-		scheme = "https://"
-	}
 	answers := map[string]*taskdv1.ListMembersResponse{first.Self: first}
 	skews := map[string]time.Duration{first.Self: skew}
 	for _, m := range first.Members {
 		if m.Name == first.Self {
 			continue
 		}
-		r, sk, err := ask(ctx, g, scheme+m.Address)
+		r, sk, err := ask(ctx, g, g.memberEndpoint(m.Address))
 		switch {
 		case err != nil:
 			d.bad("member %s at its advertised address %s: %s", m.Name, m.Address, explain(err))

@@ -1,7 +1,6 @@
 package ctl
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -14,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/events"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -54,7 +54,7 @@ func eventsCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", resp.Msg.Partial)
 			}
 			all = append(all, g.memberJournals(ctx, cmd, c, req)...)
-			all = mergeEvents(all)
+			all = events.MergeFunc(all, func(e *taskdv1.Event) (string, uint64, time.Time) { return e.Node, e.Seq, e.Time.AsTime() })
 			if follow {
 				return g.follow(cmd, c, req, all)
 			}
@@ -127,19 +127,15 @@ func (g *globals) memberJournals(ctx context.Context, cmd *cobra.Command, c *api
 		fmt.Fprintln(cmd.ErrOrStderr(), "warning: cannot list members:", err)
 		return nil
 	}
-	tok, _ := api.ReadToken(g.tokenFile)
-	scheme := "http://"
-	if strings.HasPrefix(g.endpoint, "https://") {
-		scheme = "https://"
-	}
 	local := &taskdv1.ListEventsRequest{Since: req.Since, Node: req.Node, Type: req.Type, LocalOnly: true}
 	var out []*taskdv1.Event
 	for _, mb := range m.Msg.Members {
 		if mb.Name == m.Msg.Self || mb.Address == "" {
 			continue
 		}
-		mc, err := api.NewClient(api.ClientConfig{Endpoint: scheme + mb.Address, Token: tok, TLSCA: g.tlsCA})
+		mc, err := g.clientAt(g.memberEndpoint(mb.Address))
 		if err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s (%s): %v\n", mb.Name, mb.Address, err)
 			continue
 		}
 		mctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -151,25 +147,6 @@ func (g *globals) memberJournals(ctx context.Context, cmd *cobra.Command, c *api
 		}
 		out = append(out, r.Msg.Events...)
 	}
-	return out
-}
-
-func mergeEvents(in []*taskdv1.Event) []*taskdv1.Event {
-	seen := map[string]bool{}
-	var out []*taskdv1.Event
-	for _, e := range in {
-		k := fmt.Sprintf("%s/%d", e.Node, e.Seq)
-		if !seen[k] {
-			seen[k] = true
-			out = append(out, e)
-		}
-	}
-	slices.SortStableFunc(out, func(a, b *taskdv1.Event) int {
-		if c := a.Time.AsTime().Compare(b.Time.AsTime()); c != 0 {
-			return c
-		}
-		return cmp.Or(cmp.Compare(a.Node, b.Node), cmp.Compare(a.Seq, b.Seq))
-	})
 	return out
 }
 

@@ -338,9 +338,15 @@ func (d *Dispatcher) count(st *state) {
 	if m == nil {
 		return
 	}
-	m.Tasks.Reset()
+	// Count first: a label lookup per task would cost a pass more than
+	// the count itself.
+	counts := map[[2]string]int{}
 	for _, r := range st.tasks {
-		m.Tasks.WithLabelValues(string(r.State), r.Type).Inc()
+		counts[[2]string{string(r.State), r.Type}]++
+	}
+	m.Tasks.Reset()
+	for k, n := range counts {
+		m.Tasks.WithLabelValues(k[0], k[1]).Set(float64(n))
 	}
 }
 

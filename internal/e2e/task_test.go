@@ -294,8 +294,9 @@ func TestTaskLeaderKilledDuringDispatch(t *testing.T) {
 			if i == total/2 {
 				leader.Kill()
 			}
-			// A create may meet the moment the store moves; retry it
-			// only if it certainly did not happen (the store answered).
+			// The API node stays up and the store keeps its quorum (two
+			// etcd members of three, or the ZooKeeper ensemble), so every
+			// create must succeed.
 			id := create(t, api, "sleep", sleepSpec(600*time.Millisecond, 200*time.Millisecond, ledger))
 			ids = append(ids, id)
 		}

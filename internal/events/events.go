@@ -229,22 +229,32 @@ func FromStore(ctx context.Context, kv coord.Store, root string, nodes []string)
 
 // Merge orders events by time, without duplicates (same node and seq).
 func Merge(lists ...[]Event) []Event {
-	seen := map[string]bool{}
-	var out []Event
-	for _, l := range lists {
-		for _, e := range l {
-			k := fmt.Sprintf("%s/%d", e.Node, e.Seq)
-			if !seen[k] {
-				seen[k] = true
-				out = append(out, e)
-			}
+	return MergeFunc(slices.Concat(lists...), func(e Event) (string, uint64, time.Time) { return e.Node, e.Seq, e.Time })
+}
+
+// MergeFunc is Merge for any representation of an event; key gives its
+// node, sequence and time.
+func MergeFunc[E any](in []E, key func(E) (node string, seq uint64, t time.Time)) []E {
+	type id struct {
+		node string
+		seq  uint64
+	}
+	seen := map[id]bool{}
+	var out []E
+	for _, e := range in {
+		n, s, _ := key(e)
+		if !seen[id{n, s}] {
+			seen[id{n, s}] = true
+			out = append(out, e)
 		}
 	}
-	slices.SortStableFunc(out, func(a, b Event) int {
-		if c := a.Time.Compare(b.Time); c != 0 {
+	slices.SortStableFunc(out, func(a, b E) int {
+		an, as, at := key(a)
+		bn, bs, bt := key(b)
+		if c := at.Compare(bt); c != 0 {
 			return c
 		}
-		return cmp.Or(cmp.Compare(a.Node, b.Node), cmp.Compare(a.Seq, b.Seq))
+		return cmp.Or(cmp.Compare(an, bn), cmp.Compare(as, bs))
 	})
 	return out
 }
