@@ -28,6 +28,13 @@ func (n *Node) notifySystemd(ctx context.Context) {
 		defer t.Stop()
 		tick = t.C
 	}
+	// A lost ping or READY makes systemd kill or time out the unit, so a
+	// failed send is worth a warning with its cause.
+	send := func(msgs ...string) {
+		if err := sd.Send(msgs...); err != nil {
+			n.log.Warn("systemd notify failed", "msgs", msgs, "err", err)
+		}
+	}
 	ready := false
 	var changed <-chan struct{}
 	started := n.quorumStarted
@@ -43,18 +50,16 @@ func (n *Node) notifySystemd(ctx context.Context) {
 				msgs = append(msgs, sdnotify.Ready)
 				n.log.Info("told systemd the node is ready")
 			}
-			if err := sd.Send(msgs...); err != nil {
-				n.log.Debug("systemd notify failed", "err", err)
-			}
+			send(msgs...)
 		}
 		select {
 		case <-ctx.Done():
-			_ = sd.Send(sdnotify.Stopping, "STATUS=stopping")
+			send(sdnotify.Stopping, "STATUS=stopping")
 			return
 		case <-changed:
 		case <-tick:
 			if n.mainLoopAlive(ctx) {
-				_ = sd.Send(sdnotify.Watchdog)
+				send(sdnotify.Watchdog)
 			} else {
 				n.log.Error("main loop did not answer; withholding the systemd watchdog ping")
 			}
