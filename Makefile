@@ -6,7 +6,7 @@ DATA ?= ./data
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all build run test test-deps proto bench bench-copy fuzz vet clean install
+.PHONY: all build run test test-deps proto bench bench-copy bench-vip chaos chaos-long fuzz vet clean install
 
 all: build
 
@@ -39,6 +39,23 @@ bench: build
 	$(GO) run ./cmd/taskd-bench handover -n 20
 	$(GO) run ./cmd/taskd-bench reconnect -n 20
 	$(GO) run ./cmd/taskd-bench idle -duration 60s
+
+# Fault-injection suite (root): the short campaign on ZooKeeper and on the
+# embedded etcd, about 2 minutes each; exit 1 on any violation, lost task
+# or unplanned exit. chaos-long: 200 faults per backend (see docs/chaos.md).
+chaos:
+	@scripts/test-deps.sh --chaos
+	$(GO) run ./cmd/taskd-chaos -backend all
+
+chaos-long:
+	@scripts/test-deps.sh --chaos
+	$(GO) run ./cmd/taskd-chaos -backend all -long
+
+# VIP failover (20 kill -9) and drain (20 drains) in network namespaces
+# (root).
+bench-vip: build
+	$(GO) run ./cmd/taskd-bench vip-failover -n 20
+	$(GO) run ./cmd/taskd-bench vip-drain -n 20
 
 # Volume copy against qemu-img, cp, dd, nbdcopy and rsync (4 GiB images;
 # BENCH_COPY_FLAGS=-quick for 1 GiB). Needs root to drop the page cache.

@@ -3,7 +3,8 @@
 # ZooKeeper 3.8 (and its Java runtime), qemu-utils (qemu-nbd, qemu-img,
 # qemu-io), nbdkit and iproute2 (network namespaces for the VIP tests).
 # With --bench it also installs what the copy benchmark compares against:
-# nbdcopy (libnbd-bin) and rsync.
+# nbdcopy (libnbd-bin) and rsync; with --chaos, nftables (partitions in the
+# fault-injection suite).
 # Safe to run repeatedly; does nothing when all is present. Under CI=true a
 # missing component the tests need makes them fail, never skip, so an install
 # failure here surfaces as a test failure.
@@ -14,6 +15,9 @@ need=()
 command -v qemu-nbd >/dev/null && command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || need+=(qemu-utils)
 command -v nbdkit >/dev/null || need+=(nbdkit)
 command -v ip >/dev/null || need+=(iproute2)
+if [ "${1:-}" = "--chaos" ]; then
+  command -v nft >/dev/null || need+=(nftables)
+fi
 if [ "${1:-}" = "--bench" ]; then
   command -v nbdcopy >/dev/null || need+=(libnbd-bin)
   command -v rsync >/dev/null || need+=(rsync)

@@ -30,6 +30,7 @@ type Client struct {
 	Tasks   taskdv1connect.TaskServiceClient
 	Runners taskdv1connect.RunnerServiceClient
 	Events  taskdv1connect.EventServiceClient
+	VIPs    taskdv1connect.VIPServiceClient
 }
 
 // NormalizeEndpoint adds http:// to a bare host:port.
@@ -84,6 +85,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		Tasks:   taskdv1connect.NewTaskServiceClient(hc, base, opts...),
 		Runners: taskdv1connect.NewRunnerServiceClient(hc, base, opts...),
 		Events:  taskdv1connect.NewEventServiceClient(hc, base, opts...),
+		VIPs:    taskdv1connect.NewVIPServiceClient(hc, base, opts...),
 	}, nil
 }
 

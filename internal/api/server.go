@@ -27,6 +27,8 @@ import (
 	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
+	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vips"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/h2c"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -48,6 +50,8 @@ type Cluster interface {
 	TaskStore() *task.Store
 	// Events is the node's timeline recorder (nil before it is open).
 	Events() *events.Recorder
+	// VIPs is the VIP registry, nil until the node is connected.
+	VIPs() *vips.Registry
 }
 
 // ServerConfig configures the API listener.
@@ -110,6 +114,7 @@ func NewServer(cfg ServerConfig, cluster Cluster, log *slog.Logger) (*Server, er
 	mux.Handle(taskdv1connect.NewTaskServiceHandler(&taskService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewRunnerServiceHandler(&runnerService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewEventServiceHandler(&eventService{c: cluster}, opts))
+	mux.Handle(taskdv1connect.NewVIPServiceHandler(&vipService{c: cluster}, opts))
 	if cfg.Metrics != nil {
 		a := &auth{token: cfg.Token}
 		mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
@@ -217,8 +222,14 @@ func toConnect(err error) error {
 	}
 	code := connect.CodeInternal
 	switch {
-	case errors.Is(err, quorum.ErrInvalid):
+	case errors.Is(err, quorum.ErrInvalid), errors.Is(err, vip.ErrInvalid):
 		code = connect.CodeInvalidArgument
+	case errors.Is(err, vips.ErrInUse):
+		code = connect.CodeAlreadyExists
+	case errors.Is(err, vips.ErrNotFound):
+		code = connect.CodeNotFound
+	case errors.Is(err, vips.ErrNoTarget):
+		code = connect.CodeFailedPrecondition
 	case errors.Is(err, quorum.ErrNotMember), errors.Is(err, coord.ErrNotFound), errors.Is(err, task.ErrNotFound):
 		code = connect.CodeNotFound
 	case errors.Is(err, coord.ErrConflict), errors.Is(err, coord.ErrExists), errors.Is(err, task.ErrState):

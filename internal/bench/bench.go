@@ -7,11 +7,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/taskd/taskd/internal/stats"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -32,6 +32,7 @@ commands:
   copy       volume copy against qemu-img convert, cp, dd, nbdcopy and rsync on generated images
   tasks      task center on a 3-node cluster: dispatch latency, noop throughput, resume after kill -9, task list with 100k finished
   vip-failover  kill -9 the VIP holder of a 3-node cluster in network namespaces, time until the VIP answers elsewhere (root)
+  vip-drain     taskctl vip drain between the nodes of a 3-node cluster in network namespaces, time until the VIP answers on the target (root)
 Run "taskd-bench COMMAND -h" for flags. Build first: the command builds taskd itself.
 `
 
@@ -42,7 +43,7 @@ func Main(args []string, out io.Writer) int {
 		return 0
 	}
 	cmds := map[string]func([]string, io.Writer) error{
-		"failover": failover, "handover": handover, "reconnect": reconnect, "idle": idle, "copy": copyBench, "vip-failover": vipFailover, "tasks": taskBench,
+		"failover": failover, "handover": handover, "reconnect": reconnect, "idle": idle, "copy": copyBench, "vip-failover": vipFailover, "vip-drain": vipDrain, "tasks": taskBench,
 		"arpsample": arpSample, // run by vip-failover inside the client namespace
 	}
 	f, ok := cmds[args[0]]
@@ -212,15 +213,7 @@ func handover(args []string, out io.Writer) error {
 	return leaderBench("handover", args, out, syscall.SIGTERM)
 }
 
-func summary(s []time.Duration) string {
-	s = slices.Clone(s)
-	slices.Sort(s)
-	q := func(p float64) time.Duration {
-		i := int(p*float64(len(s)-1) + 0.5)
-		return s[i].Round(time.Millisecond)
-	}
-	return fmt.Sprintf("n=%d min=%v p50=%v p99=%v max=%v", len(s), s[0].Round(time.Millisecond), q(0.5), q(0.99), s[len(s)-1].Round(time.Millisecond))
-}
+func summary(s []time.Duration) string { return stats.Summary(s) }
 
 // reconnect measures, in-process, how long a ZooKeeper session takes to be
 // confirmed on another server after its server is killed.

@@ -8,12 +8,67 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/vip"
 )
+
+// vipLab starts a three-node cluster in network namespaces with an ARP
+// sampler in the client namespace; close removes everything.
+type vipLab struct {
+	c       *harness.VIPCluster
+	samples string
+	close   func()
+}
+
+func startVIPLab(timeout time.Duration, sampleFor time.Duration) (*vipLab, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("network namespaces need root")
+	}
+	dir, err := os.MkdirTemp("", "taskd-vip-bench")
+	if err != nil {
+		return nil, err
+	}
+	taskd, taskctl, err := harness.Build(filepath.Join(dir, "bin"))
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	c, err := harness.StartVIPCluster(dir, taskd, taskctl, timeout)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	samples, sampler, err := c.StartSampler(sampleFor, nil, self, "arpsample")
+	if err != nil {
+		c.Close()
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return &vipLab{c: c, samples: samples, close: func() {
+		sampler.Signal(syscall.SIGKILL)
+		sampler.Wait()
+		c.Close()
+		os.RemoveAll(dir)
+	}}, nil
+}
+
+func waitCond(what string, limit time.Duration, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	if err := harness.WaitFor(ctx, 20*time.Millisecond, cond); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
 
 // vipFailover kills the VIP holder (the leader) of a three-node cluster in
 // network namespaces, n times, and times until a client namespace sees the
@@ -29,45 +84,15 @@ func vipFailover(args []string, out io.Writer) error {
 	if *n < 1 || *n > 200 {
 		return errors.New("-n must be 1-200")
 	}
-	if os.Geteuid() != 0 {
-		return errors.New("network namespaces need root")
-	}
-	dir, err := os.MkdirTemp("", "taskd-vip-bench")
+	lab, err := startVIPLab(*timeout, time.Duration(*n)*(3**timeout+30*time.Second))
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	taskd, taskctl, err := harness.Build(filepath.Join(dir, "bin"))
-	if err != nil {
-		return err
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	c, err := harness.StartVIPCluster(dir, taskd, taskctl, *timeout)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	limit := time.Duration(*n) * (3**timeout + 30*time.Second)
-	samples, sampler, err := c.StartSampler(limit, nil, self, "arpsample")
-	if err != nil {
-		return err
-	}
-	defer func() { sampler.Signal(syscall.SIGKILL); sampler.Wait() }()
-
-	wait := func(what string, limit time.Duration, cond func() bool) error {
-		ctx, cancel := context.WithTimeout(context.Background(), limit)
-		defer cancel()
-		if err := harness.WaitFor(ctx, 20*time.Millisecond, cond); err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		return nil
-	}
+	defer lab.close()
+	c, samples := lab.c, lab.samples
 	var leader string
 	var electedAt time.Time
-	if err := wait("first leader", time.Minute, func() bool {
+	if err := waitCond("first leader", time.Minute, func() bool {
 		leader, electedAt = c.Leader("n1")
 		return leader != ""
 	}); err != nil {
@@ -78,7 +103,7 @@ func vipFailover(args []string, out io.Writer) error {
 	for round := 1; round <= *n; round++ {
 		// Settle: etcd renews every lease when raft leadership moves,
 		// which a new leader causes (docs/operations.md).
-		if err := wait("settle", 3**timeout, func() bool { return time.Since(electedAt) > *timeout+time.Second }); err != nil {
+		if err := waitCond("settle", 3**timeout, func() bool { return time.Since(electedAt) > *timeout+time.Second }); err != nil {
 			return err
 		}
 		old := leader
@@ -90,7 +115,7 @@ func vipFailover(args []string, out io.Writer) error {
 		c.Kill(old)
 		var at time.Time
 		var mac string
-		if err := wait("vip answered elsewhere", 4**timeout, func() bool {
+		if err := waitCond("vip answered elsewhere", 4**timeout, func() bool {
 			var ok bool
 			at, mac, ok = vip.FirstAnswer(vip.ReadSamples(samples), killed, oldMAC)
 			return ok
@@ -103,7 +128,7 @@ func vipFailover(args []string, out io.Writer) error {
 		if err := c.Start(old); err != nil {
 			return err
 		}
-		if err := wait("rejoin", time.Minute, func() bool {
+		if err := waitCond("rejoin", time.Minute, func() bool {
 			leader, electedAt = c.Leader(old)
 			return leader != "" && leader != old
 		}); err != nil {
@@ -113,6 +138,67 @@ func vipFailover(args []string, out io.Writer) error {
 	all := vip.ReadSamples(samples)
 	fmt.Fprintf(out, "vip-failover: %s (goal <= %v); samples=%d overlap_samples=%d\n",
 		summary(times), *timeout+500*time.Millisecond, len(all), vip.Overlaps(all))
+	return nil
+}
+
+// vipDrain moves the VIP between the nodes of a three-node cluster with
+// taskctl vip drain, n times, and times from the command's start until the
+// client namespace sees the new holder answer ARP.
+func vipDrain(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("vip-drain", flag.ContinueOnError)
+	n := fs.Int("n", 20, "drains")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *n < 1 || *n > 500 {
+		return errors.New("-n must be 1-500")
+	}
+	lab, err := startVIPLab(6*time.Second, time.Duration(*n)*10*time.Second+time.Minute)
+	if err != nil {
+		return err
+	}
+	defer lab.close()
+	c, samples := lab.c, lab.samples
+	var holder string
+	if err := waitCond("first holder", time.Minute, func() bool {
+		leader, _ := c.Leader("n1")
+		_, mac, ok := vip.FirstAnswer(vip.ReadSamples(samples), time.Time{}, "")
+		holder = c.NodeOf(mac)
+		return leader != "" && ok && holder == leader
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "vip-drain: 3 nodes in network namespaces, embedded etcd, drains=%d with taskctl vip drain --to NODE, ARP sampled every 20 ms from a client namespace\n", *n)
+	var times []time.Duration
+	for round := 1; round <= *n; round++ {
+		to := harness.VIPNodes[(slices.Index(harness.VIPNodes, holder)+1+round%2)%len(harness.VIPNodes)]
+		oldMAC, err := c.Lab.MAC(holder)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		if _, err := c.Ctl("n1", "vip", "drain", "iscsi", "--to", to); err != nil {
+			return fmt.Errorf("round %d: %w", round, err)
+		}
+		var at time.Time
+		var mac string
+		if err := waitCond("vip answered by the target", 10*time.Second, func() bool {
+			var ok bool
+			at, mac, ok = vip.FirstAnswer(vip.ReadSamples(samples), start, oldMAC)
+			return ok
+		}); err != nil {
+			return fmt.Errorf("round %d: %w", round, err)
+		}
+		if got := c.NodeOf(mac); got != to {
+			return fmt.Errorf("round %d: drained to %s but %s answers", round, to, got)
+		}
+		took := at.Sub(start)
+		times = append(times, took)
+		fmt.Fprintf(out, "  round %2d: %s -> %s, vip answers after %v\n", round, holder, to, took.Round(time.Millisecond))
+		holder = to
+	}
+	all := vip.ReadSamples(samples)
+	fmt.Fprintf(out, "vip-drain: %s (goal <= 1s); samples=%d overlap_samples=%d\n", summary(times), len(all), vip.Overlaps(all))
 	return nil
 }
 

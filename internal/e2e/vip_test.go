@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +30,13 @@ func helperMain(mode string) int {
 			return 2
 		}
 		if err := vip.SampleARP(os.Stdout, ip, src, limit); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return 0
+	case "claim":
+		// A foreign host claims the VIP: one gratuitous ARP reply.
+		if err := vip.Claim("eth0", netip.MustParseAddr(os.Getenv("VIP"))); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
@@ -173,4 +184,195 @@ func TestVIPFollowsLeader(t *testing.T) {
 		t.Fatalf("%d samples, %d answered, %d silent: the sampler did not observe the failovers", len(all), answered, silent)
 	}
 	t.Logf("%d ARP samples, %d answered, %d silent (failovers), none by two MACs", len(all), answered, silent)
+}
+
+// TestVIPDrainHealthDuplicate runs on one cluster: taskctl vip validation
+// (bad input changes nothing), drains (the VIP answers on the new holder
+// within 1 s, never two MACs at once), the seed replay (the gateway every
+// node probes stops answering: no process exits and the holder changes at
+// most once), and a foreign host claiming the VIP (the event is raised).
+func TestVIPDrainHealthDuplicate(t *testing.T) {
+	c := startVIPCluster(t, 6*time.Second)
+	samples, sampler, err := c.StartSampler(3*time.Minute, []string{"TASKD_E2E_HELPER=arpsample"}, os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sampler.Signal(syscall.SIGKILL); sampler.Wait() })
+	var leader string
+	if err := harness.WaitFor(ctxFor(t, 60*time.Second), 100*time.Millisecond, func() bool {
+		leader, _ = c.Leader("n1")
+		return leader != ""
+	}); err != nil {
+		t.Fatalf("no leader: %v", err)
+	}
+	holderNow := func(since time.Time, not string) (string, time.Time) {
+		at, mac, ok := vip.FirstAnswer(vip.ReadSamples(samples), since, not)
+		if !ok {
+			return "", time.Time{}
+		}
+		return c.NodeOf(mac), at
+	}
+	if err := harness.WaitFor(ctxFor(t, 20*time.Second), 20*time.Millisecond, func() bool {
+		h, _ := holderNow(time.Time{}, "")
+		return h == leader
+	}); err != nil {
+		t.Fatalf("the leader %s never answered for the vip: %v", leader, err)
+	}
+
+	// Validation: each bad input fails with its reason; the list is
+	// unchanged.
+	before, err := c.Ctl("n1", "vip", "list", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"vip", "set", "nfs", "fd00::5", "--interface", "eth0"}, "not an IPv4"},
+		{[]string{"vip", "set", "nfs", "10.77.0.0/24", "--interface", "eth0"}, "network address"},
+		{[]string{"vip", "set", "nfs", "10.77.0.255/24", "--interface", "eth0"}, "broadcast address"},
+		{[]string{"vip", "set", "nfs", c.Lab.Addr("n2"), "--interface", "eth0"}, "already in use"},
+		{[]string{"vip", "set", "nfs", c.VIP, "--interface", "eth0"}, "vip iscsi already uses"},
+		{[]string{"vip", "set", "nfs", "10.77.0.101", "--interface", "eth0/x"}, "interface name"},
+		{[]string{"vip", "set", "management", "10.77.0.101", "--interface", "bond0"}, "label"},
+		{[]string{"vip", "drain", "iscsi", "--to", "n9"}, "not a live member"},
+		{[]string{"vip", "delete", "nope"}, "no such vip"},
+	} {
+		out, err := c.Ctl("n1", bad.args...)
+		if err == nil || !strings.Contains(out, bad.want) {
+			t.Errorf("taskctl %s: err %v, output %q; want a failure mentioning %q", strings.Join(bad.args, " "), err, out, bad.want)
+		}
+	}
+	after, err := c.Ctl("n1", "vip", "list", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stripVolatile(before) != stripVolatile(after) {
+		t.Errorf("bad input changed the vips:\nbefore %s\nafter  %s", before, after)
+	}
+
+	// Drains: to each other node in turn.
+	holder := leader
+	for i := range 3 {
+		to := harness.VIPNodes[(slices.Index(harness.VIPNodes, holder)+1+i%2)%len(harness.VIPNodes)]
+		if to == holder {
+			continue
+		}
+		oldMAC, _ := c.Lab.MAC(holder)
+		start := time.Now()
+		if out, err := c.Ctl("n1", "vip", "drain", "iscsi", "--to", to); err != nil {
+			t.Fatalf("drain to %s: %v %s", to, err, out)
+		}
+		var got string
+		var at time.Time
+		if err := harness.WaitFor(ctxFor(t, 10*time.Second), 10*time.Millisecond, func() bool {
+			got, at = holderNow(start, oldMAC)
+			return got != ""
+		}); err != nil {
+			t.Fatalf("drain %d: no other host answers for the vip: %v", i, err)
+		}
+		took := at.Sub(start)
+		t.Logf("drain %d: %s -> %s answered after %v", i, holder, got, took.Round(time.Millisecond))
+		if got != to || took > time.Second {
+			t.Errorf("drain to %s: answered by %s after %v (want %s within 1s)", to, got, took, to)
+		}
+		holder = got
+	}
+	out, err := c.Ctl("n2", "vip", "list")
+	if err != nil || !strings.Contains(out, holder) || !strings.Contains(out, "up") {
+		t.Fatalf("vip list after drains: %v\n%s", err, out)
+	}
+	t.Logf("vip list:\n%s", out)
+
+	// Seed replay: the access network goes bad for every node at once.
+	macs := func(since time.Time) []string {
+		var seq []string
+		for _, s := range vip.ReadSamples(samples) {
+			if s.At < since.UnixNano() || len(s.MACs) != 1 {
+				continue
+			}
+			if len(seq) == 0 || seq[len(seq)-1] != s.MACs[0] {
+				seq = append(seq, s.MACs[0])
+			}
+		}
+		return seq
+	}
+	replay := time.Now()
+	if err := c.GatewayDown(true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.GatewayDown(false) })
+	if err := harness.WaitFor(ctxFor(t, 20*time.Second), 100*time.Millisecond, func() bool {
+		out, err := c.Ctl("n1", "service", "list", "-o", "json")
+		return err == nil && strings.Count(out, `"unhealthy"`) == len(harness.VIPNodes)
+	}); err != nil {
+		t.Fatalf("the nodes never all reported unhealthy: %v", err)
+	}
+	// Hold the bad network for twice the yield grace (5 s): long enough
+	// for any carousel to show.
+	window := time.NewTimer(10 * time.Second)
+	<-window.C
+	if err := c.GatewayDown(false); err != nil {
+		t.Fatal(err)
+	}
+	if err := harness.WaitFor(ctxFor(t, 20*time.Second), 100*time.Millisecond, func() bool {
+		out, err := c.Ctl("n1", "service", "list", "-o", "json")
+		return err == nil && !strings.Contains(out, `"unhealthy"`)
+	}); err != nil {
+		t.Fatalf("the nodes never recovered: %v", err)
+	}
+	if ex := c.Exited(); len(ex) > 0 {
+		t.Fatalf("taskd exited on %v during the seed replay", ex)
+	}
+	if seq := macs(replay); len(seq) > 2 {
+		t.Errorf("during the seed replay the vip moved %d times (%v); at most once allowed", len(seq)-1, seq)
+	} else {
+		t.Logf("seed replay: vip holders in order %v", seq)
+	}
+
+	// A foreign host claims the VIP.
+	claimed := time.Now()
+	if out, err := exec.Command("ip", "netns", "exec", c.Lab.NS("client"), "env", "TASKD_E2E_HELPER=claim", "VIP="+c.VIP, os.Args[0]).CombinedOutput(); err != nil {
+		t.Fatalf("claim: %v %s", err, out)
+	}
+	if err := harness.WaitFor(ctxFor(t, 20*time.Second), 100*time.Millisecond, func() bool {
+		out, err := c.Ctl("n1", "events", "--type", "vip_duplicate", "-o", "json")
+		if err != nil {
+			return false
+		}
+		var r struct {
+			Events []struct {
+				Time  time.Time         `json:"time"`
+				Attrs map[string]string `json:"attrs"`
+			} `json:"events"`
+		}
+		if json.Unmarshal([]byte(out), &r) != nil {
+			return false
+		}
+		clientMAC, _ := c.Lab.MAC("client")
+		for _, e := range r.Events {
+			if e.Time.After(claimed.Add(-time.Second)) && e.Attrs["mac"] == clientMAC {
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		t.Fatalf("no vip_duplicate event naming the client's MAC: %v", err)
+	}
+	if n := vip.Overlaps(vip.ReadSamples(samples)); n > 0 {
+		t.Fatalf("%d samples were answered by two MACs", n)
+	}
+}
+
+// stripVolatile drops what changes by itself between two lists (the
+// assignment and hold times) from taskctl vip list -o json.
+func stripVolatile(s string) string {
+	var r struct {
+		VIPs []struct {
+			Service, Address, Interface, Preferred string
+		} `json:"vips"`
+	}
+	_ = json.Unmarshal([]byte(s), &r)
+	return fmt.Sprint(r.VIPs)
 }

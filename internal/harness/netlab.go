@@ -6,8 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os/exec"
+	"runtime"
 	"strings"
+	"time"
+
+	"github.com/vishvananda/netns"
 )
 
 // NetLab is a test network: one namespace per host, joined by veth links to
@@ -127,4 +132,40 @@ func (l *NetLab) Has(host, ip string) (AddrInfo, bool, error) {
 		}
 	}
 	return AddrInfo{}, false, nil
+}
+
+// DialInNS opens a TCP connection from inside network namespace ns (the
+// current one when ns is ""), so that the harness can reach servers on a
+// lab subnet without any process of its own joining it. The socket is
+// created on a thread switched into ns and keeps that namespace.
+func DialInNS(ns, addr string, timeout time.Duration) (net.Conn, error) {
+	if ns == "" {
+		return net.DialTimeout("tcp", addr, timeout)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("current netns: %w", err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netns %s: %w", ns, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return nil, fmt.Errorf("enter netns %s: %w", ns, err)
+	}
+	c, derr := net.DialTimeout("tcp", addr, timeout)
+	if err := netns.Set(orig); err != nil {
+		// The thread stays in ns; a locked thread that is not unlocked
+		// is discarded when its goroutine ends.
+		runtime.LockOSThread()
+		if c != nil {
+			c.Close()
+		}
+		return nil, fmt.Errorf("leave netns %s: %w", ns, err)
+	}
+	return c, derr
 }

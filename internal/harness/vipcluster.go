@@ -16,13 +16,19 @@ import (
 
 // VIPCluster is three taskd nodes (n1-n3), each in its own lab namespace,
 // forming one embedded etcd cluster over the lab subnet and holding one VIP
-// on eth0, plus a "client" namespace. Every process that touches the lab
-// subnet runs inside the lab's namespaces.
+// on eth0, plus a "client" namespace and a "gw" namespace: the nodes'
+// access-network health target (see GatewayDown). Every process that
+// touches the lab subnet runs inside the lab's namespaces.
 type VIPCluster struct {
 	Lab     *NetLab
 	VIP     string
 	Timeout time.Duration
 	Nodes   map[string]*Proc
+	// Coordinator, when set, is taskd's --coordinator (an external store
+	// on the lab subnet) instead of the embedded etcd cluster.
+	Coordinator string
+	// Extra are more taskd flags for every node.
+	Extra   []string
 	dir     string
 	token   string
 	taskd   string
@@ -34,7 +40,21 @@ var VIPNodes = []string{"n1", "n2", "n3"}
 
 // StartVIPCluster builds the lab and starts the nodes. Close removes all.
 func StartVIPCluster(dir, taskd, taskctl string, timeout time.Duration) (*VIPCluster, error) {
-	lab, err := NewNetLab(append(VIPNodes, "client")...)
+	c, err := NewVIPCluster(dir, taskd, taskctl, timeout)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.StartAll(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// NewVIPCluster builds the lab without starting taskd, so that the caller
+// can set Coordinator and Extra, or start servers in the lab first.
+func NewVIPCluster(dir, taskd, taskctl string, timeout time.Duration) (*VIPCluster, error) {
+	lab, err := NewNetLab(append(VIPNodes, "client", "gw")...)
 	if err != nil {
 		return nil, err
 	}
@@ -44,13 +64,17 @@ func StartVIPCluster(dir, taskd, taskctl string, timeout time.Duration) (*VIPClu
 		c.Close()
 		return nil, err
 	}
+	return c, nil
+}
+
+// StartAll starts every node.
+func (c *VIPCluster) StartAll() error {
 	for _, n := range VIPNodes {
 		if err := c.Start(n); err != nil {
-			c.Close()
-			return nil, err
+			return err
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // Start (re)starts node name; its log is DIR/name.log.
@@ -59,13 +83,22 @@ func (c *VIPCluster) Start(name string) error {
 	for _, n := range VIPNodes {
 		peers = append(peers, fmt.Sprintf("%s=http://%s:2380", n, c.Lab.Addr(n)))
 	}
-	p, err := StartProc(c.LogPath(name), "ip", "netns", "exec", c.Lab.NS(name), c.taskd,
+	args := []string{"netns", "exec", c.Lab.NS(name), c.taskd,
 		"--name", name, "--data-dir", filepath.Join(c.dir, name),
-		"--listen", "0.0.0.0:10600", "--token-file", c.token,
-		"--etcd-client-url", "http://127.0.0.1:2379", "--etcd-peer-url", "http://"+c.Lab.Addr(name)+":2380",
-		"--etcd-initial-cluster", strings.Join(peers, ","),
+		"--listen", "0.0.0.0:10600", "--advertise", c.Lab.Addr(name) + ":10600", "--token-file", c.token,
 		"--session-timeout", c.Timeout.String(),
-		"--vip", "iscsi="+c.VIP+"/32@eth0", "--log-format", "json")
+		"--vip", "iscsi=" + c.VIP + "/32@eth0", "--log-format", "json",
+		// Fast health probes: unhealthy 2 x 200 ms after the gateway
+		// stops answering.
+		"--health-target", c.Lab.Addr("gw"), "--health-interval", "200ms", "--health-timeout", "100ms",
+		"--health-rise", "2", "--health-fall", "2"}
+	if c.Coordinator != "" {
+		args = append(args, "--coordinator", c.Coordinator)
+	} else {
+		args = append(args, "--etcd-client-url", "http://127.0.0.1:2379", "--etcd-peer-url", "http://"+c.Lab.Addr(name)+":2380",
+			"--etcd-initial-cluster", strings.Join(peers, ","))
+	}
+	p, err := StartProc(c.LogPath(name), "ip", append(args, c.Extra...)...)
 	if err != nil {
 		return err
 	}
@@ -103,6 +136,41 @@ func (c *VIPCluster) Leader(from string) (string, time.Time) {
 		return "", time.Time{}
 	}
 	return r.Leader, r.ElectedAt
+}
+
+// Ctl runs taskctl in node from's namespace against that node, with a
+// 30-second limit, and returns its combined output.
+func (c *VIPCluster) Ctl(from string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	argv := append([]string{"netns", "exec", c.Lab.NS(from), c.taskctl, "--token-file", c.token}, args...)
+	out, err := exec.CommandContext(ctx, "ip", argv...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("taskctl %s on %s: %w: %s", strings.Join(args, " "), from, err, out)
+	}
+	return string(out), nil
+}
+
+// GatewayDown makes the health target stop (down) or start again (up)
+// answering, for every node at once: its link goes down or up.
+func (c *VIPCluster) GatewayDown(down bool) error {
+	state := "up"
+	if down {
+		state = "down"
+	}
+	_, err := c.Lab.IP("-n", c.Lab.NS("gw"), "link", "set", "eth0", state)
+	return err
+}
+
+// Exited reports the nodes whose process has exited, killed or not.
+func (c *VIPCluster) Exited() []string {
+	var out []string
+	for _, n := range VIPNodes {
+		if p := c.Nodes[n]; p != nil && p.Exited() {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // NodeOf names the node whose eth0 has mac.

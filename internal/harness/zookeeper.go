@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,10 +23,15 @@ var ErrNoZooKeeper = errors.New("ZooKeeper server not installed (Debian package 
 type ZKServer struct {
 	ID         int
 	ClientPort int
+	host       string // client and peer address
+	ns         string // network namespace ("" for the current one)
 	dir        string
 	cfg        string
 	proc       *Proc
 }
+
+// NSHost places a server: an address inside a network namespace.
+type NSHost struct{ NS, Addr string }
 
 // Ensemble is a set of ZooKeeper servers forming one quorum.
 type Ensemble struct {
@@ -37,19 +41,38 @@ type Ensemble struct {
 // StartEnsemble starts n servers (tickTime 500 ms, so session timeouts of
 // 1-20 s are allowed) on loopback under dir and waits until they serve.
 func StartEnsemble(dir string, n int) (*Ensemble, error) {
+	ports, err := FreePorts(3 * n)
+	if err != nil {
+		return nil, err
+	}
+	hosts := make([]NSHost, n)
+	for i := range hosts {
+		hosts[i] = NSHost{Addr: "127.0.0.1"}
+	}
+	return startEnsemble(dir, hosts, ports)
+}
+
+// StartEnsembleIn starts one server per host, each inside its network
+// namespace on its address, with the standard ports (2181, 2888, 3888).
+func StartEnsembleIn(dir string, hosts []NSHost) (*Ensemble, error) {
+	var ports []int
+	for range hosts {
+		ports = append(ports, 2181, 2888, 3888)
+	}
+	return startEnsemble(dir, hosts, ports)
+}
+
+func startEnsemble(dir string, hosts []NSHost, ports []int) (*Ensemble, error) {
+	n := len(hosts)
 	if _, err := exec.LookPath("java"); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoZooKeeper, err)
 	}
 	if _, err := os.Stat(ZKJar); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoZooKeeper, err)
 	}
-	ports, err := FreePorts(3 * n)
-	if err != nil {
-		return nil, err
-	}
 	var peers strings.Builder
 	for i := range n {
-		fmt.Fprintf(&peers, "server.%d=127.0.0.1:%d:%d\n", i+1, ports[3*i+1], ports[3*i+2])
+		fmt.Fprintf(&peers, "server.%d=%s:%d:%d\n", i+1, hosts[i].Addr, ports[3*i+1], ports[3*i+2])
 	}
 	e := &Ensemble{}
 	for i := range n {
@@ -58,8 +81,8 @@ func StartEnsemble(dir string, n int) (*Ensemble, error) {
 			return nil, err
 		}
 		cfg := fmt.Sprintf("tickTime=500\ninitLimit=20\nsyncLimit=5\ndataDir=%s/data\nclientPort=%d\n"+
-			"clientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=*\nmaxSessionTimeout=20000\n",
-			sdir, ports[3*i])
+			"clientPortAddress=%s\nadmin.enableServer=false\n4lw.commands.whitelist=*\nmaxSessionTimeout=20000\n",
+			sdir, ports[3*i], hosts[i].Addr)
 		if n > 1 {
 			cfg += peers.String()
 			if err := os.WriteFile(filepath.Join(sdir, "data", "myid"), fmt.Appendf(nil, "%d\n", i+1), 0o644); err != nil {
@@ -70,7 +93,7 @@ func StartEnsemble(dir string, n int) (*Ensemble, error) {
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 			return nil, err
 		}
-		e.Servers = append(e.Servers, &ZKServer{ID: i + 1, ClientPort: ports[3*i], dir: sdir, cfg: cfgPath})
+		e.Servers = append(e.Servers, &ZKServer{ID: i + 1, ClientPort: ports[3*i], host: hosts[i].Addr, ns: hosts[i].NS, dir: sdir, cfg: cfgPath})
 	}
 	for _, s := range e.Servers {
 		if err := s.Start(); err != nil {
@@ -121,15 +144,19 @@ func (e *Ensemble) Leader() *ZKServer {
 }
 
 // Addr is the server's client address.
-func (s *ZKServer) Addr() string { return fmt.Sprintf("127.0.0.1:%d", s.ClientPort) }
+func (s *ZKServer) Addr() string { return fmt.Sprintf("%s:%d", s.host, s.ClientPort) }
 
 // Running reports whether the process runs.
 func (s *ZKServer) Running() bool { return s.proc != nil && !s.proc.Exited() }
 
 // Start runs the server process.
 func (s *ZKServer) Start() error {
-	p, err := StartProc(filepath.Join(s.dir, "server.log"), "java", "-Xmx192m", "-XX:+UseSerialGC", "-cp", ZKJar,
-		"-Dzookeeper.log.dir="+s.dir, "org.apache.zookeeper.server.quorum.QuorumPeerMain", s.cfg)
+	argv := []string{"java", "-Xmx192m", "-XX:+UseSerialGC", "-cp", ZKJar,
+		"-Dzookeeper.log.dir=" + s.dir, "org.apache.zookeeper.server.quorum.QuorumPeerMain", s.cfg}
+	if s.ns != "" {
+		argv = append([]string{"ip", "netns", "exec", s.ns}, argv...)
+	}
+	p, err := StartProc(filepath.Join(s.dir, "server.log"), argv[0], argv[1:]...)
 	if err != nil {
 		return fmt.Errorf("start zookeeper %d: %w", s.ID, err)
 	}
@@ -148,7 +175,7 @@ func (s *ZKServer) Kill() {
 // Mode asks the server for its role ("leader", "follower", "standalone");
 // "" if it does not answer.
 func (s *ZKServer) Mode() string {
-	c, err := net.DialTimeout("tcp", s.Addr(), 500*time.Millisecond)
+	c, err := DialInNS(s.ns, s.Addr(), 500*time.Millisecond)
 	if err != nil {
 		return ""
 	}

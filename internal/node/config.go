@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/dispatch"
+	"github.com/taskd/taskd/internal/health"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
 	"github.com/taskd/taskd/internal/vip"
@@ -33,8 +35,15 @@ type Config struct {
 	TLSCert          string
 	TLSKey           string
 	ShutdownTimeout  time.Duration
-	// VIPs the leader holds, as SERVICE=IP[/PREFIX]@INTERFACE.
+	// VIPs seeded into the store when absent, as
+	// SERVICE=IP[/PREFIX]@INTERFACE.
 	VIPs []string
+	// Access-network health probes (ICMP echo).
+	HealthTargets  []string
+	HealthInterval time.Duration
+	HealthTimeout  time.Duration
+	HealthRise     int
+	HealthFall     int
 
 	// Tasks.
 	RunnerCapacity     int
@@ -71,6 +80,10 @@ func DefaultConfig() Config {
 		RunnerCapacity:   runner.DefaultConfig().Capacity,
 		TaskRetention:    dispatch.DefaultConfig().Retention,
 		TimeZone:         "UTC",
+		HealthInterval:   health.DefaultConfig().Interval,
+		HealthTimeout:    health.DefaultConfig().Timeout,
+		HealthRise:       health.DefaultConfig().Rise,
+		HealthFall:       health.DefaultConfig().Fall,
 		EtcdClientURL:    "http://127.0.0.1:10601",
 		EtcdPeerURL:      "http://127.0.0.1:10602",
 		EtcdClusterState: "new",
@@ -118,6 +131,9 @@ func (c Config) Validate() error {
 	if _, err := c.runnerConfig(); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := c.healthConfig(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, r := range c.VolumeRoots {
 		if !filepath.IsAbs(r) {
 			errs = append(errs, fmt.Errorf("--volume-root %q must be an absolute path", r))
@@ -151,6 +167,22 @@ func (c Config) vipSpecs() ([]vip.Spec, error) {
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// healthConfig builds the access-network probe schedule from the flags.
+func (c Config) healthConfig() (health.Config, error) {
+	h := health.Config{Interval: c.HealthInterval, Timeout: c.HealthTimeout, Rise: c.HealthRise, Fall: c.HealthFall}
+	for _, t := range c.HealthTargets {
+		a, err := netip.ParseAddr(t)
+		if err != nil {
+			return h, fmt.Errorf("--health-target %q: not an IP address", t)
+		}
+		h.Targets = append(h.Targets, a)
+	}
+	if err := h.Validate(); err != nil {
+		return h, fmt.Errorf("--health-*: %w", err)
+	}
+	return h, nil
 }
 
 // runnerConfig builds the runner's settings from the flags.

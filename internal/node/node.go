@@ -24,11 +24,13 @@ import (
 	"github.com/taskd/taskd/internal/coord/zk"
 	"github.com/taskd/taskd/internal/dispatch"
 	"github.com/taskd/taskd/internal/events"
+	"github.com/taskd/taskd/internal/health"
 	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/tasktype"
+	"github.com/taskd/taskd/internal/vips"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -47,8 +49,11 @@ type Node struct {
 	target  coord.Target
 	q       atomic.Pointer[quorum.Quorum]
 	tasks   atomic.Pointer[task.Store]
-	metrics *metrics.Set
-	events  *events.Recorder
+	vipReg  atomic.Pointer[vips.Registry]
+	// vipLabels records the labels of VIPs held here (stale cleanup).
+	vipLabels *vipLabels
+	metrics   *metrics.Set
+	events    *events.Recorder
 	// quorumStarted is closed once n.q is set.
 	quorumStarted chan struct{}
 	wait          atomic.Pointer[string] // why the quorum has not started yet
@@ -73,6 +78,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return nil
 	})
 	n.setWaiting("starting")
+	n.vipLabels = n.labels()
 
 	unlock, nodeID, err := prepareDataDir(cfg.DataDir)
 	if err != nil {
@@ -180,13 +186,25 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n.tasks.Store(tasks)
-	roles.Member = run.Run
+	root := quorum.DefaultConfig().Root
+	n.vipReg.Store(vips.NewRegistry(store, root, n.View, localAddrs))
+	holder := vips.NewHolder(store, root, n.cfg.Name, n.holdVIP, n.log)
+	roles.Member = func(ctx context.Context, s coord.Session) error {
+		// Member duties end with the session, and the fence waits for
+		// them: VIPs are removed before the local deadline.
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return run.Run(gctx, s) })
+		g.Go(func() error { return holder.Run(gctx, s) })
+		return g.Wait()
+	}
 
-	vips, _ := n.cfg.vipSpecs() // validated in Run
-	n.cleanupVIPs(vips)
+	seed, _ := n.cfg.vipSpecs() // validated in Run
+	n.cleanupVIPs(seed)
+	assigner := vips.NewAssigner(store, root, n.cfg.Name, n.cfg.YieldGrace, seed, n.log)
+	var q *quorum.Quorum
 	roles.Leader = func(ctx context.Context, l *quorum.Leadership) error {
 		// Leader duties run until leadership ends, and the fence waits
-		// for them: VIPs are removed before the local deadline.
+		// for them.
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() {
@@ -199,15 +217,18 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 			wg.Add(1)
 			go func() { defer wg.Done(); raftAway(ctx) }()
 		}
-		for _, v := range vips {
-			wg.Add(1)
-			go func() { defer wg.Done(); n.holdVIP(ctx, v) }()
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := assigner.Run(ctx, l, q.View); err != nil {
+				n.log.Warn("vip assigner ended", "err", err)
+			}
+		}()
 		<-ctx.Done()
 		wg.Wait()
 		return nil
 	}
-	q, err := quorum.New(n.cfg.quorumConfig(nodeID), store, roles, n.baseLog, quorum.WithFenceHook(n.metrics.Fenced))
+	q, err = quorum.New(n.cfg.quorumConfig(nodeID), store, roles, n.baseLog, quorum.WithFenceHook(n.metrics.Fenced))
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
@@ -216,6 +237,16 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 
 	qctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	hc, _ := n.cfg.healthConfig() // validated in Run
+	var probes sync.WaitGroup
+	probes.Add(1)
+	go func() {
+		defer probes.Done()
+		health.Run(qctx, hc, n.log, func(ok bool, reason string) {
+			q.SetHealth(ok, reason)
+		})
+	}()
+	defer probes.Wait()
 	qerr := make(chan error, 1)
 	go func() { qerr <- q.Run(qctx) }()
 	select {
@@ -269,6 +300,9 @@ func (n *Node) SetSpecified(ctx context.Context, names []string, force bool) err
 
 // Events implements api.Cluster.
 func (n *Node) Events() *events.Recorder { return n.events }
+
+// VIPs implements api.Cluster.
+func (n *Node) VIPs() *vips.Registry { return n.vipReg.Load() }
 
 // TaskStore implements api.Cluster.
 func (n *Node) TaskStore() *task.Store { return n.tasks.Load() }

@@ -2,44 +2,109 @@ package node
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/taskd/taskd/internal/vip"
+	"github.com/vishvananda/netlink"
 )
 
 // vipConfig is the holder timing: one probe and 20 ms of listening (a host
 // on the LAN answers within a millisecond or two), since a takeover waits
 // for it; the announcement schedule is vip.DefaultConfig's.
-func (n *Node) vipConfig() vip.Config {
+func (n *Node) vipConfig(report func(up bool, err error)) vip.Config {
 	c := vip.DefaultConfig()
 	c.ProbeCount, c.ProbeInterval, c.ProbeWait = 1, 20*time.Millisecond, 20*time.Millisecond
 	c.Log = n.log
+	c.Event = func(e vip.Event) {
+		attrs := []any{"event", "vip_" + e.Kind, "service", e.Service, "vip", e.Addr.String()}
+		if e.MAC != "" {
+			attrs = append(attrs, "mac", e.MAC)
+		}
+		switch e.Kind {
+		case "held":
+			report(true, nil)
+			n.log.Info("vip up", attrs...)
+		case "released":
+			report(false, nil)
+			n.log.Info("vip down", attrs...)
+		default: // probe-conflict, duplicate, defended, released-on-conflict
+			n.log.Warn("another host claims the vip", attrs...)
+		}
+	}
 	return c
 }
 
-// cleanupVIPs removes configured VIPs this node left on its interfaces (a
-// crash skips the removal); it runs before the node can lead.
-func (n *Node) cleanupVIPs(specs []vip.Spec) {
-	if len(specs) == 0 {
-		return
+// vipLabels is DATA_DIR/vip-labels.json: the labels of every VIP this node
+// has held, so that a restart after a crash can remove what it left.
+type vipLabels struct {
+	mu   sync.Mutex
+	path string
+}
+
+func (n *Node) labels() *vipLabels {
+	return &vipLabels{path: filepath.Join(n.cfg.DataDir, "vip-labels.json")}
+}
+
+func (l *vipLabels) read() []string {
+	b, err := os.ReadFile(l.path)
+	if err != nil {
+		return nil
 	}
-	labels := make([]string, len(specs))
-	for i, s := range specs {
-		labels[i] = s.Label()
+	var out []string
+	_ = json.Unmarshal(b, &out) // a damaged file only loses the cleanup hint
+	return out
+}
+
+// add records label before the address is added.
+func (l *vipLabels) add(label string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cur := l.read()
+	if slices.Contains(cur, label) {
+		return nil
+	}
+	b, _ := json.Marshal(append(cur, label))
+	tmp := l.path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o640); err != nil {
+		return fmt.Errorf("record vip label: %w", err)
+	}
+	if err := os.Rename(tmp, l.path); err != nil {
+		return fmt.Errorf("record vip label: %w", err)
+	}
+	return nil
+}
+
+// cleanupVIPs removes VIPs this node left on its interfaces (a crash skips
+// the removal): addresses labelled as a --vip or as any VIP it held before.
+// It runs before the node joins.
+func (n *Node) cleanupVIPs(specs []vip.Spec) {
+	labels := n.vipLabels.read()
+	for _, s := range specs {
+		labels = append(labels, s.Label())
+	}
+	if len(labels) == 0 {
+		return
 	}
 	removed, err := vip.Cleanup(labels)
 	for _, r := range removed {
-		n.log.Warn("removed a vip left from an earlier run", "address", r)
+		n.log.Warn("removed a vip left from an earlier run", "event", "vip_stale_removed", "address", r)
 	}
 	if err != nil {
 		n.log.Error("cannot remove stale vips; they may answer until removed by hand", "err", err)
 	}
 }
 
-// holdVIP holds one VIP until ctx ends. When it cannot (another host
-// answers for the address, the interface is missing), it logs why and tries
-// again with backoff: a leader never exits or resigns over a VIP.
-func (n *Node) holdVIP(ctx context.Context, s vip.Spec) {
+// holdVIP holds one VIP until ctx ends (vips.HoldFunc). When it cannot
+// (another host answers for the address, the interface is missing), it
+// reports why and tries again with backoff: a node never exits over a VIP.
+func (n *Node) holdVIP(ctx context.Context, s vip.Spec, report func(up bool, err error)) {
 	holding := n.metrics.VIPHolding.WithLabelValues(s.Service)
 	holding.Set(1)
 	n.log.Info("taking the vip", "event", "vip_take", "service", s.Service, "vip", s.Prefix.String())
@@ -47,12 +112,16 @@ func (n *Node) holdVIP(ctx context.Context, s vip.Spec) {
 		holding.Set(0)
 		n.log.Info("vip released", "event", "vip_release", "service", s.Service, "vip", s.Prefix.String())
 	}()
+	if err := n.vipLabels.add(s.Label()); err != nil {
+		n.log.Warn("the vip's label is not recorded; a crash may leave the address until its lifetime ends", "err", err)
+	}
 	wait := time.Second
 	for {
-		err := vip.Hold(ctx, s, n.vipConfig())
+		err := vip.Hold(ctx, s, n.vipConfig(report))
 		if ctx.Err() != nil {
 			return
 		}
+		report(false, err)
 		n.log.Error("vip not held; retrying", "service", s.Service, "vip", s.Prefix.String(), "err", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
@@ -63,4 +132,20 @@ func (n *Node) holdVIP(ctx context.Context, s vip.Spec) {
 		}
 		wait = min(2*wait, 30*time.Second)
 	}
+}
+
+// localAddrs lists this node's IPv4 addresses with their labels, for the
+// registry's "address already in use" check.
+func localAddrs() (map[netip.Addr]string, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	out := map[netip.Addr]string{}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			out[ip.Unmap()] = a.Label
+		}
+	}
+	return out, nil
 }

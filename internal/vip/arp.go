@@ -149,3 +149,15 @@ func (c *arpConn) request(src, ip netip.Addr) error {
 	p := arpPacket{Op: arpRequest, SenderMAC: c.mac, SenderIP: src, TargetMAC: make(net.HardwareAddr, 6), TargetIP: ip}
 	return c.send(p, broadcastMAC)
 }
+
+// Claim sends one gratuitous ARP reply from this host's ifname claiming ip:
+// what a host that takes the address over announces. Tests use it to play a
+// foreign host.
+func Claim(ifname string, ip netip.Addr) error {
+	c, _, err := openARP(ifname)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	return c.send(arpPacket{Op: arpReply, SenderMAC: c.mac, SenderIP: ip, TargetMAC: broadcastMAC, TargetIP: ip}, broadcastMAC)
+}

@@ -1,4 +1,4 @@
-package vip
+package vip_test
 
 import (
 	"bufio"
@@ -18,6 +18,7 @@ import (
 
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/testenv"
+	"github.com/taskd/taskd/internal/vip"
 )
 
 // The netns tests run the package inside network namespaces they create:
@@ -39,25 +40,25 @@ func helperMain(mode string) int {
 	env := os.Getenv
 	switch mode {
 	case "hold":
-		prefix, err := ParsePrefix(env("VIP"))
+		prefix, err := vip.ParsePrefix(env("VIP"))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
 		}
-		cfg := DefaultConfig()
+		cfg := vip.DefaultConfig()
 		cfg.Refresh = time.Second
 		if v := env("VALID"); v != "" {
 			cfg.ValidLifetime, _ = time.ParseDuration(v)
 		}
-		cfg.Event = func(e Event) {
+		cfg.Event = func(e vip.Event) {
 			b, _ := json.Marshal(e)
 			fmt.Println(string(b))
 		}
-		err = Hold(ctx, Spec{Service: env("SERVICE"), Prefix: prefix, Interface: "eth0"}, cfg)
+		err = vip.Hold(ctx, vip.Spec{Service: env("SERVICE"), Prefix: prefix, Interface: "eth0"}, cfg)
 		switch {
 		case err == nil:
 			return 0
-		case errors.Is(err, ErrConflict):
+		case errors.Is(err, vip.ErrConflict):
 			fmt.Fprintln(os.Stderr, err)
 			return 3
 		default:
@@ -65,7 +66,7 @@ func helperMain(mode string) int {
 			return 1
 		}
 	case "query":
-		macs, err := Query(ctx, "eth0", netip.MustParseAddr(env("SRC")), netip.MustParseAddr(env("VIP")), 300*time.Millisecond)
+		macs, err := vip.Query(ctx, "eth0", netip.MustParseAddr(env("SRC")), netip.MustParseAddr(env("VIP")), 300*time.Millisecond)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -75,13 +76,13 @@ func helperMain(mode string) int {
 	case "claim":
 		// One gratuitous ARP reply, as a foreign host announcing the
 		// address once.
-		if err := claimOnce("eth0", netip.MustParseAddr(env("VIP"))); err != nil {
+		if err := vip.Claim("eth0", netip.MustParseAddr(env("VIP"))); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		return 0
 	case "cleanup":
-		removed, err := Cleanup(strings.Split(env("LABELS"), ","))
+		removed, err := vip.Cleanup(strings.Split(env("LABELS"), ","))
 		fmt.Println(strings.Join(removed, ";"))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -90,15 +91,6 @@ func helperMain(mode string) int {
 		return 0
 	}
 	return 2
-}
-
-func claimOnce(ifname string, ip netip.Addr) error {
-	c, _, err := openARP(ifname)
-	if err != nil {
-		return err
-	}
-	defer c.close()
-	return c.send(arpPacket{Op: arpReply, SenderMAC: c.mac, SenderIP: ip, TargetMAC: broadcastMAC, TargetIP: ip}, broadcastMAC)
 }
 
 // lab adds to testenv.NetLab the helper processes of this package's tests.
@@ -137,17 +129,17 @@ func (l *lab) run(host, mode string, env ...string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
-func events(t *testing.T, log string) []Event {
+func events(t *testing.T, log string) []vip.Event {
 	t.Helper()
 	f, err := os.Open(log)
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
-	var out []Event
+	var out []vip.Event
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		var e Event
+		var e vip.Event
 		if json.Unmarshal(sc.Bytes(), &e) == nil && e.Kind != "" {
 			out = append(out, e)
 		}

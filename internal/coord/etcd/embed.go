@@ -189,23 +189,17 @@ func (s *Server) KeepRaftLeadershipAway(ctx context.Context, log *slog.Logger) {
 	}
 }
 
-func (s *Server) transferRaftLeadership(ctx context.Context) error {
-	self := s.e.Server.MemberID()
-	var errs []error
-	for _, m := range s.e.Server.Cluster().Members() {
-		if m.ID == self || m.IsLearner {
-			continue
-		}
-		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := s.e.Server.MoveLeader(tctx, uint64(self), uint64(m.ID))
-		cancel()
-		if err == nil {
-			return nil
-		}
-		errs = append(errs, fmt.Errorf("to %s: %w", m.Name, err))
+// transferRaftLeadership moves raft leadership to the peer that has been
+// connected longest. A transfer to a dead peer would stall raft, dropping
+// every proposal until the transfer times out (an election timeout), so
+// only connected peers are candidates; etcd's shutdown transfer picks
+// exactly that way, and despite its name it only moves the leadership.
+func (s *Server) transferRaftLeadership(_ context.Context) error {
+	if err := s.e.Server.TryTransferLeadershipOnShutdown(); err != nil {
+		return fmt.Errorf("move raft leadership: %w", err)
 	}
-	if len(errs) == 0 {
-		return errors.New("no other voting member")
+	if s.IsLeader() {
+		return errors.New("still raft leader (no other connected voting member)")
 	}
-	return errors.Join(errs...)
+	return nil
 }

@@ -1,0 +1,327 @@
+package chaos
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/taskd/taskd/internal/harness"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+)
+
+// The fault kinds. A wall-clock step is not among them: see docs/chaos.md.
+const (
+	faultKillLeader  = "kill-leader"  // kill -9 the taskd leader, restart it
+	faultKill        = "kill"         // kill -9 a random taskd node, restart it
+	faultStop        = "stop"         // SIGSTOP a node past the session timeout, then SIGCONT
+	faultPartition   = "partition"    // drop all traffic of a node's namespace (nftables)
+	faultStoreLeader = "store-leader" // kill the ZooKeeper leader, or the node whose etcd leads raft
+	faultZKKill      = "zk-kill"      // kill and restart one ZooKeeper server
+)
+
+// faults injects faults until the budget or the time is spent.
+func (r *run) faults(ctx context.Context) {
+	kinds := []string{faultKillLeader, faultKill, faultStop, faultPartition, faultStoreLeader}
+	if r.ens != nil {
+		kinds = append(kinds, faultZKKill)
+	}
+	start := time.Now()
+	for i := 1; i <= r.cfg.Faults && time.Since(start) < r.cfg.Duration && ctx.Err() == nil; i++ {
+		kind := kinds[r.rng.IntN(len(kinds))]
+		began := time.Now()
+		what := r.inject(ctx, kind)
+		r.mu.Lock()
+		r.rep.Faults++
+		r.rep.FaultCounts[kind]++
+		r.mu.Unlock()
+		r.checkExits()
+		if err := r.waitHealthy(90 * time.Second); err != nil {
+			r.violation("no agreed leader with all members within 90s after fault %d (%s)", i, what)
+			r.heal()
+		}
+		r.logf("fault %3d: %-12s %s; cluster whole again after %v", i, kind, what, time.Since(began).Round(100*time.Millisecond))
+		pause(ctx, 500*time.Millisecond+time.Duration(r.rng.Int64N(int64(time.Second))))
+	}
+}
+
+// leaderSeenBy asks node from who leads ("" if it does not know or does
+// not answer).
+func (r *run) leaderSeenBy(from string) string {
+	out, err := r.c.Ctl(from, "service", "list", "-o", "json")
+	if err != nil {
+		return ""
+	}
+	var v struct {
+		Leader string `json:"leader"`
+	}
+	_ = json.Unmarshal([]byte(out), &v)
+	return v.Leader
+}
+
+func (r *run) pick(not string) string {
+	var c []string
+	for _, n := range harness.VIPNodes {
+		if n != not {
+			c = append(c, n)
+		}
+	}
+	return c[r.rng.IntN(len(c))]
+}
+
+func (r *run) setFaulted(node string, on bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.faulted[node] = on
+}
+
+// killNode kills node, times the leader failover when it led, and
+// restarts it after 1-2 s.
+func (r *run) killNode(ctx context.Context, node string) string {
+	wasLeader := r.leaderSeenBy(r.pick(node)) == node
+	r.mu.Lock()
+	r.killed[node] = true
+	r.mu.Unlock()
+	killed := time.Now()
+	r.c.Kill(node)
+	what := "kill -9 " + node
+	if wasLeader {
+		other := r.pick(node)
+		var took time.Duration
+		err := waitCond(4*r.cfg.SessionTimeout, 50*time.Millisecond, func() bool {
+			l := r.leaderSeenBy(other)
+			took = time.Since(killed)
+			return l != "" && l != node
+		})
+		if err == nil {
+			r.mu.Lock()
+			r.rep.LeaderFailover = append(r.rep.LeaderFailover, took)
+			r.mu.Unlock()
+			what += fmt.Sprintf(" (leader; new leader after %v)", took.Round(time.Millisecond))
+		}
+	}
+	pause(ctx, time.Second+time.Duration(r.rng.Int64N(int64(time.Second))))
+	if err := r.c.Start(node); err != nil {
+		r.logf("restart %s: %v", node, err)
+	}
+	r.mu.Lock()
+	delete(r.killed, node)
+	r.mu.Unlock()
+	return what
+}
+
+func (r *run) inject(ctx context.Context, kind string) string {
+	long := r.cfg.SessionTimeout + time.Second
+	switch kind {
+	case faultKillLeader:
+		l := r.leaderSeenBy(harness.VIPNodes[r.rng.IntN(3)])
+		if l == "" {
+			l = r.pick("")
+		}
+		return r.killNode(ctx, l)
+	case faultKill:
+		return r.killNode(ctx, r.pick(""))
+	case faultStop:
+		n := r.pick("")
+		r.setFaulted(n, true)
+		from := time.Now()
+		r.c.Nodes[n].Signal(syscall.SIGSTOP)
+		pause(ctx, long)
+		r.c.Nodes[n].Signal(syscall.SIGCONT)
+		r.mu.Lock()
+		r.stopped[n] = append(r.stopped[n], [2]time.Time{from, time.Now()})
+		r.mu.Unlock()
+		r.setFaulted(n, false)
+		return fmt.Sprintf("SIGSTOP %s for %v", n, long)
+	case faultPartition:
+		n := r.pick("")
+		r.setFaulted(n, true)
+		defer r.setFaulted(n, false)
+		if err := r.partition(n, true); err != nil {
+			return "partition failed: " + err.Error()
+		}
+		pause(ctx, long)
+		if err := r.partition(n, false); err != nil {
+			r.violation("cannot heal the partition of %s: %v", n, err)
+		}
+		return fmt.Sprintf("partition %s for %v", n, long)
+	case faultZKKill:
+		s := r.ens.Servers[r.rng.IntN(len(r.ens.Servers))]
+		s.Kill()
+		pause(ctx, 2*time.Second+time.Duration(r.rng.Int64N(int64(2*time.Second))))
+		if err := s.Start(); err != nil {
+			r.logf("restart zookeeper %d: %v", s.ID, err)
+		}
+		return fmt.Sprintf("kill -9 zookeeper %d, restart", s.ID)
+	case faultStoreLeader:
+		if r.ens != nil {
+			s := r.ens.Leader()
+			if s == nil {
+				return "no zookeeper leader found; nothing done"
+			}
+			s.Kill()
+			pause(ctx, 3*time.Second)
+			if err := s.Start(); err != nil {
+				r.logf("restart zookeeper %d: %v", s.ID, err)
+			}
+			return fmt.Sprintf("kill -9 zookeeper leader %d, restart", s.ID)
+		}
+		n := r.raftLeader(ctx)
+		if n == "" {
+			return "no etcd raft leader found; nothing done"
+		}
+		return "etcd raft leader: " + r.killNode(ctx, n)
+	}
+	return "unknown fault " + kind
+}
+
+// partition drops (on) or restores (off) all traffic of node's namespace
+// except loopback.
+func (r *run) partition(node string, on bool) error {
+	ns := r.c.Lab.NS(node)
+	if !on {
+		_, err := r.c.Lab.IP("netns", "exec", ns, "nft", "delete", "table", "inet", "chaos")
+		return err
+	}
+	rules := filepath.Join(r.cfg.Dir, "partition-"+node+".nft")
+	ruleset := `table inet chaos {
+	chain in { type filter hook input priority -10; policy drop; iif "lo" accept; }
+	chain out { type filter hook output priority -10; policy drop; oif "lo" accept; }
+}
+`
+	if err := os.WriteFile(rules, []byte(ruleset), 0o644); err != nil {
+		return err
+	}
+	_, err := r.c.Lab.IP("netns", "exec", ns, "nft", "-f", rules)
+	return err
+}
+
+// raftLeader finds the node whose embedded etcd leads raft, asking each
+// member's client port from inside its namespace.
+func (r *run) raftLeader(ctx context.Context) string {
+	for _, n := range harness.VIPNodes {
+		if r.c.Nodes[n] == nil || r.c.Nodes[n].Exited() {
+			continue
+		}
+		ns := r.c.Lab.NS(n)
+		cli, err := clientv3.New(clientv3.Config{
+			Endpoints:   []string{"127.0.0.1:2379"},
+			DialTimeout: 2 * time.Second,
+			DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(_ context.Context, addr string) (net.Conn, error) {
+				return harness.DialInNS(ns, addr, 2*time.Second)
+			})},
+		})
+		if err != nil {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := cli.Status(sctx, "127.0.0.1:2379")
+		cancel()
+		cli.Close()
+		if err == nil && st.Leader == st.Header.MemberId {
+			return n
+		}
+	}
+	return ""
+}
+
+// ledgerLine is one unit of work a sleep attempt did.
+type ledgerLine struct {
+	attempt   int
+	elapsedMS int64
+	at        int64
+}
+
+// checkLedger: for every task, no attempt did work after a later attempt
+// had started (two active attempts at once), and every succeeded task did
+// all of its work. The gaps between attempts are the resume times.
+func (r *run) checkLedger(tasks map[string]taskView) {
+	f, err := os.Open(r.ledger)
+	if err != nil {
+		r.violation("ledger unreadable: %v", err)
+		return
+	}
+	defer f.Close()
+	byTask := map[string][]ledgerLine{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) != 4 {
+			r.violation("ledger line %q", sc.Text())
+			continue
+		}
+		a, _ := strconv.Atoi(fs[1])
+		e, _ := strconv.ParseInt(fs[2], 10, 64)
+		at, _ := strconv.ParseInt(fs[3], 10, 64)
+		byTask[fs[0]] = append(byTask[fs[0]], ledgerLine{attempt: a, elapsedMS: e, at: at})
+	}
+	for id, lines := range byTask {
+		sort.Slice(lines, func(i, j int) bool { return lines[i].at < lines[j].at })
+		highest := 0
+		var maxElapsed, lastAt int64
+		for _, l := range lines {
+			if l.attempt < highest {
+				r.violation("task %s: attempt %d worked at %s after attempt %d had started",
+					id, l.attempt, time.Unix(0, l.at).Format(time.StampMicro), highest)
+			}
+			if l.attempt > highest && highest > 0 {
+				r.rep.Resume = append(r.rep.Resume, time.Duration(l.at-lastAt))
+			}
+			highest = max(highest, l.attempt)
+			maxElapsed = max(maxElapsed, l.elapsedMS)
+			lastAt = l.at
+		}
+		if t, ok := tasks[id]; ok && t.State == "succeeded" && maxElapsed != 6000 {
+			r.violation("task %s succeeded but its ledger shows %d ms of its 6000 ms done", id, maxElapsed)
+		}
+	}
+	for id, typ := range r.tasks {
+		if t, ok := tasks[id]; typ == "sleep" && ok && t.State == "succeeded" && len(byTask[id]) == 0 {
+			r.violation("task %s succeeded without any work in the ledger", id)
+		}
+	}
+}
+
+// checkFences: every fence finished before the session could expire,
+// except on a node that was stopped (SIGSTOP) during that session: a
+// stopped process cannot run at its deadline (its VIP addresses expire by
+// their kernel lifetime and its task writes are fenced by the store).
+func (r *run) checkFences() {
+	for _, n := range harness.VIPNodes {
+		f, err := os.Open(r.c.LogPath(n))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var l struct {
+				Time  time.Time `json:"time"`
+				Event string    `json:"event"`
+				Late  string    `json:"late_by"`
+			}
+			if json.Unmarshal(sc.Bytes(), &l) != nil || l.Event != "fence_finished" || l.Late == "" {
+				continue
+			}
+			r.mu.Lock()
+			excused := slices.ContainsFunc(r.stopped[n], func(iv [2]time.Time) bool {
+				return l.Time.After(iv[0]) && l.Time.Before(iv[1].Add(r.cfg.SessionTimeout))
+			})
+			r.mu.Unlock()
+			if !excused {
+				r.violation("fence on %s at %s finished %s after the session could expire", n, l.Time.Format(time.StampMilli), l.Late)
+			}
+		}
+		f.Close()
+	}
+}

@@ -1,0 +1,297 @@
+package vips
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/vip"
+)
+
+// Assigner writes the holder assignments while its node leads.
+type Assigner struct {
+	store coord.Store
+	l     layout
+	self  string
+	// grace is how long a live holder may be unhealthy before its VIPs
+	// move; when every member turns unhealthy within it, nothing moves.
+	grace time.Duration
+	seed  []vip.Spec
+	log   *slog.Logger
+}
+
+// NewAssigner returns the assigner of node self. seed are VIPs to create
+// when absent (taskd's --vip flag).
+func NewAssigner(store coord.Store, root, self string, grace time.Duration, seed []vip.Spec, log *slog.Logger) *Assigner {
+	return &Assigner{store: store, l: layout{root: root}, self: self, grace: grace, seed: seed, log: log}
+}
+
+// Run assigns every VIP until ctx ends, and returns an error wrapping
+// quorum.ErrFenced if the leadership was lost under it. It is driven by the
+// store's watches and the node's view; a timer only ends a grace period.
+func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (quorum.View, <-chan struct{})) error {
+	reg := &Registry{store: a.store, l: a.l}
+	seeds := a.seed
+	cfgs := watchDir(ctx, a.store, a.l.configDir())
+	asg := watchDir(ctx, a.store, a.l.assignDir())
+	unhealthy := map[string]time.Time{}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	// Writes that fail (etcd drops proposals while its raft leader moves,
+	// which a taskd election often causes) are retried soon, then less
+	// often.
+	const firstRetry, maxRetry = 50 * time.Millisecond, 2 * time.Second
+	retry := firstRetry
+	for {
+		v, changed := view()
+		now := time.Now()
+		seen := map[string]bool{}
+		for _, m := range v.Members {
+			seen[m.Name] = true
+			if m.Health == "ok" {
+				delete(unhealthy, m.Name)
+			} else if _, ok := unhealthy[m.Name]; !ok {
+				unhealthy[m.Name] = now
+			}
+		}
+		for n := range unhealthy {
+			if !seen[n] {
+				delete(unhealthy, n)
+			}
+		}
+		var errs []error
+		for cfgs.synced && len(seeds) > 0 {
+			if _, ok := cfgs.keys[seeds[0].Service]; ok {
+				seeds = seeds[1:]
+				continue
+			}
+			if err := reg.Seed(ctx, seeds[0]); err != nil {
+				errs = append(errs, err)
+				break
+			}
+			seeds = seeds[1:]
+		}
+		var next time.Time
+		if cfgs.synced && asg.synced {
+			n, err := a.reconcile(ctx, l, v, cfgs, asg, unhealthy, now)
+			if errors.Is(err, quorum.ErrFenced) {
+				return err
+			}
+			next = n
+			errs = append(errs, err)
+		}
+		if err := errors.Join(errs...); err != nil && ctx.Err() == nil {
+			a.log.Warn("vip assignment failed; retrying", "err", err, "retry_in", retry)
+			next = now.Add(retry)
+			retry = min(2*retry, maxRetry)
+		} else {
+			retry = firstRetry
+		}
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-cfgs.ch:
+			if !cfgs.apply(ev, ok) || !cfgs.drain() {
+				return nil
+			}
+		case ev, ok := <-asg.ch:
+			if !asg.apply(ev, ok) || !asg.drain() {
+				return nil
+			}
+		case <-changed:
+		case <-timer.C:
+		}
+	}
+}
+
+// reconcile writes what differs; it returns when to look again (zero: at
+// the next change).
+func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum.View, cfgs, asg *mirror, unhealthy map[string]time.Time, now time.Time) (time.Time, error) {
+	var next time.Time
+	var errs []error
+	for svc, ckv := range cfgs.keys {
+		c, err := decode[Config](ckv.Key, ckv.Value)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var cur *Assignment
+		akv, hasAsg := asg.keys[svc]
+		if hasAsg {
+			if x, err := decode[Assignment](akv.Key, akv.Value); err == nil {
+				cur = &x
+			}
+		}
+		d := choose(c, cur, a.self, v.Members, unhealthy, now, a.grace)
+		if !d.recheck.IsZero() && (next.IsZero() || d.recheck.Before(next)) {
+			next = d.recheck
+		}
+		if d.node == "" {
+			continue
+		}
+		if cur != nil && cur.Node == d.node && cur.Session == d.session && !d.dropPref {
+			continue
+		}
+		var conds []coord.Cond
+		var ops []coord.Op
+		if cur == nil || cur.Node != d.node || cur.Session != d.session {
+			rec := encode(Assignment{Node: d.node, Session: d.session, Epoch: l.Epoch(), Since: now.UTC(), Reason: d.reason})
+			if hasAsg {
+				conds = append(conds, coord.VersionIs(akv.Key, akv.Version))
+				ops = append(ops, coord.PutOp(akv.Key, rec))
+			} else {
+				conds = append(conds, coord.VersionIs(a.l.assignKey(svc), 0))
+				ops = append(ops, coord.CreateOp(a.l.assignKey(svc), rec, nil))
+			}
+		}
+		if d.dropPref {
+			a.log.Info("vip's preferred node is gone or unhealthy; the preference is dropped", "event", "vip_preference_dropped", "service", svc, "node", c.Preferred)
+			c.Preferred, c.UpdatedAt = "", now.UTC()
+			conds = append(conds, coord.VersionIs(ckv.Key, ckv.Version))
+			ops = append(ops, coord.PutOp(ckv.Key, encode(c)))
+		}
+		vers, err := l.Txn(ctx, conds, ops)
+		if err != nil {
+			if errors.Is(err, quorum.ErrFenced) {
+				return next, err
+			}
+			if !errors.Is(err, coord.ErrConflict) { // a conflict: the watch brings the news
+				errs = append(errs, fmt.Errorf("assign vip %s to %s: %w", svc, d.node, err))
+			}
+			continue
+		}
+		if len(ops) > 0 && ops[0].Key == a.l.assignKey(svc) {
+			asg.keys[svc] = coord.KV{Key: ops[0].Key, Value: ops[0].Value, Version: vers[0]}
+			a.log.Info("vip assigned", "event", "vip_assign", "service", svc, "node", d.node, "reason", d.reason)
+		}
+		if d.dropPref {
+			cfgs.keys[svc] = coord.KV{Key: ckv.Key, Value: ops[len(ops)-1].Value, Version: vers[len(vers)-1]}
+		}
+	}
+	for svc, akv := range asg.keys {
+		if _, ok := cfgs.keys[svc]; ok {
+			continue
+		}
+		if _, err := l.Txn(ctx, []coord.Cond{coord.VersionIs(akv.Key, akv.Version)}, []coord.Op{coord.DeleteOp(akv.Key)}); err != nil {
+			if errors.Is(err, quorum.ErrFenced) {
+				return next, err
+			}
+			if !errors.Is(err, coord.ErrConflict) {
+				errs = append(errs, fmt.Errorf("remove the assignment of deleted vip %s: %w", svc, err))
+			}
+			continue
+		}
+		delete(asg.keys, svc)
+		a.log.Info("vip unassigned (deleted)", "event", "vip_unassign", "service", svc)
+	}
+	return next, errors.Join(errs...)
+}
+
+// decision is where one VIP should be.
+type decision struct {
+	node, session, reason string
+	dropPref              bool
+	recheck               time.Time // a grace period ends then
+}
+
+// choose decides the holder of one VIP:
+//  1. its preferred node (set by a drain), while that node is live and
+//     healthy, unhealthy for less than grace, or unhealthy like every
+//     other member; otherwise the preference is dropped;
+//  2. else the leader, when it is healthy;
+//  3. else the current holder, while it is live and healthy, or unhealthy
+//     for less than grace;
+//  4. else the best healthy member (highest current priority, then name);
+//  5. else, with no healthy member at all, the current holder if it is live
+//     (no carousel while the whole access network is bad), or the leader.
+func choose(c Config, cur *Assignment, self string, members []quorum.Member, unhealthy map[string]time.Time, now time.Time, grace time.Duration) decision {
+	byName := map[string]quorum.Member{}
+	for _, m := range members {
+		byName[m.Name] = m
+	}
+	healthy := func(n string) bool { m, ok := byName[n]; return ok && m.Health == "ok" }
+	inGrace := func(n string) (time.Time, bool) {
+		since, ok := unhealthy[n]
+		end := since.Add(grace)
+		return end, ok && now.Before(end)
+	}
+	to := func(n, reason string) decision {
+		return decision{node: n, session: byName[n].SessionID, reason: reason}
+	}
+	var d decision
+	if p := c.Preferred; p != "" {
+		if healthy(p) {
+			return to(p, "drained to "+p)
+		}
+		if _, live := byName[p]; live {
+			if end, ok := inGrace(p); ok {
+				d = to(p, "drained to "+p+"; unhealthy, within grace")
+				d.recheck = end
+				return d
+			}
+			if !slices.ContainsFunc(members, func(m quorum.Member) bool { return m.Health == "ok" }) {
+				return to(p, "drained to "+p+"; no member is healthy")
+			}
+		}
+		d.dropPref = true
+	}
+	pick := func(n, reason string) decision {
+		x := to(n, reason)
+		x.dropPref = d.dropPref
+		return x
+	}
+	if healthy(self) {
+		return pick(self, "leader")
+	}
+	curLive := false
+	if cur != nil {
+		if m, ok := byName[cur.Node]; ok && m.SessionID == cur.Session {
+			curLive = true
+			if healthy(cur.Node) {
+				return pick(cur.Node, cur.Reason)
+			}
+			if end, ok := inGrace(cur.Node); ok {
+				x := pick(cur.Node, cur.Reason)
+				x.recheck = end
+				return x
+			}
+		}
+	}
+	var best *quorum.Member
+	for _, m := range members {
+		if m.Health != "ok" {
+			continue
+		}
+		if best == nil || m.CurrentPriority > best.CurrentPriority ||
+			(m.CurrentPriority == best.CurrentPriority && cmp.Less(m.Name, best.Name)) {
+			best = &m
+		}
+	}
+	if best != nil {
+		return pick(best.Name, "healthiest member (the leader is unhealthy)")
+	}
+	if curLive {
+		return pick(cur.Node, cur.Reason)
+	}
+	if _, ok := byName[self]; ok {
+		return pick(self, "leader (no member is healthy)")
+	}
+	if len(members) > 0 {
+		names := make([]string, 0, len(members))
+		for _, m := range members {
+			names = append(names, m.Name)
+		}
+		slices.Sort(names)
+		return pick(names[0], "no member is healthy")
+	}
+	return d
+}

@@ -1,0 +1,66 @@
+package vips
+
+import (
+	"testing"
+	"time"
+
+	"github.com/taskd/taskd/internal/quorum"
+)
+
+func TestChoose(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	grace := 5 * time.Second
+	m := func(name, health string, prio int) quorum.Member {
+		return quorum.Member{Name: name, SessionID: "s-" + name, Health: health, CurrentPriority: prio}
+	}
+	ok3 := []quorum.Member{m("n1", "ok", 3), m("n2", "ok", 2), m("n3", "ok", 1)}
+	at := func(n string) *Assignment { return &Assignment{Node: n, Session: "s-" + n, Reason: "r"} }
+	cases := []struct {
+		name      string
+		c         Config
+		cur       *Assignment
+		members   []quorum.Member
+		unhealthy map[string]time.Time
+		want      string
+		drop      bool
+		recheck   bool
+	}{
+		{"leader by default", Config{}, nil, ok3, nil, "n1", false, false},
+		{"preferred", Config{Preferred: "n3"}, at("n1"), ok3, nil, "n3", false, false},
+		{"preferred gone: dropped, leader", Config{Preferred: "n9"}, at("n9"), ok3, nil, "n1", true, false},
+		{"preferred unhealthy within grace stays", Config{Preferred: "n3"}, at("n3"),
+			[]quorum.Member{m("n1", "ok", 3), m("n2", "ok", 2), m("n3", "unhealthy", 0)},
+			map[string]time.Time{"n3": now.Add(-time.Second)}, "n3", false, true},
+		{"preferred unhealthy past grace: dropped", Config{Preferred: "n3"}, at("n3"),
+			[]quorum.Member{m("n1", "ok", 3), m("n2", "ok", 2), m("n3", "unhealthy", 0)},
+			map[string]time.Time{"n3": now.Add(-6 * time.Second)}, "n1", true, false},
+		{"unhealthy leader, healthy holder stays", Config{}, at("n2"),
+			[]quorum.Member{m("n1", "unhealthy", 0), m("n2", "ok", 2), m("n3", "ok", 1)},
+			map[string]time.Time{"n1": now}, "n2", false, false},
+		{"unhealthy leader-holder within grace stays", Config{}, at("n1"),
+			[]quorum.Member{m("n1", "unhealthy", 0), m("n2", "ok", 2), m("n3", "ok", 1)},
+			map[string]time.Time{"n1": now.Add(-time.Second)}, "n1", false, true},
+		{"unhealthy leader-holder past grace: best healthy", Config{}, at("n1"),
+			[]quorum.Member{m("n1", "unhealthy", 0), m("n2", "ok", 2), m("n3", "ok", 1)},
+			map[string]time.Time{"n1": now.Add(-6 * time.Second)}, "n2", false, false},
+		{"preferred unhealthy like everyone: stays, kept", Config{Preferred: "n3"}, at("n3"),
+			[]quorum.Member{m("n1", "unhealthy", 0), m("n2", "unhealthy", 0), m("n3", "unhealthy", 0)},
+			map[string]time.Time{"n1": now.Add(-time.Hour), "n2": now.Add(-time.Hour), "n3": now.Add(-time.Hour)}, "n3", false, false},
+		{"nobody healthy: stays", Config{}, at("n2"),
+			[]quorum.Member{m("n1", "unhealthy", 0), m("n2", "unhealthy", 0), m("n3", "unhealthy", 0)},
+			map[string]time.Time{"n1": now.Add(-time.Hour), "n2": now.Add(-time.Hour), "n3": now.Add(-time.Hour)}, "n2", false, false},
+		{"nobody healthy, holder dead: leader", Config{}, at("n9"),
+			[]quorum.Member{m("n1", "unhealthy", 0), m("n2", "unhealthy", 0)},
+			map[string]time.Time{"n1": now.Add(-time.Hour), "n2": now.Add(-time.Hour)}, "n1", false, false},
+		{"holder restarted (new session): leader", Config{}, &Assignment{Node: "n2", Session: "old"}, ok3, nil, "n1", false, false},
+	}
+	for _, tc := range cases {
+		d := choose(tc.c, tc.cur, "n1", tc.members, tc.unhealthy, now, grace)
+		if d.node != tc.want || d.dropPref != tc.drop || d.recheck.IsZero() == tc.recheck {
+			t.Errorf("%s: got node %q drop %v recheck %v; want %q drop %v recheck %v", tc.name, d.node, d.dropPref, d.recheck, tc.want, tc.drop, tc.recheck)
+		}
+		if d.node != "" && d.session != "s-"+d.node {
+			t.Errorf("%s: session %q for %s", tc.name, d.session, d.node)
+		}
+	}
+}
