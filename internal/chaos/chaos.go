@@ -145,6 +145,7 @@ func (r *run) setup() error {
 		return err
 	}
 	c.Extra = []string{"--volume-root", vol}
+	c.ClockFiles = true
 	if r.cfg.Backend == "zk" {
 		var hosts []harness.NSHost
 		var addrs []string

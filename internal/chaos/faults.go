@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc"
 )
 
-// The fault kinds. A wall-clock step is not among them: see docs/chaos.md.
+// The fault kinds.
 const (
 	faultKillLeader  = "kill-leader"  // kill -9 the taskd leader, restart it
 	faultKill        = "kill"         // kill -9 a random taskd node, restart it
@@ -28,11 +28,12 @@ const (
 	faultPartition   = "partition"    // drop all traffic of a node's namespace (nftables)
 	faultStoreLeader = "store-leader" // kill the ZooKeeper leader, or the node whose etcd leads raft
 	faultZKKill      = "zk-kill"      // kill and restart one ZooKeeper server
+	faultClock       = "clock-step"   // step one node's task-center wall clock, then step it back
 )
 
 // faults injects faults until the budget or the time is spent.
 func (r *run) faults(ctx context.Context) {
-	kinds := []string{faultKillLeader, faultKill, faultStop, faultPartition, faultStoreLeader}
+	kinds := []string{faultKillLeader, faultKill, faultStop, faultPartition, faultStoreLeader, faultClock}
 	if r.ens != nil {
 		kinds = append(kinds, faultZKKill)
 	}
@@ -155,6 +156,21 @@ func (r *run) inject(ctx context.Context, kind string) string {
 			r.violation("cannot heal the partition of %s: %v", n, err)
 		}
 		return fmt.Sprintf("partition %s for %v", n, long)
+	case faultClock:
+		n := r.pick("")
+		step := time.Duration(30+r.rng.IntN(570)) * time.Second
+		if r.rng.IntN(2) == 0 {
+			step = -step
+		}
+		if err := r.stepClock(n, step); err != nil {
+			r.violation("clock step of %s not applied: %v", n, err)
+			return "clock step failed"
+		}
+		pause(ctx, long)
+		if err := r.stepClock(n, 0); err != nil {
+			r.violation("clock step back of %s not applied: %v", n, err)
+		}
+		return fmt.Sprintf("wall clock of %s stepped by %v for %v", n, step, long)
 	case faultZKKill:
 		s := r.ens.Servers[r.rng.IntN(len(r.ens.Servers))]
 		s.Kill()
@@ -324,4 +340,28 @@ func (r *run) checkFences() {
 		}
 		f.Close()
 	}
+}
+
+// stepClock sets node's injected wall-clock offset (docs/chaos.md) and
+// confirms from its log that taskd applied it.
+func (r *run) stepClock(node string, d time.Duration) error {
+	before := r.countEvents(node, "clock_offset")
+	if err := os.WriteFile(r.c.ClockFile(node), []byte(d.String()+"\n"), 0o644); err != nil {
+		return err
+	}
+	p := r.c.Nodes[node]
+	if p == nil || p.Exited() {
+		return fmt.Errorf("%s is not running", node)
+	}
+	p.Signal(syscall.SIGUSR2)
+	return waitCond(5*time.Second, 20*time.Millisecond, func() bool { return r.countEvents(node, "clock_offset") > before })
+}
+
+// countEvents counts log lines of node with the event attribute ev.
+func (r *run) countEvents(node, ev string) int {
+	b, err := os.ReadFile(r.c.LogPath(node))
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(b), `"event":"`+ev+`"`)
 }

@@ -119,6 +119,8 @@ func newRootCmd() *cobra.Command {
 	f.DurationVar(&cfg.HealthTimeout, "health-timeout", cfg.HealthTimeout, "how long a probe round waits for replies")
 	f.IntVar(&cfg.HealthRise, "health-rise", cfg.HealthRise, "passed rounds in a row before an unhealthy node is healthy again")
 	f.IntVar(&cfg.HealthFall, "health-fall", cfg.HealthFall, "failed rounds in a row before a healthy node is unhealthy")
+	f.StringVar(&cfg.ClockOffsetFile, "clock-offset-file", "", "fault injection for tests: a file holding a duration added to the task center's wall clock, re-read on SIGUSR2")
+	_ = f.MarkHidden("clock-offset-file")
 	f.IntVar(&cfg.RunnerCapacity, "runner-capacity", cfg.RunnerCapacity, "most tasks this node runs at once")
 	f.StringArrayVar(&cfg.RunnerTypeCapacity, "runner-type-capacity", nil, "most tasks of one type this node runs at once, TYPE=N (repeatable), e.g. copy=2")
 	f.StringArrayVar(&cfg.VolumeRoots, "volume-root", nil, "directory under which copy tasks may use file:// endpoints (repeatable); none: file endpoints are refused")

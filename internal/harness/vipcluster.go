@@ -28,11 +28,13 @@ type VIPCluster struct {
 	// on the lab subnet) instead of the embedded etcd cluster.
 	Coordinator string
 	// Extra are more taskd flags for every node.
-	Extra   []string
-	dir     string
-	token   string
-	taskd   string
-	taskctl string
+	Extra []string
+	// ClockFiles gives every node a --clock-offset-file (ClockFile).
+	ClockFiles bool
+	dir        string
+	token      string
+	taskd      string
+	taskctl    string
 }
 
 // VIPNodes are the node names of a VIPCluster.
@@ -98,6 +100,9 @@ func (c *VIPCluster) Start(name string) error {
 		args = append(args, "--etcd-client-url", "http://127.0.0.1:2379", "--etcd-peer-url", "http://"+c.Lab.Addr(name)+":2380",
 			"--etcd-initial-cluster", strings.Join(peers, ","))
 	}
+	if c.ClockFiles {
+		args = append(args, "--clock-offset-file", c.ClockFile(name))
+	}
 	p, err := StartProc(c.LogPath(name), "ip", append(args, c.Extra...)...)
 	if err != nil {
 		return err
@@ -105,6 +110,9 @@ func (c *VIPCluster) Start(name string) error {
 	c.Nodes[name] = p
 	return nil
 }
+
+// ClockFile is node name's --clock-offset-file.
+func (c *VIPCluster) ClockFile(name string) string { return filepath.Join(c.dir, name+".clock") }
 
 // LogPath is where node name logs.
 func (c *VIPCluster) LogPath(name string) string { return filepath.Join(c.dir, name+".log") }

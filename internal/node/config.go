@@ -44,6 +44,8 @@ type Config struct {
 	HealthTimeout  time.Duration
 	HealthRise     int
 	HealthFall     int
+	// ClockOffsetFile: fault injection (hidden flag). See clock.go.
+	ClockOffsetFile string
 
 	// Tasks.
 	RunnerCapacity     int

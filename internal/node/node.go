@@ -52,6 +52,7 @@ type Node struct {
 	vipReg  atomic.Pointer[vips.Registry]
 	// vipLabels records the labels of VIPs held here (stale cleanup).
 	vipLabels *vipLabels
+	clock     wallClock
 	metrics   *metrics.Set
 	events    *events.Recorder
 	// quorumStarted is closed once n.q is set.
@@ -111,6 +112,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return srv.Run(gctx, ln) })
 	g.Go(func() error { return n.runCoordinated(gctx, nodeID) })
 	g.Go(func() error { n.notifySystemd(gctx); return nil })
+	g.Go(func() error { n.followOffsetFile(gctx, cfg.ClockOffsetFile); return nil })
 	err = g.Wait()
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		n.log.Info("taskd stopped")
@@ -169,7 +171,7 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	go func() { defer pub.Done(); n.events.Run(pctx, store) }()
 	defer func() { pcancel(); pub.Wait() }()
 
-	tasks, err := task.NewStore(store, quorum.DefaultConfig().Root, tasktype.Builtin(n.cfg.VolumeRoots, n.log, n.metrics), n.cfg.TimeZone, nil)
+	tasks, err := task.NewStore(store, quorum.DefaultConfig().Root, tasktype.Builtin(n.cfg.VolumeRoots, n.log, n.metrics), n.cfg.TimeZone, n.clock.now)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}

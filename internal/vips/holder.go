@@ -204,11 +204,15 @@ func (h *Holder) run(hctx, ctx context.Context, spec vip.Spec, rec Held, kv coor
 	close(status)
 	mu.Unlock()
 	sw.Wait()
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	// When the whole holder is ending (a fence or a shutdown) the key is
+	// left to the session: a fence must not wait on a store it may not
+	// reach, and until the session ends no other node takes the VIP.
+	if ctx.Err() != nil {
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := h.store.Delete(dctx, kv.Key, kv.Version); err != nil && !errors.Is(err, coord.ErrNotFound) {
-		// The key goes with the session at the latest; until then no
-		// other node takes the VIP.
-		h.log.Warn("cannot clear the vip's held record", "service", spec.Service, "err", err)
+		h.log.Warn("cannot clear the vip's held record; it goes with the session", "service", spec.Service, "err", err)
 	}
 }
