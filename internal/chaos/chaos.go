@@ -66,7 +66,8 @@ type run struct {
 	cfg     Config
 	c       *harness.VIPCluster
 	ens     *harness.Ensemble
-	rng     *rand.Rand
+	rng     *rand.Rand // the fault schedule and the images (one goroutine)
+	workRng *rand.Rand // the workload's pacing (its own goroutine)
 	samples string
 	ledger  string
 
@@ -105,7 +106,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if cfg.Faults < 1 || cfg.Faults > 2000 || cfg.Duration <= 0 || cfg.Duration > 6*time.Hour {
 		return Report{}, errors.New("faults must be 1-2000 and duration positive, at most 6h")
 	}
-	r := &run{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 0x7a5d)), tasks: map[string]string{},
+	r := &run{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 0x7a5d)), workRng: rand.New(rand.NewPCG(cfg.Seed, 0x30b1)), tasks: map[string]string{},
 		copies: map[string][2]string{}, killed: map[string]bool{}, stopped: map[string][][2]time.Time{},
 		faulted: map[string]bool{}, progress: cfg.Log, teardownExtra: func() {}}
 	r.rep = Report{Backend: cfg.Backend, FaultCounts: map[string]int{}}
@@ -253,7 +254,7 @@ func (r *run) workload(ctx context.Context) {
 			r.tasks[id] = "sleep"
 			r.mu.Unlock()
 		}
-		pause(ctx, time.Second+time.Duration(r.rng.Int64N(int64(time.Second))))
+		pause(ctx, time.Second+time.Duration(r.workRng.Int64N(int64(time.Second))))
 	}
 }
 

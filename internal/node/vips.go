@@ -34,6 +34,8 @@ func (n *Node) vipConfig(report func(up bool, err error)) vip.Config {
 		case "released":
 			report(false, nil)
 			n.log.Info("vip down", attrs...)
+		case "lapsed":
+			n.log.Warn("vip hold lapsed: this node did not run for a whole address lifetime", attrs...)
 		default: // probe-conflict, duplicate, defended, released-on-conflict
 			n.log.Warn("another host claims the vip", attrs...)
 		}

@@ -67,7 +67,7 @@ func (c Config) Validate() error {
 
 // Event is something a holder saw.
 type Event struct {
-	Kind    string // "probe-conflict", "duplicate", "defended", "released-on-conflict", "held", "released"
+	Kind    string // "probe-conflict", "duplicate", "defended", "released-on-conflict", "held", "released", "lapsed"
 	Service string
 	Addr    netip.Addr
 	MAC     string // the other host's MAC, for conflicts
@@ -81,7 +81,9 @@ type Event struct {
 // Duplicate policy (RFC 5227 section 2.4 (b)): when another MAC claims the
 // address while it is held (any ARP packet with the VIP as sender address),
 // the holder records a "duplicate" event and defends once with an immediate
-// announcement. If another conflicting packet comes within DefendWindow, it
+// announcement (a request and a reply from one MAC within 50 ms are one
+// announcement, so one claim). If another
+// conflicting packet comes within DefendWindow, it
 // records "released-on-conflict", removes the address and returns
 // ErrConflict, so that two hosts never keep fighting over it; whoever
 // assigns VIPs decides what happens next.
@@ -117,6 +119,7 @@ func Hold(ctx context.Context, s Spec, cfg Config) error {
 		return fmt.Errorf("%w: %s answers for %s", ErrConflict, other, ip)
 	}
 	addr := nlAddr(s, cfg.ValidLifetime)
+	added := time.Now()
 	if err := netlink.AddrReplace(link, addr); err != nil {
 		return fmt.Errorf("add %s to %s: %w", s.Prefix, s.Interface, err)
 	}
@@ -131,7 +134,7 @@ func Hold(ctx context.Context, s Spec, cfg Config) error {
 		emit("released", "")
 	}()
 	renew := func() error { return netlink.AddrReplace(link, addr) }
-	return keep(ctx, conn, ip, cfg, log, emit, renew)
+	return keep(ctx, conn, ip, cfg, log, emit, renew, added)
 }
 
 func nlAddr(s Spec, valid time.Duration) *netlink.Addr {
@@ -181,16 +184,45 @@ func probe(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config) (net.Hard
 	return nil, nil
 }
 
+// lifetimeMargin: the kernel may expire an address up to 20 ms before its
+// valid lifetime (ADDRCONF_TIMER_FUZZ_MINUS); the holder treats it as gone
+// this long before.
+const lifetimeMargin = 100 * time.Millisecond
+
+// claimPair: a gratuitous ARP request and reply from one MAC this close
+// together are one announcement, so one claim.
+const claimPair = 50 * time.Millisecond
+
 // keep announces on schedule, renews the address's lifetime and watches for
-// other hosts claiming ip.
-func keep(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config, log *slog.Logger, emit func(kind, mac string), renew func() error) error {
+// other hosts claiming ip. renewedAt is when the address was last added or
+// renewed (taken before the call).
+//
+// A holder that did not run for a whole lifetime (stopped, starved) finds
+// on waking that the kernel may have removed the address and another node
+// may hold it now. It then neither renews (which would add the address
+// back) nor announces; it returns ErrLapsed, and whoever holds it decides
+// again, after a new probe.
+func keep(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config, log *slog.Logger, emit func(kind, mac string), renew func() error, renewedAt time.Time) error {
 	next := time.Now()
 	nextRenew := time.Now().Add(cfg.RenewInterval)
 	burst := cfg.Burst + 1
 	var lastClaim time.Time
+	var lastMAC string
+	var lastOp uint16
+	lapsed := func() error {
+		if since := time.Since(renewedAt); since >= cfg.ValidLifetime-lifetimeMargin {
+			log.Error("the holder did not run for a whole address lifetime; not renewing or announcing the vip", "not_running_for", since)
+			emit("lapsed", "")
+			return fmt.Errorf("%w: no renewal for %v (lifetime %v)", ErrLapsed, since.Round(time.Millisecond), cfg.ValidLifetime)
+		}
+		return nil
+	}
 	for {
 		if ctx.Err() != nil {
 			return nil
+		}
+		if err := lapsed(); err != nil {
+			return err
 		}
 		if !time.Now().Before(next) {
 			if err := c.announce(ip); err != nil {
@@ -203,12 +235,17 @@ func keep(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config, log *slog.
 			}
 		}
 		if !time.Now().Before(nextRenew) {
+			start := time.Now()
+			if err := lapsed(); err != nil {
+				return err
+			}
 			if err := renew(); err != nil {
 				// Without renewal the kernel drops the address within
 				// its lifetime; stop claiming it rather than hold it
 				// half-way.
 				return fmt.Errorf("renew address lifetime: %w", err)
 			}
+			renewedAt = start
 			nextRenew = time.Now().Add(cfg.RenewInterval)
 		}
 		// Read until the next announcement or renewal, waking at least
@@ -232,6 +269,10 @@ func keep(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config, log *slog.
 		}
 		other := p.SenderMAC.String()
 		now := time.Now()
+		if other == lastMAC && p.Op != lastOp && now.Sub(lastClaim) < claimPair {
+			continue // the other half of the same announcement
+		}
+		lastMAC, lastOp = other, p.Op
 		if !lastClaim.IsZero() && now.Sub(lastClaim) < cfg.DefendWindow {
 			log.Error("another host keeps claiming the vip; giving it up", "mac", other)
 			emit("released-on-conflict", other)
@@ -240,6 +281,9 @@ func keep(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config, log *slog.
 		lastClaim = now
 		log.Warn("another host claims the vip; defending", "mac", other)
 		emit("duplicate", other)
+		if err := lapsed(); err != nil {
+			return err
+		}
 		if err := c.announce(ip); err != nil {
 			log.Warn("gratuitous ARP failed", "err", err)
 		}

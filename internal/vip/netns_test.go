@@ -61,6 +61,9 @@ func helperMain(mode string) int {
 		case errors.Is(err, vip.ErrConflict):
 			fmt.Fprintln(os.Stderr, err)
 			return 3
+		case errors.Is(err, vip.ErrLapsed):
+			fmt.Fprintln(os.Stderr, err)
+			return 4
 		default:
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -278,5 +281,42 @@ func TestCleanupRemovesStaleVIPAfterKill(t *testing.T) {
 	}
 	if _, ok := l.Has("n1", "10.77.0.200"); !ok {
 		t.Fatal("cleanup removed an address that is not taskd's")
+	}
+}
+
+// A holder stopped (SIGSTOP) for longer than the address lifetime must not
+// bring the address back when it runs again: by then another node may hold
+// it. Its kernel address expired; on SIGCONT it neither renews nor
+// announces, and Hold ends with ErrLapsed.
+func TestStoppedHolderDoesNotReclaim(t *testing.T) {
+	l := newLab(t, "n1", "client")
+	p, log := l.start("n1", "hold", "VIP="+vipAddr, "SERVICE=iscsi")
+	waitFor(t, 10*time.Second, "vip held", func() bool { return hasEvent(t, log, "held") })
+	p.Signal(syscall.SIGSTOP)
+	waitFor(t, 5*time.Second, "address expiring while stopped", func() bool {
+		_, ok := l.Has("n1", vipAddr)
+		return !ok
+	})
+	p.Signal(syscall.SIGCONT)
+	select {
+	case <-p.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stopped holder kept holding after SIGCONT")
+	}
+	if code := p.ExitCode(); code != 4 {
+		t.Fatalf("hold ended with exit code %d, want 4 (ErrLapsed)", code)
+	}
+	if _, ok := l.Has("n1", vipAddr); ok {
+		t.Fatal("the stopped holder added the address back")
+	}
+	if !hasEvent(t, log, "lapsed") {
+		t.Fatal("no lapsed event")
+	}
+	out, err := l.run("client", "query", "VIP="+vipAddr, "SRC="+l.Addr("client"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(out) != "" {
+		t.Fatalf("after the lapse %q still answers ARP for the vip", out)
 	}
 }

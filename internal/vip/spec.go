@@ -24,6 +24,11 @@ import (
 // ErrInvalid marks a VIP specification that cannot be used.
 var ErrInvalid = errors.New("invalid vip")
 
+// ErrLapsed is returned by a holder that did not run for a whole address
+// lifetime (it was stopped or starved): the address may be gone and held
+// elsewhere, so it is not renewed or announced again.
+var ErrLapsed = errors.New("vip hold lapsed")
+
 // ErrConflict is returned when another host answers for the address: before
 // it was added (the probe), or repeatedly while it was held.
 var ErrConflict = errors.New("address in use by another host")
