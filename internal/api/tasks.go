@@ -35,6 +35,7 @@ func toTask(r *task.Record, reason string) *taskdv1.Task {
 			Rate: r.Progress.Rate, EtaSeconds: r.Progress.ETASeconds},
 		Created: ts(r.Created), Started: ts(r.Started), Finished: ts(r.Finished), Updated: ts(r.Updated),
 		NotBefore: ts(r.NotBefore), HasCheckpoint: len(r.Checkpoint) > 0,
+		RateLimit: r.RateLimit, RateLimitSet: r.RateLimitSet,
 	}
 	if r.Window != nil {
 		t.Window, t.WindowZone = r.Window.Spec, r.Window.Zone
@@ -157,6 +158,17 @@ func (s *taskService) SetTaskWindow(ctx context.Context, req *connect.Request[ta
 	}
 	return s.control(ctx, m.Id, func(st *task.Store, ctx context.Context, id string) (*task.Record, error) {
 		return st.SetWindow(ctx, id, m.Window, m.WindowZone)
+	})
+}
+
+// SetTaskRate sets or clears the task's rate limit.
+func (s *taskService) SetTaskRate(ctx context.Context, req *connect.Request[taskdv1.SetTaskRateRequest]) (*connect.Response[taskdv1.GetTaskResponse], error) {
+	m := req.Msg
+	if m.Clear && m.BytesPerSecond != 0 {
+		return nil, toConnect(fmt.Errorf("%w: give a rate or clear, not both", task.ErrInvalid))
+	}
+	return s.control(ctx, m.Id, func(st *task.Store, ctx context.Context, id string) (*task.Record, error) {
+		return st.SetRate(ctx, id, m.BytesPerSecond, m.Clear)
 	})
 }
 

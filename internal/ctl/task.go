@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	volcopy "github.com/taskd/taskd/internal/copy"
 	"golang.org/x/term"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -47,7 +48,7 @@ func (g *globals) printJSON(m proto.Message) error {
 
 func taskCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "task", Short: "Create, inspect and control tasks"}
-	cmd.AddCommand(taskCreateCmd(g), taskListCmd(g), taskShowCmd(g), taskWaitCmd(g), taskSetWindowCmd(g))
+	cmd.AddCommand(taskCreateCmd(g), taskListCmd(g), taskShowCmd(g), taskWaitCmd(g), taskSetWindowCmd(g), taskSetRateCmd(g))
 	for _, c := range []struct{ name, short string }{
 		{"cancel", "Cancel a task (a running one stops at its next checkpoint)"},
 		{"pause", "Pause a task (a running one parks at its next checkpoint); pausing twice is harmless"},
@@ -205,6 +206,13 @@ func (g *globals) showTask(t *taskdv1.Task) error {
 	row("progress", fmt.Sprintf("%d/%d (%s)", t.Progress.GetDone(), t.Progress.GetTotal(), progressText(t.Progress)))
 	row("priority", fmt.Sprint(t.Priority))
 	row("node", t.Node)
+	if t.RateLimitSet {
+		r := "unlimited"
+		if t.RateLimit > 0 {
+			r = fmt.Sprintf("%d bytes/s", t.RateLimit)
+		}
+		row("rate limit", r+" (set on the task; overrides the spec)")
+	}
 	if t.Window != "" {
 		row("window", t.Window+" "+t.WindowZone)
 	}
@@ -292,6 +300,40 @@ func taskSetWindowCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&clear, "clear", false, "remove the window")
 	cmd.Flags().StringVar(&zone, "window-zone", "", "time zone of the window (default: the cluster's --time-zone)")
+	return cmd
+}
+
+func taskSetRateCmd(g *globals) *cobra.Command {
+	var clear bool
+	cmd := &cobra.Command{
+		Use:   "set-rate ID BYTES | --clear",
+		Short: "Set a task's rate limit in bytes per second (K/M/G suffixes, 0 unlimited); a running copy applies it at once",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 1 || len(args) > 2 || clear == (len(args) == 2) {
+				return usageError{fmt.Errorf("give a rate or --clear; usage: %s", cmd.UseLine())}
+			}
+			req := &taskdv1.SetTaskRateRequest{Id: args[0], Clear: clear}
+			if len(args) == 2 {
+				r, err := volcopy.ParseBytes(args[1])
+				if err != nil {
+					return usageError{fmt.Errorf("rate %q: %w", args[1], err)}
+				}
+				req.BytesPerSecond = r
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			resp, err := c.Tasks.SetTaskRate(ctx, connect.NewRequest(req))
+			if err != nil {
+				return fmt.Errorf("set rate of task %s: %w", args[0], err)
+			}
+			return g.showTask(resp.Msg.Task)
+		},
+	}
+	cmd.Flags().BoolVar(&clear, "clear", false, "go back to the rate in the task's spec")
 	return cmd
 }
 

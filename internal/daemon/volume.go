@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -45,6 +46,7 @@ func newVolumeCopyCmd() *cobra.Command {
 		reqSize    string
 		extentSize string
 		checkpoint string
+		rateFile   string
 		progress   string
 		conns      int
 		direct     bool
@@ -81,7 +83,12 @@ extent and, when FILE exists, resumes from it.`,
 			if spec.ExtentSize, err = volcopy.ParseBytes(extentSize); err != nil {
 				return usageError{fmt.Errorf("--extent-size: %w", err)}
 			}
-			return runVolumeCopy(cmd.Context(), cmd.ErrOrStderr(), spec, checkpoint, progress, volume.Options{Direct: direct, NBD: nbd.Options{Connections: conns}})
+			if rateFile != "" {
+				if spec.Rate, err = readRateFile(rateFile, spec.Rate); err != nil {
+					return usageError{fmt.Errorf("--rate-file: %w", err)}
+				}
+			}
+			return runVolumeCopy(cmd.Context(), cmd.ErrOrStderr(), spec, checkpoint, rateFile, progress, volume.Options{Direct: direct, NBD: nbd.Options{Connections: conns}})
 		},
 	}
 	f := cmd.Flags()
@@ -90,6 +97,7 @@ extent and, when FILE exists, resumes from it.`,
 	f.BoolVar(&spec.TargetIsZero, "target-is-zero", false, "the target reads as zeros already: skip zeroing holes")
 	f.BoolVar(&spec.Verify, "verify", false, "hash every extent of source and target (XXH3) after it is flushed")
 	f.StringVar(&rate, "rate", "0", "limit reads to this many bytes per second (K/M/G suffixes, 0 = unlimited)")
+	f.StringVar(&rateFile, "rate-file", "", "file holding the rate (as --rate), read at start and again at every SIGHUP: changes the rate while the copy runs")
 	f.IntVar(&spec.Workers, "workers", 0, "requests in flight (default 4 for files, 32 for NBD)")
 	f.StringVar(&reqSize, "request-size", "0", "bytes per read (default 1M)")
 	f.StringVar(&extentSize, "extent-size", "0", "bytes per checkpoint extent (default 256M)")
@@ -111,7 +119,47 @@ func fileURI(s string) string {
 	return s
 }
 
-func runVolumeCopy(ctx context.Context, stderr io.Writer, spec volcopy.Spec, cpFile, progress string, env volume.Options) error {
+// readRateFile reads a rate as --rate takes it; a missing or empty file
+// keeps def.
+func readRateFile(path string, def int64) (int64, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return def, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return def, nil
+	}
+	return volcopy.ParseBytes(s)
+}
+
+// followRateFile applies the rate in path at every signal on hup until
+// ctx ends.
+func followRateFile(ctx context.Context, stderr io.Writer, path string, job *volcopy.Job, hup <-chan os.Signal) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		r, err := readRateFile(path, 0)
+		if err != nil {
+			fmt.Fprintf(stderr, "rate unchanged: %s: %v\n", path, err)
+			continue
+		}
+		job.SetRate(r)
+		if r == 0 {
+			fmt.Fprintln(stderr, "rate now unlimited")
+		} else {
+			fmt.Fprintf(stderr, "rate now %s/s\n", humanBytes(r))
+		}
+	}
+}
+
+func runVolumeCopy(ctx context.Context, stderr io.Writer, spec volcopy.Spec, cpFile, rateFile, progress string, env volume.Options) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -159,7 +207,18 @@ func runVolumeCopy(ctx context.Context, stderr io.Writer, spec volcopy.Spec, cpF
 		return usageError{err}
 	}
 	defer job.Close()
+	var follow sync.WaitGroup
+	fctx, stopFollow := context.WithCancel(ctx)
+	if rateFile != "" {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		follow.Add(1)
+		go func() { defer follow.Done(); followRateFile(fctx, stderr, rateFile, job, hup) }()
+	}
 	p, err := job.Run(ctx)
+	stopFollow()
+	follow.Wait()
 	if bar != nil {
 		_ = bar.Finish()
 	}

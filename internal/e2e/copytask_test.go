@@ -98,4 +98,52 @@ func TestCopyTask(t *testing.T) {
 	if code != 2 {
 		t.Errorf("copy onto itself: exit %d %q; want 2", code, out)
 	}
+
+	// The rate of a running copy changes at once: 48 MiB at 1 MiB/s takes
+	// 48 s; raised to unlimited after it started, the copy ends long
+	// before the old rate could have finished it.
+	dst3 := filepath.Join(root, "rate.img")
+	code, out = runTaskctl(t, env, "copy", "file://"+src, "file://"+dst3, "--rate", "1M")
+	if code != 0 {
+		t.Fatalf("taskctl copy --rate 1M: exit %d %s", code, out)
+	}
+	id3 := strings.TrimSpace(out)
+	tk = waitTask(t, c, id3, 30*time.Second, "copy running with progress", func(tk *taskdv1.Task) bool {
+		return tk.State == "running" && tk.Progress.GetDone() > 0
+	})
+	doneAt := tk.Progress.GetDone()
+	if doneAt > int64(len(data))/4 {
+		t.Fatalf("at 1 MiB/s the copy already did %d of %d bytes; the rate was not applied", doneAt, len(data))
+	}
+	changed := time.Now()
+	if code, out := runTaskctl(t, env, "task", "set-rate", id3, "0"); code != 0 || !strings.Contains(out, "unlimited") {
+		t.Fatalf("task set-rate 0: exit %d %s", code, out)
+	}
+	tk = waitTask(t, c, id3, 60*time.Second, "rate-changed copy ending", func(tk *taskdv1.Task) bool { return tk.State == "succeeded" || tk.State == "failed" })
+	took := time.Since(changed)
+	if tk.State != "succeeded" {
+		t.Fatalf("rate-changed copy: %s", tk.State)
+	}
+	if took > 20*time.Second {
+		t.Errorf("the copy took %v after the rate was lifted; at the old 1 MiB/s the rest needs over 36 s, so the change was not applied", took)
+	}
+	if got, err := os.ReadFile(dst3); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("rate-changed copy differs from the source (%v)", err)
+	}
+	t.Logf("rate lifted at %d of %d bytes; the copy ended %v later", doneAt, len(data), took.Round(time.Millisecond))
+	// Bad input changes nothing.
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"task", "set-rate", id3, "1M"}, "succeeded"},
+		{[]string{"task", "set-rate", "00000000-0000-4000-8000-000000000000", "1M"}, "not found"},
+		{[]string{"task", "set-rate", id3, "lots"}, "rate"},
+		{[]string{"task", "set-rate", "--", id3, "-5"}, "rate"},
+		{[]string{"task", "set-rate", id3, "1M", "--clear"}, "--clear"},
+	} {
+		if code, out := runTaskctl(t, env, bad.args...); code == 0 || !strings.Contains(out, bad.want) {
+			t.Errorf("taskctl %s: exit %d %q; want a failure mentioning %q", strings.Join(bad.args, " "), code, out, bad.want)
+		}
+	}
 }

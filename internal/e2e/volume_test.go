@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -133,4 +134,61 @@ func TestVolumeCopyBadInputExitCodes(t *testing.T) {
 	if b, _ := os.ReadFile(small); string(b) != "x" {
 		t.Fatal("a refused copy changed the smaller target")
 	}
+}
+
+// TestVolumeCopyRateFile: the rate of a running `taskd volume copy` changes
+// at SIGHUP from --rate-file. 32 MiB at 1 MiB/s would take 32 s; lifted to
+// unlimited once the first checkpoint is written, the copy ends long before.
+func TestVolumeCopyRateFile(t *testing.T) {
+	dir := t.TempDir()
+	src, dst, cp, rf := filepath.Join(dir, "src"), filepath.Join(dir, "dst"), filepath.Join(dir, "cp"), filepath.Join(dir, "rate")
+	data := make([]byte, 32<<20)
+	rand.Read(data)
+	if err := os.WriteFile(src, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(rf, []byte("1M\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(dir, "copy.log")
+	p, err := harness.StartProc(log, taskdBin, "volume", "copy", src, dst,
+		"--checkpoint", cp, "--extent-size", "1M", "--rate-file", rf, "--progress", "none")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Signal(syscall.SIGKILL); p.Wait() })
+	if err := harness.WaitFor(ctxFor(t, 30*time.Second), 5*time.Millisecond, func() bool {
+		_, err := os.Stat(cp)
+		return err == nil || p.Exited()
+	}); err != nil || p.Exited() {
+		t.Fatalf("no checkpoint while the copy runs (err %v, exit code %d)", err, p.ExitCode())
+	}
+	// A bad rate changes nothing; the copy goes on.
+	if err := os.WriteFile(rf, []byte("fast\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.Signal(syscall.SIGHUP)
+	hasLine := func(s string) bool { b, _ := os.ReadFile(log); return strings.Contains(string(b), s) }
+	if err := harness.WaitFor(ctxFor(t, 10*time.Second), 10*time.Millisecond, func() bool { return hasLine("rate unchanged") }); err != nil || p.Exited() {
+		t.Fatalf("a bad rate file: no 'rate unchanged' line, or the copy ended (exit %d)", p.ExitCode())
+	}
+	if err := os.WriteFile(rf, []byte("0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lifted := time.Now()
+	p.Signal(syscall.SIGHUP)
+	select {
+	case <-p.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the copy still runs 20 s after the rate was lifted; at the old 1 MiB/s it needs about 30 s more")
+	}
+	if p.ExitCode() != 0 || !hasLine("rate now unlimited") {
+		b, _ := os.ReadFile(log)
+		t.Fatalf("exit %d, log:\n%s", p.ExitCode(), b)
+	}
+	got, err := os.ReadFile(dst)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("target differs from the source (%v)", err)
+	}
+	t.Logf("copy ended %v after the rate was lifted", time.Since(lifted).Round(time.Millisecond))
 }

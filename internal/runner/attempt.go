@@ -30,6 +30,33 @@ type attempt struct {
 	rec       *task.Record // latest record this attempt wrote or read
 	progress  task.Progress
 	lastWrite time.Time
+
+	rateMu      sync.Mutex
+	rateLimit   int64
+	rateSet     bool
+	rateChanged chan struct{}
+}
+
+// RateLimit implements task.Reporter.
+func (a *attempt) RateLimit() (int64, bool, <-chan struct{}) {
+	a.rateMu.Lock()
+	defer a.rateMu.Unlock()
+	return a.rateLimit, a.rateSet, a.rateChanged
+}
+
+// setRate records the rate limit of the latest record and wakes the task
+// when it changed.
+func (a *attempt) setRate(limit int64, set bool) {
+	a.rateMu.Lock()
+	defer a.rateMu.Unlock()
+	if a.rateChanged != nil && limit == a.rateLimit && set == a.rateSet {
+		return
+	}
+	a.rateLimit, a.rateSet = limit, set
+	if a.rateChanged != nil {
+		close(a.rateChanged)
+	}
+	a.rateChanged = make(chan struct{})
 }
 
 func (a *attempt) stop(cause error) {

@@ -340,6 +340,9 @@ func (s *session) check(id string, rec *task.Record, marks task.Marks, now time.
 		}
 		a = s.start(rec)
 	}
+	if rec != nil {
+		a.setRate(rec.RateLimit, rec.RateLimitSet)
+	}
 	switch {
 	case a.finishing():
 		return time.Time{} // its own final write moves the record on
@@ -386,6 +389,7 @@ func (s *session) start(rec *task.Record) *attempt {
 	actx, cancel := context.WithCancelCause(s.ctx)
 	a := &attempt{s: s, id: rec.ID, n: rec.Attempt, rec: rec.Clone(), ctx: actx, cancel: cancel,
 		log: s.log.With("task", rec.ID, "attempt", rec.Attempt, "type", rec.Type)}
+	a.setRate(rec.RateLimit, rec.RateLimitSet)
 	s.attempts[rec.ID] = a
 	s.ran[rec.ID] = rec.Attempt
 	s.wg.Add(1)

@@ -144,6 +144,11 @@ type Record struct {
 	Node       string  `json:"node,omitempty"`
 	Window     *Window `json:"window,omitempty"`
 	MaxRetries int     `json:"max_retries"`
+	// RateLimit (bytes per second, 0 unlimited), when RateLimitSet,
+	// overrides the spec's rate; a running attempt applies a change at
+	// once (task types that throttle I/O: copy).
+	RateLimit    int64 `json:"rate_limit,omitempty"`
+	RateLimitSet bool  `json:"rate_limit_set,omitempty"`
 
 	Attempt       int    `json:"attempt"`
 	Runner        string `json:"runner,omitempty"`

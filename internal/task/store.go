@@ -482,6 +482,25 @@ func (s *Store) Resume(ctx context.Context, id string) (*Record, error) {
 
 // SetWindow sets (spec != "") or clears a task's run window. A running task
 // outside its new window parks at its next checkpoint.
+// SetRate sets the task's rate limit in bytes per second (0: unlimited), or
+// with clear goes back to the spec's rate. A running attempt of a type that
+// throttles (copy) applies it at once.
+func (s *Store) SetRate(ctx context.Context, id string, bytesPerSecond int64, clear bool) (*Record, error) {
+	if bytesPerSecond < 0 {
+		return nil, fmt.Errorf("%w: rate %d is negative (0 is unlimited)", ErrInvalid, bytesPerSecond)
+	}
+	return s.modify(ctx, id, func(r *Record) (change, error) {
+		if r.State.Final() {
+			return keep, finishedErr(r, "set the rate of")
+		}
+		r.RateLimit, r.RateLimitSet = bytesPerSecond, !clear
+		if clear {
+			r.RateLimit = 0
+		}
+		return put, nil
+	})
+}
+
 func (s *Store) SetWindow(ctx context.Context, id, spec, zone string) (*Record, error) {
 	w, err := s.window(spec, zone)
 	if err != nil {

@@ -29,6 +29,10 @@ type Reporter interface {
 	Attempt() int
 	// TaskID is the task's id.
 	TaskID() string
+	// RateLimit is the rate (bytes per second, 0 unlimited) a user set on
+	// the task, if set; changed is closed when it changes. Types that
+	// throttle I/O apply it over their spec's rate.
+	RateLimit() (limit int64, set bool, changed <-chan struct{})
 }
 
 // Type is one kind of task.

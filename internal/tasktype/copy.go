@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	volcopy "github.com/taskd/taskd/internal/copy"
@@ -155,7 +156,32 @@ func (c Copy) Run(ctx context.Context, raw json.RawMessage, cp []byte, r task.Re
 		return err
 	}
 	defer job.Close()
+	// A rate set on the task (taskctl task set-rate) overrides the spec's,
+	// at start and whenever it changes while the copy runs.
+	rctx, stopRate := context.WithCancel(ctx)
+	var rateWG sync.WaitGroup
+	rateWG.Add(1)
+	go func() {
+		defer rateWG.Done()
+		for first := true; ; first = false {
+			limit, set, changed := r.RateLimit()
+			if !set {
+				limit = s.Rate
+			}
+			job.SetRate(limit)
+			if !first {
+				log.Info("copy rate changed", "task", r.TaskID(), "bytes_per_second", limit)
+			}
+			select {
+			case <-rctx.Done():
+				return
+			case <-changed:
+			}
+		}
+	}()
 	p, err := job.Run(ctx)
+	stopRate()
+	rateWG.Wait()
 	if err == nil {
 		r.Progress(task.Progress{Done: p.LogicalDone, Total: p.LogicalTotal, Bytes: p.BytesWritten, Rate: p.Rate})
 		return nil

@@ -278,6 +278,10 @@ type Task struct {
 	NotBefore     *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
 	History       []*TaskAttempt         `protobuf:"bytes,22,rep,name=history,proto3" json:"history,omitempty"`
 	HasCheckpoint bool                   `protobuf:"varint,23,opt,name=has_checkpoint,json=hasCheckpoint,proto3" json:"has_checkpoint,omitempty"`
+	// A rate limit set with SetTaskRate (bytes per second, 0 unlimited);
+	// rate_limit_set false: the spec's rate applies.
+	RateLimit     int64 `protobuf:"varint,24,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	RateLimitSet  bool  `protobuf:"varint,25,opt,name=rate_limit_set,json=rateLimitSet,proto3" json:"rate_limit_set,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -469,6 +473,20 @@ func (x *Task) GetHistory() []*TaskAttempt {
 func (x *Task) GetHasCheckpoint() bool {
 	if x != nil {
 		return x.HasCheckpoint
+	}
+	return false
+}
+
+func (x *Task) GetRateLimit() int64 {
+	if x != nil {
+		return x.RateLimit
+	}
+	return 0
+}
+
+func (x *Task) GetRateLimitSet() bool {
+	if x != nil {
+		return x.RateLimitSet
 	}
 	return false
 }
@@ -908,6 +926,66 @@ func (x *SetTaskWindowRequest) GetClear() bool {
 	return false
 }
 
+type SetTaskRateRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Id             string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	BytesPerSecond int64                  `protobuf:"varint,2,opt,name=bytes_per_second,json=bytesPerSecond,proto3" json:"bytes_per_second,omitempty"`
+	Clear          bool                   `protobuf:"varint,3,opt,name=clear,proto3" json:"clear,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SetTaskRateRequest) Reset() {
+	*x = SetTaskRateRequest{}
+	mi := &file_taskd_v1_task_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTaskRateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTaskRateRequest) ProtoMessage() {}
+
+func (x *SetTaskRateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTaskRateRequest.ProtoReflect.Descriptor instead.
+func (*SetTaskRateRequest) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SetTaskRateRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SetTaskRateRequest) GetBytesPerSecond() int64 {
+	if x != nil {
+		return x.BytesPerSecond
+	}
+	return 0
+}
+
+func (x *SetTaskRateRequest) GetClear() bool {
+	if x != nil {
+		return x.Clear
+	}
+	return false
+}
+
 type RunnerInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -927,7 +1005,7 @@ type RunnerInfo struct {
 
 func (x *RunnerInfo) Reset() {
 	*x = RunnerInfo{}
-	mi := &file_taskd_v1_task_proto_msgTypes[12]
+	mi := &file_taskd_v1_task_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -939,7 +1017,7 @@ func (x *RunnerInfo) String() string {
 func (*RunnerInfo) ProtoMessage() {}
 
 func (x *RunnerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[12]
+	mi := &file_taskd_v1_task_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -952,7 +1030,7 @@ func (x *RunnerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunnerInfo.ProtoReflect.Descriptor instead.
 func (*RunnerInfo) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{12}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RunnerInfo) GetNode() string {
@@ -1040,7 +1118,7 @@ type ListRunnersRequest struct {
 
 func (x *ListRunnersRequest) Reset() {
 	*x = ListRunnersRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[13]
+	mi := &file_taskd_v1_task_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1130,7 @@ func (x *ListRunnersRequest) String() string {
 func (*ListRunnersRequest) ProtoMessage() {}
 
 func (x *ListRunnersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[13]
+	mi := &file_taskd_v1_task_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1143,7 @@ func (x *ListRunnersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunnersRequest.ProtoReflect.Descriptor instead.
 func (*ListRunnersRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{13}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{14}
 }
 
 type ListRunnersResponse struct {
@@ -1077,7 +1155,7 @@ type ListRunnersResponse struct {
 
 func (x *ListRunnersResponse) Reset() {
 	*x = ListRunnersResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[14]
+	mi := &file_taskd_v1_task_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1167,7 @@ func (x *ListRunnersResponse) String() string {
 func (*ListRunnersResponse) ProtoMessage() {}
 
 func (x *ListRunnersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[14]
+	mi := &file_taskd_v1_task_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1180,7 @@ func (x *ListRunnersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunnersResponse.ProtoReflect.Descriptor instead.
 func (*ListRunnersResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{14}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListRunnersResponse) GetRunners() []*RunnerInfo {
@@ -1125,7 +1203,7 @@ type SetRunnerMarksRequest struct {
 
 func (x *SetRunnerMarksRequest) Reset() {
 	*x = SetRunnerMarksRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[15]
+	mi := &file_taskd_v1_task_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +1215,7 @@ func (x *SetRunnerMarksRequest) String() string {
 func (*SetRunnerMarksRequest) ProtoMessage() {}
 
 func (x *SetRunnerMarksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[15]
+	mi := &file_taskd_v1_task_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +1228,7 @@ func (x *SetRunnerMarksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRunnerMarksRequest.ProtoReflect.Descriptor instead.
 func (*SetRunnerMarksRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{15}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetRunnerMarksRequest) GetNode() string {
@@ -1183,7 +1261,7 @@ type SetRunnerMarksResponse struct {
 
 func (x *SetRunnerMarksResponse) Reset() {
 	*x = SetRunnerMarksResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[16]
+	mi := &file_taskd_v1_task_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1273,7 @@ func (x *SetRunnerMarksResponse) String() string {
 func (*SetRunnerMarksResponse) ProtoMessage() {}
 
 func (x *SetRunnerMarksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[16]
+	mi := &file_taskd_v1_task_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1286,7 @@ func (x *SetRunnerMarksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRunnerMarksResponse.ProtoReflect.Descriptor instead.
 func (*SetRunnerMarksResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{16}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SetRunnerMarksResponse) GetRunner() *RunnerInfo {
@@ -1241,7 +1319,7 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\aoutcome\x18\x05 \x01(\tR\aoutcome\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x126\n" +
 	"\x17resumed_from_checkpoint\x18\a \x01(\bR\x15resumedFromCheckpoint\x12#\n" +
-	"\rprogress_done\x18\b \x01(\x03R\fprogressDone\"\xa8\x06\n" +
+	"\rprogress_done\x18\b \x01(\x03R\fprogressDone\"\xed\x06\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
@@ -1269,7 +1347,10 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\n" +
 	"not_before\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x12/\n" +
 	"\ahistory\x18\x16 \x03(\v2\x15.taskd.v1.TaskAttemptR\ahistory\x12%\n" +
-	"\x0ehas_checkpoint\x18\x17 \x01(\bR\rhasCheckpoint\"\xda\x01\n" +
+	"\x0ehas_checkpoint\x18\x17 \x01(\bR\rhasCheckpoint\x12\x1d\n" +
+	"\n" +
+	"rate_limit\x18\x18 \x01(\x03R\trateLimit\x12$\n" +
+	"\x0erate_limit_set\x18\x19 \x01(\bR\frateLimitSet\"\xda\x01\n" +
 	"\x11CreateTaskRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\tR\x04spec\x12\x1a\n" +
@@ -1299,7 +1380,11 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\x06window\x18\x02 \x01(\tR\x06window\x12\x1f\n" +
 	"\vwindow_zone\x18\x03 \x01(\tR\n" +
 	"windowZone\x12\x14\n" +
-	"\x05clear\x18\x04 \x01(\bR\x05clear\"\xa9\x04\n" +
+	"\x05clear\x18\x04 \x01(\bR\x05clear\"d\n" +
+	"\x12SetTaskRateRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
+	"\x10bytes_per_second\x18\x02 \x01(\x03R\x0ebytesPerSecond\x12\x14\n" +
+	"\x05clear\x18\x03 \x01(\bR\x05clear\"\xa9\x04\n" +
 	"\n" +
 	"RunnerInfo\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
@@ -1328,7 +1413,7 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x14\n" +
 	"\x05force\x18\x03 \x01(\bR\x05force\"F\n" +
 	"\x16SetRunnerMarksResponse\x12,\n" +
-	"\x06runner\x18\x01 \x01(\v2\x14.taskd.v1.RunnerInfoR\x06runner2\xba\x04\n" +
+	"\x06runner\x18\x01 \x01(\v2\x14.taskd.v1.RunnerInfoR\x06runner2\x87\x05\n" +
 	"\vTaskService\x12I\n" +
 	"\n" +
 	"CreateTask\x12\x1b.taskd.v1.CreateTaskRequest\x1a\x1c.taskd.v1.CreateTaskResponse\"\x00\x12C\n" +
@@ -1339,7 +1424,8 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\tPauseTask\x12\x11.taskd.v1.TaskRef\x1a\x19.taskd.v1.GetTaskResponse\"\x03\x90\x02\x02\x12?\n" +
 	"\n" +
 	"ResumeTask\x12\x11.taskd.v1.TaskRef\x1a\x19.taskd.v1.GetTaskResponse\"\x03\x90\x02\x02\x12O\n" +
-	"\rSetTaskWindow\x12\x1e.taskd.v1.SetTaskWindowRequest\x1a\x19.taskd.v1.GetTaskResponse\"\x03\x90\x02\x02\x12=\n" +
+	"\rSetTaskWindow\x12\x1e.taskd.v1.SetTaskWindowRequest\x1a\x19.taskd.v1.GetTaskResponse\"\x03\x90\x02\x02\x12K\n" +
+	"\vSetTaskRate\x12\x1c.taskd.v1.SetTaskRateRequest\x1a\x19.taskd.v1.GetTaskResponse\"\x03\x90\x02\x02\x12=\n" +
 	"\tWatchTask\x12\x11.taskd.v1.TaskRef\x1a\x19.taskd.v1.GetTaskResponse\"\x000\x012\xba\x01\n" +
 	"\rRunnerService\x12O\n" +
 	"\vListRunners\x12\x1c.taskd.v1.ListRunnersRequest\x1a\x1d.taskd.v1.ListRunnersResponse\"\x03\x90\x02\x01\x12X\n" +
@@ -1357,7 +1443,7 @@ func file_taskd_v1_task_proto_rawDescGZIP() []byte {
 	return file_taskd_v1_task_proto_rawDescData
 }
 
-var file_taskd_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_taskd_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_taskd_v1_task_proto_goTypes = []any{
 	(*TaskProgress)(nil),           // 0: taskd.v1.TaskProgress
 	(*TaskError)(nil),              // 1: taskd.v1.TaskError
@@ -1371,34 +1457,35 @@ var file_taskd_v1_task_proto_goTypes = []any{
 	(*ListTasksRequest)(nil),       // 9: taskd.v1.ListTasksRequest
 	(*ListTasksResponse)(nil),      // 10: taskd.v1.ListTasksResponse
 	(*SetTaskWindowRequest)(nil),   // 11: taskd.v1.SetTaskWindowRequest
-	(*RunnerInfo)(nil),             // 12: taskd.v1.RunnerInfo
-	(*ListRunnersRequest)(nil),     // 13: taskd.v1.ListRunnersRequest
-	(*ListRunnersResponse)(nil),    // 14: taskd.v1.ListRunnersResponse
-	(*SetRunnerMarksRequest)(nil),  // 15: taskd.v1.SetRunnerMarksRequest
-	(*SetRunnerMarksResponse)(nil), // 16: taskd.v1.SetRunnerMarksResponse
-	nil,                            // 17: taskd.v1.RunnerInfo.RunningByTypeEntry
-	nil,                            // 18: taskd.v1.RunnerInfo.TypeCapacityEntry
-	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
+	(*SetTaskRateRequest)(nil),     // 12: taskd.v1.SetTaskRateRequest
+	(*RunnerInfo)(nil),             // 13: taskd.v1.RunnerInfo
+	(*ListRunnersRequest)(nil),     // 14: taskd.v1.ListRunnersRequest
+	(*ListRunnersResponse)(nil),    // 15: taskd.v1.ListRunnersResponse
+	(*SetRunnerMarksRequest)(nil),  // 16: taskd.v1.SetRunnerMarksRequest
+	(*SetRunnerMarksResponse)(nil), // 17: taskd.v1.SetRunnerMarksResponse
+	nil,                            // 18: taskd.v1.RunnerInfo.RunningByTypeEntry
+	nil,                            // 19: taskd.v1.RunnerInfo.TypeCapacityEntry
+	(*timestamppb.Timestamp)(nil),  // 20: google.protobuf.Timestamp
 }
 var file_taskd_v1_task_proto_depIdxs = []int32{
-	19, // 0: taskd.v1.TaskAttempt.started:type_name -> google.protobuf.Timestamp
-	19, // 1: taskd.v1.TaskAttempt.ended:type_name -> google.protobuf.Timestamp
+	20, // 0: taskd.v1.TaskAttempt.started:type_name -> google.protobuf.Timestamp
+	20, // 1: taskd.v1.TaskAttempt.ended:type_name -> google.protobuf.Timestamp
 	0,  // 2: taskd.v1.Task.progress:type_name -> taskd.v1.TaskProgress
 	1,  // 3: taskd.v1.Task.error:type_name -> taskd.v1.TaskError
-	19, // 4: taskd.v1.Task.created:type_name -> google.protobuf.Timestamp
-	19, // 5: taskd.v1.Task.started:type_name -> google.protobuf.Timestamp
-	19, // 6: taskd.v1.Task.finished:type_name -> google.protobuf.Timestamp
-	19, // 7: taskd.v1.Task.updated:type_name -> google.protobuf.Timestamp
-	19, // 8: taskd.v1.Task.not_before:type_name -> google.protobuf.Timestamp
+	20, // 4: taskd.v1.Task.created:type_name -> google.protobuf.Timestamp
+	20, // 5: taskd.v1.Task.started:type_name -> google.protobuf.Timestamp
+	20, // 6: taskd.v1.Task.finished:type_name -> google.protobuf.Timestamp
+	20, // 7: taskd.v1.Task.updated:type_name -> google.protobuf.Timestamp
+	20, // 8: taskd.v1.Task.not_before:type_name -> google.protobuf.Timestamp
 	2,  // 9: taskd.v1.Task.history:type_name -> taskd.v1.TaskAttempt
 	3,  // 10: taskd.v1.CreateTaskResponse.task:type_name -> taskd.v1.Task
 	3,  // 11: taskd.v1.GetTaskResponse.task:type_name -> taskd.v1.Task
 	3,  // 12: taskd.v1.ListTasksResponse.tasks:type_name -> taskd.v1.Task
-	17, // 13: taskd.v1.RunnerInfo.running_by_type:type_name -> taskd.v1.RunnerInfo.RunningByTypeEntry
-	18, // 14: taskd.v1.RunnerInfo.type_capacity:type_name -> taskd.v1.RunnerInfo.TypeCapacityEntry
-	19, // 15: taskd.v1.RunnerInfo.started:type_name -> google.protobuf.Timestamp
-	12, // 16: taskd.v1.ListRunnersResponse.runners:type_name -> taskd.v1.RunnerInfo
-	12, // 17: taskd.v1.SetRunnerMarksResponse.runner:type_name -> taskd.v1.RunnerInfo
+	18, // 13: taskd.v1.RunnerInfo.running_by_type:type_name -> taskd.v1.RunnerInfo.RunningByTypeEntry
+	19, // 14: taskd.v1.RunnerInfo.type_capacity:type_name -> taskd.v1.RunnerInfo.TypeCapacityEntry
+	20, // 15: taskd.v1.RunnerInfo.started:type_name -> google.protobuf.Timestamp
+	13, // 16: taskd.v1.ListRunnersResponse.runners:type_name -> taskd.v1.RunnerInfo
+	13, // 17: taskd.v1.SetRunnerMarksResponse.runner:type_name -> taskd.v1.RunnerInfo
 	4,  // 18: taskd.v1.TaskService.CreateTask:input_type -> taskd.v1.CreateTaskRequest
 	6,  // 19: taskd.v1.TaskService.GetTask:input_type -> taskd.v1.GetTaskRequest
 	9,  // 20: taskd.v1.TaskService.ListTasks:input_type -> taskd.v1.ListTasksRequest
@@ -1406,21 +1493,23 @@ var file_taskd_v1_task_proto_depIdxs = []int32{
 	8,  // 22: taskd.v1.TaskService.PauseTask:input_type -> taskd.v1.TaskRef
 	8,  // 23: taskd.v1.TaskService.ResumeTask:input_type -> taskd.v1.TaskRef
 	11, // 24: taskd.v1.TaskService.SetTaskWindow:input_type -> taskd.v1.SetTaskWindowRequest
-	8,  // 25: taskd.v1.TaskService.WatchTask:input_type -> taskd.v1.TaskRef
-	13, // 26: taskd.v1.RunnerService.ListRunners:input_type -> taskd.v1.ListRunnersRequest
-	15, // 27: taskd.v1.RunnerService.SetRunnerMarks:input_type -> taskd.v1.SetRunnerMarksRequest
-	5,  // 28: taskd.v1.TaskService.CreateTask:output_type -> taskd.v1.CreateTaskResponse
-	7,  // 29: taskd.v1.TaskService.GetTask:output_type -> taskd.v1.GetTaskResponse
-	10, // 30: taskd.v1.TaskService.ListTasks:output_type -> taskd.v1.ListTasksResponse
-	7,  // 31: taskd.v1.TaskService.CancelTask:output_type -> taskd.v1.GetTaskResponse
-	7,  // 32: taskd.v1.TaskService.PauseTask:output_type -> taskd.v1.GetTaskResponse
-	7,  // 33: taskd.v1.TaskService.ResumeTask:output_type -> taskd.v1.GetTaskResponse
-	7,  // 34: taskd.v1.TaskService.SetTaskWindow:output_type -> taskd.v1.GetTaskResponse
-	7,  // 35: taskd.v1.TaskService.WatchTask:output_type -> taskd.v1.GetTaskResponse
-	14, // 36: taskd.v1.RunnerService.ListRunners:output_type -> taskd.v1.ListRunnersResponse
-	16, // 37: taskd.v1.RunnerService.SetRunnerMarks:output_type -> taskd.v1.SetRunnerMarksResponse
-	28, // [28:38] is the sub-list for method output_type
-	18, // [18:28] is the sub-list for method input_type
+	12, // 25: taskd.v1.TaskService.SetTaskRate:input_type -> taskd.v1.SetTaskRateRequest
+	8,  // 26: taskd.v1.TaskService.WatchTask:input_type -> taskd.v1.TaskRef
+	14, // 27: taskd.v1.RunnerService.ListRunners:input_type -> taskd.v1.ListRunnersRequest
+	16, // 28: taskd.v1.RunnerService.SetRunnerMarks:input_type -> taskd.v1.SetRunnerMarksRequest
+	5,  // 29: taskd.v1.TaskService.CreateTask:output_type -> taskd.v1.CreateTaskResponse
+	7,  // 30: taskd.v1.TaskService.GetTask:output_type -> taskd.v1.GetTaskResponse
+	10, // 31: taskd.v1.TaskService.ListTasks:output_type -> taskd.v1.ListTasksResponse
+	7,  // 32: taskd.v1.TaskService.CancelTask:output_type -> taskd.v1.GetTaskResponse
+	7,  // 33: taskd.v1.TaskService.PauseTask:output_type -> taskd.v1.GetTaskResponse
+	7,  // 34: taskd.v1.TaskService.ResumeTask:output_type -> taskd.v1.GetTaskResponse
+	7,  // 35: taskd.v1.TaskService.SetTaskWindow:output_type -> taskd.v1.GetTaskResponse
+	7,  // 36: taskd.v1.TaskService.SetTaskRate:output_type -> taskd.v1.GetTaskResponse
+	7,  // 37: taskd.v1.TaskService.WatchTask:output_type -> taskd.v1.GetTaskResponse
+	15, // 38: taskd.v1.RunnerService.ListRunners:output_type -> taskd.v1.ListRunnersResponse
+	17, // 39: taskd.v1.RunnerService.SetRunnerMarks:output_type -> taskd.v1.SetRunnerMarksResponse
+	29, // [29:40] is the sub-list for method output_type
+	18, // [18:29] is the sub-list for method input_type
 	18, // [18:18] is the sub-list for extension type_name
 	18, // [18:18] is the sub-list for extension extendee
 	0,  // [0:18] is the sub-list for field type_name
@@ -1438,7 +1527,7 @@ func file_taskd_v1_task_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskd_v1_task_proto_rawDesc), len(file_taskd_v1_task_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -50,6 +50,8 @@ const (
 	// TaskServiceSetTaskWindowProcedure is the fully-qualified name of the TaskService's SetTaskWindow
 	// RPC.
 	TaskServiceSetTaskWindowProcedure = "/taskd.v1.TaskService/SetTaskWindow"
+	// TaskServiceSetTaskRateProcedure is the fully-qualified name of the TaskService's SetTaskRate RPC.
+	TaskServiceSetTaskRateProcedure = "/taskd.v1.TaskService/SetTaskRate"
 	// TaskServiceWatchTaskProcedure is the fully-qualified name of the TaskService's WatchTask RPC.
 	TaskServiceWatchTaskProcedure = "/taskd.v1.TaskService/WatchTask"
 	// RunnerServiceListRunnersProcedure is the fully-qualified name of the RunnerService's ListRunners
@@ -69,6 +71,10 @@ type TaskServiceClient interface {
 	PauseTask(context.Context, *connect.Request[taskdv1.TaskRef]) (*connect.Response[taskdv1.GetTaskResponse], error)
 	ResumeTask(context.Context, *connect.Request[taskdv1.TaskRef]) (*connect.Response[taskdv1.GetTaskResponse], error)
 	SetTaskWindow(context.Context, *connect.Request[taskdv1.SetTaskWindowRequest]) (*connect.Response[taskdv1.GetTaskResponse], error)
+	// SetTaskRate sets the task's rate limit (bytes per second, 0 unlimited),
+	// or with clear returns to the spec's rate; a running copy applies it at
+	// once.
+	SetTaskRate(context.Context, *connect.Request[taskdv1.SetTaskRateRequest]) (*connect.Response[taskdv1.GetTaskResponse], error)
 	// WatchTask streams the task's record at once and after every change,
 	// and ends after a final state.
 	WatchTask(context.Context, *connect.Request[taskdv1.TaskRef]) (*connect.ServerStreamForClient[taskdv1.GetTaskResponse], error)
@@ -133,6 +139,13 @@ func NewTaskServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithIdempotency(connect.IdempotencyIdempotent),
 			connect.WithClientOptions(opts...),
 		),
+		setTaskRate: connect.NewClient[taskdv1.SetTaskRateRequest, taskdv1.GetTaskResponse](
+			httpClient,
+			baseURL+TaskServiceSetTaskRateProcedure,
+			connect.WithSchema(taskServiceMethods.ByName("SetTaskRate")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
 		watchTask: connect.NewClient[taskdv1.TaskRef, taskdv1.GetTaskResponse](
 			httpClient,
 			baseURL+TaskServiceWatchTaskProcedure,
@@ -151,6 +164,7 @@ type taskServiceClient struct {
 	pauseTask     *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
 	resumeTask    *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
 	setTaskWindow *connect.Client[taskdv1.SetTaskWindowRequest, taskdv1.GetTaskResponse]
+	setTaskRate   *connect.Client[taskdv1.SetTaskRateRequest, taskdv1.GetTaskResponse]
 	watchTask     *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
 }
 
@@ -189,6 +203,11 @@ func (c *taskServiceClient) SetTaskWindow(ctx context.Context, req *connect.Requ
 	return c.setTaskWindow.CallUnary(ctx, req)
 }
 
+// SetTaskRate calls taskd.v1.TaskService.SetTaskRate.
+func (c *taskServiceClient) SetTaskRate(ctx context.Context, req *connect.Request[taskdv1.SetTaskRateRequest]) (*connect.Response[taskdv1.GetTaskResponse], error) {
+	return c.setTaskRate.CallUnary(ctx, req)
+}
+
 // WatchTask calls taskd.v1.TaskService.WatchTask.
 func (c *taskServiceClient) WatchTask(ctx context.Context, req *connect.Request[taskdv1.TaskRef]) (*connect.ServerStreamForClient[taskdv1.GetTaskResponse], error) {
 	return c.watchTask.CallServerStream(ctx, req)
@@ -203,6 +222,10 @@ type TaskServiceHandler interface {
 	PauseTask(context.Context, *connect.Request[taskdv1.TaskRef]) (*connect.Response[taskdv1.GetTaskResponse], error)
 	ResumeTask(context.Context, *connect.Request[taskdv1.TaskRef]) (*connect.Response[taskdv1.GetTaskResponse], error)
 	SetTaskWindow(context.Context, *connect.Request[taskdv1.SetTaskWindowRequest]) (*connect.Response[taskdv1.GetTaskResponse], error)
+	// SetTaskRate sets the task's rate limit (bytes per second, 0 unlimited),
+	// or with clear returns to the spec's rate; a running copy applies it at
+	// once.
+	SetTaskRate(context.Context, *connect.Request[taskdv1.SetTaskRateRequest]) (*connect.Response[taskdv1.GetTaskResponse], error)
 	// WatchTask streams the task's record at once and after every change,
 	// and ends after a final state.
 	WatchTask(context.Context, *connect.Request[taskdv1.TaskRef], *connect.ServerStream[taskdv1.GetTaskResponse]) error
@@ -263,6 +286,13 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 		connect.WithIdempotency(connect.IdempotencyIdempotent),
 		connect.WithHandlerOptions(opts...),
 	)
+	taskServiceSetTaskRateHandler := connect.NewUnaryHandler(
+		TaskServiceSetTaskRateProcedure,
+		svc.SetTaskRate,
+		connect.WithSchema(taskServiceMethods.ByName("SetTaskRate")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
 	taskServiceWatchTaskHandler := connect.NewServerStreamHandler(
 		TaskServiceWatchTaskProcedure,
 		svc.WatchTask,
@@ -285,6 +315,8 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 			taskServiceResumeTaskHandler.ServeHTTP(w, r)
 		case TaskServiceSetTaskWindowProcedure:
 			taskServiceSetTaskWindowHandler.ServeHTTP(w, r)
+		case TaskServiceSetTaskRateProcedure:
+			taskServiceSetTaskRateHandler.ServeHTTP(w, r)
 		case TaskServiceWatchTaskProcedure:
 			taskServiceWatchTaskHandler.ServeHTTP(w, r)
 		default:
@@ -322,6 +354,10 @@ func (UnimplementedTaskServiceHandler) ResumeTask(context.Context, *connect.Requ
 
 func (UnimplementedTaskServiceHandler) SetTaskWindow(context.Context, *connect.Request[taskdv1.SetTaskWindowRequest]) (*connect.Response[taskdv1.GetTaskResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TaskService.SetTaskWindow is not implemented"))
+}
+
+func (UnimplementedTaskServiceHandler) SetTaskRate(context.Context, *connect.Request[taskdv1.SetTaskRateRequest]) (*connect.Response[taskdv1.GetTaskResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TaskService.SetTaskRate is not implemented"))
 }
 
 func (UnimplementedTaskServiceHandler) WatchTask(context.Context, *connect.Request[taskdv1.TaskRef], *connect.ServerStream[taskdv1.GetTaskResponse]) error {
