@@ -86,13 +86,7 @@ func TestVolumeCopyInterruptExitCode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.Signal(syscall.SIGKILL); p.Wait() })
-	if err := harness.WaitFor(ctxFor(t, 30*time.Second), 5*time.Millisecond, func() bool {
-		_, err := os.Stat(cp)
-		return err == nil || p.Exited()
-	}); err != nil || p.Exited() {
-		t.Fatalf("no checkpoint while the copy runs (err %v, exit code %d)", err, p.ExitCode())
-	}
+	waitCheckpoint(t, p, cp)
 	p.Signal(syscall.SIGTERM)
 	p.Wait()
 	if p.ExitCode() != 4 {
@@ -156,13 +150,7 @@ func TestVolumeCopyRateFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.Signal(syscall.SIGKILL); p.Wait() })
-	if err := harness.WaitFor(ctxFor(t, 30*time.Second), 5*time.Millisecond, func() bool {
-		_, err := os.Stat(cp)
-		return err == nil || p.Exited()
-	}); err != nil || p.Exited() {
-		t.Fatalf("no checkpoint while the copy runs (err %v, exit code %d)", err, p.ExitCode())
-	}
+	waitCheckpoint(t, p, cp)
 	// A bad rate changes nothing; the copy goes on.
 	if err := os.WriteFile(rf, []byte("fast\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -191,4 +179,17 @@ func TestVolumeCopyRateFile(t *testing.T) {
 		t.Fatalf("target differs from the source (%v)", err)
 	}
 	t.Logf("copy ended %v after the rate was lifted", time.Since(lifted).Round(time.Millisecond))
+}
+
+// waitCheckpoint waits until the running copy p has written its checkpoint
+// file cp; cleanup kills p.
+func waitCheckpoint(t *testing.T, p *harness.Proc, cp string) {
+	t.Helper()
+	t.Cleanup(func() { p.Signal(syscall.SIGKILL); p.Wait() })
+	if err := harness.WaitFor(ctxFor(t, 30*time.Second), 5*time.Millisecond, func() bool {
+		_, err := os.Stat(cp)
+		return err == nil || p.Exited()
+	}); err != nil || p.Exited() {
+		t.Fatalf("no checkpoint while the copy runs (err %v, exit code %d)", err, p.ExitCode())
+	}
 }

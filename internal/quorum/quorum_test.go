@@ -6,50 +6,20 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
-	"github.com/taskd/taskd/internal/coord/etcd"
-	"github.com/taskd/taskd/internal/coord/zk"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/testenv"
 	"go.uber.org/goleak"
 )
 
-// backend starts a real store server and opens clients to it, directly or
-// through a given address (a proxy).
-type backend struct {
-	name string
-	addr string
-	open func(t *testing.T, addr string) coord.Store
-}
+type backend = testenv.Backend
 
-func backends(t *testing.T) []backend {
-	srv := testenv.StartEtcd(t)
-	ens := testenv.StartEnsemble(t, 1)
-	return []backend{
-		{"etcd", strings.TrimPrefix(srv.ClientURL(), "http://"), func(t *testing.T, addr string) coord.Store {
-			s, err := etcd.Open([]string{"http://" + addr}, slog.Default())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		}},
-		{"zk", ens.Addrs()[0], func(t *testing.T, addr string) coord.Store {
-			s, err := zk.Open([]string{addr}, "", slog.Default())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		}},
-	}
-}
+func backends(t *testing.T) []backend { return testenv.Backends(t) }
 
 var rootSeq atomic.Int64
 
@@ -151,7 +121,7 @@ func TestMain(m *testing.M) {
 
 func TestQuorum(t *testing.T) {
 	for _, b := range backends(t) {
-		t.Run(b.name, func(t *testing.T) {
+		t.Run(b.Name, func(t *testing.T) {
 			t.Run("PriorityElection", func(t *testing.T) { testPriorityElection(t, b) })
 			t.Run("RaisePriorityOneHandover", func(t *testing.T) { testRaisePriority(t, b) })
 			t.Run("PartitionFencesBeforeExpiry", func(t *testing.T) { testPartitionFence(t, b) })
@@ -168,7 +138,7 @@ func testPriorityElection(t *testing.T, b backend) {
 	r := root()
 	var nodes []*node
 	for i, p := range []int{10, 50, 30} {
-		nodes = append(nodes, startNode(t, b.open(t, b.addr), testConfig(fmt.Sprintf("n%d", i+1), r, p)))
+		nodes = append(nodes, startNode(t, b.Dial(t, b.Addr), testConfig(fmt.Sprintf("n%d", i+1), r, p)))
 	}
 	_, epoch := waitLeader(t, nodes, 15*time.Second)
 	// All three started together; the best candidate (n2, priority 50) should
@@ -218,10 +188,10 @@ func waitLeaderIs(t *testing.T, nodes []*node, want string, limit time.Duration)
 
 func testRaisePriority(t *testing.T, b backend) {
 	r := root()
-	n1 := startNode(t, b.open(t, b.addr), testConfig("n1", r, 100))
+	n1 := startNode(t, b.Dial(t, b.Addr), testConfig("n1", r, 100))
 	waitLeaderIs(t, []*node{n1}, "n1", 15*time.Second)
-	n2 := startNode(t, b.open(t, b.addr), testConfig("n2", r, 50))
-	n3 := startNode(t, b.open(t, b.addr), testConfig("n3", r, 50))
+	n2 := startNode(t, b.Dial(t, b.Addr), testConfig("n2", r, 50))
+	n3 := startNode(t, b.Dial(t, b.Addr), testConfig("n3", r, 50))
 	nodes := []*node{n1, n2, n3}
 	_, e0 := waitLeaderIs(t, nodes, "n1", 15*time.Second)
 
@@ -277,10 +247,10 @@ func testRaisePriority(t *testing.T, b backend) {
 // the old leader's write must be rejected by the store.
 func testPartitionFence(t *testing.T, b backend) {
 	r := root()
-	proxy := testenv.StartProxy(t, b.addr)
-	n1 := startNode(t, b.open(t, proxy.Addr()), testConfig("n1", r, 200))
+	proxy := testenv.StartProxy(t, b.Addr)
+	n1 := startNode(t, b.Dial(t, proxy.Addr()), testConfig("n1", r, 200))
 	waitLeaderIs(t, []*node{n1}, "n1", 15*time.Second)
-	n2 := startNode(t, b.open(t, b.addr), testConfig("n2", r, 100))
+	n2 := startNode(t, b.Dial(t, b.Addr), testConfig("n2", r, 100))
 	_, e1 := waitLeaderIs(t, []*node{n1, n2}, "n1", 15*time.Second)
 	n1.mu.Lock()
 	old := n1.leads[len(n1.leads)-1]
@@ -317,7 +287,7 @@ func testPartitionFence(t *testing.T, b backend) {
 	if !errors.Is(err, quorum.ErrFenced) {
 		t.Fatalf("late write of the old leader: got %v, want ErrFenced", err)
 	}
-	store := b.open(t, b.addr)
+	store := b.Dial(t, b.Addr)
 	if _, err := store.Get(ctx, r+"/late"); !errors.Is(err, coord.ErrNotFound) {
 		t.Fatalf("late write reached the store: %v", err)
 	}
@@ -333,11 +303,11 @@ func testPartitionFence(t *testing.T, b backend) {
 
 func testDuplicateName(t *testing.T, b backend) {
 	r := root()
-	a := startNode(t, b.open(t, b.addr), testConfig("dup", r, 10))
+	a := startNode(t, b.Dial(t, b.Addr), testConfig("dup", r, 10))
 	waitLeaderIs(t, []*node{a}, "dup", 15*time.Second)
 	cfg := testConfig("dup", r, 10)
 	cfg.NodeID = "another-node"
-	q, err := quorum.New(cfg, b.open(t, b.addr), quorum.Roles{}, slog.Default())
+	q, err := quorum.New(cfg, b.Dial(t, b.Addr), quorum.Roles{}, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +323,7 @@ func testDuplicateName(t *testing.T, b backend) {
 	// A restart of the same node (same node id) replaces its old record.
 	same := testConfig("dup", r, 10)
 	a.stop()
-	b2 := startNode(t, b.open(t, b.addr), same)
+	b2 := startNode(t, b.Dial(t, b.Addr), same)
 	waitLeaderIs(t, []*node{b2}, "dup", 15*time.Second)
 }
 
@@ -363,7 +333,7 @@ func testAllUnhealthy(t *testing.T, b backend) {
 	r := root()
 	var nodes []*node
 	for i := range 3 {
-		nodes = append(nodes, startNode(t, b.open(t, b.addr), testConfig(fmt.Sprintf("n%d", i+1), r, 100)))
+		nodes = append(nodes, startNode(t, b.Dial(t, b.Addr), testConfig(fmt.Sprintf("n%d", i+1), r, 100)))
 	}
 	leader, epoch := waitLeader(t, nodes, 15*time.Second)
 	for _, n := range nodes {
@@ -411,9 +381,9 @@ func testAllUnhealthy(t *testing.T, b backend) {
 // gives the lead back to the highest priority after the grace period.
 func testSpecified(t *testing.T, b backend) {
 	r := root()
-	n1 := startNode(t, b.open(t, b.addr), testConfig("n1", r, 200))
+	n1 := startNode(t, b.Dial(t, b.Addr), testConfig("n1", r, 200))
 	waitLeaderIs(t, []*node{n1}, "n1", 15*time.Second)
-	n2 := startNode(t, b.open(t, b.addr), testConfig("n2", r, 10))
+	n2 := startNode(t, b.Dial(t, b.Addr), testConfig("n2", r, 10))
 	nodes := []*node{n1, n2}
 	_, e0 := waitLeaderIs(t, nodes, "n1", 15*time.Second)
 	ctx := context.Background()

@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
-	"github.com/taskd/taskd/internal/coord/etcd"
-	"github.com/taskd/taskd/internal/coord/zk"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/testenv"
 	"github.com/taskd/taskd/internal/vip"
@@ -121,7 +119,7 @@ type cluster struct {
 	grace   time.Duration
 }
 
-func startCluster(t *testing.T, open func(t *testing.T) coord.Store, seed []vip.Spec) *cluster {
+func startCluster(t *testing.T, open func(t testing.TB) coord.Store, seed []vip.Spec) *cluster {
 	c := &cluster{t: t, root: fmt.Sprintf("/vipstest%d", roots.Add(1)), led: newLedger(), grace: time.Second}
 	for i, name := range []string{"n1", "n2", "n3"} {
 		c.start(name, fmt.Sprintf("10.0.0.%d:10600", 11+i), open(t), 10-i, seed)
@@ -222,41 +220,13 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-type backend struct {
-	name string
-	addr string // the server's client address
-	// dial opens a client through addr (a proxy's, or the server's).
-	dial func(t *testing.T, addr string) coord.Store
-}
+type backend = testenv.Backend
 
-func (b backend) open(t *testing.T) coord.Store { return b.dial(t, b.addr) }
-
-func backends(t *testing.T) []backend {
-	srv := testenv.StartEtcd(t)
-	ens := testenv.StartEnsemble(t, 1)
-	return []backend{
-		{"etcd", strings.TrimPrefix(srv.ClientURL(), "http://"), func(t *testing.T, addr string) coord.Store {
-			s, err := etcd.Open([]string{"http://" + addr}, slog.Default())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		}},
-		{"zk", ens.Addrs()[0], func(t *testing.T, addr string) coord.Store {
-			s, err := zk.Open([]string{addr}, "", slog.Default())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		}},
-	}
-}
+func backends(t *testing.T) []backend { return testenv.Backends(t) }
 
 func TestVIPs(t *testing.T) {
 	for _, b := range backends(t) {
-		t.Run(b.name, func(t *testing.T) {
+		t.Run(b.Name, func(t *testing.T) {
 			t.Run("SetValidates", func(t *testing.T) { testSetValidates(t, b) })
 			t.Run("LeaderHoldsDrainFailover", func(t *testing.T) { testLeaderHoldsDrainFailover(t, b) })
 			t.Run("UnhealthyHolder", func(t *testing.T) { testUnhealthy(t, b) })
@@ -277,7 +247,7 @@ func mustSpec(t *testing.T, s string) vip.Spec {
 // testSetValidates: every bad input is refused with its own error, and the
 // store is unchanged after each.
 func testSetValidates(t *testing.T, b backend) {
-	c := startCluster(t, b.open, nil)
+	c := startCluster(t, b.Open, nil)
 	c.leader()
 	reg := vips.NewRegistry(c.members[0].store, c.root, c.members[0].view, func() (map[netip.Addr]string, error) {
 		return map[netip.Addr]string{netip.MustParseAddr("10.0.0.9"): "eth0"}, nil
@@ -340,7 +310,7 @@ func testSetValidates(t *testing.T, b backend) {
 // a stopped holder's VIP goes to the new leader. The stand-in never sees two
 // holders at once.
 func testLeaderHoldsDrainFailover(t *testing.T, b backend) {
-	c := startCluster(t, b.open, []vip.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")})
+	c := startCluster(t, b.Open, []vip.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")})
 	leader := c.leader()
 	c.waitHolder("iscsi", leader, 20*time.Second)
 	ctx := ctxT(t, 60*time.Second)
@@ -406,7 +376,7 @@ func testLeaderHoldsDrainFailover(t *testing.T, b backend) {
 // the grace period; when every member turns unhealthy at once, the VIP does
 // not move at all.
 func testUnhealthy(t *testing.T, b backend) {
-	c := startCluster(t, b.open, []vip.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")})
+	c := startCluster(t, b.Open, []vip.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")})
 	leader := c.leader()
 	c.waitHolder("iscsi", leader, 20*time.Second)
 
@@ -462,10 +432,10 @@ func testUnhealthy(t *testing.T, b backend) {
 func testHolderCutOff(t *testing.T, b backend) {
 	c := &cluster{t: t, root: fmt.Sprintf("/vipstest%d", roots.Add(1)), led: newLedger(), grace: time.Second}
 	seed := []vip.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")}
-	proxy := testenv.StartProxy(t, b.addr)
-	cut := c.start("n1", "10.0.0.11:10600", b.dial(t, proxy.Addr()), 10, seed)
-	c.start("n2", "10.0.0.12:10600", b.open(t), 9, seed)
-	c.start("n3", "10.0.0.13:10600", b.open(t), 8, seed)
+	proxy := testenv.StartProxy(t, b.Addr)
+	cut := c.start("n1", "10.0.0.11:10600", b.Dial(t, proxy.Addr()), 10, seed)
+	c.start("n2", "10.0.0.12:10600", b.Open(t), 9, seed)
+	c.start("n3", "10.0.0.13:10600", b.Open(t), 8, seed)
 	// n1 has the highest priority; another member may lead first and
 	// yield to it after the yield grace.
 	if err := testenv.WaitFor(ctxT(t, 20*time.Second), 20*time.Millisecond, func() bool { return c.leader() == "n1" }); err != nil {
