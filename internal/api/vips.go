@@ -2,7 +2,7 @@ package api
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"time"
 
 	"connectrpc.com/connect"
@@ -17,7 +17,7 @@ func (s *vipService) registry() (*vips.Registry, error) {
 	if r := s.c.VIPs(); r != nil {
 		return r, nil
 	}
-	return nil, toConnect(errors.Join(errors.New("node is not connected to the coordinator yet"), coord.ErrUnavailable))
+	return nil, toConnect(fmt.Errorf("node is not connected to the coordinator yet: %w", coord.ErrUnavailable))
 }
 
 func (s *vipService) SetVIP(ctx context.Context, req *connect.Request[taskdv1.SetVIPRequest]) (*connect.Response[taskdv1.SetVIPResponse], error) {
