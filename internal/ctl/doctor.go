@@ -165,4 +165,35 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 	if first.Leader == "" {
 		d.bad("there is no leader: tasks are not dispatched and VIPs are not held")
 	}
+	d.vips(ctx, g)
+}
+
+// vips checks that every VIP is held, up, by a healthy node.
+func (d *doctor) vips(ctx context.Context, g *globals) {
+	c, err := g.client()
+	if err != nil {
+		d.bad("vips: %s", explain(err))
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	resp, err := c.VIPs.ListVIPs(ctx, connect.NewRequest(&taskdv1.ListVIPsRequest{}))
+	if err != nil {
+		d.bad("vips: %s", explain(err))
+		return
+	}
+	for _, v := range resp.Msg.Vips {
+		switch {
+		case v.Holder == "":
+			d.bad("vip %s (%s) is held by no node (assigned to %q): taskctl vip list; the assigned node's log says why", v.Service, v.Address, v.Assigned)
+		case v.Error != "":
+			d.bad("vip %s (%s) on %s is not up: %s", v.Service, v.Address, v.Holder, v.Error)
+		case !v.Up:
+			d.bad("vip %s (%s) is being taken by %s but not up yet", v.Service, v.Address, v.Holder)
+		case v.HolderHealth != "ok":
+			d.bad("vip %s (%s) is up on %s, whose health is %s", v.Service, v.Address, v.Holder, v.HolderHealth)
+		default:
+			d.ok("vip %s (%s) is up on %s", v.Service, v.Address, v.Holder)
+		}
+	}
 }

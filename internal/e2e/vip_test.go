@@ -284,6 +284,24 @@ func TestVIPDrainHealthDuplicate(t *testing.T) {
 		t.Fatalf("vip list after drains: %v\n%s", err, out)
 	}
 	t.Logf("vip list:\n%s", out)
+	// doctor checks the VIPs: this one is up; one on a missing interface
+	// is reported, and doctor exits 8.
+	if out, err := c.Ctl("n1", "doctor"); err != nil || !strings.Contains(out, "ok    vip iscsi") {
+		t.Fatalf("doctor with the vip up: %v\n%s", err, out)
+	}
+	if out, err := c.Ctl("n1", "vip", "set", "nfs", "10.77.0.101", "--interface", "eth9"); err != nil {
+		t.Fatalf("vip set on a missing interface: %v %s", err, out)
+	}
+	if err := harness.WaitFor(ctxFor(t, 20*time.Second), 100*time.Millisecond, func() bool {
+		out, err := c.Ctl("n1", "doctor")
+		return err != nil && strings.Contains(err.Error(), "exit status 8") && strings.Contains(out, "vip nfs (10.77.0.101/32) on") && strings.Contains(out, "is not up")
+	}); err != nil {
+		out, _ := c.Ctl("n1", "doctor")
+		t.Fatalf("doctor did not report the vip on a missing interface: %v\n%s", err, out)
+	}
+	if out, err := c.Ctl("n1", "vip", "delete", "nfs"); err != nil {
+		t.Fatalf("vip delete: %v %s", err, out)
+	}
 
 	// Seed replay: the access network goes bad for every node at once.
 	macs := func(since time.Time) []string {
