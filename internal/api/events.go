@@ -53,8 +53,7 @@ func (s *eventService) ListEvents(ctx context.Context, req *connect.Request[task
 		if e.Time.Before(since) || (m.Node != "" && e.Node != m.Node) || (m.Type != "" && e.Type != m.Type) {
 			continue
 		}
-		out.Events = append(out.Events, &taskdv1.Event{Time: timestamppb.New(e.Time), Node: e.Node, Seq: e.Seq,
-			Type: e.Type, Message: e.Message, Attrs: e.Attrs})
+		out.Events = append(out.Events, toEventPB(e))
 	}
 	return connect.NewResponse(out), nil
 }
@@ -74,7 +73,6 @@ func (s *eventService) WatchEvents(ctx context.Context, req *connect.Request[tas
 		names[mb.Name] = true
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	merged := make(chan coord.Event)
 	var wg sync.WaitGroup
 	for n := range names {
@@ -115,9 +113,12 @@ func (s *eventService) WatchEvents(ctx context.Context, req *connect.Request[tas
 			continue
 		}
 		seen[e.Node] = e.Seq
-		if err := stream.Send(&taskdv1.Event{Time: timestamppb.New(e.Time), Node: e.Node, Seq: e.Seq, Type: e.Type,
-			Message: e.Message, Attrs: e.Attrs}); err != nil {
+		if err := stream.Send(toEventPB(e)); err != nil {
 			return err
 		}
 	}
+}
+
+func toEventPB(e events.Event) *taskdv1.Event {
+	return &taskdv1.Event{Time: timestamppb.New(e.Time), Node: e.Node, Seq: e.Seq, Type: e.Type, Message: e.Message, Attrs: e.Attrs}
 }

@@ -79,8 +79,7 @@ type run struct {
 	stopped  map[string][][2]time.Time
 	faulted  map[string]bool // nodes under a fault now (no task creation there)
 	progress io.Writer
-	// teardownExtra stops what setup started besides the cluster.
-	teardownExtra func()
+	sampler  *harness.Proc // the ARP sampler in the client namespace
 }
 
 func (r *run) logf(format string, args ...any) {
@@ -108,7 +107,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	r := &run{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 0x7a5d)), workRng: rand.New(rand.NewPCG(cfg.Seed, 0x30b1)), tasks: map[string]string{},
 		copies: map[string][2]string{}, killed: map[string]bool{}, stopped: map[string][][2]time.Time{},
-		faulted: map[string]bool{}, progress: cfg.Log, teardownExtra: func() {}}
+		faulted: map[string]bool{}, progress: cfg.Log}
 	r.rep = Report{Backend: cfg.Backend, FaultCounts: map[string]int{}}
 	if err := r.setup(); err != nil {
 		return r.rep, err
@@ -173,15 +172,16 @@ func (r *run) setup() error {
 		return err
 	}
 	r.samples = samples
-	stopSampler := func() { sampler.Signal(syscall.SIGKILL); sampler.Wait() }
-	prev := r.teardownExtra
-	r.teardownExtra = func() { stopSampler(); prev() }
+	r.sampler = sampler
 	r.ledger = filepath.Join(r.cfg.Dir, "ledger")
 	return nil
 }
 
 func (r *run) teardown() {
-	r.teardownExtra()
+	if r.sampler != nil {
+		r.sampler.Signal(syscall.SIGKILL)
+		r.sampler.Wait()
+	}
 	if r.c != nil {
 		r.c.Close()
 	}

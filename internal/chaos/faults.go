@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -345,7 +346,11 @@ func (r *run) checkFences() {
 // stepClock sets node's injected wall-clock offset (docs/chaos.md) and
 // confirms from its log that taskd applied it.
 func (r *run) stepClock(node string, d time.Duration) error {
-	before := r.countEvents(node, "clock_offset")
+	// Only the log written after the signal is searched.
+	var from int64
+	if fi, err := os.Stat(r.c.LogPath(node)); err == nil {
+		from = fi.Size()
+	}
 	if err := os.WriteFile(r.c.ClockFile(node), []byte(d.String()+"\n"), 0o644); err != nil {
 		return err
 	}
@@ -354,14 +359,17 @@ func (r *run) stepClock(node string, d time.Duration) error {
 		return fmt.Errorf("%s is not running", node)
 	}
 	p.Signal(syscall.SIGUSR2)
-	return waitCond(5*time.Second, 20*time.Millisecond, func() bool { return r.countEvents(node, "clock_offset") > before })
+	return waitCond(5*time.Second, 20*time.Millisecond, func() bool { return r.logHasEvent(node, "clock_offset", from) })
 }
 
-// countEvents counts log lines of node with the event attribute ev.
-func (r *run) countEvents(node, ev string) int {
-	b, err := os.ReadFile(r.c.LogPath(node))
+// logHasEvent reports whether node's log, from byte offset from on, has a
+// line with the event attribute ev.
+func (r *run) logHasEvent(node, ev string, from int64) bool {
+	f, err := os.Open(r.c.LogPath(node))
 	if err != nil {
-		return 0
+		return false
 	}
-	return strings.Count(string(b), `"event":"`+ev+`"`)
+	defer f.Close()
+	b, err := io.ReadAll(io.NewSectionReader(f, from, 1<<40))
+	return err == nil && strings.Contains(string(b), `"event":"`+ev+`"`)
 }

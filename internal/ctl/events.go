@@ -73,7 +73,7 @@ func eventsCmd(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&since, "since", "", "only events after this: a duration back from now (30m) or an RFC 3339 time")
 	f.StringVar(&node, "node", "", "only this node's events")
-	f.StringVar(&typ, "type", "", "only this type (session, election, fence_started, fence_finished, start, health, priority, vip_take, vip_release, task_reassigned, task_parked)")
+	f.StringVar(&typ, "type", "", "only this type: session, election, fence_started, start, health, vip_take, vip_duplicate, task_parked, ... (every type: docs/operations.md)")
 	return cmd
 }
 

@@ -101,7 +101,9 @@ func (r *Recorder) rewrite(keep []Event) error {
 	return os.Rename(tmp, r.path)
 }
 
-// trimLocked cuts the journal back to its newest journalKeep lines.
+// trimLocked cuts the journal back to its newest journalKeep lines. It
+// runs inside the log handler, so a failure cannot be logged: the journal
+// then grows until the next try, and the log lines themselves are intact.
 func (r *Recorder) trimLocked() {
 	all, err := readJournal(r.path)
 	if err != nil || len(all) <= journalKeep {
@@ -272,21 +274,32 @@ type tap struct {
 func (t *tap) Enabled(ctx context.Context, l slog.Level) bool { return t.next.Enabled(ctx, l) }
 
 func (t *tap) Handle(ctx context.Context, rec slog.Record) error {
+	// Most lines are not events: look for the attribute before building
+	// anything.
 	var typ string
-	attrs := map[string]string{}
-	add := func(a slog.Attr) bool {
+	find := func(a slog.Attr) bool {
 		if a.Key == "event" {
 			typ = a.Value.String()
-		} else if a.Key != "node" {
-			attrs[a.Key] = a.Value.String()
+			return false
 		}
 		return true
 	}
 	for _, a := range t.attrs {
-		add(a)
+		find(a)
 	}
-	rec.Attrs(add)
+	rec.Attrs(find)
 	if typ != "" {
+		attrs := map[string]string{}
+		add := func(a slog.Attr) bool {
+			if a.Key != "event" && a.Key != "node" {
+				attrs[a.Key] = a.Value.String()
+			}
+			return true
+		}
+		for _, a := range t.attrs {
+			add(a)
+		}
+		rec.Attrs(add)
 		t.r.Record(typ, rec.Message, attrs)
 	}
 	return t.next.Handle(ctx, rec)

@@ -90,6 +90,7 @@ type prober struct {
 	raw        bool // ip4:icmp (echo ids are ours) rather than a ping socket
 	seq        uint16
 	healthy    bool
+	reason     string
 	pass, fail int
 	openErr    string
 }
@@ -144,11 +145,12 @@ func (p *prober) round(ctx context.Context) {
 	}
 }
 
+// set reports a change of health or of its reason.
 func (p *prober) set(ok bool, reason string) {
-	if p.healthy == ok && ok {
+	if p.healthy == ok && p.reason == reason {
 		return
 	}
-	p.healthy = ok
+	p.healthy, p.reason = ok, reason
 	p.report(ok, reason)
 }
 

@@ -79,7 +79,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return nil
 	})
 	n.setWaiting("starting")
-	n.vipLabels = n.labels()
+	n.vipLabels = &vipLabels{path: filepath.Join(cfg.DataDir, "vip-labels.json")}
 
 	unlock, nodeID, err := prepareDataDir(cfg.DataDir)
 	if err != nil {
@@ -171,7 +171,8 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	go func() { defer pub.Done(); n.events.Run(pctx, store) }()
 	defer func() { pcancel(); pub.Wait() }()
 
-	tasks, err := task.NewStore(store, quorum.DefaultConfig().Root, tasktype.Builtin(n.cfg.VolumeRoots, n.log, n.metrics), n.cfg.TimeZone, n.clock.now)
+	root := quorum.DefaultConfig().Root
+	tasks, err := task.NewStore(store, root, tasktype.Builtin(n.cfg.VolumeRoots, n.log, n.metrics), n.cfg.TimeZone, n.clock.now)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
@@ -188,7 +189,6 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n.tasks.Store(tasks)
-	root := quorum.DefaultConfig().Root
 	n.vipReg.Store(vips.NewRegistry(store, root, n.View, localAddrs))
 	holder := vips.NewHolder(store, root, n.cfg.Name, n.holdVIP, n.log)
 	roles.Member = func(ctx context.Context, s coord.Session) error {

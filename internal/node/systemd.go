@@ -15,8 +15,8 @@ import (
 // The watchdog follows the node's own liveness, not the store's: a node
 // that waits for a lost coordinator is healthy and must not be killed, or
 // systemd would turn a store outage into the crash loop of the seed. A
-// ping is sent only if the quorum's state can be read within half the
-// interval, which catches a deadlocked main loop.
+// ping is sent only after the quorum's state has been read, which catches
+// a deadlocked main loop.
 func (n *Node) notifySystemd(ctx context.Context) {
 	sd := sdnotify.FromEnv()
 	if sd == nil {
@@ -58,36 +58,16 @@ func (n *Node) notifySystemd(ctx context.Context) {
 			return
 		case <-changed:
 		case <-tick:
-			if n.mainLoopAlive(ctx) {
-				send(sdnotify.Watchdog)
-			} else {
-				n.log.Error("main loop did not answer; withholding the systemd watchdog ping")
+			// Read the quorum's state before each ping: if that blocks
+			// (a deadlocked main loop), this loop blocks with it, the
+			// pings stop and systemd restarts the process.
+			if q := n.q.Load(); q != nil {
+				q.View()
 			}
+			send(sdnotify.Watchdog)
 			continue
 		case <-started:
 			started = nil // closed once: look at the new quorum, then stop selecting it
 		}
-	}
-}
-
-// mainLoopAlive reads the quorum's state with a deadline. If the read hangs
-// its goroutine stays blocked with the main loop; the missing ping then has
-// systemd restart the process, which ends it.
-func (n *Node) mainLoopAlive(ctx context.Context) bool {
-	q := n.q.Load()
-	if q == nil {
-		return true // still starting the store; nothing can be stuck yet
-	}
-	done := make(chan struct{})
-	go func() { q.View(); close(done) }()
-	t := time.NewTimer(time.Second)
-	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-t.C:
-		return false
-	case <-ctx.Done():
-		return true
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -48,10 +47,6 @@ func (n *Node) vipConfig(report func(up bool, err error)) vip.Config {
 type vipLabels struct {
 	mu   sync.Mutex
 	path string
-}
-
-func (n *Node) labels() *vipLabels {
-	return &vipLabels{path: filepath.Join(n.cfg.DataDir, "vip-labels.json")}
 }
 
 func (l *vipLabels) read() []string {

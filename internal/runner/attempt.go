@@ -123,11 +123,17 @@ func (a *attempt) Progress(p task.Progress) {
 // then blocks instead of failing the attempt, which would spend one of the
 // task's retries on an outage the cluster rides through. If the session is
 // lost, the fence cancels the runner and the wait ends.
-func (a *attempt) write(f func(r *task.Record) bool) error {
+func (a *attempt) write(f func(r *task.Record) bool) error { return a.retryWrite(f, false) }
+
+// retryWrite is write; with persistent it retries every error but a fence
+// (the attempt's outcome must reach the store), not only an unavailable
+// store.
+func (a *attempt) retryWrite(f func(r *task.Record) bool, persistent bool) error {
 	backoff := 100 * time.Millisecond
 	for {
 		err := a.writeOnce(f)
-		if err == nil || a.s.ctx.Err() != nil || !(errors.Is(err, coord.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded)) {
+		transient := errors.Is(err, coord.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded)
+		if err == nil || a.s.ctx.Err() != nil || errors.Is(err, task.ErrFenced) || !(transient || persistent) {
 			return err
 		}
 		a.log.Warn("task write waits for the store", "err", err, "retry_in", backoff)
@@ -249,20 +255,11 @@ func (a *attempt) run() {
 		return r.Fail(now, err, task.IsPermanent(err), a.s.r.cfg.Backoff)
 	}
 	// The outcome must reach the store: until it does, the record says
-	// this runner runs the task. A store that is briefly unavailable is
-	// retried for as long as the session lives.
-	backoff := 100 * time.Millisecond
-	for {
-		werr := a.write(record)
-		if werr == nil {
-			break
-		}
-		if errors.Is(werr, task.ErrFenced) || !a.sleep(backoff) {
-			a.log.Warn("recording the attempt's outcome failed", "outcome", outcome, "err", werr, "task_err", err)
-			return
-		}
-		a.log.Warn("recording the attempt's outcome failed; retrying", "outcome", outcome, "err", werr, "in", backoff)
-		backoff = min(2*backoff, 5*time.Second)
+	// this runner runs the task. Any failure but a fence is retried for as
+	// long as the session lives.
+	if werr := a.retryWrite(record, true); werr != nil {
+		a.log.Warn("recording the attempt's outcome failed", "outcome", outcome, "err", werr, "task_err", err)
+		return
 	}
 	a.mu.Lock()
 	state := a.rec.State

@@ -40,7 +40,7 @@ func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (q
 	seeds := a.seed
 	cfgs := watchDir(ctx, a.store, a.l.configDir())
 	asg := watchDir(ctx, a.store, a.l.assignDir())
-	unhealthy := map[string]time.Time{}
+	hist := newHealthHistory()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	// Writes that fail (etcd drops proposals while its raft leader moves,
@@ -51,20 +51,7 @@ func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (q
 	for {
 		v, changed := view()
 		now := time.Now()
-		seen := map[string]bool{}
-		for _, m := range v.Members {
-			seen[m.Name] = true
-			if m.Health == "ok" {
-				delete(unhealthy, m.Name)
-			} else if _, ok := unhealthy[m.Name]; !ok {
-				unhealthy[m.Name] = now
-			}
-		}
-		for n := range unhealthy {
-			if !seen[n] {
-				delete(unhealthy, n)
-			}
-		}
+		hist.observe(v.Members, now, a.grace)
 		var errs []error
 		for cfgs.synced && len(seeds) > 0 {
 			if _, ok := cfgs.keys[seeds[0].Service]; ok {
@@ -79,7 +66,7 @@ func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (q
 		}
 		var next time.Time
 		if cfgs.synced && asg.synced {
-			n, err := a.reconcile(ctx, l, v, cfgs, asg, unhealthy, now)
+			n, err := a.reconcile(ctx, l, v, cfgs, asg, hist, now)
 			if errors.Is(err, quorum.ErrFenced) {
 				return err
 			}
@@ -115,7 +102,7 @@ func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (q
 
 // reconcile writes what differs; it returns when to look again (zero: at
 // the next change).
-func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum.View, cfgs, asg *mirror, unhealthy map[string]time.Time, now time.Time) (time.Time, error) {
+func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum.View, cfgs, asg *mirror, hist *healthHistory, now time.Time) (time.Time, error) {
 	var next time.Time
 	var errs []error
 	for svc, ckv := range cfgs.keys {
@@ -131,19 +118,20 @@ func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum
 				cur = &x
 			}
 		}
-		d := choose(c, cur, a.self, v.Members, unhealthy, now, a.grace)
+		d := choose(c, cur, a.self, v.Members, hist, now, a.grace)
 		if !d.recheck.IsZero() && (next.IsZero() || d.recheck.Before(next)) {
 			next = d.recheck
 		}
 		if d.node == "" {
 			continue
 		}
-		if cur != nil && cur.Node == d.node && cur.Session == d.session && !d.dropPref {
+		reassign := cur == nil || cur.Node != d.node || cur.Session != d.session
+		if !reassign && !d.dropPref {
 			continue
 		}
 		var conds []coord.Cond
 		var ops []coord.Op
-		if cur == nil || cur.Node != d.node || cur.Session != d.session {
+		if reassign {
 			rec := encode(Assignment{Node: d.node, Session: d.session, Epoch: l.Epoch(), Since: now.UTC(), Reason: d.reason})
 			if hasAsg {
 				conds = append(conds, coord.VersionIs(akv.Key, akv.Version))
@@ -169,11 +157,11 @@ func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum
 			}
 			continue
 		}
-		if len(ops) > 0 && ops[0].Key == a.l.assignKey(svc) {
+		if reassign { // ops[0] is the assignment
 			asg.keys[svc] = coord.KV{Key: ops[0].Key, Value: ops[0].Value, Version: vers[0]}
 			a.log.Info("vip assigned", "event", "vip_assign", "service", svc, "node", d.node, "reason", d.reason)
 		}
-		if d.dropPref {
+		if d.dropPref { // the last op is the configuration
 			cfgs.keys[svc] = coord.KV{Key: ckv.Key, Value: ops[len(ops)-1].Value, Version: vers[len(vers)-1]}
 		}
 	}
@@ -196,6 +184,48 @@ func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum
 	return next, errors.Join(errs...)
 }
 
+// healthHistory is what the assigner has seen of the members' health
+// while it runs.
+type healthHistory struct {
+	unhealthy map[string]time.Time // since when a member is unhealthy
+	recovered map[string]time.Time // when a member turned healthy again (until stable)
+}
+
+func newHealthHistory() *healthHistory {
+	return &healthHistory{unhealthy: map[string]time.Time{}, recovered: map[string]time.Time{}}
+}
+
+// observe records the members' health as of now. A member that was healthy
+// when the assigner started counts as stable.
+func (h *healthHistory) observe(members []quorum.Member, now time.Time, grace time.Duration) {
+	seen := map[string]bool{}
+	for _, m := range members {
+		seen[m.Name] = true
+		switch _, was := h.unhealthy[m.Name]; {
+		case m.Health != "ok":
+			if !was {
+				h.unhealthy[m.Name] = now
+			}
+			delete(h.recovered, m.Name)
+		case was:
+			delete(h.unhealthy, m.Name)
+			h.recovered[m.Name] = now
+		case now.Sub(h.recovered[m.Name]) >= grace:
+			delete(h.recovered, m.Name)
+		}
+	}
+	for n := range h.unhealthy {
+		if !seen[n] {
+			delete(h.unhealthy, n)
+		}
+	}
+	for n := range h.recovered {
+		if !seen[n] {
+			delete(h.recovered, n)
+		}
+	}
+}
+
 // decision is where one VIP should be.
 type decision struct {
 	node, session, reason string
@@ -203,33 +233,64 @@ type decision struct {
 	recheck               time.Time // a grace period ends then
 }
 
-// choose decides the holder of one VIP:
-//  1. its preferred node (set by a drain), while that node is live and
-//     healthy, unhealthy for less than grace, or unhealthy like every
-//     other member; otherwise the preference is dropped;
-//  2. else the leader, when it is healthy;
+// choose decides the holder of one VIP. A VIP leaves a live holder only
+// for an eligible member: healthy, and healthy for at least grace if it
+// recovered while the assigner watched, so that members recovering one
+// after another do not move it once per member. In order:
+//  1. its preferred node (set by a drain), while that node is eligible,
+//     or live and unhealthy for less than grace, or live while no member
+//     is eligible; otherwise the preference is dropped;
+//  2. else the leader, when eligible;
 //  3. else the current holder, while it is live and healthy, or unhealthy
 //     for less than grace;
-//  4. else the best healthy member (highest current priority, then name);
-//  5. else, with no healthy member at all, the current holder if it is live
-//     (no carousel while the whole access network is bad), or the leader.
-func choose(c Config, cur *Assignment, self string, members []quorum.Member, unhealthy map[string]time.Time, now time.Time, grace time.Duration) decision {
+//  4. else the best eligible member (highest current priority, then name);
+//  5. else the current holder if it is live (no carousel while the whole
+//     access network is bad), or the leader.
+func choose(c Config, cur *Assignment, self string, members []quorum.Member, h *healthHistory, now time.Time, grace time.Duration) decision {
 	byName := map[string]quorum.Member{}
 	for _, m := range members {
 		byName[m.Name] = m
 	}
 	healthy := func(n string) bool { m, ok := byName[n]; return ok && m.Health == "ok" }
 	inGrace := func(n string) (time.Time, bool) {
-		since, ok := unhealthy[n]
+		since, ok := h.unhealthy[n]
 		end := since.Add(grace)
 		return end, ok && now.Before(end)
+	}
+	curLive := false
+	if cur != nil {
+		m, ok := byName[cur.Node]
+		curLive = ok && m.SessionID == cur.Session
+	}
+	// stableAt is when a recovering member becomes eligible; the earliest
+	// one is when to look again.
+	var stableAt time.Time
+	eligible := func(n string) bool {
+		if !healthy(n) || !curLive || n == cur.Node {
+			return healthy(n)
+		}
+		rec, ok := h.recovered[n]
+		if !ok || !now.Before(rec.Add(grace)) {
+			return true
+		}
+		if stableAt.IsZero() || rec.Add(grace).Before(stableAt) {
+			stableAt = rec.Add(grace)
+		}
+		return false
+	}
+	anyEligible := func() bool {
+		found := false
+		for _, m := range members {
+			found = eligible(m.Name) || found // visit all: stableAt wants every recovering member
+		}
+		return found
 	}
 	to := func(n, reason string) decision {
 		return decision{node: n, session: byName[n].SessionID, reason: reason}
 	}
 	var d decision
 	if p := c.Preferred; p != "" {
-		if healthy(p) {
+		if eligible(p) {
 			return to(p, "drained to "+p)
 		}
 		if _, live := byName[p]; live {
@@ -238,8 +299,10 @@ func choose(c Config, cur *Assignment, self string, members []quorum.Member, unh
 				d.recheck = end
 				return d
 			}
-			if !slices.ContainsFunc(members, func(m quorum.Member) bool { return m.Health == "ok" }) {
-				return to(p, "drained to "+p+"; no member is healthy")
+			if !anyEligible() {
+				d = to(p, "drained to "+p+"; no other member is eligible")
+				d.recheck = stableAt
+				return d
 			}
 		}
 		d.dropPref = true
@@ -249,26 +312,22 @@ func choose(c Config, cur *Assignment, self string, members []quorum.Member, unh
 		x.dropPref = d.dropPref
 		return x
 	}
-	if healthy(self) {
+	if eligible(self) {
 		return pick(self, "leader")
 	}
-	curLive := false
-	if cur != nil {
-		if m, ok := byName[cur.Node]; ok && m.SessionID == cur.Session {
-			curLive = true
-			if healthy(cur.Node) {
-				return pick(cur.Node, cur.Reason)
-			}
-			if end, ok := inGrace(cur.Node); ok {
-				x := pick(cur.Node, cur.Reason)
-				x.recheck = end
-				return x
-			}
+	if curLive {
+		if healthy(cur.Node) {
+			return pick(cur.Node, cur.Reason)
+		}
+		if end, ok := inGrace(cur.Node); ok {
+			x := pick(cur.Node, cur.Reason)
+			x.recheck = end
+			return x
 		}
 	}
 	var best *quorum.Member
 	for _, m := range members {
-		if m.Health != "ok" {
+		if !eligible(m.Name) {
 			continue
 		}
 		if best == nil || m.CurrentPriority > best.CurrentPriority ||
@@ -280,7 +339,9 @@ func choose(c Config, cur *Assignment, self string, members []quorum.Member, unh
 		return pick(best.Name, "healthiest member (the leader is unhealthy)")
 	}
 	if curLive {
-		return pick(cur.Node, cur.Reason)
+		x := pick(cur.Node, cur.Reason)
+		x.recheck = stableAt
+		return x
 	}
 	if _, ok := byName[self]; ok {
 		return pick(self, "leader (no member is healthy)")

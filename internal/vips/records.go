@@ -106,5 +106,3 @@ func encode(v any) []byte {
 	b, _ := json.Marshal(v)
 	return b
 }
-
-func baseName(key string) string { return path.Base(key) }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path"
 	"slices"
 	"time"
 
@@ -229,14 +230,14 @@ func (r *Registry) List(ctx context.Context) ([]Status, error) {
 		out = append(out, s)
 	}
 	for _, kv := range lists[1] {
-		if s := byService[baseName(kv.Key)]; s != nil {
+		if s := byService[path.Base(kv.Key)]; s != nil {
 			if a, err := decode[Assignment](kv.Key, kv.Value); err == nil {
 				s.Assigned = &a
 			}
 		}
 	}
 	for _, kv := range lists[2] {
-		if s := byService[baseName(kv.Key)]; s != nil {
+		if s := byService[path.Base(kv.Key)]; s != nil {
 			if h, err := decode[Held](kv.Key, kv.Value); err == nil {
 				s.Held = &h
 				s.HolderHealth = health[h.Node]

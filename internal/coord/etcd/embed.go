@@ -173,7 +173,7 @@ func (s *Server) KeepRaftLeadershipAway(ctx context.Context, log *slog.Logger) {
 			return
 		}
 		if s.IsLeader() {
-			if err := s.transferRaftLeadership(ctx); err != nil {
+			if err := s.transferRaftLeadership(); err != nil {
 				log.Debug("cannot move etcd raft leadership off the taskd leader yet", "err", err)
 				retry.Reset(5 * time.Second)
 			} else {
@@ -194,7 +194,7 @@ func (s *Server) KeepRaftLeadershipAway(ctx context.Context, log *slog.Logger) {
 // every proposal until the transfer times out (an election timeout), so
 // only connected peers are candidates; etcd's shutdown transfer picks
 // exactly that way, and despite its name it only moves the leadership.
-func (s *Server) transferRaftLeadership(_ context.Context) error {
+func (s *Server) transferRaftLeadership() error {
 	if err := s.e.Server.TryTransferLeadershipOnShutdown(); err != nil {
 		return fmt.Errorf("move raft leadership: %w", err)
 	}
