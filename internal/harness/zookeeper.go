@@ -172,6 +172,14 @@ func (s *ZKServer) Kill() {
 	}
 }
 
+// Freeze stops the server with SIGSTOP: it neither answers nor closes its
+// connections, like a hung host. The outage lasts exactly until Thaw, with
+// no JVM start or election on top (a restart would add both).
+func (s *ZKServer) Freeze() { s.proc.Signal(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen server (SIGCONT).
+func (s *ZKServer) Thaw() { s.proc.Signal(syscall.SIGCONT) }
+
 // Mode asks the server for its role ("leader", "follower", "standalone");
 // "" if it does not answer.
 func (s *ZKServer) Mode() string {

@@ -130,8 +130,9 @@ func startCluster(t *testing.T, open func(t testing.TB) coord.Store, seed []vip.
 func (c *cluster) start(name, addr string, store coord.Store, prio int, seed []vip.Spec) *member {
 	cfg := quorum.DefaultConfig()
 	cfg.Name, cfg.NodeID, cfg.Address, cfg.Priority, cfg.Root = name, "id-"+name, addr, prio, c.root
-	cfg.SessionTimeout = 2 * time.Second
-	cfg.FenceBudget = 300 * time.Millisecond
+	// The product's default session timeout and fence budget: a shorter
+	// timeout leaves a margin that a loaded machine eats (a 2 s session
+	// has 0.8 s between its local deadline and expiry).
 	cfg.YieldGrace = c.grace
 	cfg.CampaignStagger = 300 * time.Millisecond
 	m := &member{name: name, store: store, done: make(chan error, 1)}
@@ -362,11 +363,15 @@ func testLeaderHoldsDrainFailover(t *testing.T, b backend) {
 		t.Fatalf("no new leader after %s stopped", leader)
 	}
 	c.waitHolder("iscsi", next, 20*time.Second)
-	st, err := c.registry(next).List(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(st) != 1 || st[0].Held == nil || st[0].Held.Node != next || !st[0].Held.Up || st[0].Assigned == nil || st[0].Assigned.Node != next {
+	// The holder records "up" in its held key after it has taken the
+	// address: wait for the store to show it rather than read it once.
+	var st []vips.Status
+	if err := testenv.WaitFor(ctxT(t, 10*time.Second), 20*time.Millisecond, func() bool {
+		var lerr error
+		st, lerr = c.registry(next).List(ctx)
+		return lerr == nil && len(st) == 1 && st[0].Held != nil && st[0].Held.Node == next && st[0].Held.Up &&
+			st[0].Assigned != nil && st[0].Assigned.Node == next
+	}); err != nil {
 		t.Fatalf("list after failover: %+v", st)
 	}
 	c.led.check(t)

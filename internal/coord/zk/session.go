@@ -92,8 +92,13 @@ func applyState(core *coord.SessionCore, st zk.State) {
 
 // ping is a round trip on the session's own connection; the server answers
 // it only while the session is alive.
+// ping confirms the session with a sync, which a follower forwards to the
+// ensemble's leader. A read would not do: a follower cut off from its leader
+// keeps answering reads until it notices (syncLimit ticks later), while the
+// leader, which is what expires sessions, hears nothing; the local deadline
+// would then count from contact the leader never saw.
 func (zs *session) ping(context.Context) (bool, error) {
-	_, _, err := zs.c.Exists("/")
+	_, err := zs.c.Sync("/")
 	if errors.Is(err, zk.ErrSessionExpired) {
 		return true, err
 	}

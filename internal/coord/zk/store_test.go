@@ -118,3 +118,64 @@ func TestServerLossKeepsSession(t *testing.T) {
 		t.Fatalf("ephemeral key lost with the server: %v", err)
 	}
 }
+
+// TestCutOffFollowerConfirmsNoContact: a follower that has lost its leader
+// keeps answering reads until it notices (syncLimit ticks later), but the
+// leader, which expires sessions, hears nothing from it. A session on such
+// a follower must not count its answers as contact, or the local deadline
+// would be measured from a time the leader never saw and the node could
+// fence after its session expired. The heartbeat therefore goes through to
+// the leader (sync).
+func TestCutOffFollowerConfirmsNoContact(t *testing.T) {
+	ens := testenv.StartEnsemble(t, 3)
+	var follower *harness.ZKServer
+	var others []*harness.ZKServer
+	for _, z := range ens.Servers {
+		if follower == nil && z.Mode() == "follower" {
+			follower = z
+		} else {
+			others = append(others, z)
+		}
+	}
+	if follower == nil {
+		t.Fatal("no follower in the ensemble")
+	}
+	s := open(t, []string{follower.Addr()}, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sess, err := s.NewSession(ctx, 6*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close(ctx)
+	// Cut the follower off: the other two servers, the leader among them,
+	// hang. The follower notices after syncLimit × tickTime (2.5 s here).
+	frozen := time.Now()
+	for _, z := range others {
+		z.Freeze()
+	}
+	defer func() {
+		for _, z := range others {
+			z.Thaw()
+		}
+	}()
+	// Watch the session for as long as the follower keeps answering reads.
+	// Its heartbeat runs every second, so an answered read would show as
+	// contact after the freeze within this window.
+	window := time.NewTimer(2 * time.Second)
+	<-window.C
+	if lc := sess.LastContact(); lc.After(frozen) {
+		t.Fatalf("contact confirmed %v after the leader hung, through a follower cut off from it", lc.Sub(frozen))
+	}
+	for _, z := range others {
+		z.Thaw()
+	}
+	// After the outage the session is confirmed again (it did not expire:
+	// the outage was shorter than its timeout).
+	if err := testenv.WaitFor(ctx, 20*time.Millisecond, func() bool { return sess.LastContact().After(frozen) }); err != nil {
+		t.Fatalf("no contact after the servers resumed: %v", err)
+	}
+	if st, _ := sess.State(); st != coord.StateRunning {
+		t.Fatalf("session state after the outage: %v", st)
+	}
+}
