@@ -63,10 +63,11 @@ bench-copy: build
 	@scripts/test-deps.sh --bench
 	$(GO) run ./cmd/taskd-bench copy $(BENCH_COPY_FLAGS)
 
-# The NBD reply parser under the fuzzer. Minimisation is capped so the
-# minute goes to new inputs.
+# The NBD reply parser and handshake under the fuzzer, a minute each.
+# Minimisation is capped so the time goes to new inputs.
 fuzz:
-	$(GO) test -run XXX -fuzz FuzzReplyParser -fuzztime 60s -fuzzminimizetime 100x ./internal/nbd
+	$(GO) test -run XXX -fuzz '^FuzzReplyParser$$' -fuzztime 60s -fuzzminimizetime 100x ./internal/nbd
+	$(GO) test -run XXX -fuzz '^FuzzHandshake$$' -fuzztime 60s -fuzzminimizetime 100x ./internal/nbd
 
 vet:
 	$(GO) vet ./...

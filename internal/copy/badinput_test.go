@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	volcopy "github.com/taskd/taskd/internal/copy"
+	"github.com/taskd/taskd/internal/nbd"
 	"github.com/taskd/taskd/internal/volume"
 )
 
@@ -56,7 +57,13 @@ func TestBadInputWritesNothing(t *testing.T) {
 		{"base and bitmap", volcopy.Spec{Source: fileURI(src.path), Target: fileURI(existing.path), Base: fileURI(src.path), DirtyBitmap: "b0"}, nil, volcopy.ErrInvalid, "exclude each other"},
 		{"base of another size", volcopy.Spec{Source: fileURI(src.path), Target: fileURI(existing.path), Base: fileURI(small.path)}, nil, volcopy.ErrInvalid, "differ in size"},
 		{"request size not a block multiple", volcopy.Spec{Source: fileURI(src.path), Target: fileURI(existing.path), RequestSize: 1000}, nil, volcopy.ErrInvalid, "multiple of the block size"},
-		{"nbd socket missing", volcopy.Spec{Source: "nbd+unix:///x?socket=" + filepath.Join(root, "no.sock"), Target: fileURI(existing.path)}, nil, volcopy.ErrInvalid, "connect"},
+		{"nbd socket missing (retryable)", volcopy.Spec{Source: "nbd+unix:///x?socket=" + filepath.Join(root, "no.sock"), Target: fileURI(existing.path)}, nil, nbd.ErrUnreachable, "connect"},
+		{"buffer memory above the per-copy cap", volcopy.Spec{Source: fileURI(src.path), Target: fileURI(filepath.Join(root, "new9")), Workers: 1024, RequestSize: 64 << 20}, nil, volcopy.ErrInvalid, "at most 256 MiB"},
+		{"buffers just above the cap with verify", volcopy.Spec{Source: fileURI(src.path), Target: fileURI(filepath.Join(root, "new10")), Workers: 64, RequestSize: 3 << 20, Verify: true}, nil, volcopy.ErrInvalid, "384 MiB"},
+		{"workers beyond 1024", volcopy.Spec{Source: fileURI(src.path), Target: fileURI(filepath.Join(root, "new11")), Workers: 5000, RequestSize: 4096}, nil, volcopy.ErrInvalid, "outside 1-1024"},
+		// Refused after the new target was created: it must go again.
+		{"new target, then a bad request size", volcopy.Spec{Source: fileURI(src.path), Target: fileURI(filepath.Join(root, "new12")), RequestSize: 1000}, roots, volcopy.ErrInvalid, "multiple of the block size"},
+		{"new target, then a bitmap on a file", volcopy.Spec{Source: fileURI(src.path), Target: fileURI(filepath.Join(root, "new13")), DirtyBitmap: "b0"}, nil, volcopy.ErrInvalid, "NBD source"},
 	}
 	before := snapshotDir(t, root, outside)
 	for _, tc := range cases {
@@ -68,6 +75,9 @@ func TestBadInputWritesNothing(t *testing.T) {
 			}
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if tc.want == nbd.ErrUnreachable && errors.Is(err, volcopy.ErrInvalid) {
+				t.Fatalf("err = %v: an unreachable server is worth retrying, not bad input", err)
 			}
 			if !bytes.Contains([]byte(err.Error()), []byte(tc.message)) {
 				t.Fatalf("err = %q, want it to say %q", err, tc.message)

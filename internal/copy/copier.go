@@ -135,8 +135,8 @@ func (c *Copier) applyDefaults() error {
 		maxReq = min(maxReq, c.base.MaxRequest())
 	}
 	switch {
-	case o.Workers < 1 || o.Workers > 1024:
-		return fmt.Errorf("%w: workers %d outside 1-1024", ErrInvalid, o.Workers)
+	case o.Workers < 1 || o.Workers > maxWorkers:
+		return fmt.Errorf("%w: workers %d outside 1-%d", ErrInvalid, o.Workers, maxWorkers)
 	case o.BlockSize < 512 || o.BlockSize&(o.BlockSize-1) != 0:
 		return fmt.Errorf("%w: block size %d is not a power of two of at least 512", ErrInvalid, o.BlockSize)
 	case o.RequestSize < o.BlockSize || o.RequestSize%o.BlockSize != 0:
@@ -148,6 +148,13 @@ func (c *Copier) applyDefaults() error {
 	case o.Rate < 0:
 		return fmt.Errorf("%w: rate %d is negative", ErrInvalid, o.Rate)
 	}
+	if err := checkMemory(o.Workers, o.RequestSize, c.base != nil, o.Verify); err != nil {
+		return err
+	}
+	if o.Memory != nil && c.bufferMemory() > o.Memory.Limit() {
+		return fmt.Errorf("%w: the copy needs %d MiB of buffers, more than this node's --copy-memory-limit of %d MiB",
+			ErrInvalid, c.bufferMemory()>>20, o.Memory.Limit()>>20)
+	}
 	// Checkpoint every half extent, and let writes run one half ahead of
 	// the last checkpoint: the flush of one half overlaps the writes of the
 	// next, yet a crash still loses at most two halves, one extent. An
@@ -157,6 +164,12 @@ func (c *Copier) applyDefaults() error {
 		c.unit, c.lag = half, 2
 	}
 	return nil
+}
+
+// bufferMemory is what the copy allocates for its buffers (MaxBufferMemory
+// explains the sum).
+func (c *Copier) bufferMemory() int64 {
+	return BufferMemory(c.opts.Workers, c.opts.RequestSize, c.base != nil, c.opts.Verify)
 }
 
 // SetRate changes the read rate limit (bytes per second, 0 unlimited) while
@@ -172,6 +185,17 @@ func (c *Copier) SetRate(bytesPerSecond int64) {
 // Run copies, and returns the final progress. It returns when every
 // goroutine it started has ended.
 func (c *Copier) Run(ctx context.Context) (Progress, error) {
+	// Take the buffers' share of the node's pool before allocating them.
+	if pool := c.opts.Memory; pool != nil {
+		need := c.bufferMemory()
+		release, err := pool.acquire(ctx, need, func() {
+			c.log.Info("copy waiting for buffer memory", "need", need, "limit", pool.Limit())
+		})
+		if err != nil {
+			return c.snapshot(), fmt.Errorf("wait for copy buffer memory: %w", err)
+		}
+		defer release()
+	}
 	total, err := c.scanAllocated(ctx)
 	if err != nil {
 		return c.snapshot(), err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/taskd/taskd/internal/nbd"
 	"github.com/taskd/taskd/internal/volume"
 )
 
@@ -48,6 +49,9 @@ func (j *Job) Close() error {
 func Prepare(ctx context.Context, spec Spec, env volume.Options, opts Options) (*Job, error) {
 	if spec.Source == "" || spec.Target == "" {
 		return nil, fmt.Errorf("%w: source and target are required", ErrInvalid)
+	}
+	if err := spec.CheckLimits(); err != nil {
+		return nil, err
 	}
 	j := &Job{}
 	fail := func(err error) (*Job, error) {
@@ -103,8 +107,11 @@ func Prepare(ctx context.Context, spec Spec, env volume.Options, opts Options) (
 	}
 	c, err := New(src, dst, opts)
 	if err != nil {
+		// Bad input leaves nothing behind: the target file this
+		// Prepare created goes again (only that file: see
+		// volume.RemoveCreated).
 		if created {
-			removeCreated(spec.Target)
+			err = errors.Join(err, volume.RemoveCreated(dst))
 		}
 		return fail(err)
 	}
@@ -112,18 +119,15 @@ func Prepare(ctx context.Context, spec Spec, env volume.Options, opts Options) (
 	return j, nil
 }
 
-// removeCreated deletes a target file Prepare created when a later check
-// refused the copy, so that bad input leaves nothing behind.
-func removeCreated(uri string) {
-	const p = "file://"
-	if len(uri) > len(p) && uri[:len(p)] == p {
-		os.Remove(uri[len(p):])
-	}
-}
-
+// inputError marks a failure to open an endpoint as bad input, except when
+// the endpoint is only unreachable for now (an NBD server refusing
+// connections, restarting, or not up yet): that is worth retrying.
 func inputError(role string, err error) error {
 	if errors.Is(err, ErrInvalid) {
 		return err
+	}
+	if errors.Is(err, nbd.ErrUnreachable) {
+		return fmt.Errorf("%s: %w", role, err)
 	}
 	return fmt.Errorf("%w: %s: %w", ErrInvalid, role, err)
 }

@@ -68,6 +68,10 @@ type Options struct {
 	// OnCheckpoint receives a checkpoint after each extent is durable. An
 	// error stops the copy.
 	OnCheckpoint func(checkpoint []byte) error
+	// Memory, when set, is the node's pool of copy buffer memory: the
+	// copy takes BufferMemory from it before it allocates, and waits
+	// (honouring its context) while other copies hold it.
+	Memory *MemoryPool
 	// MayWrite, when set, is asked before every write or zeroing of the
 	// target; an error stops the copy with that error. The copy task uses
 	// it to stop writing the moment its attempt is no longer active.
@@ -86,6 +90,9 @@ const (
 	defaultFileWork  = 4
 	defaultNBDWork   = 32
 	defaultProgressT = time.Second
+
+	maxWorkers     = 1024
+	maxRequestSize = 64 << 20 // the largest request any endpoint takes
 )
 
 // Progress is a snapshot of a running copy.

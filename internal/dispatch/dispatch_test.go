@@ -108,7 +108,7 @@ func openStore(t *testing.T) (coord.Store, *task.Store) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { kv.Close() })
-	st, err := task.NewStore(kv, "/taskd", tasktype.Builtin(nil, nil, nil), "UTC", nil)
+	st, err := task.NewStore(kv, "/taskd", tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

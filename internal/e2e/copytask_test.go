@@ -23,7 +23,7 @@ import (
 func TestCopyTask(t *testing.T) {
 	testenv.Need(t, "qemu-utils", "qemu-nbd")
 	root := t.TempDir()
-	c := newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Extra: []string{"--volume-root", root}})
+	c := newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Extra: []string{"--volume-root", root, "--nbd-allow-host", "127.0.0.1"}})
 	leader := ready(t, c)
 	cordon(t, leader, leader.Name)
 
@@ -93,6 +93,22 @@ func TestCopyTask(t *testing.T) {
 	}
 	if _, err := os.Stat(outside); !os.IsNotExist(err) {
 		t.Errorf("a refused copy created %s", outside)
+	}
+	// No --nbd-socket-dir on these nodes: a task's nbd+unix endpoint is
+	// refused for good, and the message names the flag.
+	refusedDst := filepath.Join(root, "never.img")
+	code, out = runTaskctl(t, env, "copy", "nbd+unix:///disk?socket="+filepath.Join(root, "x.sock"), "file://"+refusedDst, "--wait")
+	if code != 7 || !strings.Contains(out, "--nbd-socket-dir") {
+		t.Errorf("copy from an nbd+unix socket on a node without --nbd-socket-dir: exit %d %q; want 7 naming the flag", code, out)
+	}
+	if _, err := os.Stat(refusedDst); !os.IsNotExist(err) {
+		t.Errorf("a refused copy created %s", refusedDst)
+	}
+	// Buffers above the per-copy cap are refused when the task is created.
+	_, err = target.Client().Tasks.CreateTask(ctxFor(t, 5*time.Second), connect.NewRequest(&taskdv1.CreateTaskRequest{Type: "copy",
+		Spec: `{"source":"nbd://127.0.0.1:1/a","target":"nbd://127.0.0.1:1/b","workers":1024,"request_size":67108864}`}))
+	if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "256 MiB") {
+		t.Errorf("copy task with 64 GiB of buffers: err = %v, want InvalidArgument naming the 256 MiB cap", err)
 	}
 	code, out = runTaskctl(t, env, "copy", "file://"+src, "file://"+src)
 	if code != 2 {

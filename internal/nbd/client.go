@@ -34,7 +34,17 @@ type Options struct {
 	// Timeout fails a connection whose server has not answered a request
 	// for this long (default 60s; negative waits for ever).
 	Timeout time.Duration
+	// Dial, when set, opens every connection instead of a plain dial of
+	// the target's address: the caller decides where connections may go
+	// (internal/volume confines them to allowed sockets and hosts).
+	Dial func(ctx context.Context) (net.Conn, error)
 }
+
+// ErrUnreachable wraps failures to reach the server or to finish the
+// handshake for reasons that may pass: connection refused, a missing socket,
+// a reset or timeout during the handshake. A refused option (no such export)
+// and a protocol error are not unreachable: retrying does not help.
+var ErrUnreachable = errors.New("nbd server unreachable")
 
 // Client is an open export, possibly over several connections.
 type Client struct {
@@ -92,6 +102,14 @@ func Dial(ctx context.Context, t Target, opts Options) (*Client, error) {
 	if opts.Timeout < 0 {
 		opts.Timeout = 0
 	}
+	if len(opts.MetaContexts) > maxMetaContexts {
+		return nil, fmt.Errorf("nbd: %d meta contexts asked for; at most %d", len(opts.MetaContexts), maxMetaContexts)
+	}
+	for _, q := range opts.MetaContexts {
+		if len(q) == 0 || len(q) > maxContextName {
+			return nil, fmt.Errorf("nbd: meta context name of %d bytes (1-%d)", len(q), maxContextName)
+		}
+	}
 	first, err := dialOne(ctx, t, opts)
 	if err != nil {
 		return nil, err
@@ -111,10 +129,16 @@ func Dial(ctx context.Context, t Target, opts Options) (*Client, error) {
 }
 
 func dialOne(ctx context.Context, t Target, opts Options) (*conn, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, t.Network, t.Address)
+	var nc net.Conn
+	var err error
+	if opts.Dial != nil {
+		nc, err = opts.Dial(ctx)
+	} else {
+		var d net.Dialer
+		nc, err = d.DialContext(ctx, t.Network, t.Address)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("connect to nbd server %s: %w", t.Address, err)
+		return nil, fmt.Errorf("%w: connect to %s: %w", ErrUnreachable, t.Address, err)
 	}
 	deadline, ok := ctx.Deadline()
 	if !ok {
@@ -130,6 +154,13 @@ func dialOne(ctx context.Context, t Target, opts Options) (*conn, error) {
 	}
 	if err != nil {
 		nc.Close()
+		var pe *ProtocolError
+		var oe *OptionError
+		if !errors.As(err, &pe) && !errors.As(err, &oe) {
+			// Cut off mid-handshake (reset, EOF, deadline): the server
+			// may be restarting or at its connection limit.
+			err = fmt.Errorf("%w: %w", ErrUnreachable, err)
+		}
 		return nil, fmt.Errorf("nbd handshake with %s: %w", t.Address, err)
 	}
 	_ = nc.SetDeadline(time.Time{})

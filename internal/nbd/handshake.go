@@ -5,14 +5,56 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"net"
+	"math"
+	"slices"
 )
+
+// Handshake bounds. A server is untrusted input: whatever it sends during
+// the handshake, the client keeps at most maxOptReply bytes per reply, reads
+// at most maxGoReplies GO replies, and stores only the meta contexts it asked
+// for (each once), so a hostile server cannot make it grow.
+const (
+	maxGoReplies = 32
+	// maxMetaContexts bounds the meta contexts one client asks for.
+	maxMetaContexts = 16
+	// maxContextName bounds a meta context name (the spec allows 4096).
+	maxContextName = 4096
+	// maxExportSize: sizes are int64 everywhere else; 2^63 and above
+	// would turn negative.
+	maxExportSize = math.MaxInt64
+)
+
+// OptionError is the server's refusal of a handshake option (for GO: the
+// export does not exist, or the server's policy refuses it). Retrying does
+// not help.
+type OptionError struct {
+	Option  uint32
+	Reply   uint32
+	Message string
+}
+
+func (e *OptionError) Error() string {
+	return fmt.Sprintf("server refused option %d (reply %#x): %q", e.Option, e.Reply, e.Message)
+}
 
 // negotiate runs the fixed-newstyle handshake up to NBD_OPT_GO. It asks for
 // structured replies and for the given meta contexts; a context the server
-// does not know is simply absent from the result.
-func negotiate(nc net.Conn, br *bufio.Reader, export string, metaContexts []string) (exportInfo, error) {
+// does not know is simply absent from the result, and a context it offers
+// without being asked is a protocol error.
+func negotiate(w io.Writer, br *bufio.Reader, export string, metaContexts []string) (exportInfo, error) {
 	var info exportInfo
+	var names []string
+	for _, q := range metaContexts {
+		if len(q) == 0 || len(q) > maxContextName {
+			return info, fmt.Errorf("meta context name of %d bytes", len(q))
+		}
+		if !slices.Contains(names, q) {
+			names = append(names, q)
+		}
+	}
+	if len(names) > maxMetaContexts {
+		return info, fmt.Errorf("%d meta contexts asked for; at most %d", len(names), maxMetaContexts)
+	}
 	var greet [18]byte
 	if _, err := io.ReadFull(br, greet[:]); err != nil {
 		return info, fmt.Errorf("read server greeting: %w", err)
@@ -33,12 +75,12 @@ func negotiate(nc net.Conn, br *bufio.Reader, export string, metaContexts []stri
 	}
 	var cf [4]byte
 	binary.BigEndian.PutUint32(cf[:], cflags)
-	if _, err := nc.Write(cf[:]); err != nil {
+	if _, err := w.Write(cf[:]); err != nil {
 		return info, fmt.Errorf("send client flags: %w", err)
 	}
 
 	// Structured replies: needed for sparse reads and block status.
-	if err := sendOpt(nc, optStructuredRepl, nil); err != nil {
+	if err := sendOpt(w, optStructuredRepl, nil); err != nil {
 		return info, err
 	}
 	typ, _, err := readOptReply(br, optStructuredRepl)
@@ -48,27 +90,9 @@ func negotiate(nc net.Conn, br *bufio.Reader, export string, metaContexts []stri
 	info.structured = typ == repAck
 	info.contexts = map[string]uint32{}
 
-	if info.structured && len(metaContexts) > 0 {
-		data := appendString32(nil, export)
-		data = binary.BigEndian.AppendUint32(data, uint32(len(metaContexts)))
-		for _, q := range metaContexts {
-			data = appendString32(data, q)
-		}
-		if err := sendOpt(nc, optSetMetaContext, data); err != nil {
+	if info.structured && len(names) > 0 {
+		if err := setMetaContexts(w, br, export, names, info.contexts); err != nil {
 			return info, err
-		}
-		for {
-			typ, payload, err := readOptReply(br, optSetMetaContext)
-			if err != nil {
-				return info, err
-			}
-			if typ == repAck || typ&repErrBit != 0 {
-				break
-			}
-			if typ != repMetaContext || len(payload) < 5 {
-				return info, protoErr("bad SET_META_CONTEXT reply type %d (%d bytes)", typ, len(payload))
-			}
-			info.contexts[string(payload[4:])] = binary.BigEndian.Uint32(payload[0:4])
 		}
 	}
 
@@ -76,11 +100,14 @@ func negotiate(nc net.Conn, br *bufio.Reader, export string, metaContexts []stri
 	data := appendString32(nil, export)
 	data = binary.BigEndian.AppendUint16(data, 1)
 	data = binary.BigEndian.AppendUint16(data, infoBlockSize)
-	if err := sendOpt(nc, optGo, data); err != nil {
+	if err := sendOpt(w, optGo, data); err != nil {
 		return info, err
 	}
 	gotExport := false
-	for {
+	for n := 0; ; n++ {
+		if n == maxGoReplies {
+			return info, protoErr("more than %d replies to GO", maxGoReplies)
+		}
 		typ, payload, err := readOptReply(br, optGo)
 		if err != nil {
 			return info, fmt.Errorf("open export %q: %w", export, err)
@@ -111,6 +138,9 @@ func negotiate(nc net.Conn, br *bufio.Reader, export string, metaContexts []stri
 	if !gotExport {
 		return info, protoErr("server finished GO without INFO_EXPORT")
 	}
+	if info.size > maxExportSize {
+		return info, protoErr("export size %d is 2^63 or more; not supported", info.size)
+	}
 	if info.maxBlock == 0 || info.maxBlock > MaxRequest {
 		info.maxBlock = MaxRequest
 	}
@@ -118,6 +148,42 @@ func negotiate(nc net.Conn, br *bufio.Reader, export string, metaContexts []stri
 		info.minBlock = 1
 	}
 	return info, nil
+}
+
+// setMetaContexts asks for the requested contexts and records the ones the
+// server agrees to. Only requested names are accepted, each once and with an
+// id of its own, so what is stored is bounded by the request.
+func setMetaContexts(w io.Writer, br *bufio.Reader, export string, names []string, got map[string]uint32) error {
+	data := appendString32(nil, export)
+	data = binary.BigEndian.AppendUint32(data, uint32(len(names)))
+	for _, q := range names {
+		data = appendString32(data, q)
+	}
+	if err := sendOpt(w, optSetMetaContext, data); err != nil {
+		return err
+	}
+	ids := make(map[uint32]bool, len(names))
+	for {
+		typ, payload, err := readOptReply(br, optSetMetaContext)
+		if err != nil {
+			return err
+		}
+		if typ == repAck || typ&repErrBit != 0 {
+			return nil
+		}
+		if typ != repMetaContext || len(payload) < 5 {
+			return protoErr("bad SET_META_CONTEXT reply type %d (%d bytes)", typ, len(payload))
+		}
+		id, name := binary.BigEndian.Uint32(payload[0:4]), payload[4:]
+		if !slices.Contains(names, string(name)) {
+			return protoErr("server offered meta context %.64q, which was not asked for", name)
+		}
+		if _, dup := got[string(name)]; dup || ids[id] {
+			return protoErr("server offered meta context %q (id %d) twice", name, id)
+		}
+		got[string(name)] = id
+		ids[id] = true
+	}
 }
 
 func appendString32(b []byte, s string) []byte {
@@ -139,7 +205,7 @@ func sendOpt(w io.Writer, opt uint32, data []byte) error {
 
 // readOptReply reads one option reply. An error reply (other than
 // NBD_REP_ERR_UNSUP, which callers treat as "not supported") becomes an
-// error carrying the server's message.
+// *OptionError carrying the server's message.
 func readOptReply(r io.Reader, opt uint32) (uint32, []byte, error) {
 	var h [20]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
@@ -162,7 +228,7 @@ func readOptReply(r io.Reader, opt uint32) (uint32, []byte, error) {
 	}
 	const errUnsup = repErrBit | 1
 	if typ&repErrBit != 0 && typ != errUnsup {
-		return typ, payload, fmt.Errorf("server refused option %d (reply %#x): %s", opt, typ, payload)
+		return typ, payload, &OptionError{Option: opt, Reply: typ, Message: string(payload[:min(len(payload), maxErrorMessage)])}
 	}
 	return typ, payload, nil
 }

@@ -2,8 +2,10 @@ package nbd
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/binary"
 	"io"
+	"slices"
 )
 
 // Extent is one run of a BLOCK_STATUS answer: Length bytes from Offset share
@@ -21,7 +23,8 @@ type request struct {
 	cmd    uint16
 	offset uint64
 	length uint32
-	buf    []byte // READ destination, len == length
+	buf    []byte   // READ destination, len == length
+	cov    coverage // which bytes of buf the reply's chunks have filled
 
 	// BLOCK_STATUS results per meta context id.
 	status map[uint32][]Extent
@@ -121,7 +124,7 @@ func (rr *replyReader) chunk() (uint64, *request, bool, error) {
 		if _, err := io.ReadFull(rr.r, ob[:]); err != nil {
 			return cookie, req, false, shortReply(err)
 		}
-		dst, err := req.span(binary.BigEndian.Uint64(ob[:]), uint64(length-8))
+		dst, err := req.fill(binary.BigEndian.Uint64(ob[:]), uint64(length-8))
 		if err != nil {
 			return cookie, req, false, err
 		}
@@ -143,7 +146,7 @@ func (rr *replyReader) chunk() (uint64, *request, bool, error) {
 		if size == 0 {
 			return cookie, req, false, protoErr("OFFSET_HOLE of zero length")
 		}
-		dst, err := req.span(binary.BigEndian.Uint64(b[0:8]), uint64(size))
+		dst, err := req.fill(binary.BigEndian.Uint64(b[0:8]), uint64(size))
 		if err != nil {
 			return cookie, req, false, err
 		}
@@ -173,17 +176,83 @@ func (rr *replyReader) chunk() (uint64, *request, bool, error) {
 		}
 		return cookie, req, false, protoErr("unknown chunk type %d", typ)
 	}
+	// A successful READ must have had every byte of its buffer filled by
+	// exactly one chunk; anything less would hand stale buffer contents
+	// to the caller as data.
+	if final && req.cmd == cmdRead && req.err == nil && req.cov.total != uint64(req.length) {
+		return cookie, req, false, protoErr("READ reply [%d,+%d) ended with %d of its bytes covered", req.offset, req.length, req.cov.total)
+	}
 	return cookie, req, final, nil
 }
 
-// span returns the part of req.buf that a chunk at offset off of n bytes
-// covers, refusing anything outside the request.
-func (req *request) span(off, n uint64) ([]byte, error) {
+// fill returns the part of req.buf that a chunk at offset off of n bytes
+// covers, refusing anything outside the request or overlapping a part an
+// earlier chunk filled.
+func (req *request) fill(off, n uint64) ([]byte, error) {
 	if off < req.offset || n > uint64(req.length) || off-req.offset > uint64(req.length)-n {
 		return nil, protoErr("chunk [%d,+%d) outside request [%d,+%d)", off, n, req.offset, req.length)
 	}
 	start := off - req.offset
+	if err := req.cov.add(start, start+n); err != nil {
+		return nil, err
+	}
 	return req.buf[start : start+n], nil
+}
+
+// maxReadFragments bounds the disjoint pieces a READ reply may arrive in
+// out of order. Servers send chunks in offset order, which needs none.
+const maxReadFragments = 1024
+
+// coverage records the byte ranges of a READ that chunks have filled, so
+// that overlaps and gaps are protocol errors. Chunks in offset order, the
+// usual case, only move prefix on; chunks out of order are kept as sorted
+// disjoint ranges past it, merged when they touch.
+type coverage struct {
+	prefix uint64      // [0, prefix) is filled
+	spans  [][2]uint64 // filled ranges beyond prefix, sorted, disjoint, not touching
+	total  uint64
+}
+
+// add marks [start, end) filled (start < end; relative to the request).
+func (c *coverage) add(start, end uint64) error {
+	overlap := func() error { return protoErr("READ chunk [%d,%d) overlaps a part already filled", start, end) }
+	if start < c.prefix {
+		return overlap()
+	}
+	if start == c.prefix {
+		if len(c.spans) > 0 && c.spans[0][0] < end {
+			return overlap()
+		}
+		c.prefix = end
+		if len(c.spans) > 0 && c.spans[0][0] == end {
+			c.prefix = c.spans[0][1]
+			c.spans = c.spans[1:]
+		}
+		c.total += end - start
+		return nil
+	}
+	i, _ := slices.BinarySearchFunc(c.spans, start, func(s [2]uint64, t uint64) int { return cmp.Compare(s[0], t) })
+	if i > 0 && c.spans[i-1][1] > start || i < len(c.spans) && c.spans[i][0] < end {
+		return overlap()
+	}
+	joinLeft := i > 0 && c.spans[i-1][1] == start
+	joinRight := i < len(c.spans) && c.spans[i][0] == end
+	switch {
+	case joinLeft && joinRight:
+		c.spans[i-1][1] = c.spans[i][1]
+		c.spans = slices.Delete(c.spans, i, i+1)
+	case joinLeft:
+		c.spans[i-1][1] = end
+	case joinRight:
+		c.spans[i][0] = start
+	default:
+		if len(c.spans) == maxReadFragments {
+			return protoErr("READ reply in more than %d disjoint pieces", maxReadFragments)
+		}
+		c.spans = slices.Insert(c.spans, i, [2]uint64{start, end})
+	}
+	c.total += end - start
+	return nil
 }
 
 func (rr *replyReader) blockStatus(req *request, length uint32) error {

@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"testing"
 	"time"
@@ -76,6 +78,9 @@ func parseAll(data []byte, structured bool) (finals int, err error) {
 			if req == nil {
 				return finals, errors.New("final without request")
 			}
+			if structured && req.cmd == cmdRead && req.err == nil && req.cov.total != uint64(req.length) {
+				return finals, fmt.Errorf("READ completed with %d of %d bytes covered", req.cov.total, req.length)
+			}
 			delete(pending, cookie)
 			finals++
 		}
@@ -110,6 +115,25 @@ func TestReplyParser(t *testing.T) {
 		{"error message length lies", chunkReply(1, replyFlagDone, chunkError, append(errorPayload(EIO, "x")[:4], 0x10, 0x00, 'x')), true, 0},
 		{"none with payload", chunkReply(1, replyFlagDone, chunkNone, []byte{1}), true, 0},
 		{"simple read data after structured", simpleReply(1, 0, data), true, 0},
+		{"read answered NONE+DONE", chunkReply(1, replyFlagDone, chunkNone, nil), true, 0},
+		{"read half covered", chunkReply(1, replyFlagDone, chunkOffsetData, offsetData(4096, data[:4096])), true, 0},
+		{"read with a gap", append(
+			chunkReply(1, 0, chunkOffsetData, offsetData(4096, data[:4096])),
+			chunkReply(1, replyFlagDone, chunkOffsetHole, offsetHole(8192+512, 4096-512))...), true, 0},
+		{"read chunks overlap", append(
+			chunkReply(1, 0, chunkOffsetData, offsetData(4096, data[:4096+512])),
+			chunkReply(1, replyFlagDone, chunkOffsetHole, offsetHole(8192, 4096))...), true, 0},
+		{"read chunk twice", append(append(
+			chunkReply(1, 0, chunkOffsetHole, offsetHole(4096, 4096)),
+			chunkReply(1, 0, chunkOffsetHole, offsetHole(4096, 4096))...),
+			chunkReply(1, replyFlagDone, chunkOffsetHole, offsetHole(8192, 4096))...), true, 0},
+		{"read chunks out of order", append(append(
+			chunkReply(1, 0, chunkOffsetHole, offsetHole(8192, 4096)),
+			chunkReply(1, 0, chunkOffsetData, offsetData(4096, data[:2048]))...),
+			chunkReply(1, replyFlagDone, chunkOffsetData, offsetData(4096+2048, data[:2048]))...), false, 1},
+		{"read error after partial data", append(
+			chunkReply(1, 0, chunkOffsetData, offsetData(4096, data[:100])),
+			chunkReply(1, replyFlagDone, chunkError, errorPayload(EIO, "bad sector"))...), false, 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -262,6 +286,12 @@ func TestBrokenServerRepliesFailCleanly(t *testing.T) {
 		{"reply to another cookie", func(_ uint16, cookie, off uint64, n uint32) []byte {
 			return chunkReply(cookie+1000, replyFlagDone, chunkNone, nil)
 		}},
+		{"NONE+DONE answer to a read", func(_ uint16, cookie, off uint64, n uint32) []byte {
+			return chunkReply(cookie, replyFlagDone, chunkNone, nil)
+		}},
+		{"read answered for its first half only", func(_ uint16, cookie, off uint64, n uint32) []byte {
+			return chunkReply(cookie, replyFlagDone, chunkOffsetData, offsetData(off, make([]byte, n/2)))
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -287,5 +317,57 @@ func TestBrokenServerRepliesFailCleanly(t *testing.T) {
 				t.Fatal("read on a failed connection succeeded")
 			}
 		})
+	}
+}
+
+// TestCoverageMatchesBitmap checks the coverage tracker against a plain
+// bitmap: random pieces in random order are accepted exactly when they do
+// not overlap what came before, and the total is the bitmap's count.
+func TestCoverageMatchesBitmap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for round := range 2000 {
+		const n = 512
+		var c coverage
+		filled := make([]bool, n)
+		count := 0
+		for range 1 + rng.IntN(60) {
+			start := uint64(rng.IntN(n))
+			end := start + 1 + uint64(rng.IntN(min(n-int(start), 1+rng.IntN(64))))
+			overlaps := false
+			for i := start; i < end; i++ {
+				overlaps = overlaps || filled[i]
+			}
+			err := c.add(start, end)
+			if overlaps != (err != nil) {
+				t.Fatalf("round %d: add [%d,%d): err %v, overlap in the model: %v", round, start, end, err, overlaps)
+			}
+			if err != nil {
+				break
+			}
+			for i := start; i < end; i++ {
+				filled[i] = true
+			}
+			count += int(end - start)
+			if c.total != uint64(count) {
+				t.Fatalf("round %d: total %d, model %d", round, c.total, count)
+			}
+			for i, s := range c.spans {
+				if s[0] >= s[1] || s[0] <= c.prefix || i > 0 && c.spans[i-1][1] >= s[0] {
+					t.Fatalf("round %d: spans not sorted, disjoint and apart: prefix %d %v", round, c.prefix, c.spans)
+				}
+			}
+		}
+	}
+}
+
+func TestCoverageFragmentsAreBounded(t *testing.T) {
+	var c coverage
+	var err error
+	for i := uint64(0); err == nil && i < 4*maxReadFragments; i++ {
+		err = c.add(2*i+1, 2*i+2) // every other byte, never the first
+	}
+	var pe *ProtocolError
+	if !errors.As(err, &pe) || len(c.spans) > maxReadFragments {
+		t.Fatalf("err %v with %d fragments; want a protocol error at %d", err, len(c.spans), maxReadFragments)
 	}
 }

@@ -12,11 +12,14 @@ import (
 
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/coord"
+	volcopy "github.com/taskd/taskd/internal/copy"
 	"github.com/taskd/taskd/internal/dispatch"
 	"github.com/taskd/taskd/internal/health"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
+	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/volume"
 )
 
 // Config is everything a taskd node is started with. Flags, TASKD_*
@@ -54,6 +57,13 @@ type Config struct {
 	TimeZone           string // default zone of run windows
 	// VolumeRoots confine the file:// endpoints of copy tasks.
 	VolumeRoots []string
+	// NBDSocketDirs confine the nbd+unix sockets of copy tasks, and
+	// NBDAllowHosts their nbd:// hosts (names, addresses, CIDR prefixes).
+	NBDSocketDirs []string
+	NBDAllowHosts []string
+	// CopyMemoryLimit bounds the buffer memory of all copy tasks of the
+	// node together, e.g. "1G".
+	CopyMemoryLimit string
 
 	// Embedded etcd (--coordinator embedded).
 	EtcdClientURL      string
@@ -82,6 +92,7 @@ func DefaultConfig() Config {
 		RunnerCapacity:   runner.DefaultConfig().Capacity,
 		TaskRetention:    dispatch.DefaultConfig().Retention,
 		TimeZone:         "UTC",
+		CopyMemoryLimit:  "1G",
 		HealthInterval:   health.DefaultConfig().Interval,
 		HealthTimeout:    health.DefaultConfig().Timeout,
 		HealthRise:       health.DefaultConfig().Rise,
@@ -141,6 +152,17 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--volume-root %q must be an absolute path", r))
 		}
 	}
+	for _, d := range c.NBDSocketDirs {
+		if !filepath.IsAbs(d) {
+			errs = append(errs, fmt.Errorf("--nbd-socket-dir %q must be an absolute path", d))
+		}
+	}
+	if err := volume.ParseAllowHosts(c.NBDAllowHosts); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := c.copyMemoryLimit(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.TaskRetention <= 0 {
 		errs = append(errs, fmt.Errorf("--task-retention %v must be positive", c.TaskRetention))
 	}
@@ -151,6 +173,23 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	return nil
+}
+
+// copyMemoryLimit parses --copy-memory-limit.
+func (c Config) copyMemoryLimit() (int64, error) {
+	n, err := volcopy.ParseBytes(c.CopyMemoryLimit)
+	if err != nil || n < 1<<20 {
+		return 0, fmt.Errorf("--copy-memory-limit %q: want a byte count of at least 1M, e.g. 1G", c.CopyMemoryLimit)
+	}
+	return n, nil
+}
+
+// copyType is the copy task type with this node's confinement and memory
+// pool.
+func (c Config) copyType() tasktype.Copy {
+	limit, _ := c.copyMemoryLimit() // validated in Run
+	return tasktype.Copy{Roots: c.VolumeRoots, NBDSocketDirs: c.NBDSocketDirs, NBDAllowHosts: c.NBDAllowHosts,
+		Memory: volcopy.NewMemoryPool(limit)}
 }
 
 // vipSpecs parses --vip; services and addresses must be unique.

@@ -172,7 +172,7 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	defer func() { pcancel(); pub.Wait() }()
 
 	root := quorum.DefaultConfig().Root
-	tasks, err := task.NewStore(store, root, tasktype.Builtin(n.cfg.VolumeRoots, n.log, n.metrics), n.cfg.TimeZone, n.clock.now)
+	tasks, err := task.NewStore(store, root, tasktype.Builtin(n.cfg.copyType(), n.log, n.metrics), n.cfg.TimeZone, n.clock.now)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}

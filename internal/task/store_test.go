@@ -49,7 +49,7 @@ func ctxT(t *testing.T) context.Context {
 }
 
 func newStore(t *testing.T, kv coord.Store) *task.Store {
-	st, err := task.NewStore(kv, "/taskd", tasktype.Builtin(nil, nil, nil), "Europe/Berlin", nil)
+	st, err := task.NewStore(kv, "/taskd", tasktype.Builtin(tasktype.Copy{}, nil, nil), "Europe/Berlin", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -21,11 +20,18 @@ import (
 
 // Copy is the volume copy as a task: the copy engine with its checkpoints
 // stored in the task record, so that another runner resumes it.
+//
+// Its endpoints come from API callers, so they are confined to what this
+// node allows: file:// paths under Roots, nbd+unix sockets under
+// NBDSocketDirs, nbd:// hosts in NBDAllowHosts. With an empty list, that
+// kind of endpoint is refused (permanently, naming the flag to set).
 type Copy struct {
-	// Roots confines file:// endpoints on this node. With no roots the
-	// daemon refuses file endpoints: it must not copy arbitrary files on
-	// behalf of API callers.
-	Roots   []string
+	Roots         []string // --volume-root
+	NBDSocketDirs []string // --nbd-socket-dir
+	NBDAllowHosts []string // --nbd-allow-host
+	// Memory is the node's copy buffer pool (--copy-memory-limit);
+	// optional.
+	Memory  *volcopy.MemoryPool
 	Log     *slog.Logger
 	Metrics *metrics.Set // optional
 }
@@ -74,6 +80,9 @@ func parseCopy(raw json.RawMessage) (copySpec, error) {
 	if s.Rate < 0 || s.Workers < 0 || s.RequestSize < 0 || s.ExtentSize < 0 {
 		return s, fmt.Errorf("%w: copy spec: rate, workers and sizes must not be negative", task.ErrInvalid)
 	}
+	if err := s.CheckLimits(); err != nil {
+		return s, fmt.Errorf("%w: copy spec: %w", task.ErrInvalid, err)
+	}
 	if local && s.Node == "" {
 		return s, fmt.Errorf("%w: copy spec: a file:// or nbd+unix:// endpoint is local to one node: give its node", task.ErrInvalid)
 	}
@@ -101,9 +110,6 @@ func (c Copy) Run(ctx context.Context, raw json.RawMessage, cp []byte, r task.Re
 	s, err := parseCopy(raw)
 	if err != nil {
 		return task.Permanent(err)
-	}
-	if len(c.Roots) == 0 && (strings.HasPrefix(s.Source, "file:") || strings.HasPrefix(s.Target, "file:") || strings.HasPrefix(s.Base, "file:")) {
-		return task.Permanent(fmt.Errorf("%w: this node has no --volume-root; file:// endpoints are refused", task.ErrInvalid))
 	}
 	log := c.Log
 	if log == nil {
@@ -136,6 +142,7 @@ func (c Copy) Run(ctx context.Context, raw json.RawMessage, cp []byte, r task.Re
 			r.Progress(last)
 		},
 		OnCheckpoint: func(b []byte) error { return r.Checkpoint(b, last) },
+		Memory:       c.Memory,
 		// No target write once the attempt is no longer active: another
 		// attempt may own the target by then.
 		MayWrite: func() error {
@@ -148,7 +155,8 @@ func (c Copy) Run(ctx context.Context, raw json.RawMessage, cp []byte, r task.Re
 			return nil
 		},
 	}
-	job, err := volcopy.Prepare(ctx, s.Spec, volume.Options{Roots: c.Roots, Direct: true}, opts)
+	env := volume.Options{Confined: true, Roots: c.Roots, NBDSocketDirs: c.NBDSocketDirs, NBDAllowHosts: c.NBDAllowHosts, Direct: true}
+	job, err := volcopy.Prepare(ctx, s.Spec, env, opts)
 	if err != nil {
 		if errors.Is(err, volcopy.ErrInvalid) {
 			return task.Permanent(err)

@@ -15,10 +15,12 @@ import (
 	"github.com/taskd/taskd/internal/task"
 )
 
-// Builtin returns the registry of every built-in type; roots confine the
-// copy's file endpoints on this node; m (optional) receives copy figures.
-func Builtin(roots []string, log *slog.Logger, m *metrics.Set) task.Registry {
-	return task.Registry{"sleep": Sleep{}, "noop": Noop{}, "copy": Copy{Roots: roots, Log: log, Metrics: m}}
+// Builtin returns the registry of every built-in type; cp carries this
+// node's confinement of copy endpoints and its copy memory pool; m
+// (optional) receives copy figures.
+func Builtin(cp Copy, log *slog.Logger, m *metrics.Set) task.Registry {
+	cp.Log, cp.Metrics = log, m
+	return task.Registry{"sleep": Sleep{}, "noop": Noop{}, "copy": cp}
 }
 
 // Noop succeeds at once; it measures the task machinery itself.

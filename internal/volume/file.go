@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -14,12 +14,13 @@ import (
 
 // fileVolume is a regular file or a block device.
 type fileVolume struct {
-	f      *os.File
-	direct *os.File // the same file with O_DIRECT, for aligned I/O; nil if unsupported or off
-	size   int64
-	block  bool
-	zero   bool
-	id     string
+	f       *os.File
+	direct  *os.File // the same file with O_DIRECT, for aligned I/O; nil if unsupported or off
+	size    int64
+	block   bool
+	zero    bool
+	id      string
+	created *createdEntry // set when this open created the file
 }
 
 func openFile(path string, opts Options) (Volume, error) {
@@ -33,14 +34,16 @@ func openFile(path string, opts Options) (Volume, error) {
 	if err != nil {
 		return nil, err
 	}
-	v, err := newFileVolume(f, created, opts)
+	v, err := newFileVolume(f, created != nil, opts)
 	if err != nil {
 		f.Close()
-		if created {
-			os.Remove(path)
+		if created != nil {
+			err = errors.Join(err, created.remove())
+			created.close()
 		}
 		return nil, err
 	}
+	v.created = created
 	if opts.Direct {
 		// Reopen the inode already opened (and confined), not the path.
 		d, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), flags&^unix.O_CREAT|unix.O_DIRECT, 0)
@@ -84,55 +87,6 @@ func newFileVolume(f *os.File, created bool, opts Options) (*fileVolume, error) 
 	return v, nil
 }
 
-// openConfined opens path, creating it when asked. With roots, the path must
-// lie under one of them and is opened with openat2(RESOLVE_BENEATH) relative
-// to that root, so neither ".." nor a symlink can lead outside it, also not
-// through a rename racing the open.
-func openConfined(path string, flags int, opts Options) (f *os.File, created bool, err error) {
-	create := opts.Write && opts.CreateSize > 0
-	if len(opts.Roots) == 0 {
-		f, err := os.OpenFile(path, flags, 0)
-		if err == nil || !create || !errors.Is(err, os.ErrNotExist) {
-			if err != nil {
-				return nil, false, err // *PathError names the path
-			}
-			return f, false, nil
-		}
-		f, err = os.OpenFile(path, flags|unix.O_CREAT|unix.O_EXCL, 0o600)
-		if err != nil {
-			return nil, false, err
-		}
-		return f, true, nil
-	}
-	for _, root := range opts.Roots {
-		rel, err := filepath.Rel(filepath.Clean(root), path)
-		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") || filepath.IsAbs(rel) {
-			continue
-		}
-		dir, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return nil, false, fmt.Errorf("open root %s: %w", root, err)
-		}
-		defer unix.Close(dir)
-		how := unix.OpenHow{Flags: uint64(flags), Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS}
-		fd, err := unix.Openat2(dir, rel, &how)
-		if errors.Is(err, unix.ENOENT) && create {
-			how.Flags |= unix.O_CREAT | unix.O_EXCL
-			how.Mode = 0o600
-			fd, err = unix.Openat2(dir, rel, &how)
-			created = err == nil
-		}
-		if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ELOOP) {
-			return nil, false, fmt.Errorf("%w: %s resolves outside root %s (symlink or ..)", ErrOutsideRoots, path, root)
-		}
-		if err != nil {
-			return nil, false, fmt.Errorf("open %s: %w", path, err)
-		}
-		return os.NewFile(uintptr(fd), path), created, nil
-	}
-	return nil, false, fmt.Errorf("%w: %s (roots: %s)", ErrOutsideRoots, path, strings.Join(opts.Roots, ", "))
-}
-
 func (v *fileVolume) Size() int64      { return v.size }
 func (v *fileVolume) IsZero() bool     { return v.zero }
 func (v *fileVolume) MaxRequest() int  { return 64 << 20 }
@@ -141,7 +95,18 @@ func (v *fileVolume) Close() error {
 	if v.direct != nil {
 		v.direct.Close()
 	}
+	if v.created != nil {
+		v.created.close()
+	}
 	return v.f.Close()
+}
+
+// RemoveCreated implements Remover.
+func (v *fileVolume) RemoveCreated() error {
+	if v.created == nil {
+		return nil
+	}
+	return v.created.remove()
 }
 
 // minDirectWrite is the smallest write that bypasses the page cache.
@@ -212,8 +177,12 @@ func (v *fileVolume) Zero(ctx context.Context, off, n int64) error {
 	return writeZeros(ctx, v, off, n)
 }
 
+// zeroBuffer is the source of writeZeros: shared and never written, so
+// zeroing by writing costs no buffer per call.
+var zeroBuffer = sync.OnceValue(func() []byte { return AlignedBuffer(1 << 20) })
+
 func writeZeros(ctx context.Context, v Volume, off, n int64) error {
-	buf := make([]byte, min(n, 1<<20))
+	buf := zeroBuffer()
 	for n > 0 {
 		m := min(n, int64(len(buf)))
 		if err := v.WriteAt(ctx, buf[:m], off); err != nil {

@@ -19,6 +19,14 @@ func openNBD(ctx context.Context, t nbd.Target, opts Options) (Volume, error) {
 	if !slices.Contains(o.MetaContexts, nbd.ContextAllocation) {
 		o.MetaContexts = append(slices.Clone(o.MetaContexts), nbd.ContextAllocation)
 	}
+	if opts.Confined {
+		dial, release, err := confineNBD(ctx, t, opts)
+		if err != nil {
+			return nil, err
+		}
+		defer release() // every connection is open once Dial returns
+		o.Dial = dial
+	}
 	c, err := nbd.Dial(ctx, t, o)
 	if err != nil {
 		return nil, err

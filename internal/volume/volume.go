@@ -56,6 +56,21 @@ type DirtyTracker interface {
 	Dirty(ctx context.Context, bitmap string, off, n int64) ([]Range, int64, error)
 }
 
+// Remover is implemented by a volume whose open created it (a new target
+// file). RemoveCreated deletes exactly what was created, and nothing if its
+// name now holds something else (ErrReplaced).
+type Remover interface {
+	RemoveCreated() error
+}
+
+// RemoveCreated removes v if its open created it; otherwise it does nothing.
+func RemoveCreated(v Volume) error {
+	if r, ok := v.(Remover); ok {
+		return r.RemoveCreated()
+	}
+	return nil
+}
+
 // ErrOutsideRoots is returned for a file path that lies outside the
 // configured roots, or that reaches outside them through a symlink.
 var ErrOutsideRoots = errors.New("path is outside the allowed roots")
@@ -65,9 +80,21 @@ var ErrInvalid = errors.New("invalid volume")
 
 // Options says how to open a volume.
 type Options struct {
-	// Roots confines file endpoints; empty means no confinement (the local
-	// command, which acts with its user's rights).
+	// Confined says the endpoints come from a request (a task received
+	// through the API), not from the operator's own shell: file endpoints
+	// must then lie under Roots, nbd+unix sockets under NBDSocketDirs, and
+	// nbd:// hosts must match NBDAllowHosts; with any of them empty, that
+	// kind of endpoint is refused (ErrOutsideRoots, ErrNotAllowed).
+	Confined bool
+	// Roots confines file endpoints. Empty and not Confined means no
+	// confinement (the local command, which acts with its user's rights).
 	Roots []string
+	// NBDSocketDirs are the directories nbd+unix sockets may lie in
+	// (with Confined).
+	NBDSocketDirs []string
+	// NBDAllowHosts are the host names, addresses and CIDR prefixes
+	// nbd:// endpoints may name (with Confined); see ParseAllowHosts.
+	NBDAllowHosts []string
 	// Write opens for writing.
 	Write bool
 	// CreateSize, when positive with Write, creates a missing target file
