@@ -8,7 +8,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
-	volcopy "github.com/taskd/taskd/internal/copy"
+	"github.com/taskd/taskd/internal/volcopy"
 )
 
 // copyCmd creates a task of type copy; with --wait it waits like task wait.

@@ -15,7 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
-	volcopy "github.com/taskd/taskd/internal/copy"
+	"github.com/taskd/taskd/internal/volcopy"
 	"golang.org/x/term"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"

@@ -18,8 +18,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	volcopy "github.com/taskd/taskd/internal/copy"
 	"github.com/taskd/taskd/internal/node"
+	"github.com/taskd/taskd/internal/volcopy"
 )
 
 // Exit codes. docs/exit-codes.md explains each; keep them in sync.

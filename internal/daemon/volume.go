@@ -19,8 +19,8 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	volcopy "github.com/taskd/taskd/internal/copy"
 	"github.com/taskd/taskd/internal/nbd"
+	"github.com/taskd/taskd/internal/volcopy"
 	"github.com/taskd/taskd/internal/volume"
 )
 

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	volcopy "github.com/taskd/taskd/internal/copy"
 	"github.com/taskd/taskd/internal/harness"
+	"github.com/taskd/taskd/internal/volcopy"
 )
 
 // kill -9 `taskd volume copy` at about half way, rerun the same command: it

@@ -12,13 +12,13 @@ import (
 
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/coord"
-	volcopy "github.com/taskd/taskd/internal/copy"
 	"github.com/taskd/taskd/internal/dispatch"
 	"github.com/taskd/taskd/internal/health"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
 	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/volcopy"
 	"github.com/taskd/taskd/internal/volume"
 )
 

@@ -11,10 +11,10 @@ import (
 	"sync"
 	"time"
 
-	volcopy "github.com/taskd/taskd/internal/copy"
 	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
+	"github.com/taskd/taskd/internal/volcopy"
 	"github.com/taskd/taskd/internal/volume"
 )
 
@@ -36,7 +36,7 @@ type Copy struct {
 	Metrics *metrics.Set // optional
 }
 
-// copySpec is copy.Spec plus the node that holds its file endpoints.
+// copySpec is volcopy.Spec plus the node that holds its file endpoints.
 type copySpec struct {
 	volcopy.Spec
 	// Node runs the copy; required when an endpoint is a local file.

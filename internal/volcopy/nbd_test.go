@@ -1,4 +1,4 @@
-package copy_test
+package volcopy_test
 
 import (
 	"fmt"
@@ -8,8 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	volcopy "github.com/taskd/taskd/internal/copy"
 	"github.com/taskd/taskd/internal/testenv"
+	"github.com/taskd/taskd/internal/volcopy"
 )
 
 func runCmd(t *testing.T, name string, args ...string) {

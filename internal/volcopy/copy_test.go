@@ -1,4 +1,4 @@
-package copy_test
+package volcopy_test
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	volcopy "github.com/taskd/taskd/internal/copy"
+	"github.com/taskd/taskd/internal/volcopy"
 	"github.com/taskd/taskd/internal/volume"
 )
 

@@ -1,4 +1,4 @@
-package copy_test
+package volcopy_test
 
 import (
 	"bytes"
@@ -11,9 +11,9 @@ import (
 	"strings"
 	"testing"
 
-	volcopy "github.com/taskd/taskd/internal/copy"
 	"github.com/taskd/taskd/internal/nbd"
 	"github.com/taskd/taskd/internal/nbd/nbdtest"
+	"github.com/taskd/taskd/internal/volcopy"
 	"github.com/taskd/taskd/internal/volume"
 )
 

@@ -1,4 +1,4 @@
-// Package copy copies a volume onto another: only allocated data is read,
+// Package volcopy copies a volume onto another: only allocated data is read,
 // all-zero blocks become holes, and work is done in extents that end with a
 // flush and a checkpoint, so that a copy cut off anywhere resumes by
 // re-copying at most one extent.
@@ -7,7 +7,7 @@
 // target already holds (blocks equal to the base are not written); and an
 // incremental copy through an NBD dirty bitmap (only changed extents are
 // read).
-package copy
+package volcopy
 
 import (
 	"encoding/json"

@@ -1,4 +1,4 @@
-package copy_test
+package volcopy_test
 
 import (
 	"errors"
@@ -17,9 +17,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	volcopy "github.com/taskd/taskd/internal/copy"
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/testenv"
+	"github.com/taskd/taskd/internal/volcopy"
 	"github.com/taskd/taskd/internal/volume"
 )
 
