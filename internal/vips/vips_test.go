@@ -37,12 +37,20 @@ type ledger struct {
 	mu         sync.Mutex
 	holders    map[string][]string // service -> nodes holding it now
 	violations []string
-	takes      map[string]int // service -> number of holds started
+	takes      map[string]int  // service -> number of holds started
+	took       map[string]bool // "service@node" -> the node held it at some time
 	changed    chan struct{}
 }
 
 func newLedger() *ledger {
-	return &ledger{holders: map[string][]string{}, takes: map[string]int{}, changed: make(chan struct{})}
+	return &ledger{holders: map[string][]string{}, takes: map[string]int{}, took: map[string]bool{}, changed: make(chan struct{})}
+}
+
+// everHeld reports whether node ever held service.
+func (l *ledger) everHeld(service, node string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.took[service+"@"+node]
 }
 
 func (l *ledger) notify() { close(l.changed); l.changed = make(chan struct{}) }
@@ -55,6 +63,7 @@ func (l *ledger) holdFunc(node string) vips.HoldFunc {
 		}
 		l.holders[s.Service] = append(l.holders[s.Service], node)
 		l.takes[s.Service]++
+		l.took[s.Service+"@"+node] = true
 		l.notify()
 		l.mu.Unlock()
 		report(true, nil)
@@ -112,15 +121,20 @@ func (m *member) stop() {
 var roots atomic.Int64
 
 type cluster struct {
-	t       *testing.T
-	root    string
-	members []*member
-	led     *ledger
-	grace   time.Duration
+	t        *testing.T
+	root     string
+	members  []*member
+	led      *ledger
+	grace    time.Duration
+	policies map[string]vip.Policy // by node; none: allow all
 }
 
 func startCluster(t *testing.T, open func(t testing.TB) coord.Store, seed []vip.Spec) *cluster {
-	c := &cluster{t: t, root: fmt.Sprintf("/vipstest%d", roots.Add(1)), led: newLedger(), grace: time.Second}
+	return startClusterWith(t, open, seed, nil)
+}
+
+func startClusterWith(t *testing.T, open func(t testing.TB) coord.Store, seed []vip.Spec, policies map[string]vip.Policy) *cluster {
+	c := &cluster{t: t, root: fmt.Sprintf("/vipstest%d", roots.Add(1)), led: newLedger(), grace: time.Second, policies: policies}
 	for i, name := range []string{"n1", "n2", "n3"} {
 		c.start(name, fmt.Sprintf("10.0.0.%d:10600", 11+i), open(t), 10-i, seed)
 	}
@@ -137,7 +151,7 @@ func (c *cluster) start(name, addr string, store coord.Store, prio int, seed []v
 	m := &member{name: name, store: store, done: make(chan error, 1)}
 	log := slog.Default().With("node", name)
 	asg := vips.NewAssigner(store, c.root, name, c.grace, seed, log)
-	hol := vips.NewHolder(store, c.root, name, c.led.holdFunc(name), log)
+	hol := vips.NewHolder(store, c.root, name, c.policies[name], c.led.holdFunc(name), log)
 	roles := quorum.Roles{
 		Leader: func(ctx context.Context, l *quorum.Leadership) error { return asg.Run(ctx, l, m.q.View) },
 		Member: hol.Run,
@@ -231,6 +245,7 @@ func TestVIPs(t *testing.T) {
 			t.Run("LeaderHoldsDrainFailover", func(t *testing.T) { testLeaderHoldsDrainFailover(t, b) })
 			t.Run("UnhealthyHolder", func(t *testing.T) { testUnhealthy(t, b) })
 			t.Run("HolderCutOff", func(t *testing.T) { testHolderCutOff(t, b) })
+			t.Run("Allowlist", func(t *testing.T) { testAllowlist(t, b) })
 		})
 	}
 }
@@ -272,6 +287,15 @@ func testSetValidates(t *testing.T, b backend) {
 		{vips.Config{Service: "nfs", Address: "10.0.0.51", Interface: "eth 0"}, vip.ErrInvalid, "interface name"},
 		{vips.Config{Service: "nfs", Address: "10.0.0.51", Interface: "a-very-long-if"}, vip.ErrInvalid, "label"},
 		{vips.Config{Service: "management", Address: "10.0.0.51", Interface: "bond0"}, vip.ErrInvalid, "label"},
+		{vips.Config{Service: "nfs", Address: "130.0.0.1/1", Interface: "eth0"}, vip.ErrInvalid, "shorter than /16"},
+		{vips.Config{Service: "nfs", Address: "10.1.0.1/15", Interface: "eth0"}, vip.ErrInvalid, "shorter than /16"},
+		{vips.Config{Service: "nfs", Address: "0.1.2.3", Interface: "eth0"}, vip.ErrInvalid, "this network"},
+		{vips.Config{Service: "nfs", Address: "240.0.0.1", Interface: "eth0"}, vip.ErrInvalid, "reserved"},
+		{vips.Config{Service: "nfs", Address: "255.255.255.255", Interface: "eth0"}, vip.ErrInvalid, "reserved"},
+		{vips.Config{Service: "nfs", Address: "127.0.0.2", Interface: "eth0"}, vip.ErrInvalid, "loopback"},
+		{vips.Config{Service: "nfs", Address: "224.0.0.5", Interface: "eth0"}, vip.ErrInvalid, "multicast"},
+		{vips.Config{Service: "nfs", Address: "169.254.169.254", Interface: "eth0"}, vip.ErrInvalid, "link-local"},
+		{vips.Config{Service: "nfs", Address: "10.0.0.51", Interface: "lo"}, vip.ErrInvalid, "loopback"},
 		{vips.Config{Service: "nfs", Address: "10.0.0.50", Interface: "eth0"}, vips.ErrInUse, "vip iscsi"},
 		{vips.Config{Service: "nfs", Address: "10.0.0.9", Interface: "eth0"}, vips.ErrInUse, "interface of node"},
 		{vips.Config{Service: "nfs", Address: "10.0.0.12", Interface: "eth0"}, vips.ErrInUse, "member n2"},
@@ -458,5 +482,74 @@ func testHolderCutOff(t *testing.T, b backend) {
 		t.Fatalf("after the cut-off the vip is held by %q (%v)", next, err)
 	}
 	proxy.Resume()
+	c.led.check(t)
+}
+
+// testAllowlist: members publish their VIP allowlists; the leader never
+// assigns a VIP to a member that refuses it, not at first, not on a drain
+// and not on failover; vip list shows who refuses and why; a VIP that
+// every live member refuses is not accepted.
+func testAllowlist(t *testing.T, b backend) {
+	pol := map[string]vip.Policy{
+		"n1": {Interfaces: []string{"eth1"}},                                // refuses eth0
+		"n2": {CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}}, // allows 10.0.0.50/32 on eth0
+		"n3": {CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}}, // allows it too
+	}
+	c := startClusterWith(t, b.Open, []vip.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")}, pol)
+	// n1 has the highest priority: it leads once the yield grace passed.
+	if err := testenv.WaitFor(ctxT(t, 20*time.Second), 20*time.Millisecond, func() bool { return c.leader() == "n1" }); err != nil {
+		t.Fatalf("n1 (highest priority) never led: %v", err)
+	}
+	// n2 or n3 holds it: whichever led before n1, or n2 as the best
+	// member that allows it.
+	var first string
+	if err := testenv.WaitFor(ctxT(t, 20*time.Second), 20*time.Millisecond, func() bool {
+		first = c.led.holder("iscsi")
+		return first == "n2" || first == "n3"
+	}); err != nil {
+		t.Fatalf("the vip is held by %q, want n2 or n3: %v", c.led.holder("iscsi"), err)
+	}
+	other := map[string]string{"n2": "n3", "n3": "n2"}[first]
+	ctx := ctxT(t, 60*time.Second)
+	reg := c.registry("n1")
+	st, err := reg.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 1 || len(st[0].Refused) != 1 || !strings.Contains(st[0].Refused["n1"], "--vip-allow-interface") {
+		t.Fatalf("list: refusals %+v, want only n1's, naming --vip-allow-interface", st)
+	}
+	if st[0].Assigned == nil || !strings.Contains(st[0].Assigned.Reason, "n1 refuses it") {
+		t.Fatalf("assignment %+v does not say that n1 refuses the vip", st[0].Assigned)
+	}
+	if _, err := reg.Drain(ctx, "iscsi", "n1"); !errors.Is(err, vips.ErrNoTarget) || !strings.Contains(err.Error(), "n1 refuses it") {
+		t.Fatalf("drain to n1 = %v, want ErrNoTarget: n1 refuses it", err)
+	}
+	// An automatic drain prefers the leader, but skips it: n1 refuses.
+	if to, err := reg.Drain(ctx, "iscsi", ""); err != nil || to != other {
+		t.Fatalf("automatic drain: %q %v, want %s", to, err, other)
+	}
+	c.waitHolder("iscsi", other, 10*time.Second)
+
+	// Every member refuses 10.9.0.5 on eth0: not accepted, nothing stored.
+	before, err := reg.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = reg.Set(ctx, vips.Config{Service: "nfs", Address: "10.9.0.5", Interface: "eth0"})
+	if !errors.Is(err, vips.ErrNoTarget) || !strings.Contains(err.Error(), "every live member refuses") {
+		t.Fatalf("Set of a vip every member refuses = %v", err)
+	}
+	if after, err := reg.List(ctx); err != nil || len(after) != len(before) {
+		t.Fatalf("the refused Set changed the vips: %d before, %d after (%v)", len(before), len(after), err)
+	}
+
+	// The holder stops: the vip goes back to the first, never to n1 (the
+	// leader).
+	c.member(other).stop()
+	c.waitHolder("iscsi", first, 20*time.Second)
+	if c.led.everHeld("iscsi", "n1") {
+		t.Fatal("n1 held the vip although its allowlist refuses it")
+	}
 	c.led.check(t)
 }
