@@ -41,6 +41,10 @@ func helperMain(mode string) int {
 			return 1
 		}
 		return 0
+	case "confine":
+		return confineMain()
+	case "wxprobe":
+		return wxProbeMain()
 	case "tcpconnect":
 		c, err := net.DialTimeout("tcp", os.Getenv("ADDR"), 2*time.Second)
 		if err != nil {

@@ -33,6 +33,9 @@ type VIPCluster struct {
 	// Seedless nodes start without the --vip seed (a node whose
 	// allowlist refuses the VIP cannot seed it).
 	Seedless map[string]bool
+	// Wrap is a command line that runs taskd (given as its arguments)
+	// inside each node's namespace, e.g. a confinement wrapper.
+	Wrap []string
 	// ClockFiles gives every node a --clock-offset-file (ClockFile).
 	ClockFiles bool
 	dir        string
@@ -89,14 +92,15 @@ func (c *VIPCluster) Start(name string) error {
 	for _, n := range VIPNodes {
 		peers = append(peers, fmt.Sprintf("%s=http://%s:2380", n, c.Lab.Addr(n)))
 	}
-	args := []string{"netns", "exec", c.Lab.NS(name), c.taskd,
+	args := append([]string{"netns", "exec", c.Lab.NS(name)}, c.Wrap...)
+	args = append(args, c.taskd,
 		"--name", name, "--data-dir", filepath.Join(c.dir, name),
-		"--listen", "0.0.0.0:10600", "--advertise", c.Lab.Addr(name) + ":10600", "--token-file", c.token,
+		"--listen", "0.0.0.0:10600", "--advertise", c.Lab.Addr(name)+":10600", "--token-file", c.token,
 		"--session-timeout", c.Timeout.String(), "--log-format", "json",
 		// Fast health probes: unhealthy 2 x 200 ms after the gateway
 		// stops answering.
 		"--health-target", c.Lab.Addr("gw"), "--health-interval", "200ms", "--health-timeout", "100ms",
-		"--health-rise", "2", "--health-fall", "2"}
+		"--health-rise", "2", "--health-fall", "2")
 	if !c.Seedless[name] {
 		args = append(args, "--vip", "iscsi="+c.VIP+"/32@eth0")
 	}
