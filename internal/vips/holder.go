@@ -33,6 +33,27 @@ func NewHolder(store coord.Store, root, self string, policy vip.Policy, hold Hol
 	return &Holder{store: store, l: layout{root: root}, self: self, policy: policy, hold: hold, log: log}
 }
 
+// publishUntilDone publishes the node's allowlist, retrying with backoff
+// until it is written or ctx ends.
+func (h *Holder) publishUntilDone(ctx context.Context, first, most time.Duration) {
+	wait := first
+	for {
+		err := h.publish(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		h.log.Warn("cannot publish this node's vip allowlist; retrying", "err", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		wait = min(2*wait, most)
+	}
+}
+
 // publish writes the node's NodePolicy record unless it already says the
 // same.
 func (h *Holder) publish(ctx context.Context) error {
@@ -81,27 +102,18 @@ func (h *Holder) Run(ctx context.Context, sess coord.Session) error {
 	// A failed write is retried soon, then less often (see Assigner).
 	const firstRetry, maxRetry = 50 * time.Millisecond, 2 * time.Second
 	wait := firstRetry
-	published := false
+	// The allowlist is published beside the loop: a slow store must not
+	// hold up a release.
+	wg.Add(1)
+	go func() { defer wg.Done(); h.publishUntilDone(ctx, firstRetry, maxRetry) }()
 	for {
-		failed := false
-		if !published {
-			if err := h.publish(ctx); err != nil {
-				if ctx.Err() == nil {
-					h.log.Warn("cannot publish this node's vip allowlist; retrying", "err", err)
-				}
-				failed = true
-			} else {
-				published = true
-			}
-		}
 		if cfgs.synced && asg.synced && held.synced {
-			failed = h.reconcile(ctx, sess, cfgs, asg, held, active, &wg, finished) || failed
-		}
-		if failed {
-			retry.Reset(wait)
-			wait = min(2*wait, maxRetry)
-		} else {
-			wait = firstRetry
+			if h.reconcile(ctx, sess, cfgs, asg, held, active, &wg, finished) {
+				retry.Reset(wait)
+				wait = min(2*wait, maxRetry)
+			} else {
+				wait = firstRetry
+			}
 		}
 		select {
 		case <-ctx.Done():
