@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing, from Debian:
 # ZooKeeper 3.8 (and its Java runtime), qemu-utils (qemu-nbd, qemu-img,
-# qemu-io), nbdkit and iproute2 (network namespaces for the VIP tests).
+# qemu-io), nbdkit, iproute2 (network namespaces for the VIP tests), systemd
+# (systemd-analyze checks the unit's hardening) and util-linux (unshare runs
+# taskd under the unit's restrictions).
 # With --bench it also installs what the copy benchmark compares against:
 # nbdcopy (libnbd-bin) and rsync; with --chaos, nftables (partitions in the
 # fault-injection suite).
@@ -15,6 +17,8 @@ need=()
 command -v qemu-nbd >/dev/null && command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || need+=(qemu-utils)
 command -v nbdkit >/dev/null || need+=(nbdkit)
 command -v ip >/dev/null || need+=(iproute2)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v unshare >/dev/null || need+=(util-linux)
 if [ "${1:-}" = "--chaos" ]; then
   command -v nft >/dev/null || need+=(nftables)
 fi

@@ -87,7 +87,8 @@ func (s *vipService) DrainVIP(ctx context.Context, req *connect.Request[taskdv1.
 }
 
 func toVIP(s vips.Status) *taskdv1.VIP {
-	v := &taskdv1.VIP{Service: s.Config.Service, Address: s.Config.Address, Interface: s.Config.Interface, Preferred: s.Config.Preferred}
+	v := &taskdv1.VIP{Service: s.Config.Service, Address: s.Config.Address, Interface: s.Config.Interface, Preferred: s.Config.Preferred,
+		Refused: s.Refused}
 	if a := s.Assigned; a != nil {
 		v.Assigned, v.AssignedSince, v.AssignedReason = a.Node, ts(a.Since), a.Reason
 	}

@@ -32,6 +32,9 @@ type doctor struct {
 
 func (d *doctor) ok(format string, args ...any) { fmt.Fprintf(&d.out, "ok    "+format+"\n", args...) }
 
+// note reports what is by design but worth knowing; it is no finding.
+func (d *doctor) note(format string, args ...any) { fmt.Fprintf(&d.out, "note  "+format+"\n", args...) }
+
 func (d *doctor) bad(format string, args ...any) {
 	d.findings++
 	fmt.Fprintf(&d.out, "FAIL  "+format+"\n", args...)
@@ -184,6 +187,8 @@ func (d *doctor) vips(ctx context.Context, g *globals) {
 	}
 	for _, v := range resp.Msg.Vips {
 		switch {
+		case v.Holder == "" && len(v.Refused) > 0:
+			d.bad("vip %s (%s) is held by no node (assigned to %q; %d member(s) refuse it by their allowlists, below)", v.Service, v.Address, v.Assigned, len(v.Refused))
 		case v.Holder == "":
 			d.bad("vip %s (%s) is held by no node (assigned to %q): taskctl vip list; the assigned node's log says why", v.Service, v.Address, v.Assigned)
 		case v.Error != "":
@@ -194,6 +199,9 @@ func (d *doctor) vips(ctx context.Context, g *globals) {
 			d.bad("vip %s (%s) is up on %s, whose health is %s", v.Service, v.Address, v.Holder, v.HolderHealth)
 		default:
 			d.ok("vip %s (%s) is up on %s", v.Service, v.Address, v.Holder)
+		}
+		for _, n := range slices.Sorted(maps.Keys(v.Refused)) {
+			d.note("vip %s (%s) is never assigned to %s: %s", v.Service, v.Address, n, v.Refused[n])
 		}
 	}
 }

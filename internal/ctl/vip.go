@@ -3,6 +3,9 @@ package ctl
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -19,9 +22,12 @@ func vipCmd(g *globals) *cobra.Command {
 		Use:   "set SERVICE IP[/PREFIX] --interface IF",
 		Short: "Create or change the VIP of a service (a bare IP is a /32)",
 		Long: "Create or change the VIP of SERVICE, kept in the coordination store. The leader holds\n" +
-			"every VIP unless a drain moved it. The address must be IPv4, neither the network nor the\n" +
-			"broadcast address of its prefix, and unused by members and other VIPs; the label\n" +
-			"IF:SERVICE must fit 15 characters. Bad input changes nothing.",
+			"every VIP unless a drain moved it. The address must be unicast IPv4 outside 0/8, 127/8,\n" +
+			"169.254/16, 224/4 and 240/4, with a prefix of /16 or longer, neither the network nor the\n" +
+			"broadcast address of its prefix, and unused by members, other VIPs and the answering\n" +
+			"node's own addresses; the interface cannot be lo; the label IF:SERVICE must fit 15\n" +
+			"characters; at least one live member's allowlist (--vip-allow-interface,\n" +
+			"--vip-allow-cidr) must allow it. Bad input changes nothing.",
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
@@ -62,7 +68,7 @@ func vipCmd(g *globals) *cobra.Command {
 				return g.printJSON(resp.Msg)
 			}
 			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SERVICE\tADDRESS\tINTERFACE\tHOLDER\tSINCE\tSTATE\tHEALTH\tASSIGNED\tPREFERRED")
+			fmt.Fprintln(tw, "SERVICE\tADDRESS\tINTERFACE\tHOLDER\tSINCE\tSTATE\tHEALTH\tASSIGNED\tPREFERRED\tREFUSED BY")
 			for _, v := range resp.Msg.Vips {
 				holder, since, state, health := "-", "-", "unheld", "-"
 				if v.Holder != "" {
@@ -76,8 +82,8 @@ func vipCmd(g *globals) *cobra.Command {
 						state = "error: " + v.Error
 					}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Service, v.Address, v.Interface, holder, since, state, health,
-					dash(v.Assigned), dash(v.Preferred))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Service, v.Address, v.Interface, holder, since, state, health,
+					dash(v.Assigned), dash(v.Preferred), dash(strings.Join(slices.Sorted(maps.Keys(v.Refused)), ",")))
 			}
 			return tw.Flush()
 		},

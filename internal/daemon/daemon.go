@@ -114,6 +114,8 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&cfg.TLSCert, "tls-cert", cfg.TLSCert, "TLS certificate (PEM) for the API")
 	f.StringVar(&cfg.TLSKey, "tls-key", cfg.TLSKey, "TLS private key (PEM) for the API")
 	f.StringArrayVar(&cfg.VIPs, "vip", nil, "virtual IP to create in the store if its service has none, SERVICE=IP[/PREFIX]@INTERFACE (repeatable), e.g. iscsi=10.0.0.50@eth0; afterwards taskctl vip manages it")
+	f.StringArrayVar(&cfg.VIPAllowInterfaces, "vip-allow-interface", nil, "interface this node may hold VIPs on (repeatable); none: any but loopback. Give every node the same list")
+	f.StringArrayVar(&cfg.VIPAllowCIDRs, "vip-allow-cidr", nil, "IPv4 network a VIP held by this node must lie in, e.g. 10.0.0.0/24 (repeatable); none: any. Give every node the same list")
 	f.StringArrayVar(&cfg.HealthTargets, "health-target", nil, "IPv4 address probed with ICMP echo to judge the access network, e.g. the gateway and peers (repeatable); none: always healthy")
 	f.DurationVar(&cfg.HealthInterval, "health-interval", cfg.HealthInterval, "time between access-network probe rounds")
 	f.DurationVar(&cfg.HealthTimeout, "health-timeout", cfg.HealthTimeout, "how long a probe round waits for replies")

@@ -41,6 +41,10 @@ func helperMain(mode string) int {
 			return 1
 		}
 		return 0
+	case "confine":
+		return confineMain()
+	case "wxprobe":
+		return wxProbeMain()
 	case "tcpconnect":
 		c, err := net.DialTimeout("tcp", os.Getenv("ADDR"), 2*time.Second)
 		if err != nil {
@@ -231,6 +235,10 @@ func TestVIPDrainHealthDuplicate(t *testing.T) {
 	}{
 		{[]string{"vip", "set", "nfs", "fd00::5", "--interface", "eth0"}, "not an IPv4"},
 		{[]string{"vip", "set", "nfs", "10.77.0.0/24", "--interface", "eth0"}, "network address"},
+		{[]string{"vip", "set", "nfs", "130.0.0.1/1", "--interface", "eth0"}, "shorter than /16"},
+		{[]string{"vip", "set", "nfs", "0.1.2.3", "--interface", "eth0"}, "this network"},
+		{[]string{"vip", "set", "nfs", "240.0.0.1", "--interface", "eth0"}, "reserved"},
+		{[]string{"vip", "set", "nfs", "10.77.0.101", "--interface", "lo"}, "loopback"},
 		{[]string{"vip", "set", "nfs", "10.77.0.255/24", "--interface", "eth0"}, "broadcast address"},
 		{[]string{"vip", "set", "nfs", c.Lab.Addr("n2"), "--interface", "eth0"}, "already in use"},
 		{[]string{"vip", "set", "nfs", c.VIP, "--interface", "eth0"}, "vip iscsi already uses"},

@@ -27,8 +27,15 @@ type VIPCluster struct {
 	// Coordinator, when set, is taskd's --coordinator (an external store
 	// on the lab subnet) instead of the embedded etcd cluster.
 	Coordinator string
-	// Extra are more taskd flags for every node.
-	Extra []string
+	// Extra are more taskd flags for every node; NodeExtra more for one.
+	Extra     []string
+	NodeExtra map[string][]string
+	// Seedless nodes start without the --vip seed (a node whose
+	// allowlist refuses the VIP cannot seed it).
+	Seedless map[string]bool
+	// Wrap is a command line that runs taskd (given as its arguments)
+	// inside each node's namespace, e.g. a confinement wrapper.
+	Wrap []string
 	// ClockFiles gives every node a --clock-offset-file (ClockFile).
 	ClockFiles bool
 	dir        string
@@ -85,15 +92,18 @@ func (c *VIPCluster) Start(name string) error {
 	for _, n := range VIPNodes {
 		peers = append(peers, fmt.Sprintf("%s=http://%s:2380", n, c.Lab.Addr(n)))
 	}
-	args := []string{"netns", "exec", c.Lab.NS(name), c.taskd,
+	args := append([]string{"netns", "exec", c.Lab.NS(name)}, c.Wrap...)
+	args = append(args, c.taskd,
 		"--name", name, "--data-dir", filepath.Join(c.dir, name),
-		"--listen", "0.0.0.0:10600", "--advertise", c.Lab.Addr(name) + ":10600", "--token-file", c.token,
-		"--session-timeout", c.Timeout.String(),
-		"--vip", "iscsi=" + c.VIP + "/32@eth0", "--log-format", "json",
+		"--listen", "0.0.0.0:10600", "--advertise", c.Lab.Addr(name)+":10600", "--token-file", c.token,
+		"--session-timeout", c.Timeout.String(), "--log-format", "json",
 		// Fast health probes: unhealthy 2 x 200 ms after the gateway
 		// stops answering.
 		"--health-target", c.Lab.Addr("gw"), "--health-interval", "200ms", "--health-timeout", "100ms",
-		"--health-rise", "2", "--health-fall", "2"}
+		"--health-rise", "2", "--health-fall", "2")
+	if !c.Seedless[name] {
+		args = append(args, "--vip", "iscsi="+c.VIP+"/32@eth0")
+	}
 	if c.Coordinator != "" {
 		args = append(args, "--coordinator", c.Coordinator)
 	} else {
@@ -103,7 +113,8 @@ func (c *VIPCluster) Start(name string) error {
 	if c.ClockFiles {
 		args = append(args, "--clock-offset-file", c.ClockFile(name))
 	}
-	p, err := StartProc(c.LogPath(name), "ip", append(args, c.Extra...)...)
+	args = append(append(args, c.Extra...), c.NodeExtra[name]...)
+	p, err := StartProc(c.LogPath(name), "ip", args...)
 	if err != nil {
 		return err
 	}

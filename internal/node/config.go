@@ -41,6 +41,10 @@ type Config struct {
 	// VIPs seeded into the store when absent, as
 	// SERVICE=IP[/PREFIX]@INTERFACE.
 	VIPs []string
+	// VIP allowlists of this node: interfaces (--vip-allow-interface)
+	// and IPv4 networks (--vip-allow-cidr); empty allows any.
+	VIPAllowInterfaces []string
+	VIPAllowCIDRs      []string
 	// Access-network health probes (ICMP echo).
 	HealthTargets  []string
 	HealthInterval time.Duration
@@ -193,12 +197,35 @@ func (c Config) copyType() tasktype.Copy {
 }
 
 // vipSpecs parses --vip; services and addresses must be unique.
+// vipPolicy builds this node's VIP allowlist from --vip-allow-interface
+// and --vip-allow-cidr.
+func (c Config) vipPolicy() (vip.Policy, error) {
+	cidrs, err := vip.ParseCIDRs(c.VIPAllowCIDRs)
+	if err != nil {
+		return vip.Policy{}, fmt.Errorf("--vip-allow-cidr: %w", err)
+	}
+	p := vip.Policy{Interfaces: c.VIPAllowInterfaces, CIDRs: cidrs}
+	if err := p.Validate(); err != nil {
+		return vip.Policy{}, fmt.Errorf("--vip-allow-interface/--vip-allow-cidr: %w", err)
+	}
+	return p, nil
+}
+
+// vipSpecs parses --vip; services and addresses must be unique, and this
+// node's own allowlist must allow each.
 func (c Config) vipSpecs() ([]vip.Spec, error) {
+	policy, err := c.vipPolicy()
+	if err != nil {
+		return nil, err
+	}
 	var out []vip.Spec
 	for _, v := range c.VIPs {
 		s, err := vip.ParseSpec(v)
 		if err != nil {
 			return nil, fmt.Errorf("--vip: %w", err)
+		}
+		if err := policy.Check(s); err != nil {
+			return nil, fmt.Errorf("--vip %q: %w", v, err)
 		}
 		for _, o := range out {
 			if o.Service == s.Service || o.Prefix.Addr() == s.Prefix.Addr() {

@@ -190,7 +190,8 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	}
 	n.tasks.Store(tasks)
 	n.vipReg.Store(vips.NewRegistry(store, root, n.View, localAddrs))
-	holder := vips.NewHolder(store, root, n.cfg.Name, n.holdVIP, n.log)
+	policy, _ := n.cfg.vipPolicy() // validated in Run
+	holder := vips.NewHolder(store, root, n.cfg.Name, policy, n.holdVIP, n.log)
 	roles.Member = func(ctx context.Context, s coord.Session) error {
 		// Member duties end with the session, and the fence waits for
 		// them: VIPs are removed before the local deadline.

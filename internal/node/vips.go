@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -20,6 +21,7 @@ import (
 func (n *Node) vipConfig(report func(up bool, err error)) vip.Config {
 	c := vip.DefaultConfig()
 	c.ProbeCount, c.ProbeInterval, c.ProbeWait = 1, 20*time.Millisecond, 20*time.Millisecond
+	c.Policy, _ = n.cfg.vipPolicy() // validated in Run
 	c.Log = n.log
 	c.Event = func(e vip.Event) {
 		attrs := []any{"event", "vip_" + e.Kind, "service", e.Service, "vip", e.Addr.String()}
@@ -113,12 +115,19 @@ func (n *Node) holdVIP(ctx context.Context, s vip.Spec, report func(up bool, err
 		n.log.Warn("the vip's label is not recorded; a crash may leave the address until its lifetime ends", "err", err)
 	}
 	wait := time.Second
+	lastRefusal := ""
 	for {
 		err := vip.Hold(ctx, s, n.vipConfig(report))
 		if ctx.Err() != nil {
 			return
 		}
 		report(false, err)
+		if refused := errors.Is(err, vip.ErrNotAllowed) || errors.Is(err, vip.ErrForeign) || errors.Is(err, vip.ErrInvalid); refused && err.Error() != lastRefusal {
+			// Once per reason: the timeline shows why this node does
+			// not hold the VIP, without an event per retry.
+			lastRefusal = err.Error()
+			n.log.Error("this node refuses the vip", "event", "vip_refused", "service", s.Service, "vip", s.Prefix.String(), "reason", err.Error())
+		}
 		n.log.Error("vip not held; retrying", "service", s.Service, "vip", s.Prefix.String(), "err", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Config is the timing of probing, announcing and defending.
@@ -33,7 +34,9 @@ type Config struct {
 	// another node takes it over.
 	ValidLifetime time.Duration
 	RenewInterval time.Duration
-	Log           *slog.Logger
+	// Policy is this node's allowlist; Hold refuses a VIP outside it.
+	Policy Policy
+	Log    *slog.Logger
 	// Event receives what an operator should see: conflicts and duplicate
 	// claims. It must not block.
 	Event func(Event)
@@ -62,7 +65,7 @@ func (c Config) Validate() error {
 	case c.RenewInterval <= 0 || 3*c.RenewInterval > c.ValidLifetime:
 		return fmt.Errorf("%w: renew interval %v must be at most a third of the valid lifetime %v", ErrInvalid, c.RenewInterval, c.ValidLifetime)
 	}
-	return nil
+	return c.Policy.Validate()
 }
 
 // Event is something a holder saw.
@@ -77,6 +80,15 @@ type Event struct {
 // Hold probes for the address, adds it and keeps announcing it until ctx
 // ends; then it removes the address and returns nil. It returns ErrConflict
 // without adding the address if the probe is answered.
+//
+// Before anything reaches the network it refuses, without adding the
+// address: a VIP outside cfg.Policy (ErrNotAllowed), a loopback interface
+// (ErrInvalid), and an address already on the host without the VIP's label
+// (ErrForeign). The address is added with IFA_F_NOPREFIXROUTE, so it never
+// installs a route for its prefix. Each renewal looks again: a copy of the
+// address that somebody else configured meanwhile ends the hold
+// (ErrForeign), and the holder only ever removes the address with its own
+// label.
 //
 // Duplicate policy (RFC 5227 section 2.4 (b)): when another MAC claims the
 // address while it is held (any ARP packet with the VIP as sender address),
@@ -94,6 +106,9 @@ func Hold(ctx context.Context, s Spec, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	if err := cfg.Policy.Check(s); err != nil {
+		return err
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -109,6 +124,12 @@ func Hold(ctx context.Context, s Spec, cfg Config) error {
 		return err
 	}
 	defer conn.close()
+	if err := checkLink(s, link); err != nil {
+		return err
+	}
+	if _, err := hostAddress(s, link); err != nil {
+		return err
+	}
 	ip := s.Prefix.Addr()
 
 	if other, err := probe(ctx, conn, ip, cfg); err != nil {
@@ -118,22 +139,37 @@ func Hold(ctx context.Context, s Spec, cfg Config) error {
 		emit("probe-conflict", other.String())
 		return fmt.Errorf("%w: %s answers for %s", ErrConflict, other, ip)
 	}
+	// Look again after the probe: it took time.
+	present, err := hostAddress(s, link)
+	if err != nil {
+		return err
+	}
 	addr := nlAddr(s, cfg.ValidLifetime)
 	added := time.Now()
-	if err := netlink.AddrReplace(link, addr); err != nil {
+	if err := addOwned(link, addr, present); err != nil {
 		return fmt.Errorf("add %s to %s: %w", s.Prefix, s.Interface, err)
 	}
 	log.Info("vip added")
 	emit("held", "")
 	defer func() {
-		if err := netlink.AddrDel(link, addr); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// The delete names the label: the kernel removes only the
+		// address that carries it, never a foreign copy.
+		if err := netlink.AddrDel(link, addr); err != nil && !gone(err) {
 			log.Error("removing vip failed", "err", err)
 			return
 		}
 		log.Info("vip removed")
 		emit("released", "")
 	}()
-	renew := func() error { return netlink.AddrReplace(link, addr) }
+	renew := func() error {
+		// A replace of a foreign copy would give it the VIP's
+		// lifetime, and the kernel would expire it: look first.
+		present, err := hostAddress(s, link)
+		if err != nil {
+			return err
+		}
+		return addOwned(link, addr, present)
+	}
 	return keep(ctx, conn, ip, cfg, log, emit, renew, added)
 }
 
@@ -141,6 +177,10 @@ func nlAddr(s Spec, valid time.Duration) *netlink.Addr {
 	return &netlink.Addr{
 		IPNet: &net.IPNet{IP: s.Prefix.Addr().AsSlice(), Mask: net.CIDRMask(s.Prefix.Bits(), 32)},
 		Label: s.Label(),
+		// No route for the prefix: the VIP is one address, and its
+		// prefix must never claim a range of the routing table
+		// (130.0.0.1/1 would route 128.0.0.0/1 to this interface).
+		Flags: unix.IFA_F_NOPREFIXROUTE,
 		// Deprecated (preferred lifetime 0): the kernel never picks the
 		// VIP as a source address. The valid lifetime is a dead man's
 		// switch, renewed while the holder runs.

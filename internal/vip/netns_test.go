@@ -54,7 +54,20 @@ func helperMain(mode string) int {
 			b, _ := json.Marshal(e)
 			fmt.Println(string(b))
 		}
-		err = vip.Hold(ctx, vip.Spec{Service: env("SERVICE"), Prefix: prefix, Interface: "eth0"}, cfg)
+		iface := "eth0"
+		if v := env("IFACE"); v != "" {
+			iface = v
+		}
+		if v := env("ALLOW_IF"); v != "" {
+			cfg.Policy.Interfaces = strings.Split(v, ",")
+		}
+		if v := env("ALLOW_CIDR"); v != "" {
+			if cfg.Policy.CIDRs, err = vip.ParseCIDRs(strings.Split(v, ",")); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 2
+			}
+		}
+		err = vip.Hold(ctx, vip.Spec{Service: env("SERVICE"), Prefix: prefix, Interface: iface}, cfg)
 		switch {
 		case err == nil:
 			return 0
@@ -64,6 +77,15 @@ func helperMain(mode string) int {
 		case errors.Is(err, vip.ErrLapsed):
 			fmt.Fprintln(os.Stderr, err)
 			return 4
+		case errors.Is(err, vip.ErrNotAllowed):
+			fmt.Fprintln(os.Stderr, err)
+			return exitNotAllowed
+		case errors.Is(err, vip.ErrForeign):
+			fmt.Fprintln(os.Stderr, err)
+			return exitForeign
+		case errors.Is(err, vip.ErrInvalid):
+			fmt.Fprintln(os.Stderr, err)
+			return exitInvalid
 		default:
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -95,6 +117,13 @@ func helperMain(mode string) int {
 	}
 	return 2
 }
+
+// Exit codes of the "hold" helper for the refusals.
+const (
+	exitNotAllowed = 5
+	exitForeign    = 6
+	exitInvalid    = 7
+)
 
 // lab adds to testenv.NetLab the helper processes of this package's tests.
 type lab struct {

@@ -24,6 +24,15 @@ import (
 // ErrInvalid marks a VIP specification that cannot be used.
 var ErrInvalid = errors.New("invalid vip")
 
+// ErrNotAllowed is returned for a VIP outside this node's allowlist of
+// interfaces and networks (Policy).
+var ErrNotAllowed = errors.New("vip not allowed on this node")
+
+// ErrForeign is returned when the VIP's address is already on this host
+// without the VIP's label: somebody else configured it, and a holder never
+// takes over (or later removes) an address that is not its own.
+var ErrForeign = errors.New("address already on this host and not taskd's")
+
 // ErrLapsed is returned by a holder that did not run for a whole address
 // lifetime (it was stopped or starved): the address may be gone and held
 // elsewhere, so it is not renewed or announced again.
@@ -51,16 +60,45 @@ var (
 // Label is the address label that marks the VIP as taskd's: "IF:svc".
 func (s Spec) Label() string { return s.Interface + ":" + s.Service }
 
-// Validate checks what can be checked without the network: an IPv4
-// address that is neither the network nor the broadcast address of its
-// prefix, a valid interface name, and a label that fits the kernel's 15
-// characters.
+// MinPrefixBits is the shortest prefix a VIP may carry. A VIP is added
+// with IFA_F_NOPREFIXROUTE, so its prefix installs no route; what is left
+// of it is the subnet it names (the kernel still derives a broadcast
+// address, and a local broadcast route, from it) and the network and
+// broadcast addresses refused below. One access LAN wider than a /16
+// (65 534 hosts in one broadcast domain) does not exist in practice, so a
+// shorter prefix is a typo (/1 for /31) or an attempt to claim a large
+// part of the address space (130.0.0.1/1 once routed 128.0.0.0/1).
+const MinPrefixBits = 16
+
+// reserved are the IPv4 ranges that are never a service address.
+var reserved = []struct {
+	net netip.Prefix
+	why string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), `"this network" (0.0.0.0/8, RFC 1122): not a host address`},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback (127.0.0.0/8): never reachable from another host"},
+	// Link-local addresses are self-assigned (RFC 3927), never routed and
+	// include 169.254.169.254, the metadata service of clouds and
+	// hypervisors: a VIP there answers for it on the whole LAN.
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local (169.254.0.0/16): self-assigned, not routed, and home to metadata services"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast (224.0.0.0/4): not a unicast address"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved (240.0.0.0/4, including the broadcast address 255.255.255.255)"},
+}
+
+// Validate checks what can be checked without the network: a unicast IPv4
+// address outside the reserved ranges (0/8, 127/8, 169.254/16, 224/4,
+// 240/4), a prefix of at least MinPrefixBits whose network and broadcast
+// addresses it is not, a valid interface name other than lo, and a label
+// that fits the kernel's 15 characters.
 func (s Spec) Validate() error {
 	if !serviceName.MatchString(s.Service) {
 		return fmt.Errorf("%w: service %q: use lower-case letters, digits, - and _", ErrInvalid, s.Service)
 	}
 	if !ifaceName.MatchString(s.Interface) || s.Interface == "." || s.Interface == ".." {
 		return fmt.Errorf("%w: interface name %q is not a valid Linux interface name", ErrInvalid, s.Interface)
+	}
+	if s.Interface == "lo" {
+		return fmt.Errorf("%w: interface lo is the loopback interface: a VIP there answers nobody on the network (use the access-network interface, e.g. eth0)", ErrInvalid)
 	}
 	if l := s.Label(); len(l) > maxLabel {
 		return fmt.Errorf("%w: label %q is %d characters; the kernel allows %d (shorten the service name)", ErrInvalid, l, len(l), maxLabel)
@@ -69,8 +107,13 @@ func (s Spec) Validate() error {
 	if !s.Prefix.IsValid() || !a.Is4() {
 		return fmt.Errorf("%w: %q is not an IPv4 address", ErrInvalid, s.Prefix)
 	}
-	if a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-		return fmt.Errorf("%w: %s cannot be a service address", ErrInvalid, a)
+	for _, r := range reserved {
+		if r.net.Contains(a) {
+			return fmt.Errorf("%w: %s cannot be a service address: %s", ErrInvalid, a, r.why)
+		}
+	}
+	if bits := s.Prefix.Bits(); bits < MinPrefixBits {
+		return fmt.Errorf("%w: prefix /%d of %s is shorter than /%d: a VIP is one address on one LAN (a bare address is a /32)", ErrInvalid, bits, a, MinPrefixBits)
 	}
 	if bits := s.Prefix.Bits(); bits < 31 {
 		if a == s.Prefix.Masked().Addr() {

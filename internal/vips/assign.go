@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
@@ -40,6 +42,7 @@ func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (q
 	seeds := a.seed
 	cfgs := watchDir(ctx, a.store, a.l.configDir())
 	asg := watchDir(ctx, a.store, a.l.assignDir())
+	pols := watchDir(ctx, a.store, a.l.nodesDir())
 	hist := newHealthHistory()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -65,8 +68,8 @@ func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (q
 			seeds = seeds[1:]
 		}
 		var next time.Time
-		if cfgs.synced && asg.synced {
-			n, err := a.reconcile(ctx, l, v, cfgs, asg, hist, now)
+		if cfgs.synced && asg.synced && pols.synced {
+			n, err := a.reconcile(ctx, l, v, cfgs, asg, policiesOf(pols.keys), hist, now)
 			if errors.Is(err, quorum.ErrFenced) {
 				return err
 			}
@@ -94,6 +97,10 @@ func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (q
 			if !asg.apply(ev, ok) || !asg.drain() {
 				return nil
 			}
+		case ev, ok := <-pols.ch:
+			if !pols.apply(ev, ok) || !pols.drain() {
+				return nil
+			}
 		case <-changed:
 		case <-timer.C:
 		}
@@ -101,8 +108,9 @@ func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (q
 }
 
 // reconcile writes what differs; it returns when to look again (zero: at
-// the next change).
-func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum.View, cfgs, asg *mirror, hist *healthHistory, now time.Time) (time.Time, error) {
+// the next change). A member whose published policy refuses a VIP is left
+// out of that VIP's choice, as if it were not a member.
+func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum.View, cfgs, asg *mirror, policies map[string]vip.Policy, hist *healthHistory, now time.Time) (time.Time, error) {
 	var next time.Time
 	var errs []error
 	for svc, ckv := range cfgs.keys {
@@ -118,7 +126,14 @@ func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum
 				cur = &x
 			}
 		}
-		d := choose(c, cur, a.self, v.Members, hist, now, a.grace)
+		members, refused := v.Members, ""
+		if spec, err := c.Spec(); err == nil {
+			members, refused = allowing(spec, v.Members, policies)
+		}
+		d := choose(c, cur, a.self, members, hist, now, a.grace)
+		if refused != "" {
+			d.reason += "; " + refused
+		}
 		if !d.recheck.IsZero() && (next.IsZero() || d.recheck.Before(next)) {
 			next = d.recheck
 		}
@@ -182,6 +197,26 @@ func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum
 		a.log.Info("vip unassigned (deleted)", "event", "vip_unassign", "service", svc)
 	}
 	return next, errors.Join(errs...)
+}
+
+// allowing returns the members whose policy allows spec, and a note
+// naming those that refuse it ("" when none does).
+func allowing(spec vip.Spec, members []quorum.Member, policies map[string]vip.Policy) ([]quorum.Member, string) {
+	no := refusals(spec, members, policies)
+	if len(no) == 0 {
+		return members, ""
+	}
+	out := make([]quorum.Member, 0, len(members))
+	for _, m := range members {
+		if _, ok := no[m.Name]; !ok {
+			out = append(out, m)
+		}
+	}
+	names := slices.Sorted(maps.Keys(no))
+	for i, n := range names {
+		names[i] = n + " refuses it (" + no[n] + ")"
+	}
+	return out, strings.Join(names, "; ")
 }
 
 // healthHistory is what the assigner has seen of the members' health

@@ -18,16 +18,60 @@ type HoldFunc func(ctx context.Context, s vip.Spec, report func(up bool, err err
 
 // Holder holds the VIPs assigned to its node.
 type Holder struct {
-	store coord.Store
-	l     layout
-	self  string
-	hold  HoldFunc
-	log   *slog.Logger
+	store  coord.Store
+	l      layout
+	self   string
+	policy vip.Policy
+	hold   HoldFunc
+	log    *slog.Logger
 }
 
-// NewHolder returns the holder of node self.
-func NewHolder(store coord.Store, root, self string, hold HoldFunc, log *slog.Logger) *Holder {
-	return &Holder{store: store, l: layout{root: root}, self: self, hold: hold, log: log}
+// NewHolder returns the holder of node self. policy is the node's VIP
+// allowlist: the holder publishes it (NodePolicy) so that the leader
+// assigns the VIPs it refuses elsewhere; hold enforces it.
+func NewHolder(store coord.Store, root, self string, policy vip.Policy, hold HoldFunc, log *slog.Logger) *Holder {
+	return &Holder{store: store, l: layout{root: root}, self: self, policy: policy, hold: hold, log: log}
+}
+
+// publishUntilDone publishes the node's allowlist, retrying with backoff
+// until it is written or ctx ends.
+func (h *Holder) publishUntilDone(ctx context.Context, first, most time.Duration) {
+	wait := first
+	for {
+		err := h.publish(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		h.log.Warn("cannot publish this node's vip allowlist; retrying", "err", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		wait = min(2*wait, most)
+	}
+}
+
+// publish writes the node's NodePolicy record unless it already says the
+// same.
+func (h *Holder) publish(ctx context.Context) error {
+	key := h.l.nodeKey(h.self)
+	rec := NodePolicy{Node: h.self, Policy: h.policy, UpdatedAt: time.Now().UTC()}
+	kv, err := h.store.Get(ctx, key)
+	if errors.Is(err, coord.ErrNotFound) {
+		_, err = h.store.Create(ctx, key, encode(rec))
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if old, derr := decode[NodePolicy](kv.Key, kv.Value); derr == nil && string(encode(old.Policy)) == string(encode(h.policy)) {
+		return nil
+	}
+	_, err = h.store.Update(ctx, key, encode(rec), kv.Version)
+	return err
 }
 
 // holding is one VIP being held.
@@ -58,6 +102,10 @@ func (h *Holder) Run(ctx context.Context, sess coord.Session) error {
 	// A failed write is retried soon, then less often (see Assigner).
 	const firstRetry, maxRetry = 50 * time.Millisecond, 2 * time.Second
 	wait := firstRetry
+	// The allowlist is published beside the loop: a slow store must not
+	// hold up a release.
+	wg.Add(1)
+	go func() { defer wg.Done(); h.publishUntilDone(ctx, firstRetry, maxRetry) }()
 	for {
 		if cfgs.synced && asg.synced && held.synced {
 			if h.reconcile(ctx, sess, cfgs, asg, held, active, &wg, finished) {

@@ -12,6 +12,7 @@
 //	vips/config/SERVICE   the VIP (address, interface, preferred node)
 //	vips/assign/SERVICE   the node and session that should hold it (leader, fenced)
 //	vips/held/SERVICE     who holds it now; bound to the holder's session
+//	vips/nodes/NODE       the node's VIP allowlist (NodePolicy), written by its holder
 //
 // At most one holder: a node adds the address only after it has created
 // vips/held/SERVICE, which exists once; it deletes that key only after the
@@ -27,6 +28,8 @@ import (
 	"path"
 	"time"
 
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/vip"
 )
 
@@ -82,6 +85,48 @@ type Held struct {
 	Error string `json:"error,omitempty"`
 }
 
+// NodePolicy is a node's VIP allowlist as its holder publishes it. The
+// leader does not assign a VIP to a member whose policy refuses it, the
+// registry shows the refusals, and a drain refuses such a target. A member
+// without a record (not started yet, or an older taskd) allows every VIP;
+// its holder still refuses at hold time what its policy does not allow.
+type NodePolicy struct {
+	Node      string     `json:"node"`
+	Policy    vip.Policy `json:"policy"`
+	UpdatedAt time.Time  `json:"updated_at"`
+}
+
+// refusals maps each member that refuses spec to its reason; policies are
+// the published NodePolicy records by node.
+func refusals(spec vip.Spec, members []quorum.Member, policies map[string]vip.Policy) map[string]string {
+	var out map[string]string
+	for _, m := range members {
+		p, ok := policies[m.Name]
+		if !ok {
+			continue
+		}
+		if err := p.Check(spec); err != nil {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[m.Name] = err.Error()
+		}
+	}
+	return out
+}
+
+// policiesOf decodes the NodePolicy records of a vips/nodes listing; an
+// unreadable record counts as absent.
+func policiesOf(kvs map[string]coord.KV) map[string]vip.Policy {
+	out := make(map[string]vip.Policy, len(kvs))
+	for name, kv := range kvs {
+		if p, err := decode[NodePolicy](kv.Key, kv.Value); err == nil {
+			out[name] = p.Policy
+		}
+	}
+	return out
+}
+
 // layout names the keys.
 type layout struct{ root string }
 
@@ -91,6 +136,8 @@ func (l layout) heldDir() string                 { return path.Join(l.root, "vip
 func (l layout) configKey(service string) string { return path.Join(l.configDir(), service) }
 func (l layout) assignKey(service string) string { return path.Join(l.assignDir(), service) }
 func (l layout) heldKey(service string) string   { return path.Join(l.heldDir(), service) }
+func (l layout) nodesDir() string                { return path.Join(l.root, "vips", "nodes") }
+func (l layout) nodeKey(node string) string      { return path.Join(l.nodesDir(), node) }
 
 func decode[T any](key string, b []byte) (T, error) {
 	var v T

@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"path"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
@@ -32,13 +34,19 @@ func NewRegistry(store coord.Store, root string, view func() quorum.View, localA
 	return &Registry{store: store, l: layout{root: root}, view: view, localAddrs: localAddrs}
 }
 
-// Set creates or changes the VIP of c.Service. It validates the address,
-// the interface name and the label, and refuses an address that a member
-// advertises, that is on the answering node's interfaces, or that another
-// VIP uses. A drain preference of an existing VIP is kept.
+// Set creates or changes the VIP of c.Service. It validates the address
+// (vip.Spec.Validate: no reserved range, no prefix shorter than
+// vip.MinPrefixBits), the interface name and the label, and refuses an
+// address that a member advertises, that is on the answering node's
+// interfaces without the VIP's label, or that another VIP uses, and a VIP
+// that every live member's allowlist refuses. A drain preference of an
+// existing VIP is kept.
 func (r *Registry) Set(ctx context.Context, c Config) (Config, error) {
 	spec, err := c.Spec()
 	if err != nil {
+		return Config{}, err
+	}
+	if err := r.someoneAllows(ctx, spec); err != nil {
 		return Config{}, err
 	}
 	c.Address = spec.Prefix.String()
@@ -89,6 +97,42 @@ func (r *Registry) Set(ctx context.Context, c Config) (Config, error) {
 		return Config{}, fmt.Errorf("update vip %s: %w", c.Service, err)
 	}
 	return c, nil
+}
+
+// policies reads the members' published allowlists.
+func (r *Registry) policies(ctx context.Context) (map[string]vip.Policy, error) {
+	kvs, err := r.store.List(ctx, r.l.nodesDir())
+	if err != nil {
+		return nil, fmt.Errorf("list the nodes' vip allowlists: %w", err)
+	}
+	byName := make(map[string]coord.KV, len(kvs))
+	for _, kv := range kvs {
+		byName[path.Base(kv.Key)] = kv
+	}
+	return policiesOf(byName), nil
+}
+
+// someoneAllows refuses a VIP that every live member refuses: nobody
+// would hold it.
+func (r *Registry) someoneAllows(ctx context.Context, spec vip.Spec) error {
+	members := r.view().Members
+	if len(members) == 0 {
+		return nil
+	}
+	pols, err := r.policies(ctx)
+	if err != nil {
+		return err
+	}
+	no := refusals(spec, members, pols)
+	if len(no) < len(members) {
+		return nil
+	}
+	why := make([]string, 0, len(no))
+	for _, n := range slices.Sorted(maps.Keys(no)) {
+		why = append(why, n+": "+no[n])
+	}
+	return fmt.Errorf("%w: every live member refuses %s on %s (%s); change --vip-allow-interface/--vip-allow-cidr or the vip",
+		ErrNoTarget, spec.Prefix, spec.Interface, strings.Join(why, "; "))
 }
 
 // Seed creates the VIP if the service has none (taskd's --vip flag); an
@@ -145,6 +189,16 @@ func (r *Registry) Drain(ctx context.Context, service, to string) (string, error
 		}
 	}
 	v := r.view()
+	if spec, err := c.Spec(); err == nil {
+		pols, err := r.policies(ctx)
+		if err != nil {
+			return "", err
+		}
+		if why, ok := refusals(spec, v.Members, pols)[to]; ok {
+			return "", fmt.Errorf("drain vip %s: %w: %s refuses it: %s", service, ErrNoTarget, to, why)
+		}
+		v.Members, _ = allowing(spec, v.Members, pols)
+	}
 	target, err := drainTarget(v, current, to)
 	if err != nil {
 		return "", fmt.Errorf("drain vip %s: %w", service, err)
@@ -201,11 +255,14 @@ type Status struct {
 	Held     *Held       // nil while nobody holds it
 	// HolderHealth is the holder's health as the answering node sees it.
 	HolderHealth string
+	// Refused maps the live members whose allowlist refuses the VIP to
+	// their reason; the leader does not assign it to them.
+	Refused map[string]string
 }
 
 // List returns every VIP, sorted by service.
 func (r *Registry) List(ctx context.Context) ([]Status, error) {
-	dirs := [...]string{r.l.configDir(), r.l.assignDir(), r.l.heldDir()}
+	dirs := [...]string{r.l.configDir(), r.l.assignDir(), r.l.heldDir(), r.l.nodesDir()}
 	var lists [len(dirs)][]coord.KV
 	for i, d := range dirs {
 		kvs, err := r.store.List(ctx, d)
@@ -214,10 +271,16 @@ func (r *Registry) List(ctx context.Context) ([]Status, error) {
 		}
 		lists[i] = kvs
 	}
+	members := r.view().Members
 	health := map[string]string{}
-	for _, m := range r.view().Members {
+	for _, m := range members {
 		health[m.Name] = m.Health
 	}
+	nodes := map[string]coord.KV{}
+	for _, kv := range lists[3] {
+		nodes[path.Base(kv.Key)] = kv
+	}
+	pols := policiesOf(nodes)
 	byService := map[string]*Status{}
 	var out []*Status
 	for _, kv := range lists[0] {
@@ -226,6 +289,9 @@ func (r *Registry) List(ctx context.Context) ([]Status, error) {
 			return nil, err
 		}
 		s := &Status{Config: c}
+		if spec, err := c.Spec(); err == nil {
+			s.Refused = refusals(spec, members, pols)
+		}
 		byService[c.Service] = s
 		out = append(out, s)
 	}

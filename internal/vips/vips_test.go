@@ -37,12 +37,20 @@ type ledger struct {
 	mu         sync.Mutex
 	holders    map[string][]string // service -> nodes holding it now
 	violations []string
-	takes      map[string]int // service -> number of holds started
+	takes      map[string]int  // service -> number of holds started
+	took       map[string]bool // "service@node" -> the node held it at some time
 	changed    chan struct{}
 }
 
 func newLedger() *ledger {
-	return &ledger{holders: map[string][]string{}, takes: map[string]int{}, changed: make(chan struct{})}
+	return &ledger{holders: map[string][]string{}, takes: map[string]int{}, took: map[string]bool{}, changed: make(chan struct{})}
+}
+
+// everHeld reports whether node ever held service.
+func (l *ledger) everHeld(service, node string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.took[service+"@"+node]
 }
 
 func (l *ledger) notify() { close(l.changed); l.changed = make(chan struct{}) }
@@ -55,6 +63,7 @@ func (l *ledger) holdFunc(node string) vips.HoldFunc {
 		}
 		l.holders[s.Service] = append(l.holders[s.Service], node)
 		l.takes[s.Service]++
+		l.took[s.Service+"@"+node] = true
 		l.notify()
 		l.mu.Unlock()
 		report(true, nil)
@@ -112,15 +121,20 @@ func (m *member) stop() {
 var roots atomic.Int64
 
 type cluster struct {
-	t       *testing.T
-	root    string
-	members []*member
-	led     *ledger
-	grace   time.Duration
+	t        *testing.T
+	root     string
+	members  []*member
+	led      *ledger
+	grace    time.Duration
+	policies map[string]vip.Policy // by node; none: allow all
 }
 
 func startCluster(t *testing.T, open func(t testing.TB) coord.Store, seed []vip.Spec) *cluster {
-	c := &cluster{t: t, root: fmt.Sprintf("/vipstest%d", roots.Add(1)), led: newLedger(), grace: time.Second}
+	return startClusterWith(t, open, seed, nil)
+}
+
+func startClusterWith(t *testing.T, open func(t testing.TB) coord.Store, seed []vip.Spec, policies map[string]vip.Policy) *cluster {
+	c := &cluster{t: t, root: fmt.Sprintf("/vipstest%d", roots.Add(1)), led: newLedger(), grace: time.Second, policies: policies}
 	for i, name := range []string{"n1", "n2", "n3"} {
 		c.start(name, fmt.Sprintf("10.0.0.%d:10600", 11+i), open(t), 10-i, seed)
 	}
@@ -138,7 +152,7 @@ func (c *cluster) start(name, addr string, store coord.Store, prio int, seed []v
 	m := &member{name: name, store: store, done: make(chan error, 1)}
 	log := slog.Default().With("node", name)
 	asg := vips.NewAssigner(store, c.root, name, c.grace, seed, log)
-	hol := vips.NewHolder(store, c.root, name, c.led.holdFunc(name), log)
+	hol := vips.NewHolder(store, c.root, name, c.policies[name], c.led.holdFunc(name), log)
 	roles := quorum.Roles{
 		Leader: func(ctx context.Context, l *quorum.Leadership) error { return asg.Run(ctx, l, m.q.View) },
 		Member: hol.Run,
@@ -232,6 +246,7 @@ func TestVIPs(t *testing.T) {
 			t.Run("LeaderHoldsDrainFailover", func(t *testing.T) { testLeaderHoldsDrainFailover(t, b) })
 			t.Run("UnhealthyHolder", func(t *testing.T) { testUnhealthy(t, b) })
 			t.Run("HolderCutOff", func(t *testing.T) { testHolderCutOff(t, b) })
+			t.Run("Allowlist", func(t *testing.T) { testAllowlist(t, b) })
 		})
 	}
 }
@@ -273,6 +288,15 @@ func testSetValidates(t *testing.T, b backend) {
 		{vips.Config{Service: "nfs", Address: "10.0.0.51", Interface: "eth 0"}, vip.ErrInvalid, "interface name"},
 		{vips.Config{Service: "nfs", Address: "10.0.0.51", Interface: "a-very-long-if"}, vip.ErrInvalid, "label"},
 		{vips.Config{Service: "management", Address: "10.0.0.51", Interface: "bond0"}, vip.ErrInvalid, "label"},
+		{vips.Config{Service: "nfs", Address: "130.0.0.1/1", Interface: "eth0"}, vip.ErrInvalid, "shorter than /16"},
+		{vips.Config{Service: "nfs", Address: "10.1.0.1/15", Interface: "eth0"}, vip.ErrInvalid, "shorter than /16"},
+		{vips.Config{Service: "nfs", Address: "0.1.2.3", Interface: "eth0"}, vip.ErrInvalid, "this network"},
+		{vips.Config{Service: "nfs", Address: "240.0.0.1", Interface: "eth0"}, vip.ErrInvalid, "reserved"},
+		{vips.Config{Service: "nfs", Address: "255.255.255.255", Interface: "eth0"}, vip.ErrInvalid, "reserved"},
+		{vips.Config{Service: "nfs", Address: "127.0.0.2", Interface: "eth0"}, vip.ErrInvalid, "loopback"},
+		{vips.Config{Service: "nfs", Address: "224.0.0.5", Interface: "eth0"}, vip.ErrInvalid, "multicast"},
+		{vips.Config{Service: "nfs", Address: "169.254.169.254", Interface: "eth0"}, vip.ErrInvalid, "link-local"},
+		{vips.Config{Service: "nfs", Address: "10.0.0.51", Interface: "lo"}, vip.ErrInvalid, "loopback"},
 		{vips.Config{Service: "nfs", Address: "10.0.0.50", Interface: "eth0"}, vips.ErrInUse, "vip iscsi"},
 		{vips.Config{Service: "nfs", Address: "10.0.0.9", Interface: "eth0"}, vips.ErrInUse, "interface of node"},
 		{vips.Config{Service: "nfs", Address: "10.0.0.12", Interface: "eth0"}, vips.ErrInUse, "member n2"},

@@ -36,11 +36,15 @@ type VIP struct {
 	AssignedReason string                 `protobuf:"bytes,7,opt,name=assigned_reason,json=assignedReason,proto3" json:"assigned_reason,omitempty"`
 	// The node that holds it now (empty: nobody), since when, whether the
 	// address is up, why it is not, and the holder's health.
-	Holder        string                 `protobuf:"bytes,8,opt,name=holder,proto3" json:"holder,omitempty"`
-	HeldSince     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=held_since,json=heldSince,proto3" json:"held_since,omitempty"`
-	Up            bool                   `protobuf:"varint,10,opt,name=up,proto3" json:"up,omitempty"`
-	Error         string                 `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
-	HolderHealth  string                 `protobuf:"bytes,12,opt,name=holder_health,json=holderHealth,proto3" json:"holder_health,omitempty"`
+	Holder       string                 `protobuf:"bytes,8,opt,name=holder,proto3" json:"holder,omitempty"`
+	HeldSince    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=held_since,json=heldSince,proto3" json:"held_since,omitempty"`
+	Up           bool                   `protobuf:"varint,10,opt,name=up,proto3" json:"up,omitempty"`
+	Error        string                 `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
+	HolderHealth string                 `protobuf:"bytes,12,opt,name=holder_health,json=holderHealth,proto3" json:"holder_health,omitempty"`
+	// The live members whose allowlist (--vip-allow-interface,
+	// --vip-allow-cidr) refuses this VIP, with their reason; the leader
+	// does not assign it to them.
+	Refused       map[string]string `protobuf:"bytes,13,rep,name=refused,proto3" json:"refused,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -157,6 +161,13 @@ func (x *VIP) GetHolderHealth() string {
 		return x.HolderHealth
 	}
 	return ""
+}
+
+func (x *VIP) GetRefused() map[string]string {
+	if x != nil {
+		return x.Refused
+	}
+	return nil
 }
 
 type SetVIPRequest struct {
@@ -550,7 +561,7 @@ var File_taskd_v1_vip_proto protoreflect.FileDescriptor
 
 const file_taskd_v1_vip_proto_rawDesc = "" +
 	"\n" +
-	"\x12taskd/v1/vip.proto\x12\btaskd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x03\n" +
+	"\x12taskd/v1/vip.proto\x12\btaskd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x04\n" +
 	"\x03VIP\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1c\n" +
@@ -565,7 +576,11 @@ const file_taskd_v1_vip_proto_rawDesc = "" +
 	"\x02up\x18\n" +
 	" \x01(\bR\x02up\x12\x14\n" +
 	"\x05error\x18\v \x01(\tR\x05error\x12#\n" +
-	"\rholder_health\x18\f \x01(\tR\fholderHealth\"a\n" +
+	"\rholder_health\x18\f \x01(\tR\fholderHealth\x124\n" +
+	"\arefused\x18\r \x03(\v2\x1a.taskd.v1.VIP.RefusedEntryR\arefused\x1a:\n" +
+	"\fRefusedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"a\n" +
 	"\rSetVIPRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1c\n" +
@@ -605,7 +620,7 @@ func file_taskd_v1_vip_proto_rawDescGZIP() []byte {
 	return file_taskd_v1_vip_proto_rawDescData
 }
 
-var file_taskd_v1_vip_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_taskd_v1_vip_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_taskd_v1_vip_proto_goTypes = []any{
 	(*VIP)(nil),                   // 0: taskd.v1.VIP
 	(*SetVIPRequest)(nil),         // 1: taskd.v1.SetVIPRequest
@@ -616,26 +631,28 @@ var file_taskd_v1_vip_proto_goTypes = []any{
 	(*DeleteVIPResponse)(nil),     // 6: taskd.v1.DeleteVIPResponse
 	(*DrainVIPRequest)(nil),       // 7: taskd.v1.DrainVIPRequest
 	(*DrainVIPResponse)(nil),      // 8: taskd.v1.DrainVIPResponse
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	nil,                           // 9: taskd.v1.VIP.RefusedEntry
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
 }
 var file_taskd_v1_vip_proto_depIdxs = []int32{
-	9, // 0: taskd.v1.VIP.assigned_since:type_name -> google.protobuf.Timestamp
-	9, // 1: taskd.v1.VIP.held_since:type_name -> google.protobuf.Timestamp
-	0, // 2: taskd.v1.SetVIPResponse.vip:type_name -> taskd.v1.VIP
-	0, // 3: taskd.v1.ListVIPsResponse.vips:type_name -> taskd.v1.VIP
-	1, // 4: taskd.v1.VIPService.SetVIP:input_type -> taskd.v1.SetVIPRequest
-	3, // 5: taskd.v1.VIPService.ListVIPs:input_type -> taskd.v1.ListVIPsRequest
-	5, // 6: taskd.v1.VIPService.DeleteVIP:input_type -> taskd.v1.DeleteVIPRequest
-	7, // 7: taskd.v1.VIPService.DrainVIP:input_type -> taskd.v1.DrainVIPRequest
-	2, // 8: taskd.v1.VIPService.SetVIP:output_type -> taskd.v1.SetVIPResponse
-	4, // 9: taskd.v1.VIPService.ListVIPs:output_type -> taskd.v1.ListVIPsResponse
-	6, // 10: taskd.v1.VIPService.DeleteVIP:output_type -> taskd.v1.DeleteVIPResponse
-	8, // 11: taskd.v1.VIPService.DrainVIP:output_type -> taskd.v1.DrainVIPResponse
-	8, // [8:12] is the sub-list for method output_type
-	4, // [4:8] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	10, // 0: taskd.v1.VIP.assigned_since:type_name -> google.protobuf.Timestamp
+	10, // 1: taskd.v1.VIP.held_since:type_name -> google.protobuf.Timestamp
+	9,  // 2: taskd.v1.VIP.refused:type_name -> taskd.v1.VIP.RefusedEntry
+	0,  // 3: taskd.v1.SetVIPResponse.vip:type_name -> taskd.v1.VIP
+	0,  // 4: taskd.v1.ListVIPsResponse.vips:type_name -> taskd.v1.VIP
+	1,  // 5: taskd.v1.VIPService.SetVIP:input_type -> taskd.v1.SetVIPRequest
+	3,  // 6: taskd.v1.VIPService.ListVIPs:input_type -> taskd.v1.ListVIPsRequest
+	5,  // 7: taskd.v1.VIPService.DeleteVIP:input_type -> taskd.v1.DeleteVIPRequest
+	7,  // 8: taskd.v1.VIPService.DrainVIP:input_type -> taskd.v1.DrainVIPRequest
+	2,  // 9: taskd.v1.VIPService.SetVIP:output_type -> taskd.v1.SetVIPResponse
+	4,  // 10: taskd.v1.VIPService.ListVIPs:output_type -> taskd.v1.ListVIPsResponse
+	6,  // 11: taskd.v1.VIPService.DeleteVIP:output_type -> taskd.v1.DeleteVIPResponse
+	8,  // 12: taskd.v1.VIPService.DrainVIP:output_type -> taskd.v1.DrainVIPResponse
+	9,  // [9:13] is the sub-list for method output_type
+	5,  // [5:9] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_taskd_v1_vip_proto_init() }
@@ -649,7 +666,7 @@ func file_taskd_v1_vip_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskd_v1_vip_proto_rawDesc), len(file_taskd_v1_vip_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -46,9 +46,11 @@ const (
 // VIPServiceClient is a client for the taskd.v1.VIPService service.
 type VIPServiceClient interface {
 	// SetVIP creates or changes the VIP of a service. Bad input (not IPv4, a
-	// network or broadcast address, an address a member or another VIP uses,
-	// a bad interface name, a label over 15 characters) is InvalidArgument or
-	// AlreadyExists and changes nothing.
+	// reserved range, a prefix shorter than /16, a network or broadcast
+	// address, an address a member or another VIP uses, a bad interface name
+	// or lo, a label over 15 characters) is InvalidArgument or AlreadyExists,
+	// a VIP every live member's allowlist refuses is FailedPrecondition; each
+	// changes nothing.
 	SetVIP(context.Context, *connect.Request[taskdv1.SetVIPRequest]) (*connect.Response[taskdv1.SetVIPResponse], error)
 	ListVIPs(context.Context, *connect.Request[taskdv1.ListVIPsRequest]) (*connect.Response[taskdv1.ListVIPsResponse], error)
 	DeleteVIP(context.Context, *connect.Request[taskdv1.DeleteVIPRequest]) (*connect.Response[taskdv1.DeleteVIPResponse], error)
@@ -128,9 +130,11 @@ func (c *vIPServiceClient) DrainVIP(ctx context.Context, req *connect.Request[ta
 // VIPServiceHandler is an implementation of the taskd.v1.VIPService service.
 type VIPServiceHandler interface {
 	// SetVIP creates or changes the VIP of a service. Bad input (not IPv4, a
-	// network or broadcast address, an address a member or another VIP uses,
-	// a bad interface name, a label over 15 characters) is InvalidArgument or
-	// AlreadyExists and changes nothing.
+	// reserved range, a prefix shorter than /16, a network or broadcast
+	// address, an address a member or another VIP uses, a bad interface name
+	// or lo, a label over 15 characters) is InvalidArgument or AlreadyExists,
+	// a VIP every live member's allowlist refuses is FailedPrecondition; each
+	// changes nothing.
 	SetVIP(context.Context, *connect.Request[taskdv1.SetVIPRequest]) (*connect.Response[taskdv1.SetVIPResponse], error)
 	ListVIPs(context.Context, *connect.Request[taskdv1.ListVIPsRequest]) (*connect.Response[taskdv1.ListVIPsResponse], error)
 	DeleteVIP(context.Context, *connect.Request[taskdv1.DeleteVIPRequest]) (*connect.Response[taskdv1.DeleteVIPResponse], error)
