@@ -3,11 +3,13 @@ package vips
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/vip"
 )
 
@@ -19,15 +21,15 @@ type HoldFunc func(ctx context.Context, s vip.Spec, report func(up bool, err err
 // Holder holds the VIPs assigned to its node.
 type Holder struct {
 	store coord.Store
-	l     layout
+	l     keys.VIPs
 	self  string
 	hold  HoldFunc
 	log   *slog.Logger
 }
 
 // NewHolder returns the holder of node self.
-func NewHolder(store coord.Store, root, self string, hold HoldFunc, log *slog.Logger) *Holder {
-	return &Holder{store: store, l: layout{root: root}, self: self, hold: hold, log: log}
+func NewHolder(store coord.Store, root keys.Root, self string, hold HoldFunc, log *slog.Logger) *Holder {
+	return &Holder{store: store, l: root.VIPs(), self: self, hold: hold, log: log}
 }
 
 // holding is one VIP being held.
@@ -49,9 +51,9 @@ func (h *Holder) Run(ctx context.Context, sess coord.Session) error {
 		cancel()
 		wg.Wait()
 	}()
-	cfgs := watchDir(ctx, h.store, h.l.configDir())
-	asg := watchDir(ctx, h.store, h.l.assignDir())
-	held := watchDir(ctx, h.store, h.l.heldDir())
+	cfgs := watchDir(ctx, h.store, h.l.ConfigDir())
+	asg := watchDir(ctx, h.store, h.l.AssignDir())
+	held := watchDir(ctx, h.store, h.l.HeldDir())
 	finished := make(chan string)
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
@@ -103,6 +105,9 @@ func (h *Holder) reconcile(ctx context.Context, sess coord.Session, cfgs, asg, h
 			continue
 		}
 		c, err := decode[Config](ckv.Key, ckv.Value)
+		if err == nil && c.Service != svc {
+			err = fmt.Errorf("%w: the record names service %s", keys.ErrInvalid, keys.Quote(c.Service))
+		}
 		if err != nil {
 			h.log.Error("unreadable vip configuration", "service", svc, "err", err)
 			continue
@@ -134,8 +139,10 @@ func (h *Holder) reconcile(ctx context.Context, sess coord.Session, cfgs, asg, h
 			}
 			// Our own key, left by an earlier hold of this session.
 			kv, err = h.store.Update(ctx, hkv.Key, encode(rec), hkv.Version)
+		} else if key, kerr := h.l.HeldKey(svc); kerr != nil {
+			err = kerr
 		} else {
-			kv, err = h.store.Create(ctx, h.l.heldKey(svc), encode(rec), coord.WithSession(sess))
+			kv, err = h.store.Create(ctx, key, encode(rec), coord.WithSession(sess))
 		}
 		if errors.Is(err, coord.ErrExists) || errors.Is(err, coord.ErrConflict) || errors.Is(err, coord.ErrNotFound) {
 			continue // the watch brings the change

@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"path"
 	"slices"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/vip"
 )
@@ -19,7 +19,7 @@ import (
 // Registry is the operator's side of the VIPs: set, list, delete, drain.
 type Registry struct {
 	store coord.Store
-	l     layout
+	l     keys.VIPs
 	view  func() quorum.View
 	// localAddrs lists the addresses on the answering node's interfaces
 	// with their labels; nil skips that check.
@@ -28,8 +28,8 @@ type Registry struct {
 
 // NewRegistry returns the registry under root. view is the answering node's
 // picture of the cluster: members are checked against it.
-func NewRegistry(store coord.Store, root string, view func() quorum.View, localAddrs func() (map[netip.Addr]string, error)) *Registry {
-	return &Registry{store: store, l: layout{root: root}, view: view, localAddrs: localAddrs}
+func NewRegistry(store coord.Store, root keys.Root, view func() quorum.View, localAddrs func() (map[netip.Addr]string, error)) *Registry {
+	return &Registry{store: store, l: root.VIPs(), view: view, localAddrs: localAddrs}
 }
 
 // Set creates or changes the VIP of c.Service. It validates the address,
@@ -38,6 +38,10 @@ func NewRegistry(store coord.Store, root string, view func() quorum.View, localA
 // VIP uses. A drain preference of an existing VIP is kept.
 func (r *Registry) Set(ctx context.Context, c Config) (Config, error) {
 	spec, err := c.Spec()
+	if err != nil {
+		return Config{}, err
+	}
+	key, err := r.l.ConfigKey(c.Service)
 	if err != nil {
 		return Config{}, err
 	}
@@ -50,7 +54,7 @@ func (r *Registry) Set(ctx context.Context, c Config) (Config, error) {
 			}
 		}
 	}
-	kvs, err := r.store.List(ctx, r.l.configDir())
+	kvs, err := r.store.List(ctx, r.l.ConfigDir())
 	if err != nil {
 		return Config{}, fmt.Errorf("list vips: %w", err)
 	}
@@ -80,7 +84,7 @@ func (r *Registry) Set(ctx context.Context, c Config) (Config, error) {
 	}
 	c.UpdatedAt = time.Now().UTC()
 	if old == nil {
-		if _, err := r.store.Create(ctx, r.l.configKey(c.Service), encode(c)); err != nil {
+		if _, err := r.store.Create(ctx, key, encode(c)); err != nil {
 			return Config{}, fmt.Errorf("create vip %s: %w", c.Service, err)
 		}
 		return c, nil
@@ -95,7 +99,11 @@ func (r *Registry) Set(ctx context.Context, c Config) (Config, error) {
 // existing VIP is left as the operator set it.
 func (r *Registry) Seed(ctx context.Context, spec vip.Spec) error {
 	c := Config{Service: spec.Service, Address: spec.Prefix.String(), Interface: spec.Interface, UpdatedAt: time.Now().UTC()}
-	_, err := r.store.Create(ctx, r.l.configKey(c.Service), encode(c))
+	key, err := r.l.ConfigKey(c.Service)
+	if err != nil {
+		return err
+	}
+	_, err = r.store.Create(ctx, key, encode(c))
 	if err != nil && !errors.Is(err, coord.ErrExists) {
 		return fmt.Errorf("seed vip %s: %w", c.Service, err)
 	}
@@ -114,8 +122,14 @@ func (r *Registry) Delete(ctx context.Context, service string) error {
 	return nil
 }
 
+// get reads the VIP's configuration; an invalid service name is refused
+// before anything is read, so no other key can be named.
 func (r *Registry) get(ctx context.Context, service string) (coord.KV, error) {
-	kv, err := r.store.Get(ctx, r.l.configKey(service))
+	key, err := r.l.ConfigKey(service)
+	if err != nil {
+		return coord.KV{}, err
+	}
+	kv, err := r.store.Get(ctx, key)
 	if errors.Is(err, coord.ErrNotFound) {
 		return coord.KV{}, fmt.Errorf("%w: %q (taskctl vip list shows the configured ones)", ErrNotFound, service)
 	}
@@ -130,6 +144,15 @@ func (r *Registry) get(ctx context.Context, service string) (coord.KV, error) {
 // target as the VIP's preferred node and returns it; the leader then
 // reassigns the VIP.
 func (r *Registry) Drain(ctx context.Context, service, to string) (string, error) {
+	if to != "" {
+		if err := keys.ValidName(to); err != nil {
+			return "", err
+		}
+	}
+	held, err := r.l.HeldKey(service)
+	if err != nil {
+		return "", err
+	}
 	kv, err := r.get(ctx, service)
 	if err != nil {
 		return "", err
@@ -138,8 +161,11 @@ func (r *Registry) Drain(ctx context.Context, service, to string) (string, error
 	if err != nil {
 		return "", err
 	}
+	if c.Service != service {
+		return "", fmt.Errorf("%w: the record of vip %s names service %s", keys.ErrInvalid, service, keys.Quote(c.Service))
+	}
 	current := ""
-	if h, err := r.store.Get(ctx, r.l.heldKey(service)); err == nil {
+	if h, err := r.store.Get(ctx, held); err == nil {
 		if held, err := decode[Held](h.Key, h.Value); err == nil {
 			current = held.Node
 		}
@@ -205,7 +231,7 @@ type Status struct {
 
 // List returns every VIP, sorted by service.
 func (r *Registry) List(ctx context.Context) ([]Status, error) {
-	dirs := [...]string{r.l.configDir(), r.l.assignDir(), r.l.heldDir()}
+	dirs := [...]string{r.l.ConfigDir(), r.l.AssignDir(), r.l.HeldDir()}
 	var lists [len(dirs)][]coord.KV
 	for i, d := range dirs {
 		kvs, err := r.store.List(ctx, d)
@@ -225,19 +251,22 @@ func (r *Registry) List(ctx context.Context) ([]Status, error) {
 		if err != nil {
 			return nil, err
 		}
+		if svc := service(dirs[0], kv.Key); svc == "" || c.Service != svc {
+			continue // written around taskd: not a VIP
+		}
 		s := &Status{Config: c}
 		byService[c.Service] = s
 		out = append(out, s)
 	}
 	for _, kv := range lists[1] {
-		if s := byService[path.Base(kv.Key)]; s != nil {
+		if s := byService[service(dirs[1], kv.Key)]; s != nil {
 			if a, err := decode[Assignment](kv.Key, kv.Value); err == nil {
 				s.Assigned = &a
 			}
 		}
 	}
 	for _, kv := range lists[2] {
-		if s := byService[path.Base(kv.Key)]; s != nil {
+		if s := byService[service(dirs[2], kv.Key)]; s != nil {
 			if h, err := decode[Held](kv.Key, kv.Value); err == nil {
 				s.Held = &h
 				s.HolderHealth = health[h.Node]
@@ -258,9 +287,12 @@ func (r *Registry) List(ctx context.Context) ([]Status, error) {
 // WaitHeld returns when node holds the VIP with its address up, or with
 // ctx's error. It follows the store's watch; it does not poll.
 func (r *Registry) WaitHeld(ctx context.Context, service, node string) error {
+	if err := keys.ValidService(service); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	m := watchDir(ctx, r.store, r.l.heldDir())
+	m := watchDir(ctx, r.store, r.l.HeldDir())
 	for {
 		select {
 		case <-ctx.Done():
@@ -279,4 +311,13 @@ func (r *Registry) WaitHeld(ctx context.Context, service, node string) error {
 			}
 		}
 	}
+}
+
+// service is the VIP service a key in dir names, "" for a key that names
+// none.
+func service(dir, key string) string {
+	if svc, err := keys.Child(dir, key, keys.ValidService); err == nil {
+		return svc
+	}
+	return ""
 }
