@@ -23,7 +23,9 @@ run: build
 # whole suite with the race detector.
 test: test-deps
 	$(GO) vet ./...
+	$(GO) vet -tags testaids ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -tags testaids ./internal/tasktype/
 
 test-deps:
 	@scripts/test-deps.sh
@@ -63,14 +65,22 @@ bench-copy: build
 	@scripts/test-deps.sh --bench
 	$(GO) run ./cmd/taskd-bench copy $(BENCH_COPY_FLAGS)
 
-# The NBD reply parser and handshake under the fuzzer, a minute each.
-# Minimisation is capped so the time goes to new inputs.
+# The NBD reply parser and handshake under the fuzzer, a minute each, then every store key
+# builder (one target each in internal/keys, found with -list) for
+# FUZZTIME each. Minimisation is capped so the time goes to new inputs.
+# `go test` runs every target on its seed corpus.
+FUZZTIME ?= 5s
 fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzReplyParser$$' -fuzztime 60s -fuzzminimizetime 100x ./internal/nbd
 	$(GO) test -run XXX -fuzz '^FuzzHandshake$$' -fuzztime 60s -fuzzminimizetime 100x ./internal/nbd
+	@set -e; for f in $$($(GO) test -list '^Fuzz' ./internal/keys | grep '^Fuzz'); do \
+	  echo "fuzz internal/keys $$f ($(FUZZTIME))"; \
+	  $(GO) test -run XXX -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 100x ./internal/keys; \
+	done
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags testaids ./...
 
 # Binaries, the systemd unit, a default config (kept if present), the
 # operator docs and shell completions, under $(DESTDIR).

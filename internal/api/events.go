@@ -79,7 +79,11 @@ func (s *eventService) WatchEvents(ctx context.Context, req *connect.Request[tas
 		if m.Node != "" && n != m.Node {
 			continue
 		}
-		ch := st.KV().Watch(wctx, events.Dir(quorum.DefaultConfig().Root, n))
+		dir, err := events.Dir(quorum.DefaultConfig().Root, n)
+		if err != nil {
+			continue // not a member taskd named: no key is built from it
+		}
+		ch := st.KV().Watch(wctx, dir)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -25,6 +25,7 @@ import (
 	"github.com/taskd/taskd/internal/api/gen/taskdv1/taskdv1connect"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/events"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/vip"
@@ -285,6 +286,9 @@ func (s *clusterService) ListMembers(context.Context, *connect.Request[taskdv1.L
 
 func (s *clusterService) SetPriority(ctx context.Context, req *connect.Request[taskdv1.SetPriorityRequest]) (*connect.Response[taskdv1.SetPriorityResponse], error) {
 	m := req.Msg
+	if err := keys.ValidName(m.Node); err != nil {
+		return nil, toConnect(err)
+	}
 	if err := s.c.SetPriority(ctx, m.Node, int(m.Priority), m.Force); err != nil {
 		return nil, toConnect(err)
 	}
@@ -292,6 +296,11 @@ func (s *clusterService) SetPriority(ctx context.Context, req *connect.Request[t
 }
 
 func (s *clusterService) SetSpecifiedMembers(ctx context.Context, req *connect.Request[taskdv1.SetSpecifiedMembersRequest]) (*connect.Response[taskdv1.SetSpecifiedMembersResponse], error) {
+	for _, n := range req.Msg.Members {
+		if err := keys.ValidName(n); err != nil {
+			return nil, toConnect(err)
+		}
+	}
 	if err := s.c.SetSpecified(ctx, req.Msg.Members, req.Msg.Force); err != nil {
 		return nil, toConnect(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/task"
 )
 
@@ -80,11 +81,19 @@ func (s *taskService) reply(ctx context.Context, st *task.Store, r *task.Record)
 }
 
 func (s *taskService) CreateTask(ctx context.Context, req *connect.Request[taskdv1.CreateTaskRequest]) (*connect.Response[taskdv1.CreateTaskResponse], error) {
+	m := req.Msg
+	if err := keys.ValidTaskType(m.Type); err != nil {
+		return nil, toConnect(err)
+	}
+	if m.Node != "" {
+		if err := keys.ValidName(m.Node); err != nil {
+			return nil, toConnect(err)
+		}
+	}
 	st, err := s.store()
 	if err != nil {
 		return nil, err
 	}
-	m := req.Msg
 	cr := task.CreateRequest{Type: m.Type, Spec: json.RawMessage(m.Spec), Priority: int(m.Priority), Node: m.Node,
 		Window: m.Window, Zone: m.WindowZone}
 	if m.MaxRetries != nil {
@@ -99,6 +108,9 @@ func (s *taskService) CreateTask(ctx context.Context, req *connect.Request[taskd
 }
 
 func (s *taskService) GetTask(ctx context.Context, req *connect.Request[taskdv1.GetTaskRequest]) (*connect.Response[taskdv1.GetTaskResponse], error) {
+	if err := keys.ValidTaskID(req.Msg.Id); err != nil {
+		return nil, toConnect(err)
+	}
 	st, err := s.store()
 	if err != nil {
 		return nil, err
@@ -111,6 +123,11 @@ func (s *taskService) GetTask(ctx context.Context, req *connect.Request[taskdv1.
 }
 
 func (s *taskService) ListTasks(ctx context.Context, req *connect.Request[taskdv1.ListTasksRequest]) (*connect.Response[taskdv1.ListTasksResponse], error) {
+	if t := req.Msg.Type; t != "" {
+		if err := keys.ValidTaskType(t); err != nil {
+			return nil, toConnect(err)
+		}
+	}
 	st, err := s.store()
 	if err != nil {
 		return nil, err
@@ -128,6 +145,9 @@ func (s *taskService) ListTasks(ctx context.Context, req *connect.Request[taskdv
 
 // control runs one of the store's control operations.
 func (s *taskService) control(ctx context.Context, id string, op func(*task.Store, context.Context, string) (*task.Record, error)) (*connect.Response[taskdv1.GetTaskResponse], error) {
+	if err := keys.ValidTaskID(id); err != nil {
+		return nil, toConnect(err)
+	}
 	st, err := s.store()
 	if err != nil {
 		return nil, err
@@ -175,12 +195,16 @@ func (s *taskService) SetTaskRate(ctx context.Context, req *connect.Request[task
 // WatchTask sends the record now and after each change, until it is final.
 // It follows the store's watch: no polling.
 func (s *taskService) WatchTask(ctx context.Context, req *connect.Request[taskdv1.TaskRef], stream *connect.ServerStream[taskdv1.GetTaskResponse]) error {
+	id := req.Msg.Id
+	if err := keys.ValidTaskID(id); err != nil {
+		return toConnect(err)
+	}
 	st, err := s.store()
 	if err != nil {
 		return err
 	}
-	id := req.Msg.Id
-	if err := task.ValidID(id); err != nil {
+	key, err := st.Layout().ActiveKey(id)
+	if err != nil {
 		return toConnect(err)
 	}
 	send := func(r *task.Record) (bool, error) {
@@ -207,11 +231,10 @@ func (s *taskService) WatchTask(ctx context.Context, req *connect.Request[taskdv
 	if done, err := send(r); done || err != nil {
 		return err
 	}
-	key := st.Layout().ActiveKey(id)
 	for ev := range events {
 		switch {
 		case ev.Type == coord.EventPut && ev.KV.Key == key:
-			r, err := task.Decode(ev.KV.Value, ev.KV.Version)
+			r, err := task.Decode(ev.KV.Key, ev.KV.Value, ev.KV.Version)
 			if err != nil {
 				return toConnect(err)
 			}
@@ -274,6 +297,9 @@ func (s *runnerService) SetRunnerMarks(ctx context.Context, req *connect.Request
 		return nil, toConnect(errNotConnected)
 	}
 	m := req.Msg
+	if err := keys.ValidName(m.Node); err != nil {
+		return nil, toConnect(err)
+	}
 	var f func(*task.Marks)
 	switch m.Action {
 	case "cordon":

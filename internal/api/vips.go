@@ -8,6 +8,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/vips"
 )
 
@@ -21,11 +22,14 @@ func (s *vipService) registry() (*vips.Registry, error) {
 }
 
 func (s *vipService) SetVIP(ctx context.Context, req *connect.Request[taskdv1.SetVIPRequest]) (*connect.Response[taskdv1.SetVIPResponse], error) {
+	m := req.Msg
+	if err := keys.ValidService(m.Service); err != nil {
+		return nil, toConnect(err)
+	}
 	r, err := s.registry()
 	if err != nil {
 		return nil, err
 	}
-	m := req.Msg
 	c, err := r.Set(ctx, vips.Config{Service: m.Service, Address: m.Address, Interface: m.Interface})
 	if err != nil {
 		return nil, toConnect(err)
@@ -50,6 +54,9 @@ func (s *vipService) ListVIPs(ctx context.Context, _ *connect.Request[taskdv1.Li
 }
 
 func (s *vipService) DeleteVIP(ctx context.Context, req *connect.Request[taskdv1.DeleteVIPRequest]) (*connect.Response[taskdv1.DeleteVIPResponse], error) {
+	if err := keys.ValidService(req.Msg.Service); err != nil {
+		return nil, toConnect(err)
+	}
 	r, err := s.registry()
 	if err != nil {
 		return nil, err
@@ -61,6 +68,9 @@ func (s *vipService) DeleteVIP(ctx context.Context, req *connect.Request[taskdv1
 }
 
 func (s *vipService) DrainVIP(ctx context.Context, req *connect.Request[taskdv1.DrainVIPRequest]) (*connect.Response[taskdv1.DrainVIPResponse], error) {
+	if err := validDrain(req.Msg); err != nil {
+		return nil, toConnect(err)
+	}
 	r, err := s.registry()
 	if err != nil {
 		return nil, err
@@ -84,6 +94,17 @@ func (s *vipService) DrainVIP(ctx context.Context, req *connect.Request[taskdv1.
 		out.TookMs = time.Since(start).Milliseconds()
 	}
 	return connect.NewResponse(out), nil
+}
+
+// validDrain checks the names of a drain request before anything is read.
+func validDrain(m *taskdv1.DrainVIPRequest) error {
+	if err := keys.ValidService(m.Service); err != nil {
+		return err
+	}
+	if m.To != "" {
+		return keys.ValidName(m.To)
+	}
+	return nil
 }
 
 func toVIP(s vips.Status) *taskdv1.VIP {

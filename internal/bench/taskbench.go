@@ -9,7 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path"
+
 	"sync"
 	"time"
 
@@ -20,6 +20,8 @@ import (
 	"github.com/taskd/taskd/internal/coord/etcd"
 	"github.com/taskd/taskd/internal/coord/zk"
 	"github.com/taskd/taskd/internal/harness"
+	"github.com/taskd/taskd/internal/keys"
+	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
 )
 
@@ -70,7 +72,11 @@ func taskBench(args []string, out io.Writer) error {
 		return err
 	}
 	defer kv.Close()
-	lay := task.Layout{Root: "/taskd"}
+	root, err := keys.NewRoot(quorum.DefaultConfig().Root)
+	if err != nil {
+		return err
+	}
+	lay := root.Tasks()
 	if err := waitRunners(ctx, c.Node(st.Leader), 3); err != nil {
 		return err
 	}
@@ -149,7 +155,7 @@ type marks struct {
 	events                     map[int]int       // records seen per attempt
 }
 
-func follow(ctx context.Context, kv coord.Store, lay task.Layout) (*follower, func()) {
+func follow(ctx context.Context, kv coord.Store, lay keys.Tasks) (*follower, func()) {
 	f := &follower{changed: make(chan struct{}), marks: map[string]*marks{}}
 	wctx, cancel := context.WithCancel(ctx)
 	events := kv.Watch(wctx, lay.ActiveDir())
@@ -161,7 +167,10 @@ func follow(ctx context.Context, kv coord.Store, lay task.Layout) (*follower, fu
 			if ev.Type == coord.EventSynced {
 				continue
 			}
-			id := path.Base(ev.KV.Key)
+			id, err := keys.Child(lay.ActiveDir(), ev.KV.Key, keys.ValidTaskID)
+			if err != nil {
+				continue
+			}
 			f.mu.Lock()
 			m := f.marks[id]
 			if m == nil {
@@ -170,7 +179,7 @@ func follow(ctx context.Context, kv coord.Store, lay task.Layout) (*follower, fu
 			}
 			if ev.Type == coord.EventDelete {
 				m.deleted = now
-			} else if r, err := task.Decode(ev.KV.Value, ev.KV.Version); err == nil && r.State == task.Running {
+			} else if r, err := task.Decode(ev.KV.Key, ev.KV.Value, ev.KV.Version); err == nil && r.State == task.Running {
 				if m.running.IsZero() {
 					m.running = now
 				}
@@ -225,7 +234,7 @@ func createTask(ctx context.Context, n *harness.Node, req *taskdv1.CreateTaskReq
 // nodes in turn, and times create -> running (the leader's assignment seen
 // by a watcher) and create -> first checkpoint (the runner has started the
 // attempt and written; the first checkpoint is 10 ms into the task).
-func dispatchLatency(ctx context.Context, c *harness.Cluster, kv coord.Store, lay task.Layout, n int) ([]time.Duration, []time.Duration, error) {
+func dispatchLatency(ctx context.Context, c *harness.Cluster, kv coord.Store, lay keys.Tasks, n int) ([]time.Duration, []time.Duration, error) {
 	f, stop := follow(ctx, kv, lay)
 	defer stop()
 	var lat, ack []time.Duration
@@ -287,7 +296,7 @@ func storeCeiling(ctx context.Context, kv coord.Store, n, clients int) (float64,
 
 // noopThroughput creates n noop tasks from concurrent clients spread over
 // the nodes and times the first create to the last task's end.
-func noopThroughput(ctx context.Context, c *harness.Cluster, kv coord.Store, lay task.Layout, n, creators int) (float64, time.Duration, error) {
+func noopThroughput(ctx context.Context, c *harness.Cluster, kv coord.Store, lay keys.Tasks, n, creators int) (float64, time.Duration, error) {
 	f, stop := follow(ctx, kv, lay)
 	defer stop()
 	ids := make(chan string, n)
@@ -332,7 +341,11 @@ func noopThroughput(ctx context.Context, c *harness.Cluster, kv coord.Store, lay
 			if err == nil {
 				break
 			}
-			if _, err := kv.Get(ctx, lay.ActiveKey(id)); errors.Is(err, coord.ErrNotFound) {
+			key, err := lay.ActiveKey(id)
+			if err != nil {
+				return 0, 0, err
+			}
+			if _, err := kv.Get(ctx, key); errors.Is(err, coord.ErrNotFound) {
 				break
 			} else if err != nil || ctx.Err() != nil {
 				return 0, 0, fmt.Errorf("task %s: %w", id, errors.Join(err, ctx.Err()))
@@ -365,7 +378,7 @@ func noopThroughput(ctx context.Context, c *harness.Cluster, kv coord.Store, lay
 // resumeAfterKill runs a sleep task on a non-leader runner, kills that
 // runner with SIGKILL, and times the kill -> the next attempt's assignment
 // and its first checkpoint. The killed node is restarted after each round.
-func resumeAfterKill(ctx context.Context, out io.Writer, c *harness.Cluster, kv coord.Store, lay task.Layout, rounds int) ([]time.Duration, []time.Duration, error) {
+func resumeAfterKill(ctx context.Context, out io.Writer, c *harness.Cluster, kv coord.Store, lay keys.Tasks, rounds int) ([]time.Duration, []time.Duration, error) {
 	f, stop := follow(ctx, kv, lay)
 	defer stop()
 	var re, first []time.Duration
@@ -427,18 +440,22 @@ func resumeAfterKill(ctx context.Context, out io.Writer, c *harness.Cluster, kv 
 	return re, first, nil
 }
 
-func getRecord(ctx context.Context, kv coord.Store, lay task.Layout, id string) (*task.Record, error) {
-	v, err := kv.Get(ctx, lay.ActiveKey(id))
+func getRecord(ctx context.Context, kv coord.Store, lay keys.Tasks, id string) (*task.Record, error) {
+	key, err := lay.ActiveKey(id)
 	if err != nil {
 		return nil, err
 	}
-	return task.Decode(v.Value, v.Version)
+	v, err := kv.Get(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return task.Decode(v.Key, v.Value, v.Version)
 }
 
 // listUnfinished stores retained finished records directly (the way the
 // runners leave them), adds paused tasks through the API, and times
 // ListTasks(status=unfinished).
-func listUnfinished(ctx context.Context, c *harness.Cluster, kv coord.Store, lay task.Layout, retained, n int) ([]time.Duration, int, error) {
+func listUnfinished(ctx context.Context, c *harness.Cluster, kv coord.Store, lay keys.Tasks, retained, n int) ([]time.Duration, int, error) {
 	now := time.Now().UTC()
 	const batch = 100
 	for i := 0; i < retained; i += batch {
@@ -452,7 +469,11 @@ func listUnfinished(ctx context.Context, c *harness.Cluster, kv coord.Store, lay
 			if err != nil {
 				return nil, 0, err
 			}
-			ops = append(ops, coord.CreateOp(lay.DoneKey(id), b, nil))
+			key, err := lay.DoneKey(id)
+			if err != nil {
+				return nil, 0, err
+			}
+			ops = append(ops, coord.CreateOp(key, b, nil))
 		}
 		if _, err := kv.Txn(ctx, nil, ops); err != nil {
 			return nil, 0, fmt.Errorf("store finished tasks: %w", err)

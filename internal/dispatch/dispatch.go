@@ -23,11 +23,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path"
 	"slices"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
@@ -81,6 +81,7 @@ func New(cfg Config, store *task.Store, log *slog.Logger) (*Dispatcher, error) {
 
 // state is the dispatcher's view, fed by the watches.
 type state struct {
+	lay     keys.Tasks
 	tasks   map[string]*task.Record
 	runners map[string]task.RunnerInfo
 	marks   map[string]task.Marks
@@ -106,7 +107,7 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 			}
 		}
 	}()
-	st := &state{tasks: map[string]*task.Record{}, runners: map[string]task.RunnerInfo{}, marks: map[string]task.Marks{}}
+	st := &state{lay: lay, tasks: map[string]*task.Record{}, runners: map[string]task.RunnerInfo{}, marks: map[string]task.Marks{}}
 	log := d.log.With("epoch", l.Epoch())
 	log.Info("dispatcher started")
 	if m := d.cfg.Metrics; m != nil {
@@ -207,9 +208,15 @@ func (st *state) apply(i int, ev coord.Event, ok bool, log *slog.Logger) bool {
 		}
 		return true
 	case 1:
-		applyJSON(st.runners, &st.synced[1], ev, log)
+		applyJSON(st.runners, &st.synced[1], st.lay.RunnersDir(), ev, log, func(kv coord.KV) (task.RunnerInfo, error) {
+			return task.DecodeRunner(st.lay.RunnersDir(), kv)
+		})
 	case 2:
-		applyJSON(st.marks, &st.synced[2], ev, log)
+		applyJSON(st.marks, &st.synced[2], st.lay.RunnerConfigDir(), ev, log, func(kv coord.KV) (task.Marks, error) {
+			var m task.Marks
+			err := json.Unmarshal(kv.Value, &m)
+			return m, err
+		})
 	}
 	st.dirty = true
 	return true
@@ -218,10 +225,18 @@ func (st *state) apply(i int, ev coord.Event, ok bool, log *slog.Logger) bool {
 // applyTask reports whether the event changed the view: the echo of the
 // dispatcher's own write does not.
 func (st *state) applyTask(ev coord.Event, log *slog.Logger) bool {
-	id := path.Base(ev.KV.Key)
-	switch ev.Type {
-	case coord.EventSynced:
+	if ev.Type == coord.EventSynced {
 		st.synced[0] = true
+		return true
+	}
+	// A key or record with an invalid id was written around taskd: it is
+	// never assigned, given back or collected, so no key is built from it.
+	id, err := keys.Child(st.lay.ActiveDir(), ev.KV.Key, keys.ValidTaskID)
+	if err != nil {
+		log.Warn("ignoring a task key that is not a valid task id", "key", keys.Quote(ev.KV.Key), "err", err)
+		return false
+	}
+	switch ev.Type {
 	case coord.EventDelete:
 		delete(st.tasks, id)
 	case coord.EventPut:
@@ -230,9 +245,9 @@ func (st *state) applyTask(ev coord.Event, log *slog.Logger) bool {
 		if cur, ok := st.tasks[id]; ok && cur.Version() >= ev.KV.Version {
 			return false
 		}
-		r, err := task.Decode(ev.KV.Value, ev.KV.Version)
+		r, err := task.Decode(ev.KV.Key, ev.KV.Value, ev.KV.Version)
 		if err != nil {
-			log.Error("skipping unreadable task record", "key", ev.KV.Key, "err", err)
+			log.Warn("skipping unreadable task record", "key", ev.KV.Key, "err", err)
 			return false
 		}
 		st.tasks[id] = r
@@ -240,17 +255,26 @@ func (st *state) applyTask(ev coord.Event, log *slog.Logger) bool {
 	return true
 }
 
-func applyJSON[T any](m map[string]T, synced *bool, ev coord.Event, log *slog.Logger) {
-	name := path.Base(ev.KV.Key)
-	switch ev.Type {
-	case coord.EventSynced:
+// applyJSON feeds a runner or marks event of dir, whose keys are named by
+// node; decode reads a record. A key that names no valid node, or a record
+// decode refuses, is skipped.
+func applyJSON[T any](m map[string]T, synced *bool, dir string, ev coord.Event, log *slog.Logger, decode func(coord.KV) (T, error)) {
+	if ev.Type == coord.EventSynced {
 		*synced = true
+		return
+	}
+	name, err := keys.Child(dir, ev.KV.Key, keys.ValidName)
+	if err != nil {
+		log.Warn("ignoring a key that names no valid node", "key", keys.Quote(ev.KV.Key), "err", err)
+		return
+	}
+	switch ev.Type {
 	case coord.EventDelete:
 		delete(m, name)
 	case coord.EventPut:
-		var v T
-		if err := json.Unmarshal(ev.KV.Value, &v); err != nil {
-			log.Error("skipping unreadable record", "key", ev.KV.Key, "err", err)
+		v, err := decode(ev.KV)
+		if err != nil {
+			log.Warn("skipping unreadable record", "key", ev.KV.Key, "err", err)
 			return
 		}
 		m[name] = v
@@ -426,14 +450,21 @@ func (d *Dispatcher) collect(ctx context.Context, l *quorum.Leadership, log *slo
 	lay := d.store.Layout()
 	n := 0
 	for _, shard := range task.Shards() {
-		kvs, err := d.store.KV().List(ctx, path.Join(lay.DoneDir(), shard))
+		dir, err := lay.DoneShardDir(shard)
+		if err != nil {
+			return err
+		}
+		kvs, err := d.store.KV().List(ctx, dir)
 		if err != nil {
 			return fmt.Errorf("list finished tasks: %w", err)
 		}
 		var conds []coord.Cond
 		var ops []coord.Op
 		for _, kv := range kvs {
-			r, err := task.Decode(kv.Value, kv.Version)
+			if _, err := keys.Child(dir, kv.Key, keys.ValidTaskID); err != nil {
+				continue // not a task taskd wrote: left alone
+			}
+			r, err := task.Decode(kv.Key, kv.Value, kv.Version)
 			if err != nil || !r.Finished.Before(cutoff) {
 				continue
 			}

@@ -131,7 +131,7 @@ func testDispatchAndRun(ctx context.Context, t *testing.T, kv coord.Store, st *t
 			}
 			delete(running, ev.KV.Key)
 			if ev.Type == coord.EventPut {
-				if r, err := task.Decode(ev.KV.Value, ev.KV.Version); err == nil && r.State == task.Running {
+				if r, err := task.Decode(ev.KV.Key, ev.KV.Value, ev.KV.Version); err == nil && r.State == task.Running {
 					running[ev.KV.Key] = r.Runner
 				}
 			}

@@ -15,12 +15,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 )
 
 // Event is one entry of the timeline.
@@ -49,7 +49,7 @@ const (
 type Recorder struct {
 	node string
 	path string
-	root string
+	lay  keys.Events
 
 	mu    sync.Mutex
 	seq   uint64
@@ -61,7 +61,14 @@ type Recorder struct {
 // Open opens (or creates) the journal at path for node; root is the
 // store directory of the cluster (/taskd).
 func Open(path, node, root string) (*Recorder, error) {
-	r := &Recorder{node: node, path: path, root: root, queue: make(chan Event, queueSize)}
+	rt, err := keys.NewRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := rt.Events().RingDir(node); err != nil {
+		return nil, err
+	}
+	r := &Recorder{node: node, path: path, lay: rt.Events(), queue: make(chan Event, queueSize)}
 	old, err := readJournal(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
@@ -168,8 +175,15 @@ func readJournal(p string) ([]Event, error) {
 	return out, sc.Err()
 }
 
-// Dir is the store directory of node's ring.
-func Dir(root, node string) string { return path.Join(root, "events", node) }
+// Dir is the store directory of node's ring; an invalid root or node name
+// is an error (wrapping keys.ErrInvalid).
+func Dir(root, node string) (string, error) {
+	rt, err := keys.NewRoot(root)
+	if err != nil {
+		return "", err
+	}
+	return rt.Events().RingDir(node)
+}
 
 // Run publishes queued events to the store until ctx ends, retrying while
 // the store is unavailable.
@@ -182,8 +196,12 @@ func (r *Recorder) Run(ctx context.Context, kv coord.Store) {
 			return
 		case e = <-r.queue:
 		}
+		key, err := r.lay.SlotKey(r.node, int(e.Seq%RingSize))
+		if err != nil {
+			continue // Open checked the node; a slot below RingSize is valid
+		}
 		for {
-			err := put(ctx, kv, path.Join(Dir(r.root, r.node), fmt.Sprintf("%03d", e.Seq%RingSize)), e)
+			err := put(ctx, kv, key, e)
 			if err == nil || ctx.Err() != nil {
 				backoff = 100 * time.Millisecond
 				break
@@ -211,11 +229,17 @@ func put(ctx context.Context, kv coord.Store, key string, e Event) error {
 	return err
 }
 
-// FromStore reads the rings of nodes.
+// FromStore reads the rings of nodes. A name that is not a valid node name
+// (a member record written around taskd) is skipped: no key is built from
+// it.
 func FromStore(ctx context.Context, kv coord.Store, root string, nodes []string) ([]Event, error) {
 	var out []Event
 	for _, n := range nodes {
-		kvs, err := kv.List(ctx, Dir(root, n))
+		dir, err := Dir(root, n)
+		if errors.Is(err, keys.ErrInvalid) {
+			continue
+		}
+		kvs, err := kv.List(ctx, dir)
 		if err != nil {
 			return out, err
 		}

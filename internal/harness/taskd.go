@@ -17,16 +17,39 @@ import (
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 )
 
-// Build compiles taskd and taskctl into dir and returns their paths.
+// TestAidsTag is the build tag of the test aids (the sleep task's ledger):
+// binaries built for tests carry them, production binaries do not.
+const TestAidsTag = "testaids"
+
+// Build compiles taskd and taskctl into dir, with the test aids (-tags
+// testaids), and returns their paths. Tests, benchmarks and the chaos suite
+// use these binaries.
 func Build(dir string) (taskd, taskctl string, err error) {
 	taskd, taskctl = filepath.Join(dir, "taskd"), filepath.Join(dir, "taskctl")
 	for pkg, out := range map[string]string{"github.com/taskd/taskd/cmd/taskd": taskd, "github.com/taskd/taskd/cmd/taskctl": taskctl} {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return "", "", fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+		if err := goBuild(out, pkg, TestAidsTag); err != nil {
+			return "", "", err
 		}
 	}
 	return taskd, taskctl, nil
+}
+
+// BuildProduction compiles taskd into dir as `make build` does, without the
+// test aids, for tests that check what a production binary refuses.
+func BuildProduction(dir string) (taskd string, err error) {
+	taskd = filepath.Join(dir, "taskd")
+	return taskd, goBuild(taskd, "github.com/taskd/taskd/cmd/taskd", "")
+}
+
+func goBuild(out, pkg, tags string) error {
+	args := []string{"build", "-o", out}
+	if tags != "" {
+		args = append(args, "-tags", tags)
+	}
+	if b, err := exec.Command("go", append(args, pkg)...).CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+	}
+	return nil
 }
 
 // Options shape a taskd cluster.

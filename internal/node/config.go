@@ -14,6 +14,7 @@ import (
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/dispatch"
 	"github.com/taskd/taskd/internal/health"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
 	"github.com/taskd/taskd/internal/tasktype"
@@ -116,8 +117,8 @@ var ErrConfig = errors.New("configuration error")
 // touching the disk; token and TLS files are read at start.
 func (c Config) Validate() error {
 	var errs []error
-	if !quorum.ValidName(c.Name) {
-		errs = append(errs, fmt.Errorf("--name %q: use 1-63 letters, digits, '.', '_' or '-'", c.Name))
+	if err := keys.ValidName(c.Name); err != nil {
+		errs = append(errs, fmt.Errorf("--name: %w", err))
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("--data-dir is empty"))

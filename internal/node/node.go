@@ -25,6 +25,7 @@ import (
 	"github.com/taskd/taskd/internal/dispatch"
 	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/health"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
@@ -171,8 +172,11 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	go func() { defer pub.Done(); n.events.Run(pctx, store) }()
 	defer func() { pcancel(); pub.Wait() }()
 
-	root := quorum.DefaultConfig().Root
-	tasks, err := task.NewStore(store, root, tasktype.Builtin(n.cfg.copyType(), n.log, n.metrics), n.cfg.TimeZone, n.clock.now)
+	root, err := keys.NewRoot(quorum.DefaultConfig().Root)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	tasks, err := task.NewStore(store, root.String(), tasktype.Builtin(n.cfg.copyType(), n.log, n.metrics), n.cfg.TimeZone, n.clock.now)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}

@@ -3,8 +3,9 @@ package quorum
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"time"
+
+	"github.com/taskd/taskd/internal/keys"
 )
 
 // Config configures a member of the quorum.
@@ -55,11 +56,6 @@ func DefaultConfig() Config {
 	}
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-
-// ValidName reports whether s can name a member.
-func ValidName(s string) bool { return nameRE.MatchString(s) }
-
 // ValidatePriority checks a priority value.
 func ValidatePriority(p int) error {
 	if p < 0 || p > 255 {
@@ -79,8 +75,8 @@ func (c Config) LocalDeadline() time.Duration {
 // session timeout.
 func (c Config) Validate() error {
 	var errs []error
-	if !ValidName(c.Name) {
-		errs = append(errs, fmt.Errorf("name %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", c.Name))
+	if err := keys.ValidName(c.Name); err != nil {
+		errs = append(errs, err)
 	}
 	if c.NodeID == "" {
 		errs = append(errs, errors.New("node id is empty"))
@@ -105,8 +101,8 @@ func (c Config) Validate() error {
 	if c.YieldGrace < 0 || c.CampaignStagger <= 0 {
 		errs = append(errs, fmt.Errorf("yield grace %v must be >= 0 and campaign stagger %v > 0", c.YieldGrace, c.CampaignStagger))
 	}
-	if c.Root == "" || c.Root[0] != '/' {
-		errs = append(errs, fmt.Errorf("root %q must be an absolute store path", c.Root))
+	if err := keys.ValidRoot(c.Root); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

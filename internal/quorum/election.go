@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 )
 
 // election is one session's view of members, the leader record and the
@@ -112,11 +112,24 @@ func (e *election) run(ctx context.Context) {
 }
 
 func (e *election) applyMember(ev coord.Event) {
-	switch ev.Type {
-	case coord.EventSynced:
+	if ev.Type == coord.EventSynced {
 		e.synced[srcMembers] = true
+		e.publish()
+		return
+	}
+	// A member is named by its key; a key or a record that names no valid
+	// member (written around taskd) is never counted, ranked or dialled.
+	name, err := keys.Child(e.q.membersDir(), ev.KV.Key, keys.ValidName)
+	if err != nil {
+		e.log.Warn("ignoring a member key that names no valid member", "key", keys.Quote(ev.KV.Key), "err", err)
+		return
+	}
+	switch ev.Type {
 	case coord.EventPut:
 		m, err := decode[Member](ev.KV.Value)
+		if err == nil && m.Name != name {
+			err = fmt.Errorf("%w: the record names %s", keys.ErrInvalid, keys.Quote(m.Name))
+		}
 		if err != nil {
 			e.log.Warn("ignoring undecodable member record", "key", ev.KV.Key, "err", err)
 			return
@@ -127,7 +140,6 @@ func (e *election) applyMember(ev coord.Event) {
 			e.myVer = ev.KV.Version
 		}
 	case coord.EventDelete:
-		name := path.Base(ev.KV.Key)
 		delete(e.members, name)
 		delete(e.better, name)
 	}
@@ -170,10 +182,16 @@ func (e *election) applyElection(ev coord.Event) {
 }
 
 func (e *election) applyPriority(ev coord.Event) {
-	name := path.Base(ev.KV.Key)
-	switch ev.Type {
-	case coord.EventSynced:
+	if ev.Type == coord.EventSynced {
 		e.synced[srcPriority] = true
+		return
+	}
+	name, err := keys.Child(e.q.priorityDir(), ev.KV.Key, keys.ValidName)
+	if err != nil {
+		e.log.Warn("ignoring a priority key that names no valid node", "key", keys.Quote(ev.KV.Key), "err", err)
+		return
+	}
+	switch ev.Type {
 	case coord.EventPut:
 		pr, err := decode[priorityRecord](ev.KV.Value)
 		if err != nil {
@@ -320,7 +338,12 @@ func (e *election) updateOwnRecord(ctx context.Context) {
 	if want.Priority == me.Priority && want.CurrentPriority == me.CurrentPriority && want.Health == me.Health && want.HealthReason == me.HealthReason {
 		return
 	}
-	kv, err := e.q.store.Update(ctx, path.Join(e.q.membersDir(), e.q.cfg.Name), encode(want), e.myVer)
+	key, err := e.q.lay.MemberKey(e.q.cfg.Name)
+	if err != nil {
+		e.log.Error("cannot name own member record", "err", err)
+		return
+	}
+	kv, err := e.q.store.Update(ctx, key, encode(want), e.myVer)
 	if err != nil {
 		e.log.Warn("updating own member record failed; will retry on the next change", "err", err)
 		e.timer.Reset(time.Second)

@@ -31,13 +31,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 )
 
 // ErrDuplicateName: a live member with another node id uses this name.
@@ -46,8 +46,9 @@ var ErrDuplicateName = errors.New("quorum: node name already in use by another l
 // ErrFenced: the node no longer holds the epoch (or session) a write needs.
 var ErrFenced = errors.New("quorum: fenced: this node no longer holds the current epoch")
 
-// ErrInvalid: an argument is out of range or malformed.
-var ErrInvalid = errors.New("invalid argument")
+// ErrInvalid: an argument is out of range or malformed. It is
+// keys.ErrInvalid, so either matches with errors.Is.
+var ErrInvalid = keys.ErrInvalid
 
 // ErrNotMember: set-priority named a node that is not a live member.
 var ErrNotMember = errors.New("quorum: no live member has that name")
@@ -96,6 +97,7 @@ type View struct {
 // Quorum is one node's participation in the cluster.
 type Quorum struct {
 	cfg       Config
+	lay       keys.Quorum
 	store     coord.Store
 	log       *slog.Logger
 	roles     Roles
@@ -122,8 +124,12 @@ func New(cfg Config, store coord.Store, roles Roles, log *slog.Logger, opts ...O
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("quorum config: %w", err)
 	}
+	root, err := keys.NewRoot(cfg.Root)
+	if err != nil {
+		return nil, fmt.Errorf("quorum config: %w", err)
+	}
 	q := &Quorum{
-		cfg: cfg, store: store, log: log.With("node", cfg.Name), roles: roles,
+		cfg: cfg, lay: root.Quorum(), store: store, log: log.With("node", cfg.Name), roles: roles,
 		startedAt: time.Now(), kick: make(chan struct{}, 1), healthy: true,
 		viewSubs: make(chan struct{}),
 	}
@@ -134,16 +140,12 @@ func New(cfg Config, store coord.Store, roles Roles, log *slog.Logger, opts ...O
 	return q, nil
 }
 
-func (q *Quorum) key(parts ...string) string {
-	return path.Join(append([]string{q.cfg.Root}, parts...)...)
-}
-
-func (q *Quorum) membersDir() string   { return q.key("members") }
-func (q *Quorum) electionDir() string  { return q.key("election") }
-func (q *Quorum) leaderKey() string    { return q.key("election", "leader") }
-func (q *Quorum) epochKey() string     { return q.key("election", "epoch") }
-func (q *Quorum) specifiedKey() string { return q.key("election", "specified") }
-func (q *Quorum) priorityDir() string  { return q.key("config", "priority") }
+func (q *Quorum) membersDir() string   { return q.lay.MembersDir() }
+func (q *Quorum) electionDir() string  { return q.lay.ElectionDir() }
+func (q *Quorum) leaderKey() string    { return q.lay.LeaderKey() }
+func (q *Quorum) epochKey() string     { return q.lay.EpochKey() }
+func (q *Quorum) specifiedKey() string { return q.lay.SpecifiedKey() }
+func (q *Quorum) priorityDir() string  { return q.lay.PriorityDir() }
 
 // Ready reports whether the node has joined with a live session.
 func (q *Quorum) Ready() bool { return q.ready.Load() }
@@ -197,18 +199,22 @@ func (q *Quorum) SetPriority(ctx context.Context, node string, priority int, for
 	if err := ValidatePriority(priority); err != nil {
 		return err
 	}
-	if !ValidName(node) {
-		return fmt.Errorf("%w: node name %q is not valid", ErrInvalid, node)
+	member, err := q.lay.MemberKey(node)
+	if err != nil {
+		return err
+	}
+	k, err := q.lay.PriorityKey(node)
+	if err != nil {
+		return err
 	}
 	if !force {
-		if _, err := q.store.Get(ctx, path.Join(q.membersDir(), node)); errors.Is(err, coord.ErrNotFound) {
+		if _, err := q.store.Get(ctx, member); errors.Is(err, coord.ErrNotFound) {
 			return fmt.Errorf("%s: %w (use --force to store a priority for a node that is not running)", node, ErrNotMember)
 		} else if err != nil {
 			return err
 		}
 	}
 	rec := encode(priorityRecord{Priority: priority, SetAt: time.Now().UTC()})
-	k := path.Join(q.priorityDir(), node)
 	if _, err := q.store.Create(ctx, k, rec); errors.Is(err, coord.ErrExists) {
 		_, err = q.store.Update(ctx, k, rec, 0)
 		return err
@@ -224,8 +230,8 @@ func (q *Quorum) SetPriority(ctx context.Context, node string, priority int, for
 func (q *Quorum) SetSpecified(ctx context.Context, names []string, force bool) error {
 	seen := map[string]bool{}
 	for _, n := range names {
-		if !ValidName(n) {
-			return fmt.Errorf("%w: node name %q is not valid", ErrInvalid, n)
+		if err := keys.ValidName(n); err != nil {
+			return err
 		}
 		if seen[n] {
 			return fmt.Errorf("%w: node %q is listed twice", ErrInvalid, n)
@@ -246,7 +252,9 @@ func (q *Quorum) SetSpecified(ctx context.Context, names []string, force bool) e
 		}
 		ok := false
 		for _, kv := range live {
-			ok = ok || seen[path.Base(kv.Key)]
+			if name, err := keys.Child(q.membersDir(), kv.Key, keys.ValidName); err == nil {
+				ok = ok || seen[name]
+			}
 		}
 		if !ok {
 			return fmt.Errorf("%w: none of %v is a live member, so nobody could lead (use --force to set it anyway)", ErrNotMember, names)
@@ -437,7 +445,15 @@ func (q *Quorum) awaitEnd(ctx context.Context, sess coord.Session, log *slog.Log
 // incarnation of this node (same node id), and refusing one of another node.
 func (q *Quorum) join(ctx context.Context, sess coord.Session, log *slog.Logger) error {
 	prio := q.cfg.Priority
-	if kv, err := q.store.Get(ctx, path.Join(q.priorityDir(), q.cfg.Name)); err == nil {
+	pkey, err := q.lay.PriorityKey(q.cfg.Name)
+	if err != nil {
+		return err
+	}
+	key, err := q.lay.MemberKey(q.cfg.Name)
+	if err != nil {
+		return err
+	}
+	if kv, err := q.store.Get(ctx, pkey); err == nil {
 		if pr, derr := decode[priorityRecord](kv.Value); derr == nil {
 			prio = pr.Priority
 		}
@@ -450,7 +466,6 @@ func (q *Quorum) join(ctx context.Context, sess coord.Session, log *slog.Logger)
 		Priority: prio, CurrentPriority: currentPriority(prio, ok), Health: healthWord(ok), HealthReason: reason,
 		Session: coord.StateRunning.String(), SessionID: sess.ID(), StartedAt: q.startedAt, JoinedAt: time.Now().UTC(),
 	}
-	key := path.Join(q.membersDir(), q.cfg.Name)
 	for range 3 {
 		_, err := q.store.Create(ctx, key, encode(rec), coord.WithSession(sess))
 		if err == nil {

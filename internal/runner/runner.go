@@ -22,11 +22,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path"
 	"sync"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/task"
 )
@@ -147,6 +147,10 @@ func (r *Runner) Run(ctx context.Context, sess coord.Session) error {
 // session blocks it until the store deletes it with that session; the
 // runners watch says when.
 func (r *Runner) register(ctx context.Context, sess coord.Session, info task.RunnerInfo, log *slog.Logger) (coord.Cond, error) {
+	key, err := r.store.Layout().RunnerKey(info.Node)
+	if err != nil {
+		return coord.Cond{}, err
+	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var events <-chan coord.Event
@@ -180,7 +184,7 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 			log.Info("runner key of a previous session still exists; waiting for the store to remove it")
 			events = r.store.KV().Watch(wctx, r.store.Layout().RunnersDir())
 		}
-		if !waitDeleted(ctx, events, path.Join(r.store.Layout().RunnersDir(), info.Node)) {
+		if !waitDeleted(ctx, events, key) {
 			cancel()
 			for range events {
 			}
@@ -217,8 +221,16 @@ func waitDeleted(ctx context.Context, events <-chan coord.Event, key string) boo
 // for that task alone; marks, the window timer and a resync look at all.
 func (s *session) loop(ctx context.Context) error {
 	lay := s.r.store.Layout()
+	assignDir, err := lay.AssignDir(s.r.cfg.Node)
+	if err != nil {
+		return err
+	}
+	markKey, err := lay.RunnerConfigKey(s.r.cfg.Node)
+	if err != nil {
+		return err
+	}
 	wctx, cancel := context.WithCancel(ctx)
-	tasks := s.r.store.KV().Watch(wctx, lay.AssignDir(s.r.cfg.Node))
+	tasks := s.r.store.KV().Watch(wctx, assignDir)
 	marks := s.r.store.KV().Watch(wctx, lay.RunnerConfigDir())
 	defer func() {
 		cancel()
@@ -231,7 +243,6 @@ func (s *session) loop(ctx context.Context) error {
 	// keys hold them (version unknown: an attempt reads before it writes).
 	records := map[string]*task.Record{}
 	var myMarks task.Marks
-	markKey := path.Join(lay.RunnerConfigDir(), s.r.cfg.Node)
 	windowTimer := time.NewTimer(time.Hour)
 	windowTimer.Stop()
 	defer windowTimer.Stop()
@@ -260,12 +271,18 @@ func (s *session) loop(ctx context.Context) error {
 				all()
 				continue
 			}
-			id := path.Base(ev.KV.Key)
+			// An assignment whose key or record has no valid task id was
+			// written around taskd: it is never started.
+			id, err := keys.Child(assignDir, ev.KV.Key, keys.ValidTaskID)
+			if err != nil {
+				s.log.Warn("ignoring an assignment key that is not a valid task id", "key", keys.Quote(ev.KV.Key), "err", err)
+				continue
+			}
 			delete(records, id)
 			if ev.Type == coord.EventPut {
-				rec, err := task.Decode(ev.KV.Value, 0)
+				rec, err := task.Decode(ev.KV.Key, ev.KV.Value, 0)
 				if err != nil {
-					s.log.Error("skipping unreadable assignment", "key", ev.KV.Key, "err", err)
+					s.log.Warn("skipping unreadable assignment", "key", ev.KV.Key, "err", err)
 					continue
 				}
 				if rec.Runner == s.r.cfg.Node {

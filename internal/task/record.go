@@ -4,7 +4,7 @@
 // runners (every node) only ever change a record with a compare-and-swap on
 // its version, so concurrent writers cannot lose each other's updates.
 //
-// Layout under the root (default /taskd):
+// Layout under the root (default /taskd; keys.Tasks builds every key):
 //
 //	tasks/active/ID          unfinished records (waiting, running, paused)
 //	tasks/done/XY/ID         finished records, sharded by the id's first two
@@ -27,10 +27,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path"
+	"strings"
 	"time"
 
-	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/window"
 )
 
@@ -71,8 +71,8 @@ const (
 
 // Sentinel errors.
 var (
-	// ErrInvalid: bad input; nothing was changed.
-	ErrInvalid  = quorum.ErrInvalid
+	// ErrInvalid: bad input; nothing was changed. It is keys.ErrInvalid.
+	ErrInvalid  = keys.ErrInvalid
 	ErrNotFound = errors.New("task not found")
 	// ErrState: the task's state does not allow the request (for example
 	// cancel on a finished task).
@@ -198,17 +198,49 @@ func (r *Record) Clone() *Record {
 	return &c
 }
 
-// Decode reads a stored record.
-func Decode(b []byte, version int64) (*Record, error) {
+// Decode reads the record stored at key (an active, finished or
+// assignment key; the last segment is the task id). A record is refused
+// (an error wrapping ErrInvalid) unless its id is a valid task id equal to
+// the key's last segment, and its runner, runner session and node are
+// valid names when set: a record written around taskd with a crafted id or
+// name is never acted on.
+func Decode(key string, b []byte, version int64) (*Record, error) {
 	var r Record
 	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("decode task record: %w", err)
+		return nil, fmt.Errorf("decode task record %s: %w", keys.Quote(key), err)
+	}
+	if err := r.check(key); err != nil {
+		return nil, fmt.Errorf("task record %s: %w", keys.Quote(key), err)
 	}
 	r.version = version
 	if r.State == Running {
 		r.held = r.Runner
 	}
 	return &r, nil
+}
+
+// check validates the names a stored record carries into keys.
+func (r *Record) check(key string) error {
+	if err := keys.ValidTaskID(r.ID); err != nil {
+		return err
+	}
+	if !strings.HasSuffix(key, "/"+r.ID) {
+		return fmt.Errorf("%w: the record's id %s is not its key's", ErrInvalid, r.ID)
+	}
+	if err := keys.ValidTaskType(r.Type); err != nil {
+		return err
+	}
+	for _, n := range []string{r.Runner, r.Node} {
+		if n != "" {
+			if err := keys.ValidName(n); err != nil {
+				return err
+			}
+		}
+	}
+	if r.RunnerSession != "" {
+		return keys.ValidSession(r.RunnerSession)
+	}
+	return nil
 }
 
 func (r *Record) encode() []byte {
@@ -240,42 +272,6 @@ func (r *Record) addAttempt(a Attempt) {
 		r.History = append(r.History[:1], r.History[len(r.History)-historyLen+1:]...)
 	}
 }
-
-// Layout names the store keys under a root.
-type Layout struct{ Root string }
-
-// ActiveDir holds unfinished records.
-func (l Layout) ActiveDir() string { return path.Join(l.Root, "tasks", "active") }
-
-// ActiveKey is an unfinished record's key.
-func (l Layout) ActiveKey(id string) string { return path.Join(l.ActiveDir(), id) }
-
-// DoneDir holds the shards of finished records.
-func (l Layout) DoneDir() string { return path.Join(l.Root, "tasks", "done") }
-
-// DoneShard is the shard directory of id.
-func (l Layout) DoneShard(id string) string { return path.Join(l.DoneDir(), id[:2]) }
-
-// DoneKey is a finished record's key.
-func (l Layout) DoneKey(id string) string { return path.Join(l.DoneShard(id), id) }
-
-// AssignDir holds one key per task running on node. The dispatcher creates
-// it with the assignment, every write that takes the task off the runner
-// deletes it, and a user's request to a running task rewrites it: a runner
-// watches only its own directory, not every task of the cluster.
-func (l Layout) AssignDir(node string) string { return path.Join(l.Root, "assigned", node) }
-
-// AssignKey is the assignment key of task id on node.
-func (l Layout) AssignKey(node, id string) string { return path.Join(l.AssignDir(node), id) }
-
-// RunnersDir holds live runners.
-func (l Layout) RunnersDir() string { return path.Join(l.Root, "runners") }
-
-// SessionKey is the fencing key of a runner session.
-func (l Layout) SessionKey(session string) string { return path.Join(l.Root, "sessions", session) }
-
-// RunnerConfigDir holds cordon/drain marks.
-func (l Layout) RunnerConfigDir() string { return path.Join(l.Root, "config", "runners") }
 
 // Shards lists every possible shard name of DoneDir.
 func Shards() []string {

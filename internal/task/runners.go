@@ -6,13 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
-	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/keys"
 )
 
 // RunnerInfo is a live runner, as it registers itself for one session.
@@ -69,20 +68,27 @@ func (rn *Runner) Accepts(r *Record) (bool, string) {
 // condition every write of the runner carries: the session key exists,
 // unmodified since this creation.
 func (s *Store) Register(ctx context.Context, sess coord.Session, info RunnerInfo) (coord.Cond, error) {
+	key, err := s.layout.RunnerKey(info.Node)
+	if err != nil {
+		return coord.Cond{}, err
+	}
+	skey, err := s.layout.SessionKey(sess.ID())
+	if err != nil {
+		return coord.Cond{}, err
+	}
 	b, err := json.Marshal(info)
 	if err != nil {
 		return coord.Cond{}, fmt.Errorf("encode runner info: %w", err)
 	}
-	key := path.Join(s.layout.RunnersDir(), info.Node)
 	// A runner key left by this node's previous session disappears when
 	// that session expires; until then the new one cannot be created.
 	vers, err := s.kv.Txn(ctx, nil, []coord.Op{
-		coord.CreateOp(s.layout.SessionKey(sess.ID()), []byte(info.Node), sess),
+		coord.CreateOp(skey, []byte(info.Node), sess),
 		coord.CreateOp(key, b, sess),
 	})
 	if errors.Is(err, coord.ErrConflict) {
 		// An earlier try whose answer was lost may have registered us.
-		if kv, gerr := s.kv.Get(ctx, s.layout.SessionKey(sess.ID())); gerr == nil {
+		if kv, gerr := s.kv.Get(ctx, skey); gerr == nil {
 			if cur, gerr := s.kv.Get(ctx, key); gerr == nil && bytes.Equal(cur.Value, b) {
 				return coord.VersionIs(kv.Key, kv.Version), nil
 			}
@@ -91,7 +97,7 @@ func (s *Store) Register(ctx context.Context, sess coord.Session, info RunnerInf
 	if err != nil {
 		return coord.Cond{}, fmt.Errorf("register runner %s: %w", info.Node, err)
 	}
-	return coord.VersionIs(s.layout.SessionKey(sess.ID()), vers[0]), nil
+	return coord.VersionIs(skey, vers[0]), nil
 }
 
 // Runners lists every runner that is live or has marks, with its load.
@@ -118,19 +124,26 @@ func (s *Store) Runners(ctx context.Context) ([]Runner, error) {
 		return r
 	}
 	for _, kv := range live {
-		var info RunnerInfo
-		if err := json.Unmarshal(kv.Value, &info); err != nil {
-			return nil, fmt.Errorf("runner record %s: %w", kv.Key, err)
+		info, err := DecodeRunner(s.layout.RunnersDir(), kv)
+		if errors.Is(err, ErrInvalid) {
+			continue // written around taskd: not a runner
+		}
+		if err != nil {
+			return nil, err
 		}
 		rn := get(info.Node)
 		rn.Info, rn.Live = info, true
 	}
 	for _, kv := range marks {
+		node, err := keys.Child(s.layout.RunnerConfigDir(), kv.Key, keys.ValidName)
+		if err != nil {
+			continue // written around taskd: no runner's marks
+		}
 		var m Marks
 		if err := json.Unmarshal(kv.Value, &m); err != nil {
 			return nil, fmt.Errorf("runner marks %s: %w", kv.Key, err)
 		}
-		get(path.Base(kv.Key)).Marks = m
+		get(node).Marks = m
 	}
 	for _, r := range active {
 		if r.State == Running {
@@ -145,6 +158,27 @@ func (s *Store) Runners(ctx context.Context) ([]Runner, error) {
 	return out, nil
 }
 
+// DecodeRunner reads a live runner's record at kv.Key in dir (the runners
+// directory). The key must name a valid node and the record the same node,
+// with a valid session; otherwise the error wraps ErrInvalid.
+func DecodeRunner(dir string, kv coord.KV) (RunnerInfo, error) {
+	node, err := keys.Child(dir, kv.Key, keys.ValidName)
+	if err != nil {
+		return RunnerInfo{}, err
+	}
+	var info RunnerInfo
+	if err := json.Unmarshal(kv.Value, &info); err != nil {
+		return RunnerInfo{}, fmt.Errorf("runner record %s: %w", keys.Quote(kv.Key), err)
+	}
+	if info.Node != node {
+		return RunnerInfo{}, fmt.Errorf("%w: runner record %s names node %s", ErrInvalid, keys.Quote(kv.Key), keys.Quote(info.Node))
+	}
+	if err := keys.ValidSession(info.Session); err != nil {
+		return RunnerInfo{}, fmt.Errorf("runner record %s: %w", keys.Quote(kv.Key), err)
+	}
+	return info, nil
+}
+
 func (rn *Runner) count(r *Record) {
 	rn.Running++
 	if rn.RunningByType == nil {
@@ -156,17 +190,21 @@ func (rn *Runner) count(r *Record) {
 // SetMarks changes a runner's marks. Without force the runner must be live,
 // which catches typos.
 func (s *Store) SetMarks(ctx context.Context, node string, force bool, f func(*Marks)) (Marks, error) {
-	if !quorum.ValidName(node) {
-		return Marks{}, fmt.Errorf("%w: node name %q", ErrInvalid, node)
+	runner, err := s.layout.RunnerKey(node)
+	if err != nil {
+		return Marks{}, err
+	}
+	key, err := s.layout.RunnerConfigKey(node)
+	if err != nil {
+		return Marks{}, err
 	}
 	if !force {
-		if _, err := s.kv.Get(ctx, path.Join(s.layout.RunnersDir(), node)); errors.Is(err, coord.ErrNotFound) {
+		if _, err := s.kv.Get(ctx, runner); errors.Is(err, coord.ErrNotFound) {
 			return Marks{}, fmt.Errorf("%w: no live runner named %s (use --force to mark it anyway)", ErrNotFound, node)
 		} else if err != nil {
 			return Marks{}, fmt.Errorf("read runner %s: %w", node, err)
 		}
 	}
-	key := path.Join(s.layout.RunnerConfigDir(), node)
 	for range casRetries {
 		var m Marks
 		kv, err := s.kv.Get(ctx, key)

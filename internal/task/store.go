@@ -11,7 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/taskd/taskd/internal/coord"
-	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/window"
 )
 
@@ -32,7 +32,7 @@ const (
 // dispatcher and the runner share it.
 type Store struct {
 	kv     coord.Store
-	layout Layout
+	layout keys.Tasks
 	types  Registry
 	zone   string
 	now    func() time.Time
@@ -41,6 +41,15 @@ type Store struct {
 // NewStore binds the layout under root to kv. zone is the default time zone
 // of run windows (an IANA name, "UTC" if empty).
 func NewStore(kv coord.Store, root string, types Registry, zone string, now func() time.Time) (*Store, error) {
+	r, err := keys.NewRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	for name := range types {
+		if err := keys.ValidTaskType(name); err != nil {
+			return nil, fmt.Errorf("task type registry: %w", err)
+		}
+	}
 	if zone == "" {
 		zone = "UTC"
 	}
@@ -50,11 +59,11 @@ func NewStore(kv coord.Store, root string, types Registry, zone string, now func
 	if now == nil {
 		now = time.Now
 	}
-	return &Store{kv: kv, layout: Layout{Root: root}, types: types, zone: zone, now: now}, nil
+	return &Store{kv: kv, layout: r.Tasks(), types: types, zone: zone, now: now}, nil
 }
 
 // Layout is the store layout in use.
-func (s *Store) Layout() Layout { return s.layout }
+func (s *Store) Layout() keys.Tasks { return s.layout }
 
 // Types is the registry of task types.
 func (s *Store) Types() Registry { return s.types }
@@ -79,6 +88,9 @@ type CreateRequest struct {
 // Create validates req and stores a waiting task. Nothing is written when
 // req is invalid.
 func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) {
+	if err := keys.ValidTaskType(req.Type); err != nil {
+		return nil, err
+	}
 	typ, err := s.types.Lookup(req.Type)
 	if err != nil {
 		return nil, err
@@ -108,8 +120,10 @@ func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) 
 			node = pinned
 		}
 	}
-	if node != "" && !quorum.ValidName(node) {
-		return nil, fmt.Errorf("%w: node name %q", ErrInvalid, node)
+	if node != "" {
+		if err := keys.ValidName(node); err != nil {
+			return nil, err
+		}
 	}
 	w, err := s.window(req.Window, req.Zone)
 	if err != nil {
@@ -127,7 +141,11 @@ func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) 
 		ID: uuid.NewString(), Type: req.Type, Spec: spec, State: Waiting, Priority: req.Priority,
 		Node: node, Window: w, MaxRetries: retries, Created: now, Updated: now,
 	}
-	kv, err := s.kv.Create(ctx, s.layout.ActiveKey(r.ID), r.encode())
+	key, err := s.layout.ActiveKey(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	kv, err := s.kv.Create(ctx, key, r.encode())
 	if err != nil {
 		return nil, fmt.Errorf("store task %s: %w", r.ID, err)
 	}
@@ -156,20 +174,17 @@ func (s *Store) window(spec, zone string) (*Window, error) {
 	return w, nil
 }
 
-// ValidID checks the form of a task id.
-func ValidID(id string) error {
-	if _, err := uuid.Parse(id); err != nil || len(id) != 36 {
-		return fmt.Errorf("%w: task id %q is not a UUID", ErrInvalid, id)
-	}
-	return nil
-}
-
 // Get reads a task, unfinished or finished.
 func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
-	if err := ValidID(id); err != nil {
+	active, err := s.layout.ActiveKey(id)
+	if err != nil {
 		return nil, err
 	}
-	for _, key := range []string{s.layout.ActiveKey(id), s.layout.DoneKey(id)} {
+	done, err := s.layout.DoneKey(id)
+	if err != nil {
+		return nil, err
+	}
+	for _, key := range []string{active, done} {
 		kv, err := s.kv.Get(ctx, key)
 		if errors.Is(err, coord.ErrNotFound) {
 			continue
@@ -177,12 +192,12 @@ func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read task %s: %w", id, err)
 		}
-		return Decode(kv.Value, kv.Version)
+		return Decode(kv.Key, kv.Value, kv.Version)
 	}
 	// It may have moved from active to done between the two reads.
-	kv, err := s.kv.Get(ctx, s.layout.DoneKey(id))
+	kv, err := s.kv.Get(ctx, done)
 	if err == nil {
-		return Decode(kv.Value, kv.Version)
+		return Decode(kv.Key, kv.Value, kv.Version)
 	}
 	if errors.Is(err, coord.ErrNotFound) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -218,6 +233,9 @@ func (s *Store) List(ctx context.Context, f Filter) ([]*Record, error) {
 		active, done = !st.Final(), st.Final()
 	}
 	if f.Type != "" {
+		if err := keys.ValidTaskType(f.Type); err != nil {
+			return nil, err
+		}
 		if _, err := s.types.Lookup(f.Type); err != nil {
 			return nil, err
 		}
@@ -225,9 +243,13 @@ func (s *Store) List(ctx context.Context, f Filter) ([]*Record, error) {
 	var out []*Record
 	keep := func(kvs []coord.KV) error {
 		for _, kv := range kvs {
-			r, err := Decode(kv.Value, kv.Version)
+			r, err := Decode(kv.Key, kv.Value, kv.Version)
+			if errors.Is(err, ErrInvalid) {
+				// Written around taskd (a crafted id): not a task.
+				continue
+			}
 			if err != nil {
-				return fmt.Errorf("%s: %w", kv.Key, err)
+				return err
 			}
 			if (state == "" || r.State == state) && (f.Type == "" || r.Type == f.Type) {
 				out = append(out, r)
@@ -246,7 +268,11 @@ func (s *Store) List(ctx context.Context, f Filter) ([]*Record, error) {
 	}
 	if done {
 		for _, shard := range Shards() {
-			kvs, err := s.kv.List(ctx, s.layout.DoneDir()+"/"+shard)
+			dir, err := s.layout.DoneShardDir(shard)
+			if err != nil {
+				return nil, err
+			}
+			kvs, err := s.kv.List(ctx, dir)
 			if err != nil {
 				return nil, fmt.Errorf("list finished tasks: %w", err)
 			}
@@ -277,10 +303,18 @@ func (s *Store) Put(ctx context.Context, txn TxnFunc, r *Record, extra ...coord.
 // rewrites the key of a task that stays running, so that its runner sees
 // the change.
 func (s *Store) put(ctx context.Context, txn TxnFunc, r *Record, notify bool, extra []coord.Cond) error {
+	key, err := s.layout.ActiveKey(r.ID)
+	if err != nil {
+		return err
+	}
 	r.Updated = s.now().UTC()
-	conds := append([]coord.Cond{coord.VersionIs(s.layout.ActiveKey(r.ID), r.version)}, extra...)
 	enc := r.encode()
-	ops := append([]coord.Op{coord.PutOp(s.layout.ActiveKey(r.ID), enc)}, s.assignOps(r, notify, enc)...)
+	assign, err := s.assignOps(r, notify, enc)
+	if err != nil {
+		return err
+	}
+	conds := append([]coord.Cond{coord.VersionIs(key, r.version)}, extra...)
+	ops := append([]coord.Op{coord.PutOp(key, enc)}, assign...)
 	vers, err := txn(ctx, conds, ops)
 	if err != nil {
 		return fmt.Errorf("write task %s: %w", r.ID, err)
@@ -303,23 +337,35 @@ func heldBy(r *Record) string {
 // key holds the record as written (enc), so that the runner needs no read
 // to start the attempt; its version is the assignment key's, not the
 // record's, so a runner reads the record before its first write.
-func (s *Store) assignOps(r *Record, notify bool, enc []byte) []coord.Op {
+func (s *Store) assignOps(r *Record, notify bool, enc []byte) ([]coord.Op, error) {
 	prev, next := r.held, heldBy(r)
-	val := enc
+	key := func(node string) (string, error) { return s.layout.AssignKey(node, r.ID) }
 	switch {
 	case prev == next && next != "" && notify:
-		return []coord.Op{coord.PutOp(s.layout.AssignKey(next, r.ID), val)}
+		k, err := key(next)
+		if err != nil {
+			return nil, err
+		}
+		return []coord.Op{coord.PutOp(k, enc)}, nil
 	case prev == next:
-		return nil
+		return nil, nil
 	}
 	var ops []coord.Op
 	if prev != "" {
-		ops = append(ops, coord.DeleteOp(s.layout.AssignKey(prev, r.ID)))
+		k, err := key(prev)
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, coord.DeleteOp(k))
 	}
 	if next != "" {
-		ops = append(ops, coord.CreateOp(s.layout.AssignKey(next, r.ID), val, nil))
+		k, err := key(next)
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, coord.CreateOp(k, enc, nil))
 	}
-	return ops
+	return ops, nil
 }
 
 // PutMany writes several records in one transaction, each on condition
@@ -331,11 +377,19 @@ func (s *Store) PutMany(ctx context.Context, txn TxnFunc, rs []*Record) error {
 	ops := make([]coord.Op, 0, 2*len(rs))
 	var assign []coord.Op
 	for _, r := range rs {
+		key, err := s.layout.ActiveKey(r.ID)
+		if err != nil {
+			return err
+		}
 		r.Updated = now
 		enc := r.encode()
-		conds = append(conds, coord.VersionIs(s.layout.ActiveKey(r.ID), r.version))
-		ops = append(ops, coord.PutOp(s.layout.ActiveKey(r.ID), enc))
-		assign = append(assign, s.assignOps(r, false, enc)...)
+		a, err := s.assignOps(r, false, enc)
+		if err != nil {
+			return err
+		}
+		conds = append(conds, coord.VersionIs(key, r.version))
+		ops = append(ops, coord.PutOp(key, enc))
+		assign = append(assign, a...)
 	}
 	ops = append(ops, assign...)
 	vers, err := txn(ctx, conds, ops)
@@ -355,15 +409,24 @@ func (s *Store) Finish(ctx context.Context, txn TxnFunc, r *Record, extra ...coo
 	if !r.State.Final() {
 		return fmt.Errorf("finish task %s in state %s: %w", r.ID, r.State, ErrState)
 	}
+	active, err := s.layout.ActiveKey(r.ID)
+	if err != nil {
+		return err
+	}
+	done, err := s.layout.DoneKey(r.ID)
+	if err != nil {
+		return err
+	}
 	now := s.now().UTC()
 	r.Updated, r.Finished = now, now
 	r.Request, r.Runner, r.RunnerSession = RequestNone, "", ""
-	conds := append([]coord.Cond{coord.VersionIs(s.layout.ActiveKey(r.ID), r.version)}, extra...)
 	enc := r.encode()
-	ops := append([]coord.Op{
-		coord.DeleteOp(s.layout.ActiveKey(r.ID)),
-		coord.CreateOp(s.layout.DoneKey(r.ID), enc, nil),
-	}, s.assignOps(r, false, enc)...)
+	assign, err := s.assignOps(r, false, enc)
+	if err != nil {
+		return err
+	}
+	conds := append([]coord.Cond{coord.VersionIs(active, r.version)}, extra...)
+	ops := append([]coord.Op{coord.DeleteOp(active), coord.CreateOp(done, enc, nil)}, assign...)
 	vers, err := txn(ctx, conds, ops)
 	if err != nil {
 		return fmt.Errorf("finish task %s: %w", r.ID, err)
@@ -386,7 +449,7 @@ const (
 // compare-and-swap. A finished task is passed to f read-only (f must return
 // keep or an error).
 func (s *Store) modify(ctx context.Context, id string, f func(r *Record) (change, error)) (*Record, error) {
-	if err := ValidID(id); err != nil {
+	if err := keys.ValidTaskID(id); err != nil {
 		return nil, err
 	}
 	txn := s.kv.Txn

@@ -11,8 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/metrics"
-	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/volcopy"
 	"github.com/taskd/taskd/internal/volume"
@@ -86,8 +86,10 @@ func parseCopy(raw json.RawMessage) (copySpec, error) {
 	if local && s.Node == "" {
 		return s, fmt.Errorf("%w: copy spec: a file:// or nbd+unix:// endpoint is local to one node: give its node", task.ErrInvalid)
 	}
-	if s.Node != "" && !quorum.ValidName(s.Node) {
-		return s, fmt.Errorf("%w: copy spec: node %q", task.ErrInvalid, s.Node)
+	if s.Node != "" {
+		if err := keys.ValidName(s.Node); err != nil {
+			return s, fmt.Errorf("copy spec: %w", err)
+		}
 	}
 	return s, nil
 }

@@ -16,15 +16,15 @@ import (
 	"github.com/taskd/taskd/internal/testenv"
 )
 
-// reporter is the runner's side of an attempt, reduced to what a copy uses.
-type reporter struct{}
+// copyReporter is the runner's side of an attempt, reduced to what a copy uses.
+type copyReporter struct{}
 
-func (reporter) Checkpoint([]byte, task.Progress) error { return nil }
-func (reporter) Progress(task.Progress)                 {}
-func (reporter) Active() bool                           { return true }
-func (reporter) Attempt() int                           { return 1 }
-func (reporter) TaskID() string                         { return "t1" }
-func (reporter) RateLimit() (int64, bool, <-chan struct{}) {
+func (copyReporter) Checkpoint([]byte, task.Progress) error { return nil }
+func (copyReporter) Progress(task.Progress)                 {}
+func (copyReporter) Active() bool                           { return true }
+func (copyReporter) Attempt() int                           { return 1 }
+func (copyReporter) TaskID() string                         { return "t1" }
+func (copyReporter) RateLimit() (int64, bool, <-chan struct{}) {
 	return 0, false, make(chan struct{})
 }
 
@@ -36,7 +36,7 @@ func runCopy(t *testing.T, c tasktype.Copy, spec map[string]any) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	return c.Run(ctx, raw, nil, reporter{})
+	return c.Run(ctx, raw, nil, copyReporter{})
 }
 
 // TestCopyTaskEndpointsAreConfined: a copy task (its endpoints come from an

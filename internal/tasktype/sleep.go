@@ -1,14 +1,18 @@
 // Package tasktype holds the built-in task types: sleep and noop, used by
 // tests and benchmarks, and copy, the volume copy.
+//
+// Test aids: the sleep task's "ledger" (a file, named in the spec, that
+// each unit of work appends a line to) exists only in binaries built with
+// -tags testaids, as the test harness builds taskd. A production binary
+// refuses a spec that names it, like any unknown field: a request must not
+// make a root daemon write to a path it chooses.
 package tasktype
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/taskd/taskd/internal/metrics"
@@ -51,10 +55,10 @@ type sleepSpec struct {
 	FailAfter duration `json:"fail_after"`
 	// Permanent makes the FailAfter error permanent (no retry).
 	Permanent bool `json:"permanent"`
-	// Ledger, when set, is a file the task appends one line to per unit
-	// of work: "ID ATTEMPT ELAPSED_MS UNIX_NANO". Tests use it to prove
-	// that no two attempts of a task were ever active at the same instant.
-	Ledger string `json:"ledger"`
+	// sleepAids holds the test aids (the ledger) in binaries built with
+	// -tags testaids, and nothing otherwise: a production binary refuses
+	// a spec that names one, as any unknown field.
+	sleepAids
 }
 
 type sleepCheckpoint struct {
@@ -141,10 +145,8 @@ func (Sleep) Run(ctx context.Context, raw json.RawMessage, cp []byte, r task.Rep
 			return fmt.Errorf("sleep: attempt no longer active: %w", task.ErrFenced)
 		}
 		elapsed += step
-		if s.Ledger != "" {
-			if err := appendLedger(s.Ledger, r, elapsed, at); err != nil {
-				return err
-			}
+		if err := s.record(r, elapsed, at); err != nil {
+			return err
 		}
 		p := task.Progress{Done: elapsed.Milliseconds(), Total: total.Milliseconds()}
 		if err := r.Checkpoint(mustJSON(sleepCheckpoint{ElapsedMS: elapsed.Milliseconds()}), p); err != nil {
@@ -152,17 +154,6 @@ func (Sleep) Run(ctx context.Context, raw json.RawMessage, cp []byte, r task.Rep
 		}
 	}
 	return nil
-}
-
-// appendLedger records that the attempt was active at the instant at, the
-// moment just before Active confirmed it.
-func appendLedger(path string, r task.Reporter, elapsed time.Duration, at time.Time) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-	if err != nil {
-		return fmt.Errorf("sleep ledger: %w", err)
-	}
-	_, err = fmt.Fprintf(f, "%s %d %d %d\n", r.TaskID(), r.Attempt(), elapsed.Milliseconds(), at.UnixNano())
-	return errors.Join(err, f.Close())
 }
 
 func mustJSON(v any) []byte {

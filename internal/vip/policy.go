@@ -2,6 +2,7 @@ package vip
 
 import (
 	"fmt"
+	"github.com/taskd/taskd/internal/keys"
 	"net/netip"
 	"slices"
 	"strings"
@@ -23,7 +24,7 @@ type Policy struct {
 // IPv4 networks given by their network address.
 func (p Policy) Validate() error {
 	for _, i := range p.Interfaces {
-		if !ifaceName.MatchString(i) || i == "." || i == ".." || i == "lo" {
+		if keys.ValidInterface(i) != nil || i == "lo" {
 			return fmt.Errorf("%w: allowed interface %q is not a valid interface name other than lo", ErrInvalid, i)
 		}
 	}

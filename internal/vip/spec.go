@@ -17,8 +17,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
+
+	"github.com/taskd/taskd/internal/keys"
 )
 
 // ErrInvalid marks a VIP specification that cannot be used.
@@ -51,11 +52,6 @@ type Spec struct {
 
 // maxLabel is the kernel's limit on an address label (IFNAMSIZ - 1).
 const maxLabel = 15
-
-var (
-	ifaceName   = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
-	serviceName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
-)
 
 // Label is the address label that marks the VIP as taskd's: "IF:svc".
 func (s Spec) Label() string { return s.Interface + ":" + s.Service }
@@ -91,11 +87,11 @@ var reserved = []struct {
 // addresses it is not, a valid interface name other than lo, and a label
 // that fits the kernel's 15 characters.
 func (s Spec) Validate() error {
-	if !serviceName.MatchString(s.Service) {
-		return fmt.Errorf("%w: service %q: use lower-case letters, digits, - and _", ErrInvalid, s.Service)
+	if err := keys.ValidService(s.Service); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if !ifaceName.MatchString(s.Interface) || s.Interface == "." || s.Interface == ".." {
-		return fmt.Errorf("%w: interface name %q is not a valid Linux interface name", ErrInvalid, s.Interface)
+	if err := keys.ValidInterface(s.Interface); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if s.Interface == "lo" {
 		return fmt.Errorf("%w: interface lo is the loopback interface: a VIP there answers nobody on the network (use the access-network interface, e.g. eth0)", ErrInvalid)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/vip"
 )
@@ -19,7 +20,7 @@ import (
 // Assigner writes the holder assignments while its node leads.
 type Assigner struct {
 	store coord.Store
-	l     layout
+	l     keys.VIPs
 	self  string
 	// grace is how long a live holder may be unhealthy before its VIPs
 	// move; when every member turns unhealthy within it, nothing moves.
@@ -30,8 +31,8 @@ type Assigner struct {
 
 // NewAssigner returns the assigner of node self. seed are VIPs to create
 // when absent (taskd's --vip flag).
-func NewAssigner(store coord.Store, root, self string, grace time.Duration, seed []vip.Spec, log *slog.Logger) *Assigner {
-	return &Assigner{store: store, l: layout{root: root}, self: self, grace: grace, seed: seed, log: log}
+func NewAssigner(store coord.Store, root keys.Root, self string, grace time.Duration, seed []vip.Spec, log *slog.Logger) *Assigner {
+	return &Assigner{store: store, l: root.VIPs(), self: self, grace: grace, seed: seed, log: log}
 }
 
 // Run assigns every VIP until ctx ends, and returns an error wrapping
@@ -40,9 +41,9 @@ func NewAssigner(store coord.Store, root, self string, grace time.Duration, seed
 func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (quorum.View, <-chan struct{})) error {
 	reg := &Registry{store: a.store, l: a.l}
 	seeds := a.seed
-	cfgs := watchDir(ctx, a.store, a.l.configDir())
-	asg := watchDir(ctx, a.store, a.l.assignDir())
-	pols := watchDir(ctx, a.store, a.l.nodesDir())
+	cfgs := watchDir(ctx, a.store, a.l.ConfigDir())
+	asg := watchDir(ctx, a.store, a.l.AssignDir())
+	pols := watchDir(ctx, a.store, a.l.NodesDir())
 	hist := newHealthHistory()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -119,6 +120,12 @@ func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum
 			errs = append(errs, err)
 			continue
 		}
+		if c.Service != svc {
+			// Written around taskd: never assigned, so no key is built
+			// from the name it carries.
+			a.log.Warn("ignoring a vip record that names another service", "key", ckv.Key, "service", keys.Quote(c.Service))
+			continue
+		}
 		var cur *Assignment
 		akv, hasAsg := asg.keys[svc]
 		if hasAsg {
@@ -152,8 +159,13 @@ func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum
 				conds = append(conds, coord.VersionIs(akv.Key, akv.Version))
 				ops = append(ops, coord.PutOp(akv.Key, rec))
 			} else {
-				conds = append(conds, coord.VersionIs(a.l.assignKey(svc), 0))
-				ops = append(ops, coord.CreateOp(a.l.assignKey(svc), rec, nil))
+				key, err := a.l.AssignKey(svc)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				conds = append(conds, coord.VersionIs(key, 0))
+				ops = append(ops, coord.CreateOp(key, rec, nil))
 			}
 		}
 		if d.dropPref {

@@ -3,11 +3,13 @@ package vips
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/vip"
 )
 
@@ -19,7 +21,7 @@ type HoldFunc func(ctx context.Context, s vip.Spec, report func(up bool, err err
 // Holder holds the VIPs assigned to its node.
 type Holder struct {
 	store  coord.Store
-	l      layout
+	l      keys.VIPs
 	self   string
 	policy vip.Policy
 	hold   HoldFunc
@@ -29,8 +31,8 @@ type Holder struct {
 // NewHolder returns the holder of node self. policy is the node's VIP
 // allowlist: the holder publishes it (NodePolicy) so that the leader
 // assigns the VIPs it refuses elsewhere; hold enforces it.
-func NewHolder(store coord.Store, root, self string, policy vip.Policy, hold HoldFunc, log *slog.Logger) *Holder {
-	return &Holder{store: store, l: layout{root: root}, self: self, policy: policy, hold: hold, log: log}
+func NewHolder(store coord.Store, root keys.Root, self string, policy vip.Policy, hold HoldFunc, log *slog.Logger) *Holder {
+	return &Holder{store: store, l: root.VIPs(), self: self, policy: policy, hold: hold, log: log}
 }
 
 // publishUntilDone publishes the node's allowlist, retrying with backoff
@@ -57,7 +59,10 @@ func (h *Holder) publishUntilDone(ctx context.Context, first, most time.Duration
 // publish writes the node's NodePolicy record unless it already says the
 // same.
 func (h *Holder) publish(ctx context.Context) error {
-	key := h.l.nodeKey(h.self)
+	key, err := h.l.NodeKey(h.self)
+	if err != nil {
+		return err
+	}
 	rec := NodePolicy{Node: h.self, Policy: h.policy, UpdatedAt: time.Now().UTC()}
 	kv, err := h.store.Get(ctx, key)
 	if errors.Is(err, coord.ErrNotFound) {
@@ -93,9 +98,9 @@ func (h *Holder) Run(ctx context.Context, sess coord.Session) error {
 		cancel()
 		wg.Wait()
 	}()
-	cfgs := watchDir(ctx, h.store, h.l.configDir())
-	asg := watchDir(ctx, h.store, h.l.assignDir())
-	held := watchDir(ctx, h.store, h.l.heldDir())
+	cfgs := watchDir(ctx, h.store, h.l.ConfigDir())
+	asg := watchDir(ctx, h.store, h.l.AssignDir())
+	held := watchDir(ctx, h.store, h.l.HeldDir())
 	finished := make(chan string)
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
@@ -151,6 +156,9 @@ func (h *Holder) reconcile(ctx context.Context, sess coord.Session, cfgs, asg, h
 			continue
 		}
 		c, err := decode[Config](ckv.Key, ckv.Value)
+		if err == nil && c.Service != svc {
+			err = fmt.Errorf("%w: the record names service %s", keys.ErrInvalid, keys.Quote(c.Service))
+		}
 		if err != nil {
 			h.log.Error("unreadable vip configuration", "service", svc, "err", err)
 			continue
@@ -182,8 +190,10 @@ func (h *Holder) reconcile(ctx context.Context, sess coord.Session, cfgs, asg, h
 			}
 			// Our own key, left by an earlier hold of this session.
 			kv, err = h.store.Update(ctx, hkv.Key, encode(rec), hkv.Version)
+		} else if key, kerr := h.l.HeldKey(svc); kerr != nil {
+			err = kerr
 		} else {
-			kv, err = h.store.Create(ctx, h.l.heldKey(svc), encode(rec), coord.WithSession(sess))
+			kv, err = h.store.Create(ctx, key, encode(rec), coord.WithSession(sess))
 		}
 		if errors.Is(err, coord.ErrExists) || errors.Is(err, coord.ErrConflict) || errors.Is(err, coord.ErrNotFound) {
 			continue // the watch brings the change

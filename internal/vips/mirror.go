@@ -2,16 +2,16 @@ package vips
 
 import (
 	"context"
-	"path"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 )
 
 // mirror keeps the contents of one store directory, fed by its watch.
 type mirror struct {
 	dir    string
 	ch     <-chan coord.Event
-	keys   map[string]coord.KV // by base name
+	keys   map[string]coord.KV // by service
 	synced bool
 }
 
@@ -19,18 +19,26 @@ func watchDir(ctx context.Context, store coord.Store, dir string) *mirror {
 	return &mirror{dir: dir, ch: store.Watch(ctx, dir), keys: map[string]coord.KV{}}
 }
 
-// apply records one event; it reports false when the watch has ended.
+// apply records one event; it reports false when the watch has ended. A
+// key that names no valid service (written around taskd) is left out, so
+// no key is ever built from it.
 func (m *mirror) apply(ev coord.Event, ok bool) bool {
 	if !ok {
 		return false
 	}
-	switch ev.Type {
-	case coord.EventSynced:
+	if ev.Type == coord.EventSynced {
 		m.synced = true
+		return true
+	}
+	svc, err := keys.Child(m.dir, ev.KV.Key, keys.ValidService)
+	if err != nil {
+		return true
+	}
+	switch ev.Type {
 	case coord.EventPut:
-		m.keys[path.Base(ev.KV.Key)] = ev.KV
+		m.keys[svc] = ev.KV
 	case coord.EventDelete:
-		delete(m.keys, path.Base(ev.KV.Key))
+		delete(m.keys, svc)
 	}
 	return true
 }

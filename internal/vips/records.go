@@ -7,7 +7,7 @@
 //   - The Holder runs on every node. It holds the VIPs assigned to it, and
 //     only after the previous holder has released them.
 //
-// Store layout under ROOT:
+// Store layout under ROOT (keys.VIPs builds every key):
 //
 //	vips/config/SERVICE   the VIP (address, interface, preferred node)
 //	vips/assign/SERVICE   the node and session that should hold it (leader, fenced)
@@ -25,7 +25,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
@@ -126,18 +125,6 @@ func policiesOf(kvs map[string]coord.KV) map[string]vip.Policy {
 	}
 	return out
 }
-
-// layout names the keys.
-type layout struct{ root string }
-
-func (l layout) configDir() string               { return path.Join(l.root, "vips", "config") }
-func (l layout) assignDir() string               { return path.Join(l.root, "vips", "assign") }
-func (l layout) heldDir() string                 { return path.Join(l.root, "vips", "held") }
-func (l layout) configKey(service string) string { return path.Join(l.configDir(), service) }
-func (l layout) assignKey(service string) string { return path.Join(l.assignDir(), service) }
-func (l layout) heldKey(service string) string   { return path.Join(l.heldDir(), service) }
-func (l layout) nodesDir() string                { return path.Join(l.root, "vips", "nodes") }
-func (l layout) nodeKey(node string) string      { return path.Join(l.nodesDir(), node) }
 
 func decode[T any](key string, b []byte) (T, error) {
 	var v T

@@ -8,12 +8,12 @@ import (
 	"maps"
 	"net"
 	"net/netip"
-	"path"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/vip"
 )
@@ -21,7 +21,7 @@ import (
 // Registry is the operator's side of the VIPs: set, list, delete, drain.
 type Registry struct {
 	store coord.Store
-	l     layout
+	l     keys.VIPs
 	view  func() quorum.View
 	// localAddrs lists the addresses on the answering node's interfaces
 	// with their labels; nil skips that check.
@@ -30,8 +30,8 @@ type Registry struct {
 
 // NewRegistry returns the registry under root. view is the answering node's
 // picture of the cluster: members are checked against it.
-func NewRegistry(store coord.Store, root string, view func() quorum.View, localAddrs func() (map[netip.Addr]string, error)) *Registry {
-	return &Registry{store: store, l: layout{root: root}, view: view, localAddrs: localAddrs}
+func NewRegistry(store coord.Store, root keys.Root, view func() quorum.View, localAddrs func() (map[netip.Addr]string, error)) *Registry {
+	return &Registry{store: store, l: root.VIPs(), view: view, localAddrs: localAddrs}
 }
 
 // Set creates or changes the VIP of c.Service. It validates the address
@@ -49,6 +49,10 @@ func (r *Registry) Set(ctx context.Context, c Config) (Config, error) {
 	if err := r.someoneAllows(ctx, spec); err != nil {
 		return Config{}, err
 	}
+	key, err := r.l.ConfigKey(c.Service)
+	if err != nil {
+		return Config{}, err
+	}
 	c.Address = spec.Prefix.String()
 	addr := spec.Prefix.Addr()
 	for _, m := range r.view().Members {
@@ -58,7 +62,7 @@ func (r *Registry) Set(ctx context.Context, c Config) (Config, error) {
 			}
 		}
 	}
-	kvs, err := r.store.List(ctx, r.l.configDir())
+	kvs, err := r.store.List(ctx, r.l.ConfigDir())
 	if err != nil {
 		return Config{}, fmt.Errorf("list vips: %w", err)
 	}
@@ -88,7 +92,7 @@ func (r *Registry) Set(ctx context.Context, c Config) (Config, error) {
 	}
 	c.UpdatedAt = time.Now().UTC()
 	if old == nil {
-		if _, err := r.store.Create(ctx, r.l.configKey(c.Service), encode(c)); err != nil {
+		if _, err := r.store.Create(ctx, key, encode(c)); err != nil {
 			return Config{}, fmt.Errorf("create vip %s: %w", c.Service, err)
 		}
 		return c, nil
@@ -101,13 +105,15 @@ func (r *Registry) Set(ctx context.Context, c Config) (Config, error) {
 
 // policies reads the members' published allowlists.
 func (r *Registry) policies(ctx context.Context) (map[string]vip.Policy, error) {
-	kvs, err := r.store.List(ctx, r.l.nodesDir())
+	kvs, err := r.store.List(ctx, r.l.NodesDir())
 	if err != nil {
 		return nil, fmt.Errorf("list the nodes' vip allowlists: %w", err)
 	}
 	byName := make(map[string]coord.KV, len(kvs))
 	for _, kv := range kvs {
-		byName[path.Base(kv.Key)] = kv
+		if name, err := keys.Child(r.l.NodesDir(), kv.Key, keys.ValidName); err == nil {
+			byName[name] = kv
+		}
 	}
 	return policiesOf(byName), nil
 }
@@ -139,7 +145,11 @@ func (r *Registry) someoneAllows(ctx context.Context, spec vip.Spec) error {
 // existing VIP is left as the operator set it.
 func (r *Registry) Seed(ctx context.Context, spec vip.Spec) error {
 	c := Config{Service: spec.Service, Address: spec.Prefix.String(), Interface: spec.Interface, UpdatedAt: time.Now().UTC()}
-	_, err := r.store.Create(ctx, r.l.configKey(c.Service), encode(c))
+	key, err := r.l.ConfigKey(c.Service)
+	if err != nil {
+		return err
+	}
+	_, err = r.store.Create(ctx, key, encode(c))
 	if err != nil && !errors.Is(err, coord.ErrExists) {
 		return fmt.Errorf("seed vip %s: %w", c.Service, err)
 	}
@@ -158,8 +168,14 @@ func (r *Registry) Delete(ctx context.Context, service string) error {
 	return nil
 }
 
+// get reads the VIP's configuration; an invalid service name is refused
+// before anything is read, so no other key can be named.
 func (r *Registry) get(ctx context.Context, service string) (coord.KV, error) {
-	kv, err := r.store.Get(ctx, r.l.configKey(service))
+	key, err := r.l.ConfigKey(service)
+	if err != nil {
+		return coord.KV{}, err
+	}
+	kv, err := r.store.Get(ctx, key)
 	if errors.Is(err, coord.ErrNotFound) {
 		return coord.KV{}, fmt.Errorf("%w: %q (taskctl vip list shows the configured ones)", ErrNotFound, service)
 	}
@@ -174,6 +190,15 @@ func (r *Registry) get(ctx context.Context, service string) (coord.KV, error) {
 // target as the VIP's preferred node and returns it; the leader then
 // reassigns the VIP.
 func (r *Registry) Drain(ctx context.Context, service, to string) (string, error) {
+	if to != "" {
+		if err := keys.ValidName(to); err != nil {
+			return "", err
+		}
+	}
+	held, err := r.l.HeldKey(service)
+	if err != nil {
+		return "", err
+	}
 	kv, err := r.get(ctx, service)
 	if err != nil {
 		return "", err
@@ -182,8 +207,11 @@ func (r *Registry) Drain(ctx context.Context, service, to string) (string, error
 	if err != nil {
 		return "", err
 	}
+	if c.Service != service {
+		return "", fmt.Errorf("%w: the record of vip %s names service %s", keys.ErrInvalid, service, keys.Quote(c.Service))
+	}
 	current := ""
-	if h, err := r.store.Get(ctx, r.l.heldKey(service)); err == nil {
+	if h, err := r.store.Get(ctx, held); err == nil {
 		if held, err := decode[Held](h.Key, h.Value); err == nil {
 			current = held.Node
 		}
@@ -262,7 +290,7 @@ type Status struct {
 
 // List returns every VIP, sorted by service.
 func (r *Registry) List(ctx context.Context) ([]Status, error) {
-	dirs := [...]string{r.l.configDir(), r.l.assignDir(), r.l.heldDir(), r.l.nodesDir()}
+	dirs := [...]string{r.l.ConfigDir(), r.l.AssignDir(), r.l.HeldDir(), r.l.NodesDir()}
 	var lists [len(dirs)][]coord.KV
 	for i, d := range dirs {
 		kvs, err := r.store.List(ctx, d)
@@ -278,7 +306,9 @@ func (r *Registry) List(ctx context.Context) ([]Status, error) {
 	}
 	nodes := map[string]coord.KV{}
 	for _, kv := range lists[3] {
-		nodes[path.Base(kv.Key)] = kv
+		if name, err := keys.Child(r.l.NodesDir(), kv.Key, keys.ValidName); err == nil {
+			nodes[name] = kv
+		}
 	}
 	pols := policiesOf(nodes)
 	byService := map[string]*Status{}
@@ -288,6 +318,9 @@ func (r *Registry) List(ctx context.Context) ([]Status, error) {
 		if err != nil {
 			return nil, err
 		}
+		if svc := service(dirs[0], kv.Key); svc == "" || c.Service != svc {
+			continue // written around taskd: not a VIP
+		}
 		s := &Status{Config: c}
 		if spec, err := c.Spec(); err == nil {
 			s.Refused = refusals(spec, members, pols)
@@ -296,14 +329,14 @@ func (r *Registry) List(ctx context.Context) ([]Status, error) {
 		out = append(out, s)
 	}
 	for _, kv := range lists[1] {
-		if s := byService[path.Base(kv.Key)]; s != nil {
+		if s := byService[service(dirs[1], kv.Key)]; s != nil {
 			if a, err := decode[Assignment](kv.Key, kv.Value); err == nil {
 				s.Assigned = &a
 			}
 		}
 	}
 	for _, kv := range lists[2] {
-		if s := byService[path.Base(kv.Key)]; s != nil {
+		if s := byService[service(dirs[2], kv.Key)]; s != nil {
 			if h, err := decode[Held](kv.Key, kv.Value); err == nil {
 				s.Held = &h
 				s.HolderHealth = health[h.Node]
@@ -324,9 +357,12 @@ func (r *Registry) List(ctx context.Context) ([]Status, error) {
 // WaitHeld returns when node holds the VIP with its address up, or with
 // ctx's error. It follows the store's watch; it does not poll.
 func (r *Registry) WaitHeld(ctx context.Context, service, node string) error {
+	if err := keys.ValidService(service); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	m := watchDir(ctx, r.store, r.l.heldDir())
+	m := watchDir(ctx, r.store, r.l.HeldDir())
 	for {
 		select {
 		case <-ctx.Done():
@@ -345,4 +381,13 @@ func (r *Registry) WaitHeld(ctx context.Context, service, node string) error {
 			}
 		}
 	}
+}
+
+// service is the VIP service a key in dir names, "" for a key that names
+// none.
+func service(dir, key string) string {
+	if svc, err := keys.Child(dir, key, keys.ValidService); err == nil {
+		return svc
+	}
+	return ""
 }

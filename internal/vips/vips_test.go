@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/testenv"
 	"github.com/taskd/taskd/internal/vip"
@@ -120,9 +121,18 @@ func (m *member) stop() {
 
 var roots atomic.Int64
 
+// testRoot is a fresh store root, so that tests sharing a server do not meet.
+func testRoot(t *testing.T) keys.Root {
+	r, err := keys.NewRoot(fmt.Sprintf("/vipstest%d", roots.Add(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 type cluster struct {
 	t        *testing.T
-	root     string
+	root     keys.Root
 	members  []*member
 	led      *ledger
 	grace    time.Duration
@@ -134,7 +144,7 @@ func startCluster(t *testing.T, open func(t testing.TB) coord.Store, seed []vip.
 }
 
 func startClusterWith(t *testing.T, open func(t testing.TB) coord.Store, seed []vip.Spec, policies map[string]vip.Policy) *cluster {
-	c := &cluster{t: t, root: fmt.Sprintf("/vipstest%d", roots.Add(1)), led: newLedger(), grace: time.Second, policies: policies}
+	c := &cluster{t: t, root: testRoot(t), led: newLedger(), grace: time.Second, policies: policies}
 	for i, name := range []string{"n1", "n2", "n3"} {
 		c.start(name, fmt.Sprintf("10.0.0.%d:10600", 11+i), open(t), 10-i, seed)
 	}
@@ -143,7 +153,7 @@ func startClusterWith(t *testing.T, open func(t testing.TB) coord.Store, seed []
 
 func (c *cluster) start(name, addr string, store coord.Store, prio int, seed []vip.Spec) *member {
 	cfg := quorum.DefaultConfig()
-	cfg.Name, cfg.NodeID, cfg.Address, cfg.Priority, cfg.Root = name, "id-"+name, addr, prio, c.root
+	cfg.Name, cfg.NodeID, cfg.Address, cfg.Priority, cfg.Root = name, "id-"+name, addr, prio, c.root.String()
 	// The product's default session timeout and fence budget: a shorter
 	// timeout leaves a margin that a loaded machine eats (a 2 s session
 	// has 0.8 s between its local deadline and expiry).
@@ -247,6 +257,7 @@ func TestVIPs(t *testing.T) {
 			t.Run("UnhealthyHolder", func(t *testing.T) { testUnhealthy(t, b) })
 			t.Run("HolderCutOff", func(t *testing.T) { testHolderCutOff(t, b) })
 			t.Run("Allowlist", func(t *testing.T) { testAllowlist(t, b) })
+			t.Run("TraversalRefused", func(t *testing.T) { testTraversal(t, b) })
 		})
 	}
 }
@@ -459,7 +470,7 @@ func testUnhealthy(t *testing.T, b backend) {
 // expire, and the next holder takes it only after that; the process keeps
 // running and rejoins when the store comes back.
 func testHolderCutOff(t *testing.T, b backend) {
-	c := &cluster{t: t, root: fmt.Sprintf("/vipstest%d", roots.Add(1)), led: newLedger(), grace: time.Second}
+	c := &cluster{t: t, root: testRoot(t), led: newLedger(), grace: time.Second}
 	seed := []vip.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")}
 	proxy := testenv.StartProxy(t, b.Addr)
 	cut := c.start("n1", "10.0.0.11:10600", b.Dial(t, proxy.Addr()), 10, seed)
