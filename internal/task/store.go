@@ -74,11 +74,34 @@ type CreateRequest struct {
 	Window     string // HH:MM-HH:MM, empty for none
 	Zone       string // zone of Window; empty: the store's default
 	MaxRetries *int   // nil: DefaultMaxRetries
+
+	// ID, when set, is the task's id (a UUID); empty: a random one. A
+	// schedule derives it from the schedule and the tick, so that the
+	// store refuses a second task for the same tick.
+	ID string
+	// Schedule and Tick name the schedule and the tick that made the task.
+	Schedule string
+	Tick     time.Time
 }
 
 // Create validates req and stores a waiting task. Nothing is written when
 // req is invalid.
 func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) {
+	r, err := s.Prepare(req)
+	if err != nil {
+		return nil, err
+	}
+	kv, err := s.kv.Create(ctx, s.layout.ActiveKey(r.ID), r.encode())
+	if err != nil {
+		return nil, fmt.Errorf("store task %s: %w", r.ID, err)
+	}
+	r.version = kv.Version
+	return r, nil
+}
+
+// Prepare validates req and returns the waiting record Create would store,
+// without writing it; CreateOp writes it inside a caller's transaction.
+func (s *Store) Prepare(req CreateRequest) (*Record, error) {
 	typ, err := s.types.Lookup(req.Type)
 	if err != nil {
 		return nil, err
@@ -122,17 +145,28 @@ func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) 
 	if retries < 0 || retries > MaxMaxRetries {
 		return nil, fmt.Errorf("%w: max retries %d: use 0..%d", ErrInvalid, retries, MaxMaxRetries)
 	}
+	id := req.ID
+	if id == "" {
+		id = uuid.NewString()
+	} else if err := ValidID(id); err != nil {
+		return nil, err
+	}
 	now := s.now().UTC()
 	r := &Record{
-		ID: uuid.NewString(), Type: req.Type, Spec: spec, State: Waiting, Priority: req.Priority,
+		ID: id, Type: req.Type, Spec: spec, State: Waiting, Priority: req.Priority,
 		Node: node, Window: w, MaxRetries: retries, Created: now, Updated: now,
+		Schedule: req.Schedule, Tick: req.Tick.UTC(),
 	}
-	kv, err := s.kv.Create(ctx, s.layout.ActiveKey(r.ID), r.encode())
-	if err != nil {
-		return nil, fmt.Errorf("store task %s: %w", r.ID, err)
+	if req.Tick.IsZero() {
+		r.Tick = time.Time{}
 	}
-	r.version = kv.Version
 	return r, nil
+}
+
+// CreateOp is the transaction operation that stores r, as Prepare returned
+// it; the transaction fails with coord.ErrConflict if the id exists.
+func (s *Store) CreateOp(r *Record) coord.Op {
+	return coord.CreateOp(s.layout.ActiveKey(r.ID), r.encode(), nil)
 }
 
 // window validates a window given by a user; "" means none.
