@@ -61,7 +61,19 @@ const maxDue = 10000
 func plan(v view, now, since time.Time) (action, time.Time) {
 	sc, st := v.sc, v.st
 	log := func(msg, event string, attrs ...any) logLine {
-		return logLine{msg: msg, attrs: append([]any{"event", event, "schedule", sc.Name}, attrs...)}
+		out := []any{"event", event, "schedule", sc.Name}
+		for i := 0; i+1 < len(attrs); i += 2 {
+			switch v := attrs[i+1].(type) {
+			case string:
+				if v == "" {
+					continue // no empty attributes (a tick has no trigger)
+				}
+			case time.Time:
+				attrs[i+1] = v.UTC().Format(time.RFC3339Nano)
+			}
+			out = append(out, attrs[i], attrs[i+1])
+		}
+		return logLine{msg: msg, attrs: out}
 	}
 
 	// 1. A pending tick runs once the previous tasks have ended.

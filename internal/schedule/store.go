@@ -54,6 +54,8 @@ type CreateRequest struct {
 	KeepLast int
 	Paused   bool
 	Note     string
+	// DryRun validates and returns the schedule without storing it.
+	DryRun bool
 }
 
 // taskRequest is the task a tick of sc makes.
@@ -108,8 +110,8 @@ func (s *Store) Create(ctx context.Context, req CreateRequest) (*Schedule, error
 		sc.Template.WindowZone = r.Window.Zone
 	}
 	key, err := s.layout.DefKey(sc.Name)
-	if err != nil {
-		return nil, err
+	if err != nil || req.DryRun {
+		return sc, err
 	}
 	kv, err := s.kv.Create(ctx, key, encode(sc))
 	if errors.Is(err, coord.ErrExists) {
