@@ -101,7 +101,13 @@ func plan(v view, now, since time.Time) (action, time.Time) {
 	// 2. Triggers, oldest first; they run while paused too.
 	if len(v.triggers) > 0 {
 		tr := v.triggers[0]
-		return startTick(v, now, tr.requested, &tr, Triggered, log), time.Time{}
+		if st.handled(tr.id) {
+			// The same request again: consume it, run nothing.
+			return action{next: st.clone(), dropTrigger: &tr}, time.Time{}
+		}
+		a := startTick(v, now, tr.requested, &tr, Triggered, log)
+		a.next.addTrigger(tr.id)
+		return a, time.Time{}
 	}
 	if sc.Paused {
 		return action{}, time.Time{}

@@ -226,6 +226,13 @@ func TestPlanPauseTriggerJitter(t *testing.T) {
 		if a.create == nil || a.create.id != TriggerTaskID(sc.UID, id) || a.dropTrigger == nil || !a.next.LastTick.IsZero() {
 			t.Fatalf("trigger: %+v", a)
 		}
+		// The same request again (a client's retry): consumed, not run.
+		v = testView(t, sc, a.next)
+		v.triggers = []trigger{{key: "k", id: id, version: 1, requested: utc("2025-01-01T03:00:02Z")}}
+		a, _ = plan(v, utc("2025-01-01T03:00:03Z"), created)
+		if a.create != nil || a.dropTrigger == nil || len(a.next.Runs) != 1 {
+			t.Fatalf("repeated trigger ran again: %+v", a)
+		}
 	})
 	t.Run("resume: ticks while paused are not run", func(t *testing.T) {
 		sc := testSchedule(t, Spec{Cron: "0 * * * *"}, OverlapSkip, created)

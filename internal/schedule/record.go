@@ -28,6 +28,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -74,6 +75,8 @@ const (
 	MaxNote         = 200
 	// runsKept is how many recent runs the state record keeps.
 	runsKept = 20
+	// triggersKept is how many handled trigger ids it remembers.
+	triggersKept = 100
 )
 
 // Template is the task a tick makes; the fields mean what they mean for
@@ -268,6 +271,9 @@ type State struct {
 	// Made are the ids of the tasks made, oldest first; finished ones
 	// beyond KeepLast are deleted.
 	Made []string `json:"made,omitempty"`
+	// Triggers are the latest trigger requests handled, so that a
+	// request sent again is not run again.
+	Triggers []string `json:"triggers,omitempty"`
 
 	version int64
 }
@@ -283,6 +289,7 @@ func (s *State) clone() *State {
 	}
 	c.Runs = append([]Run(nil), s.Runs...)
 	c.Made = append([]string(nil), s.Made...)
+	c.Triggers = append([]string(nil), s.Triggers...)
 	return &c
 }
 
@@ -290,6 +297,15 @@ func (s *State) addRun(r Run) {
 	s.Runs = append(s.Runs, r)
 	if len(s.Runs) > runsKept {
 		s.Runs = append([]Run(nil), s.Runs[len(s.Runs)-runsKept:]...)
+	}
+}
+
+func (s *State) handled(trigger string) bool { return s != nil && slices.Contains(s.Triggers, trigger) }
+
+func (s *State) addTrigger(id string) {
+	s.Triggers = append(s.Triggers, id)
+	if len(s.Triggers) > triggersKept {
+		s.Triggers = append([]string(nil), s.Triggers[len(s.Triggers)-triggersKept:]...)
 	}
 }
 

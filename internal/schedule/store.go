@@ -309,9 +309,12 @@ func (s *Store) Trigger(ctx context.Context, name, id string) (string, error) {
 		return "", err
 	}
 	dkey, _ := s.layout.DefKey(name) // name checked by TriggerKey
-	sc, _, err := s.Get(ctx, name)
+	sc, st, err := s.Get(ctx, name)
 	if err != nil {
 		return "", err
+	}
+	if st.handled(id) {
+		return TriggerTaskID(sc.UID, id), nil // sent again: it ran once
 	}
 	rec := triggerRecord{UID: sc.UID, Requested: s.Now().UTC()}
 	_, err = s.kv.Txn(ctx, []coord.Cond{coord.VersionIs(dkey, sc.version), coord.VersionIs(tkey, 0)},
