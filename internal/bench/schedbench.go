@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -256,8 +257,14 @@ func killAtTick(ctx context.Context, out io.Writer, c *harness.Cluster, scs *sch
 		return fmt.Errorf("last tick %v never fired: %w", last, err)
 	}
 	got := harness.CountTicks(made, anchor, every, first, last)
-	fmt.Fprintf(out, "kill -9 of the leader at a tick (±20 ms), %d trials, schedule every %v: ticks=%d lost=%d doubled=%d; failover kill->new leader: %s\n",
-		n, every, got.Fired+got.Missed+got.Doubled, got.Missed, got.Doubled, summary(failovers))
+	// Which leader fired the killed ticks: the old one before it died, or
+	// the new one after (caught up), from the nodes' logs.
+	caught := 0
+	for _, nd := range c.Nodes {
+		caught += strings.Count(nd.Log(), `"event":"schedule_caught_up","schedule":"kill-tick"`)
+	}
+	fmt.Fprintf(out, "kill -9 of the leader at a tick (±20 ms), %d trials, schedule every %v: ticks=%d lost=%d doubled=%d (caught up by the new leader: %d); failover kill->new leader: %s\n",
+		n, every, got.Fired+got.Missed+got.Doubled, got.Missed, got.Doubled, caught, summary(failovers))
 	for _, t := range got.MissedAt {
 		fmt.Fprintf(out, "  lost tick %s\n", t.Format(time.RFC3339))
 	}

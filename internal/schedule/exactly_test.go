@@ -230,3 +230,55 @@ func waitTicks(ctx context.Context, t *testing.T, kv coord.Store, lay task.Layou
 		t.Fatalf("tick %s never fired: %v", tick.Format(time.TimeOnly), err)
 	}
 }
+
+// TestManySchedulesTickTogether: 45 schedules ticking at the same instants
+// are written in batches (more than one transaction's worth); each of
+// their ticks has exactly one task.
+func TestManySchedulesTickTogether(t *testing.T) {
+	const (
+		n     = 45
+		every = 2 * time.Second
+	)
+	for _, b := range testenv.Backends(t) {
+		t.Run(b.Name, func(t *testing.T) {
+			root := fmt.Sprintf("/sched%d-%d", time.Now().UnixNano(), seq.Add(1))
+			check := b.Open(t)
+			tasks, err := task.NewStore(check, root, tasktype.Builtin(nil, nil, nil), "UTC", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			scs := schedule.NewStore(check, root, tasks)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			m := startMember(t, b, root, "n1")
+			leaderOf(t, []*member{m}, 0)
+			var created []*schedule.Schedule
+			for i := range n {
+				sc, err := scs.Create(ctx, schedule.CreateRequest{Name: fmt.Sprintf("s%02d", i), Spec: schedule.Spec{Every: every.String()},
+					Template: schedule.Template{Type: "noop"}, Overlap: "allow"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				created = append(created, sc)
+			}
+			// Wait for three ticks after the last creation.
+			last := created[n-1].Created.Truncate(time.Second).Add(3 * every)
+			for _, sc := range created {
+				anchor := sc.Created.Truncate(time.Second)
+				final := anchor.Add((last.Sub(anchor)/every + 1) * every)
+				waitTicks(ctx, t, check, tasks.Layout(), sc.Name, final)
+				made := ticksMade(ctx, t, check, tasks.Layout(), sc.Name)
+				count := 0
+				for tk := anchor.Add(every); !tk.After(final); tk = tk.Add(every) {
+					if c := made[tk.UnixNano()]; c != 1 {
+						t.Errorf("%s: tick %s has %d tasks", sc.Name, tk.Format(time.TimeOnly), c)
+					}
+					count++
+				}
+				if count < 2 {
+					t.Errorf("%s: only %d ticks checked", sc.Name, count)
+				}
+			}
+		})
+	}
+}

@@ -326,3 +326,87 @@ func (h *wakeHeap) Pop() any {
 	*h = old[:len(old)-1]
 	return x
 }
+
+// batchSize bounds the ticks written in one transaction: each takes up to
+// three conditions and three operations, and etcd allows 128 of each.
+const batchSize = 30
+
+// fireBatch writes the due ticks of several schedules in one transaction,
+// so that many schedules ticking at the same instant (nightly at 02:00)
+// cost a few transactions, not one each. Whatever it does not write (a
+// conflict, a step that is not a plain tick) the per-schedule evaluation
+// does after it.
+func (r *Leader) fireBatch(ctx context.Context, l *quorum.Leadership, w *world, names []string, since time.Time, log *slog.Logger) error {
+	type item struct {
+		name    string
+		v       view
+		a       action
+		rec     *task.Record
+		stateOp int
+	}
+	now := r.store.Now()
+	var batch []item
+	var conds []coord.Cond
+	var ops []coord.Op
+	for _, name := range names {
+		sc, ok := w.defs[name]
+		if !ok {
+			continue
+		}
+		v := w.view(sc)
+		a, _ := plan(v, now, since)
+		if a.next == nil || a.create == nil || len(a.cancel) > 0 {
+			continue
+		}
+		rec, err := r.store.tasks.Prepare(taskRequest(sc, a.create.id, a.create.tick))
+		if err != nil {
+			continue // the per-schedule step records why
+		}
+		dkey, err1 := r.store.layout.DefKey(sc.Name)
+		skey, err2 := r.store.layout.StateKey(sc.UID)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		conds = append(conds, coord.VersionIs(dkey, sc.version), coord.VersionIs(skey, v.st.version))
+		ops = append(ops, r.store.tasks.CreateOp(rec))
+		it := item{name: name, v: v, a: a, rec: rec, stateOp: len(ops)}
+		if v.st.version == 0 {
+			ops = append(ops, coord.CreateOp(skey, encode(a.next), nil))
+		} else {
+			ops = append(ops, coord.PutOp(skey, encode(a.next)))
+		}
+		if t := a.dropTrigger; t != nil {
+			conds = append(conds, coord.VersionIs(t.key, t.version))
+			ops = append(ops, coord.DeleteOp(t.key))
+		}
+		batch = append(batch, it)
+		if len(batch) == batchSize {
+			break
+		}
+	}
+	if len(batch) < 2 {
+		return nil
+	}
+	vers, err := l.Txn(ctx, conds, ops)
+	if errors.Is(err, coord.ErrConflict) {
+		return nil // one changed: each is written on its own next
+	}
+	if err != nil {
+		return fmt.Errorf("fire %d schedules: %w", len(batch), err)
+	}
+	for _, it := range batch {
+		it.a.next.version = vers[it.stateOp]
+		w.states[it.v.sc.UID] = it.a.next
+		if w.open[it.name] == nil {
+			w.open[it.name] = map[string]*task.Record{}
+		}
+		w.open[it.name][it.rec.ID], w.taskOf[it.rec.ID] = it.rec, it.name
+		if it.a.dropTrigger != nil {
+			w.dropTrigger(it.name, it.a.dropTrigger.id)
+		}
+		for _, line := range it.a.logs {
+			line.emit(log)
+		}
+	}
+	return nil
+}

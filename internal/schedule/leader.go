@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"time"
 
@@ -130,6 +131,17 @@ func (r *Leader) Run(ctx context.Context, l *quorum.Leadership) error {
 			log.Info("scheduler started", "schedules", len(w.defs))
 			for name := range w.defs {
 				w.dirty[name] = true
+			}
+		}
+		if len(w.dirty) > 1 {
+			names := slices.Sorted(maps.Keys(w.dirty))
+			for i := 0; i < len(names); i += batchSize {
+				err := r.fireBatch(ctx, l, w, names[i:min(i+batchSize, len(names))], since, log)
+				if errors.Is(err, quorum.ErrFenced) {
+					log.Warn("scheduler fenced", "err", err)
+					return err
+				}
+				// Other errors: each schedule's own step retries.
 			}
 		}
 		for name := range w.dirty {
