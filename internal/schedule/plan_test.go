@@ -270,3 +270,43 @@ func TestPlanPauseTriggerJitter(t *testing.T) {
 		}
 	})
 }
+
+func TestScheduleValidate(t *testing.T) {
+	created := utc("2025-01-01T00:00:00Z")
+	good := func() *Schedule {
+		return &Schedule{Name: "n", UID: "0f8fad5b-d9cb-469f-a165-70867728950e", Spec: Spec{Every: "1h"}, Overlap: OverlapSkip,
+			CatchUp: Duration(time.Hour), KeepLast: 10, Since: created, Created: created, Template: Template{Type: "noop"}}
+	}
+	if err := good().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		edit func(*Schedule)
+		want string
+	}{
+		{"name", func(s *Schedule) { s.Name = "../x" }, "schedule name"},
+		{"uid", func(s *Schedule) { s.UID = "../x" }, "not a UUID"},
+		{"upper-case uid", func(s *Schedule) { s.UID = "0F8FAD5B-D9CB-469F-A165-70867728950E" }, "not a UUID"},
+		{"overlap", func(s *Schedule) { s.Overlap = "sometimes" }, "overlap policy"},
+		{"empty overlap", func(s *Schedule) { s.Overlap = "" }, "overlap policy"},
+		{"negative catch-up", func(s *Schedule) { s.CatchUp = Duration(-time.Second) }, "catch-up"},
+		{"catch-up over a year", func(s *Schedule) { s.CatchUp = Duration(400 * 24 * time.Hour) }, "catch-up"},
+		{"negative jitter", func(s *Schedule) { s.Jitter = Duration(-time.Second) }, "jitter"},
+		{"jitter over an hour", func(s *Schedule) { s.Jitter = Duration(2 * time.Hour); s.Spec = Spec{Cron: "@daily"} }, "jitter"},
+		{"jitter not below the interval", func(s *Schedule) { s.Jitter = Duration(time.Hour) }, "shorter than the interval"},
+		{"keep-last 0", func(s *Schedule) { s.KeepLast = 0 }, "keep-last"},
+		{"keep-last over 1000", func(s *Schedule) { s.KeepLast = 1001 }, "keep-last"},
+		{"note with a newline", func(s *Schedule) { s.Note = "a\nb" }, "control character"},
+		{"long note", func(s *Schedule) { s.Note = strings.Repeat("n", 201) }, "note"},
+		{"no type", func(s *Schedule) { s.Template.Type = "" }, "type"},
+		{"no creation", func(s *Schedule) { s.Created = time.Time{} }, "creation"},
+	}
+	for _, c := range cases {
+		s := good()
+		c.edit(s)
+		if err := s.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want an error with %q", c.name, err, c.want)
+		}
+	}
+}
