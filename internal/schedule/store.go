@@ -309,27 +309,31 @@ func (s *Store) Trigger(ctx context.Context, name, id string) (string, error) {
 		return "", err
 	}
 	dkey, _ := s.layout.DefKey(name) // name checked by TriggerKey
-	sc, st, err := s.Get(ctx, name)
-	if err != nil {
-		return "", err
-	}
-	if st.handled(id) {
-		return TriggerTaskID(sc.UID, id), nil // sent again: it ran once
-	}
-	rec := triggerRecord{UID: sc.UID, Requested: s.Now().UTC()}
-	_, err = s.kv.Txn(ctx, []coord.Cond{coord.VersionIs(dkey, sc.version), coord.VersionIs(tkey, 0)},
-		[]coord.Op{coord.CreateOp(tkey, encode(rec), nil)})
-	if errors.Is(err, coord.ErrConflict) {
-		// Either the same request again (its key exists or was
-		// consumed), or the schedule changed: the caller waits for the
-		// run either way; a deleted schedule is not found.
-		if _, _, gerr := s.Get(ctx, name); gerr != nil {
-			return "", gerr
+	for range casRetries {
+		sc, st, err := s.Get(ctx, name)
+		if err != nil {
+			return "", err
 		}
-	} else if err != nil {
-		return "", fmt.Errorf("trigger schedule %s: %w", name, err)
+		if st.handled(id) {
+			return TriggerTaskID(sc.UID, id), nil // sent again: it ran once
+		}
+		if _, err := s.kv.Get(ctx, tkey); err == nil {
+			return TriggerTaskID(sc.UID, id), nil // sent again: it is queued
+		} else if !errors.Is(err, coord.ErrNotFound) {
+			return "", fmt.Errorf("trigger schedule %s: %w", name, err)
+		}
+		rec := triggerRecord{UID: sc.UID, Requested: s.Now().UTC()}
+		_, err = s.kv.Txn(ctx, []coord.Cond{coord.VersionIs(dkey, sc.version), coord.VersionIs(tkey, 0)},
+			[]coord.Op{coord.CreateOp(tkey, encode(rec), nil)})
+		if errors.Is(err, coord.ErrConflict) {
+			continue // the schedule changed, or the same request raced us: look again
+		}
+		if err != nil {
+			return "", fmt.Errorf("trigger schedule %s: %w", name, err)
+		}
+		return TriggerTaskID(sc.UID, id), nil
 	}
-	return TriggerTaskID(sc.UID, id), nil
+	return "", fmt.Errorf("trigger schedule %s: gave up after %d conflicting writes: %w", name, casRetries, coord.ErrConflict)
 }
 
 // WaitTrigger waits until the leader has handled trigger id of the
