@@ -80,9 +80,13 @@ func (r *Leader) Run(ctx context.Context, l *quorum.Leadership) error {
 		triggers: map[string][]trigger{}, open: map[string]map[string]*task.Record{}, taskOf: map[string]string{},
 		dirty: map[string]bool{}, wakeAt: map[string]time.Time{}}
 	log := r.log.With("epoch", l.Epoch())
+	if err := r.prime(ctx, w, log); err != nil {
+		// The watches' own first contents take over; only slower.
+		log.Warn("scheduler could not list the store at start; waiting for its watches", "err", err)
+	}
 	var since time.Time
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
+	// Fire at once from the listing (the watches may take a while).
+	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
 		select {
@@ -166,6 +170,31 @@ func (r *Leader) Run(ctx context.Context, l *quorum.Leadership) error {
 	}
 }
 
+// prime fills the view from one listing of each directory, so a new
+// leader fires without waiting for its watches' first contents: a watch of
+// ZooKeeper reads a directory's children one round trip after another
+// (seconds for 10 000 schedules), a listing reads them in parallel. The
+// watches then deliver the same versions (ignored as known) and every
+// later change.
+func (r *Leader) prime(ctx context.Context, w *world, log *slog.Logger) error {
+	dirs := [4]string{w.lay.DefsDir(), w.lay.StateDir(), w.lay.TriggersDir(), r.store.tasks.Layout().ActiveDir()}
+	var lists [4][]coord.KV
+	for i, dir := range dirs {
+		kvs, err := r.store.kv.List(ctx, dir)
+		if err != nil {
+			return fmt.Errorf("list %s: %w", dir, err)
+		}
+		lists[i] = kvs
+	}
+	for i, kvs := range lists {
+		for _, kv := range kvs {
+			w.apply(i, coord.Event{Type: coord.EventPut, KV: kv}, log)
+		}
+		w.synced[i] = true
+	}
+	return nil
+}
+
 // drain applies every event already queued, so one step covers a burst.
 func (w *world) drain(ctx context.Context, watches [4]<-chan coord.Event, log *slog.Logger) bool {
 	for range 100000 {
@@ -227,6 +256,11 @@ func (w *world) apply(i int, ev coord.Event, log *slog.Logger) {
 			delete(w.defs, name)
 			return
 		}
+		// A listing at start and the watch may deliver one version twice,
+		// or an older one after a newer: keep the newer of one schedule.
+		if cur, ok := w.defs[name]; ok && cur.UID == sc.UID && cur.version > sc.version {
+			return
+		}
 		w.defs[name], w.tts[name] = sc, tt
 	case wStates:
 		uid, err := child(w.lay.StateDir(), ev.KV.Key)
@@ -286,7 +320,10 @@ func (w *world) apply(i int, ev coord.Event, log *slog.Logger) {
 		if w.open[r.Schedule] == nil {
 			w.open[r.Schedule] = map[string]*task.Record{}
 		}
-		_, known := w.open[r.Schedule][id]
+		cur, known := w.open[r.Schedule][id]
+		if known && cur.Version() > r.Version() {
+			return
+		}
 		w.open[r.Schedule][id] = r
 		w.taskOf[id] = r.Schedule
 		if !known || r.Request == task.RequestCancel {
