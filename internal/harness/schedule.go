@@ -8,8 +8,10 @@ import (
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 )
 
-// TicksMade counts the tasks of schedule name per tick (unix nanoseconds),
-// finished ones included, as node n reports them.
+// TicksMade counts the distinct tasks of schedule name per tick (unix
+// nanoseconds), finished ones included, as node n reports them. A task
+// that finishes while the listing reads it can appear twice (unfinished
+// and finished): it counts once.
 func TicksMade(ctx context.Context, n *Node, name string) (map[int64]int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -18,8 +20,10 @@ func TicksMade(ctx context.Context, n *Node, name string) (map[int64]int, error)
 		return nil, err
 	}
 	out := map[int64]int{}
+	seen := map[string]bool{}
 	for _, t := range r.Msg.Tasks {
-		if t.Schedule == name && t.Tick != nil {
+		if t.Schedule == name && t.Tick != nil && !seen[t.Id] {
+			seen[t.Id] = true
 			out[t.Tick.AsTime().UnixNano()]++
 		}
 	}
