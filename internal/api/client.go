@@ -26,11 +26,12 @@ type ClientConfig struct {
 
 // Client holds the service clients.
 type Client struct {
-	Cluster taskdv1connect.ClusterServiceClient
-	Tasks   taskdv1connect.TaskServiceClient
-	Runners taskdv1connect.RunnerServiceClient
-	Events  taskdv1connect.EventServiceClient
-	VIPs    taskdv1connect.VIPServiceClient
+	Cluster   taskdv1connect.ClusterServiceClient
+	Tasks     taskdv1connect.TaskServiceClient
+	Runners   taskdv1connect.RunnerServiceClient
+	Events    taskdv1connect.EventServiceClient
+	VIPs      taskdv1connect.VIPServiceClient
+	Schedules taskdv1connect.ScheduleServiceClient
 }
 
 // NormalizeEndpoint adds http:// to a bare host:port.
@@ -81,11 +82,12 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		opts = append(opts, connect.WithGRPC())
 	}
 	return &Client{
-		Cluster: taskdv1connect.NewClusterServiceClient(hc, base, opts...),
-		Tasks:   taskdv1connect.NewTaskServiceClient(hc, base, opts...),
-		Runners: taskdv1connect.NewRunnerServiceClient(hc, base, opts...),
-		Events:  taskdv1connect.NewEventServiceClient(hc, base, opts...),
-		VIPs:    taskdv1connect.NewVIPServiceClient(hc, base, opts...),
+		Cluster:   taskdv1connect.NewClusterServiceClient(hc, base, opts...),
+		Tasks:     taskdv1connect.NewTaskServiceClient(hc, base, opts...),
+		Runners:   taskdv1connect.NewRunnerServiceClient(hc, base, opts...),
+		Events:    taskdv1connect.NewEventServiceClient(hc, base, opts...),
+		VIPs:      taskdv1connect.NewVIPServiceClient(hc, base, opts...),
+		Schedules: taskdv1connect.NewScheduleServiceClient(hc, base, opts...),
 	}, nil
 }
 

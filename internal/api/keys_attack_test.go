@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/taskd/taskd/internal/schedule"
 	"io"
 	"log/slog"
 	"net"
@@ -39,12 +40,13 @@ type node struct {
 	reg     *vips.Registry
 }
 
-func (n *node) View() quorum.View        { v, _ := n.q.View(); return v }
-func (n *node) Ready() bool              { return n.q.Ready() }
-func (n *node) Coordinator() string      { return n.backend }
-func (n *node) TaskStore() *task.Store   { return n.tasks }
-func (n *node) Events() *events.Recorder { return nil }
-func (n *node) VIPs() *vips.Registry     { return n.reg }
+func (n *node) View() quorum.View          { v, _ := n.q.View(); return v }
+func (n *node) Ready() bool                { return n.q.Ready() }
+func (n *node) Coordinator() string        { return n.backend }
+func (n *node) TaskStore() *task.Store     { return n.tasks }
+func (n *node) Events() *events.Recorder   { return nil }
+func (n *node) VIPs() *vips.Registry       { return n.reg }
+func (n *node) Schedules() *schedule.Store { return nil }
 func (n *node) SetPriority(ctx context.Context, node string, p int, force bool) error {
 	return n.q.SetPriority(ctx, node, p, force)
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/schedule"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/vip"
 	"github.com/taskd/taskd/internal/vips"
@@ -53,6 +54,8 @@ type Cluster interface {
 	Events() *events.Recorder
 	// VIPs is the VIP registry, nil until the node is connected.
 	VIPs() *vips.Registry
+	// Schedules is the schedule store, nil until the node is connected.
+	Schedules() *schedule.Store
 }
 
 // ServerConfig configures the API listener.
@@ -116,6 +119,7 @@ func NewServer(cfg ServerConfig, cluster Cluster, log *slog.Logger) (*Server, er
 	mux.Handle(taskdv1connect.NewRunnerServiceHandler(&runnerService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewEventServiceHandler(&eventService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewVIPServiceHandler(&vipService{c: cluster}, opts))
+	mux.Handle(taskdv1connect.NewScheduleServiceHandler(&scheduleService{c: cluster}, opts))
 	if cfg.Metrics != nil {
 		a := &auth{token: cfg.Token}
 		mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
@@ -225,13 +229,14 @@ func toConnect(err error) error {
 	switch {
 	case errors.Is(err, quorum.ErrInvalid), errors.Is(err, vip.ErrInvalid):
 		code = connect.CodeInvalidArgument
-	case errors.Is(err, vips.ErrInUse):
+	case errors.Is(err, vips.ErrInUse), errors.Is(err, schedule.ErrExists):
 		code = connect.CodeAlreadyExists
 	case errors.Is(err, vips.ErrNotFound):
 		code = connect.CodeNotFound
 	case errors.Is(err, vips.ErrNoTarget):
 		code = connect.CodeFailedPrecondition
-	case errors.Is(err, quorum.ErrNotMember), errors.Is(err, coord.ErrNotFound), errors.Is(err, task.ErrNotFound):
+	case errors.Is(err, quorum.ErrNotMember), errors.Is(err, coord.ErrNotFound), errors.Is(err, task.ErrNotFound),
+		errors.Is(err, schedule.ErrNotFound):
 		code = connect.CodeNotFound
 	case errors.Is(err, coord.ErrConflict), errors.Is(err, coord.ErrExists), errors.Is(err, task.ErrState):
 		code = connect.CodeFailedPrecondition

@@ -36,7 +36,7 @@ func toTask(r *task.Record, reason string) *taskdv1.Task {
 			Rate: r.Progress.Rate, EtaSeconds: r.Progress.ETASeconds},
 		Created: ts(r.Created), Started: ts(r.Started), Finished: ts(r.Finished), Updated: ts(r.Updated),
 		NotBefore: ts(r.NotBefore), HasCheckpoint: len(r.Checkpoint) > 0,
-		RateLimit: r.RateLimit, RateLimitSet: r.RateLimitSet,
+		RateLimit: r.RateLimit, RateLimitSet: r.RateLimitSet, Schedule: r.Schedule, Tick: ts(r.Tick),
 	}
 	if r.Window != nil {
 		t.Window, t.WindowZone = r.Window.Spec, r.Window.Zone

@@ -143,7 +143,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	pf.StringVar(&g.tlsCA, "tls-ca", envOr("TASKD_TLS_CA", ""), "CA certificate (PEM) to verify an https endpoint (env TASKD_TLS_CA)")
 	pf.DurationVar(&g.timeout, "timeout", api.DefaultTimeout, "deadline for each request")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(serviceCmd(g), taskCmd(g), runnerCmd(g), vipCmd(g), copyCmd(g), eventsCmd(g), doctorCmd(g))
+	root.AddCommand(serviceCmd(g), taskCmd(g), runnerCmd(g), vipCmd(g), copyCmd(g), eventsCmd(g), doctorCmd(g), scheduleCmd(g))
 	return root
 }
 

@@ -265,3 +265,13 @@ func FuzzChild(f *testing.F) {
 		}
 	})
 }
+
+func FuzzScheduleDefKey(f *testing.F) {
+	s := testRoot(f).Schedules()
+	fuzzBuilder(f, s.DefsDir(), s.DefKey, keys.ValidSchedule)
+}
+
+func FuzzScheduleStateKey(f *testing.F) {
+	s := testRoot(f).Schedules()
+	fuzzBuilder(f, s.StateDir(), s.StateKey, keys.ValidUID)
+}

@@ -1,6 +1,9 @@
 package keys
 
-import "strconv"
+import (
+	"strconv"
+	"strings"
+)
 
 // Root is a validated store root: every key of a cluster lies under it.
 //
@@ -22,6 +25,9 @@ import "strconv"
 //	vips/held/SERVICE        who holds it (bound to the holder's session)
 //	events/NAME/NNN          a node's ring of recent events
 //	tokens/ID                an API token (hashed)
+//	schedules/defs/NAME      a schedule as an operator set it
+//	schedules/state/UID      what the leader fired for it (leader, fenced)
+//	schedules/triggers/NAME@ID  a pending trigger request
 type Root struct{ dir string }
 
 // NewRoot validates dir (see ValidRoot).
@@ -238,3 +244,58 @@ func (t Tokens) Dir() string { return t.root + "/tokens" }
 
 // TokenKey is the record of token id.
 func (t Tokens) TokenKey(id string) (string, error) { return child(t.Dir(), id, ValidTokenID) }
+
+// Schedules is the recurring schedules' part of the layout.
+type Schedules struct{ root string }
+
+// Schedules returns the schedules' layout.
+func (r Root) Schedules() Schedules { return Schedules{root: r.dir} }
+
+// DefsDir holds the schedule definitions.
+func (s Schedules) DefsDir() string { return s.root + "/schedules/defs" }
+
+// StateDir holds the leader's per-schedule state.
+func (s Schedules) StateDir() string { return s.root + "/schedules/state" }
+
+// TriggersDir holds pending trigger requests.
+func (s Schedules) TriggersDir() string { return s.root + "/schedules/triggers" }
+
+// DefKey is the definition of schedule name.
+func (s Schedules) DefKey(name string) (string, error) {
+	return child(s.DefsDir(), name, ValidSchedule)
+}
+
+// StateKey is the state of the schedule with uid.
+func (s Schedules) StateKey(uid string) (string, error) {
+	return child(s.StateDir(), uid, ValidUID)
+}
+
+// TriggerKey is trigger request id of schedule name: NAME@ID.
+func (s Schedules) TriggerKey(name, id string) (string, error) {
+	if err := ValidSchedule(name); err != nil {
+		return "", err
+	}
+	return child(s.TriggersDir(), name+"@"+id, validTrigger)
+}
+
+// ParseTrigger reads NAME and ID back from a trigger key.
+func (s Schedules) ParseTrigger(key string) (name, id string, err error) {
+	seg, err := Child(s.TriggersDir(), key, validTrigger)
+	if err != nil {
+		return "", "", err
+	}
+	name, id, _ = strings.Cut(seg, "@")
+	return name, id, nil
+}
+
+// validTrigger checks a NAME@ID trigger segment.
+func validTrigger(seg string) error {
+	name, id, ok := strings.Cut(seg, "@")
+	if !ok {
+		return refuse("trigger", seg, "want NAME@ID")
+	}
+	if err := ValidSchedule(name); err != nil {
+		return err
+	}
+	return ValidUID(id)
+}

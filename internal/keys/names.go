@@ -27,6 +27,7 @@ package keys
 import (
 	"errors"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -147,6 +148,24 @@ func ValidTaskID(s string) error {
 	}
 	if !ok {
 		return refuse("task id", s, "use the id taskctl printed: a lower-case UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e")
+	}
+	return nil
+}
+
+// ValidSchedule checks a schedule name: 1-63 letters, digits, '.', '_' or
+// '-', starting with a letter or digit, without "..".
+func ValidSchedule(s string) error {
+	if !segment(s) || !word(s, MaxName, isAlnum, nameByte) || strings.Contains(s, "..") {
+		return refuse("schedule name", s, "use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+	}
+	return nil
+}
+
+// ValidUID checks a record id that is a canonical lower-case UUID (a
+// schedule's uid, a trigger request id).
+func ValidUID(s string) error {
+	if ValidTaskID(s) != nil {
+		return refuse("id", s, "use a lower-case UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e")
 	}
 	return nil
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
+	"github.com/taskd/taskd/internal/schedule"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/vips"
@@ -50,6 +51,7 @@ type Node struct {
 	target  coord.Target
 	q       atomic.Pointer[quorum.Quorum]
 	tasks   atomic.Pointer[task.Store]
+	scheds  atomic.Pointer[schedule.Store]
 	vipReg  atomic.Pointer[vips.Registry]
 	// vipLabels records the labels of VIPs held here (stale cleanup).
 	vipLabels *vipLabels
@@ -193,6 +195,9 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n.tasks.Store(tasks)
+	scheds := schedule.NewStore(store, root, tasks)
+	n.scheds.Store(scheds)
+	ticker := schedule.NewLeader(scheds, n.log)
 	n.vipReg.Store(vips.NewRegistry(store, root, n.View, localAddrs))
 	policy, _ := n.cfg.vipPolicy() // validated in Run
 	holder := vips.NewHolder(store, root, n.cfg.Name, policy, n.holdVIP, n.log)
@@ -218,6 +223,13 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 			defer wg.Done()
 			if err := disp.Run(ctx, l); err != nil {
 				n.log.Warn("dispatcher ended", "err", err)
+			}
+		}()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := ticker.Run(ctx, l); err != nil {
+				n.log.Warn("scheduler ended", "err", err)
 			}
 		}()
 		if raftAway != nil {
@@ -313,6 +325,9 @@ func (n *Node) VIPs() *vips.Registry { return n.vipReg.Load() }
 
 // TaskStore implements api.Cluster.
 func (n *Node) TaskStore() *task.Store { return n.tasks.Load() }
+
+// Schedules implements api.Cluster.
+func (n *Node) Schedules() *schedule.Store { return n.scheds.Load() }
 
 // Coordinator implements api.Cluster.
 func (n *Node) Coordinator() string { return n.target.String() }

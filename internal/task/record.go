@@ -171,6 +171,11 @@ type Record struct {
 
 	History []Attempt `json:"history,omitempty"`
 
+	// Schedule is the schedule that made the task, and Tick the tick it
+	// was made for (empty for a task a user created).
+	Schedule string    `json:"schedule,omitempty"`
+	Tick     time.Time `json:"tick,omitzero"`
+
 	// version is the store version the record was read at.
 	version int64
 	// held is the runner whose assignment key exists for the stored

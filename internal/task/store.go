@@ -83,11 +83,38 @@ type CreateRequest struct {
 	Window     string // HH:MM-HH:MM, empty for none
 	Zone       string // zone of Window; empty: the store's default
 	MaxRetries *int   // nil: DefaultMaxRetries
+
+	// ID, when set, is the task's id (a UUID); empty: a random one. A
+	// schedule derives it from the schedule and the tick, so that the
+	// store refuses a second task for the same tick.
+	ID string
+	// Schedule and Tick name the schedule and the tick that made the task.
+	Schedule string
+	Tick     time.Time
 }
 
 // Create validates req and stores a waiting task. Nothing is written when
 // req is invalid.
 func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) {
+	r, err := s.Prepare(req)
+	if err != nil {
+		return nil, err
+	}
+	key, err := s.layout.ActiveKey(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	kv, err := s.kv.Create(ctx, key, r.encode())
+	if err != nil {
+		return nil, fmt.Errorf("store task %s: %w", r.ID, err)
+	}
+	r.version = kv.Version
+	return r, nil
+}
+
+// Prepare validates req and returns the waiting record Create would store,
+// without writing it; CreateOp writes it inside a caller's transaction.
+func (s *Store) Prepare(req CreateRequest) (*Record, error) {
 	if err := keys.ValidTaskType(req.Type); err != nil {
 		return nil, err
 	}
@@ -136,21 +163,32 @@ func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) 
 	if retries < 0 || retries > MaxMaxRetries {
 		return nil, fmt.Errorf("%w: max retries %d: use 0..%d", ErrInvalid, retries, MaxMaxRetries)
 	}
-	now := s.now().UTC()
-	r := &Record{
-		ID: uuid.NewString(), Type: req.Type, Spec: spec, State: Waiting, Priority: req.Priority,
-		Node: node, Window: w, MaxRetries: retries, Created: now, Updated: now,
-	}
-	key, err := s.layout.ActiveKey(r.ID)
-	if err != nil {
+	id := req.ID
+	if id == "" {
+		id = uuid.NewString()
+	} else if err := keys.ValidTaskID(id); err != nil {
 		return nil, err
 	}
-	kv, err := s.kv.Create(ctx, key, r.encode())
-	if err != nil {
-		return nil, fmt.Errorf("store task %s: %w", r.ID, err)
+	now := s.now().UTC()
+	r := &Record{
+		ID: id, Type: req.Type, Spec: spec, State: Waiting, Priority: req.Priority,
+		Node: node, Window: w, MaxRetries: retries, Created: now, Updated: now,
+		Schedule: req.Schedule, Tick: req.Tick.UTC(),
 	}
-	r.version = kv.Version
+	if req.Tick.IsZero() {
+		r.Tick = time.Time{}
+	}
 	return r, nil
+}
+
+// CreateOp is the transaction operation that stores r, as Prepare returned
+// it; the transaction fails with coord.ErrConflict if the id exists.
+func (s *Store) CreateOp(r *Record) (coord.Op, error) {
+	key, err := s.layout.ActiveKey(r.ID)
+	if err != nil {
+		return coord.Op{}, err
+	}
+	return coord.CreateOp(key, r.encode(), nil), nil
 }
 
 // window validates a window given by a user; "" means none.

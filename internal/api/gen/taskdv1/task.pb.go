@@ -280,8 +280,12 @@ type Task struct {
 	HasCheckpoint bool                   `protobuf:"varint,23,opt,name=has_checkpoint,json=hasCheckpoint,proto3" json:"has_checkpoint,omitempty"`
 	// A rate limit set with SetTaskRate (bytes per second, 0 unlimited);
 	// rate_limit_set false: the spec's rate applies.
-	RateLimit     int64 `protobuf:"varint,24,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
-	RateLimitSet  bool  `protobuf:"varint,25,opt,name=rate_limit_set,json=rateLimitSet,proto3" json:"rate_limit_set,omitempty"`
+	RateLimit    int64 `protobuf:"varint,24,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	RateLimitSet bool  `protobuf:"varint,25,opt,name=rate_limit_set,json=rateLimitSet,proto3" json:"rate_limit_set,omitempty"`
+	// The schedule that made the task, and the tick it was made for
+	// (empty for a task a user created).
+	Schedule      string                 `protobuf:"bytes,26,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	Tick          *timestamppb.Timestamp `protobuf:"bytes,27,opt,name=tick,proto3" json:"tick,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -489,6 +493,20 @@ func (x *Task) GetRateLimitSet() bool {
 		return x.RateLimitSet
 	}
 	return false
+}
+
+func (x *Task) GetSchedule() string {
+	if x != nil {
+		return x.Schedule
+	}
+	return ""
+}
+
+func (x *Task) GetTick() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Tick
+	}
+	return nil
 }
 
 type CreateTaskRequest struct {
@@ -1319,7 +1337,7 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\aoutcome\x18\x05 \x01(\tR\aoutcome\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x126\n" +
 	"\x17resumed_from_checkpoint\x18\a \x01(\bR\x15resumedFromCheckpoint\x12#\n" +
-	"\rprogress_done\x18\b \x01(\x03R\fprogressDone\"\xed\x06\n" +
+	"\rprogress_done\x18\b \x01(\x03R\fprogressDone\"\xb9\a\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
@@ -1350,7 +1368,9 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\x0ehas_checkpoint\x18\x17 \x01(\bR\rhasCheckpoint\x12\x1d\n" +
 	"\n" +
 	"rate_limit\x18\x18 \x01(\x03R\trateLimit\x12$\n" +
-	"\x0erate_limit_set\x18\x19 \x01(\bR\frateLimitSet\"\xda\x01\n" +
+	"\x0erate_limit_set\x18\x19 \x01(\bR\frateLimitSet\x12\x1a\n" +
+	"\bschedule\x18\x1a \x01(\tR\bschedule\x12.\n" +
+	"\x04tick\x18\x1b \x01(\v2\x1a.google.protobuf.TimestampR\x04tick\"\xda\x01\n" +
 	"\x11CreateTaskRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\tR\x04spec\x12\x1a\n" +
@@ -1478,41 +1498,42 @@ var file_taskd_v1_task_proto_depIdxs = []int32{
 	20, // 7: taskd.v1.Task.updated:type_name -> google.protobuf.Timestamp
 	20, // 8: taskd.v1.Task.not_before:type_name -> google.protobuf.Timestamp
 	2,  // 9: taskd.v1.Task.history:type_name -> taskd.v1.TaskAttempt
-	3,  // 10: taskd.v1.CreateTaskResponse.task:type_name -> taskd.v1.Task
-	3,  // 11: taskd.v1.GetTaskResponse.task:type_name -> taskd.v1.Task
-	3,  // 12: taskd.v1.ListTasksResponse.tasks:type_name -> taskd.v1.Task
-	18, // 13: taskd.v1.RunnerInfo.running_by_type:type_name -> taskd.v1.RunnerInfo.RunningByTypeEntry
-	19, // 14: taskd.v1.RunnerInfo.type_capacity:type_name -> taskd.v1.RunnerInfo.TypeCapacityEntry
-	20, // 15: taskd.v1.RunnerInfo.started:type_name -> google.protobuf.Timestamp
-	13, // 16: taskd.v1.ListRunnersResponse.runners:type_name -> taskd.v1.RunnerInfo
-	13, // 17: taskd.v1.SetRunnerMarksResponse.runner:type_name -> taskd.v1.RunnerInfo
-	4,  // 18: taskd.v1.TaskService.CreateTask:input_type -> taskd.v1.CreateTaskRequest
-	6,  // 19: taskd.v1.TaskService.GetTask:input_type -> taskd.v1.GetTaskRequest
-	9,  // 20: taskd.v1.TaskService.ListTasks:input_type -> taskd.v1.ListTasksRequest
-	8,  // 21: taskd.v1.TaskService.CancelTask:input_type -> taskd.v1.TaskRef
-	8,  // 22: taskd.v1.TaskService.PauseTask:input_type -> taskd.v1.TaskRef
-	8,  // 23: taskd.v1.TaskService.ResumeTask:input_type -> taskd.v1.TaskRef
-	11, // 24: taskd.v1.TaskService.SetTaskWindow:input_type -> taskd.v1.SetTaskWindowRequest
-	12, // 25: taskd.v1.TaskService.SetTaskRate:input_type -> taskd.v1.SetTaskRateRequest
-	8,  // 26: taskd.v1.TaskService.WatchTask:input_type -> taskd.v1.TaskRef
-	14, // 27: taskd.v1.RunnerService.ListRunners:input_type -> taskd.v1.ListRunnersRequest
-	16, // 28: taskd.v1.RunnerService.SetRunnerMarks:input_type -> taskd.v1.SetRunnerMarksRequest
-	5,  // 29: taskd.v1.TaskService.CreateTask:output_type -> taskd.v1.CreateTaskResponse
-	7,  // 30: taskd.v1.TaskService.GetTask:output_type -> taskd.v1.GetTaskResponse
-	10, // 31: taskd.v1.TaskService.ListTasks:output_type -> taskd.v1.ListTasksResponse
-	7,  // 32: taskd.v1.TaskService.CancelTask:output_type -> taskd.v1.GetTaskResponse
-	7,  // 33: taskd.v1.TaskService.PauseTask:output_type -> taskd.v1.GetTaskResponse
-	7,  // 34: taskd.v1.TaskService.ResumeTask:output_type -> taskd.v1.GetTaskResponse
-	7,  // 35: taskd.v1.TaskService.SetTaskWindow:output_type -> taskd.v1.GetTaskResponse
-	7,  // 36: taskd.v1.TaskService.SetTaskRate:output_type -> taskd.v1.GetTaskResponse
-	7,  // 37: taskd.v1.TaskService.WatchTask:output_type -> taskd.v1.GetTaskResponse
-	15, // 38: taskd.v1.RunnerService.ListRunners:output_type -> taskd.v1.ListRunnersResponse
-	17, // 39: taskd.v1.RunnerService.SetRunnerMarks:output_type -> taskd.v1.SetRunnerMarksResponse
-	29, // [29:40] is the sub-list for method output_type
-	18, // [18:29] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	20, // 10: taskd.v1.Task.tick:type_name -> google.protobuf.Timestamp
+	3,  // 11: taskd.v1.CreateTaskResponse.task:type_name -> taskd.v1.Task
+	3,  // 12: taskd.v1.GetTaskResponse.task:type_name -> taskd.v1.Task
+	3,  // 13: taskd.v1.ListTasksResponse.tasks:type_name -> taskd.v1.Task
+	18, // 14: taskd.v1.RunnerInfo.running_by_type:type_name -> taskd.v1.RunnerInfo.RunningByTypeEntry
+	19, // 15: taskd.v1.RunnerInfo.type_capacity:type_name -> taskd.v1.RunnerInfo.TypeCapacityEntry
+	20, // 16: taskd.v1.RunnerInfo.started:type_name -> google.protobuf.Timestamp
+	13, // 17: taskd.v1.ListRunnersResponse.runners:type_name -> taskd.v1.RunnerInfo
+	13, // 18: taskd.v1.SetRunnerMarksResponse.runner:type_name -> taskd.v1.RunnerInfo
+	4,  // 19: taskd.v1.TaskService.CreateTask:input_type -> taskd.v1.CreateTaskRequest
+	6,  // 20: taskd.v1.TaskService.GetTask:input_type -> taskd.v1.GetTaskRequest
+	9,  // 21: taskd.v1.TaskService.ListTasks:input_type -> taskd.v1.ListTasksRequest
+	8,  // 22: taskd.v1.TaskService.CancelTask:input_type -> taskd.v1.TaskRef
+	8,  // 23: taskd.v1.TaskService.PauseTask:input_type -> taskd.v1.TaskRef
+	8,  // 24: taskd.v1.TaskService.ResumeTask:input_type -> taskd.v1.TaskRef
+	11, // 25: taskd.v1.TaskService.SetTaskWindow:input_type -> taskd.v1.SetTaskWindowRequest
+	12, // 26: taskd.v1.TaskService.SetTaskRate:input_type -> taskd.v1.SetTaskRateRequest
+	8,  // 27: taskd.v1.TaskService.WatchTask:input_type -> taskd.v1.TaskRef
+	14, // 28: taskd.v1.RunnerService.ListRunners:input_type -> taskd.v1.ListRunnersRequest
+	16, // 29: taskd.v1.RunnerService.SetRunnerMarks:input_type -> taskd.v1.SetRunnerMarksRequest
+	5,  // 30: taskd.v1.TaskService.CreateTask:output_type -> taskd.v1.CreateTaskResponse
+	7,  // 31: taskd.v1.TaskService.GetTask:output_type -> taskd.v1.GetTaskResponse
+	10, // 32: taskd.v1.TaskService.ListTasks:output_type -> taskd.v1.ListTasksResponse
+	7,  // 33: taskd.v1.TaskService.CancelTask:output_type -> taskd.v1.GetTaskResponse
+	7,  // 34: taskd.v1.TaskService.PauseTask:output_type -> taskd.v1.GetTaskResponse
+	7,  // 35: taskd.v1.TaskService.ResumeTask:output_type -> taskd.v1.GetTaskResponse
+	7,  // 36: taskd.v1.TaskService.SetTaskWindow:output_type -> taskd.v1.GetTaskResponse
+	7,  // 37: taskd.v1.TaskService.SetTaskRate:output_type -> taskd.v1.GetTaskResponse
+	7,  // 38: taskd.v1.TaskService.WatchTask:output_type -> taskd.v1.GetTaskResponse
+	15, // 39: taskd.v1.RunnerService.ListRunners:output_type -> taskd.v1.ListRunnersResponse
+	17, // 40: taskd.v1.RunnerService.SetRunnerMarks:output_type -> taskd.v1.SetRunnerMarksResponse
+	30, // [30:41] is the sub-list for method output_type
+	19, // [19:30] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_taskd_v1_task_proto_init() }

@@ -1,0 +1,338 @@
+package schedule
+
+import (
+	"container/heap"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"github.com/taskd/taskd/internal/keys"
+	"log/slog"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/task"
+)
+
+// Leader fires the ticks of every schedule. Run it from the leader role,
+// next to the dispatcher.
+//
+// It is event-driven: it follows watches of the schedules, their state
+// records, the trigger requests and the unfinished tasks, and keeps one
+// timer for the earliest next tick of all schedules. Between ticks it does
+// nothing.
+type Leader struct {
+	store *Store
+	log   *slog.Logger
+	// maxSleep bounds one timer, so that a step of the wall clock is
+	// noticed within it.
+	maxSleep time.Duration
+}
+
+// NewLeader returns the leader component of store.
+func NewLeader(store *Store, log *slog.Logger) *Leader {
+	return &Leader{store: store, log: log, maxSleep: 10 * time.Minute}
+}
+
+// world is the leader's view, fed by the watches.
+type world struct {
+	lay      Layout
+	tasksDir string                // the active tasks' directory
+	defs     map[string]*Schedule  // by name
+	tts      map[string]*Timetable // by name
+	states   map[string]*State     // by uid
+	triggers map[string][]trigger  // by schedule name, oldest first
+	open     map[string]map[string]*task.Record
+	taskOf   map[string]string // open task id -> schedule name
+	synced   [4]bool
+	dirty    map[string]bool
+	wakes    wakeHeap
+	wakeAt   map[string]time.Time
+}
+
+const (
+	wDefs = iota
+	wStates
+	wTriggers
+	wTasks
+)
+
+// Run fires ticks until ctx ends (nil) or the leadership is fenced.
+func (r *Leader) Run(ctx context.Context, l *quorum.Leadership) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lay, kv := r.store.layout, r.store.kv
+	watches := [4]<-chan coord.Event{
+		kv.Watch(ctx, lay.DefsDir()),
+		kv.Watch(ctx, lay.StateDir()),
+		kv.Watch(ctx, lay.TriggersDir()),
+		kv.Watch(ctx, r.store.tasks.Layout().ActiveDir()),
+	}
+	defer func() {
+		cancel()
+		for _, w := range watches { // join the watchers
+			for range w {
+			}
+		}
+	}()
+	w := &world{lay: lay, tasksDir: r.store.tasks.Layout().ActiveDir(), defs: map[string]*Schedule{}, tts: map[string]*Timetable{}, states: map[string]*State{},
+		triggers: map[string][]trigger{}, open: map[string]map[string]*task.Record{}, taskOf: map[string]string{},
+		dirty: map[string]bool{}, wakeAt: map[string]time.Time{}}
+	log := r.log.With("epoch", l.Epoch())
+	if err := r.prime(ctx, w, log); err != nil {
+		// The watches' own first contents take over; only slower.
+		log.Warn("scheduler could not list the store at start; waiting for its watches", "err", err)
+	}
+	var since time.Time
+	// Fire at once from the listing (the watches may take a while).
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("scheduler stopped")
+			return nil
+		case ev, ok := <-watches[wDefs]:
+			if !ok {
+				return nil
+			}
+			w.apply(wDefs, ev, log)
+		case ev, ok := <-watches[wStates]:
+			if !ok {
+				return nil
+			}
+			w.apply(wStates, ev, log)
+		case ev, ok := <-watches[wTriggers]:
+			if !ok {
+				return nil
+			}
+			w.apply(wTriggers, ev, log)
+		case ev, ok := <-watches[wTasks]:
+			if !ok {
+				return nil
+			}
+			w.apply(wTasks, ev, log)
+		case <-timer.C:
+			now := r.store.Now()
+			for w.wakes.Len() > 0 && !w.wakes[0].at.After(now) {
+				e := heap.Pop(&w.wakes).(wake)
+				if at, ok := w.wakeAt[e.name]; ok && at.Equal(e.at) {
+					delete(w.wakeAt, e.name)
+					w.dirty[e.name] = true
+				}
+			}
+		}
+		if !w.drain(ctx, watches, log) {
+			return nil
+		}
+		if !w.synced[0] || !w.synced[1] || !w.synced[2] || !w.synced[3] {
+			continue
+		}
+		if since.IsZero() {
+			// Ticks due before now came due while no leader fired them.
+			since = r.store.Now()
+			log.Info("scheduler started", "schedules", len(w.defs))
+			for name := range w.defs {
+				w.dirty[name] = true
+			}
+		}
+		if len(w.dirty) > 1 {
+			names := slices.Sorted(maps.Keys(w.dirty))
+			for i := 0; i < len(names); i += batchSize {
+				err := r.fireBatch(ctx, l, w, names[i:min(i+batchSize, len(names))], since, log)
+				if errors.Is(err, quorum.ErrFenced) {
+					log.Warn("scheduler fenced", "err", err)
+					return err
+				}
+				// Other errors: each schedule's own step retries.
+			}
+		}
+		for name := range w.dirty {
+			delete(w.dirty, name)
+			if err := r.evaluate(ctx, l, w, name, since, log); err != nil {
+				if errors.Is(err, quorum.ErrFenced) {
+					log.Warn("scheduler fenced", "err", err)
+					return err
+				}
+				if ctx.Err() != nil {
+					return nil
+				}
+				// A store error has no event to retry on: again soon.
+				log.Warn("schedule step failed; retrying in a second", "schedule", name, "err", err)
+				w.setWake(name, r.store.Now().Add(time.Second))
+			}
+		}
+		timer.Stop()
+		if w.wakes.Len() > 0 {
+			timer.Reset(min(max(w.wakes[0].at.Sub(r.store.Now()), 0), r.maxSleep))
+		}
+	}
+}
+
+// prime fills the view from one listing of each directory, so a new
+// leader fires without waiting for its watches' first contents: a watch of
+// ZooKeeper reads a directory's children one round trip after another
+// (seconds for 10 000 schedules), a listing reads them in parallel. The
+// watches then deliver the same versions (ignored as known) and every
+// later change.
+func (r *Leader) prime(ctx context.Context, w *world, log *slog.Logger) error {
+	dirs := [4]string{w.lay.DefsDir(), w.lay.StateDir(), w.lay.TriggersDir(), r.store.tasks.Layout().ActiveDir()}
+	var lists [4][]coord.KV
+	for i, dir := range dirs {
+		kvs, err := r.store.kv.List(ctx, dir)
+		if err != nil {
+			return fmt.Errorf("list %s: %w", dir, err)
+		}
+		lists[i] = kvs
+	}
+	for i, kvs := range lists {
+		for _, kv := range kvs {
+			w.apply(i, coord.Event{Type: coord.EventPut, KV: kv}, log)
+		}
+		w.synced[i] = true
+	}
+	return nil
+}
+
+// drain applies every event already queued, so one step covers a burst.
+func (w *world) drain(ctx context.Context, watches [4]<-chan coord.Event, log *slog.Logger) bool {
+	for range 100000 {
+		var ev coord.Event
+		var ok bool
+		var i int
+		select {
+		case ev, ok = <-watches[wDefs]:
+		case ev, ok = <-watches[wStates]:
+			i = wStates
+		case ev, ok = <-watches[wTriggers]:
+			i = wTriggers
+		case ev, ok = <-watches[wTasks]:
+			i = wTasks
+		default:
+			return ctx.Err() == nil
+		}
+		if !ok {
+			return false
+		}
+		w.apply(i, ev, log)
+	}
+	return ctx.Err() == nil
+}
+
+// apply feeds one event of watch i and marks the schedules it concerns.
+func (w *world) apply(i int, ev coord.Event, log *slog.Logger) {
+	if ev.Type == coord.EventSynced {
+		w.synced[i] = true
+		return
+	}
+	switch i {
+	case wDefs:
+		name, err := keys.Child(w.lay.DefsDir(), ev.KV.Key, keys.ValidSchedule)
+		if err != nil {
+			log.Error("skipping a schedule key with an invalid name", "key", quote(ev.KV.Key))
+			return
+		}
+		w.dirty[name] = true
+		if ev.Type == coord.EventDelete {
+			delete(w.defs, name)
+			delete(w.tts, name)
+			delete(w.wakeAt, name)
+			return
+		}
+		sc, err := decodeSchedule(ev.KV.Value, ev.KV.Version)
+		if err == nil {
+			err = sc.Validate()
+		}
+		if err == nil && sc.Name != name {
+			err = fmt.Errorf("record names %s", quote(sc.Name))
+		}
+		var tt *Timetable
+		if err == nil {
+			tt, err = sc.Timetable()
+		}
+		if err != nil {
+			log.Error("skipping an unreadable schedule", "key", ev.KV.Key, "err", err)
+			delete(w.defs, name)
+			return
+		}
+		// A listing at start and the watch may deliver one version twice,
+		// or an older one after a newer: keep the newer of one schedule.
+		if cur, ok := w.defs[name]; ok && cur.UID == sc.UID && cur.version > sc.version {
+			return
+		}
+		w.defs[name], w.tts[name] = sc, tt
+	case wStates:
+		uid, err := keys.Child(w.lay.StateDir(), ev.KV.Key, keys.ValidUID)
+		if err != nil {
+			return
+		}
+		if ev.Type == coord.EventDelete {
+			delete(w.states, uid)
+			return
+		}
+		st, err := decodeState(ev.KV.Value, ev.KV.Version)
+		if err != nil || st.UID != uid {
+			log.Error("skipping an unreadable schedule state", "key", ev.KV.Key, "err", err)
+			return
+		}
+		// Our own writes come back through the watch; keep the newer.
+		if cur, ok := w.states[uid]; ok && cur.version >= st.version {
+			return
+		}
+		w.states[uid] = st
+		w.dirty[st.Name] = true
+	case wTriggers:
+		name, id, err := w.lay.parseTriggerKey(ev.KV.Key)
+		if err != nil {
+			log.Error("skipping an invalid trigger key", "key", quote(ev.KV.Key), "err", err)
+			return
+		}
+		trs := slices.DeleteFunc(w.triggers[name], func(t trigger) bool { return t.id == id })
+		if ev.Type == coord.EventPut {
+			var rec triggerRecord
+			if err := json.Unmarshal(ev.KV.Value, &rec); err != nil {
+				log.Error("skipping an unreadable trigger", "key", ev.KV.Key, "err", err)
+				return
+			}
+			trs = append(trs, trigger{key: ev.KV.Key, id: id, version: ev.KV.Version, requested: rec.Requested})
+			slices.SortFunc(trs, func(a, b trigger) int { return a.requested.Compare(b.requested) })
+		}
+		w.triggers[name] = trs
+		if len(trs) == 0 {
+			delete(w.triggers, name)
+		}
+		w.dirty[name] = true
+	case wTasks:
+		id, err := keys.Child(w.tasksDir, ev.KV.Key, keys.ValidTaskID)
+		if err != nil {
+			return
+		}
+		if ev.Type == coord.EventDelete {
+			if name, ok := w.taskOf[id]; ok {
+				delete(w.taskOf, id)
+				delete(w.open[name], id)
+				w.dirty[name] = true
+			}
+			return
+		}
+		r, err := task.Decode(ev.KV.Key, ev.KV.Value, ev.KV.Version)
+		if err != nil || r.Schedule == "" {
+			return
+		}
+		if w.open[r.Schedule] == nil {
+			w.open[r.Schedule] = map[string]*task.Record{}
+		}
+		cur, known := w.open[r.Schedule][id]
+		if known && cur.Version() > r.Version() {
+			return
+		}
+		w.open[r.Schedule][id] = r
+		w.taskOf[id] = r.Schedule
+		if !known || r.Request == task.RequestCancel {
+			w.dirty[r.Schedule] = true
+		}
+	}
+}
