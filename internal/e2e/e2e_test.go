@@ -166,7 +166,7 @@ func TestTermLeaderHandover(t *testing.T) {
 func TestStopLeaderFences(t *testing.T) {
 	ens := testenv.StartEnsemble(t, 1)
 	const timeout = 3 * time.Second
-	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/stop"), SessionTimeout: timeout})
+	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/stop"), PKI: ens.PKI, SessionTimeout: timeout})
 	st, err := harness.WaitAgreed(ctxFor(t, 60*time.Second), c.Nodes, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -215,7 +215,7 @@ func TestStopLeaderFences(t *testing.T) {
 // must not expire any taskd session nor move the leadership.
 func TestZKServerLossNoExpiry(t *testing.T) {
 	ens := testenv.StartEnsemble(t, 3)
-	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/loss")})
+	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/loss"), PKI: ens.PKI})
 	st, err := harness.WaitAgreed(ctxFor(t, 60*time.Second), c.Nodes, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -372,13 +372,19 @@ func TestUnreachableCoordinator(t *testing.T) {
 func TestDuplicateNameRefused(t *testing.T) {
 	ens := testenv.StartEnsemble(t, 1)
 	url := ens.URL("/dup")
-	c := newCluster(t, 1, harness.Options{Coordinator: url})
+	c := newCluster(t, 1, harness.Options{Coordinator: url, PKI: ens.PKI})
 	st, err := harness.WaitAgreed(ctxFor(t, 30*time.Second), c.Nodes, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ports := testenv.FreePorts(t, 1)
-	code, out := runTaskd(t, 30*time.Second, "--name", "n1", "--data-dir", t.TempDir(), "--coordinator", url,
+	// Credentials of the same cluster, even with the same name: only the
+	// live member record stands in the way.
+	dup := t.TempDir()
+	if err := ens.PKI.Provision(dup, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	code, out := runTaskd(t, 30*time.Second, "--name", "n1", "--data-dir", dup, "--coordinator", url,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", ports[0]))
 	if code != 78 || !strings.Contains(out, "already in use") {
 		t.Fatalf("duplicate name: exit %d, want 78 with a clear message; output:\n%s", code, out)

@@ -120,7 +120,7 @@ type cluster struct {
 }
 
 func startCluster(t *testing.T, open func(t testing.TB) coord.Store, seed []vip.Spec) *cluster {
-	c := &cluster{t: t, root: fmt.Sprintf("/vipstest%d", roots.Add(1)), led: newLedger(), grace: time.Second}
+	c := &cluster{t: t, root: fmt.Sprintf("/taskd/vipstest%d", roots.Add(1)), led: newLedger(), grace: time.Second}
 	for i, name := range []string{"n1", "n2", "n3"} {
 		c.start(name, fmt.Sprintf("10.0.0.%d:10600", 11+i), open(t), 10-i, seed)
 	}
@@ -430,7 +430,7 @@ func testUnhealthy(t *testing.T, b backend) {
 // expire, and the next holder takes it only after that; the process keeps
 // running and rejoins when the store comes back.
 func testHolderCutOff(t *testing.T, b backend) {
-	c := &cluster{t: t, root: fmt.Sprintf("/vipstest%d", roots.Add(1)), led: newLedger(), grace: time.Second}
+	c := &cluster{t: t, root: fmt.Sprintf("/taskd/vipstest%d", roots.Add(1)), led: newLedger(), grace: time.Second}
 	seed := []vip.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")}
 	proxy := testenv.StartProxy(t, b.Addr)
 	cut := c.start("n1", "10.0.0.11:10600", b.Dial(t, proxy.Addr()), 10, seed)
