@@ -245,7 +245,7 @@ func reconnect(args []string, out io.Writer) error {
 	if os.Getenv("TASKD_BENCH_DEBUG") != "" {
 		logOut = os.Stderr
 	}
-	store, err := zk.Open(zk.Config{Servers: ens.Addrs(), Digest: ens.PKI.Secrets.ZKDigest, TLS: ens.PKI.ZKClientTLS(creds)},
+	store, err := zk.Open(zk.Config{Servers: ens.Addrs(), Digest: ens.PKI.Secrets.ZKDigest, TLS: ens.PKI.ClientTLS(creds)},
 		slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		return err

@@ -124,7 +124,7 @@ func benchStore(backend string, c *harness.Cluster, e *env) (coord.Store, error)
 		if err != nil {
 			return nil, err
 		}
-		return zk.Open(zk.Config{Servers: e.ens.Addrs(), Chroot: "/bench", Digest: e.ens.PKI.Secrets.ZKDigest, TLS: e.ens.PKI.ZKClientTLS(creds)}, log)
+		return zk.Open(zk.Config{Servers: e.ens.Addrs(), Chroot: "/bench", Digest: e.ens.PKI.Secrets.ZKDigest, TLS: e.ens.PKI.ClientTLS(creds)}, log)
 	}
 	var eps []string
 	for _, n := range c.Nodes {

@@ -302,6 +302,11 @@ func TestBadStartupInput(t *testing.T) {
 		{"vip label too long", []string{"--vip", "management=10.0.0.5@bond0.100"}, "15"},
 		{"vip malformed", []string{"--vip", "10.0.0.5"}, "SERVICE=IP"},
 		{"vip twice", []string{"--vip", "a=10.0.0.5@eth0", "--vip", "b=10.0.0.5@eth0"}, "twice"},
+		{"plaintext etcd client url", []string{"--etcd-client-url", "http://127.0.0.1:10601"}, "https://"},
+		{"plaintext etcd peer url", []string{"--etcd-peer-url", "http://10.0.0.1:10602"}, "https://"},
+		{"plaintext external etcd off loopback", []string{"--coordinator", "etcd://10.0.0.1:2379"}, "loopback"},
+		{"plaintext external etcd without user", []string{"--coordinator", "etcd://127.0.0.1:2379"}, "--etcd-user"},
+		{"other members but no credentials", []string{"--etcd-initial-cluster", "bad=https://127.0.0.1:1,n2=https://127.0.0.1:2"}, "taskd join"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

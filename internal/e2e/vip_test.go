@@ -41,6 +41,8 @@ func helperMain(mode string) int {
 			return 1
 		}
 		return 0
+	case "storeattack":
+		return storeAttackMain()
 	case "tcpconnect":
 		c, err := net.DialTimeout("tcp", os.Getenv("ADDR"), 2*time.Second)
 		if err != nil {

@@ -101,9 +101,10 @@ func (p *PKI) ServerPEM(dir, name string, hosts ...string) (string, error) {
 	return path, nil
 }
 
-// ZKClientTLS is what a client of the harness's ZooKeeper presents and
-// trusts: the cluster CA, and a certificate of it.
-func (p *PKI) ZKClientTLS(b *pki.Bundle) *tls.Config {
+// ClientTLS is what a client of a server this PKI signed (ZooKeeper, an
+// external etcd) presents and trusts: the CA, with standard host name
+// verification, and a certificate of it.
+func (p *PKI) ClientTLS(b *pki.Bundle) *tls.Config {
 	pool := x509.NewCertPool()
 	pool.AddCert(p.CA.Cert)
 	return &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, Certificates: []tls.Certificate{b.Cert}}

@@ -44,6 +44,10 @@ type Options struct {
 	// new one under the cluster's directory. A ZooKeeper ensemble's nodes
 	// must share its PKI (Ensemble.PKI).
 	PKI *PKI
+	// Bootstrap leaves the nodes without credentials and without
+	// --etcd-initial-cluster: the test forms the cluster with taskd init
+	// and taskd join (prepend them to Node.Args).
+	Bootstrap bool
 }
 
 // Cluster is a set of taskd processes on loopback.
@@ -94,11 +98,13 @@ func NewCluster(dir, bin string, n int, opt Options) (*Cluster, error) {
 		name := fmt.Sprintf("n%d", i+1)
 		nd := &Node{Name: name, API: fmt.Sprintf("127.0.0.1:%d", ports[3*i]), DataDir: filepath.Join(dir, name),
 			LogPath: filepath.Join(dir, name+".log"), bin: bin}
-		if err := p.Provision(nd.DataDir, name); err != nil {
-			return nil, err
-		}
-		if nd.Creds, err = pki.Load(nd.DataDir); err != nil {
-			return nil, err
+		if !opt.Bootstrap {
+			if err := p.Provision(nd.DataDir, name); err != nil {
+				return nil, err
+			}
+			if nd.Creds, err = pki.Load(nd.DataDir); err != nil {
+				return nil, err
+			}
 		}
 		prio := 100
 		if i < len(opt.Priorities) {
@@ -113,8 +119,10 @@ func NewCluster(dir, bin string, n int, opt Options) (*Cluster, error) {
 			nd.EtcdClientURL = fmt.Sprintf("https://127.0.0.1:%d", ports[3*i+1])
 			nd.Args = append(nd.Args, "--coordinator", "embedded",
 				"--etcd-client-url", nd.EtcdClientURL,
-				"--etcd-peer-url", fmt.Sprintf("https://127.0.0.1:%d", ports[3*i+2]),
-				"--etcd-initial-cluster", strings.Join(initial, ","))
+				"--etcd-peer-url", fmt.Sprintf("https://127.0.0.1:%d", ports[3*i+2]))
+			if !opt.Bootstrap {
+				nd.Args = append(nd.Args, "--etcd-initial-cluster", strings.Join(initial, ","))
+			}
 		} else {
 			nd.Args = append(nd.Args, "--coordinator", opt.Coordinator)
 		}
@@ -174,6 +182,17 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.Proc = p
+	return nil
+}
+
+// LoadCreds reads the node's credentials from its data directory (after a
+// taskd init or join made them).
+func (n *Node) LoadCreds() error {
+	b, err := pki.Load(n.DataDir)
+	if err != nil {
+		return err
+	}
+	n.Creds = b
 	return nil
 }
 

@@ -33,11 +33,11 @@ type VIPCluster struct {
 	ClockFiles bool
 	// PKI provisioned every node's DATA_DIR/pki (one CA); servers started
 	// in the lab for the cluster (ZooKeeper) use it too.
-	PKI        *PKI
-	dir        string
-	token      string
-	taskd      string
-	taskctl    string
+	PKI     *PKI
+	dir     string
+	token   string
+	taskd   string
+	taskctl string
 }
 
 // VIPNodes are the node names of a VIPCluster.

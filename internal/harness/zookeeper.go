@@ -134,7 +134,7 @@ func startEnsemble(dir string, hosts []NSHost, ports []int, p *PKI) (*Ensemble, 
 			return nil, err
 		}
 		e.Servers = append(e.Servers, &ZKServer{ID: i + 1, ClientPort: ports[3*i], host: hosts[i].Addr, ns: hosts[i].NS, dir: sdir, cfg: cfgPath,
-			probe: p.ZKClientTLS(probe)})
+			probe: p.ClientTLS(probe)})
 	}
 	for _, s := range e.Servers {
 		if err := s.Start(); err != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/taskd/taskd/internal/bootstrap"
 	"github.com/taskd/taskd/internal/coord"
@@ -84,16 +85,25 @@ func (n *Node) openExternal(ctx context.Context) (coord.Store, error) {
 		// taskd's, or somebody else's): retried while the ensemble is
 		// unreachable, fatal once it answers.
 		n.setWaiting("checking the ACLs of the ZooKeeper root znodes")
+		retry := time.NewTimer(0)
+		defer retry.Stop()
 		for {
+			select {
+			case <-ctx.Done():
+				s.Close()
+				return nil, ctx.Err()
+			case <-retry.C:
+			}
 			err := s.CheckOwned(ctx, quorum.DefaultConfig().Root)
 			if err == nil {
 				return s, nil
 			}
-			if !errors.Is(err, coord.ErrUnavailable) || ctx.Err() != nil {
+			if !errors.Is(err, coord.ErrUnavailable) {
 				s.Close()
 				return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 			}
 			n.log.Warn("cannot check the ZooKeeper root znodes yet", "err", err)
+			retry.Reset(time.Second)
 		}
 	}
 	return nil, fmt.Errorf("%w: unknown coordinator kind %q", ErrConfig, n.target.Kind)

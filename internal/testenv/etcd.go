@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,4 +81,37 @@ func OpenEtcd(t testing.TB, cfg etcd.ClientConfig) coord.Store {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// StartEtcdProc starts Debian's etcd server as a second process, secured
+// (see harness.EtcdProc); cleanup kills it.
+func StartEtcdProc(t testing.TB, opt harness.EtcdProcOptions) *harness.EtcdProc {
+	t.Helper()
+	Need(t, "etcd-server", "etcd")
+	e, err := harness.StartEtcdProc(t.TempDir(), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		e.Kill()
+		if t.Failed() {
+			t.Logf("external etcd log:\n%s", e.Log())
+		}
+	})
+	return e
+}
+
+// ExtEtcdConfig is how a taskd node reaches e: TLS with a client
+// certificate of e's CA (unless e is plaintext), and e's taskd user.
+func ExtEtcdConfig(t testing.TB, e *harness.EtcdProc) etcd.ClientConfig {
+	t.Helper()
+	cc := etcd.ClientConfig{Endpoints: []string{e.ClientURL}, Username: e.User, Password: e.Password}
+	if strings.HasPrefix(e.ClientURL, "https://") {
+		b, err := e.PKI.Bundle("taskd-client")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc.TLS = e.PKI.ClientTLS(b)
+	}
+	return cc
 }

@@ -33,7 +33,7 @@ func ZKConfig(t testing.TB, e *harness.Ensemble, servers []string, chroot string
 	if err != nil {
 		t.Fatal(err)
 	}
-	return zk.Config{Servers: servers, Chroot: chroot, Digest: e.PKI.Secrets.ZKDigest, TLS: e.PKI.ZKClientTLS(b)}
+	return zk.Config{Servers: servers, Chroot: chroot, Digest: e.PKI.Secrets.ZKDigest, TLS: e.PKI.ClientTLS(b)}
 }
 
 // OpenZK opens a client of the ensemble under chroot; cleanup closes it.

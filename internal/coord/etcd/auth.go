@@ -196,11 +196,11 @@ func (s *Server) promoteOnce(ctx context.Context) error {
 	return err
 }
 
+// isBusy: etcd cannot change membership yet (a learner is still catching
+// up, or too few members are started); the same request may succeed later.
 func isBusy(err error) bool {
-	msg := err.Error()
-	return strings.Contains(msg, etcderrors.ErrNotEnoughStartedMembers.Error()) ||
-		strings.Contains(msg, membership.ErrTooManyLearners.Error()) ||
-		strings.Contains(msg, "unhealthy cluster")
+	return errors.Is(err, rpctypes.ErrTooManyLearners) || errors.Is(err, rpctypes.ErrMemberNotEnoughStarted) ||
+		errors.Is(err, rpctypes.ErrUnhealthy)
 }
 
 // promoteSelf turns this member from a learner into a voting member once

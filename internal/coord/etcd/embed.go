@@ -193,6 +193,9 @@ func StartServer(ctx context.Context, c ServerConfig) (*Server, error) {
 // ClientURL is where the member serves clients.
 func (s *Server) ClientURL() string { return s.cfg.ClientURL }
 
+// PeerURL is where the member serves its peers.
+func (s *Server) PeerURL() string { return s.cfg.PeerURL }
+
 // ClientConfig reaches this member as its node: the node certificate,
 // which etcd maps to the node's user.
 func (s *Server) ClientConfig() ClientConfig {
