@@ -33,9 +33,14 @@ var ErrNoZooKeeper = errors.New("ZooKeeper server not installed (Debian package 
 
 // ZKServer is one ZooKeeper server process. It serves clients on a TLS
 // port only (secureClientPort, Netty) and requires a client certificate of
-// the test cluster's CA; its quorum traffic is TLS too. The harness's own
-// "srvr" probe goes through that TLS port like any client: there is no
-// plaintext port at all.
+// the test cluster's CA. The harness's own "srvr" probe goes through that
+// TLS port like any client: there is no plaintext client port at all.
+//
+// Quorum traffic between servers is TLS too when the servers live in
+// network namespaces (StartEnsembleIn: it crosses the lab network). On
+// loopback (StartEnsemble) it never leaves the host and stays plaintext:
+// quorum TLS makes a restarted server serve about half a second later,
+// which tests that time outages against the local deadline cannot absorb.
 type ZKServer struct {
 	ID         int
 	ClientPort int
@@ -70,7 +75,7 @@ func StartEnsemble(dir string, n int, p *PKI) (*Ensemble, error) {
 	for i := range hosts {
 		hosts[i] = NSHost{Addr: "127.0.0.1"}
 	}
-	return startEnsemble(dir, hosts, ports, p)
+	return startEnsemble(dir, hosts, ports, p, false)
 }
 
 // StartEnsembleIn starts one server per host, each inside its network
@@ -81,10 +86,10 @@ func StartEnsembleIn(dir string, hosts []NSHost, p *PKI) (*Ensemble, error) {
 	for range hosts {
 		ports = append(ports, 2281, 2888, 3888)
 	}
-	return startEnsemble(dir, hosts, ports, p)
+	return startEnsemble(dir, hosts, ports, p, true)
 }
 
-func startEnsemble(dir string, hosts []NSHost, ports []int, p *PKI) (*Ensemble, error) {
+func startEnsemble(dir string, hosts []NSHost, ports []int, p *PKI, quorumTLS bool) (*Ensemble, error) {
 	n := len(hosts)
 	if _, err := exec.LookPath("java"); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoZooKeeper, err)
@@ -122,7 +127,7 @@ func startEnsemble(dir string, hosts []NSHost, ports []int, p *PKI) (*Ensemble, 
 			"secureClientPort=%d\nsecureClientPortAddress=%s\n"+
 			"admin.enableServer=false\n4lw.commands.whitelist=*\nmaxSessionTimeout=20000\n",
 			sdir, ports[3*i], hosts[i].Addr)
-		cfg += zkTLSConfig(keyStore, p.CAFile())
+		cfg += zkTLSConfig(keyStore, p.CAFile(), quorumTLS)
 		if n > 1 {
 			cfg += peers.String()
 			if err := os.WriteFile(filepath.Join(sdir, "data", "myid"), fmt.Appendf(nil, "%d\n", i+1), 0o644); err != nil {
@@ -174,18 +179,21 @@ func (e *Ensemble) URL(chroot string) string {
 	return "zks://" + strings.Join(e.Addrs(), ",") + chroot
 }
 
-// zkTLSConfig is the zoo.cfg part that makes a server speak TLS only, to
-// clients (Netty, client certificate required) and to its peers, with PEM
-// key and trust stores. Unknown zoo.cfg keys become zookeeper.* system
+// zkTLSConfig is the zoo.cfg part that makes a server speak TLS only to
+// clients (Netty, client certificate required) and, with quorum, to its
+// peers, with PEM key and trust stores. Unknown zoo.cfg keys become zookeeper.* system
 // properties, which is where ZooKeeper reads the ssl.* settings.
-func zkTLSConfig(keyStore, trustStore string) string {
-	return "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n" +
+func zkTLSConfig(keyStore, trustStore string, quorum bool) string {
+	cfg := "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n" +
 		"ssl.keyStore.location=" + keyStore + "\nssl.keyStore.type=PEM\n" +
 		"ssl.trustStore.location=" + trustStore + "\nssl.trustStore.type=PEM\n" +
-		"ssl.clientAuth=need\n" +
-		"sslQuorum=true\n" +
-		"ssl.quorum.keyStore.location=" + keyStore + "\nssl.quorum.keyStore.type=PEM\n" +
-		"ssl.quorum.trustStore.location=" + trustStore + "\nssl.quorum.trustStore.type=PEM\n"
+		"ssl.clientAuth=need\n"
+	if quorum {
+		cfg += "sslQuorum=true\n" +
+			"ssl.quorum.keyStore.location=" + keyStore + "\nssl.quorum.keyStore.type=PEM\n" +
+			"ssl.quorum.trustStore.location=" + trustStore + "\nssl.quorum.trustStore.type=PEM\n"
+	}
+	return cfg
 }
 
 // Leader returns the server that leads the ensemble, or nil.
@@ -206,7 +214,9 @@ func (s *ZKServer) Running() bool { return s.proc != nil && !s.proc.Exited() }
 
 // Start runs the server process.
 func (s *ZKServer) Start() error {
-	argv := []string{"java", "-Xmx192m", "-XX:+UseSerialGC", "-cp", strings.Join(append([]string{ZKJar}, zkNettyJars...), ":"),
+	// C1 only: a test server lives seconds to minutes, and starts
+	// measurably sooner without the optimising compiler.
+	argv := []string{"java", "-Xmx192m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", strings.Join(append([]string{ZKJar}, zkNettyJars...), ":"),
 		"-Dzookeeper.log.dir=" + s.dir, "org.apache.zookeeper.server.quorum.QuorumPeerMain", s.cfg}
 	if s.ns != "" {
 		argv = append([]string{"ip", "netns", "exec", s.ns}, argv...)
