@@ -224,7 +224,10 @@ func (n *Node) registerJoinToken(ctx context.Context, store coord.Store) {
 		return
 	}
 	if err == nil {
-		err = bootstrap.RegisterJoinToken(ctx, store, quorum.DefaultConfig().Root, tok.Credential, n.cfg.Name, n.clock.now())
+		// Bounded: an unreachable store must not hold up the quorum.
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = bootstrap.RegisterJoinToken(rctx, store, quorum.DefaultConfig().Root, tok.Credential, n.cfg.Name, n.clock.now())
+		cancel()
 	}
 	if err != nil {
 		n.log.Warn("cannot register the join token of taskd init; joins with it will be refused", "err", err)
