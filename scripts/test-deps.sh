@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing, from Debian:
-# ZooKeeper 3.8 (and its Java runtime), qemu-utils (qemu-nbd, qemu-img,
-# qemu-io), nbdkit, iproute2 (network namespaces for the VIP tests), systemd
-# (systemd-analyze checks the unit's hardening) and util-linux (unshare runs
-# taskd under the unit's restrictions).
+# ZooKeeper 3.8 (and its Java runtime; Netty for its TLS port comes with
+# it), etcd-server (an external etcd for the store tests), qemu-utils
+# (qemu-nbd, qemu-img, qemu-io), nbdkit, iproute2 (network namespaces for the
+# VIP tests), systemd (systemd-analyze checks the unit's hardening) and
+# util-linux (unshare runs taskd under the unit's restrictions).
 # With --bench it also installs what the copy benchmark compares against:
 # nbdcopy (libnbd-bin) and rsync; with --chaos, nftables (partitions in the
 # fault-injection suite).
@@ -13,7 +14,8 @@
 set -euo pipefail
 
 need=()
-[ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null || need+=(zookeeper)
+[ -f /usr/share/java/zookeeper.jar ] && [ -f /usr/share/java/netty-codec.jar ] && command -v java >/dev/null || need+=(zookeeper)
+command -v etcd >/dev/null || need+=(etcd-server)
 command -v qemu-nbd >/dev/null && command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || need+=(qemu-utils)
 command -v nbdkit >/dev/null || need+=(nbdkit)
 command -v ip >/dev/null || need+=(iproute2)

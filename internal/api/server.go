@@ -12,6 +12,7 @@ package api
 import (
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1/taskdv1connect"
+	"github.com/taskd/taskd/internal/bootstrap"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
@@ -64,6 +66,12 @@ type ServerConfig struct {
 	Token   string // empty: no authentication (loopback only)
 	TLSCert string
 	TLSKey  string
+	// TLS, when set and no TLSCert is given, serves TLS with the node
+	// certificate next to the plaintext API on the same port (see
+	// sniffListener); the join endpoint needs it.
+	TLS *tls.Config
+	// Join admits new nodes; nil: Join is unimplemented.
+	Join Joiner
 	// Metrics, when set, is served on /metrics, behind the same bearer
 	// token as the RPCs (Prometheus: bearer_token_file).
 	Metrics http.Handler
@@ -114,7 +122,8 @@ func NewServer(cfg ServerConfig, cluster Cluster, log *slog.Logger) (*Server, er
 	// A request larger than any valid one (a task spec is at most 64 KiB)
 	// is refused before it is read into memory.
 	opts := connect.WithHandlerOptions(connect.WithInterceptors(authInterceptor(cfg.Token)), connect.WithReadMaxBytes(1<<20))
-	mux.Handle(taskdv1connect.NewClusterServiceHandler(&clusterService{c: cluster}, opts))
+	clusterPath, clusterHandler := taskdv1connect.NewClusterServiceHandler(&clusterService{c: cluster, join: cfg.Join}, opts)
+	mux.Handle(clusterPath, joinOverTLSOnly(clusterHandler))
 	mux.Handle(taskdv1connect.NewTaskServiceHandler(&taskService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewRunnerServiceHandler(&runnerService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewEventServiceHandler(&eventService{c: cluster}, opts))
@@ -154,6 +163,14 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	var sniff *sniffListener
+	if s.cfg.TLSCert == "" && s.cfg.TLS != nil {
+		cfg := s.cfg.TLS.Clone()
+		cfg.NextProtos = []string{"h2", "http/1.1"}
+		sniff = newSniffListener(ln, cfg)
+		defer sniff.wait()
+		ln = sniff
 	}
 	errc := make(chan error, 1)
 	go func() {
@@ -198,7 +215,9 @@ func (a *auth) check(h http.Header) error {
 
 func (a *auth) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if !req.Spec().IsClient {
+		// Join carries a join credential, not the API token; the join
+		// server verifies it first thing.
+		if !req.Spec().IsClient && req.Spec().Procedure != taskdv1connect.ClusterServiceJoinProcedure {
 			if err := a.check(req.Header()); err != nil {
 				return nil, err
 			}
@@ -244,6 +263,14 @@ func toConnect(err error) error {
 		code = connect.CodeAborted
 	case errors.Is(err, coord.ErrUnavailable), errors.Is(err, coord.ErrSessionLost):
 		code = connect.CodeUnavailable
+	case errors.Is(err, bootstrap.ErrUnauthenticated):
+		code = connect.CodeUnauthenticated
+	case errors.Is(err, bootstrap.ErrInvalid):
+		code = connect.CodeInvalidArgument
+	case errors.Is(err, bootstrap.ErrRefused):
+		code = connect.CodeAlreadyExists
+	case errors.Is(err, bootstrap.ErrUnavailable):
+		code = connect.CodeUnavailable
 	case errors.Is(err, context.DeadlineExceeded):
 		code = connect.CodeDeadlineExceeded
 	case errors.Is(err, context.Canceled):
@@ -252,7 +279,10 @@ func toConnect(err error) error {
 	return connect.NewError(code, err)
 }
 
-type clusterService struct{ c Cluster }
+type clusterService struct {
+	c    Cluster
+	join Joiner
+}
 
 func ts(t time.Time) *timestamppb.Timestamp {
 	if t.IsZero() {

@@ -92,12 +92,12 @@ func setup(backend string, timeout time.Duration) (*env, func(), error) {
 	switch backend {
 	case "embedded":
 	case "zk":
-		e.ens, err = harness.StartEnsemble(filepath.Join(dir, "zk"), 3)
+		e.ens, err = harness.StartEnsemble(filepath.Join(dir, "zk"), 3, nil)
 		if err != nil {
 			cleanup()
 			return nil, nil, err
 		}
-		e.opts.Coordinator = e.ens.URL("/bench")
+		e.opts.Coordinator, e.opts.PKI = e.ens.URL("/bench"), e.ens.PKI
 	default:
 		cleanup()
 		return nil, nil, fmt.Errorf("backend %q: use embedded or zk", backend)
@@ -234,16 +234,21 @@ func reconnect(args []string, out io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	ens, err := harness.StartEnsemble(dir, 3)
+	ens, err := harness.StartEnsemble(dir, 3, nil)
 	if err != nil {
 		return err
 	}
 	defer ens.Close()
+	creds, err := ens.PKI.Bundle("bench")
+	if err != nil {
+		return err
+	}
 	logOut := io.Discard
 	if os.Getenv("TASKD_BENCH_DEBUG") != "" {
 		logOut = os.Stderr
 	}
-	store, err := zk.Open(ens.Addrs(), "", slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	store, err := zk.Open(zk.Config{Servers: ens.Addrs(), Digest: ens.PKI.Secrets.ZKDigest, TLS: ens.PKI.ClientTLS(creds)},
+		slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		return err
 	}

@@ -123,14 +123,22 @@ func taskBench(args []string, out io.Writer) error {
 // benchStore opens the cluster's store directly, to watch records.
 func benchStore(backend string, c *harness.Cluster, e *env) (coord.Store, error) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// As a node of the cluster: its certificate (and, on ZooKeeper, the
+	// cluster's digest credential).
 	if backend == "zk" {
-		return zk.Open(e.ens.Addrs(), "/bench", log)
+		creds, err := e.ens.PKI.Bundle("bench")
+		if err != nil {
+			return nil, err
+		}
+		return zk.Open(zk.Config{Servers: e.ens.Addrs(), Chroot: "/bench", Digest: e.ens.PKI.Secrets.ZKDigest, TLS: e.ens.PKI.ClientTLS(creds)}, log)
 	}
 	var eps []string
 	for _, n := range c.Nodes {
 		eps = append(eps, n.EtcdClientURL)
 	}
-	return etcd.Open(eps, log)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return etcd.Open(ctx, etcd.ClientConfig{Endpoints: eps, TLS: c.Nodes[0].Creds.ClientTLS("")}, log)
 }
 
 func waitRunners(ctx context.Context, n *harness.Node, want int) error {

@@ -151,15 +151,15 @@ func (r *run) setup() error {
 		var addrs []string
 		for _, n := range harness.VIPNodes {
 			hosts = append(hosts, harness.NSHost{NS: c.Lab.NS(n), Addr: c.Lab.Addr(n)})
-			addrs = append(addrs, c.Lab.Addr(n)+":2181")
+			addrs = append(addrs, c.Lab.Addr(n)+":2281")
 		}
-		ens, err := harness.StartEnsembleIn(filepath.Join(r.cfg.Dir, "zk"), hosts)
+		ens, err := harness.StartEnsembleIn(filepath.Join(r.cfg.Dir, "zk"), hosts, c.PKI)
 		if err != nil {
 			c.Close()
 			return err
 		}
 		r.ens = ens
-		c.Coordinator = "zk://" + strings.Join(addrs, ",") + "/taskd-chaos"
+		c.Coordinator = "zks://" + strings.Join(addrs, ",") + "/taskd-chaos"
 	}
 	if err := c.StartAll(); err != nil {
 		r.teardown()

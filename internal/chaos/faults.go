@@ -17,8 +17,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/harness"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
+	"github.com/taskd/taskd/internal/pki"
 )
 
 // The fault kinds.
@@ -231,21 +230,14 @@ func (r *run) raftLeader(ctx context.Context) string {
 			continue
 		}
 		ns := r.c.Lab.NS(n)
-		cli, err := clientv3.New(clientv3.Config{
-			Endpoints:   []string{"127.0.0.1:2379"},
-			DialTimeout: 2 * time.Second,
-			DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(_ context.Context, addr string) (net.Conn, error) {
-				return harness.DialInNS(ns, addr, 2*time.Second)
-			})},
-		})
+		creds, err := pki.Load(r.c.DataDir(n))
 		if err != nil {
 			continue
 		}
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := cli.Status(sctx, "127.0.0.1:2379")
-		cancel()
-		cli.Close()
-		if err == nil && st.Leader == st.Header.MemberId {
+		leads, err := harness.EtcdLeads(ctx, creds, "https://127.0.0.1:2379", func(_ context.Context, addr string) (net.Conn, error) {
+			return harness.DialInNS(ns, addr, 2*time.Second)
+		})
+		if err == nil && leads {
 			return n
 		}
 	}

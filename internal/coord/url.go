@@ -23,22 +23,38 @@ type Target struct {
 	Kind      Kind
 	Endpoints []string // host:port, in the order given
 	Chroot    string   // ZooKeeper only: "" or "/path"
+	// TLS: etcds:// or zks://, the store is reached over TLS.
+	TLS bool
 }
 
 func (t Target) String() string {
-	switch t.Kind {
-	case KindEmbedded:
+	if t.Kind == KindEmbedded {
 		return "embedded"
-	case KindZK:
-		return "zk://" + strings.Join(t.Endpoints, ",") + t.Chroot
 	}
-	return string(t.Kind) + "://" + strings.Join(t.Endpoints, ",")
+	scheme := string(t.Kind)
+	if t.TLS {
+		scheme += "s"
+	}
+	return scheme + "://" + strings.Join(t.Endpoints, ",") + t.Chroot
 }
 
-// ParseTarget parses "embedded", "etcd://h:p,h:p" or "zk://h:p,h:p/chroot".
-// Errors say what was wrong with the value and what the accepted forms are.
+// Loopback reports whether every endpoint is on loopback (localhost or a
+// loopback address), where plaintext does not leave the host.
+func (t Target) Loopback() bool {
+	for _, e := range t.Endpoints {
+		host, _, _ := net.SplitHostPort(e)
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return false
+		}
+	}
+	return len(t.Endpoints) > 0
+}
+
+// ParseTarget parses "embedded", "etcd[s]://h:p,h:p" or
+// "zk[s]://h:p,h:p/chroot". Errors say what was wrong with the value and what
+// the accepted forms are.
 func ParseTarget(s string) (Target, error) {
-	const forms = `accepted forms: "embedded", "etcd://host:port[,host:port...]", "zk://host:port[,host:port...][/chroot]"`
+	const forms = `accepted forms: "embedded", "etcds://host:port[,host:port...]", "zks://host:port[,host:port...][/chroot]" (etcd:// and zk:// without TLS)`
 	if s == "" || s == string(KindEmbedded) {
 		return Target{Kind: KindEmbedded}, nil
 	}
@@ -48,10 +64,10 @@ func ParseTarget(s string) (Target, error) {
 	}
 	var t Target
 	switch scheme {
-	case "etcd":
-		t.Kind = KindEtcd
-	case "zk":
-		t.Kind = KindZK
+	case "etcd", "etcds":
+		t.Kind, t.TLS = KindEtcd, scheme == "etcds"
+	case "zk", "zks":
+		t.Kind, t.TLS = KindZK, scheme == "zks"
 	default:
 		return Target{}, fmt.Errorf("coordinator %q: unknown scheme %q; %s", s, scheme, forms)
 	}
@@ -59,7 +75,7 @@ func ParseTarget(s string) (Target, error) {
 	if i := strings.IndexByte(rest, '/'); i >= 0 {
 		hosts, t.Chroot = rest[:i], rest[i:]
 		if t.Kind != KindZK {
-			return Target{}, fmt.Errorf("coordinator %q: a path is only allowed for zk:// (as the chroot); %s", s, forms)
+			return Target{}, fmt.Errorf("coordinator %q: a path is only allowed for zk:// and zks:// (as the chroot); %s", s, forms)
 		}
 		if t.Chroot == "/" {
 			t.Chroot = ""

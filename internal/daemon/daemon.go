@@ -18,19 +18,23 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"github.com/taskd/taskd/internal/bootstrap"
 	"github.com/taskd/taskd/internal/node"
+	"github.com/taskd/taskd/internal/pki"
 	"github.com/taskd/taskd/internal/volcopy"
 )
 
 // Exit codes. docs/exit-codes.md explains each; keep them in sync.
 const (
-	ExitOK          = 0  // clean shutdown after SIGTERM/SIGINT
-	ExitInternal    = 1  // unexpected internal error (a bug: please report)
-	ExitUsage       = 2  // unknown flag or bad argument on the command line
-	ExitForced      = 3  // second signal, or shutdown exceeded --shutdown-timeout
-	ExitCoordinator = 70 // the embedded etcd server failed fatally
-	ExitDataDir     = 73 // data directory unusable or locked by another taskd
-	ExitConfig      = 78 // configuration error (also: node name taken by another node)
+	ExitOK              = 0  // clean shutdown after SIGTERM/SIGINT
+	ExitInternal        = 1  // unexpected internal error (a bug: please report)
+	ExitUsage           = 2  // unknown flag or bad argument on the command line
+	ExitForced          = 3  // second signal, or shutdown exceeded --shutdown-timeout
+	ExitJoinUnavailable = 69 // taskd join: no member could admit the node in time
+	ExitCoordinator     = 70 // the embedded etcd server failed fatally
+	ExitDataDir         = 73 // data directory unusable or locked by another taskd
+	ExitJoinRefused     = 77 // taskd join: credential refused, or the server is not the token's cluster
+	ExitConfig          = 78 // configuration error (also: node name taken by another node)
 )
 
 // Version is set at build time with -ldflags.
@@ -63,6 +67,12 @@ func exitCode(err error) int {
 		return ExitCopyInterrupted
 	case errors.Is(err, volcopy.ErrVerify):
 		return ExitCopyVerify
+	case errors.Is(err, bootstrap.ErrUnauthenticated), errors.Is(err, bootstrap.ErrRefused):
+		return ExitJoinRefused
+	case errors.Is(err, bootstrap.ErrInvalid), errors.Is(err, pki.ErrBadJoinToken), errors.Is(err, pki.ErrInsecureFile):
+		return ExitConfig
+	case errors.Is(err, bootstrap.ErrUnavailable):
+		return ExitJoinUnavailable
 	case errors.Is(err, node.ErrConfig):
 		return ExitConfig
 	case errors.Is(err, node.ErrDataDir):
@@ -76,36 +86,68 @@ func exitCode(err error) int {
 var errForced = errors.New("forced exit")
 
 func newRootCmd() *cobra.Command {
-	cfg := node.DefaultConfig()
-	var configFile, logLevel, logFormat string
+	d := newDaemonFlags()
 	cmd := &cobra.Command{
 		Use:           "taskd",
 		Short:         "taskd: distributed task service daemon",
-		Long:          "taskd joins the cluster on its coordination store, takes part in the leader election and serves the API.\nEvery flag can also be set as TASKD_<FLAG> (e.g. TASKD_SESSION_TIMEOUT=6s) or in the --config file.",
+		Long:          "taskd joins the cluster on its coordination store, takes part in the leader election and serves the API.\nOn a data directory without credentials it creates a new cluster (as `taskd init` does).\nEvery flag can also be set as TASKD_<FLAG> (e.g. TASKD_SESSION_TIMEOUT=6s) or in the --config file.",
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       Version,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyEnvAndFile(cmd.Flags(), configFile); err != nil {
+			log, err := d.prepare(cmd)
+			if err != nil {
 				return err
 			}
-			log, err := newLogger(os.Stderr, logLevel, logFormat)
-			if err != nil {
-				return usageError{err}
+			if err := autoInit(d, log); err != nil {
+				return err
 			}
-			cfg.Version = Version
-			return run(cfg, log)
+			return run(d.cfg, log)
 		},
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	f := cmd.Flags()
-	f.StringVar(&configFile, "config", "", "config file of TASKD_NAME=value lines (same names as the environment variables)")
-	f.StringVar(&cfg.Name, "name", cfg.Name, "unique node name (default: hostname)")
-	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory (lock, node id, embedded etcd data)")
+	d.register(cmd.Flags())
+	cmd.AddCommand(newVolumeCmd(), newInitCmd(), newJoinCmd(), newCertCmd())
+	return cmd
+}
+
+// daemonFlags are the flags of every command that runs the daemon (taskd,
+// taskd init, taskd join) or works on its data directory (taskd cert).
+type daemonFlags struct {
+	cfg                             node.Config
+	configFile, logLevel, logFormat string
+	certHostsFlag                   []string
+}
+
+func newDaemonFlags() *daemonFlags { return &daemonFlags{cfg: node.DefaultConfig()} }
+
+// prepare fills the flags from the environment, the config file and
+// DATA_DIR/cluster.json (in that order of precedence, after the command
+// line) and builds the logger.
+func (d *daemonFlags) prepare(cmd *cobra.Command) (*slog.Logger, error) {
+	if err := applyEnvAndFile(cmd.Flags(), d.configFile); err != nil {
+		return nil, err
+	}
+	if err := applyClusterFile(cmd.Flags(), d.cfg.DataDir); err != nil {
+		return nil, err
+	}
+	log, err := newLogger(os.Stderr, d.logLevel, d.logFormat)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	d.cfg.Version = Version
+	return log, nil
+}
+
+func (d *daemonFlags) register(f *pflag.FlagSet) {
+	cfg := &d.cfg
+	f.StringVar(&d.configFile, "config", "", "config file of TASKD_NAME=value lines (same names as the environment variables)")
+	f.StringVar(&cfg.Name, "name", cfg.Name, "unique node name (default: hostname); it names the node's certificate")
+	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory (lock, node id, credentials in pki/, embedded etcd data)")
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "API listen address; a non-loopback address requires --token-file")
 	f.StringVar(&cfg.Advertise, "advertise", cfg.Advertise, "API address announced to the cluster (default: --listen)")
-	f.StringVar(&cfg.Coordinator, "coordinator", cfg.Coordinator, `coordination store: "embedded", "etcd://host:port,...", "zk://host:port,.../chroot"`)
+	f.StringVar(&cfg.Coordinator, "coordinator", cfg.Coordinator, `coordination store: "embedded", "etcds://host:port,...", "zks://host:port,.../chroot" (zk:// and, to loopback only, etcd:// without TLS)`)
 	f.DurationVar(&cfg.SessionTimeout, "session-timeout", cfg.SessionTimeout, "coordination session timeout")
 	f.Float64Var(&cfg.DeadlineFraction, "deadline-fraction", cfg.DeadlineFraction, "local deadline as a fraction of the session timeout; the node fences when it passes")
 	f.DurationVar(&cfg.YieldGrace, "yield-grace", cfg.YieldGrace, "how long a higher-priority member must be stable before the leader yields to it")
@@ -132,15 +174,20 @@ func newRootCmd() *cobra.Command {
 	f.DurationVar(&cfg.TaskRetention, "task-retention", cfg.TaskRetention, "how long finished tasks are kept before the leader deletes them")
 	f.StringVar(&cfg.TimeZone, "time-zone", cfg.TimeZone, "IANA time zone of run windows created without one; every node should use the same")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "after the first SIGTERM, exit forcibly (code 3) if shutdown takes longer")
-	f.StringVar(&cfg.EtcdClientURL, "etcd-client-url", cfg.EtcdClientURL, "embedded etcd: client URL")
-	f.StringVar(&cfg.EtcdPeerURL, "etcd-peer-url", cfg.EtcdPeerURL, "embedded etcd: peer URL")
-	f.StringVar(&cfg.EtcdInitialCluster, "etcd-initial-cluster", cfg.EtcdInitialCluster, "embedded etcd: name=peerURL,... of the initial members (default: this node alone)")
+	f.StringVar(&cfg.EtcdClientURL, "etcd-client-url", cfg.EtcdClientURL, "embedded etcd: client URL (https only; client certificates of the cluster CA required)")
+	f.StringVar(&cfg.EtcdPeerURL, "etcd-peer-url", cfg.EtcdPeerURL, "embedded etcd: peer URL (https only; mutual TLS between members)")
+	f.StringVar(&cfg.EtcdInitialCluster, "etcd-initial-cluster", cfg.EtcdInitialCluster, "embedded etcd: name=https://peer,... of the initial members (default: this node alone, or what taskd join wrote to cluster.json)")
 	f.StringVar(&cfg.EtcdClusterState, "etcd-cluster-state", cfg.EtcdClusterState, `embedded etcd: "new" or "existing"`)
 	f.StringVar(&cfg.EtcdLogLevel, "etcd-log-level", cfg.EtcdLogLevel, "embedded etcd: log level (debug, info, warn, error)")
-	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	cmd.AddCommand(newVolumeCmd())
-	return cmd
+	f.StringVar(&cfg.EtcdCA, "etcd-ca", "", "external etcd (etcds://): CA certificate (PEM) that signed the etcd servers' certificates (default: the cluster CA)")
+	f.StringVar(&cfg.EtcdCert, "etcd-cert", "", "external etcd (etcds://): client certificate (PEM) to present (default: the node certificate)")
+	f.StringVar(&cfg.EtcdKey, "etcd-key", "", "external etcd (etcds://): private key (PEM, mode 0600) of --etcd-cert")
+	f.StringVar(&cfg.EtcdUser, "etcd-user", "", "external etcd: user name (with --etcd-password-file); required for plaintext etcd:// on loopback")
+	f.StringVar(&cfg.EtcdPasswordFile, "etcd-password-file", "", "external etcd: file (mode 0600) holding the password of --etcd-user")
+	f.StringVar(&cfg.ZKCA, "zk-ca", "", "ZooKeeper over TLS (zks://): CA certificate (PEM) that signed the servers' certificates (default: the cluster CA)")
+	f.StringArrayVar(&d.certHostsFlag, "cert-host", nil, "extra host name or address for this node's certificate when it is made (init, join, cert renew; repeatable): every address the node's etcd peers and clients connect from")
+	f.StringVar(&d.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&d.logFormat, "log-format", "text", "log format: text or json")
 }
 
 // envName maps a flag name to its environment variable.

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
-	"github.com/taskd/taskd/internal/coord/etcd"
 	"github.com/taskd/taskd/internal/dispatch"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
@@ -102,12 +101,7 @@ func TestDispatchAndRun(t *testing.T) {
 }
 
 func openStore(t *testing.T) (coord.Store, *task.Store) {
-	srv := testenv.StartEtcd(t)
-	kv, err := etcd.Open([]string{srv.ClientURL()}, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { kv.Close() })
+	kv := testenv.StartEtcd(t).Open(t)
 	st, err := task.NewStore(kv, "/taskd", tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -166,7 +166,7 @@ func TestTermLeaderHandover(t *testing.T) {
 func TestStopLeaderFences(t *testing.T) {
 	ens := testenv.StartEnsemble(t, 1)
 	const timeout = 3 * time.Second
-	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/stop"), SessionTimeout: timeout})
+	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/stop"), PKI: ens.PKI, SessionTimeout: timeout})
 	st, err := harness.WaitAgreed(ctxFor(t, 60*time.Second), c.Nodes, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -215,7 +215,7 @@ func TestStopLeaderFences(t *testing.T) {
 // must not expire any taskd session nor move the leadership.
 func TestZKServerLossNoExpiry(t *testing.T) {
 	ens := testenv.StartEnsemble(t, 3)
-	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/loss")})
+	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/loss"), PKI: ens.PKI})
 	st, err := harness.WaitAgreed(ctxFor(t, 60*time.Second), c.Nodes, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -302,6 +302,11 @@ func TestBadStartupInput(t *testing.T) {
 		{"vip label too long", []string{"--vip", "management=10.0.0.5@bond0.100"}, "15"},
 		{"vip malformed", []string{"--vip", "10.0.0.5"}, "SERVICE=IP"},
 		{"vip twice", []string{"--vip", "a=10.0.0.5@eth0", "--vip", "b=10.0.0.5@eth0"}, "twice"},
+		{"plaintext etcd client url", []string{"--etcd-client-url", "http://127.0.0.1:10601"}, "https://"},
+		{"plaintext etcd peer url", []string{"--etcd-peer-url", "http://10.0.0.1:10602"}, "https://"},
+		{"plaintext external etcd off loopback", []string{"--coordinator", "etcd://10.0.0.1:2379"}, "loopback"},
+		{"plaintext external etcd without user", []string{"--coordinator", "etcd://127.0.0.1:2379"}, "--etcd-user"},
+		{"other members but no credentials", []string{"--etcd-initial-cluster", "bad=https://127.0.0.1:1,n2=https://127.0.0.1:2"}, "taskd join"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -372,13 +377,19 @@ func TestUnreachableCoordinator(t *testing.T) {
 func TestDuplicateNameRefused(t *testing.T) {
 	ens := testenv.StartEnsemble(t, 1)
 	url := ens.URL("/dup")
-	c := newCluster(t, 1, harness.Options{Coordinator: url})
+	c := newCluster(t, 1, harness.Options{Coordinator: url, PKI: ens.PKI})
 	st, err := harness.WaitAgreed(ctxFor(t, 30*time.Second), c.Nodes, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ports := testenv.FreePorts(t, 1)
-	code, out := runTaskd(t, 30*time.Second, "--name", "n1", "--data-dir", t.TempDir(), "--coordinator", url,
+	// Credentials of the same cluster, even with the same name: only the
+	// live member record stands in the way.
+	dup := t.TempDir()
+	if err := ens.PKI.Provision(dup, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	code, out := runTaskd(t, 30*time.Second, "--name", "n1", "--data-dir", dup, "--coordinator", url,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", ports[0]))
 	if code != 78 || !strings.Contains(out, "already in use") {
 		t.Fatalf("duplicate name: exit %d, want 78 with a clear message; output:\n%s", code, out)

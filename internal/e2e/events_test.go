@@ -45,7 +45,7 @@ func listEvents(t *testing.T, n *harness.Node) []eventJSON {
 // local journals.
 func TestEventsTimeline(t *testing.T) {
 	ens := testenv.StartEnsemble(t, 1)
-	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/ev"), SessionTimeout: taskTimeout})
+	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/ev"), PKI: ens.PKI, SessionTimeout: taskTimeout})
 	first := ready(t, c)
 	first.Kill()
 	st, err := harness.WaitAgreed(ctxFor(t, 30*time.Second), others(c, first.Name), 1)
@@ -138,7 +138,7 @@ func TestEventsTimeline(t *testing.T) {
 // (printed with -v) must show no fence, no restart and no expiry.
 func TestSeedZKServerLossTimeline(t *testing.T) {
 	ens := testenv.StartEnsemble(t, 3)
-	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/seed")})
+	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/seed"), PKI: ens.PKI})
 	leader := ready(t, c)
 	lost := ens.Servers[0]
 	lost.Kill()

@@ -30,8 +30,8 @@ func TestSystemdNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(taskdBin, "--name", "n1", "--data-dir", filepath.Join(dir, "data"),
-		"--listen", "127.0.0.1:"+strconv.Itoa(ports[0]), "--etcd-client-url", "http://127.0.0.1:"+strconv.Itoa(ports[1]),
-		"--etcd-peer-url", "http://127.0.0.1:"+strconv.Itoa(ports[2]))
+		"--listen", "127.0.0.1:"+strconv.Itoa(ports[0]), "--etcd-client-url", "https://127.0.0.1:"+strconv.Itoa(ports[1]),
+		"--etcd-peer-url", "https://127.0.0.1:"+strconv.Itoa(ports[2]))
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=400000")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -31,7 +31,7 @@ func backends(t *testing.T, f func(t *testing.T, c *harness.Cluster)) {
 	})
 	t.Run("zookeeper", func(t *testing.T) {
 		ens := testenv.StartEnsemble(t, 1)
-		f(t, newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Coordinator: ens.URL("/tasks")}))
+		f(t, newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Coordinator: ens.URL("/tasks"), PKI: ens.PKI}))
 	})
 }
 
@@ -489,7 +489,7 @@ func TestTaskWindowAndDrain(t *testing.T) {
 // what made this test depend on the machine's speed.
 func TestTaskRidesThroughZKOutage(t *testing.T) {
 	ens := testenv.StartEnsemble(t, 3)
-	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/ride")})
+	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/ride"), PKI: ens.PKI})
 	leader := ready(t, c)
 	id := create(t, leader, "sleep", `{"duration":"8s","checkpoint_interval":"100ms"}`)
 	waitTask(t, c, id, 10*time.Second, "progress", func(tk *taskdv1.Task) bool { return tk.Progress.GetDone() >= 1000 })

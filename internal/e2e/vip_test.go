@@ -45,6 +45,8 @@ func helperMain(mode string) int {
 		return confineMain()
 	case "wxprobe":
 		return wxProbeMain()
+	case "storeattack":
+		return storeAttackMain()
 	case "tcpconnect":
 		c, err := net.DialTimeout("tcp", os.Getenv("ADDR"), 2*time.Second)
 		if err != nil {

@@ -2,9 +2,8 @@ package harness
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +14,10 @@ import (
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/pki"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // TestAidsTag is the build tag of the test aids (the sleep task's ledger):
@@ -60,6 +63,14 @@ type Options struct {
 	SessionTimeout time.Duration
 	Priorities     []int    // per node; default 100
 	Extra          []string // more flags for every node
+	// PKI provisions every node's DATA_DIR/pki before it starts; nil: a
+	// new one under the cluster's directory. A ZooKeeper ensemble's nodes
+	// must share its PKI (Ensemble.PKI).
+	PKI *PKI
+	// Bootstrap leaves the nodes without credentials and without
+	// --etcd-initial-cluster: the test forms the cluster with taskd init
+	// and taskd join (prepend them to Node.Args).
+	Bootstrap bool
 }
 
 // Cluster is a set of taskd processes on loopback.
@@ -67,6 +78,7 @@ type Cluster struct {
 	Bin   string
 	Dir   string
 	Nodes []*Node
+	PKI   *PKI
 }
 
 // Node is one taskd process.
@@ -79,8 +91,10 @@ type Node struct {
 	Proc    *Proc
 	// EtcdClientURL is the embedded etcd member's client URL ("" otherwise).
 	EtcdClientURL string
-	bin           string
-	client        *api.Client
+	// Creds are the node's credentials, as in its DATA_DIR/pki.
+	Creds  *pki.Bundle
+	bin    string
+	client *api.Client
 }
 
 // NewCluster prepares n nodes under dir; StartAll starts them.
@@ -94,13 +108,27 @@ func NewCluster(dir, bin string, n int, opt Options) (*Cluster, error) {
 	}
 	var initial []string
 	for i := range n {
-		initial = append(initial, fmt.Sprintf("n%d=http://127.0.0.1:%d", i+1, ports[3*i+2]))
+		initial = append(initial, fmt.Sprintf("n%d=https://127.0.0.1:%d", i+1, ports[3*i+2]))
 	}
-	c := &Cluster{Bin: bin, Dir: dir}
+	p := opt.PKI
+	if p == nil {
+		if p, err = NewPKI(filepath.Join(dir, "pki")); err != nil {
+			return nil, err
+		}
+	}
+	c := &Cluster{Bin: bin, Dir: dir, PKI: p}
 	for i := range n {
 		name := fmt.Sprintf("n%d", i+1)
 		nd := &Node{Name: name, API: fmt.Sprintf("127.0.0.1:%d", ports[3*i]), DataDir: filepath.Join(dir, name),
 			LogPath: filepath.Join(dir, name+".log"), bin: bin}
+		if !opt.Bootstrap {
+			if err := p.Provision(nd.DataDir, name); err != nil {
+				return nil, err
+			}
+			if nd.Creds, err = pki.Load(nd.DataDir); err != nil {
+				return nil, err
+			}
+		}
 		prio := 100
 		if i < len(opt.Priorities) {
 			prio = opt.Priorities[i]
@@ -111,11 +139,13 @@ func NewCluster(dir, bin string, n int, opt Options) (*Cluster, error) {
 			nd.Args = append(nd.Args, "--session-timeout", opt.SessionTimeout.String())
 		}
 		if opt.Coordinator == "" {
-			nd.EtcdClientURL = fmt.Sprintf("http://127.0.0.1:%d", ports[3*i+1])
+			nd.EtcdClientURL = fmt.Sprintf("https://127.0.0.1:%d", ports[3*i+1])
 			nd.Args = append(nd.Args, "--coordinator", "embedded",
-				"--etcd-client-url", fmt.Sprintf("http://127.0.0.1:%d", ports[3*i+1]),
-				"--etcd-peer-url", fmt.Sprintf("http://127.0.0.1:%d", ports[3*i+2]),
-				"--etcd-initial-cluster", strings.Join(initial, ","))
+				"--etcd-client-url", nd.EtcdClientURL,
+				"--etcd-peer-url", fmt.Sprintf("https://127.0.0.1:%d", ports[3*i+2]))
+			if !opt.Bootstrap {
+				nd.Args = append(nd.Args, "--etcd-initial-cluster", strings.Join(initial, ","))
+			}
 		} else {
 			nd.Args = append(nd.Args, "--coordinator", opt.Coordinator)
 		}
@@ -175,6 +205,17 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.Proc = p
+	return nil
+}
+
+// LoadCreds reads the node's credentials from its data directory (after a
+// taskd init or join made them).
+func (n *Node) LoadCreds() error {
+	b, err := pki.Load(n.DataDir)
+	if err != nil {
+		return err
+	}
+	n.Creds = b
 	return nil
 }
 
@@ -252,29 +293,36 @@ func WaitAgreed(ctx context.Context, nodes []*Node, minEpoch int64) (LeaderState
 }
 
 // LeadsRaft reports whether the node's embedded etcd member leads raft,
-// from etcd's own status endpoint.
+// from etcd's own status, asked with the node's certificate.
 func (n *Node) LeadsRaft(ctx context.Context) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	return EtcdLeads(ctx, n.Creds, n.EtcdClientURL, nil)
+}
+
+// EtcdLeads asks the etcd member at endpoint (https://host:port) whether it
+// leads raft, authenticating with creds. dial, when set, opens the TCP
+// connections (e.g. inside a network namespace).
+func EtcdLeads(ctx context.Context, creds *pki.Bundle, endpoint string, dial func(ctx context.Context, addr string) (net.Conn, error)) (bool, error) {
+	cfg := clientv3.Config{
+		Endpoints:   []string{endpoint},
+		DialTimeout: 2 * time.Second,
+		TLS:         creds.ClientTLS(""),
+		Logger:      zap.NewNop(),
+	}
+	if dial != nil {
+		cfg.DialOptions = []grpc.DialOption{grpc.WithContextDialer(dial)}
+	}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return false, err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.EtcdClientURL+"/v3/maintenance/status", strings.NewReader("{}"))
+	st, err := cli.Status(ctx, endpoint)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("etcd status at %s: %w", endpoint, err)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return false, err
-	}
-	defer resp.Body.Close()
-	var st struct {
-		Header struct {
-			MemberID string `json:"member_id"`
-		} `json:"header"`
-		Leader string `json:"leader"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return false, fmt.Errorf("etcd status of %s: %w", n.Name, err)
-	}
-	return st.Leader != "" && st.Leader == st.Header.MemberID, nil
+	return st.Leader != 0 && st.Leader == st.Header.MemberId, nil
 }
 
 // Client is the node's API client.

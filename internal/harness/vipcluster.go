@@ -38,10 +38,13 @@ type VIPCluster struct {
 	Wrap []string
 	// ClockFiles gives every node a --clock-offset-file (ClockFile).
 	ClockFiles bool
-	dir        string
-	token      string
-	taskd      string
-	taskctl    string
+	// PKI provisioned every node's DATA_DIR/pki (one CA); servers started
+	// in the lab for the cluster (ZooKeeper) use it too.
+	PKI     *PKI
+	dir     string
+	token   string
+	taskd   string
+	taskctl string
 }
 
 // VIPNodes are the node names of a VIPCluster.
@@ -73,6 +76,16 @@ func NewVIPCluster(dir, taskd, taskctl string, timeout time.Duration) (*VIPClust
 		c.Close()
 		return nil, err
 	}
+	if c.PKI, err = NewPKI(filepath.Join(dir, "pki")); err != nil {
+		c.Close()
+		return nil, err
+	}
+	for _, n := range VIPNodes {
+		if err := c.PKI.Provision(c.DataDir(n), n, lab.Addr(n)); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
 	return c, nil
 }
 
@@ -90,11 +103,11 @@ func (c *VIPCluster) StartAll() error {
 func (c *VIPCluster) Start(name string) error {
 	var peers []string
 	for _, n := range VIPNodes {
-		peers = append(peers, fmt.Sprintf("%s=http://%s:2380", n, c.Lab.Addr(n)))
+		peers = append(peers, fmt.Sprintf("%s=https://%s:2380", n, c.Lab.Addr(n)))
 	}
 	args := append([]string{"netns", "exec", c.Lab.NS(name)}, c.Wrap...)
 	args = append(args, c.taskd,
-		"--name", name, "--data-dir", filepath.Join(c.dir, name),
+		"--name", name, "--data-dir", c.DataDir(name),
 		"--listen", "0.0.0.0:10600", "--advertise", c.Lab.Addr(name)+":10600", "--token-file", c.token,
 		"--session-timeout", c.Timeout.String(), "--log-format", "json",
 		// Fast health probes: unhealthy 2 x 200 ms after the gateway
@@ -107,7 +120,7 @@ func (c *VIPCluster) Start(name string) error {
 	if c.Coordinator != "" {
 		args = append(args, "--coordinator", c.Coordinator)
 	} else {
-		args = append(args, "--etcd-client-url", "http://127.0.0.1:2379", "--etcd-peer-url", "http://"+c.Lab.Addr(name)+":2380",
+		args = append(args, "--etcd-client-url", "https://127.0.0.1:2379", "--etcd-peer-url", "https://"+c.Lab.Addr(name)+":2380",
 			"--etcd-initial-cluster", strings.Join(peers, ","))
 	}
 	if c.ClockFiles {
@@ -121,6 +134,9 @@ func (c *VIPCluster) Start(name string) error {
 	c.Nodes[name] = p
 	return nil
 }
+
+// DataDir is node name's --data-dir.
+func (c *VIPCluster) DataDir(name string) string { return filepath.Join(c.dir, name) }
 
 // ClockFile is node name's --clock-offset-file.
 func (c *VIPCluster) ClockFile(name string) string { return filepath.Join(c.dir, name+".clock") }

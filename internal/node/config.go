@@ -77,6 +77,17 @@ type Config struct {
 	EtcdClusterState   string
 	EtcdLogLevel       string
 
+	// External etcd (--coordinator etcds:// or etcd://): CA and client
+	// certificate (default: the cluster CA and the node certificate), and
+	// a user with a password read from a file.
+	EtcdCA           string
+	EtcdCert         string
+	EtcdKey          string
+	EtcdUser         string
+	EtcdPasswordFile string
+	// ZKCA verifies a zks:// ensemble (default: the cluster CA).
+	ZKCA string
+
 	Version string
 }
 
@@ -102,8 +113,8 @@ func DefaultConfig() Config {
 		HealthTimeout:    health.DefaultConfig().Timeout,
 		HealthRise:       health.DefaultConfig().Rise,
 		HealthFall:       health.DefaultConfig().Fall,
-		EtcdClientURL:    "http://127.0.0.1:10601",
-		EtcdPeerURL:      "http://127.0.0.1:10602",
+		EtcdClientURL:    "https://127.0.0.1:10601",
+		EtcdPeerURL:      "https://127.0.0.1:10602",
 		EtcdClusterState: "new",
 		EtcdLogLevel:     "error",
 	}
@@ -123,8 +134,10 @@ func (c Config) Validate() error {
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("--data-dir is empty"))
 	}
-	if _, err := coord.ParseTarget(c.Coordinator); err != nil {
+	if t, err := coord.ParseTarget(c.Coordinator); err != nil {
 		errs = append(errs, fmt.Errorf("--coordinator: %w", err))
+	} else {
+		errs = append(errs, c.validateStore(t)...)
 	}
 	if err := quorum.ValidatePriority(c.Priority); err != nil {
 		errs = append(errs, fmt.Errorf("--priority: %w", err))
@@ -287,4 +300,37 @@ func (c Config) quorumConfig(nodeID string) quorum.Config {
 	q.Name, q.NodeID, q.Address, q.Version = c.Name, nodeID, c.advertise(), c.Version
 	q.Priority, q.SessionTimeout, q.DeadlineFraction, q.YieldGrace = c.Priority, c.SessionTimeout, c.DeadlineFraction, c.YieldGrace
 	return q
+}
+
+// validateStore checks the store settings: TLS URLs for the embedded etcd,
+// and for an external etcd TLS off loopback and credentials either way.
+func (c Config) validateStore(t coord.Target) []error {
+	var errs []error
+	if t.Kind == coord.KindEmbedded {
+		for _, u := range []struct{ flag, v string }{{"--etcd-client-url", c.EtcdClientURL}, {"--etcd-peer-url", c.EtcdPeerURL}} {
+			if !strings.HasPrefix(u.v, "https://") {
+				errs = append(errs, fmt.Errorf("%s %q: the embedded etcd serves TLS only; use https://host:port", u.flag, u.v))
+			}
+		}
+		for _, m := range strings.Split(c.EtcdInitialCluster, ",") {
+			if _, u, ok := strings.Cut(m, "="); ok && !strings.HasPrefix(u, "https://") {
+				errs = append(errs, fmt.Errorf("--etcd-initial-cluster entry %q: peers speak TLS only; use https://", m))
+			}
+		}
+	}
+	if (c.EtcdUser == "") != (c.EtcdPasswordFile == "") {
+		errs = append(errs, errors.New("--etcd-user and --etcd-password-file go together"))
+	}
+	if (c.EtcdCert == "") != (c.EtcdKey == "") {
+		errs = append(errs, errors.New("--etcd-cert and --etcd-key go together"))
+	}
+	if t.Kind == coord.KindEtcd && !t.TLS {
+		if !t.Loopback() {
+			errs = append(errs, fmt.Errorf("--coordinator %s: plaintext etcd:// is only allowed to loopback endpoints; use etcds:// with --etcd-ca", t))
+		}
+		if c.EtcdUser == "" {
+			errs = append(errs, fmt.Errorf("--coordinator %s: plaintext etcd:// needs --etcd-user and --etcd-password-file", t))
+		}
+	}
+	return errs
 }

@@ -32,3 +32,49 @@ func TestCopyConfinementFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestValidateStoreSettings: insecure store settings are configuration
+// errors naming the setting; the secure ones pass.
+func TestValidateStoreSettings(t *testing.T) {
+	base := DefaultConfig()
+	base.Name, base.DataDir = "n1", "/tmp/x"
+	if err := base.Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	bad := []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"plaintext client url", func(c *Config) { c.EtcdClientURL = "http://127.0.0.1:10601" }, "--etcd-client-url"},
+		{"plaintext peer url", func(c *Config) { c.EtcdPeerURL = "http://10.0.0.1:10602" }, "--etcd-peer-url"},
+		{"plaintext initial cluster", func(c *Config) { c.EtcdInitialCluster = "n1=https://10.0.0.1:2380,n2=http://10.0.0.2:2380" }, "n2=http://"},
+		{"etcd:// off loopback", func(c *Config) {
+			c.Coordinator, c.EtcdUser, c.EtcdPasswordFile = "etcd://10.0.0.1:2379", "u", "/f"
+		}, "only allowed to loopback"},
+		{"etcd:// without user", func(c *Config) { c.Coordinator = "etcd://127.0.0.1:2379" }, "needs --etcd-user"},
+		{"user without password", func(c *Config) { c.Coordinator, c.EtcdUser = "etcds://e:2379", "u" }, "go together"},
+		{"cert without key", func(c *Config) { c.Coordinator, c.EtcdCert = "etcds://e:2379", "/c" }, "go together"},
+	}
+	for _, b := range bad {
+		c := base
+		b.edit(&c)
+		err := c.Validate()
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), b.want) {
+			t.Errorf("%s: %v, want ErrConfig mentioning %q", b.name, err, b.want)
+		}
+	}
+	good := []func(*Config){
+		func(c *Config) { c.Coordinator = "etcds://e1:2379,e2:2379" },
+		func(c *Config) { c.Coordinator, c.EtcdUser, c.EtcdPasswordFile = "etcd://127.0.0.1:2379", "u", "/f" },
+		func(c *Config) { c.Coordinator = "zks://z:2281/c" },
+		func(c *Config) { c.Coordinator = "zk://z:2181" },
+	}
+	for i, g := range good {
+		c := base
+		g(&c)
+		if err := c.Validate(); err != nil {
+			t.Errorf("good %d: %v", i, err)
+		}
+	}
+}

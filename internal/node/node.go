@@ -19,14 +19,15 @@ import (
 	"syscall"
 
 	"github.com/taskd/taskd/internal/api"
+	"github.com/taskd/taskd/internal/bootstrap"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/etcd"
-	"github.com/taskd/taskd/internal/coord/zk"
 	"github.com/taskd/taskd/internal/dispatch"
 	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/health"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/metrics"
+	"github.com/taskd/taskd/internal/pki"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
 	"github.com/taskd/taskd/internal/schedule"
@@ -61,6 +62,10 @@ type Node struct {
 	// quorumStarted is closed once n.q is set.
 	quorumStarted chan struct{}
 	wait          atomic.Pointer[string] // why the quorum has not started yet
+	// creds are the node's certificate, the cluster CA and store secrets.
+	creds   *pki.Bundle
+	etcdSrv atomic.Pointer[etcd.Server] // the embedded member, while it runs
+	store   atomic.Pointer[coord.Store] // the open store, for join checks
 }
 
 // Run starts the node and blocks until ctx ends and everything has stopped.
@@ -89,6 +94,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer unlock()
+	if n.creds, err = loadCreds(cfg); err != nil {
+		return err
+	}
 	rec, err := events.Open(filepath.Join(cfg.DataDir, "events.jsonl"), cfg.Name, quorum.DefaultConfig().Root)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrDataDir, err)
@@ -99,8 +107,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	n.baseLog, n.log, n.events = tapped, tapped.With("node", cfg.Name), rec
 	prevCode, prevReason := previousExit(cfg.DataDir)
 
+	joiner := &bootstrap.Server{Creds: n.creds, Coordinator: target.String(), Embedded: target.Kind == coord.KindEmbedded,
+		Cluster: joinCluster{n}, Verifier: storeVerifier{n}, Now: n.clock.now, Log: n.log}
 	srv, err := api.NewServer(api.ServerConfig{Listen: cfg.Listen, Token: token, TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey,
-		Metrics: n.metrics.Handler()}, n, n.log)
+		TLS: n.creds.ServerTLS(false), Join: joiner, Metrics: n.metrics.Handler()}, n, n.log)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
@@ -135,38 +145,33 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 		// taskd leader (nil for external stores).
 		raftAway func(context.Context)
 	)
-	switch n.target.Kind {
-	case coord.KindEmbedded:
-		sc := etcd.ServerConfig{
-			Name: n.cfg.Name, DataDir: filepath.Join(n.cfg.DataDir, "etcd"), ClientURL: n.cfg.EtcdClientURL,
-			PeerURL: n.cfg.EtcdPeerURL, InitialCluster: n.cfg.EtcdInitialCluster, ClusterState: n.cfg.EtcdClusterState,
-			LogLevel: n.cfg.EtcdLogLevel, Log: n.log,
-		}
-		n.setWaiting("waiting for the embedded etcd member to serve (a multi-node cluster needs a quorum of its members running)")
-		srv, serr := etcd.StartServer(ctx, sc)
+	if n.target.Kind == coord.KindEmbedded {
+		srv, serr := n.startEmbedded(ctx)
 		if serr != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("%w: %w", ErrCoordinatorFailed, serr)
+			return serr
 		}
 		defer srv.Close()
+		n.etcdSrv.Store(srv)
+		defer n.etcdSrv.Store(nil)
 		srvErrs = srv.Err()
 		raftAway = func(ctx context.Context) { srv.KeepRaftLeadershipAway(ctx, n.log) }
-		store, err = etcd.Open([]string{srv.ClientURL()}, n.log)
-	case coord.KindEtcd:
-		eps := make([]string, len(n.target.Endpoints))
-		for i, e := range n.target.Endpoints {
-			eps[i] = "http://" + e
+		store, err = etcd.Open(ctx, srv.ClientConfig(), n.log)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
 		}
-		store, err = etcd.Open(eps, n.log)
-	case coord.KindZK:
-		store, err = zk.Open(n.target.Endpoints, n.target.Chroot, n.log)
-	}
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+	} else if store, err = n.openExternal(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
 	}
 	defer store.Close()
+	n.store.Store(&store)
+	defer n.store.Store(nil)
+	n.registerJoinToken(ctx, store)
 	// Publish the timeline to the store while it is open.
 	pctx, pcancel := context.WithCancel(ctx)
 	var pub sync.WaitGroup

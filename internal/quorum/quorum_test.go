@@ -133,7 +133,8 @@ func TestQuorum(t *testing.T) {
 	}
 }
 
-func root() string { return fmt.Sprintf("/qt%d-%d", time.Now().UnixNano(), rootSeq.Add(1)) }
+// root lies under /taskd/, the key space a node's store credentials allow.
+func root() string { return fmt.Sprintf("/taskd/qt%d-%d", time.Now().UnixNano(), rootSeq.Add(1)) }
 
 func testPriorityElection(t *testing.T, b backend) {
 	r := root()

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
-	"github.com/taskd/taskd/internal/coord/etcd"
-	"github.com/taskd/taskd/internal/coord/zk"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/testenv"
@@ -23,22 +21,10 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // stores runs f against a real embedded etcd and a real ZooKeeper.
 func stores(t *testing.T, f func(t *testing.T, kv coord.Store)) {
 	t.Run("etcd", func(t *testing.T) {
-		srv := testenv.StartEtcd(t)
-		kv, err := etcd.Open([]string{srv.ClientURL()}, quiet)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { kv.Close() })
-		f(t, kv)
+		f(t, testenv.StartEtcd(t).Open(t))
 	})
 	t.Run("zookeeper", func(t *testing.T) {
-		ens := testenv.StartEnsemble(t, 1)
-		kv, err := zk.Open(ens.Addrs(), "/t", quiet)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { kv.Close() })
-		f(t, kv)
+		f(t, testenv.OpenZK(t, testenv.StartEnsemble(t, 1), "/t"))
 	})
 }
 

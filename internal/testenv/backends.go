@@ -1,13 +1,10 @@
 package testenv
 
 import (
-	"log/slog"
-	"strings"
+	"net/url"
 	"testing"
 
 	"github.com/taskd/taskd/internal/coord"
-	"github.com/taskd/taskd/internal/coord/etcd"
-	"github.com/taskd/taskd/internal/coord/zk"
 )
 
 // Backend is a real coordination-store server started for a test.
@@ -22,26 +19,23 @@ type Backend struct {
 // Open opens a client straight to the server.
 func (b Backend) Open(t testing.TB) coord.Store { return b.Dial(t, b.Addr) }
 
-// Backends starts an embedded etcd and a one-server ZooKeeper for the test.
+// Backends starts an embedded etcd and a one-server ZooKeeper for the test,
+// both secured as taskd runs them; clients authenticate as a taskd node.
 func Backends(t testing.TB) []Backend {
 	srv := StartEtcd(t)
 	ens := StartEnsemble(t, 1)
+	u, err := url.Parse(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
 	return []Backend{
-		{"etcd", strings.TrimPrefix(srv.ClientURL(), "http://"), func(t testing.TB, addr string) coord.Store {
-			s, err := etcd.Open([]string{"http://" + addr}, slog.Default())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
+		{"etcd", u.Host, func(t testing.TB, addr string) coord.Store {
+			cfg := srv.ClientConfig()
+			cfg.Endpoints = []string{"https://" + addr}
+			return OpenEtcd(t, cfg)
 		}},
 		{"zk", ens.Addrs()[0], func(t testing.TB, addr string) coord.Store {
-			s, err := zk.Open([]string{addr}, "", slog.Default())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
+			return OpenZKWith(t, ZKConfig(t, ens, []string{addr}, ""))
 		}},
 	}
 }

@@ -123,7 +123,7 @@ var roots atomic.Int64
 
 // testRoot is a fresh store root, so that tests sharing a server do not meet.
 func testRoot(t *testing.T) keys.Root {
-	r, err := keys.NewRoot(fmt.Sprintf("/vipstest%d", roots.Add(1)))
+	r, err := keys.NewRoot(fmt.Sprintf("/taskd/vipstest%d", roots.Add(1)))
 	if err != nil {
 		t.Fatal(err)
 	}

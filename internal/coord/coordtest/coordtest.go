@@ -19,8 +19,10 @@ type Factory func(t *testing.T) coord.Store
 
 var prefixSeq atomic.Int64
 
+// prefix lies under /taskd/, the part of the key space a taskd node's
+// store credentials may use (etcd role taskd).
 func prefix(t *testing.T) string {
-	return fmt.Sprintf("/contract/%d-%d", time.Now().UnixNano(), prefixSeq.Add(1))
+	return fmt.Sprintf("/taskd/contract/%d-%d", time.Now().UnixNano(), prefixSeq.Add(1))
 }
 
 func ctxT(t *testing.T) context.Context {

@@ -11,26 +11,42 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/taskd/taskd/internal/pki"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
+// ErrConfig marks a server configuration that cannot be started, such as a
+// plaintext URL.
+var ErrConfig = errors.New("embedded etcd: bad configuration")
+
 // ServerConfig configures the etcd server embedded in taskd.
+//
+// Both listeners speak TLS only and require a client certificate signed by
+// the cluster CA; the server presents the node certificate. With the root
+// password in Creds.Secrets, the member sets up etcd auth when it starts
+// (see ensureAuth), so that a certificate alone is not enough to touch
+// anything outside what its user's role allows.
 type ServerConfig struct {
 	Name           string // member name, normally the taskd node name
 	DataDir        string // the server's own directory
-	ClientURL      string // e.g. http://127.0.0.1:10601
-	PeerURL        string // e.g. http://127.0.0.1:10602
+	ClientURL      string // e.g. https://127.0.0.1:10601
+	PeerURL        string // e.g. https://127.0.0.1:10602
 	InitialCluster string // name=peerURL,...; empty: a single-member cluster
 	ClusterState   string // "new" or "existing"
 	LogLevel       string // etcd's zap level: debug, info, warn, error
 	Log            *slog.Logger
+	// Creds are the node's credentials: CA, certificate and key files
+	// (etcd's transport reads files), the client TLS for the member's own
+	// clients, and the root password.
+	Creds *pki.Bundle
 }
 
 // DefaultServerConfig returns a single-member configuration on loopback.
 func DefaultServerConfig() ServerConfig {
 	return ServerConfig{
-		ClientURL:    "http://127.0.0.1:10601",
-		PeerURL:      "http://127.0.0.1:10602",
+		ClientURL:    "https://127.0.0.1:10601",
+		PeerURL:      "https://127.0.0.1:10602",
 		ClusterState: embed.ClusterStateFlagNew,
 		LogLevel:     "error",
 	}
@@ -43,6 +59,9 @@ func (c ServerConfig) Validate() error {
 	}
 	if c.DataDir == "" {
 		return errors.New("embedded etcd: data directory is empty")
+	}
+	if c.Creds == nil {
+		return fmt.Errorf("%w: no node credentials (DATA_DIR/pki)", ErrConfig)
 	}
 	for _, u := range []struct{ flag, v string }{{"client URL", c.ClientURL}, {"peer URL", c.PeerURL}} {
 		if _, err := parseURL(u.v); err != nil {
@@ -57,7 +76,7 @@ func (c ServerConfig) Validate() error {
 		for _, m := range strings.Split(c.InitialCluster, ",") {
 			name, u, ok := strings.Cut(m, "=")
 			if !ok || name == "" {
-				return fmt.Errorf("embedded etcd initial cluster entry %q: want name=http://host:port", m)
+				return fmt.Errorf("embedded etcd initial cluster entry %q: want name=https://host:port", m)
 			}
 			if _, err := parseURL(u); err != nil {
 				return fmt.Errorf("embedded etcd initial cluster entry %q: %w", m, err)
@@ -71,13 +90,18 @@ func (c ServerConfig) Validate() error {
 	return nil
 }
 
+// parseURL accepts https:// only: client and peer traffic carry the whole
+// store (and raft), so neither may travel in clear, on loopback neither.
 func parseURL(s string) (url.URL, error) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return url.URL{}, fmt.Errorf("%q: %w", s, err)
+		return url.URL{}, fmt.Errorf("%w: %q: %w", ErrConfig, s, err)
 	}
-	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
-		return url.URL{}, fmt.Errorf("%q: want http://host:port", s)
+	if u.Scheme == "http" {
+		return url.URL{}, fmt.Errorf("%w: %q: plaintext http:// is refused; use https://%s (TLS with client certificates of the cluster CA)", ErrConfig, s, u.Host)
+	}
+	if u.Scheme != "https" || u.Host == "" {
+		return url.URL{}, fmt.Errorf("%w: %q: want https://host:port", ErrConfig, s)
 	}
 	return *u, nil
 }
@@ -110,6 +134,17 @@ func StartServer(ctx context.Context, c ServerConfig) (*Server, error) {
 	}
 	cfg.ClusterState = c.ClusterState
 	cfg.InitialClusterToken = "taskd"
+	// Mutual TLS on both listeners. etcd also checks that a peer's (and
+	// a client's) certificate names the address it connects from, so
+	// node certificates carry every address the node uses.
+	tlsInfo := transport.TLSInfo{
+		CertFile:       c.Creds.Paths.NodeCert(),
+		KeyFile:        c.Creds.Paths.NodeKey(),
+		TrustedCAFile:  c.Creds.Paths.CACert(),
+		ClientCertAuth: true,
+		MinVersion:     tlsMinVersion,
+	}
+	cfg.ClientTLSInfo, cfg.PeerTLSInfo = tlsInfo, tlsInfo
 	log := c.Log
 	if log == nil {
 		log = slog.Default()
@@ -128,7 +163,22 @@ func StartServer(ctx context.Context, c ServerConfig) (*Server, error) {
 	}
 	select {
 	case <-e.Server.ReadyNotify():
-		return &Server{e: e, cfg: c, closing: closing}, nil
+		s := &Server{e: e, cfg: c, closing: closing}
+		if err := s.promoteSelf(ctx, log); err != nil {
+			s.Close()
+			return nil, err
+		}
+		if c.Creds.Secrets.EtcdRootPassword == "" {
+			return s, nil
+		}
+		if err := s.ensureAuth(ctx, log); err != nil {
+			s.Close()
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("embedded etcd %s: auth set-up interrupted: %w", c.Name, err)
+			}
+			return nil, err
+		}
+		return s, nil
 	case err := <-e.Err():
 		closing.Store(true)
 		e.Close()
@@ -142,6 +192,15 @@ func StartServer(ctx context.Context, c ServerConfig) (*Server, error) {
 
 // ClientURL is where the member serves clients.
 func (s *Server) ClientURL() string { return s.cfg.ClientURL }
+
+// PeerURL is where the member serves its peers.
+func (s *Server) PeerURL() string { return s.cfg.PeerURL }
+
+// ClientConfig reaches this member as its node: the node certificate,
+// which etcd maps to the node's user.
+func (s *Server) ClientConfig() ClientConfig {
+	return ClientConfig{Endpoints: []string{s.cfg.ClientURL}, TLS: s.cfg.Creds.ClientTLS("")}
+}
 
 // Err reports a fatal server error.
 func (s *Server) Err() <-chan error { return s.e.Err() }

@@ -19,7 +19,6 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 type mvccKV = mvccpb.KeyValue
@@ -31,23 +30,6 @@ type Store struct {
 }
 
 var _ coord.Store = (*Store)(nil)
-
-// Open connects to endpoints. It does not wait for the cluster to answer:
-// operations fail with coord.ErrUnavailable until it does.
-func Open(endpoints []string, log *slog.Logger) (*Store, error) {
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:            endpoints,
-		DialTimeout:          2 * time.Second,
-		DialKeepAliveTime:    2 * time.Second,
-		DialKeepAliveTimeout: 2 * time.Second,
-		AutoSyncInterval:     0,
-		Logger:               zap.NewNop(),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
-	}
-	return &Store{cli: cli, log: log}, nil
-}
 
 // Close closes the client.
 func (s *Store) Close() error { return s.cli.Close() }
@@ -65,7 +47,8 @@ func wrap(op, key string, err error) error {
 		return fmt.Errorf("etcd %s %s: %w", op, key, err)
 	}
 	if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "Unavailable") ||
-		errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrTimeout) {
+		errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrTimeout) ||
+		errors.Is(err, rpctypes.ErrAuthOldRevision) {
 		return fmt.Errorf("etcd %s %s: %w: %w", op, key, coord.ErrUnavailable, err)
 	}
 	return fmt.Errorf("etcd %s %s: %w", op, key, err)

@@ -40,15 +40,9 @@ func (s *Store) NewSession(ctx context.Context, timeout time.Duration) (coord.Se
 		}
 		applyState(zs.SessionCore, st)
 	}
-	c, err := dial(s.servers, timeout, s.log, onState)
+	c, err := s.dial(ctx, timeout, onState)
 	if err != nil {
 		return nil, err
-	}
-	select {
-	case <-c.hasSess:
-	case <-ctx.Done():
-		c.Close()
-		return nil, fmt.Errorf("zookeeper session on %v: %w: %w", s.servers, coord.ErrUnavailable, ctx.Err())
 	}
 	if s.chroot != "" {
 		if err := s.ensureParents(c, s.chrootKey()); err != nil {

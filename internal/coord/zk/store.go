@@ -16,13 +16,25 @@
 // The library's calls take no context. They are bounded by its receive
 // timeout (two thirds of the session timeout) and by Close, which fails every
 // pending request.
+//
+// Security: every connection authenticates with the cluster's digest
+// credential before it is used (the library re-sends it after each
+// reconnect), and every znode taskd creates, the chroot included, carries an
+// ACL that grants all rights to that credential and nothing to anyone else.
+// With a TLS configuration (zks://) connections go through crypto/tls: the
+// server is verified against the configured CA and the node certificate is
+// presented. ZooKeeper still answers exists() for any path without
+// checking ACLs, so the existence and stat of taskd's znodes is not secret;
+// their data, children and every write are.
 package zk
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"path"
 	"sort"
 	"strings"
@@ -38,13 +50,40 @@ import (
 // costs a resync of the watches, so it need not match taskd's session timeout.
 const baseTimeout = 10 * time.Second
 
-var acl = zk.WorldACL(zk.PermAll)
+// Config says how to reach an ensemble and who to be there.
+type Config struct {
+	Servers []string // host:port
+	Chroot  string   // "" or "/path": every key lives under it
+	// Digest is "user:password" for ZooKeeper digest authentication; the
+	// znodes taskd creates are readable and writable with it alone.
+	Digest string
+	// TLS, when set, dials every server with it (zks://).
+	TLS *tls.Config
+}
+
+// ErrInsecure: a configuration without the digest credential.
+var ErrInsecure = errors.New("zookeeper: insecure configuration")
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if len(c.Servers) == 0 {
+		return errors.New("zookeeper: no servers")
+	}
+	user, pw, ok := strings.Cut(c.Digest, ":")
+	if !ok || user == "" || pw == "" {
+		return fmt.Errorf("%w: a digest credential user:password is required (DATA_DIR/pki/secrets.json)", ErrInsecure)
+	}
+	return nil
+}
 
 // Store is a coord.Store on ZooKeeper.
 type Store struct {
 	servers []string
 	chroot  string
 	log     *slog.Logger
+	digest  []byte
+	acl     []zk.ACL
+	tls     *tls.Config
 
 	dirs sync.Map // absolute directories known to exist
 
@@ -63,11 +102,18 @@ type conn struct {
 	onSession func(zk.State)
 }
 
-func dial(servers []string, timeout time.Duration, log *slog.Logger, onState func(zk.State)) (*conn, error) {
+// dial connects and authenticates: it returns once the ensemble has
+// accepted the digest credential, which needs a session, so that no request
+// goes out on the connection without it (it would find every taskd znode
+// closed). With an unreachable ensemble the library gives the credential
+// up after one pass over the servers (ErrNoServer: coord.ErrUnavailable);
+// ctx ends the wait earlier.
+func (s *Store) dial(ctx context.Context, timeout time.Duration, onState func(zk.State)) (*conn, error) {
 	c := &conn{hasSess: make(chan struct{}), onSession: onState}
-	zc, _, err := zk.Connect(servers, timeout,
+	zc, _, err := zk.Connect(s.servers, timeout,
+		zk.WithDialer(s.dialServer),
 		zk.WithHostProvider(newHostProvider()),
-		zk.WithLogger(zkLogger{log}),
+		zk.WithLogger(zkLogger{s.log}),
 		zk.WithLogInfo(false),
 		zk.WithEventCallback(func(ev zk.Event) {
 			if ev.Type != zk.EventSession {
@@ -84,20 +130,56 @@ func dial(servers []string, timeout time.Duration, log *slog.Logger, onState fun
 			}
 		}))
 	if err != nil {
-		return nil, fmt.Errorf("zookeeper connect %v: %w", servers, err)
+		return nil, fmt.Errorf("zookeeper connect %v: %w", s.servers, err)
 	}
 	c.Conn = zc
+	// The library remembers the credential once it has been accepted and
+	// sends it first on every reconnect, before any queued request. The
+	// first one is the first request queued on the connection.
+	authed := make(chan error, 1)
+	go func() { authed <- zc.AddAuth("digest", s.digest) }()
+	select {
+	case err = <-authed:
+	case <-ctx.Done():
+		zc.Close() // fails the pending AddAuth
+		<-authed
+		return nil, fmt.Errorf("zookeeper session on %v: %w: %w", s.servers, coord.ErrUnavailable, ctx.Err())
+	}
+	if err != nil {
+		zc.Close()
+		return nil, mapErr("authenticate", "", err)
+	}
 	return c, nil
 }
 
-// Open prepares a store for servers ("host:port") under chroot. Connections
-// are made lazily and retried by the library, so an unreachable ensemble
-// makes operations fail with coord.ErrUnavailable rather than Open.
-func Open(servers []string, chroot string, log *slog.Logger) (*Store, error) {
-	if len(servers) == 0 {
-		return nil, errors.New("zookeeper: no servers")
+// dialServer opens a connection to a server; with TLS configured, a TLS
+// connection verified against the configured CA and the server's host name,
+// handshake included in the library's connect timeout.
+func (s *Store) dialServer(network, address string, timeout time.Duration) (net.Conn, error) {
+	if s.tls == nil {
+		return net.DialTimeout(network, address, timeout)
 	}
-	return &Store{servers: servers, chroot: strings.TrimSuffix(chroot, "/"), log: log}, nil
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	cfg := s.tls.Clone()
+	if cfg.ServerName == "" {
+		cfg.ServerName = host
+	}
+	return tls.DialWithDialer(&net.Dialer{Timeout: timeout}, network, address, cfg)
+}
+
+// Open prepares a store. Connections are made lazily and retried by the
+// library, so an unreachable ensemble makes operations fail with
+// coord.ErrUnavailable rather than Open.
+func Open(cfg Config, log *slog.Logger) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	user, pw, _ := strings.Cut(cfg.Digest, ":")
+	return &Store{servers: cfg.Servers, chroot: strings.TrimSuffix(cfg.Chroot, "/"), log: log,
+		digest: []byte(cfg.Digest), acl: zk.DigestACL(zk.PermAll, user, pw), tls: cfg.TLS}, nil
 }
 
 // Close closes the base connection. Sessions are closed by their owners.
@@ -112,7 +194,7 @@ func (s *Store) Close() error {
 }
 
 // conn returns a live base connection, replacing an expired one.
-func (s *Store) conn() (*conn, error) {
+func (s *Store) conn(ctx context.Context) (*conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.base != nil && !s.base.expired.Load() {
@@ -122,7 +204,7 @@ func (s *Store) conn() (*conn, error) {
 		s.base.Close()
 		s.base = nil
 	}
-	c, err := dial(s.servers, baseTimeout, s.log, nil)
+	c, err := s.dial(ctx, baseTimeout, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -148,6 +230,8 @@ func mapErr(op, key string, err error) error {
 		return fmt.Errorf("zookeeper %s %s: %w: %w", op, key, coord.ErrSessionLost, err)
 	case errors.Is(err, zk.ErrNoServer), errors.Is(err, zk.ErrConnectionClosed), errors.Is(err, zk.ErrClosing):
 		return fmt.Errorf("zookeeper %s %s: %w: %w", op, key, coord.ErrUnavailable, err)
+	case errors.Is(err, zk.ErrNoAuth):
+		return fmt.Errorf("zookeeper %s %s: %w (the znode belongs to another credential: is DATA_DIR/pki/secrets.json this cluster's?)", op, key, err)
 	}
 	return fmt.Errorf("zookeeper %s %s: %w", op, key, err)
 }
@@ -161,7 +245,7 @@ func (s *Store) Get(ctx context.Context, key string) (coord.KV, error) {
 	if err := ctx.Err(); err != nil {
 		return coord.KV{}, err
 	}
-	c, err := s.conn()
+	c, err := s.conn(ctx)
 	if err != nil {
 		return coord.KV{}, err
 	}
@@ -177,7 +261,7 @@ func (s *Store) List(ctx context.Context, dir string) ([]coord.KV, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	c, err := s.conn()
+	c, err := s.conn(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -244,7 +328,7 @@ func (s *Store) ensureParents(c *conn, key string) error {
 	p := ""
 	for _, part := range parts {
 		p += "/" + part
-		if _, err := c.Create(p, nil, 0, acl); err != nil && !errors.Is(err, zk.ErrNodeExists) {
+		if _, err := c.Create(p, nil, 0, s.acl); err != nil && !errors.Is(err, zk.ErrNodeExists) {
 			return mapErr("create parent", s.rel(p), err)
 		}
 	}
@@ -253,9 +337,9 @@ func (s *Store) ensureParents(c *conn, key string) error {
 }
 
 // sessionConn picks the connection for a write that may bind keys to sess.
-func (s *Store) sessionConn(sess coord.Session) (*conn, int32, error) {
+func (s *Store) sessionConn(ctx context.Context, sess coord.Session) (*conn, int32, error) {
 	if sess == nil {
-		c, err := s.conn()
+		c, err := s.conn(ctx)
 		return c, 0, err
 	}
 	zs, ok := sess.(*session)
@@ -270,16 +354,16 @@ func (s *Store) Create(ctx context.Context, key string, value []byte, opts ...co
 	if err := ctx.Err(); err != nil {
 		return coord.KV{}, err
 	}
-	c, flags, err := s.sessionConn(coord.ApplyOptions(opts).Session)
+	c, flags, err := s.sessionConn(ctx, coord.ApplyOptions(opts).Session)
 	if err != nil {
 		return coord.KV{}, err
 	}
-	_, err = c.Create(s.abs(key), value, flags, acl)
+	_, err = c.Create(s.abs(key), value, flags, s.acl)
 	if errors.Is(err, zk.ErrNoNode) {
 		if err := s.ensureParents(c, key); err != nil {
 			return coord.KV{}, err
 		}
-		_, err = c.Create(s.abs(key), value, flags, acl)
+		_, err = c.Create(s.abs(key), value, flags, s.acl)
 	}
 	if err != nil {
 		return coord.KV{}, mapErr("create", key, err)
@@ -303,7 +387,7 @@ func (s *Store) Update(ctx context.Context, key string, value []byte, ifVersion 
 	if err := ctx.Err(); err != nil {
 		return coord.KV{}, err
 	}
-	c, err := s.conn()
+	c, err := s.conn(ctx)
 	if err != nil {
 		return coord.KV{}, err
 	}
@@ -319,7 +403,7 @@ func (s *Store) Delete(ctx context.Context, key string, ifVersion int64) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	c, err := s.conn()
+	c, err := s.conn(ctx)
 	if err != nil {
 		return err
 	}
@@ -342,7 +426,7 @@ func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]
 			sess = op.Session
 		}
 	}
-	c, flags, err := s.sessionConn(sess)
+	c, flags, err := s.sessionConn(ctx, sess)
 	if err != nil {
 		return nil, err
 	}
@@ -350,7 +434,7 @@ func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]
 	for _, cd := range conds {
 		p := s.abs(cd.Key)
 		if cd.Version == 0 {
-			reqs = append(reqs, &zk.CreateRequest{Path: p, Acl: acl}, &zk.DeleteRequest{Path: p, Version: -1})
+			reqs = append(reqs, &zk.CreateRequest{Path: p, Acl: s.acl}, &zk.DeleteRequest{Path: p, Version: -1})
 		} else {
 			reqs = append(reqs, &zk.CheckVersionRequest{Path: p, Version: zkVersion(cd.Version)})
 		}
@@ -366,7 +450,7 @@ func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]
 			if err := s.ensureParents(c, op.Key); err != nil {
 				return nil, err
 			}
-			reqs = append(reqs, &zk.CreateRequest{Path: p, Data: op.Value, Acl: acl, Flags: f})
+			reqs = append(reqs, &zk.CreateRequest{Path: p, Data: op.Value, Acl: s.acl, Flags: f})
 		case coord.OpPut:
 			reqs = append(reqs, &zk.SetDataRequest{Path: p, Data: op.Value, Version: -1})
 		case coord.OpDelete:

@@ -3,30 +3,23 @@ package zk_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/coordtest"
-	"github.com/taskd/taskd/internal/coord/zk"
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/testenv"
 )
 
-func open(t *testing.T, addrs []string, chroot string) coord.Store {
+func open(t *testing.T, ens *harness.Ensemble, chroot string) coord.Store {
 	t.Helper()
-	s, err := zk.Open(addrs, chroot, slog.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
+	return testenv.OpenZK(t, ens, chroot)
 }
 
 func TestContract(t *testing.T) {
 	ens := testenv.StartEnsemble(t, 1)
-	coordtest.Run(t, func(t *testing.T) coord.Store { return open(t, ens.Addrs(), "/taskd-test") })
+	coordtest.Run(t, func(t *testing.T) coord.Store { return open(t, ens, "/taskd-test") })
 }
 
 // TestServerLossKeepsSession kills the server a session is connected to, in
@@ -34,7 +27,7 @@ func TestContract(t *testing.T) {
 // the session expiring, and a watch must deliver a change made meanwhile.
 func TestServerLossKeepsSession(t *testing.T) {
 	ens := testenv.StartEnsemble(t, 3)
-	s := open(t, ens.Addrs(), "")
+	s := open(t, ens, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	sess, err := s.NewSession(ctx, 6*time.Second)
@@ -140,7 +133,7 @@ func TestCutOffFollowerConfirmsNoContact(t *testing.T) {
 	if follower == nil {
 		t.Fatal("no follower in the ensemble")
 	}
-	s := open(t, []string{follower.Addr()}, "")
+	s := testenv.OpenZKWith(t, testenv.ZKConfig(t, ens, []string{follower.Addr()}, ""))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	sess, err := s.NewSession(ctx, 6*time.Second)

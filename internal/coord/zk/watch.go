@@ -50,7 +50,7 @@ var errNotWatching = errors.New("zookeeper watch lost (session expired or connec
 // watchSession follows dir on one base connection until a watch is lost or
 // ctx ends.
 func (s *Store) watchSession(ctx context.Context, dir string, cache *coord.WatchCache) error {
-	c, err := s.conn()
+	c, err := s.conn(ctx)
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,193 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type JoinRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new node's name (its certificate's common name and etcd user).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// PEM certificate request made with the node's own key.
+	Csr []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	// The node's API address as announced to the cluster (host:port).
+	ApiAddress string `protobuf:"bytes,3,opt,name=api_address,json=apiAddress,proto3" json:"api_address,omitempty"`
+	// Embedded store: the node's etcd peer and client URLs (https://).
+	EtcdPeerUrl   string `protobuf:"bytes,4,opt,name=etcd_peer_url,json=etcdPeerUrl,proto3" json:"etcd_peer_url,omitempty"`
+	EtcdClientUrl string `protobuf:"bytes,5,opt,name=etcd_client_url,json=etcdClientUrl,proto3" json:"etcd_client_url,omitempty"`
+	// More host names or addresses the certificate must carry.
+	Hosts         []string `protobuf:"bytes,6,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinRequest) Reset() {
+	*x = JoinRequest{}
+	mi := &file_taskd_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinRequest) ProtoMessage() {}
+
+func (x *JoinRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
+func (*JoinRequest) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *JoinRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *JoinRequest) GetApiAddress() string {
+	if x != nil {
+		return x.ApiAddress
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetEtcdPeerUrl() string {
+	if x != nil {
+		return x.EtcdPeerUrl
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetEtcdClientUrl() string {
+	if x != nil {
+		return x.EtcdClientUrl
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetHosts() []string {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+type JoinResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cluster CA (certificate and key, PEM): every member can admit.
+	CaCert []byte `protobuf:"bytes,1,opt,name=ca_cert,json=caCert,proto3" json:"ca_cert,omitempty"`
+	CaKey  []byte `protobuf:"bytes,2,opt,name=ca_key,json=caKey,proto3" json:"ca_key,omitempty"`
+	// The node's certificate (PEM), signed by the CA for the request's key.
+	NodeCert []byte `protobuf:"bytes,3,opt,name=node_cert,json=nodeCert,proto3" json:"node_cert,omitempty"`
+	// Shared store secrets (pki.Secrets).
+	EtcdRootPassword string `protobuf:"bytes,4,opt,name=etcd_root_password,json=etcdRootPassword,proto3" json:"etcd_root_password,omitempty"`
+	ZkDigest         string `protobuf:"bytes,5,opt,name=zk_digest,json=zkDigest,proto3" json:"zk_digest,omitempty"`
+	// The cluster's --coordinator.
+	Coordinator string `protobuf:"bytes,6,opt,name=coordinator,proto3" json:"coordinator,omitempty"`
+	// Embedded store: --etcd-initial-cluster for the new member, which
+	// starts with cluster state "existing".
+	EtcdInitialCluster string `protobuf:"bytes,7,opt,name=etcd_initial_cluster,json=etcdInitialCluster,proto3" json:"etcd_initial_cluster,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *JoinResponse) Reset() {
+	*x = JoinResponse{}
+	mi := &file_taskd_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinResponse) ProtoMessage() {}
+
+func (x *JoinResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
+func (*JoinResponse) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *JoinResponse) GetCaCert() []byte {
+	if x != nil {
+		return x.CaCert
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetCaKey() []byte {
+	if x != nil {
+		return x.CaKey
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetNodeCert() []byte {
+	if x != nil {
+		return x.NodeCert
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetEtcdRootPassword() string {
+	if x != nil {
+		return x.EtcdRootPassword
+	}
+	return ""
+}
+
+func (x *JoinResponse) GetZkDigest() string {
+	if x != nil {
+		return x.ZkDigest
+	}
+	return ""
+}
+
+func (x *JoinResponse) GetCoordinator() string {
+	if x != nil {
+		return x.Coordinator
+	}
+	return ""
+}
+
+func (x *JoinResponse) GetEtcdInitialCluster() string {
+	if x != nil {
+		return x.EtcdInitialCluster
+	}
+	return ""
+}
+
 type ListMembersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -30,7 +217,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[0]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -42,7 +229,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[0]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -55,7 +242,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{2}
 }
 
 type Member struct {
@@ -80,7 +267,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[1]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -92,7 +279,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[1]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -105,7 +292,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Member) GetName() string {
@@ -206,7 +393,7 @@ type FenceReport struct {
 
 func (x *FenceReport) Reset() {
 	*x = FenceReport{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[2]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -218,7 +405,7 @@ func (x *FenceReport) String() string {
 func (*FenceReport) ProtoMessage() {}
 
 func (x *FenceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[2]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -231,7 +418,7 @@ func (x *FenceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceReport.ProtoReflect.Descriptor instead.
 func (*FenceReport) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *FenceReport) GetReason() string {
@@ -302,7 +489,7 @@ type ListMembersResponse struct {
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[3]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -314,7 +501,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[3]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -327,7 +514,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListMembersResponse) GetLeader() string {
@@ -440,7 +627,7 @@ type SetPriorityRequest struct {
 
 func (x *SetPriorityRequest) Reset() {
 	*x = SetPriorityRequest{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[4]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +639,7 @@ func (x *SetPriorityRequest) String() string {
 func (*SetPriorityRequest) ProtoMessage() {}
 
 func (x *SetPriorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[4]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +652,7 @@ func (x *SetPriorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriorityRequest.ProtoReflect.Descriptor instead.
 func (*SetPriorityRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SetPriorityRequest) GetNode() string {
@@ -497,7 +684,7 @@ type SetPriorityResponse struct {
 
 func (x *SetPriorityResponse) Reset() {
 	*x = SetPriorityResponse{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[5]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +696,7 @@ func (x *SetPriorityResponse) String() string {
 func (*SetPriorityResponse) ProtoMessage() {}
 
 func (x *SetPriorityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[5]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +709,7 @@ func (x *SetPriorityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriorityResponse.ProtoReflect.Descriptor instead.
 func (*SetPriorityResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 type SetSpecifiedMembersRequest struct {
@@ -536,7 +723,7 @@ type SetSpecifiedMembersRequest struct {
 
 func (x *SetSpecifiedMembersRequest) Reset() {
 	*x = SetSpecifiedMembersRequest{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[6]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +735,7 @@ func (x *SetSpecifiedMembersRequest) String() string {
 func (*SetSpecifiedMembersRequest) ProtoMessage() {}
 
 func (x *SetSpecifiedMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[6]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +748,7 @@ func (x *SetSpecifiedMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSpecifiedMembersRequest.ProtoReflect.Descriptor instead.
 func (*SetSpecifiedMembersRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SetSpecifiedMembersRequest) GetMembers() []string {
@@ -586,7 +773,7 @@ type SetSpecifiedMembersResponse struct {
 
 func (x *SetSpecifiedMembersResponse) Reset() {
 	*x = SetSpecifiedMembersResponse{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[7]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +785,7 @@ func (x *SetSpecifiedMembersResponse) String() string {
 func (*SetSpecifiedMembersResponse) ProtoMessage() {}
 
 func (x *SetSpecifiedMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[7]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,14 +798,30 @@ func (x *SetSpecifiedMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSpecifiedMembersResponse.ProtoReflect.Descriptor instead.
 func (*SetSpecifiedMembersResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 var File_taskd_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16taskd/v1/cluster.proto\x12\btaskd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n" +
+	"\x16taskd/v1/cluster.proto\x12\btaskd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x01\n" +
+	"\vJoinRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1f\n" +
+	"\vapi_address\x18\x03 \x01(\tR\n" +
+	"apiAddress\x12\"\n" +
+	"\retcd_peer_url\x18\x04 \x01(\tR\vetcdPeerUrl\x12&\n" +
+	"\x0fetcd_client_url\x18\x05 \x01(\tR\retcdClientUrl\x12\x14\n" +
+	"\x05hosts\x18\x06 \x03(\tR\x05hosts\"\xfa\x01\n" +
+	"\fJoinResponse\x12\x17\n" +
+	"\aca_cert\x18\x01 \x01(\fR\x06caCert\x12\x15\n" +
+	"\x06ca_key\x18\x02 \x01(\fR\x05caKey\x12\x1b\n" +
+	"\tnode_cert\x18\x03 \x01(\fR\bnodeCert\x12,\n" +
+	"\x12etcd_root_password\x18\x04 \x01(\tR\x10etcdRootPassword\x12\x1b\n" +
+	"\tzk_digest\x18\x05 \x01(\tR\bzkDigest\x12 \n" +
+	"\vcoordinator\x18\x06 \x01(\tR\vcoordinator\x120\n" +
+	"\x14etcd_initial_cluster\x18\a \x01(\tR\x12etcdInitialCluster\"\x14\n" +
 	"\x12ListMembersRequest\"\x93\x03\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
@@ -672,11 +875,12 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\x1aSetSpecifiedMembersRequest\x12\x18\n" +
 	"\amembers\x18\x01 \x03(\tR\amembers\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"\x1d\n" +
-	"\x1bSetSpecifiedMembersResponse2\x9b\x02\n" +
+	"\x1bSetSpecifiedMembersResponse2\xd4\x02\n" +
 	"\x0eClusterService\x12O\n" +
 	"\vListMembers\x12\x1c.taskd.v1.ListMembersRequest\x1a\x1d.taskd.v1.ListMembersResponse\"\x03\x90\x02\x01\x12O\n" +
 	"\vSetPriority\x12\x1c.taskd.v1.SetPriorityRequest\x1a\x1d.taskd.v1.SetPriorityResponse\"\x03\x90\x02\x02\x12g\n" +
-	"\x13SetSpecifiedMembers\x12$.taskd.v1.SetSpecifiedMembersRequest\x1a%.taskd.v1.SetSpecifiedMembersResponse\"\x03\x90\x02\x02B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
+	"\x13SetSpecifiedMembers\x12$.taskd.v1.SetSpecifiedMembersRequest\x1a%.taskd.v1.SetSpecifiedMembersResponse\"\x03\x90\x02\x02\x127\n" +
+	"\x04Join\x12\x15.taskd.v1.JoinRequest\x1a\x16.taskd.v1.JoinResponse\"\x00B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
 
 var (
 	file_taskd_v1_cluster_proto_rawDescOnce sync.Once
@@ -690,36 +894,40 @@ func file_taskd_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_taskd_v1_cluster_proto_rawDescData
 }
 
-var file_taskd_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_taskd_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_taskd_v1_cluster_proto_goTypes = []any{
-	(*ListMembersRequest)(nil),          // 0: taskd.v1.ListMembersRequest
-	(*Member)(nil),                      // 1: taskd.v1.Member
-	(*FenceReport)(nil),                 // 2: taskd.v1.FenceReport
-	(*ListMembersResponse)(nil),         // 3: taskd.v1.ListMembersResponse
-	(*SetPriorityRequest)(nil),          // 4: taskd.v1.SetPriorityRequest
-	(*SetPriorityResponse)(nil),         // 5: taskd.v1.SetPriorityResponse
-	(*SetSpecifiedMembersRequest)(nil),  // 6: taskd.v1.SetSpecifiedMembersRequest
-	(*SetSpecifiedMembersResponse)(nil), // 7: taskd.v1.SetSpecifiedMembersResponse
-	(*timestamppb.Timestamp)(nil),       // 8: google.protobuf.Timestamp
+	(*JoinRequest)(nil),                 // 0: taskd.v1.JoinRequest
+	(*JoinResponse)(nil),                // 1: taskd.v1.JoinResponse
+	(*ListMembersRequest)(nil),          // 2: taskd.v1.ListMembersRequest
+	(*Member)(nil),                      // 3: taskd.v1.Member
+	(*FenceReport)(nil),                 // 4: taskd.v1.FenceReport
+	(*ListMembersResponse)(nil),         // 5: taskd.v1.ListMembersResponse
+	(*SetPriorityRequest)(nil),          // 6: taskd.v1.SetPriorityRequest
+	(*SetPriorityResponse)(nil),         // 7: taskd.v1.SetPriorityResponse
+	(*SetSpecifiedMembersRequest)(nil),  // 8: taskd.v1.SetSpecifiedMembersRequest
+	(*SetSpecifiedMembersResponse)(nil), // 9: taskd.v1.SetSpecifiedMembersResponse
+	(*timestamppb.Timestamp)(nil),       // 10: google.protobuf.Timestamp
 }
 var file_taskd_v1_cluster_proto_depIdxs = []int32{
-	8,  // 0: taskd.v1.Member.started_at:type_name -> google.protobuf.Timestamp
-	8,  // 1: taskd.v1.Member.joined_at:type_name -> google.protobuf.Timestamp
-	8,  // 2: taskd.v1.FenceReport.started:type_name -> google.protobuf.Timestamp
-	8,  // 3: taskd.v1.FenceReport.finished:type_name -> google.protobuf.Timestamp
-	8,  // 4: taskd.v1.FenceReport.earliest_expiry:type_name -> google.protobuf.Timestamp
-	8,  // 5: taskd.v1.ListMembersResponse.elected_at:type_name -> google.protobuf.Timestamp
-	1,  // 6: taskd.v1.ListMembersResponse.members:type_name -> taskd.v1.Member
-	2,  // 7: taskd.v1.ListMembersResponse.last_fence:type_name -> taskd.v1.FenceReport
-	8,  // 8: taskd.v1.ListMembersResponse.server_time:type_name -> google.protobuf.Timestamp
-	0,  // 9: taskd.v1.ClusterService.ListMembers:input_type -> taskd.v1.ListMembersRequest
-	4,  // 10: taskd.v1.ClusterService.SetPriority:input_type -> taskd.v1.SetPriorityRequest
-	6,  // 11: taskd.v1.ClusterService.SetSpecifiedMembers:input_type -> taskd.v1.SetSpecifiedMembersRequest
-	3,  // 12: taskd.v1.ClusterService.ListMembers:output_type -> taskd.v1.ListMembersResponse
-	5,  // 13: taskd.v1.ClusterService.SetPriority:output_type -> taskd.v1.SetPriorityResponse
-	7,  // 14: taskd.v1.ClusterService.SetSpecifiedMembers:output_type -> taskd.v1.SetSpecifiedMembersResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
+	10, // 0: taskd.v1.Member.started_at:type_name -> google.protobuf.Timestamp
+	10, // 1: taskd.v1.Member.joined_at:type_name -> google.protobuf.Timestamp
+	10, // 2: taskd.v1.FenceReport.started:type_name -> google.protobuf.Timestamp
+	10, // 3: taskd.v1.FenceReport.finished:type_name -> google.protobuf.Timestamp
+	10, // 4: taskd.v1.FenceReport.earliest_expiry:type_name -> google.protobuf.Timestamp
+	10, // 5: taskd.v1.ListMembersResponse.elected_at:type_name -> google.protobuf.Timestamp
+	3,  // 6: taskd.v1.ListMembersResponse.members:type_name -> taskd.v1.Member
+	4,  // 7: taskd.v1.ListMembersResponse.last_fence:type_name -> taskd.v1.FenceReport
+	10, // 8: taskd.v1.ListMembersResponse.server_time:type_name -> google.protobuf.Timestamp
+	2,  // 9: taskd.v1.ClusterService.ListMembers:input_type -> taskd.v1.ListMembersRequest
+	6,  // 10: taskd.v1.ClusterService.SetPriority:input_type -> taskd.v1.SetPriorityRequest
+	8,  // 11: taskd.v1.ClusterService.SetSpecifiedMembers:input_type -> taskd.v1.SetSpecifiedMembersRequest
+	0,  // 12: taskd.v1.ClusterService.Join:input_type -> taskd.v1.JoinRequest
+	5,  // 13: taskd.v1.ClusterService.ListMembers:output_type -> taskd.v1.ListMembersResponse
+	7,  // 14: taskd.v1.ClusterService.SetPriority:output_type -> taskd.v1.SetPriorityResponse
+	9,  // 15: taskd.v1.ClusterService.SetSpecifiedMembers:output_type -> taskd.v1.SetSpecifiedMembersResponse
+	1,  // 16: taskd.v1.ClusterService.Join:output_type -> taskd.v1.JoinResponse
+	13, // [13:17] is the sub-list for method output_type
+	9,  // [9:13] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -736,7 +944,7 @@ func file_taskd_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskd_v1_cluster_proto_rawDesc), len(file_taskd_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

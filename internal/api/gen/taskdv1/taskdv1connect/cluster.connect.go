@@ -42,6 +42,8 @@ const (
 	// ClusterServiceSetSpecifiedMembersProcedure is the fully-qualified name of the ClusterService's
 	// SetSpecifiedMembers RPC.
 	ClusterServiceSetSpecifiedMembersProcedure = "/taskd.v1.ClusterService/SetSpecifiedMembers"
+	// ClusterServiceJoinProcedure is the fully-qualified name of the ClusterService's Join RPC.
+	ClusterServiceJoinProcedure = "/taskd.v1.ClusterService/Join"
 )
 
 // ClusterServiceClient is a client for the taskd.v1.ClusterService service.
@@ -52,6 +54,12 @@ type ClusterServiceClient interface {
 	SetPriority(context.Context, *connect.Request[taskdv1.SetPriorityRequest]) (*connect.Response[taskdv1.SetPriorityResponse], error)
 	// SetSpecifiedMembers restricts who may lead; an empty list lifts it.
 	SetSpecifiedMembers(context.Context, *connect.Request[taskdv1.SetSpecifiedMembersRequest]) (*connect.Response[taskdv1.SetSpecifiedMembersResponse], error)
+	// Join admits a new node (`taskd join`): it signs the node's certificate
+	// from its request (the node's key never leaves it), adds its member to
+	// the embedded etcd, and returns the cluster's credentials and store
+	// settings. The bearer token is a join credential; it is served over TLS
+	// only, and the joining node pins the cluster CA from its join token.
+	Join(context.Context, *connect.Request[taskdv1.JoinRequest]) (*connect.Response[taskdv1.JoinResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the taskd.v1.ClusterService service. By default,
@@ -86,6 +94,12 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithIdempotency(connect.IdempotencyIdempotent),
 			connect.WithClientOptions(opts...),
 		),
+		join: connect.NewClient[taskdv1.JoinRequest, taskdv1.JoinResponse](
+			httpClient,
+			baseURL+ClusterServiceJoinProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("Join")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -94,6 +108,7 @@ type clusterServiceClient struct {
 	listMembers         *connect.Client[taskdv1.ListMembersRequest, taskdv1.ListMembersResponse]
 	setPriority         *connect.Client[taskdv1.SetPriorityRequest, taskdv1.SetPriorityResponse]
 	setSpecifiedMembers *connect.Client[taskdv1.SetSpecifiedMembersRequest, taskdv1.SetSpecifiedMembersResponse]
+	join                *connect.Client[taskdv1.JoinRequest, taskdv1.JoinResponse]
 }
 
 // ListMembers calls taskd.v1.ClusterService.ListMembers.
@@ -111,6 +126,11 @@ func (c *clusterServiceClient) SetSpecifiedMembers(ctx context.Context, req *con
 	return c.setSpecifiedMembers.CallUnary(ctx, req)
 }
 
+// Join calls taskd.v1.ClusterService.Join.
+func (c *clusterServiceClient) Join(ctx context.Context, req *connect.Request[taskdv1.JoinRequest]) (*connect.Response[taskdv1.JoinResponse], error) {
+	return c.join.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the taskd.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// ListMembers returns the members, the leader and the epoch.
@@ -119,6 +139,12 @@ type ClusterServiceHandler interface {
 	SetPriority(context.Context, *connect.Request[taskdv1.SetPriorityRequest]) (*connect.Response[taskdv1.SetPriorityResponse], error)
 	// SetSpecifiedMembers restricts who may lead; an empty list lifts it.
 	SetSpecifiedMembers(context.Context, *connect.Request[taskdv1.SetSpecifiedMembersRequest]) (*connect.Response[taskdv1.SetSpecifiedMembersResponse], error)
+	// Join admits a new node (`taskd join`): it signs the node's certificate
+	// from its request (the node's key never leaves it), adds its member to
+	// the embedded etcd, and returns the cluster's credentials and store
+	// settings. The bearer token is a join credential; it is served over TLS
+	// only, and the joining node pins the cluster CA from its join token.
+	Join(context.Context, *connect.Request[taskdv1.JoinRequest]) (*connect.Response[taskdv1.JoinResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -149,6 +175,12 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithIdempotency(connect.IdempotencyIdempotent),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceJoinHandler := connect.NewUnaryHandler(
+		ClusterServiceJoinProcedure,
+		svc.Join,
+		connect.WithSchema(clusterServiceMethods.ByName("Join")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/taskd.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceListMembersProcedure:
@@ -157,6 +189,8 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceSetPriorityHandler.ServeHTTP(w, r)
 		case ClusterServiceSetSpecifiedMembersProcedure:
 			clusterServiceSetSpecifiedMembersHandler.ServeHTTP(w, r)
+		case ClusterServiceJoinProcedure:
+			clusterServiceJoinHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -176,4 +210,8 @@ func (UnimplementedClusterServiceHandler) SetPriority(context.Context, *connect.
 
 func (UnimplementedClusterServiceHandler) SetSpecifiedMembers(context.Context, *connect.Request[taskdv1.SetSpecifiedMembersRequest]) (*connect.Response[taskdv1.SetSpecifiedMembersResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.ClusterService.SetSpecifiedMembers is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) Join(context.Context, *connect.Request[taskdv1.JoinRequest]) (*connect.Response[taskdv1.JoinResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.ClusterService.Join is not implemented"))
 }

@@ -1,0 +1,153 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord/etcd"
+	"github.com/taskd/taskd/internal/pki"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// ErrNoEtcd: Debian's etcd server is not installed.
+var ErrNoEtcd = errors.New("etcd server not installed (Debian package etcd-server; `make test-deps` installs it)")
+
+// EtcdProc is an external etcd server (Debian's etcd-server, 3.4) run as a
+// separate process, configured as an operator would secure it: TLS with
+// client certificates on the client and peer ports, or (Plaintext)
+// plaintext on a loopback client port; auth enabled with a root user and a
+// user for taskd.
+type EtcdProc struct {
+	ClientURL string
+	PKI       *PKI
+	// User and Password are taskd's etcd user (role taskd: read and write
+	// under /taskd/); RootPassword is root's.
+	User, Password, RootPassword string
+	proc                         *Proc
+	dir                          string
+}
+
+// EtcdProcOptions shape an external etcd.
+type EtcdProcOptions struct {
+	// Plaintext serves clients over plain HTTP on loopback (peers still
+	// use TLS).
+	Plaintext bool
+}
+
+// StartEtcdProc starts one etcd server under dir on free loopback ports,
+// waits until it serves and sets up auth.
+func StartEtcdProc(dir string, opt EtcdProcOptions) (*EtcdProc, error) {
+	if _, err := exec.LookPath("etcd"); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoEtcd, err)
+	}
+	p, err := NewPKI(filepath.Join(dir, "pki"))
+	if err != nil {
+		return nil, err
+	}
+	srvDir := filepath.Join(dir, "server")
+	if err := p.Provision(srvDir, "etcd-server"); err != nil {
+		return nil, err
+	}
+	files := pki.In(srvDir)
+	ports, err := FreePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	scheme := "https"
+	if opt.Plaintext {
+		scheme = "http"
+	}
+	e := &EtcdProc{ClientURL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[0]), PKI: p, dir: dir,
+		User: "taskd-ext", Password: pki.RandomSecret(16), RootPassword: pki.RandomSecret(16)}
+	peer := fmt.Sprintf("https://127.0.0.1:%d", ports[1])
+	args := []string{"--name", "ext", "--data-dir", filepath.Join(dir, "data"),
+		"--listen-client-urls", e.ClientURL, "--advertise-client-urls", e.ClientURL,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "ext=" + peer,
+		"--peer-cert-file", files.NodeCert(), "--peer-key-file", files.NodeKey(),
+		"--peer-trusted-ca-file", files.CACert(), "--peer-client-cert-auth",
+		"--log-level", "warn"}
+	if !opt.Plaintext {
+		args = append(args, "--cert-file", files.NodeCert(), "--key-file", files.NodeKey(),
+			"--trusted-ca-file", files.CACert(), "--client-cert-auth")
+	}
+	if e.proc, err = StartProc(filepath.Join(dir, "etcd.log"), "etcd", args...); err != nil {
+		return nil, err
+	}
+	if err := e.setupAuth(); err != nil {
+		e.Kill()
+		return nil, fmt.Errorf("external etcd (log in %s): %w", filepath.Join(dir, "etcd.log"), err)
+	}
+	return e, nil
+}
+
+// admin connects with the server's own certificate; before auth is on
+// that is enough for anything.
+func (e *EtcdProc) admin() (*clientv3.Client, error) {
+	b, err := pki.Load(filepath.Join(e.dir, "server"))
+	if err != nil {
+		return nil, err
+	}
+	cfg := clientv3.Config{Endpoints: []string{e.ClientURL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
+	if e.ClientURL[:5] == "https" {
+		cfg.TLS = b.ClientTLS("")
+	}
+	return clientv3.New(cfg)
+}
+
+func (e *EtcdProc) setupAuth() error {
+	cli, err := e.admin()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := WaitFor(ctx, 100*time.Millisecond, func() bool {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := cli.Get(sctx, "/probe")
+		return err == nil
+	}); err != nil {
+		return fmt.Errorf("not serving: %w", err)
+	}
+	steps := []func() error{
+		func() error { _, err := cli.UserAdd(ctx, etcd.RootUser, e.RootPassword); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, etcd.RootUser, "root"); return err },
+		func() error { _, err := cli.RoleAdd(ctx, etcd.TaskdRole); return err },
+		func() error {
+			_, err := cli.RoleGrantPermission(ctx, etcd.TaskdRole, etcd.KeyPrefix, clientv3.GetPrefixRangeEnd(etcd.KeyPrefix),
+				clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := cli.UserAdd(ctx, e.User, e.Password); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, e.User, etcd.TaskdRole); return err },
+		func() error { _, err := cli.AuthEnable(ctx); return err },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			return fmt.Errorf("auth set-up step %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
+// Kill stops the server (SIGKILL) and waits.
+func (e *EtcdProc) Kill() {
+	if e.proc != nil {
+		e.proc.Signal(syscall.SIGKILL)
+		e.proc.Wait()
+	}
+}
+
+// Log returns the server's log.
+func (e *EtcdProc) Log() string {
+	b, _ := os.ReadFile(filepath.Join(e.dir, "etcd.log"))
+	return string(b)
+}
