@@ -90,6 +90,9 @@ func newRootCmd() *cobra.Command {
 			if err := applyEnvAndFile(cmd.Flags(), configFile); err != nil {
 				return err
 			}
+			if err := refuseRemoved(cmd.Flags()); err != nil {
+				return err
+			}
 			log, err := newLogger(os.Stderr, logLevel, logFormat)
 			if err != nil {
 				return usageError{err}
@@ -103,16 +106,20 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&configFile, "config", "", "config file of TASKD_NAME=value lines (same names as the environment variables)")
 	f.StringVar(&cfg.Name, "name", cfg.Name, "unique node name (default: hostname)")
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory (lock, node id, embedded etcd data)")
-	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "API listen address; a non-loopback address requires --token-file")
+	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "API listen address (always TLS with the node certificate; every call needs a token)")
 	f.StringVar(&cfg.Advertise, "advertise", cfg.Advertise, "API address announced to the cluster (default: --listen)")
 	f.StringVar(&cfg.Coordinator, "coordinator", cfg.Coordinator, `coordination store: "embedded", "etcd://host:port,...", "zk://host:port,.../chroot"`)
 	f.DurationVar(&cfg.SessionTimeout, "session-timeout", cfg.SessionTimeout, "coordination session timeout")
 	f.Float64Var(&cfg.DeadlineFraction, "deadline-fraction", cfg.DeadlineFraction, "local deadline as a fraction of the session timeout; the node fences when it passes")
 	f.DurationVar(&cfg.YieldGrace, "yield-grace", cfg.YieldGrace, "how long a higher-priority member must be stable before the leader yields to it")
 	f.IntVar(&cfg.Priority, "priority", cfg.Priority, "election priority 0-255, higher wins (a priority set with taskctl takes precedence)")
-	f.StringVar(&cfg.TokenFile, "token-file", cfg.TokenFile, "file holding the API bearer token")
-	f.StringVar(&cfg.TLSCert, "tls-cert", cfg.TLSCert, "TLS certificate (PEM) for the API")
-	f.StringVar(&cfg.TLSKey, "tls-key", cfg.TLSKey, "TLS private key (PEM) for the API")
+	// Removed settings, kept only to explain what replaced them (a config
+	// file that still sets one must not start an unprotected node nor fail
+	// with a bare "unknown flag").
+	for _, name := range removedFlags {
+		f.String(name, "", "removed; see docs/security.md")
+		_ = f.MarkHidden(name)
+	}
 	f.StringArrayVar(&cfg.VIPs, "vip", nil, "virtual IP to create in the store if its service has none, SERVICE=IP[/PREFIX]@INTERFACE (repeatable), e.g. iscsi=10.0.0.50@eth0; afterwards taskctl vip manages it")
 	f.StringArrayVar(&cfg.HealthTargets, "health-target", nil, "IPv4 address probed with ICMP echo to judge the access network, e.g. the gateway and peers (repeatable); none: always healthy")
 	f.DurationVar(&cfg.HealthInterval, "health-interval", cfg.HealthInterval, "time between access-network probe rounds")
@@ -136,6 +143,27 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	cmd.AddCommand(newVolumeCmd())
 	return cmd
+}
+
+// removedFlags were the API's single shared token and optional TLS. The
+// API now always serves TLS with the node certificate (DATA_DIR/pki) and
+// checks tokens kept in the store, with roles; the node's own admin token
+// is DATA_DIR/admin.token.
+var removedFlags = []string{"token-file", "tls-cert", "tls-key"}
+
+func refuseRemoved(fs *pflag.FlagSet) error {
+	var errs []error
+	for _, name := range removedFlags {
+		if f := fs.Lookup(name); f != nil && f.Value.String() != "" {
+			errs = append(errs, fmt.Errorf("--%s (%s) was removed: the API always serves TLS with the node certificate in DATA_DIR/pki, "+
+				"and API tokens are kept in the store with roles (taskctl token create); the node's admin token is DATA_DIR/admin.token. "+
+				"Remove the setting; see docs/security.md", name, envName(name)))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", node.ErrConfig, err)
+	}
+	return nil
 }
 
 // envName maps a flag name to its environment variable.

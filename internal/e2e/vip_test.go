@@ -50,7 +50,7 @@ func helperMain(mode string) int {
 		c.Close()
 		return 0
 	}
-	return 2
+	return attackerMain(mode)
 }
 
 func startVIPCluster(t *testing.T, timeout time.Duration) *harness.VIPCluster {

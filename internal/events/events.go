@@ -271,7 +271,12 @@ type tap struct {
 	attrs []slog.Attr
 }
 
-func (t *tap) Enabled(ctx context.Context, l slog.Level) bool { return t.next.Enabled(ctx, l) }
+// Enabled lets info lines through even when the log level is higher: the
+// timeline (audit above all) must not depend on --log-level. Debug lines
+// keep the cheap path.
+func (t *tap) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelInfo || t.next.Enabled(ctx, l)
+}
 
 func (t *tap) Handle(ctx context.Context, rec slog.Record) error {
 	// Most lines are not events: look for the attribute before building
@@ -301,6 +306,9 @@ func (t *tap) Handle(ctx context.Context, rec slog.Record) error {
 		}
 		rec.Attrs(add)
 		t.r.Record(typ, rec.Message, attrs)
+	}
+	if !t.next.Enabled(ctx, rec.Level) {
+		return nil
 	}
 	return t.next.Handle(ctx, rec)
 }

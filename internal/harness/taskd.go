@@ -44,6 +44,8 @@ type Cluster struct {
 	Bin   string
 	Dir   string
 	Nodes []*Node
+	// Creds are the cluster CA and every node's admin token.
+	Creds *Credentials
 }
 
 // Node is one taskd process.
@@ -56,8 +58,16 @@ type Node struct {
 	Proc    *Proc
 	// EtcdClientURL is the embedded etcd member's client URL ("" otherwise).
 	EtcdClientURL string
-	bin           string
-	client        *api.Client
+	// Token is the node's admin token (DATA_DIR/admin.token).
+	Token  string
+	bin    string
+	client *api.Client
+}
+
+// CtlEnv is the environment with which taskctl talks to the node with its
+// admin credentials.
+func (n *Node) CtlEnv() []string {
+	return []string{"TASKD_ENDPOINT=https://" + n.API, "TASKD_DATA_DIR=" + n.DataDir}
 }
 
 // NewCluster prepares n nodes under dir; StartAll starts them.
@@ -97,14 +107,35 @@ func NewCluster(dir, bin string, n int, opt Options) (*Cluster, error) {
 			nd.Args = append(nd.Args, "--coordinator", opt.Coordinator)
 		}
 		nd.Args = append(nd.Args, opt.Extra...)
-		cl, err := api.NewClient(api.ClientConfig{Endpoint: nd.API})
-		if err != nil {
-			return nil, err
-		}
-		nd.client = cl
 		c.Nodes = append(c.Nodes, nd)
 	}
+	if err := c.provision(); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// provision gives the nodes one CA and admin tokens, and makes their
+// clients.
+func (c *Cluster) provision() error {
+	var nodes []NodeCreds
+	for _, nd := range c.Nodes {
+		nodes = append(nodes, NodeCreds{Name: nd.Name, DataDir: nd.DataDir, Hosts: []string{"127.0.0.1"}})
+	}
+	creds, err := ProvisionCredentials(nodes)
+	if err != nil {
+		return err
+	}
+	c.Creds = creds
+	for _, nd := range c.Nodes {
+		nd.Token = creds.Tokens[nd.Name].String()
+		cl, err := api.NewClient(api.ClientConfig{Endpoint: nd.API, Token: nd.Token, CA: creds.Pool(), ExpectNode: nd.Name})
+		if err != nil {
+			return err
+		}
+		nd.client = cl
+	}
+	return nil
 }
 
 // StartAll starts every node.

@@ -31,10 +31,11 @@ type VIPCluster struct {
 	Extra []string
 	// ClockFiles gives every node a --clock-offset-file (ClockFile).
 	ClockFiles bool
-	dir        string
-	token      string
-	taskd      string
-	taskctl    string
+	// Creds are the cluster CA and every node's admin token.
+	Creds   *Credentials
+	dir     string
+	taskd   string
+	taskctl string
 }
 
 // VIPNodes are the node names of a VIPCluster.
@@ -61,8 +62,12 @@ func NewVIPCluster(dir, taskd, taskctl string, timeout time.Duration) (*VIPClust
 		return nil, err
 	}
 	c := &VIPCluster{Lab: lab, VIP: "10.77.0.100", Timeout: timeout, Nodes: map[string]*Proc{},
-		dir: dir, token: filepath.Join(dir, "token"), taskd: taskd, taskctl: taskctl}
-	if err := os.WriteFile(c.token, []byte("vip-lab-token\n"), 0o600); err != nil {
+		dir: dir, taskd: taskd, taskctl: taskctl}
+	var nodes []NodeCreds
+	for _, n := range VIPNodes {
+		nodes = append(nodes, NodeCreds{Name: n, DataDir: c.DataDir(n), Hosts: []string{lab.Addr(n)}})
+	}
+	if c.Creds, err = ProvisionCredentials(nodes); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -86,8 +91,8 @@ func (c *VIPCluster) Start(name string) error {
 		peers = append(peers, fmt.Sprintf("%s=http://%s:2380", n, c.Lab.Addr(n)))
 	}
 	args := []string{"netns", "exec", c.Lab.NS(name), c.taskd,
-		"--name", name, "--data-dir", filepath.Join(c.dir, name),
-		"--listen", "0.0.0.0:10600", "--advertise", c.Lab.Addr(name) + ":10600", "--token-file", c.token,
+		"--name", name, "--data-dir", c.DataDir(name),
+		"--listen", "0.0.0.0:10600", "--advertise", c.Lab.Addr(name) + ":10600",
 		"--session-timeout", c.Timeout.String(),
 		"--vip", "iscsi=" + c.VIP + "/32@eth0", "--log-format", "json",
 		// Fast health probes: unhealthy 2 x 200 ms after the gateway
@@ -111,6 +116,9 @@ func (c *VIPCluster) Start(name string) error {
 	return nil
 }
 
+// DataDir is node name's data directory.
+func (c *VIPCluster) DataDir(name string) string { return filepath.Join(c.dir, name) }
+
 // ClockFile is node name's --clock-offset-file.
 func (c *VIPCluster) ClockFile(name string) string { return filepath.Join(c.dir, name+".clock") }
 
@@ -129,7 +137,7 @@ func (c *VIPCluster) Leader(from string) (string, time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", c.Lab.NS(from), c.taskctl,
-		"--token-file", c.token, "service", "list", "-o", "json").Output()
+		"--data-dir", c.DataDir(from), "service", "list", "-o", "json").Output()
 	if err != nil {
 		return "", time.Time{}
 	}
@@ -151,7 +159,7 @@ func (c *VIPCluster) Leader(from string) (string, time.Time) {
 func (c *VIPCluster) Ctl(from string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	argv := append([]string{"netns", "exec", c.Lab.NS(from), c.taskctl, "--token-file", c.token}, args...)
+	argv := append([]string{"netns", "exec", c.Lab.NS(from), c.taskctl, "--data-dir", c.DataDir(from)}, args...)
 	out, err := exec.CommandContext(ctx, "ip", argv...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("taskctl %s on %s: %w: %s", strings.Join(args, " "), from, err, out)

@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/taskd/taskd/internal/api"
+	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/etcd"
 	"github.com/taskd/taskd/internal/coord/zk"
@@ -55,6 +56,7 @@ type Node struct {
 	clock     wallClock
 	metrics   *metrics.Set
 	events    *events.Recorder
+	auth      *auth.Verifier // API tokens
 	// quorumStarted is closed once n.q is set.
 	quorumStarted chan struct{}
 	wait          atomic.Pointer[string] // why the quorum has not started yet
@@ -66,10 +68,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	target, _ := coord.ParseTarget(cfg.Coordinator)
-	token, err := api.ReadToken(cfg.TokenFile)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
-	}
 	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), baseLog: log, target: target, quorumStarted: make(chan struct{})}
 	n.metrics = metrics.New(func() *quorum.View {
 		if q := n.q.Load(); q != nil {
@@ -96,8 +94,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	n.baseLog, n.log, n.events = tapped, tapped.With("node", cfg.Name), rec
 	prevCode, prevReason := previousExit(cfg.DataDir)
 
-	srv, err := api.NewServer(api.ServerConfig{Listen: cfg.Listen, Token: token, TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey,
-		Metrics: n.metrics.Handler()}, n, n.log)
+	bundle, err := loadCredentials(cfg)
+	if err != nil {
+		return err
+	}
+	local, err := auth.LoadLocal(cfg.DataDir, cfg.Name)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	n.auth = auth.NewVerifier(quorum.DefaultConfig().Root, cfg.Name, local, n.log)
+	srv, err := api.NewServer(api.ServerConfig{Listen: cfg.Listen, TLS: bundle.ServerTLS(false), Auth: n.auth,
+		CAHash: bundle.CA.Fingerprint(), Metrics: n.metrics.Handler()}, n, n.log)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
@@ -167,8 +174,10 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	// Publish the timeline to the store while it is open.
 	pctx, pcancel := context.WithCancel(ctx)
 	var pub sync.WaitGroup
-	pub.Add(1)
+	pub.Add(2)
 	go func() { defer pub.Done(); n.events.Run(pctx, store) }()
+	// Follow the API token records, and register this node's admin token.
+	go func() { defer pub.Done(); n.auth.Run(pctx, store) }()
 	defer func() { pcancel(); pub.Wait() }()
 
 	root := quorum.DefaultConfig().Root
@@ -192,6 +201,8 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	n.vipReg.Store(vips.NewRegistry(store, root, n.View, localAddrs))
 	holder := vips.NewHolder(store, root, n.cfg.Name, n.holdVIP, n.log)
 	roles.Member = func(ctx context.Context, s coord.Session) error {
+		// The name is ours now: the admin token may go into the store.
+		n.auth.Joined()
 		// Member duties end with the session, and the fence waits for
 		// them: VIPs are removed before the local deadline.
 		g, gctx := errgroup.WithContext(ctx)
