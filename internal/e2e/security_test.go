@@ -465,3 +465,45 @@ func TestRevokedTokenStopsEverywhere(t *testing.T) {
 		t.Fatalf("revoked token later: %v", err)
 	}
 }
+
+// TestJoinToken: a join token pins the cluster's CA, expires by default,
+// and its credential may call nothing but Join.
+func TestJoinToken(t *testing.T) {
+	c, n := readyNode(t)
+	code, out := runTaskctl(t, n.CtlEnv(), "token", "create", "--role", "join")
+	if code != 0 {
+		t.Fatalf("token create --role join: exit %d\n%s", code, out)
+	}
+	jt, err := pki.ParseJoinToken(strings.SplitN(out, "\n", 2)[0])
+	if err != nil {
+		t.Fatalf("join token: %v\n%s", err, out)
+	}
+	if jt.CAHash != c.Creds.CA.Fingerprint() {
+		t.Fatalf("join token pins %s, the cluster CA is %s", jt.CAHash, c.Creds.CA.Fingerprint())
+	}
+	cl, err := api.NewClient(api.ClientConfig{Endpoint: n.API, Token: jt.Credential, CA: c.Creds.Pool()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, 10*time.Second)
+	if _, err := cl.Cluster.ListMembers(ctx, connect.NewRequest(&taskdv1.ListMembersRequest{})); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("join credential reading members: %v, want PermissionDenied", err)
+	}
+	if _, err := cl.Tokens.CreateToken(ctx, connect.NewRequest(&taskdv1.CreateTokenRequest{Role: "admin"})); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("join credential making a token: %v, want PermissionDenied", err)
+	}
+	list, err := n.Client().Tokens.ListTokens(ctx, connect.NewRequest(&taskdv1.ListTokensRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := strings.Split(jt.Credential, ".")[1]
+	for _, tk := range list.Msg.Tokens {
+		if tk.Id == id {
+			if tk.Role != "join" || tk.Expires == nil || time.Until(tk.Expires.AsTime()) > 24*time.Hour {
+				t.Fatalf("join token record: %+v", tk)
+			}
+			return
+		}
+	}
+	t.Fatalf("join token %s not listed", id)
+}
