@@ -14,8 +14,8 @@ build:
 	$(GO) build -o $(BIN)/taskd ./cmd/taskd
 	$(GO) build -o $(BIN)/taskctl ./cmd/taskctl
 
-# Single node on the embedded coordinator; `bin/taskctl service list` in
-# another shell shows it as leader.
+# Single node on the embedded coordinator; `bin/taskctl --data-dir data
+# service list` in another shell shows it as leader.
 run: build
 	$(BIN)/taskd --data-dir $(DATA)
 

@@ -3,12 +3,10 @@ package api
 import (
 	"context"
 	"errors"
-	"net/http"
 	"strings"
 
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1/taskdv1connect"
 	"github.com/taskd/taskd/internal/bootstrap"
 )
 
@@ -41,16 +39,4 @@ func (s *clusterService) Join(ctx context.Context, req *connect.Request[taskdv1.
 		EtcdRootPassword: r.Secrets.EtcdRootPassword, ZkDigest: r.Secrets.ZKDigest,
 		Coordinator: r.Coordinator, EtcdInitialCluster: r.EtcdInitialCluster,
 	}), nil
-}
-
-// joinOverTLSOnly refuses a join request that did not arrive over TLS
-// before anything of it is read: its answer holds the CA key.
-func joinOverTLSOnly(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == taskdv1connect.ClusterServiceJoinProcedure && r.TLS == nil {
-			http.Error(w, bootstrap.ErrNotTLS.Error(), http.StatusForbidden)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
 }

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/taskd/taskd/internal/schedule"
-	"io"
-	"log/slog"
 	"net"
 	"slices"
 	"strings"
@@ -16,45 +13,46 @@ import (
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/dispatch"
 	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
+	"github.com/taskd/taskd/internal/pki"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
+	"github.com/taskd/taskd/internal/schedule"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/testenv"
 	"github.com/taskd/taskd/internal/vips"
 )
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-// node is one in-process taskd on a real store: a quorum member whose
+// member is one in-process taskd on a real store: a quorum member whose
 // leader role dispatches and whose member role runs tasks, with the task
 // store and the VIP registry the API serves.
-type node struct {
+type member struct {
 	backend string
 	q       *quorum.Quorum
 	tasks   *task.Store
 	reg     *vips.Registry
 }
 
-func (n *node) View() quorum.View          { v, _ := n.q.View(); return v }
-func (n *node) Ready() bool                { return n.q.Ready() }
-func (n *node) Coordinator() string        { return n.backend }
-func (n *node) TaskStore() *task.Store     { return n.tasks }
-func (n *node) Events() *events.Recorder   { return nil }
-func (n *node) VIPs() *vips.Registry       { return n.reg }
-func (n *node) Schedules() *schedule.Store { return nil }
-func (n *node) SetPriority(ctx context.Context, node string, p int, force bool) error {
+func (n *member) View() quorum.View          { v, _ := n.q.View(); return v }
+func (n *member) Ready() bool                { return n.q.Ready() }
+func (n *member) Coordinator() string        { return n.backend }
+func (n *member) TaskStore() *task.Store     { return n.tasks }
+func (n *member) Events() *events.Recorder   { return nil }
+func (n *member) VIPs() *vips.Registry       { return n.reg }
+func (n *member) Schedules() *schedule.Store { return nil }
+func (n *member) SetPriority(ctx context.Context, node string, p int, force bool) error {
 	return n.q.SetPriority(ctx, node, p, force)
 }
-func (n *node) SetSpecified(ctx context.Context, names []string, force bool) error {
+func (n *member) SetSpecified(ctx context.Context, names []string, force bool) error {
 	return n.q.SetSpecified(ctx, names, force)
 }
 
-func startNode(t *testing.T, b testenv.Backend, kv coord.Store) *node {
+func startNode(t *testing.T, b testenv.Backend, kv coord.Store) *member {
 	t.Helper()
 	root, err := keys.NewRoot("/taskd")
 	if err != nil {
@@ -85,7 +83,7 @@ func startNode(t *testing.T, b testenv.Backend, kv coord.Store) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{backend: b.Name, q: q, tasks: st}
+	n := &member{backend: b.Name, q: q, tasks: st}
 	n.reg = vips.NewRegistry(kv, root, n.View, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -94,14 +92,22 @@ func startNode(t *testing.T, b testenv.Backend, kv coord.Store) *node {
 	return n
 }
 
-// serve runs the API of c on a loopback listener, as taskd does, and
-// returns a client of it.
+// serve runs the API of c on a loopback TLS listener, as taskd does, and
+// returns a client of it with the node's own admin token (checked from
+// memory: the verifier does not follow the store here).
 func serve(t *testing.T, c api.Cluster) *api.Client {
 	t.Helper()
-	// The credentials of both ends: when the API requires a bearer token,
-	// it is set here, once, for the server and the client.
-	token := ""
-	srv, err := api.NewServer(api.ServerConfig{Listen: "127.0.0.1:0", Token: token}, c, quiet)
+	dir := t.TempDir()
+	bundle, err := pki.Create(dir, "n1", []string{"127.0.0.1"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := auth.LoadLocal(dir, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := auth.NewVerifier("/taskd", "n1", local, quiet)
+	srv, err := api.NewServer(api.ServerConfig{Listen: "127.0.0.1:0", TLS: bundle.ServerTLS(false), Auth: v, CAHash: bundle.CA.Fingerprint()}, c, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +124,7 @@ func serve(t *testing.T, c api.Cluster) *api.Client {
 			t.Errorf("api server: %v", err)
 		}
 	})
-	cl, err := api.NewClient(api.ClientConfig{Endpoint: ln.Addr().String(), Token: token})
+	cl, err := api.NewClient(api.ClientConfig{Endpoint: ln.Addr().String(), Token: local.Token.String(), CA: bundle.CA.Pool(), ExpectNode: "n1"})
 	if err != nil {
 		t.Fatal(err)
 	}

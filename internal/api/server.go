@@ -2,28 +2,30 @@
 // gRPC, gRPC-Web and JSON over HTTP on one port, and holds the matching
 // client used by taskctl.
 //
-// Authentication: when a token is configured every RPC must carry
-// "Authorization: Bearer TOKEN"; a missing or wrong token is Unauthenticated.
-// A listener that is not on loopback requires a token (the node refuses to
-// start without one). /healthz and /readyz are unauthenticated and reveal
-// nothing but liveness and readiness.
+// Security: the listener speaks only TLS, with the node certificate, on
+// every address including loopback. Every RPC needs a bearer token
+// (internal/auth), checked by guard before the request body is read: the
+// token's role must satisfy the procedure's in the one table of
+// procedures (authn.go). Loopback is not a credential. /healthz and /readyz
+// are open and say only "ok" and "ready"/"not ready"; /metrics needs a
+// viewer token. Every mutating call and every refused call is an "audit"
+// event in the timeline (audit.go).
 package api
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1/taskdv1connect"
+	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/bootstrap"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/events"
@@ -33,8 +35,6 @@ import (
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/vip"
 	"github.com/taskd/taskd/internal/vips"
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/h2c"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -60,21 +60,36 @@ type Cluster interface {
 	Schedules() *schedule.Store
 }
 
+// Limits of the HTTP server. There is no http.Server ReadTimeout: it would
+// end server streams (task wait, events --follow); guard gives each request
+// body BodyTimeout instead.
+const (
+	readHeaderTimeout  = 10 * time.Second // also bounds the TLS handshake
+	idleTimeout        = 2 * time.Minute
+	maxHeaderBytes     = 64 << 10
+	maxRequestBytes    = 1 << 20 // a task spec is at most 64 KiB
+	DefaultBodyTimeout = 30 * time.Second
+)
+
 // ServerConfig configures the API listener.
 type ServerConfig struct {
-	Listen  string
-	Token   string // empty: no authentication (loopback only)
-	TLSCert string
-	TLSKey  string
-	// TLS, when set and no TLSCert is given, serves TLS with the node
-	// certificate next to the plaintext API on the same port (see
-	// sniffListener); the join endpoint needs it.
+	Listen string
+	// TLS is the listener's configuration (the node certificate:
+	// pki.Bundle.ServerTLS(false)). Required: there is no plaintext mode.
 	TLS *tls.Config
+	// Auth checks bearer tokens (the node's *auth.Verifier).
+	Auth Authenticator
+	// CAHash is the hex SHA-256 of the cluster CA, returned with new
+	// tokens so that join tokens can pin it.
+	CAHash string
 	// Join admits new nodes; nil: Join is unimplemented.
 	Join Joiner
-	// Metrics, when set, is served on /metrics, behind the same bearer
-	// token as the RPCs (Prometheus: bearer_token_file).
+	// Metrics, when set, is served on /metrics to viewer tokens
+	// (Prometheus: bearer_token_file and tls_config.ca_file).
 	Metrics http.Handler
+	// BodyTimeout bounds the time a request body takes to arrive
+	// (DefaultBodyTimeout if zero).
+	BodyTimeout time.Duration
 }
 
 // IsLoopback reports whether addr (host:port) listens only on loopback.
@@ -95,11 +110,14 @@ func (c ServerConfig) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("listen address %q: %w", c.Listen, err)
 	}
-	if !IsLoopback(c.Listen) && c.Token == "" {
-		return fmt.Errorf("listen address %q is not loopback: a bearer token is required (--token-file)", c.Listen)
+	if c.TLS == nil || len(c.TLS.Certificates) == 0 {
+		return errors.New("the API needs a TLS certificate (the node certificate)")
 	}
-	if (c.TLSCert == "") != (c.TLSKey == "") {
-		return errors.New("TLS needs both --tls-cert and --tls-key")
+	if c.Auth == nil {
+		return errors.New("the API needs a token verifier")
+	}
+	if c.BodyTimeout < 0 {
+		return fmt.Errorf("body timeout %v must not be negative", c.BodyTimeout)
 	}
 	return nil
 }
@@ -109,6 +127,7 @@ type Server struct {
 	cfg     ServerConfig
 	cluster Cluster
 	log     *slog.Logger
+	audit   *auditor
 	handler http.Handler
 }
 
@@ -117,69 +136,60 @@ func NewServer(cfg ServerConfig, cluster Cluster, log *slog.Logger) (*Server, er
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, cluster: cluster, log: log}
+	if cfg.BodyTimeout == 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
+	s := &Server{cfg: cfg, cluster: cluster, log: log, audit: newAuditor(log)}
 	mux := http.NewServeMux()
-	// A request larger than any valid one (a task spec is at most 64 KiB)
-	// is refused before it is read into memory.
-	opts := connect.WithHandlerOptions(connect.WithInterceptors(authInterceptor(cfg.Token)), connect.WithReadMaxBytes(1<<20))
-	clusterPath, clusterHandler := taskdv1connect.NewClusterServiceHandler(&clusterService{c: cluster, join: cfg.Join}, opts)
-	mux.Handle(clusterPath, joinOverTLSOnly(clusterHandler))
+	// A request larger than any valid one is refused before it is read
+	// into memory.
+	opts := connect.WithHandlerOptions(connect.WithInterceptors(auditInterceptor{}), connect.WithReadMaxBytes(maxRequestBytes))
+	tokens := &tokenService{c: cluster, caHash: cfg.CAHash}
+	if l, ok := cfg.Auth.(interface {
+		Learn(auth.Record)
+		Forget(string)
+	}); ok {
+		tokens.learner = l
+	}
+	mux.Handle(taskdv1connect.NewClusterServiceHandler(&clusterService{c: cluster, join: cfg.Join}, opts))
 	mux.Handle(taskdv1connect.NewTaskServiceHandler(&taskService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewRunnerServiceHandler(&runnerService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewEventServiceHandler(&eventService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewVIPServiceHandler(&vipService{c: cluster}, opts))
 	mux.Handle(taskdv1connect.NewScheduleServiceHandler(&scheduleService{c: cluster}, opts))
+	mux.Handle(taskdv1connect.NewTokenServiceHandler(tokens, opts))
 	if cfg.Metrics != nil {
-		a := &auth{token: cfg.Token}
-		mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
-			if err := a.check(r.Header); err != nil {
-				http.Error(w, err.Error(), http.StatusUnauthorized)
-				return
-			}
-			cfg.Metrics.ServeHTTP(w, r)
-		})
+		mux.Handle(pathMetrics, cfg.Metrics)
 	}
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc(pathHealth, func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc(pathReady, func(w http.ResponseWriter, _ *http.Request) {
 		if !cluster.Ready() {
-			v := cluster.View()
 			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintf(w, "not ready: session %s %s\n", v.Session, v.JoinError)
+			fmt.Fprintln(w, "not ready")
 			return
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	s.handler = mux
+	s.handler = s.guard(mux)
 	return s, nil
 }
 
 // Handler is the HTTP handler (for tests).
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Run serves until ctx ends, then shuts down gracefully.
+// Run serves TLS on ln until ctx ends, then shuts down gracefully.
 func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
-		Handler:           h2c.NewHandler(s.handler, &http2.Server{}),
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:           s.handler,
+		TLSConfig:         s.cfg.TLS.Clone(),
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	var sniff *sniffListener
-	if s.cfg.TLSCert == "" && s.cfg.TLS != nil {
-		cfg := s.cfg.TLS.Clone()
-		cfg.NextProtos = []string{"h2", "http/1.1"}
-		sniff = newSniffListener(ln, cfg)
-		defer sniff.wait()
-		ln = sniff
-	}
 	errc := make(chan error, 1)
-	go func() {
-		if s.cfg.TLSCert != "" {
-			errc <- srv.ServeTLS(ln, s.cfg.TLSCert, s.cfg.TLSKey)
-		} else {
-			errc <- srv.Serve(ln)
-		}
-	}()
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("api server on %s: %w", ln.Addr(), err)
@@ -195,50 +205,6 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// authInterceptor requires the bearer token on every RPC when one is set.
-func authInterceptor(token string) connect.Interceptor {
-	return &auth{token: token}
-}
-
-type auth struct{ token string }
-
-func (a *auth) check(h http.Header) error {
-	if a.token == "" {
-		return nil
-	}
-	got, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
-		return connect.NewError(connect.CodeUnauthenticated, errors.New("missing or wrong bearer token: pass --token-file (or TASKD_TOKEN_FILE) with the node's token"))
-	}
-	return nil
-}
-
-func (a *auth) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		// Join carries a join credential, not the API token; the join
-		// server verifies it first thing.
-		if !req.Spec().IsClient && req.Spec().Procedure != taskdv1connect.ClusterServiceJoinProcedure {
-			if err := a.check(req.Header()); err != nil {
-				return nil, err
-			}
-		}
-		return next(ctx, req)
-	}
-}
-
-func (a *auth) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
-}
-
-func (a *auth) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		if err := a.check(conn.RequestHeader()); err != nil {
-			return err
-		}
-		return next(ctx, conn)
-	}
-}
-
 // toConnect maps domain errors to API codes; the one place that does.
 func toConnect(err error) error {
 	if err == nil {
@@ -246,8 +212,10 @@ func toConnect(err error) error {
 	}
 	code := connect.CodeInternal
 	switch {
-	case errors.Is(err, quorum.ErrInvalid), errors.Is(err, vip.ErrInvalid):
+	case errors.Is(err, quorum.ErrInvalid), errors.Is(err, vip.ErrInvalid), errors.Is(err, auth.ErrInvalid):
 		code = connect.CodeInvalidArgument
+	case errors.Is(err, auth.ErrNotFound):
+		code = connect.CodeNotFound
 	case errors.Is(err, vips.ErrInUse), errors.Is(err, schedule.ErrExists):
 		code = connect.CodeAlreadyExists
 	case errors.Is(err, vips.ErrNotFound):

@@ -1,29 +1,23 @@
 package bootstrap
 
 import (
-	"crypto/rand"
 	"fmt"
 	"time"
 
+	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/pki"
 )
-
-var randRead = rand.Read
 
 // Init creates the credentials of a new cluster in dataDir (pki.Create: a
 // CA, this node's certificate for hosts, store secrets) and its first join
 // token, written to DATA_DIR/join.token (0600). The token's record is
-// stored when the node first reaches its store (RegisterJoinToken).
+// stored when the node first reaches its store (auth.Register).
 func Init(dataDir, name string, hosts []string, now time.Time) (pki.JoinToken, error) {
 	b, err := pki.Create(dataDir, name, hosts, now)
 	if err != nil {
 		return pki.JoinToken{}, err
 	}
-	_, cred, err := NewCredential()
-	if err != nil {
-		return pki.JoinToken{}, fmt.Errorf("join token: %w", err)
-	}
-	tok := pki.JoinToken{CAHash: b.CA.Fingerprint(), Credential: cred}
+	tok := pki.JoinToken{CAHash: b.CA.Fingerprint(), Credential: auth.NewToken().String()}
 	if err := pki.WritePrivate(JoinTokenPath(dataDir), []byte(tok.String()+"\n")); err != nil {
 		return pki.JoinToken{}, err
 	}

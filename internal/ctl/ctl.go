@@ -5,16 +5,19 @@ package ctl
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 	"github.com/taskd/taskd/internal/api"
+	"github.com/taskd/taskd/internal/auth"
+	"github.com/taskd/taskd/internal/pki"
 )
 
 // Exit codes of taskctl; docs/exit-codes.md explains them.
@@ -24,7 +27,7 @@ const (
 	ExitUsage        = 2 // bad command line or invalid argument
 	ExitUnavailable  = 3 // taskd could not be reached or is not ready
 	ExitNotFound     = 4 // the named object does not exist
-	ExitUnauthorized = 5 // missing or wrong token, or not permitted
+	ExitUnauthorized = 5 // missing, wrong or unreadable token, or not permitted
 	ExitConflict     = 6 // the object's state does not allow the request
 )
 
@@ -51,6 +54,10 @@ func exitCode(err error) int {
 	if errors.As(err, &ue) {
 		return ExitUsage
 	}
+	var ce credentialError
+	if errors.As(err, &ce) {
+		return ExitUnauthorized
+	}
 	var te taskEndedError
 	if errors.As(err, &te) {
 		return ExitTaskUnsuccessful
@@ -76,36 +83,100 @@ func exitCode(err error) int {
 
 type globals struct {
 	endpoint  string
+	dataDir   string
 	tokenFile string
 	tlsCA     string
 	timeout   time.Duration
 	output    string
 	out       io.Writer
+
+	creds *credentials // read once, on first use
 }
 
-func (g *globals) client() (*api.Client, error) { return g.clientAt(g.endpoint) }
+// credentials are what taskctl presents and trusts: a token, and the
+// cluster CA that every server must prove itself against before the token
+// is sent.
+type credentials struct {
+	token    string
+	ca       *x509.CertPool
+	caHashes []string // hex SHA-256 of each CA certificate in the file
+}
 
-// clientAt is a client for endpoint with the global token and TLS settings.
-func (g *globals) clientAt(endpoint string) (*api.Client, error) {
-	tok, err := api.ReadToken(g.tokenFile)
-	if err != nil {
-		return nil, usageError{err}
+// credentialError: the token or CA file cannot be used (exit 5).
+type credentialError struct{ error }
+
+func (e credentialError) Unwrap() error { return e.error }
+
+// credentials reads the token (--token-file, else DATA_DIR/admin.token)
+// and the CA (--tls-ca, else DATA_DIR/pki/ca.crt).
+func (g *globals) credentials() (*credentials, error) {
+	if g.creds != nil {
+		return g.creds, nil
 	}
-	c, err := api.NewClient(api.ClientConfig{Endpoint: endpoint, Token: tok, TLSCA: g.tlsCA})
+	tokenPath, caPath := g.tokenFile, g.tlsCA
+	if tokenPath == "" {
+		tokenPath = auth.LocalFile(g.dataDir)
+	}
+	if caPath == "" {
+		caPath = pki.In(g.dataDir).CACert()
+	}
+	tok, err := auth.ReadTokenFile(tokenPath)
+	if err != nil {
+		return nil, credentialError{fmt.Errorf("token: %w%s", err, g.hint(err, g.tokenFile == ""))}
+	}
+	caPEM, err := os.ReadFile(caPath)
+	if err != nil {
+		return nil, credentialError{fmt.Errorf("cluster CA certificate: %w%s", err, g.hint(err, g.tlsCA == ""))}
+	}
+	pool := x509.NewCertPool()
+	var hashes []string
+	for rest := caPEM; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		if c, err := x509.ParseCertificate(blk.Bytes); err == nil && blk.Type == "CERTIFICATE" {
+			pool.AddCert(c)
+			hashes = append(hashes, pki.Fingerprint(c))
+		}
+	}
+	if len(hashes) == 0 {
+		return nil, credentialError{fmt.Errorf("cluster CA certificate: %s holds no PEM certificate", caPath)}
+	}
+	g.creds = &credentials{token: tok.String(), ca: pool, caHashes: hashes}
+	return g.creds, nil
+}
+
+// hint says what to do about an unusable credential file.
+func (g *globals) hint(err error, isDefault bool) string {
+	switch {
+	case errors.Is(err, os.ErrPermission) && isDefault:
+		return "; the node's credentials in " + g.dataDir + " are readable only by root: run taskctl as root, or pass --token-file and --tls-ca"
+	case errors.Is(err, os.ErrNotExist) && isDefault:
+		return "; is " + g.dataDir + " the node's data directory? Pass --data-dir (or TASKD_DATA_DIR), or --token-file and --tls-ca"
+	}
+	return ""
+}
+
+func (g *globals) client() (*api.Client, error) { return g.clientAt(g.endpoint, "") }
+
+// clientAt is a client for endpoint with the global credentials. With
+// expectNode set, the server must present expectNode's certificate before
+// anything (the token above all) is sent.
+func (g *globals) clientAt(endpoint, expectNode string) (*api.Client, error) {
+	cr, err := g.credentials()
+	if err != nil {
+		return nil, err
+	}
+	c, err := api.NewClient(api.ClientConfig{Endpoint: endpoint, Token: cr.token, CA: cr.ca, ExpectNode: expectNode})
 	if err != nil {
 		return nil, usageError{err}
 	}
 	return c, nil
 }
 
-// memberEndpoint is the URL of a member's advertised address, in the
-// scheme of --endpoint (a cluster serves either TLS or not).
-func (g *globals) memberEndpoint(addr string) string {
-	if strings.HasPrefix(g.endpoint, "https://") {
-		return "https://" + addr
-	}
-	return "http://" + addr
-}
+// memberEndpoint is the URL of a member's advertised address.
+func (g *globals) memberEndpoint(addr string) string { return "https://" + addr }
 
 func (g *globals) ctx(cmd *cobra.Command) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(cmd.Context(), g.timeout)
@@ -138,12 +209,13 @@ func newRoot(out io.Writer) *cobra.Command {
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.endpoint, "endpoint", envOr("TASKD_ENDPOINT", "http://127.0.0.1:10600"), "taskd API endpoint (env TASKD_ENDPOINT)")
-	pf.StringVar(&g.tokenFile, "token-file", envOr("TASKD_TOKEN_FILE", ""), "file holding the bearer token (env TASKD_TOKEN_FILE)")
-	pf.StringVar(&g.tlsCA, "tls-ca", envOr("TASKD_TLS_CA", ""), "CA certificate (PEM) to verify an https endpoint (env TASKD_TLS_CA)")
+	pf.StringVar(&g.endpoint, "endpoint", envOr("TASKD_ENDPOINT", "https://127.0.0.1:10600"), "taskd API endpoint, https://HOST:PORT or HOST:PORT (env TASKD_ENDPOINT)")
+	pf.StringVar(&g.dataDir, "data-dir", envOr("TASKD_DATA_DIR", "/var/lib/taskd"), "the node's data directory, where taskctl finds admin.token and pki/ca.crt (env TASKD_DATA_DIR)")
+	pf.StringVar(&g.tokenFile, "token-file", envOr("TASKD_TOKEN_FILE", ""), "file holding the API token, mode 0600 (default: DATA_DIR/admin.token; env TASKD_TOKEN_FILE)")
+	pf.StringVar(&g.tlsCA, "tls-ca", envOr("TASKD_TLS_CA", ""), "cluster CA certificate (PEM) the server must prove itself against (default: DATA_DIR/pki/ca.crt; env TASKD_TLS_CA)")
 	pf.DurationVar(&g.timeout, "timeout", api.DefaultTimeout, "deadline for each request")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(serviceCmd(g), taskCmd(g), runnerCmd(g), vipCmd(g), copyCmd(g), eventsCmd(g), doctorCmd(g), scheduleCmd(g))
+	root.AddCommand(serviceCmd(g), taskCmd(g), runnerCmd(g), vipCmd(g), copyCmd(g), eventsCmd(g), doctorCmd(g), scheduleCmd(g), tokenCmd(g))
 	return root
 }
 

@@ -2,7 +2,7 @@ package ctl
 
 import (
 	"context"
-
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/pki"
 )
 
 // ExitDoctorFindings: taskctl doctor found something wrong.
@@ -45,7 +46,8 @@ func doctorCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "doctor",
 		Short: "Check the cluster and explain what is wrong; exit 8 if anything is",
-		Long: "Checks, through every member's API: the token and TLS, that each member reaches the\n" +
+		Long: "Checks, through every member's API: the token and TLS (each member must present its own\n" +
+			"certificate of this cluster before the token is sent), that each member reaches the\n" +
 			"coordinator (a live session), the session timeout against the local deadline and across\n" +
 			"members, clock skew between members and this host, member health, and that every\n" +
 			"member answers under its own name at its advertised address.",
@@ -66,8 +68,8 @@ func doctorCmd(g *globals) *cobra.Command {
 
 // ask calls ListMembers on endpoint and measures the skew of its clock
 // against ours (its answer time against the middle of the round trip).
-func ask(ctx context.Context, g *globals, endpoint string) (*taskdv1.ListMembersResponse, time.Duration, error) {
-	c, err := g.clientAt(endpoint)
+func ask(ctx context.Context, g *globals, endpoint, expect string) (*taskdv1.ListMembersResponse, time.Duration, error) {
+	c, err := g.clientAt(endpoint, expect)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -87,12 +89,22 @@ func ask(ctx context.Context, g *globals, endpoint string) (*taskdv1.ListMembers
 }
 
 func explain(err error) string {
+	if errors.Is(err, pki.ErrIdentity) {
+		return "the server did not prove it is this member (" + err.Error() + "); the token was not sent. " +
+			"A member record in the store may point at a wrong or hostile address, or --tls-ca is not this cluster's CA"
+	}
+	var ce credentialError
+	if errors.As(err, &ce) {
+		return err.Error()
+	}
 	switch connect.CodeOf(err) {
 	case connect.CodeUnauthenticated:
-		return "the token is missing or wrong: pass --token-file (or TASKD_TOKEN_FILE) with the cluster's token"
+		return "the token is missing, wrong, expired or revoked: " + err.Error()
+	case connect.CodePermissionDenied:
+		return "the token may not do this: " + err.Error()
 	case connect.CodeUnavailable:
 		if strings.Contains(err.Error(), "x509") || strings.Contains(err.Error(), "tls") {
-			return "TLS failed: " + err.Error() + " (check --tls-ca and the server's certificate)"
+			return "TLS failed: " + err.Error() + " (check --tls-ca)"
 		}
 		return "not reachable: " + err.Error()
 	}
@@ -100,7 +112,7 @@ func explain(err error) string {
 }
 
 func (d *doctor) run(ctx context.Context, g *globals) {
-	first, skew, err := ask(ctx, g, g.endpoint)
+	first, skew, err := ask(ctx, g, g.endpoint, "")
 	if err != nil {
 		d.bad("%s: %s", g.endpoint, explain(err))
 		return
@@ -112,7 +124,7 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 		if m.Name == first.Self {
 			continue
 		}
-		r, sk, err := ask(ctx, g, g.memberEndpoint(m.Address))
+		r, sk, err := ask(ctx, g, g.memberEndpoint(m.Address), m.Name)
 		switch {
 		case err != nil:
 			d.bad("member %s at its advertised address %s: %s", m.Name, m.Address, explain(err))

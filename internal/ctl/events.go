@@ -133,7 +133,7 @@ func (g *globals) memberJournals(ctx context.Context, cmd *cobra.Command, c *api
 		if mb.Name == m.Msg.Self || mb.Address == "" {
 			continue
 		}
-		mc, err := g.clientAt(g.memberEndpoint(mb.Address))
+		mc, err := g.clientAt(g.memberEndpoint(mb.Address), mb.Name)
 		if err != nil {
 			fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s (%s): %v\n", mb.Name, mb.Address, err)
 			continue
@@ -142,7 +142,7 @@ func (g *globals) memberJournals(ctx context.Context, cmd *cobra.Command, c *api
 		r, err := mc.Events.ListEvents(mctx, connect.NewRequest(local))
 		cancel()
 		if err != nil {
-			fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s (%s) did not answer; its journal is missing: %v\n", mb.Name, mb.Address, err)
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s (%s) did not answer; its journal is missing: %s\n", mb.Name, mb.Address, explain(err))
 			continue
 		}
 		out = append(out, r.Msg.Events...)

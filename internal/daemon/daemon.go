@@ -129,6 +129,9 @@ func (d *daemonFlags) prepare(cmd *cobra.Command) (*slog.Logger, error) {
 	if err := applyEnvAndFile(cmd.Flags(), d.configFile); err != nil {
 		return nil, err
 	}
+	if err := refuseRemoved(cmd.Flags()); err != nil {
+		return nil, err
+	}
 	if err := applyClusterFile(cmd.Flags(), d.cfg.DataDir); err != nil {
 		return nil, err
 	}
@@ -145,16 +148,20 @@ func (d *daemonFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&d.configFile, "config", "", "config file of TASKD_NAME=value lines (same names as the environment variables)")
 	f.StringVar(&cfg.Name, "name", cfg.Name, "unique node name (default: hostname); it names the node's certificate")
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory (lock, node id, credentials in pki/, embedded etcd data)")
-	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "API listen address; a non-loopback address requires --token-file")
+	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "API listen address (always TLS with the node certificate; every call needs a token)")
 	f.StringVar(&cfg.Advertise, "advertise", cfg.Advertise, "API address announced to the cluster (default: --listen)")
 	f.StringVar(&cfg.Coordinator, "coordinator", cfg.Coordinator, `coordination store: "embedded", "etcds://host:port,...", "zks://host:port,.../chroot" (zk:// and, to loopback only, etcd:// without TLS)`)
 	f.DurationVar(&cfg.SessionTimeout, "session-timeout", cfg.SessionTimeout, "coordination session timeout")
 	f.Float64Var(&cfg.DeadlineFraction, "deadline-fraction", cfg.DeadlineFraction, "local deadline as a fraction of the session timeout; the node fences when it passes")
 	f.DurationVar(&cfg.YieldGrace, "yield-grace", cfg.YieldGrace, "how long a higher-priority member must be stable before the leader yields to it")
 	f.IntVar(&cfg.Priority, "priority", cfg.Priority, "election priority 0-255, higher wins (a priority set with taskctl takes precedence)")
-	f.StringVar(&cfg.TokenFile, "token-file", cfg.TokenFile, "file holding the API bearer token")
-	f.StringVar(&cfg.TLSCert, "tls-cert", cfg.TLSCert, "TLS certificate (PEM) for the API")
-	f.StringVar(&cfg.TLSKey, "tls-key", cfg.TLSKey, "TLS private key (PEM) for the API")
+	// Removed settings, kept only to explain what replaced them (a config
+	// file that still sets one must not start an unprotected node nor fail
+	// with a bare "unknown flag").
+	for _, name := range removedFlags {
+		f.String(name, "", "removed; see docs/security.md")
+		_ = f.MarkHidden(name)
+	}
 	f.StringArrayVar(&cfg.VIPs, "vip", nil, "virtual IP to create in the store if its service has none, SERVICE=IP[/PREFIX]@INTERFACE (repeatable), e.g. iscsi=10.0.0.50@eth0; afterwards taskctl vip manages it")
 	f.StringArrayVar(&cfg.VIPAllowInterfaces, "vip-allow-interface", nil, "interface this node may hold VIPs on (repeatable); none: any but loopback. Give every node the same list")
 	f.StringArrayVar(&cfg.VIPAllowCIDRs, "vip-allow-cidr", nil, "IPv4 network a VIP held by this node must lie in, e.g. 10.0.0.0/24 (repeatable); none: any. Give every node the same list")
@@ -188,6 +195,27 @@ func (d *daemonFlags) register(f *pflag.FlagSet) {
 	f.StringArrayVar(&d.certHostsFlag, "cert-host", nil, "extra host name or address for this node's certificate when it is made (init, join, cert renew; repeatable): every address the node's etcd peers and clients connect from")
 	f.StringVar(&d.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&d.logFormat, "log-format", "text", "log format: text or json")
+}
+
+// removedFlags were the API's single shared token and optional TLS. The
+// API now always serves TLS with the node certificate (DATA_DIR/pki) and
+// checks tokens kept in the store, with roles; the node's own admin token
+// is DATA_DIR/admin.token.
+var removedFlags = []string{"token-file", "tls-cert", "tls-key"}
+
+func refuseRemoved(fs *pflag.FlagSet) error {
+	var errs []error
+	for _, name := range removedFlags {
+		if f := fs.Lookup(name); f != nil && f.Value.String() != "" {
+			errs = append(errs, fmt.Errorf("--%s (%s) was removed: the API always serves TLS with the node certificate in DATA_DIR/pki, "+
+				"and API tokens are kept in the store with roles (taskctl token create); the node's admin token is DATA_DIR/admin.token. "+
+				"Remove the setting; see docs/security.md", name, envName(name)))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", node.ErrConfig, err)
+	}
+	return nil
 }
 
 // envName maps a flag name to its environment variable.

@@ -74,7 +74,7 @@ func TestCopyTask(t *testing.T) {
 		t.Fatal(err)
 	}
 	target := ready(t, c) // every node ready again; the leader answers
-	env := []string{"TASKD_ENDPOINT=" + target.API}
+	env := target.CtlEnv()
 	if code, out := runTaskctl(t, env, "runner", "uncordon", target.Name); code != 0 {
 		t.Fatalf("uncordon: %d %s", code, out)
 	}

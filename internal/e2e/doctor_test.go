@@ -7,22 +7,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/harness"
 )
 
 // TestDoctor: taskctl doctor passes on a healthy cluster and finds each
-// injected misconfiguration: a missing token, a member whose advertised
+// injected misconfiguration: a wrong token, a member whose advertised
 // address is wrong, and a member with another session timeout.
 func TestDoctor(t *testing.T) {
-	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+	guessed := filepath.Join(t.TempDir(), "guessed.token")
+	if err := os.WriteFile(guessed, []byte(auth.NewToken().String()+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Extra: []string{"--token-file", tokenFile}})
-	env := []string{"TASKD_ENDPOINT=" + c.Nodes[0].API}
-	withToken := append(env, "TASKD_TOKEN_FILE="+tokenFile)
-	// The harness's own client has no token; ask through taskctl.
+	c := newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout})
+	withToken := c.Nodes[0].CtlEnv()
 	var code int
 	var out string
 	err := harness.WaitFor(ctxFor(t, 60*time.Second), 100*time.Millisecond, func() bool {
@@ -32,9 +30,9 @@ func TestDoctor(t *testing.T) {
 	if err != nil || strings.Contains(out, "FAIL") {
 		t.Fatalf("doctor on a healthy cluster: exit %d\n%s", code, out)
 	}
-	code, out = runTaskctl(t, env, "doctor")
-	if code != 8 || !strings.Contains(out, "token is missing or wrong") {
-		t.Errorf("doctor without the token: exit %d\n%s", code, out)
+	code, out = runTaskctl(t, append(withToken, "TASKD_TOKEN_FILE="+guessed), "doctor")
+	if code != 8 || !strings.Contains(out, "token is missing, wrong") {
+		t.Errorf("doctor with a wrong token: exit %d\n%s", code, out)
 	}
 
 	// Restart n2 advertising a dead address and n3 with another timeout.

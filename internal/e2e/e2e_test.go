@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/testenv"
 )
@@ -293,7 +294,8 @@ func TestBadStartupInput(t *testing.T) {
 		{"priority out of range", []string{"--priority", "300"}, "0-255"},
 		{"negative priority", []string{"--priority", "-1"}, "0-255"},
 		{"bad name", []string{"--name", "a/b"}, "--name"},
-		{"non-loopback without token", []string{"--listen", "0.0.0.0:0"}, "token"},
+		{"removed token flag", []string{"--token-file", "/etc/taskd/token"}, "--token-file (TASKD_TOKEN_FILE) was removed"},
+		{"removed tls flags", []string{"--tls-cert", "/c", "--tls-key", "/k"}, "--tls-key (TASKD_TLS_KEY) was removed"},
 		{"deadline fraction too high", []string{"--deadline-fraction", "0.95"}, "deadline"},
 		{"vip network address", []string{"--vip", "iscsi=10.0.0.0/24@eth0"}, "network address"},
 		{"vip broadcast address", []string{"--vip", "iscsi=10.0.0.255/24@eth0"}, "broadcast address"},
@@ -347,13 +349,19 @@ func TestUnreachableCoordinator(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("node does not report the unreachable coordinator: %v", err)
 	}
-	resp, err := http.Get("http://" + n.API + "/readyz")
+	resp, err := n.Client().HTTP.Get(n.Client().Base + "/readyz")
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz = %d, want 503", resp.StatusCode)
+	}
+	// The node has never reached its store, so no token record is known;
+	// the node's own admin token still works (checked from memory), so
+	// taskctl on the node can tell what is wrong.
+	if code, out := runTaskctl(t, n.CtlEnv(), "service", "list", "-o", "json"); code != 0 || !strings.Contains(out, `"self_session": "connecting"`) {
+		t.Fatalf("taskctl with the local admin token while the store is unreachable: exit %d\n%s", code, out)
 	}
 	// Three session timeouts without an exit.
 	select {
@@ -400,54 +408,63 @@ func TestDuplicateNameRefused(t *testing.T) {
 	}
 }
 
-// TestTokenAndCLIErrors: a token-protected node rejects missing and wrong
-// tokens (exit 5, Unauthenticated); CLI input errors exit 2 and change
+// TestTokenAndCLIErrors: a guessed, malformed or unreadable token is
+// refused (exit 5) and changes nothing; CLI input errors exit 2 and change
 // nothing; unknown nodes exit 4.
 func TestTokenAndCLIErrors(t *testing.T) {
 	dir := t.TempDir()
-	tokenFile, wrongFile := filepath.Join(dir, "token"), filepath.Join(dir, "wrong")
-	if err := os.WriteFile(tokenFile, []byte("s3cret-token\n"), 0o600); err != nil {
+	guessed, malformed := filepath.Join(dir, "guessed"), filepath.Join(dir, "malformed")
+	if err := os.WriteFile(guessed, []byte(auth.NewToken().String()+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(wrongFile, []byte("guess\n"), 0o600); err != nil {
+	if err := os.WriteFile(malformed, []byte("s3cret-token\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := newCluster(t, 1, harness.Options{Extra: []string{"--token-file", tokenFile}})
+	c := newCluster(t, 1, harness.Options{})
 	n := c.Nodes[0]
-	ep := "TASKD_ENDPOINT=" + n.API
+	env := n.CtlEnv()
 	ctx := ctxFor(t, 60*time.Second)
 	if err := harness.WaitFor(ctx, 100*time.Millisecond, func() bool {
-		code, out := runTaskctl(t, []string{ep, "TASKD_TOKEN_FILE=" + tokenFile}, "service", "list", "-o", "json")
+		code, out := runTaskctl(t, env, "service", "list", "-o", "json")
 		return code == 0 && strings.Contains(out, `"self_ready": true`)
 	}); err != nil {
-		t.Fatalf("service list with the right token never succeeded: %v", err)
+		t.Fatalf("service list with the node's admin token never succeeded: %v", err)
 	}
-	if code, out := runTaskctl(t, []string{ep}, "service", "list"); code != 5 || !strings.Contains(out, "unauthenticated") {
-		t.Fatalf("no token: exit %d, want 5 (unauthenticated); output: %s", code, out)
+	if code, out := runTaskctl(t, append(env, "TASKD_TOKEN_FILE="+guessed), "service", "set-priority", "n1", "7"); code != 5 || !strings.Contains(out, "unauthenticated") {
+		t.Fatalf("guessed token: exit %d, want 5 (unauthenticated); output: %s", code, out)
 	}
-	if code, out := runTaskctl(t, []string{ep, "TASKD_TOKEN_FILE=" + wrongFile}, "service", "list"); code != 5 {
-		t.Fatalf("wrong token: exit %d, want 5; output: %s", code, out)
+	if code, out := runTaskctl(t, append(env, "TASKD_TOKEN_FILE="+malformed), "service", "set-priority", "n1", "7"); code != 5 || !strings.Contains(out, "taskd.ID.SECRET") {
+		t.Fatalf("malformed token file: exit %d, want 5; output: %s", code, out)
 	}
-	auth := []string{ep, "TASKD_TOKEN_FILE=" + tokenFile}
+	if code, out := runTaskctl(t, append(env, "TASKD_TOKEN_FILE="+filepath.Join(dir, "absent")), "service", "list"); code != 5 {
+		t.Fatalf("missing token file: exit %d, want 5; output: %s", code, out)
+	}
+	if code, out := runTaskctl(t, append(env, "TASKD_ENDPOINT=http://"+n.API), "service", "list"); code != 2 || !strings.Contains(out, "only https") {
+		t.Fatalf("http:// endpoint: exit %d, want 2; output: %s", code, out)
+	}
 	for _, args := range [][]string{
 		{"service", "set-priority", "n1", "256"},
 		{"service", "set-priority", "n1", "-3"},
 		{"service", "set-priority", "n1", "high"},
 		{"service", "set-priority", "n1"},
 		{"service", "list", "-o", "yaml"},
+		{"token", "create"},
+		{"token", "create", "--role", "root"},
+		{"token", "create", "--role", "viewer", "--ttl", "-1h"},
+		{"token", "revoke", "../../election/epoch"},
 	} {
-		if code, out := runTaskctl(t, auth, args...); code != 2 {
+		if code, out := runTaskctl(t, env, args...); code != 2 {
 			t.Fatalf("taskctl %v: exit %d, want 2; output: %s", args, code, out)
 		}
 	}
-	if code, out := runTaskctl(t, auth, "service", "set-priority", "ghost", "10"); code != 4 {
+	if code, out := runTaskctl(t, env, "service", "set-priority", "ghost", "10"); code != 4 {
 		t.Fatalf("set-priority of an unknown node: exit %d, want 4; output: %s", code, out)
 	}
-	code, out := runTaskctl(t, auth, "service", "list", "-o", "json")
+	code, out := runTaskctl(t, env, "service", "list", "-o", "json")
 	if code != 0 || !strings.Contains(out, `"priority": 100`) {
 		t.Fatalf("priority changed by rejected input, or list failed (exit %d):\n%s", code, out)
 	}
-	if code, out := runTaskctl(t, []string{"TASKD_ENDPOINT=127.0.0.1:1"}, "service", "list"); code != 3 {
+	if code, out := runTaskctl(t, append(env, "TASKD_ENDPOINT=127.0.0.1:1"), "service", "list"); code != 3 {
 		t.Fatalf("unreachable endpoint: exit %d, want 3; output: %s", code, out)
 	}
 }

@@ -24,7 +24,7 @@ type eventJSON struct {
 
 func listEvents(t *testing.T, n *harness.Node) []eventJSON {
 	t.Helper()
-	code, out := runTaskctl(t, []string{"TASKD_ENDPOINT=" + n.API}, "events", "-o", "json")
+	code, out := runTaskctl(t, n.CtlEnv(), "events", "-o", "json")
 	if code != 0 {
 		t.Fatalf("taskctl events: exit %d\n%s", code, out)
 	}
@@ -92,12 +92,12 @@ func TestEventsTimeline(t *testing.T) {
 
 	// --follow prints new events as they happen.
 	logPath := filepath.Join(t.TempDir(), "follow.log")
-	f, err := harness.StartProc(logPath, taskctlBin, "--endpoint", asker.API, "events", "--follow", "--type", "priority")
+	f, err := harness.StartProc(logPath, taskctlBin, "--endpoint", asker.API, "--data-dir", asker.DataDir, "events", "--follow", "--type", "priority")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Signal(syscall.SIGKILL); f.Wait() })
-	if code, out := runTaskctl(t, []string{"TASKD_ENDPOINT=" + asker.API}, "service", "set-priority", first.Name, "150"); code != 0 {
+	if code, out := runTaskctl(t, asker.CtlEnv(), "service", "set-priority", first.Name, "150"); code != 0 {
 		t.Fatalf("set-priority: %d %s", code, out)
 	}
 	err = harness.WaitFor(ctxFor(t, 20*time.Second), 50*time.Millisecond, func() bool {
@@ -148,7 +148,7 @@ func TestSeedZKServerLossTimeline(t *testing.T) {
 	if err := lost.Start(); err != nil {
 		t.Fatal(err)
 	}
-	code, table := runTaskctl(t, []string{"TASKD_ENDPOINT=" + leader.API}, "events")
+	code, table := runTaskctl(t, leader.CtlEnv(), "events")
 	if code != 0 {
 		t.Fatalf("taskctl events: %d\n%s", code, table)
 	}

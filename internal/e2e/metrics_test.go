@@ -16,11 +16,12 @@ func scrape(t *testing.T, n *harness.Node) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.API+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.Client().Base+"/metrics", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	req.Header.Set("Authorization", "Bearer "+n.Token)
+	resp, err := n.Client().HTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -327,7 +327,7 @@ func TestTaskLeaderKilledDuringDispatch(t *testing.T) {
 func TestTaskControl(t *testing.T) {
 	backends(t, func(t *testing.T, c *harness.Cluster) {
 		leader := ready(t, c)
-		env := []string{"TASKD_ENDPOINT=" + leader.API}
+		env := leader.CtlEnv()
 		ctl := func(args ...string) (int, string) { return runTaskctl(t, env, args...) }
 
 		// Cancel takes effect within 1 s for a task that watches its
@@ -596,7 +596,7 @@ func TestTaskWaitSurvivesNodeRestart(t *testing.T) {
 	id := create(t, leader, "sleep", `{"duration":"8s","checkpoint_interval":"200ms"}`)
 	waitTask(t, c, id, 10*time.Second, "running", func(tk *taskdv1.Task) bool { return tk.State == "running" })
 	logPath := filepath.Join(t.TempDir(), "wait.log")
-	w, err := harness.StartProc(logPath, taskctlBin, "--endpoint", api.API, "task", "wait", id)
+	w, err := harness.StartProc(logPath, taskctlBin, "--endpoint", api.API, "--data-dir", api.DataDir, "task", "wait", id)
 	if err != nil {
 		t.Fatal(err)
 	}

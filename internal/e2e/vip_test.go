@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/testenv"
 	"github.com/taskd/taskd/internal/vip"
@@ -56,7 +57,7 @@ func helperMain(mode string) int {
 		c.Close()
 		return 0
 	}
-	return 2
+	return attackerMain(mode)
 }
 
 func startVIPCluster(t *testing.T, timeout time.Duration) *harness.VIPCluster {
@@ -260,6 +261,22 @@ func TestVIPDrainHealthDuplicate(t *testing.T) {
 	}
 	if b := stripVolatile(t, before); !strings.Contains(b, c.VIP) || b != stripVolatile(t, after) {
 		t.Errorf("bad input changed the vips:\nbefore %s\nafter  %s", before, after)
+	}
+
+	// An outsider on the network (the client namespace), with no token or
+	// a guessed one, is refused at every member's API before anything is
+	// decoded; the VIPs are unchanged.
+	for _, n := range harness.VIPNodes {
+		for _, tok := range []string{"", auth.NewToken().String()} {
+			out, err := exec.Command("ip", "netns", "exec", c.Lab.NS("client"), "env", "TASKD_E2E_HELPER=rawcall",
+				"URL=https://"+c.Lab.Addr(n)+":10600/taskd.v1.VIPService/DeleteVIP", "TOKEN="+tok, `BODY={"service":"iscsi"}`, os.Args[0]).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "status=401 code=unauthenticated") {
+				t.Errorf("outsider deleting the vip at %s (token %v): %v %s", n, tok != "", err, out)
+			}
+		}
+	}
+	if after, err := c.Ctl("n1", "vip", "list", "-o", "json"); err != nil || stripVolatile(t, before) != stripVolatile(t, after) {
+		t.Errorf("the outsider changed the vips (%v):\nbefore %s\nafter  %s", err, before, after)
 	}
 
 	// Drains: to each other node in turn.

@@ -186,22 +186,35 @@ func Dir(root, node string) (string, error) {
 }
 
 // Run publishes queued events to the store until ctx ends, retrying while
-// the store is unavailable.
+// the store is unavailable. Events queued together (a burst: many audited
+// calls, a fence and its consequences) go in one transaction of up to
+// publishBatch writes, so the timeline costs the store one write per burst,
+// not one per event.
 func (r *Recorder) Run(ctx context.Context, kv coord.Store) {
 	backoff := 100 * time.Millisecond
+	known := map[string]bool{} // ring slots known to exist in the store
 	for {
-		var e Event
+		var batch []Event
+		if len(known) == 0 {
+			r.learnSlots(ctx, kv, known)
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case e = <-r.queue:
+		case e := <-r.queue:
+			batch = append(batch, e)
 		}
-		key, err := r.lay.SlotKey(r.node, int(e.Seq%RingSize))
-		if err != nil {
-			continue // Open checked the node; a slot below RingSize is valid
+	more:
+		for len(batch) < publishBatch {
+			select {
+			case e := <-r.queue:
+				batch = append(batch, e)
+			default:
+				break more
+			}
 		}
 		for {
-			err := put(ctx, kv, key, e)
+			err := r.publish(ctx, kv, batch, known)
 			if err == nil || ctx.Err() != nil {
 				backoff = 100 * time.Millisecond
 				break
@@ -216,6 +229,78 @@ func (r *Recorder) Run(ctx context.Context, kv coord.Store) {
 			backoff = min(2*backoff, 5*time.Second)
 		}
 	}
+}
+
+// learnSlots notes which ring slots a previous run left in the store, so
+// that a batch can overwrite them in one transaction. Best effort: publish
+// falls back to one event at a time when it guessed wrong.
+func (r *Recorder) learnSlots(ctx context.Context, kv coord.Store, known map[string]bool) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	dir, err := r.lay.RingDir(r.node)
+	if err != nil {
+		return
+	}
+	kvs, err := kv.List(ctx, dir)
+	if err != nil {
+		return
+	}
+	for _, k := range kvs {
+		known[k.Key] = true
+	}
+}
+
+// publishBatch bounds the writes of one transaction (etcd allows 128).
+const publishBatch = 64
+
+// slot is the ring slot of event seq. Open checked the node name, and a
+// slot below RingSize is valid, so an error here is a bug.
+func (r *Recorder) slot(seq uint64) (string, error) {
+	return r.lay.SlotKey(r.node, int(seq%RingSize))
+}
+
+// publish writes batch to the ring: in one transaction when every slot's
+// existence is known, else (and if that transaction fails because a slot
+// was not as thought) one event at a time.
+func (r *Recorder) publish(ctx context.Context, kv coord.Store, batch []Event, known map[string]bool) error {
+	if len(batch) > 1 {
+		ops := make([]coord.Op, 0, len(batch))
+		for _, e := range batch {
+			b, _ := json.Marshal(e)
+			k, err := r.slot(e.Seq)
+			if err != nil {
+				continue // Open checked the node; a slot below RingSize is valid
+			}
+			if known[k] {
+				ops = append(ops, coord.PutOp(k, b))
+			} else {
+				ops = append(ops, coord.CreateOp(k, b, nil))
+			}
+		}
+		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := kv.Txn(tctx, nil, ops)
+		cancel()
+		if err == nil {
+			for _, op := range ops {
+				known[op.Key] = true
+			}
+			return nil
+		}
+		if !errors.Is(err, coord.ErrConflict) && !errors.Is(err, coord.ErrNotFound) && !errors.Is(err, coord.ErrExists) {
+			return err
+		}
+	}
+	for _, e := range batch {
+		k, err := r.slot(e.Seq)
+		if err != nil {
+			continue // as above
+		}
+		if err := put(ctx, kv, k, e); err != nil {
+			return err
+		}
+		known[k] = true
+	}
+	return nil
 }
 
 func put(ctx context.Context, kv coord.Store, key string, e Event) error {
@@ -295,7 +380,12 @@ type tap struct {
 	attrs []slog.Attr
 }
 
-func (t *tap) Enabled(ctx context.Context, l slog.Level) bool { return t.next.Enabled(ctx, l) }
+// Enabled lets info lines through even when the log level is higher: the
+// timeline (audit above all) must not depend on --log-level. Debug lines
+// keep the cheap path.
+func (t *tap) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelInfo || t.next.Enabled(ctx, l)
+}
 
 func (t *tap) Handle(ctx context.Context, rec slog.Record) error {
 	// Most lines are not events: look for the attribute before building
@@ -325,6 +415,9 @@ func (t *tap) Handle(ctx context.Context, rec slog.Record) error {
 		}
 		rec.Attrs(add)
 		t.r.Record(typ, rec.Message, attrs)
+	}
+	if !t.next.Enabled(ctx, rec.Level) {
+		return nil
 	}
 	return t.next.Handle(ctx, rec)
 }

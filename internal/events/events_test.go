@@ -4,6 +4,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -56,5 +57,26 @@ func TestTapJournalAndMerge(t *testing.T) {
 	m := Merge([]Event{a, b}, []Event{b})
 	if len(m) != 2 || m[0].Node != "n1" {
 		t.Fatalf("merge %+v", m)
+	}
+}
+
+// TestTapIgnoresLogLevel: an event logged at info is recorded even when
+// the log shows only warnings, and the log still shows only warnings.
+func TestTapIgnoresLogLevel(t *testing.T) {
+	r, err := Open(filepath.Join(t.TempDir(), "events.jsonl"), "n1", "/taskd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var out strings.Builder
+	log := slog.New(Tap(slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelWarn}), r))
+	log.Info("SetVIP iscsi by token 0123abcd (admin): ok", "event", "audit")
+	log.Debug("debug event", "event", "noise")
+	ev, err := r.Local()
+	if err != nil || len(ev) != 1 || ev[0].Type != "audit" {
+		t.Fatalf("journal %+v %v; want the audit event", ev, err)
+	}
+	if out.Len() != 0 {
+		t.Fatalf("the info line reached a warn-level log: %q", out.String())
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/pki"
 )
 
@@ -64,6 +65,17 @@ func (p *PKI) Provision(dataDir, name string, hosts ...string) error {
 		return fmt.Errorf("provision %s: %w", name, err)
 	}
 	return nil
+}
+
+// AdminToken writes node name's admin token into dataDir
+// (DATA_DIR/admin.token), as taskd init and taskd join leave it, and
+// returns it.
+func (p *PKI) AdminToken(dataDir, name string) (auth.Token, error) {
+	l := auth.NewLocal(dataDir, name)
+	if err := l.Write(); err != nil {
+		return auth.Token{}, fmt.Errorf("admin token of %s: %w", name, err)
+	}
+	return l.Token, nil
 }
 
 // Bundle provisions credentials for a client of the harness (name is its

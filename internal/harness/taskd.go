@@ -14,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/pki"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -92,9 +93,17 @@ type Node struct {
 	// EtcdClientURL is the embedded etcd member's client URL ("" otherwise).
 	EtcdClientURL string
 	// Creds are the node's credentials, as in its DATA_DIR/pki.
-	Creds  *pki.Bundle
+	Creds *pki.Bundle
+	// Token is the node's admin token (DATA_DIR/admin.token).
+	Token  string
 	bin    string
 	client *api.Client
+}
+
+// CtlEnv is the environment with which taskctl talks to the node with its
+// admin credentials.
+func (n *Node) CtlEnv() []string {
+	return []string{"TASKD_ENDPOINT=https://" + n.API, "TASKD_DATA_DIR=" + n.DataDir}
 }
 
 // NewCluster prepares n nodes under dir; StartAll starts them.
@@ -125,7 +134,10 @@ func NewCluster(dir, bin string, n int, opt Options) (*Cluster, error) {
 			if err := p.Provision(nd.DataDir, name); err != nil {
 				return nil, err
 			}
-			if nd.Creds, err = pki.Load(nd.DataDir); err != nil {
+			if _, err := p.AdminToken(nd.DataDir, name); err != nil {
+				return nil, err
+			}
+			if err := nd.LoadCreds(); err != nil {
 				return nil, err
 			}
 		}
@@ -150,11 +162,6 @@ func NewCluster(dir, bin string, n int, opt Options) (*Cluster, error) {
 			nd.Args = append(nd.Args, "--coordinator", opt.Coordinator)
 		}
 		nd.Args = append(nd.Args, opt.Extra...)
-		cl, err := api.NewClient(api.ClientConfig{Endpoint: nd.API})
-		if err != nil {
-			return nil, err
-		}
-		nd.client = cl
 		c.Nodes = append(c.Nodes, nd)
 	}
 	return c, nil
@@ -209,13 +216,22 @@ func (n *Node) Start() error {
 }
 
 // LoadCreds reads the node's credentials from its data directory (after a
-// taskd init or join made them).
+// taskd init or join made them): its certificate bundle and admin token,
+// and makes its API client with them.
 func (n *Node) LoadCreds() error {
 	b, err := pki.Load(n.DataDir)
 	if err != nil {
 		return err
 	}
-	n.Creds = b
+	tok, err := auth.ReadTokenFile(auth.LocalFile(n.DataDir))
+	if err != nil {
+		return err
+	}
+	cl, err := api.NewClient(api.ClientConfig{Endpoint: n.API, Token: tok.String(), CA: b.CA.Pool(), ExpectNode: n.Name})
+	if err != nil {
+		return err
+	}
+	n.Creds, n.Token, n.client = b, tok.String(), cl
 	return nil
 }
 

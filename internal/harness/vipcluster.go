@@ -42,7 +42,6 @@ type VIPCluster struct {
 	// in the lab for the cluster (ZooKeeper) use it too.
 	PKI     *PKI
 	dir     string
-	token   string
 	taskd   string
 	taskctl string
 }
@@ -71,17 +70,17 @@ func NewVIPCluster(dir, taskd, taskctl string, timeout time.Duration) (*VIPClust
 		return nil, err
 	}
 	c := &VIPCluster{Lab: lab, VIP: "10.77.0.100", Timeout: timeout, Nodes: map[string]*Proc{},
-		dir: dir, token: filepath.Join(dir, "token"), taskd: taskd, taskctl: taskctl}
-	if err := os.WriteFile(c.token, []byte("vip-lab-token\n"), 0o600); err != nil {
-		c.Close()
-		return nil, err
-	}
+		dir: dir, taskd: taskd, taskctl: taskctl}
 	if c.PKI, err = NewPKI(filepath.Join(dir, "pki")); err != nil {
 		c.Close()
 		return nil, err
 	}
 	for _, n := range VIPNodes {
 		if err := c.PKI.Provision(c.DataDir(n), n, lab.Addr(n)); err != nil {
+			c.Close()
+			return nil, err
+		}
+		if _, err := c.PKI.AdminToken(c.DataDir(n), n); err != nil {
 			c.Close()
 			return nil, err
 		}
@@ -108,8 +107,9 @@ func (c *VIPCluster) Start(name string) error {
 	args := append([]string{"netns", "exec", c.Lab.NS(name)}, c.Wrap...)
 	args = append(args, c.taskd,
 		"--name", name, "--data-dir", c.DataDir(name),
-		"--listen", "0.0.0.0:10600", "--advertise", c.Lab.Addr(name)+":10600", "--token-file", c.token,
-		"--session-timeout", c.Timeout.String(), "--log-format", "json",
+		"--listen", "0.0.0.0:10600", "--advertise", c.Lab.Addr(name)+":10600",
+		"--session-timeout", c.Timeout.String(),
+		"--log-format", "json",
 		// Fast health probes: unhealthy 2 x 200 ms after the gateway
 		// stops answering.
 		"--health-target", c.Lab.Addr("gw"), "--health-interval", "200ms", "--health-timeout", "100ms",
@@ -135,7 +135,7 @@ func (c *VIPCluster) Start(name string) error {
 	return nil
 }
 
-// DataDir is node name's --data-dir.
+// DataDir is node name's data directory.
 func (c *VIPCluster) DataDir(name string) string { return filepath.Join(c.dir, name) }
 
 // ClockFile is node name's --clock-offset-file.
@@ -156,7 +156,7 @@ func (c *VIPCluster) Leader(from string) (string, time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", c.Lab.NS(from), c.taskctl,
-		"--token-file", c.token, "service", "list", "-o", "json").Output()
+		"--data-dir", c.DataDir(from), "service", "list", "-o", "json").Output()
 	if err != nil {
 		return "", time.Time{}
 	}
@@ -178,7 +178,7 @@ func (c *VIPCluster) Leader(from string) (string, time.Time) {
 func (c *VIPCluster) Ctl(from string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	argv := append([]string{"netns", "exec", c.Lab.NS(from), c.taskctl, "--token-file", c.token}, args...)
+	argv := append([]string{"netns", "exec", c.Lab.NS(from), c.taskctl, "--data-dir", c.DataDir(from)}, args...)
 	out, err := exec.CommandContext(ctx, "ip", argv...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("taskctl %s on %s: %w: %s", strings.Join(args, " "), from, err, out)

@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -10,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/dispatch"
 	"github.com/taskd/taskd/internal/health"
@@ -35,9 +35,6 @@ type Config struct {
 	DeadlineFraction float64
 	YieldGrace       time.Duration
 	Priority         int
-	TokenFile        string
-	TLSCert          string
-	TLSKey           string
 	ShutdownTimeout  time.Duration
 	// VIPs seeded into the store when absent, as
 	// SERVICE=IP[/PREFIX]@INTERFACE.
@@ -125,7 +122,7 @@ func DefaultConfig() Config {
 var ErrConfig = errors.New("configuration error")
 
 // Validate checks every field and the relations between them without
-// touching the disk; token and TLS files are read at start.
+// touching the disk; credentials are read at start.
 func (c Config) Validate() error {
 	var errs []error
 	if err := keys.ValidName(c.Name); err != nil {
@@ -149,12 +146,8 @@ func (c Config) Validate() error {
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--shutdown-timeout %v must be positive", c.ShutdownTimeout))
 	}
-	sc := api.ServerConfig{Listen: c.Listen, Token: "set-if-file", TLSCert: c.TLSCert, TLSKey: c.TLSKey}
-	if c.TokenFile == "" {
-		sc.Token = ""
-	}
-	if err := sc.Validate(); err != nil {
-		errs = append(errs, err)
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("--listen %q: %w", c.Listen, err))
 	}
 	if _, err := c.vipSpecs(); err != nil {
 		errs = append(errs, err)

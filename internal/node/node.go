@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/taskd/taskd/internal/api"
+	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/bootstrap"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/etcd"
@@ -59,6 +60,7 @@ type Node struct {
 	clock     wallClock
 	metrics   *metrics.Set
 	events    *events.Recorder
+	auth      *auth.Verifier // API tokens
 	// quorumStarted is closed once n.q is set.
 	quorumStarted chan struct{}
 	wait          atomic.Pointer[string] // why the quorum has not started yet
@@ -74,10 +76,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	target, _ := coord.ParseTarget(cfg.Coordinator)
-	token, err := api.ReadToken(cfg.TokenFile)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
-	}
 	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), baseLog: log, target: target, quorumStarted: make(chan struct{})}
 	n.metrics = metrics.New(func() *quorum.View {
 		if q := n.q.Load(); q != nil {
@@ -107,10 +105,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	n.baseLog, n.log, n.events = tapped, tapped.With("node", cfg.Name), rec
 	prevCode, prevReason := previousExit(cfg.DataDir)
 
+	local, err := auth.LoadLocal(cfg.DataDir, cfg.Name)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	n.auth = auth.NewVerifier(quorum.DefaultConfig().Root, cfg.Name, local, n.log)
 	joiner := &bootstrap.Server{Creds: n.creds, Coordinator: target.String(), Embedded: target.Kind == coord.KindEmbedded,
-		Cluster: joinCluster{n}, Verifier: storeVerifier{n}, Now: n.clock.now, Log: n.log}
-	srv, err := api.NewServer(api.ServerConfig{Listen: cfg.Listen, Token: token, TLSCert: cfg.TLSCert, TLSKey: cfg.TLSKey,
-		TLS: n.creds.ServerTLS(false), Join: joiner, Metrics: n.metrics.Handler()}, n, n.log)
+		Cluster: joinCluster{n}, Verifier: bootstrap.TokenVerifier{Tokens: n.auth}, Now: n.clock.now, Log: n.log}
+	srv, err := api.NewServer(api.ServerConfig{Listen: cfg.Listen, TLS: n.creds.ServerTLS(false), Auth: n.auth,
+		CAHash: n.creds.CA.Fingerprint(), Join: joiner, Metrics: n.metrics.Handler()}, n, n.log)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
@@ -175,8 +178,10 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	// Publish the timeline to the store while it is open.
 	pctx, pcancel := context.WithCancel(ctx)
 	var pub sync.WaitGroup
-	pub.Add(1)
+	pub.Add(2)
 	go func() { defer pub.Done(); n.events.Run(pctx, store) }()
+	// Follow the API token records, and register this node's admin token.
+	go func() { defer pub.Done(); n.auth.Run(pctx, store) }()
 	defer func() { pcancel(); pub.Wait() }()
 
 	root, err := keys.NewRoot(quorum.DefaultConfig().Root)
@@ -207,6 +212,8 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	policy, _ := n.cfg.vipPolicy() // validated in Run
 	holder := vips.NewHolder(store, root, n.cfg.Name, policy, n.holdVIP, n.log)
 	roles.Member = func(ctx context.Context, s coord.Session) error {
+		// The name is ours now: the admin token may go into the store.
+		n.auth.Joined()
 		// Member duties end with the session, and the fence waits for
 		// them: VIPs are removed before the local deadline.
 		g, gctx := errgroup.WithContext(ctx)

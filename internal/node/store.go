@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/bootstrap"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/etcd"
@@ -204,30 +205,32 @@ func (j joinCluster) LiveMember(name string) bool {
 	return false
 }
 
-// storeVerifier verifies join credentials against the store once it is
-// open. PLACEHOLDER until internal/auth lands (see bootstrap.StoreVerifier).
-type storeVerifier struct{ n *Node }
-
-func (v storeVerifier) VerifyJoin(ctx context.Context, credential string) error {
-	s := v.n.store.Load()
-	if s == nil {
-		return fmt.Errorf("%w: not connected to the store yet", bootstrap.ErrUnavailable)
-	}
-	return bootstrap.StoreVerifier{Store: *s, Root: quorum.DefaultConfig().Root, Now: v.n.clock.now}.VerifyJoin(ctx, credential)
-}
-
 // registerJoinToken stores the record of the join token `taskd init` wrote
-// into this data directory (PLACEHOLDER until internal/auth lands).
+// into this data directory, once: DATA_DIR/join.token.registered marks it
+// done, so a token revoked later is not brought back by a restart.
 func (n *Node) registerJoinToken(ctx context.Context, store coord.Store) {
-	tok, err := bootstrap.ReadJoinToken(bootstrap.JoinTokenPath(n.cfg.DataDir), "")
+	path := bootstrap.JoinTokenPath(n.cfg.DataDir)
+	done := path + ".registered"
+	if _, err := os.Stat(done); err == nil {
+		return
+	}
+	jt, err := bootstrap.ReadJoinToken(path, "")
 	if errors.Is(err, os.ErrNotExist) {
 		return
+	}
+	var tok auth.Token
+	if err == nil {
+		tok, err = auth.ParseToken(jt.Credential)
 	}
 	if err == nil {
 		// Bounded: an unreachable store must not hold up the quorum.
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err = bootstrap.RegisterJoinToken(rctx, store, quorum.DefaultConfig().Root, tok.Credential, n.cfg.Name, n.clock.now())
+		_, err = auth.Register(rctx, store, quorum.DefaultConfig().Root, tok, auth.CreateRequest{Role: auth.Join,
+			CreatedBy: "node " + n.cfg.Name, Description: "first join token, written by taskd init"}, n.clock.now())
 		cancel()
+	}
+	if err == nil {
+		err = os.WriteFile(done, nil, 0o600)
 	}
 	if err != nil {
 		n.log.Warn("cannot register the join token of taskd init; joins with it will be refused", "err", err)

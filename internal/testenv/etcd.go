@@ -14,6 +14,8 @@ import (
 	"github.com/taskd/taskd/internal/coord/etcd"
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/pki"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // Etcd is an embedded single-member etcd started for a test, secured as
@@ -68,6 +70,30 @@ func StartEtcdWith(t testing.TB, p *harness.PKI, name string) *Etcd {
 func (e *Etcd) Open(t testing.TB) coord.Store {
 	t.Helper()
 	return OpenEtcd(t, e.ClientConfig())
+}
+
+// Snapshot is every key of the store with its revision and value, read as
+// etcd's root user (the whole key space, not only /taskd): what a refused
+// request must leave as it was.
+func (e *Etcd) Snapshot(t testing.TB) []string {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL()}, TLS: e.Creds.ClientTLS(""), DialTimeout: 5 * time.Second,
+		Username: etcd.RootUser, Password: e.Creds.Secrets.EtcdRootPassword, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, "", clientv3.WithFromKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, kv := range resp.Kvs {
+		out = append(out, fmt.Sprintf("%s@%d=%q", kv.Key, kv.ModRevision, kv.Value))
+	}
+	return out
 }
 
 // OpenEtcd opens a client with cfg; cleanup closes it.

@@ -1,0 +1,123 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+)
+
+// CreateRequest describes a token to make.
+type CreateRequest struct {
+	Role        Role
+	TTL         time.Duration // 0: never expires (join: DefaultJoinTTL)
+	Description string
+	CreatedBy   string // who asked, for the record
+}
+
+// Create makes a token, stores its record under root and returns the
+// token (the only time its secret exists outside the caller's file) and
+// the record.
+func Create(ctx context.Context, store coord.Store, root string, req CreateRequest, now time.Time) (Token, Record, error) {
+	if !req.Role.Valid() {
+		return Token{}, Record{}, fmt.Errorf("%w: role %q: use viewer, operator, admin or join", ErrInvalid, req.Role)
+	}
+	if req.TTL < 0 || req.TTL > MaxTTL {
+		return Token{}, Record{}, fmt.Errorf("%w: ttl %v: must be between 0 (never expires) and %v", ErrInvalid, req.TTL, MaxTTL)
+	}
+	if err := checkDescription(req.Description); err != nil {
+		return Token{}, Record{}, err
+	}
+	if req.Role == Join && req.TTL == 0 {
+		req.TTL = DefaultJoinTTL
+	}
+	for range 5 { // an id already taken is tried again with another
+		t := NewToken()
+		rec := newRecord(t, req.Role, req.CreatedBy, req.Description, now, req.TTL)
+		key, err := Key(root, t.ID)
+		if err != nil {
+			return Token{}, Record{}, err
+		}
+		if _, err := store.Create(ctx, key, encodeRecord(rec)); err != nil {
+			if errors.Is(err, coord.ErrExists) {
+				continue
+			}
+			return Token{}, Record{}, fmt.Errorf("store token record: %w", err)
+		}
+		return t, rec, nil
+	}
+	return Token{}, Record{}, fmt.Errorf("store token record: %w", coord.ErrConflict)
+}
+
+// List reads every token record under root, by creation time. Records that
+// do not decode are skipped.
+func List(ctx context.Context, store coord.Store, root string) ([]Record, error) {
+	dir, err := Dir(root)
+	if err != nil {
+		return nil, err
+	}
+	kvs, err := store.List(ctx, dir)
+	if err != nil {
+		return nil, fmt.Errorf("list token records: %w", err)
+	}
+	out := make([]Record, 0, len(kvs))
+	for _, kv := range kvs {
+		r, _, err := decodeRecord(kv.Key, kv.Value)
+		if err != nil {
+			continue
+		}
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b Record) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out, nil
+}
+
+// Revoke deletes token id's record; every node stops accepting the token
+// when its watch delivers the deletion.
+func Revoke(ctx context.Context, store coord.Store, root, id string) error {
+	key, err := Key(root, id)
+	if err != nil {
+		return err
+	}
+	if err := store.Delete(ctx, key, 0); err != nil {
+		if errors.Is(err, coord.ErrNotFound) {
+			return fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return fmt.Errorf("revoke token %s: %w", id, err)
+	}
+	return nil
+}
+
+// Register stores the record of token t, made elsewhere (the first join
+// token, which `taskd init` writes to the data directory before any store
+// exists), unless a record with its id exists. It reports whether it
+// stored one.
+func Register(ctx context.Context, store coord.Store, root string, t Token, req CreateRequest, now time.Time) (bool, error) {
+	if !req.Role.Valid() || !ValidID(t.ID) {
+		return false, fmt.Errorf("%w: role %q, token id %q", ErrInvalid, req.Role, t.ID)
+	}
+	if req.Role == Join && req.TTL == 0 {
+		req.TTL = DefaultJoinTTL
+	}
+	key, err := Key(root, t.ID)
+	if err != nil {
+		return false, err
+	}
+	rec := newRecord(t, req.Role, req.CreatedBy, req.Description, now, req.TTL)
+	if _, err := store.Create(ctx, key, encodeRecord(rec)); err != nil {
+		if errors.Is(err, coord.ErrExists) {
+			return false, nil
+		}
+		return false, fmt.Errorf("store token record: %w", err)
+	}
+	return true, nil
+}

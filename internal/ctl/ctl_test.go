@@ -1,0 +1,77 @@
+package ctl
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/taskd/taskd/internal/auth"
+	"github.com/taskd/taskd/internal/pki"
+)
+
+// run runs taskctl with args and returns its exit code and stderr.
+func run(args ...string) (int, string) {
+	var out, errb bytes.Buffer
+	code := Main(args, &out, &errb)
+	return code, errb.String()
+}
+
+// TestCredentialErrors: taskctl refuses unusable credential files before
+// it dials anything (the endpoint is unreachable, so a dial would exit 3)
+// and says what to do.
+func TestCredentialErrors(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := pki.Create(dir, "n1", nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	l, err := auth.LoadLocal(dir, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := "--endpoint=127.0.0.1:1"
+	if code, msg := run(ep, "--data-dir", dir, "service", "list"); code != ExitUnavailable {
+		t.Fatalf("usable credentials, unreachable endpoint: exit %d %s", code, msg)
+	}
+	if code, msg := run(ep, "--data-dir", filepath.Join(dir, "nope"), "service", "list"); code != ExitUnauthorized || !strings.Contains(msg, "--data-dir") {
+		t.Errorf("no data dir: exit %d %s", code, msg)
+	}
+	if err := os.Chmod(l.Path, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if code, msg := run(ep, "--data-dir", dir, "service", "list"); code != ExitUnauthorized || !strings.Contains(msg, "chmod 600") {
+		t.Errorf("group-readable admin.token: exit %d %s", code, msg)
+	}
+	os.Chmod(l.Path, 0o600)
+	bad := filepath.Join(dir, "bad.token")
+	os.WriteFile(bad, []byte("hunter2\n"), 0o600)
+	if code, msg := run(ep, "--data-dir", dir, "--token-file", bad, "service", "list"); code != ExitUnauthorized || !strings.Contains(msg, "taskd.ID.SECRET") || strings.Contains(msg, "hunter2") {
+		t.Errorf("malformed token file: exit %d %s", code, msg)
+	}
+	if code, msg := run(ep, "--data-dir", dir, "--tls-ca", filepath.Join(dir, "absent.crt"), "service", "list"); code != ExitUnauthorized || !strings.Contains(msg, "CA") {
+		t.Errorf("missing CA file: exit %d %s", code, msg)
+	}
+	notPEM := filepath.Join(dir, "ca.txt")
+	os.WriteFile(notPEM, []byte("not a certificate"), 0o644)
+	if code, msg := run(ep, "--data-dir", dir, "--tls-ca", notPEM, "service", "list"); code != ExitUnauthorized || !strings.Contains(msg, "no PEM certificate") {
+		t.Errorf("CA file without a certificate: exit %d %s", code, msg)
+	}
+	if code, msg := run("--endpoint=http://127.0.0.1:1", "--data-dir", dir, "service", "list"); code != ExitUsage || !strings.Contains(msg, "only https") {
+		t.Errorf("http:// endpoint: exit %d %s", code, msg)
+	}
+}
+
+func TestParseTTL(t *testing.T) {
+	for in, want := range map[string]time.Duration{"": 0, "0": 0, "90m": 90 * time.Minute, "12h": 12 * time.Hour, "30d": 30 * 24 * time.Hour} {
+		if got, err := parseTTL(in); err != nil || got != want {
+			t.Errorf("parseTTL(%q) = %v %v, want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"-1h", "-3d", "0d", "1y", "d", "99999d", "1e9h", "abc"} {
+		if _, err := parseTTL(in); err == nil {
+			t.Errorf("parseTTL(%q) accepted", in)
+		}
+	}
+}
