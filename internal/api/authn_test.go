@@ -93,6 +93,8 @@ func TestEveryProcedureNeedsItsRole(t *testing.T) {
 			need[p] = auth.Join
 		case strings.HasPrefix(p, "/taskd.v1.TaskService/") && !strings.HasPrefix(p, "/taskd.v1.TaskService/Get") &&
 			!strings.HasPrefix(p, "/taskd.v1.TaskService/List") && !strings.HasPrefix(p, "/taskd.v1.TaskService/Watch"),
+			strings.HasPrefix(p, "/taskd.v1.ScheduleService/") && !strings.HasPrefix(p, "/taskd.v1.ScheduleService/Get") &&
+				!strings.HasPrefix(p, "/taskd.v1.ScheduleService/List"),
 			strings.HasSuffix(p, "/SetRunnerMarks"):
 			need[p] = auth.Operator
 		default:
