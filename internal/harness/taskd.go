@@ -250,7 +250,11 @@ func (n *Node) Signal(sig syscall.Signal) { n.Proc.Signal(sig) }
 func (n *Node) List(ctx context.Context) (*taskdv1.ListMembersResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	r, err := n.client.Cluster.ListMembers(ctx, connect.NewRequest(&taskdv1.ListMembersRequest{}))
+	cl, err := n.api()
+	if err != nil {
+		return nil, err
+	}
+	r, err := cl.Cluster.ListMembers(ctx, connect.NewRequest(&taskdv1.ListMembersRequest{}))
 	if err != nil {
 		return nil, err
 	}
@@ -341,14 +345,32 @@ func EtcdLeads(ctx context.Context, creds *pki.Bundle, endpoint string, dial fun
 	return st.Leader != 0 && st.Leader == st.Header.MemberId, nil
 }
 
-// Client is the node's API client.
-func (n *Node) Client() *api.Client { return n.client }
+// Client is the node's API client (nil before the node has credentials).
+func (n *Node) Client() *api.Client {
+	cl, _ := n.api()
+	return cl
+}
+
+// api returns the node's API client, made from its data directory once a
+// taskd init or join has written the credentials there.
+func (n *Node) api() (*api.Client, error) {
+	if n.client == nil {
+		if err := n.LoadCreds(); err != nil {
+			return nil, fmt.Errorf("node %s has no credentials yet: %w", n.Name, err)
+		}
+	}
+	return n.client, nil
+}
 
 // LiveRunners counts the runners the node reports live.
 func (n *Node) LiveRunners(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	r, err := n.client.Runners.ListRunners(ctx, connect.NewRequest(&taskdv1.ListRunnersRequest{}))
+	cl, err := n.api()
+	if err != nil {
+		return 0, err
+	}
+	r, err := cl.Runners.ListRunners(ctx, connect.NewRequest(&taskdv1.ListRunnersRequest{}))
 	if err != nil {
 		return 0, err
 	}

@@ -110,7 +110,7 @@ func TestExactlyOnceAcrossLeaderChanges(t *testing.T) {
 	)
 	for _, b := range testenv.Backends(t) {
 		t.Run(b.Name, func(t *testing.T) {
-			root := fmt.Sprintf("/sched%d-%d", time.Now().UnixNano(), seq.Add(1))
+			root := fmt.Sprintf("/taskd/sched%d-%d", time.Now().UnixNano(), seq.Add(1))
 			check := b.Open(t)
 			tasks, err := task.NewStore(check, root, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
 			if err != nil {
@@ -242,7 +242,7 @@ func TestManySchedulesTickTogether(t *testing.T) {
 	)
 	for _, b := range testenv.Backends(t) {
 		t.Run(b.Name, func(t *testing.T) {
-			root := fmt.Sprintf("/sched%d-%d", time.Now().UnixNano(), seq.Add(1))
+			root := fmt.Sprintf("/taskd/sched%d-%d", time.Now().UnixNano(), seq.Add(1))
 			check := b.Open(t)
 			tasks, err := task.NewStore(check, root, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
 			if err != nil {

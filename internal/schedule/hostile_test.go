@@ -29,7 +29,7 @@ var hostileNames = []string{
 func TestHostileNamesChangeNothing(t *testing.T) {
 	for _, b := range testenv.Backends(t) {
 		t.Run(b.Name, func(t *testing.T) {
-			root := fmt.Sprintf("/sched%d-%d", time.Now().UnixNano(), seq.Add(1))
+			root := fmt.Sprintf("/taskd/sched%d-%d", time.Now().UnixNano(), seq.Add(1))
 			kv := b.Open(t)
 			tasks, err := task.NewStore(kv, root, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
 			if err != nil {
