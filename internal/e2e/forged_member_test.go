@@ -81,7 +81,8 @@ func nodeCert(t *testing.T, ca *pki.CA, name string) tls.Certificate {
 // attacker with store access (or a buggy member) would.
 func storePut(t *testing.T, n *harness.Node, key, value string) {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{n.EtcdClientURL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	// As the node itself: its certificate is its etcd user.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{n.EtcdClientURL}, TLS: n.Creds.ClientTLS(""), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ func TestScheduleKillLeaderAtTick(t *testing.T) {
 	)
 	backends(t, func(t *testing.T, c *harness.Cluster) {
 		leader := ready(t, c)
-		code, out := runTaskctl(t, nil, "--endpoint", leader.API, "schedule", "create", "tick", "--every", every.String(),
+		code, out := runTaskctl(t, leader.CtlEnv(), "schedule", "create", "tick", "--every", every.String(),
 			"noop", "--overlap", "allow", "-o", "json")
 		if code != 0 {
 			t.Fatalf("schedule create: exit %d: %s", code, out)
@@ -102,7 +102,7 @@ func TestScheduleCLI(t *testing.T) {
 	c := newCluster(t, 1, harness.Options{SessionTimeout: taskTimeout})
 	n := ready(t, c)
 	ctl := func(args ...string) (int, string) {
-		return runTaskctl(t, nil, append([]string{"--endpoint", n.API}, args...)...)
+		return runTaskctl(t, n.CtlEnv(), args...)
 	}
 	for _, bad := range [][]string{
 		{"create", "x", "noop"}, // neither --cron nor --every

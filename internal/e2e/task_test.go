@@ -507,7 +507,7 @@ func TestTaskRidesThroughZKOutage(t *testing.T) {
 // without losing the progress it had checkpointed before the outage.
 func TestTaskResumesAfterZKOutagePastDeadline(t *testing.T) {
 	ens := testenv.StartEnsemble(t, 3)
-	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/ride-long")})
+	c := newCluster(t, 3, harness.Options{Coordinator: ens.URL("/ride-long"), PKI: ens.PKI})
 	leader := ready(t, c)
 	id := create(t, leader, "sleep", `{"duration":"8s","checkpoint_interval":"100ms"}`)
 	before := waitTask(t, c, id, 10*time.Second, "progress", func(tk *taskdv1.Task) bool { return tk.Progress.GetDone() >= 1000 })

@@ -7,6 +7,7 @@ package harness
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -96,8 +97,14 @@ func (p *Proc) Rusage() *syscall.Rusage {
 }
 
 // FreePorts reserves n distinct free loopback TCP ports (released before
-// returning; a race with other processes is possible but unlikely).
+// returning). They are drawn at random from below the kernel's ephemeral
+// range: a port from inside it can be taken as the source port of some
+// outgoing connection while its process restarts (a killed node then
+// fails to start again with "address already in use"). This process never
+// hands out a port twice; another process may still race for one, which
+// is unlikely among ~10,000.
 func FreePorts(n int) ([]int, error) {
+	lo, hi := portPool()
 	ports := make([]int, 0, n)
 	var ls []net.Listener
 	defer func() {
@@ -105,15 +112,43 @@ func FreePorts(n int) ([]int, error) {
 			l.Close()
 		}
 	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	given.Lock()
+	defer given.Unlock()
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 100*n+1000 {
+			return nil, fmt.Errorf("reserve port: no free port in %d-%d", lo, hi)
+		}
+		p := lo + rand.IntN(hi-lo+1)
+		if given.ports[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {
-			return nil, fmt.Errorf("reserve port: %w", err)
+			continue // in use
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, p)
+		given.ports[p] = true
 	}
 	return ports, nil
+}
+
+var given = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// portPool is the range FreePorts draws from: 10000 up to just below the
+// ephemeral range (net.ipv4.ip_local_port_range).
+func portPool() (int, int) {
+	lo, hi := 10000, 32767
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var elo, ehi int
+		if _, err := fmt.Sscan(string(b), &elo, &ehi); err == nil && elo-1 > lo+1000 {
+			hi = elo - 1
+		}
+	}
+	return lo, hi
 }
 
 // WaitFor evaluates cond every interval until it holds or ctx ends.
