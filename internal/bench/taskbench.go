@@ -285,7 +285,8 @@ func storeCeiling(ctx context.Context, kv coord.Store, n, clients int) (float64,
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				key := fmt.Sprintf("/bench-ceiling/%02x/%d", i%256, i)
+				// Under the cluster root: the only prefix the nodes' store users may write.
+				key := fmt.Sprintf("/taskd/bench-ceiling/%02x/%d", i%256, i)
 				if _, err := kv.Txn(ctx, nil, []coord.Op{coord.CreateOp(key, []byte(`{"state":"succeeded"}`), nil)}); err != nil {
 					errs <- err
 					return
