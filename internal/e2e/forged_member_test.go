@@ -112,7 +112,7 @@ func TestForgedMemberGetsNoToken(t *testing.T) {
 	}
 	fakes := map[string]*fakeMember{
 		"fake1": startFakeMember(t, nodeCert(t, otherCA, "fake1")), // right name, wrong CA
-		"fake2": startFakeMember(t, nodeCert(t, c.PKI.CA, "n9")), // right CA, wrong name
+		"fake2": startFakeMember(t, nodeCert(t, c.PKI.CA, "n9")),   // right CA, wrong name
 	}
 	for name, f := range fakes {
 		rec, _ := json.Marshal(map[string]any{"name": name, "address": f.addr, "session": "running", "health": "ok",
