@@ -151,9 +151,12 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 	if err != nil {
 		return coord.Cond{}, err
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var events <-chan coord.Event
+	var w *coord.Watcher // the runners directory, once a stale key is seen
+	defer func() {
+		if w != nil {
+			w.Close()
+		}
+	}()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
@@ -180,14 +183,11 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 			backoff = min(2*backoff, 2*time.Second)
 			continue
 		}
-		if events == nil {
+		if w == nil {
 			log.Info("runner key of a previous session still exists; waiting for the store to remove it")
-			events = r.store.KV().Watch(wctx, r.store.Layout().RunnersDir())
+			w = r.store.KV().Watch(ctx, r.store.Layout().RunnersDir())
 		}
-		if !waitDeleted(ctx, events, key) {
-			cancel()
-			for range events {
-			}
+		if !waitDeleted(ctx, w.Events(), key) {
 			return coord.Cond{}, nil
 		}
 	}
@@ -229,16 +229,11 @@ func (s *session) loop(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	tasks := s.r.store.KV().Watch(wctx, assignDir)
-	marks := s.r.store.KV().Watch(wctx, lay.RunnerConfigDir())
-	defer func() {
-		cancel()
-		for range tasks {
-		}
-		for range marks {
-		}
-	}()
+	taskWatch := s.r.store.KV().Watch(ctx, assignDir)
+	defer taskWatch.Close()
+	markWatch := s.r.store.KV().Watch(ctx, lay.RunnerConfigDir())
+	defer markWatch.Close()
+	tasks, marks := taskWatch.Events(), markWatch.Events()
 	// records holds the tasks assigned to this node, as their assignment
 	// keys hold them (version unknown: an attempt reads before it writes).
 	records := map[string]*task.Record{}

@@ -214,31 +214,31 @@ func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]
 // revision; the etcd client resumes the watch after reconnects from the last
 // revision it saw. If the revision was compacted away, or the member lost its
 // leader, it lists again and delivers the difference.
-func (s *Store) Watch(ctx context.Context, dir string) <-chan coord.Event {
-	out := make(chan coord.Event, coord.WatchBuffer)
-	go func() {
-		defer close(out)
-		cache := coord.NewWatchCache(out)
-		backoff := newBackoff()
-		for ctx.Err() == nil {
-			list, rev, err := s.list(ctx, dir)
-			if err != nil {
-				s.log.Debug("watch list failed", "dir", dir, "err", err)
-				if !backoff.wait(ctx) {
-					return
-				}
-				continue
-			}
-			backoff.reset()
-			if !cache.Resync(ctx, list) {
+func (s *Store) Watch(ctx context.Context, dir string) *coord.Watcher {
+	return coord.StartWatcher(ctx, func(ctx context.Context, out chan<- coord.Event) { s.watch(ctx, dir, out) })
+}
+
+// watch lists and follows dir until ctx ends.
+func (s *Store) watch(ctx context.Context, dir string, out chan<- coord.Event) {
+	cache := coord.NewWatchCache(out)
+	backoff := newBackoff()
+	for ctx.Err() == nil {
+		list, rev, err := s.list(ctx, dir)
+		if err != nil {
+			s.log.Debug("watch list failed", "dir", dir, "err", err)
+			if !backoff.wait(ctx) {
 				return
 			}
-			if !s.follow(ctx, dir, rev, cache) {
-				return
-			}
+			continue
 		}
-	}()
-	return out
+		backoff.reset()
+		if !cache.Resync(ctx, list) {
+			return
+		}
+		if !s.follow(ctx, dir, rev, cache) {
+			return
+		}
+	}
 }
 
 // follow applies watch events until the watch breaks (returns true: resync)

@@ -18,26 +18,26 @@ import (
 // nothing. If the base session expires every watch reports "not watching";
 // the watcher then lists the directory on the new session and delivers the
 // difference.
-func (s *Store) Watch(ctx context.Context, dir string) <-chan coord.Event {
-	out := make(chan coord.Event, coord.WatchBuffer)
-	go func() {
-		defer close(out)
-		cache := coord.NewWatchCache(out)
-		delay := 50 * time.Millisecond
-		for ctx.Err() == nil {
-			if err := s.watchSession(ctx, dir, cache); err != nil {
-				s.log.Debug("zookeeper watch interrupted, resyncing", "dir", dir, "err", err)
-			}
-			t := time.NewTimer(delay)
-			select {
-			case <-ctx.Done():
-			case <-t.C:
-			}
-			t.Stop()
-			delay = min(delay*2, 2*time.Second)
+func (s *Store) Watch(ctx context.Context, dir string) *coord.Watcher {
+	return coord.StartWatcher(ctx, func(ctx context.Context, out chan<- coord.Event) { s.watch(ctx, dir, out) })
+}
+
+// watch follows dir, session after session, until ctx ends.
+func (s *Store) watch(ctx context.Context, dir string, out chan<- coord.Event) {
+	cache := coord.NewWatchCache(out)
+	delay := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		if err := s.watchSession(ctx, dir, cache); err != nil {
+			s.log.Debug("zookeeper watch interrupted, resyncing", "dir", dir, "err", err)
 		}
-	}()
-	return out
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		delay = min(delay*2, 2*time.Second)
+	}
 }
 
 type fired struct {
