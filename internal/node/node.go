@@ -129,6 +129,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return n.runCoordinated(gctx, nodeID) })
 	g.Go(func() error { n.notifySystemd(gctx); return nil })
 	g.Go(func() error { n.followOffsetFile(gctx, cfg.ClockOffsetFile); return nil })
+	// The journal writer; events logged after it ends are written by
+	// rec.Close.
+	g.Go(func() error { return rec.RunJournal(gctx) })
 	err = g.Wait()
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		n.log.Info("taskd stopped")
