@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -221,17 +222,17 @@ func (s *Store) Watch(ctx context.Context, dir string) *coord.Watcher {
 // watch lists and follows dir until ctx ends.
 func (s *Store) watch(ctx context.Context, dir string, out chan<- coord.Event) {
 	cache := coord.NewWatchCache(out)
-	backoff := newBackoff()
+	retry := backoff.New(50*time.Millisecond, 2*time.Second)
 	for ctx.Err() == nil {
 		list, rev, err := s.list(ctx, dir)
 		if err != nil {
 			s.log.Debug("watch list failed", "dir", dir, "err", err)
-			if !backoff.wait(ctx) {
+			if retry.Wait(ctx) != nil {
 				return
 			}
 			continue
 		}
-		backoff.reset()
+		retry.Reset()
 		if !cache.Resync(ctx, list) {
 			return
 		}
@@ -269,25 +270,6 @@ func (s *Store) follow(ctx context.Context, dir string, rev int64, cache *coord.
 		}
 	}
 	return ctx.Err() == nil
-}
-
-// backoff is a capped exponential delay for retry loops.
-type backoff struct{ next time.Duration }
-
-func newBackoff() *backoff { return &backoff{next: 50 * time.Millisecond} }
-
-func (b *backoff) reset() { b.next = 50 * time.Millisecond }
-
-func (b *backoff) wait(ctx context.Context) bool {
-	t := time.NewTimer(b.next)
-	defer t.Stop()
-	b.next = min(b.next*2, 2*time.Second)
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // session is an etcd lease with a heartbeat that records confirmed contact.
