@@ -35,7 +35,7 @@ func startMember(t *testing.T, kv coord.Store, st *task.Store, name string, capa
 	cfg.Name, cfg.NodeID, cfg.Address, cfg.Root = name, "id-"+name, name+":1", "/taskd"
 	cfg.SessionTimeout = 2 * time.Second
 	rc := runner.DefaultConfig()
-	rc.Node, rc.Capacity, rc.DeadlineFraction = name, capacity, cfg.DeadlineFraction
+	rc.Node, rc.Capacity, rc.Deadline = name, capacity, cfg.DeadlineOf
 	run, err := runner.New(rc, st, quiet.With("node", name))
 	if err != nil {
 		t.Fatal(err)

@@ -28,6 +28,7 @@ import (
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/metrics"
+	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
 )
 
@@ -38,9 +39,10 @@ type Config struct {
 	Capacity int
 	// TypeCapacity limits single types further.
 	TypeCapacity map[string]int
-	// DeadlineFraction × session timeout after the last confirmed contact,
-	// attempts stop counting themselves active (the quorum's local deadline).
-	DeadlineFraction float64
+	// Deadline is the local deadline of a session: from it on, attempts
+	// stop counting themselves active. It is the quorum's own function
+	// (quorum.Config.DeadlineOf), so the runner never outlives the fence.
+	Deadline func(coord.Session) time.Time
 	// ProgressInterval is the least time between two progress-only writes.
 	ProgressInterval time.Duration
 	// Backoff gives the wait before retry n (task.Backoff if nil).
@@ -51,7 +53,7 @@ type Config struct {
 
 // DefaultConfig runs 8 tasks at once.
 func DefaultConfig() Config {
-	return Config{Capacity: 8, DeadlineFraction: 2.0 / 3, ProgressInterval: time.Second, Backoff: task.Backoff}
+	return Config{Capacity: 8, Deadline: quorum.DefaultConfig().DeadlineOf, ProgressInterval: time.Second, Backoff: task.Backoff}
 }
 
 // Validate checks the settings.
@@ -65,8 +67,8 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("runner capacity for type %s: %d must be at least 1", t, n))
 		}
 	}
-	if c.DeadlineFraction <= 0 || c.DeadlineFraction >= 1 {
-		errs = append(errs, fmt.Errorf("deadline fraction %v must be in (0,1)", c.DeadlineFraction))
+	if c.Deadline == nil {
+		errs = append(errs, errors.New("runner: no local deadline function (use the quorum's DeadlineOf)"))
 	}
 	if c.ProgressInterval <= 0 {
 		errs = append(errs, fmt.Errorf("progress interval %v must be positive", c.ProgressInterval))
