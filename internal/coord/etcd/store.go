@@ -20,6 +20,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 type mvccKV = mvccpb.KeyValue
@@ -47,12 +49,23 @@ func wrap(op, key string, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("etcd %s %s: %w", op, key, err)
 	}
-	if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "Unavailable") ||
+	if errors.Is(err, context.DeadlineExceeded) || unavailable(err) ||
 		errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrTimeout) ||
 		errors.Is(err, rpctypes.ErrAuthOldRevision) {
 		return fmt.Errorf("etcd %s %s: %w: %w", op, key, coord.ErrUnavailable, err)
 	}
 	return fmt.Errorf("etcd %s %s: %w", op, key, err)
+}
+
+// unavailable reports whether err carries the gRPC code Unavailable: a
+// transport error (status error, possibly wrapped) or an etcd server error
+// of that code ("no leader"...).
+func unavailable(err error) bool {
+	if status.Code(err) == codes.Unavailable {
+		return true
+	}
+	var ee rpctypes.EtcdError
+	return errors.As(err, &ee) && ee.Code() == codes.Unavailable
 }
 
 // Get implements coord.Store.
