@@ -37,6 +37,32 @@ func TestWatchesEndWithOwner(t *testing.T) {
 					h := vips.NewHolder(store, root, "n1", vip.Policy{}, newLedger().holdFunc("n1"), slog.Default())
 					return h.Run(ctx, sess)
 				},
+				"assigner": func(ctx context.Context) error {
+					// A one-member quorum gives the assigner a leadership;
+					// the assigner itself runs in the owner's goroutine.
+					cfg := quorum.DefaultConfig()
+					cfg.Name, cfg.NodeID, cfg.Address, cfg.Root = "n1", "id-n1", "n1:1", root.String()
+					cfg.CampaignStagger = 100 * time.Millisecond
+					leads := make(chan *quorum.Leadership, 1)
+					q, err := quorum.New(cfg, store, quorum.Roles{Leader: func(lctx context.Context, l *quorum.Leadership) error {
+						leads <- l
+						<-lctx.Done()
+						return nil
+					}}, slog.Default())
+					if err != nil {
+						return err
+					}
+					qctx, qcancel := context.WithCancel(context.Background())
+					qdone := make(chan error, 1)
+					go func() { qdone <- q.Run(qctx) }()
+					defer func() { qcancel(); <-qdone }()
+					select {
+					case l := <-leads:
+						return vips.NewAssigner(store, root, "n1", time.Second, nil, slog.Default()).Run(ctx, l, q.View)
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				},
 				"registry wait": func(ctx context.Context) error {
 					err := vips.NewRegistry(store, root, func() quorum.View { return quorum.View{} }, nil).WaitHeld(ctx, "web", "n1")
 					if ctx.Err() != nil {
