@@ -40,13 +40,9 @@ func (w *Watcher) Events() <-chan Event { return w.events }
 // another goroutine than the reader.
 func (w *Watcher) Close() {
 	w.once.Do(w.cancel)
-	for {
-		select {
-		case <-w.done:
-			return
-		case <-w.events:
-		}
+	for range w.events { // closed once follow has returned
 	}
+	<-w.done
 }
 
 // Done is closed once the watch goroutine has ended.
