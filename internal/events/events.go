@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
 )
@@ -268,7 +269,7 @@ func Dir(root, node string) (string, error) {
 // publishBatch writes, so the timeline costs the store one write per burst,
 // not one per event.
 func (r *Recorder) Run(ctx context.Context, kv coord.Store) {
-	backoff := 100 * time.Millisecond
+	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	known := map[string]bool{} // ring slots known to exist in the store
 	for {
 		var batch []Event
@@ -293,17 +294,12 @@ func (r *Recorder) Run(ctx context.Context, kv coord.Store) {
 		for {
 			err := r.publish(ctx, kv, batch, known)
 			if err == nil || ctx.Err() != nil {
-				backoff = 100 * time.Millisecond
+				retry.Reset()
 				break
 			}
-			t := time.NewTimer(backoff)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if retry.Wait(ctx) != nil {
 				return
-			case <-t.C:
 			}
-			backoff = min(2*backoff, 5*time.Second)
 		}
 	}
 }

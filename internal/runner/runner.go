@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/metrics"
@@ -159,10 +160,7 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 			w.Close()
 		}
 	}()
-	retry := time.NewTimer(time.Hour)
-	retry.Stop()
-	defer retry.Stop()
-	backoff := 100 * time.Millisecond
+	retry := backoff.New(100*time.Millisecond, 2*time.Second)
 	for {
 		fence, err := r.store.Register(ctx, sess, info)
 		if err == nil {
@@ -175,14 +173,10 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 		if !errors.Is(err, coord.ErrConflict) {
 			// The store may be electing a leader or unreachable for a
 			// moment; the runner must not give up for the session.
-			log.Warn("runner registration failed; retrying", "err", err, "in", backoff)
-			retry.Reset(backoff)
-			select {
-			case <-ctx.Done():
+			log.Warn("runner registration failed; retrying", "err", err, "in", retry.Next())
+			if retry.Wait(ctx) != nil {
 				return coord.Cond{}, nil
-			case <-retry.C:
 			}
-			backoff = min(2*backoff, 2*time.Second)
 			continue
 		}
 		if w == nil {
