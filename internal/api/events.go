@@ -83,11 +83,12 @@ func (s *eventService) WatchEvents(ctx context.Context, req *connect.Request[tas
 		if err != nil {
 			continue // not a member taskd named: no key is built from it
 		}
-		ch := st.KV().Watch(wctx, dir)
+		w := st.KV().Watch(wctx, dir)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for ev := range ch {
+			defer w.Close()
+			for ev := range w.Events() {
 				select {
 				case merged <- ev:
 				case <-wctx.Done():

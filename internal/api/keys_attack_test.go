@@ -66,7 +66,7 @@ func startNode(t *testing.T, b testenv.Backend, kv coord.Store) *member {
 	cfg.Name, cfg.NodeID, cfg.Address, cfg.Root = "n1", "id-n1", "127.0.0.1:1", root.String()
 	cfg.SessionTimeout = 2 * time.Second
 	rc := runner.DefaultConfig()
-	rc.Node, rc.DeadlineFraction = cfg.Name, cfg.DeadlineFraction
+	rc.Node, rc.Deadline = cfg.Name, cfg.DeadlineOf
 	run, err := runner.New(rc, st, quiet)
 	if err != nil {
 		t.Fatal(err)

@@ -90,6 +90,10 @@ func startServer(t *testing.T, tweak func(*api.ServerConfig)) *server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rec.Close() })
+	jctx, jstop := context.WithCancel(context.Background())
+	jdone := make(chan struct{})
+	go func() { defer close(jdone); rec.RunJournal(jctx) }()
+	t.Cleanup(func() { jstop(); <-jdone }) // runs before rec.Close
 	log := slog.New(events.Tap(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}), rec))
 	tasks, err := task.NewStore(store, root, task.Registry{}, "UTC", time.Now)
 	if err != nil {

@@ -217,13 +217,8 @@ func (s *taskService) WatchTask(ctx context.Context, req *connect.Request[taskdv
 		}
 		return r.State.Final(), nil
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	events := st.KV().Watch(wctx, st.Layout().ActiveDir())
-	defer func() {
-		cancel()
-		for range events {
-		}
-	}()
+	w := st.KV().Watch(ctx, st.Layout().ActiveDir())
+	defer w.Close()
 	r, err := st.Get(ctx, id)
 	if err != nil {
 		return toConnect(err)
@@ -231,7 +226,7 @@ func (s *taskService) WatchTask(ctx context.Context, req *connect.Request[taskdv
 	if done, err := send(r); done || err != nil {
 		return err
 	}
-	for ev := range events {
+	for ev := range w.Events() {
 		switch {
 		case ev.Type == coord.EventPut && ev.KV.Key == key:
 			r, err := task.Decode(ev.KV.Key, ev.KV.Value, ev.KV.Version)

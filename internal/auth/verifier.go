@@ -143,7 +143,8 @@ func (v *Verifier) Run(ctx context.Context, store coord.Store) {
 		v.log.Error("cannot follow the token records: only the node's own admin token works", "err", err)
 		return
 	}
-	events := store.Watch(ctx, dir)
+	w := store.Watch(ctx, dir)
+	defer w.Close()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	regCtx, cancel := context.WithCancel(ctx)
@@ -167,7 +168,7 @@ func (v *Verifier) Run(ctx context.Context, store coord.Store) {
 			v.registerLocal(regCtx, store)
 		}
 	}()
-	for ev := range events {
+	for ev := range w.Events() {
 		switch ev.Type {
 		case coord.EventSynced:
 			v.mu.Lock()

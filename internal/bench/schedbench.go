@@ -98,7 +98,8 @@ func schedBench(args []string, out io.Writer) error {
 // tick -> the task's first appearance in a watch of the store.
 func tickLatency(ctx context.Context, kv coord.Store, scs *schedule.Store, lay keys.Tasks, n int, every, span time.Duration) ([]time.Duration, error) {
 	wctx, cancel := context.WithCancel(ctx)
-	events := kv.Watch(wctx, lay.ActiveDir())
+	w := kv.Watch(wctx, lay.ActiveDir())
+	events := w.Events()
 	var mu sync.Mutex
 	var lat []time.Duration
 	seen := map[string]bool{}
@@ -121,7 +122,7 @@ func tickLatency(ctx context.Context, kv coord.Store, scs *schedule.Store, lay k
 			mu.Unlock()
 		}
 	}()
-	defer func() { cancel(); wg.Wait() }()
+	defer func() { cancel(); wg.Wait(); w.Close() }()
 	names := make([]string, n)
 	for i := range n {
 		names[i] = fmt.Sprintf("lat-%03d", i)

@@ -166,7 +166,8 @@ type marks struct {
 func follow(ctx context.Context, kv coord.Store, lay keys.Tasks) (*follower, func()) {
 	f := &follower{changed: make(chan struct{}), marks: map[string]*marks{}}
 	wctx, cancel := context.WithCancel(ctx)
-	events := kv.Watch(wctx, lay.ActiveDir())
+	w := kv.Watch(wctx, lay.ActiveDir())
+	events := w.Events()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -208,7 +209,7 @@ func follow(ctx context.Context, kv coord.Store, lay keys.Tasks) (*follower, fun
 			f.mu.Unlock()
 		}
 	}()
-	return f, func() { cancel(); <-done }
+	return f, func() { cancel(); <-done; w.Close() }
 }
 
 // wait blocks until cond holds for the marks of id, or ctx ends.

@@ -114,9 +114,10 @@ type Store interface {
 	// Txn applies ops atomically if every cond holds, else ErrConflict.
 	// It returns the new version of each op's key (0 for a delete).
 	Txn(ctx context.Context, conds []Cond, ops []Op) ([]int64, error)
-	// Watch streams the contents of dir and then its changes until ctx ends;
-	// the channel is closed after the watcher has stopped.
-	Watch(ctx context.Context, dir string) <-chan Event
+	// Watch streams the contents of dir and then its changes until ctx ends
+	// or the Watcher is closed. The caller owns the Watcher and closes it:
+	// Close returns once the watch goroutine has ended.
+	Watch(ctx context.Context, dir string) *Watcher
 	// NewSession opens a session with the given timeout.
 	NewSession(ctx context.Context, timeout time.Duration) (Session, error)
 	// Close releases the store's connections.

@@ -92,21 +92,18 @@ type state struct {
 // Run dispatches until ctx ends (leadership lost or shutdown). It returns
 // nil then; it returns early only if the leadership is fenced.
 func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	lay := d.store.Layout()
-	watches := [3]<-chan coord.Event{
+	watchers := [3]*coord.Watcher{
 		d.store.KV().Watch(ctx, lay.ActiveDir()),
 		d.store.KV().Watch(ctx, lay.RunnersDir()),
 		d.store.KV().Watch(ctx, lay.RunnerConfigDir()),
 	}
 	defer func() {
-		cancel()
-		for _, w := range watches { // join the watchers
-			for range w {
-			}
+		for _, w := range watchers {
+			w.Close()
 		}
 	}()
+	watches := [3]<-chan coord.Event{watchers[0].Events(), watchers[1].Events(), watchers[2].Events()}
 	st := &state{lay: lay, tasks: map[string]*task.Record{}, runners: map[string]task.RunnerInfo{}, marks: map[string]task.Marks{}}
 	log := d.log.With("epoch", l.Epoch())
 	log.Info("dispatcher started")

@@ -35,7 +35,7 @@ func startMember(t *testing.T, kv coord.Store, st *task.Store, name string, capa
 	cfg.Name, cfg.NodeID, cfg.Address, cfg.Root = name, "id-"+name, name+":1", "/taskd"
 	cfg.SessionTimeout = 2 * time.Second
 	rc := runner.DefaultConfig()
-	rc.Node, rc.Capacity, rc.DeadlineFraction = name, capacity, cfg.DeadlineFraction
+	rc.Node, rc.Capacity, rc.Deadline = name, capacity, cfg.DeadlineOf
 	run, err := runner.New(rc, st, quiet.With("node", name))
 	if err != nil {
 		t.Fatal(err)
@@ -114,7 +114,8 @@ func testDispatchAndRun(ctx context.Context, t *testing.T, kv coord.Store, st *t
 	var mu sync.Mutex
 	maxRunning := map[string]int{}
 	wctx, wcancel := context.WithCancel(ctx)
-	events := kv.Watch(wctx, st.Layout().ActiveDir())
+	w := kv.Watch(wctx, st.Layout().ActiveDir())
+	events := w.Events()
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
@@ -140,7 +141,7 @@ func testDispatchAndRun(ctx context.Context, t *testing.T, kv coord.Store, st *t
 			mu.Unlock()
 		}
 	}()
-	defer func() { wcancel(); <-watchDone }()
+	defer func() { wcancel(); <-watchDone; w.Close() }()
 
 	startMember(t, kv, st, "n1", 2)
 	startMember(t, kv, st, "n2", 2)

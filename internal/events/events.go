@@ -4,6 +4,11 @@
 // node's Recorder. The recorder keeps them in a local journal in the data
 // directory, which survives a coordinator outage, and publishes them to a
 // bounded ring per node in the coordination store. Readers merge both.
+//
+// Recording never waits for a disk or a store: the log handler only queues
+// the event, on two bounded queues, and counts what it had to drop when a
+// queue was full (Dropped). RunJournal writes and rotates the journal; Run
+// publishes to the store.
 package events
 
 import (
@@ -17,8 +22,10 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
 )
@@ -43,6 +50,8 @@ const (
 	journalKeep = 10000
 	// queueSize bounds the events waiting for the store.
 	queueSize = 1024
+	// journalQueueSize bounds the events waiting for the journal writer.
+	journalQueueSize = 4096
 )
 
 // Recorder keeps one node's events.
@@ -51,11 +60,19 @@ type Recorder struct {
 	path string
 	lay  keys.Events
 
+	// qmu orders sequence numbers and queueing; it is never held across
+	// I/O, so the log handler never waits for a disk.
+	qmu     sync.Mutex
+	seq     uint64
+	queue   chan Event // to the store (Run)
+	journal chan Event // to the journal file (RunJournal)
+	// Events dropped because a queue was full.
+	journalDrops, storeDrops atomic.Uint64
+
+	// mu guards the journal file.
 	mu    sync.Mutex
-	seq   uint64
 	lines int
 	f     *os.File
-	queue chan Event
 }
 
 // Open opens (or creates) the journal at path for node; root is the
@@ -68,7 +85,7 @@ func Open(path, node, root string) (*Recorder, error) {
 	if _, err := rt.Events().RingDir(node); err != nil {
 		return nil, err
 	}
-	r := &Recorder{node: node, path: path, lay: rt.Events(), queue: make(chan Event, queueSize)}
+	r := &Recorder{node: node, path: path, lay: rt.Events(), queue: make(chan Event, queueSize), journal: make(chan Event, journalQueueSize)}
 	old, err := readJournal(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
@@ -108,9 +125,10 @@ func (r *Recorder) rewrite(keep []Event) error {
 	return os.Rename(tmp, r.path)
 }
 
-// trimLocked cuts the journal back to its newest journalKeep lines. It
-// runs inside the log handler, so a failure cannot be logged: the journal
-// then grows until the next try, and the log lines themselves are intact.
+// trimLocked cuts the journal back to its newest journalKeep lines. A
+// failure is not logged (a log line here could be an event, queued for this
+// very writer): the journal then grows until the next try, and the log
+// lines themselves are intact.
 func (r *Recorder) trimLocked() {
 	all, err := readJournal(r.path)
 	if err != nil || len(all) <= journalKeep {
@@ -125,35 +143,95 @@ func (r *Recorder) trimLocked() {
 	}
 }
 
-// Close closes the journal.
+// Close writes the events still queued for the journal and closes it. Call
+// it after RunJournal has returned.
 func (r *Recorder) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.flushLocked(nil)
 	return r.f.Close()
 }
 
-// Record appends an event to the journal and queues it for the store.
+// Record queues an event for the journal and for the store. It never
+// waits: an event that finds a queue full is dropped there and counted
+// (the log line itself still exists).
 func (r *Recorder) Record(typ, msg string, attrs map[string]string) {
-	r.mu.Lock()
+	r.qmu.Lock()
+	defer r.qmu.Unlock()
 	r.seq++
 	e := Event{Time: time.Now().UTC(), Node: r.node, Seq: r.seq, Type: typ, Message: msg, Attrs: attrs}
-	b, _ := json.Marshal(e)
-	_, _ = r.f.Write(append(b, '\n')) // best effort: the log line exists too
-	r.lines++
-	if r.lines > journalMax {
-		r.trimLocked()
+	select {
+	case r.journal <- e:
+	default: // the journal writer is stalled (slow or hung disk)
+		r.journalDrops.Add(1)
 	}
-	r.mu.Unlock()
 	select {
 	case r.queue <- e:
 	default: // the store is far behind; the journal still has it
+		r.storeDrops.Add(1)
 	}
 }
 
-// Local reads the local journal.
+// Dropped returns how many events found the journal's queue, and the
+// store's, full and were left out there.
+func (r *Recorder) Dropped() (journal, store uint64) {
+	return r.journalDrops.Load(), r.storeDrops.Load()
+}
+
+// RunJournal writes queued events to the journal, and cuts it back when it
+// grows too long, until ctx ends. Events queued after it returns are
+// written by Close.
+func (r *Recorder) RunJournal(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e := <-r.journal:
+			r.mu.Lock()
+			r.flushLocked(&e)
+			r.mu.Unlock()
+		}
+	}
+}
+
+// flushLocked appends first (if not nil) and every event queued for the
+// journal, in one write. Best effort: the log lines exist too.
+func (r *Recorder) flushLocked(first *Event) {
+	var buf []byte
+	n := 0
+	add := func(e Event) {
+		b, _ := json.Marshal(e)
+		buf = append(append(buf, b...), '\n')
+		n++
+	}
+	if first != nil {
+		add(*first)
+	}
+	for more := true; more; {
+		select {
+		case e := <-r.journal:
+			add(e)
+		default:
+			more = false
+		}
+	}
+	if n == 0 {
+		return
+	}
+	_, _ = r.f.Write(buf)
+	r.lines += n
+	if r.lines > journalMax {
+		r.trimLocked()
+	}
+}
+
+// Local reads the local journal, after writing the events still queued for
+// it (so a reader sees every event recorded before it asked, unless one
+// was dropped).
 func (r *Recorder) Local() ([]Event, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.flushLocked(nil)
 	return readJournal(r.path)
 }
 
@@ -191,7 +269,7 @@ func Dir(root, node string) (string, error) {
 // publishBatch writes, so the timeline costs the store one write per burst,
 // not one per event.
 func (r *Recorder) Run(ctx context.Context, kv coord.Store) {
-	backoff := 100 * time.Millisecond
+	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	known := map[string]bool{} // ring slots known to exist in the store
 	for {
 		var batch []Event
@@ -216,17 +294,12 @@ func (r *Recorder) Run(ctx context.Context, kv coord.Store) {
 		for {
 			err := r.publish(ctx, kv, batch, known)
 			if err == nil || ctx.Err() != nil {
-				backoff = 100 * time.Millisecond
+				retry.Reset()
 				break
 			}
-			t := time.NewTimer(backoff)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if retry.Wait(ctx) != nil {
 				return
-			case <-t.C:
 			}
-			backoff = min(2*backoff, 5*time.Second)
 		}
 	}
 }

@@ -66,7 +66,7 @@ func (c *conn) readLoop(br *bufio.Reader) {
 		cookie, req, final, err := rr.next()
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-				err = fmt.Errorf("%w: %v", ErrClosed, err)
+				err = fmt.Errorf("%w: %w", ErrClosed, err)
 			}
 			c.abort(err)
 			c.failPending()

@@ -263,7 +263,7 @@ func (c Config) healthConfig() (health.Config, error) {
 // runnerConfig builds the runner's settings from the flags.
 func (c Config) runnerConfig() (runner.Config, error) {
 	rc := runner.DefaultConfig()
-	rc.Node, rc.Capacity, rc.DeadlineFraction = c.Name, c.RunnerCapacity, c.DeadlineFraction
+	rc.Node, rc.Capacity, rc.Deadline = c.Name, c.RunnerCapacity, c.quorumConfig("").DeadlineOf
 	for _, tc := range c.RunnerTypeCapacity {
 		typ, n, ok := strings.Cut(tc, "=")
 		v, err := strconv.Atoi(n)

@@ -129,6 +129,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return n.runCoordinated(gctx, nodeID) })
 	g.Go(func() error { n.notifySystemd(gctx); return nil })
 	g.Go(func() error { n.followOffsetFile(gctx, cfg.ClockOffsetFile); return nil })
+	// The journal writer; events logged after it ends are written by
+	// rec.Close.
+	g.Go(func() error { return rec.RunJournal(gctx) })
 	err = g.Wait()
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		n.log.Info("taskd stopped")
@@ -226,39 +229,17 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	n.cleanupVIPs(seed)
 	assigner := vips.NewAssigner(store, root, n.cfg.Name, n.cfg.YieldGrace, seed, n.log)
 	var q *quorum.Quorum
-	roles.Leader = func(ctx context.Context, l *quorum.Leadership) error {
-		// Leader duties run until leadership ends, and the fence waits
-		// for them.
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := disp.Run(ctx, l); err != nil {
-				n.log.Warn("dispatcher ended", "err", err)
-			}
-		}()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := ticker.Run(ctx, l); err != nil {
-				n.log.Warn("scheduler ended", "err", err)
-			}
-		}()
-		if raftAway != nil {
-			wg.Add(1)
-			go func() { defer wg.Done(); raftAway(ctx) }()
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := assigner.Run(ctx, l, q.View); err != nil {
-				n.log.Warn("vip assigner ended", "err", err)
-			}
-		}()
-		<-ctx.Done()
-		wg.Wait()
-		return nil
+	// Leader duties run until leadership ends, and the fence waits for
+	// them.
+	parts := []leaderPart{
+		{"dispatcher", disp.Run},
+		{"scheduler", ticker.Run},
+		{"vip assigner", func(ctx context.Context, l *quorum.Leadership) error { return assigner.Run(ctx, l, q.View) }},
 	}
+	if raftAway != nil {
+		parts = append(parts, leaderPart{"raft leadership mover", func(ctx context.Context, _ *quorum.Leadership) error { raftAway(ctx); return nil }})
+	}
+	roles.Leader = leaderRole(parts)
 	q, err = quorum.New(n.cfg.quorumConfig(nodeID), store, roles, n.baseLog, quorum.WithFenceHook(n.metrics.Fenced))
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)

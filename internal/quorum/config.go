@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
 )
 
@@ -64,6 +65,13 @@ func ValidatePriority(p int) error {
 	return nil
 }
 
+// DeadlineOf is sess's local deadline: its last confirmed contact plus
+// LocalDeadline. The quorum fences at it, and the runner stops counting its
+// attempts active at it; both use this one function.
+func (c Config) DeadlineOf(sess coord.Session) time.Time {
+	return sess.LastContact().Add(c.LocalDeadline())
+}
+
 // LocalDeadline is the time after last confirmed contact at which the node
 // fences.
 func (c Config) LocalDeadline() time.Duration {
@@ -90,7 +98,7 @@ func (c Config) Validate() error {
 	if c.DeadlineFraction <= 0 || c.DeadlineFraction >= 1 {
 		errs = append(errs, fmt.Errorf("deadline fraction %v: must be in (0, 1)", c.DeadlineFraction))
 	}
-	hb := c.SessionTimeout / 6
+	hb := coord.HeartbeatInterval(c.SessionTimeout)
 	if c.LocalDeadline() <= 2*hb {
 		errs = append(errs, fmt.Errorf("local deadline %v must exceed two heartbeat intervals (%v): raise the deadline fraction", c.LocalDeadline(), 2*hb))
 	}

@@ -58,20 +58,18 @@ const (
 )
 
 func (e *election) run(ctx context.Context) {
-	wctx, cancelWatches := context.WithCancel(ctx)
-	chans := [3]<-chan coord.Event{
-		e.q.store.Watch(wctx, e.q.membersDir()),
-		e.q.store.Watch(wctx, e.q.electionDir()),
-		e.q.store.Watch(wctx, e.q.priorityDir()),
+	watches := [3]*coord.Watcher{
+		e.q.store.Watch(ctx, e.q.membersDir()),
+		e.q.store.Watch(ctx, e.q.electionDir()),
+		e.q.store.Watch(ctx, e.q.priorityDir()),
 	}
+	chans := [3]<-chan coord.Event{watches[0].Events(), watches[1].Events(), watches[2].Events()}
 	e.timer = time.NewTimer(time.Hour)
 	defer func() {
 		e.stopLeading("membership term ended")
 		e.timer.Stop()
-		cancelWatches()
-		for _, ch := range chans { // join the watchers
-			for range ch {
-			}
+		for _, w := range watches {
+			w.Close()
 		}
 	}()
 	for {

@@ -36,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
 )
@@ -278,7 +279,7 @@ func (q *Quorum) Run(ctx context.Context) error {
 	q.log.Info("quorum starting", "priority", q.cfg.Priority, "session_timeout", q.cfg.SessionTimeout,
 		"local_deadline", q.cfg.LocalDeadline(), "root", q.cfg.Root)
 	first := true
-	retry := newBackoff(100*time.Millisecond, 5*time.Second)
+	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		sess, err := q.openSession(ctx)
 		if err != nil {
@@ -294,10 +295,10 @@ func (q *Quorum) Run(ctx context.Context) error {
 		}
 		first = first && !joined
 		if joined {
-			retry.reset()
+			retry.Reset()
 			continue
 		}
-		if !retry.wait(ctx) {
+		if retry.Wait(ctx) != nil {
 			break
 		}
 	}
@@ -308,7 +309,7 @@ func (q *Quorum) Run(ctx context.Context) error {
 
 // openSession retries with backoff until a session opens or ctx ends.
 func (q *Quorum) openSession(ctx context.Context) (coord.Session, error) {
-	b := newBackoff(200*time.Millisecond, 5*time.Second)
+	b := backoff.New(200*time.Millisecond, 5*time.Second)
 	failures := 0
 	for {
 		octx, cancel := context.WithTimeout(ctx, q.cfg.SessionTimeout)
@@ -328,7 +329,7 @@ func (q *Quorum) openSession(ctx context.Context) (coord.Session, error) {
 			q.log.Warn("cannot open a session with the coordinator; retrying with backoff", "failures", failures, "err", err)
 		}
 		q.updateView(func(v *View) { v.Session = coord.StateConnecting.String(); v.JoinError = err.Error() })
-		if !b.wait(ctx) {
+		if b.Wait(ctx) != nil {
 			return nil, ctx.Err()
 		}
 	}
@@ -529,23 +530,4 @@ func healthWord(ok bool) string {
 		return "ok"
 	}
 	return "unhealthy"
-}
-
-// backoff is a capped exponential delay.
-type backoff struct{ base, cap, next time.Duration }
-
-func newBackoff(base, cap time.Duration) *backoff { return &backoff{base: base, cap: cap, next: base} }
-
-func (b *backoff) reset() { b.next = b.base }
-
-func (b *backoff) wait(ctx context.Context) bool {
-	t := time.NewTimer(b.next)
-	defer t.Stop()
-	b.next = min(2*b.next, b.cap)
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

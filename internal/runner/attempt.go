@@ -80,9 +80,7 @@ func (a *attempt) Active() bool {
 	if a.ctx.Err() != nil {
 		return false
 	}
-	sess := a.s.sess
-	deadline := sess.LastContact().Add(time.Duration(a.s.r.cfg.DeadlineFraction * float64(sess.Timeout())))
-	return time.Now().Before(deadline)
+	return time.Now().Before(a.s.r.cfg.Deadline(a.s.sess))
 }
 
 // Checkpoint implements task.Reporter.

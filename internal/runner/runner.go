@@ -25,9 +25,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/metrics"
+	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
 )
 
@@ -38,9 +40,10 @@ type Config struct {
 	Capacity int
 	// TypeCapacity limits single types further.
 	TypeCapacity map[string]int
-	// DeadlineFraction × session timeout after the last confirmed contact,
-	// attempts stop counting themselves active (the quorum's local deadline).
-	DeadlineFraction float64
+	// Deadline is the local deadline of a session: from it on, attempts
+	// stop counting themselves active. It is the quorum's own function
+	// (quorum.Config.DeadlineOf), so the runner never outlives the fence.
+	Deadline func(coord.Session) time.Time
 	// ProgressInterval is the least time between two progress-only writes.
 	ProgressInterval time.Duration
 	// Backoff gives the wait before retry n (task.Backoff if nil).
@@ -51,7 +54,7 @@ type Config struct {
 
 // DefaultConfig runs 8 tasks at once.
 func DefaultConfig() Config {
-	return Config{Capacity: 8, DeadlineFraction: 2.0 / 3, ProgressInterval: time.Second, Backoff: task.Backoff}
+	return Config{Capacity: 8, Deadline: quorum.DefaultConfig().DeadlineOf, ProgressInterval: time.Second, Backoff: task.Backoff}
 }
 
 // Validate checks the settings.
@@ -65,8 +68,8 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("runner capacity for type %s: %d must be at least 1", t, n))
 		}
 	}
-	if c.DeadlineFraction <= 0 || c.DeadlineFraction >= 1 {
-		errs = append(errs, fmt.Errorf("deadline fraction %v must be in (0,1)", c.DeadlineFraction))
+	if c.Deadline == nil {
+		errs = append(errs, errors.New("runner: no local deadline function (use the quorum's DeadlineOf)"))
 	}
 	if c.ProgressInterval <= 0 {
 		errs = append(errs, fmt.Errorf("progress interval %v must be positive", c.ProgressInterval))
@@ -151,13 +154,13 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 	if err != nil {
 		return coord.Cond{}, err
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var events <-chan coord.Event
-	retry := time.NewTimer(time.Hour)
-	retry.Stop()
-	defer retry.Stop()
-	backoff := 100 * time.Millisecond
+	var w *coord.Watcher // the runners directory, once a stale key is seen
+	defer func() {
+		if w != nil {
+			w.Close()
+		}
+	}()
+	retry := backoff.New(100*time.Millisecond, 2*time.Second)
 	for {
 		fence, err := r.store.Register(ctx, sess, info)
 		if err == nil {
@@ -170,24 +173,17 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 		if !errors.Is(err, coord.ErrConflict) {
 			// The store may be electing a leader or unreachable for a
 			// moment; the runner must not give up for the session.
-			log.Warn("runner registration failed; retrying", "err", err, "in", backoff)
-			retry.Reset(backoff)
-			select {
-			case <-ctx.Done():
+			log.Warn("runner registration failed; retrying", "err", err, "in", retry.Next())
+			if retry.Wait(ctx) != nil {
 				return coord.Cond{}, nil
-			case <-retry.C:
 			}
-			backoff = min(2*backoff, 2*time.Second)
 			continue
 		}
-		if events == nil {
+		if w == nil {
 			log.Info("runner key of a previous session still exists; waiting for the store to remove it")
-			events = r.store.KV().Watch(wctx, r.store.Layout().RunnersDir())
+			w = r.store.KV().Watch(ctx, r.store.Layout().RunnersDir())
 		}
-		if !waitDeleted(ctx, events, key) {
-			cancel()
-			for range events {
-			}
+		if !waitDeleted(ctx, w.Events(), key) {
 			return coord.Cond{}, nil
 		}
 	}
@@ -229,16 +225,11 @@ func (s *session) loop(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	tasks := s.r.store.KV().Watch(wctx, assignDir)
-	marks := s.r.store.KV().Watch(wctx, lay.RunnerConfigDir())
-	defer func() {
-		cancel()
-		for range tasks {
-		}
-		for range marks {
-		}
-	}()
+	taskWatch := s.r.store.KV().Watch(ctx, assignDir)
+	defer taskWatch.Close()
+	markWatch := s.r.store.KV().Watch(ctx, lay.RunnerConfigDir())
+	defer markWatch.Close()
+	tasks, marks := taskWatch.Events(), markWatch.Events()
 	// records holds the tasks assigned to this node, as their assignment
 	// keys hold them (version unknown: an attempt reads before it writes).
 	records := map[string]*task.Record{}

@@ -62,22 +62,22 @@ const (
 
 // Run fires ticks until ctx ends (nil) or the leadership is fenced.
 func (r *Leader) Run(ctx context.Context, l *quorum.Leadership) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	lay, kv := r.store.layout, r.store.kv
-	watches := [4]<-chan coord.Event{
+	watchers := [4]*coord.Watcher{
 		kv.Watch(ctx, lay.DefsDir()),
 		kv.Watch(ctx, lay.StateDir()),
 		kv.Watch(ctx, lay.TriggersDir()),
 		kv.Watch(ctx, r.store.tasks.Layout().ActiveDir()),
 	}
 	defer func() {
-		cancel()
-		for _, w := range watches { // join the watchers
-			for range w {
-			}
+		for _, w := range watchers {
+			w.Close()
 		}
 	}()
+	var watches [4]<-chan coord.Event
+	for i, w := range watchers {
+		watches[i] = w.Events()
+	}
 	w := &world{lay: lay, tasksDir: r.store.tasks.Layout().ActiveDir(), defs: map[string]*Schedule{}, tts: map[string]*Timetable{}, states: map[string]*State{},
 		triggers: map[string][]trigger{}, open: map[string]map[string]*task.Record{}, taskOf: map[string]string{},
 		dirty: map[string]bool{}, wakeAt: map[string]time.Time{}}

@@ -350,15 +350,10 @@ func (s *Store) WaitTrigger(ctx context.Context, name, id string) (Run, error) {
 	if err != nil {
 		return Run{}, err
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	events := s.kv.Watch(wctx, s.layout.TriggersDir())
-	defer func() {
-		cancel()
-		for range events {
-		}
-	}()
+	w := s.kv.Watch(ctx, s.layout.TriggersDir())
+	defer w.Close()
 	present := false
-	for ev := range events {
+	for ev := range w.Events() {
 		switch ev.Type {
 		case coord.EventPut:
 			present = present || ev.KV.Key == tkey

@@ -42,8 +42,11 @@ func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (q
 	reg := &Registry{store: a.store, l: a.l}
 	seeds := a.seed
 	cfgs := watchDir(ctx, a.store, a.l.ConfigDir())
+	defer cfgs.close()
 	asg := watchDir(ctx, a.store, a.l.AssignDir())
+	defer asg.close()
 	pols := watchDir(ctx, a.store, a.l.NodesDir())
+	defer pols.close()
 	hist := newHealthHistory()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()

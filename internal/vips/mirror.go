@@ -7,17 +7,22 @@ import (
 	"github.com/taskd/taskd/internal/keys"
 )
 
-// mirror keeps the contents of one store directory, fed by its watch.
+// mirror keeps the contents of one store directory, fed by its watch. Its
+// owner closes it: close ends the watch and waits for its goroutine.
 type mirror struct {
 	dir    string
+	w      *coord.Watcher
 	ch     <-chan coord.Event
 	keys   map[string]coord.KV // by service
 	synced bool
 }
 
 func watchDir(ctx context.Context, store coord.Store, dir string) *mirror {
-	return &mirror{dir: dir, ch: store.Watch(ctx, dir), keys: map[string]coord.KV{}}
+	w := store.Watch(ctx, dir)
+	return &mirror{dir: dir, w: w, ch: w.Events(), keys: map[string]coord.KV{}}
 }
+
+func (m *mirror) close() { m.w.Close() }
 
 // apply records one event; it reports false when the watch has ended. A
 // key that names no valid service (written around taskd) is left out, so

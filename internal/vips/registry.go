@@ -360,9 +360,8 @@ func (r *Registry) WaitHeld(ctx context.Context, service, node string) error {
 	if err := keys.ValidService(service); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	m := watchDir(ctx, r.store, r.l.HeldDir())
+	defer m.close()
 	for {
 		select {
 		case <-ctx.Done():

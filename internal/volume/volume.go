@@ -122,7 +122,7 @@ func Open(ctx context.Context, uri string, opts Options) (Volume, error) {
 	case strings.HasPrefix(uri, "nbd://"), strings.HasPrefix(uri, "nbd+unix://"):
 		t, err := nbd.ParseURI(uri)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
 		return openNBD(ctx, t, opts)
 	default:

@@ -39,6 +39,7 @@ func Run(t *testing.T, newStore Factory) {
 	t.Run("Txn", func(t *testing.T) { testTxn(t, newStore(t)) })
 	t.Run("SessionEphemeral", func(t *testing.T) { testSessionEphemeral(t, newStore(t)) })
 	t.Run("Watch", func(t *testing.T) { testWatch(t, newStore(t)) })
+	t.Run("WatchClose", func(t *testing.T) { testWatchClose(t, newStore(t)) })
 	t.Run("CreateOrder", func(t *testing.T) { testCreateOrder(t, newStore(t)) })
 }
 
@@ -247,19 +248,49 @@ func next(t *testing.T, ch <-chan coord.Event) coord.Event {
 	return coord.Event{}
 }
 
+// testWatchClose: Close, under a context that stays alive and with events
+// queued that nobody reads, returns only after the watch goroutine has
+// ended, and the Events channel is closed by then.
+func testWatchClose(t *testing.T, s coord.Store) {
+	ctx, p := ctxT(t), prefix(t)
+	dir := p + "/wc"
+	for i := range 3 {
+		if _, err := s.Create(ctx, fmt.Sprintf("%s/k%d", dir, i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := s.Watch(ctx, dir)
+	if ev := next(t, w.Events()); ev.Type != coord.EventPut {
+		t.Fatalf("first event %v, want a put", ev.Type)
+	}
+	// The rest of the listing stays queued, unread.
+	closed := make(chan struct{})
+	go func() { defer close(closed); w.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return within 10s")
+	}
+	select {
+	case <-w.Done():
+	default:
+		t.Fatal("Close returned while the watch goroutine was still running")
+	}
+	if _, ok := <-w.Events(); ok {
+		t.Fatal("Events still open after Close")
+	}
+	w.Close() // a second Close is harmless
+}
+
 func testWatch(t *testing.T, s coord.Store) {
 	ctx, p := ctxT(t), prefix(t)
 	dir := p + "/w"
 	if _, err := s.Create(ctx, dir+"/pre", []byte("0")); err != nil {
 		t.Fatal(err)
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	ch := s.Watch(wctx, dir)
-	defer func() {
-		cancel()
-		for range ch { // join the watcher
-		}
-	}()
+	w := s.Watch(ctx, dir)
+	defer w.Close()
+	ch := w.Events()
 	if ev := next(t, ch); ev.Type != coord.EventPut || ev.KV.Key != dir+"/pre" {
 		t.Fatalf("first event %v %s, want put of existing key", ev.Type, ev.KV.Key)
 	}

@@ -17,6 +17,8 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
 	etcderrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/taskd/taskd/internal/backoff"
 )
 
 // Auth layout of the embedded etcd. Daily traffic authenticates with the
@@ -56,7 +58,7 @@ func (s *Server) rootClient() (*clientv3.Client, error) {
 // still off has no token and is refused once another member enables it:
 // the whole sequence then starts again on a new client.
 func (s *Server) ensureAuth(ctx context.Context, log *slog.Logger) error {
-	b := newBackoff()
+	b := backoff.New(50*time.Millisecond, 2*time.Second)
 	for {
 		err := s.ensureAuthOnce(ctx)
 		if err == nil {
@@ -66,7 +68,7 @@ func (s *Server) ensureAuth(ctx context.Context, log *slog.Logger) error {
 			return fmt.Errorf("%w: the root password in %s does not match the cluster's", err, s.cfg.Creds.Paths.Secrets())
 		}
 		log.Debug("etcd auth set-up not done yet, retrying", "err", err)
-		if !b.wait(ctx) {
+		if b.Wait(ctx) != nil {
 			return fmt.Errorf("etcd auth set-up: %w (last error: %w)", ctx.Err(), err)
 		}
 	}
@@ -208,7 +210,7 @@ func isBusy(err error) bool {
 // promotion goes to the raft leader over the authenticated peer link), so
 // a joining node needs no other member's client port.
 func (s *Server) promoteSelf(ctx context.Context, log *slog.Logger) error {
-	b := newBackoff()
+	b := backoff.New(50*time.Millisecond, 2*time.Second)
 	for s.e.Server.IsLearner() {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := s.promoteOnce(pctx)
@@ -222,7 +224,7 @@ func (s *Server) promoteSelf(ctx context.Context, log *slog.Logger) error {
 		default:
 			log.Debug("etcd learner promotion failed, retrying", "member", s.cfg.Name, "err", err)
 		}
-		if !b.wait(ctx) {
+		if b.Wait(ctx) != nil {
 			return fmt.Errorf("embedded etcd %s: still a learner: %w", s.cfg.Name, ctx.Err())
 		}
 	}

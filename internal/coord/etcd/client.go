@@ -13,6 +13,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/taskd/taskd/internal/backoff"
 )
 
 // ErrInsecure: a client configuration that would reach etcd without
@@ -88,7 +90,7 @@ var ErrAuth = errors.New("etcd: authentication failed")
 // retries until ctx ends, and fails at once (ErrAuth) if etcd refuses the
 // password.
 func Open(ctx context.Context, c ClientConfig, log *slog.Logger) (*Store, error) {
-	b := newBackoff()
+	b := backoff.New(50*time.Millisecond, 2*time.Second)
 	for {
 		cli, err := newClient(c, 2*time.Second)
 		if err == nil {
@@ -98,7 +100,7 @@ func Open(ctx context.Context, c ClientConfig, log *slog.Logger) (*Store, error)
 			return nil, err
 		}
 		log.Debug("etcd not answering yet", "endpoints", c.Endpoints, "err", err)
-		if !b.wait(ctx) {
+		if b.Wait(ctx) != nil {
 			return nil, fmt.Errorf("%w: %w", err, ctx.Err())
 		}
 	}

@@ -15,10 +15,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 type mvccKV = mvccpb.KeyValue
@@ -46,12 +49,23 @@ func wrap(op, key string, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("etcd %s %s: %w", op, key, err)
 	}
-	if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "Unavailable") ||
+	if errors.Is(err, context.DeadlineExceeded) || unavailable(err) ||
 		errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrTimeout) ||
 		errors.Is(err, rpctypes.ErrAuthOldRevision) {
 		return fmt.Errorf("etcd %s %s: %w: %w", op, key, coord.ErrUnavailable, err)
 	}
 	return fmt.Errorf("etcd %s %s: %w", op, key, err)
+}
+
+// unavailable reports whether err carries the gRPC code Unavailable: a
+// transport error (status error, possibly wrapped) or an etcd server error
+// of that code ("no leader"...).
+func unavailable(err error) bool {
+	if status.Code(err) == codes.Unavailable {
+		return true
+	}
+	var ee rpctypes.EtcdError
+	return errors.As(err, &ee) && ee.Code() == codes.Unavailable
 }
 
 // Get implements coord.Store.
@@ -214,31 +228,31 @@ func (s *Store) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]
 // revision; the etcd client resumes the watch after reconnects from the last
 // revision it saw. If the revision was compacted away, or the member lost its
 // leader, it lists again and delivers the difference.
-func (s *Store) Watch(ctx context.Context, dir string) <-chan coord.Event {
-	out := make(chan coord.Event, coord.WatchBuffer)
-	go func() {
-		defer close(out)
-		cache := coord.NewWatchCache(out)
-		backoff := newBackoff()
-		for ctx.Err() == nil {
-			list, rev, err := s.list(ctx, dir)
-			if err != nil {
-				s.log.Debug("watch list failed", "dir", dir, "err", err)
-				if !backoff.wait(ctx) {
-					return
-				}
-				continue
-			}
-			backoff.reset()
-			if !cache.Resync(ctx, list) {
+func (s *Store) Watch(ctx context.Context, dir string) *coord.Watcher {
+	return coord.StartWatcher(ctx, func(ctx context.Context, out chan<- coord.Event) { s.watch(ctx, dir, out) })
+}
+
+// watch lists and follows dir until ctx ends.
+func (s *Store) watch(ctx context.Context, dir string, out chan<- coord.Event) {
+	cache := coord.NewWatchCache(out)
+	retry := backoff.New(50*time.Millisecond, 2*time.Second)
+	for ctx.Err() == nil {
+		list, rev, err := s.list(ctx, dir)
+		if err != nil {
+			s.log.Debug("watch list failed", "dir", dir, "err", err)
+			if retry.Wait(ctx) != nil {
 				return
 			}
-			if !s.follow(ctx, dir, rev, cache) {
-				return
-			}
+			continue
 		}
-	}()
-	return out
+		retry.Reset()
+		if !cache.Resync(ctx, list) {
+			return
+		}
+		if !s.follow(ctx, dir, rev, cache) {
+			return
+		}
+	}
 }
 
 // follow applies watch events until the watch breaks (returns true: resync)
@@ -269,25 +283,6 @@ func (s *Store) follow(ctx context.Context, dir string, rev int64, cache *coord.
 		}
 	}
 	return ctx.Err() == nil
-}
-
-// backoff is a capped exponential delay for retry loops.
-type backoff struct{ next time.Duration }
-
-func newBackoff() *backoff { return &backoff{next: 50 * time.Millisecond} }
-
-func (b *backoff) reset() { b.next = 50 * time.Millisecond }
-
-func (b *backoff) wait(ctx context.Context) bool {
-	t := time.NewTimer(b.next)
-	defer t.Stop()
-	b.next = min(b.next*2, 2*time.Second)
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // session is an etcd lease with a heartbeat that records confirmed contact.

@@ -87,9 +87,17 @@ type Store struct {
 
 	dirs sync.Map // absolute directories known to exist
 
-	mu   sync.Mutex
-	base *conn
+	// mu guards base and closed. It is never held across zk.Conn.Close,
+	// which waits up to a second for an ensemble that stopped answering.
+	mu     sync.Mutex
+	base   *conn
+	closed bool
+	// retiring joins the closes of replaced base connections.
+	retiring sync.WaitGroup
 }
+
+// errClosed: an operation on a store that was closed.
+var errClosed = fmt.Errorf("zookeeper: store closed: %w", coord.ErrUnavailable)
 
 var _ coord.Store = (*Store)(nil)
 
@@ -182,27 +190,36 @@ func Open(cfg Config, log *slog.Logger) (*Store, error) {
 		digest: []byte(cfg.Digest), acl: zk.DigestACL(zk.PermAll, user, pw), tls: cfg.TLS}, nil
 }
 
-// Close closes the base connection. Sessions are closed by their owners.
+// Close closes the base connection; operations started afterwards fail with
+// coord.ErrUnavailable. Sessions are closed by their owners.
 func (s *Store) Close() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.base != nil {
-		s.base.Close()
-		s.base = nil
+	base := s.base
+	s.base, s.closed = nil, true
+	s.mu.Unlock()
+	if base != nil {
+		base.Close()
 	}
+	s.retiring.Wait()
 	return nil
 }
 
-// conn returns a live base connection, replacing an expired one.
+// conn returns a live base connection, replacing an expired one. The
+// expired one is closed beside the caller, outside the lock, and Close
+// joins that.
 func (s *Store) conn(ctx context.Context) (*conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errClosed
+	}
 	if s.base != nil && !s.base.expired.Load() {
 		return s.base, nil
 	}
-	if s.base != nil {
-		s.base.Close()
+	if stale := s.base; stale != nil {
 		s.base = nil
+		s.retiring.Add(1)
+		go func() { defer s.retiring.Done(); stale.Close() }()
 	}
 	c, err := s.dial(ctx, baseTimeout, nil)
 	if err != nil {

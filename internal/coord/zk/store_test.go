@@ -38,13 +38,9 @@ func TestServerLossKeepsSession(t *testing.T) {
 	if _, err := s.Create(ctx, "/loss/eph", nil, coord.WithSession(sess)); err != nil {
 		t.Fatal(err)
 	}
-	wctx, wcancel := context.WithCancel(ctx)
-	events := s.Watch(wctx, "/loss")
-	defer func() {
-		wcancel()
-		for range events {
-		}
-	}()
+	w := s.Watch(ctx, "/loss")
+	defer w.Close()
+	events := w.Events()
 	for ev := range events {
 		if ev.Type == coord.EventSynced {
 			break

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/go-zookeeper/zk"
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 )
 
@@ -18,26 +19,22 @@ import (
 // nothing. If the base session expires every watch reports "not watching";
 // the watcher then lists the directory on the new session and delivers the
 // difference.
-func (s *Store) Watch(ctx context.Context, dir string) <-chan coord.Event {
-	out := make(chan coord.Event, coord.WatchBuffer)
-	go func() {
-		defer close(out)
-		cache := coord.NewWatchCache(out)
-		delay := 50 * time.Millisecond
-		for ctx.Err() == nil {
-			if err := s.watchSession(ctx, dir, cache); err != nil {
-				s.log.Debug("zookeeper watch interrupted, resyncing", "dir", dir, "err", err)
-			}
-			t := time.NewTimer(delay)
-			select {
-			case <-ctx.Done():
-			case <-t.C:
-			}
-			t.Stop()
-			delay = min(delay*2, 2*time.Second)
+func (s *Store) Watch(ctx context.Context, dir string) *coord.Watcher {
+	return coord.StartWatcher(ctx, func(ctx context.Context, out chan<- coord.Event) { s.watch(ctx, dir, out) })
+}
+
+// watch follows dir, session after session, until ctx ends.
+func (s *Store) watch(ctx context.Context, dir string, out chan<- coord.Event) {
+	cache := coord.NewWatchCache(out)
+	// Reset once a session's listing is delivered: only failures in a row
+	// wait longer and longer.
+	retry := backoff.New(50*time.Millisecond, 2*time.Second)
+	for ctx.Err() == nil {
+		if err := s.watchSession(ctx, dir, cache, retry.Reset); err != nil {
+			s.log.Debug("zookeeper watch interrupted, resyncing", "dir", dir, "err", err)
 		}
-	}()
-	return out
+		_ = retry.Wait(ctx) // ctx's end is seen by the loop
+	}
 }
 
 type fired struct {
@@ -49,7 +46,7 @@ var errNotWatching = errors.New("zookeeper watch lost (session expired or connec
 
 // watchSession follows dir on one base connection until a watch is lost or
 // ctx ends.
-func (s *Store) watchSession(ctx context.Context, dir string, cache *coord.WatchCache) error {
+func (s *Store) watchSession(ctx context.Context, dir string, cache *coord.WatchCache, synced func()) error {
 	c, err := s.conn(ctx)
 	if err != nil {
 		return err
@@ -129,6 +126,7 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *coord.Watch
 	if !cache.Resync(ctx, list) {
 		return ctx.Err()
 	}
+	synced()
 	for {
 		var f fired
 		select {

@@ -1,0 +1,72 @@
+package backoff
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+// fakeClock fires every timer at once and records the delays asked for.
+type fakeClock struct{ asked []time.Duration }
+
+func (c *fakeClock) After(d time.Duration) (<-chan time.Time, func()) {
+	c.asked = append(c.asked, d)
+	ch := make(chan time.Time, 1)
+	ch <- time.Time{}
+	return ch, func() {}
+}
+
+// neverClock's timers never fire.
+type neverClock struct{}
+
+func (neverClock) After(time.Duration) (<-chan time.Time, func()) { return nil, func() {} }
+
+func TestDelays(t *testing.T) {
+	ms := time.Millisecond
+	cases := []struct {
+		name       string
+		first, max time.Duration
+		waits      int
+		resetAfter int // Reset after this many waits (0: never)
+		want       []time.Duration
+	}{
+		{"doubles to the cap", 50 * ms, 400 * ms, 6, 0, []time.Duration{50 * ms, 100 * ms, 200 * ms, 400 * ms, 400 * ms, 400 * ms}},
+		{"reset starts again", 50 * ms, 2 * time.Second, 5, 3, []time.Duration{50 * ms, 100 * ms, 200 * ms, 50 * ms, 100 * ms}},
+		{"cap below first", 100 * ms, 10 * ms, 3, 0, []time.Duration{100 * ms, 100 * ms, 100 * ms}},
+		{"cap not a power of two of first", 30 * ms, 100 * ms, 4, 0, []time.Duration{30 * ms, 60 * ms, 100 * ms, 100 * ms}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &fakeClock{}
+			b := New(tc.first, tc.max, WithClock(c))
+			for i := range tc.waits {
+				if i > 0 && i == tc.resetAfter {
+					b.Reset()
+				}
+				if err := b.Wait(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if len(c.asked) != len(tc.want) {
+				t.Fatalf("asked %v, want %v", c.asked, tc.want)
+			}
+			for i := range c.asked {
+				if c.asked[i] != tc.want[i] {
+					t.Fatalf("asked %v, want %v", c.asked, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// TestWaitEndsWithContext: a Wait whose timer never fires returns the
+// context's error once it ends.
+func TestWaitEndsWithContext(t *testing.T) {
+	b := New(time.Hour, time.Hour, WithClock(neverClock{}))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := b.Wait(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait on an ended context: %v, want context.Canceled", err)
+	}
+}
