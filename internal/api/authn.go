@@ -29,6 +29,7 @@ var procedures = map[string]procedure{
 	taskdv1connect.ClusterServiceListMembersProcedure:         {auth.Viewer, false, ""},
 	taskdv1connect.ClusterServiceSetPriorityProcedure:         {auth.Admin, true, "node"},
 	taskdv1connect.ClusterServiceSetSpecifiedMembersProcedure: {auth.Admin, true, "members"},
+	taskdv1connect.ClusterServiceForgetMemberProcedure:        {auth.Admin, true, "node"},
 	// The join RPC (internal/api/join.go): only join tokens.
 	taskdv1connect.ClusterServiceJoinProcedure: {auth.Join, true, "node"},
 

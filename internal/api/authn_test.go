@@ -87,7 +87,8 @@ func TestEveryProcedureNeedsItsRole(t *testing.T) {
 	for _, p := range procedures(t) {
 		switch {
 		case strings.HasPrefix(p, "/taskd.v1.TokenService/"), strings.HasSuffix(p, "/SetVIP"), strings.HasSuffix(p, "/DeleteVIP"),
-			strings.HasSuffix(p, "/DrainVIP"), strings.HasSuffix(p, "/SetPriority"), strings.HasSuffix(p, "/SetSpecifiedMembers"):
+			strings.HasSuffix(p, "/DrainVIP"), strings.HasSuffix(p, "/SetPriority"), strings.HasSuffix(p, "/SetSpecifiedMembers"),
+			strings.HasSuffix(p, "/ForgetMember"):
 			need[p] = auth.Admin
 		case strings.HasSuffix(p, "/Join"):
 			need[p] = auth.Join

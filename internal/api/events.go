@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"sync"
 	"time"
 
@@ -30,12 +31,9 @@ func (s *eventService) ListEvents(ctx context.Context, req *connect.Request[task
 		lists = append(lists, local)
 	}
 	if st := s.c.TaskStore(); !m.LocalOnly && st != nil {
-		v := s.c.View()
-		names := []string{v.Self}
-		for _, mb := range v.Members {
-			if mb.Name != v.Self {
-				names = append(names, mb.Name)
-			}
+		names := ringNodes(s.c.View(), s.c.EtcdMembers())
+		if m.Node != "" {
+			names = slices.DeleteFunc(names, func(n string) bool { return n != m.Node })
 		}
 		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		ring, err := events.FromStore(rctx, st.KV(), quorum.DefaultConfig().Root, names)
@@ -67,15 +65,11 @@ func (s *eventService) WatchEvents(ctx context.Context, req *connect.Request[tas
 		return toConnect(errNotConnected)
 	}
 	m := req.Msg
-	v := s.c.View()
-	names := map[string]bool{v.Self: true}
-	for _, mb := range v.Members {
-		names[mb.Name] = true
-	}
+	names := ringNodes(s.c.View(), s.c.EtcdMembers())
 	wctx, cancel := context.WithCancel(ctx)
 	merged := make(chan coord.Event)
 	var wg sync.WaitGroup
-	for n := range names {
+	for _, n := range names {
 		if m.Node != "" && n != m.Node {
 			continue
 		}
@@ -122,6 +116,23 @@ func (s *eventService) WatchEvents(ctx context.Context, req *connect.Request[tas
 			return err
 		}
 	}
+}
+
+// ringNodes are the nodes whose rings the store may hold: this node, the
+// live members and every member that is down (it joined and has not been
+// forgotten). A dead member's ring is its last word, and the timeline
+// matters most exactly then.
+func ringNodes(v quorum.View, etcdMembers []string) []string {
+	names := []string{v.Self}
+	for _, mb := range v.Members {
+		if mb.Name != v.Self {
+			names = append(names, mb.Name)
+		}
+	}
+	for _, d := range v.Down(etcdMembers) {
+		names = append(names, d.Name)
+	}
+	return names
 }
 
 func toEventPB(e events.Event) *taskdv1.Event {

@@ -45,6 +45,10 @@ func (n *member) TaskStore() *task.Store     { return n.tasks }
 func (n *member) Events() *events.Recorder   { return nil }
 func (n *member) VIPs() *vips.Registry       { return n.reg }
 func (n *member) Schedules() *schedule.Store { return nil }
+func (n *member) EtcdMembers() []string      { return nil }
+func (n *member) Forget(ctx context.Context, name string) (quorum.Forgotten, error) {
+	return n.q.Forget(ctx, name, nil)
+}
 func (n *member) SetPriority(ctx context.Context, node string, p int, force bool) error {
 	return n.q.SetPriority(ctx, node, p, force)
 }
@@ -131,6 +135,21 @@ func serve(t *testing.T, c api.Cluster) *api.Client {
 	return cl
 }
 
+// knownKeys lists the known-member records' keys (their last-seen times
+// change on their own).
+func knownKeys(t *testing.T, ctx context.Context, kv coord.Store) string {
+	t.Helper()
+	kvs, err := kv.List(ctx, "/taskd/known")
+	if err != nil {
+		t.Fatalf("list known members: %v", err)
+	}
+	var out []string
+	for _, e := range kvs {
+		out = append(out, e.Key)
+	}
+	return strings.Join(out, ",")
+}
+
 // storeState reads every directory a request could reach through a key
 // built from its input, with versions: what a refused request must leave
 // as it was.
@@ -195,6 +214,7 @@ func testKeyTraversal(t *testing.T, b testenv.Backend) {
 		t.Fatalf("task %s never ran: %v", id, err)
 	}
 	before := storeState(t, ctx, kv, id)
+	knownBefore := knownKeys(t, ctx, kv)
 	view := n.View()
 
 	badIDs := []string{"../../election/epoch", "../active/" + id, id + "/..", "..", "", strings.ToUpper(id), id + "\x00", strings.Repeat("0", 4096)}
@@ -278,6 +298,10 @@ func testKeyTraversal(t *testing.T, b testenv.Backend) {
 			_, err := cl.Cluster.SetPriority(ctx, connect.NewRequest(&taskdv1.SetPriorityRequest{Node: bad, Priority: 1, Force: true}))
 			return err
 		}
+		attacks["ForgetMember "+keys.Quote(bad)] = func() error {
+			_, err := cl.Cluster.ForgetMember(ctx, connect.NewRequest(&taskdv1.ForgetMemberRequest{Node: bad}))
+			return err
+		}
 		attacks["SetSpecifiedMembers "+keys.Quote(bad)] = func() error {
 			_, err := cl.Cluster.SetSpecifiedMembers(ctx, connect.NewRequest(&taskdv1.SetSpecifiedMembersRequest{Members: []string{"n1", bad}, Force: true}))
 			return err
@@ -293,6 +317,9 @@ func testKeyTraversal(t *testing.T, b testenv.Backend) {
 
 	if after := storeState(t, ctx, kv, id); after != before {
 		t.Errorf("refused requests changed the store:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if after := knownKeys(t, ctx, kv); after != knownBefore {
+		t.Errorf("refused requests changed the known members: before %s, after %s", knownBefore, after)
 	}
 	now, err := cl.Tasks.GetTask(ctx, connect.NewRequest(&taskdv1.GetTaskRequest{Id: id}))
 	if err != nil {

@@ -48,6 +48,11 @@ type Cluster interface {
 	SetPriority(ctx context.Context, node string, priority int, force bool) error
 	// SetSpecified restricts who may lead.
 	SetSpecified(ctx context.Context, names []string, force bool) error
+	// EtcdMembers are the embedded etcd's member names (nil for other
+	// stores), read locally so that they are known without a quorum.
+	EtcdMembers() []string
+	// Forget removes a decommissioned node that is down.
+	Forget(ctx context.Context, name string) (quorum.Forgotten, error)
 	// Coordinator describes the coordination store in use.
 	Coordinator() string
 	// TaskStore is the task store, nil until the node is connected.
@@ -222,7 +227,9 @@ func toConnect(err error) error {
 		code = connect.CodeNotFound
 	case errors.Is(err, vips.ErrNoTarget):
 		code = connect.CodeFailedPrecondition
-	case errors.Is(err, quorum.ErrNotMember), errors.Is(err, coord.ErrNotFound), errors.Is(err, task.ErrNotFound),
+	case errors.Is(err, quorum.ErrLive), errors.Is(err, quorum.ErrSpecified):
+		code = connect.CodeFailedPrecondition
+	case errors.Is(err, quorum.ErrNotMember), errors.Is(err, quorum.ErrNotKnown), errors.Is(err, coord.ErrNotFound), errors.Is(err, task.ErrNotFound),
 		errors.Is(err, schedule.ErrNotFound):
 		code = connect.CodeNotFound
 	case errors.Is(err, coord.ErrConflict), errors.Is(err, coord.ErrExists), errors.Is(err, task.ErrState):
@@ -257,34 +264,6 @@ func ts(t time.Time) *timestamppb.Timestamp {
 		return nil
 	}
 	return timestamppb.New(t)
-}
-
-func (s *clusterService) ListMembers(context.Context, *connect.Request[taskdv1.ListMembersRequest]) (*connect.Response[taskdv1.ListMembersResponse], error) {
-	v := s.c.View()
-	out := &taskdv1.ListMembersResponse{
-		Leader: v.Leader, Epoch: v.Epoch, ElectedAt: ts(v.ElectedAt), Self: v.Self,
-		SelfSession: v.Session, SelfReady: v.Ready, SelfError: v.JoinError, Coordinator: s.c.Coordinator(),
-		SpecifiedMembers: v.Specified, ServerTime: timestamppb.Now(),
-		SessionTimeoutMs: v.Timeout.Milliseconds(), DeadlineFraction: v.DeadlineFraction,
-	}
-	for _, m := range v.Members {
-		pm := &taskdv1.Member{
-			Name: m.Name, Address: m.Address, Priority: int32(m.Priority), CurrentPriority: int32(m.CurrentPriority),
-			Session: m.Session, Health: m.Health, HealthReason: m.HealthReason, Leader: m.Name == v.Leader,
-			Version: m.Version, NodeId: m.NodeID, StartedAt: ts(m.StartedAt), JoinedAt: ts(m.JoinedAt),
-		}
-		if m.Name == v.Self {
-			pm.Session = v.Session
-		}
-		out.Members = append(out.Members, pm)
-	}
-	if f := v.LastFence; f != nil {
-		out.LastFence = &taskdv1.FenceReport{
-			Reason: f.Reason, Started: ts(f.Started), Finished: ts(f.Finished), DurationMs: f.Duration.Milliseconds(),
-			EarliestExpiry: ts(f.EarliestExpiry), BeforeExpiry: f.BeforeExpiry,
-		}
-	}
-	return connect.NewResponse(out), nil
 }
 
 func (s *clusterService) SetPriority(ctx context.Context, req *connect.Request[taskdv1.SetPriorityRequest]) (*connect.Response[taskdv1.SetPriorityResponse], error) {

@@ -45,15 +45,27 @@ type node struct {
 	ready atomic.Bool
 }
 
-func (n *node) View() quorum.View                                    { return quorum.View{Self: "n1", Session: "running"} }
+// lostSession is when the fake node's session was lost, while it is not ready.
+var lostSession = time.Date(2026, 11, 26, 16, 20, 0, 0, time.UTC)
+
+func (n *node) View() quorum.View {
+	if !n.ready.Load() {
+		return quorum.View{Self: "n1", Session: "connecting", SessionSince: lostSession, JoinError: "etcd grant lease : coord: store unavailable"}
+	}
+	return quorum.View{Self: "n1", Session: "running", Ready: true}
+}
 func (n *node) Ready() bool                                          { return n.ready.Load() }
 func (n *node) SetPriority(context.Context, string, int, bool) error { return nil }
 func (n *node) SetSpecified(context.Context, []string, bool) error   { return nil }
 func (n *node) Coordinator() string                                  { return "embedded" }
-func (n *node) TaskStore() *task.Store                               { return n.tasks }
-func (n *node) Events() *events.Recorder                             { return n.rec }
-func (n *node) VIPs() *vips.Registry                                 { return n.vips }
-func (n *node) Schedules() *schedule.Store                           { return nil }
+func (n *node) EtcdMembers() []string                                { return nil }
+func (n *node) Forget(context.Context, string) (quorum.Forgotten, error) {
+	return quorum.Forgotten{}, quorum.ErrNotKnown
+}
+func (n *node) TaskStore() *task.Store     { return n.tasks }
+func (n *node) Events() *events.Recorder   { return n.rec }
+func (n *node) VIPs() *vips.Registry       { return n.vips }
+func (n *node) Schedules() *schedule.Store { return nil }
 
 // server is one API server on a loopback TLS listener.
 type server struct {
@@ -101,6 +113,7 @@ func startServer(t *testing.T, tweak func(*api.ServerConfig)) *server {
 	}
 	n := &node{store: store, tasks: tasks, rec: rec,
 		vips: vips.NewRegistry(store, keysRoot(t), func() quorum.View { return quorum.View{Self: "n1"} }, func() (map[netip.Addr]string, error) { return nil, nil })}
+	n.ready.Store(true) // a joined node; tests that need another take it away
 	local, err := auth.LoadLocal(dir, "n1")
 	if err != nil {
 		t.Fatal(err)

@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
+	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
 )
 
@@ -18,12 +20,40 @@ var errNotConnected = fmt.Errorf("node is not connected to the coordinator yet: 
 
 type taskService struct{ c Cluster }
 
+// store is the task store of a node with a live store session. Without
+// one (quorum lost, store unreachable, rejoining), a request would only
+// wait out its deadline: it fails at once, saying why.
 func (s *taskService) store() (*task.Store, error) {
 	st := s.c.TaskStore()
 	if st == nil {
 		return nil, toConnect(errNotConnected)
 	}
+	if err := noSession(s.c); err != nil {
+		return nil, toConnect(err)
+	}
 	return st, nil
+}
+
+// hasSession: the view is of a joined node whose session is confirmed.
+func hasSession(v quorum.View) bool { return v.Ready && v.Session == coord.StateRunning.String() }
+
+// noSession is nil when the node has a live store session, else an
+// ErrUnavailable that says since when it has none and why. A session that
+// is reconnecting (no confirmed contact, before the local deadline) counts
+// as none: a request would wait for the store as long as the deadline.
+func noSession(c Cluster) error {
+	v := c.View()
+	if c.Ready() && hasSession(v) {
+		return nil
+	}
+	msg := "the node has no store session: " + v.Session
+	if !v.SessionSince.IsZero() {
+		msg += " since " + v.SessionSince.UTC().Format(time.RFC3339) + " (" + time.Since(v.SessionSince).Round(time.Second).String() + ")"
+	}
+	if v.JoinError != "" {
+		msg += ", last error: " + v.JoinError
+	}
+	return fmt.Errorf("%s; the store may have lost its quorum (taskctl doctor names unreachable members): %w", msg, coord.ErrUnavailable)
 }
 
 // toTask converts a record; reason is why it waits ("" when running or final).

@@ -91,6 +91,7 @@ func TestTokenService(t *testing.T) {
 // and say nothing but ok / ready / not ready; /metrics needs a viewer.
 func TestOpenEndpointsSayLittle(t *testing.T) {
 	s := startServer(t, nil)
+	s.node.ready.Store(false) // a node that has not joined (yet)
 	hc := s.httpClient(false)
 	get := func(path, token string) (int, string) {
 		t.Helper()

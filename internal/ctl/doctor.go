@@ -50,7 +50,9 @@ func doctorCmd(g *globals) *cobra.Command {
 			"certificate of this cluster before the token is sent), that each member reaches the\n" +
 			"coordinator (a live session), the session timeout against the local deadline and across\n" +
 			"members, clock skew between members and this host, member health, and that every\n" +
-			"member answers under its own name at its advertised address.",
+			"member answers under its own name at its advertised address. A member that was part of the\n" +
+			"cluster and is down (it joined, or it is an embedded etcd member or a specified member) is a\n" +
+			"finding, with since when; so is a member without a store session, naming the unreachable members.",
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var d doctor
@@ -120,13 +122,20 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 	d.ok("%s answers as %s (coordinator %s)", g.endpoint, first.Self, first.Coordinator)
 	answers := map[string]*taskdv1.ListMembersResponse{first.Self: first}
 	skews := map[string]time.Duration{first.Self: skew}
+	var unreachable []string
 	for _, m := range first.Members {
 		if m.Name == first.Self {
+			continue
+		}
+		if m.State == "down" {
+			unreachable = append(unreachable, m.Name)
+			d.bad("member %s is down: %s; start it again, or if it was decommissioned: taskctl service forget %s", m.Name, downSince(m, time.Now()), m.Name)
 			continue
 		}
 		r, sk, err := ask(ctx, g, g.memberEndpoint(m.Address), m.Name)
 		switch {
 		case err != nil:
+			unreachable = append(unreachable, m.Name)
 			d.bad("member %s at its advertised address %s: %s", m.Name, m.Address, explain(err))
 			continue
 		case r.Self != m.Name:
@@ -142,7 +151,7 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 			continue
 		}
 		if r.SelfSession != "running" || !r.SelfReady {
-			d.bad("member %s has no live session with the coordinator (session %s): %s", m.Name, r.SelfSession, r.SelfError)
+			d.bad("member %s has no live session with the coordinator (%s): %s", m.Name, sessionSince(r), noSessionReason(r, unreachable))
 		} else {
 			d.ok("member %s reaches the coordinator (session running)", m.Name)
 		}
@@ -172,6 +181,9 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 	}
 	ids := map[string]string{}
 	for _, m := range first.Members {
+		if m.State == "down" {
+			continue
+		}
 		if other, dup := ids[m.NodeId]; dup && m.NodeId != "" {
 			d.bad("members %s and %s share node id %s: one data directory was copied from the other; give one a fresh data directory", other, m.Name, m.NodeId)
 		}
@@ -180,7 +192,69 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 	if first.Leader == "" {
 		d.bad("there is no leader: tasks are not dispatched and VIPs are not held")
 	}
+	if !first.SelfReady || first.SelfSession != "running" {
+		// Its store reads would only run into the deadline.
+		d.note("vips not checked: %s has no store session", first.Self)
+		return
+	}
 	d.vips(ctx, g)
+}
+
+// sessionSince is "session STATE since T (D ago)".
+func sessionSince(r *taskdv1.ListMembersResponse) string {
+	out := "session " + r.SelfSession
+	if r.SelfSessionSince != nil {
+		t := r.SelfSessionSince.AsTime()
+		out += " since " + t.Local().Format(time.RFC3339) + " (" + human(time.Since(t)) + " ago)"
+	}
+	return out
+}
+
+// noSessionReason says why a member has no session: with members
+// unreachable, most likely the store lost its quorum, which the store's
+// own error ("etcd grant lease: store unavailable") does not say.
+func noSessionReason(r *taskdv1.ListMembersResponse, unreachable []string) string {
+	if len(unreachable) == 0 {
+		return r.SelfError
+	}
+	why := "members " + strings.Join(unreachable, ", ") + " are unreachable"
+	if len(unreachable) == 1 {
+		why = "member " + unreachable[0] + " is unreachable"
+	}
+	why += ": the store may have lost its quorum; start them again"
+	if r.SelfError != "" {
+		why += " (the store said: " + r.SelfError + ")"
+	}
+	return why
+}
+
+// downSince says since when a down member has been gone, and why it counts.
+func downSince(m *taskdv1.Member, now time.Time) string {
+	out := "never seen alive by taskd"
+	if m.Since != nil {
+		t := m.Since.AsTime()
+		out = "last seen " + t.Local().Format(time.RFC3339) + " (" + human(now.Sub(t)) + " ago)"
+	}
+	if len(m.Sources) > 0 {
+		out += "; " + memberOf(m.Sources)
+	}
+	return out
+}
+
+// memberOf explains the sources of a down member.
+func memberOf(sources []string) string {
+	var parts []string
+	for _, s := range sources {
+		switch s {
+		case "known":
+			parts = append(parts, "it joined this cluster")
+		case "etcd":
+			parts = append(parts, "it is an embedded etcd member")
+		case "specified":
+			parts = append(parts, "it is a specified member")
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // vips checks that every VIP is held, up, by a healthy node.

@@ -130,7 +130,11 @@ func (g *globals) memberJournals(ctx context.Context, cmd *cobra.Command, c *api
 	local := &taskdv1.ListEventsRequest{Since: req.Since, Node: req.Node, Type: req.Type, LocalOnly: true}
 	var out []*taskdv1.Event
 	for _, mb := range m.Msg.Members {
-		if mb.Name == m.Msg.Self || mb.Address == "" {
+		if mb.Name == m.Msg.Self || mb.Address == "" || (req.Node != "" && mb.Name != req.Node) {
+			continue
+		}
+		if mb.State == "down" {
+			// It cannot answer; its events come from its ring in the store.
 			continue
 		}
 		mc, err := g.clientAt(g.memberEndpoint(mb.Address), mb.Name)

@@ -92,28 +92,39 @@ func serviceCmd(g *globals) *cobra.Command {
 	ss.Flags().BoolVar(&clearList, "clear", false, "let every member lead")
 	ss.Flags().BoolVar(&forceList, "force", false, "store the list even if none of the names is a live member")
 	cmd.AddCommand(ss)
+	cmd.AddCommand(forgetCmd(g))
 	return cmd
 }
 
 // serviceListJSON is the stable JSON of `service list`.
 type serviceListJSON struct {
-	Leader      string       `json:"leader"`
-	Epoch       int64        `json:"epoch"`
-	ElectedAt   *time.Time   `json:"elected_at,omitempty"`
-	Self        string       `json:"self"`
-	SelfSession string       `json:"self_session"`
-	SelfReady   bool         `json:"self_ready"`
-	SelfError   string       `json:"self_error,omitempty"`
-	Coordinator string       `json:"coordinator"`
-	Members     []memberJSON `json:"members"`
+	Leader      string     `json:"leader"`
+	Epoch       int64      `json:"epoch"`
+	ElectedAt   *time.Time `json:"elected_at,omitempty"`
+	Self        string     `json:"self"`
+	SelfSession string     `json:"self_session"`
+	// SelfSessionSince is when the answering node's session state changed.
+	SelfSessionSince *time.Time   `json:"self_session_since,omitempty"`
+	SelfReady        bool         `json:"self_ready"`
+	SelfError        string       `json:"self_error,omitempty"`
+	Coordinator      string       `json:"coordinator"`
+	Members          []memberJSON `json:"members"`
 	// SpecifiedMembers restricts who may lead; empty: everyone.
 	SpecifiedMembers []string   `json:"specified_members"`
 	LastFence        *fenceJSON `json:"last_fence,omitempty"`
 }
 
 type memberJSON struct {
-	Name            string     `json:"name"`
-	Address         string     `json:"address"`
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	// State is up, down (it was part of the cluster and has no live
+	// session) or unknown (the answering node has no session itself).
+	State string `json:"state"`
+	// Since: for down, when it was last seen alive (absent if never);
+	// for unknown, since when the answering node has had no session.
+	Since *time.Time `json:"since,omitempty"`
+	// Sources: for down, why it counts as a member (known, etcd, specified).
+	Sources         []string   `json:"sources,omitempty"`
 	Priority        int32      `json:"priority"`
 	CurrentPriority int32      `json:"current_priority"`
 	Session         string     `json:"session"`
@@ -147,12 +158,12 @@ func tp(t *timestamppb.Timestamp) *time.Time {
 func toServiceListJSON(r *taskdv1.ListMembersResponse, now time.Time) serviceListJSON {
 	out := serviceListJSON{
 		Leader: r.Leader, Epoch: r.Epoch, ElectedAt: tp(r.ElectedAt), Self: r.Self, SelfSession: r.SelfSession,
-		SelfReady: r.SelfReady, SelfError: r.SelfError, Coordinator: r.Coordinator, Members: []memberJSON{},
+		SelfSessionSince: tp(r.SelfSessionSince), SelfReady: r.SelfReady, SelfError: r.SelfError, Coordinator: r.Coordinator, Members: []memberJSON{},
 		SpecifiedMembers: append([]string{}, r.SpecifiedMembers...),
 	}
 	for _, m := range r.Members {
 		mj := memberJSON{
-			Name: m.Name, Address: m.Address, Priority: m.Priority, CurrentPriority: m.CurrentPriority, Session: m.Session,
+			Name: m.Name, Address: m.Address, State: m.State, Since: tp(m.Since), Sources: m.Sources, Priority: m.Priority, CurrentPriority: m.CurrentPriority, Session: m.Session,
 			Health: m.Health, HealthReason: m.HealthReason, Leader: m.Leader, Version: m.Version, NodeID: m.NodeId,
 			StartedAt: tp(m.StartedAt), JoinedAt: tp(m.JoinedAt),
 		}
@@ -198,13 +209,29 @@ func serviceList(cmd *cobra.Command, g *globals) error {
 		fmt.Fprintf(g.out, "only these may lead (specified members): %s\n", strings.Join(v.SpecifiedMembers, ", "))
 	}
 	fmt.Fprintf(g.out, "answered by %s: session %s", v.Self, v.SelfSession)
+	if v.SelfSessionSince != nil && !v.SelfReady {
+		fmt.Fprintf(g.out, " since %s (%s ago)", v.SelfSessionSince.Local().Format(time.RFC3339), human(time.Since(*v.SelfSessionSince)))
+	}
 	if v.SelfError != "" {
 		fmt.Fprintf(g.out, " (%s)", v.SelfError)
 	}
 	fmt.Fprintln(g.out)
 	tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tADDRESS\tROLE\tPRIORITY\tCURRENT\tSESSION\tHEALTH\tSTARTED\tUPTIME\tVERSION")
+	fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tSINCE\tROLE\tPRIORITY\tCURRENT\tSESSION\tHEALTH\tSTARTED\tUPTIME\tVERSION")
+	var down []string
 	for _, m := range v.Members {
+		since := "-"
+		if m.Since != nil {
+			since = m.Since.Local().Format(time.RFC3339) + " (" + human(time.Since(*m.Since)) + " ago)"
+		}
+		if m.State == "down" {
+			down = append(down, m.Name)
+			if m.Since == nil {
+				since = "never seen (" + strings.Join(m.Sources, ",") + ")"
+			}
+			fmt.Fprintf(tw, "%s\t%s\tdown\t%s\t-\t-\t-\t-\t-\t-\t-\t-\n", m.Name, orDash(m.Address), since)
+			continue
+		}
 		role := "follower"
 		if m.Leader {
 			role = "leader"
@@ -218,17 +245,64 @@ func serviceList(cmd *cobra.Command, g *globals) error {
 		if m.HealthReason != "" {
 			health += " (" + m.HealthReason + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Address, role, m.Priority, m.CurrentPriority,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Address, orDash(m.State), since, role, m.Priority, m.CurrentPriority,
 			m.Session, health, started, uptime, m.Version)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if len(down) > 0 {
+		fmt.Fprintf(g.out, "down: %s (start them again, or forget a decommissioned node: taskctl service forget NODE)\n", strings.Join(down, ", "))
 	}
 	if f := v.LastFence; f != nil && f.Finished != nil {
 		fmt.Fprintf(g.out, "last fence on %s: %s at %s, took %dms, before expiry: %v\n", v.Self, f.Reason,
 			f.Finished.Local().Format(time.RFC3339), f.DurationMS, f.BeforeExpiry)
 	}
 	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// forgetCmd removes a decommissioned node that is down.
+func forgetCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "forget NODE",
+		Short: "Forget a decommissioned node that is down, so it no longer shows as down (admin)",
+		Long: "Removes NODE's known-member record and, on the embedded store, its etcd member (which\n" +
+			"shrinks the etcd cluster: do it only for a node that will not come back with its data).\n" +
+			"Refused while NODE has a live session, and while it is one of the specified members.",
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := g.ctx(cmd)
+			defer cancel()
+			r, err := c.Cluster.ForgetMember(ctx, connect.NewRequest(&taskdv1.ForgetMemberRequest{Node: args[0]}))
+			if err != nil {
+				return fmt.Errorf("forget %s: %w", args[0], err)
+			}
+			if g.output == "json" {
+				return json.NewEncoder(g.out).Encode(map[string]any{"node": args[0],
+					"known_record_removed": r.Msg.KnownRecordRemoved, "etcd_member_removed": r.Msg.EtcdMemberRemoved})
+			}
+			what := []string{}
+			if r.Msg.KnownRecordRemoved {
+				what = append(what, "its known-member record")
+			}
+			if r.Msg.EtcdMemberRemoved {
+				what = append(what, "its etcd member")
+			}
+			fmt.Fprintf(g.out, "forgot %s: removed %s\n", args[0], strings.Join(what, " and "))
+			return nil
+		},
+	}
 }
 
 // human prints a duration as 1d21h3m, 5m3s or 850ms.

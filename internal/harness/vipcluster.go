@@ -164,10 +164,20 @@ func (c *VIPCluster) Leader(from string) (string, time.Time) {
 		Leader    string    `json:"leader"`
 		ElectedAt time.Time `json:"elected_at"`
 		Members   []struct {
-			Name string `json:"name"`
+			Name  string `json:"name"`
+			State string `json:"state"`
 		} `json:"members"`
 	}
-	if json.Unmarshal(out, &r) != nil || len(r.Members) != len(VIPNodes) {
+	if json.Unmarshal(out, &r) != nil {
+		return "", time.Time{}
+	}
+	live := 0
+	for _, m := range r.Members {
+		if m.State != "down" { // a killed member stays listed, as down
+			live++
+		}
+	}
+	if live != len(VIPNodes) {
 		return "", time.Time{}
 	}
 	return r.Leader, r.ElectedAt

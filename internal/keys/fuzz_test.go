@@ -154,6 +154,11 @@ func FuzzMemberKey(f *testing.F) {
 	fuzzBuilder(f, q.MembersDir(), q.MemberKey, keys.ValidName)
 }
 
+func FuzzKnownKey(f *testing.F) {
+	q := testRoot(f).Quorum()
+	fuzzBuilder(f, q.KnownDir(), q.KnownKey, keys.ValidName)
+}
+
 func FuzzPriorityKey(f *testing.F) {
 	q := testRoot(f).Quorum()
 	fuzzBuilder(f, q.PriorityDir(), q.PriorityKey, keys.ValidName)

@@ -10,6 +10,7 @@ import (
 // Layout under ROOT (default /taskd):
 //
 //	members/NAME             a member, bound to its session (quorum)
+//	known/NAME               a node that has joined, persistent, with last-seen time
 //	election/leader          the leader record (quorum)
 //	election/epoch           the epoch counter, the leaders' fencing token
 //	election/specified       who may lead
@@ -146,6 +147,14 @@ func (q Quorum) MembersDir() string { return q.root + "/members" }
 
 // MemberKey is the record of member name.
 func (q Quorum) MemberKey(name string) (string, error) { return child(q.MembersDir(), name, ValidName) }
+
+// KnownDir holds one persistent record per node that has joined: unlike
+// MembersDir it outlives the node's session, so a dead member stays
+// visible (as down) until an operator forgets it.
+func (q Quorum) KnownDir() string { return q.root + "/known" }
+
+// KnownKey is the known-member record of node name.
+func (q Quorum) KnownKey(name string) (string, error) { return child(q.KnownDir(), name, ValidName) }
 
 // ElectionDir holds the leader, epoch and specified-members records.
 func (q Quorum) ElectionDir() string { return q.root + "/election" }

@@ -141,6 +141,8 @@ func TestLayout(t *testing.T) {
 		must(tk.RunnerConfigKey("n1")):  "/taskd/config/runners/n1",
 		q.MembersDir():                  "/taskd/members",
 		must(q.MemberKey("n1")):         "/taskd/members/n1",
+		q.KnownDir():                    "/taskd/known",
+		must(q.KnownKey("n1")):          "/taskd/known/n1",
 		q.ElectionDir():                 "/taskd/election",
 		q.LeaderKey():                   "/taskd/election/leader",
 		q.EpochKey():                    "/taskd/election/epoch",

@@ -368,3 +368,32 @@ func prepareDataDir(dir string) (unlock func(), nodeID string, err error) {
 	}
 	return unlock, nodeID, nil
 }
+
+// EtcdMembers implements api.Cluster: the embedded etcd's member names, nil
+// for external stores.
+func (n *Node) EtcdMembers() []string {
+	if srv := n.etcdSrv.Load(); srv != nil {
+		return srv.MemberNames()
+	}
+	return nil
+}
+
+// Forget implements api.Cluster: it removes a decommissioned node that is
+// down, and on the embedded store its etcd member.
+func (n *Node) Forget(ctx context.Context, name string) (quorum.Forgotten, error) {
+	q := n.q.Load()
+	if q == nil {
+		return quorum.Forgotten{}, fmt.Errorf("node is not connected to the coordinator yet: %w", coord.ErrUnavailable)
+	}
+	var removeEtcd func(context.Context, string) (bool, error)
+	if srv := n.etcdSrv.Load(); srv != nil {
+		removeEtcd = func(ctx context.Context, name string) (bool, error) {
+			err := srv.RemoveMember(ctx, name)
+			if errors.Is(err, etcd.ErrNoSuchMember) {
+				return false, nil
+			}
+			return err == nil, err
+		}
+	}
+	return q.Forget(ctx, name, removeEtcd)
+}

@@ -39,6 +39,10 @@ type Config struct {
 	// that the best candidate normally wins without contention while a
 	// silent best candidate cannot leave the cluster leaderless.
 	CampaignStagger time.Duration
+	// SeenInterval is how often a joined node refreshes the last-seen time
+	// of its known-member record: a dead member shows as down since at
+	// most this long before it died.
+	SeenInterval time.Duration
 	// Root is the store directory of the cluster.
 	Root string
 }
@@ -53,6 +57,7 @@ func DefaultConfig() Config {
 		FenceBudget:      500 * time.Millisecond,
 		YieldGrace:       5 * time.Second,
 		CampaignStagger:  2 * time.Second,
+		SeenInterval:     10 * time.Second,
 		Root:             "/taskd",
 	}
 }
@@ -108,6 +113,9 @@ func (c Config) Validate() error {
 	}
 	if c.YieldGrace < 0 || c.CampaignStagger <= 0 {
 		errs = append(errs, fmt.Errorf("yield grace %v must be >= 0 and campaign stagger %v > 0", c.YieldGrace, c.CampaignStagger))
+	}
+	if c.SeenInterval < time.Second || c.SeenInterval > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("seen interval %v: use 1s-10m", c.SeenInterval))
 	}
 	if err := keys.ValidRoot(c.Root); err != nil {
 		errs = append(errs, err)

@@ -77,15 +77,20 @@ type FenceReport struct {
 
 // View is a snapshot of the cluster as this node sees it.
 type View struct {
-	Self        string        `json:"self"`
-	Session     string        `json:"session"`
-	SessionID   string        `json:"session_id"`
-	Ready       bool          `json:"ready"`
-	Leader      string        `json:"leader"`
-	Epoch       int64         `json:"epoch"`
-	ElectedAt   time.Time     `json:"elected_at"`
-	Members     []Member      `json:"members"`
-	Specified   []string      `json:"specified_members,omitempty"`
+	Self    string `json:"self"`
+	Session string `json:"session"`
+	// SessionSince is when Session last changed.
+	SessionSince time.Time `json:"session_since"`
+	SessionID    string    `json:"session_id"`
+	Ready        bool      `json:"ready"`
+	Leader       string    `json:"leader"`
+	Epoch        int64     `json:"epoch"`
+	ElectedAt    time.Time `json:"elected_at"`
+	Members      []Member  `json:"members"`
+	Specified    []string  `json:"specified_members,omitempty"`
+	// Known are the known-member records as last read: every node that
+	// has joined, live or not (kept when the session is lost).
+	Known       []KnownMember `json:"known,omitempty"`
 	LastContact time.Time     `json:"last_contact"`
 	LastFence   *FenceReport  `json:"last_fence,omitempty"`
 	StartedAt   time.Time     `json:"started_at"`
@@ -134,7 +139,7 @@ func New(cfg Config, store coord.Store, roles Roles, log *slog.Logger, opts ...O
 		startedAt: time.Now(), kick: make(chan struct{}, 1), healthy: true,
 		viewSubs: make(chan struct{}),
 	}
-	q.view = View{Self: cfg.Name, Session: coord.StateStopped.String(), StartedAt: q.startedAt, Timeout: cfg.SessionTimeout, DeadlineFraction: cfg.DeadlineFraction}
+	q.view = View{Self: cfg.Name, Session: coord.StateStopped.String(), SessionSince: q.startedAt, StartedAt: q.startedAt, Timeout: cfg.SessionTimeout, DeadlineFraction: cfg.DeadlineFraction}
 	for _, o := range opts {
 		o(q)
 	}
@@ -157,13 +162,18 @@ func (q *Quorum) View() (View, <-chan struct{}) {
 	defer q.mu.Unlock()
 	v := q.view
 	v.Members = slices.Clone(v.Members)
+	v.Known = slices.Clone(v.Known)
 	return v, q.viewSubs
 }
 
 func (q *Quorum) updateView(f func(*View)) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	before := q.view.Session
 	f(&q.view)
+	if q.view.Session != before {
+		q.view.SessionSince = time.Now()
+	}
 	close(q.viewSubs)
 	q.viewSubs = make(chan struct{})
 }
@@ -360,8 +370,9 @@ func (q *Quorum) term(ctx context.Context, sess coord.Session) (joined bool, err
 	termCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	el := newElection(q, sess, log)
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); el.run(termCtx) }()
+	go func() { defer wg.Done(); q.runKnown(termCtx, log) }()
 	if q.roles.Member != nil {
 		wg.Add(1)
 		go func() {

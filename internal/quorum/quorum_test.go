@@ -129,6 +129,7 @@ func TestQuorum(t *testing.T) {
 			t.Run("UnhealthyEverywhereNoCarousel", func(t *testing.T) { testAllUnhealthy(t, b) })
 			t.Run("SpecifiedMembers", func(t *testing.T) { testSpecified(t, b) })
 			t.Run("CraftedMembers", func(t *testing.T) { testCraftedMembers(t, b) })
+			t.Run("KnownMembers", func(t *testing.T) { testKnownMembers(t, b) })
 		})
 	}
 }

@@ -22,6 +22,103 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ForgetMemberRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetMemberRequest) Reset() {
+	*x = ForgetMemberRequest{}
+	mi := &file_taskd_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetMemberRequest) ProtoMessage() {}
+
+func (x *ForgetMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetMemberRequest.ProtoReflect.Descriptor instead.
+func (*ForgetMemberRequest) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ForgetMemberRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type ForgetMemberResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What was removed.
+	KnownRecordRemoved bool `protobuf:"varint,1,opt,name=known_record_removed,json=knownRecordRemoved,proto3" json:"known_record_removed,omitempty"`
+	EtcdMemberRemoved  bool `protobuf:"varint,2,opt,name=etcd_member_removed,json=etcdMemberRemoved,proto3" json:"etcd_member_removed,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *ForgetMemberResponse) Reset() {
+	*x = ForgetMemberResponse{}
+	mi := &file_taskd_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetMemberResponse) ProtoMessage() {}
+
+func (x *ForgetMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetMemberResponse.ProtoReflect.Descriptor instead.
+func (*ForgetMemberResponse) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ForgetMemberResponse) GetKnownRecordRemoved() bool {
+	if x != nil {
+		return x.KnownRecordRemoved
+	}
+	return false
+}
+
+func (x *ForgetMemberResponse) GetEtcdMemberRemoved() bool {
+	if x != nil {
+		return x.EtcdMemberRemoved
+	}
+	return false
+}
+
 type JoinRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The new node's name (its certificate's common name and etcd user).
@@ -41,7 +138,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[0]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -53,7 +150,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[0]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -66,7 +163,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *JoinRequest) GetName() string {
@@ -132,7 +229,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[1]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -144,7 +241,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[1]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -157,7 +254,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *JoinResponse) GetCaCert() []byte {
@@ -217,7 +314,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[2]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -229,7 +326,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[2]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -242,7 +339,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 type Member struct {
@@ -253,21 +350,31 @@ type Member struct {
 	CurrentPriority int32                  `protobuf:"varint,4,opt,name=current_priority,json=currentPriority,proto3" json:"current_priority,omitempty"`
 	// Session state: running, connecting, expired, stopped. For the answering
 	// node it is live; for others it is what they last wrote.
-	Session       string                 `protobuf:"bytes,5,opt,name=session,proto3" json:"session,omitempty"`
-	Health        string                 `protobuf:"bytes,6,opt,name=health,proto3" json:"health,omitempty"`
-	HealthReason  string                 `protobuf:"bytes,7,opt,name=health_reason,json=healthReason,proto3" json:"health_reason,omitempty"`
-	Leader        bool                   `protobuf:"varint,8,opt,name=leader,proto3" json:"leader,omitempty"`
-	Version       string                 `protobuf:"bytes,9,opt,name=version,proto3" json:"version,omitempty"`
-	NodeId        string                 `protobuf:"bytes,10,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
-	JoinedAt      *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=joined_at,json=joinedAt,proto3" json:"joined_at,omitempty"`
+	Session      string                 `protobuf:"bytes,5,opt,name=session,proto3" json:"session,omitempty"`
+	Health       string                 `protobuf:"bytes,6,opt,name=health,proto3" json:"health,omitempty"`
+	HealthReason string                 `protobuf:"bytes,7,opt,name=health_reason,json=healthReason,proto3" json:"health_reason,omitempty"`
+	Leader       bool                   `protobuf:"varint,8,opt,name=leader,proto3" json:"leader,omitempty"`
+	Version      string                 `protobuf:"bytes,9,opt,name=version,proto3" json:"version,omitempty"`
+	NodeId       string                 `protobuf:"bytes,10,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	StartedAt    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	JoinedAt     *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=joined_at,json=joinedAt,proto3" json:"joined_at,omitempty"`
+	// up: a live member record; down: a member that was part of the cluster
+	// (it joined, it is an embedded etcd member, or a specified member) and
+	// has no live record; unknown: the answering node has no store session,
+	// so it cannot tell.
+	State string `protobuf:"bytes,13,opt,name=state,proto3" json:"state,omitempty"`
+	// down: when it was last seen alive (absent if never seen by taskd);
+	// unknown: since when the answering node has had no session.
+	Since *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=since,proto3" json:"since,omitempty"`
+	// down: why it counts as a member: known, etcd, specified.
+	Sources       []string `protobuf:"bytes,15,rep,name=sources,proto3" json:"sources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[3]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -279,7 +386,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[3]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -292,7 +399,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Member) GetName() string {
@@ -379,6 +486,27 @@ func (x *Member) GetJoinedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Member) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Member) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *Member) GetSources() []string {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
 type FenceReport struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Reason         string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
@@ -393,7 +521,7 @@ type FenceReport struct {
 
 func (x *FenceReport) Reset() {
 	*x = FenceReport{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[4]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -405,7 +533,7 @@ func (x *FenceReport) String() string {
 func (*FenceReport) ProtoMessage() {}
 
 func (x *FenceReport) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[4]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -418,7 +546,7 @@ func (x *FenceReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceReport.ProtoReflect.Descriptor instead.
 func (*FenceReport) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *FenceReport) GetReason() string {
@@ -483,13 +611,15 @@ type ListMembersResponse struct {
 	ServerTime       *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
 	SessionTimeoutMs int64                  `protobuf:"varint,13,opt,name=session_timeout_ms,json=sessionTimeoutMs,proto3" json:"session_timeout_ms,omitempty"`
 	DeadlineFraction float64                `protobuf:"fixed64,14,opt,name=deadline_fraction,json=deadlineFraction,proto3" json:"deadline_fraction,omitempty"`
+	// When the answering node's session state (self_session) last changed.
+	SelfSessionSince *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=self_session_since,json=selfSessionSince,proto3" json:"self_session_since,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[5]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +631,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[5]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +644,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListMembersResponse) GetLeader() string {
@@ -615,6 +745,13 @@ func (x *ListMembersResponse) GetDeadlineFraction() float64 {
 	return 0
 }
 
+func (x *ListMembersResponse) GetSelfSessionSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SelfSessionSince
+	}
+	return nil
+}
+
 type SetPriorityRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Node     string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -627,7 +764,7 @@ type SetPriorityRequest struct {
 
 func (x *SetPriorityRequest) Reset() {
 	*x = SetPriorityRequest{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[6]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +776,7 @@ func (x *SetPriorityRequest) String() string {
 func (*SetPriorityRequest) ProtoMessage() {}
 
 func (x *SetPriorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[6]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +789,7 @@ func (x *SetPriorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriorityRequest.ProtoReflect.Descriptor instead.
 func (*SetPriorityRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SetPriorityRequest) GetNode() string {
@@ -684,7 +821,7 @@ type SetPriorityResponse struct {
 
 func (x *SetPriorityResponse) Reset() {
 	*x = SetPriorityResponse{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[7]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -696,7 +833,7 @@ func (x *SetPriorityResponse) String() string {
 func (*SetPriorityResponse) ProtoMessage() {}
 
 func (x *SetPriorityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[7]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -709,7 +846,7 @@ func (x *SetPriorityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriorityResponse.ProtoReflect.Descriptor instead.
 func (*SetPriorityResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 type SetSpecifiedMembersRequest struct {
@@ -723,7 +860,7 @@ type SetSpecifiedMembersRequest struct {
 
 func (x *SetSpecifiedMembersRequest) Reset() {
 	*x = SetSpecifiedMembersRequest{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[8]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +872,7 @@ func (x *SetSpecifiedMembersRequest) String() string {
 func (*SetSpecifiedMembersRequest) ProtoMessage() {}
 
 func (x *SetSpecifiedMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[8]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +885,7 @@ func (x *SetSpecifiedMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSpecifiedMembersRequest.ProtoReflect.Descriptor instead.
 func (*SetSpecifiedMembersRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SetSpecifiedMembersRequest) GetMembers() []string {
@@ -773,7 +910,7 @@ type SetSpecifiedMembersResponse struct {
 
 func (x *SetSpecifiedMembersResponse) Reset() {
 	*x = SetSpecifiedMembersResponse{}
-	mi := &file_taskd_v1_cluster_proto_msgTypes[9]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +922,7 @@ func (x *SetSpecifiedMembersResponse) String() string {
 func (*SetSpecifiedMembersResponse) ProtoMessage() {}
 
 func (x *SetSpecifiedMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_cluster_proto_msgTypes[9]
+	mi := &file_taskd_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,14 +935,19 @@ func (x *SetSpecifiedMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetSpecifiedMembersResponse.ProtoReflect.Descriptor instead.
 func (*SetSpecifiedMembersResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{9}
+	return file_taskd_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 var File_taskd_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x16taskd/v1/cluster.proto\x12\btaskd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x01\n" +
+	"\x16taskd/v1/cluster.proto\x12\btaskd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n" +
+	"\x13ForgetMemberRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"x\n" +
+	"\x14ForgetMemberResponse\x120\n" +
+	"\x14known_record_removed\x18\x01 \x01(\bR\x12knownRecordRemoved\x12.\n" +
+	"\x13etcd_member_removed\x18\x02 \x01(\bR\x11etcdMemberRemoved\"\xb6\x01\n" +
 	"\vJoinRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1f\n" +
@@ -822,7 +964,7 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\tzk_digest\x18\x05 \x01(\tR\bzkDigest\x12 \n" +
 	"\vcoordinator\x18\x06 \x01(\tR\vcoordinator\x120\n" +
 	"\x14etcd_initial_cluster\x18\a \x01(\tR\x12etcdInitialCluster\"\x14\n" +
-	"\x12ListMembersRequest\"\x93\x03\n" +
+	"\x12ListMembersRequest\"\xf5\x03\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
@@ -837,7 +979,10 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	" \x01(\tR\x06nodeId\x129\n" +
 	"\n" +
 	"started_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x127\n" +
-	"\tjoined_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\bjoinedAt\"\x9e\x02\n" +
+	"\tjoined_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\bjoinedAt\x12\x14\n" +
+	"\x05state\x18\r \x01(\tR\x05state\x120\n" +
+	"\x05since\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
+	"\asources\x18\x0f \x03(\tR\asources\"\x9e\x02\n" +
 	"\vFenceReport\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x124\n" +
 	"\astarted\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x126\n" +
@@ -845,7 +990,7 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\vduration_ms\x18\x04 \x01(\x03R\n" +
 	"durationMs\x12C\n" +
 	"\x0fearliest_expiry\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0eearliestExpiry\x12#\n" +
-	"\rbefore_expiry\x18\x06 \x01(\bR\fbeforeExpiry\"\xbc\x04\n" +
+	"\rbefore_expiry\x18\x06 \x01(\bR\fbeforeExpiry\"\x86\x05\n" +
 	"\x13ListMembersResponse\x12\x16\n" +
 	"\x06leader\x18\x01 \x01(\tR\x06leader\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x129\n" +
@@ -866,7 +1011,8 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\vserver_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"serverTime\x12,\n" +
 	"\x12session_timeout_ms\x18\r \x01(\x03R\x10sessionTimeoutMs\x12+\n" +
-	"\x11deadline_fraction\x18\x0e \x01(\x01R\x10deadlineFraction\"Z\n" +
+	"\x11deadline_fraction\x18\x0e \x01(\x01R\x10deadlineFraction\x12H\n" +
+	"\x12self_session_since\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x10selfSessionSince\"Z\n" +
 	"\x12SetPriorityRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
 	"\bpriority\x18\x02 \x01(\x05R\bpriority\x12\x14\n" +
@@ -875,12 +1021,13 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\x1aSetSpecifiedMembersRequest\x12\x18\n" +
 	"\amembers\x18\x01 \x03(\tR\amembers\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"\x1d\n" +
-	"\x1bSetSpecifiedMembersResponse2\xd4\x02\n" +
+	"\x1bSetSpecifiedMembersResponse2\xa8\x03\n" +
 	"\x0eClusterService\x12O\n" +
 	"\vListMembers\x12\x1c.taskd.v1.ListMembersRequest\x1a\x1d.taskd.v1.ListMembersResponse\"\x03\x90\x02\x01\x12O\n" +
 	"\vSetPriority\x12\x1c.taskd.v1.SetPriorityRequest\x1a\x1d.taskd.v1.SetPriorityResponse\"\x03\x90\x02\x02\x12g\n" +
 	"\x13SetSpecifiedMembers\x12$.taskd.v1.SetSpecifiedMembersRequest\x1a%.taskd.v1.SetSpecifiedMembersResponse\"\x03\x90\x02\x02\x127\n" +
-	"\x04Join\x12\x15.taskd.v1.JoinRequest\x1a\x16.taskd.v1.JoinResponse\"\x00B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
+	"\x04Join\x12\x15.taskd.v1.JoinRequest\x1a\x16.taskd.v1.JoinResponse\"\x00\x12R\n" +
+	"\fForgetMember\x12\x1d.taskd.v1.ForgetMemberRequest\x1a\x1e.taskd.v1.ForgetMemberResponse\"\x03\x90\x02\x02B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
 
 var (
 	file_taskd_v1_cluster_proto_rawDescOnce sync.Once
@@ -894,43 +1041,49 @@ func file_taskd_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_taskd_v1_cluster_proto_rawDescData
 }
 
-var file_taskd_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_taskd_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_taskd_v1_cluster_proto_goTypes = []any{
-	(*JoinRequest)(nil),                 // 0: taskd.v1.JoinRequest
-	(*JoinResponse)(nil),                // 1: taskd.v1.JoinResponse
-	(*ListMembersRequest)(nil),          // 2: taskd.v1.ListMembersRequest
-	(*Member)(nil),                      // 3: taskd.v1.Member
-	(*FenceReport)(nil),                 // 4: taskd.v1.FenceReport
-	(*ListMembersResponse)(nil),         // 5: taskd.v1.ListMembersResponse
-	(*SetPriorityRequest)(nil),          // 6: taskd.v1.SetPriorityRequest
-	(*SetPriorityResponse)(nil),         // 7: taskd.v1.SetPriorityResponse
-	(*SetSpecifiedMembersRequest)(nil),  // 8: taskd.v1.SetSpecifiedMembersRequest
-	(*SetSpecifiedMembersResponse)(nil), // 9: taskd.v1.SetSpecifiedMembersResponse
-	(*timestamppb.Timestamp)(nil),       // 10: google.protobuf.Timestamp
+	(*ForgetMemberRequest)(nil),         // 0: taskd.v1.ForgetMemberRequest
+	(*ForgetMemberResponse)(nil),        // 1: taskd.v1.ForgetMemberResponse
+	(*JoinRequest)(nil),                 // 2: taskd.v1.JoinRequest
+	(*JoinResponse)(nil),                // 3: taskd.v1.JoinResponse
+	(*ListMembersRequest)(nil),          // 4: taskd.v1.ListMembersRequest
+	(*Member)(nil),                      // 5: taskd.v1.Member
+	(*FenceReport)(nil),                 // 6: taskd.v1.FenceReport
+	(*ListMembersResponse)(nil),         // 7: taskd.v1.ListMembersResponse
+	(*SetPriorityRequest)(nil),          // 8: taskd.v1.SetPriorityRequest
+	(*SetPriorityResponse)(nil),         // 9: taskd.v1.SetPriorityResponse
+	(*SetSpecifiedMembersRequest)(nil),  // 10: taskd.v1.SetSpecifiedMembersRequest
+	(*SetSpecifiedMembersResponse)(nil), // 11: taskd.v1.SetSpecifiedMembersResponse
+	(*timestamppb.Timestamp)(nil),       // 12: google.protobuf.Timestamp
 }
 var file_taskd_v1_cluster_proto_depIdxs = []int32{
-	10, // 0: taskd.v1.Member.started_at:type_name -> google.protobuf.Timestamp
-	10, // 1: taskd.v1.Member.joined_at:type_name -> google.protobuf.Timestamp
-	10, // 2: taskd.v1.FenceReport.started:type_name -> google.protobuf.Timestamp
-	10, // 3: taskd.v1.FenceReport.finished:type_name -> google.protobuf.Timestamp
-	10, // 4: taskd.v1.FenceReport.earliest_expiry:type_name -> google.protobuf.Timestamp
-	10, // 5: taskd.v1.ListMembersResponse.elected_at:type_name -> google.protobuf.Timestamp
-	3,  // 6: taskd.v1.ListMembersResponse.members:type_name -> taskd.v1.Member
-	4,  // 7: taskd.v1.ListMembersResponse.last_fence:type_name -> taskd.v1.FenceReport
-	10, // 8: taskd.v1.ListMembersResponse.server_time:type_name -> google.protobuf.Timestamp
-	2,  // 9: taskd.v1.ClusterService.ListMembers:input_type -> taskd.v1.ListMembersRequest
-	6,  // 10: taskd.v1.ClusterService.SetPriority:input_type -> taskd.v1.SetPriorityRequest
-	8,  // 11: taskd.v1.ClusterService.SetSpecifiedMembers:input_type -> taskd.v1.SetSpecifiedMembersRequest
-	0,  // 12: taskd.v1.ClusterService.Join:input_type -> taskd.v1.JoinRequest
-	5,  // 13: taskd.v1.ClusterService.ListMembers:output_type -> taskd.v1.ListMembersResponse
-	7,  // 14: taskd.v1.ClusterService.SetPriority:output_type -> taskd.v1.SetPriorityResponse
-	9,  // 15: taskd.v1.ClusterService.SetSpecifiedMembers:output_type -> taskd.v1.SetSpecifiedMembersResponse
-	1,  // 16: taskd.v1.ClusterService.Join:output_type -> taskd.v1.JoinResponse
-	13, // [13:17] is the sub-list for method output_type
-	9,  // [9:13] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	12, // 0: taskd.v1.Member.started_at:type_name -> google.protobuf.Timestamp
+	12, // 1: taskd.v1.Member.joined_at:type_name -> google.protobuf.Timestamp
+	12, // 2: taskd.v1.Member.since:type_name -> google.protobuf.Timestamp
+	12, // 3: taskd.v1.FenceReport.started:type_name -> google.protobuf.Timestamp
+	12, // 4: taskd.v1.FenceReport.finished:type_name -> google.protobuf.Timestamp
+	12, // 5: taskd.v1.FenceReport.earliest_expiry:type_name -> google.protobuf.Timestamp
+	12, // 6: taskd.v1.ListMembersResponse.elected_at:type_name -> google.protobuf.Timestamp
+	5,  // 7: taskd.v1.ListMembersResponse.members:type_name -> taskd.v1.Member
+	6,  // 8: taskd.v1.ListMembersResponse.last_fence:type_name -> taskd.v1.FenceReport
+	12, // 9: taskd.v1.ListMembersResponse.server_time:type_name -> google.protobuf.Timestamp
+	12, // 10: taskd.v1.ListMembersResponse.self_session_since:type_name -> google.protobuf.Timestamp
+	4,  // 11: taskd.v1.ClusterService.ListMembers:input_type -> taskd.v1.ListMembersRequest
+	8,  // 12: taskd.v1.ClusterService.SetPriority:input_type -> taskd.v1.SetPriorityRequest
+	10, // 13: taskd.v1.ClusterService.SetSpecifiedMembers:input_type -> taskd.v1.SetSpecifiedMembersRequest
+	2,  // 14: taskd.v1.ClusterService.Join:input_type -> taskd.v1.JoinRequest
+	0,  // 15: taskd.v1.ClusterService.ForgetMember:input_type -> taskd.v1.ForgetMemberRequest
+	7,  // 16: taskd.v1.ClusterService.ListMembers:output_type -> taskd.v1.ListMembersResponse
+	9,  // 17: taskd.v1.ClusterService.SetPriority:output_type -> taskd.v1.SetPriorityResponse
+	11, // 18: taskd.v1.ClusterService.SetSpecifiedMembers:output_type -> taskd.v1.SetSpecifiedMembersResponse
+	3,  // 19: taskd.v1.ClusterService.Join:output_type -> taskd.v1.JoinResponse
+	1,  // 20: taskd.v1.ClusterService.ForgetMember:output_type -> taskd.v1.ForgetMemberResponse
+	16, // [16:21] is the sub-list for method output_type
+	11, // [11:16] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_taskd_v1_cluster_proto_init() }
@@ -944,7 +1097,7 @@ func file_taskd_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskd_v1_cluster_proto_rawDesc), len(file_taskd_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -44,6 +44,9 @@ const (
 	ClusterServiceSetSpecifiedMembersProcedure = "/taskd.v1.ClusterService/SetSpecifiedMembers"
 	// ClusterServiceJoinProcedure is the fully-qualified name of the ClusterService's Join RPC.
 	ClusterServiceJoinProcedure = "/taskd.v1.ClusterService/Join"
+	// ClusterServiceForgetMemberProcedure is the fully-qualified name of the ClusterService's
+	// ForgetMember RPC.
+	ClusterServiceForgetMemberProcedure = "/taskd.v1.ClusterService/ForgetMember"
 )
 
 // ClusterServiceClient is a client for the taskd.v1.ClusterService service.
@@ -60,6 +63,10 @@ type ClusterServiceClient interface {
 	// settings. The bearer token is a join credential; it is served over TLS
 	// only, and the joining node pins the cluster CA from its join token.
 	Join(context.Context, *connect.Request[taskdv1.JoinRequest]) (*connect.Response[taskdv1.JoinResponse], error)
+	// ForgetMember removes a decommissioned node that is down: its
+	// known-member record and, on the embedded store, its etcd member. A
+	// live member is refused (failed precondition).
+	ForgetMember(context.Context, *connect.Request[taskdv1.ForgetMemberRequest]) (*connect.Response[taskdv1.ForgetMemberResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the taskd.v1.ClusterService service. By default,
@@ -100,6 +107,13 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("Join")),
 			connect.WithClientOptions(opts...),
 		),
+		forgetMember: connect.NewClient[taskdv1.ForgetMemberRequest, taskdv1.ForgetMemberResponse](
+			httpClient,
+			baseURL+ClusterServiceForgetMemberProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("ForgetMember")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -109,6 +123,7 @@ type clusterServiceClient struct {
 	setPriority         *connect.Client[taskdv1.SetPriorityRequest, taskdv1.SetPriorityResponse]
 	setSpecifiedMembers *connect.Client[taskdv1.SetSpecifiedMembersRequest, taskdv1.SetSpecifiedMembersResponse]
 	join                *connect.Client[taskdv1.JoinRequest, taskdv1.JoinResponse]
+	forgetMember        *connect.Client[taskdv1.ForgetMemberRequest, taskdv1.ForgetMemberResponse]
 }
 
 // ListMembers calls taskd.v1.ClusterService.ListMembers.
@@ -131,6 +146,11 @@ func (c *clusterServiceClient) Join(ctx context.Context, req *connect.Request[ta
 	return c.join.CallUnary(ctx, req)
 }
 
+// ForgetMember calls taskd.v1.ClusterService.ForgetMember.
+func (c *clusterServiceClient) ForgetMember(ctx context.Context, req *connect.Request[taskdv1.ForgetMemberRequest]) (*connect.Response[taskdv1.ForgetMemberResponse], error) {
+	return c.forgetMember.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the taskd.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// ListMembers returns the members, the leader and the epoch.
@@ -145,6 +165,10 @@ type ClusterServiceHandler interface {
 	// settings. The bearer token is a join credential; it is served over TLS
 	// only, and the joining node pins the cluster CA from its join token.
 	Join(context.Context, *connect.Request[taskdv1.JoinRequest]) (*connect.Response[taskdv1.JoinResponse], error)
+	// ForgetMember removes a decommissioned node that is down: its
+	// known-member record and, on the embedded store, its etcd member. A
+	// live member is refused (failed precondition).
+	ForgetMember(context.Context, *connect.Request[taskdv1.ForgetMemberRequest]) (*connect.Response[taskdv1.ForgetMemberResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -181,6 +205,13 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("Join")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceForgetMemberHandler := connect.NewUnaryHandler(
+		ClusterServiceForgetMemberProcedure,
+		svc.ForgetMember,
+		connect.WithSchema(clusterServiceMethods.ByName("ForgetMember")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/taskd.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceListMembersProcedure:
@@ -191,6 +222,8 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceSetSpecifiedMembersHandler.ServeHTTP(w, r)
 		case ClusterServiceJoinProcedure:
 			clusterServiceJoinHandler.ServeHTTP(w, r)
+		case ClusterServiceForgetMemberProcedure:
+			clusterServiceForgetMemberHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -214,4 +247,8 @@ func (UnimplementedClusterServiceHandler) SetSpecifiedMembers(context.Context, *
 
 func (UnimplementedClusterServiceHandler) Join(context.Context, *connect.Request[taskdv1.JoinRequest]) (*connect.Response[taskdv1.JoinResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.ClusterService.Join is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) ForgetMember(context.Context, *connect.Request[taskdv1.ForgetMemberRequest]) (*connect.Response[taskdv1.ForgetMemberResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.ClusterService.ForgetMember is not implemented"))
 }
