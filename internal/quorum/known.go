@@ -106,19 +106,18 @@ func (q *Quorum) runKnown(ctx context.Context, log *slog.Logger) {
 		}
 	}
 	seen()
-	ch := q.store.Watch(ctx, q.lay.KnownDir())
+	w := q.store.Watch(ctx, q.lay.KnownDir())
+	defer w.Close()
 	tick := time.NewTicker(q.cfg.SeenInterval)
 	defer tick.Stop()
 	known := map[string]KnownMember{}
 	for {
 		select {
 		case <-ctx.Done():
-			for range ch { // join the watcher
-			}
 			return
 		case <-tick.C:
 			seen()
-		case ev, ok := <-ch:
+		case ev, ok := <-w.Events():
 			if !ok {
 				<-ctx.Done()
 				return
