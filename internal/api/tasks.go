@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -280,7 +279,9 @@ func (s *taskService) WatchTask(ctx context.Context, req *connect.Request[taskdv
 	if ctx.Err() != nil {
 		return toConnect(ctx.Err())
 	}
-	return toConnect(errors.New("task watch ended"))
+	// The store's watch ended (its session is gone): a passing state that
+	// a client waits out by reconnecting, not an internal error.
+	return toConnect(fmt.Errorf("task watch ended: %w", coord.ErrUnavailable))
 }
 
 type runnerService struct{ c Cluster }

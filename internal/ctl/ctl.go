@@ -66,6 +66,10 @@ func exitCode(err error) int {
 	if errors.As(err, &fe) {
 		return ExitDoctorFindings
 	}
+	var ure unreachableError
+	if errors.As(err, &ure) {
+		return ExitUnavailable
+	}
 	switch connect.CodeOf(err) {
 	case connect.CodeInvalidArgument, connect.CodeOutOfRange, connect.CodeResourceExhausted:
 		return ExitUsage

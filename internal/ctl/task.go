@@ -1,22 +1,16 @@
 package ctl
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
-	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 	"github.com/taskd/taskd/internal/volcopy"
-	"golang.org/x/term"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -347,142 +341,4 @@ func taskWaitCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().DurationVar(&maxWait, "max-wait", 0, "give up after this long (0: wait as long as it takes)")
 	return cmd
-}
-
-// waitFor follows a task until it ends: nil if it succeeded, a
-// taskEndedError (exit 7) if it failed or was cancelled.
-func waitFor(cmd *cobra.Command, g *globals, id string, maxWait time.Duration) error {
-	c, err := g.client()
-	if err != nil {
-		return err
-	}
-	ctx := cmd.Context()
-	if maxWait > 0 {
-		var cancel func()
-		ctx, cancel = context.WithTimeout(ctx, maxWait)
-		defer cancel()
-	}
-	show := newWaitDisplay(cmd.ErrOrStderr(), g.output == "json")
-	var last *taskdv1.Task
-	final := func() bool {
-		return last != nil && (last.State == "succeeded" || last.State == "failed" || last.State == "cancelled")
-	}
-	// The task lives in the store, not in the node taskctl talks to: if
-	// that node goes away (restart, failover), the wait reconnects and
-	// goes on, for up to waitReconnect of continuous failure.
-	var lostSince time.Time
-	backoff := 200 * time.Millisecond
-	for !final() {
-		err := watchOnce(ctx, c, id, func(t *taskdv1.Task) {
-			last = t
-			lostSince = time.Time{}
-			show.update(t)
-		})
-		if final() {
-			break
-		}
-		if err == nil {
-			err = connect.NewError(connect.CodeUnavailable, errors.New("stream ended early"))
-		}
-		code := connect.CodeOf(err)
-		if ctx.Err() != nil || (code != connect.CodeUnavailable && code != connect.CodeUnknown) {
-			show.done()
-			return fmt.Errorf("wait for task %s: %w", id, err)
-		}
-		if lostSince.IsZero() {
-			lostSince = time.Now()
-		}
-		if time.Since(lostSince) > waitReconnect {
-			show.done()
-			return fmt.Errorf("wait for task %s: no answer for %v: %w", id, waitReconnect, err)
-		}
-		fmt.Fprintf(cmd.ErrOrStderr(), "lost the stream from taskd (%v); reconnecting\n", err)
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-		case <-t.C:
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
-	show.done()
-	if g.output == "json" {
-		if err := g.printJSON(last); err != nil {
-			return err
-		}
-	}
-	if last.State != "succeeded" {
-		return taskEndedError{last}
-	}
-	if g.output != "json" {
-		fmt.Fprintf(g.out, "%s succeeded\n", last.Id)
-	}
-	return nil
-}
-
-// waitReconnect bounds how long `task wait` keeps reconnecting to a node
-// that does not answer.
-const waitReconnect = time.Minute
-
-// watchOnce follows the task on one stream until it ends.
-func watchOnce(ctx context.Context, c *api.Client, id string, on func(*taskdv1.Task)) error {
-	stream, err := c.Tasks.WatchTask(ctx, connect.NewRequest(&taskdv1.TaskRef{Id: id}))
-	if err != nil {
-		return err
-	}
-	defer stream.Close()
-	for stream.Receive() {
-		on(stream.Msg().Task)
-	}
-	return stream.Err()
-}
-
-// waitDisplay shows progress: a bar on a terminal, a line per change
-// otherwise (nothing in JSON mode, which prints the final record).
-type waitDisplay struct {
-	w     io.Writer
-	quiet bool
-	bar   *progressbar.ProgressBar
-	last  string
-}
-
-func newWaitDisplay(w io.Writer, quiet bool) *waitDisplay {
-	d := &waitDisplay{w: w, quiet: quiet}
-	if f, ok := w.(*os.File); ok && !quiet && term.IsTerminal(int(f.Fd())) {
-		d.bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(w), progressbar.OptionShowCount(),
-			progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionFullWidth(),
-			progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))
-	}
-	return d
-}
-
-func (d *waitDisplay) update(t *taskdv1.Task) {
-	if d.quiet {
-		return
-	}
-	line := fmt.Sprintf("%s attempt %d %s", stateText(t), t.Attempt, progressText(t.Progress))
-	if t.Runner != "" {
-		line += " on " + t.Runner
-	}
-	if t.Reason != "" {
-		line += ": " + t.Reason
-	}
-	if d.bar != nil {
-		if p := t.Progress; p != nil && p.Total > 0 {
-			d.bar.ChangeMax64(p.Total)
-			_ = d.bar.Set64(p.Done)
-		}
-		d.bar.Describe(line)
-		return
-	}
-	if line != d.last {
-		fmt.Fprintf(d.w, "%s %s\n", time.Now().Format(time.TimeOnly), line)
-		d.last = line
-	}
-}
-
-func (d *waitDisplay) done() {
-	if d.bar != nil {
-		_ = d.bar.Finish()
-	}
 }

@@ -253,7 +253,19 @@ func formatProgress(p volcopy.Progress) string {
 	}
 	return fmt.Sprintf("copy: %5.1f%%  allocated %s/%s  logical %s/%s  %s/s  eta %s",
 		pct, humanBytes(p.AllocatedDone), humanBytes(p.AllocatedTotal),
-		humanBytes(p.LogicalDone), humanBytes(p.LogicalTotal), humanBytes(int64(p.Rate)), p.ETA.Round(time.Second))
+		humanBytes(p.LogicalDone), humanBytes(p.LogicalTotal), humanBytes(int64(p.Rate)), etaText(p))
+}
+
+// etaText is the time left, or "unknown" when the copy cannot estimate it
+// (no rate yet, or stalled).
+func etaText(p volcopy.Progress) string {
+	switch {
+	case p.AllocatedDone >= p.AllocatedTotal:
+		return "0s"
+	case p.ETA <= 0:
+		return "unknown"
+	}
+	return p.ETA.Round(time.Second).String()
 }
 
 func humanBytes(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }

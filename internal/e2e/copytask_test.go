@@ -162,4 +162,53 @@ func TestCopyTask(t *testing.T) {
 			t.Errorf("taskctl %s: exit %d %q; want a failure mentioning %q", strings.Join(bad.args, " "), code, out, bad.want)
 		}
 	}
+
+	// Issue 13 bug 2, as the operator met it: a copy slowed to a crawl
+	// (set-rate 1: each 1 MiB read then reserves about 12 days) stayed
+	// frozen after set-rate 0, because its reads slept out the delay
+	// reserved at the old rate. Now lifting the rate frees it at once.
+	dst4 := filepath.Join(root, "crawl.img")
+	code, out = runTaskctl(t, env, "copy", "file://"+src, "file://"+dst4, "--rate", "1M")
+	if code != 0 {
+		t.Fatalf("taskctl copy --rate 1M: exit %d %s", code, out)
+	}
+	id4 := strings.TrimSpace(out)
+	waitTask(t, c, id4, 30*time.Second, "copy running with progress", func(tk *taskdv1.Task) bool {
+		return tk.State == "running" && tk.Progress.GetDone() > 0
+	})
+	if code, out := runTaskctl(t, env, "task", "set-rate", id4, "1"); code != 0 {
+		t.Fatalf("task set-rate 1: exit %d %s", code, out)
+	}
+	// Stalled: the smoothed rate (1 MiB/s before) has fallen below 64 KiB/s.
+	tk = waitTask(t, c, id4, 30*time.Second, "copy stalled at 1 B/s", func(tk *taskdv1.Task) bool {
+		return tk.State == "running" && tk.Progress.GetRate() < 64<<10
+	})
+	if tk.Progress.GetEtaSeconds() < 0 {
+		t.Errorf("stalled copy: eta_seconds %v is negative", tk.Progress.GetEtaSeconds())
+	}
+	stalledAt := tk.Progress.GetDone()
+	changed = time.Now()
+	if code, out := runTaskctl(t, env, "task", "set-rate", id4, "0"); code != 0 {
+		t.Fatalf("task set-rate 0: exit %d %s", code, out)
+	}
+	tk = waitTask(t, c, id4, 30*time.Second, "the stalled copy ending once the rate is lifted", func(tk *taskdv1.Task) bool {
+		return tk.State == "succeeded" || tk.State == "failed"
+	})
+	if tk.State != "succeeded" {
+		t.Fatalf("copy after set-rate 0: %s", tk.State)
+	}
+	if got, err := os.ReadFile(dst4); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("copy freed by set-rate 0 differs from the source (%v)", err)
+	}
+	t.Logf("stalled at %d of %d bytes; set-rate 0 freed it, done %v later (attempt %d)", stalledAt, len(data), time.Since(changed).Round(time.Millisecond), tk.Attempt)
+	if tk.Attempt != 1 {
+		t.Errorf("the copy needed attempt %d: %v", tk.Attempt, tk.History)
+	}
+	for _, n := range c.Nodes {
+		for _, l := range strings.Split(n.Log(), "\n") {
+			if strings.Contains(l, id4) && (strings.Contains(l, "rate") || strings.Contains(l, "attempt")) {
+				t.Logf("%s: %s", n.Name, l)
+			}
+		}
+	}
 }

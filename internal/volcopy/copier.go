@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/time/rate"
 
 	"github.com/taskd/taskd/internal/volume"
 )
@@ -21,7 +21,7 @@ type Copier struct {
 	mode           Mode
 	opts           Options
 	targetZero     bool
-	limiter        *rate.Limiter
+	throttle       *throttle
 	log            *slog.Logger
 	unit           int64      // bytes between checkpoints (see applyDefaults)
 	lag            int        // units whose writes may run ahead of the last checkpoint
@@ -91,11 +91,7 @@ func New(src, dst volume.Volume, opts Options) (*Copier, error) {
 		c.targetZero = opts.TargetIsZero
 	}
 	c.logicalDone.Store(c.resumed.Next)
-	lim := rate.Inf
-	if c.opts.Rate > 0 {
-		lim = rate.Limit(c.opts.Rate)
-	}
-	c.limiter = rate.NewLimiter(lim, c.opts.RequestSize)
+	c.throttle = newThrottle(c.opts.Rate, c.opts.RequestSize)
 	c.zeroBlock = make([]byte, c.opts.BlockSize)
 	return c, nil
 }
@@ -173,14 +169,9 @@ func (c *Copier) bufferMemory() int64 {
 }
 
 // SetRate changes the read rate limit (bytes per second, 0 unlimited) while
-// the copy runs.
-func (c *Copier) SetRate(bytesPerSecond int64) {
-	if bytesPerSecond <= 0 {
-		c.limiter.SetLimit(rate.Inf)
-		return
-	}
-	c.limiter.SetLimit(rate.Limit(bytesPerSecond))
-}
+// the copy runs. Reads already waiting at the old rate wait at the new one
+// from now on.
+func (c *Copier) SetRate(bytesPerSecond int64) { c.throttle.setRate(bytesPerSecond) }
 
 // Run copies, and returns the final progress. It returns when every
 // goroutine it started has ended.
@@ -270,10 +261,27 @@ func (c *Copier) report(ctx context.Context) {
 			}
 			last, lastAt = p.AllocatedDone, now
 			p.Rate = rateEWMA
-			if rateEWMA > 0 {
-				p.ETA = time.Duration(float64(p.AllocatedTotal-p.AllocatedDone) / rateEWMA * float64(time.Second))
-			}
+			p.ETA = eta(p.AllocatedTotal-p.AllocatedDone, rateEWMA)
 			c.opts.OnProgress(p)
 		}
 	}
+}
+
+// maxETA is the longest time left a copy reports; beyond it the estimate
+// says nothing and reads as unknown.
+const maxETA = 100 * 365 * 24 * time.Hour
+
+// eta is the time left for remaining bytes at bytesPerSecond, or 0
+// (unknown) when no estimate is possible: no rate (stalled, or nothing
+// measured yet), or one so slow that the time left would exceed maxETA
+// (and, unchecked, overflow time.Duration into a negative figure).
+func eta(remaining int64, bytesPerSecond float64) time.Duration {
+	if remaining <= 0 || !(bytesPerSecond > 0) || math.IsInf(bytesPerSecond, 0) {
+		return 0
+	}
+	secs := float64(remaining) / bytesPerSecond
+	if !(secs*float64(time.Second) < float64(maxETA)) {
+		return 0
+	}
+	return max(time.Duration(secs*float64(time.Second)), time.Second)
 }

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"strings"
 	"time"
 
@@ -106,7 +107,9 @@ type Progress struct {
 	BytesZeroed                   int64
 	// Rate is allocated bytes per second over the last interval.
 	Rate float64
-	ETA  time.Duration
+	// ETA is the time left at Rate; 0 when unknown (no rate measured, a
+	// stalled copy, or more than a century).
+	ETA time.Duration
 	// Checkpoint units (half extents) done of the total, and the target
 	// flushes this run made (a unit that changed nothing needs none).
 	ExtentsDone, ExtentsTotal int64
@@ -164,30 +167,53 @@ func DescribeCheckpoint(b []byte) (CheckpointInfo, error) {
 		BytesRead: c.Read, BytesWritten: c.Written, BytesZeroed: c.Zeroed}, nil
 }
 
-// ParseBytes reads a byte count with an optional K, M, G or T suffix
-// (powers of 1024; "100M", "1.5GiB").
+// ParseBytes reads a byte count: a decimal number with an optional unit,
+// K, M, G or T (powers of 1024, optionally followed by i and B: "100M",
+// "1.5GiB", "64KiB") or B, in any case. Anything else is an error: an
+// unknown suffix ("10Q"), a sign, an exponent ("1e3"), an empty string, a
+// count above 2^62 bytes, or a fraction that rounds to 0 bytes ("0.1", which
+// as a rate would silently mean unlimited). Fractions of a byte are
+// dropped.
 func ParseBytes(s string) (int64, error) {
-	s = strings.TrimSpace(strings.ToUpper(s))
-	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "I")
-	mult := int64(1)
-	if n := len(s); n > 0 {
-		switch s[n-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		}
-		if mult > 1 {
-			s = s[:n-1]
-		}
+	in := s
+	s = strings.TrimSpace(s)
+	digits := len(s) - len(strings.TrimLeft(s, "0123456789."))
+	num, unit := s[:digits], strings.ToUpper(strings.TrimSpace(s[digits:]))
+	whole, frac, dot := strings.Cut(num, ".")
+	if whole == "" || strings.Contains(frac, ".") || dot && frac == "" {
+		return 0, fmt.Errorf("%q is not a byte count: use a number with K, M, G or T (powers of 1024), e.g. 100M", in)
 	}
-	var f float64
-	if _, err := fmt.Sscanf(s, "%g", &f); err != nil || f < 0 || f*float64(mult) > 1<<62 {
-		return 0, fmt.Errorf("%q is not a byte count (e.g. 100M)", s)
+	mult, ok := byteUnits[unit]
+	if !ok {
+		return 0, fmt.Errorf("%q: unknown unit %q: use K, M, G or T (powers of 1024), e.g. 100M", in, strings.TrimSpace(s[digits:]))
 	}
-	return int64(f * float64(mult)), nil
+	// Exact arithmetic: whole*mult + frac*mult/10^len(frac), rounded down.
+	v, ok := new(big.Rat).SetString(num)
+	if !ok {
+		return 0, fmt.Errorf("%q is not a byte count: use a number with K, M, G or T (powers of 1024), e.g. 100M", in)
+	}
+	v.Mul(v, new(big.Rat).SetInt64(mult))
+	n := new(big.Int).Quo(v.Num(), v.Denom())
+	if n.Cmp(big.NewInt(maxBytes)) > 0 {
+		return 0, fmt.Errorf("%q is too large: at most %d bytes (4 EiB)", in, int64(maxBytes))
+	}
+	if n.Sign() == 0 && v.Sign() != 0 {
+		return 0, fmt.Errorf("%q is less than one byte", in)
+	}
+	return n.Int64(), nil
 }
+
+// maxBytes bounds ParseBytes: far above any volume or rate, and far from
+// overflowing the arithmetic done on counts.
+const maxBytes = 1 << 62
+
+var byteUnits = func() map[string]int64 {
+	m := map[string]int64{"": 1, "B": 1}
+	for i, u := range []string{"K", "M", "G", "T"} {
+		mult := int64(1) << (10 * (i + 1))
+		for _, suffix := range []string{"", "B", "I", "IB"} {
+			m[u+suffix] = mult
+		}
+	}
+	return m
+}()

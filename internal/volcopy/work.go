@@ -301,7 +301,7 @@ func (c *Copier) zeroTarget(ctx context.Context, e *extentWork, off, n int64) er
 }
 
 func (c *Copier) readSource(ctx context.Context, e *extentWork, v volume.Volume, buf []byte, off int64) error {
-	if err := c.limiter.WaitN(ctx, len(buf)); err != nil {
+	if err := c.throttle.wait(ctx, len(buf)); err != nil {
 		return err
 	}
 	if err := v.ReadAt(ctx, buf, off); err != nil {

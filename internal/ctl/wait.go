@@ -1,0 +1,199 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/taskd/taskd/internal/api"
+	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/pki"
+)
+
+// waitReconnect bounds how long `task wait` keeps reconnecting to a node
+// that does not answer (docs/tasks.md promises a minute). A variable only
+// so that a test can give up sooner.
+var waitReconnect = time.Minute
+
+// Backoff between reconnection attempts of `task wait`.
+const (
+	waitBackoffMin = 200 * time.Millisecond
+	waitBackoffMax = 5 * time.Second
+)
+
+// unreachableError: `task wait` gave up after waitReconnect without an
+// answer (exit 3, as any unreachable taskd).
+type unreachableError struct{ error }
+
+func (e unreachableError) Unwrap() error { return e.error }
+
+// waitFor follows a task until it ends: nil if it succeeded, a
+// taskEndedError (exit 7) if it failed or was cancelled.
+//
+// The task lives in the store, not in the node taskctl talks to: if that
+// node goes away (kill, restart, failover), the stream breaks, and the wait
+// reconnects and goes on, for up to waitReconnect of continuous failure;
+// then it ends with an unreachableError.
+func waitFor(cmd *cobra.Command, g *globals, id string, maxWait time.Duration) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	if maxWait > 0 {
+		var cancel func()
+		ctx, cancel = context.WithTimeout(ctx, maxWait)
+		defer cancel()
+	}
+	show := newWaitDisplay(cmd.ErrOrStderr(), g.output == "json")
+	var last *taskdv1.Task
+	final := func() bool {
+		return last != nil && (last.State == "succeeded" || last.State == "failed" || last.State == "cancelled")
+	}
+	var lostSince time.Time
+	backoff := waitBackoffMin
+	for !final() {
+		err := watchOnce(ctx, c, id, func(t *taskdv1.Task) {
+			last = t
+			lostSince, backoff = time.Time{}, waitBackoffMin
+			show.update(t)
+		})
+		if final() {
+			break
+		}
+		if err == nil {
+			err = connect.NewError(connect.CodeUnavailable, errors.New("stream ended early"))
+		}
+		if ctx.Err() != nil || !retryable(err) {
+			show.done()
+			return fmt.Errorf("wait for task %s: %w", id, err)
+		}
+		now := time.Now()
+		if lostSince.IsZero() {
+			lostSince = now
+		}
+		left := waitReconnect - now.Sub(lostSince)
+		if left <= 0 {
+			show.done()
+			return unreachableError{fmt.Errorf("wait for task %s: no answer from %s for %v: %w", id, c.Base, waitReconnect, err)}
+		}
+		pause := min(backoff, left)
+		fmt.Fprintf(cmd.ErrOrStderr(), "lost the stream from taskd (%v); reconnecting in %v\n", err, pause.Round(time.Millisecond))
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, waitBackoffMax)
+	}
+	show.done()
+	if g.output == "json" {
+		if err := g.printJSON(last); err != nil {
+			return err
+		}
+	}
+	if last.State != "succeeded" {
+		return taskEndedError{last}
+	}
+	if g.output != "json" {
+		fmt.Fprintf(g.out, "%s succeeded\n", last.Id)
+	}
+	return nil
+}
+
+// retryable tells a broken stream or a node that is away or not ready,
+// worth reconnecting to, from an answer that will not change.
+//
+// Errors that taskctl's own transport made up (not sent by the server)
+// mean the connection failed: refused, reset, or cut mid-message, which
+// connect reports as "internal: protocol error: incomplete envelope:
+// unexpected EOF" when the node is killed under an open stream. Of the
+// server's answers, only "unavailable" (restarting, no store session yet)
+// and "canceled" (the node shut down under the call) are passing states.
+// A server that fails the certificate check is never retried.
+func retryable(err error) bool {
+	if errors.Is(err, pki.ErrIdentity) {
+		return false
+	}
+	code := connect.CodeOf(err)
+	if connect.IsWireError(err) {
+		return code == connect.CodeUnavailable || code == connect.CodeCanceled
+	}
+	switch code {
+	case connect.CodeUnavailable, connect.CodeUnknown, connect.CodeInternal:
+		return true
+	}
+	return false
+}
+
+// watchOnce follows the task on one stream until it ends.
+func watchOnce(ctx context.Context, c *api.Client, id string, on func(*taskdv1.Task)) error {
+	stream, err := c.Tasks.WatchTask(ctx, connect.NewRequest(&taskdv1.TaskRef{Id: id}))
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	for stream.Receive() {
+		on(stream.Msg().Task)
+	}
+	return stream.Err()
+}
+
+// waitDisplay shows progress: a bar on a terminal, a line per change
+// otherwise (nothing in JSON mode, which prints the final record).
+type waitDisplay struct {
+	w     io.Writer
+	quiet bool
+	bar   *progressbar.ProgressBar
+	last  string
+}
+
+func newWaitDisplay(w io.Writer, quiet bool) *waitDisplay {
+	d := &waitDisplay{w: w, quiet: quiet}
+	if f, ok := w.(*os.File); ok && !quiet && term.IsTerminal(int(f.Fd())) {
+		d.bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(w), progressbar.OptionShowCount(),
+			progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionFullWidth(),
+			progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))
+	}
+	return d
+}
+
+func (d *waitDisplay) update(t *taskdv1.Task) {
+	if d.quiet {
+		return
+	}
+	line := fmt.Sprintf("%s attempt %d %s", stateText(t), t.Attempt, progressText(t.Progress))
+	if t.Runner != "" {
+		line += " on " + t.Runner
+	}
+	if t.Reason != "" {
+		line += ": " + t.Reason
+	}
+	if d.bar != nil {
+		if p := t.Progress; p != nil && p.Total > 0 {
+			d.bar.ChangeMax64(p.Total)
+			_ = d.bar.Set64(p.Done)
+		}
+		d.bar.Describe(line)
+		return
+	}
+	if line != d.last {
+		fmt.Fprintf(d.w, "%s %s\n", time.Now().Format(time.TimeOnly), line)
+		d.last = line
+	}
+}
+
+func (d *waitDisplay) done() {
+	if d.bar != nil {
+		_ = d.bar.Finish()
+	}
+}
