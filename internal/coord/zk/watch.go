@@ -83,15 +83,24 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *coord.Watch
 	// trip each. It returns the children still present, in names' order.
 	readChildren := func(names []string) ([]coord.KV, error) {
 		type read struct {
-			data []byte
-			st   *zk.Stat
-			ch   <-chan zk.Event
-			err  error
+			data    []byte
+			st      *zk.Stat
+			ch      <-chan zk.Event
+			err     error
+			stopped bool // not issued: ctx ended
 		}
 		reads := make([]read, len(names))
 		sem := make(chan struct{}, listParallel)
 		var rg sync.WaitGroup
 		for i, name := range names {
+			if err := ctx.Err(); err != nil {
+				// Stop issuing reads; those issued end with the
+				// library's request timeout at the latest.
+				for j := i; j < len(names); j++ {
+					reads[j].stopped, reads[j].err = true, err
+				}
+				break
+			}
 			sem <- struct{}{}
 			rg.Add(1)
 			go func() {
@@ -107,6 +116,8 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *coord.Watch
 			r := reads[i]
 			switch {
 			case errors.Is(r.err, zk.ErrNoNode): // deleted meanwhile: gone
+			case r.stopped:
+				return nil, r.err // the watch ends with ctx
 			case r.err != nil:
 				errs = append(errs, mapErr("watch get", path.Join(dir, name), r.err))
 			default:
