@@ -188,13 +188,10 @@ func (r *Leader) reload(ctx context.Context, w *world, name string) error {
 	if err != nil {
 		return err
 	}
-	if err := sc.Validate(); err != nil {
+	tt, err := sc.compile()
+	if err != nil {
 		delete(w.defs, name)
 		return nil
-	}
-	tt, err := sc.Timetable()
-	if err != nil {
-		return err
 	}
 	w.defs[name], w.tts[name] = sc, tt
 	if st != nil {

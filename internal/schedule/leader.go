@@ -82,13 +82,13 @@ func (r *Leader) Run(ctx context.Context, l *quorum.Leadership) error {
 		triggers: map[string][]trigger{}, open: map[string]map[string]*task.Record{}, taskOf: map[string]string{},
 		dirty: map[string]bool{}, wakeAt: map[string]time.Time{}}
 	log := r.log.With("epoch", l.Epoch())
-	if err := r.prime(ctx, w, log); err != nil {
-		// The watches' own first contents take over; only slower.
-		log.Warn("scheduler could not list the store at start; waiting for its watches", "err", err)
-	}
+	// The view is filled by the watches' first contents, applied as they
+	// arrive; both backends read them in parallel (ZooKeeper: one
+	// pipelined read per child). A listing of its own at start read every
+	// record a second time, with the watches' reads competing on the same
+	// connection, and made the first tick wait for it.
 	var since time.Time
-	// Fire at once from the listing (the watches may take a while).
-	timer := time.NewTimer(0)
+	timer := time.NewTimer(r.maxSleep)
 	defer timer.Stop()
 	for {
 		select {
@@ -172,31 +172,6 @@ func (r *Leader) Run(ctx context.Context, l *quorum.Leadership) error {
 	}
 }
 
-// prime fills the view from one listing of each directory, so a new
-// leader fires without waiting for its watches' first contents: a watch of
-// ZooKeeper reads a directory's children one round trip after another
-// (seconds for 10 000 schedules), a listing reads them in parallel. The
-// watches then deliver the same versions (ignored as known) and every
-// later change.
-func (r *Leader) prime(ctx context.Context, w *world, log *slog.Logger) error {
-	dirs := [4]string{w.lay.DefsDir(), w.lay.StateDir(), w.lay.TriggersDir(), r.store.tasks.Layout().ActiveDir()}
-	var lists [4][]coord.KV
-	for i, dir := range dirs {
-		kvs, err := r.store.kv.List(ctx, dir)
-		if err != nil {
-			return fmt.Errorf("list %s: %w", dir, err)
-		}
-		lists[i] = kvs
-	}
-	for i, kvs := range lists {
-		for _, kv := range kvs {
-			w.apply(i, coord.Event{Type: coord.EventPut, KV: kv}, log)
-		}
-		w.synced[i] = true
-	}
-	return nil
-}
-
 // drain applies every event already queued, so one step covers a burst.
 func (w *world) drain(ctx context.Context, watches [4]<-chan coord.Event, log *slog.Logger) bool {
 	for range 100000 {
@@ -243,22 +218,19 @@ func (w *world) apply(i int, ev coord.Event, log *slog.Logger) {
 			return
 		}
 		sc, err := decodeSchedule(ev.KV.Value, ev.KV.Version)
+		var tt *Timetable
 		if err == nil {
-			err = sc.Validate()
+			tt, err = sc.compile()
 		}
 		if err == nil && sc.Name != name {
 			err = fmt.Errorf("record names %s", quote(sc.Name))
-		}
-		var tt *Timetable
-		if err == nil {
-			tt, err = sc.Timetable()
 		}
 		if err != nil {
 			log.Error("skipping an unreadable schedule", "key", ev.KV.Key, "err", err)
 			delete(w.defs, name)
 			return
 		}
-		// A listing at start and the watch may deliver one version twice,
+		// A reload after a conflict reads a version the watch delivers later,
 		// or an older one after a newer: keep the newer of one schedule.
 		if cur, ok := w.defs[name]; ok && cur.UID == sc.UID && cur.version > sc.version {
 			return

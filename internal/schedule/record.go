@@ -146,42 +146,50 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // template's type and spec are checked against the task types by the
 // store (task.Store.Prepare).
 func (s *Schedule) Validate() error {
+	_, err := s.compile()
+	return err
+}
+
+// compile validates the record and returns its timetable: one compile of
+// the spec, where Validate then Timetable would make two (a new leader
+// takes in every schedule at once).
+func (s *Schedule) compile() (*Timetable, error) {
 	if err := ValidName(s.Name); err != nil {
-		return err
+		return nil, err
 	}
 	if err := validUID("schedule uid", s.UID); err != nil {
-		return err
+		return nil, err
 	}
 	tt, err := s.Spec.Compile(s.Created)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := ParseOverlap(string(s.Overlap)); err != nil || s.Overlap == "" {
-		return fmt.Errorf("%w: overlap policy %s: use skip, buffer-one, cancel-previous or allow", ErrInvalid, quote(string(s.Overlap)))
+		return nil, fmt.Errorf("%w: overlap policy %s: use skip, buffer-one, cancel-previous or allow", ErrInvalid, quote(string(s.Overlap)))
 	}
 	if d := time.Duration(s.CatchUp); d < 0 || d > MaxCatchUp {
-		return fmt.Errorf("%w: catch-up window %v: use 0 (never catch up) to %v", ErrInvalid, d, MaxCatchUp)
+		return nil, fmt.Errorf("%w: catch-up window %v: use 0 (never catch up) to %v", ErrInvalid, d, MaxCatchUp)
 	}
 	j := time.Duration(s.Jitter)
 	if j < 0 || j > MaxJitter {
-		return fmt.Errorf("%w: jitter %v: use 0 to %v", ErrInvalid, j, MaxJitter)
+		return nil, fmt.Errorf("%w: jitter %v: use 0 to %v", ErrInvalid, j, MaxJitter)
 	}
 	if tt.IsInterval() && j >= tt.Every() {
-		return fmt.Errorf("%w: jitter %v must be shorter than the interval %v", ErrInvalid, j, tt.Every())
+		return nil, fmt.Errorf("%w: jitter %v must be shorter than the interval %v", ErrInvalid, j, tt.Every())
 	}
 	if s.KeepLast < 1 || s.KeepLast > MaxKeepLast {
-		return fmt.Errorf("%w: keep-last %d: use 1 to %d", ErrInvalid, s.KeepLast, MaxKeepLast)
+		return nil, fmt.Errorf("%w: keep-last %d: use 1 to %d", ErrInvalid, s.KeepLast, MaxKeepLast)
 	}
 	if err := validNote(s.Note); err != nil {
-		return err
+		return nil, err
 	}
 	if s.Template.Type == "" {
-		return fmt.Errorf("%w: the task template needs a type", ErrInvalid)
+		return nil, fmt.Errorf("%w: the task template needs a type", ErrInvalid)
 	}
 	if s.Created.IsZero() || s.Since.IsZero() {
-		return fmt.Errorf("%w: schedule %s has no creation time", ErrInvalid, s.Name)
+		return nil, fmt.Errorf("%w: schedule %s has no creation time", ErrInvalid, s.Name)
 	}
-	return nil
+	return tt, nil
 }
 
 func validNote(n string) error {

@@ -73,19 +73,60 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *coord.Watch
 	armed := make(map[string]bool)
 	absDir := s.abs(dir)
 
-	// readChild reads a child and arms its data watch; ok=false if gone.
-	readChild := func(name string) (coord.KV, bool, error) {
-		key := path.Join(dir, name)
-		data, st, ch, err := c.GetW(s.abs(key))
-		if errors.Is(err, zk.ErrNoNode) {
-			return coord.KV{}, false, nil
+	// readChildren reads children and arms their data watches, the reads
+	// issued together (bounded by listParallel) rather than one round trip
+	// after another: a new leader's watch of 10 000 schedules took seconds
+	// to deliver its first contents, and a burst of new tasks one round
+	// trip each. It returns the children still present, in names' order.
+	readChildren := func(names []string) ([]coord.KV, error) {
+		type read struct {
+			data    []byte
+			st      *zk.Stat
+			ch      <-chan zk.Event
+			err     error
+			stopped bool // not issued: ctx ended
 		}
-		if err != nil {
-			return coord.KV{}, false, mapErr("watch get", key, err)
+		reads := make([]read, len(names))
+		sem := make(chan struct{}, listParallel)
+		var rg sync.WaitGroup
+		for i, name := range names {
+			if err := ctx.Err(); err != nil {
+				// Stop issuing reads; those issued end with the
+				// library's request timeout at the latest.
+				for j := i; j < len(names); j++ {
+					reads[j].stopped, reads[j].err = true, err
+				}
+				break
+			}
+			sem <- struct{}{}
+			rg.Add(1)
+			go func() {
+				defer func() { <-sem; rg.Done() }()
+				r := &reads[i]
+				r.data, r.st, r.ch, r.err = c.GetW(s.abs(path.Join(dir, name)))
+			}()
 		}
-		armed[name] = true
-		forward(name, ch)
-		return s.kv(key, data, st), true, nil
+		rg.Wait()
+		out := make([]coord.KV, 0, len(names))
+		var errs []error
+		for i, name := range names {
+			r := reads[i]
+			switch {
+			case errors.Is(r.err, zk.ErrNoNode): // deleted meanwhile: gone
+			case r.stopped:
+				return nil, r.err // the watch ends with ctx
+			case r.err != nil:
+				errs = append(errs, mapErr("watch get", path.Join(dir, name), r.err))
+			default:
+				// Armed even when another read failed: its event is then
+				// dropped with this session's watcher (the library's
+				// watch channels are buffered and never block it).
+				armed[name] = true
+				forward(name, r.ch)
+				out = append(out, s.kv(path.Join(dir, name), r.data, r.st))
+			}
+		}
+		return out, errors.Join(errs...)
 	}
 	// listDir re-arms the directory watch and returns the child names.
 	listDir := func() ([]string, error) {
@@ -113,15 +154,9 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *coord.Watch
 	if err != nil {
 		return err
 	}
-	list := make([]coord.KV, 0, len(kids))
-	for _, k := range kids {
-		kv, ok, err := readChild(k)
-		if err != nil {
-			return err
-		}
-		if ok {
-			list = append(list, kv)
-		}
+	list, err := readChildren(kids)
+	if err != nil {
+		return err
 	}
 	if !cache.Resync(ctx, list) {
 		return ctx.Err()
@@ -143,16 +178,19 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *coord.Watch
 				return err
 			}
 			present := make(map[string]bool, len(kids))
+			var added []string
 			for _, k := range kids {
 				present[k] = true
-				if armed[k] {
-					continue
+				if !armed[k] {
+					added = append(added, k)
 				}
-				kv, ok, err := readChild(k)
-				if err != nil {
-					return err
-				}
-				if ok && !cache.Put(ctx, kv) {
+			}
+			kvs, err := readChildren(added)
+			if err != nil {
+				return err
+			}
+			for _, kv := range kvs {
+				if !cache.Put(ctx, kv) {
 					return ctx.Err()
 				}
 			}
@@ -168,17 +206,17 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *coord.Watch
 			continue
 		}
 		delete(armed, f.name)
-		kv, ok, err := readChild(f.name)
+		kvs, err := readChildren([]string{f.name})
 		if err != nil {
 			return err
 		}
-		if !ok {
+		if len(kvs) == 0 {
 			if !cache.Delete(ctx, path.Join(dir, f.name)) {
 				return ctx.Err()
 			}
 			continue
 		}
-		if !cache.Put(ctx, kv) {
+		if !cache.Put(ctx, kvs[0]) {
 			return ctx.Err()
 		}
 	}
