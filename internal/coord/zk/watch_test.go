@@ -50,14 +50,10 @@ func TestWatchFirstContentsAsFastAsList(t *testing.T) {
 		wctx, wcancel := context.WithCancel(ctx)
 		defer wcancel()
 		start := time.Now()
-		events := c.Watch(wctx, dir)
-		defer func() {
-			wcancel()
-			for range events {
-			}
-		}()
+		w := c.Watch(wctx, dir)
+		defer w.Close()
 		got := map[string]bool{}
-		for ev := range events {
+		for ev := range w.Events() {
 			if ev.Type == coord.EventSynced {
 				break
 			}
