@@ -25,8 +25,13 @@ func testKnownMembers(t *testing.T, b backend) {
 	n1 := startNode(t, b.Dial(t, b.Addr), testConfig("n1", r, 100))
 	n2 := startNode(t, b.Dial(t, b.Addr), testConfig("n2", r, 50))
 	waitLeaderIs(t, []*node{n1, n2}, "n1", 15*time.Second)
-	if err := testenv.WaitFor(ctx, 20*time.Millisecond, func() bool { return len(n1.view().Known) == 2 }); err != nil {
-		t.Fatalf("n1 never learned both known records: %+v", n1.view().Known)
+	// The member records and the known records arrive through separate
+	// watches: wait for both pairs before asking who is down.
+	if err := testenv.WaitFor(ctx, 20*time.Millisecond, func() bool {
+		v := n1.view()
+		return len(v.Known) == 2 && len(v.Members) == 2
+	}); err != nil {
+		t.Fatalf("n1 never saw both members and both known records: %+v", n1.view())
 	}
 	if d := n1.view().Down(nil); len(d) != 0 {
 		t.Fatalf("down members while both run: %+v", d)
