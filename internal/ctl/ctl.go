@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -220,7 +221,39 @@ func newRoot(out io.Writer) *cobra.Command {
 	pf.DurationVar(&g.timeout, "timeout", api.DefaultTimeout, "deadline for each request")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.AddCommand(serviceCmd(g), taskCmd(g), runnerCmd(g), vipCmd(g), copyCmd(g), eventsCmd(g), doctorCmd(g), scheduleCmd(g), tokenCmd(g))
+	root.Version = Version
+	refuseUnknownSubcommands(root)
 	return root
+}
+
+// Version is set at build time with -ldflags (taskctl --version).
+var Version = "dev"
+
+// refuseUnknownSubcommands makes every command that only groups others
+// (taskctl, taskctl task, ...) answer an unknown subcommand with a usage
+// error (exit 2) instead of its help and exit 0; without arguments it
+// still prints its help.
+func refuseUnknownSubcommands(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		refuseUnknownSubcommands(sub)
+	}
+	if !c.HasSubCommands() || c.Run != nil || c.RunE != nil {
+		return
+	}
+	c.Args = cobra.ArbitraryArgs
+	if c.SuggestionsMinimumDistance <= 0 {
+		c.SuggestionsMinimumDistance = 2
+	}
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return cmd.Help()
+		}
+		msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += "; did you mean " + strings.Join(s, " or ") + "?"
+		}
+		return usageError{fmt.Errorf("%s (see %s --help)", msg, cmd.CommandPath())}
+	}
 }
 
 // exactArgs is cobra.ExactArgs returning a usage error.

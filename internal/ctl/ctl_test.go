@@ -75,3 +75,34 @@ func TestParseTTL(t *testing.T) {
 		}
 	}
 }
+
+// TestUnknownCommandIsUsage: an unknown subcommand, at the top or in a
+// group, is a usage error (exit 2) that names it, not help and exit 0; a
+// bare group still prints its help; --version prints the version.
+func TestUnknownCommandIsUsage(t *testing.T) {
+	all := func(args ...string) (int, string) {
+		var out bytes.Buffer
+		code := Main(args, &out, &out)
+		return code, out.String()
+	}
+	for _, tc := range []struct {
+		args []string
+		name string
+	}{
+		{[]string{"bogus"}, "bogus"}, {[]string{"task", "lst"}, "lst"}, {[]string{"service", "foo", "bar"}, "foo"}, {[]string{"token", "mint"}, "mint"},
+	} {
+		code, msg := all(tc.args...)
+		if code != ExitUsage || !strings.Contains(msg, "unknown command \""+tc.name+"\"") {
+			t.Errorf("%v: exit %d %q, want %d naming %q", tc.args, code, msg, ExitUsage, tc.name)
+		}
+	}
+	if _, msg := all("task", "lst"); !strings.Contains(msg, "did you mean list") {
+		t.Errorf("task lst: %q, want a suggestion", msg)
+	}
+	if code, msg := all("task"); code != ExitOK || !strings.Contains(msg, "Available Commands") {
+		t.Errorf("bare group: exit %d %q, want its help and 0", code, msg)
+	}
+	if code, msg := all("--version"); code != ExitOK || !strings.Contains(msg, "taskctl version "+Version) {
+		t.Errorf("--version: exit %d %q", code, msg)
+	}
+}

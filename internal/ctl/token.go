@@ -19,7 +19,8 @@ func tokenCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Create, list and revoke API tokens (admin)",
 		Long: "API tokens are kept hashed in the coordination store; every node verifies them. Roles:\n" +
 			"  viewer    reads: lists, show, wait, events, doctor, /metrics\n" +
-			"  operator  viewer, plus tasks (create, cancel, pause, resume, set-window, set-rate, copy)\n" +
+			"  operator  viewer, plus tasks (create, cancel, pause, resume, set-window, set-rate, copy),\n" +
+			"            schedules (create, pause, resume, trigger, delete)\n" +
 			"            and runners (cordon, uncordon, drain)\n" +
 			"  admin     operator, plus priorities, specified members, VIPs and tokens\n" +
 			"  join      only lets a new node join the cluster (printed as a join token)"}
