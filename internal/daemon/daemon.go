@@ -32,6 +32,7 @@ const (
 	ExitForced          = 3  // second signal, or shutdown exceeded --shutdown-timeout
 	ExitJoinUnavailable = 69 // taskd join: no member could admit the node in time
 	ExitCoordinator     = 70 // the embedded etcd server failed fatally
+	ExitAddrInUse       = 71 // a listen address (API or embedded etcd) is held by another process
 	ExitDataDir         = 73 // data directory unusable or locked by another taskd
 	ExitJoinRefused     = 77 // taskd join: credential refused, or the server is not the token's cluster
 	ExitConfig          = 78 // configuration error (also: node name taken by another node)
@@ -73,6 +74,8 @@ func exitCode(err error) int {
 		return ExitConfig
 	case errors.Is(err, bootstrap.ErrUnavailable):
 		return ExitJoinUnavailable
+	case errors.Is(err, node.ErrAddrInUse):
+		return ExitAddrInUse
 	case errors.Is(err, node.ErrConfig):
 		return ExitConfig
 	case errors.Is(err, node.ErrDataDir):

@@ -6,10 +6,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -325,6 +328,32 @@ func TestBadStartupInput(t *testing.T) {
 			}
 		})
 	}
+	t.Run("listen port held by another process", func(t *testing.T) {
+		held, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer held.Close()
+		p, err := harness.NewPKI(filepath.Join(t.TempDir(), "pki"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(t.TempDir(), "data")
+		if err := p.Provision(dir, "busy"); err != nil {
+			t.Fatal(err)
+		}
+		before := dirEntries(t, dir)
+		code, out := runTaskd(t, 20*time.Second, "--data-dir", dir, "--name", "busy", "--listen", held.Addr().String())
+		if code != 71 || !strings.Contains(out, "--listen "+held.Addr().String()) {
+			t.Fatalf("exit %d, want 71 (address in use) naming --listen; output:\n%s", code, out)
+		}
+		// Only the record of why it exited (last-exit.json, which the next
+		// start reports): no lock, node id or journal.
+		after := slices.DeleteFunc(dirEntries(t, dir), func(p string) bool { return p == filepath.Join(dir, "last-exit.json") })
+		if !slices.Equal(before, after) {
+			t.Fatalf("the failed start wrote into the data directory: before %v, after %v", before, after)
+		}
+	})
 	t.Run("unknown flag", func(t *testing.T) {
 		code, out := runTaskd(t, 20*time.Second, "--no-such-flag")
 		if code != 2 {
@@ -467,4 +496,22 @@ func TestTokenAndCLIErrors(t *testing.T) {
 	if code, out := runTaskctl(t, append(env, "TASKD_ENDPOINT=127.0.0.1:1"), "service", "list"); code != 3 {
 		t.Fatalf("unreachable endpoint: exit %d, want 3; output: %s", code, out)
 	}
+}
+
+// dirEntries lists the names under dir, recursively, sorted.
+func dirEntries(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		out = append(out, p)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(out)
+	return out
 }

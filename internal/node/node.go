@@ -45,6 +45,11 @@ var ErrDataDir = errors.New("data directory unusable")
 // (exit code 70).
 var ErrCoordinatorFailed = errors.New("embedded coordinator failed")
 
+// ErrAddrInUse marks a listen address another process holds (the API port,
+// or an embedded etcd port): a condition that may pass (a previous
+// instance still exiting), so systemd restarts the node.
+var ErrAddrInUse = errors.New("address in use")
+
 // Node is a running taskd.
 type Node struct {
 	cfg     Config
@@ -87,6 +92,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	n.setWaiting("starting")
 	n.vipLabels = &vipLabels{path: filepath.Join(cfg.DataDir, "vip-labels.json")}
 
+	// The API port first: a start that cannot listen (another process
+	// holds the port) fails before it writes anything into the data
+	// directory.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("%w: --listen %s: %w", ErrAddrInUse, cfg.Listen, err)
+		}
+		return fmt.Errorf("%w: listen on %s: %w", ErrConfig, cfg.Listen, err)
+	}
+	defer ln.Close()
 	unlock, nodeID, err := prepareDataDir(cfg.DataDir)
 	if err != nil {
 		return err
@@ -116,10 +132,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		CAHash: n.creds.CA.Fingerprint(), Join: joiner, Metrics: n.metrics.Handler()}, n, n.log)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("%w: listen on %s: %w", ErrConfig, cfg.Listen, err)
 	}
 	n.log.Info("taskd starting", "event", "start", "previous_exit", prevCode, "previous_reason", prevReason, "version", cfg.Version, "listen", ln.Addr().String(), "coordinator", target.String(),
 		"data_dir", cfg.DataDir, "node_id", nodeID, "session_timeout", cfg.SessionTimeout)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/taskd/taskd/internal/auth"
@@ -46,6 +47,9 @@ func (n *Node) startEmbedded(ctx context.Context) (*etcd.Server, error) {
 	n.setWaiting("waiting for the embedded etcd member to serve (a multi-node cluster needs a quorum of its members running)")
 	srv, err := etcd.StartServer(ctx, sc)
 	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("%w: embedded etcd: %w", ErrAddrInUse, err)
+		}
 		if errors.Is(err, etcd.ErrConfig) || errors.Is(err, etcd.ErrAuth) {
 			return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 		}
