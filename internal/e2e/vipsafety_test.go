@@ -77,8 +77,24 @@ func TestVIPAllowlistRefusal(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("n1 (priority 200) never led: %v", err)
 	}
-	// n2 and n3 seed the vip only when they lead; n1 may have led from
-	// the start. Set it: n1 refuses it, the others allow it.
+	// n2 and n3 seed the vip only when they lead, and one of them may have
+	// led before n1 joined: its assignment then carries its own reason.
+	// Start from no vip (gone from every interface), so that n1, the
+	// leader, makes the assignment. Set it: n1 refuses it, the others
+	// allow it.
+	if out, err := c.Ctl("n1", "vip", "delete", "iscsi"); err != nil && !strings.Contains(err.Error(), "exit status 4") {
+		t.Fatalf("vip delete: %v\n%s", err, out)
+	}
+	if err := harness.WaitFor(ctxFor(t, 30*time.Second), 100*time.Millisecond, func() bool {
+		for _, n := range harness.VIPNodes {
+			if _, ok, _ := c.Lab.Has(n, c.VIP); ok {
+				return false
+			}
+		}
+		return true
+	}); err != nil {
+		t.Fatalf("the seeded vip was never released: %v", err)
+	}
 	if out, err := c.Ctl("n1", "vip", "set", "iscsi", c.VIP, "--interface", "eth0"); err != nil {
 		t.Fatalf("vip set: %v\n%s", err, out)
 	}
