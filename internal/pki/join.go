@@ -46,7 +46,7 @@ func ParseJoinToken(s string) (JoinToken, error) {
 // The CA found is stored in *found.
 func PinnedClientTLS(caHash string, found **x509.Certificate) *tls.Config {
 	return &tls.Config{
-		MinVersion:         tls.VersionTLS12,
+		MinVersion: tls.VersionTLS12,
 		// The joining node has no CA yet, only the pin: VerifyConnection
 		// (every handshake, resumed ones included) finds the pinned CA in
 		// the presented chain and verifies the leaf against it
