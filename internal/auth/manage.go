@@ -23,34 +23,55 @@ type CreateRequest struct {
 // token (the only time its secret exists outside the caller's file) and
 // the record.
 func Create(ctx context.Context, store coord.Store, root string, req CreateRequest, now time.Time) (Token, Record, error) {
+	req, err := req.checked()
+	if err != nil {
+		return Token{}, Record{}, err
+	}
+	for range 5 { // an id already taken is tried again with another
+		t := NewToken()
+		rec, stored, err := put(ctx, store, root, t, req, now)
+		if err != nil {
+			return Token{}, Record{}, err
+		}
+		if stored {
+			return t, rec, nil
+		}
+	}
+	return Token{}, Record{}, fmt.Errorf("store token record: %w", coord.ErrConflict)
+}
+
+// checked validates req and fills the join tokens' default lifetime.
+func (req CreateRequest) checked() (CreateRequest, error) {
 	if !req.Role.Valid() {
-		return Token{}, Record{}, fmt.Errorf("%w: role %q: use viewer, operator, admin or join", ErrInvalid, req.Role)
+		return req, fmt.Errorf("%w: role %q: use viewer, operator, admin or join", ErrInvalid, req.Role)
 	}
 	if req.TTL < 0 || req.TTL > MaxTTL {
-		return Token{}, Record{}, fmt.Errorf("%w: ttl %v: must be between 0 (never expires) and %v", ErrInvalid, req.TTL, MaxTTL)
+		return req, fmt.Errorf("%w: ttl %v: must be between 0 (never expires) and %v", ErrInvalid, req.TTL, MaxTTL)
 	}
 	if err := checkDescription(req.Description); err != nil {
-		return Token{}, Record{}, err
+		return req, err
 	}
 	if req.Role == Join && req.TTL == 0 {
 		req.TTL = DefaultJoinTTL
 	}
-	for range 5 { // an id already taken is tried again with another
-		t := NewToken()
-		rec := newRecord(t, req.Role, req.CreatedBy, req.Description, now, req.TTL)
-		key, err := Key(root, t.ID)
-		if err != nil {
-			return Token{}, Record{}, err
-		}
-		if _, err := store.Create(ctx, key, encodeRecord(rec)); err != nil {
-			if errors.Is(err, coord.ErrExists) {
-				continue
-			}
-			return Token{}, Record{}, fmt.Errorf("store token record: %w", err)
-		}
-		return t, rec, nil
+	return req, nil
+}
+
+// put stores t's record unless one with its id exists; it reports whether
+// it stored it.
+func put(ctx context.Context, store coord.Store, root string, t Token, req CreateRequest, now time.Time) (Record, bool, error) {
+	key, err := Key(root, t.ID)
+	if err != nil {
+		return Record{}, false, err
 	}
-	return Token{}, Record{}, fmt.Errorf("store token record: %w", coord.ErrConflict)
+	rec := newRecord(t, req.Role, req.CreatedBy, req.Description, now, req.TTL)
+	if _, err := store.Create(ctx, key, encodeRecord(rec)); err != nil {
+		if errors.Is(err, coord.ErrExists) {
+			return Record{}, false, nil
+		}
+		return Record{}, false, fmt.Errorf("store token record: %w", err)
+	}
+	return rec, true, nil
 }
 
 // List reads every token record under root, by creation time. Records that
@@ -102,22 +123,10 @@ func Revoke(ctx context.Context, store coord.Store, root, id string) error {
 // exists), unless a record with its id exists. It reports whether it
 // stored one.
 func Register(ctx context.Context, store coord.Store, root string, t Token, req CreateRequest, now time.Time) (bool, error) {
-	if !req.Role.Valid() || !ValidID(t.ID) {
-		return false, fmt.Errorf("%w: role %q, token id %q", ErrInvalid, req.Role, t.ID)
-	}
-	if req.Role == Join && req.TTL == 0 {
-		req.TTL = DefaultJoinTTL
-	}
-	key, err := Key(root, t.ID)
+	req, err := req.checked()
 	if err != nil {
 		return false, err
 	}
-	rec := newRecord(t, req.Role, req.CreatedBy, req.Description, now, req.TTL)
-	if _, err := store.Create(ctx, key, encodeRecord(rec)); err != nil {
-		if errors.Is(err, coord.ErrExists) {
-			return false, nil
-		}
-		return false, fmt.Errorf("store token record: %w", err)
-	}
-	return true, nil
+	_, stored, err := put(ctx, store, root, t, req, now)
+	return stored, err
 }
