@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +26,10 @@ type Etcd struct {
 	PKI *harness.PKI
 	// Creds are the member's node credentials (user "test").
 	Creds *pki.Bundle
+
+	rootOnce sync.Once
+	root     *clientv3.Client // Snapshot's client, made once
+	rootErr  error
 }
 
 // StartEtcd starts an embedded single-member etcd for the test on free
@@ -62,7 +67,13 @@ func StartEtcdWith(t testing.TB, p *harness.PKI, name string) *Etcd {
 		t.Fatalf("start embedded etcd: %v", err)
 	}
 	t.Cleanup(srv.Close)
-	return &Etcd{Server: srv, PKI: p, Creds: creds}
+	e := &Etcd{Server: srv, PKI: p, Creds: creds}
+	t.Cleanup(func() { // before srv.Close: cleanups run last first
+		if e.root != nil {
+			e.root.Close()
+		}
+	})
+	return e
 }
 
 // Open opens a client as the member's node (its certificate); cleanup
@@ -77,17 +88,22 @@ func (e *Etcd) Open(t testing.TB) coord.Store {
 // request must leave as it was.
 func (e *Etcd) Snapshot(t testing.TB) []string {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL()}, TLS: e.Creds.ClientTLS(""), DialTimeout: 5 * time.Second,
-		Username: etcd.RootUser, Password: e.Creds.Secrets.EtcdRootPassword, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
+	// One client for every snapshot of a test: a test that snapshots
+	// around each of dozens of calls would otherwise pay a TLS handshake
+	// and an etcd authentication each time, which on a loaded machine
+	// took longer than the read.
+	e.rootOnce.Do(func() {
+		e.root, e.rootErr = clientv3.New(clientv3.Config{Endpoints: []string{e.ClientURL()}, TLS: e.Creds.ClientTLS(""), DialTimeout: 10 * time.Second,
+			Username: etcd.RootUser, Password: e.Creds.Secrets.EtcdRootPassword, Logger: zap.NewNop()})
+	})
+	if e.rootErr != nil {
+		t.Fatal(e.rootErr)
 	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	resp, err := cli.Get(ctx, "", clientv3.WithFromKey())
+	resp, err := e.root.Get(ctx, "", clientv3.WithFromKey())
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("snapshot of the store: %v", err)
 	}
 	var out []string
 	for _, kv := range resp.Kvs {
