@@ -19,9 +19,10 @@ const schedEvery = 10 * time.Second
 const schedName = "chaos-tick"
 
 // startSchedule creates the campaign's schedule (a noop task per tick) and
-// remembers its anchor.
+// remembers its anchor. It keeps the last 1000 tasks, so that every tick's
+// task is still there to count at the end.
 func (r *run) startSchedule() error {
-	out, err := r.ctl("schedule", "create", schedName, "--every", schedEvery.String(), "noop", "--overlap", "allow", "-o", "json")
+	out, err := r.ctl("schedule", "create", schedName, "--every", schedEvery.String(), "noop", "--overlap", "allow", "--keep-last", "1000", "-o", "json")
 	if err != nil {
 		return fmt.Errorf("create schedule: %w", err)
 	}
