@@ -5,7 +5,7 @@
 // drawn from a seeded schedule. It checks the safety invariants during and
 // after the run and reports one summary line:
 //
-//	chaos: backend=B faults=N tasks=M violations=V lost=L exits=E
+//	chaos: backend=B faults=N tasks=M violations=V lost=L exits=E ticks=T ticks_lost=TL ticks_doubled=TD
 //
 // Every fault is bounded in time and the run stops by itself after Faults
 // faults or Duration, whichever comes first.
@@ -47,18 +47,21 @@ type Config struct {
 
 // Report is the outcome.
 type Report struct {
-	Backend                      string
-	Faults, Tasks                int
-	Violations, Lost, Exits      int
-	Problems                     []string
-	FaultCounts                  map[string]int
-	LeaderFailover, Resume, VIPs []time.Duration
+	Backend                 string
+	Faults, Tasks           int
+	Violations, Lost, Exits int
+	// Ticks of the campaign's schedule: fired exactly once, lost (no
+	// task), doubled (more than one task).
+	Ticks, TicksLost, TicksDoubled int
+	Problems                       []string
+	FaultCounts                    map[string]int
+	LeaderFailover, Resume, VIPs   []time.Duration
 }
 
 // Summary is the one line the issue asks for.
 func (r Report) Summary() string {
-	return fmt.Sprintf("chaos: backend=%s faults=%d tasks=%d violations=%d lost=%d exits=%d",
-		r.Backend, r.Faults, r.Tasks, r.Violations, r.Lost, r.Exits)
+	return fmt.Sprintf("chaos: backend=%s faults=%d tasks=%d violations=%d lost=%d exits=%d ticks=%d ticks_lost=%d ticks_doubled=%d",
+		r.Backend, r.Faults, r.Tasks, r.Violations, r.Lost, r.Exits, r.Ticks, r.TicksLost, r.TicksDoubled)
 }
 
 // run is the state of one campaign.
@@ -70,6 +73,8 @@ type run struct {
 	workRng *rand.Rand // the workload's pacing (its own goroutine)
 	samples string
 	ledger  string
+	// schedAnchor is the campaign schedule's anchor (zero: none).
+	schedAnchor time.Time
 
 	mu       sync.Mutex
 	rep      Report
@@ -119,6 +124,9 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		return r.rep, fmt.Errorf("cluster never formed: %w", err)
 	}
 	if err := r.startCopies(); err != nil {
+		return r.rep, err
+	}
+	if err := r.startSchedule(); err != nil {
 		return r.rep, err
 	}
 	wctx, stopWork := context.WithCancel(ctx)
@@ -363,7 +371,11 @@ type taskView struct {
 	Type    string `json:"type"`
 	State   string `json:"state"`
 	Attempt int    `json:"attempt"`
-	Error   *struct {
+	// Schedule and Tick: the schedule that made the task, and for which
+	// tick.
+	Schedule string     `json:"schedule"`
+	Tick     *time.Time `json:"tick"`
+	Error    *struct {
 		Message string `json:"message"`
 	} `json:"error"`
 }
@@ -428,6 +440,7 @@ func (r *run) finish(ctx context.Context) {
 		}
 	}
 	r.checkLedger(last)
+	r.checkTicks()
 	r.checkCopies(last)
 	r.checkVIP()
 	r.checkFences()

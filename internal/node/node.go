@@ -21,6 +21,7 @@ import (
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/bootstrap"
+	"github.com/taskd/taskd/internal/clockstep"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/etcd"
 	"github.com/taskd/taskd/internal/dispatch"
@@ -62,7 +63,7 @@ type Node struct {
 	vipReg  atomic.Pointer[vips.Registry]
 	// vipLabels records the labels of VIPs held here (stale cleanup).
 	vipLabels *vipLabels
-	clock     wallClock
+	clock     *wallClock
 	metrics   *metrics.Set
 	events    *events.Recorder
 	auth      *auth.Verifier // API tokens
@@ -81,7 +82,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	target, _ := coord.ParseTarget(cfg.Coordinator)
-	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), baseLog: log, target: target, quorumStarted: make(chan struct{})}
+	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), baseLog: log, target: target, quorumStarted: make(chan struct{}), clock: newWallClock()}
 	n.metrics = metrics.New(func() *quorum.View {
 		if q := n.q.Load(); q != nil {
 			v, _ := q.View()
@@ -141,6 +142,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return n.runCoordinated(gctx, nodeID) })
 	g.Go(func() error { n.notifySystemd(gctx); return nil })
 	g.Go(func() error { n.followOffsetFile(gctx, cfg.ClockOffsetFile); return nil })
+	g.Go(func() error {
+		err := clockstep.Watch(gctx, func() {
+			n.log.Warn("the system's wall clock was set", "event", "clock_set")
+			n.clock.step()
+		})
+		if err != nil {
+			// Without it a step is noticed at the next event or tick.
+			n.log.Warn("cannot watch for settings of the wall clock", "err", err)
+		}
+		return nil
+	})
 	// The journal writer; events logged after it ends are written by
 	// rec.Close.
 	g.Go(func() error { return rec.RunJournal(gctx) })
@@ -222,7 +234,7 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	n.tasks.Store(tasks)
 	scheds := schedule.NewStore(store, root, tasks)
 	n.scheds.Store(scheds)
-	ticker := schedule.NewLeader(scheds, n.log)
+	ticker := schedule.NewLeader(scheds, n.log).WithClockSteps(n.clock.stepped)
 	n.vipReg.Store(vips.NewRegistry(store, root, n.View, localAddrs))
 	policy, _ := n.cfg.vipPolicy() // validated in Run
 	holder := vips.NewHolder(store, root, n.cfg.Name, policy, n.holdVIP, n.log)

@@ -44,13 +44,20 @@ type member struct {
 
 func startMember(t *testing.T, b testenv.Backend, root, name string) *member {
 	t.Helper()
+	return startMemberClock(t, b, root, name, nil, nil)
+}
+
+// startMemberClock starts a member whose task center reads the wall clock
+// now (nil: time.Now) and whose scheduler hears of clock steps on steps.
+func startMemberClock(t *testing.T, b testenv.Backend, root, name string, now func() time.Time, steps <-chan struct{}) *member {
+	t.Helper()
 	proxy := testenv.StartProxy(t, b.Addr)
 	kv := b.Dial(t, proxy.Addr())
-	tasks, err := task.NewStore(kv, root, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
+	tasks, err := task.NewStore(kv, root, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	leader := schedule.NewLeader(schedule.NewStore(kv, mustRoot(t, root), tasks), slog.Default().With("node", name))
+	leader := schedule.NewLeader(schedule.NewStore(kv, mustRoot(t, root), tasks), slog.Default().With("node", name)).WithClockSteps(steps)
 	cfg := quorum.DefaultConfig()
 	cfg.Name, cfg.NodeID, cfg.Address, cfg.Root = name, "id-"+name, name+":1", root
 	cfg.SessionTimeout = 2 * time.Second

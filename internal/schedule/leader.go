@@ -28,8 +28,19 @@ type Leader struct {
 	store *Store
 	log   *slog.Logger
 	// maxSleep bounds one timer, so that a step of the wall clock is
-	// noticed within it.
+	// noticed within it even without steps.
 	maxSleep time.Duration
+	// steps signals that the wall clock was set (WithClockSteps): every
+	// schedule is planned again at once, against the new time.
+	steps <-chan struct{}
+}
+
+// WithClockSteps makes the leader plan every schedule again when ch
+// signals that the wall clock was set. Without it, a step is noticed at
+// the next event or timer (at most maxSleep).
+func (r *Leader) WithClockSteps(ch <-chan struct{}) *Leader {
+	r.steps = ch
+	return r
 }
 
 // NewLeader returns the leader component of store.
@@ -115,6 +126,13 @@ func (r *Leader) Run(ctx context.Context, l *quorum.Leadership) error {
 				return nil
 			}
 			w.apply(wTasks, ev, log)
+		case <-r.steps:
+			// Wake times were computed by the old clock: plan everything
+			// again (and rewind a state decided ahead of the clock).
+			log.Info("wall clock was set; planning every schedule again", "event", "schedule_clock_step")
+			for name := range w.defs {
+				w.dirty[name] = true
+			}
 		case <-timer.C:
 			now := r.store.Now()
 			for w.wakes.Len() > 0 && !w.wakes[0].at.After(now) {

@@ -113,14 +113,30 @@ func plan(v view, now, since time.Time) (action, time.Time) {
 		return action{}, time.Time{}
 	}
 
-	// 3. Ticks that are due.
+	// 3. Ticks that are due, from the latest decided one this leader's
+	// clock can vouch for.
+	var a action
+	if st.LastTick.After(now.Add(skewTolerance)) && st.LastTick.After(sc.Since) {
+		next, msg, attrs := rewind(sc, st, now)
+		a = action{next: next, logs: []logLine{log(msg, "schedule_clock_behind", attrs...)}}
+		v.st, st = next, next
+	}
+	if since.After(now) {
+		since = time.Time{} // read from a clock that was stepped: says nothing
+	}
 	lower := sc.Since
 	if st.LastTick.After(lower) {
 		lower = st.LastTick
 	}
 	var due []time.Time
+	var stood time.Time // latest due tick that already made its task
 	t := v.tt.Next(lower)
 	for n := 0; !t.IsZero() && !t.Add(sc.JitterOf(t)).After(now); n++ {
+		if st.madeAhead(t) {
+			stood = t
+			t = v.tt.Next(t)
+			continue
+		}
 		if n == maxDue {
 			// A long outage: ticks older than the catch-up window are
 			// missed anyway; count them as "at least".
@@ -139,8 +155,13 @@ func plan(v view, now, since time.Time) (action, time.Time) {
 	if !t.IsZero() {
 		wake = t.Add(sc.JitterOf(t))
 	}
-	if len(due) == 0 {
-		return action{}, wake
+	if len(due) == 0 || stood.After(due[len(due)-1]) {
+		// Every due tick made its task already (before a clock step),
+		// or only older ones are left: they are decided; move past them.
+		if !stood.IsZero() {
+			a = pastStood(a, st, stood, due, now, log)
+		}
+		return a, wake
 	}
 	latest := due[len(due)-1]
 	fire := latest.Add(sc.JitterOf(latest))
@@ -152,7 +173,6 @@ func plan(v view, now, since time.Time) (action, time.Time) {
 	if late && now.Sub(fire) > time.Duration(sc.CatchUp) {
 		missed = due
 	}
-	var a action
 	if len(missed) > 0 {
 		next := st.clone()
 		first, last := missed[0], missed[len(missed)-1]
@@ -162,8 +182,9 @@ func plan(v view, now, since time.Time) (action, time.Time) {
 		}
 		next.addRun(Run{Tick: last, At: now, Outcome: Missed, Count: len(missed), Reason: reason})
 		next.LastTick = last
-		a = action{next: next, logs: []logLine{log("schedule missed ticks", "schedule_missed", "count", len(missed),
-			"first", first, "last", last, "reason", reason)}}
+		next.pruneAhead()
+		a = action{next: next, logs: append(a.logs, log("schedule missed ticks", "schedule_missed", "count", len(missed),
+			"first", first, "last", last, "reason", reason))}
 		if len(missed) == len(due) {
 			return a, wake
 		}
@@ -188,6 +209,7 @@ func startTick(v view, now, tick time.Time, tr *trigger, outcome Outcome, log fu
 		trigID = tr.id
 	} else {
 		next.LastTick = tick
+		next.pruneAhead()
 	}
 	a := action{next: next, dropTrigger: tr}
 	run := Run{Tick: tick, At: now, Trigger: trigID}

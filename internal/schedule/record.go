@@ -282,6 +282,11 @@ type State struct {
 	// Triggers are the latest trigger requests handled, so that a
 	// request sent again is not run again.
 	Triggers []string `json:"triggers,omitempty"`
+	// Ahead are ticks after LastTick that already made their task: a
+	// leader whose clock was ahead fired them early, and a later leader
+	// rewound LastTick to its own clock (plan's rewind). They are never
+	// fired again.
+	Ahead []time.Time `json:"ahead,omitempty"`
 
 	version int64
 }
@@ -298,6 +303,7 @@ func (s *State) clone() *State {
 	c.Runs = append([]Run(nil), s.Runs...)
 	c.Made = append([]string(nil), s.Made...)
 	c.Triggers = append([]string(nil), s.Triggers...)
+	c.Ahead = append([]time.Time(nil), s.Ahead...)
 	return &c
 }
 

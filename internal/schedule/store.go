@@ -409,6 +409,9 @@ func NextRuns(sc *Schedule, st *State, now time.Time, n int) ([]time.Time, error
 	}
 	var out []time.Time
 	for t := tt.Next(from); !t.IsZero() && len(out) < n; t = tt.Next(t) {
+		if st != nil && st.madeAhead(t) {
+			continue // ran ahead of time under a stepped clock
+		}
 		out = append(out, t.Add(sc.JitterOf(t)))
 	}
 	return out, nil
