@@ -65,7 +65,7 @@ func toTask(r *task.Record, reason string) *taskdv1.Task {
 			Rate: r.Progress.Rate, EtaSeconds: r.Progress.ETASeconds},
 		Created: ts(r.Created), Started: ts(r.Started), Finished: ts(r.Finished), Updated: ts(r.Updated),
 		NotBefore: ts(r.NotBefore), HasCheckpoint: len(r.Checkpoint) > 0,
-		RateLimit: r.RateLimit, RateLimitSet: r.RateLimitSet, Schedule: r.Schedule, Tick: ts(r.Tick),
+		RateLimit: r.RateLimit, RateLimitSet: r.RateLimitSet, Schedule: r.Schedule, Tick: ts(r.Tick), IdempotencyKey: r.IdempotencyKey,
 	}
 	if r.Window != nil {
 		t.Window, t.WindowZone = r.Window.Spec, r.Window.Zone
@@ -124,16 +124,16 @@ func (s *taskService) CreateTask(ctx context.Context, req *connect.Request[taskd
 		return nil, err
 	}
 	cr := task.CreateRequest{Type: m.Type, Spec: json.RawMessage(m.Spec), Priority: int(m.Priority), Node: m.Node,
-		Window: m.Window, Zone: m.WindowZone}
+		Window: m.Window, Zone: m.WindowZone, IdempotencyKey: m.IdempotencyKey}
 	if m.MaxRetries != nil {
 		n := int(*m.MaxRetries)
 		cr.MaxRetries = &n
 	}
-	r, err := st.Create(ctx, cr)
+	r, existing, err := st.CreateOnce(ctx, cr)
 	if err != nil {
 		return nil, toConnect(err)
 	}
-	return connect.NewResponse(&taskdv1.CreateTaskResponse{Task: toTask(r, "")}), nil
+	return connect.NewResponse(&taskdv1.CreateTaskResponse{Task: toTask(r, ""), Existing: existing}), nil
 }
 
 func (s *taskService) GetTask(ctx context.Context, req *connect.Request[taskdv1.GetTaskRequest]) (*connect.Response[taskdv1.GetTaskResponse], error) {

@@ -10,6 +10,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/volcopy"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -57,7 +58,7 @@ func taskCmd(g *globals) *cobra.Command {
 }
 
 func taskCreateCmd(g *globals) *cobra.Command {
-	var spec, node, win, zone string
+	var spec, node, win, zone, idem string
 	var prio, retries int
 	cmd := &cobra.Command{
 		Use:   "create TYPE [--spec JSON|@FILE]",
@@ -73,7 +74,11 @@ func taskCreateCmd(g *globals) *cobra.Command {
 				}
 				spec = string(b)
 			}
-			req := &taskdv1.CreateTaskRequest{Type: args[0], Spec: spec, Priority: int32(prio), Node: node, Window: win, WindowZone: zone}
+			if err := checkIdempotencyKey(idem); err != nil {
+				return err
+			}
+			req := &taskdv1.CreateTaskRequest{Type: args[0], Spec: spec, Priority: int32(prio), Node: node, Window: win, WindowZone: zone,
+				IdempotencyKey: idem}
 			if cmd.Flags().Changed("max-retries") {
 				n := int32(retries)
 				req.MaxRetries = &n
@@ -88,6 +93,7 @@ func taskCreateCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("create task: %w", err)
 			}
+			noteExisting(cmd, resp.Msg)
 			if g.output == "json" {
 				return g.printJSON(resp.Msg.Task)
 			}
@@ -102,7 +108,31 @@ func taskCreateCmd(g *globals) *cobra.Command {
 	f.StringVar(&win, "window", "", "daily run window HH:MM-HH:MM")
 	f.StringVar(&zone, "window-zone", "", "time zone of --window (default: the cluster's --time-zone)")
 	f.IntVar(&retries, "max-retries", 3, "retries after retryable errors")
+	f.StringVar(&idem, "idempotency-key", "", "repeat-safe creation: the same key and request within 24h return the first task instead of a new one")
 	return cmd
+}
+
+// checkIdempotencyKey refuses a malformed --idempotency-key before
+// anything is sent.
+func checkIdempotencyKey(k string) error {
+	if k == "" {
+		return nil
+	}
+	if err := keys.ValidIdempotencyKey(k); err != nil {
+		return usageError{fmt.Errorf("--idempotency-key: %w", err)}
+	}
+	return nil
+}
+
+// noteExisting tells on stderr that a creation returned the task an
+// earlier call with the same idempotency key made.
+func noteExisting(cmd *cobra.Command, resp *taskdv1.CreateTaskResponse) {
+	if !resp.Existing {
+		return
+	}
+	t := resp.Task
+	fmt.Fprintf(cmd.ErrOrStderr(), "task %s was already created with idempotency key %q at %s (%s); not created again\n",
+		t.Id, t.IdempotencyKey, t.Created.AsTime().Format(time.RFC3339), t.State)
 }
 
 func taskListCmd(g *globals) *cobra.Command {

@@ -175,6 +175,8 @@ type Record struct {
 	// was made for (empty for a task a user created).
 	Schedule string    `json:"schedule,omitempty"`
 	Tick     time.Time `json:"tick,omitzero"`
+	// IdempotencyKey is the key the task was created with, if any.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
 
 	// version is the store version the record was read at.
 	version int64

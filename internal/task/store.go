@@ -91,11 +91,18 @@ type CreateRequest struct {
 	// Schedule and Tick name the schedule and the tick that made the task.
 	Schedule string
 	Tick     time.Time
+	// IdempotencyKey, when set, makes CreateOnce return the task an
+	// earlier call with the same key made (see IdempotencyWindow).
+	IdempotencyKey string
 }
 
 // Create validates req and stores a waiting task. Nothing is written when
 // req is invalid.
 func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) {
+	if req.IdempotencyKey != "" {
+		r, _, err := s.CreateOnce(ctx, req)
+		return r, err
+	}
 	r, err := s.Prepare(req)
 	if err != nil {
 		return nil, err
@@ -163,6 +170,11 @@ func (s *Store) Prepare(req CreateRequest) (*Record, error) {
 	if retries < 0 || retries > MaxMaxRetries {
 		return nil, fmt.Errorf("%w: max retries %d: use 0..%d", ErrInvalid, retries, MaxMaxRetries)
 	}
+	if req.IdempotencyKey != "" {
+		if err := keys.ValidIdempotencyKey(req.IdempotencyKey); err != nil {
+			return nil, err
+		}
+	}
 	id := req.ID
 	if id == "" {
 		id = uuid.NewString()
@@ -173,7 +185,7 @@ func (s *Store) Prepare(req CreateRequest) (*Record, error) {
 	r := &Record{
 		ID: id, Type: req.Type, Spec: spec, State: Waiting, Priority: req.Priority,
 		Node: node, Window: w, MaxRetries: retries, Created: now, Updated: now,
-		Schedule: req.Schedule, Tick: req.Tick.UTC(),
+		Schedule: req.Schedule, Tick: req.Tick.UTC(), IdempotencyKey: req.IdempotencyKey,
 	}
 	if req.Tick.IsZero() {
 		r.Tick = time.Time{}

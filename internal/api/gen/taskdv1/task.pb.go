@@ -284,10 +284,11 @@ type Task struct {
 	RateLimitSet bool  `protobuf:"varint,25,opt,name=rate_limit_set,json=rateLimitSet,proto3" json:"rate_limit_set,omitempty"`
 	// The schedule that made the task, and the tick it was made for
 	// (empty for a task a user created).
-	Schedule      string                 `protobuf:"bytes,26,opt,name=schedule,proto3" json:"schedule,omitempty"`
-	Tick          *timestamppb.Timestamp `protobuf:"bytes,27,opt,name=tick,proto3" json:"tick,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Schedule       string                 `protobuf:"bytes,26,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	Tick           *timestamppb.Timestamp `protobuf:"bytes,27,opt,name=tick,proto3" json:"tick,omitempty"`
+	IdempotencyKey string                 `protobuf:"bytes,28,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -509,6 +510,13 @@ func (x *Task) GetTick() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Task) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
 type CreateTaskRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Type       string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
@@ -518,9 +526,13 @@ type CreateTaskRequest struct {
 	Window     string                 `protobuf:"bytes,5,opt,name=window,proto3" json:"window,omitempty"`
 	WindowZone string                 `protobuf:"bytes,6,opt,name=window_zone,json=windowZone,proto3" json:"window_zone,omitempty"`
 	// Absent: the default (3).
-	MaxRetries    *int32 `protobuf:"varint,7,opt,name=max_retries,json=maxRetries,proto3,oneof" json:"max_retries,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxRetries *int32 `protobuf:"varint,7,opt,name=max_retries,json=maxRetries,proto3,oneof" json:"max_retries,omitempty"`
+	// When set, a repeated call with the same key and the same request
+	// within 24 h returns the task the first call made (existing true);
+	// the same key with another request is ALREADY_EXISTS.
+	IdempotencyKey string `protobuf:"bytes,8,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CreateTaskRequest) Reset() {
@@ -602,9 +614,18 @@ func (x *CreateTaskRequest) GetMaxRetries() int32 {
 	return 0
 }
 
+func (x *CreateTaskRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
 type CreateTaskResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Task  *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	// The task was made by an earlier call with the same idempotency key.
+	Existing      bool `protobuf:"varint,2,opt,name=existing,proto3" json:"existing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -644,6 +665,13 @@ func (x *CreateTaskResponse) GetTask() *Task {
 		return x.Task
 	}
 	return nil
+}
+
+func (x *CreateTaskResponse) GetExisting() bool {
+	if x != nil {
+		return x.Existing
+	}
+	return false
 }
 
 type GetTaskRequest struct {
@@ -1337,7 +1365,7 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\aoutcome\x18\x05 \x01(\tR\aoutcome\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x126\n" +
 	"\x17resumed_from_checkpoint\x18\a \x01(\bR\x15resumedFromCheckpoint\x12#\n" +
-	"\rprogress_done\x18\b \x01(\x03R\fprogressDone\"\xb9\a\n" +
+	"\rprogress_done\x18\b \x01(\x03R\fprogressDone\"\xe2\a\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
@@ -1370,7 +1398,8 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"rate_limit\x18\x18 \x01(\x03R\trateLimit\x12$\n" +
 	"\x0erate_limit_set\x18\x19 \x01(\bR\frateLimitSet\x12\x1a\n" +
 	"\bschedule\x18\x1a \x01(\tR\bschedule\x12.\n" +
-	"\x04tick\x18\x1b \x01(\v2\x1a.google.protobuf.TimestampR\x04tick\"\xda\x01\n" +
+	"\x04tick\x18\x1b \x01(\v2\x1a.google.protobuf.TimestampR\x04tick\x12'\n" +
+	"\x0fidempotency_key\x18\x1c \x01(\tR\x0eidempotencyKey\"\x83\x02\n" +
 	"\x11CreateTaskRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\tR\x04spec\x12\x1a\n" +
@@ -1380,10 +1409,12 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\vwindow_zone\x18\x06 \x01(\tR\n" +
 	"windowZone\x12$\n" +
 	"\vmax_retries\x18\a \x01(\x05H\x00R\n" +
-	"maxRetries\x88\x01\x01B\x0e\n" +
-	"\f_max_retries\"8\n" +
+	"maxRetries\x88\x01\x01\x12'\n" +
+	"\x0fidempotency_key\x18\b \x01(\tR\x0eidempotencyKeyB\x0e\n" +
+	"\f_max_retries\"T\n" +
 	"\x12CreateTaskResponse\x12\"\n" +
-	"\x04task\x18\x01 \x01(\v2\x0e.taskd.v1.TaskR\x04task\" \n" +
+	"\x04task\x18\x01 \x01(\v2\x0e.taskd.v1.TaskR\x04task\x12\x1a\n" +
+	"\bexisting\x18\x02 \x01(\bR\bexisting\" \n" +
 	"\x0eGetTaskRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"5\n" +
 	"\x0fGetTaskResponse\x12\"\n" +
