@@ -65,7 +65,7 @@ func toTask(r *task.Record, reason string) *taskdv1.Task {
 			Rate: r.Progress.Rate, EtaSeconds: r.Progress.ETASeconds},
 		Created: ts(r.Created), Started: ts(r.Started), Finished: ts(r.Finished), Updated: ts(r.Updated),
 		NotBefore: ts(r.NotBefore), HasCheckpoint: len(r.Checkpoint) > 0,
-		RateLimit: r.RateLimit, RateLimitSet: r.RateLimitSet, Schedule: r.Schedule, Tick: ts(r.Tick), IdempotencyKey: r.IdempotencyKey,
+		RateLimit: r.RateLimit, RateLimitSet: r.RateLimitSet, Schedule: r.Schedule, Tick: ts(r.Tick), IdempotencyKey: r.IdempotencyKey, Key: r.Key, KeyLimit: int32(r.KeyLimit),
 	}
 	if r.Window != nil {
 		t.Window, t.WindowZone = r.Window.Spec, r.Window.Zone
@@ -82,6 +82,20 @@ func toTask(r *task.Record, reason string) *taskdv1.Task {
 	return t
 }
 
+// keyReason reads the running tasks to say whether r waits for its
+// concurrency key.
+func keyReason(ctx context.Context, st *task.Store, r *task.Record) (string, error) {
+	rs, err := st.List(ctx, task.Filter{Status: string(task.Running)})
+	if err != nil {
+		return "", err
+	}
+	use := task.KeyUse{}
+	for _, o := range rs {
+		use.Add(o)
+	}
+	return r.KeyReason(use), nil
+}
+
 // explain computes why r waits, reading the runners when it matters.
 func explain(ctx context.Context, st *task.Store, r *task.Record) (string, error) {
 	if r.State != task.Waiting && r.State != task.Paused {
@@ -91,7 +105,16 @@ func explain(ctx context.Context, st *task.Store, r *task.Record) (string, error
 	if err != nil {
 		return "", err
 	}
-	why, _ := r.WaitReason(runners, st.Now())
+	why, _ := r.Ready(st.Now())
+	if why == "" && r.State == task.Waiting && r.Key != "" {
+		why, err = keyReason(ctx, st, r)
+		if err != nil {
+			return "", err
+		}
+	}
+	if why == "" {
+		why, _ = r.WaitReason(runners, st.Now())
+	}
 	if why == "" {
 		why = "ready to run; waiting for the dispatcher"
 	}
@@ -124,7 +147,7 @@ func (s *taskService) CreateTask(ctx context.Context, req *connect.Request[taskd
 		return nil, err
 	}
 	cr := task.CreateRequest{Type: m.Type, Spec: json.RawMessage(m.Spec), Priority: int(m.Priority), Node: m.Node,
-		Window: m.Window, Zone: m.WindowZone, IdempotencyKey: m.IdempotencyKey}
+		Window: m.Window, Zone: m.WindowZone, IdempotencyKey: m.IdempotencyKey, Key: m.Key, KeyLimit: int(m.KeyLimit)}
 	if m.MaxRetries != nil {
 		n := int(*m.MaxRetries)
 		cr.MaxRetries = &n

@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -15,6 +16,7 @@ import (
 func copyCmd(g *globals) *cobra.Command {
 	var spec volcopy.Spec
 	var node, win, zone, rate, idem string
+	var kf keyFlags
 	var prio int
 	var wait bool
 	cmd := &cobra.Command{
@@ -26,7 +28,7 @@ func copyCmd(g *globals) *cobra.Command {
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec.Source, spec.Target = args[0], args[1]
-			if err := checkIdempotencyKey(idem); err != nil {
+			if err := errors.Join(checkIdempotencyKey(idem), kf.check()); err != nil {
 				return err
 			}
 			var err error
@@ -59,10 +61,12 @@ func copyCmd(g *globals) *cobra.Command {
 			}
 			ctx, cancel := g.ctx(cmd)
 			defer cancel()
-			resp, err := c.Tasks.CreateTask(ctx, connect.NewRequest(&taskdv1.CreateTaskRequest{
+			req := &taskdv1.CreateTaskRequest{
 				Type: "copy", Spec: string(b), Priority: int32(prio), Node: node, Window: win, WindowZone: zone,
 				IdempotencyKey: idem,
-			}))
+			}
+			kf.set(req)
+			resp, err := c.Tasks.CreateTask(ctx, connect.NewRequest(req))
 			if err != nil {
 				return fmt.Errorf("create copy task: %w", err)
 			}
@@ -90,6 +94,7 @@ func copyCmd(g *globals) *cobra.Command {
 	f.StringVar(&zone, "window-zone", "", "time zone of --window")
 	f.IntVar(&prio, "priority", 0, "priority -1000..1000")
 	f.BoolVar(&wait, "wait", false, "wait for the copy to end, with progress")
+	kf.add(f)
 	f.StringVar(&idem, "idempotency-key", "", "repeat-safe creation: the same key and request within 24h return the first task instead of a new one")
 	return cmd
 }

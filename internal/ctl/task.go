@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/volcopy"
@@ -60,6 +62,7 @@ func taskCmd(g *globals) *cobra.Command {
 func taskCreateCmd(g *globals) *cobra.Command {
 	var spec, node, win, zone, idem string
 	var prio, retries int
+	var kf keyFlags
 	cmd := &cobra.Command{
 		Use:   "create TYPE [--spec JSON|@FILE]",
 		Short: "Create a task and print its id",
@@ -74,11 +77,12 @@ func taskCreateCmd(g *globals) *cobra.Command {
 				}
 				spec = string(b)
 			}
-			if err := checkIdempotencyKey(idem); err != nil {
+			if err := errors.Join(checkIdempotencyKey(idem), kf.check()); err != nil {
 				return err
 			}
 			req := &taskdv1.CreateTaskRequest{Type: args[0], Spec: spec, Priority: int32(prio), Node: node, Window: win, WindowZone: zone,
 				IdempotencyKey: idem}
+			kf.set(req)
 			if cmd.Flags().Changed("max-retries") {
 				n := int32(retries)
 				req.MaxRetries = &n
@@ -109,7 +113,40 @@ func taskCreateCmd(g *globals) *cobra.Command {
 	f.StringVar(&zone, "window-zone", "", "time zone of --window (default: the cluster's --time-zone)")
 	f.IntVar(&retries, "max-retries", 3, "retries after retryable errors")
 	f.StringVar(&idem, "idempotency-key", "", "repeat-safe creation: the same key and request within 24h return the first task instead of a new one")
+	kf.add(f)
 	return cmd
+}
+
+// keyFlags are --key and --key-limit of task create and copy.
+type keyFlags struct {
+	key   string
+	limit int
+}
+
+func (k *keyFlags) add(f *pflag.FlagSet) {
+	f.StringVar(&k.key, "key", "", "concurrency key, e.g. volume/vol-7: at most --key-limit tasks with it run at once, cluster-wide")
+	f.IntVar(&k.limit, "key-limit", 1, "how many tasks with --key may run at once (1-1000)")
+}
+
+// check refuses bad values before anything is sent.
+func (k *keyFlags) check() error {
+	if k.key == "" {
+		return nil
+	}
+	if err := keys.ValidConcurrencyKey(k.key); err != nil {
+		return usageError{fmt.Errorf("--key: %w", err)}
+	}
+	if k.limit < 1 || k.limit > 1000 {
+		return usageError{fmt.Errorf("--key-limit %d: use 1-1000", k.limit)}
+	}
+	return nil
+}
+
+// set puts the checked flags on req.
+func (k *keyFlags) set(req *taskdv1.CreateTaskRequest) {
+	if k.key != "" {
+		req.Key, req.KeyLimit = k.key, int32(k.limit)
+	}
 }
 
 // checkIdempotencyKey refuses a malformed --idempotency-key before
@@ -239,6 +276,12 @@ func (g *globals) showTask(t *taskdv1.Task) error {
 	}
 	if t.Window != "" {
 		row("window", t.Window+" "+t.WindowZone)
+	}
+	if t.Key != "" {
+		row("key", fmt.Sprintf("%s (at most %d running)", t.Key, t.KeyLimit))
+	}
+	if t.IdempotencyKey != "" {
+		row("idempotency key", t.IdempotencyKey)
 	}
 	if t.Error != nil {
 		row("error", t.Error.Code+": "+t.Error.Message)

@@ -290,6 +290,7 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 
 	var waiting []*task.Record
 	var errs []error
+	keyed := task.KeyUse{}
 	for _, r := range st.tasks {
 		switch r.State {
 		case task.Running:
@@ -297,6 +298,7 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 			if ok && rn.Info.Session == r.RunnerSession {
 				rn.Running++
 				rn.RunningByType[r.Type]++
+				keyed.Add(r)
 				continue
 			}
 			errs = append(errs, d.giveBack(ctx, txn, r, now, log))
@@ -332,6 +334,9 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 		if free == 0 {
 			continue // still scan for wake times; nothing else can be placed
 		}
+		if r.KeyReason(keyed) != "" {
+			continue // its key is at its limit; the end of a holder is an event
+		}
 		best := pick(runners, r)
 		if best == nil {
 			continue
@@ -340,6 +345,7 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 		a.Assign(best.Info, now)
 		best.Running++
 		best.RunningByType[r.Type]++
+		keyed.Add(a)
 		free--
 		batch = append(batch, a)
 		if len(batch) == batchSize {

@@ -404,6 +404,22 @@ func TestTaskControl(t *testing.T) {
 			t.Errorf("key reused for another request: exit %d %q; want 6 naming %s", code, out, first)
 		}
 
+		// Two tasks with one concurrency key: the second waits, and says
+		// for which key and which task.
+		_, out = ctl("task", "create", "sleep", "--spec", `{"duration":"60s"}`, "--key", "volume/vol-7")
+		holder := strings.TrimSpace(out)
+		waitTask(t, c, holder, 10*time.Second, "running", func(tk *taskdv1.Task) bool { return tk.State == "running" })
+		_, out = ctl("task", "create", "sleep", "--spec", `{"duration":"60s"}`, "--key", "volume/vol-7")
+		second := strings.TrimSpace(out)
+		waitTask(t, c, second, 10*time.Second, "waiting for its key", func(tk *taskdv1.Task) bool {
+			return strings.Contains(tk.Reason, `waiting for key "volume/vol-7": 1 of 1 running (`+holder+`)`)
+		})
+		for _, id := range []string{holder, second} {
+			if code, out := ctl("task", "cancel", id); code != 0 {
+				t.Fatalf("cancel %s: %d %s", id, code, out)
+			}
+		}
+
 		// Bad input: a clear error, exit 2 or 4, and nothing created.
 		_, before := ctl("task", "list", "--status", "all", "-o", "json")
 		bigSpec := filepath.Join(t.TempDir(), "big.json")
@@ -431,6 +447,8 @@ func TestTaskControl(t *testing.T) {
 			{2, []string{"task", "list", "--status", "sleeping"}},
 			{2, []string{"task", "set-window", id}},
 			{2, []string{"task", "create", "noop", "--idempotency-key", "with space"}},
+			{2, []string{"task", "create", "noop", "--key", "vol 7"}},
+			{2, []string{"task", "create", "noop", "--key", "vol-7", "--key-limit", "0"}},
 			{2, []string{"copy", "file:///nosuch/a", "file:///nosuch/b", "--idempotency-key", strings.Repeat("k", 201)}},
 		} {
 			if code, out := ctl(bad.args...); code != bad.code || len(strings.TrimSpace(out)) == 0 {

@@ -197,6 +197,19 @@ func ValidIdempotencyKey(s string) error {
 	return nil
 }
 
+// ValidConcurrencyKey checks a task's concurrency key: 1-128 printable
+// ASCII characters without spaces (for example "volume/vol-7").
+func ValidConcurrencyKey(s string) error {
+	ok := len(s) > 0 && len(s) <= 128
+	for i := 0; ok && i < len(s); i++ {
+		ok = s[i] > 0x20 && s[i] < 0x7f
+	}
+	if !ok {
+		return refuse("concurrency key", s, "use 1-128 printable ASCII characters without spaces, such as volume/vol-7")
+	}
+	return nil
+}
+
 // ValidDigest checks a hex SHA-256 digest (64 lower-case hex digits).
 func ValidDigest(s string) error {
 	if len(s) != 64 || !word(s, 64, isHex, isHex) {

@@ -123,7 +123,9 @@ func fingerprint(r *Record) (string, error) {
 		Node       string          `json:"node"`
 		Window     *Window         `json:"window"`
 		MaxRetries int             `json:"max_retries"`
-	}{r.Type, spec.Bytes(), r.Priority, r.Node, r.Window, r.MaxRetries})
+		Key        string          `json:"key,omitempty"`
+		KeyLimit   int             `json:"key_limit,omitempty"`
+	}{r.Type, spec.Bytes(), r.Priority, r.Node, r.Window, r.MaxRetries, r.Key, r.KeyLimit})
 	if err != nil {
 		return "", fmt.Errorf("fingerprint: %w", err)
 	}

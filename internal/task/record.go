@@ -177,6 +177,10 @@ type Record struct {
 	Tick     time.Time `json:"tick,omitzero"`
 	// IdempotencyKey is the key the task was created with, if any.
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// Key is the task's concurrency key: at most KeyLimit tasks with it
+	// run at once, cluster-wide (the dispatcher enforces it).
+	Key      string `json:"key,omitempty"`
+	KeyLimit int    `json:"key_limit,omitempty"`
 
 	// version is the store version the record was read at.
 	version int64

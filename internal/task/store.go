@@ -94,6 +94,10 @@ type CreateRequest struct {
 	// IdempotencyKey, when set, makes CreateOnce return the task an
 	// earlier call with the same key made (see IdempotencyWindow).
 	IdempotencyKey string
+	// Key, when set, limits how many tasks with this key run at once,
+	// cluster-wide: KeyLimit (0: 1).
+	Key      string
+	KeyLimit int
 }
 
 // Create validates req and stores a waiting task. Nothing is written when
@@ -175,6 +179,10 @@ func (s *Store) Prepare(req CreateRequest) (*Record, error) {
 			return nil, err
 		}
 	}
+	limit, err := keyLimit(req.Key, req.KeyLimit)
+	if err != nil {
+		return nil, err
+	}
 	id := req.ID
 	if id == "" {
 		id = uuid.NewString()
@@ -186,6 +194,7 @@ func (s *Store) Prepare(req CreateRequest) (*Record, error) {
 		ID: id, Type: req.Type, Spec: spec, State: Waiting, Priority: req.Priority,
 		Node: node, Window: w, MaxRetries: retries, Created: now, Updated: now,
 		Schedule: req.Schedule, Tick: req.Tick.UTC(), IdempotencyKey: req.IdempotencyKey,
+		Key: req.Key, KeyLimit: limit,
 	}
 	if req.Tick.IsZero() {
 		r.Tick = time.Time{}

@@ -287,6 +287,8 @@ type Task struct {
 	Schedule       string                 `protobuf:"bytes,26,opt,name=schedule,proto3" json:"schedule,omitempty"`
 	Tick           *timestamppb.Timestamp `protobuf:"bytes,27,opt,name=tick,proto3" json:"tick,omitempty"`
 	IdempotencyKey string                 `protobuf:"bytes,28,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	Key            string                 `protobuf:"bytes,29,opt,name=key,proto3" json:"key,omitempty"`
+	KeyLimit       int32                  `protobuf:"varint,30,opt,name=key_limit,json=keyLimit,proto3" json:"key_limit,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -517,6 +519,20 @@ func (x *Task) GetIdempotencyKey() string {
 	return ""
 }
 
+func (x *Task) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Task) GetKeyLimit() int32 {
+	if x != nil {
+		return x.KeyLimit
+	}
+	return 0
+}
+
 type CreateTaskRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Type       string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
@@ -531,8 +547,12 @@ type CreateTaskRequest struct {
 	// within 24 h returns the task the first call made (existing true);
 	// the same key with another request is ALREADY_EXISTS.
 	IdempotencyKey string `protobuf:"bytes,8,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// At most key_limit (0: 1) tasks with this key run at once,
+	// cluster-wide; for example one copy per volume.
+	Key           string `protobuf:"bytes,9,opt,name=key,proto3" json:"key,omitempty"`
+	KeyLimit      int32  `protobuf:"varint,10,opt,name=key_limit,json=keyLimit,proto3" json:"key_limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateTaskRequest) Reset() {
@@ -619,6 +639,20 @@ func (x *CreateTaskRequest) GetIdempotencyKey() string {
 		return x.IdempotencyKey
 	}
 	return ""
+}
+
+func (x *CreateTaskRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *CreateTaskRequest) GetKeyLimit() int32 {
+	if x != nil {
+		return x.KeyLimit
+	}
+	return 0
 }
 
 type CreateTaskResponse struct {
@@ -1365,7 +1399,7 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\aoutcome\x18\x05 \x01(\tR\aoutcome\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x126\n" +
 	"\x17resumed_from_checkpoint\x18\a \x01(\bR\x15resumedFromCheckpoint\x12#\n" +
-	"\rprogress_done\x18\b \x01(\x03R\fprogressDone\"\xe2\a\n" +
+	"\rprogress_done\x18\b \x01(\x03R\fprogressDone\"\x91\b\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
@@ -1399,7 +1433,9 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\x0erate_limit_set\x18\x19 \x01(\bR\frateLimitSet\x12\x1a\n" +
 	"\bschedule\x18\x1a \x01(\tR\bschedule\x12.\n" +
 	"\x04tick\x18\x1b \x01(\v2\x1a.google.protobuf.TimestampR\x04tick\x12'\n" +
-	"\x0fidempotency_key\x18\x1c \x01(\tR\x0eidempotencyKey\"\x83\x02\n" +
+	"\x0fidempotency_key\x18\x1c \x01(\tR\x0eidempotencyKey\x12\x10\n" +
+	"\x03key\x18\x1d \x01(\tR\x03key\x12\x1b\n" +
+	"\tkey_limit\x18\x1e \x01(\x05R\bkeyLimit\"\xb2\x02\n" +
 	"\x11CreateTaskRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\tR\x04spec\x12\x1a\n" +
@@ -1410,7 +1446,10 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"windowZone\x12$\n" +
 	"\vmax_retries\x18\a \x01(\x05H\x00R\n" +
 	"maxRetries\x88\x01\x01\x12'\n" +
-	"\x0fidempotency_key\x18\b \x01(\tR\x0eidempotencyKeyB\x0e\n" +
+	"\x0fidempotency_key\x18\b \x01(\tR\x0eidempotencyKey\x12\x10\n" +
+	"\x03key\x18\t \x01(\tR\x03key\x12\x1b\n" +
+	"\tkey_limit\x18\n" +
+	" \x01(\x05R\bkeyLimitB\x0e\n" +
 	"\f_max_retries\"T\n" +
 	"\x12CreateTaskResponse\x12\"\n" +
 	"\x04task\x18\x01 \x01(\v2\x0e.taskd.v1.TaskR\x04task\x12\x1a\n" +
