@@ -117,19 +117,32 @@ func taskCreateCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// keyFlags are --key and --key-limit of task create and copy.
+// keyFlags are the scheduling flags of task create and copy: --key,
+// --key-limit, --after and --after-policy.
 type keyFlags struct {
-	key   string
-	limit int
+	key    string
+	limit  int
+	after  []string
+	policy string
 }
 
 func (k *keyFlags) add(f *pflag.FlagSet) {
 	f.StringVar(&k.key, "key", "", "concurrency key, e.g. volume/vol-7: at most --key-limit tasks with it run at once, cluster-wide")
 	f.IntVar(&k.limit, "key-limit", 1, "how many tasks with --key may run at once (1-1000)")
+	f.StringSliceVar(&k.after, "after", nil, "start only after these tasks (ID[,ID...]) have succeeded; one that fails or is cancelled fails this task")
+	f.StringVar(&k.policy, "after-policy", "succeeded", "succeeded: every --after task must succeed; finished: they only need to end")
 }
 
 // check refuses bad values before anything is sent.
 func (k *keyFlags) check() error {
+	for _, id := range k.after {
+		if err := keys.ValidTaskID(id); err != nil {
+			return usageError{fmt.Errorf("--after: %w", err)}
+		}
+	}
+	if k.policy != "succeeded" && k.policy != "finished" {
+		return usageError{fmt.Errorf("--after-policy %q: use succeeded or finished", k.policy)}
+	}
 	if k.key == "" {
 		return nil
 	}
@@ -146,6 +159,9 @@ func (k *keyFlags) check() error {
 func (k *keyFlags) set(req *taskdv1.CreateTaskRequest) {
 	if k.key != "" {
 		req.Key, req.KeyLimit = k.key, int32(k.limit)
+	}
+	if len(k.after) > 0 {
+		req.After, req.AfterPolicy = k.after, k.policy
 	}
 }
 
@@ -279,6 +295,13 @@ func (g *globals) showTask(t *taskdv1.Task) error {
 	}
 	if t.Key != "" {
 		row("key", fmt.Sprintf("%s (at most %d running)", t.Key, t.KeyLimit))
+	}
+	if len(t.After) > 0 {
+		p := "each must succeed"
+		if t.AfterPolicy == "finished" {
+			p = "each must end"
+		}
+		row("after", strings.Join(t.After, ", ")+" ("+p+")")
 	}
 	if t.IdempotencyKey != "" {
 		row("idempotency key", t.IdempotencyKey)

@@ -414,10 +414,20 @@ func TestTaskControl(t *testing.T) {
 		waitTask(t, c, second, 10*time.Second, "waiting for its key", func(tk *taskdv1.Task) bool {
 			return strings.Contains(tk.Reason, `waiting for key "volume/vol-7": 1 of 1 running (`+holder+`)`)
 		})
+		// A task after the holder waits for it, and fails when the
+		// holder is cancelled.
+		_, out = ctl("task", "create", "noop", "--after", holder)
+		dependent := strings.TrimSpace(out)
+		waitTask(t, c, dependent, 10*time.Second, "waiting for the holder", func(tk *taskdv1.Task) bool {
+			return strings.Contains(tk.Reason, "waiting for task "+holder+" (running)")
+		})
 		for _, id := range []string{holder, second} {
 			if code, out := ctl("task", "cancel", id); code != 0 {
 				t.Fatalf("cancel %s: %d %s", id, code, out)
 			}
+		}
+		if code, out := ctl("task", "wait", dependent); code != 7 || !strings.Contains(out, "it waited for ended cancelled") {
+			t.Errorf("wait on a task whose dependency was cancelled: exit %d %q; want 7 and the cause", code, out)
 		}
 
 		// Bad input: a clear error, exit 2 or 4, and nothing created.
@@ -448,6 +458,9 @@ func TestTaskControl(t *testing.T) {
 			{2, []string{"task", "set-window", id}},
 			{2, []string{"task", "create", "noop", "--idempotency-key", "with space"}},
 			{2, []string{"task", "create", "noop", "--key", "vol 7"}},
+			{4, []string{"task", "create", "noop", "--after", "00000000-0000-4000-8000-000000000000"}},
+			{2, []string{"task", "create", "noop", "--after", "nosuch"}},
+			{2, []string{"task", "create", "noop", "--after", holder, "--after-policy", "whenever"}},
 			{2, []string{"task", "create", "noop", "--key", "vol-7", "--key-limit", "0"}},
 			{2, []string{"copy", "file:///nosuch/a", "file:///nosuch/b", "--idempotency-key", strings.Repeat("k", 201)}},
 		} {

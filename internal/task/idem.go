@@ -53,6 +53,9 @@ func (s *Store) CreateOnce(ctx context.Context, req CreateRequest) (r *Record, e
 	if err != nil {
 		return nil, false, err
 	}
+	if err := s.depsExist(ctx, r); err != nil {
+		return nil, false, err
+	}
 	fp, err := fingerprint(r)
 	if err != nil {
 		return nil, false, err
@@ -125,7 +128,9 @@ func fingerprint(r *Record) (string, error) {
 		MaxRetries int             `json:"max_retries"`
 		Key        string          `json:"key,omitempty"`
 		KeyLimit   int             `json:"key_limit,omitempty"`
-	}{r.Type, spec.Bytes(), r.Priority, r.Node, r.Window, r.MaxRetries, r.Key, r.KeyLimit})
+		After      []string        `json:"after,omitempty"`
+		Policy     string          `json:"after_policy,omitempty"`
+	}{r.Type, spec.Bytes(), r.Priority, r.Node, r.Window, r.MaxRetries, r.Key, r.KeyLimit, r.After, r.AfterPolicy})
 	if err != nil {
 		return "", fmt.Errorf("fingerprint: %w", err)
 	}

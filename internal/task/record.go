@@ -181,6 +181,10 @@ type Record struct {
 	// run at once, cluster-wide (the dispatcher enforces it).
 	Key      string `json:"key,omitempty"`
 	KeyLimit int    `json:"key_limit,omitempty"`
+	// After are tasks that must end before this one starts; AfterPolicy
+	// "" needs them to succeed, AfterFinished only to end.
+	After       []string `json:"after,omitempty"`
+	AfterPolicy string   `json:"after_policy,omitempty"`
 
 	// version is the store version the record was read at.
 	version int64
@@ -198,6 +202,7 @@ func (r *Record) Clone() *Record {
 	c.Spec = append(json.RawMessage(nil), r.Spec...)
 	c.Checkpoint = append([]byte(nil), r.Checkpoint...)
 	c.History = append([]Attempt(nil), r.History...)
+	c.After = append([]string(nil), r.After...)
 	if r.Window != nil {
 		w := *r.Window
 		c.Window = &w

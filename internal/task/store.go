@@ -98,6 +98,10 @@ type CreateRequest struct {
 	// cluster-wide: KeyLimit (0: 1).
 	Key      string
 	KeyLimit int
+	// After lists tasks that must end (succeed, under AfterPolicy "" or
+	// AfterSucceeded) before this one may start.
+	After       []string
+	AfterPolicy string
 }
 
 // Create validates req and stores a waiting task. Nothing is written when
@@ -109,6 +113,9 @@ func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) 
 	}
 	r, err := s.Prepare(req)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.depsExist(ctx, r); err != nil {
 		return nil, err
 	}
 	key, err := s.layout.ActiveKey(r.ID)
@@ -189,12 +196,16 @@ func (s *Store) Prepare(req CreateRequest) (*Record, error) {
 	} else if err := keys.ValidTaskID(id); err != nil {
 		return nil, err
 	}
+	policy, err := checkAfter(id, req.After, req.AfterPolicy)
+	if err != nil {
+		return nil, err
+	}
 	now := s.now().UTC()
 	r := &Record{
 		ID: id, Type: req.Type, Spec: spec, State: Waiting, Priority: req.Priority,
 		Node: node, Window: w, MaxRetries: retries, Created: now, Updated: now,
 		Schedule: req.Schedule, Tick: req.Tick.UTC(), IdempotencyKey: req.IdempotencyKey,
-		Key: req.Key, KeyLimit: limit,
+		Key: req.Key, KeyLimit: limit, After: slices.Clone(req.After), AfterPolicy: policy,
 	}
 	if req.Tick.IsZero() {
 		r.Tick = time.Time{}

@@ -289,6 +289,8 @@ type Task struct {
 	IdempotencyKey string                 `protobuf:"bytes,28,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	Key            string                 `protobuf:"bytes,29,opt,name=key,proto3" json:"key,omitempty"`
 	KeyLimit       int32                  `protobuf:"varint,30,opt,name=key_limit,json=keyLimit,proto3" json:"key_limit,omitempty"`
+	After          []string               `protobuf:"bytes,31,rep,name=after,proto3" json:"after,omitempty"`
+	AfterPolicy    string                 `protobuf:"bytes,32,opt,name=after_policy,json=afterPolicy,proto3" json:"after_policy,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -533,6 +535,20 @@ func (x *Task) GetKeyLimit() int32 {
 	return 0
 }
 
+func (x *Task) GetAfter() []string {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *Task) GetAfterPolicy() string {
+	if x != nil {
+		return x.AfterPolicy
+	}
+	return ""
+}
+
 type CreateTaskRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Type       string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
@@ -549,8 +565,13 @@ type CreateTaskRequest struct {
 	IdempotencyKey string `protobuf:"bytes,8,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// At most key_limit (0: 1) tasks with this key run at once,
 	// cluster-wide; for example one copy per volume.
-	Key           string `protobuf:"bytes,9,opt,name=key,proto3" json:"key,omitempty"`
-	KeyLimit      int32  `protobuf:"varint,10,opt,name=key_limit,json=keyLimit,proto3" json:"key_limit,omitempty"`
+	Key      string `protobuf:"bytes,9,opt,name=key,proto3" json:"key,omitempty"`
+	KeyLimit int32  `protobuf:"varint,10,opt,name=key_limit,json=keyLimit,proto3" json:"key_limit,omitempty"`
+	// Tasks that must end before this one starts. after_policy "" or
+	// "succeeded": each must succeed, and one that fails or is cancelled
+	// fails this task (dependency_failed); "finished": each must only end.
+	After         []string `protobuf:"bytes,11,rep,name=after,proto3" json:"after,omitempty"`
+	AfterPolicy   string   `protobuf:"bytes,12,opt,name=after_policy,json=afterPolicy,proto3" json:"after_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -653,6 +674,20 @@ func (x *CreateTaskRequest) GetKeyLimit() int32 {
 		return x.KeyLimit
 	}
 	return 0
+}
+
+func (x *CreateTaskRequest) GetAfter() []string {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *CreateTaskRequest) GetAfterPolicy() string {
+	if x != nil {
+		return x.AfterPolicy
+	}
+	return ""
 }
 
 type CreateTaskResponse struct {
@@ -1399,7 +1434,7 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\aoutcome\x18\x05 \x01(\tR\aoutcome\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x126\n" +
 	"\x17resumed_from_checkpoint\x18\a \x01(\bR\x15resumedFromCheckpoint\x12#\n" +
-	"\rprogress_done\x18\b \x01(\x03R\fprogressDone\"\x91\b\n" +
+	"\rprogress_done\x18\b \x01(\x03R\fprogressDone\"\xca\b\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
@@ -1435,7 +1470,9 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\x04tick\x18\x1b \x01(\v2\x1a.google.protobuf.TimestampR\x04tick\x12'\n" +
 	"\x0fidempotency_key\x18\x1c \x01(\tR\x0eidempotencyKey\x12\x10\n" +
 	"\x03key\x18\x1d \x01(\tR\x03key\x12\x1b\n" +
-	"\tkey_limit\x18\x1e \x01(\x05R\bkeyLimit\"\xb2\x02\n" +
+	"\tkey_limit\x18\x1e \x01(\x05R\bkeyLimit\x12\x14\n" +
+	"\x05after\x18\x1f \x03(\tR\x05after\x12!\n" +
+	"\fafter_policy\x18  \x01(\tR\vafterPolicy\"\xeb\x02\n" +
 	"\x11CreateTaskRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\tR\x04spec\x12\x1a\n" +
@@ -1449,7 +1486,9 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\b \x01(\tR\x0eidempotencyKey\x12\x10\n" +
 	"\x03key\x18\t \x01(\tR\x03key\x12\x1b\n" +
 	"\tkey_limit\x18\n" +
-	" \x01(\x05R\bkeyLimitB\x0e\n" +
+	" \x01(\x05R\bkeyLimit\x12\x14\n" +
+	"\x05after\x18\v \x03(\tR\x05after\x12!\n" +
+	"\fafter_policy\x18\f \x01(\tR\vafterPolicyB\x0e\n" +
 	"\f_max_retries\"T\n" +
 	"\x12CreateTaskResponse\x12\"\n" +
 	"\x04task\x18\x01 \x01(\v2\x0e.taskd.v1.TaskR\x04task\x12\x1a\n" +
