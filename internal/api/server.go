@@ -221,7 +221,7 @@ func toConnect(err error) error {
 		code = connect.CodeInvalidArgument
 	case errors.Is(err, auth.ErrNotFound):
 		code = connect.CodeNotFound
-	case errors.Is(err, vips.ErrInUse), errors.Is(err, schedule.ErrExists):
+	case errors.Is(err, vips.ErrInUse), errors.Is(err, schedule.ErrExists), errors.Is(err, task.ErrKeyReused):
 		code = connect.CodeAlreadyExists
 	case errors.Is(err, vips.ErrNotFound):
 		code = connect.CodeNotFound

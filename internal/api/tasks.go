@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -65,7 +66,8 @@ func toTask(r *task.Record, reason string) *taskdv1.Task {
 			Rate: r.Progress.Rate, EtaSeconds: r.Progress.ETASeconds},
 		Created: ts(r.Created), Started: ts(r.Started), Finished: ts(r.Finished), Updated: ts(r.Updated),
 		NotBefore: ts(r.NotBefore), HasCheckpoint: len(r.Checkpoint) > 0,
-		RateLimit: r.RateLimit, RateLimitSet: r.RateLimitSet, Schedule: r.Schedule, Tick: ts(r.Tick),
+		RateLimit: r.RateLimit, RateLimitSet: r.RateLimitSet, Schedule: r.Schedule, Tick: ts(r.Tick), IdempotencyKey: r.IdempotencyKey, Key: r.Key, KeyLimit: int32(r.KeyLimit),
+		After: r.After, AfterPolicy: r.AfterPolicy,
 	}
 	if r.Window != nil {
 		t.Window, t.WindowZone = r.Window.Spec, r.Window.Zone
@@ -82,6 +84,41 @@ func toTask(r *task.Record, reason string) *taskdv1.Task {
 	return t
 }
 
+// afterReason reads the tasks r waits for to say whether it waits for
+// one of them.
+func afterReason(ctx context.Context, st *task.Store, r *task.Record) (string, error) {
+	deps := map[string]*task.Record{}
+	for _, id := range r.After {
+		d, err := st.Get(ctx, id)
+		if errors.Is(err, task.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		deps[id] = d
+	}
+	wait, fail := r.AfterReason(deps)
+	if fail != nil {
+		return "about to fail: " + fail.Message, nil
+	}
+	return wait, nil
+}
+
+// keyReason reads the running tasks to say whether r waits for its
+// concurrency key.
+func keyReason(ctx context.Context, st *task.Store, r *task.Record) (string, error) {
+	rs, err := st.List(ctx, task.Filter{Status: string(task.Running)})
+	if err != nil {
+		return "", err
+	}
+	use := task.KeyUse{}
+	for _, o := range rs {
+		use.Add(o)
+	}
+	return r.KeyReason(use), nil
+}
+
 // explain computes why r waits, reading the runners when it matters.
 func explain(ctx context.Context, st *task.Store, r *task.Record) (string, error) {
 	if r.State != task.Waiting && r.State != task.Paused {
@@ -91,7 +128,22 @@ func explain(ctx context.Context, st *task.Store, r *task.Record) (string, error
 	if err != nil {
 		return "", err
 	}
-	why, _ := r.WaitReason(runners, st.Now())
+	why, _ := r.Ready(st.Now())
+	if why == "" && r.State == task.Waiting && len(r.After) > 0 {
+		why, err = afterReason(ctx, st, r)
+		if err != nil {
+			return "", err
+		}
+	}
+	if why == "" && r.State == task.Waiting && r.Key != "" {
+		why, err = keyReason(ctx, st, r)
+		if err != nil {
+			return "", err
+		}
+	}
+	if why == "" {
+		why, _ = r.WaitReason(runners, st.Now())
+	}
 	if why == "" {
 		why = "ready to run; waiting for the dispatcher"
 	}
@@ -124,16 +176,17 @@ func (s *taskService) CreateTask(ctx context.Context, req *connect.Request[taskd
 		return nil, err
 	}
 	cr := task.CreateRequest{Type: m.Type, Spec: json.RawMessage(m.Spec), Priority: int(m.Priority), Node: m.Node,
-		Window: m.Window, Zone: m.WindowZone}
+		Window: m.Window, Zone: m.WindowZone, IdempotencyKey: m.IdempotencyKey, Key: m.Key, KeyLimit: int(m.KeyLimit),
+		After: m.After, AfterPolicy: m.AfterPolicy}
 	if m.MaxRetries != nil {
 		n := int(*m.MaxRetries)
 		cr.MaxRetries = &n
 	}
-	r, err := st.Create(ctx, cr)
+	r, existing, err := st.CreateOnce(ctx, cr)
 	if err != nil {
 		return nil, toConnect(err)
 	}
-	return connect.NewResponse(&taskdv1.CreateTaskResponse{Task: toTask(r, "")}), nil
+	return connect.NewResponse(&taskdv1.CreateTaskResponse{Task: toTask(r, ""), Existing: existing}), nil
 }
 
 func (s *taskService) GetTask(ctx context.Context, req *connect.Request[taskdv1.GetTaskRequest]) (*connect.Response[taskdv1.GetTaskResponse], error) {

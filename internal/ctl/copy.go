@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -14,7 +15,8 @@ import (
 // copyCmd creates a task of type copy; with --wait it waits like task wait.
 func copyCmd(g *globals) *cobra.Command {
 	var spec volcopy.Spec
-	var node, win, zone, rate string
+	var node, win, zone, rate, idem string
+	var kf keyFlags
 	var prio int
 	var wait bool
 	cmd := &cobra.Command{
@@ -26,6 +28,9 @@ func copyCmd(g *globals) *cobra.Command {
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec.Source, spec.Target = args[0], args[1]
+			if err := errors.Join(checkIdempotencyKey(idem), kf.check()); err != nil {
+				return err
+			}
 			var err error
 			if spec.Rate, err = volcopy.ParseBytes(rate); err != nil {
 				return usageError{fmt.Errorf("--rate: %w", err)}
@@ -56,12 +61,16 @@ func copyCmd(g *globals) *cobra.Command {
 			}
 			ctx, cancel := g.ctx(cmd)
 			defer cancel()
-			resp, err := c.Tasks.CreateTask(ctx, connect.NewRequest(&taskdv1.CreateTaskRequest{
+			req := &taskdv1.CreateTaskRequest{
 				Type: "copy", Spec: string(b), Priority: int32(prio), Node: node, Window: win, WindowZone: zone,
-			}))
+				IdempotencyKey: idem,
+			}
+			kf.set(req)
+			resp, err := c.Tasks.CreateTask(ctx, connect.NewRequest(req))
 			if err != nil {
 				return fmt.Errorf("create copy task: %w", err)
 			}
+			noteExisting(cmd, resp.Msg)
 			id := resp.Msg.Task.Id
 			if !wait {
 				if g.output == "json" {
@@ -85,5 +94,7 @@ func copyCmd(g *globals) *cobra.Command {
 	f.StringVar(&zone, "window-zone", "", "time zone of --window")
 	f.IntVar(&prio, "priority", 0, "priority -1000..1000")
 	f.BoolVar(&wait, "wait", false, "wait for the copy to end, with progress")
+	kf.add(f)
+	f.StringVar(&idem, "idempotency-key", "", "repeat-safe creation: the same key and request within 24h return the first task instead of a new one")
 	return cmd
 }

@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -9,7 +10,9 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/volcopy"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -57,8 +60,9 @@ func taskCmd(g *globals) *cobra.Command {
 }
 
 func taskCreateCmd(g *globals) *cobra.Command {
-	var spec, node, win, zone string
+	var spec, node, win, zone, idem string
 	var prio, retries int
+	var kf keyFlags
 	cmd := &cobra.Command{
 		Use:   "create TYPE [--spec JSON|@FILE]",
 		Short: "Create a task and print its id",
@@ -73,7 +77,12 @@ func taskCreateCmd(g *globals) *cobra.Command {
 				}
 				spec = string(b)
 			}
-			req := &taskdv1.CreateTaskRequest{Type: args[0], Spec: spec, Priority: int32(prio), Node: node, Window: win, WindowZone: zone}
+			if err := errors.Join(checkIdempotencyKey(idem), kf.check()); err != nil {
+				return err
+			}
+			req := &taskdv1.CreateTaskRequest{Type: args[0], Spec: spec, Priority: int32(prio), Node: node, Window: win, WindowZone: zone,
+				IdempotencyKey: idem}
+			kf.set(req)
 			if cmd.Flags().Changed("max-retries") {
 				n := int32(retries)
 				req.MaxRetries = &n
@@ -88,6 +97,7 @@ func taskCreateCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("create task: %w", err)
 			}
+			noteExisting(cmd, resp.Msg)
 			if g.output == "json" {
 				return g.printJSON(resp.Msg.Task)
 			}
@@ -102,7 +112,80 @@ func taskCreateCmd(g *globals) *cobra.Command {
 	f.StringVar(&win, "window", "", "daily run window HH:MM-HH:MM")
 	f.StringVar(&zone, "window-zone", "", "time zone of --window (default: the cluster's --time-zone)")
 	f.IntVar(&retries, "max-retries", 3, "retries after retryable errors")
+	f.StringVar(&idem, "idempotency-key", "", "repeat-safe creation: the same key and request within 24h return the first task instead of a new one")
+	kf.add(f)
 	return cmd
+}
+
+// keyFlags are the scheduling flags of task create and copy: --key,
+// --key-limit, --after and --after-policy.
+type keyFlags struct {
+	key    string
+	limit  int
+	after  []string
+	policy string
+}
+
+func (k *keyFlags) add(f *pflag.FlagSet) {
+	f.StringVar(&k.key, "key", "", "concurrency key, e.g. volume/vol-7: at most --key-limit tasks with it run at once, cluster-wide")
+	f.IntVar(&k.limit, "key-limit", 1, "how many tasks with --key may run at once (1-1000)")
+	f.StringSliceVar(&k.after, "after", nil, "start only after these tasks (ID[,ID...]) have succeeded; one that fails or is cancelled fails this task")
+	f.StringVar(&k.policy, "after-policy", "succeeded", "succeeded: every --after task must succeed; finished: they only need to end")
+}
+
+// check refuses bad values before anything is sent.
+func (k *keyFlags) check() error {
+	for _, id := range k.after {
+		if err := keys.ValidTaskID(id); err != nil {
+			return usageError{fmt.Errorf("--after: %w", err)}
+		}
+	}
+	if k.policy != "succeeded" && k.policy != "finished" {
+		return usageError{fmt.Errorf("--after-policy %q: use succeeded or finished", k.policy)}
+	}
+	if k.key == "" {
+		return nil
+	}
+	if err := keys.ValidConcurrencyKey(k.key); err != nil {
+		return usageError{fmt.Errorf("--key: %w", err)}
+	}
+	if k.limit < 1 || k.limit > 1000 {
+		return usageError{fmt.Errorf("--key-limit %d: use 1-1000", k.limit)}
+	}
+	return nil
+}
+
+// set puts the checked flags on req.
+func (k *keyFlags) set(req *taskdv1.CreateTaskRequest) {
+	if k.key != "" {
+		req.Key, req.KeyLimit = k.key, int32(k.limit)
+	}
+	if len(k.after) > 0 {
+		req.After, req.AfterPolicy = k.after, k.policy
+	}
+}
+
+// checkIdempotencyKey refuses a malformed --idempotency-key before
+// anything is sent.
+func checkIdempotencyKey(k string) error {
+	if k == "" {
+		return nil
+	}
+	if err := keys.ValidIdempotencyKey(k); err != nil {
+		return usageError{fmt.Errorf("--idempotency-key: %w", err)}
+	}
+	return nil
+}
+
+// noteExisting tells on stderr that a creation returned the task an
+// earlier call with the same idempotency key made.
+func noteExisting(cmd *cobra.Command, resp *taskdv1.CreateTaskResponse) {
+	if !resp.Existing {
+		return
+	}
+	t := resp.Task
+	fmt.Fprintf(cmd.ErrOrStderr(), "task %s was already created with idempotency key %q at %s (%s); not created again\n",
+		t.Id, t.IdempotencyKey, t.Created.AsTime().Format(time.RFC3339), t.State)
 }
 
 func taskListCmd(g *globals) *cobra.Command {
@@ -209,6 +292,19 @@ func (g *globals) showTask(t *taskdv1.Task) error {
 	}
 	if t.Window != "" {
 		row("window", t.Window+" "+t.WindowZone)
+	}
+	if t.Key != "" {
+		row("key", fmt.Sprintf("%s (at most %d running)", t.Key, t.KeyLimit))
+	}
+	if len(t.After) > 0 {
+		p := "each must succeed"
+		if t.AfterPolicy == "finished" {
+			p = "each must end"
+		}
+		row("after", strings.Join(t.After, ", ")+" ("+p+")")
+	}
+	if t.IdempotencyKey != "" {
+		row("idempotency key", t.IdempotencyKey)
 	}
 	if t.Error != nil {
 		row("error", t.Error.Code+": "+t.Error.Message)

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"time"
 
@@ -87,6 +88,10 @@ type state struct {
 	marks   map[string]task.Marks
 	synced  [3]bool
 	dirty   bool // changed since the last pass
+	// ended caches the finished tasks that waiting tasks depend on (a
+	// finished record never changes); each pass keeps only those still
+	// referenced.
+	ended map[string]*task.Record
 }
 
 // Run dispatches until ctx ends (leadership lost or shutdown). It returns
@@ -290,6 +295,7 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 
 	var waiting []*task.Record
 	var errs []error
+	keyed := task.KeyUse{}
 	for _, r := range st.tasks {
 		switch r.State {
 		case task.Running:
@@ -297,6 +303,7 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 			if ok && rn.Info.Session == r.RunnerSession {
 				rn.Running++
 				rn.RunningByType[r.Type]++
+				keyed.Add(r)
 				continue
 			}
 			errs = append(errs, d.giveBack(ctx, txn, r, now, log))
@@ -322,6 +329,8 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 	}
 	var next time.Time
 	var batch []*task.Record
+	seen := map[string]bool{} // dependencies referenced in this pass
+	defer func() { maps.DeleteFunc(st.ended, func(id string, _ *task.Record) bool { return !seen[id] }) }()
 	for _, r := range waiting {
 		if why, wake := r.Ready(now); why != "" {
 			if !wake.IsZero() && (next.IsZero() || wake.Before(next)) {
@@ -329,8 +338,25 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 			}
 			continue
 		}
+		if len(r.After) > 0 {
+			wait, fail, err := d.after(ctx, st, r, seen)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if fail != nil {
+				errs = append(errs, d.failWaiting(ctx, txn, r, fail, log))
+				continue
+			}
+			if wait != "" {
+				continue // the end of the task it waits for is an event
+			}
+		}
 		if free == 0 {
 			continue // still scan for wake times; nothing else can be placed
+		}
+		if r.KeyReason(keyed) != "" {
+			continue // its key is at its limit; the end of a holder is an event
 		}
 		best := pick(runners, r)
 		if best == nil {
@@ -340,6 +366,7 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 		a.Assign(best.Info, now)
 		best.Running++
 		best.RunningByType[r.Type]++
+		keyed.Add(a)
 		free--
 		batch = append(batch, a)
 		if len(batch) == batchSize {
@@ -351,6 +378,56 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 		errs = append(errs, d.assign(ctx, txn, st, batch, log))
 	}
 	return next, errors.Join(errs...)
+}
+
+// after looks up the tasks r waits for: unfinished ones in the watched
+// view, finished ones in the cache or, once, in the store.
+func (d *Dispatcher) after(ctx context.Context, st *state, r *task.Record, seen map[string]bool) (string, *task.TaskError, error) {
+	deps := make(map[string]*task.Record, len(r.After))
+	for _, id := range r.After {
+		seen[id] = true
+		if o, ok := st.tasks[id]; ok {
+			deps[id] = o
+			continue
+		}
+		if o, ok := st.ended[id]; ok {
+			deps[id] = o
+			continue
+		}
+		o, err := d.store.Get(ctx, id)
+		if errors.Is(err, task.ErrNotFound) {
+			continue // gone: AfterReason decides
+		}
+		if err != nil {
+			return "", nil, fmt.Errorf("read task %s that %s waits for: %w", id, r.ID, err)
+		}
+		if !o.State.Final() {
+			// Created or moved after the view was read: the watch event
+			// that tells is on its way; wait for it.
+			return fmt.Sprintf("waiting for task %s (%s)", id, o.State), nil, nil
+		}
+		if st.ended == nil {
+			st.ended = map[string]*task.Record{}
+		}
+		st.ended[id] = o
+		deps[id] = o
+	}
+	wait, fail := r.AfterReason(deps)
+	return wait, fail, nil
+}
+
+// failWaiting fails a waiting task whose dependency did not succeed.
+func (d *Dispatcher) failWaiting(ctx context.Context, txn task.TxnFunc, r *task.Record, why *task.TaskError, log *slog.Logger) error {
+	c := r.Clone()
+	err := d.store.FailWaiting(ctx, txn, c, why)
+	if errors.Is(err, coord.ErrConflict) {
+		return nil // changed meanwhile: the next pass sees it
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("task failed: a task it waited for did not succeed", "event", "task_dependency_failed", "task", r.ID, "reason", why.Message)
+	return nil
 }
 
 // count publishes the unfinished tasks by state and type.

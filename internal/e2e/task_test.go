@@ -387,6 +387,49 @@ func TestTaskControl(t *testing.T) {
 			t.Errorf("wait on a failing task: %d %q; want 7 and the cause", code, out)
 		}
 
+		// A client that retries a creation with an idempotency key gets
+		// the first task back; the key reused for another request is a
+		// conflict (exit 6) and creates nothing.
+		code, out = ctl("task", "create", "noop", "--idempotency-key", "nightly/vol-7")
+		if code != 0 {
+			t.Fatalf("create with an idempotency key: %d %s", code, out)
+		}
+		first := strings.TrimSpace(out)
+		if code, out := ctl("task", "create", "noop", "--idempotency-key", "nightly/vol-7"); code != 0 ||
+			!strings.Contains(out, first) || !strings.Contains(out, "not created again") {
+			t.Errorf("retried create: exit %d %q; want 0, task %s and a note", code, out, first)
+		}
+		if code, out := ctl("task", "create", "noop", "--priority", "5", "--idempotency-key", "nightly/vol-7"); code != 6 ||
+			!strings.Contains(out, "idempotency key already used") || !strings.Contains(out, first) {
+			t.Errorf("key reused for another request: exit %d %q; want 6 naming %s", code, out, first)
+		}
+
+		// Two tasks with one concurrency key: the second waits, and says
+		// for which key and which task.
+		_, out = ctl("task", "create", "sleep", "--spec", `{"duration":"60s"}`, "--key", "volume/vol-7")
+		holder := strings.TrimSpace(out)
+		waitTask(t, c, holder, 10*time.Second, "running", func(tk *taskdv1.Task) bool { return tk.State == "running" })
+		_, out = ctl("task", "create", "sleep", "--spec", `{"duration":"60s"}`, "--key", "volume/vol-7")
+		second := strings.TrimSpace(out)
+		waitTask(t, c, second, 10*time.Second, "waiting for its key", func(tk *taskdv1.Task) bool {
+			return strings.Contains(tk.Reason, `waiting for key "volume/vol-7": 1 of 1 running (`+holder+`)`)
+		})
+		// A task after the holder waits for it, and fails when the
+		// holder is cancelled.
+		_, out = ctl("task", "create", "noop", "--after", holder)
+		dependent := strings.TrimSpace(out)
+		waitTask(t, c, dependent, 10*time.Second, "waiting for the holder", func(tk *taskdv1.Task) bool {
+			return strings.Contains(tk.Reason, "waiting for task "+holder+" (running)")
+		})
+		for _, id := range []string{holder, second} {
+			if code, out := ctl("task", "cancel", id); code != 0 {
+				t.Fatalf("cancel %s: %d %s", id, code, out)
+			}
+		}
+		if code, out := ctl("task", "wait", dependent); code != 7 || !strings.Contains(out, "it waited for ended cancelled") {
+			t.Errorf("wait on a task whose dependency was cancelled: exit %d %q; want 7 and the cause", code, out)
+		}
+
 		// Bad input: a clear error, exit 2 or 4, and nothing created.
 		_, before := ctl("task", "list", "--status", "all", "-o", "json")
 		bigSpec := filepath.Join(t.TempDir(), "big.json")
@@ -413,6 +456,13 @@ func TestTaskControl(t *testing.T) {
 			{2, []string{"task", "show", "not-a-uuid"}},
 			{2, []string{"task", "list", "--status", "sleeping"}},
 			{2, []string{"task", "set-window", id}},
+			{2, []string{"task", "create", "noop", "--idempotency-key", "with space"}},
+			{2, []string{"task", "create", "noop", "--key", "vol 7"}},
+			{4, []string{"task", "create", "noop", "--after", "00000000-0000-4000-8000-000000000000"}},
+			{2, []string{"task", "create", "noop", "--after", "nosuch"}},
+			{2, []string{"task", "create", "noop", "--after", holder, "--after-policy", "whenever"}},
+			{2, []string{"task", "create", "noop", "--key", "vol-7", "--key-limit", "0"}},
+			{2, []string{"copy", "file:///nosuch/a", "file:///nosuch/b", "--idempotency-key", strings.Repeat("k", 201)}},
 		} {
 			if code, out := ctl(bad.args...); code != bad.code || len(strings.TrimSpace(out)) == 0 {
 				t.Errorf("taskctl %v: exit %d %q; want %d and a message", bad.args, code, out, bad.code)

@@ -1,6 +1,8 @@
 package keys
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"strconv"
 	"strings"
 )
@@ -18,6 +20,7 @@ import (
 //	config/runners/NAME      a runner's cordon and drain marks
 //	tasks/active/ID          unfinished task records
 //	tasks/done/XY/ID         finished task records, sharded by ID[:2]
+//	tasks/idem/SHA256        an idempotency key in use: the task it made
 //	assigned/NAME/ID         one key per task running on NAME
 //	runners/NAME             a live runner (bound to its session)
 //	sessions/SESSION         a runner session's fencing key
@@ -98,6 +101,18 @@ func (t Tasks) DoneKey(id string) (string, error) {
 		return "", err
 	}
 	return child(dir, id, ValidTaskID)
+}
+
+// IdemDir holds one record per idempotency key in use: the task it made.
+func (t Tasks) IdemDir() string { return t.root + "/tasks/idem" }
+
+// IdemKey is the record of idempotency key k, named by its SHA-256.
+func (t Tasks) IdemKey(k string) (string, error) {
+	if err := ValidIdempotencyKey(k); err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(k))
+	return child(t.IdemDir(), hex.EncodeToString(sum[:]), ValidDigest)
 }
 
 // AssignDir holds one key per task running on node.

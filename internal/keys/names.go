@@ -179,6 +179,45 @@ func ValidTaskType(s string) error {
 	return nil
 }
 
+// MaxIdempotencyKey bounds an idempotency key, in bytes.
+const MaxIdempotencyKey = 200
+
+// ValidIdempotencyKey checks a key a client gives to make a task creation
+// idempotent: 1-200 printable ASCII characters without spaces (for
+// example "copy/vol-7/2026-11-26"). The store key is its SHA-256, so any
+// such string is safe there.
+func ValidIdempotencyKey(s string) error {
+	ok := len(s) > 0 && len(s) <= MaxIdempotencyKey
+	for i := 0; ok && i < len(s); i++ {
+		ok = s[i] > 0x20 && s[i] < 0x7f
+	}
+	if !ok {
+		return refuse("idempotency key", s, "use 1-200 printable ASCII characters without spaces")
+	}
+	return nil
+}
+
+// ValidConcurrencyKey checks a task's concurrency key: 1-128 printable
+// ASCII characters without spaces (for example "volume/vol-7").
+func ValidConcurrencyKey(s string) error {
+	ok := len(s) > 0 && len(s) <= 128
+	for i := 0; ok && i < len(s); i++ {
+		ok = s[i] > 0x20 && s[i] < 0x7f
+	}
+	if !ok {
+		return refuse("concurrency key", s, "use 1-128 printable ASCII characters without spaces, such as volume/vol-7")
+	}
+	return nil
+}
+
+// ValidDigest checks a hex SHA-256 digest (64 lower-case hex digits).
+func ValidDigest(s string) error {
+	if len(s) != 64 || !word(s, 64, isHex, isHex) {
+		return refuse("digest", s, "use 64 lower-case hex digits")
+	}
+	return nil
+}
+
 // ValidShard checks a shard of the finished tasks: two lower-case hex digits.
 func ValidShard(s string) error {
 	if len(s) != 2 || !isHex(s[0]) || !isHex(s[1]) {

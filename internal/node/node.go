@@ -259,6 +259,9 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 		{"dispatcher", disp.Run},
 		{"scheduler", ticker.Run},
 		{"vip assigner", func(ctx context.Context, l *quorum.Leadership) error { return assigner.Run(ctx, l, q.View) }},
+		{"idempotency sweeper", func(ctx context.Context, _ *quorum.Leadership) error {
+			return tasks.RunIdempotencySweeper(ctx, task.SweepEvery, n.log)
+		}},
 	}
 	if raftAway != nil {
 		parts = append(parts, leaderPart{"raft leadership mover", func(ctx context.Context, _ *quorum.Leadership) error { raftAway(ctx); return nil }})

@@ -175,6 +175,16 @@ type Record struct {
 	// was made for (empty for a task a user created).
 	Schedule string    `json:"schedule,omitempty"`
 	Tick     time.Time `json:"tick,omitzero"`
+	// IdempotencyKey is the key the task was created with, if any.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// Key is the task's concurrency key: at most KeyLimit tasks with it
+	// run at once, cluster-wide (the dispatcher enforces it).
+	Key      string `json:"key,omitempty"`
+	KeyLimit int    `json:"key_limit,omitempty"`
+	// After are tasks that must end before this one starts; AfterPolicy
+	// "" needs them to succeed, AfterFinished only to end.
+	After       []string `json:"after,omitempty"`
+	AfterPolicy string   `json:"after_policy,omitempty"`
 
 	// version is the store version the record was read at.
 	version int64
@@ -192,6 +202,7 @@ func (r *Record) Clone() *Record {
 	c.Spec = append(json.RawMessage(nil), r.Spec...)
 	c.Checkpoint = append([]byte(nil), r.Checkpoint...)
 	c.History = append([]Attempt(nil), r.History...)
+	c.After = append([]string(nil), r.After...)
 	if r.Window != nil {
 		w := *r.Window
 		c.Window = &w

@@ -91,13 +91,31 @@ type CreateRequest struct {
 	// Schedule and Tick name the schedule and the tick that made the task.
 	Schedule string
 	Tick     time.Time
+	// IdempotencyKey, when set, makes CreateOnce return the task an
+	// earlier call with the same key made (see IdempotencyWindow).
+	IdempotencyKey string
+	// Key, when set, limits how many tasks with this key run at once,
+	// cluster-wide: KeyLimit (0: 1).
+	Key      string
+	KeyLimit int
+	// After lists tasks that must end (succeed, under AfterPolicy "" or
+	// AfterSucceeded) before this one may start.
+	After       []string
+	AfterPolicy string
 }
 
 // Create validates req and stores a waiting task. Nothing is written when
 // req is invalid.
 func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) {
+	if req.IdempotencyKey != "" {
+		r, _, err := s.CreateOnce(ctx, req)
+		return r, err
+	}
 	r, err := s.Prepare(req)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.depsExist(ctx, r); err != nil {
 		return nil, err
 	}
 	key, err := s.layout.ActiveKey(r.ID)
@@ -163,17 +181,31 @@ func (s *Store) Prepare(req CreateRequest) (*Record, error) {
 	if retries < 0 || retries > MaxMaxRetries {
 		return nil, fmt.Errorf("%w: max retries %d: use 0..%d", ErrInvalid, retries, MaxMaxRetries)
 	}
+	if req.IdempotencyKey != "" {
+		if err := keys.ValidIdempotencyKey(req.IdempotencyKey); err != nil {
+			return nil, err
+		}
+	}
+	limit, err := keyLimit(req.Key, req.KeyLimit)
+	if err != nil {
+		return nil, err
+	}
 	id := req.ID
 	if id == "" {
 		id = uuid.NewString()
 	} else if err := keys.ValidTaskID(id); err != nil {
 		return nil, err
 	}
+	policy, err := checkAfter(id, req.After, req.AfterPolicy)
+	if err != nil {
+		return nil, err
+	}
 	now := s.now().UTC()
 	r := &Record{
 		ID: id, Type: req.Type, Spec: spec, State: Waiting, Priority: req.Priority,
 		Node: node, Window: w, MaxRetries: retries, Created: now, Updated: now,
-		Schedule: req.Schedule, Tick: req.Tick.UTC(),
+		Schedule: req.Schedule, Tick: req.Tick.UTC(), IdempotencyKey: req.IdempotencyKey,
+		Key: req.Key, KeyLimit: limit, After: slices.Clone(req.After), AfterPolicy: policy,
 	}
 	if req.Tick.IsZero() {
 		r.Tick = time.Time{}

@@ -284,10 +284,15 @@ type Task struct {
 	RateLimitSet bool  `protobuf:"varint,25,opt,name=rate_limit_set,json=rateLimitSet,proto3" json:"rate_limit_set,omitempty"`
 	// The schedule that made the task, and the tick it was made for
 	// (empty for a task a user created).
-	Schedule      string                 `protobuf:"bytes,26,opt,name=schedule,proto3" json:"schedule,omitempty"`
-	Tick          *timestamppb.Timestamp `protobuf:"bytes,27,opt,name=tick,proto3" json:"tick,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Schedule       string                 `protobuf:"bytes,26,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	Tick           *timestamppb.Timestamp `protobuf:"bytes,27,opt,name=tick,proto3" json:"tick,omitempty"`
+	IdempotencyKey string                 `protobuf:"bytes,28,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	Key            string                 `protobuf:"bytes,29,opt,name=key,proto3" json:"key,omitempty"`
+	KeyLimit       int32                  `protobuf:"varint,30,opt,name=key_limit,json=keyLimit,proto3" json:"key_limit,omitempty"`
+	After          []string               `protobuf:"bytes,31,rep,name=after,proto3" json:"after,omitempty"`
+	AfterPolicy    string                 `protobuf:"bytes,32,opt,name=after_policy,json=afterPolicy,proto3" json:"after_policy,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -509,6 +514,41 @@ func (x *Task) GetTick() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Task) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *Task) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Task) GetKeyLimit() int32 {
+	if x != nil {
+		return x.KeyLimit
+	}
+	return 0
+}
+
+func (x *Task) GetAfter() []string {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *Task) GetAfterPolicy() string {
+	if x != nil {
+		return x.AfterPolicy
+	}
+	return ""
+}
+
 type CreateTaskRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Type       string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
@@ -518,7 +558,20 @@ type CreateTaskRequest struct {
 	Window     string                 `protobuf:"bytes,5,opt,name=window,proto3" json:"window,omitempty"`
 	WindowZone string                 `protobuf:"bytes,6,opt,name=window_zone,json=windowZone,proto3" json:"window_zone,omitempty"`
 	// Absent: the default (3).
-	MaxRetries    *int32 `protobuf:"varint,7,opt,name=max_retries,json=maxRetries,proto3,oneof" json:"max_retries,omitempty"`
+	MaxRetries *int32 `protobuf:"varint,7,opt,name=max_retries,json=maxRetries,proto3,oneof" json:"max_retries,omitempty"`
+	// When set, a repeated call with the same key and the same request
+	// within 24 h returns the task the first call made (existing true);
+	// the same key with another request is ALREADY_EXISTS.
+	IdempotencyKey string `protobuf:"bytes,8,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	// At most key_limit (0: 1) tasks with this key run at once,
+	// cluster-wide; for example one copy per volume.
+	Key      string `protobuf:"bytes,9,opt,name=key,proto3" json:"key,omitempty"`
+	KeyLimit int32  `protobuf:"varint,10,opt,name=key_limit,json=keyLimit,proto3" json:"key_limit,omitempty"`
+	// Tasks that must end before this one starts. after_policy "" or
+	// "succeeded": each must succeed, and one that fails or is cancelled
+	// fails this task (dependency_failed); "finished": each must only end.
+	After         []string `protobuf:"bytes,11,rep,name=after,proto3" json:"after,omitempty"`
+	AfterPolicy   string   `protobuf:"bytes,12,opt,name=after_policy,json=afterPolicy,proto3" json:"after_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -602,9 +655,46 @@ func (x *CreateTaskRequest) GetMaxRetries() int32 {
 	return 0
 }
 
+func (x *CreateTaskRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *CreateTaskRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *CreateTaskRequest) GetKeyLimit() int32 {
+	if x != nil {
+		return x.KeyLimit
+	}
+	return 0
+}
+
+func (x *CreateTaskRequest) GetAfter() []string {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *CreateTaskRequest) GetAfterPolicy() string {
+	if x != nil {
+		return x.AfterPolicy
+	}
+	return ""
+}
+
 type CreateTaskResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Task  *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	// The task was made by an earlier call with the same idempotency key.
+	Existing      bool `protobuf:"varint,2,opt,name=existing,proto3" json:"existing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -644,6 +734,13 @@ func (x *CreateTaskResponse) GetTask() *Task {
 		return x.Task
 	}
 	return nil
+}
+
+func (x *CreateTaskResponse) GetExisting() bool {
+	if x != nil {
+		return x.Existing
+	}
+	return false
 }
 
 type GetTaskRequest struct {
@@ -1337,7 +1434,7 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\aoutcome\x18\x05 \x01(\tR\aoutcome\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x126\n" +
 	"\x17resumed_from_checkpoint\x18\a \x01(\bR\x15resumedFromCheckpoint\x12#\n" +
-	"\rprogress_done\x18\b \x01(\x03R\fprogressDone\"\xb9\a\n" +
+	"\rprogress_done\x18\b \x01(\x03R\fprogressDone\"\xca\b\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
@@ -1370,7 +1467,12 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"rate_limit\x18\x18 \x01(\x03R\trateLimit\x12$\n" +
 	"\x0erate_limit_set\x18\x19 \x01(\bR\frateLimitSet\x12\x1a\n" +
 	"\bschedule\x18\x1a \x01(\tR\bschedule\x12.\n" +
-	"\x04tick\x18\x1b \x01(\v2\x1a.google.protobuf.TimestampR\x04tick\"\xda\x01\n" +
+	"\x04tick\x18\x1b \x01(\v2\x1a.google.protobuf.TimestampR\x04tick\x12'\n" +
+	"\x0fidempotency_key\x18\x1c \x01(\tR\x0eidempotencyKey\x12\x10\n" +
+	"\x03key\x18\x1d \x01(\tR\x03key\x12\x1b\n" +
+	"\tkey_limit\x18\x1e \x01(\x05R\bkeyLimit\x12\x14\n" +
+	"\x05after\x18\x1f \x03(\tR\x05after\x12!\n" +
+	"\fafter_policy\x18  \x01(\tR\vafterPolicy\"\xeb\x02\n" +
 	"\x11CreateTaskRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\tR\x04spec\x12\x1a\n" +
@@ -1380,10 +1482,17 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\vwindow_zone\x18\x06 \x01(\tR\n" +
 	"windowZone\x12$\n" +
 	"\vmax_retries\x18\a \x01(\x05H\x00R\n" +
-	"maxRetries\x88\x01\x01B\x0e\n" +
-	"\f_max_retries\"8\n" +
+	"maxRetries\x88\x01\x01\x12'\n" +
+	"\x0fidempotency_key\x18\b \x01(\tR\x0eidempotencyKey\x12\x10\n" +
+	"\x03key\x18\t \x01(\tR\x03key\x12\x1b\n" +
+	"\tkey_limit\x18\n" +
+	" \x01(\x05R\bkeyLimit\x12\x14\n" +
+	"\x05after\x18\v \x03(\tR\x05after\x12!\n" +
+	"\fafter_policy\x18\f \x01(\tR\vafterPolicyB\x0e\n" +
+	"\f_max_retries\"T\n" +
 	"\x12CreateTaskResponse\x12\"\n" +
-	"\x04task\x18\x01 \x01(\v2\x0e.taskd.v1.TaskR\x04task\" \n" +
+	"\x04task\x18\x01 \x01(\v2\x0e.taskd.v1.TaskR\x04task\x12\x1a\n" +
+	"\bexisting\x18\x02 \x01(\bR\bexisting\" \n" +
 	"\x0eGetTaskRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"5\n" +
 	"\x0fGetTaskResponse\x12\"\n" +

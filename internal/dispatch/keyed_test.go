@@ -1,0 +1,115 @@
+package dispatch_test
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/task"
+	"github.com/taskd/taskd/internal/tasktype"
+	"github.com/taskd/taskd/internal/testenv"
+)
+
+// TestKeyLimit: tasks with one concurrency key run at most key-limit at
+// a time cluster-wide although the runners have room for all of them;
+// the end of a holder lets the next one start. On a real etcd and a real
+// ZooKeeper.
+func TestKeyLimit(t *testing.T) {
+	eachStore(t, func(t *testing.T, kv coord.Store, st *task.Store) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		startMember(t, kv, st, "n1", 8)
+		startMember(t, kv, st, "n2", 8)
+		long := json.RawMessage(`{"duration":"1h"}`)
+		var keyed []string
+		for range 6 {
+			r, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: long, Key: "volume/vol-7", KeyLimit: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			keyed = append(keyed, r.ID)
+		}
+		// A task without the key, created last: once it runs, the
+		// dispatcher has made a pass over every keyed task.
+		free, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: long})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitRunning(ctx, t, st, free.ID)
+		running := func() []*task.Record {
+			t.Helper()
+			var out []*task.Record
+			for _, id := range keyed {
+				r, err := st.Get(ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r.State == task.Running {
+					out = append(out, r)
+				}
+			}
+			return out
+		}
+		now := running()
+		if len(now) != 2 {
+			t.Fatalf("%d tasks with key volume/vol-7 running, want its limit 2 (16 slots free)", len(now))
+		}
+		for _, id := range keyed {
+			r, err := st.Get(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.State == task.Waiting {
+				use := task.KeyUse{}
+				for _, o := range now {
+					use.Add(o)
+				}
+				if why := r.KeyReason(use); !strings.Contains(why, "waiting for key") || !strings.Contains(why, now[0].ID) {
+					t.Fatalf("reason %q; want the key and its holders", why)
+				}
+			}
+		}
+		// Cancel one holder: another keyed task starts, and still two run.
+		if _, err := st.Cancel(ctx, now[0].ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := testenv.WaitFor(ctx, 10*time.Millisecond, func() bool {
+			rs := running()
+			for _, r := range rs {
+				if r.ID != now[0].ID && r.ID != now[1].ID {
+					return true
+				}
+			}
+			return false
+		}); err != nil {
+			t.Fatalf("no keyed task started after a holder was cancelled: %v", err)
+		}
+		if rs := running(); len(rs) != 2 {
+			t.Fatalf("%d keyed tasks running after the hand-over, want 2", len(rs))
+		}
+	})
+}
+
+// eachStore runs f on a real embedded etcd and a real ZooKeeper, each with
+// a task store on it.
+func eachStore(t *testing.T, f func(t *testing.T, kv coord.Store, st *task.Store)) {
+	for _, b := range []struct {
+		name string
+		open func(t *testing.T) coord.Store
+	}{
+		{"etcd", func(t *testing.T) coord.Store { return testenv.StartEtcd(t).Open(t) }},
+		{"zookeeper", func(t *testing.T) coord.Store { return testenv.OpenZK(t, testenv.StartEnsemble(t, 1), "/t") }},
+	} {
+		t.Run(b.name, func(t *testing.T) {
+			kv := b.open(t)
+			st, err := task.NewStore(kv, "/taskd", tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f(t, kv, st)
+		})
+	}
+}
