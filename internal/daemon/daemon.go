@@ -178,6 +178,7 @@ func (d *daemonFlags) register(f *pflag.FlagSet) {
 	f.IntVar(&cfg.RunnerCapacity, "runner-capacity", cfg.RunnerCapacity, "most tasks this node runs at once")
 	f.StringArrayVar(&cfg.RunnerTypeCapacity, "runner-type-capacity", nil, "most tasks of one type this node runs at once, TYPE=N (repeatable), e.g. copy=2")
 	f.StringArrayVar(&cfg.VolumeRoots, "volume-root", nil, "directory under which copy tasks may use file:// endpoints (repeatable); none: file endpoints are refused")
+	f.StringVar(&cfg.ExecDir, "exec-dir", "", "directory of exec task type programs, one executable per type name, owned by root and writable by no one else (docs/task-types.md)")
 	f.StringArrayVar(&cfg.NBDSocketDirs, "nbd-socket-dir", nil, "directory under which copy tasks may use nbd+unix sockets (repeatable); none: nbd+unix endpoints are refused")
 	f.StringArrayVar(&cfg.NBDAllowHosts, "nbd-allow-host", nil, "host name, IP address or CIDR prefix copy tasks may reach with nbd:// (repeatable); none: nbd:// endpoints are refused")
 	f.StringVar(&cfg.CopyMemoryLimit, "copy-memory-limit", cfg.CopyMemoryLimit, "buffer memory all copy tasks of this node may hold at once; a copy waits for its share")
