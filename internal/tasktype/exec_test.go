@@ -226,3 +226,39 @@ func TestExecTypesRefuseUnsafePrograms(t *testing.T) {
 		t.Fatal("a directory writable by others was accepted")
 	}
 }
+
+// TestExecExamples runs the shell and Python examples of
+// examples/exec through the exec type: a run, a resume, a bad spec.
+func TestExecExamples(t *testing.T) {
+	for _, ex := range []string{"count.sh", "count.py"} {
+		t.Run(ex, func(t *testing.T) {
+			src, err := os.ReadFile(filepath.Join("..", "..", "examples", "exec", ex))
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			if err := os.Chmod(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "count"), src, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			types, err := ExecTypes(dir, Builtin(Copy{}, nil, nil), quietLog)
+			if err != nil || types["count"] == nil {
+				t.Fatalf("exec types: %v %v", types, err)
+			}
+			x, ctx := types["count"], context.Background()
+			r := &reporter{}
+			if err := x.Run(ctx, json.RawMessage(`{"to":3,"step_ms":10}`), nil, r); err != nil || strings.Join(r.checkpoints, ",") != "1,2,3" {
+				t.Fatalf("run: %v, checkpoints %v", err, r.checkpoints)
+			}
+			r = &reporter{}
+			if err := x.Run(ctx, json.RawMessage(`{"to":3,"step_ms":10}`), []byte("2"), r); err != nil || strings.Join(r.checkpoints, ",") != "3" {
+				t.Fatalf("resume: %v, checkpoints %v", err, r.checkpoints)
+			}
+			if err := x.Run(ctx, json.RawMessage(`{"to":"many"}`), nil, &reporter{}); !task.IsPermanent(err) {
+				t.Fatalf("bad spec: %v; want permanent", err)
+			}
+		})
+	}
+}
