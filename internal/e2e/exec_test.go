@@ -38,8 +38,10 @@ func TestExecTaskResumesAfterRunnerKill(t *testing.T) {
 			return tk.State == "running" && tk.Progress.GetDone() >= 10
 		})
 		victim := c.Node(tk.Runner)
-		killed := time.Now()
 		victim.Kill()
+		// The program dies with taskd's last thread (SIGKILL by
+		// PR_SET_PDEATHSIG); give that delivery 100 ms.
+		killed := time.Now().Add(100 * time.Millisecond)
 		tk = waitTask(t, c, id, taskTimeout+20*time.Second, "attempt 2 running", func(tk *taskdv1.Task) bool {
 			return tk.Attempt == 2 && tk.State == "running"
 		})
