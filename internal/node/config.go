@@ -66,6 +66,8 @@ type Config struct {
 	// ExecDir holds the programs of exec task types, one per type name
 	// (docs/task-types.md); empty: none.
 	ExecDir string
+	// ExtraTypes are Go task types of a taskd built with the public SDK.
+	ExtraTypes task.Registry
 	// NBDSocketDirs confine the nbd+unix sockets of copy tasks, and
 	// NBDAllowHosts their nbd:// hosts (names, addresses, CIDR prefixes).
 	NBDSocketDirs []string
@@ -170,6 +172,9 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--volume-root %q must be an absolute path", r))
 		}
 	}
+	if err := c.checkExtraTypes(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.ExecDir != "" && !filepath.IsAbs(c.ExecDir) {
 		errs = append(errs, fmt.Errorf("--exec-dir %q must be an absolute path", c.ExecDir))
 	} else if c.ExecDir != "" {
@@ -215,12 +220,30 @@ func (c Config) copyMemoryLimit() (int64, error) {
 // exec types of ExecDir.
 func (c Config) taskTypes(log *slog.Logger, m *metrics.Set) (task.Registry, error) {
 	types := tasktype.Builtin(c.copyType(), log, m)
+	if err := c.checkExtraTypes(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	maps.Copy(types, c.ExtraTypes)
 	extra, err := tasktype.ExecTypes(c.ExecDir, types, log)
 	if err != nil {
 		return nil, err
 	}
 	maps.Copy(types, extra)
 	return types, nil
+}
+
+// checkExtraTypes refuses SDK types with bad names or a built-in's name.
+func (c Config) checkExtraTypes() error {
+	builtin := tasktype.Builtin(tasktype.Copy{}, nil, nil)
+	for _, name := range c.ExtraTypes.Names() {
+		if _, ok := builtin[name]; ok {
+			return fmt.Errorf("task type %q is built in", name)
+		}
+		if err := keys.ValidTaskType(name); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (c Config) copyType() tasktype.Copy {
