@@ -55,10 +55,10 @@ type Report struct {
 	Ticks, TicksLost, TicksDoubled int
 	// Keyed tasks ran with a concurrency key of limit 1; KeyOverlaps
 	// counts moments two of one key worked at once (violations).
-	Keyed, KeyOverlaps int
-	Problems           []string
-	FaultCounts                    map[string]int
-	LeaderFailover, Resume, VIPs   []time.Duration
+	Keyed, KeyOverlaps           int
+	Problems                     []string
+	FaultCounts                  map[string]int
+	LeaderFailover, Resume, VIPs []time.Duration
 }
 
 // Summary is the one line the issue asks for.
