@@ -21,6 +21,7 @@ command -v nbdkit >/dev/null || need+=(nbdkit)
 command -v ip >/dev/null || need+=(iproute2)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v unshare >/dev/null || need+=(util-linux)
+[ -x /usr/bin/python3 ] || need+=(python3)   # the exec type's Python example
 if [ "${1:-}" = "--chaos" ]; then
   command -v nft >/dev/null || need+=(nftables)
 fi

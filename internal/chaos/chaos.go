@@ -53,15 +53,18 @@ type Report struct {
 	// Ticks of the campaign's schedule: fired exactly once, lost (no
 	// task), doubled (more than one task).
 	Ticks, TicksLost, TicksDoubled int
-	Problems                       []string
-	FaultCounts                    map[string]int
-	LeaderFailover, Resume, VIPs   []time.Duration
+	// Keyed tasks ran with a concurrency key of limit 1; KeyOverlaps
+	// counts moments two of one key worked at once (violations).
+	Keyed, KeyOverlaps           int
+	Problems                     []string
+	FaultCounts                  map[string]int
+	LeaderFailover, Resume, VIPs []time.Duration
 }
 
 // Summary is the one line the issue asks for.
 func (r Report) Summary() string {
-	return fmt.Sprintf("chaos: backend=%s faults=%d tasks=%d violations=%d lost=%d exits=%d ticks=%d ticks_lost=%d ticks_doubled=%d",
-		r.Backend, r.Faults, r.Tasks, r.Violations, r.Lost, r.Exits, r.Ticks, r.TicksLost, r.TicksDoubled)
+	return fmt.Sprintf("chaos: backend=%s faults=%d tasks=%d violations=%d lost=%d exits=%d ticks=%d ticks_lost=%d ticks_doubled=%d keyed=%d key_overlaps=%d",
+		r.Backend, r.Faults, r.Tasks, r.Violations, r.Lost, r.Exits, r.Ticks, r.TicksLost, r.TicksDoubled, r.Keyed, r.KeyOverlaps)
 }
 
 // run is the state of one campaign.
@@ -79,6 +82,7 @@ type run struct {
 	mu       sync.Mutex
 	rep      Report
 	tasks    map[string]string // id -> type
+	keyOf    map[string]string // id -> concurrency key, for keyed tasks
 	copies   map[string][2]string
 	killed   map[string]bool // nodes the harness killed and has not restarted
 	stopped  map[string][][2]time.Time
@@ -111,7 +115,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		return Report{}, errors.New("faults must be 1-2000 and duration positive, at most 6h")
 	}
 	r := &run{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 0x7a5d)), workRng: rand.New(rand.NewPCG(cfg.Seed, 0x30b1)), tasks: map[string]string{},
-		copies: map[string][2]string{}, killed: map[string]bool{}, stopped: map[string][][2]time.Time{},
+		keyOf: map[string]string{}, copies: map[string][2]string{}, killed: map[string]bool{}, stopped: map[string][][2]time.Time{},
 		faulted: map[string]bool{}, progress: cfg.Log}
 	r.rep = Report{Backend: cfg.Backend, FaultCounts: map[string]int{}}
 	if err := r.setup(); err != nil {
@@ -251,15 +255,25 @@ func (r *run) ctl(args ...string) (string, error) {
 	return "", errors.Join(append(errs, errors.New("no node answered"))...)
 }
 
-// workload creates a checkpointed sleep task every 1-2 s until ctx ends.
+// workload creates a checkpointed sleep task every 1-2 s until ctx ends;
+// every third has the concurrency key chaos/k0 or chaos/k1 (limit 1).
 func (r *run) workload(ctx context.Context) {
 	for i := 0; ctx.Err() == nil && i < 2000; i++ {
 		spec := fmt.Sprintf(`{"duration":"6s","checkpoint_interval":"300ms","ledger":%q}`, r.ledger)
-		out, err := r.ctl("task", "create", "sleep", "--spec", spec, "--max-retries", "100")
+		args := []string{"task", "create", "sleep", "--spec", spec, "--max-retries", "100"}
+		key := ""
+		if i%3 == 2 {
+			key = fmt.Sprintf("chaos/k%d", i/3%2)
+			args = append(args, "--key", key)
+		}
+		out, err := r.ctl(args...)
 		if err == nil {
 			id := strings.TrimSpace(out)
 			r.mu.Lock()
 			r.tasks[id] = "sleep"
+			if key != "" {
+				r.keyOf[id] = key
+			}
 			r.mu.Unlock()
 		}
 		pause(ctx, time.Second+time.Duration(r.workRng.Int64N(int64(time.Second))))

@@ -294,9 +294,50 @@ func (r *run) checkLedger(tasks map[string]taskView) {
 			r.violation("task %s succeeded but its ledger shows %d ms of its 6000 ms done", id, maxElapsed)
 		}
 	}
+	r.checkKeys(byTask)
 	for id, typ := range r.tasks {
 		if t, ok := tasks[id]; typ == "sleep" && ok && t.State == "succeeded" && len(byTask[id]) == 0 {
 			r.violation("task %s succeeded without any work in the ledger", id)
+		}
+	}
+}
+
+// checkKeys: tasks of one concurrency key (limit 1) never worked at
+// once. Each attempt's work spans its first to its last ledger line; two
+// spans of different tasks of one key must not overlap.
+func (r *run) checkKeys(byTask map[string][]ledgerLine) {
+	type span struct {
+		id       string
+		from, to int64
+	}
+	byKey := map[string][]span{}
+	for id, key := range r.keyOf {
+		r.rep.Keyed++
+		spans := map[int]*span{}
+		for _, l := range byTask[id] {
+			sp, ok := spans[l.attempt]
+			if !ok {
+				sp = &span{id: id, from: l.at, to: l.at}
+				spans[l.attempt] = sp
+			}
+			sp.from, sp.to = min(sp.from, l.at), max(sp.to, l.at)
+		}
+		for _, sp := range spans {
+			byKey[key] = append(byKey[key], *sp)
+		}
+	}
+	for key, spans := range byKey {
+		sort.Slice(spans, func(i, j int) bool { return spans[i].from < spans[j].from })
+		var last span // the span that reaches furthest so far
+		for _, cur := range spans {
+			if last.id != "" && cur.id != last.id && cur.from < last.to {
+				r.rep.KeyOverlaps++
+				r.violation("key %s: tasks %s and %s worked at once (%s until %s)", key, last.id, cur.id,
+					time.Unix(0, cur.from).Format(time.StampMicro), time.Unix(0, last.to).Format(time.StampMicro))
+			}
+			if cur.to > last.to {
+				last = cur
+			}
 		}
 	}
 }

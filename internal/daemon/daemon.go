@@ -21,6 +21,7 @@ import (
 	"github.com/taskd/taskd/internal/bootstrap"
 	"github.com/taskd/taskd/internal/node"
 	"github.com/taskd/taskd/internal/pki"
+	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/volcopy"
 )
 
@@ -43,8 +44,16 @@ var Version = "dev"
 
 type usageError struct{ error }
 
+// extraTypes are the task types a program built on the public SDK adds
+// (MainWith); every command that runs the daemon registers them.
+var extraTypes task.Registry
+
 // Main runs taskd with args and returns the exit code.
-func Main(args []string) int {
+func Main(args []string) int { return MainWith(args, nil) }
+
+// MainWith is Main for a taskd built with more task types (package sdk).
+func MainWith(args []string, types task.Registry) int {
+	extraTypes = types
 	cmd := newRootCmd()
 	cmd.SetArgs(args)
 	err := cmd.Execute()
@@ -123,7 +132,11 @@ type daemonFlags struct {
 	certHostsFlag                   []string
 }
 
-func newDaemonFlags() *daemonFlags { return &daemonFlags{cfg: node.DefaultConfig()} }
+func newDaemonFlags() *daemonFlags {
+	cfg := node.DefaultConfig()
+	cfg.ExtraTypes = extraTypes
+	return &daemonFlags{cfg: cfg}
+}
 
 // prepare fills the flags from the environment, the config file and
 // DATA_DIR/cluster.json (in that order of precedence, after the command
@@ -178,6 +191,7 @@ func (d *daemonFlags) register(f *pflag.FlagSet) {
 	f.IntVar(&cfg.RunnerCapacity, "runner-capacity", cfg.RunnerCapacity, "most tasks this node runs at once")
 	f.StringArrayVar(&cfg.RunnerTypeCapacity, "runner-type-capacity", nil, "most tasks of one type this node runs at once, TYPE=N (repeatable), e.g. copy=2")
 	f.StringArrayVar(&cfg.VolumeRoots, "volume-root", nil, "directory under which copy tasks may use file:// endpoints (repeatable); none: file endpoints are refused")
+	f.StringVar(&cfg.ExecDir, "exec-dir", "", "directory of exec task type programs, one executable per type name, owned by root and writable by no one else (docs/task-types.md)")
 	f.StringArrayVar(&cfg.NBDSocketDirs, "nbd-socket-dir", nil, "directory under which copy tasks may use nbd+unix sockets (repeatable); none: nbd+unix endpoints are refused")
 	f.StringArrayVar(&cfg.NBDAllowHosts, "nbd-allow-host", nil, "host name, IP address or CIDR prefix copy tasks may reach with nbd:// (repeatable); none: nbd:// endpoints are refused")
 	f.StringVar(&cfg.CopyMemoryLimit, "copy-memory-limit", cfg.CopyMemoryLimit, "buffer memory all copy tasks of this node may hold at once; a copy waits for its share")

@@ -48,7 +48,13 @@ func TestMain(m *testing.M) {
 
 func newCluster(t *testing.T, n int, opt harness.Options) *harness.Cluster {
 	t.Helper()
-	c, err := harness.NewCluster(t.TempDir(), taskdBin, n, opt)
+	return newClusterBin(t, taskdBin, n, opt)
+}
+
+// newClusterBin is newCluster with another taskd binary.
+func newClusterBin(t *testing.T, bin string, n int, opt harness.Options) *harness.Cluster {
+	t.Helper()
+	c, err := harness.NewCluster(t.TempDir(), bin, n, opt)
 	if err != nil {
 		t.Fatal(err)
 	}

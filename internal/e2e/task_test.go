@@ -26,12 +26,17 @@ const taskTimeout = 4 * time.Second
 
 // backends runs f on a three-node cluster of each store backend.
 func backends(t *testing.T, f func(t *testing.T, c *harness.Cluster)) {
+	backendsWith(t, nil, f)
+}
+
+// backendsWith is backends with more flags for every node.
+func backendsWith(t *testing.T, extra []string, f func(t *testing.T, c *harness.Cluster)) {
 	t.Run("embedded", func(t *testing.T) {
-		f(t, newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout}))
+		f(t, newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Extra: extra}))
 	})
 	t.Run("zookeeper", func(t *testing.T) {
 		ens := testenv.StartEnsemble(t, 1)
-		f(t, newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Coordinator: ens.URL("/tasks"), PKI: ens.PKI}))
+		f(t, newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Coordinator: ens.URL("/tasks"), PKI: ens.PKI, Extra: extra}))
 	})
 }
 

@@ -3,6 +3,8 @@ package node
 import (
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -15,8 +17,10 @@ import (
 	"github.com/taskd/taskd/internal/dispatch"
 	"github.com/taskd/taskd/internal/health"
 	"github.com/taskd/taskd/internal/keys"
+	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
+	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/vip"
 	"github.com/taskd/taskd/internal/volcopy"
@@ -59,6 +63,11 @@ type Config struct {
 	TimeZone           string // default zone of run windows
 	// VolumeRoots confine the file:// endpoints of copy tasks.
 	VolumeRoots []string
+	// ExecDir holds the programs of exec task types, one per type name
+	// (docs/task-types.md); empty: none.
+	ExecDir string
+	// ExtraTypes are Go task types of a taskd built with the public SDK.
+	ExtraTypes task.Registry
 	// NBDSocketDirs confine the nbd+unix sockets of copy tasks, and
 	// NBDAllowHosts their nbd:// hosts (names, addresses, CIDR prefixes).
 	NBDSocketDirs []string
@@ -163,6 +172,16 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--volume-root %q must be an absolute path", r))
 		}
 	}
+	if err := c.checkExtraTypes(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.ExecDir != "" && !filepath.IsAbs(c.ExecDir) {
+		errs = append(errs, fmt.Errorf("--exec-dir %q must be an absolute path", c.ExecDir))
+	} else if c.ExecDir != "" {
+		if err := tasktype.CheckExecDir(c.ExecDir); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, d := range c.NBDSocketDirs {
 		if !filepath.IsAbs(d) {
 			errs = append(errs, fmt.Errorf("--nbd-socket-dir %q must be an absolute path", d))
@@ -197,6 +216,36 @@ func (c Config) copyMemoryLimit() (int64, error) {
 
 // copyType is the copy task type with this node's confinement and memory
 // pool.
+// taskTypes is the registry of this node: the built-in types and the
+// exec types of ExecDir.
+func (c Config) taskTypes(log *slog.Logger, m *metrics.Set) (task.Registry, error) {
+	types := tasktype.Builtin(c.copyType(), log, m)
+	if err := c.checkExtraTypes(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	maps.Copy(types, c.ExtraTypes)
+	extra, err := tasktype.ExecTypes(c.ExecDir, types, log)
+	if err != nil {
+		return nil, err
+	}
+	maps.Copy(types, extra)
+	return types, nil
+}
+
+// checkExtraTypes refuses SDK types with bad names or a built-in's name.
+func (c Config) checkExtraTypes() error {
+	builtin := tasktype.Builtin(tasktype.Copy{}, nil, nil)
+	for _, name := range c.ExtraTypes.Names() {
+		if _, ok := builtin[name]; ok {
+			return fmt.Errorf("task type %q is built in", name)
+		}
+		if err := keys.ValidTaskType(name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (c Config) copyType() tasktype.Copy {
 	limit, _ := c.copyMemoryLimit() // validated in Run
 	return tasktype.Copy{Roots: c.VolumeRoots, NBDSocketDirs: c.NBDSocketDirs, NBDAllowHosts: c.NBDAllowHosts,

@@ -34,7 +34,6 @@ import (
 	"github.com/taskd/taskd/internal/runner"
 	"github.com/taskd/taskd/internal/schedule"
 	"github.com/taskd/taskd/internal/task"
-	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/vips"
 	"golang.org/x/sync/errgroup"
 )
@@ -215,7 +214,11 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	tasks, err := task.NewStore(store, root.String(), tasktype.Builtin(n.cfg.copyType(), n.log, n.metrics), n.cfg.TimeZone, n.clock.now)
+	types, err := n.cfg.taskTypes(n.log, n.metrics)
+	if err != nil {
+		return fmt.Errorf("task types: %w", err)
+	}
+	tasks, err := task.NewStore(store, root.String(), types, n.cfg.TimeZone, n.clock.now)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}

@@ -97,11 +97,11 @@ func New(cfg Config, store *task.Store, log *slog.Logger) (*Runner, error) {
 
 // Stop causes: why an attempt's context was cancelled.
 var (
-	errCancelled  = errors.New("cancelled by a user")
-	errPaused     = errors.New("paused by a user")
+	errCancelled  = fmt.Errorf("cancelled by a user: %w", task.ErrStopAsked)
+	errPaused     = fmt.Errorf("paused by a user: %w", task.ErrStopAsked)
 	errReassigned = fmt.Errorf("the task was reassigned: %w", task.ErrFenced)
-	errDrained    = errors.New("runner drained")
-	errWindow     = errors.New("outside its run window")
+	errDrained    = fmt.Errorf("runner drained: %w", task.ErrStopAsked)
+	errWindow     = fmt.Errorf("outside its run window: %w", task.ErrStopAsked)
 	errShutdown   = errors.New("runner stopping: session ended or node shutting down")
 )
 

@@ -79,6 +79,11 @@ var (
 	ErrState = errors.New("task state does not allow this")
 	// ErrFenced: the writer no longer owns the task's current attempt.
 	ErrFenced = errors.New("fenced: this runner no longer owns the task's attempt")
+	// ErrStopAsked is the context cause of an attempt asked to stop
+	// while it still owns the task (cancel, pause, drain, window): it may
+	// finish its unit of work and checkpoint. Any other cause (fenced,
+	// reassigned, the session ending) gives it no time.
+	ErrStopAsked = errors.New("stop asked")
 )
 
 // Progress is what a task reports about its work.
