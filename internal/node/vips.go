@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/vip"
 	"github.com/vishvananda/netlink"
 )
@@ -114,7 +115,7 @@ func (n *Node) holdVIP(ctx context.Context, s vip.Spec, report func(up bool, err
 	if err := n.vipLabels.add(s.Label()); err != nil {
 		n.log.Warn("the vip's label is not recorded; a crash may leave the address until its lifetime ends", "err", err)
 	}
-	wait := time.Second
+	retry := backoff.New(time.Second, 30*time.Second)
 	lastRefusal := ""
 	for {
 		err := vip.Hold(ctx, s, n.vipConfig(report))
@@ -128,15 +129,10 @@ func (n *Node) holdVIP(ctx context.Context, s vip.Spec, report func(up bool, err
 			lastRefusal = err.Error()
 			n.log.Error("this node refuses the vip", "event", "vip_refused", "service", s.Service, "vip", s.Prefix.String(), "reason", err.Error())
 		}
-		n.log.Error("vip not held; retrying", "service", s.Service, "vip", s.Prefix.String(), "err", err, "retry_in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		n.log.Error("vip not held; retrying", "service", s.Service, "vip", s.Prefix.String(), "err", err, "retry_in", retry.Next())
+		if retry.Wait(ctx) != nil {
 			return
-		case <-t.C:
 		}
-		wait = min(2*wait, 30*time.Second)
 	}
 }
 

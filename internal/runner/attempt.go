@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/task"
 )
@@ -80,7 +81,7 @@ func (a *attempt) Active() bool {
 	if a.ctx.Err() != nil {
 		return false
 	}
-	return time.Now().Before(a.s.r.cfg.Deadline(a.s.sess))
+	return a.s.r.clock.Now().Before(a.s.r.cfg.Deadline(a.s.sess))
 }
 
 // Checkpoint implements task.Reporter.
@@ -102,7 +103,7 @@ func (a *attempt) Checkpoint(cp []byte, p task.Progress) error {
 func (a *attempt) Progress(p task.Progress) {
 	a.mu.Lock()
 	a.progress = p
-	due := time.Since(a.lastWrite) >= a.s.r.cfg.ProgressInterval
+	due := a.s.r.clock.Now().Sub(a.lastWrite) >= a.s.r.cfg.ProgressInterval
 	a.mu.Unlock()
 	if !due {
 		return
@@ -127,18 +128,17 @@ func (a *attempt) write(f func(r *task.Record) bool) error { return a.retryWrite
 // (the attempt's outcome must reach the store), not only an unavailable
 // store.
 func (a *attempt) retryWrite(f func(r *task.Record) bool, persistent bool) error {
-	backoff := 100 * time.Millisecond
+	retry := backoff.New(100*time.Millisecond, 2*time.Second, backoff.WithClock(a.s.r.clock))
 	for {
 		err := a.writeOnce(f)
 		transient := errors.Is(err, coord.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded)
 		if err == nil || a.s.ctx.Err() != nil || errors.Is(err, task.ErrFenced) || !(transient || persistent) {
 			return err
 		}
-		a.log.Warn("task write waits for the store", "err", err, "retry_in", backoff)
-		if !a.sleep(backoff) {
+		a.log.Warn("task write waits for the store", "err", err, "retry_in", retry.Next())
+		if retry.Wait(a.s.ctx) != nil {
 			return err
 		}
-		backoff = min(2*backoff, 2*time.Second)
 	}
 }
 
@@ -177,7 +177,7 @@ func (a *attempt) writeOnce(f func(r *task.Record) bool) error {
 		}
 		if err == nil {
 			a.mu.Lock()
-			a.rec, a.lastWrite = r, time.Now()
+			a.rec, a.lastWrite = r, a.s.r.clock.Now()
 			a.mu.Unlock()
 			return nil
 		}
@@ -269,18 +269,6 @@ func (a *attempt) run() {
 		a.log.Info("task parked", "event", "task_parked", "outcome", outcome)
 	}
 	a.log.Info("attempt ended", "outcome", outcome, "state", state, "err", err)
-}
-
-// sleep waits d unless the session ends first (false then).
-func (a *attempt) sleep(d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-a.s.ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // runSafely turns a panic in a task type into a permanent error: a bug in

@@ -50,6 +50,26 @@ type Config struct {
 	Backoff func(retry int) time.Duration
 	// Metrics, when set, counts ended attempts.
 	Metrics *metrics.Set
+	// Clock is the time of the local deadline, of progress writes and of
+	// the attempts' retry waits (the real clock if nil); tests inject one.
+	Clock Clock
+}
+
+// Clock is the runner's local time.
+type Clock interface {
+	Now() time.Time
+	// After is backoff.Clock's: a channel that receives once d has
+	// passed, and a stop function that releases the timer.
+	After(d time.Duration) (<-chan time.Time, func())
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+func (realClock) After(d time.Duration) (<-chan time.Time, func()) {
+	t := time.NewTimer(d)
+	return t.C, func() { t.Stop() }
 }
 
 // DefaultConfig runs 8 tasks at once.
@@ -80,6 +100,7 @@ func (c Config) Validate() error {
 // Runner runs attempts on this node.
 type Runner struct {
 	cfg   Config
+	clock Clock
 	store *task.Store
 	log   *slog.Logger
 }
@@ -92,7 +113,11 @@ func New(cfg Config, store *task.Store, log *slog.Logger) (*Runner, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Runner{cfg: cfg, store: store, log: log}, nil
+	clock := cfg.Clock
+	if clock == nil {
+		clock = realClock{}
+	}
+	return &Runner{cfg: cfg, clock: clock, store: store, log: log}, nil
 }
 
 // Stop causes: why an attempt's context was cancelled.
