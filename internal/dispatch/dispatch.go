@@ -138,7 +138,7 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		case <-gc.C:
 			if err := d.collect(ctx, l, log); err != nil {
 				if errors.Is(err, quorum.ErrFenced) {
-					return err
+					return fmt.Errorf("collect finished tasks: %w", err)
 				}
 				log.Warn("collecting finished tasks failed; next try at the next interval", "err", err)
 			}
@@ -156,8 +156,8 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		next, err := d.reconcile(ctx, l, st, log)
 		d.count(st)
 		if errors.Is(err, quorum.ErrFenced) {
-			log.Warn("dispatcher fenced", "err", err)
-			return err
+			// The election logs the role's error once, as it resigns.
+			return fmt.Errorf("dispatch pass: %w", err)
 		}
 		if err != nil && ctx.Err() == nil {
 			log.Warn("dispatch pass incomplete; the next change retries it", "err", err)
