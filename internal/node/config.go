@@ -327,3 +327,7 @@ func (c Config) validateStore(t coord.Target) []error {
 	}
 	return errs
 }
+
+// dropReportInterval is how often dropped timeline events are logged (when
+// there were any).
+const dropReportInterval = time.Minute

@@ -119,6 +119,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// Lines with an "event" attribute also go to the timeline.
 	tapped := slog.New(events.Tap(log.Handler(), rec))
 	n.baseLog, n.log, n.events = tapped, tapped.With("node", cfg.Name), rec
+	if err := n.metrics.CountEventDrops(rec.Dropped); err != nil {
+		n.log.Warn("dropped timeline events are not exported as a metric", "err", err)
+	}
 	prevCode, prevReason := previousExit(cfg.DataDir)
 
 	local, err := auth.LoadLocal(cfg.DataDir, cfg.Name)
@@ -144,6 +147,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// The journal writer; events logged after it ends are written by
 	// rec.Close.
 	g.Go(func() error { return rec.RunJournal(gctx) })
+	g.Go(func() error { return rec.ReportDrops(gctx, dropReportInterval, n.log) })
 	err = g.Wait()
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		n.log.Info("taskd stopped")
