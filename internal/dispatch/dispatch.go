@@ -304,15 +304,7 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 			waiting = append(waiting, r)
 		}
 	}
-	slices.SortFunc(waiting, func(a, b *task.Record) int {
-		if c := cmp.Compare(b.Priority, a.Priority); c != 0 {
-			return c
-		}
-		if c := a.Created.Compare(b.Created); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.ID, b.ID)
-	})
+	slices.SortFunc(waiting, dispatchOrder)
 
 	free := 0
 	for _, rn := range runners {
@@ -369,6 +361,18 @@ func (d *Dispatcher) count(st *state) {
 	for k, n := range counts {
 		m.Tasks.WithLabelValues(k[0], k[1]).Set(float64(n))
 	}
+}
+
+// dispatchOrder is the order waiting tasks are placed in: higher priority
+// first, then the older, then by id (so that a pass is deterministic).
+func dispatchOrder(a, b *task.Record) int {
+	if c := cmp.Compare(b.Priority, a.Priority); c != 0 {
+		return c
+	}
+	if c := a.Created.Compare(b.Created); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.ID, b.ID)
 }
 
 // pick chooses the least loaded runner that accepts r; ties go by name so
