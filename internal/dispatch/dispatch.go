@@ -79,13 +79,23 @@ func New(cfg Config, store *task.Store, log *slog.Logger) (*Dispatcher, error) {
 	return &Dispatcher{cfg: cfg, store: store, log: log}, nil
 }
 
+// watchIndex names the dispatcher's watches.
+type watchIndex int
+
+const (
+	watchTasks   watchIndex = iota // the unfinished tasks (ActiveDir)
+	watchRunners                   // the live runners (RunnersDir)
+	watchMarks                     // the runners' marks (RunnerConfigDir)
+	numWatches
+)
+
 // state is the dispatcher's view, fed by the watches.
 type state struct {
 	lay     keys.Tasks
 	tasks   map[string]*task.Record
 	runners map[string]task.RunnerInfo
 	marks   map[string]task.Marks
-	synced  [3]bool
+	synced  [numWatches]bool
 	dirty   bool // changed since the last pass
 }
 
@@ -93,17 +103,20 @@ type state struct {
 // nil then; it returns early only if the leadership is fenced.
 func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 	lay := d.store.Layout()
-	watchers := [3]*coord.Watcher{
-		d.store.KV().Watch(ctx, lay.ActiveDir()),
-		d.store.KV().Watch(ctx, lay.RunnersDir()),
-		d.store.KV().Watch(ctx, lay.RunnerConfigDir()),
+	watchers := [numWatches]*coord.Watcher{
+		watchTasks:   d.store.KV().Watch(ctx, lay.ActiveDir()),
+		watchRunners: d.store.KV().Watch(ctx, lay.RunnersDir()),
+		watchMarks:   d.store.KV().Watch(ctx, lay.RunnerConfigDir()),
 	}
 	defer func() {
 		for _, w := range watchers {
 			w.Close()
 		}
 	}()
-	watches := [3]<-chan coord.Event{watchers[0].Events(), watchers[1].Events(), watchers[2].Events()}
+	var watches [numWatches]<-chan coord.Event
+	for i, w := range watchers {
+		watches[i] = w.Events()
+	}
 	st := &state{lay: lay, tasks: map[string]*task.Record{}, runners: map[string]task.RunnerInfo{}, marks: map[string]task.Marks{}}
 	log := d.log.With("epoch", l.Epoch())
 	log.Info("dispatcher started")
@@ -121,16 +134,16 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		case <-ctx.Done():
 			log.Info("dispatcher stopped")
 			return nil
-		case ev, ok := <-watches[0]:
-			if !st.apply(0, ev, ok, log) {
+		case ev, ok := <-watches[watchTasks]:
+			if !st.apply(watchTasks, ev, ok, log) {
 				return nil
 			}
-		case ev, ok := <-watches[1]:
-			if !st.apply(1, ev, ok, log) {
+		case ev, ok := <-watches[watchRunners]:
+			if !st.apply(watchRunners, ev, ok, log) {
 				return nil
 			}
-		case ev, ok := <-watches[2]:
-			if !st.apply(2, ev, ok, log) {
+		case ev, ok := <-watches[watchMarks]:
+			if !st.apply(watchMarks, ev, ok, log) {
 				return nil
 			}
 		case <-wake.C:
@@ -149,7 +162,7 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		if !d.drain(ctx, st, watches, log) {
 			return nil
 		}
-		if !st.synced[0] || !st.synced[1] || !st.synced[2] || !st.dirty {
+		if !st.synced[watchTasks] || !st.synced[watchRunners] || !st.synced[watchMarks] || !st.dirty {
 			continue
 		}
 		st.dirty = false
@@ -172,17 +185,18 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 }
 
 // drain applies every event already waiting, without blocking.
-func (d *Dispatcher) drain(ctx context.Context, st *state, watches [3]<-chan coord.Event, log *slog.Logger) bool {
+func (d *Dispatcher) drain(ctx context.Context, st *state, watches [numWatches]<-chan coord.Event, log *slog.Logger) bool {
 	for range 10000 {
 		var ok bool
 		var ev coord.Event
-		var i int
+		var i watchIndex
 		select {
-		case ev, ok = <-watches[0]:
-		case ev, ok = <-watches[1]:
-			i = 1
-		case ev, ok = <-watches[2]:
-			i = 2
+		case ev, ok = <-watches[watchTasks]:
+			i = watchTasks
+		case ev, ok = <-watches[watchRunners]:
+			i = watchRunners
+		case ev, ok = <-watches[watchMarks]:
+			i = watchMarks
 		default:
 			return ctx.Err() == nil
 		}
@@ -194,22 +208,22 @@ func (d *Dispatcher) drain(ctx context.Context, st *state, watches [3]<-chan coo
 }
 
 // apply feeds one event of watch i; false when the watch has closed.
-func (st *state) apply(i int, ev coord.Event, ok bool, log *slog.Logger) bool {
+func (st *state) apply(i watchIndex, ev coord.Event, ok bool, log *slog.Logger) bool {
 	if !ok {
 		return false
 	}
 	switch i {
-	case 0:
+	case watchTasks:
 		if st.applyTask(ev, log) {
 			st.dirty = true
 		}
 		return true
-	case 1:
-		applyJSON(st.runners, &st.synced[1], st.lay.RunnersDir(), ev, log, func(kv coord.KV) (task.RunnerInfo, error) {
+	case watchRunners:
+		applyJSON(st.runners, &st.synced[watchRunners], st.lay.RunnersDir(), ev, log, func(kv coord.KV) (task.RunnerInfo, error) {
 			return task.DecodeRunner(st.lay.RunnersDir(), kv)
 		})
-	case 2:
-		applyJSON(st.marks, &st.synced[2], st.lay.RunnerConfigDir(), ev, log, func(kv coord.KV) (task.Marks, error) {
+	case watchMarks:
+		applyJSON(st.marks, &st.synced[watchMarks], st.lay.RunnerConfigDir(), ev, log, func(kv coord.KV) (task.Marks, error) {
 			var m task.Marks
 			err := json.Unmarshal(kv.Value, &m)
 			return m, err
@@ -223,7 +237,7 @@ func (st *state) apply(i int, ev coord.Event, ok bool, log *slog.Logger) bool {
 // dispatcher's own write does not.
 func (st *state) applyTask(ev coord.Event, log *slog.Logger) bool {
 	if ev.Type == coord.EventSynced {
-		st.synced[0] = true
+		st.synced[watchTasks] = true
 		return true
 	}
 	// A key or record with an invalid id was written around taskd: it is

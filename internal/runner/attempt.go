@@ -202,6 +202,18 @@ func (a *attempt) writeOnce(f func(r *task.Record) bool) error {
 	return fmt.Errorf("task %s attempt %d: too many conflicting writes: %w", a.id, a.n, coord.ErrConflict)
 }
 
+// outcome is how an attempt ended: the label of the attempts metric, and
+// the park reason of a parked task.
+type outcome string
+
+const (
+	outcomeSucceeded    outcome = "succeeded"
+	outcomeStopped      outcome = "stopped on request"
+	outcomeDrained      outcome = "runner drained"
+	outcomeWindowClosed outcome = "window closed"
+	outcomeFailed       outcome = "failed"
+)
+
 // run executes the attempt and records its outcome.
 func (a *attempt) run() {
 	a.log.Info("attempt started", "resumed", len(a.rec.Checkpoint) > 0)
@@ -228,7 +240,7 @@ func (a *attempt) run() {
 	progress := a.progress
 	a.mu.Unlock()
 	node := a.s.r.cfg.Node
-	var outcome string
+	var out outcome
 	record := func(r *task.Record) bool {
 		now := a.s.r.store.Now().UTC()
 		if progress != (task.Progress{}) {
@@ -237,38 +249,38 @@ func (a *attempt) run() {
 		switch {
 		case err == nil:
 			r.Succeed(now)
-			outcome = "succeeded"
+			out = outcomeSucceeded
 			return true
 		case errors.Is(cause, errCancelled), errors.Is(cause, errPaused):
-			outcome = "stopped on request"
-			return r.Park(now, outcome, "")
+			out = outcomeStopped
+			return r.Park(now, string(out), "")
 		case errors.Is(cause, errDrained):
-			outcome = "runner drained"
-			return r.Park(now, outcome, "runner "+node+" was drained; parked at its last checkpoint")
+			out = outcomeDrained
+			return r.Park(now, string(out), "runner "+node+" was drained; parked at its last checkpoint")
 		case errors.Is(cause, errWindow):
-			outcome = "window closed"
-			return r.Park(now, outcome, "its run window closed; parked at its last checkpoint")
+			out = outcomeWindowClosed
+			return r.Park(now, string(out), "its run window closed; parked at its last checkpoint")
 		}
-		outcome = "failed"
+		out = outcomeFailed
 		return r.Fail(now, err, task.IsPermanent(err), a.s.r.cfg.Backoff)
 	}
 	// The outcome must reach the store: until it does, the record says
 	// this runner runs the task. Any failure but a fence is retried for as
 	// long as the session lives.
 	if werr := a.retryWrite(record, true); werr != nil {
-		a.log.Warn("recording the attempt's outcome failed", "outcome", outcome, "err", werr, "task_err", err)
+		a.log.Warn("recording the attempt's outcome failed", "outcome", out, "err", werr, "task_err", err)
 		return
 	}
 	a.mu.Lock()
 	state := a.rec.State
 	a.mu.Unlock()
 	if m := a.s.r.cfg.Metrics; m != nil {
-		m.Attempts.WithLabelValues(outcome).Inc()
+		m.Attempts.WithLabelValues(string(out)).Inc()
 	}
-	if state == task.Waiting && (outcome == "window closed" || outcome == "runner drained") {
-		a.log.Info("task parked", "event", "task_parked", "outcome", outcome)
+	if state == task.Waiting && (out == outcomeWindowClosed || out == outcomeDrained) {
+		a.log.Info("task parked", "event", "task_parked", "outcome", out)
 	}
-	a.log.Info("attempt ended", "outcome", outcome, "state", state, "err", err)
+	a.log.Info("attempt ended", "outcome", out, "state", state, "err", err)
 }
 
 // runSafely turns a panic in a task type into a permanent error: a bug in
