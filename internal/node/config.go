@@ -49,7 +49,7 @@ type Config struct {
 	HealthTimeout  time.Duration
 	HealthRise     int
 	HealthFall     int
-	// ClockOffsetFile: fault injection (hidden flag). See clock.go.
+	// ClockOffsetFile: fault injection (hidden flag). See internal/chaos/clockhook.
 	ClockOffsetFile string
 
 	// Tasks.

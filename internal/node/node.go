@@ -21,6 +21,7 @@ import (
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/bootstrap"
+	"github.com/taskd/taskd/internal/chaos/clockhook"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/etcd"
 	"github.com/taskd/taskd/internal/dispatch"
@@ -34,6 +35,7 @@ import (
 	"github.com/taskd/taskd/internal/schedule"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/tasktype"
+	"github.com/taskd/taskd/internal/vip"
 	"github.com/taskd/taskd/internal/vips"
 	"golang.org/x/sync/errgroup"
 )
@@ -61,8 +63,8 @@ type Node struct {
 	scheds  atomic.Pointer[schedule.Store]
 	vipReg  atomic.Pointer[vips.Registry]
 	// vipLabels records the labels of VIPs held here (stale cleanup).
-	vipLabels *vipLabels
-	clock     wallClock
+	vipLabels *vip.LabelFile
+	clock     clockhook.Clock
 	metrics   *metrics.Set
 	events    *events.Recorder
 	auth      *auth.Verifier // API tokens
@@ -90,7 +92,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return nil
 	})
 	n.setWaiting("starting")
-	n.vipLabels = &vipLabels{path: filepath.Join(cfg.DataDir, "vip-labels.json")}
+	n.vipLabels = vip.NewLabelFile(filepath.Join(cfg.DataDir, "vip-labels.json"))
 
 	// The API port first: a start that cannot listen (another process
 	// holds the port) fails before it writes anything into the data
@@ -130,7 +132,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	n.auth = auth.NewVerifier(quorum.DefaultConfig().Root, cfg.Name, local, n.log)
 	joiner := &bootstrap.Server{Creds: n.creds, Coordinator: target.String(), Embedded: target.Kind == coord.KindEmbedded,
-		Cluster: joinCluster{n}, Verifier: bootstrap.TokenVerifier{Tokens: n.auth}, Now: n.clock.now, Log: n.log}
+		Cluster: joinCluster{n}, Verifier: bootstrap.TokenVerifier{Tokens: n.auth}, Now: n.clock.Now, Log: n.log}
 	srv, err := api.NewServer(api.ServerConfig{Listen: cfg.Listen, TLS: n.creds.ServerTLS(false), Auth: n.auth,
 		CAHash: n.creds.CA.Fingerprint(), Join: joiner, Metrics: n.metrics.Handler()}, n, n.log)
 	if err != nil {
@@ -143,7 +145,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return srv.Run(gctx, ln) })
 	g.Go(func() error { return n.runCoordinated(gctx, nodeID) })
 	g.Go(func() error { n.notifySystemd(gctx); return nil })
-	g.Go(func() error { n.followOffsetFile(gctx, cfg.ClockOffsetFile); return nil })
+	g.Go(func() error { n.clock.Follow(gctx, cfg.ClockOffsetFile, n.log); return nil })
 	// The journal writer; events logged after it ends are written by
 	// rec.Close.
 	g.Go(func() error { return rec.RunJournal(gctx) })
@@ -207,7 +209,7 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	tasks, err := task.NewStore(store, root.String(), tasktype.Builtin(n.cfg.copyType(), n.log, n.metrics), n.cfg.TimeZone, n.clock.now)
+	tasks, err := task.NewStore(store, root.String(), tasktype.Builtin(n.cfg.copyType(), n.log, n.metrics), n.cfg.TimeZone, n.clock.Now)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}

@@ -230,7 +230,7 @@ func (n *Node) registerJoinToken(ctx context.Context, store coord.Store) {
 		// Bounded: an unreachable store must not hold up the quorum.
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		_, err = auth.Register(rctx, store, quorum.DefaultConfig().Root, tok, auth.CreateRequest{Role: auth.Join,
-			CreatedBy: "node " + n.cfg.Name, Description: "first join token, written by taskd init"}, n.clock.now())
+			CreatedBy: "node " + n.cfg.Name, Description: "first join token, written by taskd init"}, n.clock.Now())
 		cancel()
 	}
 	if err == nil {
