@@ -158,41 +158,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return err
 }
 
-// runCoordinated opens the store and runs the quorum until ctx ends.
+// runCoordinated opens the store and runs the quorum until ctx ends: the
+// store, the task center on it, and the quorum whose roles are the member
+// and leader duties.
 func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
-	var (
-		store   coord.Store
-		err     error
-		srvErrs <-chan error
-		roles   quorum.Roles
-		// raftAway keeps the embedded etcd's raft leadership off the
-		// taskd leader (nil for external stores).
-		raftAway func(context.Context)
-	)
-	if n.target.Kind == coord.KindEmbedded {
-		srv, serr := n.startEmbedded(ctx)
-		if serr != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return serr
-		}
-		defer srv.Close()
-		n.etcdSrv.Store(srv)
-		defer n.etcdSrv.Store(nil)
-		srvErrs = srv.Err()
-		raftAway = func(ctx context.Context) { srv.KeepRaftLeadershipAway(ctx, n.log) }
-		store, err = etcd.Open(ctx, srv.ClientConfig(), n.log)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrConfig, err)
-		}
-	} else if store, err = n.openExternal(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
+	cs, err := n.openCoordination(ctx)
+	if cs == nil {
 		return err
 	}
-	defer store.Close()
+	defer cs.close()
+	store := cs.store
 	n.store.Store(&store)
 	defer n.store.Store(nil)
 	n.registerJoinToken(ctx, store)
@@ -209,62 +184,148 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	tasks, err := task.NewStore(store, root.String(), tasktype.Builtin(n.cfg.copyType(), n.log, n.metrics), n.cfg.TimeZone, n.clock.Now)
+	tc, err := n.startTaskCenter(store, root)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
+		return err
 	}
-	rc, _ := n.cfg.runnerConfig() // validated in Run
-	rc.Metrics = n.metrics
-	run, err := runner.New(rc, tasks, n.log)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	dc := dispatch.DefaultConfig()
-	dc.Retention, dc.Metrics = n.cfg.TaskRetention, n.metrics
-	disp, err := dispatch.New(dc, tasks, n.log)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	n.tasks.Store(tasks)
-	scheds := schedule.NewStore(store, root, tasks)
-	n.scheds.Store(scheds)
-	ticker := schedule.NewLeader(scheds, n.log)
 	n.vipReg.Store(vips.NewRegistry(store, root, n.View, localAddrs))
 	policy, _ := n.cfg.vipPolicy() // validated in Run
 	holder := vips.NewHolder(store, root, n.cfg.Name, policy, n.holdVIP, n.log)
-	roles.Member = func(ctx context.Context, s coord.Session) error {
-		// The name is ours now: the admin token may go into the store.
-		n.auth.Joined()
-		// Member duties end with the session, and the fence waits for
-		// them: VIPs are removed before the local deadline.
-		g, gctx := errgroup.WithContext(ctx)
-		g.Go(func() error { return run.Run(gctx, s) })
-		g.Go(func() error { return holder.Run(gctx, s) })
-		return g.Wait()
-	}
-
 	seed, _ := n.cfg.vipSpecs() // validated in Run
 	n.cleanupVIPs(seed)
 	assigner := vips.NewAssigner(store, root, n.cfg.Name, n.cfg.YieldGrace, seed, n.log)
 	var q *quorum.Quorum
-	// Leader duties run until leadership ends, and the fence waits for
-	// them.
-	parts := []leaderPart{
-		{"dispatcher", disp.Run},
-		{"scheduler", ticker.Run},
-		{"vip assigner", func(ctx context.Context, l *quorum.Leadership) error { return assigner.Run(ctx, l, q.View) }},
+	roles := quorum.Roles{
+		Member: n.memberRole(tc, holder),
+		Leader: leaderRole(tc.leaderParts(assigner, func() (quorum.View, <-chan struct{}) { return q.View() }, cs.raftAway)),
 	}
-	if raftAway != nil {
-		parts = append(parts, leaderPart{"raft leadership mover", func(ctx context.Context, _ *quorum.Leadership) error { raftAway(ctx); return nil }})
-	}
-	roles.Leader = leaderRole(parts)
 	q, err = quorum.New(n.cfg.quorumConfig(nodeID), store, roles, n.baseLog, quorum.WithFenceHook(n.metrics.Fenced))
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n.q.Store(q)
 	close(n.quorumStarted)
+	return n.runQuorum(ctx, q, cs.srvErrs)
+}
 
+// coordination is the open store, and with the embedded etcd its server.
+type coordination struct {
+	store coord.Store
+	// srvErrs reports the embedded server's failure (nil for external
+	// stores: a nil channel never receives).
+	srvErrs <-chan error
+	// raftAway keeps the embedded etcd's raft leadership off the taskd
+	// leader (nil for external stores).
+	raftAway func(context.Context)
+	close    func()
+}
+
+// openCoordination starts the embedded etcd or dials the external store.
+// It returns nil and nil when ctx ended first.
+func (n *Node) openCoordination(ctx context.Context) (*coordination, error) {
+	if n.target.Kind != coord.KindEmbedded {
+		store, err := n.openExternal(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, nil
+			}
+			return nil, err
+		}
+		return &coordination{store: store, close: func() { store.Close() }}, nil
+	}
+	srv, err := n.startEmbedded(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		return nil, err
+	}
+	n.etcdSrv.Store(srv)
+	store, err := etcd.Open(ctx, srv.ClientConfig(), n.log)
+	if err != nil {
+		n.etcdSrv.Store(nil)
+		srv.Close()
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	return &coordination{
+		store:    store,
+		srvErrs:  srv.Err(),
+		raftAway: func(ctx context.Context) { srv.KeepRaftLeadershipAway(ctx, n.log) },
+		close: func() {
+			store.Close()
+			n.etcdSrv.Store(nil)
+			srv.Close()
+		},
+	}, nil
+}
+
+// taskCenter is the task machinery on the store: the task and schedule
+// stores, this node's runner, and the leader's dispatcher and scheduler.
+type taskCenter struct {
+	tasks  *task.Store
+	runner *runner.Runner
+	disp   *dispatch.Dispatcher
+	ticker *schedule.Leader
+}
+
+// startTaskCenter builds the task center and publishes its stores to the
+// API.
+func (n *Node) startTaskCenter(store coord.Store, root keys.Root) (*taskCenter, error) {
+	tasks, err := task.NewStore(store, root.String(), tasktype.Builtin(n.cfg.copyType(), n.log, n.metrics), n.cfg.TimeZone, n.clock.Now)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	rc, _ := n.cfg.runnerConfig() // validated in Run
+	rc.Metrics = n.metrics
+	run, err := runner.New(rc, tasks, n.log)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	dc := dispatch.DefaultConfig()
+	dc.Retention, dc.Metrics = n.cfg.TaskRetention, n.metrics
+	disp, err := dispatch.New(dc, tasks, n.log)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	n.tasks.Store(tasks)
+	scheds := schedule.NewStore(store, root, tasks)
+	n.scheds.Store(scheds)
+	return &taskCenter{tasks: tasks, runner: run, disp: disp, ticker: schedule.NewLeader(scheds, n.log)}, nil
+}
+
+// memberRole is what every member runs on its session: the runner and the
+// VIP holder.
+func (n *Node) memberRole(tc *taskCenter, holder *vips.Holder) func(ctx context.Context, s coord.Session) error {
+	return func(ctx context.Context, s coord.Session) error {
+		// The name is ours now: the admin token may go into the store.
+		n.auth.Joined()
+		// Member duties end with the session, and the fence waits for
+		// them: VIPs are removed before the local deadline.
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return tc.runner.Run(gctx, s) })
+		g.Go(func() error { return holder.Run(gctx, s) })
+		return g.Wait()
+	}
+}
+
+// leaderParts are the leader's duties: they run until leadership ends, and
+// the fence waits for them. view is the quorum's (it exists once the role
+// runs).
+func (tc *taskCenter) leaderParts(assigner *vips.Assigner, view func() (quorum.View, <-chan struct{}), raftAway func(context.Context)) []leaderPart {
+	parts := []leaderPart{
+		{"dispatcher", tc.disp.Run},
+		{"scheduler", tc.ticker.Run},
+		{"vip assigner", func(ctx context.Context, l *quorum.Leadership) error { return assigner.Run(ctx, l, view) }},
+	}
+	if raftAway != nil {
+		parts = append(parts, leaderPart{"raft leadership mover", func(ctx context.Context, _ *quorum.Leadership) error { raftAway(ctx); return nil }})
+	}
+	return parts
+}
+
+// runQuorum runs q and the health probes until ctx ends, q fails, or the
+// embedded store server does.
+func (n *Node) runQuorum(ctx context.Context, q *quorum.Quorum, srvErrs <-chan error) error {
 	qctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	hc, _ := n.cfg.healthConfig() // validated in Run
