@@ -104,9 +104,9 @@ type state struct {
 func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 	lay := d.store.Layout()
 	watchers := [numWatches]*coord.Watcher{
-		watchTasks:   d.store.KV().Watch(ctx, lay.ActiveDir()),
-		watchRunners: d.store.KV().Watch(ctx, lay.RunnersDir()),
-		watchMarks:   d.store.KV().Watch(ctx, lay.RunnerConfigDir()),
+		watchTasks:   d.store.WatchActive(ctx),
+		watchRunners: d.store.WatchRunners(ctx),
+		watchMarks:   d.store.WatchMarks(ctx),
 	}
 	defer func() {
 		for _, w := range watchers {
@@ -469,7 +469,7 @@ func (d *Dispatcher) collect(ctx context.Context, l *quorum.Leadership, log *slo
 		if err != nil {
 			return err
 		}
-		kvs, err := d.store.KV().List(ctx, dir)
+		kvs, err := d.store.ListDone(ctx, shard)
 		if err != nil {
 			return fmt.Errorf("list finished tasks: %w", err)
 		}

@@ -171,9 +171,9 @@ func (a *attempt) writeOnce(f func(r *task.Record) bool) error {
 		}
 		var err error
 		if f(r) {
-			err = st.Finish(ctx, st.KV().Txn, r, a.s.fence)
+			err = st.Finish(ctx, st.Txn, r, a.s.fence)
 		} else {
-			err = st.Put(ctx, st.KV().Txn, r, a.s.fence)
+			err = st.Put(ctx, st.Txn, r, a.s.fence)
 		}
 		if err == nil {
 			a.mu.Lock()
@@ -185,7 +185,7 @@ func (a *attempt) writeOnce(f func(r *task.Record) bool) error {
 			return err
 		}
 		// Someone else wrote the record, or our session key is gone.
-		if _, err := st.KV().Get(ctx, a.s.fence.Key); errors.Is(err, coord.ErrNotFound) {
+		if holds, err := st.Holds(ctx, a.s.fence); err == nil && !holds {
 			return fmt.Errorf("task %s attempt %d: session %s has ended: %w", a.id, a.n, a.s.sess.ID(), task.ErrFenced)
 		}
 		fresh, err := st.Get(ctx, a.id)

@@ -206,7 +206,7 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 		}
 		if w == nil {
 			log.Info("runner key of a previous session still exists; waiting for the store to remove it")
-			w = r.store.KV().Watch(ctx, r.store.Layout().RunnersDir())
+			w = r.store.WatchRunners(ctx)
 		}
 		if !waitDeleted(ctx, w.Events(), key) {
 			return coord.Cond{}, nil
@@ -250,9 +250,12 @@ func (s *session) loop(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	taskWatch := s.r.store.KV().Watch(ctx, assignDir)
+	taskWatch, err := s.r.store.WatchAssigned(ctx, s.r.cfg.Node)
+	if err != nil {
+		return err
+	}
 	defer taskWatch.Close()
-	markWatch := s.r.store.KV().Watch(ctx, lay.RunnerConfigDir())
+	markWatch := s.r.store.WatchMarks(ctx)
 	defer markWatch.Close()
 	tasks, marks := taskWatch.Events(), markWatch.Events()
 	// records holds the tasks assigned to this node, as their assignment
