@@ -26,8 +26,12 @@ import (
 // Config is everything a taskd node is started with. Flags, TASKD_*
 // environment variables and the config file fill it (cmd/taskd).
 type Config struct {
-	Name             string
-	DataDir          string
+	Name    string
+	DataDir string
+	// Root is the cluster's directory in the coordination store (the
+	// quorum's, and every record's under it). Not a flag: every member
+	// must use the same.
+	Root             string
 	Listen           string
 	Advertise        string
 	Coordinator      string
@@ -95,6 +99,7 @@ func DefaultConfig() Config {
 	return Config{
 		Name:             host,
 		DataDir:          "/var/lib/taskd",
+		Root:             q.Root,
 		Listen:           "127.0.0.1:10600",
 		Coordinator:      "embedded",
 		SessionTimeout:   q.SessionTimeout,
@@ -130,6 +135,9 @@ func (c Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("--data-dir is empty"))
+	}
+	if err := keys.ValidRoot(c.Root); err != nil {
+		errs = append(errs, fmt.Errorf("store root: %w", err))
 	}
 	if t, err := coord.ParseTarget(c.Coordinator); err != nil {
 		errs = append(errs, fmt.Errorf("--coordinator: %w", err))
@@ -290,7 +298,7 @@ func (c Config) advertise() string {
 
 func (c Config) quorumConfig(nodeID string) quorum.Config {
 	q := quorum.DefaultConfig()
-	q.Name, q.NodeID, q.Address, q.Version = c.Name, nodeID, c.advertise(), c.Version
+	q.Name, q.NodeID, q.Address, q.Version, q.Root = c.Name, nodeID, c.advertise(), c.Version, c.Root
 	q.Priority, q.SessionTimeout, q.DeadlineFraction, q.YieldGrace = c.Priority, c.SessionTimeout, c.DeadlineFraction, c.YieldGrace
 	return q
 }

@@ -113,7 +113,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if n.creds, err = loadCreds(cfg); err != nil {
 		return err
 	}
-	rec, err := events.Open(filepath.Join(cfg.DataDir, "events.jsonl"), cfg.Name, quorum.DefaultConfig().Root)
+	rec, err := events.Open(filepath.Join(cfg.DataDir, "events.jsonl"), cfg.Name, cfg.Root)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrDataDir, err)
 	}
@@ -130,7 +130,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	n.auth = auth.NewVerifier(quorum.DefaultConfig().Root, cfg.Name, local, n.log)
+	n.auth = auth.NewVerifier(cfg.Root, cfg.Name, local, n.log)
 	joiner := &bootstrap.Server{Creds: n.creds, Coordinator: target.String(), Embedded: target.Kind == coord.KindEmbedded,
 		Cluster: joinCluster{n}, Verifier: bootstrap.TokenVerifier{Tokens: n.auth}, Now: n.clock.Now, Log: n.log}
 	srv, err := api.NewServer(api.ServerConfig{Listen: cfg.Listen, TLS: n.creds.ServerTLS(false), Auth: n.auth,
@@ -180,7 +180,7 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	go func() { defer pub.Done(); n.auth.Run(pctx, store) }()
 	defer func() { pcancel(); pub.Wait() }()
 
-	root, err := keys.NewRoot(quorum.DefaultConfig().Root)
+	root, err := keys.NewRoot(n.cfg.Root)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
