@@ -299,7 +299,7 @@ func (s *taskService) WatchTask(ctx context.Context, req *connect.Request[taskdv
 		}
 		return r.State.Final(), nil
 	}
-	w := st.KV().Watch(ctx, st.Layout().ActiveDir())
+	w := st.WatchActive(ctx)
 	defer w.Close()
 	r, err := st.Get(ctx, id)
 	if err != nil {

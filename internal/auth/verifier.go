@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
 )
@@ -233,7 +234,7 @@ func (v *Verifier) registerLocal(ctx context.Context, store coord.Store) {
 		v.local = nl
 		v.mu.Unlock()
 	}
-	delay := 100 * time.Millisecond
+	retry := backoff.New(100*time.Millisecond, 2*time.Second)
 	for {
 		rec, err := v.putLocal(ctx, store, local)
 		if err == nil {
@@ -253,15 +254,10 @@ func (v *Verifier) registerLocal(ctx context.Context, store coord.Store) {
 			v.log.Error("cannot register the node-local admin token", "err", err)
 			return
 		}
-		v.log.Debug("registering the node-local admin token, will retry", "err", err)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		v.log.Debug("registering the node-local admin token, will retry", "err", err, "retry_in", retry.Next())
+		if retry.Wait(ctx) != nil {
 			return
-		case <-t.C:
 		}
-		delay = min(2*delay, 2*time.Second)
 	}
 }
 

@@ -51,12 +51,20 @@ func (b *Backoff) Next() time.Duration { return b.next }
 // Reset starts again from the first delay.
 func (b *Backoff) Reset() { b.next = b.first }
 
+// Advance returns the current delay and doubles it (up to max), for a loop
+// that waits in its own select (a timer beside its watches) instead of in
+// Wait.
+func (b *Backoff) Advance() time.Duration {
+	d := b.next
+	b.next = min(2*b.next, b.max)
+	return d
+}
+
 // Wait waits the current delay and doubles it (up to max). It returns
 // ctx's error if ctx ends first, nil otherwise.
 func (b *Backoff) Wait(ctx context.Context) error {
-	c, stop := b.clock.After(b.next)
+	c, stop := b.clock.After(b.Advance())
 	defer stop()
-	b.next = min(2*b.next, b.max)
 	select {
 	case <-ctx.Done():
 		return ctx.Err()

@@ -70,3 +70,28 @@ func TestWaitEndsWithContext(t *testing.T) {
 		t.Fatalf("Wait on an ended context: %v, want context.Canceled", err)
 	}
 }
+
+// TestAdvance: Advance follows the same delays as Wait and shares its
+// state, so a loop may mix the two.
+func TestAdvance(t *testing.T) {
+	ms := time.Millisecond
+	c := &fakeClock{}
+	b := New(10*ms, 45*ms, WithClock(c))
+	got := []time.Duration{b.Advance(), b.Advance()}
+	if err := b.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got = append(got, c.asked...)
+	got = append(got, b.Advance())
+	b.Reset()
+	got = append(got, b.Advance())
+	want := []time.Duration{10 * ms, 20 * ms, 40 * ms, 45 * ms, 10 * ms}
+	if len(got) != len(want) {
+		t.Fatalf("delays %v, want %v", got, want)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("delays %v, want %v", got, want)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1/taskdv1connect"
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/pki"
 )
 
@@ -52,7 +53,7 @@ func Join(ctx context.Context, p JoinParams) error {
 	}}
 	defer hc.CloseIdleConnections()
 	cli := taskdv1connect.NewClusterServiceClient(hc, "https://"+p.Server)
-	backoff := 250 * time.Millisecond
+	retry := backoff.New(250*time.Millisecond, 5*time.Second)
 	for {
 		resp, err := call(ctx, cli, p.Token.Credential, req)
 		if err == nil {
@@ -61,15 +62,10 @@ func Join(ctx context.Context, p JoinParams) error {
 		if !IsRetryable(err) {
 			return err
 		}
-		p.Log.Info("cannot join yet, retrying", "server", p.Server, "err", err, "retry_in", backoff)
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%w: gave up: %w (last error: %w)", ErrUnavailable, ctx.Err(), err)
-		case <-t.C:
+		p.Log.Info("cannot join yet, retrying", "server", p.Server, "err", err, "retry_in", retry.Next())
+		if werr := retry.Wait(ctx); werr != nil {
+			return fmt.Errorf("%w: gave up: %w (last error: %w)", ErrUnavailable, werr, err)
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

@@ -2,9 +2,12 @@ package ctl
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -99,18 +102,45 @@ func explain(err error) string {
 	if errors.As(err, &ce) {
 		return err.Error()
 	}
+	if tlsFailed(err) {
+		return "TLS failed: " + err.Error() + " (check --tls-ca)"
+	}
 	switch connect.CodeOf(err) {
 	case connect.CodeUnauthenticated:
 		return "the token is missing, wrong, expired or revoked: " + err.Error()
 	case connect.CodePermissionDenied:
 		return "the token may not do this: " + err.Error()
 	case connect.CodeUnavailable:
-		if strings.Contains(err.Error(), "x509") || strings.Contains(err.Error(), "tls") {
-			return "TLS failed: " + err.Error() + " (check --tls-ca)"
-		}
 		return "not reachable: " + err.Error()
 	}
 	return err.Error()
+}
+
+// tlsFailed tells a failed TLS handshake by the error's type, never by its
+// text (a server's message may mention "tls" and mean nothing of it): a
+// certificate the standard verification refused, an answer that is not
+// TLS (a plain-HTTP port), or an alert the server sent (it refused our
+// certificate or our protocol). pki.ErrIdentity, the cluster's own
+// verification, is explained before.
+func tlsFailed(err error) bool {
+	var (
+		verify    *tls.CertificateVerificationError
+		notTLS    tls.RecordHeaderError
+		unknownCA x509.UnknownAuthorityError
+		host      x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		op        *net.OpError
+	)
+	switch {
+	case errors.As(err, &verify), errors.As(err, &notTLS), errors.As(err, &unknownCA),
+		errors.As(err, &host), errors.As(err, &invalid):
+		return true
+	case errors.As(err, &op):
+		// crypto/tls reports an alert from the peer as a *net.OpError
+		// with this Op (its alert type is not exported).
+		return op.Op == "remote error"
+	}
+	return false
 }
 
 func (d *doctor) run(ctx context.Context, g *globals) {

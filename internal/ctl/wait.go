@@ -15,6 +15,7 @@ import (
 
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/pki"
 )
 
@@ -59,11 +60,12 @@ func waitFor(cmd *cobra.Command, g *globals, id string, maxWait time.Duration) e
 		return last != nil && (last.State == "succeeded" || last.State == "failed" || last.State == "cancelled")
 	}
 	var lostSince time.Time
-	backoff := waitBackoffMin
+	retry := backoff.New(waitBackoffMin, waitBackoffMax)
 	for !final() {
 		err := watchOnce(ctx, c, id, func(t *taskdv1.Task) {
 			last = t
-			lostSince, backoff = time.Time{}, waitBackoffMin
+			lostSince = time.Time{}
+			retry.Reset()
 			show.update(t)
 		})
 		if final() {
@@ -85,7 +87,8 @@ func waitFor(cmd *cobra.Command, g *globals, id string, maxWait time.Duration) e
 			show.done()
 			return unreachableError{fmt.Errorf("wait for task %s: no answer from %s for %v: %w", id, c.Base, waitReconnect, err)}
 		}
-		pause := min(backoff, left)
+		// The last pause ends when the reconnect budget does.
+		pause := min(retry.Advance(), left)
 		fmt.Fprintf(cmd.ErrOrStderr(), "lost the stream from taskd (%v); reconnecting in %v\n", err, pause.Round(time.Millisecond))
 		t := time.NewTimer(pause)
 		select {
@@ -93,7 +96,6 @@ func waitFor(cmd *cobra.Command, g *globals, id string, maxWait time.Duration) e
 			t.Stop()
 		case <-t.C:
 		}
-		backoff = min(2*backoff, waitBackoffMax)
 	}
 	show.done()
 	if g.output == "json" {

@@ -80,13 +80,23 @@ func New(cfg Config, store *task.Store, log *slog.Logger) (*Dispatcher, error) {
 	return &Dispatcher{cfg: cfg, store: store, log: log}, nil
 }
 
+// watchIndex names the dispatcher's watches.
+type watchIndex int
+
+const (
+	watchTasks   watchIndex = iota // the unfinished tasks (ActiveDir)
+	watchRunners                   // the live runners (RunnersDir)
+	watchMarks                     // the runners' marks (RunnerConfigDir)
+	numWatches
+)
+
 // state is the dispatcher's view, fed by the watches.
 type state struct {
 	lay     keys.Tasks
 	tasks   map[string]*task.Record
 	runners map[string]task.RunnerInfo
 	marks   map[string]task.Marks
-	synced  [3]bool
+	synced  [numWatches]bool
 	dirty   bool // changed since the last pass
 	// ended caches the finished tasks that waiting tasks depend on (a
 	// finished record never changes); each pass keeps only those still
@@ -98,17 +108,20 @@ type state struct {
 // nil then; it returns early only if the leadership is fenced.
 func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 	lay := d.store.Layout()
-	watchers := [3]*coord.Watcher{
-		d.store.KV().Watch(ctx, lay.ActiveDir()),
-		d.store.KV().Watch(ctx, lay.RunnersDir()),
-		d.store.KV().Watch(ctx, lay.RunnerConfigDir()),
+	watchers := [numWatches]*coord.Watcher{
+		watchTasks:   d.store.WatchActive(ctx),
+		watchRunners: d.store.WatchRunners(ctx),
+		watchMarks:   d.store.WatchMarks(ctx),
 	}
 	defer func() {
 		for _, w := range watchers {
 			w.Close()
 		}
 	}()
-	watches := [3]<-chan coord.Event{watchers[0].Events(), watchers[1].Events(), watchers[2].Events()}
+	var watches [numWatches]<-chan coord.Event
+	for i, w := range watchers {
+		watches[i] = w.Events()
+	}
 	st := &state{lay: lay, tasks: map[string]*task.Record{}, runners: map[string]task.RunnerInfo{}, marks: map[string]task.Marks{}}
 	log := d.log.With("epoch", l.Epoch())
 	log.Info("dispatcher started")
@@ -126,16 +139,16 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		case <-ctx.Done():
 			log.Info("dispatcher stopped")
 			return nil
-		case ev, ok := <-watches[0]:
-			if !st.apply(0, ev, ok, log) {
+		case ev, ok := <-watches[watchTasks]:
+			if !st.apply(watchTasks, ev, ok, log) {
 				return nil
 			}
-		case ev, ok := <-watches[1]:
-			if !st.apply(1, ev, ok, log) {
+		case ev, ok := <-watches[watchRunners]:
+			if !st.apply(watchRunners, ev, ok, log) {
 				return nil
 			}
-		case ev, ok := <-watches[2]:
-			if !st.apply(2, ev, ok, log) {
+		case ev, ok := <-watches[watchMarks]:
+			if !st.apply(watchMarks, ev, ok, log) {
 				return nil
 			}
 		case <-wake.C:
@@ -143,7 +156,7 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		case <-gc.C:
 			if err := d.collect(ctx, l, log); err != nil {
 				if errors.Is(err, quorum.ErrFenced) {
-					return err
+					return fmt.Errorf("collect finished tasks: %w", err)
 				}
 				log.Warn("collecting finished tasks failed; next try at the next interval", "err", err)
 			}
@@ -154,15 +167,15 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		if !d.drain(ctx, st, watches, log) {
 			return nil
 		}
-		if !st.synced[0] || !st.synced[1] || !st.synced[2] || !st.dirty {
+		if !st.synced[watchTasks] || !st.synced[watchRunners] || !st.synced[watchMarks] || !st.dirty {
 			continue
 		}
 		st.dirty = false
 		next, err := d.reconcile(ctx, l, st, log)
 		d.count(st)
 		if errors.Is(err, quorum.ErrFenced) {
-			log.Warn("dispatcher fenced", "err", err)
-			return err
+			// The election logs the role's error once, as it resigns.
+			return fmt.Errorf("dispatch pass: %w", err)
 		}
 		if err != nil && ctx.Err() == nil {
 			log.Warn("dispatch pass incomplete; the next change retries it", "err", err)
@@ -177,17 +190,18 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 }
 
 // drain applies every event already waiting, without blocking.
-func (d *Dispatcher) drain(ctx context.Context, st *state, watches [3]<-chan coord.Event, log *slog.Logger) bool {
+func (d *Dispatcher) drain(ctx context.Context, st *state, watches [numWatches]<-chan coord.Event, log *slog.Logger) bool {
 	for range 10000 {
 		var ok bool
 		var ev coord.Event
-		var i int
+		var i watchIndex
 		select {
-		case ev, ok = <-watches[0]:
-		case ev, ok = <-watches[1]:
-			i = 1
-		case ev, ok = <-watches[2]:
-			i = 2
+		case ev, ok = <-watches[watchTasks]:
+			i = watchTasks
+		case ev, ok = <-watches[watchRunners]:
+			i = watchRunners
+		case ev, ok = <-watches[watchMarks]:
+			i = watchMarks
 		default:
 			return ctx.Err() == nil
 		}
@@ -199,22 +213,22 @@ func (d *Dispatcher) drain(ctx context.Context, st *state, watches [3]<-chan coo
 }
 
 // apply feeds one event of watch i; false when the watch has closed.
-func (st *state) apply(i int, ev coord.Event, ok bool, log *slog.Logger) bool {
+func (st *state) apply(i watchIndex, ev coord.Event, ok bool, log *slog.Logger) bool {
 	if !ok {
 		return false
 	}
 	switch i {
-	case 0:
+	case watchTasks:
 		if st.applyTask(ev, log) {
 			st.dirty = true
 		}
 		return true
-	case 1:
-		applyJSON(st.runners, &st.synced[1], st.lay.RunnersDir(), ev, log, func(kv coord.KV) (task.RunnerInfo, error) {
+	case watchRunners:
+		applyJSON(st.runners, &st.synced[watchRunners], st.lay.RunnersDir(), ev, log, func(kv coord.KV) (task.RunnerInfo, error) {
 			return task.DecodeRunner(st.lay.RunnersDir(), kv)
 		})
-	case 2:
-		applyJSON(st.marks, &st.synced[2], st.lay.RunnerConfigDir(), ev, log, func(kv coord.KV) (task.Marks, error) {
+	case watchMarks:
+		applyJSON(st.marks, &st.synced[watchMarks], st.lay.RunnerConfigDir(), ev, log, func(kv coord.KV) (task.Marks, error) {
 			var m task.Marks
 			err := json.Unmarshal(kv.Value, &m)
 			return m, err
@@ -228,7 +242,7 @@ func (st *state) apply(i int, ev coord.Event, ok bool, log *slog.Logger) bool {
 // dispatcher's own write does not.
 func (st *state) applyTask(ev coord.Event, log *slog.Logger) bool {
 	if ev.Type == coord.EventSynced {
-		st.synced[0] = true
+		st.synced[watchTasks] = true
 		return true
 	}
 	// A key or record with an invalid id was written around taskd: it is
@@ -311,15 +325,7 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 			waiting = append(waiting, r)
 		}
 	}
-	slices.SortFunc(waiting, func(a, b *task.Record) int {
-		if c := cmp.Compare(b.Priority, a.Priority); c != 0 {
-			return c
-		}
-		if c := a.Created.Compare(b.Created); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.ID, b.ID)
-	})
+	slices.SortFunc(waiting, dispatchOrder)
 
 	free := 0
 	for _, rn := range runners {
@@ -448,6 +454,18 @@ func (d *Dispatcher) count(st *state) {
 	}
 }
 
+// dispatchOrder is the order waiting tasks are placed in: higher priority
+// first, then the older, then by id (so that a pass is deterministic).
+func dispatchOrder(a, b *task.Record) int {
+	if c := cmp.Compare(b.Priority, a.Priority); c != 0 {
+		return c
+	}
+	if c := a.Created.Compare(b.Created); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.ID, b.ID)
+}
+
 // pick chooses the least loaded runner that accepts r; ties go by name so
 // that a pass is deterministic.
 func pick(runners map[string]*task.Runner, r *task.Record) *task.Runner {
@@ -528,7 +546,7 @@ func (d *Dispatcher) collect(ctx context.Context, l *quorum.Leadership, log *slo
 		if err != nil {
 			return err
 		}
-		kvs, err := d.store.KV().List(ctx, dir)
+		kvs, err := d.store.ListDone(ctx, shard)
 		if err != nil {
 			return fmt.Errorf("list finished tasks: %w", err)
 		}

@@ -64,87 +64,88 @@ func (m *member) stop() {
 	<-m.done
 }
 
-// waitState waits for every id to reach a final state, through a watch.
+// waitFinal waits for every id to reach a final state.
 func waitFinal(t *testing.T, st *task.Store, ids []string, limit time.Duration) map[string]*task.Record {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	out := map[string]*task.Record{}
 	for _, id := range ids {
-		for {
-			r, err := st.Get(ctx, id)
-			if err == nil && r.State.Final() {
-				out[id] = r
-				break
-			}
-			if ctx.Err() != nil {
-				t.Fatalf("task %s not final after %v: %v %v", id, limit, r, err)
-			}
-			tick := time.NewTimer(20 * time.Millisecond)
-			select {
-			case <-tick.C:
-			case <-ctx.Done():
-			}
+		var last *task.Record
+		var lastErr error
+		err := testenv.WaitFor(ctx, 20*time.Millisecond, func() bool {
+			last, lastErr = st.Get(ctx, id)
+			return lastErr == nil && last.State.Final()
+		})
+		if err != nil {
+			t.Fatalf("task %s not final after %v: %v %v", id, limit, last, lastErr)
 		}
+		out[id] = last
 	}
 	return out
 }
 
 // TestDispatchAndRun runs tasks on two in-process members under the race
-// detector: all succeed, capacity is respected, priorities go first, a
-// cancel reaches a running task, and a failing task retries then fails.
+// detector, on both backends: all succeed, capacity is respected, priorities
+// go first, a cancel reaches a running task, and a failing task retries
+// then fails.
 func TestDispatchAndRun(t *testing.T) {
-	kv, st := openStore(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	testDispatchAndRun(ctx, t, kv, st)
+	for _, b := range testenv.Backends(t) {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			testDispatchAndRun(ctx, t, b.Open(t))
+		})
+	}
 }
 
-func openStore(t *testing.T) (coord.Store, *task.Store) {
-	kv := testenv.StartEtcd(t).Open(t)
-	st, err := task.NewStore(kv, "/taskd", tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
+func newStore(t *testing.T, kv coord.Store, types task.Registry) *task.Store {
+	st, err := task.NewStore(kv, "/taskd", types, "UTC", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kv, st
+	return st
 }
 
-func testDispatchAndRun(ctx context.Context, t *testing.T, kv coord.Store, st *task.Store) {
-	// Watch running counts per runner: never above capacity.
-	var mu sync.Mutex
-	maxRunning := map[string]int{}
-	wctx, wcancel := context.WithCancel(ctx)
-	w := kv.Watch(wctx, st.Layout().ActiveDir())
-	events := w.Events()
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		running := map[string]string{}
-		for ev := range events {
-			if ev.Type == coord.EventSynced {
-				continue
-			}
-			delete(running, ev.KV.Key)
-			if ev.Type == coord.EventPut {
-				if r, err := task.Decode(ev.KV.Key, ev.KV.Value, ev.KV.Version); err == nil && r.State == task.Running {
-					running[ev.KV.Key] = r.Runner
-				}
-			}
-			count := map[string]int{}
-			for _, n := range running {
-				count[n]++
-			}
-			mu.Lock()
-			for n, c := range count {
-				maxRunning[n] = max(maxRunning[n], c)
-			}
-			mu.Unlock()
-		}
-	}()
-	defer func() { wcancel(); <-watchDone; w.Close() }()
+func builtin() task.Registry { return tasktype.Builtin(tasktype.Copy{}, nil, nil) }
 
-	startMember(t, kv, st, "n1", 2)
-	startMember(t, kv, st, "n2", 2)
+// concurrency wraps a task type and counts the runs in progress in the
+// process: unlike a watch of the records, it cannot miss an overlap.
+type concurrency struct {
+	task.Type
+	mu       sync.Mutex
+	cur, max int
+}
+
+func (c *concurrency) Run(ctx context.Context, spec json.RawMessage, cp []byte, r task.Reporter) error {
+	c.mu.Lock()
+	c.cur++
+	c.max = max(c.max, c.cur)
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.cur--
+		c.mu.Unlock()
+	}()
+	return c.Type.Run(ctx, spec, cp, r)
+}
+
+func (c *concurrency) most() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.max
+}
+
+func testDispatchAndRun(ctx context.Context, t *testing.T, kv coord.Store) {
+	// Each member runs sleep tasks through its own counter.
+	st := newStore(t, kv, builtin())
+	counters := map[string]*concurrency{}
+	for _, n := range []string{"n1", "n2"} {
+		types := builtin()
+		counters[n] = &concurrency{Type: types["sleep"]}
+		types["sleep"] = counters[n]
+		startMember(t, kv, newStore(t, kv, types), n, 2)
+	}
 
 	var ids []string
 	for i := range 20 {
@@ -179,25 +180,28 @@ func testDispatchAndRun(ctx context.Context, t *testing.T, kv coord.Store, st *t
 	if r := final[failing.ID]; r.State != task.Failed || r.Attempt != 2 || r.Error == nil || r.Error.Code != "retryable" {
 		t.Errorf("failing task: %s attempt %d error %+v; want failed after 1 retry", r.State, r.Attempt, r.Error)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	for n, c := range maxRunning {
-		if c > 2 {
-			t.Errorf("runner %s ran %d tasks at once; capacity is 2", n, c)
+	for n, c := range counters {
+		if m := c.most(); m > 2 {
+			t.Errorf("runner %s ran %d tasks at once; capacity is 2", n, m)
+		} else if m == 0 {
+			t.Errorf("runner %s ran no task; want both runners", n)
 		}
-	}
-	if len(maxRunning) != 2 {
-		t.Errorf("tasks ran on %v; want both runners", maxRunning)
 	}
 }
 
 // TestPriorityOrder: with one free slot, the higher priority goes first,
 // and FIFO holds within a priority.
 func TestPriorityOrder(t *testing.T) {
-	_, st := openStore(t)
+	for _, b := range testenv.Backends(t) {
+		t.Run(b.Name, func(t *testing.T) { testPriorityOrder(t, b.Open(t)) })
+	}
+}
+
+func testPriorityOrder(t *testing.T, kv coord.Store) {
+	st := newStore(t, kv, builtin())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	startMember(t, st.KV(), st, "n1", 1)
+	startMember(t, kv, st, "n1", 1)
 	blocker, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1h"}`)})
 	if err != nil {
 		t.Fatal(err)
@@ -225,19 +229,13 @@ func TestPriorityOrder(t *testing.T) {
 
 func waitRunning(ctx context.Context, t *testing.T, st *task.Store, id string) {
 	t.Helper()
-	for {
-		r, err := st.Get(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r.State == task.Running {
-			return
-		}
-		tick := time.NewTimer(10 * time.Millisecond)
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			t.Fatalf("task %s never ran", id)
-		}
+	var last *task.Record
+	var lastErr error
+	err := testenv.WaitFor(ctx, 10*time.Millisecond, func() bool {
+		last, lastErr = st.Get(ctx, id)
+		return lastErr == nil && last.State == task.Running
+	})
+	if err != nil {
+		t.Fatalf("task %s never ran: %v %v", id, last, lastErr)
 	}
 }

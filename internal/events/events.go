@@ -178,6 +178,36 @@ func (r *Recorder) Dropped() (journal, store uint64) {
 	return r.journalDrops.Load(), r.storeDrops.Load()
 }
 
+// ReportDrops logs, once per interval, how many events were dropped in it
+// (Dropped), until ctx ends. An interval without drops logs nothing. The
+// line carries no "event" attribute: it is about the timeline, not in it.
+func (r *Recorder) ReportDrops(ctx context.Context, every time.Duration, log *slog.Logger) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	r.reportDrops(ctx, t.C, every, log)
+	return nil
+}
+
+// reportDrops is ReportDrops on the given ticks.
+func (r *Recorder) reportDrops(ctx context.Context, ticks <-chan time.Time, every time.Duration, log *slog.Logger) {
+	var lastJournal, lastStore uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticks:
+		}
+		journal, store := r.Dropped()
+		if journal == lastJournal && store == lastStore {
+			continue
+		}
+		log.Warn("events were dropped: a queue was full (a slow disk for the journal, a slow store for the ring); the log lines still exist",
+			"journal_dropped", journal-lastJournal, "store_dropped", store-lastStore, "interval", every,
+			"journal_dropped_total", journal, "store_dropped_total", store)
+		lastJournal, lastStore = journal, store
+	}
+}
+
 // RunJournal writes queued events to the journal, and cuts it back when it
 // grows too long, until ctx ends. Events queued after it returns are
 // written by Close.

@@ -84,6 +84,28 @@ func (s *Set) Fenced(r quorum.FenceReport) {
 	s.FenceDuration.Observe(r.Duration.Seconds())
 }
 
+// CountEventDrops exports the events the recorder dropped because a queue
+// was full, as taskd_events_dropped_total{queue="journal"|"store"}; dropped
+// (events.Recorder.Dropped) is read at every scrape. Call it once.
+func (s *Set) CountEventDrops(dropped func() (journal, store uint64)) error {
+	return s.reg.Register(dropCollector{dropped})
+}
+
+var droppedDesc = prometheus.NewDesc("taskd_events_dropped_total",
+	"Timeline events dropped because their queue was full (journal: the local disk; store: the coordination store's ring).", []string{"queue"}, nil)
+
+type dropCollector struct {
+	dropped func() (journal, store uint64)
+}
+
+func (c dropCollector) Describe(ch chan<- *prometheus.Desc) { ch <- droppedDesc }
+
+func (c dropCollector) Collect(ch chan<- prometheus.Metric) {
+	journal, store := c.dropped()
+	ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(journal), "journal")
+	ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(store), "store")
+}
+
 // Handler serves the registry in the Prometheus text format.
 func (s *Set) Handler() http.Handler {
 	return promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg})

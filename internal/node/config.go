@@ -30,8 +30,12 @@ import (
 // Config is everything a taskd node is started with. Flags, TASKD_*
 // environment variables and the config file fill it (cmd/taskd).
 type Config struct {
-	Name             string
-	DataDir          string
+	Name    string
+	DataDir string
+	// Root is the cluster's directory in the coordination store (the
+	// quorum's, and every record's under it). Not a flag: every member
+	// must use the same.
+	Root             string
 	Listen           string
 	Advertise        string
 	Coordinator      string
@@ -53,7 +57,7 @@ type Config struct {
 	HealthTimeout  time.Duration
 	HealthRise     int
 	HealthFall     int
-	// ClockOffsetFile: fault injection (hidden flag). See clock.go.
+	// ClockOffsetFile: fault injection (hidden flag). See internal/chaos/clockhook.
 	ClockOffsetFile string
 
 	// Tasks.
@@ -104,6 +108,7 @@ func DefaultConfig() Config {
 	return Config{
 		Name:             host,
 		DataDir:          "/var/lib/taskd",
+		Root:             q.Root,
 		Listen:           "127.0.0.1:10600",
 		Coordinator:      "embedded",
 		SessionTimeout:   q.SessionTimeout,
@@ -139,6 +144,9 @@ func (c Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("--data-dir is empty"))
+	}
+	if err := keys.ValidRoot(c.Root); err != nil {
+		errs = append(errs, fmt.Errorf("store root: %w", err))
 	}
 	if t, err := coord.ParseTarget(c.Coordinator); err != nil {
 		errs = append(errs, fmt.Errorf("--coordinator: %w", err))
@@ -339,7 +347,7 @@ func (c Config) advertise() string {
 
 func (c Config) quorumConfig(nodeID string) quorum.Config {
 	q := quorum.DefaultConfig()
-	q.Name, q.NodeID, q.Address, q.Version = c.Name, nodeID, c.advertise(), c.Version
+	q.Name, q.NodeID, q.Address, q.Version, q.Root = c.Name, nodeID, c.advertise(), c.Version, c.Root
 	q.Priority, q.SessionTimeout, q.DeadlineFraction, q.YieldGrace = c.Priority, c.SessionTimeout, c.DeadlineFraction, c.YieldGrace
 	return q
 }
@@ -376,3 +384,7 @@ func (c Config) validateStore(t coord.Target) []error {
 	}
 	return errs
 }
+
+// dropReportInterval is how often dropped timeline events are logged (when
+// there were any).
+const dropReportInterval = time.Minute

@@ -78,3 +78,23 @@ func TestValidateStoreSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreRootIsPassedOn: the store root is one setting of the node,
+// validated, and the quorum gets that one (not its own default).
+func TestStoreRootIsPassedOn(t *testing.T) {
+	c := DefaultConfig()
+	c.Name, c.DataDir = "n1", "/tmp/x"
+	c.Root = "/other"
+	if err := c.Validate(); err != nil {
+		t.Fatalf("root /other refused: %v", err)
+	}
+	if got := c.quorumConfig("id").Root; got != "/other" {
+		t.Fatalf("quorum root %q, want /other", got)
+	}
+	for _, bad := range []string{"", "taskd", "/a/../b", "/"} {
+		c.Root = bad
+		if err := c.Validate(); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "store root") {
+			t.Errorf("root %q: err = %v, want a configuration error about the store root", bad, err)
+		}
+	}
+}

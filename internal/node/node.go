@@ -21,6 +21,7 @@ import (
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/bootstrap"
+	"github.com/taskd/taskd/internal/chaos/clockhook"
 	"github.com/taskd/taskd/internal/clockstep"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/etcd"
@@ -34,6 +35,7 @@ import (
 	"github.com/taskd/taskd/internal/runner"
 	"github.com/taskd/taskd/internal/schedule"
 	"github.com/taskd/taskd/internal/task"
+	"github.com/taskd/taskd/internal/vip"
 	"github.com/taskd/taskd/internal/vips"
 	"golang.org/x/sync/errgroup"
 )
@@ -61,8 +63,8 @@ type Node struct {
 	scheds  atomic.Pointer[schedule.Store]
 	vipReg  atomic.Pointer[vips.Registry]
 	// vipLabels records the labels of VIPs held here (stale cleanup).
-	vipLabels *vipLabels
-	clock     *wallClock
+	vipLabels *vip.LabelFile
+	clock     clockhook.Clock
 	metrics   *metrics.Set
 	events    *events.Recorder
 	auth      *auth.Verifier // API tokens
@@ -81,7 +83,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	target, _ := coord.ParseTarget(cfg.Coordinator)
-	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), baseLog: log, target: target, quorumStarted: make(chan struct{}), clock: newWallClock()}
+	n := &Node{cfg: cfg, log: log.With("node", cfg.Name), baseLog: log, target: target, quorumStarted: make(chan struct{})}
 	n.metrics = metrics.New(func() *quorum.View {
 		if q := n.q.Load(); q != nil {
 			v, _ := q.View()
@@ -90,7 +92,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return nil
 	})
 	n.setWaiting("starting")
-	n.vipLabels = &vipLabels{path: filepath.Join(cfg.DataDir, "vip-labels.json")}
+	n.vipLabels = vip.NewLabelFile(filepath.Join(cfg.DataDir, "vip-labels.json"))
 
 	// The API port first: a start that cannot listen (another process
 	// holds the port) fails before it writes anything into the data
@@ -111,7 +113,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if n.creds, err = loadCreds(cfg); err != nil {
 		return err
 	}
-	rec, err := events.Open(filepath.Join(cfg.DataDir, "events.jsonl"), cfg.Name, quorum.DefaultConfig().Root)
+	rec, err := events.Open(filepath.Join(cfg.DataDir, "events.jsonl"), cfg.Name, cfg.Root)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrDataDir, err)
 	}
@@ -119,15 +121,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// Lines with an "event" attribute also go to the timeline.
 	tapped := slog.New(events.Tap(log.Handler(), rec))
 	n.baseLog, n.log, n.events = tapped, tapped.With("node", cfg.Name), rec
+	if err := n.metrics.CountEventDrops(rec.Dropped); err != nil {
+		n.log.Warn("dropped timeline events are not exported as a metric", "err", err)
+	}
 	prevCode, prevReason := previousExit(cfg.DataDir)
 
 	local, err := auth.LoadLocal(cfg.DataDir, cfg.Name)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	n.auth = auth.NewVerifier(quorum.DefaultConfig().Root, cfg.Name, local, n.log)
+	n.auth = auth.NewVerifier(cfg.Root, cfg.Name, local, n.log)
 	joiner := &bootstrap.Server{Creds: n.creds, Coordinator: target.String(), Embedded: target.Kind == coord.KindEmbedded,
-		Cluster: joinCluster{n}, Verifier: bootstrap.TokenVerifier{Tokens: n.auth}, Now: n.clock.now, Log: n.log}
+		Cluster: joinCluster{n}, Verifier: bootstrap.TokenVerifier{Tokens: n.auth}, Now: n.clock.Now, Log: n.log}
 	srv, err := api.NewServer(api.ServerConfig{Listen: cfg.Listen, TLS: n.creds.ServerTLS(false), Auth: n.auth,
 		CAHash: n.creds.CA.Fingerprint(), Join: joiner, Metrics: n.metrics.Handler()}, n, n.log)
 	if err != nil {
@@ -140,11 +145,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return srv.Run(gctx, ln) })
 	g.Go(func() error { return n.runCoordinated(gctx, nodeID) })
 	g.Go(func() error { n.notifySystemd(gctx); return nil })
-	g.Go(func() error { n.followOffsetFile(gctx, cfg.ClockOffsetFile); return nil })
+	g.Go(func() error { n.clock.Follow(gctx, cfg.ClockOffsetFile, n.log); return nil })
 	g.Go(func() error {
 		err := clockstep.Watch(gctx, func() {
 			n.log.Warn("the system's wall clock was set", "event", "clock_set")
-			n.clock.step()
+			n.clock.Step()
 		})
 		if err != nil {
 			// Without it a step is noticed at the next event or tick.
@@ -155,6 +160,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// The journal writer; events logged after it ends are written by
 	// rec.Close.
 	g.Go(func() error { return rec.RunJournal(gctx) })
+	g.Go(func() error { return rec.ReportDrops(gctx, dropReportInterval, n.log) })
 	err = g.Wait()
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		n.log.Info("taskd stopped")
@@ -163,41 +169,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return err
 }
 
-// runCoordinated opens the store and runs the quorum until ctx ends.
+// runCoordinated opens the store and runs the quorum until ctx ends: the
+// store, the task center on it, and the quorum whose roles are the member
+// and leader duties.
 func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
-	var (
-		store   coord.Store
-		err     error
-		srvErrs <-chan error
-		roles   quorum.Roles
-		// raftAway keeps the embedded etcd's raft leadership off the
-		// taskd leader (nil for external stores).
-		raftAway func(context.Context)
-	)
-	if n.target.Kind == coord.KindEmbedded {
-		srv, serr := n.startEmbedded(ctx)
-		if serr != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return serr
-		}
-		defer srv.Close()
-		n.etcdSrv.Store(srv)
-		defer n.etcdSrv.Store(nil)
-		srvErrs = srv.Err()
-		raftAway = func(ctx context.Context) { srv.KeepRaftLeadershipAway(ctx, n.log) }
-		store, err = etcd.Open(ctx, srv.ClientConfig(), n.log)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrConfig, err)
-		}
-	} else if store, err = n.openExternal(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
+	cs, err := n.openCoordination(ctx)
+	if cs == nil {
 		return err
 	}
-	defer store.Close()
+	defer cs.close()
+	store := cs.store
 	n.store.Store(&store)
 	defer n.store.Store(nil)
 	n.registerJoinToken(ctx, store)
@@ -210,73 +191,161 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	go func() { defer pub.Done(); n.auth.Run(pctx, store) }()
 	defer func() { pcancel(); pub.Wait() }()
 
-	root, err := keys.NewRoot(quorum.DefaultConfig().Root)
+	root, err := keys.NewRoot(n.cfg.Root)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	types, err := n.cfg.taskTypes(n.log, n.metrics)
+	tc, err := n.startTaskCenter(store, root)
 	if err != nil {
-		return fmt.Errorf("task types: %w", err)
+		return err
 	}
-	tasks, err := task.NewStore(store, root.String(), types, n.cfg.TimeZone, n.clock.now)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	rc, _ := n.cfg.runnerConfig() // validated in Run
-	rc.Metrics = n.metrics
-	run, err := runner.New(rc, tasks, n.log)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	dc := dispatch.DefaultConfig()
-	dc.Retention, dc.Metrics = n.cfg.TaskRetention, n.metrics
-	disp, err := dispatch.New(dc, tasks, n.log)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	n.tasks.Store(tasks)
-	scheds := schedule.NewStore(store, root, tasks)
-	n.scheds.Store(scheds)
-	ticker := schedule.NewLeader(scheds, n.log).WithClockSteps(n.clock.stepped)
 	n.vipReg.Store(vips.NewRegistry(store, root, n.View, localAddrs))
 	policy, _ := n.cfg.vipPolicy() // validated in Run
 	holder := vips.NewHolder(store, root, n.cfg.Name, policy, n.holdVIP, n.log)
-	roles.Member = func(ctx context.Context, s coord.Session) error {
-		// The name is ours now: the admin token may go into the store.
-		n.auth.Joined()
-		// Member duties end with the session, and the fence waits for
-		// them: VIPs are removed before the local deadline.
-		g, gctx := errgroup.WithContext(ctx)
-		g.Go(func() error { return run.Run(gctx, s) })
-		g.Go(func() error { return holder.Run(gctx, s) })
-		return g.Wait()
-	}
-
 	seed, _ := n.cfg.vipSpecs() // validated in Run
 	n.cleanupVIPs(seed)
 	assigner := vips.NewAssigner(store, root, n.cfg.Name, n.cfg.YieldGrace, seed, n.log)
 	var q *quorum.Quorum
-	// Leader duties run until leadership ends, and the fence waits for
-	// them.
-	parts := []leaderPart{
-		{"dispatcher", disp.Run},
-		{"scheduler", ticker.Run},
-		{"vip assigner", func(ctx context.Context, l *quorum.Leadership) error { return assigner.Run(ctx, l, q.View) }},
-		{"idempotency sweeper", func(ctx context.Context, _ *quorum.Leadership) error {
-			return tasks.RunIdempotencySweeper(ctx, task.SweepEvery, n.log)
-		}},
+	roles := quorum.Roles{
+		Member: n.memberRole(tc, holder),
+		Leader: leaderRole(tc.leaderParts(assigner, func() (quorum.View, <-chan struct{}) { return q.View() }, cs.raftAway)),
 	}
-	if raftAway != nil {
-		parts = append(parts, leaderPart{"raft leadership mover", func(ctx context.Context, _ *quorum.Leadership) error { raftAway(ctx); return nil }})
-	}
-	roles.Leader = leaderRole(parts)
 	q, err = quorum.New(n.cfg.quorumConfig(nodeID), store, roles, n.baseLog, quorum.WithFenceHook(n.metrics.Fenced))
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	n.q.Store(q)
 	close(n.quorumStarted)
+	return n.runQuorum(ctx, q, cs.srvErrs)
+}
 
+// coordination is the open store, and with the embedded etcd its server.
+type coordination struct {
+	store coord.Store
+	// srvErrs reports the embedded server's failure (nil for external
+	// stores: a nil channel never receives).
+	srvErrs <-chan error
+	// raftAway keeps the embedded etcd's raft leadership off the taskd
+	// leader (nil for external stores).
+	raftAway func(context.Context)
+	close    func()
+}
+
+// openCoordination starts the embedded etcd or dials the external store.
+// It returns nil and nil when ctx ended first.
+func (n *Node) openCoordination(ctx context.Context) (*coordination, error) {
+	if n.target.Kind != coord.KindEmbedded {
+		store, err := n.openExternal(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, nil
+			}
+			return nil, err
+		}
+		return &coordination{store: store, close: func() { store.Close() }}, nil
+	}
+	srv, err := n.startEmbedded(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		return nil, err
+	}
+	n.etcdSrv.Store(srv)
+	store, err := etcd.Open(ctx, srv.ClientConfig(), n.log)
+	if err != nil {
+		n.etcdSrv.Store(nil)
+		srv.Close()
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	return &coordination{
+		store:    store,
+		srvErrs:  srv.Err(),
+		raftAway: func(ctx context.Context) { srv.KeepRaftLeadershipAway(ctx, n.log) },
+		close: func() {
+			store.Close()
+			n.etcdSrv.Store(nil)
+			srv.Close()
+		},
+	}, nil
+}
+
+// taskCenter is the task machinery on the store: the task and schedule
+// stores, this node's runner, and the leader's dispatcher and scheduler.
+type taskCenter struct {
+	tasks  *task.Store
+	runner *runner.Runner
+	disp   *dispatch.Dispatcher
+	ticker *schedule.Leader
+	log    *slog.Logger
+}
+
+// startTaskCenter builds the task center and publishes its stores to the
+// API.
+func (n *Node) startTaskCenter(store coord.Store, root keys.Root) (*taskCenter, error) {
+	types, err := n.cfg.taskTypes(n.log, n.metrics)
+	if err != nil {
+		return nil, fmt.Errorf("task types: %w", err)
+	}
+	tasks, err := task.NewStore(store, root.String(), types, n.cfg.TimeZone, n.clock.Now)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	rc, _ := n.cfg.runnerConfig() // validated in Run
+	rc.Metrics = n.metrics
+	run, err := runner.New(rc, tasks, n.log)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	dc := dispatch.DefaultConfig()
+	dc.Retention, dc.Metrics = n.cfg.TaskRetention, n.metrics
+	disp, err := dispatch.New(dc, tasks, n.log)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	n.tasks.Store(tasks)
+	scheds := schedule.NewStore(store, root, tasks)
+	n.scheds.Store(scheds)
+	ticker := schedule.NewLeader(scheds, n.log).WithClockSteps(n.clock.Stepped())
+	return &taskCenter{tasks: tasks, runner: run, disp: disp, ticker: ticker, log: n.log}, nil
+}
+
+// memberRole is what every member runs on its session: the runner and the
+// VIP holder.
+func (n *Node) memberRole(tc *taskCenter, holder *vips.Holder) func(ctx context.Context, s coord.Session) error {
+	return func(ctx context.Context, s coord.Session) error {
+		// The name is ours now: the admin token may go into the store.
+		n.auth.Joined()
+		// Member duties end with the session, and the fence waits for
+		// them: VIPs are removed before the local deadline.
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return tc.runner.Run(gctx, s) })
+		g.Go(func() error { return holder.Run(gctx, s) })
+		return g.Wait()
+	}
+}
+
+// leaderParts are the leader's duties: they run until leadership ends, and
+// the fence waits for them. view is the quorum's (it exists once the role
+// runs).
+func (tc *taskCenter) leaderParts(assigner *vips.Assigner, view func() (quorum.View, <-chan struct{}), raftAway func(context.Context)) []leaderPart {
+	parts := []leaderPart{
+		{"dispatcher", tc.disp.Run},
+		{"scheduler", tc.ticker.Run},
+		{"vip assigner", func(ctx context.Context, l *quorum.Leadership) error { return assigner.Run(ctx, l, view) }},
+		{"idempotency sweeper", func(ctx context.Context, _ *quorum.Leadership) error {
+			return tc.tasks.RunIdempotencySweeper(ctx, task.SweepEvery, tc.log)
+		}},
+	}
+	if raftAway != nil {
+		parts = append(parts, leaderPart{"raft leadership mover", func(ctx context.Context, _ *quorum.Leadership) error { raftAway(ctx); return nil }})
+	}
+	return parts
+}
+
+// runQuorum runs q and the health probes until ctx ends, q fails, or the
+// embedded store server does.
+func (n *Node) runQuorum(ctx context.Context, q *quorum.Quorum, srvErrs <-chan error) error {
 	qctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	hc, _ := n.cfg.healthConfig() // validated in Run

@@ -18,7 +18,6 @@ import (
 	"github.com/taskd/taskd/internal/coord/etcd"
 	"github.com/taskd/taskd/internal/coord/zk"
 	"github.com/taskd/taskd/internal/pki"
-	"github.com/taskd/taskd/internal/quorum"
 )
 
 // loadCreds reads the node's credentials (DATA_DIR/pki) and checks that
@@ -99,7 +98,7 @@ func (n *Node) openExternal(ctx context.Context) (coord.Store, error) {
 				return nil, ctx.Err()
 			case <-retry.C:
 			}
-			err := s.CheckOwned(ctx, quorum.DefaultConfig().Root)
+			err := s.CheckOwned(ctx, n.cfg.Root)
 			if err == nil {
 				return s, nil
 			}
@@ -229,8 +228,8 @@ func (n *Node) registerJoinToken(ctx context.Context, store coord.Store) {
 	if err == nil {
 		// Bounded: an unreachable store must not hold up the quorum.
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err = auth.Register(rctx, store, quorum.DefaultConfig().Root, tok, auth.CreateRequest{Role: auth.Join,
-			CreatedBy: "node " + n.cfg.Name, Description: "first join token, written by taskd init"}, n.clock.now())
+		_, err = auth.Register(rctx, store, n.cfg.Root, tok, auth.CreateRequest{Role: auth.Join,
+			CreatedBy: "node " + n.cfg.Name, Description: "first join token, written by taskd init"}, n.clock.Now())
 		cancel()
 	}
 	if err == nil {

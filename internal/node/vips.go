@@ -2,15 +2,12 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"slices"
-	"sync"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/vip"
 	"github.com/vishvananda/netlink"
 )
@@ -44,47 +41,11 @@ func (n *Node) vipConfig(report func(up bool, err error)) vip.Config {
 	return c
 }
 
-// vipLabels is DATA_DIR/vip-labels.json: the labels of every VIP this node
-// has held, so that a restart after a crash can remove what it left.
-type vipLabels struct {
-	mu   sync.Mutex
-	path string
-}
-
-func (l *vipLabels) read() []string {
-	b, err := os.ReadFile(l.path)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	_ = json.Unmarshal(b, &out) // a damaged file only loses the cleanup hint
-	return out
-}
-
-// add records label before the address is added.
-func (l *vipLabels) add(label string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	cur := l.read()
-	if slices.Contains(cur, label) {
-		return nil
-	}
-	b, _ := json.Marshal(append(cur, label))
-	tmp := l.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o640); err != nil {
-		return fmt.Errorf("record vip label: %w", err)
-	}
-	if err := os.Rename(tmp, l.path); err != nil {
-		return fmt.Errorf("record vip label: %w", err)
-	}
-	return nil
-}
-
 // cleanupVIPs removes VIPs this node left on its interfaces (a crash skips
 // the removal): addresses labelled as a --vip or as any VIP it held before.
 // It runs before the node joins.
 func (n *Node) cleanupVIPs(specs []vip.Spec) {
-	labels := n.vipLabels.read()
+	labels := n.vipLabels.Labels()
 	for _, s := range specs {
 		labels = append(labels, s.Label())
 	}
@@ -111,10 +72,10 @@ func (n *Node) holdVIP(ctx context.Context, s vip.Spec, report func(up bool, err
 		holding.Set(0)
 		n.log.Info("vip released", "event", "vip_release", "service", s.Service, "vip", s.Prefix.String())
 	}()
-	if err := n.vipLabels.add(s.Label()); err != nil {
+	if err := n.vipLabels.Add(s.Label()); err != nil {
 		n.log.Warn("the vip's label is not recorded; a crash may leave the address until its lifetime ends", "err", err)
 	}
-	wait := time.Second
+	retry := backoff.New(time.Second, 30*time.Second)
 	lastRefusal := ""
 	for {
 		err := vip.Hold(ctx, s, n.vipConfig(report))
@@ -128,15 +89,10 @@ func (n *Node) holdVIP(ctx context.Context, s vip.Spec, report func(up bool, err
 			lastRefusal = err.Error()
 			n.log.Error("this node refuses the vip", "event", "vip_refused", "service", s.Service, "vip", s.Prefix.String(), "reason", err.Error())
 		}
-		n.log.Error("vip not held; retrying", "service", s.Service, "vip", s.Prefix.String(), "err", err, "retry_in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		n.log.Error("vip not held; retrying", "service", s.Service, "vip", s.Prefix.String(), "err", err, "retry_in", retry.Next())
+		if retry.Wait(ctx) != nil {
 			return
-		case <-t.C:
 		}
-		wait = min(2*wait, 30*time.Second)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/task"
 )
@@ -80,7 +81,7 @@ func (a *attempt) Active() bool {
 	if a.ctx.Err() != nil {
 		return false
 	}
-	return time.Now().Before(a.s.r.cfg.Deadline(a.s.sess))
+	return a.s.r.clock.Now().Before(a.s.r.cfg.Deadline(a.s.sess))
 }
 
 // Checkpoint implements task.Reporter.
@@ -102,7 +103,7 @@ func (a *attempt) Checkpoint(cp []byte, p task.Progress) error {
 func (a *attempt) Progress(p task.Progress) {
 	a.mu.Lock()
 	a.progress = p
-	due := time.Since(a.lastWrite) >= a.s.r.cfg.ProgressInterval
+	due := a.s.r.clock.Now().Sub(a.lastWrite) >= a.s.r.cfg.ProgressInterval
 	a.mu.Unlock()
 	if !due {
 		return
@@ -127,18 +128,17 @@ func (a *attempt) write(f func(r *task.Record) bool) error { return a.retryWrite
 // (the attempt's outcome must reach the store), not only an unavailable
 // store.
 func (a *attempt) retryWrite(f func(r *task.Record) bool, persistent bool) error {
-	backoff := 100 * time.Millisecond
+	retry := backoff.New(100*time.Millisecond, 2*time.Second, backoff.WithClock(a.s.r.clock))
 	for {
 		err := a.writeOnce(f)
 		transient := errors.Is(err, coord.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded)
 		if err == nil || a.s.ctx.Err() != nil || errors.Is(err, task.ErrFenced) || !(transient || persistent) {
 			return err
 		}
-		a.log.Warn("task write waits for the store", "err", err, "retry_in", backoff)
-		if !a.sleep(backoff) {
+		a.log.Warn("task write waits for the store", "err", err, "retry_in", retry.Next())
+		if retry.Wait(a.s.ctx) != nil {
 			return err
 		}
-		backoff = min(2*backoff, 2*time.Second)
 	}
 }
 
@@ -171,13 +171,13 @@ func (a *attempt) writeOnce(f func(r *task.Record) bool) error {
 		}
 		var err error
 		if f(r) {
-			err = st.Finish(ctx, st.KV().Txn, r, a.s.fence)
+			err = st.Finish(ctx, st.Txn, r, a.s.fence)
 		} else {
-			err = st.Put(ctx, st.KV().Txn, r, a.s.fence)
+			err = st.Put(ctx, st.Txn, r, a.s.fence)
 		}
 		if err == nil {
 			a.mu.Lock()
-			a.rec, a.lastWrite = r, time.Now()
+			a.rec, a.lastWrite = r, a.s.r.clock.Now()
 			a.mu.Unlock()
 			return nil
 		}
@@ -185,7 +185,7 @@ func (a *attempt) writeOnce(f func(r *task.Record) bool) error {
 			return err
 		}
 		// Someone else wrote the record, or our session key is gone.
-		if _, err := st.KV().Get(ctx, a.s.fence.Key); errors.Is(err, coord.ErrNotFound) {
+		if holds, err := st.Holds(ctx, a.s.fence); err == nil && !holds {
 			return fmt.Errorf("task %s attempt %d: session %s has ended: %w", a.id, a.n, a.s.sess.ID(), task.ErrFenced)
 		}
 		fresh, err := st.Get(ctx, a.id)
@@ -201,6 +201,18 @@ func (a *attempt) writeOnce(f func(r *task.Record) bool) error {
 	}
 	return fmt.Errorf("task %s attempt %d: too many conflicting writes: %w", a.id, a.n, coord.ErrConflict)
 }
+
+// outcome is how an attempt ended: the label of the attempts metric, and
+// the park reason of a parked task.
+type outcome string
+
+const (
+	outcomeSucceeded    outcome = "succeeded"
+	outcomeStopped      outcome = "stopped on request"
+	outcomeDrained      outcome = "runner drained"
+	outcomeWindowClosed outcome = "window closed"
+	outcomeFailed       outcome = "failed"
+)
 
 // run executes the attempt and records its outcome.
 func (a *attempt) run() {
@@ -228,7 +240,7 @@ func (a *attempt) run() {
 	progress := a.progress
 	a.mu.Unlock()
 	node := a.s.r.cfg.Node
-	var outcome string
+	var out outcome
 	record := func(r *task.Record) bool {
 		now := a.s.r.store.Now().UTC()
 		if progress != (task.Progress{}) {
@@ -237,50 +249,38 @@ func (a *attempt) run() {
 		switch {
 		case err == nil:
 			r.Succeed(now)
-			outcome = "succeeded"
+			out = outcomeSucceeded
 			return true
 		case errors.Is(cause, errCancelled), errors.Is(cause, errPaused):
-			outcome = "stopped on request"
-			return r.Park(now, outcome, "")
+			out = outcomeStopped
+			return r.Park(now, string(out), "")
 		case errors.Is(cause, errDrained):
-			outcome = "runner drained"
-			return r.Park(now, outcome, "runner "+node+" was drained; parked at its last checkpoint")
+			out = outcomeDrained
+			return r.Park(now, string(out), "runner "+node+" was drained; parked at its last checkpoint")
 		case errors.Is(cause, errWindow):
-			outcome = "window closed"
-			return r.Park(now, outcome, "its run window closed; parked at its last checkpoint")
+			out = outcomeWindowClosed
+			return r.Park(now, string(out), "its run window closed; parked at its last checkpoint")
 		}
-		outcome = "failed"
+		out = outcomeFailed
 		return r.Fail(now, err, task.IsPermanent(err), a.s.r.cfg.Backoff)
 	}
 	// The outcome must reach the store: until it does, the record says
 	// this runner runs the task. Any failure but a fence is retried for as
 	// long as the session lives.
 	if werr := a.retryWrite(record, true); werr != nil {
-		a.log.Warn("recording the attempt's outcome failed", "outcome", outcome, "err", werr, "task_err", err)
+		a.log.Warn("recording the attempt's outcome failed", "outcome", out, "err", werr, "task_err", err)
 		return
 	}
 	a.mu.Lock()
 	state := a.rec.State
 	a.mu.Unlock()
 	if m := a.s.r.cfg.Metrics; m != nil {
-		m.Attempts.WithLabelValues(outcome).Inc()
+		m.Attempts.WithLabelValues(string(out)).Inc()
 	}
-	if state == task.Waiting && (outcome == "window closed" || outcome == "runner drained") {
-		a.log.Info("task parked", "event", "task_parked", "outcome", outcome)
+	if state == task.Waiting && (out == outcomeWindowClosed || out == outcomeDrained) {
+		a.log.Info("task parked", "event", "task_parked", "outcome", out)
 	}
-	a.log.Info("attempt ended", "outcome", outcome, "state", state, "err", err)
-}
-
-// sleep waits d unless the session ends first (false then).
-func (a *attempt) sleep(d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-a.s.ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	a.log.Info("attempt ended", "outcome", out, "state", state, "err", err)
 }
 
 // runSafely turns a panic in a task type into a permanent error: a bug in

@@ -50,6 +50,26 @@ type Config struct {
 	Backoff func(retry int) time.Duration
 	// Metrics, when set, counts ended attempts.
 	Metrics *metrics.Set
+	// Clock is the time of the local deadline, of progress writes and of
+	// the attempts' retry waits (the real clock if nil); tests inject one.
+	Clock Clock
+}
+
+// Clock is the runner's local time.
+type Clock interface {
+	Now() time.Time
+	// After is backoff.Clock's: a channel that receives once d has
+	// passed, and a stop function that releases the timer.
+	After(d time.Duration) (<-chan time.Time, func())
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+func (realClock) After(d time.Duration) (<-chan time.Time, func()) {
+	t := time.NewTimer(d)
+	return t.C, func() { t.Stop() }
 }
 
 // DefaultConfig runs 8 tasks at once.
@@ -80,6 +100,7 @@ func (c Config) Validate() error {
 // Runner runs attempts on this node.
 type Runner struct {
 	cfg   Config
+	clock Clock
 	store *task.Store
 	log   *slog.Logger
 }
@@ -92,7 +113,11 @@ func New(cfg Config, store *task.Store, log *slog.Logger) (*Runner, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Runner{cfg: cfg, store: store, log: log}, nil
+	clock := cfg.Clock
+	if clock == nil {
+		clock = realClock{}
+	}
+	return &Runner{cfg: cfg, clock: clock, store: store, log: log}, nil
 }
 
 // Stop causes: why an attempt's context was cancelled.
@@ -181,7 +206,7 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 		}
 		if w == nil {
 			log.Info("runner key of a previous session still exists; waiting for the store to remove it")
-			w = r.store.KV().Watch(ctx, r.store.Layout().RunnersDir())
+			w = r.store.WatchRunners(ctx)
 		}
 		if !waitDeleted(ctx, w.Events(), key) {
 			return coord.Cond{}, nil
@@ -225,9 +250,12 @@ func (s *session) loop(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	taskWatch := s.r.store.KV().Watch(ctx, assignDir)
+	taskWatch, err := s.r.store.WatchAssigned(ctx, s.r.cfg.Node)
+	if err != nil {
+		return err
+	}
 	defer taskWatch.Close()
-	markWatch := s.r.store.KV().Watch(ctx, lay.RunnerConfigDir())
+	markWatch := s.r.store.WatchMarks(ctx)
 	defer markWatch.Close()
 	tasks, marks := taskWatch.Events(), markWatch.Events()
 	// records holds the tasks assigned to this node, as their assignment

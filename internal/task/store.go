@@ -68,7 +68,9 @@ func (s *Store) Layout() keys.Tasks { return s.layout }
 // Types is the registry of task types.
 func (s *Store) Types() Registry { return s.types }
 
-// KV is the underlying coordination store.
+// KV is the underlying coordination store. Only the API's token and event
+// services still use it, for records that are not tasks; the task center
+// uses the narrow watches and reads of watch.go.
 func (s *Store) KV() coord.Store { return s.kv }
 
 // Now is the store's clock.

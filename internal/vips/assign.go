@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/quorum"
@@ -54,7 +55,7 @@ func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (q
 	// which a taskd election often causes) are retried soon, then less
 	// often.
 	const firstRetry, maxRetry = 50 * time.Millisecond, 2 * time.Second
-	retry := firstRetry
+	retry := backoff.New(firstRetry, maxRetry)
 	for {
 		v, changed := view()
 		now := time.Now()
@@ -81,11 +82,10 @@ func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (q
 			errs = append(errs, err)
 		}
 		if err := errors.Join(errs...); err != nil && ctx.Err() == nil {
-			a.log.Warn("vip assignment failed; retrying", "err", err, "retry_in", retry)
-			next = now.Add(retry)
-			retry = min(2*retry, maxRetry)
+			a.log.Warn("vip assignment failed; retrying", "err", err, "retry_in", retry.Next())
+			next = now.Add(retry.Advance())
 		} else {
-			retry = firstRetry
+			retry.Reset()
 		}
 		if !next.IsZero() {
 			timer.Reset(time.Until(next))

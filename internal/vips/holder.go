@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/vip"
@@ -38,21 +39,16 @@ func NewHolder(store coord.Store, root keys.Root, self string, policy vip.Policy
 // publishUntilDone publishes the node's allowlist, retrying with backoff
 // until it is written or ctx ends.
 func (h *Holder) publishUntilDone(ctx context.Context, first, most time.Duration) {
-	wait := first
+	retry := backoff.New(first, most)
 	for {
 		err := h.publish(ctx)
 		if err == nil || ctx.Err() != nil {
 			return
 		}
-		h.log.Warn("cannot publish this node's vip allowlist; retrying", "err", err, "retry_in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		h.log.Warn("cannot publish this node's vip allowlist; retrying", "err", err, "retry_in", retry.Next())
+		if retry.Wait(ctx) != nil {
 			return
-		case <-t.C:
 		}
-		wait = min(2*wait, most)
 	}
 }
 
@@ -105,11 +101,11 @@ func (h *Holder) Run(ctx context.Context, sess coord.Session) error {
 	held := watchDir(ctx, h.store, h.l.HeldDir())
 	defer held.close()
 	finished := make(chan string)
-	retry := time.NewTimer(time.Hour)
-	defer retry.Stop()
+	retryTimer := time.NewTimer(time.Hour)
+	defer retryTimer.Stop()
 	// A failed write is retried soon, then less often (see Assigner).
 	const firstRetry, maxRetry = 50 * time.Millisecond, 2 * time.Second
-	wait := firstRetry
+	retry := backoff.New(firstRetry, maxRetry)
 	// The allowlist is published beside the loop: a slow store must not
 	// hold up a release.
 	wg.Add(1)
@@ -117,10 +113,9 @@ func (h *Holder) Run(ctx context.Context, sess coord.Session) error {
 	for {
 		if cfgs.synced && asg.synced && held.synced {
 			if h.reconcile(ctx, sess, cfgs, asg, held, active, &wg, finished) {
-				retry.Reset(wait)
-				wait = min(2*wait, maxRetry)
+				retryTimer.Reset(retry.Advance())
 			} else {
-				wait = firstRetry
+				retry.Reset()
 			}
 		}
 		select {
@@ -140,7 +135,7 @@ func (h *Holder) Run(ctx context.Context, sess coord.Session) error {
 			}
 		case svc := <-finished:
 			delete(active, svc)
-		case <-retry.C:
+		case <-retryTimer.C:
 		}
 	}
 }
