@@ -129,6 +129,12 @@ func (s *taskService) CreateTask(ctx context.Context, req *connect.Request[taskd
 		n := int(*m.MaxRetries)
 		cr.MaxRetries = &n
 	}
+	// Bad input is refused before a record exists: the type checks the
+	// spec against this node's resources when the task is pinned here
+	// (a copy's files), and what holds on every node otherwise.
+	if err := st.Preflight(ctx, cr, s.c.View().Self); err != nil {
+		return nil, toConnect(err)
+	}
 	r, err := st.Create(ctx, cr)
 	if err != nil {
 		return nil, toConnect(err)
