@@ -14,6 +14,7 @@ import (
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/testenv"
+	"golang.org/x/sys/unix"
 )
 
 func entries(t *testing.T, dir string) []string {
@@ -53,6 +54,10 @@ func TestCopyPreflight(t *testing.T) {
 	if err := os.Symlink(outside, filepath.Join(root, "outdir")); err != nil {
 		t.Fatal(err)
 	}
+	// A FIFO: opening it for reading used to wait for a writer, forever.
+	if err := unix.Mkfifo(filepath.Join(root, "fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	port := testenv.FreePorts(t, 1)[0] // nothing listens there
 	c := tasktype.Copy{Roots: []string{root}, NBDAllowHosts: []string{"127.0.0.1"}, NBDSocketDirs: []string{root}}
 	f := func(p string) string { return "file://" + p }
@@ -78,6 +83,8 @@ func TestCopyPreflight(t *testing.T) {
 		{"symlink escaping the root", c, spec(f(root+"/escape"), f(root+"/a")), "resolves outside root", false},
 		{"new target through a symlinked directory", c, spec(f(src), f(root+"/outdir/a")), "resolves outside root", false},
 		{"target in a missing directory", c, spec(f(src), f(root+"/nodir/a")), "does not exist", false},
+		{"a FIFO as source", c, spec(f(root+"/fifo"), f(root+"/a")), "neither a regular file nor a block device", false},
+		{"a FIFO as target", c, spec(f(src), f(root+"/fifo")), "neither a regular file nor a block device", false},
 		{"target smaller than the source", c, spec(f(src), f(small)), "smaller than the source", false},
 		{"base of another size", c, spec(f(src), f(root+"/a"), "base", f(small)), "differ in size", false},
 		{"no --volume-root", tasktype.Copy{}, spec(f(src), f(root+"/a")), "--volume-root", false},
