@@ -114,7 +114,11 @@ func (c Copy) Preflight(ctx context.Context, raw json.RawMessage, runsHere bool)
 		return err
 	}
 	if err := volcopy.Check(ctx, s.Spec, c.env()); err != nil {
-		return fmt.Errorf("%w: copy refused by node %s: %w", task.ErrInvalid, s.Node, err)
+		by := "the node that runs it"
+		if s.Node != "" {
+			by = "node " + s.Node
+		}
+		return fmt.Errorf("%w: copy refused by %s: %w", task.ErrInvalid, by, err)
 	}
 	return nil
 }
