@@ -91,6 +91,7 @@ func TestCopyPreflight(t *testing.T) {
 		{"nbd host not allowed", tasktype.Copy{Roots: []string{root}, NBDAllowHosts: []string{"10.0.0.0/8"}}, spec("nbd://127.0.0.1:10809/d", f(root+"/a")), "not in --nbd-allow-host", false},
 		{"no --nbd-socket-dir", tasktype.Copy{Roots: []string{root}}, spec("nbd+unix:///d?socket="+root+"/x.sock", f(root+"/a")), "--nbd-socket-dir", false},
 		{"socket outside --nbd-socket-dir", c, spec("nbd+unix:///d?socket="+outside+"/x.sock", f(root+"/a")), "not under any --nbd-socket-dir", false},
+		{"a relative file path", c, spec("file://src", f(root+"/a")), "absolute path", true},
 		{"--dirty-bitmap with a file source", c, spec(f(src), f(root+"/a"), "dirty_bitmap", "b0"), "--dirty-bitmap needs an NBD source", true},
 		{"--dirty-bitmap with a base", c, spec("nbd://127.0.0.1:10809/d", f(root+"/a"), "dirty_bitmap", "b0", "base", f(src)), "exclude each other", true},
 	} {

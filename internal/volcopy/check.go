@@ -9,14 +9,19 @@ import (
 )
 
 // CheckSpec checks what can be known of spec from its text alone, on any
-// node: both endpoints given, a dirty bitmap only with an NBD source and
-// without a base, buffer limits.
+// node: both endpoints given and different, file:// paths absolute, a dirty
+// bitmap only with an NBD source and without a base, buffer limits.
 func CheckSpec(spec Spec) error {
 	if spec.Source == "" || spec.Target == "" {
 		return fmt.Errorf("%w: source and target are required", ErrInvalid)
 	}
 	if spec.Source == spec.Target {
 		return fmt.Errorf("%w: source and target are the same", ErrInvalid)
+	}
+	for _, u := range []string{spec.Source, spec.Target, spec.Base} {
+		if p, ok := strings.CutPrefix(u, "file://"); ok && !strings.HasPrefix(p, "/") {
+			return fmt.Errorf("%w: %q: a file URI needs an absolute path (file:///path)", ErrInvalid, u)
+		}
 	}
 	if spec.DirtyBitmap != "" {
 		if spec.Base != "" {
