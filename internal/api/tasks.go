@@ -182,7 +182,12 @@ func (s *taskService) CreateTask(ctx context.Context, req *connect.Request[taskd
 		n := int(*m.MaxRetries)
 		cr.MaxRetries = &n
 	}
-	r, existing, err := st.CreateOnce(ctx, cr)
+	// Bad input is refused before a record exists: the type checks the
+	// spec against this node's resources when the task is pinned here
+	// (a copy's files), and what holds on every node otherwise. A retry
+	// with an idempotency key that answers with its first task is not
+	// checked again.
+	r, existing, err := st.CreateOnceChecked(ctx, cr, func() error { return st.Preflight(ctx, cr, s.c.View().Self) })
 	if err != nil {
 		return nil, toConnect(err)
 	}

@@ -67,6 +67,10 @@ func exitCode(err error) int {
 	if errors.As(err, &fe) {
 		return ExitDoctorFindings
 	}
+	var we waitExpiredError
+	if errors.As(err, &we) {
+		return ExitWaitExpired
+	}
 	var ure unreachableError
 	if errors.As(err, &ure) {
 		return ExitUnavailable
@@ -233,9 +237,17 @@ var Version = "dev"
 // (taskctl, taskctl task, ...) answer an unknown subcommand with a usage
 // error (exit 2) instead of its help and exit 0; without arguments it
 // still prints its help.
+//
+// On every command that runs something, each other usage error cobra finds
+// is a usageError too: a missing required flag (vip set without
+// --interface), a flag group not respected, a wrong number of arguments.
+// (Unknown flags and bad flag values go through the root's FlagErrorFunc.)
 func refuseUnknownSubcommands(c *cobra.Command) {
 	for _, sub := range c.Commands() {
 		refuseUnknownSubcommands(sub)
+	}
+	if !c.HasSubCommands() {
+		usageFromCobra(c)
 	}
 	if !c.HasSubCommands() || c.Run != nil || c.RunE != nil {
 		return
@@ -253,6 +265,36 @@ func refuseUnknownSubcommands(c *cobra.Command) {
 			msg += "; did you mean " + strings.Join(s, " or ") + "?"
 		}
 		return usageError{fmt.Errorf("%s (see %s --help)", msg, cmd.CommandPath())}
+	}
+}
+
+// usageFromCobra makes the checks cobra runs itself on c (arguments,
+// required flags, flag groups) return usage errors. Cobra checks required
+// flags after the pre-run hooks and returns a plain error; c checks them
+// first, in its PreRunE.
+func usageFromCobra(c *cobra.Command) {
+	usage := func(cmd *cobra.Command, err error) error {
+		var ue usageError
+		if err == nil || errors.As(err, &ue) {
+			return err
+		}
+		return usageError{fmt.Errorf("%w; usage: %s", err, cmd.UseLine())}
+	}
+	if args := c.Args; args != nil {
+		c.Args = func(cmd *cobra.Command, a []string) error { return usage(cmd, args(cmd, a)) }
+	}
+	pre := c.PreRunE
+	c.PreRunE = func(cmd *cobra.Command, args []string) error {
+		if err := cmd.ValidateRequiredFlags(); err != nil {
+			return usage(cmd, err)
+		}
+		if err := cmd.ValidateFlagGroups(); err != nil {
+			return usage(cmd, err)
+		}
+		if pre != nil {
+			return pre(cmd, args)
+		}
+		return nil
 	}
 }
 

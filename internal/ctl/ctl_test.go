@@ -106,3 +106,32 @@ func TestUnknownCommandIsUsage(t *testing.T) {
 		t.Errorf("--version: exit %d %q", code, msg)
 	}
 }
+
+// TestCobraUsageErrorsAreUsage (issue 13 bug 7): every usage error cobra
+// finds itself exits 2 and says what was wrong, before anything is sent
+// (there is no server here: a command that went on would exit 3 or 5). A
+// missing required flag (vip set without --interface) exited 1.
+func TestCobraUsageErrorsAreUsage(t *testing.T) {
+	dir := t.TempDir() // no credentials: a command that got as far as a call would exit 5
+	for _, tc := range []struct {
+		name string
+		args []string
+		says string
+	}{
+		{"missing required flag", []string{"vip", "set", "web", "10.0.0.1/24"}, `required flag(s) "interface" not set`},
+		{"missing required flag, JSON output", []string{"vip", "set", "web", "10.0.0.1/24", "-o", "json"}, `"interface"`},
+		{"bad flag value", []string{"task", "wait", "t-1", "--max-wait", "soon"}, "--max-wait"},
+		{"bad flag value of a number", []string{"copy", "file:///a", "file:///b", "--priority", "high"}, "--priority"},
+		{"unknown flag", []string{"task", "list", "--colour"}, "--colour"},
+		{"flag without its value", []string{"task", "list", "--status"}, "--status"},
+		{"too few arguments", []string{"task", "show"}, "accepts 1 arg"},
+		{"too many arguments", []string{"task", "show", "a", "b"}, "accepts 1 arg"},
+		{"arguments to a command without any", []string{"service", "list", "extra"}, "accepts 0 arg"},
+		{"too many arguments to copy", []string{"copy", "a", "b", "c"}, "accepts 2 arg"},
+	} {
+		code, msg := run(append(tc.args, "--data-dir", dir, "--endpoint", "127.0.0.1:1")...)
+		if code != ExitUsage || !strings.Contains(msg, tc.says) {
+			t.Errorf("%s: taskctl %v: exit %d %q; want %d saying %q", tc.name, tc.args, code, msg, ExitUsage, tc.says)
+		}
+	}
+}

@@ -431,10 +431,10 @@ func taskWaitCmd(g *globals) *cobra.Command {
 	var maxWait time.Duration
 	cmd := &cobra.Command{
 		Use:   "wait ID",
-		Short: "Wait until a task ends; exit 0 if it succeeded, 7 if it failed or was cancelled",
+		Short: "Wait until a task ends; exit 0 if it succeeded, 7 if it failed or was cancelled, 9 if --max-wait expired first",
 		Args:  exactArgs(1),
 		RunE:  func(cmd *cobra.Command, args []string) error { return waitFor(cmd, g, args[0], maxWait) },
 	}
-	cmd.Flags().DurationVar(&maxWait, "max-wait", 0, "give up after this long (0: wait as long as it takes)")
+	cmd.Flags().DurationVar(&maxWait, "max-wait", 0, "give up after this long, with exit 9; the task goes on (0: wait as long as it takes)")
 	return cmd
 }

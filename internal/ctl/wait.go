@@ -36,6 +36,19 @@ type unreachableError struct{ error }
 
 func (e unreachableError) Unwrap() error { return e.error }
 
+// ExitWaitExpired: `task wait --max-wait` ran out before the task ended;
+// the task goes on. Distinct from ExitUnavailable (no answer from taskd).
+const ExitWaitExpired = 9
+
+// errMaxWait is the cause of a wait's context when --max-wait expires.
+var errMaxWait = errors.New("--max-wait expired")
+
+// waitExpiredError: --max-wait expired while the task had not ended (exit
+// ExitWaitExpired).
+type waitExpiredError struct{ error }
+
+func (e waitExpiredError) Unwrap() error { return e.error }
+
 // waitFor follows a task until it ends: nil if it succeeded, a
 // taskEndedError (exit 7) if it failed or was cancelled.
 //
@@ -51,7 +64,7 @@ func waitFor(cmd *cobra.Command, g *globals, id string, maxWait time.Duration) e
 	ctx := cmd.Context()
 	if maxWait > 0 {
 		var cancel func()
-		ctx, cancel = context.WithTimeout(ctx, maxWait)
+		ctx, cancel = context.WithTimeoutCause(ctx, maxWait, errMaxWait)
 		defer cancel()
 	}
 	show := newWaitDisplay(cmd.ErrOrStderr(), g.output == "json")
@@ -73,6 +86,14 @@ func waitFor(cmd *cobra.Command, g *globals, id string, maxWait time.Duration) e
 		}
 		if err == nil {
 			err = connect.NewError(connect.CodeUnavailable, errors.New("stream ended early"))
+		}
+		if errors.Is(context.Cause(ctx), errMaxWait) {
+			show.done()
+			if last == nil {
+				// taskd never answered: that is the unreachable daemon.
+				return unreachableError{fmt.Errorf("wait for task %s: no answer from %s within --max-wait %v: %w", id, c.Base, maxWait, err)}
+			}
+			return waitExpiredError{fmt.Errorf("wait for task %s: --max-wait %v expired; the task has not ended (%s) and goes on", id, maxWait, stateText(last))}
 		}
 		if ctx.Err() != nil || !retryable(err) {
 			show.done()

@@ -121,7 +121,30 @@ func newRootCmd() *cobra.Command {
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	d.register(cmd.Flags())
 	cmd.AddCommand(newVolumeCmd(), newInitCmd(), newJoinCmd(), newCertCmd())
+	argsAreUsage(cmd)
 	return cmd
+}
+
+// argsAreUsage makes a wrong argument on c or any subcommand (an unknown
+// command such as `taskd bogus`, an argument to a command that takes none)
+// a usage error, exit 2, which systemd does not restart; cobra's own error
+// was exit 1.
+func argsAreUsage(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		argsAreUsage(sub)
+	}
+	args := c.Args
+	if args == nil {
+		return
+	}
+	c.Args = func(cmd *cobra.Command, a []string) error {
+		err := args(cmd, a)
+		var ue usageError
+		if err == nil || errors.As(err, &ue) {
+			return err
+		}
+		return usageError{fmt.Errorf("%w (see %s --help)", err, cmd.CommandPath())}
+	}
 }
 
 // daemonFlags are the flags of every command that runs the daemon (taskd,

@@ -63,3 +63,25 @@ func TestExitCodes(t *testing.T) {
 		}
 	}
 }
+
+// TestArgumentErrorsAreUsage (issue 13 bug 7): an unknown command or an
+// argument to a command that takes none is a usage error, exit 2 (which
+// systemd does not restart), and nothing runs; cobra's error was exit 1.
+func TestArgumentErrorsAreUsage(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	d := []string{"--data-dir", dir}
+	for _, args := range [][]string{
+		append([]string{"bogus"}, d...), append([]string{"init", "extra"}, d...), append([]string{"join", "extra"}, d...),
+		{"cert", "bogus"}, append([]string{"cert", "renew", "extra"}, d...), {"volume", "copy", "a"}, append([]string{"--priority", "x"}, d...),
+	} {
+		cmd := newRootCmd()
+		cmd.SetArgs(args)
+		err := cmd.Execute()
+		if code := exitCode(err); code != ExitUsage {
+			t.Errorf("taskd %v: exit %d (%v), want %d", args, code, err, ExitUsage)
+		}
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a usage error created the data directory (%v)", err)
+	}
+}

@@ -88,18 +88,18 @@ func TestCopyTask(t *testing.T) {
 	}
 	outside := filepath.Join(t.TempDir(), "x.img")
 	code, out = runTaskctl(t, env, "copy", "file://"+src, "file://"+outside, "--wait")
-	if code != 7 || !strings.Contains(out, "root") {
-		t.Errorf("copy outside the volume root: exit %d %q; want 7 and a message about the root", code, out)
+	if code != 2 || !strings.Contains(out, "root") {
+		t.Errorf("copy outside the volume root: exit %d %q; want 2 (refused when created) and a message about the root", code, out)
 	}
 	if _, err := os.Stat(outside); !os.IsNotExist(err) {
 		t.Errorf("a refused copy created %s", outside)
 	}
 	// No --nbd-socket-dir on these nodes: a task's nbd+unix endpoint is
-	// refused for good, and the message names the flag.
+	// refused when the task is created, and the message names the flag.
 	refusedDst := filepath.Join(root, "never.img")
 	code, out = runTaskctl(t, env, "copy", "nbd+unix:///disk?socket="+filepath.Join(root, "x.sock"), "file://"+refusedDst, "--wait")
-	if code != 7 || !strings.Contains(out, "--nbd-socket-dir") {
-		t.Errorf("copy from an nbd+unix socket on a node without --nbd-socket-dir: exit %d %q; want 7 naming the flag", code, out)
+	if code != 2 || !strings.Contains(out, "--nbd-socket-dir") {
+		t.Errorf("copy from an nbd+unix socket on a node without --nbd-socket-dir: exit %d %q; want 2 naming the flag", code, out)
 	}
 	if _, err := os.Stat(refusedDst); !os.IsNotExist(err) {
 		t.Errorf("a refused copy created %s", refusedDst)

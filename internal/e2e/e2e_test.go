@@ -360,6 +360,42 @@ func TestBadStartupInput(t *testing.T) {
 			t.Fatalf("the failed start wrote into the data directory: before %v, after %v", before, after)
 		}
 	})
+	// The same for the embedded etcd's ports (issue 13 bug 7: exit 70,
+	// after LOCK, node-id and events.jsonl were written).
+	for _, flag := range []string{"--etcd-client-url", "--etcd-peer-url"} {
+		t.Run("embedded etcd port held by another process: "+flag, func(t *testing.T) {
+			held, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer held.Close()
+			p, err := harness.NewPKI(filepath.Join(t.TempDir(), "pki"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := filepath.Join(t.TempDir(), "data")
+			if err := p.Provision(dir, "busy"); err != nil {
+				t.Fatal(err)
+			}
+			ports := testenv.FreePorts(t, 2)
+			urls := map[string]string{
+				"--etcd-client-url": fmt.Sprintf("https://127.0.0.1:%d", ports[0]),
+				"--etcd-peer-url":   fmt.Sprintf("https://127.0.0.1:%d", ports[1]),
+			}
+			urls[flag] = "https://" + held.Addr().String()
+			before := dirEntries(t, dir)
+			code, out := runTaskd(t, 30*time.Second, "--data-dir", dir, "--name", "busy", "--coordinator", "embedded",
+				"--listen", fmt.Sprintf("127.0.0.1:%d", testenv.FreePorts(t, 1)[0]),
+				"--etcd-client-url", urls["--etcd-client-url"], "--etcd-peer-url", urls["--etcd-peer-url"])
+			if code != 71 || !strings.Contains(out, flag+" "+urls[flag]) {
+				t.Errorf("exit %d, want 71 (address in use) naming %s; output:\n%s", code, flag, out)
+			}
+			after := slices.DeleteFunc(dirEntries(t, dir), func(p string) bool { return p == filepath.Join(dir, "last-exit.json") })
+			if !slices.Equal(before, after) {
+				t.Errorf("the failed start wrote into the data directory: before %v, after %v", before, after)
+			}
+		})
+	}
 	t.Run("unknown flag", func(t *testing.T) {
 		code, out := runTaskd(t, 20*time.Second, "--no-such-flag")
 		if code != 2 {

@@ -30,7 +30,7 @@ func TestExecTaskResumesAfterRunnerKill(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "count"), src, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	backendsWith(t, []string{"--exec-dir", dir}, func(t *testing.T, c *harness.Cluster) {
+	backendsWith(t, harness.Options{Extra: []string{"--exec-dir", dir}}, func(t *testing.T, c *harness.Cluster) {
 		leader := ready(t, c)
 		ledger := filepath.Join(t.TempDir(), "ledger")
 		id := create(t, leader, "count", fmt.Sprintf(`{"to":40,"step_ms":200,"ledger":%q}`, ledger))

@@ -26,17 +26,21 @@ const taskTimeout = 4 * time.Second
 
 // backends runs f on a three-node cluster of each store backend.
 func backends(t *testing.T, f func(t *testing.T, c *harness.Cluster)) {
-	backendsWith(t, nil, f)
+	backendsWith(t, harness.Options{}, f)
 }
 
-// backendsWith is backends with more flags for every node.
-func backendsWith(t *testing.T, extra []string, f func(t *testing.T, c *harness.Cluster)) {
+// backendsWith is backends with opt's other settings (Extra flags) on
+// every node.
+func backendsWith(t *testing.T, opt harness.Options, f func(t *testing.T, c *harness.Cluster)) {
+	opt.SessionTimeout = taskTimeout
 	t.Run("embedded", func(t *testing.T) {
-		f(t, newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Extra: extra}))
+		f(t, newCluster(t, 3, opt))
 	})
 	t.Run("zookeeper", func(t *testing.T) {
 		ens := testenv.StartEnsemble(t, 1)
-		f(t, newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Coordinator: ens.URL("/tasks"), PKI: ens.PKI, Extra: extra}))
+		zk := opt
+		zk.Coordinator, zk.PKI = ens.URL("/tasks"), ens.PKI
+		f(t, newCluster(t, 3, zk))
 	})
 }
 
@@ -343,6 +347,18 @@ func TestTaskControl(t *testing.T) {
 		}
 		id := strings.TrimSpace(out)
 		waitTask(t, c, id, 10*time.Second, "running", func(tk *taskdv1.Task) bool { return tk.State == "running" })
+
+		// --max-wait running out is exit 9, the task goes on; a taskd that
+		// does not answer within --max-wait is exit 3 (issue 13 bug 7:
+		// both were 3).
+		if code, out := ctl("task", "wait", id, "--max-wait", "1s"); code != 9 || !strings.Contains(out, "--max-wait 1s expired") {
+			t.Errorf("wait --max-wait 1s on a 60 s task: exit %d %q; want 9 saying --max-wait expired", code, out)
+		}
+		waitTask(t, c, id, time.Second, "still running after the wait gave up", func(tk *taskdv1.Task) bool { return tk.State == "running" })
+		nobody := fmt.Sprintf("127.0.0.1:%d", testenv.FreePorts(t, 1)[0])
+		if code, out := ctl("task", "wait", id, "--max-wait", "1s", "--endpoint", nobody); code != 3 || !strings.Contains(out, "no answer") {
+			t.Errorf("wait --max-wait 1s on a taskd that does not answer: exit %d %q; want 3", code, out)
+		}
 		asked := time.Now()
 		if code, out := ctl("task", "cancel", id); code != 0 {
 			t.Fatalf("cancel: %d %s", code, out)

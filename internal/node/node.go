@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -105,6 +106,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("%w: listen on %s: %w", ErrConfig, cfg.Listen, err)
 	}
 	defer ln.Close()
+	if target.Kind == coord.KindEmbedded {
+		if err := etcdPortsFree(cfg); err != nil {
+			return err
+		}
+	}
 	unlock, nodeID, err := prepareDataDir(cfg.DataDir)
 	if err != nil {
 		return err
@@ -495,4 +501,34 @@ func (n *Node) Forget(ctx context.Context, name string) (quorum.Forgotten, error
 		}
 	}
 	return q.Forget(ctx, name, removeEtcd)
+}
+
+// etcdPortsFree checks, before anything is written into the data
+// directory, that the embedded etcd can listen on its client and peer
+// URLs: a port another process holds is ErrAddrInUse (exit 71, which
+// systemd retries), as for --listen. The ports are only probed, not held:
+// a process that takes one between the probe and etcd's own listen makes
+// etcd fail with EADDRINUSE, which startEmbedded maps the same way. Other
+// listen errors are left to etcd.
+func etcdPortsFree(cfg Config) error {
+	for _, u := range []struct{ flag, v string }{{"--etcd-client-url", cfg.EtcdClientURL}, {"--etcd-peer-url", cfg.EtcdPeerURL}} {
+		parsed, err := url.Parse(u.v)
+		if err != nil || parsed.Host == "" {
+			return fmt.Errorf("%w: %s %q: want https://host:port", ErrConfig, u.flag, u.v)
+		}
+		l, err := net.Listen("tcp", parsed.Host)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("%w: %s %s: %w", ErrAddrInUse, u.flag, u.v, err)
+		}
+		if err != nil {
+			// Not decided here (an address not up yet at boot,
+			// a name that does not resolve): etcd reports it as
+			// before (exit 70, restarted).
+			continue
+		}
+		if err := l.Close(); err != nil {
+			return fmt.Errorf("%s %s: %w", u.flag, u.v, err)
+		}
+	}
+	return nil
 }

@@ -41,7 +41,26 @@ const createTries = 3
 // key with a different request is ErrKeyReused. The key record and the
 // task are written in one transaction, so two racing calls make one task.
 func (s *Store) CreateOnce(ctx context.Context, req CreateRequest) (r *Record, existing bool, err error) {
+	return s.CreateOnceChecked(ctx, req, nil)
+}
+
+// CreateOnceChecked is CreateOnce that runs check (when not nil) once
+// before it makes a new task, and not when it answers with the task an
+// earlier call made: a retry is not refused because the world changed
+// since the first call (a copy's target written meanwhile).
+func (s *Store) CreateOnceChecked(ctx context.Context, req CreateRequest, check func() error) (r *Record, existing bool, err error) {
+	checked := false
+	runCheck := func() error {
+		if check == nil || checked {
+			return nil
+		}
+		checked = true
+		return check()
+	}
 	if req.IdempotencyKey == "" {
+		if err := runCheck(); err != nil {
+			return nil, false, err
+		}
 		r, err := s.Create(ctx, req)
 		return r, false, err
 	}
@@ -98,6 +117,9 @@ func (s *Store) CreateOnce(ctx context.Context, req CreateRequest) (r *Record, e
 			}
 			conds = []coord.Cond{coord.VersionIs(ikey, kv.Version)}
 			claim = coord.PutOp(ikey, rec)
+		}
+		if err := runCheck(); err != nil {
+			return nil, false, err
 		}
 		vers, err := s.kv.Txn(ctx, conds, []coord.Op{claim, coord.CreateOp(tkey, r.encode(), nil)})
 		if errors.Is(err, coord.ErrConflict) || errors.Is(err, coord.ErrExists) {

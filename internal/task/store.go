@@ -132,6 +132,27 @@ func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) 
 	return r, nil
 }
 
+// Preflight checks req on the node self that receives it, before it is
+// created: Prepare's checks, then the type's Preflighter, told whether self
+// is the node the task is pinned to. It writes nothing. Create does not
+// call it: a schedule's tick creates its task on the leader, which need not
+// hold the task's resources.
+func (s *Store) Preflight(ctx context.Context, req CreateRequest, self string) error {
+	r, err := s.Prepare(req)
+	if err != nil {
+		return err
+	}
+	typ, err := s.types.Lookup(r.Type)
+	if err != nil {
+		return err
+	}
+	p, ok := typ.(Preflighter)
+	if !ok {
+		return nil
+	}
+	return p.Preflight(ctx, r.Spec, self != "" && r.Node == self)
+}
+
 // Prepare validates req and returns the waiting record Create would store,
 // without writing it; CreateOp writes it inside a caller's transaction.
 func (s *Store) Prepare(req CreateRequest) (*Record, error) {

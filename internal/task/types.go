@@ -51,6 +51,19 @@ type Constrainer interface {
 	Node(spec json.RawMessage) string
 }
 
+// Preflighter is implemented by types whose spec can be checked against a
+// node's resources before the task is created (a copy: its files exist,
+// lie under the roots, and fit). The API runs it on the node that receives
+// the create, so that bad input is refused there and no record is written.
+type Preflighter interface {
+	// Preflight checks a spec that Validate accepted, without side
+	// effects. runsHere says whether this node is the one that will run
+	// the task (the task is pinned to it); when false, only what holds on
+	// every node can be checked. Errors wrap ErrInvalid; a resource that
+	// is only unavailable for now is no error.
+	Preflight(ctx context.Context, spec json.RawMessage, runsHere bool) error
+}
+
 type permanentError struct{ err error }
 
 func (e permanentError) Error() string { return e.err.Error() }

@@ -71,16 +71,12 @@ func parseCopy(raw json.RawMessage) (copySpec, error) {
 			return s, fmt.Errorf("%w: copy spec: %q: use file://, nbd:// or nbd+unix://", task.ErrInvalid, u)
 		}
 	}
-	if s.Base != "" && s.DirtyBitmap != "" {
-		return s, fmt.Errorf("%w: copy spec: base and dirty_bitmap exclude each other", task.ErrInvalid)
-	}
-	if s.Source == s.Target {
-		return s, fmt.Errorf("%w: copy spec: source and target are the same", task.ErrInvalid)
-	}
 	if s.Rate < 0 || s.Workers < 0 || s.RequestSize < 0 || s.ExtentSize < 0 {
 		return s, fmt.Errorf("%w: copy spec: rate, workers and sizes must not be negative", task.ErrInvalid)
 	}
-	if err := s.CheckLimits(); err != nil {
+	// Same endpoints, a dirty bitmap without an NBD source or with a
+	// base, buffers over the cap.
+	if err := volcopy.CheckSpec(s.Spec); err != nil {
 		return s, fmt.Errorf("%w: copy spec: %w", task.ErrInvalid, err)
 	}
 	if local && s.Node == "" {
@@ -96,6 +92,36 @@ func parseCopy(raw json.RawMessage) (copySpec, error) {
 
 // Validate implements task.Type.
 func (Copy) Validate(spec json.RawMessage) error { _, err := parseCopy(spec); return err }
+
+// env is how this node opens a task's endpoints.
+func (c Copy) env() volume.Options {
+	return volume.Options{Confined: true, Roots: c.Roots, NBDSocketDirs: c.NBDSocketDirs, NBDAllowHosts: c.NBDAllowHosts, Direct: true}
+}
+
+// Preflight implements task.Preflighter. Validate has checked the spec's
+// text (on every node). On the node that runs the copy (runsHere: the spec
+// pins the copy to it because an endpoint is local), it also checks the
+// endpoints with volcopy.Check under the confinement the copy runs with:
+// the files exist (the target's directory, for a new target) under
+// --volume-root, no symlink leaves it, NBD endpoints are allowed here, and
+// a target file or device is not smaller than a source file or device.
+// Elsewhere the endpoints are another node's, under its roots: they are
+// checked when the copy starts there. Nothing connects to an NBD server,
+// so an NBD server that is down passes (the copy retries it).
+func (c Copy) Preflight(ctx context.Context, raw json.RawMessage, runsHere bool) error {
+	s, err := parseCopy(raw)
+	if err != nil || !runsHere {
+		return err
+	}
+	if err := volcopy.Check(ctx, s.Spec, c.env()); err != nil {
+		by := "the node that runs it"
+		if s.Node != "" {
+			by = "node " + s.Node
+		}
+		return fmt.Errorf("%w: copy refused by %s: %w", task.ErrInvalid, by, err)
+	}
+	return nil
+}
 
 // Node implements task.Constrainer: a copy with local endpoints runs on
 // their node.
@@ -157,8 +183,7 @@ func (c Copy) Run(ctx context.Context, raw json.RawMessage, cp []byte, r task.Re
 			return nil
 		},
 	}
-	env := volume.Options{Confined: true, Roots: c.Roots, NBDSocketDirs: c.NBDSocketDirs, NBDAllowHosts: c.NBDAllowHosts, Direct: true}
-	job, err := volcopy.Prepare(ctx, s.Spec, env, opts)
+	job, err := volcopy.Prepare(ctx, s.Spec, c.env(), opts)
 	if err != nil {
 		if errors.Is(err, volcopy.ErrInvalid) {
 			return task.Permanent(err)

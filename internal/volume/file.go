@@ -30,11 +30,19 @@ func openFile(path string, opts Options) (Volume, error) {
 		flags = unix.O_RDWR
 	}
 	flags |= unix.O_CLOEXEC
-	f, created, err := openConfined(path, flags, opts)
+	// O_NONBLOCK only for the open: opening a FIFO (refused below) must
+	// not wait for a writer. A file or device goes back to blocking mode.
+	f, created, err := openConfined(path, flags|unix.O_NONBLOCK, opts)
 	if err != nil {
 		return nil, err
 	}
 	v, err := newFileVolume(f, created != nil, opts)
+	if err == nil {
+		if err = unix.SetNonblock(int(f.Fd()), false); err != nil {
+			err = fmt.Errorf("open %s: %w", path, err)
+			v = nil
+		}
+	}
 	if err != nil {
 		f.Close()
 		if created != nil {
