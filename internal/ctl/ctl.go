@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/pki"
+	"syscall"
 )
 
 // Exit codes of taskctl; docs/exit-codes.md explains them.
@@ -49,6 +51,19 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	return code
 }
 
+// brokenConnection reports whether err is a connection that broke or was
+// refused, whatever code the RPC layer gave it: connect reports a reset
+// during the TLS handshake as canceled or unknown, but for the operator
+// taskd was not reachable (exit 3), not an internal failure (exit 1).
+func brokenConnection(err error) bool {
+	if c := connect.CodeOf(err); c != connect.CodeUnknown && c != connect.CodeCanceled && c != connect.CodeUnavailable {
+		return false
+	}
+	var op *net.OpError
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.As(err, &op)
+}
+
 // exitCode maps errors to exit codes: the one place that does.
 func exitCode(err error) int {
 	var ue usageError
@@ -73,6 +88,9 @@ func exitCode(err error) int {
 	}
 	var ure unreachableError
 	if errors.As(err, &ure) {
+		return ExitUnavailable
+	}
+	if brokenConnection(err) {
 		return ExitUnavailable
 	}
 	switch connect.CodeOf(err) {
