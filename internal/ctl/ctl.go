@@ -188,6 +188,9 @@ func (g *globals) ctx(cmd *cobra.Command) (context.Context, context.CancelFunc) 
 }
 
 func (g *globals) checkOutput() error {
+	if g.timeout <= 0 {
+		return usageError{fmt.Errorf("--timeout %v: give a deadline above zero, such as 10s", g.timeout)}
+	}
 	if g.output != "table" && g.output != "json" {
 		return usageError{fmt.Errorf("-o %q: use table or json", g.output)}
 	}

@@ -31,6 +31,9 @@ func eventsCmd(g *globals) *cobra.Command {
 			"duration (1h) or a time (RFC 3339).",
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := events.ValidType(typ); err != nil {
+				return usageError{fmt.Errorf("--type: %w", err)}
+			}
 			req := &taskdv1.ListEventsRequest{Node: node, Type: typ}
 			if since != "" {
 				t, err := parseSince(since)

@@ -129,7 +129,7 @@ func taskListCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(tw, "ID\tTYPE\tSTATE\tATTEMPT\tRUNNER\tPROGRESS\tPRIORITY\tCREATED")
 			for _, t := range resp.Msg.Tasks {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", t.Id, t.Type, stateText(t), t.Attempt, dash(t.Runner),
-					progressText(t.Progress), t.Priority, t.Created.AsTime().Local().Format(time.DateTime))
+					percentText(t.Progress), t.Priority, t.Created.AsTime().Local().Format(time.DateTime))
 			}
 			return tw.Flush()
 		},
@@ -151,13 +151,6 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func progressText(p *taskdv1.TaskProgress) string {
-	if p == nil || p.Total <= 0 {
-		return "-"
-	}
-	return fmt.Sprintf("%.1f%%", 100*float64(p.Done)/float64(p.Total))
 }
 
 func taskShowCmd(g *globals) *cobra.Command {
@@ -197,13 +190,15 @@ func (g *globals) showTask(t *taskdv1.Task) error {
 	row("reason", t.Reason)
 	row("attempt", fmt.Sprint(t.Attempt))
 	row("runner", t.Runner)
-	row("progress", fmt.Sprintf("%d/%d (%s)", t.Progress.GetDone(), t.Progress.GetTotal(), progressText(t.Progress)))
+	if pl := progressLine(t); pl != "-" {
+		row("progress", pl)
+	}
 	row("priority", fmt.Sprint(t.Priority))
 	row("node", t.Node)
 	if t.RateLimitSet {
 		r := "unlimited"
 		if t.RateLimit > 0 {
-			r = fmt.Sprintf("%d bytes/s", t.RateLimit)
+			r = humanRate(float64(t.RateLimit))
 		}
 		row("rate limit", r+" (set on the task; overrides the spec)")
 	}

@@ -149,7 +149,7 @@ func (d *daemonFlags) prepare(cmd *cobra.Command) (*slog.Logger, error) {
 func (d *daemonFlags) register(f *pflag.FlagSet) {
 	cfg := &d.cfg
 	f.StringVar(&d.configFile, "config", "", "config file of TASKD_NAME=value lines (same names as the environment variables)")
-	f.StringVar(&cfg.Name, "name", cfg.Name, "unique node name (default: hostname); it names the node's certificate")
+	f.StringVar(&cfg.Name, "name", cfg.Name, "unique node name, the host name unless given; it names the node's certificate")
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory (lock, node id, credentials in pki/, embedded etcd data)")
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "API listen address (always TLS with the node certificate; every call needs a token)")
 	f.StringVar(&cfg.Advertise, "advertise", cfg.Advertise, "API address announced to the cluster (default: --listen)")

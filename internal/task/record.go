@@ -74,12 +74,20 @@ var (
 	// ErrInvalid: bad input; nothing was changed. It is keys.ErrInvalid.
 	ErrInvalid  = keys.ErrInvalid
 	ErrNotFound = errors.New("task not found")
+	// ErrRunnerNotFound: no runner of that name; errors.Is(err,
+	// ErrNotFound) holds too, so callers map both alike.
+	ErrRunnerNotFound error = runnerNotFound{}
 	// ErrState: the task's state does not allow the request (for example
 	// cancel on a finished task).
 	ErrState = errors.New("task state does not allow this")
 	// ErrFenced: the writer no longer owns the task's current attempt.
 	ErrFenced = errors.New("fenced: this runner no longer owns the task's attempt")
 )
+
+type runnerNotFound struct{}
+
+func (runnerNotFound) Error() string        { return "runner not found" }
+func (runnerNotFound) Is(target error) bool { return target == ErrNotFound }
 
 // Progress is what a task reports about its work.
 type Progress struct {
