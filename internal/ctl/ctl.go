@@ -45,7 +45,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return ExitOK
 	}
 	code := exitCode(err)
-	fmt.Fprintf(stderr, "taskctl: %v\n", err)
+	var fe findingsError
+	if !errors.As(err, &fe) { // doctor printed its summary already
+		fmt.Fprintf(stderr, "taskctl: %v\n", err)
+	}
 	return code
 }
 
@@ -226,6 +229,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	root.AddCommand(serviceCmd(g), taskCmd(g), runnerCmd(g), vipCmd(g), copyCmd(g), eventsCmd(g), doctorCmd(g), scheduleCmd(g), tokenCmd(g))
 	root.Version = Version
 	refuseUnknownSubcommands(root)
+	addCompletions(root, g)
 	return root
 }
 

@@ -9,6 +9,13 @@ import (
 	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 )
 
+// Times in tables carry their zone (the host's): a bare 14:02 read on
+// another host, or across a DST change, is ambiguous.
+const (
+	tableTime = "2006-01-02 15:04:05 MST"
+	clockTime = "15:04:05 MST"
+)
+
 // Sizes and rates are shown in one unit family everywhere, IEC (KiB, MiB,
 // GiB), as taskd volume copy and the docs do.
 func humanBytes(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }

@@ -29,12 +29,13 @@ func (e taskEndedError) Error() string {
 	return msg
 }
 
-var jsonOut = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+// jsonOut leaves out unset fields: absent, not empty.
+var jsonOut = protojson.MarshalOptions{UseProtoNames: true}
 
 func (g *globals) printJSON(m proto.Message) error {
-	b, err := jsonOut.Marshal(m)
+	b, err := toJSON(m)
 	if err != nil {
-		return fmt.Errorf("encode JSON: %w", err)
+		return err
 	}
 	_, err = fmt.Fprintln(g.out, string(b))
 	return err
@@ -129,7 +130,7 @@ func taskListCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(tw, "ID\tTYPE\tSTATE\tATTEMPT\tRUNNER\tPROGRESS\tPRIORITY\tCREATED")
 			for _, t := range resp.Msg.Tasks {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", t.Id, t.Type, stateText(t), t.Attempt, dash(t.Runner),
-					percentText(t.Progress), t.Priority, t.Created.AsTime().Local().Format(time.DateTime))
+					percentText(t.Progress), t.Priority, t.Created.AsTime().Local().Format(tableTime))
 			}
 			return tw.Flush()
 		},
@@ -214,7 +215,7 @@ func (g *globals) showTask(t *taskdv1.Task) error {
 	row("finished", when(t.Finished))
 	row("spec", t.Spec)
 	for _, a := range t.History {
-		line := fmt.Sprintf("#%d on %s from %s", a.N, a.Runner, a.Started.AsTime().Local().Format(time.TimeOnly))
+		line := fmt.Sprintf("#%d on %s from %s", a.N, a.Runner, a.Started.AsTime().Local().Format(clockTime))
 		if a.Outcome != "" {
 			line += " -> " + a.Outcome
 		}

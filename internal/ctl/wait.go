@@ -209,7 +209,7 @@ func (d *waitDisplay) update(t *taskdv1.Task) {
 	}
 	line := describe(t, true)
 	if line != d.last {
-		fmt.Fprintf(d.w, "%s %s\n", time.Now().Format(time.TimeOnly), line)
+		fmt.Fprintf(d.w, "%s %s\n", time.Now().Format(clockTime), line)
 		d.last = line
 	}
 }

@@ -327,3 +327,26 @@ func (c Config) validateStore(t coord.Target) []error {
 	}
 	return errs
 }
+
+// rootWarnings says which --volume-root and --nbd-socket-dir directories
+// do not exist (or are no directories) now. Not an error: a mount may
+// come later, and until then copies there fail with a clear reason; but
+// a typo would otherwise go unnoticed until the first copy.
+func (c Config) rootWarnings() []string {
+	var out []string
+	for _, l := range []struct {
+		flag string
+		dirs []string
+	}{{"--volume-root", c.VolumeRoots}, {"--nbd-socket-dir", c.NBDSocketDirs}} {
+		for _, d := range l.dirs {
+			fi, err := os.Stat(d)
+			switch {
+			case err != nil:
+				out = append(out, fmt.Sprintf("%s %s: %v; copies there fail until it exists", l.flag, d, errors.Unwrap(err)))
+			case !fi.IsDir():
+				out = append(out, fmt.Sprintf("%s %s is not a directory; copies there fail", l.flag, d))
+			}
+		}
+	}
+	return out
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -263,7 +264,7 @@ func (a *attempt) run() {
 	state := a.rec.State
 	a.mu.Unlock()
 	if m := a.s.r.cfg.Metrics; m != nil {
-		m.Attempts.WithLabelValues(outcome).Inc()
+		m.Attempts.WithLabelValues(metricLabel(outcome)).Inc()
 	}
 	if state == task.Waiting && (outcome == "window closed" || outcome == "runner drained") {
 		a.log.Info("task parked", "event", "task_parked", "outcome", outcome)
@@ -293,3 +294,8 @@ func runSafely(ctx context.Context, typ task.Type, spec, cp []byte, r task.Repor
 	}()
 	return typ.Run(ctx, spec, cp, r)
 }
+
+// metricLabel is an outcome as a Prometheus label value: words joined by
+// underscores ("window closed" -> "window_closed"), as label values are
+// by convention and as queries can match them without quoting spaces.
+func metricLabel(outcome string) string { return strings.ReplaceAll(outcome, " ", "_") }
