@@ -91,3 +91,46 @@ func TestSummaryOfResumedVerify(t *testing.T) {
 func progressFor(total, verified int64) volcopy.Progress {
 	return volcopy.Progress{ExtentsTotal: total, ExtentsDone: total, ExtentsVerified: verified, LogicalTotal: 8 << 20, BytesRead: 8 << 20}
 }
+
+// TestConfigErrorsNameTheirSource (issue 13): a bad value from the
+// environment was reported under its flag only ("--priority: ..."), and
+// the priority error came twice. Now the message names the variable
+// actually given, once; a value from the command line names the flag
+// alone. Nothing is written to the data directory.
+func TestConfigErrorsNameTheirSource(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	for _, tc := range []struct {
+		env, flag string
+		want      string
+		not       string
+	}{
+		{"TASKD_PRIORITY=300", "", "--priority (from environment variable TASKD_PRIORITY)", ""},
+		{"TASKD_COPY_MEMORY_LIMIT=10Q", "", "--copy-memory-limit (from environment variable TASKD_COPY_MEMORY_LIMIT)", ""},
+		{"", "--priority=300", "--priority:", "(from"},
+	} {
+		args := []string{"--data-dir", dir}
+		if tc.env != "" {
+			k, v, _ := strings.Cut(tc.env, "=")
+			t.Setenv(k, v)
+		}
+		if tc.flag != "" {
+			args = append(args, tc.flag)
+		}
+		cmd := newRootCmd()
+		cmd.SetArgs(args)
+		err := cmd.Execute()
+		if exitCode(err) != ExitConfig || err == nil || !strings.Contains(err.Error(), tc.want) || (tc.not != "" && strings.Contains(err.Error(), tc.not)) {
+			t.Errorf("%s %s: exit %d: %v; want %q", tc.env, tc.flag, exitCode(err), err, tc.want)
+		}
+		if err != nil && strings.Count(err.Error(), "out of range") > 1 {
+			t.Errorf("%s %s: the same error twice: %v", tc.env, tc.flag, err)
+		}
+		if tc.env != "" {
+			k, _, _ := strings.Cut(tc.env, "=")
+			os.Unsetenv(k)
+		}
+		if _, err := os.Stat(dir); err == nil {
+			t.Fatalf("%s %s: the data directory was created", tc.env, tc.flag)
+		}
+	}
+}

@@ -136,10 +136,11 @@ func (c Config) Validate() error {
 	} else {
 		errs = append(errs, c.validateStore(t)...)
 	}
+	qc := c.quorumConfig("validate")
 	if err := quorum.ValidatePriority(c.Priority); err != nil {
 		errs = append(errs, fmt.Errorf("--priority: %w", err))
+		qc.Priority = 0 // said once, with its flag; not again by qc.Validate
 	}
-	qc := c.quorumConfig("validate")
 	if err := qc.Validate(); err != nil {
 		errs = append(errs, err)
 	}
