@@ -69,7 +69,7 @@ func TestVolumeCopyReadsLikeATool(t *testing.T) {
 		if !regexp.MustCompile(`copied 3\.0 MiB in [0-9.]+m?s \(average [0-9.]+ [KMG]?i?B/s\): read 3\.0 MiB`).MatchString(out) {
 			t.Errorf("verify=%v: no summary with elapsed time and average rate in %q", verify, out)
 		}
-		if got := strings.Contains(out, "verified: all 3 extents"); got != verify {
+		if got := strings.Contains(out, "verified: all 3 checkpoint units"); got != verify {
 			t.Errorf("verify=%v: verified line present=%v in %q", verify, got, out)
 		}
 	}
@@ -80,7 +80,7 @@ func TestVolumeCopyReadsLikeATool(t *testing.T) {
 func TestSummaryOfResumedVerify(t *testing.T) {
 	p := progressFor(8, 5)
 	out := summary(p, 0, true)
-	if strings.Contains(out, "verified: all") || !strings.Contains(out, "5 of 8 extents") || !strings.Contains(out, "3 copied before the checkpoint") {
+	if strings.Contains(out, "verified: all") || !strings.Contains(out, "5 of 8 checkpoint units") || !strings.Contains(out, "3 copied before the checkpoint") {
 		t.Errorf("resumed verify: %q", out)
 	}
 	if out := summary(progressFor(8, 0), 0, true); strings.Contains(out, "verified") {

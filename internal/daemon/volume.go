@@ -268,9 +268,9 @@ func summary(p volcopy.Progress, elapsed time.Duration, verify bool) string {
 	switch {
 	case !verify || p.ExtentsVerified == 0:
 	case p.ExtentsVerified >= p.ExtentsTotal:
-		out += fmt.Sprintf("verified: all %d extents of source and target hash equal (XXH3)\n", p.ExtentsVerified)
+		out += fmt.Sprintf("verified: all %d checkpoint units of source and target hash equal (XXH3)\n", p.ExtentsVerified)
 	default:
-		out += fmt.Sprintf("verified: the %d of %d extents this run copied hash equal (XXH3); the %d copied before the checkpoint were not verified by this run\n",
+		out += fmt.Sprintf("verified: the %d of %d checkpoint units this run copied hash equal (XXH3); the %d copied before the checkpoint were not verified by this run\n",
 			p.ExtentsVerified, p.ExtentsTotal, p.ExtentsTotal-p.ExtentsVerified)
 	}
 	return out
