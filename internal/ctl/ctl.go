@@ -16,6 +16,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/pki"
@@ -98,7 +99,23 @@ type globals struct {
 	output    string
 	out       io.Writer
 
-	creds *credentials // read once, on first use
+	creds *credentials   // read once, on first use
+	flags *pflag.FlagSet // the global flags, to tell where a value came from
+}
+
+// source names where a global flag's value came from, for messages about
+// it: the flag when given, else its environment variable when set, else
+// the flag with "(default)".
+func (g *globals) source(flag, env string) string {
+	if g.flags != nil {
+		if f := g.flags.Lookup(flag); f != nil && f.Changed {
+			return "--" + flag
+		}
+	}
+	if v, ok := os.LookupEnv(env); ok && v != "" {
+		return env
+	}
+	return "--" + flag + " (default)"
 }
 
 // credentials are what taskctl presents and trusts: a token, and the
@@ -161,7 +178,7 @@ func (g *globals) hint(err error, isDefault bool) string {
 	case errors.Is(err, os.ErrPermission) && isDefault:
 		return "; the node's credentials in " + g.dataDir + " are readable only by root: run taskctl as root, or pass --token-file and --tls-ca"
 	case errors.Is(err, os.ErrNotExist) && isDefault:
-		return "; is " + g.dataDir + " the node's data directory? Pass --data-dir (or TASKD_DATA_DIR), or --token-file and --tls-ca"
+		return "; is " + g.dataDir + " (" + g.source("data-dir", "TASKD_DATA_DIR") + ") the node's data directory? Pass --data-dir (or TASKD_DATA_DIR), or --token-file and --tls-ca"
 	}
 	return ""
 }
@@ -178,6 +195,9 @@ func (g *globals) clientAt(endpoint, expectNode string) (*api.Client, error) {
 	}
 	c, err := api.NewClient(api.ClientConfig{Endpoint: endpoint, Token: cr.token, CA: cr.ca, ExpectNode: expectNode})
 	if err != nil {
+		if endpoint == g.endpoint {
+			return nil, usageError{fmt.Errorf("%s: %w", g.source("endpoint", "TASKD_ENDPOINT"), err)}
+		}
 		return nil, usageError{err}
 	}
 	return c, nil
@@ -220,6 +240,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	pf := root.PersistentFlags()
+	g.flags = pf
 	pf.StringVar(&g.endpoint, "endpoint", envOr("TASKD_ENDPOINT", "https://127.0.0.1:10600"), "taskd API endpoint, https://HOST:PORT or HOST:PORT (env TASKD_ENDPOINT)")
 	pf.StringVar(&g.dataDir, "data-dir", envOr("TASKD_DATA_DIR", "/var/lib/taskd"), "the node's data directory, where taskctl finds admin.token and pki/ca.crt (env TASKD_DATA_DIR)")
 	pf.StringVar(&g.tokenFile, "token-file", envOr("TASKD_TOKEN_FILE", ""), "file holding the API token, mode 0600 (default: DATA_DIR/admin.token; env TASKD_TOKEN_FILE)")

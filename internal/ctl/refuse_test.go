@@ -54,3 +54,27 @@ func TestRefusedBeforeDialing(t *testing.T) {
 		}
 	}
 }
+
+// TestErrorsNameTheSourceGiven (issue 13): a bad endpoint or data
+// directory from the environment is named as the variable, one from the
+// command line as the flag.
+func TestErrorsNameTheSourceGiven(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := pki.Create(dir, "n1", nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := auth.LoadLocal(dir, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TASKD_ENDPOINT", "http://127.0.0.1:1")
+	if code, msg := run("--data-dir", dir, "service", "list"); code != ExitUsage || !strings.HasPrefix(msg, "taskctl: TASKD_ENDPOINT: ") {
+		t.Errorf("endpoint from the environment: exit %d %q", code, msg)
+	}
+	if code, msg := run("--endpoint", "http://127.0.0.1:2", "--data-dir", dir, "service", "list"); code != ExitUsage || !strings.HasPrefix(msg, "taskctl: --endpoint: ") {
+		t.Errorf("endpoint from the flag: exit %d %q", code, msg)
+	}
+	t.Setenv("TASKD_DATA_DIR", dir+"/nosuch")
+	if code, msg := run("service", "list"); code != ExitUnauthorized || !strings.Contains(msg, "(TASKD_DATA_DIR)") {
+		t.Errorf("data dir from the environment: exit %d %q", code, msg)
+	}
+}
