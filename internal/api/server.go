@@ -260,6 +260,8 @@ func toConnect(err error) error {
 var redundant = map[connect.Code][]string{
 	connect.CodeInvalidArgument:    {keys.ErrInvalid.Error() + ": "},
 	connect.CodeFailedPrecondition: {task.ErrState.Error() + ": "},
+	// The joining node's client says it again around the answer.
+	connect.CodeUnavailable: {bootstrap.ErrUnavailable.Error() + ": "},
 }
 
 // trimmedError is err with a shorter message; errors.Is still sees err.

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"connectrpc.com/connect"
+	"github.com/taskd/taskd/internal/bootstrap"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/task"
 )
@@ -24,6 +25,9 @@ func TestOnePrefix(t *testing.T) {
 		{fmt.Errorf("%w: 0000", task.ErrNotFound), "not_found: task not found: 0000"},
 		{fmt.Errorf("%w: no live runner named x", task.ErrRunnerNotFound), "not_found: runner not found: no live runner named x"},
 		{keys.ErrInvalid, "invalid_argument: invalid argument"},
+		// The join client wraps the answer in the same words again; the
+		// log read "join not possible now: unavailable: join not possible now: etcd: ...".
+		{fmt.Errorf("%w: etcd: too many learners", bootstrap.ErrUnavailable), "unavailable: etcd: too many learners"},
 	} {
 		ce := toConnect(tc.err)
 		if ce.Error() != tc.want {
