@@ -297,7 +297,7 @@ func taskSetRateCmd(g *globals) *cobra.Command {
 	var clear bool
 	cmd := &cobra.Command{
 		Use:   "set-rate ID BYTES | --clear",
-		Short: "Set a task's rate limit in bytes per second (K/M/G suffixes, 0 unlimited); a running copy applies it at once",
+		Short: "Set a copy task's rate limit in bytes per second (K/M/G suffixes, 0 unlimited); a running copy applies it at once (other types have no rate)",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 1 || len(args) > 2 || clear == (len(args) == 2) {
 				return usageError{fmt.Errorf("give a rate or --clear; usage: %s", cmd.UseLine())}
