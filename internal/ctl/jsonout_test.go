@@ -73,20 +73,22 @@ func TestJSONShapes(t *testing.T) {
 	}
 }
 
-// TestTablesShowTimeZones (issue 13): times in tables carry their zone.
+// TestTablesShowTimeZones (issue 13): times in tables carry their zone
+// (the host's; time.Local is not changed here, other goroutines read it).
 func TestTablesShowTimeZones(t *testing.T) {
-	defer func(old *time.Location) { time.Local = old }(time.Local)
-	time.Local = time.FixedZone("CET", 3600)
-	at := timestamppb.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
-	if row := eventRow(&taskdv1.Event{Time: at, Node: "n1", Type: "start"}); !strings.HasPrefix(row, "2026-03-01 13:00:00.000 CET\t") {
-		t.Errorf("event row %q lacks the zone", row)
+	when := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	at := timestamppb.New(when)
+	local := when.Local()
+	zone := local.Format("MST")
+	if want := local.Format("2006-01-02 15:04:05.000") + " " + zone + "\t"; !strings.HasPrefix(eventRow(&taskdv1.Event{Time: at, Node: "n1", Type: "start"}), want) {
+		t.Errorf("event row %q, want it to start with %q", eventRow(&taskdv1.Event{Time: at, Node: "n1", Type: "start"}), want)
 	}
 	var out bytes.Buffer
 	g := &globals{out: &out}
 	if err := g.showTask(&taskdv1.Task{Id: "t1", Created: at, History: []*taskdv1.TaskAttempt{{N: 1, Runner: "n1", Started: at}}}); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "from 13:00:00 CET") || !strings.Contains(out.String(), "2026-03-01T13:00:00+01:00") {
+	if !strings.Contains(out.String(), "from "+local.Format("15:04:05")+" "+zone) || !strings.Contains(out.String(), local.Format(time.RFC3339)) {
 		t.Errorf("task show lacks zones:\n%s", out.String())
 	}
 }
