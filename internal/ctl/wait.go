@@ -168,7 +168,9 @@ func isTerminal(w io.Writer) bool {
 func newWaitDisplay(w io.Writer, quiet, bar bool) *waitDisplay {
 	d := &waitDisplay{w: w, quiet: quiet}
 	if bar && !quiet {
-		d.bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(w),
+		// No spinner ticker: it would draw from a goroutine of its own
+		// that nothing joins, also after the result is printed.
+		d.bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(w), progressbar.OptionSetSpinnerChangeInterval(0),
 			progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionFullWidth())
 	}
 	return d

@@ -83,6 +83,9 @@ func TestSummaryOfResumedVerify(t *testing.T) {
 	if strings.Contains(out, "verified: all") || !strings.Contains(out, "5 of 8 checkpoint units") || !strings.Contains(out, "3 copied before the checkpoint") {
 		t.Errorf("resumed verify: %q", out)
 	}
+	if out := summary(progressFor(1, 1), 0, true); !strings.Contains(out, "verified: source and target hash equal (XXH3, one checkpoint unit)") {
+		t.Errorf("one unit: %q", out)
+	}
 	if out := summary(progressFor(8, 0), 0, true); strings.Contains(out, "verified") {
 		t.Errorf("nothing verified, yet: %q", out)
 	}

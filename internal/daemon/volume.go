@@ -197,7 +197,8 @@ func runVolumeCopy(ctx context.Context, stderr io.Writer, spec volcopy.Spec, cpF
 	case "bar":
 		// The bar draws the percentage; its description the rest, in
 		// the units of the log lines (IEC), not the bar's own (SI).
-		bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(stderr),
+		// No spinner ticker: a goroutine of its own that nothing joins.
+		bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(stderr), progressbar.OptionSetSpinnerChangeInterval(0),
 			progressbar.OptionSetDescription("copy"), progressbar.OptionThrottle(200*time.Millisecond),
 			progressbar.OptionFullWidth())
 		opts.ProgressInterval = 250 * time.Millisecond
@@ -268,7 +269,11 @@ func summary(p volcopy.Progress, elapsed time.Duration, verify bool) string {
 	switch {
 	case !verify || p.ExtentsVerified == 0:
 	case p.ExtentsVerified >= p.ExtentsTotal:
-		out += fmt.Sprintf("verified: all %d checkpoint units of source and target hash equal (XXH3)\n", p.ExtentsVerified)
+		if p.ExtentsVerified == 1 {
+			out += "verified: source and target hash equal (XXH3, one checkpoint unit)\n"
+		} else {
+			out += fmt.Sprintf("verified: all %d checkpoint units of source and target hash equal (XXH3)\n", p.ExtentsVerified)
+		}
 	default:
 		out += fmt.Sprintf("verified: the %d of %d checkpoint units this run copied hash equal (XXH3); the %d copied before the checkpoint were not verified by this run\n",
 			p.ExtentsVerified, p.ExtentsTotal, p.ExtentsTotal-p.ExtentsVerified)
