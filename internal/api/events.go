@@ -20,6 +20,9 @@ type eventService struct{ c Cluster }
 // ListEvents merges the local journal with the store's rings.
 func (s *eventService) ListEvents(ctx context.Context, req *connect.Request[taskdv1.ListEventsRequest]) (*connect.Response[taskdv1.ListEventsResponse], error) {
 	m := req.Msg
+	if err := events.ValidType(m.Type); err != nil {
+		return nil, toConnect(err)
+	}
 	rec := s.c.Events()
 	out := &taskdv1.ListEventsResponse{}
 	var lists [][]events.Event
@@ -60,6 +63,9 @@ func (s *eventService) ListEvents(ctx context.Context, req *connect.Request[task
 // member known when the stream starts. It sends what the rings hold after
 // since, then each new event.
 func (s *eventService) WatchEvents(ctx context.Context, req *connect.Request[taskdv1.ListEventsRequest], stream *connect.ServerStream[taskdv1.Event]) error {
+	if err := events.ValidType(req.Msg.Type); err != nil {
+		return toConnect(err)
+	}
 	st := s.c.TaskStore()
 	if st == nil {
 		return toConnect(errNotConnected)

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -251,7 +252,37 @@ func toConnect(err error) error {
 	case errors.Is(err, context.Canceled):
 		code = connect.CodeCanceled
 	}
-	return connect.NewError(code, err)
+	return connect.NewError(code, trimRedundant(code, err))
+}
+
+// redundant are the leading words of a message that only repeat what its
+// code says ("invalid_argument: invalid argument: ...").
+var redundant = map[connect.Code][]string{
+	connect.CodeInvalidArgument:    {keys.ErrInvalid.Error() + ": "},
+	connect.CodeFailedPrecondition: {task.ErrState.Error() + ": "},
+	// The joining node's client says it again around the answer.
+	connect.CodeUnavailable: {bootstrap.ErrUnavailable.Error() + ": "},
+}
+
+// trimmedError is err with a shorter message; errors.Is still sees err.
+type trimmedError struct {
+	msg string
+	err error
+}
+
+func (e trimmedError) Error() string { return e.msg }
+func (e trimmedError) Unwrap() error { return e.err }
+
+// trimRedundant drops words that repeat the code from err's message, so
+// that taskctl prints one prefix.
+func trimRedundant(code connect.Code, err error) error {
+	msg := err.Error()
+	for _, p := range redundant[code] {
+		if rest, ok := strings.CutPrefix(msg, p); ok && rest != "" {
+			return trimmedError{rest, err}
+		}
+	}
+	return err
 }
 
 type clusterService struct {

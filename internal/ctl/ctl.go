@@ -17,6 +17,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/taskd/taskd/internal/api"
 	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/pki"
@@ -47,7 +48,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return ExitOK
 	}
 	code := exitCode(err)
-	fmt.Fprintf(stderr, "taskctl: %v\n", err)
+	var fe findingsError
+	if !errors.As(err, &fe) { // doctor printed its summary already
+		fmt.Fprintf(stderr, "taskctl: %v\n", err)
+	}
 	return code
 }
 
@@ -117,7 +121,23 @@ type globals struct {
 	output    string
 	out       io.Writer
 
-	creds *credentials // read once, on first use
+	creds *credentials   // read once, on first use
+	flags *pflag.FlagSet // the global flags, to tell where a value came from
+}
+
+// source names where a global flag's value came from, for messages about
+// it: the flag when given, else its environment variable when set, else
+// the flag with "(default)".
+func (g *globals) source(flag, env string) string {
+	if g.flags != nil {
+		if f := g.flags.Lookup(flag); f != nil && f.Changed {
+			return "--" + flag
+		}
+	}
+	if v, ok := os.LookupEnv(env); ok && v != "" {
+		return env
+	}
+	return "--" + flag + " (default)"
 }
 
 // credentials are what taskctl presents and trusts: a token, and the
@@ -180,7 +200,7 @@ func (g *globals) hint(err error, isDefault bool) string {
 	case errors.Is(err, os.ErrPermission) && isDefault:
 		return "; the node's credentials in " + g.dataDir + " are readable only by root: run taskctl as root, or pass --token-file and --tls-ca"
 	case errors.Is(err, os.ErrNotExist) && isDefault:
-		return "; is " + g.dataDir + " the node's data directory? Pass --data-dir (or TASKD_DATA_DIR), or --token-file and --tls-ca"
+		return "; is " + g.dataDir + " (" + g.source("data-dir", "TASKD_DATA_DIR") + ") the node's data directory? Pass --data-dir (or TASKD_DATA_DIR), or --token-file and --tls-ca"
 	}
 	return ""
 }
@@ -197,6 +217,9 @@ func (g *globals) clientAt(endpoint, expectNode string) (*api.Client, error) {
 	}
 	c, err := api.NewClient(api.ClientConfig{Endpoint: endpoint, Token: cr.token, CA: cr.ca, ExpectNode: expectNode})
 	if err != nil {
+		if endpoint == g.endpoint {
+			return nil, usageError{fmt.Errorf("%s: %w", g.source("endpoint", "TASKD_ENDPOINT"), err)}
+		}
 		return nil, usageError{err}
 	}
 	return c, nil
@@ -210,6 +233,9 @@ func (g *globals) ctx(cmd *cobra.Command) (context.Context, context.CancelFunc) 
 }
 
 func (g *globals) checkOutput() error {
+	if g.timeout <= 0 {
+		return usageError{fmt.Errorf("--timeout %v: give a deadline above zero, such as 10s", g.timeout)}
+	}
 	if g.output != "table" && g.output != "json" {
 		return usageError{fmt.Errorf("-o %q: use table or json", g.output)}
 	}
@@ -236,6 +262,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	pf := root.PersistentFlags()
+	g.flags = pf
 	pf.StringVar(&g.endpoint, "endpoint", envOr("TASKD_ENDPOINT", "https://127.0.0.1:10600"), "taskd API endpoint, https://HOST:PORT or HOST:PORT (env TASKD_ENDPOINT)")
 	pf.StringVar(&g.dataDir, "data-dir", envOr("TASKD_DATA_DIR", "/var/lib/taskd"), "the node's data directory, where taskctl finds admin.token and pki/ca.crt (env TASKD_DATA_DIR)")
 	pf.StringVar(&g.tokenFile, "token-file", envOr("TASKD_TOKEN_FILE", ""), "file holding the API token, mode 0600 (default: DATA_DIR/admin.token; env TASKD_TOKEN_FILE)")
@@ -245,6 +272,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	root.AddCommand(serviceCmd(g), taskCmd(g), runnerCmd(g), vipCmd(g), copyCmd(g), eventsCmd(g), doctorCmd(g), scheduleCmd(g), tokenCmd(g))
 	root.Version = Version
 	refuseUnknownSubcommands(root)
+	addCompletions(root, g)
 	return root
 }
 

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"slices"
@@ -25,23 +27,69 @@ const ExitDoctorFindings = 8
 // the timeline all assume clocks that agree far better than a second.
 const maxSkew = 500 * time.Millisecond
 
-type findingsError struct{ n int }
+// findingsError: doctor found problems (exit 8). Its summary line is
+// already printed, so taskctl prints nothing more.
+type findingsError struct{ failed, checks int }
 
-func (e findingsError) Error() string { return fmt.Sprintf("%d problem(s) found", e.n) }
+func (e findingsError) Error() string { return summaryLine(e.checks, e.failed) }
+
+// summaryLine ends doctor's output: how many checks ran and failed.
+func summaryLine(checks, failed int) string {
+	if failed == 0 {
+		return fmt.Sprintf("%d checks, all ok", checks)
+	}
+	return fmt.Sprintf("%d checks, %d failed", checks, failed)
+}
+
+// check is one line of doctor: ok, FAIL, or a note (what is by design but
+// worth knowing; no check).
+type check struct {
+	Status  string `json:"status"`
+	Message string `json:"message"`
+}
+
+// doctorReport is doctor's JSON output (-o json).
+type doctorReport struct {
+	OK      bool    `json:"ok"`
+	Checks  int     `json:"checks"`
+	Failed  int     `json:"failed"`
+	Results []check `json:"results"`
+}
 
 type doctor struct {
-	out      strings.Builder
+	results  []check
+	checks   int
 	findings int
 }
 
-func (d *doctor) ok(format string, args ...any) { fmt.Fprintf(&d.out, "ok    "+format+"\n", args...) }
+func (d *doctor) add(status, format string, args ...any) {
+	d.results = append(d.results, check{status, fmt.Sprintf(format, args...)})
+}
+
+func (d *doctor) ok(format string, args ...any) { d.checks++; d.add("ok", format, args...) }
 
 // note reports what is by design but worth knowing; it is no finding.
-func (d *doctor) note(format string, args ...any) { fmt.Fprintf(&d.out, "note  "+format+"\n", args...) }
+func (d *doctor) note(format string, args ...any) { d.add("note", format, args...) }
 
 func (d *doctor) bad(format string, args ...any) {
+	d.checks++
 	d.findings++
-	fmt.Fprintf(&d.out, "FAIL  "+format+"\n", args...)
+	d.add("FAIL", format, args...)
+}
+
+// write prints one line per check and the summary, or the JSON report.
+func (d *doctor) write(w io.Writer, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		return enc.Encode(doctorReport{OK: d.findings == 0, Checks: d.checks, Failed: d.findings, Results: d.results})
+	}
+	var b strings.Builder
+	for _, c := range d.results {
+		fmt.Fprintf(&b, "%-5s %s\n", c.Status, c.Message)
+	}
+	b.WriteString(summaryLine(d.checks, d.findings) + "\n")
+	_, err := io.WriteString(w, b.String())
+	return err
 }
 
 // doctorCmd checks the cluster as taskctl sees it and explains problems.
@@ -55,16 +103,18 @@ func doctorCmd(g *globals) *cobra.Command {
 			"members, clock skew between members and this host, member health, and that every\n" +
 			"member answers under its own name at its advertised address. A member that was part of the\n" +
 			"cluster and is down (it joined, or it is an embedded etcd member or a specified member) is a\n" +
-			"finding, with since when; so is a member without a store session, naming the unreachable members.",
+			"finding, with since when; so is a member without a store session, naming the unreachable members.\n" +
+			"One line per check (ok or FAIL; note lines are no check), then the number of checks and failures.\n" +
+			"-o json: {\"ok\", \"checks\", \"failed\", \"results\": [{\"status\", \"message\"}]}.",
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var d doctor
 			d.run(cmd.Context(), g)
-			if _, err := fmt.Fprint(g.out, d.out.String()); err != nil {
+			if err := d.write(g.out, g.output == "json"); err != nil {
 				return err
 			}
 			if d.findings > 0 {
-				return findingsError{d.findings}
+				return findingsError{failed: d.findings, checks: d.checks}
 			}
 			return nil
 		},
@@ -187,15 +237,21 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 		}
 		if m.Health != "" && m.Health != "ok" {
 			d.bad("member %s is unhealthy: %s", m.Name, m.HealthReason)
+		} else {
+			d.ok("member %s is healthy", m.Name)
 		}
 		timeouts[r.SessionTimeoutMs] = append(timeouts[r.SessionTimeoutMs], m.Name)
 		deadline := time.Duration(float64(r.SessionTimeoutMs)*r.DeadlineFraction) * time.Millisecond
 		if budget := time.Duration(r.SessionTimeoutMs)*time.Millisecond - deadline; budget < 500*time.Millisecond {
 			d.bad("member %s fences only %v before its session can expire (timeout %dms, deadline fraction %.2f): raise --session-timeout or lower --deadline-fraction",
 				m.Name, budget, r.SessionTimeoutMs, r.DeadlineFraction)
+		} else {
+			d.ok("member %s fences %v before its session can expire", m.Name, budget)
 		}
 		if sk := skews[m.Name]; sk > maxSkew || sk < -maxSkew {
 			d.bad("member %s's clock is %v off this host's: synchronise the clocks (NTP); windows, the timeline and lease checks assume agreeing clocks", m.Name, sk.Round(time.Millisecond))
+		} else {
+			d.ok("member %s's clock is within %v of this host's (%v)", m.Name, maxSkew, sk.Round(time.Millisecond))
 		}
 	}
 	if len(timeouts) > 1 {
@@ -210,17 +266,24 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 		}
 	}
 	ids := map[string]string{}
+	dupIDs := false
 	for _, m := range first.Members {
 		if m.State == "down" {
 			continue
 		}
 		if other, dup := ids[m.NodeId]; dup && m.NodeId != "" {
+			dupIDs = true
 			d.bad("members %s and %s share node id %s: one data directory was copied from the other; give one a fresh data directory", other, m.Name, m.NodeId)
 		}
 		ids[m.NodeId] = m.Name
 	}
+	if !dupIDs {
+		d.ok("every live member has its own node id")
+	}
 	if first.Leader == "" {
 		d.bad("there is no leader: tasks are not dispatched and VIPs are not held")
+	} else {
+		d.ok("%s leads", first.Leader)
 	}
 	if !first.SelfReady || first.SelfSession != "running" {
 		// Its store reads would only run into the deadline.

@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -31,6 +32,9 @@ func eventsCmd(g *globals) *cobra.Command {
 			"duration (1h) or a time (RFC 3339).",
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := events.ValidType(typ); err != nil {
+				return usageError{fmt.Errorf("--type: %w", err)}
+			}
 			req := &taskdv1.ListEventsRequest{Node: node, Type: typ}
 			if since != "" {
 				t, err := parseSince(since)
@@ -59,7 +63,7 @@ func eventsCmd(g *globals) *cobra.Command {
 				return g.follow(cmd, c, req, all)
 			}
 			if g.output == "json" {
-				return g.printJSON(&taskdv1.ListEventsResponse{Events: all, Partial: resp.Msg.Partial})
+				return g.printEventsJSON(all, resp.Msg.Partial)
 			}
 			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "TIME\tNODE\tTYPE\tEVENT\tDETAILS")
@@ -77,8 +81,32 @@ func eventsCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// printEventsJSON prints the timeline as {"events": [...], "partial":
+// bool, "partial_reason": "..."}: partial says whether parts of the
+// timeline could not be read, the reason says which.
+func (g *globals) printEventsJSON(all []*taskdv1.Event, partial string) error {
+	out := struct {
+		Events        []json.RawMessage `json:"events"`
+		Partial       bool              `json:"partial"`
+		PartialReason string            `json:"partial_reason,omitempty"`
+	}{Events: []json.RawMessage{}, Partial: partial != "", PartialReason: partial}
+	for _, e := range all {
+		b, err := toJSON(e)
+		if err != nil {
+			return err
+		}
+		out.Events = append(out.Events, b)
+	}
+	b, err := encodeJSON(out)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(g.out, string(b))
+	return err
+}
+
 func eventRow(e *taskdv1.Event) string {
-	return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", e.Time.AsTime().Local().Format("2006-01-02 15:04:05.000"),
+	return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", e.Time.AsTime().Local().Format("2006-01-02 15:04:05.000 MST"),
 		e.Node, e.Type, e.Message, details(e.Attrs))
 }
 

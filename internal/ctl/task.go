@@ -32,12 +32,13 @@ func (e taskEndedError) Error() string {
 	return msg
 }
 
-var jsonOut = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
+// jsonOut leaves out unset fields: absent, not empty.
+var jsonOut = protojson.MarshalOptions{UseProtoNames: true}
 
 func (g *globals) printJSON(m proto.Message) error {
-	b, err := jsonOut.Marshal(m)
+	b, err := toJSON(m)
 	if err != nil {
-		return fmt.Errorf("encode JSON: %w", err)
+		return err
 	}
 	_, err = fmt.Fprintln(g.out, string(b))
 	return err
@@ -212,7 +213,7 @@ func taskListCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(tw, "ID\tTYPE\tSTATE\tATTEMPT\tRUNNER\tPROGRESS\tPRIORITY\tCREATED")
 			for _, t := range resp.Msg.Tasks {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", t.Id, t.Type, stateText(t), t.Attempt, dash(t.Runner),
-					progressText(t.Progress), t.Priority, t.Created.AsTime().Local().Format(time.DateTime))
+					percentText(t.Progress), t.Priority, t.Created.AsTime().Local().Format(tableTime))
 			}
 			return tw.Flush()
 		},
@@ -234,13 +235,6 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func progressText(p *taskdv1.TaskProgress) string {
-	if p == nil || p.Total <= 0 {
-		return "-"
-	}
-	return fmt.Sprintf("%.1f%%", 100*float64(p.Done)/float64(p.Total))
 }
 
 func taskShowCmd(g *globals) *cobra.Command {
@@ -280,13 +274,15 @@ func (g *globals) showTask(t *taskdv1.Task) error {
 	row("reason", t.Reason)
 	row("attempt", fmt.Sprint(t.Attempt))
 	row("runner", t.Runner)
-	row("progress", fmt.Sprintf("%d/%d (%s)", t.Progress.GetDone(), t.Progress.GetTotal(), progressText(t.Progress)))
+	if pl := progressLine(t); pl != "-" {
+		row("progress", pl)
+	}
 	row("priority", fmt.Sprint(t.Priority))
 	row("node", t.Node)
 	if t.RateLimitSet {
 		r := "unlimited"
 		if t.RateLimit > 0 {
-			r = fmt.Sprintf("%d bytes/s", t.RateLimit)
+			r = humanRate(float64(t.RateLimit))
 		}
 		row("rate limit", r+" (set on the task; overrides the spec)")
 	}
@@ -315,7 +311,7 @@ func (g *globals) showTask(t *taskdv1.Task) error {
 	row("finished", when(t.Finished))
 	row("spec", t.Spec)
 	for _, a := range t.History {
-		line := fmt.Sprintf("#%d on %s from %s", a.N, a.Runner, a.Started.AsTime().Local().Format(time.TimeOnly))
+		line := fmt.Sprintf("#%d on %s from %s", a.N, a.Runner, a.Started.AsTime().Local().Format(clockTime))
 		if a.Outcome != "" {
 			line += " -> " + a.Outcome
 		}
@@ -397,7 +393,7 @@ func taskSetRateCmd(g *globals) *cobra.Command {
 	var clear bool
 	cmd := &cobra.Command{
 		Use:   "set-rate ID BYTES | --clear",
-		Short: "Set a task's rate limit in bytes per second (K/M/G suffixes, 0 unlimited); a running copy applies it at once",
+		Short: "Set a copy task's rate limit in bytes per second (K/M/G suffixes, 0 unlimited); a running copy applies it at once (other types have no rate)",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 1 || len(args) > 2 || clear == (len(args) == 2) {
 				return usageError{fmt.Errorf("give a rate or --clear; usage: %s", cmd.UseLine())}

@@ -125,12 +125,12 @@ func tokenListCmd(g *globals) *cobra.Command {
 			for _, t := range resp.Msg.Tokens {
 				exp := "never"
 				if t.Expires != nil {
-					exp = t.Expires.AsTime().Local().Format("2006-01-02 15:04")
+					exp = t.Expires.AsTime().Local().Format("2006-01-02 15:04 MST")
 					if t.Expired {
 						exp += " (expired)"
 					}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t.Id, t.Role, t.Created.AsTime().Local().Format("2006-01-02 15:04"),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t.Id, t.Role, t.Created.AsTime().Local().Format("2006-01-02 15:04 MST"),
 					exp, t.CreatedBy, t.Description)
 			}
 			return tw.Flush()

@@ -73,7 +73,7 @@ func vipCmd(g *globals) *cobra.Command {
 				holder, since, state, health := "-", "-", "unheld", "-"
 				if v.Holder != "" {
 					holder, health = v.Holder, v.HolderHealth
-					since = v.HeldSince.AsTime().Local().Format(time.DateTime)
+					since = v.HeldSince.AsTime().Local().Format(tableTime)
 					state = "acquiring"
 					if v.Up {
 						state = "up"

@@ -67,7 +67,7 @@ func waitFor(cmd *cobra.Command, g *globals, id string, maxWait time.Duration) e
 		ctx, cancel = context.WithTimeoutCause(ctx, maxWait, errMaxWait)
 		defer cancel()
 	}
-	show := newWaitDisplay(cmd.ErrOrStderr(), g.output == "json")
+	show := newWaitDisplay(cmd.ErrOrStderr(), g.output == "json", isTerminal(cmd.ErrOrStderr()))
 	var last *taskdv1.Task
 	final := func() bool {
 		return last != nil && (last.State == "succeeded" || last.State == "failed" || last.State == "cancelled")
@@ -180,43 +180,71 @@ type waitDisplay struct {
 	last  string
 }
 
-func newWaitDisplay(w io.Writer, quiet bool) *waitDisplay {
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// newWaitDisplay draws a bar when bar is set (stderr is a terminal). The
+// bar shows the percentage; its description the rest of the progress, in
+// the task's units, so the percentage appears once.
+func newWaitDisplay(w io.Writer, quiet, bar bool) *waitDisplay {
 	d := &waitDisplay{w: w, quiet: quiet}
-	if f, ok := w.(*os.File); ok && !quiet && term.IsTerminal(int(f.Fd())) {
-		d.bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(w), progressbar.OptionShowCount(),
-			progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionFullWidth(),
-			progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))
+	if bar && !quiet {
+		// No spinner ticker: it would draw from a goroutine of its own
+		// that nothing joins, also after the result is printed.
+		d.bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(w), progressbar.OptionSetSpinnerChangeInterval(0),
+			progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionFullWidth())
 	}
 	return d
 }
 
-func (d *waitDisplay) update(t *taskdv1.Task) {
-	if d.quiet {
-		return
+// describe is the state, attempt, runner and reason of a task, with its
+// progress: with the percentage on a line of its own, without it in the
+// bar (which shows it).
+func describe(t *taskdv1.Task, withPercent bool) string {
+	line := fmt.Sprintf("%s attempt %d", stateText(t), t.Attempt)
+	if withPercent {
+		if p := progressLine(t); p != "-" {
+			line += " " + p
+		}
+	} else if p := progressDetail(t); p != "" {
+		line += " " + p
 	}
-	line := fmt.Sprintf("%s attempt %d %s", stateText(t), t.Attempt, progressText(t.Progress))
 	if t.Runner != "" {
 		line += " on " + t.Runner
 	}
 	if t.Reason != "" {
 		line += ": " + t.Reason
 	}
+	return line
+}
+
+func (d *waitDisplay) update(t *taskdv1.Task) {
+	if d.quiet {
+		return
+	}
 	if d.bar != nil {
 		if p := t.Progress; p != nil && p.Total > 0 {
 			d.bar.ChangeMax64(p.Total)
-			_ = d.bar.Set64(p.Done)
+			_ = d.bar.Set64(min(p.Done, p.Total))
 		}
-		d.bar.Describe(line)
+		d.bar.Describe(describe(t, false))
 		return
 	}
+	line := describe(t, true)
 	if line != d.last {
-		fmt.Fprintf(d.w, "%s %s\n", time.Now().Format(time.TimeOnly), line)
+		fmt.Fprintf(d.w, "%s %s\n", time.Now().Format(clockTime), line)
 		d.last = line
 	}
 }
 
+// done leaves the bar where it is (a failed task is not shown at 100%) and
+// ends its line, so that the result starts on a line of its own.
 func (d *waitDisplay) done() {
 	if d.bar != nil {
-		_ = d.bar.Finish()
+		_ = d.bar.Exit()
+		fmt.Fprintln(d.w)
+		d.bar = nil
 	}
 }

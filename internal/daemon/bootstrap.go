@@ -136,6 +136,7 @@ func newInitCmd() *cobra.Command {
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	d.register(cmd.Flags())
+	cmd.RunE = withSources(d, cmd.RunE)
 	return cmd
 }
 
@@ -219,6 +220,7 @@ func newJoinCmd() *cobra.Command {
 	f.StringVar(&server, "server", "", "API address (host:port) of a cluster member to join through")
 	f.StringVar(&tokenFile, "join-token-file", "", "file (mode 0600) holding the join token (default: the environment variable TASKD_JOIN_TOKEN)")
 	f.DurationVar(&timeout, "join-timeout", 5*time.Minute, "how long to keep trying while no member can admit this node (exit 69 after)")
+	cmd.RunE = withSources(d, cmd.RunE)
 	return cmd
 }
 

@@ -10,8 +10,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -118,6 +121,7 @@ func newRootCmd() *cobra.Command {
 			return run(d.cfg, log)
 		},
 	}
+	cmd.RunE = withSources(d, cmd.RunE)
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	d.register(cmd.Flags())
 	cmd.AddCommand(newVolumeCmd(), newInitCmd(), newJoinCmd(), newCertCmd())
@@ -153,6 +157,52 @@ type daemonFlags struct {
 	cfg                             node.Config
 	configFile, logLevel, logFormat string
 	certHostsFlag                   []string
+	// sources names where each flag not given on the command line got
+	// its value ("environment variable TASKD_X", "TASKD_X in FILE").
+	sources map[string]string
+}
+
+// withSources makes the errors of run name the environment variable or
+// config file line a bad value came from, next to its flag: an operator
+// who set TASKD_PRIORITY=300 is not left looking for a --priority flag.
+func withSources(d *daemonFlags, run func(*cobra.Command, []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		return d.annotate(run(cmd, args))
+	}
+}
+
+// sourcedError is an error whose message names the sources of flags.
+type sourcedError struct {
+	msg string
+	err error
+}
+
+func (e sourcedError) Error() string { return e.msg }
+func (e sourcedError) Unwrap() error { return e.err }
+
+// annotate adds "(from environment variable TASKD_X)" after each --x in
+// err's message whose value did not come from the command line.
+func (d *daemonFlags) annotate(err error) error {
+	if err == nil || len(d.sources) == 0 {
+		return err
+	}
+	msg := err.Error()
+	names := slices.Sorted(maps.Keys(d.sources))
+	slices.Reverse(names) // longer names that extend shorter ones first (--etcd-ca-x before --etcd-ca)
+	changed := false
+	for _, name := range names {
+		re := regexp.MustCompile(`--` + regexp.QuoteMeta(name) + `\b([^-]|$)`)
+		if re.MatchString(msg) {
+			msg = re.ReplaceAllStringFunc(msg, func(m string) string {
+				return "--" + name + " (from " + d.sources[name] + ")" + m[len("--"+name):]
+			})
+			changed = true
+		}
+	}
+	if !changed {
+		return err
+	}
+	return sourcedError{msg, err}
 }
 
 func newDaemonFlags() *daemonFlags {
@@ -165,9 +215,23 @@ func newDaemonFlags() *daemonFlags {
 // DATA_DIR/cluster.json (in that order of precedence, after the command
 // line) and builds the logger.
 func (d *daemonFlags) prepare(cmd *cobra.Command) (*slog.Logger, error) {
+	given := map[string]bool{}
+	cmd.Flags().Visit(func(f *pflag.Flag) { given[f.Name] = true })
 	if err := applyEnvAndFile(cmd.Flags(), d.configFile); err != nil {
 		return nil, err
 	}
+	d.sources = map[string]string{}
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		env := envName(f.Name)
+		if _, ok := os.LookupEnv(env); ok {
+			d.sources[f.Name] = "environment variable " + env
+		} else {
+			d.sources[f.Name] = env + " in " + d.configFile
+		}
+	})
 	if err := refuseRemoved(cmd.Flags()); err != nil {
 		return nil, err
 	}
@@ -185,7 +249,7 @@ func (d *daemonFlags) prepare(cmd *cobra.Command) (*slog.Logger, error) {
 func (d *daemonFlags) register(f *pflag.FlagSet) {
 	cfg := &d.cfg
 	f.StringVar(&d.configFile, "config", "", "config file of TASKD_NAME=value lines (same names as the environment variables)")
-	f.StringVar(&cfg.Name, "name", cfg.Name, "unique node name (default: hostname); it names the node's certificate")
+	f.StringVar(&cfg.Name, "name", cfg.Name, "unique node name, the host name unless given; it names the node's certificate")
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory (lock, node id, credentials in pki/, embedded etcd data)")
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "API listen address (always TLS with the node certificate; every call needs a token)")
 	f.StringVar(&cfg.Advertise, "advertise", cfg.Advertise, "API address announced to the cluster (default: --listen)")

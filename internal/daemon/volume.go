@@ -75,12 +75,12 @@ extent and, when FILE exists, resumes from it.`,
 			if spec.Rate, err = volcopy.ParseBytes(rate); err != nil {
 				return usageError{fmt.Errorf("--rate: %w", err)}
 			}
-			r, err := volcopy.ParseBytes(reqSize)
+			r, err := parseOptionalBytes(reqSize)
 			if err != nil {
 				return usageError{fmt.Errorf("--request-size: %w", err)}
 			}
 			spec.RequestSize = int(r)
-			if spec.ExtentSize, err = volcopy.ParseBytes(extentSize); err != nil {
+			if spec.ExtentSize, err = parseOptionalBytes(extentSize); err != nil {
 				return usageError{fmt.Errorf("--extent-size: %w", err)}
 			}
 			if rateFile != "" {
@@ -99,13 +99,22 @@ extent and, when FILE exists, resumes from it.`,
 	f.StringVar(&rate, "rate", "0", "limit reads to this many bytes per second (K/M/G suffixes, 0 = unlimited)")
 	f.StringVar(&rateFile, "rate-file", "", "file holding the rate (as --rate), read at start and again at every SIGHUP: changes the rate while the copy runs")
 	f.IntVar(&spec.Workers, "workers", 0, "requests in flight (default 4 for files, 32 for NBD)")
-	f.StringVar(&reqSize, "request-size", "0", "bytes per read (default 1M)")
-	f.StringVar(&extentSize, "extent-size", "0", "bytes per checkpoint extent (default 256M)")
+	// Empty defaults: the engine picks (1M, 256M); help then shows one default.
+	f.StringVar(&reqSize, "request-size", "", "bytes per read (K/M/G suffixes; default 1M)")
+	f.StringVar(&extentSize, "extent-size", "", "bytes per checkpoint extent (K/M/G suffixes; default 256M)")
 	f.StringVar(&checkpoint, "checkpoint", "", "save the checkpoint to FILE after each extent; resume from FILE when it exists")
 	f.StringVar(&progress, "progress", "auto", "progress display: auto (bar on a terminal, log lines otherwise), bar, log, none")
 	f.IntVar(&conns, "connections", 4, "NBD connections when the server allows multi-conn")
 	f.BoolVar(&direct, "direct-io", true, "bypass the page cache (O_DIRECT) for aligned I/O on files and block devices")
 	return cmd
+}
+
+// parseOptionalBytes is volcopy.ParseBytes, with "" for the engine's default.
+func parseOptionalBytes(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	return volcopy.ParseBytes(s)
 }
 
 // fileURI lets the local command take plain paths.
@@ -186,13 +195,17 @@ func runVolumeCopy(ctx context.Context, stderr io.Writer, spec volcopy.Spec, cpF
 	var bar *progressbar.ProgressBar
 	switch mode {
 	case "bar":
-		bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(stderr), progressbar.OptionShowBytes(true),
+		// The bar draws the percentage; its description the rest, in
+		// the units of the log lines (IEC), not the bar's own (SI).
+		// No spinner ticker: a goroutine of its own that nothing joins.
+		bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(stderr), progressbar.OptionSetSpinnerChangeInterval(0),
 			progressbar.OptionSetDescription("copy"), progressbar.OptionThrottle(200*time.Millisecond),
-			progressbar.OptionShowCount(), progressbar.OptionFullWidth(), progressbar.OptionOnCompletion(func() { fmt.Fprintln(stderr) }))
+			progressbar.OptionFullWidth())
 		opts.ProgressInterval = 250 * time.Millisecond
 		opts.OnProgress = func(p volcopy.Progress) {
 			bar.ChangeMax64(max(p.AllocatedTotal, 1))
-			_ = bar.Set64(p.AllocatedDone)
+			_ = bar.Set64(min(p.AllocatedDone, max(p.AllocatedTotal, 1)))
+			bar.Describe("copy " + progressDetail(p))
 		}
 	case "log":
 		opts.ProgressInterval = 5 * time.Second
@@ -216,11 +229,16 @@ func runVolumeCopy(ctx context.Context, stderr io.Writer, spec volcopy.Spec, cpF
 		follow.Add(1)
 		go func() { defer follow.Done(); followRateFile(fctx, stderr, rateFile, job, hup) }()
 	}
+	started := time.Now()
 	p, err := job.Run(ctx)
+	elapsed := time.Since(started)
 	stopFollow()
 	follow.Wait()
 	if bar != nil {
-		_ = bar.Finish()
+		// Where the copy stopped (not 100% for a failed one), and the
+		// line ended before the result.
+		_ = bar.Exit()
+		fmt.Fprintln(stderr)
 	}
 	switch {
 	case err == nil:
@@ -234,9 +252,33 @@ func runVolumeCopy(ctx context.Context, stderr io.Writer, spec volcopy.Spec, cpF
 	if cpFile != "" {
 		os.Remove(cpFile)
 	}
-	fmt.Fprintf(stderr, "copied %s: read %s, wrote %s, zeroed %s\n", humanBytes(p.LogicalTotal),
-		humanBytes(p.BytesRead), humanBytes(p.BytesWritten), humanBytes(p.BytesZeroed))
+	fmt.Fprint(stderr, summary(p, elapsed, spec.Verify))
 	return nil
+}
+
+// summary ends a successful copy: what it moved, in how long and how fast
+// on average, and a verified line only when extents were hashed on both
+// sides (saying which ones, if a resumed run verified only its own).
+func summary(p volcopy.Progress, elapsed time.Duration, verify bool) string {
+	avg := "-"
+	if s := elapsed.Seconds(); s > 0 {
+		avg = humanBytes(int64(float64(p.BytesRead)/s)) + "/s"
+	}
+	out := fmt.Sprintf("copied %s in %s (average %s): read %s, wrote %s, zeroed %s\n", humanBytes(p.LogicalTotal),
+		elapsed.Round(time.Millisecond), avg, humanBytes(p.BytesRead), humanBytes(p.BytesWritten), humanBytes(p.BytesZeroed))
+	switch {
+	case !verify || p.ExtentsVerified == 0:
+	case p.ExtentsVerified >= p.ExtentsTotal:
+		if p.ExtentsVerified == 1 {
+			out += "verified: source and target hash equal (XXH3, one checkpoint unit)\n"
+		} else {
+			out += fmt.Sprintf("verified: all %d checkpoint units of source and target hash equal (XXH3)\n", p.ExtentsVerified)
+		}
+	default:
+		out += fmt.Sprintf("verified: the %d of %d checkpoint units this run copied hash equal (XXH3); the %d copied before the checkpoint were not verified by this run\n",
+			p.ExtentsVerified, p.ExtentsTotal, p.ExtentsTotal-p.ExtentsVerified)
+	}
+	return out
 }
 
 func checkpointHint(cpFile string) string {
@@ -251,9 +293,14 @@ func formatProgress(p volcopy.Progress) string {
 	if p.AllocatedTotal > 0 {
 		pct = 100 * float64(p.AllocatedDone) / float64(p.AllocatedTotal)
 	}
-	return fmt.Sprintf("copy: %5.1f%%  allocated %s/%s  logical %s/%s  %s/s  eta %s",
-		pct, humanBytes(p.AllocatedDone), humanBytes(p.AllocatedTotal),
+	return fmt.Sprintf("copy: %5.1f%% %s / %s (logical %s / %s), %s/s, eta %s", pct, humanBytes(p.AllocatedDone), humanBytes(p.AllocatedTotal),
 		humanBytes(p.LogicalDone), humanBytes(p.LogicalTotal), humanBytes(int64(p.Rate)), etaText(p))
+}
+
+// progressDetail is "2.0 GiB / 4.0 GiB, 180 MiB/s, eta 12s" in allocated
+// bytes (what the copy reads, and what its rate and ETA measure).
+func progressDetail(p volcopy.Progress) string {
+	return fmt.Sprintf("%s / %s, %s/s, eta %s", humanBytes(p.AllocatedDone), humanBytes(p.AllocatedTotal), humanBytes(int64(p.Rate)), etaText(p))
 }
 
 // etaText is the time left, or "unknown" when the copy cannot estimate it

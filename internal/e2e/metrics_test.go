@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -53,9 +54,19 @@ func TestMetrics(t *testing.T) {
 		"taskd_ready 1",
 		"taskd_dispatch_latency_seconds_count 1",
 		"taskd_dispatch_assignments_total 1",
+		// Issue 13: present from the start, before any fence.
+		`taskd_fences_total{before_expiry="false"} 0`,
+		`taskd_fences_total{before_expiry="true"} 0`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// Issue 13: label values are words joined by underscores; an attempt
+	// ended by a closed window was counted as outcome="window closed".
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, "#") && regexp.MustCompile(`="[^"]* [^"]*"`).MatchString(line) {
+			t.Errorf("/metrics label value with a space: %s", line)
 		}
 	}
 }

@@ -71,6 +71,10 @@ func New(view func() *quorum.View) *Set {
 	}
 	reg.MustRegister(s.DispatchLatency, s.Tasks, s.Assignments, s.GivenBack, s.Attempts, s.CopyBytes, s.CopyRate,
 		s.VIPHolding, s.Fences, s.FenceDuration, &viewCollector{view: view})
+	// Present from the start, at 0: a rate() or an alert on fences needs
+	// the series before the first fence.
+	s.Fences.WithLabelValues("true")
+	s.Fences.WithLabelValues("false")
 	return s
 }
 

@@ -153,10 +153,11 @@ func (c Config) Validate() error {
 	} else {
 		errs = append(errs, c.validateStore(t)...)
 	}
+	qc := c.quorumConfig("validate")
 	if err := quorum.ValidatePriority(c.Priority); err != nil {
 		errs = append(errs, fmt.Errorf("--priority: %w", err))
+		qc.Priority = 0 // said once, with its flag; not again by qc.Validate
 	}
-	qc := c.quorumConfig("validate")
 	if err := qc.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -388,3 +389,26 @@ func (c Config) validateStore(t coord.Target) []error {
 // dropReportInterval is how often dropped timeline events are logged (when
 // there were any).
 const dropReportInterval = time.Minute
+
+// rootWarnings says which --volume-root and --nbd-socket-dir directories
+// do not exist (or are no directories) now. Not an error: a mount may
+// come later, and until then copies there fail with a clear reason; but
+// a typo would otherwise go unnoticed until the first copy.
+func (c Config) rootWarnings() []string {
+	var out []string
+	for _, l := range []struct {
+		flag string
+		dirs []string
+	}{{"--volume-root", c.VolumeRoots}, {"--nbd-socket-dir", c.NBDSocketDirs}} {
+		for _, d := range l.dirs {
+			fi, err := os.Stat(d)
+			switch {
+			case err != nil:
+				out = append(out, fmt.Sprintf("%s %s: %v; copies there fail until it exists", l.flag, d, errors.Unwrap(err)))
+			case !fi.IsDir():
+				out = append(out, fmt.Sprintf("%s %s is not a directory; copies there fail", l.flag, d))
+			}
+		}
+	}
+	return out
+}

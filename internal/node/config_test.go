@@ -2,6 +2,8 @@ package node
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -96,5 +98,25 @@ func TestStoreRootIsPassedOn(t *testing.T) {
 		if err := c.Validate(); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "store root") {
 			t.Errorf("root %q: err = %v, want a configuration error about the store root", bad, err)
 		}
+	}
+}
+
+// TestRootWarnings (issue 13): a --volume-root that does not exist is
+// named at start (a warning, not an error: a mount may come later).
+func TestRootWarnings(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "nosuch")
+	c := Config{VolumeRoots: []string{dir, missing}, NBDSocketDirs: []string{file}}
+	w := c.rootWarnings()
+	if len(w) != 2 || !strings.Contains(w[0], "--volume-root "+missing) || !strings.Contains(w[0], "no such file") ||
+		!strings.Contains(w[1], "--nbd-socket-dir "+file+" is not a directory") {
+		t.Errorf("warnings %q", w)
+	}
+	if w := (Config{VolumeRoots: []string{dir}}).rootWarnings(); len(w) != 0 {
+		t.Errorf("existing root: warnings %q", w)
 	}
 }

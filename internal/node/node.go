@@ -146,6 +146,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	n.log.Info("taskd starting", "event", "start", "previous_exit", prevCode, "previous_reason", prevReason, "version", cfg.Version, "listen", ln.Addr().String(), "coordinator", target.String(),
 		"data_dir", cfg.DataDir, "node_id", nodeID, "session_timeout", cfg.SessionTimeout)
+	for _, w := range cfg.rootWarnings() {
+		n.log.Warn(w)
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(gctx, ln) })

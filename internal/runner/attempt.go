@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -275,7 +276,7 @@ func (a *attempt) run() {
 	state := a.rec.State
 	a.mu.Unlock()
 	if m := a.s.r.cfg.Metrics; m != nil {
-		m.Attempts.WithLabelValues(string(out)).Inc()
+		m.Attempts.WithLabelValues(metricLabel(string(out))).Inc()
 	}
 	if state == task.Waiting && (out == outcomeWindowClosed || out == outcomeDrained) {
 		a.log.Info("task parked", "event", "task_parked", "outcome", out)
@@ -293,3 +294,8 @@ func runSafely(ctx context.Context, typ task.Type, spec, cp []byte, r task.Repor
 	}()
 	return typ.Run(ctx, spec, cp, r)
 }
+
+// metricLabel is an outcome as a Prometheus label value: words joined by
+// underscores ("window closed" -> "window_closed"), as label values are
+// by convention and as queries can match them without quoting spaces.
+func metricLabel(outcome string) string { return strings.ReplaceAll(outcome, " ", "_") }

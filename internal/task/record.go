@@ -74,6 +74,9 @@ var (
 	// ErrInvalid: bad input; nothing was changed. It is keys.ErrInvalid.
 	ErrInvalid  = keys.ErrInvalid
 	ErrNotFound = errors.New("task not found")
+	// ErrRunnerNotFound: no runner of that name; errors.Is(err,
+	// ErrNotFound) holds too, so callers map both alike.
+	ErrRunnerNotFound error = runnerNotFound{}
 	// ErrState: the task's state does not allow the request (for example
 	// cancel on a finished task).
 	ErrState = errors.New("task state does not allow this")
@@ -85,6 +88,11 @@ var (
 	// reassigned, the session ending) gives it no time.
 	ErrStopAsked = errors.New("stop asked")
 )
+
+type runnerNotFound struct{}
+
+func (runnerNotFound) Error() string        { return "runner not found" }
+func (runnerNotFound) Is(target error) bool { return target == ErrNotFound }
 
 // Progress is what a task reports about its work.
 type Progress struct {

@@ -200,7 +200,7 @@ func (s *Store) SetMarks(ctx context.Context, node string, force bool, f func(*M
 	}
 	if !force {
 		if _, err := s.kv.Get(ctx, runner); errors.Is(err, coord.ErrNotFound) {
-			return Marks{}, fmt.Errorf("%w: no live runner named %s (use --force to mark it anyway)", ErrNotFound, node)
+			return Marks{}, fmt.Errorf("%w: no live runner named %s (use --force to mark it anyway)", ErrRunnerNotFound, node)
 		} else if err != nil {
 			return Marks{}, fmt.Errorf("read runner %s: %w", node, err)
 		}

@@ -68,6 +68,17 @@ func (s *Store) Layout() keys.Tasks { return s.layout }
 // Types is the registry of task types.
 func (s *Store) Types() Registry { return s.types }
 
+// rateLimitedTypes names the registered types that take a rate.
+func (s *Store) rateLimitedTypes() []string {
+	var out []string
+	for _, n := range s.types.Names() {
+		if _, ok := s.types[n].(RateLimited); ok {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // KV is the underlying coordination store. Only the API's token and event
 // services still use it, for records that are not tasks; the task center
 // uses the narrow watches and reads of watch.go.
@@ -573,8 +584,14 @@ func (s *Store) modify(ctx context.Context, id string, f func(r *Record) (change
 	return nil, fmt.Errorf("task %s: gave up after %d conflicting writes: %w", id, casRetries, coord.ErrConflict)
 }
 
+// finishedErr refuses a change to a task that has ended. The caller (the
+// command) already names the action and the task; this says why.
 func finishedErr(r *Record, what string) error {
-	return fmt.Errorf("%w: cannot %s task %s: it has already %s", ErrState, what, r.ID, r.State)
+	verb := "has already"
+	if r.State == Cancelled {
+		verb = "was already"
+	}
+	return fmt.Errorf("%w: the task %s %s (cannot %s a finished task)", ErrState, verb, r.State, what)
 }
 
 // Cancel ends a task. A waiting or paused task is cancelled at once; a
@@ -648,6 +665,11 @@ func (s *Store) SetRate(ctx context.Context, id string, bytesPerSecond int64, cl
 	return s.modify(ctx, id, func(r *Record) (change, error) {
 		if r.State.Final() {
 			return keep, finishedErr(r, "set the rate of")
+		}
+		if t, ok := s.types[r.Type]; ok {
+			if _, ok := t.(RateLimited); !ok {
+				return keep, fmt.Errorf("%w: a %s task has no rate to set: only %s tasks take one", ErrInvalid, r.Type, strings.Join(s.rateLimitedTypes(), ", "))
+			}
 		}
 		r.RateLimit, r.RateLimitSet = bytesPerSecond, !clear
 		if clear {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 )
 
 // Reporter is what a running attempt uses to publish its state.
@@ -43,6 +44,12 @@ type Type interface {
 	// returns nil when the task is complete. It must return promptly once
 	// ctx ends. Errors are retryable unless wrapped with Permanent.
 	Run(ctx context.Context, spec json.RawMessage, checkpoint []byte, r Reporter) error
+}
+
+// RateLimited is implemented by types that throttle their I/O and apply a
+// rate set on the task (Reporter.RateLimit); only their tasks take one.
+type RateLimited interface {
+	RateLimited()
 }
 
 // Constrainer is implemented by types whose spec pins the task to a node
@@ -90,7 +97,7 @@ type Registry map[string]Type
 func (r Registry) Lookup(name string) (Type, error) {
 	t, ok := r[name]
 	if !ok {
-		return nil, fmt.Errorf("%w: unknown task type %q (known: %v)", ErrInvalid, name, r.Names())
+		return nil, fmt.Errorf("%w: unknown task type %q (known: %s)", ErrInvalid, name, strings.Join(r.Names(), ", "))
 	}
 	return t, nil
 }

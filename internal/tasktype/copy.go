@@ -36,6 +36,9 @@ type Copy struct {
 	Metrics *metrics.Set // optional
 }
 
+// RateLimited: a copy applies a rate set on its task (task set-rate).
+func (Copy) RateLimited() {}
+
 // copySpec is volcopy.Spec plus the node that holds its file endpoints.
 type copySpec struct {
 	volcopy.Spec
@@ -166,7 +169,7 @@ func (c Copy) Run(ctx context.Context, raw json.RawMessage, cp []byte, r task.Re
 		ProgressInterval: time.Second,
 		OnProgress: func(p volcopy.Progress) {
 			account(p, true)
-			last = task.Progress{Done: p.LogicalDone, Total: p.LogicalTotal, Bytes: p.BytesWritten, Rate: p.Rate, ETASeconds: p.ETA.Seconds()}
+			last = copyProgress(p)
 			r.Progress(last)
 		},
 		OnCheckpoint: func(b []byte) error { return r.Checkpoint(b, last) },
@@ -218,11 +221,20 @@ func (c Copy) Run(ctx context.Context, raw json.RawMessage, cp []byte, r task.Re
 	stopRate()
 	rateWG.Wait()
 	if err == nil {
-		r.Progress(task.Progress{Done: p.LogicalDone, Total: p.LogicalTotal, Bytes: p.BytesWritten, Rate: p.Rate})
+		done := copyProgress(p)
+		done.ETASeconds = 0
+		r.Progress(done)
 		return nil
 	}
 	if errors.Is(err, volcopy.ErrVerify) || errors.Is(err, volcopy.ErrInvalid) {
 		return task.Permanent(err)
 	}
 	return err
+}
+
+// copyProgress is a copy's progress in allocated bytes, the data it has to
+// read: the rate and the ETA are measured in them, so a sparse copy's
+// progress and ETA stay steady instead of jumping over holes.
+func copyProgress(p volcopy.Progress) task.Progress {
+	return task.Progress{Done: p.AllocatedDone, Total: p.AllocatedTotal, Bytes: p.BytesWritten, Rate: p.Rate, ETASeconds: p.ETA.Seconds()}
 }

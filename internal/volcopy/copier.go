@@ -32,6 +32,7 @@ type Copier struct {
 	allocDone, logicalDone atomic.Int64
 	extentsDone            atomic.Int64
 	flushes                atomic.Int64
+	verified               atomic.Int64 // extents this run hashed on both sides
 	allocTotal             atomic.Int64
 }
 
@@ -234,7 +235,7 @@ func (c *Copier) snapshot() Progress {
 		LogicalDone: c.logicalDone.Load(), LogicalTotal: size,
 		AllocatedDone: c.allocDone.Load(), AllocatedTotal: c.allocTotal.Load(),
 		BytesRead: c.read.Load(), BytesWritten: c.written.Load(), BytesZeroed: c.zeroed.Load(),
-		ExtentsDone: c.extentsDone.Load(), ExtentsTotal: ext, Flushes: c.flushes.Load(),
+		ExtentsDone: c.extentsDone.Load(), ExtentsTotal: ext, Flushes: c.flushes.Load(), ExtentsVerified: c.verified.Load(),
 	}
 }
 

@@ -45,6 +45,7 @@ func (c *Copier) flusher(ctx context.Context, extents <-chan *extentWork, window
 			if err := c.verifyExtent(ctx, e); err != nil {
 				return err
 			}
+			c.verified.Add(1)
 		}
 		c.extentsDone.Store(e.index + 1)
 		durable.Next = e.end

@@ -114,6 +114,10 @@ type Progress struct {
 	// flushes this run made (a unit that changed nothing needs none).
 	ExtentsDone, ExtentsTotal int64
 	Flushes                   int64
+	// ExtentsVerified: units this run hashed on source and target and
+	// found equal (Verify). A resumed run does not count units done before
+	// its checkpoint.
+	ExtentsVerified int64
 }
 
 // checkpoint is the opaque state between runs. Only this package reads it.
