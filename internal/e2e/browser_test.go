@@ -56,7 +56,7 @@ func newBrowser(t *testing.T, c *harness.Cluster) *browser {
 		chromedp.NoSandbox,
 		chromedp.Flag("disable-gpu", true),
 		chromedp.Flag("ignore-certificate-errors-spki-list", strings.Join(spki, ",")),
-		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND"),
+		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("no-proxy-server", true),
 		chromedp.WindowSize(1400, 900),
@@ -136,7 +136,7 @@ func (b *browser) login(node *harness.Node, token string) {
 	b.t.Helper()
 	b.must(15*time.Second, "open the console", chromedp.Navigate("https://"+node.API+"/ui/"), chromedp.WaitVisible(`#token`))
 	b.must(10*time.Second, "log in", chromedp.SendKeys(`#token`, token), chromedp.Click(`#login-submit`))
-	b.waitJS(10*time.Second, "logged in", `document.getElementById('login').hidden && document.getElementById('who').textContent !== ''`)
+	b.waitJS(10*time.Second, "logged in", `!document.getElementById('login').checkVisibility() && document.getElementById('view').checkVisibility() && document.getElementById('who').textContent !== ''`)
 }
 
 // goTo shows a view (a hash route: "#/tasks").

@@ -224,9 +224,20 @@ function viewTimeline(root, scope) {
     const own = sub;
     scope.ctl.signal.addEventListener('abort', () => own.close());
     evs = [];
+    const seen = new Set();
     const q = { node: node.value.trim(), type: kind.value.trim(), since: new Date(Date.now() - 3600e3).toISOString() };
     own.live('EventService', 'WatchEvents', () => ({ ...q, since: evs.length ? evs[evs.length - 1].time : q.since }), (e) => {
-      evs.push(e); if (evs.length > 1000) evs.shift(); redraw();
+      // A reconnect resends the events of its since instant: drop them.
+      const key = e.node + '/' + e.seq;
+      if (seen.has(key)) return;
+      seen.add(key);
+      // Rings of several nodes arrive interleaved: keep them in time order.
+      const at = new Date(e.time).getTime();
+      let i = evs.length;
+      while (i > 0 && new Date(evs[i - 1].time).getTime() > at) i--;
+      evs.splice(i, 0, e);
+      if (evs.length > 1000) evs.shift();
+      redraw();
     });
     draw();
   }
