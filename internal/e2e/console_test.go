@@ -110,8 +110,20 @@ func TestConsole(t *testing.T) {
 	b.goTo("#/vips")
 	b.waitJS(10*time.Second, "the VIP view", `document.querySelector('#view h1')?.textContent === 'Virtual IPs' && document.querySelector('#view p, #view table')`)
 	b.shot("vips")
+	// An operator plants markup in the timeline: a cancel of a "task"
+	// whose id is HTML is refused, and its audit event names that id. The
+	// console shows it as text; the markup never runs (the token is in
+	// the page's storage).
+	const planted = `<img src=x onerror="window.__pwned=1">`
+	if _, err := leader.Client().Tasks.CancelTask(ctxFor(t, 5*time.Second), connect.NewRequest(&taskdv1.TaskRef{Id: planted})); connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Fatalf("cancel of an id that is HTML: %v; want invalid_argument", err)
+	}
 	b.goTo("#/timeline")
 	b.waitJS(10*time.Second, "the timeline shows the audit of the cancel", fmt.Sprintf(`[...document.querySelectorAll('tr[data-kind]')].some((r) => r.textContent.includes(%q))`, id))
+	b.waitJS(10*time.Second, "the planted markup shown as text", fmt.Sprintf(`[...document.querySelectorAll('tr[data-kind]')].some((r) => r.textContent.includes(%q))`, planted))
+	if pwned, err := eval[bool](b, `window.__pwned === 1 || document.querySelector('#view img') !== null`); err != nil || pwned {
+		t.Errorf("markup from an audit event became HTML in the console (%v)", err)
+	}
 	b.shot("timeline")
 
 	viewerCannotAct(t, c, leader, b)
