@@ -91,18 +91,37 @@ function viewTasks(root, scope) {
     } catch (e) { showError(e); }
   }
   const reload = scope.throttle(load);
+  // matches: would the filters keep t (an unfinished task)?
   const matches = (t) => {
-    const st = f.status.value;
-    return (!st || st === t.state || (st === 'unfinished')) && (!f.type.value.trim() || t.type === f.type.value.trim());
+    const st = f.status.value, typ = f.type.value.trim(), node = f.node.value.trim(), key = f.key.value.trim();
+    return (!st || st === 'unfinished' || st === t.state) && (!typ || t.type === typ) &&
+      (!node || t.runner === node || t.node === node) && (!key || t.id.includes(key));
   };
   load();
+  // known: the state of every unfinished task, from WatchTasks, so that a
+  // progress write to a task off the page costs nothing.
+  const known = new Map();
+  const showsFinished = () => ['', 'finished', 'succeeded', 'failed', 'cancelled'].includes(f.status.value);
   scope.live('TaskService', 'WatchTasks', {}, (m) => {
-    if (m.snapshot) { reload(); return; }
-    let refetch = (m.removed || []).some((id) => shown.has(id));
+    if (m.snapshot) { known.clear(); (m.tasks || []).forEach((t) => known.set(t.id, t.state)); reload(); return; }
+    let refetch = false;
+    for (const id of m.removed || []) {
+      known.delete(id);
+      if (shown.has(id) || showsFinished()) refetch = true;
+    }
     for (const t of m.tasks || []) {
+      const prev = known.get(t.id);
+      known.set(t.id, t.state);
       const row = body.querySelector('tr[data-task="' + CSS.escape(t.id) + '"]');
-      if (row && shown.get(t.id).state === t.state) { row.replaceWith(taskRow(t)); shown.set(t.id, t); }
-      else if (row || matches(t)) refetch = true;
+      if (row && matches(t)) { row.replaceWith(taskRow(t)); shown.set(t.id, t); continue; }
+      if (!row && prev === t.state) continue; // progress of a task on another page
+      if (!row && prev === undefined && matches(t) && offset === 0) {
+        // A new task on the first page (newest first): show it now; the
+        // refetch below corrects the page and the count.
+        body.prepend(taskRow(t)); shown = new Map([[t.id, t], ...shown]);
+        if (body.children.length > pageSize) body.lastElementChild.remove();
+      }
+      if (row || matches(t)) refetch = true;
     }
     if (refetch) reload();
   });
