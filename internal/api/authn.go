@@ -13,6 +13,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/internal/api/gen/taskdv1/taskdv1connect"
 	"github.com/taskd/taskd/internal/auth"
+	"github.com/taskd/taskd/internal/webui"
 )
 
 // procedure is what the API knows about one RPC before decoding it.
@@ -45,6 +46,7 @@ var procedures = map[string]procedure{
 	taskdv1connect.TaskServiceSetTaskWindowProcedure: {auth.Operator, true, "task"},
 	taskdv1connect.TaskServiceSetTaskRateProcedure:   {auth.Operator, true, "task"},
 	taskdv1connect.TaskServiceWatchTaskProcedure:     {auth.Viewer, false, ""},
+	taskdv1connect.TaskServiceWatchTasksProcedure:    {auth.Viewer, false, ""},
 
 	taskdv1connect.RunnerServiceListRunnersProcedure:    {auth.Viewer, false, ""},
 	taskdv1connect.RunnerServiceSetRunnerMarksProcedure: {auth.Operator, true, "node"},
@@ -65,6 +67,7 @@ var procedures = map[string]procedure{
 	taskdv1connect.TokenServiceCreateTokenProcedure: {auth.Admin, true, "token"},
 	taskdv1connect.TokenServiceListTokensProcedure:  {auth.Admin, false, ""},
 	taskdv1connect.TokenServiceRevokeTokenProcedure: {auth.Admin, true, "token"},
+	taskdv1connect.TokenServiceWhoAmIProcedure:      {auth.Viewer, false, ""},
 }
 
 // Paths outside the RPCs.
@@ -72,6 +75,7 @@ const (
 	pathHealth  = "/healthz" // open: says "ok"
 	pathReady   = "/readyz"  // open: says "ready" or "not ready"
 	pathMetrics = "/metrics" // viewer
+	pathUI      = "/ui"      // open: the web console's files, under /ui/
 )
 
 // Authenticator checks bearer tokens; *auth.Verifier is the one taskd uses.
@@ -129,6 +133,11 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		case pathHealth, pathReady:
 			next.ServeHTTP(w, r)
 			return
+		case pathUI:
+			// The console's files: no data, no token (internal/webui).
+			dropBody(w, r)
+			next.ServeHTTP(w, r)
+			return
 		case pathMetrics:
 			id, err := s.authenticate(r)
 			if err == nil && !id.Role.Satisfies(auth.Viewer) {
@@ -140,6 +149,11 @@ func (s *Server) guard(next http.Handler) http.Handler {
 				http.Error(w, err.Error(), httpStatus(err))
 				return
 			}
+			next.ServeHTTP(w, r)
+			return
+		}
+		if strings.HasPrefix(path, webui.Prefix) {
+			dropBody(w, r)
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -36,6 +36,7 @@ import (
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/vip"
 	"github.com/taskd/taskd/internal/vips"
+	"github.com/taskd/taskd/internal/webui"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -167,6 +168,8 @@ func NewServer(cfg ServerConfig, cluster Cluster, log *slog.Logger) (*Server, er
 	if cfg.Metrics != nil {
 		mux.Handle(pathMetrics, cfg.Metrics)
 	}
+	mux.Handle(pathUI, webui.Handler())
+	mux.Handle(webui.Prefix, webui.Handler())
 	mux.HandleFunc(pathHealth, func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc(pathReady, func(w http.ResponseWriter, _ *http.Request) {
 		if !cluster.Ready() {

@@ -26,6 +26,7 @@ import (
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/schedule"
 	"github.com/taskd/taskd/internal/task"
+	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/testenv"
 	"github.com/taskd/taskd/internal/vips"
 )
@@ -107,7 +108,7 @@ func startServer(t *testing.T, tweak func(*api.ServerConfig)) *server {
 	go func() { defer close(jdone); rec.RunJournal(jctx) }()
 	t.Cleanup(func() { jstop(); <-jdone }) // runs before rec.Close
 	log := slog.New(events.Tap(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}), rec))
-	tasks, err := task.NewStore(store, root, task.Registry{}, "UTC", time.Now)
+	tasks, err := task.NewStore(store, root, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}

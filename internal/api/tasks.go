@@ -209,27 +209,6 @@ func (s *taskService) GetTask(ctx context.Context, req *connect.Request[taskdv1.
 	return s.reply(ctx, st, r)
 }
 
-func (s *taskService) ListTasks(ctx context.Context, req *connect.Request[taskdv1.ListTasksRequest]) (*connect.Response[taskdv1.ListTasksResponse], error) {
-	if t := req.Msg.Type; t != "" {
-		if err := keys.ValidTaskType(t); err != nil {
-			return nil, toConnect(err)
-		}
-	}
-	st, err := s.store()
-	if err != nil {
-		return nil, err
-	}
-	rs, err := st.List(ctx, task.Filter{Status: req.Msg.Status, Type: req.Msg.Type})
-	if err != nil {
-		return nil, toConnect(err)
-	}
-	out := &taskdv1.ListTasksResponse{Tasks: make([]*taskdv1.Task, 0, len(rs))}
-	for _, r := range rs {
-		out.Tasks = append(out.Tasks, toTask(r, ""))
-	}
-	return connect.NewResponse(out), nil
-}
-
 // control runs one of the store's control operations.
 func (s *taskService) control(ctx context.Context, id string, op func(*task.Store, context.Context, string) (*task.Record, error)) (*connect.Response[taskdv1.GetTaskResponse], error) {
 	if err := keys.ValidTaskID(id); err != nil {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -89,4 +90,13 @@ func (s *tokenService) RevokeToken(ctx context.Context, req *connect.Request[tas
 		s.learner.Forget(req.Msg.Id)
 	}
 	return connect.NewResponse(&taskdv1.RevokeTokenResponse{}), nil
+}
+
+// WhoAmI names the caller; guard has already checked its token.
+func (s *tokenService) WhoAmI(ctx context.Context, _ *connect.Request[taskdv1.WhoAmIRequest]) (*connect.Response[taskdv1.WhoAmIResponse], error) {
+	id, ok := Caller(ctx)
+	if !ok {
+		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("no caller"))
+	}
+	return connect.NewResponse(&taskdv1.WhoAmIResponse{TokenId: id.TokenID, Role: string(id.Role)}), nil
 }

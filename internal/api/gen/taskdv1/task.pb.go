@@ -878,8 +878,19 @@ func (x *TaskRef) GetId() string {
 type ListTasksRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "", all, unfinished, finished, or a state.
-	Status        string `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
-	Type          string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Status string `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	Type   string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// node keeps the tasks whose runner or pinned node is this node.
+	Node string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	// key keeps the tasks whose id or concurrency key contains it.
+	Key string `protobuf:"bytes,4,opt,name=key,proto3" json:"key,omitempty"`
+	// limit is the page size (0: every match); offset skips that many
+	// matches. newest_first orders by creation time, newest first.
+	Limit       int32 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
+	Offset      int32 `protobuf:"varint,6,opt,name=offset,proto3" json:"offset,omitempty"`
+	NewestFirst bool  `protobuf:"varint,7,opt,name=newest_first,json=newestFirst,proto3" json:"newest_first,omitempty"`
+	// explain fills reason ("why waiting") for waiting and paused tasks.
+	Explain       bool `protobuf:"varint,8,opt,name=explain,proto3" json:"explain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -928,9 +939,53 @@ func (x *ListTasksRequest) GetType() string {
 	return ""
 }
 
+func (x *ListTasksRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ListTasksRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ListTasksRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListTasksRequest) GetOffset() int32 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ListTasksRequest) GetNewestFirst() bool {
+	if x != nil {
+		return x.NewestFirst
+	}
+	return false
+}
+
+func (x *ListTasksRequest) GetExplain() bool {
+	if x != nil {
+		return x.Explain
+	}
+	return false
+}
+
 type ListTasksResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Tasks         []*Task                `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Tasks []*Task                `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// total is the number of matches before paging.
+	Total         int32 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -972,6 +1027,112 @@ func (x *ListTasksResponse) GetTasks() []*Task {
 	return nil
 }
 
+func (x *ListTasksResponse) GetTotal() int32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+type WatchTasksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchTasksRequest) Reset() {
+	*x = WatchTasksRequest{}
+	mi := &file_taskd_v1_task_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchTasksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchTasksRequest) ProtoMessage() {}
+
+func (x *WatchTasksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchTasksRequest.ProtoReflect.Descriptor instead.
+func (*WatchTasksRequest) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{11}
+}
+
+type WatchTasksResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tasks are unfinished tasks, as written now (reason filled).
+	Tasks []*Task `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// removed are ids that left the unfinished set (finished or deleted).
+	Removed []string `protobuf:"bytes,2,rep,name=removed,proto3" json:"removed,omitempty"`
+	// snapshot: tasks is the whole unfinished set (the first message).
+	Snapshot      bool `protobuf:"varint,3,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchTasksResponse) Reset() {
+	*x = WatchTasksResponse{}
+	mi := &file_taskd_v1_task_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchTasksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchTasksResponse) ProtoMessage() {}
+
+func (x *WatchTasksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchTasksResponse.ProtoReflect.Descriptor instead.
+func (*WatchTasksResponse) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *WatchTasksResponse) GetTasks() []*Task {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+func (x *WatchTasksResponse) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *WatchTasksResponse) GetSnapshot() bool {
+	if x != nil {
+		return x.Snapshot
+	}
+	return false
+}
+
 type SetTaskWindowRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -985,7 +1146,7 @@ type SetTaskWindowRequest struct {
 
 func (x *SetTaskWindowRequest) Reset() {
 	*x = SetTaskWindowRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[11]
+	mi := &file_taskd_v1_task_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1158,7 @@ func (x *SetTaskWindowRequest) String() string {
 func (*SetTaskWindowRequest) ProtoMessage() {}
 
 func (x *SetTaskWindowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[11]
+	mi := &file_taskd_v1_task_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1171,7 @@ func (x *SetTaskWindowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTaskWindowRequest.ProtoReflect.Descriptor instead.
 func (*SetTaskWindowRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{11}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetTaskWindowRequest) GetId() string {
@@ -1052,7 +1213,7 @@ type SetTaskRateRequest struct {
 
 func (x *SetTaskRateRequest) Reset() {
 	*x = SetTaskRateRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[12]
+	mi := &file_taskd_v1_task_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1225,7 @@ func (x *SetTaskRateRequest) String() string {
 func (*SetTaskRateRequest) ProtoMessage() {}
 
 func (x *SetTaskRateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[12]
+	mi := &file_taskd_v1_task_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1238,7 @@ func (x *SetTaskRateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTaskRateRequest.ProtoReflect.Descriptor instead.
 func (*SetTaskRateRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{12}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetTaskRateRequest) GetId() string {
@@ -1120,7 +1281,7 @@ type RunnerInfo struct {
 
 func (x *RunnerInfo) Reset() {
 	*x = RunnerInfo{}
-	mi := &file_taskd_v1_task_proto_msgTypes[13]
+	mi := &file_taskd_v1_task_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1293,7 @@ func (x *RunnerInfo) String() string {
 func (*RunnerInfo) ProtoMessage() {}
 
 func (x *RunnerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[13]
+	mi := &file_taskd_v1_task_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1306,7 @@ func (x *RunnerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunnerInfo.ProtoReflect.Descriptor instead.
 func (*RunnerInfo) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{13}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RunnerInfo) GetNode() string {
@@ -1233,7 +1394,7 @@ type ListRunnersRequest struct {
 
 func (x *ListRunnersRequest) Reset() {
 	*x = ListRunnersRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[14]
+	mi := &file_taskd_v1_task_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1406,7 @@ func (x *ListRunnersRequest) String() string {
 func (*ListRunnersRequest) ProtoMessage() {}
 
 func (x *ListRunnersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[14]
+	mi := &file_taskd_v1_task_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1419,7 @@ func (x *ListRunnersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunnersRequest.ProtoReflect.Descriptor instead.
 func (*ListRunnersRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{14}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{16}
 }
 
 type ListRunnersResponse struct {
@@ -1270,7 +1431,7 @@ type ListRunnersResponse struct {
 
 func (x *ListRunnersResponse) Reset() {
 	*x = ListRunnersResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[15]
+	mi := &file_taskd_v1_task_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1282,7 +1443,7 @@ func (x *ListRunnersResponse) String() string {
 func (*ListRunnersResponse) ProtoMessage() {}
 
 func (x *ListRunnersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[15]
+	mi := &file_taskd_v1_task_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1295,7 +1456,7 @@ func (x *ListRunnersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunnersResponse.ProtoReflect.Descriptor instead.
 func (*ListRunnersResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{15}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListRunnersResponse) GetRunners() []*RunnerInfo {
@@ -1318,7 +1479,7 @@ type SetRunnerMarksRequest struct {
 
 func (x *SetRunnerMarksRequest) Reset() {
 	*x = SetRunnerMarksRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[16]
+	mi := &file_taskd_v1_task_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +1491,7 @@ func (x *SetRunnerMarksRequest) String() string {
 func (*SetRunnerMarksRequest) ProtoMessage() {}
 
 func (x *SetRunnerMarksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[16]
+	mi := &file_taskd_v1_task_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1504,7 @@ func (x *SetRunnerMarksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRunnerMarksRequest.ProtoReflect.Descriptor instead.
 func (*SetRunnerMarksRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{16}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetRunnerMarksRequest) GetNode() string {
@@ -1376,7 +1537,7 @@ type SetRunnerMarksResponse struct {
 
 func (x *SetRunnerMarksResponse) Reset() {
 	*x = SetRunnerMarksResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[17]
+	mi := &file_taskd_v1_task_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1549,7 @@ func (x *SetRunnerMarksResponse) String() string {
 func (*SetRunnerMarksResponse) ProtoMessage() {}
 
 func (x *SetRunnerMarksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[17]
+	mi := &file_taskd_v1_task_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1562,7 @@ func (x *SetRunnerMarksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRunnerMarksResponse.ProtoReflect.Descriptor instead.
 func (*SetRunnerMarksResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{17}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetRunnerMarksResponse) GetRunner() *RunnerInfo {
@@ -1498,12 +1659,24 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\x0fGetTaskResponse\x12\"\n" +
 	"\x04task\x18\x01 \x01(\v2\x0e.taskd.v1.TaskR\x04task\"\x19\n" +
 	"\aTaskRef\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\">\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xcf\x01\n" +
 	"\x10ListTasksRequest\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12\x12\n" +
-	"\x04type\x18\x02 \x01(\tR\x04type\"9\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x10\n" +
+	"\x03key\x18\x04 \x01(\tR\x03key\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\x05R\x05limit\x12\x16\n" +
+	"\x06offset\x18\x06 \x01(\x05R\x06offset\x12!\n" +
+	"\fnewest_first\x18\a \x01(\bR\vnewestFirst\x12\x18\n" +
+	"\aexplain\x18\b \x01(\bR\aexplain\"O\n" +
 	"\x11ListTasksResponse\x12$\n" +
-	"\x05tasks\x18\x01 \x03(\v2\x0e.taskd.v1.TaskR\x05tasks\"u\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x0e.taskd.v1.TaskR\x05tasks\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x05R\x05total\"\x13\n" +
+	"\x11WatchTasksRequest\"p\n" +
+	"\x12WatchTasksResponse\x12$\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x0e.taskd.v1.TaskR\x05tasks\x12\x18\n" +
+	"\aremoved\x18\x02 \x03(\tR\aremoved\x12\x1a\n" +
+	"\bsnapshot\x18\x03 \x01(\bR\bsnapshot\"u\n" +
 	"\x14SetTaskWindowRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06window\x18\x02 \x01(\tR\x06window\x12\x1f\n" +
@@ -1542,7 +1715,7 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x14\n" +
 	"\x05force\x18\x03 \x01(\bR\x05force\"F\n" +
 	"\x16SetRunnerMarksResponse\x12,\n" +
-	"\x06runner\x18\x01 \x01(\v2\x14.taskd.v1.RunnerInfoR\x06runner2\x87\x05\n" +
+	"\x06runner\x18\x01 \x01(\v2\x14.taskd.v1.RunnerInfoR\x06runner2\xd4\x05\n" +
 	"\vTaskService\x12I\n" +
 	"\n" +
 	"CreateTask\x12\x1b.taskd.v1.CreateTaskRequest\x1a\x1c.taskd.v1.CreateTaskResponse\"\x00\x12C\n" +
@@ -1555,7 +1728,9 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"ResumeTask\x12\x11.taskd.v1.TaskRef\x1a\x19.taskd.v1.GetTaskResponse\"\x03\x90\x02\x02\x12O\n" +
 	"\rSetTaskWindow\x12\x1e.taskd.v1.SetTaskWindowRequest\x1a\x19.taskd.v1.GetTaskResponse\"\x03\x90\x02\x02\x12K\n" +
 	"\vSetTaskRate\x12\x1c.taskd.v1.SetTaskRateRequest\x1a\x19.taskd.v1.GetTaskResponse\"\x03\x90\x02\x02\x12=\n" +
-	"\tWatchTask\x12\x11.taskd.v1.TaskRef\x1a\x19.taskd.v1.GetTaskResponse\"\x000\x012\xba\x01\n" +
+	"\tWatchTask\x12\x11.taskd.v1.TaskRef\x1a\x19.taskd.v1.GetTaskResponse\"\x000\x01\x12K\n" +
+	"\n" +
+	"WatchTasks\x12\x1b.taskd.v1.WatchTasksRequest\x1a\x1c.taskd.v1.WatchTasksResponse\"\x000\x012\xba\x01\n" +
 	"\rRunnerService\x12O\n" +
 	"\vListRunners\x12\x1c.taskd.v1.ListRunnersRequest\x1a\x1d.taskd.v1.ListRunnersResponse\"\x03\x90\x02\x01\x12X\n" +
 	"\x0eSetRunnerMarks\x12\x1f.taskd.v1.SetRunnerMarksRequest\x1a .taskd.v1.SetRunnerMarksResponse\"\x03\x90\x02\x02B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
@@ -1572,7 +1747,7 @@ func file_taskd_v1_task_proto_rawDescGZIP() []byte {
 	return file_taskd_v1_task_proto_rawDescData
 }
 
-var file_taskd_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_taskd_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_taskd_v1_task_proto_goTypes = []any{
 	(*TaskProgress)(nil),           // 0: taskd.v1.TaskProgress
 	(*TaskError)(nil),              // 1: taskd.v1.TaskError
@@ -1585,64 +1760,69 @@ var file_taskd_v1_task_proto_goTypes = []any{
 	(*TaskRef)(nil),                // 8: taskd.v1.TaskRef
 	(*ListTasksRequest)(nil),       // 9: taskd.v1.ListTasksRequest
 	(*ListTasksResponse)(nil),      // 10: taskd.v1.ListTasksResponse
-	(*SetTaskWindowRequest)(nil),   // 11: taskd.v1.SetTaskWindowRequest
-	(*SetTaskRateRequest)(nil),     // 12: taskd.v1.SetTaskRateRequest
-	(*RunnerInfo)(nil),             // 13: taskd.v1.RunnerInfo
-	(*ListRunnersRequest)(nil),     // 14: taskd.v1.ListRunnersRequest
-	(*ListRunnersResponse)(nil),    // 15: taskd.v1.ListRunnersResponse
-	(*SetRunnerMarksRequest)(nil),  // 16: taskd.v1.SetRunnerMarksRequest
-	(*SetRunnerMarksResponse)(nil), // 17: taskd.v1.SetRunnerMarksResponse
-	nil,                            // 18: taskd.v1.RunnerInfo.RunningByTypeEntry
-	nil,                            // 19: taskd.v1.RunnerInfo.TypeCapacityEntry
-	(*timestamppb.Timestamp)(nil),  // 20: google.protobuf.Timestamp
+	(*WatchTasksRequest)(nil),      // 11: taskd.v1.WatchTasksRequest
+	(*WatchTasksResponse)(nil),     // 12: taskd.v1.WatchTasksResponse
+	(*SetTaskWindowRequest)(nil),   // 13: taskd.v1.SetTaskWindowRequest
+	(*SetTaskRateRequest)(nil),     // 14: taskd.v1.SetTaskRateRequest
+	(*RunnerInfo)(nil),             // 15: taskd.v1.RunnerInfo
+	(*ListRunnersRequest)(nil),     // 16: taskd.v1.ListRunnersRequest
+	(*ListRunnersResponse)(nil),    // 17: taskd.v1.ListRunnersResponse
+	(*SetRunnerMarksRequest)(nil),  // 18: taskd.v1.SetRunnerMarksRequest
+	(*SetRunnerMarksResponse)(nil), // 19: taskd.v1.SetRunnerMarksResponse
+	nil,                            // 20: taskd.v1.RunnerInfo.RunningByTypeEntry
+	nil,                            // 21: taskd.v1.RunnerInfo.TypeCapacityEntry
+	(*timestamppb.Timestamp)(nil),  // 22: google.protobuf.Timestamp
 }
 var file_taskd_v1_task_proto_depIdxs = []int32{
-	20, // 0: taskd.v1.TaskAttempt.started:type_name -> google.protobuf.Timestamp
-	20, // 1: taskd.v1.TaskAttempt.ended:type_name -> google.protobuf.Timestamp
+	22, // 0: taskd.v1.TaskAttempt.started:type_name -> google.protobuf.Timestamp
+	22, // 1: taskd.v1.TaskAttempt.ended:type_name -> google.protobuf.Timestamp
 	0,  // 2: taskd.v1.Task.progress:type_name -> taskd.v1.TaskProgress
 	1,  // 3: taskd.v1.Task.error:type_name -> taskd.v1.TaskError
-	20, // 4: taskd.v1.Task.created:type_name -> google.protobuf.Timestamp
-	20, // 5: taskd.v1.Task.started:type_name -> google.protobuf.Timestamp
-	20, // 6: taskd.v1.Task.finished:type_name -> google.protobuf.Timestamp
-	20, // 7: taskd.v1.Task.updated:type_name -> google.protobuf.Timestamp
-	20, // 8: taskd.v1.Task.not_before:type_name -> google.protobuf.Timestamp
+	22, // 4: taskd.v1.Task.created:type_name -> google.protobuf.Timestamp
+	22, // 5: taskd.v1.Task.started:type_name -> google.protobuf.Timestamp
+	22, // 6: taskd.v1.Task.finished:type_name -> google.protobuf.Timestamp
+	22, // 7: taskd.v1.Task.updated:type_name -> google.protobuf.Timestamp
+	22, // 8: taskd.v1.Task.not_before:type_name -> google.protobuf.Timestamp
 	2,  // 9: taskd.v1.Task.history:type_name -> taskd.v1.TaskAttempt
-	20, // 10: taskd.v1.Task.tick:type_name -> google.protobuf.Timestamp
+	22, // 10: taskd.v1.Task.tick:type_name -> google.protobuf.Timestamp
 	3,  // 11: taskd.v1.CreateTaskResponse.task:type_name -> taskd.v1.Task
 	3,  // 12: taskd.v1.GetTaskResponse.task:type_name -> taskd.v1.Task
 	3,  // 13: taskd.v1.ListTasksResponse.tasks:type_name -> taskd.v1.Task
-	18, // 14: taskd.v1.RunnerInfo.running_by_type:type_name -> taskd.v1.RunnerInfo.RunningByTypeEntry
-	19, // 15: taskd.v1.RunnerInfo.type_capacity:type_name -> taskd.v1.RunnerInfo.TypeCapacityEntry
-	20, // 16: taskd.v1.RunnerInfo.started:type_name -> google.protobuf.Timestamp
-	13, // 17: taskd.v1.ListRunnersResponse.runners:type_name -> taskd.v1.RunnerInfo
-	13, // 18: taskd.v1.SetRunnerMarksResponse.runner:type_name -> taskd.v1.RunnerInfo
-	4,  // 19: taskd.v1.TaskService.CreateTask:input_type -> taskd.v1.CreateTaskRequest
-	6,  // 20: taskd.v1.TaskService.GetTask:input_type -> taskd.v1.GetTaskRequest
-	9,  // 21: taskd.v1.TaskService.ListTasks:input_type -> taskd.v1.ListTasksRequest
-	8,  // 22: taskd.v1.TaskService.CancelTask:input_type -> taskd.v1.TaskRef
-	8,  // 23: taskd.v1.TaskService.PauseTask:input_type -> taskd.v1.TaskRef
-	8,  // 24: taskd.v1.TaskService.ResumeTask:input_type -> taskd.v1.TaskRef
-	11, // 25: taskd.v1.TaskService.SetTaskWindow:input_type -> taskd.v1.SetTaskWindowRequest
-	12, // 26: taskd.v1.TaskService.SetTaskRate:input_type -> taskd.v1.SetTaskRateRequest
-	8,  // 27: taskd.v1.TaskService.WatchTask:input_type -> taskd.v1.TaskRef
-	14, // 28: taskd.v1.RunnerService.ListRunners:input_type -> taskd.v1.ListRunnersRequest
-	16, // 29: taskd.v1.RunnerService.SetRunnerMarks:input_type -> taskd.v1.SetRunnerMarksRequest
-	5,  // 30: taskd.v1.TaskService.CreateTask:output_type -> taskd.v1.CreateTaskResponse
-	7,  // 31: taskd.v1.TaskService.GetTask:output_type -> taskd.v1.GetTaskResponse
-	10, // 32: taskd.v1.TaskService.ListTasks:output_type -> taskd.v1.ListTasksResponse
-	7,  // 33: taskd.v1.TaskService.CancelTask:output_type -> taskd.v1.GetTaskResponse
-	7,  // 34: taskd.v1.TaskService.PauseTask:output_type -> taskd.v1.GetTaskResponse
-	7,  // 35: taskd.v1.TaskService.ResumeTask:output_type -> taskd.v1.GetTaskResponse
-	7,  // 36: taskd.v1.TaskService.SetTaskWindow:output_type -> taskd.v1.GetTaskResponse
-	7,  // 37: taskd.v1.TaskService.SetTaskRate:output_type -> taskd.v1.GetTaskResponse
-	7,  // 38: taskd.v1.TaskService.WatchTask:output_type -> taskd.v1.GetTaskResponse
-	15, // 39: taskd.v1.RunnerService.ListRunners:output_type -> taskd.v1.ListRunnersResponse
-	17, // 40: taskd.v1.RunnerService.SetRunnerMarks:output_type -> taskd.v1.SetRunnerMarksResponse
-	30, // [30:41] is the sub-list for method output_type
-	19, // [19:30] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	3,  // 14: taskd.v1.WatchTasksResponse.tasks:type_name -> taskd.v1.Task
+	20, // 15: taskd.v1.RunnerInfo.running_by_type:type_name -> taskd.v1.RunnerInfo.RunningByTypeEntry
+	21, // 16: taskd.v1.RunnerInfo.type_capacity:type_name -> taskd.v1.RunnerInfo.TypeCapacityEntry
+	22, // 17: taskd.v1.RunnerInfo.started:type_name -> google.protobuf.Timestamp
+	15, // 18: taskd.v1.ListRunnersResponse.runners:type_name -> taskd.v1.RunnerInfo
+	15, // 19: taskd.v1.SetRunnerMarksResponse.runner:type_name -> taskd.v1.RunnerInfo
+	4,  // 20: taskd.v1.TaskService.CreateTask:input_type -> taskd.v1.CreateTaskRequest
+	6,  // 21: taskd.v1.TaskService.GetTask:input_type -> taskd.v1.GetTaskRequest
+	9,  // 22: taskd.v1.TaskService.ListTasks:input_type -> taskd.v1.ListTasksRequest
+	8,  // 23: taskd.v1.TaskService.CancelTask:input_type -> taskd.v1.TaskRef
+	8,  // 24: taskd.v1.TaskService.PauseTask:input_type -> taskd.v1.TaskRef
+	8,  // 25: taskd.v1.TaskService.ResumeTask:input_type -> taskd.v1.TaskRef
+	13, // 26: taskd.v1.TaskService.SetTaskWindow:input_type -> taskd.v1.SetTaskWindowRequest
+	14, // 27: taskd.v1.TaskService.SetTaskRate:input_type -> taskd.v1.SetTaskRateRequest
+	8,  // 28: taskd.v1.TaskService.WatchTask:input_type -> taskd.v1.TaskRef
+	11, // 29: taskd.v1.TaskService.WatchTasks:input_type -> taskd.v1.WatchTasksRequest
+	16, // 30: taskd.v1.RunnerService.ListRunners:input_type -> taskd.v1.ListRunnersRequest
+	18, // 31: taskd.v1.RunnerService.SetRunnerMarks:input_type -> taskd.v1.SetRunnerMarksRequest
+	5,  // 32: taskd.v1.TaskService.CreateTask:output_type -> taskd.v1.CreateTaskResponse
+	7,  // 33: taskd.v1.TaskService.GetTask:output_type -> taskd.v1.GetTaskResponse
+	10, // 34: taskd.v1.TaskService.ListTasks:output_type -> taskd.v1.ListTasksResponse
+	7,  // 35: taskd.v1.TaskService.CancelTask:output_type -> taskd.v1.GetTaskResponse
+	7,  // 36: taskd.v1.TaskService.PauseTask:output_type -> taskd.v1.GetTaskResponse
+	7,  // 37: taskd.v1.TaskService.ResumeTask:output_type -> taskd.v1.GetTaskResponse
+	7,  // 38: taskd.v1.TaskService.SetTaskWindow:output_type -> taskd.v1.GetTaskResponse
+	7,  // 39: taskd.v1.TaskService.SetTaskRate:output_type -> taskd.v1.GetTaskResponse
+	7,  // 40: taskd.v1.TaskService.WatchTask:output_type -> taskd.v1.GetTaskResponse
+	12, // 41: taskd.v1.TaskService.WatchTasks:output_type -> taskd.v1.WatchTasksResponse
+	17, // 42: taskd.v1.RunnerService.ListRunners:output_type -> taskd.v1.ListRunnersResponse
+	19, // 43: taskd.v1.RunnerService.SetRunnerMarks:output_type -> taskd.v1.SetRunnerMarksResponse
+	32, // [32:44] is the sub-list for method output_type
+	20, // [20:32] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_taskd_v1_task_proto_init() }
@@ -1657,7 +1837,7 @@ func file_taskd_v1_task_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskd_v1_task_proto_rawDesc), len(file_taskd_v1_task_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -22,6 +22,94 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type WhoAmIRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhoAmIRequest) Reset() {
+	*x = WhoAmIRequest{}
+	mi := &file_taskd_v1_token_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhoAmIRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhoAmIRequest) ProtoMessage() {}
+
+func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_token_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
+func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_token_proto_rawDescGZIP(), []int{0}
+}
+
+type WhoAmIResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TokenId       string                 `protobuf:"bytes,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	Role          string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WhoAmIResponse) Reset() {
+	*x = WhoAmIResponse{}
+	mi := &file_taskd_v1_token_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WhoAmIResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WhoAmIResponse) ProtoMessage() {}
+
+func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_token_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
+func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_token_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WhoAmIResponse) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *WhoAmIResponse) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
 type TokenInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 8 hex digits, the middle part of taskd.ID.SECRET.
@@ -41,7 +129,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_taskd_v1_token_proto_msgTypes[0]
+	mi := &file_taskd_v1_token_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -53,7 +141,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_token_proto_msgTypes[0]
+	mi := &file_taskd_v1_token_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -66,7 +154,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_token_proto_rawDescGZIP(), []int{0}
+	return file_taskd_v1_token_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *TokenInfo) GetId() string {
@@ -130,7 +218,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_taskd_v1_token_proto_msgTypes[1]
+	mi := &file_taskd_v1_token_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -142,7 +230,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_token_proto_msgTypes[1]
+	mi := &file_taskd_v1_token_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -155,7 +243,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_token_proto_rawDescGZIP(), []int{1}
+	return file_taskd_v1_token_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreateTokenRequest) GetRole() string {
@@ -192,7 +280,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_taskd_v1_token_proto_msgTypes[2]
+	mi := &file_taskd_v1_token_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -204,7 +292,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_token_proto_msgTypes[2]
+	mi := &file_taskd_v1_token_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -217,7 +305,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_token_proto_rawDescGZIP(), []int{2}
+	return file_taskd_v1_token_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateTokenResponse) GetInfo() *TokenInfo {
@@ -249,7 +337,7 @@ type ListTokensRequest struct {
 
 func (x *ListTokensRequest) Reset() {
 	*x = ListTokensRequest{}
-	mi := &file_taskd_v1_token_proto_msgTypes[3]
+	mi := &file_taskd_v1_token_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -261,7 +349,7 @@ func (x *ListTokensRequest) String() string {
 func (*ListTokensRequest) ProtoMessage() {}
 
 func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_token_proto_msgTypes[3]
+	mi := &file_taskd_v1_token_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -274,7 +362,7 @@ func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListTokensRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_token_proto_rawDescGZIP(), []int{3}
+	return file_taskd_v1_token_proto_rawDescGZIP(), []int{5}
 }
 
 type ListTokensResponse struct {
@@ -286,7 +374,7 @@ type ListTokensResponse struct {
 
 func (x *ListTokensResponse) Reset() {
 	*x = ListTokensResponse{}
-	mi := &file_taskd_v1_token_proto_msgTypes[4]
+	mi := &file_taskd_v1_token_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -298,7 +386,7 @@ func (x *ListTokensResponse) String() string {
 func (*ListTokensResponse) ProtoMessage() {}
 
 func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_token_proto_msgTypes[4]
+	mi := &file_taskd_v1_token_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -311,7 +399,7 @@ func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListTokensResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_token_proto_rawDescGZIP(), []int{4}
+	return file_taskd_v1_token_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListTokensResponse) GetTokens() []*TokenInfo {
@@ -330,7 +418,7 @@ type RevokeTokenRequest struct {
 
 func (x *RevokeTokenRequest) Reset() {
 	*x = RevokeTokenRequest{}
-	mi := &file_taskd_v1_token_proto_msgTypes[5]
+	mi := &file_taskd_v1_token_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -342,7 +430,7 @@ func (x *RevokeTokenRequest) String() string {
 func (*RevokeTokenRequest) ProtoMessage() {}
 
 func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_token_proto_msgTypes[5]
+	mi := &file_taskd_v1_token_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -355,7 +443,7 @@ func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_token_proto_rawDescGZIP(), []int{5}
+	return file_taskd_v1_token_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RevokeTokenRequest) GetId() string {
@@ -373,7 +461,7 @@ type RevokeTokenResponse struct {
 
 func (x *RevokeTokenResponse) Reset() {
 	*x = RevokeTokenResponse{}
-	mi := &file_taskd_v1_token_proto_msgTypes[6]
+	mi := &file_taskd_v1_token_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -385,7 +473,7 @@ func (x *RevokeTokenResponse) String() string {
 func (*RevokeTokenResponse) ProtoMessage() {}
 
 func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_token_proto_msgTypes[6]
+	mi := &file_taskd_v1_token_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -398,14 +486,18 @@ func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_token_proto_rawDescGZIP(), []int{6}
+	return file_taskd_v1_token_proto_rawDescGZIP(), []int{8}
 }
 
 var File_taskd_v1_token_proto protoreflect.FileDescriptor
 
 const file_taskd_v1_token_proto_rawDesc = "" +
 	"\n" +
-	"\x14taskd/v1/token.proto\x12\btaskd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n" +
+	"\x14taskd/v1/token.proto\x12\btaskd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n" +
+	"\rWhoAmIRequest\"?\n" +
+	"\x0eWhoAmIResponse\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\"\xf6\x01\n" +
 	"\tTokenInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x124\n" +
@@ -429,12 +521,13 @@ const file_taskd_v1_token_proto_rawDesc = "" +
 	"\x06tokens\x18\x01 \x03(\v2\x13.taskd.v1.TokenInfoR\x06tokens\"$\n" +
 	"\x12RevokeTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
-	"\x13RevokeTokenResponse2\xf8\x01\n" +
+	"\x13RevokeTokenResponse2\xba\x02\n" +
 	"\fTokenService\x12L\n" +
 	"\vCreateToken\x12\x1c.taskd.v1.CreateTokenRequest\x1a\x1d.taskd.v1.CreateTokenResponse\"\x00\x12L\n" +
 	"\n" +
 	"ListTokens\x12\x1b.taskd.v1.ListTokensRequest\x1a\x1c.taskd.v1.ListTokensResponse\"\x03\x90\x02\x01\x12L\n" +
-	"\vRevokeToken\x12\x1c.taskd.v1.RevokeTokenRequest\x1a\x1d.taskd.v1.RevokeTokenResponse\"\x00B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
+	"\vRevokeToken\x12\x1c.taskd.v1.RevokeTokenRequest\x1a\x1d.taskd.v1.RevokeTokenResponse\"\x00\x12@\n" +
+	"\x06WhoAmI\x12\x17.taskd.v1.WhoAmIRequest\x1a\x18.taskd.v1.WhoAmIResponse\"\x03\x90\x02\x01B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
 
 var (
 	file_taskd_v1_token_proto_rawDescOnce sync.Once
@@ -448,30 +541,34 @@ func file_taskd_v1_token_proto_rawDescGZIP() []byte {
 	return file_taskd_v1_token_proto_rawDescData
 }
 
-var file_taskd_v1_token_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_taskd_v1_token_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_taskd_v1_token_proto_goTypes = []any{
-	(*TokenInfo)(nil),             // 0: taskd.v1.TokenInfo
-	(*CreateTokenRequest)(nil),    // 1: taskd.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),   // 2: taskd.v1.CreateTokenResponse
-	(*ListTokensRequest)(nil),     // 3: taskd.v1.ListTokensRequest
-	(*ListTokensResponse)(nil),    // 4: taskd.v1.ListTokensResponse
-	(*RevokeTokenRequest)(nil),    // 5: taskd.v1.RevokeTokenRequest
-	(*RevokeTokenResponse)(nil),   // 6: taskd.v1.RevokeTokenResponse
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*WhoAmIRequest)(nil),         // 0: taskd.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),        // 1: taskd.v1.WhoAmIResponse
+	(*TokenInfo)(nil),             // 2: taskd.v1.TokenInfo
+	(*CreateTokenRequest)(nil),    // 3: taskd.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),   // 4: taskd.v1.CreateTokenResponse
+	(*ListTokensRequest)(nil),     // 5: taskd.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),    // 6: taskd.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),    // 7: taskd.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),   // 8: taskd.v1.RevokeTokenResponse
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
 }
 var file_taskd_v1_token_proto_depIdxs = []int32{
-	7, // 0: taskd.v1.TokenInfo.created:type_name -> google.protobuf.Timestamp
-	7, // 1: taskd.v1.TokenInfo.expires:type_name -> google.protobuf.Timestamp
-	0, // 2: taskd.v1.CreateTokenResponse.info:type_name -> taskd.v1.TokenInfo
-	0, // 3: taskd.v1.ListTokensResponse.tokens:type_name -> taskd.v1.TokenInfo
-	1, // 4: taskd.v1.TokenService.CreateToken:input_type -> taskd.v1.CreateTokenRequest
-	3, // 5: taskd.v1.TokenService.ListTokens:input_type -> taskd.v1.ListTokensRequest
-	5, // 6: taskd.v1.TokenService.RevokeToken:input_type -> taskd.v1.RevokeTokenRequest
-	2, // 7: taskd.v1.TokenService.CreateToken:output_type -> taskd.v1.CreateTokenResponse
-	4, // 8: taskd.v1.TokenService.ListTokens:output_type -> taskd.v1.ListTokensResponse
-	6, // 9: taskd.v1.TokenService.RevokeToken:output_type -> taskd.v1.RevokeTokenResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
+	9, // 0: taskd.v1.TokenInfo.created:type_name -> google.protobuf.Timestamp
+	9, // 1: taskd.v1.TokenInfo.expires:type_name -> google.protobuf.Timestamp
+	2, // 2: taskd.v1.CreateTokenResponse.info:type_name -> taskd.v1.TokenInfo
+	2, // 3: taskd.v1.ListTokensResponse.tokens:type_name -> taskd.v1.TokenInfo
+	3, // 4: taskd.v1.TokenService.CreateToken:input_type -> taskd.v1.CreateTokenRequest
+	5, // 5: taskd.v1.TokenService.ListTokens:input_type -> taskd.v1.ListTokensRequest
+	7, // 6: taskd.v1.TokenService.RevokeToken:input_type -> taskd.v1.RevokeTokenRequest
+	0, // 7: taskd.v1.TokenService.WhoAmI:input_type -> taskd.v1.WhoAmIRequest
+	4, // 8: taskd.v1.TokenService.CreateToken:output_type -> taskd.v1.CreateTokenResponse
+	6, // 9: taskd.v1.TokenService.ListTokens:output_type -> taskd.v1.ListTokensResponse
+	8, // 10: taskd.v1.TokenService.RevokeToken:output_type -> taskd.v1.RevokeTokenResponse
+	1, // 11: taskd.v1.TokenService.WhoAmI:output_type -> taskd.v1.WhoAmIResponse
+	8, // [8:12] is the sub-list for method output_type
+	4, // [4:8] is the sub-list for method input_type
 	4, // [4:4] is the sub-list for extension type_name
 	4, // [4:4] is the sub-list for extension extendee
 	0, // [0:4] is the sub-list for field type_name
@@ -488,7 +585,7 @@ func file_taskd_v1_token_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskd_v1_token_proto_rawDesc), len(file_taskd_v1_token_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -54,6 +54,8 @@ const (
 	TaskServiceSetTaskRateProcedure = "/taskd.v1.TaskService/SetTaskRate"
 	// TaskServiceWatchTaskProcedure is the fully-qualified name of the TaskService's WatchTask RPC.
 	TaskServiceWatchTaskProcedure = "/taskd.v1.TaskService/WatchTask"
+	// TaskServiceWatchTasksProcedure is the fully-qualified name of the TaskService's WatchTasks RPC.
+	TaskServiceWatchTasksProcedure = "/taskd.v1.TaskService/WatchTasks"
 	// RunnerServiceListRunnersProcedure is the fully-qualified name of the RunnerService's ListRunners
 	// RPC.
 	RunnerServiceListRunnersProcedure = "/taskd.v1.RunnerService/ListRunners"
@@ -78,6 +80,11 @@ type TaskServiceClient interface {
 	// WatchTask streams the task's record at once and after every change,
 	// and ends after a final state.
 	WatchTask(context.Context, *connect.Request[taskdv1.TaskRef]) (*connect.ServerStreamForClient[taskdv1.GetTaskResponse], error)
+	// WatchTasks streams a first message that holds every unfinished task,
+	// then the unfinished tasks that change and the ids of those that leave
+	// the unfinished set, batched. It follows the store's watch: the web
+	// console's live table.
+	WatchTasks(context.Context, *connect.Request[taskdv1.WatchTasksRequest]) (*connect.ServerStreamForClient[taskdv1.WatchTasksResponse], error)
 }
 
 // NewTaskServiceClient constructs a client for the taskd.v1.TaskService service. By default, it
@@ -152,6 +159,12 @@ func NewTaskServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(taskServiceMethods.ByName("WatchTask")),
 			connect.WithClientOptions(opts...),
 		),
+		watchTasks: connect.NewClient[taskdv1.WatchTasksRequest, taskdv1.WatchTasksResponse](
+			httpClient,
+			baseURL+TaskServiceWatchTasksProcedure,
+			connect.WithSchema(taskServiceMethods.ByName("WatchTasks")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -166,6 +179,7 @@ type taskServiceClient struct {
 	setTaskWindow *connect.Client[taskdv1.SetTaskWindowRequest, taskdv1.GetTaskResponse]
 	setTaskRate   *connect.Client[taskdv1.SetTaskRateRequest, taskdv1.GetTaskResponse]
 	watchTask     *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
+	watchTasks    *connect.Client[taskdv1.WatchTasksRequest, taskdv1.WatchTasksResponse]
 }
 
 // CreateTask calls taskd.v1.TaskService.CreateTask.
@@ -213,6 +227,11 @@ func (c *taskServiceClient) WatchTask(ctx context.Context, req *connect.Request[
 	return c.watchTask.CallServerStream(ctx, req)
 }
 
+// WatchTasks calls taskd.v1.TaskService.WatchTasks.
+func (c *taskServiceClient) WatchTasks(ctx context.Context, req *connect.Request[taskdv1.WatchTasksRequest]) (*connect.ServerStreamForClient[taskdv1.WatchTasksResponse], error) {
+	return c.watchTasks.CallServerStream(ctx, req)
+}
+
 // TaskServiceHandler is an implementation of the taskd.v1.TaskService service.
 type TaskServiceHandler interface {
 	CreateTask(context.Context, *connect.Request[taskdv1.CreateTaskRequest]) (*connect.Response[taskdv1.CreateTaskResponse], error)
@@ -229,6 +248,11 @@ type TaskServiceHandler interface {
 	// WatchTask streams the task's record at once and after every change,
 	// and ends after a final state.
 	WatchTask(context.Context, *connect.Request[taskdv1.TaskRef], *connect.ServerStream[taskdv1.GetTaskResponse]) error
+	// WatchTasks streams a first message that holds every unfinished task,
+	// then the unfinished tasks that change and the ids of those that leave
+	// the unfinished set, batched. It follows the store's watch: the web
+	// console's live table.
+	WatchTasks(context.Context, *connect.Request[taskdv1.WatchTasksRequest], *connect.ServerStream[taskdv1.WatchTasksResponse]) error
 }
 
 // NewTaskServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -299,6 +323,12 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(taskServiceMethods.ByName("WatchTask")),
 		connect.WithHandlerOptions(opts...),
 	)
+	taskServiceWatchTasksHandler := connect.NewServerStreamHandler(
+		TaskServiceWatchTasksProcedure,
+		svc.WatchTasks,
+		connect.WithSchema(taskServiceMethods.ByName("WatchTasks")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/taskd.v1.TaskService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case TaskServiceCreateTaskProcedure:
@@ -319,6 +349,8 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 			taskServiceSetTaskRateHandler.ServeHTTP(w, r)
 		case TaskServiceWatchTaskProcedure:
 			taskServiceWatchTaskHandler.ServeHTTP(w, r)
+		case TaskServiceWatchTasksProcedure:
+			taskServiceWatchTasksHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -362,6 +394,10 @@ func (UnimplementedTaskServiceHandler) SetTaskRate(context.Context, *connect.Req
 
 func (UnimplementedTaskServiceHandler) WatchTask(context.Context, *connect.Request[taskdv1.TaskRef], *connect.ServerStream[taskdv1.GetTaskResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TaskService.WatchTask is not implemented"))
+}
+
+func (UnimplementedTaskServiceHandler) WatchTasks(context.Context, *connect.Request[taskdv1.WatchTasksRequest], *connect.ServerStream[taskdv1.WatchTasksResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TaskService.WatchTasks is not implemented"))
 }
 
 // RunnerServiceClient is a client for the taskd.v1.RunnerService service.

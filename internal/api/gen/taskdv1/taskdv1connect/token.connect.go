@@ -41,6 +41,8 @@ const (
 	// TokenServiceRevokeTokenProcedure is the fully-qualified name of the TokenService's RevokeToken
 	// RPC.
 	TokenServiceRevokeTokenProcedure = "/taskd.v1.TokenService/RevokeToken"
+	// TokenServiceWhoAmIProcedure is the fully-qualified name of the TokenService's WhoAmI RPC.
+	TokenServiceWhoAmIProcedure = "/taskd.v1.TokenService/WhoAmI"
 )
 
 // TokenServiceClient is a client for the taskd.v1.TokenService service.
@@ -52,6 +54,9 @@ type TokenServiceClient interface {
 	// RevokeToken deletes a token; every node refuses it once its watch
 	// delivers the deletion.
 	RevokeToken(context.Context, *connect.Request[taskdv1.RevokeTokenRequest]) (*connect.Response[taskdv1.RevokeTokenResponse], error)
+	// WhoAmI names the caller's token and role (any role but join): the web
+	// console shows the actions the role allows.
+	WhoAmI(context.Context, *connect.Request[taskdv1.WhoAmIRequest]) (*connect.Response[taskdv1.WhoAmIResponse], error)
 }
 
 // NewTokenServiceClient constructs a client for the taskd.v1.TokenService service. By default, it
@@ -84,6 +89,13 @@ func NewTokenServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(tokenServiceMethods.ByName("RevokeToken")),
 			connect.WithClientOptions(opts...),
 		),
+		whoAmI: connect.NewClient[taskdv1.WhoAmIRequest, taskdv1.WhoAmIResponse](
+			httpClient,
+			baseURL+TokenServiceWhoAmIProcedure,
+			connect.WithSchema(tokenServiceMethods.ByName("WhoAmI")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -92,6 +104,7 @@ type tokenServiceClient struct {
 	createToken *connect.Client[taskdv1.CreateTokenRequest, taskdv1.CreateTokenResponse]
 	listTokens  *connect.Client[taskdv1.ListTokensRequest, taskdv1.ListTokensResponse]
 	revokeToken *connect.Client[taskdv1.RevokeTokenRequest, taskdv1.RevokeTokenResponse]
+	whoAmI      *connect.Client[taskdv1.WhoAmIRequest, taskdv1.WhoAmIResponse]
 }
 
 // CreateToken calls taskd.v1.TokenService.CreateToken.
@@ -109,6 +122,11 @@ func (c *tokenServiceClient) RevokeToken(ctx context.Context, req *connect.Reque
 	return c.revokeToken.CallUnary(ctx, req)
 }
 
+// WhoAmI calls taskd.v1.TokenService.WhoAmI.
+func (c *tokenServiceClient) WhoAmI(ctx context.Context, req *connect.Request[taskdv1.WhoAmIRequest]) (*connect.Response[taskdv1.WhoAmIResponse], error) {
+	return c.whoAmI.CallUnary(ctx, req)
+}
+
 // TokenServiceHandler is an implementation of the taskd.v1.TokenService service.
 type TokenServiceHandler interface {
 	// CreateToken makes a token; its secret is in the response, once.
@@ -118,6 +136,9 @@ type TokenServiceHandler interface {
 	// RevokeToken deletes a token; every node refuses it once its watch
 	// delivers the deletion.
 	RevokeToken(context.Context, *connect.Request[taskdv1.RevokeTokenRequest]) (*connect.Response[taskdv1.RevokeTokenResponse], error)
+	// WhoAmI names the caller's token and role (any role but join): the web
+	// console shows the actions the role allows.
+	WhoAmI(context.Context, *connect.Request[taskdv1.WhoAmIRequest]) (*connect.Response[taskdv1.WhoAmIResponse], error)
 }
 
 // NewTokenServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -146,6 +167,13 @@ func NewTokenServiceHandler(svc TokenServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(tokenServiceMethods.ByName("RevokeToken")),
 		connect.WithHandlerOptions(opts...),
 	)
+	tokenServiceWhoAmIHandler := connect.NewUnaryHandler(
+		TokenServiceWhoAmIProcedure,
+		svc.WhoAmI,
+		connect.WithSchema(tokenServiceMethods.ByName("WhoAmI")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/taskd.v1.TokenService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case TokenServiceCreateTokenProcedure:
@@ -154,6 +182,8 @@ func NewTokenServiceHandler(svc TokenServiceHandler, opts ...connect.HandlerOpti
 			tokenServiceListTokensHandler.ServeHTTP(w, r)
 		case TokenServiceRevokeTokenProcedure:
 			tokenServiceRevokeTokenHandler.ServeHTTP(w, r)
+		case TokenServiceWhoAmIProcedure:
+			tokenServiceWhoAmIHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -173,4 +203,8 @@ func (UnimplementedTokenServiceHandler) ListTokens(context.Context, *connect.Req
 
 func (UnimplementedTokenServiceHandler) RevokeToken(context.Context, *connect.Request[taskdv1.RevokeTokenRequest]) (*connect.Response[taskdv1.RevokeTokenResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TokenService.RevokeToken is not implemented"))
+}
+
+func (UnimplementedTokenServiceHandler) WhoAmI(context.Context, *connect.Request[taskdv1.WhoAmIRequest]) (*connect.Response[taskdv1.WhoAmIResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TokenService.WhoAmI is not implemented"))
 }

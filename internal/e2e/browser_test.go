@@ -1,0 +1,148 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/taskd/taskd/internal/harness"
+	"github.com/taskd/taskd/internal/testenv"
+)
+
+// browser is a headless Chromium that the test starts, with a fresh
+// profile, driven over the DevTools protocol.
+type browser struct {
+	t     *testing.T
+	ctx   context.Context
+	shots string // where screenshots go
+}
+
+// newBrowser starts Chromium for the cluster's API. It trusts exactly the
+// nodes' certificates (by their public keys: the cluster CA is not in the
+// system's store), resolves no host name, so it reaches nothing but the
+// loopback addresses it is sent to, and runs without the sandbox: as root
+// in a container Chromium refuses to start with it.
+func newBrowser(t *testing.T, c *harness.Cluster) *browser {
+	t.Helper()
+	bin, err := exec.LookPath("chromium")
+	if err != nil {
+		testenv.Missing(t, "chromium (Debian package chromium): %v", err)
+	}
+	var spki []string
+	for _, n := range c.Nodes {
+		if n.Client() == nil || n.Creds == nil {
+			t.Fatalf("node %s has no credentials", n.Name)
+		}
+		sum := sha256.Sum256(n.Creds.Leaf.RawSubjectPublicKeyInfo)
+		spki = append(spki, base64.StdEncoding.EncodeToString(sum[:]))
+	}
+	shots := os.Getenv("TASKD_UI_SHOTS")
+	if shots == "" {
+		shots = t.TempDir()
+	} else if err := os.MkdirAll(shots, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(bin),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.NoSandbox,
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("ignore-certificate-errors-spki-list", strings.Join(spki, ",")),
+		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("no-proxy-server", true),
+		chromedp.WindowSize(1400, 900),
+	)
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	t.Cleanup(func() {
+		cancel()
+		cancelAlloc() // kills Chromium and waits for it
+	})
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	t.Logf("screenshots in %s", shots)
+	return &browser{t: t, ctx: ctx, shots: shots}
+}
+
+// do runs actions with a deadline.
+func (b *browser) do(limit time.Duration, actions ...chromedp.Action[chromedp.Void]) error {
+	ctx, cancel := context.WithTimeout(b.ctx, limit)
+	defer cancel()
+	return chromedp.Do(ctx, actions...)
+}
+
+func (b *browser) must(limit time.Duration, what string, actions ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	if err := b.do(limit, actions...); err != nil {
+		b.t.Fatalf("browser: %s: %v", what, err)
+	}
+}
+
+// eval evaluates a JavaScript expression (awaiting a promise) into a T.
+func eval[T any](b *browser, expr string) (T, error) {
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	return chromedp.Run(ctx, chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise))
+}
+
+// waitJS waits until the expression is true, and says what it was waiting
+// for when it is not within limit.
+func (b *browser) waitJS(limit time.Duration, what, expr string) {
+	b.t.Helper()
+	var last error
+	err := harness.WaitFor(ctxFor(b.t, limit), 50*time.Millisecond, func() bool {
+		ok, err := eval[bool](b, "!!("+expr+")")
+		last = err
+		return err == nil && ok
+	})
+	if err != nil {
+		text, _ := eval[string](b, `(document.getElementById('view') || document.body).innerText.slice(0, 2000)`)
+		b.t.Fatalf("browser: %s: not within %v (%s); last error %v; the page shows:\n%s", what, limit, expr, last, text)
+	}
+}
+
+// text is the text of the first element that matches sel ("" if none).
+func (b *browser) text(sel string) string {
+	s, _ := eval[string](b, fmt.Sprintf(`(document.querySelector(%q) || {}).textContent || ''`, sel))
+	return s
+}
+
+// shot writes a PNG screenshot of the page.
+func (b *browser) shot(name string) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		b.t.Fatalf("screenshot %s: %v", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(b.shots, name+".png"), png, 0o644); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+// login opens the console on node and logs in with token.
+func (b *browser) login(node *harness.Node, token string) {
+	b.t.Helper()
+	b.must(15*time.Second, "open the console", chromedp.Navigate("https://"+node.API+"/ui/"), chromedp.WaitVisible(`#token`))
+	b.must(10*time.Second, "log in", chromedp.SendKeys(`#token`, token), chromedp.Click(`#login-submit`))
+	b.waitJS(10*time.Second, "logged in", `!document.getElementById('login').checkVisibility() && document.getElementById('view').checkVisibility() && document.getElementById('who').textContent !== ''`)
+}
+
+// goTo shows a view (a hash route: "#/tasks").
+func (b *browser) goTo(hash string) {
+	b.t.Helper()
+	if _, err := eval[string](b, fmt.Sprintf("location.hash = %q", hash)); err != nil {
+		b.t.Fatalf("go to %s: %v", hash, err)
+	}
+}
