@@ -23,7 +23,18 @@ import (
 func TestCopyTask(t *testing.T) {
 	testenv.Need(t, "qemu-utils", "qemu-nbd")
 	root := t.TempDir()
-	c := newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Extra: []string{"--volume-root", root, "--nbd-allow-host", "127.0.0.1"}})
+	backendsWith(t, harness.Options{Extra: []string{"--volume-root", root, "--nbd-allow-host", "127.0.0.1"}}, func(t *testing.T, c *harness.Cluster) {
+		testCopyTask(t, c, root)
+	})
+}
+
+// testCopyTask is TestCopyTask on one cluster whose --volume-root is
+// volRoot; each run works in a directory of its own below it.
+func testCopyTask(t *testing.T, c *harness.Cluster, volRoot string) {
+	root, err := os.MkdirTemp(volRoot, "run-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	leader := ready(t, c)
 	cordon(t, leader, leader.Name)
 
