@@ -21,7 +21,26 @@ type SessionCore struct {
 	lastContact time.Time
 	done        chan struct{}
 	kick        chan struct{} // asks the heartbeat to confirm contact now
+	// observe is told how late each scheduled heartbeat was sent.
+	observe HeartbeatObserver
 }
+
+// HeartbeatObserver is told, for every scheduled heartbeat (keepalive) of a
+// session, how late it was sent against its schedule. A node starved of CPU
+// sends its heartbeats late long before its session is in danger, so the
+// lateness is the earliest sign of starvation. It must not block.
+type HeartbeatObserver func(late time.Duration)
+
+// HeartbeatReporter is a Store whose sessions report their heartbeats'
+// lateness. Both backends implement it; ObserveHeartbeats applies to the
+// sessions opened after it.
+type HeartbeatReporter interface {
+	ObserveHeartbeats(HeartbeatObserver)
+}
+
+// ObserveLateness sets the observer of this session's heartbeats. Call it
+// before RunHeartbeat starts.
+func (c *SessionCore) ObserveLateness(f HeartbeatObserver) { c.observe = f }
 
 // NewSessionCore starts in StateRunning with contact confirmed at sentAt.
 func NewSessionCore(timeout time.Duration, sentAt time.Time) *SessionCore {
@@ -122,16 +141,22 @@ func RunHeartbeat(ctx context.Context, c *SessionCore, ping func(ctx context.Con
 	interval := HeartbeatInterval(c.timeout)
 	t := time.NewTimer(interval)
 	defer t.Stop()
+	due := time.Now().Add(interval)
 	for {
+		scheduled := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.done:
 			return
 		case <-t.C:
+			scheduled = true
 		case <-c.kick:
 		}
 		sent := time.Now()
+		if scheduled && c.observe != nil {
+			c.observe(max(sent.Sub(due), 0))
+		}
 		pctx, cancel := context.WithTimeout(ctx, interval)
 		expired, err := ping(pctx)
 		cancel()
@@ -148,6 +173,7 @@ func RunHeartbeat(ctx context.Context, c *SessionCore, ping func(ctx context.Con
 				return
 			}
 		}
-		t.Reset(time.Until(sent.Add(interval)))
+		due = sent.Add(interval)
+		t.Reset(time.Until(due))
 	}
 }
