@@ -148,6 +148,9 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 	for _, m := range first.Members {
 		r, ok := answers[m.Name]
 		if !ok {
+			if m.Starved {
+				d.bad("%s: %s (starved of CPU, as its record says: it advertises priority 0 and does not lead until it recovers)", m.Name, m.StarvedReason)
+			}
 			continue
 		}
 		if r.SelfSession != "running" || !r.SelfReady {
@@ -157,6 +160,9 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 		}
 		if m.Health != "" && m.Health != "ok" {
 			d.bad("member %s is unhealthy: %s", m.Name, m.HealthReason)
+		}
+		if starved, reason := starvation(r, m); starved {
+			d.bad("%s: %s (starved of CPU: it advertises priority 0 and does not lead until it recovers)", m.Name, reason)
 		}
 		timeouts[r.SessionTimeoutMs] = append(timeouts[r.SessionTimeoutMs], m.Name)
 		deadline := time.Duration(float64(r.SessionTimeoutMs)*r.DeadlineFraction) * time.Millisecond
@@ -198,6 +204,17 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 		return
 	}
 	d.vips(ctx, g)
+}
+
+// starvation is what member m says about its own CPU starvation (live,
+// whatever its session), else what its record says.
+func starvation(r *taskdv1.ListMembersResponse, m *taskdv1.Member) (bool, string) {
+	for _, self := range r.Members {
+		if self.Name == r.Self {
+			return self.Starved, self.StarvedReason
+		}
+	}
+	return m.Starved, m.StarvedReason
 }
 
 // sessionSince is "session STATE since T (D ago)".

@@ -32,6 +32,7 @@ import (
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
 	"github.com/taskd/taskd/internal/schedule"
+	"github.com/taskd/taskd/internal/starve"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/vips"
@@ -258,12 +259,23 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	}
 	n.q.Store(q)
 	close(n.quorumStarted)
+	// Starvation: the store's heartbeat loops report their lateness to the
+	// monitor (set before the quorum opens a session), which tells the
+	// quorum when the node is starved of CPU.
+	mon, err := starve.New(starve.DefaultConfig(n.cfg.SessionTimeout, n.cfg.DeadlineFraction), n.metrics, n.log, q.SetStarved)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if r, ok := store.(coord.HeartbeatReporter); ok {
+		r.ObserveHeartbeats(mon.ObserveHeartbeat)
+	}
 
 	qctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	hc, _ := n.cfg.healthConfig() // validated in Run
 	var probes sync.WaitGroup
-	probes.Add(1)
+	probes.Add(2)
+	go func() { defer probes.Done(); _ = mon.Run(qctx) }()
 	go func() {
 		defer probes.Done()
 		health.Run(qctx, hc, n.log, func(ok bool, reason string) {

@@ -18,6 +18,11 @@ type Member struct {
 	CurrentPriority int       `json:"current_priority"`
 	Health          string    `json:"health"`
 	HealthReason    string    `json:"health_reason,omitempty"`
+	// Starved: the node is starved of CPU (internal/starve) and
+	// advertises current priority 0; StarvedReason gives the figures.
+	// Records of older versions have neither and read as not starved.
+	Starved       bool   `json:"starved,omitempty"`
+	StarvedReason string `json:"starved_reason,omitempty"`
 	Session         string    `json:"session"`
 	SessionID       string    `json:"session_id"`
 	StartedAt       time.Time `json:"started_at"`

@@ -115,3 +115,23 @@ func TestQuantile(t *testing.T) {
 		t.Fatalf("open last bucket: %v", got)
 	}
 }
+
+// TestDefaultConfigValid: every session the quorum accepts gives a valid
+// starvation policy, with the threshold a quarter of the session margin.
+func TestDefaultConfigValid(t *testing.T) {
+	for _, timeout := range []time.Duration{2 * time.Second, 6 * time.Second, 30 * time.Second, 120 * time.Second} {
+		for _, f := range []float64{0.3, 0.6, 0.9} {
+			c := DefaultConfig(timeout, f)
+			if err := c.Validate(); err != nil {
+				t.Fatalf("timeout %v fraction %v: %v", timeout, f, err)
+			}
+			margin := timeout - time.Duration(f*float64(timeout))
+			if c.Threshold != margin/4 {
+				t.Fatalf("timeout %v fraction %v: threshold %v, want %v", timeout, f, c.Threshold, margin/4)
+			}
+		}
+	}
+	if c := DefaultConfig(6*time.Second, 0.6); c.Threshold != 600*time.Millisecond {
+		t.Fatalf("default session: threshold %v", c.Threshold)
+	}
+}

@@ -48,13 +48,14 @@ type Config struct {
 // fraction); a heartbeat a quarter of that margin late is a late one.
 func DefaultConfig(timeout time.Duration, deadlineFraction float64) Config {
 	margin := timeout - time.Duration(deadlineFraction*float64(timeout))
+	enter := max(10*time.Second, 2*timeout)
 	return Config{
 		Policy: Policy{
 			Threshold:   margin / 4,
 			EnterLate:   2,
-			EnterWindow: 10 * time.Second,
-			Grace:       max(10*time.Second, 2*timeout),
-			Window:      time.Minute,
+			EnterWindow: enter,
+			Grace:       enter,
+			Window:      max(time.Minute, enter),
 		},
 		Interval: time.Second,
 		Refresh:  15 * time.Second,

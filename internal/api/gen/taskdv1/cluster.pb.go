@@ -367,7 +367,12 @@ type Member struct {
 	// unknown: since when the answering node has had no session.
 	Since *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=since,proto3" json:"since,omitempty"`
 	// down: why it counts as a member: known, etcd, specified.
-	Sources       []string `protobuf:"bytes,15,rep,name=sources,proto3" json:"sources,omitempty"`
+	Sources []string `protobuf:"bytes,15,rep,name=sources,proto3" json:"sources,omitempty"`
+	// The member is starved of CPU and advertises current priority 0;
+	// starved_reason gives the figures and what to do. Members of older
+	// versions never set them.
+	Starved       bool   `protobuf:"varint,16,opt,name=starved,proto3" json:"starved,omitempty"`
+	StarvedReason string `protobuf:"bytes,17,opt,name=starved_reason,json=starvedReason,proto3" json:"starved_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -505,6 +510,20 @@ func (x *Member) GetSources() []string {
 		return x.Sources
 	}
 	return nil
+}
+
+func (x *Member) GetStarved() bool {
+	if x != nil {
+		return x.Starved
+	}
+	return false
+}
+
+func (x *Member) GetStarvedReason() string {
+	if x != nil {
+		return x.StarvedReason
+	}
+	return ""
 }
 
 type FenceReport struct {
@@ -964,7 +983,7 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\tzk_digest\x18\x05 \x01(\tR\bzkDigest\x12 \n" +
 	"\vcoordinator\x18\x06 \x01(\tR\vcoordinator\x120\n" +
 	"\x14etcd_initial_cluster\x18\a \x01(\tR\x12etcdInitialCluster\"\x14\n" +
-	"\x12ListMembersRequest\"\xf5\x03\n" +
+	"\x12ListMembersRequest\"\xb6\x04\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
@@ -982,7 +1001,9 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\tjoined_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\bjoinedAt\x12\x14\n" +
 	"\x05state\x18\r \x01(\tR\x05state\x120\n" +
 	"\x05since\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
-	"\asources\x18\x0f \x03(\tR\asources\"\x9e\x02\n" +
+	"\asources\x18\x0f \x03(\tR\asources\x12\x18\n" +
+	"\astarved\x18\x10 \x01(\bR\astarved\x12%\n" +
+	"\x0estarved_reason\x18\x11 \x01(\tR\rstarvedReason\"\x9e\x02\n" +
 	"\vFenceReport\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x124\n" +
 	"\astarted\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x126\n" +

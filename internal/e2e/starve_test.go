@@ -1,0 +1,139 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/internal/harness"
+	"github.com/taskd/taskd/internal/testenv"
+)
+
+// starveQuotaUS is the CFS quota (per 100 ms) of the starvation test's
+// cgroup, shared with a busy loop: the setting that made the original's
+// ZooKeeper client fence and rejoin twice in 45 s.
+const starveQuotaUS = 2000
+
+// TestStarvedLeader (issue 20), on both backends: the leader is moved into
+// a cgroup with a tight CPU quota next to a busy loop. Want: it does not
+// exit; it reports itself starved within a few seconds; the leadership
+// moves once to a healthy node and stays there while the quota holds;
+// `taskctl doctor` fails naming the cause; after the quota is lifted the
+// node recovers, and the timeline shows both events.
+func TestStarvedLeader(t *testing.T) {
+	t.Run("embedded", func(t *testing.T) {
+		testStarvedLeader(t, newCluster(t, 3, harness.Options{}))
+	})
+	t.Run("zookeeper", func(t *testing.T) {
+		ens := testenv.StartEnsemble(t, 1)
+		testStarvedLeader(t, newCluster(t, 3, harness.Options{Coordinator: ens.URL("/starve"), PKI: ens.PKI}))
+	})
+}
+
+// memberOf is the named member in n's answer.
+func memberIn(ctx context.Context, n *harness.Node, name string) (*taskdv1.Member, bool) {
+	r, err := n.Client().Cluster.ListMembers(ctx, connect.NewRequest(&taskdv1.ListMembersRequest{}))
+	if err != nil {
+		return nil, false
+	}
+	for _, m := range r.Msg.Members {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return nil, false
+}
+
+func testStarvedLeader(t *testing.T, c *harness.Cluster) {
+	st, err := harness.WaitAgreed(ctxFor(t, 60*time.Second), c.Nodes, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := c.Node(st.Leader)
+	healthy := others(c, victim.Name)
+	cg := newCPUCgroup(t, starveQuotaUS)
+	cg.move(t, busyLoop(t))
+	squeezed := time.Now()
+	cg.move(t, victim.Proc.PID())
+
+	// Starved within a few seconds, as the healthy nodes read its record.
+	if err := harness.WaitFor(ctxFor(t, 30*time.Second), 100*time.Millisecond, func() bool {
+		m, ok := memberIn(ctxFor(t, 2*time.Second), healthy[0], victim.Name)
+		return ok && m.Starved && m.CurrentPriority == 0 && strings.Contains(m.StarvedReason, "heartbeats up to")
+	}); err != nil {
+		t.Fatalf("%s not reported starved 30 s after its CPU quota: %v", victim.Name, err)
+	}
+	t.Logf("%s reported starved %v after the quota", victim.Name, time.Since(squeezed).Round(time.Millisecond))
+
+	// The leadership moves once, to a healthy node.
+	moved, err := harness.WaitAgreed(ctxFor(t, 30*time.Second), healthy, st.Epoch)
+	if err != nil {
+		t.Fatalf("the leadership did not move off the starved leader: %v", err)
+	}
+	if moved.Leader == victim.Name || moved.Epoch != st.Epoch+1 {
+		t.Fatalf("leadership after starvation: %s epoch %d; want a healthy node at epoch %d", moved.Leader, moved.Epoch, st.Epoch+1)
+	}
+	// ... and stays there while the quota holds.
+	hold := ctxFor(t, 20*time.Second)
+	if err := harness.WaitFor(hold, 200*time.Millisecond, func() bool {
+		s, ok := harness.Agreed(hold, healthy)
+		return ok && (s.Leader != moved.Leader || s.Epoch != moved.Epoch)
+	}); err == nil {
+		s, _ := harness.Agreed(ctxFor(t, 5*time.Second), healthy)
+		t.Fatalf("leadership moved again while %s was starved: %s epoch %d (was %s epoch %d)", victim.Name, s.Leader, s.Epoch, moved.Leader, moved.Epoch)
+	}
+	if victim.Proc.Exited() {
+		t.Fatalf("starved %s exited with %d", victim.Name, victim.Proc.ExitCode())
+	}
+	// The operator is told: doctor fails with the cause.
+	code, out := runTaskctl(t, healthy[0].CtlEnv(), "doctor")
+	if code == 0 || !strings.Contains(out, victim.Name+": ") || !strings.Contains(out, "starved of CPU") || !strings.Contains(out, "heartbeats up to") {
+		t.Fatalf("taskctl doctor while %s is starved: exit %d\n%s", victim.Name, code, out)
+	}
+	code, out = runTaskctl(t, healthy[0].CtlEnv(), "service", "list")
+	if code != 0 || !strings.Contains(out, "starved of CPU (current priority 0 until it recovers): "+victim.Name) {
+		t.Fatalf("taskctl service list while %s is starved: exit %d\n%s", victim.Name, code, out)
+	}
+
+	// Lift the quota: it recovers after its grace, and the leadership
+	// stays where it went (equal priorities).
+	cg.lift(t)
+	lifted := time.Now()
+	if err := harness.WaitFor(ctxFor(t, 60*time.Second), 200*time.Millisecond, func() bool {
+		m, ok := memberIn(ctxFor(t, 2*time.Second), healthy[0], victim.Name)
+		return ok && !m.Starved && m.CurrentPriority == 100
+	}); err != nil {
+		t.Fatalf("%s not recovered 60 s after the quota was lifted: %v", victim.Name, err)
+	}
+	t.Logf("%s recovered %v after the quota was lifted", victim.Name, time.Since(lifted).Round(time.Millisecond))
+	if s, err := harness.WaitAgreed(ctxFor(t, 10*time.Second), c.Nodes, 0); err != nil || s.Leader != moved.Leader || s.Epoch != moved.Epoch {
+		t.Fatalf("after recovery: leader %s epoch %d (%v); want %s epoch %d", s.Leader, s.Epoch, err, moved.Leader, moved.Epoch)
+	}
+	var starved, recovered *eventJSON
+	evs := listEvents(t, healthy[0])
+	for i := range evs {
+		e := &evs[i]
+		if e.Node != victim.Name {
+			continue
+		}
+		switch {
+		case e.Type == "starved" && starved == nil:
+			starved = e
+		case e.Type == "recovered" && starved != nil:
+			recovered = e
+		}
+	}
+	if starved == nil || recovered == nil {
+		t.Fatalf("timeline of %s lacks starved then recovered: %+v / %+v", victim.Name, starved, recovered)
+	}
+	if starved.Attrs["heartbeat_late_max"] == "" || !strings.Contains(starved.Attrs["reason"], "heartbeats up to") {
+		t.Fatalf("starved event without its figures: %+v", starved)
+	}
+	t.Logf("starved event: %s %v", starved.Message, starved.Attrs)
+	if victim.Proc.Exited() {
+		t.Fatalf("%s exited with %d", victim.Name, victim.Proc.ExitCode())
+	}
+}
