@@ -97,9 +97,9 @@ type View struct {
 	JoinError   string        `json:"join_error,omitempty"`
 	// SelfStarved is this node's own starvation, live (its member record
 	// carries it too, but only while the node has a session).
-	SelfStarved       bool   `json:"self_starved,omitempty"`
-	SelfStarvedReason string `json:"self_starved_reason,omitempty"`
-	Timeout     time.Duration `json:"-"`
+	SelfStarved       bool          `json:"self_starved,omitempty"`
+	SelfStarvedReason string        `json:"self_starved_reason,omitempty"`
+	Timeout           time.Duration `json:"-"`
 	// DeadlineFraction of Timeout after the last contact, the node fences.
 	DeadlineFraction float64 `json:"-"`
 }
