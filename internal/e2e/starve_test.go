@@ -15,7 +15,7 @@ import (
 // starveQuotaUS is the CFS quota (per 100 ms) of the starvation test's
 // cgroup, shared with a busy loop: the setting that made the original's
 // ZooKeeper client fence and rejoin twice in 45 s.
-const starveQuotaUS = 2000
+const starveQuotaUS = 1000
 
 // TestStarvedLeader (issue 20), on both backends: the leader is moved into
 // a cgroup with a tight CPU quota next to a busy loop. Want: it does not

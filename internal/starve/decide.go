@@ -33,7 +33,12 @@ type Throttle struct {
 	ThrottledTime    time.Duration
 }
 
-func (s Sample) lateness() time.Duration { return max(s.Late, s.TickLate) }
+// lateness is how long the process waited for a CPU in the period, by
+// three local measures: a heartbeat sent late, the sampler woken late, or
+// runnable goroutines waiting (scheduler latency p99). None of them
+// depends on the store: a slow or unreachable store makes heartbeats fail
+// or take long, never start late.
+func (s Sample) lateness() time.Duration { return max(s.Late, s.TickLate, s.SchedP99) }
 
 // Policy is the decision's thresholds.
 type Policy struct {
@@ -69,7 +74,8 @@ func (p Policy) Validate() error {
 
 // Figures summarise the Window before a decision.
 type Figures struct {
-	// MaxLate is the worst heartbeat (or sampler) lateness.
+	// MaxLate is the worst heartbeat (or sampler) lateness; SchedP99
+	// counts as well for the decision.
 	MaxLate time.Duration
 	// SchedP99 is the worst per-period scheduler latency p99.
 	SchedP99 time.Duration
@@ -175,7 +181,7 @@ func (d *Decider) figures() Figures {
 	var f Figures
 	var throttled uint64
 	for _, h := range d.hist {
-		f.MaxLate = max(f.MaxLate, h.lateness())
+		f.MaxLate = max(f.MaxLate, h.Late, h.TickLate)
 		f.SchedP99 = max(f.SchedP99, h.SchedP99)
 		if h.Throttle.Known {
 			f.ThrottleKnown = true

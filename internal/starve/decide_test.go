@@ -14,6 +14,7 @@ type step struct {
 	at      time.Duration
 	lateMS  int
 	tickMS  int
+	schedMS int
 	want    bool // starved after it
 	changed bool
 }
@@ -24,20 +25,23 @@ func TestDecider(t *testing.T) {
 		name  string
 		steps []step
 	}{
-		{"idle node never starves", []step{{1 * s, 5, 1, false, false}, {2 * s, 10, 0, false, false}, {3 * s, 299, 0, false, false}}},
-		{"one stall (a GC pause) is not starvation", []step{{1 * s, 0, 0, false, false}, {2 * s, 2000, 1500, false, false}, {3 * s, 0, 0, false, false}, {20 * s, 0, 0, false, false}}},
-		{"two late periods within the window enter", []step{{1 * s, 700, 0, false, false}, {3 * s, 0, 900, true, true}, {4 * s, 1200, 0, true, false}}},
-		{"two late periods further apart than the window do not", []step{{1 * s, 700, 0, false, false}, {12 * s, 700, 0, false, false}, {23 * s, 700, 0, false, false}}},
-		{"late exactly at the threshold counts", []step{{1 * s, 600, 0, false, false}, {2 * s, 600, 0, true, true}}},
+		{"idle node never starves", []step{{1 * s, 5, 1, 0, false, false}, {2 * s, 10, 0, 0, false, false}, {3 * s, 299, 0, 0, false, false}}},
+		{"one stall (a GC pause) is not starvation", []step{{1 * s, 0, 0, 0, false, false}, {2 * s, 2000, 1500, 0, false, false}, {3 * s, 0, 0, 0, false, false}, {20 * s, 0, 0, 0, false, false}}},
+		{"two late periods within the window enter", []step{{1 * s, 700, 0, 0, false, false}, {3 * s, 0, 900, 0, true, true}, {4 * s, 1200, 0, 0, true, false}}},
+		{"scheduler latency alone enters (heartbeats on time, goroutines waiting)", []step{{1 * s, 0, 0, 800, false, false}, {2 * s, 10, 5, 650, true, true}}},
+		{"scheduler latency holds starvation", []step{
+			{1 * s, 900, 0, 0, false, false}, {2 * s, 900, 0, 0, true, true}, {8 * s, 0, 0, 350, true, false}, {17 * s, 0, 0, 0, true, false}, {18 * s, 0, 0, 0, false, true}}},
+		{"two late periods further apart than the window do not", []step{{1 * s, 700, 0, 0, false, false}, {12 * s, 700, 0, 0, false, false}, {23 * s, 700, 0, 0, false, false}}},
+		{"late exactly at the threshold counts", []step{{1 * s, 600, 0, 0, false, false}, {2 * s, 600, 0, 0, true, true}}},
 		{"recovers after the grace without uneasy periods", []step{
-			{1 * s, 900, 0, false, false}, {2 * s, 900, 0, true, true},
-			{5 * s, 0, 0, true, false}, {11 * s, 0, 0, true, false}, {12 * s, 0, 0, false, true}, {13 * s, 0, 0, false, false}}},
+			{1 * s, 900, 0, 0, false, false}, {2 * s, 900, 0, 0, true, true},
+			{5 * s, 0, 0, 0, true, false}, {11 * s, 0, 0, 0, true, false}, {12 * s, 0, 0, 0, false, true}, {13 * s, 0, 0, 0, false, false}}},
 		{"half-threshold lateness holds starvation (hysteresis)", []step{
-			{1 * s, 900, 0, false, false}, {2 * s, 900, 0, true, true},
-			{8 * s, 300, 0, true, false}, {17 * s, 0, 0, true, false}, {18 * s, 0, 0, false, true}}},
+			{1 * s, 900, 0, 0, false, false}, {2 * s, 900, 0, 0, true, true},
+			{8 * s, 300, 0, 0, true, false}, {17 * s, 0, 0, 0, true, false}, {18 * s, 0, 0, 0, false, true}}},
 		{"starves again after recovering", []step{
-			{1 * s, 900, 0, false, false}, {2 * s, 900, 0, true, true}, {12 * s, 0, 0, false, true},
-			{13 * s, 900, 0, false, false}, {14 * s, 900, 0, true, true}}},
+			{1 * s, 900, 0, 0, false, false}, {2 * s, 900, 0, 0, true, true}, {12 * s, 0, 0, 0, false, true},
+			{13 * s, 900, 0, 0, false, false}, {14 * s, 900, 0, 0, true, true}}},
 	}
 	t0 := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 	for _, c := range cases {
@@ -47,7 +51,8 @@ func TestDecider(t *testing.T) {
 				t.Fatal(err)
 			}
 			for i, st := range c.steps {
-				v := d.Observe(Sample{At: t0.Add(st.at), Late: time.Duration(st.lateMS) * time.Millisecond, TickLate: time.Duration(st.tickMS) * time.Millisecond})
+				v := d.Observe(Sample{At: t0.Add(st.at), Late: time.Duration(st.lateMS) * time.Millisecond, TickLate: time.Duration(st.tickMS) * time.Millisecond,
+					SchedP99: time.Duration(st.schedMS) * time.Millisecond})
 				if v.Starved != st.want || v.Changed != st.changed {
 					t.Fatalf("step %d (%v): starved=%v changed=%v, want %v %v", i, st.at, v.Starved, v.Changed, st.want, st.changed)
 				}
