@@ -55,9 +55,13 @@ func testStarvedLeader(t *testing.T, c *harness.Cluster) {
 	victim := c.Node(st.Leader)
 	healthy := others(c, victim.Name)
 	cg := newCPUCgroup(t, starveQuotaUS)
-	cg.move(t, busyLoop(t))
+	if err := cg.Move(busyLoop(t)); err != nil {
+		t.Fatal(err)
+	}
 	squeezed := time.Now()
-	cg.move(t, victim.Proc.PID())
+	if err := cg.Move(victim.Proc.PID()); err != nil {
+		t.Fatal(err)
+	}
 
 	// Starved within a few seconds, as the healthy nodes read its record.
 	if err := harness.WaitFor(ctxFor(t, 30*time.Second), 100*time.Millisecond, func() bool {
@@ -100,7 +104,9 @@ func testStarvedLeader(t *testing.T, c *harness.Cluster) {
 
 	// Lift the quota: it recovers after its grace, and the leadership
 	// stays where it went (equal priorities).
-	cg.lift(t)
+	if err := cg.Lift(); err != nil {
+		t.Fatal(err)
+	}
 	lifted := time.Now()
 	if err := harness.WaitFor(ctxFor(t, 60*time.Second), 200*time.Millisecond, func() bool {
 		m, ok := memberIn(ctxFor(t, 2*time.Second), healthy[0], victim.Name)
