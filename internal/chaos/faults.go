@@ -45,6 +45,13 @@ func (r *run) faults(ctx context.Context) {
 	if harness.CPUControllerAvailable() {
 		kinds = append(kinds, faultStarve)
 	}
+	if len(r.cfg.Kinds) > 0 {
+		kinds = slices.DeleteFunc(kinds, func(k string) bool { return !slices.Contains(r.cfg.Kinds, k) })
+		if len(kinds) == 0 {
+			r.violation("none of the fault kinds %v is available here", r.cfg.Kinds)
+			return
+		}
+	}
 	start := time.Now()
 	for i := 1; i <= r.cfg.Faults && time.Since(start) < r.cfg.Duration && ctx.Err() == nil; i++ {
 		kind := kinds[r.rng.IntN(len(kinds))]

@@ -138,7 +138,12 @@ func testStarvedLeader(t *testing.T, c *harness.Cluster) {
 	if starved.Attrs["heartbeat_late_max"] == "" || !strings.Contains(starved.Attrs["reason"], "heartbeats up to") {
 		t.Fatalf("starved event without its figures: %+v", starved)
 	}
-	t.Logf("starved event: %s %v", starved.Message, starved.Attrs)
+	// The node itself noticed within seconds (its record reaches the
+	// others later: its store writes are starved too).
+	if took := starved.Time.Sub(squeezed); took > 15*time.Second {
+		t.Fatalf("starved event %v after the quota, want within 15 s", took)
+	}
+	t.Logf("starved event %v after the quota: %s %v", starved.Time.Sub(squeezed).Round(time.Millisecond), starved.Message, starved.Attrs)
 	if victim.Proc.Exited() {
 		t.Fatalf("%s exited with %d", victim.Name, victim.Proc.ExitCode())
 	}
