@@ -26,10 +26,11 @@ type SessionCore struct {
 }
 
 // HeartbeatObserver is told, for every scheduled heartbeat (keepalive) of a
-// session, how late it was sent against its schedule. A node starved of CPU
-// sends its heartbeats late long before its session is in danger, so the
-// lateness is the earliest sign of starvation. It must not block.
-type HeartbeatObserver func(late time.Duration)
+// session, how late it was sent against its schedule, and how long its
+// round trip took (to the answer or the failure). A node starved of CPU
+// sends its heartbeats late, or cannot process their answers, long before
+// its session is in danger. It must not block.
+type HeartbeatObserver func(late, roundTrip time.Duration)
 
 // HeartbeatReporter is a Store whose sessions report their heartbeats'
 // lateness. Both backends implement it; ObserveHeartbeats applies to the
@@ -154,12 +155,12 @@ func RunHeartbeat(ctx context.Context, c *SessionCore, ping func(ctx context.Con
 		case <-c.kick:
 		}
 		sent := time.Now()
-		if scheduled && c.observe != nil {
-			c.observe(max(sent.Sub(due), 0))
-		}
 		pctx, cancel := context.WithTimeout(ctx, interval)
 		expired, err := ping(pctx)
 		cancel()
+		if scheduled && c.observe != nil {
+			c.observe(max(sent.Sub(due), 0), time.Since(sent))
+		}
 		switch {
 		case expired:
 			c.End(StateExpired)

@@ -15,7 +15,7 @@ func TestHeartbeatLateness(t *testing.T) {
 	c := NewSessionCore(timeout, time.Now())
 	var mu sync.Mutex
 	var lates []time.Duration
-	c.ObserveLateness(func(late time.Duration) {
+	c.ObserveLateness(func(late, _ time.Duration) {
 		mu.Lock()
 		lates = append(lates, late)
 		mu.Unlock()

@@ -41,6 +41,7 @@ type Set struct {
 	// sent, the Go scheduler's latency, the cgroup's CPU throttling, and
 	// whether the node counts as starved.
 	HeartbeatLateness   prometheus.Histogram
+	HeartbeatRoundTrip  prometheus.Histogram
 	SchedLatencyP99     prometheus.Gauge
 	CPUPeriods          prometheus.Counter
 	CPUThrottledPeriods prometheus.Counter
@@ -81,6 +82,10 @@ func New(view func() *quorum.View) *Set {
 			Name: "taskd_heartbeat_lateness_seconds", Help: "How late each session heartbeat (keepalive) was sent against its schedule.",
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2, 4, 8},
 		}),
+		HeartbeatRoundTrip: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "taskd_heartbeat_round_trip_seconds", Help: "How long each session heartbeat took, to its answer or its failure.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2, 4, 8},
+		}),
 		SchedLatencyP99: prometheus.NewGauge(prometheus.GaugeOpts{Name: "taskd_sched_latency_p99_seconds",
 			Help: "99th percentile of the Go scheduler's latency (runnable goroutines waiting to run) in the last sampling period."}),
 		CPUPeriods: prometheus.NewCounter(prometheus.CounterOpts{Name: "taskd_cgroup_cpu_periods_total",
@@ -92,7 +97,7 @@ func New(view func() *quorum.View) *Set {
 		Starved: prometheus.NewGauge(prometheus.GaugeOpts{Name: "taskd_starved", Help: "1 while this node counts as starved of CPU."}),
 	}
 	reg.MustRegister(s.DispatchLatency, s.Tasks, s.Assignments, s.GivenBack, s.Attempts, s.CopyBytes, s.CopyRate,
-		s.VIPHolding, s.Fences, s.FenceDuration, s.HeartbeatLateness, s.SchedLatencyP99, s.CPUPeriods, s.CPUThrottledPeriods,
+		s.VIPHolding, s.Fences, s.FenceDuration, s.HeartbeatLateness, s.HeartbeatRoundTrip, s.SchedLatencyP99, s.CPUPeriods, s.CPUThrottledPeriods,
 		s.CPUThrottledSeconds, s.Starved, &viewCollector{view: view})
 	return s
 }

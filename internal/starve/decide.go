@@ -14,6 +14,9 @@ type Sample struct {
 	Late time.Duration
 	// Heartbeats is how many heartbeats were sent in the period.
 	Heartbeats int
+	// RoundTrip is the slowest heartbeat round trip in the period (to
+	// its answer or its failure).
+	RoundTrip time.Duration
 	// TickLate is how late the sampler itself woke up.
 	TickLate time.Duration
 	// SchedP99 is the 99th percentile of the Go scheduler's latency (a
@@ -38,7 +41,21 @@ type Throttle struct {
 // runnable goroutines waiting (scheduler latency p99). None of them
 // depends on the store: a slow or unreachable store makes heartbeats fail
 // or take long, never start late.
-func (s Sample) lateness() time.Duration { return max(s.Late, s.TickLate, s.SchedP99) }
+//
+// A slow round trip counts only while the cgroup throttled the node in at
+// least half of the period's CFS periods: then the node could not process
+// the answer for want of CPU, whereas without throttling a slow round trip
+// is the store's or the network's.
+func (s Sample) lateness() time.Duration { return max(s.beatLate(), s.SchedP99) }
+
+// beatLate is the heartbeat's (or the sampler's) lateness.
+func (s Sample) beatLate() time.Duration {
+	l := max(s.Late, s.TickLate)
+	if t := s.Throttle; t.Known && t.Periods > 0 && 2*t.ThrottledPeriods >= t.Periods {
+		l = max(l, s.RoundTrip)
+	}
+	return l
+}
 
 // Policy is the decision's thresholds.
 type Policy struct {
@@ -181,7 +198,7 @@ func (d *Decider) figures() Figures {
 	var f Figures
 	var throttled uint64
 	for _, h := range d.hist {
-		f.MaxLate = max(f.MaxLate, h.Late, h.TickLate)
+		f.MaxLate = max(f.MaxLate, h.beatLate())
 		f.SchedP99 = max(f.SchedP99, h.SchedP99)
 		if h.Throttle.Known {
 			f.ThrottleKnown = true

@@ -64,6 +64,35 @@ func TestDecider(t *testing.T) {
 	}
 }
 
+// TestRoundTripNeedsThrottling: a slow heartbeat round trip is starvation
+// only while the cgroup throttles the node; otherwise it is the store's.
+func TestRoundTripNeedsThrottling(t *testing.T) {
+	t0 := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	throttled := Throttle{Known: true, Periods: 10, ThrottledPeriods: 6}
+	cases := []struct {
+		name string
+		th   Throttle
+		want bool
+	}{
+		{"throttled in most periods", throttled, true},
+		{"throttled in a few periods", Throttle{Known: true, Periods: 10, ThrottledPeriods: 4}, false},
+		{"no cgroup counters", Throttle{}, false},
+	}
+	for _, c := range cases {
+		d, _ := NewDecider(testPolicy)
+		var v Verdict
+		for i := range 3 {
+			v = d.Observe(Sample{At: t0.Add(time.Duration(i) * time.Second), RoundTrip: 900 * time.Millisecond, Throttle: c.th})
+		}
+		if v.Starved != c.want {
+			t.Errorf("%s: starved=%v, want %v", c.name, v.Starved, c.want)
+		}
+		if c.want && v.Figures.MaxLate != 900*time.Millisecond {
+			t.Errorf("%s: max late %v", c.name, v.Figures.MaxLate)
+		}
+	}
+}
+
 func TestFiguresAndReason(t *testing.T) {
 	d, _ := NewDecider(testPolicy)
 	t0 := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)

@@ -71,7 +71,7 @@ func TestMonitorRun(t *testing.T) {
 			}
 			entered = true
 		case <-tick.C:
-			m.ObserveHeartbeat(500 * time.Millisecond)
+			m.ObserveHeartbeat(500*time.Millisecond, time.Millisecond)
 		case <-deadline:
 			t.Fatal("not starved after 5 s of heartbeats 500 ms late")
 		}
@@ -90,7 +90,7 @@ func TestMonitorRun(t *testing.T) {
 		case st := <-changes:
 			recovered = !st
 		case <-tick.C:
-			m.ObserveHeartbeat(time.Millisecond)
+			m.ObserveHeartbeat(time.Millisecond, time.Millisecond)
 		case <-deadline:
 			t.Fatal("not recovered after 5 s of heartbeats on time")
 		}

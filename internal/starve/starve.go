@@ -97,6 +97,7 @@ type Monitor struct {
 
 	mu     sync.Mutex
 	late   time.Duration // worst heartbeat lateness since the last sample
+	rtt    time.Duration // slowest heartbeat round trip since the last sample
 	beats  int
 	status Status
 }
@@ -116,12 +117,14 @@ func New(cfg Config, met *metrics.Set, log *slog.Logger, onChange func(starved b
 }
 
 // ObserveHeartbeat is a coord.HeartbeatObserver.
-func (m *Monitor) ObserveHeartbeat(late time.Duration) {
+func (m *Monitor) ObserveHeartbeat(late, roundTrip time.Duration) {
 	if m.met != nil {
 		m.met.HeartbeatLateness.Observe(late.Seconds())
+		m.met.HeartbeatRoundTrip.Observe(roundTrip.Seconds())
 	}
 	m.mu.Lock()
 	m.late = max(m.late, late)
+	m.rtt = max(m.rtt, roundTrip)
 	m.beats++
 	m.mu.Unlock()
 }
@@ -153,8 +156,8 @@ func (m *Monitor) Run(ctx context.Context) error {
 		now := time.Now()
 		s := Sample{At: now, TickLate: max(now.Sub(due), 0), SchedP99: m.sched.p99()}
 		m.mu.Lock()
-		s.Late, s.Heartbeats = m.late, m.beats
-		m.late, m.beats = 0, 0
+		s.Late, s.Heartbeats, s.RoundTrip = m.late, m.beats, m.rtt
+		m.late, m.beats, m.rtt = 0, 0, 0
 		m.mu.Unlock()
 		if cur, err := m.cg.read(); err == nil {
 			s.Throttle = delta(prev, cur)

@@ -384,7 +384,7 @@ func testHeartbeatLateness(t *testing.T, s coord.Store) {
 		t.Fatalf("%T does not report heartbeat lateness", s)
 	}
 	got := make(chan time.Duration, 16)
-	r.ObserveHeartbeats(func(late time.Duration) {
+	r.ObserveHeartbeats(func(late, _ time.Duration) {
 		select {
 		case got <- late:
 		default:
