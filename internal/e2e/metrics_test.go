@@ -53,9 +53,18 @@ func TestMetrics(t *testing.T) {
 		"taskd_ready 1",
 		"taskd_dispatch_latency_seconds_count 1",
 		"taskd_dispatch_assignments_total 1",
+		// Starvation (issue 20): measured, and this node is not starved.
+		"taskd_starved 0",
+		"taskd_heartbeat_lateness_seconds_bucket",
+		"taskd_heartbeat_round_trip_seconds_bucket",
+		"taskd_sched_latency_p99_seconds",
+		"taskd_cgroup_cpu_throttled_periods_total",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+	if strings.Contains(text, "taskd_heartbeat_lateness_seconds_count 0") {
+		t.Errorf("no heartbeat lateness observed by a node with a running session")
 	}
 }

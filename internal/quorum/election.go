@@ -364,7 +364,7 @@ func (e *election) updateOwnRecord(ctx context.Context) {
 	e.myVer = kv.Version
 	want.joinOrder = me.joinOrder
 	e.members[want.Name] = want
-	if want.Priority != me.Priority || want.CurrentPriority != me.CurrentPriority || want.Health != me.Health || want.Starved != me.Starved {
+	if want.Priority != me.Priority || want.CurrentPriority != me.CurrentPriority || want.Health != me.Health || want.HealthReason != me.HealthReason || want.Starved != me.Starved {
 		e.log.Info("priority changed", "event", "priority", "priority", want.Priority, "current_priority", want.CurrentPriority, "health", want.Health, "starved", want.Starved)
 	}
 	e.publish()
