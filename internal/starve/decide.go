@@ -51,15 +51,32 @@ func (s Sample) lateness() time.Duration { return max(s.beatLate(), s.SchedP99) 
 // beatLate is the heartbeat's (or the sampler's) lateness.
 func (s Sample) beatLate() time.Duration {
 	l := max(s.Late, s.TickLate)
-	if t := s.Throttle; t.Known && t.Periods > 0 && 2*t.ThrottledPeriods >= t.Periods {
+	if s.throttled() {
 		l = max(l, s.RoundTrip)
 	}
 	return l
 }
 
+// throttled: the cgroup throttled the node in at least half of the
+// period's CFS periods.
+func (s Sample) throttled() bool {
+	t := s.Throttle
+	return t.Known && t.Periods > 0 && 2*t.ThrottledPeriods >= t.Periods
+}
+
+// late: the period's lateness reached the threshold, or half of it while
+// the CPU quota throttled the node (the cause is then known).
+func (s Sample) late(threshold time.Duration) bool {
+	if s.throttled() {
+		return s.lateness() >= threshold/2
+	}
+	return s.lateness() >= threshold
+}
+
 // Policy is the decision's thresholds.
 type Policy struct {
-	// Threshold: a period whose lateness reaches it counts as late.
+	// Threshold: a period whose lateness reaches it counts as late; half
+	// of it does while the cgroup throttles the node in most periods.
 	Threshold time.Duration
 	// EnterLate late periods within EnterWindow make the node starved:
 	// one stall (a long GC pause) does not.
@@ -187,7 +204,7 @@ func (d *Decider) Observe(s Sample) Verdict {
 func (d *Decider) lateIn(now time.Time) int {
 	n := 0
 	for _, h := range d.hist {
-		if now.Sub(h.At) <= d.p.EnterWindow && h.lateness() >= d.p.Threshold {
+		if now.Sub(h.At) <= d.p.EnterWindow && h.late(d.p.Threshold) {
 			n++
 		}
 	}

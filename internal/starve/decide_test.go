@@ -76,6 +76,7 @@ func TestRoundTripNeedsThrottling(t *testing.T) {
 	}{
 		{"throttled in most periods", throttled, true},
 		{"throttled in a few periods", Throttle{Known: true, Periods: 10, ThrottledPeriods: 4}, false},
+		{"throttled in every period", Throttle{Known: true, Periods: 10, ThrottledPeriods: 10}, true},
 		{"no cgroup counters", Throttle{}, false},
 	}
 	for _, c := range cases {
