@@ -176,7 +176,7 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 		n.etcdSrv.Store(srv)
 		defer n.etcdSrv.Store(nil)
 		srvErrs = srv.Err()
-		raftAway = func(ctx context.Context) { srv.KeepRaftLeadershipAway(ctx, n.log) }
+		raftAway = func(ctx context.Context) { srv.KeepRaftLeadershipAway(ctx, n.log, n.fitForRaftLeadership) }
 		store, err = etcd.Open(ctx, srv.ClientConfig(), n.log)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrConfig, err)
@@ -262,7 +262,19 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	// Starvation: the store's heartbeat loops report their lateness to the
 	// monitor (set before the quorum opens a session), which tells the
 	// quorum when the node is starved of CPU.
-	mon, err := starve.New(starve.DefaultConfig(n.cfg.SessionTimeout, n.cfg.DeadlineFraction), n.metrics, n.log, q.SetStarved)
+	// A starved node that leads the embedded etcd's raft hands that over
+	// too (at each change and refresh while starved).
+	raftOff := make(chan struct{}, 1)
+	onStarve := func(starved bool, reason string) {
+		q.SetStarved(starved, reason)
+		if starved {
+			select {
+			case raftOff <- struct{}{}:
+			default: // one pending hand-over check covers this one
+			}
+		}
+	}
+	mon, err := starve.New(starve.DefaultConfig(n.cfg.SessionTimeout, n.cfg.DeadlineFraction), n.metrics, n.log, onStarve)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
@@ -274,8 +286,23 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	defer cancel()
 	hc, _ := n.cfg.healthConfig() // validated in Run
 	var probes sync.WaitGroup
-	probes.Add(2)
+	probes.Add(3)
 	go func() { defer probes.Done(); _ = mon.Run(qctx) }()
+	go func() {
+		defer probes.Done()
+		for {
+			select {
+			case <-qctx.Done():
+				return
+			case <-raftOff:
+			}
+			if srv := n.etcdSrv.Load(); srv != nil {
+				if err := srv.MoveRaftLeadershipOff(qctx, n.fitForRaftLeadership); err != nil {
+					n.log.Warn("starved, but cannot move etcd raft leadership off this member", "err", err)
+				}
+			}
+		}
+	}()
 	go func() {
 		defer probes.Done()
 		health.Run(qctx, hc, n.log, func(ok bool, reason string) {
@@ -299,6 +326,17 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 }
 
 func (n *Node) setWaiting(why string) { n.wait.Store(&why) }
+
+// fitForRaftLeadership: a live member that is not starved of CPU (a
+// starved raft leader would stall the store for everyone).
+func (n *Node) fitForRaftLeadership(name string) bool {
+	for _, m := range n.View().Members {
+		if m.Name == name {
+			return !m.Starved
+		}
+	}
+	return false
+}
 
 // View implements api.Cluster.
 func (n *Node) View() quorum.View {
