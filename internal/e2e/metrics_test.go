@@ -64,7 +64,5 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	if strings.Contains(text, "taskd_heartbeat_lateness_seconds_count 0") {
-		t.Errorf("no heartbeat lateness observed by a node with a running session")
-	}
+
 }
