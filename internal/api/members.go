@@ -28,7 +28,7 @@ func (s *clusterService) ListMembers(context.Context, *connect.Request[taskdv1.L
 		SelfSession: v.Session, SelfReady: v.Ready, SelfError: v.JoinError, Coordinator: s.c.Coordinator(),
 		SpecifiedMembers: v.Specified, ServerTime: timestamppb.Now(),
 		SessionTimeoutMs: v.Timeout.Milliseconds(), DeadlineFraction: v.DeadlineFraction,
-		SelfSessionSince: ts(v.SessionSince),
+		SelfSessionSince: ts(v.SessionSince), SelfStarved: v.SelfStarved, SelfStarvedReason: v.SelfStarvedReason,
 	}
 	for _, m := range v.Members {
 		pm := &taskdv1.Member{

@@ -130,6 +130,13 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 		if m.State == "down" {
 			unreachable = append(unreachable, m.Name)
 			d.bad("member %s is down: %s; start it again, or if it was decommissioned: taskctl service forget %s", m.Name, downSince(m, time.Now()), m.Name)
+			// A node starved of CPU loses its session, so it shows down;
+			// if it still answers, say why.
+			if m.Address != "" {
+				if r, _, err := ask(ctx, g, g.memberEndpoint(m.Address), m.Name); err == nil && r.Self == m.Name && r.SelfStarved {
+					d.bad("%s: %s (starved of CPU: it advertises priority 0 and does not lead until it recovers)", m.Name, r.SelfStarvedReason)
+				}
+			}
 			continue
 		}
 		r, sk, err := ask(ctx, g, g.memberEndpoint(m.Address), m.Name)
@@ -209,6 +216,9 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 // starvation is what member m says about its own CPU starvation (live,
 // whatever its session), else what its record says.
 func starvation(r *taskdv1.ListMembersResponse, m *taskdv1.Member) (bool, string) {
+	if r.SelfStarved {
+		return true, r.SelfStarvedReason
+	}
 	for _, self := range r.Members {
 		if self.Name == r.Self {
 			return self.Starved, self.StarvedReason

@@ -632,8 +632,12 @@ type ListMembersResponse struct {
 	DeadlineFraction float64                `protobuf:"fixed64,14,opt,name=deadline_fraction,json=deadlineFraction,proto3" json:"deadline_fraction,omitempty"`
 	// When the answering node's session state (self_session) last changed.
 	SelfSessionSince *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=self_session_since,json=selfSessionSince,proto3" json:"self_session_since,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The answering node's own CPU starvation, live (also while it has no
+	// session, when its member record is gone).
+	SelfStarved       bool   `protobuf:"varint,16,opt,name=self_starved,json=selfStarved,proto3" json:"self_starved,omitempty"`
+	SelfStarvedReason string `protobuf:"bytes,17,opt,name=self_starved_reason,json=selfStarvedReason,proto3" json:"self_starved_reason,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ListMembersResponse) Reset() {
@@ -769,6 +773,20 @@ func (x *ListMembersResponse) GetSelfSessionSince() *timestamppb.Timestamp {
 		return x.SelfSessionSince
 	}
 	return nil
+}
+
+func (x *ListMembersResponse) GetSelfStarved() bool {
+	if x != nil {
+		return x.SelfStarved
+	}
+	return false
+}
+
+func (x *ListMembersResponse) GetSelfStarvedReason() string {
+	if x != nil {
+		return x.SelfStarvedReason
+	}
+	return ""
 }
 
 type SetPriorityRequest struct {
@@ -1011,7 +1029,7 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\vduration_ms\x18\x04 \x01(\x03R\n" +
 	"durationMs\x12C\n" +
 	"\x0fearliest_expiry\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0eearliestExpiry\x12#\n" +
-	"\rbefore_expiry\x18\x06 \x01(\bR\fbeforeExpiry\"\x86\x05\n" +
+	"\rbefore_expiry\x18\x06 \x01(\bR\fbeforeExpiry\"\xd9\x05\n" +
 	"\x13ListMembersResponse\x12\x16\n" +
 	"\x06leader\x18\x01 \x01(\tR\x06leader\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x129\n" +
@@ -1033,7 +1051,9 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"serverTime\x12,\n" +
 	"\x12session_timeout_ms\x18\r \x01(\x03R\x10sessionTimeoutMs\x12+\n" +
 	"\x11deadline_fraction\x18\x0e \x01(\x01R\x10deadlineFraction\x12H\n" +
-	"\x12self_session_since\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x10selfSessionSince\"Z\n" +
+	"\x12self_session_since\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x10selfSessionSince\x12!\n" +
+	"\fself_starved\x18\x10 \x01(\bR\vselfStarved\x12.\n" +
+	"\x13self_starved_reason\x18\x11 \x01(\tR\x11selfStarvedReason\"Z\n" +
 	"\x12SetPriorityRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
 	"\bpriority\x18\x02 \x01(\x05R\bpriority\x12\x14\n" +
