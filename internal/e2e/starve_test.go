@@ -151,8 +151,8 @@ func testStarvedLeader(t *testing.T, c *harness.Cluster, quotaUS int) {
 	}
 	// The node itself noticed within seconds (its record reaches the
 	// others later: its store writes are starved too).
-	if took := starved.Time.Sub(squeezed); took > 15*time.Second {
-		t.Fatalf("starved event %v after the quota, want within 15 s", took)
+	if took := starved.Time.Sub(squeezed); took > 10*time.Second {
+		t.Fatalf("starved event %v after the quota, want within 10 s", took)
 	}
 	t.Logf("starved event %v after the quota: %s %v", starved.Time.Sub(squeezed).Round(time.Millisecond), starved.Message, starved.Attrs)
 	if victim.Proc.Exited() {
