@@ -44,6 +44,7 @@ func run() int {
 	long := flag.Bool("long", false, "long campaign: 200 faults, up to 2h per backend")
 	seed := flag.Uint64("seed", 1, "seed of the fault schedule and the images")
 	timeout := flag.Duration("session-timeout", 4*time.Second, "taskd --session-timeout")
+	kinds := flag.String("kinds", "", "comma-separated fault kinds to draw from (default: all available)")
 	flag.Parse()
 	if *long {
 		*faults, *duration = 200, 2*time.Hour
@@ -84,6 +85,9 @@ func run() int {
 		}
 		cfg := chaos.Config{Backend: b, Faults: *faults, Duration: *duration, Seed: *seed, SessionTimeout: *timeout,
 			Dir: dir, Taskd: taskd, Taskctl: taskctl, Sampler: []string{self, "arpsample"}, Log: os.Stdout}
+		if *kinds != "" {
+			cfg.Kinds = strings.Split(*kinds, ",")
+		}
 		rep, err := chaos.Run(ctx, cfg)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "taskd-chaos: %s: %v (logs kept in %s)\n", b, err, dir)

@@ -28,18 +28,19 @@ func (s *clusterService) ListMembers(context.Context, *connect.Request[taskdv1.L
 		SelfSession: v.Session, SelfReady: v.Ready, SelfError: v.JoinError, Coordinator: s.c.Coordinator(),
 		SpecifiedMembers: v.Specified, ServerTime: timestamppb.Now(),
 		SessionTimeoutMs: v.Timeout.Milliseconds(), DeadlineFraction: v.DeadlineFraction,
-		SelfSessionSince: ts(v.SessionSince),
+		SelfSessionSince: ts(v.SessionSince), SelfStarved: v.SelfStarved, SelfStarvedReason: v.SelfStarvedReason,
 	}
 	for _, m := range v.Members {
 		pm := &taskdv1.Member{
 			Name: m.Name, Address: m.Address, Priority: int32(m.Priority), CurrentPriority: int32(m.CurrentPriority),
 			Session: m.Session, Health: m.Health, HealthReason: m.HealthReason, Leader: m.Name == v.Leader,
 			Version: m.Version, NodeId: m.NodeID, StartedAt: ts(m.StartedAt), JoinedAt: ts(m.JoinedAt),
-			State: stateUp,
+			State: stateUp, Starved: m.Starved, StarvedReason: m.StarvedReason,
 		}
 		switch {
 		case m.Name == v.Self:
 			pm.Session = v.Session
+			pm.Starved, pm.StarvedReason = v.SelfStarved, v.SelfStarvedReason
 			if !hasSession(v) {
 				pm.State, pm.Since = stateUnknown, ts(v.SessionSince)
 			}

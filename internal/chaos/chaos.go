@@ -43,6 +43,9 @@ type Config struct {
 	// (it calls vip.SampleARP with $VIP, $SRC and $LIMIT).
 	Sampler []string
 	Log     io.Writer
+	// Kinds, when not empty, restricts the faults to these kinds (for
+	// exercising one kind, e.g. starve).
+	Kinds []string
 }
 
 // Report is the outcome.

@@ -29,13 +29,28 @@ const (
 	faultStoreLeader = "store-leader" // kill the ZooKeeper leader, or the node whose etcd leads raft
 	faultZKKill      = "zk-kill"      // kill and restart one ZooKeeper server
 	faultClock       = "clock-step"   // step one node's task-center wall clock, then step it back
+	faultStarve      = "starve"       // squeeze a node with a 1% CPU quota next to a busy loop, then lift it
 )
+
+// starveQuotaUS is the starve fault's CFS quota per 100 ms: the setting
+// that made the original's ZooKeeper client fence twice in 45 s (issue 20).
+const starveQuotaUS = 1000
 
 // faults injects faults until the budget or the time is spent.
 func (r *run) faults(ctx context.Context) {
 	kinds := []string{faultKillLeader, faultKill, faultStop, faultPartition, faultStoreLeader, faultClock}
 	if r.ens != nil {
 		kinds = append(kinds, faultZKKill)
+	}
+	if harness.CPUControllerAvailable() {
+		kinds = append(kinds, faultStarve)
+	}
+	if len(r.cfg.Kinds) > 0 {
+		kinds = slices.DeleteFunc(kinds, func(k string) bool { return !slices.Contains(r.cfg.Kinds, k) })
+		if len(kinds) == 0 {
+			r.violation("none of the fault kinds %v is available here", r.cfg.Kinds)
+			return
+		}
 	}
 	start := time.Now()
 	for i := 1; i <= r.cfg.Faults && time.Since(start) < r.cfg.Duration && ctx.Err() == nil; i++ {
@@ -171,6 +186,8 @@ func (r *run) inject(ctx context.Context, kind string) string {
 			r.violation("clock step back of %s not applied: %v", n, err)
 		}
 		return fmt.Sprintf("wall clock of %s stepped by %v for %v", n, step, long)
+	case faultStarve:
+		return r.starve(ctx, r.pick(""), 2*long)
 	case faultZKKill:
 		s := r.ens.Servers[r.rng.IntN(len(r.ens.Servers))]
 		s.Kill()
@@ -199,6 +216,37 @@ func (r *run) inject(ctx context.Context, kind string) string {
 		return "etcd raft leader: " + r.killNode(ctx, n)
 	}
 	return "unknown fault " + kind
+}
+
+// starve moves node into a cgroup with a tight CPU quota shared with a
+// busy loop for d, then moves it back and removes the cgroup. The node
+// must not exit, and the invariants (one leader per epoch, no lost task)
+// must hold while it is starved and after.
+func (r *run) starve(ctx context.Context, node string, d time.Duration) string {
+	cg, err := harness.NewCPUCgroup(fmt.Sprintf("taskd-chaos-%d-%d", os.Getpid(), time.Now().UnixNano()%1e9), starveQuotaUS)
+	if err != nil {
+		return "starvation not applied: " + err.Error()
+	}
+	defer func() {
+		if err := cg.Close(); err != nil {
+			r.logf("starve cleanup: %v", err)
+		}
+	}()
+	busy, err := harness.StartBusyLoop(filepath.Join(r.cfg.Dir, "busy.log"))
+	if err != nil {
+		return "starvation not applied: " + err.Error()
+	}
+	defer func() { busy.Signal(syscall.SIGKILL); busy.Wait() }()
+	r.setFaulted(node, true)
+	defer r.setFaulted(node, false)
+	if err := cg.Move(busy.PID()); err != nil {
+		return "starvation not applied: " + err.Error()
+	}
+	if err := cg.Move(r.c.Nodes[node].PID()); err != nil {
+		return "starvation not applied: " + err.Error()
+	}
+	pause(ctx, d)
+	return fmt.Sprintf("%s under a CPU quota of %dus per 100ms next to a busy loop for %v", node, starveQuotaUS, d)
 }
 
 // partition drops (on) or restores (off) all traffic of node's namespace

@@ -21,7 +21,27 @@ type SessionCore struct {
 	lastContact time.Time
 	done        chan struct{}
 	kick        chan struct{} // asks the heartbeat to confirm contact now
+	// observe is told how late each scheduled heartbeat was sent.
+	observe HeartbeatObserver
 }
+
+// HeartbeatObserver is told, for every scheduled heartbeat (keepalive) of a
+// session, how late it was sent against its schedule, and how long its
+// round trip took (to the answer or the failure). A node starved of CPU
+// sends its heartbeats late, or cannot process their answers, long before
+// its session is in danger. It must not block.
+type HeartbeatObserver func(late, roundTrip time.Duration)
+
+// HeartbeatReporter is a Store whose sessions report their heartbeats'
+// lateness. Both backends implement it; ObserveHeartbeats applies to the
+// sessions opened after it.
+type HeartbeatReporter interface {
+	ObserveHeartbeats(HeartbeatObserver)
+}
+
+// ObserveLateness sets the observer of this session's heartbeats. Call it
+// before RunHeartbeat starts.
+func (c *SessionCore) ObserveLateness(f HeartbeatObserver) { c.observe = f }
 
 // NewSessionCore starts in StateRunning with contact confirmed at sentAt.
 func NewSessionCore(timeout time.Duration, sentAt time.Time) *SessionCore {
@@ -122,19 +142,25 @@ func RunHeartbeat(ctx context.Context, c *SessionCore, ping func(ctx context.Con
 	interval := HeartbeatInterval(c.timeout)
 	t := time.NewTimer(interval)
 	defer t.Stop()
+	due := time.Now().Add(interval)
 	for {
+		scheduled := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.done:
 			return
 		case <-t.C:
+			scheduled = true
 		case <-c.kick:
 		}
 		sent := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, interval)
 		expired, err := ping(pctx)
 		cancel()
+		if scheduled && c.observe != nil {
+			c.observe(max(sent.Sub(due), 0), time.Since(sent))
+		}
 		switch {
 		case expired:
 			c.End(StateExpired)
@@ -148,6 +174,7 @@ func RunHeartbeat(ctx context.Context, c *SessionCore, ping func(ctx context.Con
 				return
 			}
 		}
-		t.Reset(time.Until(sent.Add(interval)))
+		due = sent.Add(interval)
+		t.Reset(time.Until(due))
 	}
 }

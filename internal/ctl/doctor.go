@@ -210,6 +210,13 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 		if m.State == "down" {
 			unreachable = append(unreachable, m.Name)
 			d.bad("member %s is down: %s; start it again, or if it was decommissioned: taskctl service forget %s", m.Name, downSince(m, time.Now()), m.Name)
+			// A node starved of CPU loses its session, so it shows down;
+			// if it still answers, say why.
+			if m.Address != "" {
+				if r, _, err := ask(ctx, g, g.memberEndpoint(m.Address), m.Name); err == nil && r.Self == m.Name && r.SelfStarved {
+					d.bad("%s: %s (starved of CPU: it advertises priority 0 and does not lead until it recovers)", m.Name, r.SelfStarvedReason)
+				}
+			}
 			continue
 		}
 		r, sk, err := ask(ctx, g, g.memberEndpoint(m.Address), m.Name)
@@ -228,6 +235,9 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 	for _, m := range first.Members {
 		r, ok := answers[m.Name]
 		if !ok {
+			if m.Starved {
+				d.bad("%s: %s (starved of CPU, as its record says: it advertises priority 0 and does not lead until it recovers)", m.Name, m.StarvedReason)
+			}
 			continue
 		}
 		if r.SelfSession != "running" || !r.SelfReady {
@@ -239,6 +249,9 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 			d.bad("member %s is unhealthy: %s", m.Name, m.HealthReason)
 		} else {
 			d.ok("member %s is healthy", m.Name)
+		}
+		if starved, reason := starvation(r, m); starved {
+			d.bad("%s: %s (starved of CPU: it advertises priority 0 and does not lead until it recovers)", m.Name, reason)
 		}
 		timeouts[r.SessionTimeoutMs] = append(timeouts[r.SessionTimeoutMs], m.Name)
 		deadline := time.Duration(float64(r.SessionTimeoutMs)*r.DeadlineFraction) * time.Millisecond
@@ -291,6 +304,20 @@ func (d *doctor) run(ctx context.Context, g *globals) {
 		return
 	}
 	d.vips(ctx, g)
+}
+
+// starvation is what member m says about its own CPU starvation (live,
+// whatever its session), else what its record says.
+func starvation(r *taskdv1.ListMembersResponse, m *taskdv1.Member) (bool, string) {
+	if r.SelfStarved {
+		return true, r.SelfStarvedReason
+	}
+	for _, self := range r.Members {
+		if self.Name == r.Self {
+			return self.Starved, self.StarvedReason
+		}
+	}
+	return m.Starved, m.StarvedReason
 }
 
 // sessionSince is "session STATE since T (D ago)".

@@ -130,6 +130,8 @@ type memberJSON struct {
 	Session         string     `json:"session"`
 	Health          string     `json:"health"`
 	HealthReason    string     `json:"health_reason,omitempty"`
+	Starved         bool       `json:"starved"`
+	StarvedReason   string     `json:"starved_reason,omitempty"`
 	Leader          bool       `json:"leader"`
 	Version         string     `json:"version"`
 	NodeID          string     `json:"node_id"`
@@ -164,7 +166,8 @@ func toServiceListJSON(r *taskdv1.ListMembersResponse, now time.Time) serviceLis
 	for _, m := range r.Members {
 		mj := memberJSON{
 			Name: m.Name, Address: m.Address, State: m.State, Since: tp(m.Since), Sources: m.Sources, Priority: m.Priority, CurrentPriority: m.CurrentPriority, Session: m.Session,
-			Health: m.Health, HealthReason: m.HealthReason, Leader: m.Leader, Version: m.Version, NodeID: m.NodeId,
+			Health: m.Health, HealthReason: m.HealthReason, Starved: m.Starved, StarvedReason: m.StarvedReason,
+			Leader: m.Leader, Version: m.Version, NodeID: m.NodeId,
 			StartedAt: tp(m.StartedAt), JoinedAt: tp(m.JoinedAt),
 		}
 		if mj.StartedAt != nil {
@@ -217,7 +220,8 @@ func serviceList(cmd *cobra.Command, g *globals) error {
 	}
 	fmt.Fprintln(g.out)
 	tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tSINCE\tROLE\tPRIORITY\tCURRENT\tSESSION\tHEALTH\tSTARTED\tUPTIME\tVERSION")
+	fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tSINCE\tROLE\tPRIORITY\tCURRENT\tSESSION\tHEALTH\tCPU\tSTARTED\tUPTIME\tVERSION")
+	var starved []string
 	var down []string
 	for _, m := range v.Members {
 		since := "-"
@@ -229,7 +233,7 @@ func serviceList(cmd *cobra.Command, g *globals) error {
 			if m.Since == nil {
 				since = "never seen (" + strings.Join(m.Sources, ",") + ")"
 			}
-			fmt.Fprintf(tw, "%s\t%s\tdown\t%s\t-\t-\t-\t-\t-\t-\t-\t-\n", m.Name, orDash(m.Address), since)
+			fmt.Fprintf(tw, "%s\t%s\tdown\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t-\n", m.Name, orDash(m.Address), since)
 			continue
 		}
 		role := "follower"
@@ -245,11 +249,19 @@ func serviceList(cmd *cobra.Command, g *globals) error {
 		if m.HealthReason != "" {
 			health += " (" + m.HealthReason + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Address, orDash(m.State), since, role, m.Priority, m.CurrentPriority,
-			m.Session, health, started, uptime, m.Version)
+		cpu := "ok"
+		if m.Starved {
+			cpu = "starved"
+			starved = append(starved, m.Name+": "+m.StarvedReason)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Address, orDash(m.State), since, role, m.Priority, m.CurrentPriority,
+			m.Session, health, cpu, started, uptime, m.Version)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	for _, s := range starved {
+		fmt.Fprintf(g.out, "starved of CPU (current priority 0 until it recovers): %s\n", s)
 	}
 	if len(down) > 0 {
 		fmt.Fprintf(g.out, "down: %s (start them again, or forget a decommissioned node: taskctl service forget NODE)\n", strings.Join(down, ", "))

@@ -57,6 +57,12 @@ func TestMetrics(t *testing.T) {
 		// Issue 13: present from the start, before any fence.
 		`taskd_fences_total{before_expiry="false"} 0`,
 		`taskd_fences_total{before_expiry="true"} 0`,
+		// Starvation (issue 20): measured, and this node is not starved.
+		"taskd_starved 0",
+		"taskd_heartbeat_lateness_seconds_bucket",
+		"taskd_heartbeat_round_trip_seconds_bucket",
+		"taskd_sched_latency_p99_seconds",
+		"taskd_cgroup_cpu_throttled_periods_total",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("/metrics lacks %q", want)

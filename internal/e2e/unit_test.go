@@ -115,6 +115,7 @@ func TestSystemdUnitHardening(t *testing.T) {
 		"SystemCallArchitectures": {"native"},
 		"SystemCallFilter":        {"@system-service", "~@privileged @resources"},
 		"SystemCallErrorNumber":   {"EPERM"},
+		"CPUWeight":               {"1000"},
 	} {
 		if got := u[k]; !slices.Equal(got, want) {
 			t.Errorf("%s=%q, want %q", k, got, want)

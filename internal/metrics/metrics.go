@@ -37,6 +37,16 @@ type Set struct {
 	// Fences and FenceDuration describe this node's fences.
 	Fences        *prometheus.CounterVec
 	FenceDuration prometheus.Histogram
+	// Starvation (internal/starve): how late the session heartbeats are
+	// sent, the Go scheduler's latency, the cgroup's CPU throttling, and
+	// whether the node counts as starved.
+	HeartbeatLateness   prometheus.Histogram
+	HeartbeatRoundTrip  prometheus.Histogram
+	SchedLatencyP99     prometheus.Gauge
+	CPUPeriods          prometheus.Counter
+	CPUThrottledPeriods prometheus.Counter
+	CPUThrottledSeconds prometheus.Counter
+	Starved             prometheus.Gauge
 }
 
 // New registers every metric; view is read at each scrape (nil before the
@@ -68,9 +78,27 @@ func New(view func() *quorum.View) *Set {
 			Name: "taskd_fence_duration_seconds", Help: "How long fencing took (roles cancelled and awaited).",
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5},
 		}),
+		HeartbeatLateness: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "taskd_heartbeat_lateness_seconds", Help: "How late each session heartbeat (keepalive) was sent against its schedule.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2, 4, 8},
+		}),
+		HeartbeatRoundTrip: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "taskd_heartbeat_round_trip_seconds", Help: "How long each session heartbeat took, to its answer or its failure.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2, 4, 8},
+		}),
+		SchedLatencyP99: prometheus.NewGauge(prometheus.GaugeOpts{Name: "taskd_sched_latency_p99_seconds",
+			Help: "99th percentile of the Go scheduler's latency (runnable goroutines waiting to run) in the last sampling period."}),
+		CPUPeriods: prometheus.NewCounter(prometheus.CounterOpts{Name: "taskd_cgroup_cpu_periods_total",
+			Help: "CFS enforcement periods of the node's cgroup (cpu.stat nr_periods), counted while taskd observed them."}),
+		CPUThrottledPeriods: prometheus.NewCounter(prometheus.CounterOpts{Name: "taskd_cgroup_cpu_throttled_periods_total",
+			Help: "CFS periods in which the node's cgroup was throttled by its CPU quota (cpu.stat nr_throttled)."}),
+		CPUThrottledSeconds: prometheus.NewCounter(prometheus.CounterOpts{Name: "taskd_cgroup_cpu_throttled_seconds_total",
+			Help: "Time the node's cgroup spent throttled by its CPU quota (cpu.stat throttled_time / throttled_usec)."}),
+		Starved: prometheus.NewGauge(prometheus.GaugeOpts{Name: "taskd_starved", Help: "1 while this node counts as starved of CPU."}),
 	}
 	reg.MustRegister(s.DispatchLatency, s.Tasks, s.Assignments, s.GivenBack, s.Attempts, s.CopyBytes, s.CopyRate,
-		s.VIPHolding, s.Fences, s.FenceDuration, &viewCollector{view: view})
+		s.VIPHolding, s.Fences, s.FenceDuration, s.HeartbeatLateness, s.HeartbeatRoundTrip, s.SchedLatencyP99, s.CPUPeriods, s.CPUThrottledPeriods,
+		s.CPUThrottledSeconds, s.Starved, &viewCollector{view: view})
 	// Present from the start, at 0: a rate() or an alert on fences needs
 	// the series before the first fence.
 	s.Fences.WithLabelValues("true")

@@ -35,6 +35,7 @@ import (
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
 	"github.com/taskd/taskd/internal/schedule"
+	"github.com/taskd/taskd/internal/starve"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/vip"
 	"github.com/taskd/taskd/internal/vips"
@@ -225,7 +226,29 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	}
 	n.q.Store(q)
 	close(n.quorumStarted)
-	return n.runQuorum(ctx, q, cs.srvErrs)
+	// Starvation: the store's heartbeat loops report their lateness to the
+	// monitor (set before the quorum opens a session), which tells the
+	// quorum when the node is starved of CPU.
+	// A starved node that leads the embedded etcd's raft hands that over
+	// too (at each change and refresh while starved).
+	raftOff := make(chan struct{}, 1)
+	onStarve := func(starved bool, reason string) {
+		q.SetStarved(starved, reason)
+		if starved {
+			select {
+			case raftOff <- struct{}{}:
+			default: // one pending hand-over check covers this one
+			}
+		}
+	}
+	mon, err := starve.New(starve.DefaultConfig(n.cfg.SessionTimeout, n.cfg.DeadlineFraction), n.metrics, n.log, onStarve)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if r, ok := cs.store.(coord.HeartbeatReporter); ok {
+		r.ObserveHeartbeats(mon.ObserveHeartbeat)
+	}
+	return n.runQuorum(ctx, q, cs.srvErrs, mon, raftOff)
 }
 
 // coordination is the open store, and with the embedded etcd its server.
@@ -270,7 +293,7 @@ func (n *Node) openCoordination(ctx context.Context) (*coordination, error) {
 	return &coordination{
 		store:    store,
 		srvErrs:  srv.Err(),
-		raftAway: func(ctx context.Context) { srv.KeepRaftLeadershipAway(ctx, n.log) },
+		raftAway: func(ctx context.Context) { srv.KeepRaftLeadershipAway(ctx, n.log, n.fitForRaftLeadership) },
 		close: func() {
 			store.Close()
 			n.etcdSrv.Store(nil)
@@ -352,14 +375,31 @@ func (tc *taskCenter) leaderParts(assigner *vips.Assigner, view func() (quorum.V
 	return parts
 }
 
-// runQuorum runs q and the health probes until ctx ends, q fails, or the
-// embedded store server does.
-func (n *Node) runQuorum(ctx context.Context, q *quorum.Quorum, srvErrs <-chan error) error {
+// runQuorum runs q, the starvation monitor mon (and the raft hand-over it
+// asks for on raftOff) and the health probes until ctx ends, q fails, or
+// the embedded store server does.
+func (n *Node) runQuorum(ctx context.Context, q *quorum.Quorum, srvErrs <-chan error, mon *starve.Monitor, raftOff <-chan struct{}) error {
 	qctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	hc, _ := n.cfg.healthConfig() // validated in Run
 	var probes sync.WaitGroup
-	probes.Add(1)
+	probes.Add(3)
+	go func() { defer probes.Done(); _ = mon.Run(qctx) }()
+	go func() {
+		defer probes.Done()
+		for {
+			select {
+			case <-qctx.Done():
+				return
+			case <-raftOff:
+			}
+			if srv := n.etcdSrv.Load(); srv != nil {
+				if err := srv.MoveRaftLeadershipOff(qctx, n.fitForRaftLeadership); err != nil {
+					n.log.Warn("starved, but cannot move etcd raft leadership off this member", "err", err)
+				}
+			}
+		}
+	}()
 	go func() {
 		defer probes.Done()
 		health.Run(qctx, hc, n.log, func(ok bool, reason string) {
@@ -383,6 +423,17 @@ func (n *Node) runQuorum(ctx context.Context, q *quorum.Quorum, srvErrs <-chan e
 }
 
 func (n *Node) setWaiting(why string) { n.wait.Store(&why) }
+
+// fitForRaftLeadership: a live member that is not starved of CPU (a
+// starved raft leader would stall the store for everyone).
+func (n *Node) fitForRaftLeadership(name string) bool {
+	for _, m := range n.View().Members {
+		if m.Name == name {
+			return !m.Starved
+		}
+	}
+	return false
+}
 
 // View implements api.Cluster.
 func (n *Node) View() quorum.View {

@@ -255,8 +255,12 @@ func (e *election) reconcile(ctx context.Context) {
 			return
 		}
 		if to, ok := e.yieldTarget(me, now, schedule); ok {
-			e.resign(ctx, fmt.Sprintf("yielding to %s (current priority %d > %d, stable for %v)",
-				to.Name, to.CurrentPriority, me.CurrentPriority, e.q.cfg.YieldGrace))
+			why := fmt.Sprintf("stable for %v", e.q.cfg.YieldGrace)
+			if me.Starved {
+				why = "this node is starved of CPU: " + me.StarvedReason
+			}
+			e.resign(ctx, fmt.Sprintf("yielding to %s (current priority %d > %d, %s)",
+				to.Name, to.CurrentPriority, me.CurrentPriority, why))
 			// Leave the target time to campaign before we would.
 			e.holdUntil = time.Now().Add(e.q.cfg.CampaignStagger)
 		}
@@ -291,8 +295,15 @@ func (e *election) reconcile(ctx context.Context) {
 func (e *election) yieldTarget(me Member, now time.Time, schedule func(time.Time)) (Member, bool) {
 	var best Member
 	found := false
+	// A starved leader yields at once: its own starvation has passed its
+	// hysteresis already, and waiting the grace on late heartbeats would
+	// risk being fenced instead of handing over.
+	grace := e.q.cfg.YieldGrace
+	if starved, _ := e.q.starvation(); starved {
+		grace = 0
+	}
 	for name, m := range e.members {
-		if m.CurrentPriority <= me.CurrentPriority || !e.eligible(name) {
+		if m.CurrentPriority <= me.CurrentPriority || !e.eligible(name) || m.Starved {
 			delete(e.better, name)
 			continue
 		}
@@ -303,8 +314,8 @@ func (e *election) yieldTarget(me Member, now time.Time, schedule func(time.Time
 			e.log.Info("member outranks the leader; waiting for it to stay stable before yielding",
 				"member", name, "its_priority", m.CurrentPriority, "our_priority", me.CurrentPriority, "grace", e.q.cfg.YieldGrace)
 		}
-		if now.Sub(since) < e.q.cfg.YieldGrace {
-			schedule(since.Add(e.q.cfg.YieldGrace))
+		if now.Sub(since) < grace {
+			schedule(since.Add(grace))
 			continue
 		}
 		if !found || outranks(m, best) {
@@ -330,10 +341,13 @@ func (e *election) updateOwnRecord(ctx context.Context) {
 		prio = p
 	}
 	healthy, reason := e.q.health()
+	starved, sReason := e.q.starvation()
 	want := me
-	want.Priority, want.CurrentPriority = prio, currentPriority(prio, healthy)
+	want.Priority, want.CurrentPriority = prio, currentPriority(prio, healthy && !starved)
 	want.Health, want.HealthReason = healthWord(healthy), reason
-	if want.Priority == me.Priority && want.CurrentPriority == me.CurrentPriority && want.Health == me.Health && want.HealthReason == me.HealthReason {
+	want.Starved, want.StarvedReason = starved, sReason
+	if want.Priority == me.Priority && want.CurrentPriority == me.CurrentPriority && want.Health == me.Health && want.HealthReason == me.HealthReason &&
+		want.Starved == me.Starved && want.StarvedReason == me.StarvedReason {
 		return
 	}
 	key, err := e.q.lay.MemberKey(e.q.cfg.Name)
@@ -350,7 +364,9 @@ func (e *election) updateOwnRecord(ctx context.Context) {
 	e.myVer = kv.Version
 	want.joinOrder = me.joinOrder
 	e.members[want.Name] = want
-	e.log.Info("priority changed", "event", "priority", "priority", want.Priority, "current_priority", want.CurrentPriority, "health", want.Health)
+	if want.Priority != me.Priority || want.CurrentPriority != me.CurrentPriority || want.Health != me.Health || want.HealthReason != me.HealthReason || want.Starved != me.Starved {
+		e.log.Info("priority changed", "event", "priority", "priority", want.Priority, "current_priority", want.CurrentPriority, "health", want.Health, "starved", want.Starved)
+	}
 	e.publish()
 }
 

@@ -95,7 +95,11 @@ type View struct {
 	LastFence   *FenceReport  `json:"last_fence,omitempty"`
 	StartedAt   time.Time     `json:"started_at"`
 	JoinError   string        `json:"join_error,omitempty"`
-	Timeout     time.Duration `json:"-"`
+	// SelfStarved is this node's own starvation, live (its member record
+	// carries it too, but only while the node has a session).
+	SelfStarved       bool          `json:"self_starved,omitempty"`
+	SelfStarvedReason string        `json:"self_starved_reason,omitempty"`
+	Timeout           time.Duration `json:"-"`
 	// DeadlineFraction of Timeout after the last contact, the node fences.
 	DeadlineFraction float64 `json:"-"`
 }
@@ -116,6 +120,8 @@ type Quorum struct {
 	view     View
 	healthy  bool
 	hReason  string
+	starved  bool
+	sReason  string
 	viewSubs chan struct{}
 }
 
@@ -189,6 +195,27 @@ func (q *Quorum) SetHealth(ok bool, reason string) {
 		q.log.Info("health changed", "event", "health", "healthy", ok, "reason", reason)
 		q.poke()
 	}
+}
+
+// SetStarved records whether the node is starved of CPU. A starved node
+// advertises current priority 0, like an unhealthy one, so it neither takes
+// nor wins back the leadership; a starved leader yields at once to a member
+// that outranks it, before its starved heartbeats cost it the session.
+func (q *Quorum) SetStarved(starved bool, reason string) {
+	q.mu.Lock()
+	changed := q.starved != starved || q.sReason != reason
+	q.starved, q.sReason = starved, reason
+	q.mu.Unlock()
+	if changed {
+		q.updateView(func(v *View) { v.SelfStarved, v.SelfStarvedReason = starved, reason })
+		q.poke()
+	}
+}
+
+func (q *Quorum) starvation() (bool, string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.starved, q.sReason
 }
 
 func (q *Quorum) poke() {
@@ -473,9 +500,11 @@ func (q *Quorum) join(ctx context.Context, sess coord.Session, log *slog.Logger)
 		return fmt.Errorf("read stored priority: %w", err)
 	}
 	ok, reason := q.health()
+	starved, sReason := q.starvation()
 	rec := Member{
 		Name: q.cfg.Name, NodeID: q.cfg.NodeID, Address: q.cfg.Address, Version: q.cfg.Version,
-		Priority: prio, CurrentPriority: currentPriority(prio, ok), Health: healthWord(ok), HealthReason: reason,
+		Priority: prio, CurrentPriority: currentPriority(prio, ok && !starved), Health: healthWord(ok), HealthReason: reason,
+		Starved: starved, StarvedReason: sReason,
 		Session: coord.StateRunning.String(), SessionID: sess.ID(), StartedAt: q.startedAt, JoinedAt: time.Now().UTC(),
 	}
 	for range 3 {

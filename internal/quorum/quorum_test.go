@@ -128,6 +128,7 @@ func TestQuorum(t *testing.T) {
 			t.Run("DuplicateName", func(t *testing.T) { testDuplicateName(t, b) })
 			t.Run("UnhealthyEverywhereNoCarousel", func(t *testing.T) { testAllUnhealthy(t, b) })
 			t.Run("SpecifiedMembers", func(t *testing.T) { testSpecified(t, b) })
+			t.Run("StarvedLeaderYieldsOnce", func(t *testing.T) { testStarvedLeader(t, b) })
 			t.Run("CraftedMembers", func(t *testing.T) { testCraftedMembers(t, b) })
 			t.Run("KnownMembers", func(t *testing.T) { testKnownMembers(t, b) })
 		})

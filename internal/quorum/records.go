@@ -10,18 +10,23 @@ import (
 // Member is the record a node keeps, bound to its session, at
 // ROOT/members/NAME.
 type Member struct {
-	Name            string    `json:"name"`
-	NodeID          string    `json:"node_id"`
-	Address         string    `json:"address"`
-	Version         string    `json:"version"`
-	Priority        int       `json:"priority"`
-	CurrentPriority int       `json:"current_priority"`
-	Health          string    `json:"health"`
-	HealthReason    string    `json:"health_reason,omitempty"`
-	Session         string    `json:"session"`
-	SessionID       string    `json:"session_id"`
-	StartedAt       time.Time `json:"started_at"`
-	JoinedAt        time.Time `json:"joined_at"`
+	Name            string `json:"name"`
+	NodeID          string `json:"node_id"`
+	Address         string `json:"address"`
+	Version         string `json:"version"`
+	Priority        int    `json:"priority"`
+	CurrentPriority int    `json:"current_priority"`
+	Health          string `json:"health"`
+	HealthReason    string `json:"health_reason,omitempty"`
+	// Starved: the node is starved of CPU (internal/starve) and
+	// advertises current priority 0; StarvedReason gives the figures.
+	// Records of older versions have neither and read as not starved.
+	Starved       bool      `json:"starved,omitempty"`
+	StarvedReason string    `json:"starved_reason,omitempty"`
+	Session       string    `json:"session"`
+	SessionID     string    `json:"session_id"`
+	StartedAt     time.Time `json:"started_at"`
+	JoinedAt      time.Time `json:"joined_at"`
 
 	// joinOrder is the store's creation order of the record.
 	joinOrder int64

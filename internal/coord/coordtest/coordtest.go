@@ -41,6 +41,7 @@ func Run(t *testing.T, newStore Factory) {
 	t.Run("Watch", func(t *testing.T) { testWatch(t, newStore(t)) })
 	t.Run("WatchClose", func(t *testing.T) { testWatchClose(t, newStore(t)) })
 	t.Run("CreateOrder", func(t *testing.T) { testCreateOrder(t, newStore(t)) })
+	t.Run("HeartbeatLateness", func(t *testing.T) { testHeartbeatLateness(t, newStore(t)) })
 }
 
 func mustErr(t *testing.T, err, want error, what string) {
@@ -369,6 +370,40 @@ func testCreateOrder(t *testing.T, s coord.Store) {
 	for _, kv := range list {
 		if kv.Key == a.Key && kv.CreateOrder != a.CreateOrder {
 			t.Fatalf("listed create order %d != created %d", kv.CreateOrder, a.CreateOrder)
+		}
+	}
+}
+
+// testHeartbeatLateness: the backend is a HeartbeatReporter, and its
+// sessions' heartbeat loop reports each scheduled heartbeat's lateness
+// (the starvation monitor depends on it).
+func testHeartbeatLateness(t *testing.T, s coord.Store) {
+	ctx := ctxT(t)
+	r, ok := s.(coord.HeartbeatReporter)
+	if !ok {
+		t.Fatalf("%T does not report heartbeat lateness", s)
+	}
+	got := make(chan time.Duration, 16)
+	r.ObserveHeartbeats(func(late, _ time.Duration) {
+		select {
+		case got <- late:
+		default:
+		}
+	})
+	sess, err := s.NewSession(ctx, 3*time.Second)
+	if err != nil {
+		t.Fatalf("new session: %v", err)
+	}
+	defer sess.Close(ctx)
+	interval := coord.HeartbeatInterval(3 * time.Second)
+	for i := range 2 {
+		select {
+		case late := <-got:
+			if late < 0 || late > 10*interval {
+				t.Fatalf("heartbeat %d lateness %v on an idle store", i, late)
+			}
+		case <-time.After(5 * interval):
+			t.Fatalf("heartbeat %d of a %v interval not observed within %v", i, interval, 5*interval)
 		}
 	}
 }

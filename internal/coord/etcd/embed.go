@@ -221,7 +221,12 @@ func (s *Server) Close() {
 // for a full TTL. If the taskd leader's node also led raft, its death would
 // delay taskd failover by the election time on top of the session timeout.
 // With raft led elsewhere, a dead taskd leader's lease expires on time.
-func (s *Server) KeepRaftLeadershipAway(ctx context.Context, log *slog.Logger) {
+//
+// fit, when not nil, names the members that may take the raft leadership
+// (live and not starved of CPU): a starved member as raft leader stalls the
+// whole store (issue 20). When none of them takes it, the longest-connected
+// peer does, as before.
+func (s *Server) KeepRaftLeadershipAway(ctx context.Context, log *slog.Logger, fit func(name string) bool) {
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
 	for {
@@ -232,7 +237,7 @@ func (s *Server) KeepRaftLeadershipAway(ctx context.Context, log *slog.Logger) {
 			return
 		}
 		if s.IsLeader() {
-			if err := s.transferRaftLeadership(); err != nil {
+			if err := s.transferRaftLeadershipTo(ctx, fit); err != nil {
 				log.Debug("cannot move etcd raft leadership off the taskd leader yet", "err", err)
 				retry.Reset(5 * time.Second)
 			} else {
@@ -246,6 +251,36 @@ func (s *Server) KeepRaftLeadershipAway(ctx context.Context, log *slog.Logger) {
 		case <-retry.C:
 		}
 	}
+}
+
+// MoveRaftLeadershipOff moves raft leadership off this member, if it has
+// it, to a member fit accepts (else the longest-connected peer). A member
+// starved of CPU calls it: as raft leader it would stall the store.
+func (s *Server) MoveRaftLeadershipOff(ctx context.Context, fit func(name string) bool) error {
+	if !s.IsLeader() {
+		return nil
+	}
+	return s.transferRaftLeadershipTo(ctx, fit)
+}
+
+// transferRaftLeadershipTo moves raft leadership to a voting member that
+// fit accepts, else to the longest-connected peer.
+func (s *Server) transferRaftLeadershipTo(ctx context.Context, fit func(string) bool) error {
+	if fit != nil {
+		self := s.e.Server.MemberID()
+		for _, m := range s.e.Server.Cluster().Members() {
+			if m.ID == self || m.IsLearner || m.Name == "" || !fit(m.Name) {
+				continue
+			}
+			tctx, cancel := context.WithTimeout(ctx, s.e.Server.Cfg.ReqTimeout())
+			err := s.e.Server.MoveLeader(tctx, uint64(self), uint64(m.ID))
+			cancel()
+			if err == nil && !s.IsLeader() {
+				return nil
+			}
+		}
+	}
+	return s.transferRaftLeadership()
 }
 
 // transferRaftLeadership moves raft leadership to the peer that has been

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/taskd/taskd/internal/backoff"
@@ -30,9 +31,17 @@ type mvccKV = mvccpb.KeyValue
 type Store struct {
 	cli *clientv3.Client
 	log *slog.Logger
+	// observe, when set, is told each heartbeat's lateness.
+	observe atomic.Pointer[coord.HeartbeatObserver]
 }
 
-var _ coord.Store = (*Store)(nil)
+var (
+	_ coord.Store             = (*Store)(nil)
+	_ coord.HeartbeatReporter = (*Store)(nil)
+)
+
+// ObserveHeartbeats implements coord.HeartbeatReporter.
+func (s *Store) ObserveHeartbeats(f coord.HeartbeatObserver) { s.observe.Store(&f) }
 
 // Close closes the client.
 func (s *Store) Close() error { return s.cli.Close() }
@@ -306,6 +315,9 @@ func (s *Store) NewSession(ctx context.Context, timeout time.Duration) (coord.Se
 	}
 	hctx, cancel := context.WithCancel(context.Background())
 	ls := &session{SessionCore: coord.NewSessionCore(timeout, sent), id: resp.ID, cli: s.cli, cancel: cancel}
+	if f := s.observe.Load(); f != nil {
+		ls.ObserveLateness(*f)
+	}
 	ls.wg.Add(1)
 	go func() {
 		defer ls.wg.Done()

@@ -54,6 +54,9 @@ func (s *Store) NewSession(ctx context.Context, timeout time.Duration) (coord.Se
 	coreMu.Lock()
 	zs.SessionCore = coord.NewSessionCore(timeout, sent)
 	zs.c, zs.cancel = c, cancel
+	if f := s.observe.Load(); f != nil {
+		zs.ObserveLateness(*f)
+	}
 	// Before the session existed the library reported connecting/connected;
 	// only an expiry in that window matters.
 	for _, st := range early {

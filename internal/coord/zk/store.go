@@ -94,7 +94,14 @@ type Store struct {
 	closed bool
 	// retiring joins the closes of replaced base connections.
 	retiring sync.WaitGroup
+	// observe, when set, is told each heartbeat's lateness.
+	observe atomic.Pointer[coord.HeartbeatObserver]
 }
+
+var _ coord.HeartbeatReporter = (*Store)(nil)
+
+// ObserveHeartbeats implements coord.HeartbeatReporter.
+func (s *Store) ObserveHeartbeats(f coord.HeartbeatObserver) { s.observe.Store(&f) }
 
 // errClosed: an operation on a store that was closed.
 var errClosed = fmt.Errorf("zookeeper: store closed: %w", coord.ErrUnavailable)

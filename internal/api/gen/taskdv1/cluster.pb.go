@@ -367,7 +367,12 @@ type Member struct {
 	// unknown: since when the answering node has had no session.
 	Since *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=since,proto3" json:"since,omitempty"`
 	// down: why it counts as a member: known, etcd, specified.
-	Sources       []string `protobuf:"bytes,15,rep,name=sources,proto3" json:"sources,omitempty"`
+	Sources []string `protobuf:"bytes,15,rep,name=sources,proto3" json:"sources,omitempty"`
+	// The member is starved of CPU and advertises current priority 0;
+	// starved_reason gives the figures and what to do. Members of older
+	// versions never set them.
+	Starved       bool   `protobuf:"varint,16,opt,name=starved,proto3" json:"starved,omitempty"`
+	StarvedReason string `protobuf:"bytes,17,opt,name=starved_reason,json=starvedReason,proto3" json:"starved_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -507,6 +512,20 @@ func (x *Member) GetSources() []string {
 	return nil
 }
 
+func (x *Member) GetStarved() bool {
+	if x != nil {
+		return x.Starved
+	}
+	return false
+}
+
+func (x *Member) GetStarvedReason() string {
+	if x != nil {
+		return x.StarvedReason
+	}
+	return ""
+}
+
 type FenceReport struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Reason         string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
@@ -613,8 +632,12 @@ type ListMembersResponse struct {
 	DeadlineFraction float64                `protobuf:"fixed64,14,opt,name=deadline_fraction,json=deadlineFraction,proto3" json:"deadline_fraction,omitempty"`
 	// When the answering node's session state (self_session) last changed.
 	SelfSessionSince *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=self_session_since,json=selfSessionSince,proto3" json:"self_session_since,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The answering node's own CPU starvation, live (also while it has no
+	// session, when its member record is gone).
+	SelfStarved       bool   `protobuf:"varint,16,opt,name=self_starved,json=selfStarved,proto3" json:"self_starved,omitempty"`
+	SelfStarvedReason string `protobuf:"bytes,17,opt,name=self_starved_reason,json=selfStarvedReason,proto3" json:"self_starved_reason,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ListMembersResponse) Reset() {
@@ -750,6 +773,20 @@ func (x *ListMembersResponse) GetSelfSessionSince() *timestamppb.Timestamp {
 		return x.SelfSessionSince
 	}
 	return nil
+}
+
+func (x *ListMembersResponse) GetSelfStarved() bool {
+	if x != nil {
+		return x.SelfStarved
+	}
+	return false
+}
+
+func (x *ListMembersResponse) GetSelfStarvedReason() string {
+	if x != nil {
+		return x.SelfStarvedReason
+	}
+	return ""
 }
 
 type SetPriorityRequest struct {
@@ -964,7 +1001,7 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\tzk_digest\x18\x05 \x01(\tR\bzkDigest\x12 \n" +
 	"\vcoordinator\x18\x06 \x01(\tR\vcoordinator\x120\n" +
 	"\x14etcd_initial_cluster\x18\a \x01(\tR\x12etcdInitialCluster\"\x14\n" +
-	"\x12ListMembersRequest\"\xf5\x03\n" +
+	"\x12ListMembersRequest\"\xb6\x04\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
@@ -982,7 +1019,9 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\tjoined_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\bjoinedAt\x12\x14\n" +
 	"\x05state\x18\r \x01(\tR\x05state\x120\n" +
 	"\x05since\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
-	"\asources\x18\x0f \x03(\tR\asources\"\x9e\x02\n" +
+	"\asources\x18\x0f \x03(\tR\asources\x12\x18\n" +
+	"\astarved\x18\x10 \x01(\bR\astarved\x12%\n" +
+	"\x0estarved_reason\x18\x11 \x01(\tR\rstarvedReason\"\x9e\x02\n" +
 	"\vFenceReport\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x124\n" +
 	"\astarted\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x126\n" +
@@ -990,7 +1029,7 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\vduration_ms\x18\x04 \x01(\x03R\n" +
 	"durationMs\x12C\n" +
 	"\x0fearliest_expiry\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0eearliestExpiry\x12#\n" +
-	"\rbefore_expiry\x18\x06 \x01(\bR\fbeforeExpiry\"\x86\x05\n" +
+	"\rbefore_expiry\x18\x06 \x01(\bR\fbeforeExpiry\"\xd9\x05\n" +
 	"\x13ListMembersResponse\x12\x16\n" +
 	"\x06leader\x18\x01 \x01(\tR\x06leader\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x129\n" +
@@ -1012,7 +1051,9 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"serverTime\x12,\n" +
 	"\x12session_timeout_ms\x18\r \x01(\x03R\x10sessionTimeoutMs\x12+\n" +
 	"\x11deadline_fraction\x18\x0e \x01(\x01R\x10deadlineFraction\x12H\n" +
-	"\x12self_session_since\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x10selfSessionSince\"Z\n" +
+	"\x12self_session_since\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x10selfSessionSince\x12!\n" +
+	"\fself_starved\x18\x10 \x01(\bR\vselfStarved\x12.\n" +
+	"\x13self_starved_reason\x18\x11 \x01(\tR\x11selfStarvedReason\"Z\n" +
 	"\x12SetPriorityRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
 	"\bpriority\x18\x02 \x01(\x05R\bpriority\x12\x14\n" +
