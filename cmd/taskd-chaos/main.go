@@ -18,7 +18,7 @@ import (
 	"github.com/taskd/taskd/internal/chaos"
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/stats"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 )
 
 func main() {
@@ -26,7 +26,7 @@ func main() {
 		// Run by the campaign inside the client namespace.
 		ip, src, limit, err := harness.SamplerEnv()
 		if err == nil {
-			err = vip.SampleARP(os.Stdout, ip, src, limit)
+			err = vipaddr.SampleARP(os.Stdout, ip, src, limit)
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)

@@ -34,7 +34,7 @@ import (
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/schedule"
 	"github.com/taskd/taskd/internal/task"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 	"github.com/taskd/taskd/internal/vips"
 	"github.com/taskd/taskd/internal/webui"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -221,7 +221,7 @@ func toConnect(err error) error {
 	}
 	code := connect.CodeInternal
 	switch {
-	case errors.Is(err, quorum.ErrInvalid), errors.Is(err, vip.ErrInvalid), errors.Is(err, auth.ErrInvalid):
+	case errors.Is(err, quorum.ErrInvalid), errors.Is(err, vipaddr.ErrInvalid), errors.Is(err, auth.ErrInvalid):
 		code = connect.CodeInvalidArgument
 	case errors.Is(err, auth.ErrNotFound):
 		code = connect.CodeNotFound

@@ -30,11 +30,11 @@ func (s *vipService) SetVIP(ctx context.Context, req *connect.Request[taskdv1.Se
 	if err != nil {
 		return nil, err
 	}
-	c, err := r.Set(ctx, vips.Config{Service: m.Service, Address: m.Address, Interface: m.Interface})
+	c, err := r.Set(ctx, vips.ServiceVIP{Service: m.Service, Address: m.Address, Interface: m.Interface})
 	if err != nil {
 		return nil, toConnect(err)
 	}
-	return connect.NewResponse(&taskdv1.SetVIPResponse{Vip: toVIP(vips.Status{Config: c})}), nil
+	return connect.NewResponse(&taskdv1.SetVIPResponse{Vip: toVIP(vips.Status{VIP: c})}), nil
 }
 
 func (s *vipService) ListVIPs(ctx context.Context, _ *connect.Request[taskdv1.ListVIPsRequest]) (*connect.Response[taskdv1.ListVIPsResponse], error) {
@@ -108,7 +108,7 @@ func validDrain(m *taskdv1.DrainVIPRequest) error {
 }
 
 func toVIP(s vips.Status) *taskdv1.VIP {
-	v := &taskdv1.VIP{Service: s.Config.Service, Address: s.Config.Address, Interface: s.Config.Interface, Preferred: s.Config.Preferred,
+	v := &taskdv1.VIP{Service: s.VIP.Service, Address: s.VIP.Address, Interface: s.VIP.Interface, Preferred: s.VIP.Preferred,
 		Refused: s.Refused}
 	if a := s.Assigned; a != nil {
 		v.Assigned, v.AssignedSince, v.AssignedReason = a.Node, ts(a.Since), a.Reason

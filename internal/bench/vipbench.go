@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/harness"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 )
 
 // vipLab starts a three-node cluster in network namespaces with an ARP
@@ -117,7 +117,7 @@ func vipFailover(args []string, out io.Writer) error {
 		var mac string
 		if err := waitCond("vip answered elsewhere", 4**timeout, func() bool {
 			var ok bool
-			at, mac, ok = vip.FirstAnswer(vip.ReadSamples(samples), killed, oldMAC)
+			at, mac, ok = vipaddr.FirstAnswer(vipaddr.ReadSamples(samples), killed, oldMAC)
 			return ok
 		}); err != nil {
 			return fmt.Errorf("round %d: %w", round, err)
@@ -135,9 +135,9 @@ func vipFailover(args []string, out io.Writer) error {
 			return fmt.Errorf("round %d: %w", round, err)
 		}
 	}
-	all := vip.ReadSamples(samples)
+	all := vipaddr.ReadSamples(samples)
 	fmt.Fprintf(out, "vip-failover: %s (goal <= %v); samples=%d overlap_samples=%d\n",
-		summary(times), *timeout+500*time.Millisecond, len(all), vip.Overlaps(all))
+		summary(times), *timeout+500*time.Millisecond, len(all), vipaddr.Overlaps(all))
 	return nil
 }
 
@@ -162,7 +162,7 @@ func vipDrain(args []string, out io.Writer) error {
 	var holder string
 	if err := waitCond("first holder", time.Minute, func() bool {
 		leader, _ := c.Leader("n1")
-		_, mac, ok := vip.FirstAnswer(vip.ReadSamples(samples), time.Time{}, "")
+		_, mac, ok := vipaddr.FirstAnswer(vipaddr.ReadSamples(samples), time.Time{}, "")
 		holder = c.NodeOf(mac)
 		return leader != "" && ok && holder == leader
 	}); err != nil {
@@ -184,7 +184,7 @@ func vipDrain(args []string, out io.Writer) error {
 		var mac string
 		if err := waitCond("vip answered by the target", 10*time.Second, func() bool {
 			var ok bool
-			at, mac, ok = vip.FirstAnswer(vip.ReadSamples(samples), start, oldMAC)
+			at, mac, ok = vipaddr.FirstAnswer(vipaddr.ReadSamples(samples), start, oldMAC)
 			return ok
 		}); err != nil {
 			return fmt.Errorf("round %d: %w", round, err)
@@ -197,8 +197,8 @@ func vipDrain(args []string, out io.Writer) error {
 		fmt.Fprintf(out, "  round %2d: %s -> %s, vip answers after %v\n", round, holder, to, took.Round(time.Millisecond))
 		holder = to
 	}
-	all := vip.ReadSamples(samples)
-	fmt.Fprintf(out, "vip-drain: %s (goal <= 1s); samples=%d overlap_samples=%d\n", summary(times), len(all), vip.Overlaps(all))
+	all := vipaddr.ReadSamples(samples)
+	fmt.Fprintf(out, "vip-drain: %s (goal <= 1s); samples=%d overlap_samples=%d\n", summary(times), len(all), vipaddr.Overlaps(all))
 	return nil
 }
 
@@ -208,5 +208,5 @@ func arpSample(_ []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return vip.SampleARP(out, ip, src, limit)
+	return vipaddr.SampleARP(out, ip, src, limit)
 }

@@ -27,7 +27,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/harness"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 )
 
 // Config is one campaign.
@@ -40,7 +40,7 @@ type Config struct {
 	Dir            string // scratch; the caller removes it
 	Taskd, Taskctl string
 	// Sampler is the argv of the ARP sampler run in the client namespace
-	// (it calls vip.SampleARP with $VIP, $SRC and $LIMIT).
+	// (it calls vipaddr.SampleARP with $VIP, $SRC and $LIMIT).
 	Sampler []string
 	Log     io.Writer
 	// Kinds, when not empty, restricts the faults to these kinds (for
@@ -504,8 +504,8 @@ func sameContent(a, b string) (bool, error) {
 // checkVIP: no sample answered by two MACs; VIP moves are timed from the
 // last answer of one holder to the first of the next.
 func (r *run) checkVIP() {
-	all := vip.ReadSamples(r.samples)
-	if n := vip.Overlaps(all); n > 0 {
+	all := vipaddr.ReadSamples(r.samples)
+	if n := vipaddr.Overlaps(all); n > 0 {
 		r.violation("%d ARP samples of the VIP were answered by two MACs", n)
 	}
 	var lastMAC string

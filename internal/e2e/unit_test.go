@@ -18,7 +18,7 @@ import (
 
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/testenv"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 )
 
 // unitPath is the systemd unit that make install ships.
@@ -202,7 +202,7 @@ func TestUnitRestrictionsVIPCluster(t *testing.T) {
 	var mac string
 	if err := harness.WaitFor(ctxFor(t, 20*time.Second), 20*time.Millisecond, func() bool {
 		var ok bool
-		_, mac, ok = vip.FirstAnswer(vip.ReadSamples(samples), time.Time{}, "")
+		_, mac, ok = vipaddr.FirstAnswer(vipaddr.ReadSamples(samples), time.Time{}, "")
 		return ok
 	}); err != nil {
 		t.Fatalf("the vip never answered: %v", err)
@@ -264,12 +264,12 @@ func TestUnitRestrictionsVIPCluster(t *testing.T) {
 		t.Fatalf("%s left the vip on its interface", leader)
 	}
 	if err := harness.WaitFor(ctxFor(t, 30*time.Second), 20*time.Millisecond, func() bool {
-		_, mac, ok := vip.FirstAnswer(vip.ReadSamples(samples), stopped, oldMAC)
+		_, mac, ok := vipaddr.FirstAnswer(vipaddr.ReadSamples(samples), stopped, oldMAC)
 		return ok && c.NodeOf(mac) != leader
 	}); err != nil {
 		t.Fatalf("no other node took the vip after %s stopped: %v", leader, err)
 	}
-	if n := vip.Overlaps(vip.ReadSamples(samples)); n > 0 {
+	if n := vipaddr.Overlaps(vipaddr.ReadSamples(samples)); n > 0 {
 		t.Fatalf("%d samples were answered by two MACs", n)
 	}
 

@@ -16,7 +16,7 @@ import (
 	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/testenv"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 )
 
 // helperMain runs inside a lab namespace (the test binary re-executed with
@@ -30,14 +30,14 @@ func helperMain(mode string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
 		}
-		if err := vip.SampleARP(os.Stdout, ip, src, limit); err != nil {
+		if err := vipaddr.SampleARP(os.Stdout, ip, src, limit); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		return 0
 	case "claim":
 		// A foreign host claims the VIP: one gratuitous ARP reply.
-		if err := vip.Claim("eth0", netip.MustParseAddr(os.Getenv("VIP"))); err != nil {
+		if err := vipaddr.Claim("eth0", netip.MustParseAddr(os.Getenv("VIP"))); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
@@ -108,7 +108,7 @@ func TestVIPFollowsLeader(t *testing.T) {
 	var mac string
 	if err := harness.WaitFor(ctxFor(t, 20*time.Second), 20*time.Millisecond, func() bool {
 		var ok bool
-		_, mac, ok = vip.FirstAnswer(vip.ReadSamples(samples), time.Time{}, "")
+		_, mac, ok = vipaddr.FirstAnswer(vipaddr.ReadSamples(samples), time.Time{}, "")
 		return ok
 	}); err != nil {
 		t.Fatalf("the vip never answered: %v", err)
@@ -137,7 +137,7 @@ func TestVIPFollowsLeader(t *testing.T) {
 		var at time.Time
 		if err := harness.WaitFor(ctxFor(t, 4*timeout), 20*time.Millisecond, func() bool {
 			var ok bool
-			at, mac, ok = vip.FirstAnswer(vip.ReadSamples(samples), killed, oldMAC)
+			at, mac, ok = vipaddr.FirstAnswer(vipaddr.ReadSamples(samples), killed, oldMAC)
 			return ok
 		}); err != nil {
 			t.Fatalf("round %d: no other host answers for the vip after kill -9 of %s: %v", round, old, err)
@@ -174,8 +174,8 @@ func TestVIPFollowsLeader(t *testing.T) {
 		}
 	}
 
-	all := vip.ReadSamples(samples)
-	if n := vip.Overlaps(all); n > 0 {
+	all := vipaddr.ReadSamples(samples)
+	if n := vipaddr.Overlaps(all); n > 0 {
 		t.Fatalf("%d samples were answered by two MACs", n)
 	}
 	var answered, silent int
@@ -213,7 +213,7 @@ func TestVIPDrainHealthDuplicate(t *testing.T) {
 		t.Fatalf("no leader: %v", err)
 	}
 	holderNow := func(since time.Time, not string) (string, time.Time) {
-		at, mac, ok := vip.FirstAnswer(vip.ReadSamples(samples), since, not)
+		at, mac, ok := vipaddr.FirstAnswer(vipaddr.ReadSamples(samples), since, not)
 		if !ok {
 			return "", time.Time{}
 		}
@@ -333,7 +333,7 @@ func TestVIPDrainHealthDuplicate(t *testing.T) {
 	// Seed replay: the access network goes bad for every node at once.
 	macs := func(since time.Time) []string {
 		var seq []string
-		for _, s := range vip.ReadSamples(samples) {
+		for _, s := range vipaddr.ReadSamples(samples) {
 			if s.At < since.UnixNano() || len(s.MACs) != 1 {
 				continue
 			}
@@ -405,7 +405,7 @@ func TestVIPDrainHealthDuplicate(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("no vip_duplicate event naming the client's MAC: %v", err)
 	}
-	if n := vip.Overlaps(vip.ReadSamples(samples)); n > 0 {
+	if n := vipaddr.Overlaps(vipaddr.ReadSamples(samples)); n > 0 {
 		t.Fatalf("%d samples were answered by two MACs", n)
 	}
 }

@@ -10,7 +10,7 @@ import (
 
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/testenv"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 )
 
 // vipState is one VIP of `taskctl vip list -o json`.
@@ -138,7 +138,7 @@ func TestVIPAllowlistRefusal(t *testing.T) {
 	var mac string
 	if err := harness.WaitFor(ctxFor(t, 30*time.Second), 20*time.Millisecond, func() bool {
 		var ok bool
-		_, mac, ok = vip.FirstAnswer(vip.ReadSamples(samples), killed, firstMAC)
+		_, mac, ok = vipaddr.FirstAnswer(vipaddr.ReadSamples(samples), killed, firstMAC)
 		return ok
 	}); err != nil {
 		t.Fatalf("nobody answers for the vip after %s was killed: %v", first, err)
@@ -146,14 +146,14 @@ func TestVIPAllowlistRefusal(t *testing.T) {
 	if holder := c.NodeOf(mac); holder == "n1" || holder == first {
 		t.Fatalf("after %s was killed the vip answers on %s", first, holder)
 	}
-	for _, s := range vip.ReadSamples(samples) {
+	for _, s := range vipaddr.ReadSamples(samples) {
 		for _, m := range s.MACs {
 			if m == n1MAC {
 				t.Fatalf("n1 answered for the vip at %v although its allowlist refuses it", time.Unix(0, s.At))
 			}
 		}
 	}
-	if n := vip.Overlaps(vip.ReadSamples(samples)); n > 0 {
+	if n := vipaddr.Overlaps(vipaddr.ReadSamples(samples)); n > 0 {
 		t.Fatalf("%d samples were answered by two MACs", n)
 	}
 }

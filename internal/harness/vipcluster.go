@@ -228,7 +228,7 @@ func (c *VIPCluster) NodeOf(mac string) string {
 	return "unknown " + mac
 }
 
-// StartSampler runs argv (a program that calls vip.SampleARP with $VIP,
+// StartSampler runs argv (a program that calls vipaddr.SampleARP with $VIP,
 // $SRC and $LIMIT) in the client namespace; samples go to the returned file.
 func (c *VIPCluster) StartSampler(limit time.Duration, env []string, argv ...string) (string, *Proc, error) {
 	log := filepath.Join(c.dir, "samples.jsonl")

@@ -115,7 +115,7 @@ func ValidName(s string) error {
 
 // ValidService checks a VIP service name: 1-63 lower-case letters, digits,
 // '_' or '-', starting with a letter or digit. (The address label
-// INTERFACE:SERVICE must also fit the kernel's 15 characters; package vip
+// INTERFACE:SERVICE must also fit the kernel's 15 characters; package vipaddr
 // checks that.)
 func ValidService(s string) error {
 	if !segment(s) || !word(s, 63, isLowAlnum, serviceByte) {

@@ -22,7 +22,7 @@ import (
 	"github.com/taskd/taskd/internal/runner"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/tasktype"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 	"github.com/taskd/taskd/internal/volcopy"
 	"github.com/taskd/taskd/internal/volume"
 )
@@ -264,28 +264,28 @@ func (c Config) copyType() tasktype.Copy {
 // vipSpecs parses --vip; services and addresses must be unique.
 // vipPolicy builds this node's VIP allowlist from --vip-allow-interface
 // and --vip-allow-cidr.
-func (c Config) vipPolicy() (vip.Policy, error) {
-	cidrs, err := vip.ParseCIDRs(c.VIPAllowCIDRs)
+func (c Config) vipPolicy() (vipaddr.Policy, error) {
+	cidrs, err := vipaddr.ParseCIDRs(c.VIPAllowCIDRs)
 	if err != nil {
-		return vip.Policy{}, fmt.Errorf("--vip-allow-cidr: %w", err)
+		return vipaddr.Policy{}, fmt.Errorf("--vip-allow-cidr: %w", err)
 	}
-	p := vip.Policy{Interfaces: c.VIPAllowInterfaces, CIDRs: cidrs}
+	p := vipaddr.Policy{Interfaces: c.VIPAllowInterfaces, CIDRs: cidrs}
 	if err := p.Validate(); err != nil {
-		return vip.Policy{}, fmt.Errorf("--vip-allow-interface/--vip-allow-cidr: %w", err)
+		return vipaddr.Policy{}, fmt.Errorf("--vip-allow-interface/--vip-allow-cidr: %w", err)
 	}
 	return p, nil
 }
 
 // vipSpecs parses --vip; services and addresses must be unique, and this
 // node's own allowlist must allow each.
-func (c Config) vipSpecs() ([]vip.Spec, error) {
+func (c Config) vipSpecs() ([]vipaddr.Spec, error) {
 	policy, err := c.vipPolicy()
 	if err != nil {
 		return nil, err
 	}
-	var out []vip.Spec
+	var out []vipaddr.Spec
 	for _, v := range c.VIPs {
-		s, err := vip.ParseSpec(v)
+		s, err := vipaddr.ParseSpec(v)
 		if err != nil {
 			return nil, fmt.Errorf("--vip: %w", err)
 		}

@@ -37,7 +37,7 @@ import (
 	"github.com/taskd/taskd/internal/schedule"
 	"github.com/taskd/taskd/internal/starve"
 	"github.com/taskd/taskd/internal/task"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 	"github.com/taskd/taskd/internal/vips"
 	"golang.org/x/sync/errgroup"
 )
@@ -65,7 +65,7 @@ type Node struct {
 	scheds  atomic.Pointer[schedule.Store]
 	vipReg  atomic.Pointer[vips.Registry]
 	// vipLabels records the labels of VIPs held here (stale cleanup).
-	vipLabels *vip.LabelFile
+	vipLabels *vipaddr.LabelFile
 	clock     clockhook.Clock
 	metrics   *metrics.Set
 	events    *events.Recorder
@@ -94,7 +94,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return nil
 	})
 	n.setWaiting("starting")
-	n.vipLabels = vip.NewLabelFile(filepath.Join(cfg.DataDir, "vip-labels.json"))
+	n.vipLabels = vipaddr.NewLabelFile(filepath.Join(cfg.DataDir, "vip-labels.json"))
 
 	// The API port first: a start that cannot listen (another process
 	// holds the port) fails before it writes anything into the data

@@ -8,19 +8,19 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/backoff"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 	"github.com/vishvananda/netlink"
 )
 
 // vipConfig is the holder timing: one probe and 20 ms of listening (a host
 // on the LAN answers within a millisecond or two), since a takeover waits
-// for it; the announcement schedule is vip.DefaultConfig's.
-func (n *Node) vipConfig(report func(up bool, err error)) vip.Config {
-	c := vip.DefaultConfig()
+// for it; the announcement schedule is vipaddr.DefaultConfig's.
+func (n *Node) vipConfig(report func(up bool, err error)) vipaddr.Config {
+	c := vipaddr.DefaultConfig()
 	c.ProbeCount, c.ProbeInterval, c.ProbeWait = 1, 20*time.Millisecond, 20*time.Millisecond
 	c.Policy, _ = n.cfg.vipPolicy() // validated in Run
 	c.Log = n.log
-	c.Event = func(e vip.Event) {
+	c.Event = func(e vipaddr.Event) {
 		attrs := []any{"event", "vip_" + e.Kind, "service", e.Service, "vip", e.Addr.String()}
 		if e.MAC != "" {
 			attrs = append(attrs, "mac", e.MAC)
@@ -44,7 +44,7 @@ func (n *Node) vipConfig(report func(up bool, err error)) vip.Config {
 // cleanupVIPs removes VIPs this node left on its interfaces (a crash skips
 // the removal): addresses labelled as a --vip or as any VIP it held before.
 // It runs before the node joins.
-func (n *Node) cleanupVIPs(specs []vip.Spec) {
+func (n *Node) cleanupVIPs(specs []vipaddr.Spec) {
 	labels := n.vipLabels.Labels()
 	for _, s := range specs {
 		labels = append(labels, s.Label())
@@ -52,7 +52,7 @@ func (n *Node) cleanupVIPs(specs []vip.Spec) {
 	if len(labels) == 0 {
 		return
 	}
-	removed, err := vip.Cleanup(labels)
+	removed, err := vipaddr.Cleanup(labels)
 	for _, r := range removed {
 		n.log.Warn("removed a vip left from an earlier run", "event", "vip_stale_removed", "address", r)
 	}
@@ -64,7 +64,7 @@ func (n *Node) cleanupVIPs(specs []vip.Spec) {
 // holdVIP holds one VIP until ctx ends (vips.HoldFunc). When it cannot
 // (another host answers for the address, the interface is missing), it
 // reports why and tries again with backoff: a node never exits over a VIP.
-func (n *Node) holdVIP(ctx context.Context, s vip.Spec, report func(up bool, err error)) {
+func (n *Node) holdVIP(ctx context.Context, s vipaddr.Spec, report func(up bool, err error)) {
 	holding := n.metrics.VIPHolding.WithLabelValues(s.Service)
 	holding.Set(1)
 	n.log.Info("taking the vip", "event", "vip_take", "service", s.Service, "vip", s.Prefix.String())
@@ -78,12 +78,12 @@ func (n *Node) holdVIP(ctx context.Context, s vip.Spec, report func(up bool, err
 	retry := backoff.New(time.Second, 30*time.Second)
 	lastRefusal := ""
 	for {
-		err := vip.Hold(ctx, s, n.vipConfig(report))
+		err := vipaddr.Hold(ctx, s, n.vipConfig(report))
 		if ctx.Err() != nil {
 			return
 		}
 		report(false, err)
-		if refused := errors.Is(err, vip.ErrNotAllowed) || errors.Is(err, vip.ErrForeign) || errors.Is(err, vip.ErrInvalid); refused && err.Error() != lastRefusal {
+		if refused := errors.Is(err, vipaddr.ErrNotAllowed) || errors.Is(err, vipaddr.ErrForeign) || errors.Is(err, vipaddr.ErrInvalid); refused && err.Error() != lastRefusal {
 			// Once per reason: the timeline shows why this node does
 			// not hold the VIP, without an event per retry.
 			lastRefusal = err.Error()

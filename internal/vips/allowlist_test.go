@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/testenv"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 	"github.com/taskd/taskd/internal/vips"
 )
 
@@ -17,12 +17,12 @@ import (
 // and not on failover; vip list shows who refuses and why; a VIP that
 // every live member refuses is not accepted.
 func testAllowlist(t *testing.T, b backend) {
-	pol := map[string]vip.Policy{
+	pol := map[string]vipaddr.Policy{
 		"n1": {Interfaces: []string{"eth1"}},                                // refuses eth0
 		"n2": {CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}}, // allows 10.0.0.50/32 on eth0
 		"n3": {CIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}}, // allows it too
 	}
-	c := startClusterWith(t, b.Open, []vip.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")}, pol)
+	c := startClusterWith(t, b.Open, []vipaddr.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")}, pol)
 	// n1 has the highest priority: it leads once the yield grace passed.
 	if err := testenv.WaitFor(ctxT(t, 20*time.Second), 20*time.Millisecond, func() bool { return c.leader() == "n1" }); err != nil {
 		t.Fatalf("n1 (highest priority) never led: %v", err)
@@ -63,7 +63,7 @@ func testAllowlist(t *testing.T, b backend) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = reg.Set(ctx, vips.Config{Service: "nfs", Address: "10.9.0.5", Interface: "eth0"})
+	_, err = reg.Set(ctx, vips.ServiceVIP{Service: "nfs", Address: "10.9.0.5", Interface: "eth0"})
 	if !errors.Is(err, vips.ErrNoTarget) || !strings.Contains(err.Error(), "every live member refuses") {
 		t.Fatalf("Set of a vip every member refuses = %v", err)
 	}

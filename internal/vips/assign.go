@@ -15,7 +15,7 @@ import (
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/quorum"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 )
 
 // Assigner writes the holder assignments while its node leads.
@@ -26,13 +26,13 @@ type Assigner struct {
 	// grace is how long a live holder may be unhealthy before its VIPs
 	// move; when every member turns unhealthy within it, nothing moves.
 	grace time.Duration
-	seed  []vip.Spec
+	seed  []vipaddr.Spec
 	log   *slog.Logger
 }
 
 // NewAssigner returns the assigner of node self. seed are VIPs to create
 // when absent (taskd's --vip flag).
-func NewAssigner(store coord.Store, root keys.Root, self string, grace time.Duration, seed []vip.Spec, log *slog.Logger) *Assigner {
+func NewAssigner(store coord.Store, root keys.Root, self string, grace time.Duration, seed []vipaddr.Spec, log *slog.Logger) *Assigner {
 	return &Assigner{store: store, l: root.VIPs(), self: self, grace: grace, seed: seed, log: log}
 }
 
@@ -114,11 +114,11 @@ func (a *Assigner) Run(ctx context.Context, l *quorum.Leadership, view func() (q
 // reconcile writes what differs; it returns when to look again (zero: at
 // the next change). A member whose published policy refuses a VIP is left
 // out of that VIP's choice, as if it were not a member.
-func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum.View, cfgs, asg *mirror, policies map[string]vip.Policy, hist *healthHistory, now time.Time) (time.Time, error) {
+func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum.View, cfgs, asg *mirror, policies map[string]vipaddr.Policy, hist *healthHistory, now time.Time) (time.Time, error) {
 	var next time.Time
 	var errs []error
 	for svc, ckv := range cfgs.keys {
-		c, err := decode[Config](ckv.Key, ckv.Value)
+		c, err := decode[ServiceVIP](ckv.Key, ckv.Value)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -216,7 +216,7 @@ func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum
 
 // allowing returns the members whose policy allows spec, and a note
 // naming those that refuse it ("" when none does).
-func allowing(spec vip.Spec, members []quorum.Member, policies map[string]vip.Policy) ([]quorum.Member, string) {
+func allowing(spec vipaddr.Spec, members []quorum.Member, policies map[string]vipaddr.Policy) ([]quorum.Member, string) {
 	no := refusals(spec, members, policies)
 	if len(no) == 0 {
 		return members, ""
@@ -296,7 +296,7 @@ type decision struct {
 //  4. else the best eligible member (highest current priority, then name);
 //  5. else the current holder if it is live (no carousel while the whole
 //     access network is bad), or the leader.
-func choose(c Config, cur *Assignment, self string, members []quorum.Member, h *healthHistory, now time.Time, grace time.Duration) decision {
+func choose(c ServiceVIP, cur *Assignment, self string, members []quorum.Member, h *healthHistory, now time.Time, grace time.Duration) decision {
 	byName := map[string]quorum.Member{}
 	for _, m := range members {
 		byName[m.Name] = m

@@ -18,7 +18,7 @@ func TestChoose(t *testing.T) {
 	at := func(n string) *Assignment { return &Assignment{Node: n, Session: "s-" + n, Reason: "r"} }
 	cases := []struct {
 		name      string
-		c         Config
+		c         ServiceVIP
 		cur       *Assignment
 		members   []quorum.Member
 		unhealthy map[string]time.Time
@@ -27,46 +27,46 @@ func TestChoose(t *testing.T) {
 		drop      bool
 		recheck   bool
 	}{
-		{"leader by default", Config{}, nil, ok3, nil, nil, "n1", false, false},
-		{"preferred", Config{Preferred: "n3"}, at("n1"), ok3, nil, nil, "n3", false, false},
-		{"preferred gone: dropped, leader", Config{Preferred: "n9"}, at("n9"), ok3, nil, nil, "n1", true, false},
-		{"preferred unhealthy within grace stays", Config{Preferred: "n3"}, at("n3"),
+		{"leader by default", ServiceVIP{}, nil, ok3, nil, nil, "n1", false, false},
+		{"preferred", ServiceVIP{Preferred: "n3"}, at("n1"), ok3, nil, nil, "n3", false, false},
+		{"preferred gone: dropped, leader", ServiceVIP{Preferred: "n9"}, at("n9"), ok3, nil, nil, "n1", true, false},
+		{"preferred unhealthy within grace stays", ServiceVIP{Preferred: "n3"}, at("n3"),
 			[]quorum.Member{m("n1", "ok", 3), m("n2", "ok", 2), m("n3", "unhealthy", 0)},
 			map[string]time.Time{"n3": now.Add(-time.Second)}, nil, "n3", false, true},
-		{"preferred unhealthy past grace: dropped", Config{Preferred: "n3"}, at("n3"),
+		{"preferred unhealthy past grace: dropped", ServiceVIP{Preferred: "n3"}, at("n3"),
 			[]quorum.Member{m("n1", "ok", 3), m("n2", "ok", 2), m("n3", "unhealthy", 0)},
 			map[string]time.Time{"n3": now.Add(-6 * time.Second)}, nil, "n1", true, false},
-		{"unhealthy leader, healthy holder stays", Config{}, at("n2"),
+		{"unhealthy leader, healthy holder stays", ServiceVIP{}, at("n2"),
 			[]quorum.Member{m("n1", "unhealthy", 0), m("n2", "ok", 2), m("n3", "ok", 1)},
 			map[string]time.Time{"n1": now}, nil, "n2", false, false},
-		{"unhealthy leader-holder within grace stays", Config{}, at("n1"),
+		{"unhealthy leader-holder within grace stays", ServiceVIP{}, at("n1"),
 			[]quorum.Member{m("n1", "unhealthy", 0), m("n2", "ok", 2), m("n3", "ok", 1)},
 			map[string]time.Time{"n1": now.Add(-time.Second)}, nil, "n1", false, true},
-		{"unhealthy leader-holder past grace: best healthy", Config{}, at("n1"),
+		{"unhealthy leader-holder past grace: best healthy", ServiceVIP{}, at("n1"),
 			[]quorum.Member{m("n1", "unhealthy", 0), m("n2", "ok", 2), m("n3", "ok", 1)},
 			map[string]time.Time{"n1": now.Add(-6 * time.Second)}, nil, "n2", false, false},
-		{"preferred unhealthy like everyone: stays, kept", Config{Preferred: "n3"}, at("n3"),
+		{"preferred unhealthy like everyone: stays, kept", ServiceVIP{Preferred: "n3"}, at("n3"),
 			[]quorum.Member{m("n1", "unhealthy", 0), m("n2", "unhealthy", 0), m("n3", "unhealthy", 0)},
 			map[string]time.Time{"n1": now.Add(-time.Hour), "n2": now.Add(-time.Hour), "n3": now.Add(-time.Hour)}, nil, "n3", false, false},
-		{"nobody healthy: stays", Config{}, at("n2"),
+		{"nobody healthy: stays", ServiceVIP{}, at("n2"),
 			[]quorum.Member{m("n1", "unhealthy", 0), m("n2", "unhealthy", 0), m("n3", "unhealthy", 0)},
 			map[string]time.Time{"n1": now.Add(-time.Hour), "n2": now.Add(-time.Hour), "n3": now.Add(-time.Hour)}, nil, "n2", false, false},
-		{"nobody healthy, holder dead: leader", Config{}, at("n9"),
+		{"nobody healthy, holder dead: leader", ServiceVIP{}, at("n9"),
 			[]quorum.Member{m("n1", "unhealthy", 0), m("n2", "unhealthy", 0)},
 			map[string]time.Time{"n1": now.Add(-time.Hour), "n2": now.Add(-time.Hour)}, nil, "n1", false, false},
-		{"recovering one after another: the preferred holder stays until another is stable", Config{Preferred: "n3"}, at("n3"),
+		{"recovering one after another: the preferred holder stays until another is stable", ServiceVIP{Preferred: "n3"}, at("n3"),
 			[]quorum.Member{m("n1", "ok", 3), m("n2", "unhealthy", 0), m("n3", "unhealthy", 0)},
 			map[string]time.Time{"n2": now.Add(-time.Hour), "n3": now.Add(-time.Hour)},
 			map[string]time.Time{"n1": now.Add(-time.Second)}, "n3", false, true},
-		{"recovered and stable: the preference is dropped, leader", Config{Preferred: "n3"}, at("n3"),
+		{"recovered and stable: the preference is dropped, leader", ServiceVIP{Preferred: "n3"}, at("n3"),
 			[]quorum.Member{m("n1", "ok", 3), m("n2", "unhealthy", 0), m("n3", "unhealthy", 0)},
 			map[string]time.Time{"n2": now.Add(-time.Hour), "n3": now.Add(-time.Hour)},
 			map[string]time.Time{"n1": now.Add(-6 * time.Second)}, "n1", true, false},
-		{"dead holder: a just-recovered leader takes it at once", Config{}, at("n9"),
+		{"dead holder: a just-recovered leader takes it at once", ServiceVIP{}, at("n9"),
 			[]quorum.Member{m("n1", "ok", 3), m("n2", "unhealthy", 0)},
 			map[string]time.Time{"n2": now.Add(-time.Hour)},
 			map[string]time.Time{"n1": now.Add(-time.Second)}, "n1", false, false},
-		{"holder restarted (new session): leader", Config{}, &Assignment{Node: "n2", Session: "old"}, ok3, nil, nil, "n1", false, false},
+		{"holder restarted (new session): leader", ServiceVIP{}, &Assignment{Node: "n2", Session: "old"}, ok3, nil, nil, "n1", false, false},
 	}
 	for _, tc := range cases {
 		h := newHealthHistory()

@@ -11,20 +11,20 @@ import (
 	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 )
 
 // HoldFunc holds s on this node until ctx ends, and returns only after the
 // address is gone from the interface. It calls report whenever the address
 // comes up or goes down (err says why); report does not block.
-type HoldFunc func(ctx context.Context, s vip.Spec, report func(up bool, err error))
+type HoldFunc func(ctx context.Context, s vipaddr.Spec, report func(up bool, err error))
 
 // Holder holds the VIPs assigned to its node.
 type Holder struct {
 	store  coord.Store
 	l      keys.VIPs
 	self   string
-	policy vip.Policy
+	policy vipaddr.Policy
 	hold   HoldFunc
 	log    *slog.Logger
 }
@@ -32,7 +32,7 @@ type Holder struct {
 // NewHolder returns the holder of node self. policy is the node's VIP
 // allowlist: the holder publishes it (NodePolicy) so that the leader
 // assigns the VIPs it refuses elsewhere; hold enforces it.
-func NewHolder(store coord.Store, root keys.Root, self string, policy vip.Policy, hold HoldFunc, log *slog.Logger) *Holder {
+func NewHolder(store coord.Store, root keys.Root, self string, policy vipaddr.Policy, hold HoldFunc, log *slog.Logger) *Holder {
 	return &Holder{store: store, l: root.VIPs(), self: self, policy: policy, hold: hold, log: log}
 }
 
@@ -77,7 +77,7 @@ func (h *Holder) publish(ctx context.Context) error {
 
 // holding is one VIP being held.
 type holding struct {
-	spec     vip.Spec
+	spec     vipaddr.Spec
 	cancel   context.CancelFunc
 	stopping bool
 }
@@ -143,7 +143,7 @@ func (h *Holder) Run(ctx context.Context, sess coord.Session) error {
 // reconcile starts and stops holds; it reports whether a store write
 // failed and should be retried.
 func (h *Holder) reconcile(ctx context.Context, sess coord.Session, cfgs, asg, held *mirror, active map[string]*holding, wg *sync.WaitGroup, finished chan<- string) (retry bool) {
-	want := map[string]vip.Spec{}
+	want := map[string]vipaddr.Spec{}
 	for svc, akv := range asg.keys {
 		a, err := decode[Assignment](akv.Key, akv.Value)
 		if err != nil || a.Node != h.self || a.Session != sess.ID() {
@@ -153,7 +153,7 @@ func (h *Holder) reconcile(ctx context.Context, sess coord.Session, cfgs, asg, h
 		if !ok {
 			continue
 		}
-		c, err := decode[Config](ckv.Key, ckv.Value)
+		c, err := decode[ServiceVIP](ckv.Key, ckv.Value)
 		if err == nil && c.Service != svc {
 			err = fmt.Errorf("%w: the record names service %s", keys.ErrInvalid, keys.Quote(c.Service))
 		}
@@ -221,7 +221,7 @@ func (h *Holder) reconcile(ctx context.Context, sess coord.Session, cfgs, asg, h
 
 // run holds one VIP and keeps its held record current; after the hold ends
 // (the address is gone) it deletes the record.
-func (h *Holder) run(hctx, ctx context.Context, spec vip.Spec, rec Held, kv coord.KV) {
+func (h *Holder) run(hctx, ctx context.Context, spec vipaddr.Spec, rec Held, kv coord.KV) {
 	status := make(chan Held, 1)
 	var sw sync.WaitGroup
 	sw.Add(1)

@@ -18,7 +18,7 @@
 // vips/held/SERVICE, which exists once; it deletes that key only after the
 // address is gone from its interface. A holder that dies loses the key with
 // its session, and its address expires with its kernel lifetime (about 2 s,
-// see package vip) before the store can expire the session.
+// see package vipaddr) before the store can expire the session.
 package vips
 
 import (
@@ -29,7 +29,7 @@ import (
 
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/quorum"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 )
 
 // ErrNotFound: no VIP is configured for the service.
@@ -41,8 +41,8 @@ var ErrInUse = errors.New("address already in use")
 // ErrNoTarget: a drain found no node to move the VIP to.
 var ErrNoTarget = errors.New("no eligible node")
 
-// Config is one VIP as the operator set it.
-type Config struct {
+// ServiceVIP is one VIP as the operator set it.
+type ServiceVIP struct {
 	Service   string `json:"service"`
 	Address   string `json:"address"` // IP/PREFIX
 	Interface string `json:"interface"`
@@ -53,13 +53,13 @@ type Config struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
-// Spec is the VIP as package vip holds it.
-func (c Config) Spec() (vip.Spec, error) {
-	p, err := vip.ParsePrefix(c.Address)
+// Spec is the VIP as package vipaddr holds it.
+func (c ServiceVIP) Spec() (vipaddr.Spec, error) {
+	p, err := vipaddr.ParsePrefix(c.Address)
 	if err != nil {
-		return vip.Spec{}, err
+		return vipaddr.Spec{}, err
 	}
-	s := vip.Spec{Service: c.Service, Prefix: p, Interface: c.Interface}
+	s := vipaddr.Spec{Service: c.Service, Prefix: p, Interface: c.Interface}
 	return s, s.Validate()
 }
 
@@ -90,14 +90,14 @@ type Held struct {
 // without a record (not started yet, or an older taskd) allows every VIP;
 // its holder still refuses at hold time what its policy does not allow.
 type NodePolicy struct {
-	Node      string     `json:"node"`
-	Policy    vip.Policy `json:"policy"`
-	UpdatedAt time.Time  `json:"updated_at"`
+	Node      string         `json:"node"`
+	Policy    vipaddr.Policy `json:"policy"`
+	UpdatedAt time.Time      `json:"updated_at"`
 }
 
 // refusals maps each member that refuses spec to its reason; policies are
 // the published NodePolicy records by node.
-func refusals(spec vip.Spec, members []quorum.Member, policies map[string]vip.Policy) map[string]string {
+func refusals(spec vipaddr.Spec, members []quorum.Member, policies map[string]vipaddr.Policy) map[string]string {
 	var out map[string]string
 	for _, m := range members {
 		p, ok := policies[m.Name]
@@ -116,8 +116,8 @@ func refusals(spec vip.Spec, members []quorum.Member, policies map[string]vip.Po
 
 // policiesOf decodes the NodePolicy records of a vips/nodes listing; an
 // unreadable record counts as absent.
-func policiesOf(kvs map[string]coord.KV) map[string]vip.Policy {
-	out := make(map[string]vip.Policy, len(kvs))
+func policiesOf(kvs map[string]coord.KV) map[string]vipaddr.Policy {
+	out := make(map[string]vipaddr.Policy, len(kvs))
 	for name, kv := range kvs {
 		if p, err := decode[NodePolicy](kv.Key, kv.Value); err == nil {
 			out[name] = p.Policy

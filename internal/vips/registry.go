@@ -15,7 +15,7 @@ import (
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/quorum"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 )
 
 // Registry is the operator's side of the VIPs: set, list, delete, drain.
@@ -35,76 +35,76 @@ func NewRegistry(store coord.Store, root keys.Root, view func() quorum.View, loc
 }
 
 // Set creates or changes the VIP of c.Service. It validates the address
-// (vip.Spec.Validate: no reserved range, no prefix shorter than
-// vip.MinPrefixBits), the interface name and the label, and refuses an
+// (vipaddr.Spec.Validate: no reserved range, no prefix shorter than
+// vipaddr.MinPrefixBits), the interface name and the label, and refuses an
 // address that a member advertises, that is on the answering node's
 // interfaces without the VIP's label, or that another VIP uses, and a VIP
 // that every live member's allowlist refuses. A drain preference of an
 // existing VIP is kept.
-func (r *Registry) Set(ctx context.Context, c Config) (Config, error) {
+func (r *Registry) Set(ctx context.Context, c ServiceVIP) (ServiceVIP, error) {
 	spec, err := c.Spec()
 	if err != nil {
-		return Config{}, err
+		return ServiceVIP{}, err
 	}
 	if err := r.someoneAllows(ctx, spec); err != nil {
-		return Config{}, err
+		return ServiceVIP{}, err
 	}
 	key, err := r.l.ConfigKey(c.Service)
 	if err != nil {
-		return Config{}, err
+		return ServiceVIP{}, err
 	}
 	c.Address = spec.Prefix.String()
 	addr := spec.Prefix.Addr()
 	for _, m := range r.view().Members {
 		if host, _, err := net.SplitHostPort(m.Address); err == nil {
 			if a, err := netip.ParseAddr(host); err == nil && a == addr {
-				return Config{}, fmt.Errorf("%w: member %s advertises %s", ErrInUse, m.Name, addr)
+				return ServiceVIP{}, fmt.Errorf("%w: member %s advertises %s", ErrInUse, m.Name, addr)
 			}
 		}
 	}
 	kvs, err := r.store.List(ctx, r.l.ConfigDir())
 	if err != nil {
-		return Config{}, fmt.Errorf("list vips: %w", err)
+		return ServiceVIP{}, fmt.Errorf("list vips: %w", err)
 	}
 	var old *coord.KV
 	for _, kv := range kvs {
-		o, err := decode[Config](kv.Key, kv.Value)
+		o, err := decode[ServiceVIP](kv.Key, kv.Value)
 		if err != nil {
-			return Config{}, err
+			return ServiceVIP{}, err
 		}
 		if o.Service == c.Service {
 			old = &kv
 			c.Preferred = o.Preferred
 			continue
 		}
-		if p, err := vip.ParsePrefix(o.Address); err == nil && p.Addr() == addr {
-			return Config{}, fmt.Errorf("%w: vip %s already uses %s", ErrInUse, o.Service, addr)
+		if p, err := vipaddr.ParsePrefix(o.Address); err == nil && p.Addr() == addr {
+			return ServiceVIP{}, fmt.Errorf("%w: vip %s already uses %s", ErrInUse, o.Service, addr)
 		}
 	}
 	if r.localAddrs != nil {
 		local, err := r.localAddrs()
 		if err != nil {
-			return Config{}, fmt.Errorf("list this node's addresses: %w", err)
+			return ServiceVIP{}, fmt.Errorf("list this node's addresses: %w", err)
 		}
 		if label, ok := local[addr]; ok && label != spec.Label() {
-			return Config{}, fmt.Errorf("%w: %s is on an interface of node %s (label %q)", ErrInUse, addr, r.view().Self, label)
+			return ServiceVIP{}, fmt.Errorf("%w: %s is on an interface of node %s (label %q)", ErrInUse, addr, r.view().Self, label)
 		}
 	}
 	c.UpdatedAt = time.Now().UTC()
 	if old == nil {
 		if _, err := r.store.Create(ctx, key, encode(c)); err != nil {
-			return Config{}, fmt.Errorf("create vip %s: %w", c.Service, err)
+			return ServiceVIP{}, fmt.Errorf("create vip %s: %w", c.Service, err)
 		}
 		return c, nil
 	}
 	if _, err := r.store.Update(ctx, old.Key, encode(c), old.Version); err != nil {
-		return Config{}, fmt.Errorf("update vip %s: %w", c.Service, err)
+		return ServiceVIP{}, fmt.Errorf("update vip %s: %w", c.Service, err)
 	}
 	return c, nil
 }
 
 // policies reads the members' published allowlists.
-func (r *Registry) policies(ctx context.Context) (map[string]vip.Policy, error) {
+func (r *Registry) policies(ctx context.Context) (map[string]vipaddr.Policy, error) {
 	kvs, err := r.store.List(ctx, r.l.NodesDir())
 	if err != nil {
 		return nil, fmt.Errorf("list the nodes' vip allowlists: %w", err)
@@ -120,7 +120,7 @@ func (r *Registry) policies(ctx context.Context) (map[string]vip.Policy, error) 
 
 // someoneAllows refuses a VIP that every live member refuses: nobody
 // would hold it.
-func (r *Registry) someoneAllows(ctx context.Context, spec vip.Spec) error {
+func (r *Registry) someoneAllows(ctx context.Context, spec vipaddr.Spec) error {
 	members := r.view().Members
 	if len(members) == 0 {
 		return nil
@@ -143,8 +143,8 @@ func (r *Registry) someoneAllows(ctx context.Context, spec vip.Spec) error {
 
 // Seed creates the VIP if the service has none (taskd's --vip flag); an
 // existing VIP is left as the operator set it.
-func (r *Registry) Seed(ctx context.Context, spec vip.Spec) error {
-	c := Config{Service: spec.Service, Address: spec.Prefix.String(), Interface: spec.Interface, UpdatedAt: time.Now().UTC()}
+func (r *Registry) Seed(ctx context.Context, spec vipaddr.Spec) error {
+	c := ServiceVIP{Service: spec.Service, Address: spec.Prefix.String(), Interface: spec.Interface, UpdatedAt: time.Now().UTC()}
 	key, err := r.l.ConfigKey(c.Service)
 	if err != nil {
 		return err
@@ -203,7 +203,7 @@ func (r *Registry) Drain(ctx context.Context, service, to string) (string, error
 	if err != nil {
 		return "", err
 	}
-	c, err := decode[Config](kv.Key, kv.Value)
+	c, err := decode[ServiceVIP](kv.Key, kv.Value)
 	if err != nil {
 		return "", err
 	}
@@ -278,7 +278,7 @@ func drainTarget(v quorum.View, current, to string) (string, error) {
 
 // Status is one VIP with its assignment and its holder.
 type Status struct {
-	Config   Config
+	VIP      ServiceVIP
 	Assigned *Assignment // nil until the leader assigned it
 	Held     *Held       // nil while nobody holds it
 	// HolderHealth is the holder's health as the answering node sees it.
@@ -314,14 +314,14 @@ func (r *Registry) List(ctx context.Context) ([]Status, error) {
 	byService := map[string]*Status{}
 	var out []*Status
 	for _, kv := range lists[0] {
-		c, err := decode[Config](kv.Key, kv.Value)
+		c, err := decode[ServiceVIP](kv.Key, kv.Value)
 		if err != nil {
 			return nil, err
 		}
 		if svc := service(dirs[0], kv.Key); svc == "" || c.Service != svc {
 			continue // written around taskd: not a VIP
 		}
-		s := &Status{Config: c}
+		s := &Status{VIP: c}
 		if spec, err := c.Spec(); err == nil {
 			s.Refused = refusals(spec, members, pols)
 		}
@@ -350,7 +350,7 @@ func (r *Registry) List(ctx context.Context) ([]Status, error) {
 	for i, s := range out {
 		res[i] = *s
 	}
-	slices.SortFunc(res, func(a, b Status) int { return cmp.Compare(a.Config.Service, b.Config.Service) })
+	slices.SortFunc(res, func(a, b Status) int { return cmp.Compare(a.VIP.Service, b.VIP.Service) })
 	return res, nil
 }
 

@@ -11,7 +11,7 @@ import (
 
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 	"github.com/taskd/taskd/internal/vips"
 )
 
@@ -40,7 +40,7 @@ func snapshot(t *testing.T, ctx context.Context, kv coord.Store, dirs ...string)
 // Records written around taskd under vips/config with a name that is not
 // a service, or that names another service, are never assigned or held.
 func testTraversal(t *testing.T, b backend) {
-	c := startCluster(t, b.Open, []vip.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")})
+	c := startCluster(t, b.Open, []vipaddr.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")})
 	leader := c.leader()
 	c.waitHolder("iscsi", leader, 20*time.Second)
 	ctx := ctxT(t, 60*time.Second)
@@ -75,8 +75,8 @@ func testTraversal(t *testing.T, b backend) {
 		if err := reg.WaitHeld(ctx, svc, leader); !errors.Is(err, keys.ErrInvalid) {
 			t.Errorf("WaitHeld(%q) = %v, want ErrInvalid", svc, err)
 		}
-		_, err := reg.Set(ctx, vips.Config{Service: svc, Address: "10.0.0.61", Interface: "eth0"})
-		if !errors.Is(err, keys.ErrInvalid) || !errors.Is(err, vip.ErrInvalid) {
+		_, err := reg.Set(ctx, vips.ServiceVIP{Service: svc, Address: "10.0.0.61", Interface: "eth0"})
+		if !errors.Is(err, keys.ErrInvalid) || !errors.Is(err, vipaddr.ErrInvalid) {
 			t.Errorf("Set(%q) = %v, want ErrInvalid", svc, err)
 		}
 	}
@@ -108,7 +108,7 @@ func testTraversal(t *testing.T, b backend) {
 	}
 	// A genuine VIP set afterwards is assigned and held: the assigner and
 	// the holders have seen the crafted records by then.
-	if _, err := reg.Set(ctx, vips.Config{Service: "smb", Address: "10.0.0.64", Interface: "eth0"}); err != nil {
+	if _, err := reg.Set(ctx, vips.ServiceVIP{Service: "smb", Address: "10.0.0.64", Interface: "eth0"}); err != nil {
 		t.Fatal(err)
 	}
 	c.waitHolder("smb", leader, 20*time.Second)
@@ -132,7 +132,7 @@ func testTraversal(t *testing.T, b backend) {
 	}
 	var listed []string
 	for _, s := range st {
-		listed = append(listed, s.Config.Service)
+		listed = append(listed, s.VIP.Service)
 	}
 	if !slices.Equal(listed, []string{"iscsi", "smb"}) {
 		t.Errorf("vip list shows %v, want [iscsi smb]", listed)

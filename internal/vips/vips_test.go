@@ -17,7 +17,7 @@ import (
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/testenv"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 	"github.com/taskd/taskd/internal/vips"
 	"go.uber.org/goleak"
 )
@@ -57,7 +57,7 @@ func (l *ledger) everHeld(service, node string) bool {
 func (l *ledger) notify() { close(l.changed); l.changed = make(chan struct{}) }
 
 func (l *ledger) holdFunc(node string) vips.HoldFunc {
-	return func(ctx context.Context, s vip.Spec, report func(bool, error)) {
+	return func(ctx context.Context, s vipaddr.Spec, report func(bool, error)) {
 		l.mu.Lock()
 		if h := l.holders[s.Service]; len(h) > 0 {
 			l.violations = append(l.violations, fmt.Sprintf("%s took %s while %v held it", node, s.Service, h))
@@ -136,14 +136,14 @@ type cluster struct {
 	members  []*member
 	led      *ledger
 	grace    time.Duration
-	policies map[string]vip.Policy // by node; none: allow all
+	policies map[string]vipaddr.Policy // by node; none: allow all
 }
 
-func startCluster(t *testing.T, open func(t testing.TB) coord.Store, seed []vip.Spec) *cluster {
+func startCluster(t *testing.T, open func(t testing.TB) coord.Store, seed []vipaddr.Spec) *cluster {
 	return startClusterWith(t, open, seed, nil)
 }
 
-func startClusterWith(t *testing.T, open func(t testing.TB) coord.Store, seed []vip.Spec, policies map[string]vip.Policy) *cluster {
+func startClusterWith(t *testing.T, open func(t testing.TB) coord.Store, seed []vipaddr.Spec, policies map[string]vipaddr.Policy) *cluster {
 	c := &cluster{t: t, root: testRoot(t), led: newLedger(), grace: time.Second, policies: policies}
 	for i, name := range []string{"n1", "n2", "n3"} {
 		c.start(name, fmt.Sprintf("10.0.0.%d:10600", 11+i), open(t), 10-i, seed)
@@ -151,7 +151,7 @@ func startClusterWith(t *testing.T, open func(t testing.TB) coord.Store, seed []
 	return c
 }
 
-func (c *cluster) start(name, addr string, store coord.Store, prio int, seed []vip.Spec) *member {
+func (c *cluster) start(name, addr string, store coord.Store, prio int, seed []vipaddr.Spec) *member {
 	cfg := quorum.DefaultConfig()
 	cfg.Name, cfg.NodeID, cfg.Address, cfg.Priority, cfg.Root = name, "id-"+name, addr, prio, c.root.String()
 	// The product's default session timeout and fence budget: a shorter
@@ -262,9 +262,9 @@ func TestVIPs(t *testing.T) {
 	}
 }
 
-func mustSpec(t *testing.T, s string) vip.Spec {
+func mustSpec(t *testing.T, s string) vipaddr.Spec {
 	t.Helper()
-	spec, err := vip.ParseSpec(s)
+	spec, err := vipaddr.ParseSpec(s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +280,7 @@ func testSetValidates(t *testing.T, b backend) {
 		return map[netip.Addr]string{netip.MustParseAddr("10.0.0.9"): "eth0"}, nil
 	})
 	ctx := ctxT(t, 30*time.Second)
-	good, err := reg.Set(ctx, vips.Config{Service: "iscsi", Address: "10.0.0.50", Interface: "eth0"})
+	good, err := reg.Set(ctx, vips.ServiceVIP{Service: "iscsi", Address: "10.0.0.50", Interface: "eth0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,29 +288,29 @@ func testSetValidates(t *testing.T, b backend) {
 		t.Fatalf("a bare address is stored as %q, want 10.0.0.50/32", good.Address)
 	}
 	bad := []struct {
-		c    vips.Config
+		c    vips.ServiceVIP
 		want error
 		text string
 	}{
-		{vips.Config{Service: "nfs", Address: "fe80::1", Interface: "eth0"}, vip.ErrInvalid, "not an IPv4"},
-		{vips.Config{Service: "nfs", Address: "10.0.0.x", Interface: "eth0"}, vip.ErrInvalid, "neither IP"},
-		{vips.Config{Service: "nfs", Address: "10.0.0.0/24", Interface: "eth0"}, vip.ErrInvalid, "network address"},
-		{vips.Config{Service: "nfs", Address: "10.0.0.255/24", Interface: "eth0"}, vip.ErrInvalid, "broadcast address"},
-		{vips.Config{Service: "nfs", Address: "10.0.0.51", Interface: "eth 0"}, vip.ErrInvalid, "interface name"},
-		{vips.Config{Service: "nfs", Address: "10.0.0.51", Interface: "a-very-long-if"}, vip.ErrInvalid, "label"},
-		{vips.Config{Service: "management", Address: "10.0.0.51", Interface: "bond0"}, vip.ErrInvalid, "label"},
-		{vips.Config{Service: "nfs", Address: "130.0.0.1/1", Interface: "eth0"}, vip.ErrInvalid, "shorter than /16"},
-		{vips.Config{Service: "nfs", Address: "10.1.0.1/15", Interface: "eth0"}, vip.ErrInvalid, "shorter than /16"},
-		{vips.Config{Service: "nfs", Address: "0.1.2.3", Interface: "eth0"}, vip.ErrInvalid, "this network"},
-		{vips.Config{Service: "nfs", Address: "240.0.0.1", Interface: "eth0"}, vip.ErrInvalid, "reserved"},
-		{vips.Config{Service: "nfs", Address: "255.255.255.255", Interface: "eth0"}, vip.ErrInvalid, "reserved"},
-		{vips.Config{Service: "nfs", Address: "127.0.0.2", Interface: "eth0"}, vip.ErrInvalid, "loopback"},
-		{vips.Config{Service: "nfs", Address: "224.0.0.5", Interface: "eth0"}, vip.ErrInvalid, "multicast"},
-		{vips.Config{Service: "nfs", Address: "169.254.169.254", Interface: "eth0"}, vip.ErrInvalid, "link-local"},
-		{vips.Config{Service: "nfs", Address: "10.0.0.51", Interface: "lo"}, vip.ErrInvalid, "loopback"},
-		{vips.Config{Service: "nfs", Address: "10.0.0.50", Interface: "eth0"}, vips.ErrInUse, "vip iscsi"},
-		{vips.Config{Service: "nfs", Address: "10.0.0.9", Interface: "eth0"}, vips.ErrInUse, "interface of node"},
-		{vips.Config{Service: "nfs", Address: "10.0.0.12", Interface: "eth0"}, vips.ErrInUse, "member n2"},
+		{vips.ServiceVIP{Service: "nfs", Address: "fe80::1", Interface: "eth0"}, vipaddr.ErrInvalid, "not an IPv4"},
+		{vips.ServiceVIP{Service: "nfs", Address: "10.0.0.x", Interface: "eth0"}, vipaddr.ErrInvalid, "neither IP"},
+		{vips.ServiceVIP{Service: "nfs", Address: "10.0.0.0/24", Interface: "eth0"}, vipaddr.ErrInvalid, "network address"},
+		{vips.ServiceVIP{Service: "nfs", Address: "10.0.0.255/24", Interface: "eth0"}, vipaddr.ErrInvalid, "broadcast address"},
+		{vips.ServiceVIP{Service: "nfs", Address: "10.0.0.51", Interface: "eth 0"}, vipaddr.ErrInvalid, "interface name"},
+		{vips.ServiceVIP{Service: "nfs", Address: "10.0.0.51", Interface: "a-very-long-if"}, vipaddr.ErrInvalid, "label"},
+		{vips.ServiceVIP{Service: "management", Address: "10.0.0.51", Interface: "bond0"}, vipaddr.ErrInvalid, "label"},
+		{vips.ServiceVIP{Service: "nfs", Address: "130.0.0.1/1", Interface: "eth0"}, vipaddr.ErrInvalid, "shorter than /16"},
+		{vips.ServiceVIP{Service: "nfs", Address: "10.1.0.1/15", Interface: "eth0"}, vipaddr.ErrInvalid, "shorter than /16"},
+		{vips.ServiceVIP{Service: "nfs", Address: "0.1.2.3", Interface: "eth0"}, vipaddr.ErrInvalid, "this network"},
+		{vips.ServiceVIP{Service: "nfs", Address: "240.0.0.1", Interface: "eth0"}, vipaddr.ErrInvalid, "reserved"},
+		{vips.ServiceVIP{Service: "nfs", Address: "255.255.255.255", Interface: "eth0"}, vipaddr.ErrInvalid, "reserved"},
+		{vips.ServiceVIP{Service: "nfs", Address: "127.0.0.2", Interface: "eth0"}, vipaddr.ErrInvalid, "loopback"},
+		{vips.ServiceVIP{Service: "nfs", Address: "224.0.0.5", Interface: "eth0"}, vipaddr.ErrInvalid, "multicast"},
+		{vips.ServiceVIP{Service: "nfs", Address: "169.254.169.254", Interface: "eth0"}, vipaddr.ErrInvalid, "link-local"},
+		{vips.ServiceVIP{Service: "nfs", Address: "10.0.0.51", Interface: "lo"}, vipaddr.ErrInvalid, "loopback"},
+		{vips.ServiceVIP{Service: "nfs", Address: "10.0.0.50", Interface: "eth0"}, vips.ErrInUse, "vip iscsi"},
+		{vips.ServiceVIP{Service: "nfs", Address: "10.0.0.9", Interface: "eth0"}, vips.ErrInUse, "interface of node"},
+		{vips.ServiceVIP{Service: "nfs", Address: "10.0.0.12", Interface: "eth0"}, vips.ErrInUse, "member n2"},
 	}
 	configs := func() string {
 		st, err := reg.List(ctx)
@@ -319,7 +319,7 @@ func testSetValidates(t *testing.T, b backend) {
 		}
 		var out []string
 		for _, s := range st {
-			out = append(out, fmt.Sprintf("%+v", s.Config))
+			out = append(out, fmt.Sprintf("%+v", s.VIP))
 		}
 		return strings.Join(out, "\n")
 	}
@@ -346,7 +346,7 @@ func testSetValidates(t *testing.T, b backend) {
 // a stopped holder's VIP goes to the new leader. The stand-in never sees two
 // holders at once.
 func testLeaderHoldsDrainFailover(t *testing.T, b backend) {
-	c := startCluster(t, b.Open, []vip.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")})
+	c := startCluster(t, b.Open, []vipaddr.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")})
 	leader := c.leader()
 	c.waitHolder("iscsi", leader, 20*time.Second)
 	ctx := ctxT(t, 60*time.Second)
@@ -379,7 +379,7 @@ func testLeaderHoldsDrainFailover(t *testing.T, b backend) {
 	c.waitHolder("iscsi", leader, 5*time.Second)
 
 	// A second VIP, then deleted: released.
-	if _, err := reg.Set(ctx, vips.Config{Service: "nfs", Address: "10.0.0.51", Interface: "eth0"}); err != nil {
+	if _, err := reg.Set(ctx, vips.ServiceVIP{Service: "nfs", Address: "10.0.0.51", Interface: "eth0"}); err != nil {
 		t.Fatal(err)
 	}
 	c.waitHolder("nfs", leader, 5*time.Second)
@@ -416,7 +416,7 @@ func testLeaderHoldsDrainFailover(t *testing.T, b backend) {
 // the grace period; when every member turns unhealthy at once, the VIP does
 // not move at all.
 func testUnhealthy(t *testing.T, b backend) {
-	c := startCluster(t, b.Open, []vip.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")})
+	c := startCluster(t, b.Open, []vipaddr.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")})
 	leader := c.leader()
 	c.waitHolder("iscsi", leader, 20*time.Second)
 
@@ -471,7 +471,7 @@ func testUnhealthy(t *testing.T, b backend) {
 // running and rejoins when the store comes back.
 func testHolderCutOff(t *testing.T, b backend) {
 	c := &cluster{t: t, root: testRoot(t), led: newLedger(), grace: time.Second}
-	seed := []vip.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")}
+	seed := []vipaddr.Spec{mustSpec(t, "iscsi=10.0.0.50@eth0")}
 	proxy := testenv.StartProxy(t, b.Addr)
 	cut := c.start("n1", "10.0.0.11:10600", b.Dial(t, proxy.Addr()), 10, seed)
 	c.start("n2", "10.0.0.12:10600", b.Open(t), 9, seed)

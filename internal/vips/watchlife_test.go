@@ -13,7 +13,7 @@ import (
 
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/testenv"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 	"github.com/taskd/taskd/internal/vips"
 )
 
@@ -34,7 +34,7 @@ func TestWatchesEndWithOwner(t *testing.T) {
 						return err
 					}
 					defer sess.Close(context.Background())
-					h := vips.NewHolder(store, root, "n1", vip.Policy{}, newLedger().holdFunc("n1"), slog.Default())
+					h := vips.NewHolder(store, root, "n1", vipaddr.Policy{}, newLedger().holdFunc("n1"), slog.Default())
 					return h.Run(ctx, sess)
 				},
 				"assigner": func(ctx context.Context) error {

@@ -1,4 +1,4 @@
-package vip_test
+package vipaddr_test
 
 import (
 	"bufio"
@@ -18,7 +18,7 @@ import (
 
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/testenv"
-	"github.com/taskd/taskd/internal/vip"
+	"github.com/taskd/taskd/internal/vipaddr"
 )
 
 // The netns tests run the package inside network namespaces they create:
@@ -40,17 +40,17 @@ func helperMain(mode string) int {
 	env := os.Getenv
 	switch mode {
 	case "hold":
-		prefix, err := vip.ParsePrefix(env("VIP"))
+		prefix, err := vipaddr.ParsePrefix(env("VIP"))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
 		}
-		cfg := vip.DefaultConfig()
+		cfg := vipaddr.DefaultConfig()
 		cfg.Refresh = time.Second
 		if v := env("VALID"); v != "" {
 			cfg.ValidLifetime, _ = time.ParseDuration(v)
 		}
-		cfg.Event = func(e vip.Event) {
+		cfg.Event = func(e vipaddr.Event) {
 			b, _ := json.Marshal(e)
 			fmt.Println(string(b))
 		}
@@ -62,28 +62,28 @@ func helperMain(mode string) int {
 			cfg.Policy.Interfaces = strings.Split(v, ",")
 		}
 		if v := env("ALLOW_CIDR"); v != "" {
-			if cfg.Policy.CIDRs, err = vip.ParseCIDRs(strings.Split(v, ",")); err != nil {
+			if cfg.Policy.CIDRs, err = vipaddr.ParseCIDRs(strings.Split(v, ",")); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				return 2
 			}
 		}
-		err = vip.Hold(ctx, vip.Spec{Service: env("SERVICE"), Prefix: prefix, Interface: iface}, cfg)
+		err = vipaddr.Hold(ctx, vipaddr.Spec{Service: env("SERVICE"), Prefix: prefix, Interface: iface}, cfg)
 		switch {
 		case err == nil:
 			return 0
-		case errors.Is(err, vip.ErrConflict):
+		case errors.Is(err, vipaddr.ErrConflict):
 			fmt.Fprintln(os.Stderr, err)
 			return 3
-		case errors.Is(err, vip.ErrLapsed):
+		case errors.Is(err, vipaddr.ErrLapsed):
 			fmt.Fprintln(os.Stderr, err)
 			return 4
-		case errors.Is(err, vip.ErrNotAllowed):
+		case errors.Is(err, vipaddr.ErrNotAllowed):
 			fmt.Fprintln(os.Stderr, err)
 			return exitNotAllowed
-		case errors.Is(err, vip.ErrForeign):
+		case errors.Is(err, vipaddr.ErrForeign):
 			fmt.Fprintln(os.Stderr, err)
 			return exitForeign
-		case errors.Is(err, vip.ErrInvalid):
+		case errors.Is(err, vipaddr.ErrInvalid):
 			fmt.Fprintln(os.Stderr, err)
 			return exitInvalid
 		default:
@@ -91,7 +91,7 @@ func helperMain(mode string) int {
 			return 1
 		}
 	case "query":
-		macs, err := vip.Query(ctx, "eth0", netip.MustParseAddr(env("SRC")), netip.MustParseAddr(env("VIP")), 300*time.Millisecond)
+		macs, err := vipaddr.Query(ctx, "eth0", netip.MustParseAddr(env("SRC")), netip.MustParseAddr(env("VIP")), 300*time.Millisecond)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -101,13 +101,13 @@ func helperMain(mode string) int {
 	case "claim":
 		// One gratuitous ARP reply, as a foreign host announcing the
 		// address once.
-		if err := vip.Claim("eth0", netip.MustParseAddr(env("VIP"))); err != nil {
+		if err := vipaddr.Claim("eth0", netip.MustParseAddr(env("VIP"))); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		return 0
 	case "cleanup":
-		removed, err := vip.Cleanup(strings.Split(env("LABELS"), ","))
+		removed, err := vipaddr.Cleanup(strings.Split(env("LABELS"), ","))
 		fmt.Println(strings.Join(removed, ";"))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -161,17 +161,17 @@ func (l *lab) run(host, mode string, env ...string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
-func events(t *testing.T, log string) []vip.Event {
+func events(t *testing.T, log string) []vipaddr.Event {
 	t.Helper()
 	f, err := os.Open(log)
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
-	var out []vip.Event
+	var out []vipaddr.Event
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		var e vip.Event
+		var e vipaddr.Event
 		if json.Unmarshal(sc.Bytes(), &e) == nil && e.Kind != "" {
 			out = append(out, e)
 		}

@@ -1,4 +1,4 @@
-package vip_test
+package vipaddr_test
 
 import (
 	"context"

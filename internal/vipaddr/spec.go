@@ -11,7 +11,7 @@
 // missed the first learn the new MAC quickly; then a pair every Refresh
 // (default 20 s), well under common ARP cache (60 s and more) and switch MAC
 // aging (300 s) timeouts.
-package vip
+package vipaddr
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package vip
+package vipaddr
 
 import (
 	"os"
