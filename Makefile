@@ -32,8 +32,8 @@ test-deps:
 
 proto:
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc -I proto \
-	  --go_out=internal/api/gen --go_opt=module=github.com/taskd/taskd/internal/api/gen \
-	  --connect-go_out=internal/api/gen --connect-go_opt=module=github.com/taskd/taskd/internal/api/gen \
+	  --go_out=api --go_opt=module=github.com/taskd/taskd/api \
+	  --connect-go_out=api --connect-go_opt=module=github.com/taskd/taskd/api \
 	  proto/taskd/v1/*.proto
 
 bench: build

@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/taskd/taskd/api/taskdv1"
+	"github.com/taskd/taskd/api/taskdv1/taskdv1connect"
 	"github.com/taskd/taskd/internal/api"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1/taskdv1connect"
 	"github.com/taskd/taskd/internal/auth"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1/taskdv1connect"
+	"github.com/taskd/taskd/api/taskdv1/taskdv1connect"
 	"github.com/taskd/taskd/internal/pki"
 )
 

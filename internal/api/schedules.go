@@ -9,7 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/schedule"
 	"github.com/taskd/taskd/internal/task"
 )

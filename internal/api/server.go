@@ -24,8 +24,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1/taskdv1connect"
+	"github.com/taskd/taskd/api/taskdv1"
+	"github.com/taskd/taskd/api/taskdv1/taskdv1connect"
 	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/bootstrap"
 	"github.com/taskd/taskd/internal/coord"

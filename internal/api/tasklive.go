@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/task"

@@ -15,7 +15,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/etcd"
 	"github.com/taskd/taskd/internal/coord/zk"

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1/taskdv1connect"
+	"github.com/taskd/taskd/api/taskdv1"
+	"github.com/taskd/taskd/api/taskdv1/taskdv1connect"
 	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/pki"
 )

@@ -8,7 +8,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/volcopy"
 )
 

@@ -12,9 +12,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/taskd/taskd/api/taskdv1"
+	"github.com/taskd/taskd/api/taskdv1/taskdv1connect"
 	"github.com/taskd/taskd/internal/api"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1/taskdv1connect"
 	"github.com/taskd/taskd/internal/harness"
 )
 

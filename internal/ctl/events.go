@@ -12,8 +12,8 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
+	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/api"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 	"github.com/taskd/taskd/internal/events"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/api/taskdv1"
 )
 
 // TestProgressForPeople (issue 13): sizes, rates and times in one unit

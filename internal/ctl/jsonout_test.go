@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/api/taskdv1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )

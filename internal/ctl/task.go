@@ -11,7 +11,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/volcopy"
 	"google.golang.org/protobuf/encoding/protojson"

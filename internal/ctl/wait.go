@@ -13,8 +13,8 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/api"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/pki"
 )

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
+	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/harness"
 )
 

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/api"
-	"github.com/taskd/taskd/internal/api/gen/taskdv1"
 	"github.com/taskd/taskd/internal/auth"
 	"github.com/taskd/taskd/internal/pki"
 	clientv3 "go.etcd.io/etcd/client/v3"

@@ -527,7 +527,7 @@ const file_taskd_v1_token_proto_rawDesc = "" +
 	"\n" +
 	"ListTokens\x12\x1b.taskd.v1.ListTokensRequest\x1a\x1c.taskd.v1.ListTokensResponse\"\x03\x90\x02\x01\x12L\n" +
 	"\vRevokeToken\x12\x1c.taskd.v1.RevokeTokenRequest\x1a\x1d.taskd.v1.RevokeTokenResponse\"\x00\x12@\n" +
-	"\x06WhoAmI\x12\x17.taskd.v1.WhoAmIRequest\x1a\x18.taskd.v1.WhoAmIResponse\"\x03\x90\x02\x01B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
+	"\x06WhoAmI\x12\x17.taskd.v1.WhoAmIRequest\x1a\x18.taskd.v1.WhoAmIResponse\"\x03\x90\x02\x01B,Z*github.com/taskd/taskd/api/taskdv1;taskdv1b\x06proto3"
 
 var (
 	file_taskd_v1_token_proto_rawDescOnce sync.Once

@@ -1064,7 +1064,7 @@ const file_taskd_v1_schedule_proto_rawDesc = "" +
 	"\rPauseSchedule\x12\x1e.taskd.v1.PauseScheduleRequest\x1a\x1d.taskd.v1.GetScheduleResponse\"\x03\x90\x02\x02\x12K\n" +
 	"\x0eResumeSchedule\x12\x15.taskd.v1.ScheduleRef\x1a\x1d.taskd.v1.GetScheduleResponse\"\x03\x90\x02\x02\x12[\n" +
 	"\x0fTriggerSchedule\x12 .taskd.v1.TriggerScheduleRequest\x1a!.taskd.v1.TriggerScheduleResponse\"\x03\x90\x02\x02\x12N\n" +
-	"\x0eDeleteSchedule\x12\x15.taskd.v1.ScheduleRef\x1a .taskd.v1.DeleteScheduleResponse\"\x03\x90\x02\x02B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
+	"\x0eDeleteSchedule\x12\x15.taskd.v1.ScheduleRef\x1a .taskd.v1.DeleteScheduleResponse\"\x03\x90\x02\x02B,Z*github.com/taskd/taskd/api/taskdv1;taskdv1b\x06proto3"
 
 var (
 	file_taskd_v1_schedule_proto_rawDescOnce sync.Once

@@ -1733,7 +1733,7 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"WatchTasks\x12\x1b.taskd.v1.WatchTasksRequest\x1a\x1c.taskd.v1.WatchTasksResponse\"\x000\x012\xba\x01\n" +
 	"\rRunnerService\x12O\n" +
 	"\vListRunners\x12\x1c.taskd.v1.ListRunnersRequest\x1a\x1d.taskd.v1.ListRunnersResponse\"\x03\x90\x02\x01\x12X\n" +
-	"\x0eSetRunnerMarks\x12\x1f.taskd.v1.SetRunnerMarksRequest\x1a .taskd.v1.SetRunnerMarksResponse\"\x03\x90\x02\x02B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
+	"\x0eSetRunnerMarks\x12\x1f.taskd.v1.SetRunnerMarksRequest\x1a .taskd.v1.SetRunnerMarksResponse\"\x03\x90\x02\x02B,Z*github.com/taskd/taskd/api/taskdv1;taskdv1b\x06proto3"
 
 var (
 	file_taskd_v1_task_proto_rawDescOnce sync.Once

@@ -606,7 +606,7 @@ const file_taskd_v1_vip_proto_rawDesc = "" +
 	"\x06SetVIP\x12\x17.taskd.v1.SetVIPRequest\x1a\x18.taskd.v1.SetVIPResponse\"\x03\x90\x02\x02\x12F\n" +
 	"\bListVIPs\x12\x19.taskd.v1.ListVIPsRequest\x1a\x1a.taskd.v1.ListVIPsResponse\"\x03\x90\x02\x01\x12F\n" +
 	"\tDeleteVIP\x12\x1a.taskd.v1.DeleteVIPRequest\x1a\x1b.taskd.v1.DeleteVIPResponse\"\x00\x12C\n" +
-	"\bDrainVIP\x12\x19.taskd.v1.DrainVIPRequest\x1a\x1a.taskd.v1.DrainVIPResponse\"\x00B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
+	"\bDrainVIP\x12\x19.taskd.v1.DrainVIPRequest\x1a\x1a.taskd.v1.DrainVIPResponse\"\x00B,Z*github.com/taskd/taskd/api/taskdv1;taskdv1b\x06proto3"
 
 var (
 	file_taskd_v1_vip_proto_rawDescOnce sync.Once

@@ -257,7 +257,7 @@ const file_taskd_v1_events_proto_rawDesc = "" +
 	"\fEventService\x12L\n" +
 	"\n" +
 	"ListEvents\x12\x1b.taskd.v1.ListEventsRequest\x1a\x1c.taskd.v1.ListEventsResponse\"\x03\x90\x02\x01\x12?\n" +
-	"\vWatchEvents\x12\x1b.taskd.v1.ListEventsRequest\x1a\x0f.taskd.v1.Event\"\x000\x01B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
+	"\vWatchEvents\x12\x1b.taskd.v1.ListEventsRequest\x1a\x0f.taskd.v1.Event\"\x000\x01B,Z*github.com/taskd/taskd/api/taskdv1;taskdv1b\x06proto3"
 
 var (
 	file_taskd_v1_events_proto_rawDescOnce sync.Once

@@ -8,7 +8,7 @@ import (
 	connect "connectrpc.com/connect"
 	context "context"
 	errors "errors"
-	taskdv1 "github.com/taskd/taskd/internal/api/gen/taskdv1"
+	taskdv1 "github.com/taskd/taskd/api/taskdv1"
 	http "net/http"
 	strings "strings"
 )

@@ -1068,7 +1068,7 @@ const file_taskd_v1_cluster_proto_rawDesc = "" +
 	"\vSetPriority\x12\x1c.taskd.v1.SetPriorityRequest\x1a\x1d.taskd.v1.SetPriorityResponse\"\x03\x90\x02\x02\x12g\n" +
 	"\x13SetSpecifiedMembers\x12$.taskd.v1.SetSpecifiedMembersRequest\x1a%.taskd.v1.SetSpecifiedMembersResponse\"\x03\x90\x02\x02\x127\n" +
 	"\x04Join\x12\x15.taskd.v1.JoinRequest\x1a\x16.taskd.v1.JoinResponse\"\x00\x12R\n" +
-	"\fForgetMember\x12\x1d.taskd.v1.ForgetMemberRequest\x1a\x1e.taskd.v1.ForgetMemberResponse\"\x03\x90\x02\x02B9Z7github.com/taskd/taskd/internal/api/gen/taskdv1;taskdv1b\x06proto3"
+	"\fForgetMember\x12\x1d.taskd.v1.ForgetMemberRequest\x1a\x1e.taskd.v1.ForgetMemberResponse\"\x03\x90\x02\x02B,Z*github.com/taskd/taskd/api/taskdv1;taskdv1b\x06proto3"
 
 var (
 	file_taskd_v1_cluster_proto_rawDescOnce sync.Once
