@@ -2,10 +2,12 @@ module example.com/mytaskd
 
 go 1.26.8
 
-require github.com/taskd/taskd v0.0.0
+require (
+	connectrpc.com/connect v1.21.1
+	github.com/taskd/taskd v0.0.0
+)
 
 require (
-	connectrpc.com/connect v1.21.1 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cenkalti/backoff/v5 v5.0.3 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
