@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/schedule"
-	"github.com/taskd/taskd/internal/task"
-	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/testenv"
 )
 
@@ -32,13 +30,7 @@ func TestNewLeaderWithManySchedulesCatchesUp(t *testing.T) {
 	}
 	for _, b := range testenv.Backends(t) {
 		t.Run(b.Name, func(t *testing.T) {
-			root := fmt.Sprintf("/taskd/sched%d-%d", time.Now().UnixNano(), seq.Add(1))
-			check := b.Open(t)
-			tasks, err := task.NewStore(check, root, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			scs := schedule.NewStore(check, mustRoot(t, root), tasks)
+			root, check, tasks, scs := openStores(t, b)
 			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 			defer cancel()
 			// Daily schedules in a few zones, none due during the test.

@@ -2,14 +2,11 @@ package schedule_test
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/taskd/taskd/internal/schedule"
-	"github.com/taskd/taskd/internal/task"
-	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/testenv"
 )
 
@@ -23,13 +20,7 @@ func TestLeaderClockStep(t *testing.T) {
 	const every = 2 * time.Second
 	for _, b := range testenv.Backends(t) {
 		t.Run(b.Name, func(t *testing.T) {
-			root := fmt.Sprintf("/taskd/sched%d-%d", time.Now().UnixNano(), seq.Add(1))
-			check := b.Open(t)
-			tasks, err := task.NewStore(check, root, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			scs := schedule.NewStore(check, mustRoot(t, root), tasks)
+			root, check, tasks, scs := openStores(t, b)
 			var offset atomic.Int64
 			now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
 			steps := make(chan struct{}, 1)

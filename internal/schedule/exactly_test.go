@@ -75,6 +75,19 @@ func startMemberClock(t *testing.T, b testenv.Backend, root, name string, now fu
 	return m
 }
 
+// openStores opens a client of b with task and schedule stores under a
+// fresh root of their own.
+func openStores(t *testing.T, b testenv.Backend) (string, coord.Store, *task.Store, *schedule.Store) {
+	t.Helper()
+	root := fmt.Sprintf("/taskd/sched%d-%d", time.Now().UnixNano(), seq.Add(1))
+	kv := b.Open(t)
+	tasks, err := task.NewStore(kv, root, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root, kv, tasks, schedule.NewStore(kv, mustRoot(t, root), tasks)
+}
+
 func (m *member) stop() {
 	if m.cancel != nil {
 		m.proxy.Resume()
@@ -117,13 +130,7 @@ func TestExactlyOnceAcrossLeaderChanges(t *testing.T) {
 	)
 	for _, b := range testenv.Backends(t) {
 		t.Run(b.Name, func(t *testing.T) {
-			root := fmt.Sprintf("/taskd/sched%d-%d", time.Now().UnixNano(), seq.Add(1))
-			check := b.Open(t)
-			tasks, err := task.NewStore(check, root, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			scs := schedule.NewStore(check, mustRoot(t, root), tasks)
+			root, check, tasks, scs := openStores(t, b)
 			n := 0
 			next := func() *member { n++; return startMember(t, b, root, fmt.Sprintf("n%d", n)) }
 			ms := []*member{next(), next()}
@@ -249,13 +256,7 @@ func TestManySchedulesTickTogether(t *testing.T) {
 	)
 	for _, b := range testenv.Backends(t) {
 		t.Run(b.Name, func(t *testing.T) {
-			root := fmt.Sprintf("/taskd/sched%d-%d", time.Now().UnixNano(), seq.Add(1))
-			check := b.Open(t)
-			tasks, err := task.NewStore(check, root, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			scs := schedule.NewStore(check, mustRoot(t, root), tasks)
+			root, check, tasks, scs := openStores(t, b)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			m := startMember(t, b, root, "n1")

@@ -11,8 +11,6 @@ import (
 
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/schedule"
-	"github.com/taskd/taskd/internal/task"
-	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/testenv"
 )
 
@@ -29,16 +27,10 @@ var hostileNames = []string{
 func TestHostileNamesChangeNothing(t *testing.T) {
 	for _, b := range testenv.Backends(t) {
 		t.Run(b.Name, func(t *testing.T) {
-			root := fmt.Sprintf("/taskd/sched%d-%d", time.Now().UnixNano(), seq.Add(1))
-			kv := b.Open(t)
-			tasks, err := task.NewStore(kv, root, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			scs := schedule.NewStore(kv, mustRoot(t, root), tasks)
+			root, kv, _, scs := openStores(t, b)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			_, err = scs.Create(ctx, schedule.CreateRequest{Name: "keep", Spec: schedule.Spec{Every: "1h"}, Template: schedule.Template{Type: "noop"}})
+			_, err := scs.Create(ctx, schedule.CreateRequest{Name: "keep", Spec: schedule.Spec{Every: "1h"}, Template: schedule.Template{Type: "noop"}})
 			if err != nil {
 				t.Fatal(err)
 			}
