@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -182,6 +183,24 @@ func toServiceListJSON(r *taskdv1.ListMembersResponse, now time.Time) serviceLis
 	return out
 }
 
+// askDown asks each down member that has an address whether it is
+// starved of CPU: a starved node loses its session, so its record is gone
+// and only the node itself can say why. Each question is bounded to 1 s.
+func askDown(ctx context.Context, g *globals, v *serviceListJSON) {
+	for i := range v.Members {
+		m := &v.Members[i]
+		if m.State != "down" || m.Address == "" {
+			continue
+		}
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		r, _, err := ask(actx, g, g.memberEndpoint(m.Address), m.Name)
+		cancel()
+		if err == nil && r.Self == m.Name && r.SelfStarved {
+			m.Starved, m.StarvedReason = true, r.SelfStarvedReason
+		}
+	}
+}
+
 func serviceList(cmd *cobra.Command, g *globals) error {
 	c, err := g.client()
 	if err != nil {
@@ -194,6 +213,7 @@ func serviceList(cmd *cobra.Command, g *globals) error {
 		return fmt.Errorf("list members from %s: %w", g.endpoint, err)
 	}
 	v := toServiceListJSON(resp.Msg, time.Now())
+	askDown(ctx, g, &v)
 	if g.output == "json" {
 		enc := json.NewEncoder(g.out)
 		enc.SetIndent("", "  ")
@@ -233,7 +253,12 @@ func serviceList(cmd *cobra.Command, g *globals) error {
 			if m.Since == nil {
 				since = "never seen (" + strings.Join(m.Sources, ",") + ")"
 			}
-			fmt.Fprintf(tw, "%s\t%s\tdown\t%s\t-\t-\t-\t-\t-\t-\t-\t-\t-\n", m.Name, orDash(m.Address), since)
+			cpu := "-"
+			if m.Starved { // it answered: down because starved of CPU
+				cpu = "starved"
+				starved = append(starved, m.Name+": "+m.StarvedReason)
+			}
+			fmt.Fprintf(tw, "%s\t%s\tdown\t%s\t-\t-\t-\t-\t-\t%s\t-\t-\t-\n", m.Name, orDash(m.Address), since, cpu)
 			continue
 		}
 		role := "follower"

@@ -406,7 +406,7 @@ func (n *Node) runQuorum(ctx context.Context, q *quorum.Quorum, srvErrs <-chan e
 			q.SetHealth(ok, reason)
 		})
 	}()
-	defer probes.Wait()
+	defer func() { cancel(); probes.Wait() }() // the probes end with qctx
 	qerr := make(chan error, 1)
 	go func() { qerr <- q.Run(qctx) }()
 	select {
