@@ -397,9 +397,16 @@ func (q *Quorum) term(ctx context.Context, sess coord.Session) (joined bool, err
 	termCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	el := newElection(q, sess, log)
-	wg.Add(2)
+	wg.Add(1)
 	go func() { defer wg.Done(); el.run(termCtx) }()
-	go func() { defer wg.Done(); q.runKnown(termCtx, log) }()
+	// The known-member record is bookkeeping, not fenced work: the fence
+	// does not wait for it. A write of it that is in flight when the store
+	// is cut off can block until the client's own timeout (ZooKeeper
+	// requests take no context), which made fences finish after expiry.
+	var known sync.WaitGroup
+	known.Add(1)
+	go func() { defer known.Done(); q.runKnown(termCtx, log) }()
+	defer known.Wait()
 	if q.roles.Member != nil {
 		wg.Add(1)
 		go func() {

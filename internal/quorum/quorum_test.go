@@ -269,10 +269,16 @@ func testPartitionFence(t *testing.T, b backend) {
 	}); err != nil {
 		t.Fatalf("no successor: %v", err)
 	}
-	n1.mu.Lock()
-	fences := append([]quorum.FenceReport(nil), n1.fences...)
-	n1.mu.Unlock()
-	if len(fences) == 0 {
+	// The fence report reaches the hook once the fence's work is done;
+	// whether the fence itself finished before the session could expire is
+	// in the report's times, checked below, not in when it arrives.
+	var fences []quorum.FenceReport
+	if err := testenv.WaitFor(ctx, 20*time.Millisecond, func() bool {
+		n1.mu.Lock()
+		defer n1.mu.Unlock()
+		fences = append([]quorum.FenceReport(nil), n1.fences...)
+		return len(fences) > 0
+	}); err != nil {
 		t.Fatal("old leader never fenced")
 	}
 	f := fences[0]
