@@ -2,6 +2,7 @@ package tasktype
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -314,7 +315,7 @@ func (w *logWriter) Write(b []byte) (int, error) {
 	defer w.mu.Unlock()
 	w.buf = append(w.buf, b...)
 	for {
-		i := bytesIndexNL(w.buf)
+		i := bytes.IndexByte(w.buf, '\n')
 		if i < 0 {
 			if len(w.buf) > 4096 {
 				w.emit(string(w.buf))
@@ -339,13 +340,4 @@ func (w *logWriter) last() string {
 		return string(w.buf)
 	}
 	return w.tail
-}
-
-func bytesIndexNL(b []byte) int {
-	for i, c := range b {
-		if c == '\n' {
-			return i
-		}
-	}
-	return -1
 }
