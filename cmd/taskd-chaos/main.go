@@ -99,7 +99,15 @@ func run() int {
 		fmt.Printf("  faults by kind: %v\n", rep.FaultCounts)
 		fmt.Printf("  recovery: leader failover %s\n", stats.Summary(rep.LeaderFailover))
 		fmt.Printf("  recovery: task resume (last work of one attempt to first of the next) %s\n", stats.Summary(rep.Resume))
+		fmt.Printf("  recovery: task resume, gaps with at most one fault %s\n", stats.Summary(rep.ResumeSingle))
+		fmt.Printf("  recovery: task resume, gaps with two faults or more %s\n", stats.Summary(rep.ResumeCompound))
+		for _, s := range rep.SlowResumes {
+			fmt.Println("  " + s.String())
+		}
 		fmt.Printf("  recovery: vip move (last answer of one holder to first of the next) %s\n", stats.Summary(rep.VIPs))
+		for _, s := range rep.SlowVIPMoves {
+			fmt.Println("  " + s)
+		}
 		fmt.Println(rep.Summary())
 		summaries = append(summaries, rep.Summary())
 		if rep.Violations+rep.Lost+rep.Exits > 0 {

@@ -62,6 +62,14 @@ type Report struct {
 	Problems                     []string
 	FaultCounts                  map[string]int
 	LeaderFailover, Resume, VIPs []time.Duration
+	// ResumeSingle and ResumeCompound split Resume by the number of
+	// faults that fell into each gap (at most one, or more).
+	ResumeSingle, ResumeCompound []time.Duration
+	// SlowResumes explains every resume over 2 × timeout + 2 s.
+	SlowResumes []SlowResume
+	// SlowVIPMoves lists every VIP move over timeout + 2 s with the faults
+	// that fell into it.
+	SlowVIPMoves []string
 }
 
 // Summary is the one line the issue asks for.
@@ -92,6 +100,8 @@ type run struct {
 	faulted  map[string]bool // nodes under a fault now (no task creation there)
 	progress io.Writer
 	sampler  *harness.Proc // the ARP sampler in the client namespace
+	spans    []faultSpan   // the faults injected, in order
+	gaps     []resumeGap   // the resume samples, for the breakdown
 }
 
 func (r *run) logf(format string, args ...any) {
@@ -457,6 +467,7 @@ func (r *run) finish(ctx context.Context) {
 		}
 	}
 	r.checkLedger(last)
+	r.breakDownResumes()
 	r.checkTicks()
 	r.checkCopies(last)
 	r.checkVIP()
@@ -516,6 +527,7 @@ func (r *run) checkVIP() {
 		}
 		if lastMAC != "" && s.MACs[0] != lastMAC {
 			r.rep.VIPs = append(r.rep.VIPs, time.Duration(s.At-lastAt))
+			r.explainVIPMove(time.Unix(0, lastAt), time.Unix(0, s.At))
 		}
 		lastMAC, lastAt = s.MACs[0], s.At
 	}

@@ -66,6 +66,9 @@ func (r *run) faults(ctx context.Context) {
 			r.violation("no agreed leader with all members within 90s after fault %d (%s)", i, what)
 			r.heal()
 		}
+		r.mu.Lock()
+		r.spans = append(r.spans, faultSpan{n: i, kind: kind, what: what, began: began, whole: time.Now()})
+		r.mu.Unlock()
 		r.logf("fault %3d: %-12s %s; cluster whole again after %v", i, kind, what, time.Since(began).Round(100*time.Millisecond))
 		pause(ctx, 500*time.Millisecond+time.Duration(r.rng.Int64N(int64(time.Second))))
 	}
@@ -333,6 +336,7 @@ func (r *run) checkLedger(tasks map[string]taskView) {
 			}
 			if l.attempt > highest && highest > 0 {
 				r.rep.Resume = append(r.rep.Resume, time.Duration(l.at-lastAt))
+				r.gaps = append(r.gaps, resumeGap{task: id, from: highest, to: l.attempt, lastWork: time.Unix(0, lastAt), firstWork: time.Unix(0, l.at)})
 			}
 			highest = max(highest, l.attempt)
 			maxElapsed = max(maxElapsed, l.elapsedMS)
