@@ -34,6 +34,7 @@ commands:
   schedules  schedules on a 3-node cluster: tick -> task created latency, leader CPU with 10k idle schedules, kill -9 of the leader at a tick (lost/doubled ticks)
   vip-failover  kill -9 the VIP holder of a 3-node cluster in network namespaces, time until the VIP answers elsewhere (root)
   starve     one node of a 3-node cluster under decreasing CPU quotas (cgroup, root): fences and starvation per quota, the smallest quota without a fence
+  console    the web console in headless Chromium with 100k finished and 1k running tasks: first rows after a page load, live update of a new task
   vip-drain     taskctl vip drain between the nodes of a 3-node cluster in network namespaces, time until the VIP answers on the target (root)
 Run "taskd-bench COMMAND -h" for flags. Build first: the command builds taskd itself.
 `
@@ -46,7 +47,7 @@ func Main(args []string, out io.Writer) int {
 	}
 	cmds := map[string]func([]string, io.Writer) error{
 		"failover": failover, "handover": handover, "reconnect": reconnect, "idle": idle, "copy": copyBench, "vip-failover": vipFailover, "vip-drain": vipDrain, "tasks": taskBench,
-		"schedules": schedBench, "starve": starveBench,
+		"schedules": schedBench, "starve": starveBench, "console": consoleBench,
 		"arpsample": arpSample, // run by vip-failover inside the client namespace
 	}
 	f, ok := cmds[args[0]]

@@ -466,28 +466,8 @@ func getRecord(ctx context.Context, kv coord.Store, lay keys.Tasks, id string) (
 // runners leave them), adds paused tasks through the API, and times
 // ListTasks(status=unfinished).
 func listUnfinished(ctx context.Context, c *harness.Cluster, kv coord.Store, lay keys.Tasks, retained, n int) ([]time.Duration, int, error) {
-	now := time.Now().UTC()
-	const batch = 100
-	for i := 0; i < retained; i += batch {
-		var ops []coord.Op
-		for j := i; j < min(i+batch, retained); j++ {
-			id := uuid.NewString()
-			r := task.Record{ID: id, Type: "noop", Spec: json.RawMessage("{}"), State: task.Succeeded, MaxRetries: 3, Attempt: 1,
-				Created: now, Started: now, Finished: now, Updated: now,
-				History: []task.Attempt{{N: 1, Runner: "n1", Started: now, Ended: now, Outcome: "succeeded"}}}
-			b, err := json.Marshal(&r)
-			if err != nil {
-				return nil, 0, err
-			}
-			key, err := lay.DoneKey(id)
-			if err != nil {
-				return nil, 0, err
-			}
-			ops = append(ops, coord.CreateOp(key, b, nil))
-		}
-		if _, err := kv.Txn(ctx, nil, ops); err != nil {
-			return nil, 0, fmt.Errorf("store finished tasks: %w", err)
-		}
+	if err := storeFinished(ctx, kv, lay, retained); err != nil {
+		return nil, 0, err
 	}
 	api := c.Running()[0]
 	const unfinished = 50
@@ -512,4 +492,33 @@ func listUnfinished(ctx context.Context, c *harness.Cluster, kv coord.Store, lay
 		got = len(r.Msg.Tasks)
 	}
 	return lat, got, nil
+}
+
+// storeFinished stores n succeeded noop records directly, the way the
+// runners leave them, 100 to a transaction.
+func storeFinished(ctx context.Context, kv coord.Store, lay keys.Tasks, n int) error {
+	now := time.Now().UTC()
+	const batch = 100
+	for i := 0; i < n; i += batch {
+		var ops []coord.Op
+		for j := i; j < min(i+batch, n); j++ {
+			id := uuid.NewString()
+			r := task.Record{ID: id, Type: "noop", Spec: json.RawMessage("{}"), State: task.Succeeded, MaxRetries: 3, Attempt: 1,
+				Created: now, Started: now, Finished: now, Updated: now,
+				History: []task.Attempt{{N: 1, Runner: "n1", Started: now, Ended: now, Outcome: "succeeded"}}}
+			b, err := json.Marshal(&r)
+			if err != nil {
+				return err
+			}
+			key, err := lay.DoneKey(id)
+			if err != nil {
+				return err
+			}
+			ops = append(ops, coord.CreateOp(key, b, nil))
+		}
+		if _, err := kv.Txn(ctx, nil, ops); err != nil {
+			return fmt.Errorf("store finished tasks: %w", err)
+		}
+	}
+	return nil
 }

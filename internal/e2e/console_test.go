@@ -126,7 +126,42 @@ func TestConsole(t *testing.T) {
 	}
 	b.shot("timeline")
 
+	bulkActions(t, c, leader, b)
 	viewerCannotAct(t, c, leader, b)
+}
+
+// bulkActions: three tasks picked with the table's "select all" box are
+// paused, then cancelled, each with one click; the store says so.
+func bulkActions(t *testing.T, c *harness.Cluster, leader *harness.Node, b *browser) {
+	var ids []string
+	for range 3 {
+		ids = append(ids, create(t, leader, "sleep", sleepSpec(120*time.Second, 500*time.Millisecond, filepath.Join(t.TempDir(), "ledger"))))
+	}
+	b.goTo("#/tasks")
+	rows := fmt.Sprintf(`%q.split(' ').every((id) => document.querySelector('tr[data-task="' + id + '"] input[data-select]'))`, strings.Join(ids, " "))
+	pickAll := func(what string) {
+		b.waitJS(10*time.Second, "the three tasks selectable in the table ("+what+")", rows)
+		b.must(5*time.Second, "select all", chromedp.Click(`input[data-select="all"]`))
+		b.waitJS(5*time.Second, "three selected", `document.querySelectorAll('input[data-select]:checked:not([data-select="all"])').length === 3`)
+	}
+	all := func(state string) func(*taskdv1.Task) bool {
+		return func(tk *taskdv1.Task) bool { return tk.State == state }
+	}
+
+	pickAll("before pause")
+	b.must(5*time.Second, "pause selected", chromedp.Click(`button[data-bulk="PauseTask"]`))
+	b.waitJS(10*time.Second, "the bulk pause reported", `document.getElementById('bulk-result')?.textContent === 'Pause: 3 of 3 done'`)
+	for _, id := range ids {
+		waitTask(t, c, id, 10*time.Second, "paused", all("paused"))
+	}
+	b.shot("tasks-bulk")
+
+	pickAll("before cancel")
+	b.must(5*time.Second, "cancel selected", chromedp.Click(`button[data-bulk="CancelTask"]`))
+	b.waitJS(10*time.Second, "the bulk cancel reported", `document.getElementById('bulk-result')?.textContent === 'Cancel: 3 of 3 done'`)
+	for _, id := range ids {
+		waitTask(t, c, id, 10*time.Second, "cancelled", all("cancelled"))
+	}
 }
 
 // viewerCannotAct: a viewer sees a running task without any action, and
@@ -156,6 +191,9 @@ func viewerCannotAct(t *testing.T, c *harness.Cluster, leader *harness.Node, b *
 	b.waitJS(10*time.Second, "the viewer's task page", `document.getElementById('task-state')?.textContent === 'running'`)
 	b.goTo("#/tasks")
 	b.waitJS(10*time.Second, "the viewer's task table", fmt.Sprintf(`document.querySelector('tr[data-task=%q]')`, id))
+	if n, _ := eval[int](b, `document.querySelectorAll('#view input[data-select], #view button[data-bulk], #view button[data-action]').length`); n != 0 {
+		t.Errorf("the viewer's task table has %d selection boxes or action buttons; want none", n)
+	}
 	b.goTo("#/runners")
 	b.waitJS(10*time.Second, "the viewer's runner table", `document.querySelectorAll('tr[data-runner]').length === 3`)
 	b.goTo("#/task/" + id)

@@ -31,6 +31,24 @@ const Prefix = "/ui/"
 const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
 	"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
+// AssetBytes is the size of the console's files, the bytes the console
+// adds to the binary.
+func AssetBytes() (int64, error) {
+	var n int64
+	err := fs.WalkDir(assets, "assets", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		n += info.Size()
+		return nil
+	})
+	return n, err
+}
+
 // Handler serves the console's files under Prefix; "/ui" redirects there.
 func Handler() http.Handler {
 	sub, err := fs.Sub(assets, "assets")

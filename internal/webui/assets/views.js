@@ -52,9 +52,19 @@ function taskActions(t) {
   return h('span', { class: 'actions' }, out);
 }
 
-function taskRow(t) {
+const actionable = (t) => t.state === 'waiting' || t.state === 'running' || t.state === 'paused';
+
+// taskRow renders one task; selected, when given, is the bulk selection
+// the row's checkbox joins (operators only, unfinished tasks only).
+function taskRow(t, selected) {
+  let pick = '';
+  if (selected && may('operator') && actionable(t)) {
+    pick = h('input', { type: 'checkbox', 'aria-label': 'Select task ' + t.id, 'data-select': t.id });
+    pick.checked = selected.has(t.id);
+    pick.addEventListener('change', () => { if (pick.checked) selected.add(t.id); else selected.delete(t.id); selected.changed(); });
+  }
   return h('tr', { 'data-task': t.id, 'data-state': t.state },
-    h('td', {}, taskLink(t.id)), h('td', {}, t.type), h('td', { class: 'state-' + t.state }, t.state),
+    h('td', {}, pick), h('td', {}, taskLink(t.id)), h('td', {}, t.type), h('td', { class: 'state-' + t.state }, t.state),
     h('td', {}, t.runner || t.node || ''), h('td', {}, progress(t)), h('td', { class: 'reason' }, t.reason || (t.error ? t.error.message : '')),
     h('td', {}, fmtAgo(t.created)), h('td', {}, taskActions(t)));
 }
@@ -67,13 +77,39 @@ function viewTasks(root, scope) {
     key: h('input', { placeholder: 'id contains', 'aria-label': 'Filter by id' }) };
   let offset = 0, shown = new Map();
   const info = h('span', { id: 'task-count' });
+  // The bulk selection: ids picked on this page, acted on one call each.
+  const selected = new Set();
+  const bulkInfo = h('span', { id: 'bulk-result', role: 'status' });
+  const bulkButtons = [];
+  selected.changed = () => { for (const b of bulkButtons) b.disabled = selected.size === 0; bulkInfo.textContent = selected.size ? selected.size + ' selected' : ''; };
+  const bulk = (label, method) => {
+    const b = h('button', { type: 'button', 'data-bulk': method, 'aria-label': label + ' the selected tasks', onclick: async () => {
+      const ids = [...selected];
+      for (const x of bulkButtons) x.disabled = true;
+      const refused = [];
+      for (const id of ids) {
+        try { await call('TaskService', method, { id }); selected.delete(id); } catch (e) { refused.push(id + ': ' + (e.code || '') + ' ' + e.message); }
+      }
+      selected.changed();
+      bulkInfo.textContent = label + ': ' + (ids.length - refused.length) + ' of ' + ids.length + ' done' + (refused.length ? '; refused: ' + refused.join('; ') : '');
+      load();
+    } }, label + ' selected');
+    b.disabled = true;
+    bulkButtons.push(b);
+    return b;
+  };
+  const allBox = h('input', { type: 'checkbox', 'aria-label': 'Select every unfinished task on this page', 'data-select': 'all' });
+  allBox.addEventListener('change', () => {
+    for (const box of body.querySelectorAll('input[data-select]')) { box.checked = allBox.checked; box.dispatchEvent(new Event('change')); }
+  });
   const prev = h('button', { type: 'button', 'aria-label': 'Previous page', onclick: () => { offset = Math.max(0, offset - pageSize); load(); } }, '‹ Prev');
   const next = h('button', { type: 'button', 'aria-label': 'Next page', onclick: () => { offset += pageSize; load(); } }, 'Next ›');
   const body = h('tbody');
   root.append(h('h1', {}, 'Tasks'),
     h('div', { class: 'filters', role: 'search' }, f.status, f.type, f.node, f.key,
       h('button', { type: 'button', 'aria-label': 'Apply filters', onclick: () => { offset = 0; load(); } }, 'Filter')),
-    h('table', { 'aria-label': 'Tasks' }, h('thead', {}, h('tr', {}, ['ID', 'Type', 'State', 'Runner', 'Progress', 'Why waiting / error', 'Age', 'Actions'].map((c) => h('th', { scope: 'col' }, c)))), body),
+    may('operator') ? h('div', { class: 'bulk' }, bulk('Pause', 'PauseTask'), bulk('Resume', 'ResumeTask'), bulk('Cancel', 'CancelTask'), bulkInfo) : '',
+    h('table', { 'aria-label': 'Tasks' }, h('thead', {}, h('tr', {}, [may('operator') ? allBox : '', 'ID', 'Type', 'State', 'Runner', 'Progress', 'Why waiting / error', 'Age', 'Actions'].map((c) => h('th', { scope: 'col' }, c)))), body),
     h('div', { class: 'pager' }, prev, info, next));
   for (const k of ['type', 'node', 'key']) f[k].addEventListener('keydown', (e) => { if (e.key === 'Enter') { offset = 0; load(); } });
   f.status.addEventListener('change', () => { offset = 0; load(); });
@@ -84,7 +120,14 @@ function viewTasks(root, scope) {
       const r = await call('TaskService', 'ListTasks', req());
       const ts = r.tasks || [];
       shown = new Map(ts.map((t) => [t.id, t]));
-      body.replaceChildren(...ts.map(taskRow));
+      // The selection keeps only what this page still shows.
+      for (const id of [...selected]) if (!shown.has(id) || !actionable(shown.get(id))) selected.delete(id);
+      allBox.checked = false;
+      selected.changed();
+      body.replaceChildren(...ts.map((t) => taskRow(t, selected)));
+      // A user-timing mark at the first rows this page load shows (read
+      // by taskd-bench console; visible in the browser's performance tools).
+      if (ts.length && !performance.getEntriesByName('taskd:tasks-rendered').length) performance.mark('taskd:tasks-rendered');
       const total = r.total || 0;
       info.textContent = total ? (offset + 1) + '–' + (offset + ts.length) + ' of ' + total : 'no tasks';
       prev.disabled = offset === 0; next.disabled = offset + ts.length >= total;
@@ -113,12 +156,12 @@ function viewTasks(root, scope) {
       const prev = known.get(t.id);
       known.set(t.id, t.state);
       const row = body.querySelector('tr[data-task="' + CSS.escape(t.id) + '"]');
-      if (row && matches(t)) { row.replaceWith(taskRow(t)); shown.set(t.id, t); continue; }
+      if (row && matches(t)) { if (!actionable(t)) { selected.delete(t.id); selected.changed(); } row.replaceWith(taskRow(t, selected)); shown.set(t.id, t); continue; }
       if (!row && prev === t.state) continue; // progress of a task on another page
       if (!row && prev === undefined && matches(t) && offset === 0) {
         // A new task on the first page (newest first): show it now; the
         // refetch below corrects the page and the count.
-        body.prepend(taskRow(t)); shown = new Map([[t.id, t], ...shown]);
+        body.prepend(taskRow(t, selected)); shown = new Map([[t.id, t], ...shown]);
         if (body.children.length > pageSize) body.lastElementChild.remove();
       }
       if (row || matches(t)) refetch = true;

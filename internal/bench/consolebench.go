@@ -1,0 +1,224 @@
+package bench
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/chromedp/chromedp"
+	"github.com/taskd/taskd/api/taskdv1"
+	"github.com/taskd/taskd/internal/harness"
+	"github.com/taskd/taskd/internal/keys"
+	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/webui"
+)
+
+// consoleBench times the web console in headless Chromium with many
+// finished and many running tasks: the first rows of the task table after
+// a page load, and a new task's row appearing live.
+func consoleBench(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("console", flag.ContinueOnError)
+	backend := fs.String("backend", "embedded", "embedded or zk")
+	finished := fs.Int("finished", 100000, "finished tasks stored before the browser opens")
+	running := fs.Int("running", 1000, "running sleep tasks while the browser is open")
+	reps := fs.Int("reps", 5, "page loads timed")
+	updates := fs.Int("updates", 20, "live updates timed (one new task each)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	for _, v := range []struct {
+		name   string
+		v, max int
+	}{{"finished", *finished, 1000000}, {"running", *running, 3000}, {"reps", *reps, 100}, {"updates", *updates, 1000}} {
+		if v.v < 0 || v.v > v.max {
+			return fmt.Errorf("-%s must be 0-%d", v.name, v.max)
+		}
+	}
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		return fmt.Errorf("chromium (Debian package chromium): %w", err)
+	}
+	e, cleanup, err := setup(*backend, 6*time.Second)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	e.opts.Extra = append(e.opts.Extra, "--runner-capacity", fmt.Sprint(*running/3+*updates+10))
+	c, err := e.startCluster(3)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	st, err := harness.WaitAgreed(ctx, c.Nodes, 0)
+	if err != nil {
+		return err
+	}
+	kv, err := benchStore(*backend, c, e)
+	if err != nil {
+		return err
+	}
+	defer kv.Close()
+	root, err := keys.NewRoot(quorum.DefaultConfig().Root)
+	if err != nil {
+		return err
+	}
+	if err := storeFinished(ctx, kv, root.Tasks(), *finished); err != nil {
+		return err
+	}
+	api := c.Node(st.Leader)
+	if err := waitRunners(ctx, api, 3); err != nil {
+		return err
+	}
+	if err := startSleepers(ctx, api, *running); err != nil {
+		return err
+	}
+	ui, err := webui.AssetBytes()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "console: backend=%s 3 nodes, %d finished tasks, %d running; the console's files: %d bytes in the binary\n", *backend, *finished, *running, ui)
+
+	bctx, stop, err := startChromium(ctx, chromium, c, e.dir)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	page := "https://" + api.API + "/ui/"
+	if err := chromedp.Do(bctx, chromedp.Navigate(page), chromedp.WaitVisible(`#token`),
+		chromedp.SendKeys(`#token`, api.Token), chromedp.Click(`#login-submit`)); err != nil {
+		return fmt.Errorf("log in: %w", err)
+	}
+	if _, err := waitEval[int](bctx, 10*time.Second, `document.getElementById('view').checkVisibility() && document.getElementById('who').textContent !== '' ? 1 : 0`); err != nil {
+		return fmt.Errorf("log in: %w", err)
+	}
+	var paints []time.Duration
+	for range *reps {
+		// A page load of the task table: the token stays in the tab.
+		if err := chromedp.Do(bctx, chromedp.Navigate("about:blank"), chromedp.Navigate(page+"#/tasks")); err != nil {
+			return fmt.Errorf("load the task table: %w", err)
+		}
+		ms, err := waitEval[float64](bctx, 20*time.Second, `(performance.getEntriesByName('taskd:tasks-rendered')[0] || {}).startTime || 0`)
+		if err != nil {
+			return fmt.Errorf("the task table's first rows: %w", err)
+		}
+		paints = append(paints, time.Duration(ms*float64(time.Millisecond)))
+	}
+	fmt.Fprintf(out, "first rows of the task table after a page load (navigation start -> rows shown, 50 of %d): %s\n", *finished+*running, summary(paints))
+
+	// Live: the page records when each row first appears (its clock is
+	// this machine's); the row of a new task is awaited after its create.
+	if _, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`(() => { window.__seen = {};
+		new MutationObserver(() => { for (const r of document.querySelectorAll('tr[data-task]')) if (!(r.dataset.task in window.__seen)) window.__seen[r.dataset.task] = Date.now(); })
+			.observe(document.getElementById('view'), { subtree: true, childList: true }); return true; })()`)); err != nil {
+		return fmt.Errorf("watch the table: %w", err)
+	}
+	var live []time.Duration
+	for range *updates {
+		start := time.Now()
+		id, err := createTask(ctx, api, &taskdv1.CreateTaskRequest{Type: "sleep", Spec: `{"duration":"1h"}`})
+		if err != nil {
+			return err
+		}
+		at, err := waitEval[float64](bctx, 10*time.Second, fmt.Sprintf(`window.__seen[%q] || 0`, id))
+		if err != nil {
+			return fmt.Errorf("task %s never showed in the table: %w", id, err)
+		}
+		live = append(live, time.UnixMilli(int64(at)).Sub(start))
+	}
+	fmt.Fprintf(out, "live update (create call -> the new task's row in the open table, %d running): %s\n", *running, summary(live))
+	return nil
+}
+
+// startSleepers creates n hour-long sleep tasks and waits until all run.
+func startSleepers(ctx context.Context, api *harness.Node, n int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 16 {
+				if _, err := createTask(ctx, api, &taskdv1.CreateTaskRequest{Type: "sleep", Spec: `{"duration":"1h"}`}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := errors.Join(func() (all []error) {
+		for err := range errs {
+			all = append(all, err)
+		}
+		return all
+	}()...); err != nil {
+		return err
+	}
+	return harness.WaitFor(ctx, 200*time.Millisecond, func() bool {
+		r, err := api.Client().Tasks.ListTasks(ctx, connect.NewRequest(&taskdv1.ListTasksRequest{Status: "running", Limit: 1}))
+		return err == nil && int(r.Msg.Total) >= n
+	})
+}
+
+// startChromium starts headless Chromium that trusts exactly the nodes'
+// certificates and resolves no host name (it reaches only loopback).
+func startChromium(ctx context.Context, bin string, c *harness.Cluster, dir string) (context.Context, func(), error) {
+	var spki []string
+	for _, n := range c.Nodes {
+		if n.Creds == nil {
+			return nil, nil, fmt.Errorf("node %s has no credentials", n.Name)
+		}
+		sum := sha256.Sum256(n.Creds.Leaf.RawSubjectPublicKeyInfo)
+		spki = append(spki, base64.StdEncoding.EncodeToString(sum[:]))
+	}
+	profile, err := os.MkdirTemp(dir, "chromium")
+	if err != nil {
+		return nil, nil, err
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(bin), chromedp.UserDataDir(profile), chromedp.NoSandbox,
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("ignore-certificate-errors-spki-list", strings.Join(spki, ",")),
+		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("no-proxy-server", true),
+		chromedp.WindowSize(1400, 900),
+	)
+	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
+	bctx, cancel := chromedp.NewContext(actx)
+	stop := func() {
+		cancel()
+		cancelAlloc() // kills Chromium and waits for it
+	}
+	if err := chromedp.Do(bctx); err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("start chromium: %w", err)
+	}
+	return bctx, stop, nil
+}
+
+// waitEval evaluates expr every 5 ms until it is not zero.
+func waitEval[T float64 | int](ctx context.Context, limit time.Duration, expr string) (T, error) {
+	wctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	var v T
+	err := harness.WaitFor(wctx, 5*time.Millisecond, func() bool {
+		got, err := chromedp.Run(wctx, chromedp.Evaluate[T](expr))
+		v = got
+		return err == nil && got != 0
+	})
+	return v, err
+}
