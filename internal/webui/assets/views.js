@@ -79,13 +79,16 @@ function viewTasks(root, scope) {
   const info = h('span', { id: 'task-count' });
   // The bulk selection: ids picked on this page, acted on one call each.
   const selected = new Set();
+  const bulkCount = h('span', { id: 'bulk-count' });
   const bulkInfo = h('span', { id: 'bulk-result', role: 'status' });
   const bulkButtons = [];
-  selected.changed = () => { for (const b of bulkButtons) b.disabled = selected.size === 0; bulkInfo.textContent = selected.size ? selected.size + ' selected' : ''; };
+  selected.changed = () => { for (const b of bulkButtons) b.disabled = selected.size === 0; bulkCount.textContent = selected.size ? selected.size + ' selected' : ''; };
   const bulk = (label, method) => {
     const b = h('button', { type: 'button', 'data-bulk': method, 'aria-label': label + ' the selected tasks', onclick: async () => {
       const ids = [...selected];
       for (const x of bulkButtons) x.disabled = true;
+      allBox.checked = false;
+      bulkInfo.textContent = label + ': ' + ids.length + ' …';
       const refused = [];
       for (const id of ids) {
         try { await call('TaskService', method, { id }); selected.delete(id); } catch (e) { refused.push(id + ': ' + (e.code || '') + ' ' + e.message); }
@@ -108,7 +111,7 @@ function viewTasks(root, scope) {
   root.append(h('h1', {}, 'Tasks'),
     h('div', { class: 'filters', role: 'search' }, f.status, f.type, f.node, f.key,
       h('button', { type: 'button', 'aria-label': 'Apply filters', onclick: () => { offset = 0; load(); } }, 'Filter')),
-    may('operator') ? h('div', { class: 'bulk' }, bulk('Pause', 'PauseTask'), bulk('Resume', 'ResumeTask'), bulk('Cancel', 'CancelTask'), bulkInfo) : '',
+    may('operator') ? h('div', { class: 'bulk' }, bulk('Pause', 'PauseTask'), bulk('Resume', 'ResumeTask'), bulk('Cancel', 'CancelTask'), bulkCount, bulkInfo) : '',
     h('table', { 'aria-label': 'Tasks' }, h('thead', {}, h('tr', {}, [may('operator') ? allBox : '', 'ID', 'Type', 'State', 'Runner', 'Progress', 'Why waiting / error', 'Age', 'Actions'].map((c) => h('th', { scope: 'col' }, c)))), body),
     h('div', { class: 'pager' }, prev, info, next));
   for (const k of ['type', 'node', 'key']) f[k].addEventListener('keydown', (e) => { if (e.key === 'Enter') { offset = 0; load(); } });
