@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
@@ -129,16 +130,30 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		defer m.Tasks.Reset() // only the leader exports task counts
 	}
 
+	// Finished tasks are collected beside the dispatch loop, not in it: a
+	// collection reads every shard of the finished tasks (256 reads, each
+	// a round trip on ZooKeeper), and a new leader that collected first
+	// left the tasks of a dead runner waiting for seconds (issue 19).
+	gcCtx, stopGC := context.WithCancel(ctx)
+	gcErr := make(chan error, 1)
+	var gcDone sync.WaitGroup
+	gcDone.Add(1)
+	go func() { defer gcDone.Done(); gcErr <- d.collectLoop(gcCtx, l, log) }()
+	defer func() { stopGC(); gcDone.Wait() }()
+
 	wake := time.NewTimer(time.Hour)
 	wake.Stop()
-	gc := time.NewTimer(0) // collect once at the start of each leadership
 	defer wake.Stop()
-	defer gc.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			log.Info("dispatcher stopped")
 			return nil
+		case err := <-gcErr:
+			if err != nil {
+				return err
+			}
+			continue
 		case ev, ok := <-watches[watchTasks]:
 			if !st.apply(watchTasks, ev, ok, log) {
 				return nil
@@ -153,15 +168,6 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 			}
 		case <-wake.C:
 			st.dirty = true
-		case <-gc.C:
-			if err := d.collect(ctx, l, log); err != nil {
-				if errors.Is(err, quorum.ErrFenced) {
-					return fmt.Errorf("collect finished tasks: %w", err)
-				}
-				log.Warn("collecting finished tasks failed; next try at the next interval", "err", err)
-			}
-			gc.Reset(d.cfg.GCInterval)
-			continue
 		}
 		// Drain whatever else is pending, so one pass covers a burst.
 		if !d.drain(ctx, st, watches, log) {
@@ -483,52 +489,5 @@ func (d *Dispatcher) giveBack(ctx context.Context, txn task.TxnFunc, r *task.Rec
 		m.GivenBack.Inc()
 	}
 	log.Info("task given back: its runner's session ended", "event", "task_reassigned", "task", r.ID, "attempt", r.Attempt, "runner", r.Runner, "state", g.State)
-	return nil
-}
-
-// collect deletes finished tasks older than the retention.
-func (d *Dispatcher) collect(ctx context.Context, l *quorum.Leadership, log *slog.Logger) error {
-	cutoff := d.store.Now().Add(-d.cfg.Retention)
-	lay := d.store.Layout()
-	n := 0
-	for _, shard := range task.Shards() {
-		dir, err := lay.DoneShardDir(shard)
-		if err != nil {
-			return err
-		}
-		kvs, err := d.store.ListDone(ctx, shard)
-		if err != nil {
-			return fmt.Errorf("list finished tasks: %w", err)
-		}
-		var conds []coord.Cond
-		var ops []coord.Op
-		for _, kv := range kvs {
-			if _, err := keys.Child(dir, kv.Key, keys.ValidTaskID); err != nil {
-				continue // not a task taskd wrote: left alone
-			}
-			r, err := task.Decode(kv.Key, kv.Value, kv.Version)
-			if err != nil || !r.Finished.Before(cutoff) {
-				continue
-			}
-			conds = append(conds, coord.VersionIs(kv.Key, kv.Version))
-			ops = append(ops, coord.DeleteOp(kv.Key))
-			if len(ops) == batchSize {
-				if _, err := l.Txn(ctx, conds, ops); err != nil && !errors.Is(err, coord.ErrConflict) {
-					return fmt.Errorf("delete finished tasks: %w", err)
-				}
-				n += len(ops)
-				conds, ops = nil, nil
-			}
-		}
-		if len(ops) > 0 {
-			if _, err := l.Txn(ctx, conds, ops); err != nil && !errors.Is(err, coord.ErrConflict) {
-				return fmt.Errorf("delete finished tasks: %w", err)
-			}
-			n += len(ops)
-		}
-	}
-	if n > 0 {
-		log.Info("finished tasks collected", "count", n, "retention", d.cfg.Retention)
-	}
 	return nil
 }

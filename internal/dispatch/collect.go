@@ -1,0 +1,85 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
+	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/task"
+)
+
+// collectLoop collects finished tasks once at the start of the leadership
+// and then every GCInterval, until ctx ends (nil) or the leadership is
+// fenced (the error).
+func (d *Dispatcher) collectLoop(ctx context.Context, l *quorum.Leadership, log *slog.Logger) error {
+	gc := time.NewTimer(0)
+	defer gc.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-gc.C:
+		}
+		if err := d.collect(ctx, l, log); err != nil {
+			if errors.Is(err, quorum.ErrFenced) {
+				return fmt.Errorf("collect finished tasks: %w", err)
+			}
+			if ctx.Err() == nil {
+				log.Warn("collecting finished tasks failed; next try at the next interval", "err", err)
+			}
+		}
+		gc.Reset(d.cfg.GCInterval)
+	}
+}
+
+// collect deletes finished tasks older than the retention.
+func (d *Dispatcher) collect(ctx context.Context, l *quorum.Leadership, log *slog.Logger) error {
+	cutoff := d.store.Now().Add(-d.cfg.Retention)
+	lay := d.store.Layout()
+	n := 0
+	for _, shard := range task.Shards() {
+		dir, err := lay.DoneShardDir(shard)
+		if err != nil {
+			return err
+		}
+		kvs, err := d.store.ListDone(ctx, shard)
+		if err != nil {
+			return fmt.Errorf("list finished tasks: %w", err)
+		}
+		var conds []coord.Cond
+		var ops []coord.Op
+		for _, kv := range kvs {
+			if _, err := keys.Child(dir, kv.Key, keys.ValidTaskID); err != nil {
+				continue // not a task taskd wrote: left alone
+			}
+			r, err := task.Decode(kv.Key, kv.Value, kv.Version)
+			if err != nil || !r.Finished.Before(cutoff) {
+				continue
+			}
+			conds = append(conds, coord.VersionIs(kv.Key, kv.Version))
+			ops = append(ops, coord.DeleteOp(kv.Key))
+			if len(ops) == batchSize {
+				if _, err := l.Txn(ctx, conds, ops); err != nil && !errors.Is(err, coord.ErrConflict) {
+					return fmt.Errorf("delete finished tasks: %w", err)
+				}
+				n += len(ops)
+				conds, ops = nil, nil
+			}
+		}
+		if len(ops) > 0 {
+			if _, err := l.Txn(ctx, conds, ops); err != nil && !errors.Is(err, coord.ErrConflict) {
+				return fmt.Errorf("delete finished tasks: %w", err)
+			}
+			n += len(ops)
+		}
+	}
+	if n > 0 {
+		log.Info("finished tasks collected", "count", n, "retention", d.cfg.Retention)
+	}
+	return nil
+}
