@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/taskd/taskd/internal/node"
+	"github.com/taskd/taskd/internal/volcmd"
 	"github.com/taskd/taskd/internal/volcopy"
 )
 
@@ -59,10 +60,12 @@ func exitCode(err error) int {
 		return ExitUsage
 	case errors.Is(err, errForced):
 		return ExitForced
-	case errors.Is(err, errInterrupted):
-		return ExitCopyInterrupted
+	case errors.As(err, new(volcmd.UsageError)):
+		return ExitUsage
+	case errors.Is(err, volcmd.ErrInterrupted):
+		return volcmd.ExitCopyInterrupted
 	case errors.Is(err, volcopy.ErrVerify):
-		return ExitCopyVerify
+		return volcmd.ExitCopyVerify
 	case errors.Is(err, node.ErrConfig):
 		return ExitConfig
 	case errors.Is(err, node.ErrDataDir):
@@ -137,7 +140,9 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&cfg.EtcdLogLevel, "etcd-log-level", cfg.EtcdLogLevel, "embedded etcd: log level (debug, info, warn, error)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	cmd.AddCommand(newVolumeCmd())
+	vol := &cobra.Command{Use: "volume", Short: "Local volume commands that run in this process"}
+	vol.AddCommand(volcmd.NewCopyCmd("copy SRC DST"))
+	cmd.AddCommand(vol)
 	return cmd
 }
 

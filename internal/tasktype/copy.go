@@ -155,7 +155,7 @@ func (c Copy) Run(ctx context.Context, raw json.RawMessage, cp []byte, r task.Re
 			return nil
 		},
 	}
-	env := volume.Options{Confined: true, Roots: c.Roots, NBDSocketDirs: c.NBDSocketDirs, NBDAllowHosts: c.NBDAllowHosts, Direct: true}
+	env := volume.Options{Confined: true, Roots: c.Roots, NBDSocketDirs: c.NBDSocketDirs, NBDAllowHosts: c.NBDAllowHosts}
 	job, err := volcopy.Prepare(ctx, s.Spec, env, opts)
 	if err != nil {
 		if errors.Is(err, volcopy.ErrInvalid) {
