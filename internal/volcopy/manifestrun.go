@@ -1,0 +1,149 @@
+package volcopy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/taskd/taskd/internal/volume"
+)
+
+// manifestRun is the manifest side of one copy run: the old manifest it
+// compares with (if it can be trusted) and the new one it writes.
+type manifestRun struct {
+	sc   volume.Sidecars
+	bs   int64
+	old  *manifestFile // nil: compare with the target's content
+	next *manifestFile // nil: this run leaves no manifest
+	// trustFrom: a resumed run compares the units the cut-off run may
+	// have written (up to one extent past its checkpoint) with the
+	// target, not with the old manifest.
+	trustFrom int64
+	log       *slog.Logger
+}
+
+// openManifests decides what the run compares with and starts the new
+// manifest. Only a failure to tell what the target is stops the copy; a
+// manifest that cannot be read, trusted or written only costs speed (the
+// copy compares with the target) or the next run's speed (no manifest is
+// left).
+func (c *Copier) openManifests() error {
+	sc, err := volume.SidecarsOf(c.dst)
+	if err != nil {
+		return fmt.Errorf("%w: --manifest: %w", ErrInvalid, err)
+	}
+	target, ok := c.dst.(volume.File)
+	if !ok {
+		return fmt.Errorf("%w: --manifest needs a regular file target", ErrInvalid)
+	}
+	m := &manifestRun{sc: sc, bs: int64(c.opts.BlockSize), log: c.log}
+	c.manifest = m
+	size := c.src.Size()
+	resume := c.opts.Resume != nil
+	if c.mode == ModeManifest {
+		old, err := openOldManifest(sc, c.opts.BlockSize, size)
+		if err == nil {
+			switch {
+			case resume && (c.resumed.Against == "" || old.idString() != c.resumed.Against):
+				err = fmt.Errorf("%w: not the manifest the cut-off run compared with", errManifest)
+			case resume:
+				// The cut-off run changed the target (its ctime);
+				// the checkpoint vouches for what it did up to Next.
+				m.trustFrom = c.resumed.Next + int64(c.lag)*c.unit
+			default:
+				st, serr := target.State()
+				if serr != nil {
+					err = serr
+				} else if !sameTarget(old.head.target, st) {
+					err = fmt.Errorf("%w: the target changed since the manifest was written", errManifest)
+				}
+			}
+			if err != nil {
+				old.f.Close()
+			}
+		}
+		switch {
+		case err == nil:
+			m.old = old
+		case errors.Is(err, os.ErrNotExist):
+			c.log.Info("no manifest beside the target: comparing with the target")
+		default:
+			c.log.Warn("manifest not trusted: comparing with the target", "reason", err)
+		}
+	}
+	if resume {
+		err = fmt.Errorf("%w: the checkpoint names no manifest", errManifest)
+		if c.resumed.Manifest != "" {
+			m.next, err = resumeManifest(sc, c.resumed.Manifest, c.opts.BlockSize, size, c.resumed.Next)
+		}
+	} else {
+		m.next, err = createManifest(sc, c.opts.BlockSize, size)
+	}
+	if err != nil {
+		m.next = nil
+		c.log.Warn("this copy leaves no manifest (the next one compares with the target)", "reason", err)
+	}
+	c.resumed.Manifest, c.resumed.Against = "", ""
+	if m.next != nil {
+		c.resumed.Manifest = m.next.idString()
+	}
+	if m.old != nil {
+		c.resumed.Against = m.old.idString()
+	}
+	return nil
+}
+
+// trusted says whether unit e may be compared with the old manifest.
+func (m *manifestRun) trusted(e *extentWork) bool {
+	return m != nil && m.old != nil && e.off >= m.trustFrom
+}
+
+// sync makes the new manifest's entries durable before a checkpoint
+// claims them.
+func (m *manifestRun) sync() error {
+	if m == nil || m.next == nil {
+		return nil
+	}
+	if err := m.next.f.Sync(); err != nil {
+		return fmt.Errorf("sync new manifest: %w", err)
+	}
+	return nil
+}
+
+// record writes the entries of the blocks of [off, off+len(cur)*bs).
+func (m *manifestRun) record(off int64, cur []entry) error {
+	if m == nil || m.next == nil {
+		return nil
+	}
+	return m.next.writeEntries(off/m.bs, cur)
+}
+
+// finish commits the new manifest after a successful copy. A manifest
+// that cannot be committed is removed along with the old one: the next
+// copy then compares with the target instead of trusting a stale one.
+func (m *manifestRun) finish(dst volume.Volume) {
+	err := fmt.Errorf("%w: none was written", errManifest)
+	if m.next != nil {
+		var st volume.FileState
+		if st, err = dst.(volume.File).State(); err == nil {
+			err = m.next.commit(m.sc, st)
+		}
+		if err == nil {
+			return
+		}
+	}
+	m.log.Warn("no manifest left beside the target (the next copy compares with the target)", "reason", err)
+	if rerr := m.sc.RemoveSidecar(manifestSuffix); rerr != nil {
+		m.log.Warn("could not remove the old manifest", "reason", rerr)
+	}
+}
+
+func (m *manifestRun) close() {
+	if m.old != nil {
+		m.old.f.Close()
+	}
+	if m.next != nil {
+		m.next.f.Close()
+	}
+}
