@@ -27,6 +27,11 @@ type copyTool struct {
 	reset  func() error
 	stop   func() []*syscall.Rusage // servers of the NBD path
 	limit  limitKind                // a dd run of the set's limit line, not a copy
+	// incremental marks the set's incremental row (compared with the
+	// full copy, not with the other tools); it copies onto what source
+	// (its own, not the set's) was made from.
+	incremental bool
+	source      string
 }
 
 type copyResult struct {
@@ -130,7 +135,11 @@ func copyBench(args []string, out io.Writer) error {
 					}
 					results[t.name] = r
 				}
-				if err := runTool(t, r, s.source, *drop); err != nil {
+				want := s.source
+				if t.source != "" {
+					want = t.source
+				}
+				if err := runTool(t, r, want, *drop); err != nil {
 					return fmt.Errorf("set %s, %s, repetition %d: %w", s.name, t.name, rep+1, err)
 				}
 			}
@@ -173,7 +182,11 @@ func makeSet(name string, gen imageGen, dir string, img func(string) string, tas
 		if err != nil {
 			return nil, err
 		}
-		return &copySet{name: name, source: src, size: gen.size, tools: local(src)}, nil
+		incr, err := incrementalTool(gen, src, dst, taskd, fresh)
+		if err != nil {
+			return nil, err
+		}
+		return &copySet{name: name, source: src, size: gen.size, tools: append(local(src), incr)}, nil
 	case "incremental":
 		base, err := ensure(imgBase)
 		if err != nil {
@@ -424,7 +437,7 @@ func printSet(out io.Writer, s *copySet, results map[string]*copyResult) {
 	first := results[s.tools[0].name]
 	fmt.Fprintln(out)
 	for _, t := range s.tools[1:] {
-		if t.limit != limitNone {
+		if t.limit != limitNone || t.incremental {
 			continue
 		}
 		r := results[t.name]
@@ -433,4 +446,5 @@ func printSet(out io.Writer, s *copySet, results map[string]*copyResult) {
 			median(first.walls).Seconds()/median(r.walls).Seconds(), lo, hi)
 	}
 	printLimit(out, s, results)
+	printIncremental(out, s, results)
 }
