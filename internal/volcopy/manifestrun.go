@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/taskd/taskd/internal/volume"
 )
@@ -126,7 +129,7 @@ func (m *manifestRun) finish(dst volume.Volume) {
 	err := fmt.Errorf("%w: none was written", errManifest)
 	if m.next != nil {
 		var st volume.FileState
-		if st, err = dst.(volume.File).State(); err == nil {
+		if st, err = settledState(dst.(volume.File)); err == nil {
 			err = m.next.commit(m.sc, st)
 		}
 		if err == nil {
@@ -138,6 +141,36 @@ func (m *manifestRun) finish(dst volume.Volume) {
 		m.log.Warn("could not remove the old manifest", "reason", rerr)
 	}
 }
+
+// settledState is the target's state once the clock that stamps ctime has
+// moved past the recorded ctime. A file system that stamps ctime from the
+// coarse clock (one tick is up to 10 ms) does not change ctime for a write
+// in the same tick as the last one: recorded earlier, a write right after
+// the copy could leave the manifest looking current. Any write after this
+// returns gets a later ctime.
+func settledState(f volume.File) (volume.FileState, error) {
+	deadline := time.Now().Add(settleLimit)
+	for {
+		st, err := f.State()
+		if err != nil {
+			return st, err
+		}
+		var now unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_REALTIME_COARSE, &now); err != nil {
+			return st, fmt.Errorf("read the clock: %w", err)
+		}
+		if now.Sec > st.CtimeSec || now.Sec == st.CtimeSec && now.Nsec > st.CtimeNsec {
+			return st, nil
+		}
+		if time.Now().After(deadline) {
+			return st, fmt.Errorf("%w: the target's change time %d.%09d stays ahead of the clock", errManifest, st.CtimeSec, st.CtimeNsec)
+		}
+		time.Sleep(time.Millisecond) // the next tick of the coarse clock
+	}
+}
+
+// settleLimit bounds settledState: many ticks of any kernel's clock.
+const settleLimit = 200 * time.Millisecond
 
 func (m *manifestRun) close() {
 	if m.old != nil {
