@@ -206,16 +206,7 @@ func makeSet(name string, gen imageGen, dir string, img func(string) string, tas
 		}
 		// The target holds the base and the manifest the copy of the
 		// base left beside it (made untimed by taskd itself).
-		fromBaseWithManifest := func() error {
-			if err := fresh(); err != nil {
-				return err
-			}
-			out, err := runQuiet(taskd, "volume", "copy", "--manifest", base, dst, "--progress", "none")
-			if err != nil {
-				return fmt.Errorf("taskd volume copy --manifest %s: %v: %s", base, err, out)
-			}
-			return nil
-		}
+		fromBaseWithManifest := copyWithManifest(taskd, base, dst, fresh)
 		return &copySet{name: "incremental (base + 10k random 4 KiB writes)", source: src, size: gen.size, tools: []*copyTool{
 			{name: "taskd --manifest", argv: []string{taskd, "volume", "copy", src, dst, "--manifest", "--progress", "none"}, target: dst, reset: fromBaseWithManifest},
 			{name: "taskd --base", argv: []string{taskd, "volume", "copy", src, dst, "--base", base, "--progress", "none"}, target: dst, reset: fromBase},

@@ -29,17 +29,23 @@ func incrementalTool(gen imageGen, image, dst, taskd string, fresh func() error)
 		target:      dst,
 		incremental: true,
 		source:      changed,
-		reset: func() error {
-			if err := fresh(); err != nil {
-				return err
-			}
-			out, err := runQuiet(taskd, "volume", "copy", "--manifest", image, dst, "--progress", "none")
-			if err != nil {
-				return fmt.Errorf("taskd volume copy --manifest %s: %v: %s", image, err, out)
-			}
-			return nil
-		},
+		reset:       copyWithManifest(taskd, image, dst, fresh),
 	}, nil
+}
+
+// copyWithManifest is a reset: a fresh target that holds from and the
+// manifest taskd left beside it when it copied from (untimed).
+func copyWithManifest(taskd, from, dst string, fresh func() error) func() error {
+	return func() error {
+		if err := fresh(); err != nil {
+			return err
+		}
+		out, err := runQuiet(taskd, "volume", "copy", "--manifest", from, dst, "--progress", "none")
+		if err != nil {
+			return fmt.Errorf("taskd volume copy --manifest %s: %v: %s", from, err, out)
+		}
+		return nil
+	}
 }
 
 // printIncremental compares the incremental row with the set's full copy
