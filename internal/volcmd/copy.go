@@ -2,7 +2,7 @@
 // `taskd volume copy` and `taskd-copy`. taskd-copy is the same command in a
 // binary that does not link the daemon (etcd, gRPC, the API): it starts in
 // about a tenth of the time, which is most of a small copy's overhead over
-// cp (docs/volume-copy.md#why-it-is-fast).
+// cp (docs/volume-copy.md#how-a-copy-moves-data).
 package volcmd
 
 import (

@@ -151,7 +151,7 @@ type plan struct {
 	why        string
 }
 
-// Defaults of each path (docs/volume-copy.md#why-it-is-fast says why, and
+// Defaults of each path (docs/volume-copy.md#how-a-copy-moves-data says why, and
 // docs/benchmarks/2026-11-26-copy-engine-*.txt holds the measurements).
 const (
 	// The page cache path: few large requests. The kernel's readahead
