@@ -261,37 +261,6 @@ func createManifest(sc volume.Sidecars, blockSize int, size int64) (*manifestFil
 	return &manifestFile{f: f, head: h}, nil
 }
 
-// resumeManifest reopens the temporary file of an earlier run of the same
-// copy (its id is in the checkpoint) and clears the entries from next on,
-// which that run may have written past its last checkpoint.
-func resumeManifest(sc volume.Sidecars, id string, blockSize int, size, next int64) (*manifestFile, error) {
-	f, err := sc.CreateSidecar(manifestSuffix, true)
-	if err != nil {
-		return nil, err
-	}
-	fail := func(err error) (*manifestFile, error) { f.Close(); return nil, err }
-	b := make([]byte, manifestHeader)
-	if _, err := f.ReadAt(b, 0); err != nil {
-		return fail(fmt.Errorf("%w: header: %v", errManifest, err))
-	}
-	h, err := decodeHead(b)
-	if err != nil {
-		return fail(err)
-	}
-	m := &manifestFile{f: f, head: h}
-	if m.idString() != id || int(h.blockSize) != blockSize || h.size != size {
-		return fail(fmt.Errorf("%w: the temporary manifest belongs to another run", errManifest))
-	}
-	keep := manifestHeader + next/int64(blockSize)*entrySize
-	if err := f.Truncate(keep); err != nil {
-		return fail(err)
-	}
-	if err := f.Truncate(h.fileSize()); err != nil {
-		return fail(err)
-	}
-	return m, nil
-}
-
 // commit records the target's state and the checksums, makes the file
 // durable and renames it over the old manifest.
 func (m *manifestFile) commit(sc volume.Sidecars, target volume.FileState) error {

@@ -180,3 +180,64 @@ func TestManifestWriteRightAfterTheCopy(t *testing.T) {
 		mustCompare(t, p, a, x)
 	}
 }
+
+// TestManifestResumeAfterATargetWrite: a manifest copy is cut off, the
+// target is written to before the copy resumes (beyond where the cut-off
+// run could have written), and the copy resumes from its checkpoint. The
+// old manifest no longer describes that part of the target; a resumed run
+// that trusted it there would leave the foreign write in place.
+func TestManifestResumeAfterATargetWrite(t *testing.T) {
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(6, 6))
+	src := writeImage(t, filepath.Join(dir, "src"), 16<<20, rng)
+	a := filepath.Join(dir, "a")
+	if _, err := manifestCopy(t, src.path, a, volcopy.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	// Change every other block of the first 4 MiB: many small writes.
+	f, err := os.OpenFile(src.path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < 4<<20; off += 2 * blk {
+		fillRandom(rng, src.data[off:off+blk])
+		if _, err := f.WriteAt(src.data[off:off+blk], int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	var last []byte
+	var writes atomic.Int64
+	cut := errors.New("cut off")
+	_, err = manifestCopy(t, src.path, a, volcopy.Options{
+		OnCheckpoint: func(cp []byte) error { last = append([]byte(nil), cp...); return nil },
+		MayWrite: func() error {
+			if writes.Add(1) > 150 {
+				return cut
+			}
+			return nil
+		},
+	})
+	if !errors.Is(err, cut) || last == nil {
+		t.Fatalf("want a copy cut off after a checkpoint: err %v, checkpoint %v", err, last != nil)
+	}
+	// A foreign write far past the cut, where the source did not change.
+	off := int64(15 << 20)
+	g, err := os.OpenFile(a, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := make([]byte, blk)
+	for i := range junk {
+		junk[i] = 0x77
+	}
+	_, err = g.WriteAt(junk, off)
+	g.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := manifestCopy(t, src.path, a, volcopy.Options{Resume: last}); err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, a, src.data)
+}

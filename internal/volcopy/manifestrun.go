@@ -19,11 +19,7 @@ type manifestRun struct {
 	bs   int64
 	old  *manifestFile // nil: compare with the target's content
 	next *manifestFile // nil: this run leaves no manifest
-	// trustFrom: a resumed run compares the units the cut-off run may
-	// have written (up to one extent past its checkpoint) with the
-	// target, not with the old manifest.
-	trustFrom int64
-	log       *slog.Logger
+	log  *slog.Logger
 }
 
 // openManifests decides what the run compares with and starts the new
@@ -31,6 +27,14 @@ type manifestRun struct {
 // manifest that cannot be read, trusted or written only costs speed (the
 // copy compares with the target) or the next run's speed (no manifest is
 // left).
+//
+// A resumed run trusts no manifest and leaves none. Nothing tells what
+// happened to the target between the cut-off run and this one: its ctime
+// moved with the cut-off run's own writes, so a foreign write since would
+// go unseen, both where this run still copies (the old manifest would skip
+// it) and where the cut-off run had copied (the new manifest would vouch
+// for it). So the resumed run compares with the target, and the next copy
+// compares once more and leaves a manifest again.
 func (c *Copier) openManifests() error {
 	sc, err := volume.SidecarsOf(c.dst)
 	if err != nil {
@@ -43,24 +47,19 @@ func (c *Copier) openManifests() error {
 	m := &manifestRun{sc: sc, bs: int64(c.opts.BlockSize), log: c.log}
 	c.manifest = m
 	size := c.src.Size()
-	resume := c.opts.Resume != nil
+	if c.opts.Resume != nil {
+		c.log.Info("resumed manifest copy: comparing with the target; the next copy with --manifest compares once more and leaves a manifest")
+		return nil
+	}
 	if c.mode == ModeManifest {
 		old, err := openOldManifest(sc, c.opts.BlockSize, size)
 		if err == nil {
+			st, serr := target.State()
 			switch {
-			case resume && (c.resumed.Against == "" || old.idString() != c.resumed.Against):
-				err = fmt.Errorf("%w: not the manifest the cut-off run compared with", errManifest)
-			case resume:
-				// The cut-off run changed the target (its ctime);
-				// the checkpoint vouches for what it did up to Next.
-				m.trustFrom = c.resumed.Next + int64(c.lag)*c.unit
-			default:
-				st, serr := target.State()
-				if serr != nil {
-					err = serr
-				} else if !sameTarget(old.head.target, st) {
-					err = fmt.Errorf("%w: the target changed since the manifest was written", errManifest)
-				}
+			case serr != nil:
+				err = serr
+			case !sameTarget(old.head.target, st):
+				err = fmt.Errorf("%w: the target changed since the manifest was written", errManifest)
 			}
 			if err != nil {
 				old.f.Close()
@@ -75,14 +74,7 @@ func (c *Copier) openManifests() error {
 			c.log.Warn("manifest not trusted: comparing with the target", "reason", err)
 		}
 	}
-	if resume {
-		err = fmt.Errorf("%w: the checkpoint names no manifest", errManifest)
-		if c.resumed.Manifest != "" {
-			m.next, err = resumeManifest(sc, c.resumed.Manifest, c.opts.BlockSize, size, c.resumed.Next)
-		}
-	} else {
-		m.next, err = createManifest(sc, c.opts.BlockSize, size)
-	}
+	m.next, err = createManifest(sc, c.opts.BlockSize, size)
 	if err != nil {
 		m.next = nil
 		c.log.Warn("this copy leaves no manifest (the next one compares with the target)", "reason", err)
@@ -98,8 +90,8 @@ func (c *Copier) openManifests() error {
 }
 
 // trusted says whether unit e may be compared with the old manifest.
-func (m *manifestRun) trusted(e *extentWork) bool {
-	return m != nil && m.old != nil && e.off >= m.trustFrom
+func (m *manifestRun) trusted(*extentWork) bool {
+	return m != nil && m.old != nil
 }
 
 // sync makes the new manifest's entries durable before a checkpoint

@@ -146,7 +146,9 @@ type checkpoint struct {
 	Bitmap  string `json:"bitmap,omitempty"`
 	// Manifest is the id of the manifest this run writes (its temporary
 	// file carries it); Against the id of the manifest it compares with
-	// ("" when it compares with the target itself).
+	// ("" when it compares with the target itself). A resumed run trusts
+	// neither (see openManifests); they mark the checkpoint of a manifest
+	// copy, which is not resumed without --manifest.
 	Manifest  string `json:"manifest,omitempty"`
 	Against   string `json:"against,omitempty"`
 	Next      int64  `json:"next"`
