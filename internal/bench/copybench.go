@@ -27,10 +27,10 @@ type copyTool struct {
 	reset  func() error
 	stop   func() []*syscall.Rusage // servers of the NBD path
 	limit  limitKind                // a dd run of the set's limit line, not a copy
-	// incremental marks the set's incremental row (compared with the
-	// full copy, not with the other tools); it copies onto what source
-	// (its own, not the set's) was made from.
-	incremental bool
+	// incremental marks the set's incremental rows (compared with each
+	// other and with the full copy, not with the other tools); they copy
+	// source (their own, not the set's).
+	incremental incrRole
 	source      string
 }
 
@@ -182,11 +182,11 @@ func makeSet(name string, gen imageGen, dir string, img func(string) string, tas
 		if err != nil {
 			return nil, err
 		}
-		incr, err := incrementalTool(gen, src, dst, taskd, fresh)
+		incr, err := incrementalTools(gen, src, dst, taskd, fresh)
 		if err != nil {
 			return nil, err
 		}
-		return &copySet{name: name, source: src, size: gen.size, tools: append(local(src), incr)}, nil
+		return &copySet{name: name, source: src, size: gen.size, tools: append(local(src), incr...)}, nil
 	case "incremental":
 		base, err := ensure(imgBase)
 		if err != nil {
@@ -428,7 +428,7 @@ func printSet(out io.Writer, s *copySet, results map[string]*copyResult) {
 	first := results[s.tools[0].name]
 	fmt.Fprintln(out)
 	for _, t := range s.tools[1:] {
-		if t.limit != limitNone || t.incremental {
+		if t.limit != limitNone || t.incremental != incrNone {
 			continue
 		}
 		r := results[t.name]

@@ -10,27 +10,46 @@ import (
 // source differs in from the set's image.
 const incrementalWrites = 10000
 
-// incrementalTool is a set's incremental row: the target holds the set's
-// image and the manifest taskd left beside it when it copied the image
-// (untimed, in the reset); the timed run copies the image changed by
-// incrementalWrites random 4 KiB writes with --manifest, which reads only
-// the source, compares each block's hash with the manifest and writes the
-// blocks that differ.
-func incrementalTool(gen imageGen, image, dst, taskd string, fresh func() error) (*copyTool, error) {
+// incrRole is a tool's part in a set's incremental comparison.
+type incrRole int
+
+const (
+	incrNone incrRole = iota
+	incrManifest
+	incrFull // a full copy of the incremental's source, for its ratio
+)
+
+// incrementalTools are a set's incremental rows. The source is the set's
+// image changed by incrementalWrites random 4 KiB writes (made once,
+// untimed). "taskd --manifest" copies it onto a target that holds the
+// set's image and the manifest taskd left beside it when it copied the
+// image (untimed, in the reset): it reads only the source, compares each
+// block's hash with the manifest and writes the blocks that differ. The
+// other row is a full copy of the same source onto a new target, the
+// reference of the ratio: the writes land in the image's holes too, so the
+// changed image has more, smaller extents than the set's.
+func incrementalTools(gen imageGen, image, dst, taskd string, fresh func() error) ([]*copyTool, error) {
 	changed := image + ".incr"
 	if _, err := os.Stat(changed); err != nil {
 		if err := gen.writeIncremental(image, changed, incrementalWrites); err != nil {
 			return nil, err
 		}
 	}
-	return &copyTool{
+	return []*copyTool{{
 		name:        fmt.Sprintf("taskd --manifest incremental (%dk 4 KiB writes)", incrementalWrites/1000),
 		argv:        []string{taskd, "volume", "copy", changed, dst, "--manifest", "--progress", "none"},
 		target:      dst,
-		incremental: true,
+		incremental: incrManifest,
 		source:      changed,
 		reset:       copyWithManifest(taskd, image, dst, fresh),
-	}, nil
+	}, {
+		name:        "taskd full copy of the changed image",
+		argv:        []string{taskd, "volume", "copy", changed, dst, "--progress", "none"},
+		target:      dst,
+		incremental: incrFull,
+		source:      changed,
+		reset:       fresh,
+	}}, nil
 }
 
 // copyWithManifest is a reset: a fresh target that holds from and the
@@ -48,17 +67,27 @@ func copyWithManifest(taskd, from, dst string, fresh func() error) func() error 
 	}
 }
 
-// printIncremental compares the incremental row with the set's full copy
-// (its first tool), repetition by repetition.
+// printIncremental compares the incremental row with the full copy of
+// the same source and with the set's full copy (its first tool),
+// repetition by repetition.
 func printIncremental(out io.Writer, s *copySet, results map[string]*copyResult) {
-	first := results[s.tools[0].name]
+	var incr, full *copyTool
 	for _, t := range s.tools {
-		if !t.incremental {
-			continue
+		switch t.incremental {
+		case incrManifest:
+			incr = t
+		case incrFull:
+			full = t
 		}
-		r := results[t.name]
-		lo, hi := pairedRange(r.walls, first.walls)
-		fmt.Fprintf(out, "ratio %s / %s (full copy) = %.2f (per repetition %.2f-%.2f); written %s of %s\n", t.name, s.tools[0].name,
-			median(r.walls).Seconds()/median(first.walls).Seconds(), lo, hi, humanSize(median(r.writeB)), humanSize(median(first.writeB)))
+	}
+	if incr == nil || full == nil {
+		return
+	}
+	r := results[incr.name]
+	for _, ref := range []*copyTool{full, s.tools[0]} {
+		f := results[ref.name]
+		lo, hi := pairedRange(r.walls, f.walls)
+		fmt.Fprintf(out, "ratio %s / %s = %.2f (per repetition %.2f-%.2f); written %s of %s\n", incr.name, ref.name,
+			median(r.walls).Seconds()/median(f.walls).Seconds(), lo, hi, humanSize(median(r.writeB)), humanSize(median(f.writeB)))
 	}
 }
