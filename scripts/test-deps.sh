@@ -4,7 +4,8 @@
 # it), etcd-server (an external etcd for the store tests), qemu-utils
 # (qemu-nbd, qemu-img, qemu-io), nbdkit, iproute2 (network namespaces for the
 # VIP tests), systemd (systemd-analyze checks the unit's hardening) and
-# util-linux (unshare runs taskd under the unit's restrictions) and chromium
+# util-linux (unshare runs taskd under the unit's restrictions), mount
+# (losetup: a loop block device for the copy plan's test) and chromium
 # (the web console's end-to-end tests drive it headless).
 # With --bench it also installs what the copy benchmark compares against:
 # nbdcopy (libnbd-bin) and rsync; with --chaos, nftables (partitions in the
@@ -22,6 +23,7 @@ command -v nbdkit >/dev/null || need+=(nbdkit)
 command -v ip >/dev/null || need+=(iproute2)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v unshare >/dev/null || need+=(util-linux)
+command -v losetup >/dev/null || need+=(mount)   # a loop block device for the copy plan's test
 [ -x /usr/bin/python3 ] || need+=(python3)   # the exec type's Python example
 command -v chromium >/dev/null || need+=(chromium)
 if [ "${1:-}" = "--chaos" ]; then

@@ -26,6 +26,12 @@ type copyTool struct {
 	target string // the file the copy ends in
 	reset  func() error
 	stop   func() []*syscall.Rusage // servers of the NBD path
+	limit  limitKind                // a dd run of the set's limit line, not a copy
+	// incremental marks the set's incremental rows (compared with each
+	// other and with the full copy, not with the other tools); they copy
+	// source (their own, not the set's).
+	incremental incrRole
+	source      string
 }
 
 type copyResult struct {
@@ -44,6 +50,9 @@ type copySet struct {
 	source string // expected content of every target
 	size   int64
 	tools  []*copyTool
+	// The limit line: what the first tool has to read and write at
+	// least, timed with dd in the same repetitions.
+	limitRead, limitWrite int64
 }
 
 func copyBench(args []string, out io.Writer) error {
@@ -105,6 +114,9 @@ func copyBench(args []string, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
+		if err := addLimit(s, name, gen, dir, img); err != nil {
+			return fmt.Errorf("set %s: limit line: %w", name, err)
+		}
 		sets = append(sets, s)
 	}
 
@@ -115,9 +127,19 @@ func copyBench(args []string, out io.Writer) error {
 				r := results[t.name]
 				if r == nil {
 					r = &copyResult{logicalBytes: s.size}
+					switch t.limit {
+					case limitRead:
+						r.logicalBytes = s.limitRead
+					case limitWrite:
+						r.logicalBytes = s.limitWrite
+					}
 					results[t.name] = r
 				}
-				if err := runTool(t, r, s.source, *drop); err != nil {
+				want := s.source
+				if t.source != "" {
+					want = t.source
+				}
+				if err := runTool(t, r, want, *drop); err != nil {
 					return fmt.Errorf("set %s, %s, repetition %d: %w", s.name, t.name, rep+1, err)
 				}
 			}
@@ -136,9 +158,12 @@ func makeSet(name string, gen imageGen, dir string, img func(string) string, tas
 		return p, gen.write(p, kind)
 	}
 	dst := filepath.Join(dir, "target-"+name)
+	manifest := filepath.Join(dir, ".target-"+name+".taskd-manifest")
 	fresh := func() error {
-		if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
+		for _, p := range []string{dst, manifest} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
 		}
 		return nil
 	}
@@ -157,7 +182,11 @@ func makeSet(name string, gen imageGen, dir string, img func(string) string, tas
 		if err != nil {
 			return nil, err
 		}
-		return &copySet{name: name, source: src, size: gen.size, tools: local(src)}, nil
+		incr, err := incrementalTools(gen, src, dst, taskd, fresh)
+		if err != nil {
+			return nil, err
+		}
+		return &copySet{name: name, source: src, size: gen.size, tools: append(local(src), incr...)}, nil
 	case "incremental":
 		base, err := ensure(imgBase)
 		if err != nil {
@@ -175,7 +204,11 @@ func makeSet(name string, gen imageGen, dir string, img func(string) string, tas
 			}
 			return copyFileSparse(base, dst)
 		}
+		// The target holds the base and the manifest the copy of the
+		// base left beside it (made untimed by taskd itself).
+		fromBaseWithManifest := copyWithManifest(taskd, base, dst, fresh)
 		return &copySet{name: "incremental (base + 10k random 4 KiB writes)", source: src, size: gen.size, tools: []*copyTool{
+			{name: "taskd --manifest", argv: []string{taskd, "volume", "copy", src, dst, "--manifest", "--progress", "none"}, target: dst, reset: fromBaseWithManifest},
 			{name: "taskd --base", argv: []string{taskd, "volume", "copy", src, dst, "--base", base, "--progress", "none"}, target: dst, reset: fromBase},
 			{name: "rsync --inplace --no-whole-file", argv: []string{"rsync", "--inplace", "--no-whole-file", src, dst}, target: dst, reset: fromBase},
 			{name: "taskd full copy", argv: []string{taskd, "volume", "copy", src, dst, "--progress", "none"}, target: dst, reset: fresh},
@@ -306,14 +339,17 @@ func runTool(t *copyTool, r *copyResult, source string, drop bool) error {
 		}
 		return fmt.Errorf("%s: %v\n%s", strings.Join(t.argv, " "), err, outb)
 	}
-	// Every tool's time includes making the target durable; for tools
-	// that flush themselves this sync finds nothing left to write.
-	syncCmd := exec.Command("sync", t.target)
-	if out, err := syncCmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("sync %s: %v: %s", t.target, err, out)
+	rus := []*syscall.Rusage{cmd.ProcessState.SysUsage().(*syscall.Rusage)}
+	if t.limit != limitRead {
+		// Every tool's time includes making the target durable; for
+		// tools that flush themselves this sync finds nothing left.
+		syncCmd := exec.Command("sync", t.target)
+		if out, err := syncCmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("sync %s: %v: %s", t.target, err, out)
+		}
+		rus = append(rus, syncCmd.ProcessState.SysUsage().(*syscall.Rusage))
 	}
 	wall := time.Since(start)
-	rus := []*syscall.Rusage{cmd.ProcessState.SysUsage().(*syscall.Rusage), syncCmd.ProcessState.SysUsage().(*syscall.Rusage)}
 	if t.stop != nil {
 		rus = append(rus, t.stop()...)
 	}
@@ -332,6 +368,10 @@ func runTool(t *copyTool, r *copyResult, source string, drop bool) error {
 	r.cpu = append(r.cpu, cpu)
 	r.readB = append(r.readB, rd)
 	r.writeB = append(r.writeB, wr)
+	if t.limit != limitNone {
+		r.correct = "(limit)"
+		return nil
+	}
 	var st syscall.Stat_t
 	if err := syscall.Stat(t.target, &st); err != nil {
 		return err
@@ -388,7 +428,14 @@ func printSet(out io.Writer, s *copySet, results map[string]*copyResult) {
 	first := results[s.tools[0].name]
 	fmt.Fprintln(out)
 	for _, t := range s.tools[1:] {
-		fmt.Fprintf(out, "ratio %s / %s = %.2f\n", s.tools[0].name, t.name,
-			median(first.walls).Seconds()/median(results[t.name].walls).Seconds())
+		if t.limit != limitNone || t.incremental != incrNone {
+			continue
+		}
+		r := results[t.name]
+		lo, hi := pairedRange(first.walls, r.walls)
+		fmt.Fprintf(out, "ratio %s / %s = %.2f (per repetition %.2f-%.2f)\n", s.tools[0].name, t.name,
+			median(first.walls).Seconds()/median(r.walls).Seconds(), lo, hi)
 	}
+	printLimit(out, s, results)
+	printIncremental(out, s, results)
 }

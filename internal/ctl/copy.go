@@ -20,7 +20,7 @@ func copyCmd(g *globals) *cobra.Command {
 	var prio int
 	var wait bool
 	cmd := &cobra.Command{
-		Use:   "copy SRC DST [--base URI | --dirty-bitmap NAME] [--window HH:MM-HH:MM] [--rate BYTES] [--verify] [--wait]",
+		Use:   "copy SRC DST [--base URI | --dirty-bitmap NAME | --manifest] [--window HH:MM-HH:MM] [--rate BYTES] [--verify] [--wait]",
 		Short: "Copy a volume as a task (file://, nbd://, nbd+unix:// URIs)",
 		Long: "Create a copy task from SRC to DST. A copy with a file:// or nbd+unix:// endpoint runs on the node\n" +
 			"that holds it: --node, or by default the node taskctl talks to. That node must allow the\n" +
@@ -30,6 +30,9 @@ func copyCmd(g *globals) *cobra.Command {
 			spec.Source, spec.Target = args[0], args[1]
 			if err := errors.Join(checkIdempotencyKey(idem), kf.check()); err != nil {
 				return err
+			}
+			if err := spec.CheckLimits(); err != nil {
+				return usageError{err}
 			}
 			var err error
 			if spec.Rate, err = volcopy.ParseBytes(rate); err != nil {
@@ -87,6 +90,8 @@ func copyCmd(g *globals) *cobra.Command {
 	f.StringVar(&spec.Base, "base", "", "incremental: the target already holds this volume; write only blocks that differ from it")
 	f.StringVar(&spec.DirtyBitmap, "dirty-bitmap", "", "incremental: read only the extents this NBD dirty bitmap marks")
 	f.BoolVar(&spec.Verify, "verify", false, "hash every extent of source and target after it is written")
+	f.BoolVar(&spec.Manifest, "manifest", false, "incremental: keep a block hash manifest beside the file target; the next copy reads only the source and writes the blocks that changed")
+	f.StringVar(&spec.ZeroDetect, "zero-detect", "", "which data is scanned for zero blocks: auto (unless the source file has no holes), always, never")
 	f.BoolVar(&spec.TargetIsZero, "target-is-zero", false, "the target reads as zeros: skip zeroing holes")
 	f.StringVar(&rate, "rate", "0", "limit reads to this many bytes per second (K/M/G suffixes, 0 = unlimited)")
 	f.StringVar(&node, "node", "", "node that runs the copy (default for local endpoints: the node taskctl talks to)")

@@ -25,6 +25,7 @@ import (
 	"github.com/taskd/taskd/internal/node"
 	"github.com/taskd/taskd/internal/pki"
 	"github.com/taskd/taskd/internal/task"
+	"github.com/taskd/taskd/internal/volcmd"
 	"github.com/taskd/taskd/internal/volcopy"
 )
 
@@ -76,10 +77,12 @@ func exitCode(err error) int {
 		return ExitUsage
 	case errors.Is(err, errForced):
 		return ExitForced
-	case errors.Is(err, errInterrupted):
-		return ExitCopyInterrupted
+	case errors.As(err, new(volcmd.UsageError)):
+		return ExitUsage
+	case errors.Is(err, volcmd.ErrInterrupted):
+		return volcmd.ExitCopyInterrupted
 	case errors.Is(err, volcopy.ErrVerify):
-		return ExitCopyVerify
+		return volcmd.ExitCopyVerify
 	case errors.Is(err, bootstrap.ErrUnauthenticated), errors.Is(err, bootstrap.ErrRefused):
 		return ExitJoinRefused
 	case errors.Is(err, bootstrap.ErrInvalid), errors.Is(err, pki.ErrBadJoinToken), errors.Is(err, pki.ErrInsecureFile):
@@ -99,6 +102,14 @@ func exitCode(err error) int {
 }
 
 var errForced = errors.New("forced exit")
+
+// newVolumeCmd is `taskd volume`: the local copy command, shared with
+// taskd-copy (package volcmd).
+func newVolumeCmd() *cobra.Command {
+	vol := &cobra.Command{Use: "volume", Short: "Local volume commands that run in this process"}
+	vol.AddCommand(volcmd.NewCopyCmd("copy SRC DST"))
+	return vol
+}
 
 func newRootCmd() *cobra.Command {
 	d := newDaemonFlags()

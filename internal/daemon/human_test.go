@@ -10,7 +10,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"github.com/taskd/taskd/internal/volcopy"
 )
 
 // TestHelpHasOneDefault (issue 13): --help printed "(default 256M)
@@ -73,26 +72,6 @@ func TestVolumeCopyReadsLikeATool(t *testing.T) {
 			t.Errorf("verify=%v: verified line present=%v in %q", verify, got, out)
 		}
 	}
-}
-
-// TestSummaryOfResumedVerify: a resumed run verified only the extents it
-// copied; its verified line says so instead of claiming all.
-func TestSummaryOfResumedVerify(t *testing.T) {
-	p := progressFor(8, 5)
-	out := summary(p, 0, true)
-	if strings.Contains(out, "verified: all") || !strings.Contains(out, "5 of 8 checkpoint units") || !strings.Contains(out, "3 copied before the checkpoint") {
-		t.Errorf("resumed verify: %q", out)
-	}
-	if out := summary(progressFor(1, 1), 0, true); !strings.Contains(out, "verified: source and target hash equal (XXH3, one checkpoint unit)") {
-		t.Errorf("one unit: %q", out)
-	}
-	if out := summary(progressFor(8, 0), 0, true); strings.Contains(out, "verified") {
-		t.Errorf("nothing verified, yet: %q", out)
-	}
-}
-
-func progressFor(total, verified int64) volcopy.Progress {
-	return volcopy.Progress{ExtentsTotal: total, ExtentsDone: total, ExtentsVerified: verified, LogicalTotal: 8 << 20, BytesRead: 8 << 20}
 }
 
 // TestConfigErrorsNameTheirSource (issue 13): a bad value from the

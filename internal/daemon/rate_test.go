@@ -5,9 +5,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/taskd/taskd/internal/volcopy"
 )
 
 // TestVolumeCopyRefusesBadRate is issue 13 bug 2: `taskd volume copy`
@@ -45,23 +42,6 @@ func TestVolumeCopyRefusesBadRate(t *testing.T) {
 		}
 		if _, err := os.Stat(dst); !os.IsNotExist(err) {
 			t.Errorf("%s: the target exists after the refusal (%v)", tc.name, err)
-		}
-	}
-}
-
-// TestFormatProgressETA: a copy without a usable rate (none measured yet,
-// or stalled) shows "eta unknown", never a negative or overflowed figure.
-func TestFormatProgressETA(t *testing.T) {
-	for _, tc := range []struct {
-		p    volcopy.Progress
-		want string
-	}{
-		{volcopy.Progress{AllocatedDone: 1 << 20, AllocatedTotal: 4 << 20, Rate: 1 << 20, ETA: 3 * time.Second}, "eta 3s"},
-		{volcopy.Progress{AllocatedDone: 1 << 20, AllocatedTotal: 4 << 20}, "eta unknown"},
-		{volcopy.Progress{AllocatedDone: 4 << 20, AllocatedTotal: 4 << 20}, "eta 0s"},
-	} {
-		if got := formatProgress(tc.p); !strings.HasSuffix(got, tc.want) || strings.Contains(got, "-") {
-			t.Errorf("formatProgress(%+v) = %q, want it to end in %q", tc.p, got, tc.want)
 		}
 	}
 }

@@ -98,7 +98,7 @@ func (Copy) Validate(spec json.RawMessage) error { _, err := parseCopy(spec); re
 
 // env is how this node opens a task's endpoints.
 func (c Copy) env() volume.Options {
-	return volume.Options{Confined: true, Roots: c.Roots, NBDSocketDirs: c.NBDSocketDirs, NBDAllowHosts: c.NBDAllowHosts, Direct: true}
+	return volume.Options{Confined: true, Roots: c.Roots, NBDSocketDirs: c.NBDSocketDirs, NBDAllowHosts: c.NBDAllowHosts}
 }
 
 // Preflight implements task.Preflighter. Validate has checked the spec's

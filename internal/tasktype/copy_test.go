@@ -121,3 +121,29 @@ func TestCopySpecMemoryIsCapped(t *testing.T) {
 		t.Errorf("256 MiB of buffers refused: %v", err)
 	}
 }
+
+// TestCopySpecRefusesBadIOChoices: the copy engine's I/O choices in a
+// crafted task spec (an API caller's) are refused by Validate, on every
+// node, before anything is opened: an unknown zero detection, and a
+// manifest combined with another incremental mode.
+func TestCopySpecRefusesBadIOChoices(t *testing.T) {
+	for _, bad := range []struct{ spec, says string }{
+		{`{"source":"nbd://h:10809/a","target":"file:///v/b","node":"n1","zero_detect":"sometimes"}`, "zero detection"},
+		{`{"source":"nbd://h:10809/a","target":"file:///v/b","node":"n1","zero_detect":"ALWAYS "}`, "zero detection"},
+		{`{"source":"nbd://h:10809/a","target":"file:///v/b","node":"n1","manifest":true,"base":"nbd://h:10809/c"}`, "manifest"},
+		{`{"source":"nbd://h:10809/a","target":"file:///v/b","node":"n1","manifest":true,"dirty_bitmap":"b0"}`, "manifest"},
+	} {
+		err := (tasktype.Copy{}).Validate(json.RawMessage(bad.spec))
+		if !errors.Is(err, task.ErrInvalid) || !strings.Contains(err.Error(), bad.says) {
+			t.Errorf("%s: err = %v, want task.ErrInvalid naming %s", bad.spec, err, bad.says)
+		}
+	}
+	for _, good := range []string{
+		`{"source":"nbd://h:10809/a","target":"file:///v/b","node":"n1","zero_detect":"never"}`,
+		`{"source":"nbd://h:10809/a","target":"file:///v/b","node":"n1","manifest":true}`,
+	} {
+		if err := (tasktype.Copy{}).Validate(json.RawMessage(good)); err != nil {
+			t.Errorf("%s refused: %v", good, err)
+		}
+	}
+}

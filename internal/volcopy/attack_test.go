@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -29,11 +30,48 @@ import (
 // file appears, for at most a bounded count and time.
 const attackerEnv = "TASKD_COPY_ATTACKER"
 
+// plantEnv runs this test binary as a one-shot attacker (as uid 65534, see
+// manifest_attack_test.go): each line of its value is an operation on files
+// the attacker may touch: "cp FROM TO", "ln TARGET LINK", "mv A B".
+const plantEnv = "TASKD_COPY_PLANT"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(attackerEnv) != "" {
 		os.Exit(attacker(os.Getenv("SWAP_A"), os.Getenv("SWAP_B"), os.Getenv("SWAP_STOP")))
 	}
+	if ops := os.Getenv(plantEnv); ops != "" {
+		os.Exit(plant(ops))
+	}
 	os.Exit(m.Run())
+}
+
+func plant(ops string) int {
+	for _, line := range strings.Split(ops, "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			fmt.Fprintf(os.Stderr, "plant: bad operation %q\n", line)
+			return 2
+		}
+		var err error
+		switch f[0] {
+		case "cp":
+			var b []byte
+			if b, err = os.ReadFile(f[1]); err == nil {
+				err = os.WriteFile(f[2], b, 0o644)
+			}
+		case "ln":
+			err = os.Symlink(f[1], f[2])
+		case "mv":
+			err = os.Rename(f[1], f[2])
+		default:
+			err = fmt.Errorf("unknown operation %q", f[0])
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "plant:", err)
+			return 1
+		}
+	}
+	return 0
 }
 
 func attacker(a, b, stop string) int {

@@ -20,6 +20,7 @@ type Copier struct {
 	dirty          volume.DirtyTracker
 	mode           Mode
 	opts           Options
+	plan           plan
 	targetZero     bool
 	throttle       *throttle
 	log            *slog.Logger
@@ -27,6 +28,8 @@ type Copier struct {
 	lag            int        // units whose writes may run ahead of the last checkpoint
 	resumed        checkpoint // the state the run starts from (Next: first offset to copy)
 	zeroBlock      []byte
+	manifest       *manifestRun // with Options.Manifest
+	noRange        atomic.Bool  // copy_file_range refused: read and write instead
 
 	read, written, zeroed  atomic.Int64
 	allocDone, logicalDone atomic.Int64
@@ -50,6 +53,8 @@ func New(src, dst volume.Volume, opts Options) (*Copier, error) {
 		return nil, fmt.Errorf("%w: destination (%d bytes) is smaller than the source (%d bytes)", ErrInvalid, dst.Size(), src.Size())
 	}
 	switch {
+	case opts.Manifest && (opts.Base != nil || opts.DirtyBitmap != ""):
+		return nil, fmt.Errorf("%w: --manifest excludes --base and --dirty-bitmap", ErrInvalid)
 	case opts.Base != nil && opts.DirtyBitmap != "":
 		return nil, fmt.Errorf("%w: --base and --dirty-bitmap exclude each other", ErrInvalid)
 	case opts.Base != nil:
@@ -64,24 +69,57 @@ func New(src, dst volume.Volume, opts Options) (*Copier, error) {
 			return nil, fmt.Errorf("%w: --dirty-bitmap needs an NBD source that exports the bitmap", ErrInvalid)
 		}
 		c.dirty = d
+	case opts.Manifest:
+		if _, err := volume.SidecarsOf(dst); err != nil {
+			return nil, fmt.Errorf("%w: --manifest needs a regular file target named by its own path (not a symlink): %w", ErrInvalid, err)
+		}
+		// A new target is copied in full (and gets its manifest); an
+		// existing one is compared, with its manifest where it can be
+		// trusted and with its content where not.
+		if !dst.IsZero() {
+			c.mode, c.base = ModeManifest, dst
+		}
 	}
-	c.targetZero = opts.TargetIsZero || dst.IsZero()
-	if err := c.applyDefaults(); err != nil {
+	if _, err := ParseZeroDetect(string(opts.ZeroDetect)); err != nil {
 		return nil, err
 	}
-	c.resumed = checkpoint{Version: 1, Mode: c.mode, Size: src.Size(), Extent: c.opts.ExtentSize, Bitmap: opts.DirtyBitmap}
+	if _, err := ParseDirectIO(string(opts.DirectIO)); err != nil {
+		return nil, err
+	}
+	c.targetZero = opts.TargetIsZero || dst.IsZero()
 	if opts.Resume != nil {
 		cp, err := decodeCheckpoint(opts.Resume)
 		if err != nil {
 			return nil, err
 		}
-		if cp.Mode != c.mode || cp.Size != src.Size() || cp.Extent != c.opts.ExtentSize || cp.Bitmap != opts.DirtyBitmap {
+		// A manifest copy that created its target resumes onto the
+		// target it created: same copy, now an existing file.
+		if opts.Manifest && (cp.Mode == ModeFull || cp.Mode == ModeManifest) {
+			c.mode, c.base = cp.Mode, nil
+			if cp.Mode == ModeManifest {
+				c.base = dst
+			}
+		}
+		c.resumed = cp
+	}
+	if err := c.choosePlan(); err != nil {
+		return nil, err
+	}
+	if err := c.applyDefaults(); err != nil {
+		return nil, err
+	}
+	fresh := checkpoint{Version: 1, Mode: c.mode, Size: src.Size(), Extent: c.opts.ExtentSize, Bitmap: opts.DirtyBitmap}
+	if opts.Resume == nil {
+		c.resumed = fresh
+	} else {
+		cp := c.resumed
+		if cp.Mode != c.mode || cp.Size != src.Size() || cp.Extent != c.opts.ExtentSize || cp.Bitmap != opts.DirtyBitmap ||
+			(cp.Manifest != "" || cp.Against != "") && !opts.Manifest {
 			return nil, fmt.Errorf("%w: the checkpoint belongs to a different copy (mode %s, %d bytes, extent %d)", ErrInvalid, cp.Mode, cp.Size, cp.Extent)
 		}
 		if cp.Next < 0 || cp.Next > src.Size() || cp.Next%c.unit != 0 && cp.Next != src.Size() {
 			return nil, fmt.Errorf("%w: checkpoint offset %d is not a checkpoint boundary", ErrInvalid, cp.Next)
 		}
-		c.resumed = cp
 		c.read.Store(cp.Read)
 		c.written.Store(cp.Written)
 		c.zeroed.Store(cp.Zeroed)
@@ -99,21 +137,25 @@ func New(src, dst volume.Volume, opts Options) (*Copier, error) {
 
 func isNBD(v volume.Volume) bool { return strings.HasPrefix(v.Identity(), "nbd:") }
 
+// choosePlan describes the endpoints and picks the I/O path.
+func (c *Copier) choosePlan() error {
+	in := planInput{src: describe(c.src), dst: describe(c.dst), mode: c.mode, hashing: c.opts.Manifest,
+		zero: c.opts.ZeroDetect, direct: c.opts.DirectIO, workers: c.opts.Workers, request: c.opts.RequestSize}
+	if in.zero == "" || in.zero == ZeroAuto {
+		in.srcSparse = sparseFile(c.src, in.src)
+	}
+	c.plan = choosePlan(in)
+	return nil
+}
+
 func (c *Copier) applyDefaults() error {
 	o := &c.opts
-	nbdPath := isNBD(c.src) || isNBD(c.dst)
 	if o.Workers == 0 {
-		o.Workers = defaultFileWork
-		if nbdPath {
-			o.Workers = defaultNBDWork
-		}
+		o.Workers = c.plan.workers
 	}
 	defaultedRequest := o.RequestSize == 0
 	if o.RequestSize == 0 {
-		o.RequestSize = defaultFileReq
-		if nbdPath {
-			o.RequestSize = defaultNBDReq
-		}
+		o.RequestSize = c.plan.request
 	}
 	if o.BlockSize == 0 {
 		o.BlockSize = defaultBlock
@@ -188,13 +230,21 @@ func (c *Copier) Run(ctx context.Context) (Progress, error) {
 		}
 		defer release()
 	}
+	c.applyIO()
+	if c.opts.Manifest {
+		if err := c.openManifests(); err != nil {
+			return c.snapshot(), err
+		}
+		defer c.manifest.close()
+	}
 	total, err := c.scanAllocated(ctx)
 	if err != nil {
 		return c.snapshot(), err
 	}
 	c.allocTotal.Store(total)
 	c.log.Info("copy started", "mode", c.mode, "size", c.src.Size(), "allocated", total,
-		"resume_from", c.resumed.Next, "workers", c.opts.Workers, "request", c.opts.RequestSize)
+		"resume_from", c.resumed.Next, "path", c.plan.path, "zero_detect", c.plan.zeroDetect,
+		"workers", c.opts.Workers, "request", c.opts.RequestSize, "why", c.plan.why)
 
 	repCtx, stopReporter := context.WithCancel(ctx)
 	reporterDone := make(chan struct{})
@@ -217,6 +267,9 @@ func (c *Copier) Run(ctx context.Context) (Progress, error) {
 		return c.produce(gctx, items, extents, window)
 	})
 	err = g.Wait()
+	if err == nil && c.manifest != nil {
+		c.manifest.finish(c.dst)
+	}
 	p := c.snapshot()
 	if err != nil {
 		return p, err
@@ -226,6 +279,24 @@ func (c *Copier) Run(ctx context.Context) (Progress, error) {
 	}
 	c.log.Info("copy finished", "read", p.BytesRead, "written", p.BytesWritten, "zeroed", p.BytesZeroed)
 	return p, nil
+}
+
+// applyIO sets how the file endpoints move data, as the plan says.
+func (c *Copier) applyIO() {
+	set := func(v volume.Volume, role string, want volume.IO) {
+		f, ok := v.(volume.File)
+		if !ok {
+			return
+		}
+		if got := f.SetIO(want); got.Direct != want.Direct {
+			c.log.Info("direct I/O refused by the file system; using the page cache", "endpoint", role)
+		}
+	}
+	set(c.src, "source", c.plan.srcIO)
+	if c.base != nil && c.base != c.dst {
+		set(c.base, "base", c.plan.srcIO)
+	}
+	set(c.dst, "target", c.plan.dstIO)
 }
 
 func (c *Copier) snapshot() Progress {

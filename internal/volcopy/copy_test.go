@@ -372,7 +372,8 @@ func (v *crashingVolume) WriteAt(ctx context.Context, p []byte, off int64) error
 }
 
 // Units that change nothing on the target are not flushed: on a fresh
-// target, only the units holding data cost a flush.
+// target, only the units holding data cost a flush. A copy whose
+// checkpoints nobody keeps flushes once, at its end.
 func TestEmptyUnitsNeedNoFlush(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
@@ -390,18 +391,29 @@ func TestEmptyUnitsNeedNoFlush(t *testing.T) {
 	}
 	f.Close()
 	// Extent 1 MiB: units of 512 KiB, two of them hold the data.
-	p, err := run(t, volcopy.Spec{Source: fileURI(src), Target: fileURI(filepath.Join(dir, "dst")),
-		RequestSize: 64 << 10, ExtentSize: 1 << 20}, volcopy.Options{})
+	spec := volcopy.Spec{Source: fileURI(src), Target: fileURI(filepath.Join(dir, "dst")), RequestSize: 64 << 10, ExtentSize: 1 << 20}
+	var checkpoints int
+	p, err := run(t, spec, volcopy.Options{OnCheckpoint: func([]byte) error { checkpoints++; return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.ExtentsTotal != 16 || p.ExtentsDone != 16 {
-		t.Fatalf("units %d/%d, want 16/16", p.ExtentsDone, p.ExtentsTotal)
+	if p.ExtentsTotal != 16 || p.ExtentsDone != 16 || checkpoints != 16 {
+		t.Fatalf("units %d/%d, %d checkpoints, want 16/16 and 16", p.ExtentsDone, p.ExtentsTotal, checkpoints)
 	}
 	if p.Flushes != 2 {
 		t.Fatalf("%d flushes, want 2 (one per unit holding data)", p.Flushes)
 	}
 	mustEqual(t, filepath.Join(dir, "dst"), append(data, make([]byte, 7<<20)...))
+
+	// Without checkpoints: one flush, after the last unit.
+	spec.Target = fileURI(filepath.Join(dir, "dst2"))
+	if p, err = run(t, spec, volcopy.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if p.Flushes != 1 {
+		t.Fatalf("%d flushes without checkpoints, want 1", p.Flushes)
+	}
+	mustEqual(t, filepath.Join(dir, "dst2"), append(data, make([]byte, 7<<20)...))
 }
 
 // TestMayWriteStopsWrites: once the gate refuses, the copy stops with the

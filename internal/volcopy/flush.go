@@ -14,8 +14,15 @@ import (
 // flusher makes each finished extent durable, verifies it when asked, and
 // emits its checkpoint; then it opens the next extent for writes and the
 // producer's window for the one after.
+//
+// A copy whose checkpoints nobody keeps (no OnCheckpoint: `taskd volume
+// copy` without --checkpoint) and that does not verify has no use for a
+// durable point before its end: it flushes once, after its last unit, as
+// cp does. Every flush is a journal commit and a cache flush of the disk.
 func (c *Copier) flusher(ctx context.Context, extents <-chan *extentWork, window <-chan struct{}) error {
 	durable := c.resumed
+	everyUnit := c.opts.OnCheckpoint != nil || c.opts.Verify
+	unflushed := false
 	for {
 		var e *extentWork
 		var ok bool
@@ -35,11 +42,19 @@ func (c *Copier) flusher(ctx context.Context, extents <-chan *extentWork, window
 		// A unit that changed nothing needs no flush: every write before
 		// it was covered by the previous unit's flush, which finished
 		// after all of them (units are flushed in order).
-		if e.written.Load()+e.zeroed.Load() > 0 {
+		unflushed = unflushed || e.written.Load()+e.zeroed.Load() > 0
+		if unflushed && (everyUnit || e.end == c.src.Size()) {
 			if err := c.dst.Flush(ctx); err != nil {
 				return fmt.Errorf("flush target after unit %d: %w", e.index, err)
 			}
 			c.flushes.Add(1)
+			unflushed = false
+		}
+		if everyUnit {
+			// A checkpoint vouches for the manifest entries before it.
+			if err := c.manifest.sync(); err != nil {
+				return err
+			}
 		}
 		if c.opts.Verify {
 			if err := c.verifyExtent(ctx, e); err != nil {

@@ -18,6 +18,8 @@ type Spec struct {
 	DirtyBitmap  string `json:"dirty_bitmap,omitempty"`
 	TargetIsZero bool   `json:"target_is_zero,omitempty"`
 	Verify       bool   `json:"verify,omitempty"`
+	Manifest     bool   `json:"manifest,omitempty"`
+	ZeroDetect   string `json:"zero_detect,omitempty"`
 	Rate         int64  `json:"rate,omitempty"`
 	Workers      int    `json:"workers,omitempty"`
 	RequestSize  int    `json:"request_size,omitempty"`
@@ -95,6 +97,10 @@ func Prepare(ctx context.Context, spec Spec, env volume.Options, opts Options) (
 	opts.DirtyBitmap = spec.DirtyBitmap
 	opts.TargetIsZero = opts.TargetIsZero || spec.TargetIsZero
 	opts.Verify = opts.Verify || spec.Verify
+	opts.Manifest = opts.Manifest || spec.Manifest
+	if spec.ZeroDetect != "" {
+		opts.ZeroDetect, _ = ParseZeroDetect(spec.ZeroDetect) // checked by CheckLimits
+	}
 	opts.Rate = max(opts.Rate, spec.Rate)
 	if spec.Workers != 0 {
 		opts.Workers = spec.Workers

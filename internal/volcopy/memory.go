@@ -8,8 +8,8 @@ import (
 )
 
 // MaxBufferMemory is the most buffer memory one copy may use: its workers ×
-// request size × buffers per worker (1, plus 1 with a base, plus 1 with
-// verify). Options above it are refused (ErrInvalid) before anything is
+// request size × buffers per worker (1, plus 1 with a base or a manifest,
+// plus 1 with verify). Options above it are refused (ErrInvalid) before anything is
 // opened for writing. Reading ahead needs no memory of its own: the work
 // queue holds offsets, and data only ever sits in the workers' buffers.
 const MaxBufferMemory = 256 << 20
@@ -31,15 +31,16 @@ func BufferMemory(workers, requestSize int, base, verify bool) int64 {
 }
 
 // CheckLimits refuses a spec whose options would exceed MaxBufferMemory
-// with any endpoints (a zero option counted at its largest default), so
-// that a task is refused when it is created, not when it runs.
+// with any endpoints (a zero option counted at its largest default), or
+// that asks for what cannot be, so that a task is refused when it is
+// created, not when it runs.
 func (s Spec) CheckLimits() error {
 	workers, req := s.Workers, s.RequestSize
 	if workers == 0 {
-		workers = max(defaultFileWork, defaultNBDWork)
+		workers = max(bufferedWorkers, directWorkers, rangeWorkers, nbdWorkers)
 	}
 	if req == 0 {
-		req = max(defaultFileReq, defaultNBDReq)
+		req = max(bufferedRequest, directRequest, rangeRequest, nbdRequest)
 	}
 	if workers < 0 || workers > maxWorkers {
 		return fmt.Errorf("%w: workers %d outside 1-%d", ErrInvalid, workers, maxWorkers)
@@ -47,7 +48,13 @@ func (s Spec) CheckLimits() error {
 	if req < 0 || req > maxRequestSize {
 		return fmt.Errorf("%w: request size %d above %d MiB", ErrInvalid, req, maxRequestSize>>20)
 	}
-	return checkMemory(workers, req, s.Base != "", s.Verify)
+	if _, err := ParseZeroDetect(s.ZeroDetect); err != nil {
+		return err
+	}
+	if s.Manifest && (s.Base != "" || s.DirtyBitmap != "") {
+		return fmt.Errorf("%w: a manifest copy excludes --base and --dirty-bitmap", ErrInvalid)
+	}
+	return checkMemory(workers, req, s.Base != "" || s.Manifest, s.Verify)
 }
 
 func checkMemory(workers, req int, base, verify bool) error {

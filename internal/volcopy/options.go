@@ -3,10 +3,15 @@
 // flush and a checkpoint, so that a copy cut off anywhere resumes by
 // re-copying at most one extent.
 //
-// Three modes: a full copy; an incremental copy against a base that the
-// target already holds (blocks equal to the base are not written); and an
+// Four modes: a full copy; an incremental copy against a base that the
+// target already holds (blocks equal to the base are not written); an
 // incremental copy through an NBD dirty bitmap (only changed extents are
-// read).
+// read); and an incremental copy against the block manifest the last copy
+// left beside the target (only the source is read; blocks whose hash
+// changed are written).
+//
+// How data moves (copy_file_range, the page cache with write-behind, direct
+// I/O, NBD) is chosen from what the endpoints are: see choosePlan.
 package volcopy
 
 import (
@@ -28,6 +33,9 @@ const (
 	ModeFull  Mode = "full"
 	ModeBase  Mode = "base"
 	ModeDirty Mode = "dirty-bitmap"
+	// ModeManifest compares the source with the target's block manifest
+	// (or, where that cannot be trusted, with the target itself).
+	ModeManifest Mode = "manifest"
 )
 
 // ErrInvalid marks options or volumes a copy cannot run with. Nothing has
@@ -47,10 +55,10 @@ type Options struct {
 	// TargetIsZero promises the target reads as zeros, so holes need no
 	// zeroing. A target file the copy created is known to be zero.
 	TargetIsZero bool
-	// Workers is the number of requests in flight (default 4 for local
-	// files, 32 when an endpoint is NBD).
+	// Workers is the number of requests in flight (default: the plan's,
+	// see choosePlan).
 	Workers int
-	// RequestSize is the size of one read (default 1 MiB).
+	// RequestSize is the size of one read (default: the plan's).
 	RequestSize int
 	// ExtentSize bounds the work a crash can cost (default 256 MiB): the
 	// copy checkpoints every half extent and writes at most one extent
@@ -61,6 +69,19 @@ type Options struct {
 	BlockSize int
 	// Verify hashes each extent of source and target after it is flushed.
 	Verify bool
+	// Manifest keeps a hash of every block of a regular file target
+	// beside it (".NAME.taskd-manifest"). A copy onto a target whose
+	// manifest is valid reads only the source and writes the blocks whose
+	// hash changed; a missing, corrupt or mismatched manifest makes it
+	// compare with the target's content instead. Excludes Base and
+	// DirtyBitmap.
+	Manifest bool
+	// ZeroDetect says which data is scanned for zero blocks (default
+	// ZeroAuto).
+	ZeroDetect ZeroDetect
+	// DirectIO overrides the plan's choice of direct I/O for file
+	// endpoints (default DirectAuto).
+	DirectIO DirectIO
 	// Rate limits the bytes read per second; 0 is unlimited. SetRate
 	// changes it while the copy runs.
 	Rate int64
@@ -86,10 +107,6 @@ type Options struct {
 const (
 	defaultExtent    = 256 << 20
 	defaultBlock     = 4 << 10
-	defaultFileReq   = 1 << 20
-	defaultNBDReq    = 1 << 20
-	defaultFileWork  = 4
-	defaultNBDWork   = 32
 	defaultProgressT = time.Second
 
 	maxWorkers     = 1024
@@ -122,11 +139,18 @@ type Progress struct {
 
 // checkpoint is the opaque state between runs. Only this package reads it.
 type checkpoint struct {
-	Version   int    `json:"v"`
-	Mode      Mode   `json:"mode"`
-	Size      int64  `json:"size"`
-	Extent    int64  `json:"extent"`
-	Bitmap    string `json:"bitmap,omitempty"`
+	Version int    `json:"v"`
+	Mode    Mode   `json:"mode"`
+	Size    int64  `json:"size"`
+	Extent  int64  `json:"extent"`
+	Bitmap  string `json:"bitmap,omitempty"`
+	// Manifest is the id of the manifest this run writes (its temporary
+	// file carries it); Against the id of the manifest it compares with
+	// ("" when it compares with the target itself). A resumed run trusts
+	// neither (see openManifests); they mark the checkpoint of a manifest
+	// copy, which is not resumed without --manifest.
+	Manifest  string `json:"manifest,omitempty"`
+	Against   string `json:"against,omitempty"`
 	Next      int64  `json:"next"`
 	Read      int64  `json:"read"`
 	Written   int64  `json:"written"`

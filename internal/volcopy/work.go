@@ -1,7 +1,6 @@
 package volcopy
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"sync/atomic"
@@ -15,6 +14,7 @@ const (
 	itemData    itemKind = iota // read source, write data, zero what is zero
 	itemZero                    // make the target range zero
 	itemCompare                 // read source and base, write what differs
+	itemHash                    // read source, write blocks whose hash differs from the old manifest
 )
 
 type item struct {
@@ -105,6 +105,8 @@ func (c *Copier) produce(ctx context.Context, items chan<- item, extents chan<- 
 			err = c.walkBase(ctx, e, send)
 		case ModeDirty:
 			err = c.walkDirty(ctx, e, send)
+		case ModeManifest:
+			err = c.walkManifest(ctx, e, send)
 		}
 		if err != nil {
 			return err
@@ -150,8 +152,12 @@ func forExtents(ctx context.Context, v volume.Volume, role string, off, end int6
 }
 
 func (c *Copier) walkFull(ctx context.Context, e *extentWork, send func(item) error) error {
+	al := c.aligner(e)
 	return forExtents(ctx, c.src, "source", e.off, e.end, func(x volume.Extent) error {
+		x = al.align(x)
 		switch {
+		case x.Len == 0:
+			return nil
 		case !x.Zero:
 			return c.split(itemData, x.Off, x.Len, send)
 		case c.targetZero:
@@ -161,6 +167,39 @@ func (c *Copier) walkFull(ctx context.Context, e *extentWork, send func(item) er
 			return send(item{kind: itemZero, off: x.Off, n: x.Len})
 		}
 	})
+}
+
+// aligner rounds extents to whole blocks when the copy keeps a manifest
+// (whose entries are per block): data outward, holes inward, never twice
+// over the same block. Without a manifest extents pass as they are.
+type aligner struct {
+	bs, size, pos int64
+	on            bool
+}
+
+func (c *Copier) aligner(e *extentWork) *aligner {
+	return &aligner{bs: int64(c.opts.BlockSize), size: c.src.Size(), pos: e.off, on: c.manifest != nil}
+}
+
+func (a *aligner) align(x volume.Extent) volume.Extent {
+	if !a.on {
+		return x
+	}
+	start, end := x.Off/a.bs*a.bs, x.Off+x.Len
+	if x.Zero {
+		start = (x.Off + a.bs - 1) / a.bs * a.bs
+		if end != a.size {
+			end = end / a.bs * a.bs
+		}
+	} else {
+		end = min((end+a.bs-1)/a.bs*a.bs, a.size)
+	}
+	start = max(start, a.pos)
+	if end <= start {
+		return volume.Extent{Off: start, Zero: x.Zero}
+	}
+	a.pos = end
+	return volume.Extent{Off: start, Len: end - start, Zero: x.Zero}
 }
 
 // forDirty calls fn with the dirty ranges of the source's bitmap in
@@ -203,9 +242,15 @@ func (c *Copier) walkDirty(ctx context.Context, e *extentWork, send func(item) e
 	})
 }
 
-// walkBase compares what the source holds with the base.
+// walkBase compares what the source holds with the base (in ModeManifest:
+// the target itself).
 func (c *Copier) walkBase(ctx context.Context, e *extentWork, send func(item) error) error {
+	al := c.aligner(e)
 	return forExtents(ctx, c.src, "source", e.off, e.end, func(x volume.Extent) error {
+		x = al.align(x)
+		if x.Len == 0 {
+			return nil
+		}
 		if !x.Zero {
 			return c.split(itemCompare, x.Off, x.Len, send)
 		}
@@ -218,6 +263,37 @@ func (c *Copier) walkBase(ctx context.Context, e *extentWork, send func(item) er
 			}
 			return send(item{kind: itemZero, off: b.Off, n: b.Len})
 		})
+	})
+}
+
+// walkManifest reads only the source where the old manifest can be
+// trusted: data is hashed block by block against it, and where the source
+// is a hole, the blocks the manifest says hold data are zeroed. Elsewhere
+// it compares with the target.
+func (c *Copier) walkManifest(ctx context.Context, e *extentWork, send func(item) error) error {
+	if !c.manifest.trusted(e) {
+		return c.walkBase(ctx, e, send)
+	}
+	al := c.aligner(e)
+	bs := int64(c.opts.BlockSize)
+	return forExtents(ctx, c.src, "source", e.off, e.end, func(x volume.Extent) error {
+		x = al.align(x)
+		if x.Len == 0 {
+			return nil
+		}
+		if !x.Zero {
+			return c.split(itemHash, x.Off, x.Len, send)
+		}
+		first, blocks := x.Off/bs, (x.Len+bs-1)/bs
+		covered := int64(0)
+		err := c.manifest.old.nonZeroRuns(first, blocks, func(b, n int64) error {
+			off := b * bs
+			m := min(n*bs, x.Off+x.Len-off)
+			covered += m
+			return send(item{kind: itemZero, off: off, n: m})
+		})
+		c.logicalDone.Add(x.Len - covered)
+		return err
 	})
 }
 
@@ -241,147 +317,4 @@ func (c *Copier) scanAllocated(ctx context.Context) (int64, error) {
 		return nil
 	})
 	return total, err
-}
-
-// worker runs items until the queue closes. Each worker owns its buffers.
-func (c *Copier) worker(ctx context.Context, items <-chan item) error {
-	buf := volume.AlignedBuffer(c.opts.RequestSize)
-	var baseBuf []byte
-	if c.mode == ModeBase {
-		baseBuf = volume.AlignedBuffer(c.opts.RequestSize)
-	}
-	for {
-		var it item
-		var ok bool
-		select {
-		case it, ok = <-items:
-			if !ok {
-				return nil
-			}
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		var err error
-		switch it.kind {
-		case itemData:
-			err = c.copyRequest(ctx, buf[:it.n], nil, it.off, it.ext)
-		case itemZero:
-			if err = it.ext.awaitWritable(ctx); err == nil {
-				err = c.zeroTarget(ctx, it.ext, it.off, it.n)
-			}
-		case itemCompare:
-			err = c.copyRequest(ctx, buf[:it.n], baseBuf[:it.n], it.off, it.ext)
-		}
-		if err != nil {
-			return err
-		}
-		c.logicalDone.Add(it.n)
-		it.ext.finishOne()
-	}
-}
-
-// mayWrite asks the caller's gate before a target write.
-func (c *Copier) mayWrite() error {
-	if c.opts.MayWrite == nil {
-		return nil
-	}
-	return c.opts.MayWrite()
-}
-
-func (c *Copier) zeroTarget(ctx context.Context, e *extentWork, off, n int64) error {
-	if err := c.mayWrite(); err != nil {
-		return err
-	}
-	if err := c.dst.Zero(ctx, off, n); err != nil {
-		return fmt.Errorf("zero target at %d: %w", off, err)
-	}
-	c.zeroed.Add(n)
-	e.zeroed.Add(n)
-	return nil
-}
-
-func (c *Copier) readSource(ctx context.Context, e *extentWork, v volume.Volume, buf []byte, off int64) error {
-	if err := c.throttle.wait(ctx, len(buf)); err != nil {
-		return err
-	}
-	if err := v.ReadAt(ctx, buf, off); err != nil {
-		return err
-	}
-	c.read.Add(int64(len(buf)))
-	e.read.Add(int64(len(buf)))
-	return nil
-}
-
-// copyRequest reads one request of the source (and, with base, the same
-// range of the base) and writes it: data blocks as data, all-zero blocks as
-// holes (or nothing, on a zero target), and with base only the blocks that
-// differ from it.
-func (c *Copier) copyRequest(ctx context.Context, buf, base []byte, off int64, e *extentWork) error {
-	if err := c.readSource(ctx, e, c.src, buf, off); err != nil {
-		return fmt.Errorf("read source at %d: %w", off, err)
-	}
-	if base != nil {
-		if err := c.readSource(ctx, e, c.base, base, off); err != nil {
-			return fmt.Errorf("read base at %d: %w", off, err)
-		}
-	}
-	if err := e.awaitWritable(ctx); err != nil {
-		return err
-	}
-	c.allocDone.Add(int64(len(buf)))
-	e.alloc.Add(int64(len(buf)))
-	return c.writeRuns(ctx, e, buf, off, base)
-}
-
-// writeRuns classifies buf block by block and writes maximal runs: data
-// runs as writes, zero runs as zeroing. With base, blocks equal to the base
-// are skipped. A zero run on a zero target is skipped too.
-func (c *Copier) writeRuns(ctx context.Context, e *extentWork, buf []byte, off int64, base []byte) error {
-	const (
-		skip = iota
-		data
-		zero
-	)
-	bs := c.opts.BlockSize
-	runKind, runStart := skip, 0
-	flush := func(end int) error {
-		if end == runStart {
-			return nil
-		}
-		o, n := off+int64(runStart), int64(end-runStart)
-		switch runKind {
-		case data:
-			if err := c.mayWrite(); err != nil {
-				return err
-			}
-			if err := c.dst.WriteAt(ctx, buf[runStart:end], o); err != nil {
-				return fmt.Errorf("write target at %d: %w", o, err)
-			}
-			c.written.Add(n)
-			e.written.Add(n)
-		case zero:
-			return c.zeroTarget(ctx, e, o, n)
-		}
-		return nil
-	}
-	for i := 0; i < len(buf); i += bs {
-		blk := buf[i:min(i+bs, len(buf))]
-		k := data
-		switch {
-		case base != nil && bytes.Equal(blk, base[i:i+len(blk)]):
-			k = skip
-		case bytes.Equal(blk, c.zeroBlock[:len(blk)]):
-			k = zero
-			if c.targetZero {
-				k = skip
-			}
-		}
-		if k != runKind {
-			if err := flush(i); err != nil {
-				return err
-			}
-			runKind, runStart = k, i
-		}
-	}
-	return flush(len(buf))
 }

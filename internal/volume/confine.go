@@ -33,23 +33,26 @@ const resolveBeneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS
 // escapeError reports an openat2 refusal to leave its root.
 func escapeError(err error) bool { return errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ELOOP) }
 
-// createdEntry is the directory entry a file open created. A copy that
-// fails before it wrote anything removes it again, relative to the
-// directory fd it was created in and only while the name still holds the
-// same inode: so neither a directory swapped for a symlink nor a file put in
-// its place is ever removed instead.
-type createdEntry struct {
-	dir      int // O_PATH fd of the directory the file was created in
+// dirEntry is the directory entry of a file opened for writing: the
+// directory's fd and the file's name and inode. A copy that fails before it
+// wrote anything removes a file its open created, relative to the directory
+// fd it was created in and only while the name still holds the same inode:
+// so neither a directory swapped for a symlink nor a file put in its place
+// is ever removed instead. Sidecar files (the copy's block manifest) live in
+// the same directory fd, so they stay under the same root as the file.
+type dirEntry struct {
+	dir      int // O_PATH fd of the directory holding the file
 	name     string
 	dev, ino uint64
 	path     string // for messages
+	created  bool   // this open created the file
 }
 
 // ErrReplaced is returned when a created file's name no longer holds the
 // file that was created; it is left alone.
 var ErrReplaced = errors.New("file was replaced after it was created")
 
-func (e *createdEntry) remove() error {
+func (e *dirEntry) remove() error {
 	var st unix.Stat_t
 	if err := unix.Fstatat(e.dir, e.name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("remove new target %s: %w", e.path, err)
@@ -63,11 +66,11 @@ func (e *createdEntry) remove() error {
 	return nil
 }
 
-func (e *createdEntry) close() { unix.Close(e.dir) }
+func (e *dirEntry) close() { unix.Close(e.dir) }
 
 // createIn creates name in the directory dir (an O_PATH fd it takes over)
 // with O_EXCL, never through a symlink, and records the new entry.
-func createIn(dir int, name string, flags int, path string) (*os.File, *createdEntry, error) {
+func createIn(dir int, name string, flags int, path string) (*os.File, *dirEntry, error) {
 	how := unix.OpenHow{
 		Flags:   uint64(flags | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC),
 		Mode:    0o600,
@@ -84,7 +87,7 @@ func createIn(dir int, name string, flags int, path string) (*os.File, *createdE
 		unix.Close(dir)
 		return nil, nil, fmt.Errorf("stat new target %s: %w", path, err)
 	}
-	e := &createdEntry{dir: dir, name: name, dev: st.Dev, ino: st.Ino, path: path}
+	e := &dirEntry{dir: dir, name: name, dev: st.Dev, ino: st.Ino, path: path, created: true}
 	return os.NewFile(uintptr(fd), path), e, nil
 }
 
@@ -105,8 +108,10 @@ func splitName(path string) (dir, name string, err error) {
 // lie under one of them and is opened with openat2(RESOLVE_BENEATH) relative
 // to that root, so neither ".." nor a symlink can lead outside it, also not
 // through a rename racing the open. A new file is created relative to its
-// directory's fd, which the returned entry keeps for a later removal.
-func openConfined(path string, flags int, opts Options) (*os.File, *createdEntry, error) {
+// directory's fd, which the returned entry keeps for a later removal. A file
+// opened for writing comes with its directory entry too (for sidecars), or
+// with none when its name is a symlink or no longer holds it.
+func openConfined(path string, flags int, opts Options) (*os.File, *dirEntry, error) {
 	create := opts.Write && opts.CreateSize > 0
 	if len(opts.Roots) == 0 {
 		if opts.Confined {
@@ -134,14 +139,23 @@ func openConfined(path string, flags int, opts Options) (*os.File, *createdEntry
 		if err != nil {
 			return nil, nil, fmt.Errorf("open %s: %w", path, err)
 		}
-		return os.NewFile(uintptr(fd), path), nil, nil
+		f := os.NewFile(uintptr(fd), path)
+		if !opts.Write {
+			return f, nil, nil
+		}
+		return f, entryOf(fd, path, func(dirRel string) (int, error) {
+			return unix.Openat2(rootFD, dirRel, &unix.OpenHow{
+				Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+				Resolve: resolveBeneath,
+			})
+		}, rel), nil
 	}
 	return nil, nil, fmt.Errorf("%w: %s (roots: %s)", ErrOutsideRoots, path, strings.Join(opts.Roots, ", "))
 }
 
 // createBeneath resolves the new file's directory beneath the root, then
 // creates the file in that directory's fd.
-func createBeneath(rootFD int, root, rel string, flags int, path string) (*os.File, *createdEntry, error) {
+func createBeneath(rootFD int, root, rel string, flags int, path string) (*os.File, *dirEntry, error) {
 	dirRel, name, err := splitName(rel)
 	if err != nil {
 		return nil, nil, err
@@ -162,13 +176,18 @@ func createBeneath(rootFD int, root, rel string, flags int, path string) (*os.Fi
 // openUnconfined is the local command's open: the user's own rights, any
 // path. A new file is still created relative to its directory's fd, so its
 // removal after a failed check hits only that file.
-func openUnconfined(path string, flags int, create bool) (*os.File, *createdEntry, error) {
+func openUnconfined(path string, flags int, create bool) (*os.File, *dirEntry, error) {
 	f, err := os.OpenFile(path, flags, 0)
 	if err == nil || !create || !errors.Is(err, os.ErrNotExist) {
 		if err != nil {
 			return nil, nil, err // *PathError names the path
 		}
-		return f, nil, nil
+		if flags&unix.O_ACCMODE == unix.O_RDONLY {
+			return f, nil, nil
+		}
+		return f, entryOf(int(f.Fd()), path, func(dirPath string) (int, error) {
+			return unix.Open(dirPath, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		}, path), nil
 	}
 	dirPath, name, err := splitName(path)
 	if err != nil {
@@ -179,4 +198,30 @@ func openUnconfined(path string, flags int, create bool) (*os.File, *createdEntr
 		return nil, nil, &os.PathError{Op: "open directory", Path: dirPath, Err: err}
 	}
 	return createIn(dir, name, flags, path)
+}
+
+// entryOf finds the directory entry of an open file: the directory of
+// name (opened by openDir, confined like the file) must hold, under the
+// final name and without following a symlink, the inode fd refers to. When
+// it does not (the name is a symlink, or was swapped since the open), the
+// file has no entry and gets no sidecars; nothing else changes.
+func entryOf(fd int, path string, openDir func(string) (int, error), name string) *dirEntry {
+	dirName, base, err := splitName(name)
+	if err != nil {
+		return nil
+	}
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil
+	}
+	dir, err := openDir(dirName)
+	if err != nil {
+		return nil
+	}
+	var at unix.Stat_t
+	if unix.Fstatat(dir, base, &at, unix.AT_SYMLINK_NOFOLLOW) != nil || at.Dev != st.Dev || at.Ino != st.Ino {
+		unix.Close(dir)
+		return nil
+	}
+	return &dirEntry{dir: dir, name: base, dev: st.Dev, ino: st.Ino, path: path}
 }

@@ -32,14 +32,13 @@ func TestFIFORefusedWithoutWaiting(t *testing.T) {
 			t.Errorf("open a FIFO (write %v): %v", write, err)
 		}
 	}
-	o := opts
-	o.Direct = true
-	v, err := Open(context.Background(), "file://"+file, o)
+	v, err := Open(context.Background(), "file://"+file, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer v.Close()
 	fv := v.(*fileVolume)
+	fv.SetIO(IO{Direct: true}) // the O_DIRECT twin is reopened from the open file
 	for _, f := range []*os.File{fv.f, fv.direct} {
 		if f == nil {
 			continue

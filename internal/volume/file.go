@@ -14,13 +14,16 @@ import (
 
 // fileVolume is a regular file or a block device.
 type fileVolume struct {
-	f       *os.File
-	direct  *os.File // the same file with O_DIRECT, for aligned I/O; nil if unsupported or off
-	size    int64
-	block   bool
-	zero    bool
-	id      string
-	created *createdEntry // set when this open created the file
+	f      *os.File
+	flags  int      // open flags, to reopen the inode with O_DIRECT
+	direct *os.File // the same file with O_DIRECT, for aligned I/O; nil if unsupported or off
+	io     IO
+	size   int64
+	block  bool
+	zero   bool
+	dev    uint64 // st_dev of a regular file (its file system)
+	id     string
+	entry  *dirEntry // its directory entry (opened for writing); nil if none
 }
 
 func openFile(path string, opts Options) (Volume, error) {
@@ -32,11 +35,12 @@ func openFile(path string, opts Options) (Volume, error) {
 	flags |= unix.O_CLOEXEC
 	// O_NONBLOCK only for the open: opening a FIFO (refused below) must
 	// not wait for a writer. A file or device goes back to blocking mode.
-	f, created, err := openConfined(path, flags|unix.O_NONBLOCK, opts)
+	f, entry, err := openConfined(path, flags|unix.O_NONBLOCK, opts)
 	if err != nil {
 		return nil, err
 	}
-	v, err := newFileVolume(f, created != nil, opts)
+	created := entry != nil && entry.created
+	v, err := newFileVolume(f, created, opts)
 	if err == nil {
 		if err = unix.SetNonblock(int(f.Fd()), false); err != nil {
 			err = fmt.Errorf("open %s: %w", path, err)
@@ -45,20 +49,15 @@ func openFile(path string, opts Options) (Volume, error) {
 	}
 	if err != nil {
 		f.Close()
-		if created != nil {
-			err = errors.Join(err, created.remove())
-			created.close()
+		if entry != nil {
+			if created {
+				err = errors.Join(err, entry.remove())
+			}
+			entry.close()
 		}
 		return nil, err
 	}
-	v.created = created
-	if opts.Direct {
-		// Reopen the inode already opened (and confined), not the path.
-		d, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), flags&^unix.O_CREAT|unix.O_DIRECT, 0)
-		if err == nil {
-			v.direct = d
-		}
-	}
+	v.flags, v.entry = flags, entry
 	return v, nil
 }
 
@@ -71,6 +70,7 @@ func newFileVolume(f *os.File, created bool, opts Options) (*fileVolume, error) 
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
 		v.size = st.Size
+		v.dev = st.Dev
 	case unix.S_IFBLK:
 		v.block = true
 		v.id = fmt.Sprintf("blk:%d", st.Rdev)
@@ -103,18 +103,18 @@ func (v *fileVolume) Close() error {
 	if v.direct != nil {
 		v.direct.Close()
 	}
-	if v.created != nil {
-		v.created.close()
+	if v.entry != nil {
+		v.entry.close()
 	}
 	return v.f.Close()
 }
 
 // RemoveCreated implements Remover.
 func (v *fileVolume) RemoveCreated() error {
-	if v.created == nil {
+	if v.entry == nil || !v.entry.created {
 		return nil
 	}
-	return v.created.remove()
+	return v.entry.remove()
 }
 
 // minDirectWrite is the smallest write that bypasses the page cache.
@@ -136,6 +136,9 @@ func (v *fileVolume) ReadAt(_ context.Context, p []byte, off int64) error {
 	if _, err := f.ReadAt(p, off); err != nil {
 		return fmt.Errorf("read %s at %d: %w", v.f.Name(), off, err)
 	}
+	if f == v.f && v.io.DropCache {
+		_ = unix.Fadvise(int(v.f.Fd()), off, int64(len(p)), unix.FADV_DONTNEED)
+	}
 	return nil
 }
 
@@ -154,14 +157,7 @@ func (v *fileVolume) WriteAt(_ context.Context, p []byte, off int64) error {
 	if _, err := v.f.WriteAt(p, off); err != nil {
 		return fmt.Errorf("write %s at %d: %w", v.f.Name(), off, err)
 	}
-	// Start writeback of a large write now rather than at the next flush:
-	// the disk writes while the copy reads on, and the flush finds little
-	// left to do. Small writes stay in the cache, where the flush can
-	// merge them. Failure only loses that overlap; Flush still makes the
-	// data durable.
-	if len(p) >= minDirectWrite {
-		_ = unix.SyncFileRange(int(v.f.Fd()), off, int64(len(p)), unix.SYNC_FILE_RANGE_WRITE)
-	}
+	v.wroteBuffered(off, int64(len(p)))
 	return nil
 }
 

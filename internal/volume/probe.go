@@ -44,7 +44,7 @@ type Probe struct {
 // Refusals wrap ErrInvalid, ErrOutsideRoots, ErrNotAllowed or
 // os.ErrNotExist.
 func ProbeEndpoint(ctx context.Context, uri string, opts Options, missing bool) (Probe, error) {
-	opts.Write, opts.CreateSize, opts.Direct = false, 0, false
+	opts.Write, opts.CreateSize = false, 0
 	switch {
 	case strings.HasPrefix(uri, "file://"):
 		path := strings.TrimPrefix(uri, "file://")

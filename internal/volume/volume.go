@@ -100,11 +100,6 @@ type Options struct {
 	// CreateSize, when positive with Write, creates a missing target file
 	// of this size. The new file reads as zeros.
 	CreateSize int64
-	// Direct bypasses the page cache (O_DIRECT) for aligned I/O on files
-	// and block devices: a copy then neither evicts the node's cache nor
-	// pays for copying through it. Unaligned I/O, and file systems without
-	// O_DIRECT, use the page cache.
-	Direct bool
 	// NBD tunes NBD endpoints.
 	NBD nbd.Options
 }

@@ -1,0 +1,174 @@
+package volcopy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/taskd/taskd/internal/volume"
+)
+
+// manifestRun is the manifest side of one copy run: the old manifest it
+// compares with (if it can be trusted) and the new one it writes.
+type manifestRun struct {
+	sc   volume.Sidecars
+	bs   int64
+	old  *manifestFile // nil: compare with the target's content
+	next *manifestFile // nil: this run leaves no manifest
+	log  *slog.Logger
+}
+
+// openManifests decides what the run compares with and starts the new
+// manifest. Only a failure to tell what the target is stops the copy; a
+// manifest that cannot be read, trusted or written only costs speed (the
+// copy compares with the target) or the next run's speed (no manifest is
+// left).
+//
+// A resumed run trusts no manifest and leaves none. Nothing tells what
+// happened to the target between the cut-off run and this one: its ctime
+// moved with the cut-off run's own writes, so a foreign write since would
+// go unseen, both where this run still copies (the old manifest would skip
+// it) and where the cut-off run had copied (the new manifest would vouch
+// for it). So the resumed run compares with the target, and the next copy
+// compares once more and leaves a manifest again.
+func (c *Copier) openManifests() error {
+	sc, err := volume.SidecarsOf(c.dst)
+	if err != nil {
+		return fmt.Errorf("%w: --manifest: %w", ErrInvalid, err)
+	}
+	target, ok := c.dst.(volume.File)
+	if !ok {
+		return fmt.Errorf("%w: --manifest needs a regular file target", ErrInvalid)
+	}
+	m := &manifestRun{sc: sc, bs: int64(c.opts.BlockSize), log: c.log}
+	c.manifest = m
+	size := c.src.Size()
+	if c.opts.Resume != nil {
+		c.log.Info("resumed manifest copy: comparing with the target; the next copy with --manifest compares once more and leaves a manifest")
+		return nil
+	}
+	if c.mode == ModeManifest {
+		old, err := openOldManifest(sc, c.opts.BlockSize, size)
+		if err == nil {
+			st, serr := target.State()
+			switch {
+			case serr != nil:
+				err = serr
+			case !sameTarget(old.head.target, st):
+				err = fmt.Errorf("%w: the target changed since the manifest was written", errManifest)
+			}
+			if err != nil {
+				old.f.Close()
+			}
+		}
+		switch {
+		case err == nil:
+			m.old = old
+		case errors.Is(err, os.ErrNotExist):
+			c.log.Info("no manifest beside the target: comparing with the target")
+		default:
+			c.log.Warn("manifest not trusted: comparing with the target", "reason", err)
+		}
+	}
+	m.next, err = createManifest(sc, c.opts.BlockSize, size)
+	if err != nil {
+		m.next = nil
+		c.log.Warn("this copy leaves no manifest (the next one compares with the target)", "reason", err)
+	}
+	c.resumed.Manifest, c.resumed.Against = "", ""
+	if m.next != nil {
+		c.resumed.Manifest = m.next.idString()
+	}
+	if m.old != nil {
+		c.resumed.Against = m.old.idString()
+	}
+	return nil
+}
+
+// trusted says whether unit e may be compared with the old manifest.
+func (m *manifestRun) trusted(*extentWork) bool {
+	return m != nil && m.old != nil
+}
+
+// sync makes the new manifest's entries durable before a checkpoint
+// claims them.
+func (m *manifestRun) sync() error {
+	if m == nil || m.next == nil {
+		return nil
+	}
+	if err := m.next.f.Sync(); err != nil {
+		return fmt.Errorf("sync new manifest: %w", err)
+	}
+	return nil
+}
+
+// record writes the entries of the blocks of [off, off+len(cur)*bs).
+func (m *manifestRun) record(off int64, cur []entry) error {
+	if m == nil || m.next == nil {
+		return nil
+	}
+	return m.next.writeEntries(off/m.bs, cur)
+}
+
+// finish commits the new manifest after a successful copy. A manifest
+// that cannot be committed is removed along with the old one: the next
+// copy then compares with the target instead of trusting a stale one.
+func (m *manifestRun) finish(dst volume.Volume) {
+	err := fmt.Errorf("%w: none was written", errManifest)
+	if m.next != nil {
+		var st volume.FileState
+		if st, err = settledState(dst.(volume.File)); err == nil {
+			err = m.next.commit(m.sc, st)
+		}
+		if err == nil {
+			return
+		}
+	}
+	m.log.Warn("no manifest left beside the target (the next copy compares with the target)", "reason", err)
+	if rerr := m.sc.RemoveSidecar(manifestSuffix); rerr != nil {
+		m.log.Warn("could not remove the old manifest", "reason", rerr)
+	}
+}
+
+// settledState is the target's state once the clock that stamps ctime has
+// moved past the recorded ctime. A file system that stamps ctime from the
+// coarse clock (one tick is up to 10 ms) does not change ctime for a write
+// in the same tick as the last one: recorded earlier, a write right after
+// the copy could leave the manifest looking current. Any write after this
+// returns gets a later ctime.
+func settledState(f volume.File) (volume.FileState, error) {
+	deadline := time.Now().Add(settleLimit)
+	for {
+		st, err := f.State()
+		if err != nil {
+			return st, err
+		}
+		var now unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_REALTIME_COARSE, &now); err != nil {
+			return st, fmt.Errorf("read the clock: %w", err)
+		}
+		if now.Sec > st.CtimeSec || now.Sec == st.CtimeSec && now.Nsec > st.CtimeNsec {
+			return st, nil
+		}
+		if time.Now().After(deadline) {
+			return st, fmt.Errorf("%w: the target's change time %d.%09d stays ahead of the clock", errManifest, st.CtimeSec, st.CtimeNsec)
+		}
+		time.Sleep(time.Millisecond) // the next tick of the coarse clock
+	}
+}
+
+// settleLimit bounds settledState: many ticks of any kernel's clock.
+const settleLimit = 200 * time.Millisecond
+
+func (m *manifestRun) close() {
+	if m.old != nil {
+		m.old.f.Close()
+	}
+	if m.next != nil {
+		m.next.f.Close()
+	}
+}

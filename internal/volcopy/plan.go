@@ -1,0 +1,248 @@
+package volcopy
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/taskd/taskd/internal/volume"
+)
+
+// DirectIO says whether file endpoints bypass the page cache.
+type DirectIO string
+
+const (
+	// DirectAuto lets the plan decide from what the endpoints are.
+	DirectAuto DirectIO = "auto"
+	DirectOn   DirectIO = "on"
+	DirectOff  DirectIO = "off"
+)
+
+// ZeroDetect says which data the copy scans for all-zero blocks (which it
+// then turns into holes instead of writing them).
+type ZeroDetect string
+
+const (
+	// ZeroAuto scans unless the source is a regular file without holes:
+	// a fully allocated file is copied as allocated, as cp does, which
+	// lets the kernel copy it (copy_file_range) without the data passing
+	// through the copy.
+	ZeroAuto ZeroDetect = "auto"
+	// ZeroAlways scans every block read.
+	ZeroAlways ZeroDetect = "always"
+	// ZeroNever copies allocated data as it is (holes stay holes).
+	ZeroNever ZeroDetect = "never"
+)
+
+// ParseDirectIO reads --direct-io: auto, on/true, off/false.
+func ParseDirectIO(s string) (DirectIO, error) {
+	switch strings.ToLower(s) {
+	case "", "auto":
+		return DirectAuto, nil
+	case "on", "true", "1", "yes":
+		return DirectOn, nil
+	case "off", "false", "0", "no":
+		return DirectOff, nil
+	}
+	return "", fmt.Errorf("%w: direct I/O %q: want auto, on or off", ErrInvalid, s)
+}
+
+// ParseZeroDetect reads --zero-detect: auto, always, never.
+func ParseZeroDetect(s string) (ZeroDetect, error) {
+	switch ZeroDetect(strings.ToLower(s)) {
+	case "", ZeroAuto:
+		return ZeroAuto, nil
+	case ZeroAlways:
+		return ZeroAlways, nil
+	case ZeroNever:
+		return ZeroNever, nil
+	}
+	return "", fmt.Errorf("%w: zero detection %q: want auto, always or never", ErrInvalid, s)
+}
+
+// ioPath is how a copy moves allocated data.
+type ioPath string
+
+const (
+	// pathCopyRange: copy_file_range(2), inside the kernel.
+	pathCopyRange ioPath = "copy_file_range"
+	// pathBuffered: read and write through the page cache, with
+	// write-behind and the cache dropped behind the copy.
+	pathBuffered ioPath = "buffered"
+	// pathDirect: O_DIRECT reads and large writes.
+	pathDirect ioPath = "direct"
+	// pathNBD: an endpoint is an NBD export; many requests in flight.
+	pathNBD ioPath = "nbd"
+)
+
+type endpointKind int
+
+const (
+	epOther endpointKind = iota // a volume the plan knows nothing of (tests)
+	epFile                      // a regular file
+	epBlock                     // a block device
+	epNBD                       // an NBD export
+)
+
+func (k endpointKind) String() string {
+	return [...]string{"volume", "file", "block device", "nbd"}[k]
+}
+
+// endpoint is what the plan needs to know of a volume.
+type endpoint struct {
+	kind endpointKind
+	dev  uint64 // file system of a regular file
+}
+
+func describe(v volume.Volume) endpoint {
+	if v == nil {
+		return endpoint{}
+	}
+	if f, ok := v.(volume.File); ok {
+		info := f.Info()
+		if info.Block {
+			return endpoint{kind: epBlock}
+		}
+		return endpoint{kind: epFile, dev: info.Dev}
+	}
+	if isNBD(v) {
+		return endpoint{kind: epNBD}
+	}
+	return endpoint{}
+}
+
+// sparseFile says whether a regular file has a hole (SEEK_HOLE before its
+// end); an NBD export or a device counts as sparse (zero detection on).
+func sparseFile(v volume.Volume, ep endpoint) bool {
+	if ep.kind != epFile {
+		return true
+	}
+	if v.Size() == 0 {
+		return false
+	}
+	// Local and non-blocking: SEEK_DATA/SEEK_HOLE.
+	ext, err := v.Extents(context.Background(), 0, v.Size())
+	if err != nil {
+		return true
+	}
+	return len(ext) != 1 || ext[0].Zero || ext[0].Len != v.Size()
+}
+
+// planInput is everything the choice of I/O path depends on.
+type planInput struct {
+	src, dst  endpoint
+	mode      Mode
+	srcSparse bool // the source has holes
+	hashing   bool // the copy keeps a block manifest: it must see the data
+	zero      ZeroDetect
+	direct    DirectIO
+	// Workers and request size the caller set (0: the plan's).
+	workers, request int
+}
+
+// plan is how a copy runs.
+type plan struct {
+	path       ioPath
+	zeroDetect bool
+	workers    int
+	request    int
+	srcIO      volume.IO // for file endpoints (source and base)
+	dstIO      volume.IO
+	why        string
+}
+
+// Defaults of each path (docs/volume-copy.md#how-a-copy-moves-data says why, and
+// docs/benchmarks/2026-11-26-copy-engine-merged.txt holds a measurement).
+const (
+	// The page cache path: few large requests. The kernel's readahead
+	// and writeback, not a deep queue of ours, keep the disk busy.
+	bufferedWorkers = 4
+	bufferedRequest = 1 << 20
+	// O_DIRECT: the queue depth is ours to keep up.
+	directWorkers = 4
+	directRequest = 1 << 20
+	// copy_file_range: large chunks (no buffer of ours holds them).
+	rangeWorkers = 2
+	rangeRequest = 1 << 20
+	// NBD: many requests in flight over several connections.
+	nbdWorkers = 32
+	nbdRequest = 1 << 20
+	// writeBehind bounds the dirty data a flush may find.
+	writeBehind = 32 << 20
+)
+
+// choosePlan picks the I/O path. It is pure: the tests of plan_test.go pin
+// which path each kind of endpoint pair takes.
+func choosePlan(in planInput) plan {
+	p := plan{zeroDetect: true}
+	var why []string
+	switch in.zero {
+	case ZeroNever:
+		p.zeroDetect = false
+		why = append(why, "zero detection off (--zero-detect never)")
+	case ZeroAlways:
+		why = append(why, "zero detection on (--zero-detect always)")
+	default:
+		if in.src.kind == epFile && !in.srcSparse {
+			p.zeroDetect = false
+			why = append(why, "source file has no holes: copied as allocated")
+		} else {
+			why = append(why, "zero detection on")
+		}
+	}
+	if in.hashing && !p.zeroDetect {
+		// The manifest needs every block's content anyway; a zero block
+		// costs nothing more to detect once it is read.
+		p.zeroDetect = true
+		why = append(why, "zero detection on (manifest reads the data)")
+	}
+	local := func(k endpointKind) bool { return k == epFile || k == epBlock }
+	switch {
+	case in.src.kind == epNBD || in.dst.kind == epNBD:
+		p.path, p.workers, p.request = pathNBD, nbdWorkers, nbdRequest
+		why = append(why, "an endpoint is NBD")
+	case !p.zeroDetect && in.mode == ModeFull && !in.hashing &&
+		in.src.kind == epFile && in.dst.kind == epFile && in.src.dev == in.dst.dev:
+		p.path, p.workers, p.request = pathCopyRange, rangeWorkers, rangeRequest
+		why = append(why, "both files on one file system")
+	case in.direct == DirectOn || in.direct != DirectOff && (in.src.kind == epBlock || in.dst.kind == epBlock):
+		p.path, p.workers, p.request = pathDirect, directWorkers, directRequest
+		if in.direct == DirectOn {
+			why = append(why, "--direct-io on")
+		} else {
+			why = append(why, "a block device: direct I/O keeps it out of the page cache")
+		}
+	default:
+		p.path, p.workers, p.request = pathBuffered, bufferedWorkers, bufferedRequest
+		why = append(why, "files: page cache with readahead and write-behind")
+	}
+	if in.direct == DirectOff && p.path == pathDirect {
+		p.path = pathBuffered
+	}
+	// How file endpoints move data on each path. A file endpoint of an
+	// NBD copy follows the local rule for its own kind.
+	fileIO := func(k endpointKind) volume.IO {
+		direct := in.direct == DirectOn || in.direct != DirectOff && k == epBlock
+		if p.path == pathDirect {
+			direct = true
+		}
+		if direct {
+			return volume.IO{Direct: true}
+		}
+		return volume.IO{WriteBehind: writeBehind, DropCache: true}
+	}
+	if local(in.src.kind) {
+		p.srcIO = fileIO(in.src.kind)
+	}
+	if local(in.dst.kind) {
+		p.dstIO = fileIO(in.dst.kind)
+	}
+	if in.workers > 0 {
+		p.workers = in.workers
+	}
+	if in.request > 0 {
+		p.request = in.request
+	}
+	p.why = strings.Join(why, "; ")
+	return p
+}

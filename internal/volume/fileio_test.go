@@ -1,0 +1,130 @@
+package volume_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/taskd/taskd/internal/volume"
+)
+
+func openFile(t *testing.T, path string, o volume.Options) volume.File {
+	t.Helper()
+	v, err := volume.Open(ctxT(t), "file://"+path, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Close() })
+	f, ok := v.(volume.File)
+	if !ok {
+		t.Fatalf("%s is not a volume.File", path)
+	}
+	return f
+}
+
+func randomBytes(n int, seed uint64) []byte {
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(seed, seed))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// TestCopyRange copies inside one file system, and refuses (having
+// copied nothing) between two, so that the copy can fall back.
+func TestCopyRange(t *testing.T) {
+	dir := t.TempDir()
+	data := randomBytes(3<<20, 1)
+	src := filepath.Join(dir, "src")
+	if err := os.WriteFile(src, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := openFile(t, src, volume.Options{})
+	s.SetIO(volume.IO{DropCache: true})
+	d := openFile(t, filepath.Join(dir, "dst"), volume.Options{Write: true, CreateSize: int64(len(data))})
+	d.SetIO(volume.IO{WriteBehind: 1 << 20, DropCache: true})
+	if s.Info().Dev != d.Info().Dev || s.Info().Block {
+		t.Fatalf("info: %+v and %+v", s.Info(), d.Info())
+	}
+	ctx := context.Background()
+	if err := s.CopyRange(ctx, d, 4096, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "dst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, len(data))
+	copy(want[4096:4096+2<<20], data[4096:])
+	if !bytes.Equal(got, want) {
+		t.Fatal("copy_file_range copied something else")
+	}
+	if err := s.CopyRange(ctx, d, 3<<20-4096, 8192); err == nil {
+		t.Fatal("a copy past the target's end was accepted")
+	}
+
+	shm, err := os.MkdirTemp("/dev/shm", "taskd-copyrange")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shm) })
+	other := openFile(t, filepath.Join(shm, "dst"), volume.Options{Write: true, CreateSize: int64(len(data))})
+	if other.Info().Dev == s.Info().Dev {
+		t.Skip("/dev/shm is the temporary directory's file system")
+	}
+	err = s.CopyRange(ctx, other, 0, 1<<20)
+	if !errors.Is(err, volume.ErrNoCopyRange) {
+		t.Fatalf("across file systems: %v, want ErrNoCopyRange", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(shm, "dst")); !bytes.Equal(b, make([]byte, len(data))) {
+		t.Fatal("a refused copy_file_range wrote something")
+	}
+}
+
+// TestSetIODirect: direct I/O where the file system has it, the page cache
+// where it refuses; the data is the same either way, and direct I/O can be
+// switched off again.
+func TestSetIODirect(t *testing.T) {
+	for _, dir := range []string{t.TempDir(), "/dev/shm"} {
+		d, err := os.MkdirTemp(dir, "direct")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+		p := filepath.Join(d, "f")
+		v := openFile(t, p, volume.Options{Write: true, CreateSize: 1 << 20})
+		var st unix.Statfs_t
+		if err := unix.Statfs(d, &st); err != nil {
+			t.Fatal(err)
+		}
+		got := v.SetIO(volume.IO{Direct: true})
+		if st.Type == unix.EXT4_SUPER_MAGIC && !got.Direct {
+			t.Fatalf("%s on ext4: direct I/O not in effect", d)
+		}
+		buf := volume.AlignedBuffer(512 << 10)
+		copy(buf, randomBytes(len(buf), 2))
+		if err := v.WriteAt(context.Background(), buf, 256<<10); err != nil {
+			t.Fatal(err)
+		}
+		back := volume.AlignedBuffer(512 << 10)
+		if err := v.ReadAt(context.Background(), back, 256<<10); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(back, buf) {
+			t.Fatal("read back differs")
+		}
+		if got := v.SetIO(volume.IO{}); got.Direct {
+			t.Fatal("direct I/O still on after switching it off")
+		}
+	}
+}
