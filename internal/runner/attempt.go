@@ -85,6 +85,14 @@ func (a *attempt) Active() bool {
 	return a.s.r.clock.Now().Before(a.s.r.cfg.Deadline(a.s.sess))
 }
 
+// ActiveFor is how long the runner's session stays alive by the local
+// deadline unless it is renewed (0 past it), whether or not the attempt
+// was asked to stop. The exec type's guard kills the program when that
+// time passes without news from this process (tasktype.GuardArg).
+func (a *attempt) ActiveFor() time.Duration {
+	return max(a.s.r.cfg.Deadline(a.s.sess).Sub(a.s.r.clock.Now()), 0)
+}
+
 // Checkpoint implements task.Reporter.
 func (a *attempt) Checkpoint(cp []byte, p task.Progress) error {
 	err := a.write(func(r *task.Record) bool {

@@ -171,13 +171,37 @@ func (x Exec) Run(ctx context.Context, spec json.RawMessage, checkpoint []byte, 
 	out := &logWriter{log: log}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	g, err := startGuard()
+	if err != nil {
+		pw.Close()
+		return err // retryable: the program did not start
+	}
 	if err := cmd.Start(); err != nil {
 		pw.Close()
+		_ = g.stop(true)
 		return task.Permanent(fmt.Errorf("start %s: %w", x.Path, err))
 	}
 	pw.Close()
 	pgid := cmd.Process.Pid
 	kill := func(sig syscall.Signal) { _ = syscall.Kill(-pgid, sig) }
+	defer g.stop(true) // after the group was killed (the waited case)
+	af, _ := r.(activeFor)
+	renew := func() error {
+		if af == nil {
+			return nil
+		}
+		if err := g.renew(af.ActiveFor()); err != nil {
+			return fmt.Errorf("exec guard gone: %w", err)
+		}
+		return nil
+	}
+	if err := errors.Join(g.follow(pgid), renew()); err != nil {
+		kill(syscall.SIGKILL)
+		_ = cmd.Wait()
+		return err
+	}
+	tick := time.NewTicker(guardTick)
+	defer tick.Stop()
 
 	// The protocol reader ends at EOF (the program and its children
 	// closed fd 3) or when a checkpoint is refused (fenced, stopped).
@@ -190,6 +214,14 @@ func (x Exec) Run(ctx context.Context, spec json.RawMessage, checkpoint []byte, 
 	var grace <-chan time.Time
 	for {
 		select {
+		case <-tick.C:
+			if err := renew(); err != nil && stopErr == nil {
+				// Without its guard the program could outlive a pause
+				// of taskd; stop it.
+				kill(syscall.SIGKILL)
+				stopErr = err
+			}
+			continue
 		case err := <-protoErr:
 			protoErr = nil
 			if err != nil {
