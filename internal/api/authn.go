@@ -47,6 +47,7 @@ var procedures = map[string]procedure{
 	taskdv1connect.TaskServiceSetTaskRateProcedure:   {auth.Operator, true, "task"},
 	taskdv1connect.TaskServiceWatchTaskProcedure:     {auth.Viewer, false, ""},
 	taskdv1connect.TaskServiceWatchTasksProcedure:    {auth.Viewer, false, ""},
+	taskdv1connect.TaskServiceTaskLogProcedure:       {auth.Viewer, false, ""},
 
 	taskdv1connect.RunnerServiceListRunnersProcedure:    {auth.Viewer, false, ""},
 	taskdv1connect.RunnerServiceSetRunnerMarksProcedure: {auth.Operator, true, "node"},

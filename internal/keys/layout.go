@@ -21,6 +21,7 @@ import (
 //	tasks/active/ID          unfinished task records
 //	tasks/done/XY/ID         finished task records, sharded by ID[:2]
 //	tasks/idem/SHA256        an idempotency key in use: the task it made
+//	tasks/logs/ID            a task's bounded output log (its runner, fenced)
 //	assigned/NAME/ID         one key per task running on NAME
 //	runners/NAME             a live runner (bound to its session)
 //	sessions/SESSION         a runner session's fencing key
@@ -102,6 +103,12 @@ func (t Tasks) DoneKey(id string) (string, error) {
 	}
 	return child(dir, id, ValidTaskID)
 }
+
+// LogsDir holds one bounded output log per task that wrote one.
+func (t Tasks) LogsDir() string { return t.root + "/tasks/logs" }
+
+// LogKey is the output log of task id.
+func (t Tasks) LogKey(id string) (string, error) { return child(t.LogsDir(), id, ValidTaskID) }
 
 // IdemDir holds one record per idempotency key in use: the task it made.
 func (t Tasks) IdemDir() string { return t.root + "/tasks/idem" }

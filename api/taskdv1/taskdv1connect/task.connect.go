@@ -56,6 +56,8 @@ const (
 	TaskServiceWatchTaskProcedure = "/taskd.v1.TaskService/WatchTask"
 	// TaskServiceWatchTasksProcedure is the fully-qualified name of the TaskService's WatchTasks RPC.
 	TaskServiceWatchTasksProcedure = "/taskd.v1.TaskService/WatchTasks"
+	// TaskServiceTaskLogProcedure is the fully-qualified name of the TaskService's TaskLog RPC.
+	TaskServiceTaskLogProcedure = "/taskd.v1.TaskService/TaskLog"
 	// RunnerServiceListRunnersProcedure is the fully-qualified name of the RunnerService's ListRunners
 	// RPC.
 	RunnerServiceListRunnersProcedure = "/taskd.v1.RunnerService/ListRunners"
@@ -85,6 +87,11 @@ type TaskServiceClient interface {
 	// the unfinished set, batched. It follows the store's watch: the web
 	// console's live table.
 	WatchTasks(context.Context, *connect.Request[taskdv1.WatchTasksRequest]) (*connect.ServerStreamForClient[taskdv1.WatchTasksResponse], error)
+	// TaskLog streams the task's output log (an exec program's output and
+	// log lines, bounded: docs/task-types.md): the lines after after_seq in
+	// one message, then with follow the new lines as the runner stores them,
+	// until the task is final. It follows the store's watch: no polling.
+	TaskLog(context.Context, *connect.Request[taskdv1.TaskLogRequest]) (*connect.ServerStreamForClient[taskdv1.TaskLogResponse], error)
 }
 
 // NewTaskServiceClient constructs a client for the taskd.v1.TaskService service. By default, it
@@ -165,6 +172,12 @@ func NewTaskServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(taskServiceMethods.ByName("WatchTasks")),
 			connect.WithClientOptions(opts...),
 		),
+		taskLog: connect.NewClient[taskdv1.TaskLogRequest, taskdv1.TaskLogResponse](
+			httpClient,
+			baseURL+TaskServiceTaskLogProcedure,
+			connect.WithSchema(taskServiceMethods.ByName("TaskLog")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -180,6 +193,7 @@ type taskServiceClient struct {
 	setTaskRate   *connect.Client[taskdv1.SetTaskRateRequest, taskdv1.GetTaskResponse]
 	watchTask     *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
 	watchTasks    *connect.Client[taskdv1.WatchTasksRequest, taskdv1.WatchTasksResponse]
+	taskLog       *connect.Client[taskdv1.TaskLogRequest, taskdv1.TaskLogResponse]
 }
 
 // CreateTask calls taskd.v1.TaskService.CreateTask.
@@ -232,6 +246,11 @@ func (c *taskServiceClient) WatchTasks(ctx context.Context, req *connect.Request
 	return c.watchTasks.CallServerStream(ctx, req)
 }
 
+// TaskLog calls taskd.v1.TaskService.TaskLog.
+func (c *taskServiceClient) TaskLog(ctx context.Context, req *connect.Request[taskdv1.TaskLogRequest]) (*connect.ServerStreamForClient[taskdv1.TaskLogResponse], error) {
+	return c.taskLog.CallServerStream(ctx, req)
+}
+
 // TaskServiceHandler is an implementation of the taskd.v1.TaskService service.
 type TaskServiceHandler interface {
 	CreateTask(context.Context, *connect.Request[taskdv1.CreateTaskRequest]) (*connect.Response[taskdv1.CreateTaskResponse], error)
@@ -253,6 +272,11 @@ type TaskServiceHandler interface {
 	// the unfinished set, batched. It follows the store's watch: the web
 	// console's live table.
 	WatchTasks(context.Context, *connect.Request[taskdv1.WatchTasksRequest], *connect.ServerStream[taskdv1.WatchTasksResponse]) error
+	// TaskLog streams the task's output log (an exec program's output and
+	// log lines, bounded: docs/task-types.md): the lines after after_seq in
+	// one message, then with follow the new lines as the runner stores them,
+	// until the task is final. It follows the store's watch: no polling.
+	TaskLog(context.Context, *connect.Request[taskdv1.TaskLogRequest], *connect.ServerStream[taskdv1.TaskLogResponse]) error
 }
 
 // NewTaskServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -329,6 +353,12 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(taskServiceMethods.ByName("WatchTasks")),
 		connect.WithHandlerOptions(opts...),
 	)
+	taskServiceTaskLogHandler := connect.NewServerStreamHandler(
+		TaskServiceTaskLogProcedure,
+		svc.TaskLog,
+		connect.WithSchema(taskServiceMethods.ByName("TaskLog")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/taskd.v1.TaskService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case TaskServiceCreateTaskProcedure:
@@ -351,6 +381,8 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 			taskServiceWatchTaskHandler.ServeHTTP(w, r)
 		case TaskServiceWatchTasksProcedure:
 			taskServiceWatchTasksHandler.ServeHTTP(w, r)
+		case TaskServiceTaskLogProcedure:
+			taskServiceTaskLogHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -398,6 +430,10 @@ func (UnimplementedTaskServiceHandler) WatchTask(context.Context, *connect.Reque
 
 func (UnimplementedTaskServiceHandler) WatchTasks(context.Context, *connect.Request[taskdv1.WatchTasksRequest], *connect.ServerStream[taskdv1.WatchTasksResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TaskService.WatchTasks is not implemented"))
+}
+
+func (UnimplementedTaskServiceHandler) TaskLog(context.Context, *connect.Request[taskdv1.TaskLogRequest], *connect.ServerStream[taskdv1.TaskLogResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TaskService.TaskLog is not implemented"))
 }
 
 // RunnerServiceClient is a client for the taskd.v1.RunnerService service.
