@@ -22,6 +22,208 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SetTypeLimitRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// limit: 1 to 100000 running tasks of the type cluster-wide.
+	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// unset removes the type's limit (limit must be 0 then).
+	Unset         bool `protobuf:"varint,3,opt,name=unset,proto3" json:"unset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTypeLimitRequest) Reset() {
+	*x = SetTypeLimitRequest{}
+	mi := &file_taskd_v1_task_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTypeLimitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTypeLimitRequest) ProtoMessage() {}
+
+func (x *SetTypeLimitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTypeLimitRequest.ProtoReflect.Descriptor instead.
+func (*SetTypeLimitRequest) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SetTypeLimitRequest) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *SetTypeLimitRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *SetTypeLimitRequest) GetUnset() bool {
+	if x != nil {
+		return x.Unset
+	}
+	return false
+}
+
+type ListTypeLimitsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTypeLimitsRequest) Reset() {
+	*x = ListTypeLimitsRequest{}
+	mi := &file_taskd_v1_task_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTypeLimitsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTypeLimitsRequest) ProtoMessage() {}
+
+func (x *ListTypeLimitsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTypeLimitsRequest.ProtoReflect.Descriptor instead.
+func (*ListTypeLimitsRequest) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{1}
+}
+
+type TypeLimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Limit         int32                  `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	Running       int32                  `protobuf:"varint,3,opt,name=running,proto3" json:"running,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TypeLimit) Reset() {
+	*x = TypeLimit{}
+	mi := &file_taskd_v1_task_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TypeLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TypeLimit) ProtoMessage() {}
+
+func (x *TypeLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TypeLimit.ProtoReflect.Descriptor instead.
+func (*TypeLimit) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TypeLimit) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *TypeLimit) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *TypeLimit) GetRunning() int32 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
+type TypeLimitsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limits        []*TypeLimit           `protobuf:"bytes,1,rep,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TypeLimitsResponse) Reset() {
+	*x = TypeLimitsResponse{}
+	mi := &file_taskd_v1_task_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TypeLimitsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TypeLimitsResponse) ProtoMessage() {}
+
+func (x *TypeLimitsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TypeLimitsResponse.ProtoReflect.Descriptor instead.
+func (*TypeLimitsResponse) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TypeLimitsResponse) GetLimits() []*TypeLimit {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
 type TaskLogRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -34,7 +236,7 @@ type TaskLogRequest struct {
 
 func (x *TaskLogRequest) Reset() {
 	*x = TaskLogRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[0]
+	mi := &file_taskd_v1_task_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +248,7 @@ func (x *TaskLogRequest) String() string {
 func (*TaskLogRequest) ProtoMessage() {}
 
 func (x *TaskLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[0]
+	mi := &file_taskd_v1_task_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +261,7 @@ func (x *TaskLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLogRequest.ProtoReflect.Descriptor instead.
 func (*TaskLogRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{0}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TaskLogRequest) GetId() string {
@@ -95,7 +297,7 @@ type TaskLogLine struct {
 
 func (x *TaskLogLine) Reset() {
 	*x = TaskLogLine{}
-	mi := &file_taskd_v1_task_proto_msgTypes[1]
+	mi := &file_taskd_v1_task_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -107,7 +309,7 @@ func (x *TaskLogLine) String() string {
 func (*TaskLogLine) ProtoMessage() {}
 
 func (x *TaskLogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[1]
+	mi := &file_taskd_v1_task_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -120,7 +322,7 @@ func (x *TaskLogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLogLine.ProtoReflect.Descriptor instead.
 func (*TaskLogLine) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{1}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TaskLogLine) GetSeq() int64 {
@@ -164,7 +366,7 @@ type TaskLogResponse struct {
 
 func (x *TaskLogResponse) Reset() {
 	*x = TaskLogResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[2]
+	mi := &file_taskd_v1_task_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -176,7 +378,7 @@ func (x *TaskLogResponse) String() string {
 func (*TaskLogResponse) ProtoMessage() {}
 
 func (x *TaskLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[2]
+	mi := &file_taskd_v1_task_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -189,7 +391,7 @@ func (x *TaskLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLogResponse.ProtoReflect.Descriptor instead.
 func (*TaskLogResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{2}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TaskLogResponse) GetLines() []*TaskLogLine {
@@ -226,7 +428,7 @@ type TaskProgress struct {
 
 func (x *TaskProgress) Reset() {
 	*x = TaskProgress{}
-	mi := &file_taskd_v1_task_proto_msgTypes[3]
+	mi := &file_taskd_v1_task_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -238,7 +440,7 @@ func (x *TaskProgress) String() string {
 func (*TaskProgress) ProtoMessage() {}
 
 func (x *TaskProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[3]
+	mi := &file_taskd_v1_task_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -251,7 +453,7 @@ func (x *TaskProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskProgress.ProtoReflect.Descriptor instead.
 func (*TaskProgress) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{3}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TaskProgress) GetDone() int64 {
@@ -299,7 +501,7 @@ type TaskError struct {
 
 func (x *TaskError) Reset() {
 	*x = TaskError{}
-	mi := &file_taskd_v1_task_proto_msgTypes[4]
+	mi := &file_taskd_v1_task_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -311,7 +513,7 @@ func (x *TaskError) String() string {
 func (*TaskError) ProtoMessage() {}
 
 func (x *TaskError) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[4]
+	mi := &file_taskd_v1_task_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -324,7 +526,7 @@ func (x *TaskError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskError.ProtoReflect.Descriptor instead.
 func (*TaskError) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{4}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TaskError) GetCode() string {
@@ -357,7 +559,7 @@ type TaskAttempt struct {
 
 func (x *TaskAttempt) Reset() {
 	*x = TaskAttempt{}
-	mi := &file_taskd_v1_task_proto_msgTypes[5]
+	mi := &file_taskd_v1_task_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +571,7 @@ func (x *TaskAttempt) String() string {
 func (*TaskAttempt) ProtoMessage() {}
 
 func (x *TaskAttempt) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[5]
+	mi := &file_taskd_v1_task_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +584,7 @@ func (x *TaskAttempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskAttempt.ProtoReflect.Descriptor instead.
 func (*TaskAttempt) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{5}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TaskAttempt) GetN() int32 {
@@ -488,7 +690,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_taskd_v1_task_proto_msgTypes[6]
+	mi := &file_taskd_v1_task_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -500,7 +702,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[6]
+	mi := &file_taskd_v1_task_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -513,7 +715,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{6}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Task) GetId() string {
@@ -769,7 +971,7 @@ type CreateTaskRequest struct {
 
 func (x *CreateTaskRequest) Reset() {
 	*x = CreateTaskRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[7]
+	mi := &file_taskd_v1_task_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +983,7 @@ func (x *CreateTaskRequest) String() string {
 func (*CreateTaskRequest) ProtoMessage() {}
 
 func (x *CreateTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[7]
+	mi := &file_taskd_v1_task_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +996,7 @@ func (x *CreateTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTaskRequest.ProtoReflect.Descriptor instead.
 func (*CreateTaskRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{7}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateTaskRequest) GetType() string {
@@ -892,7 +1094,7 @@ type CreateTaskResponse struct {
 
 func (x *CreateTaskResponse) Reset() {
 	*x = CreateTaskResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[8]
+	mi := &file_taskd_v1_task_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -904,7 +1106,7 @@ func (x *CreateTaskResponse) String() string {
 func (*CreateTaskResponse) ProtoMessage() {}
 
 func (x *CreateTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[8]
+	mi := &file_taskd_v1_task_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -917,7 +1119,7 @@ func (x *CreateTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTaskResponse.ProtoReflect.Descriptor instead.
 func (*CreateTaskResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{8}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateTaskResponse) GetTask() *Task {
@@ -943,7 +1145,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[9]
+	mi := &file_taskd_v1_task_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1157,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[9]
+	mi := &file_taskd_v1_task_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1170,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{9}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetTaskRequest) GetId() string {
@@ -987,7 +1189,7 @@ type GetTaskResponse struct {
 
 func (x *GetTaskResponse) Reset() {
 	*x = GetTaskResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[10]
+	mi := &file_taskd_v1_task_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1201,7 @@ func (x *GetTaskResponse) String() string {
 func (*GetTaskResponse) ProtoMessage() {}
 
 func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[10]
+	mi := &file_taskd_v1_task_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1214,7 @@ func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{10}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetTaskResponse) GetTask() *Task {
@@ -1031,7 +1233,7 @@ type TaskRef struct {
 
 func (x *TaskRef) Reset() {
 	*x = TaskRef{}
-	mi := &file_taskd_v1_task_proto_msgTypes[11]
+	mi := &file_taskd_v1_task_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1245,7 @@ func (x *TaskRef) String() string {
 func (*TaskRef) ProtoMessage() {}
 
 func (x *TaskRef) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[11]
+	mi := &file_taskd_v1_task_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1258,7 @@ func (x *TaskRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskRef.ProtoReflect.Descriptor instead.
 func (*TaskRef) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{11}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TaskRef) GetId() string {
@@ -1088,7 +1290,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[12]
+	mi := &file_taskd_v1_task_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1100,7 +1302,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[12]
+	mi := &file_taskd_v1_task_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1113,7 +1315,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{12}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListTasksRequest) GetStatus() string {
@@ -1183,7 +1385,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[13]
+	mi := &file_taskd_v1_task_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1397,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[13]
+	mi := &file_taskd_v1_task_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1410,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{13}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -1233,7 +1435,7 @@ type WatchTasksRequest struct {
 
 func (x *WatchTasksRequest) Reset() {
 	*x = WatchTasksRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[14]
+	mi := &file_taskd_v1_task_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1447,7 @@ func (x *WatchTasksRequest) String() string {
 func (*WatchTasksRequest) ProtoMessage() {}
 
 func (x *WatchTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[14]
+	mi := &file_taskd_v1_task_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1460,7 @@ func (x *WatchTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTasksRequest.ProtoReflect.Descriptor instead.
 func (*WatchTasksRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{14}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{18}
 }
 
 type WatchTasksResponse struct {
@@ -1275,7 +1477,7 @@ type WatchTasksResponse struct {
 
 func (x *WatchTasksResponse) Reset() {
 	*x = WatchTasksResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[15]
+	mi := &file_taskd_v1_task_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1489,7 @@ func (x *WatchTasksResponse) String() string {
 func (*WatchTasksResponse) ProtoMessage() {}
 
 func (x *WatchTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[15]
+	mi := &file_taskd_v1_task_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1502,7 @@ func (x *WatchTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTasksResponse.ProtoReflect.Descriptor instead.
 func (*WatchTasksResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{15}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchTasksResponse) GetTasks() []*Task {
@@ -1337,7 +1539,7 @@ type SetTaskWindowRequest struct {
 
 func (x *SetTaskWindowRequest) Reset() {
 	*x = SetTaskWindowRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[16]
+	mi := &file_taskd_v1_task_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1551,7 @@ func (x *SetTaskWindowRequest) String() string {
 func (*SetTaskWindowRequest) ProtoMessage() {}
 
 func (x *SetTaskWindowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[16]
+	mi := &file_taskd_v1_task_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1564,7 @@ func (x *SetTaskWindowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTaskWindowRequest.ProtoReflect.Descriptor instead.
 func (*SetTaskWindowRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{16}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SetTaskWindowRequest) GetId() string {
@@ -1404,7 +1606,7 @@ type SetTaskRateRequest struct {
 
 func (x *SetTaskRateRequest) Reset() {
 	*x = SetTaskRateRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[17]
+	mi := &file_taskd_v1_task_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1416,7 +1618,7 @@ func (x *SetTaskRateRequest) String() string {
 func (*SetTaskRateRequest) ProtoMessage() {}
 
 func (x *SetTaskRateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[17]
+	mi := &file_taskd_v1_task_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1429,7 +1631,7 @@ func (x *SetTaskRateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTaskRateRequest.ProtoReflect.Descriptor instead.
 func (*SetTaskRateRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{17}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SetTaskRateRequest) GetId() string {
@@ -1472,7 +1674,7 @@ type RunnerInfo struct {
 
 func (x *RunnerInfo) Reset() {
 	*x = RunnerInfo{}
-	mi := &file_taskd_v1_task_proto_msgTypes[18]
+	mi := &file_taskd_v1_task_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1484,7 +1686,7 @@ func (x *RunnerInfo) String() string {
 func (*RunnerInfo) ProtoMessage() {}
 
 func (x *RunnerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[18]
+	mi := &file_taskd_v1_task_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1497,7 +1699,7 @@ func (x *RunnerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunnerInfo.ProtoReflect.Descriptor instead.
 func (*RunnerInfo) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{18}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RunnerInfo) GetNode() string {
@@ -1585,7 +1787,7 @@ type ListRunnersRequest struct {
 
 func (x *ListRunnersRequest) Reset() {
 	*x = ListRunnersRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[19]
+	mi := &file_taskd_v1_task_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1597,7 +1799,7 @@ func (x *ListRunnersRequest) String() string {
 func (*ListRunnersRequest) ProtoMessage() {}
 
 func (x *ListRunnersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[19]
+	mi := &file_taskd_v1_task_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1610,7 +1812,7 @@ func (x *ListRunnersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunnersRequest.ProtoReflect.Descriptor instead.
 func (*ListRunnersRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{19}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{23}
 }
 
 type ListRunnersResponse struct {
@@ -1622,7 +1824,7 @@ type ListRunnersResponse struct {
 
 func (x *ListRunnersResponse) Reset() {
 	*x = ListRunnersResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[20]
+	mi := &file_taskd_v1_task_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1634,7 +1836,7 @@ func (x *ListRunnersResponse) String() string {
 func (*ListRunnersResponse) ProtoMessage() {}
 
 func (x *ListRunnersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[20]
+	mi := &file_taskd_v1_task_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1647,7 +1849,7 @@ func (x *ListRunnersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunnersResponse.ProtoReflect.Descriptor instead.
 func (*ListRunnersResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{20}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListRunnersResponse) GetRunners() []*RunnerInfo {
@@ -1670,7 +1872,7 @@ type SetRunnerMarksRequest struct {
 
 func (x *SetRunnerMarksRequest) Reset() {
 	*x = SetRunnerMarksRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[21]
+	mi := &file_taskd_v1_task_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1682,7 +1884,7 @@ func (x *SetRunnerMarksRequest) String() string {
 func (*SetRunnerMarksRequest) ProtoMessage() {}
 
 func (x *SetRunnerMarksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[21]
+	mi := &file_taskd_v1_task_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1695,7 +1897,7 @@ func (x *SetRunnerMarksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRunnerMarksRequest.ProtoReflect.Descriptor instead.
 func (*SetRunnerMarksRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{21}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SetRunnerMarksRequest) GetNode() string {
@@ -1728,7 +1930,7 @@ type SetRunnerMarksResponse struct {
 
 func (x *SetRunnerMarksResponse) Reset() {
 	*x = SetRunnerMarksResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[22]
+	mi := &file_taskd_v1_task_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +1942,7 @@ func (x *SetRunnerMarksResponse) String() string {
 func (*SetRunnerMarksResponse) ProtoMessage() {}
 
 func (x *SetRunnerMarksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[22]
+	mi := &file_taskd_v1_task_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +1955,7 @@ func (x *SetRunnerMarksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRunnerMarksResponse.ProtoReflect.Descriptor instead.
 func (*SetRunnerMarksResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{22}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SetRunnerMarksResponse) GetRunner() *RunnerInfo {
@@ -1768,6 +1970,17 @@ var File_taskd_v1_task_proto protoreflect.FileDescriptor
 const file_taskd_v1_task_proto_rawDesc = "" +
 	"\n" +
 	"\x13taskd/v1/task.proto\x12\btaskd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"U\n" +
+	"\x13SetTypeLimitRequest\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x14\n" +
+	"\x05unset\x18\x03 \x01(\bR\x05unset\"\x17\n" +
+	"\x15ListTypeLimitsRequest\"O\n" +
+	"\tTypeLimit\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x18\n" +
+	"\arunning\x18\x03 \x01(\x05R\arunning\"A\n" +
+	"\x12TypeLimitsResponse\x12+\n" +
+	"\x06limits\x18\x01 \x03(\v2\x13.taskd.v1.TypeLimitR\x06limits\"U\n" +
 	"\x0eTaskLogRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x1b\n" +
@@ -1919,7 +2132,7 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x14\n" +
 	"\x05force\x18\x03 \x01(\bR\x05force\"F\n" +
 	"\x16SetRunnerMarksResponse\x12,\n" +
-	"\x06runner\x18\x01 \x01(\v2\x14.taskd.v1.RunnerInfoR\x06runner2\x98\x06\n" +
+	"\x06runner\x18\x01 \x01(\v2\x14.taskd.v1.RunnerInfoR\x06runner2\xc0\a\n" +
 	"\vTaskService\x12I\n" +
 	"\n" +
 	"CreateTask\x12\x1b.taskd.v1.CreateTaskRequest\x1a\x1c.taskd.v1.CreateTaskResponse\"\x00\x12C\n" +
@@ -1935,7 +2148,9 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\tWatchTask\x12\x11.taskd.v1.TaskRef\x1a\x19.taskd.v1.GetTaskResponse\"\x000\x01\x12K\n" +
 	"\n" +
 	"WatchTasks\x12\x1b.taskd.v1.WatchTasksRequest\x1a\x1c.taskd.v1.WatchTasksResponse\"\x000\x01\x12B\n" +
-	"\aTaskLog\x12\x18.taskd.v1.TaskLogRequest\x1a\x19.taskd.v1.TaskLogResponse\"\x000\x012\xba\x01\n" +
+	"\aTaskLog\x12\x18.taskd.v1.TaskLogRequest\x1a\x19.taskd.v1.TaskLogResponse\"\x000\x01\x12P\n" +
+	"\fSetTypeLimit\x12\x1d.taskd.v1.SetTypeLimitRequest\x1a\x1c.taskd.v1.TypeLimitsResponse\"\x03\x90\x02\x02\x12T\n" +
+	"\x0eListTypeLimits\x12\x1f.taskd.v1.ListTypeLimitsRequest\x1a\x1c.taskd.v1.TypeLimitsResponse\"\x03\x90\x02\x012\xba\x01\n" +
 	"\rRunnerService\x12O\n" +
 	"\vListRunners\x12\x1c.taskd.v1.ListRunnersRequest\x1a\x1d.taskd.v1.ListRunnersResponse\"\x03\x90\x02\x01\x12X\n" +
 	"\x0eSetRunnerMarks\x12\x1f.taskd.v1.SetRunnerMarksRequest\x1a .taskd.v1.SetRunnerMarksResponse\"\x03\x90\x02\x02B,Z*github.com/taskd/taskd/api/taskdv1;taskdv1b\x06proto3"
@@ -1952,89 +2167,98 @@ func file_taskd_v1_task_proto_rawDescGZIP() []byte {
 	return file_taskd_v1_task_proto_rawDescData
 }
 
-var file_taskd_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_taskd_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_taskd_v1_task_proto_goTypes = []any{
-	(*TaskLogRequest)(nil),         // 0: taskd.v1.TaskLogRequest
-	(*TaskLogLine)(nil),            // 1: taskd.v1.TaskLogLine
-	(*TaskLogResponse)(nil),        // 2: taskd.v1.TaskLogResponse
-	(*TaskProgress)(nil),           // 3: taskd.v1.TaskProgress
-	(*TaskError)(nil),              // 4: taskd.v1.TaskError
-	(*TaskAttempt)(nil),            // 5: taskd.v1.TaskAttempt
-	(*Task)(nil),                   // 6: taskd.v1.Task
-	(*CreateTaskRequest)(nil),      // 7: taskd.v1.CreateTaskRequest
-	(*CreateTaskResponse)(nil),     // 8: taskd.v1.CreateTaskResponse
-	(*GetTaskRequest)(nil),         // 9: taskd.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),        // 10: taskd.v1.GetTaskResponse
-	(*TaskRef)(nil),                // 11: taskd.v1.TaskRef
-	(*ListTasksRequest)(nil),       // 12: taskd.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),      // 13: taskd.v1.ListTasksResponse
-	(*WatchTasksRequest)(nil),      // 14: taskd.v1.WatchTasksRequest
-	(*WatchTasksResponse)(nil),     // 15: taskd.v1.WatchTasksResponse
-	(*SetTaskWindowRequest)(nil),   // 16: taskd.v1.SetTaskWindowRequest
-	(*SetTaskRateRequest)(nil),     // 17: taskd.v1.SetTaskRateRequest
-	(*RunnerInfo)(nil),             // 18: taskd.v1.RunnerInfo
-	(*ListRunnersRequest)(nil),     // 19: taskd.v1.ListRunnersRequest
-	(*ListRunnersResponse)(nil),    // 20: taskd.v1.ListRunnersResponse
-	(*SetRunnerMarksRequest)(nil),  // 21: taskd.v1.SetRunnerMarksRequest
-	(*SetRunnerMarksResponse)(nil), // 22: taskd.v1.SetRunnerMarksResponse
-	nil,                            // 23: taskd.v1.RunnerInfo.RunningByTypeEntry
-	nil,                            // 24: taskd.v1.RunnerInfo.TypeCapacityEntry
-	(*timestamppb.Timestamp)(nil),  // 25: google.protobuf.Timestamp
+	(*SetTypeLimitRequest)(nil),    // 0: taskd.v1.SetTypeLimitRequest
+	(*ListTypeLimitsRequest)(nil),  // 1: taskd.v1.ListTypeLimitsRequest
+	(*TypeLimit)(nil),              // 2: taskd.v1.TypeLimit
+	(*TypeLimitsResponse)(nil),     // 3: taskd.v1.TypeLimitsResponse
+	(*TaskLogRequest)(nil),         // 4: taskd.v1.TaskLogRequest
+	(*TaskLogLine)(nil),            // 5: taskd.v1.TaskLogLine
+	(*TaskLogResponse)(nil),        // 6: taskd.v1.TaskLogResponse
+	(*TaskProgress)(nil),           // 7: taskd.v1.TaskProgress
+	(*TaskError)(nil),              // 8: taskd.v1.TaskError
+	(*TaskAttempt)(nil),            // 9: taskd.v1.TaskAttempt
+	(*Task)(nil),                   // 10: taskd.v1.Task
+	(*CreateTaskRequest)(nil),      // 11: taskd.v1.CreateTaskRequest
+	(*CreateTaskResponse)(nil),     // 12: taskd.v1.CreateTaskResponse
+	(*GetTaskRequest)(nil),         // 13: taskd.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),        // 14: taskd.v1.GetTaskResponse
+	(*TaskRef)(nil),                // 15: taskd.v1.TaskRef
+	(*ListTasksRequest)(nil),       // 16: taskd.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),      // 17: taskd.v1.ListTasksResponse
+	(*WatchTasksRequest)(nil),      // 18: taskd.v1.WatchTasksRequest
+	(*WatchTasksResponse)(nil),     // 19: taskd.v1.WatchTasksResponse
+	(*SetTaskWindowRequest)(nil),   // 20: taskd.v1.SetTaskWindowRequest
+	(*SetTaskRateRequest)(nil),     // 21: taskd.v1.SetTaskRateRequest
+	(*RunnerInfo)(nil),             // 22: taskd.v1.RunnerInfo
+	(*ListRunnersRequest)(nil),     // 23: taskd.v1.ListRunnersRequest
+	(*ListRunnersResponse)(nil),    // 24: taskd.v1.ListRunnersResponse
+	(*SetRunnerMarksRequest)(nil),  // 25: taskd.v1.SetRunnerMarksRequest
+	(*SetRunnerMarksResponse)(nil), // 26: taskd.v1.SetRunnerMarksResponse
+	nil,                            // 27: taskd.v1.RunnerInfo.RunningByTypeEntry
+	nil,                            // 28: taskd.v1.RunnerInfo.TypeCapacityEntry
+	(*timestamppb.Timestamp)(nil),  // 29: google.protobuf.Timestamp
 }
 var file_taskd_v1_task_proto_depIdxs = []int32{
-	25, // 0: taskd.v1.TaskLogLine.at:type_name -> google.protobuf.Timestamp
-	1,  // 1: taskd.v1.TaskLogResponse.lines:type_name -> taskd.v1.TaskLogLine
-	25, // 2: taskd.v1.TaskAttempt.started:type_name -> google.protobuf.Timestamp
-	25, // 3: taskd.v1.TaskAttempt.ended:type_name -> google.protobuf.Timestamp
-	3,  // 4: taskd.v1.Task.progress:type_name -> taskd.v1.TaskProgress
-	4,  // 5: taskd.v1.Task.error:type_name -> taskd.v1.TaskError
-	25, // 6: taskd.v1.Task.created:type_name -> google.protobuf.Timestamp
-	25, // 7: taskd.v1.Task.started:type_name -> google.protobuf.Timestamp
-	25, // 8: taskd.v1.Task.finished:type_name -> google.protobuf.Timestamp
-	25, // 9: taskd.v1.Task.updated:type_name -> google.protobuf.Timestamp
-	25, // 10: taskd.v1.Task.not_before:type_name -> google.protobuf.Timestamp
-	5,  // 11: taskd.v1.Task.history:type_name -> taskd.v1.TaskAttempt
-	25, // 12: taskd.v1.Task.tick:type_name -> google.protobuf.Timestamp
-	6,  // 13: taskd.v1.CreateTaskResponse.task:type_name -> taskd.v1.Task
-	6,  // 14: taskd.v1.GetTaskResponse.task:type_name -> taskd.v1.Task
-	6,  // 15: taskd.v1.ListTasksResponse.tasks:type_name -> taskd.v1.Task
-	6,  // 16: taskd.v1.WatchTasksResponse.tasks:type_name -> taskd.v1.Task
-	23, // 17: taskd.v1.RunnerInfo.running_by_type:type_name -> taskd.v1.RunnerInfo.RunningByTypeEntry
-	24, // 18: taskd.v1.RunnerInfo.type_capacity:type_name -> taskd.v1.RunnerInfo.TypeCapacityEntry
-	25, // 19: taskd.v1.RunnerInfo.started:type_name -> google.protobuf.Timestamp
-	18, // 20: taskd.v1.ListRunnersResponse.runners:type_name -> taskd.v1.RunnerInfo
-	18, // 21: taskd.v1.SetRunnerMarksResponse.runner:type_name -> taskd.v1.RunnerInfo
-	7,  // 22: taskd.v1.TaskService.CreateTask:input_type -> taskd.v1.CreateTaskRequest
-	9,  // 23: taskd.v1.TaskService.GetTask:input_type -> taskd.v1.GetTaskRequest
-	12, // 24: taskd.v1.TaskService.ListTasks:input_type -> taskd.v1.ListTasksRequest
-	11, // 25: taskd.v1.TaskService.CancelTask:input_type -> taskd.v1.TaskRef
-	11, // 26: taskd.v1.TaskService.PauseTask:input_type -> taskd.v1.TaskRef
-	11, // 27: taskd.v1.TaskService.ResumeTask:input_type -> taskd.v1.TaskRef
-	16, // 28: taskd.v1.TaskService.SetTaskWindow:input_type -> taskd.v1.SetTaskWindowRequest
-	17, // 29: taskd.v1.TaskService.SetTaskRate:input_type -> taskd.v1.SetTaskRateRequest
-	11, // 30: taskd.v1.TaskService.WatchTask:input_type -> taskd.v1.TaskRef
-	14, // 31: taskd.v1.TaskService.WatchTasks:input_type -> taskd.v1.WatchTasksRequest
-	0,  // 32: taskd.v1.TaskService.TaskLog:input_type -> taskd.v1.TaskLogRequest
-	19, // 33: taskd.v1.RunnerService.ListRunners:input_type -> taskd.v1.ListRunnersRequest
-	21, // 34: taskd.v1.RunnerService.SetRunnerMarks:input_type -> taskd.v1.SetRunnerMarksRequest
-	8,  // 35: taskd.v1.TaskService.CreateTask:output_type -> taskd.v1.CreateTaskResponse
-	10, // 36: taskd.v1.TaskService.GetTask:output_type -> taskd.v1.GetTaskResponse
-	13, // 37: taskd.v1.TaskService.ListTasks:output_type -> taskd.v1.ListTasksResponse
-	10, // 38: taskd.v1.TaskService.CancelTask:output_type -> taskd.v1.GetTaskResponse
-	10, // 39: taskd.v1.TaskService.PauseTask:output_type -> taskd.v1.GetTaskResponse
-	10, // 40: taskd.v1.TaskService.ResumeTask:output_type -> taskd.v1.GetTaskResponse
-	10, // 41: taskd.v1.TaskService.SetTaskWindow:output_type -> taskd.v1.GetTaskResponse
-	10, // 42: taskd.v1.TaskService.SetTaskRate:output_type -> taskd.v1.GetTaskResponse
-	10, // 43: taskd.v1.TaskService.WatchTask:output_type -> taskd.v1.GetTaskResponse
-	15, // 44: taskd.v1.TaskService.WatchTasks:output_type -> taskd.v1.WatchTasksResponse
-	2,  // 45: taskd.v1.TaskService.TaskLog:output_type -> taskd.v1.TaskLogResponse
-	20, // 46: taskd.v1.RunnerService.ListRunners:output_type -> taskd.v1.ListRunnersResponse
-	22, // 47: taskd.v1.RunnerService.SetRunnerMarks:output_type -> taskd.v1.SetRunnerMarksResponse
-	35, // [35:48] is the sub-list for method output_type
-	22, // [22:35] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	2,  // 0: taskd.v1.TypeLimitsResponse.limits:type_name -> taskd.v1.TypeLimit
+	29, // 1: taskd.v1.TaskLogLine.at:type_name -> google.protobuf.Timestamp
+	5,  // 2: taskd.v1.TaskLogResponse.lines:type_name -> taskd.v1.TaskLogLine
+	29, // 3: taskd.v1.TaskAttempt.started:type_name -> google.protobuf.Timestamp
+	29, // 4: taskd.v1.TaskAttempt.ended:type_name -> google.protobuf.Timestamp
+	7,  // 5: taskd.v1.Task.progress:type_name -> taskd.v1.TaskProgress
+	8,  // 6: taskd.v1.Task.error:type_name -> taskd.v1.TaskError
+	29, // 7: taskd.v1.Task.created:type_name -> google.protobuf.Timestamp
+	29, // 8: taskd.v1.Task.started:type_name -> google.protobuf.Timestamp
+	29, // 9: taskd.v1.Task.finished:type_name -> google.protobuf.Timestamp
+	29, // 10: taskd.v1.Task.updated:type_name -> google.protobuf.Timestamp
+	29, // 11: taskd.v1.Task.not_before:type_name -> google.protobuf.Timestamp
+	9,  // 12: taskd.v1.Task.history:type_name -> taskd.v1.TaskAttempt
+	29, // 13: taskd.v1.Task.tick:type_name -> google.protobuf.Timestamp
+	10, // 14: taskd.v1.CreateTaskResponse.task:type_name -> taskd.v1.Task
+	10, // 15: taskd.v1.GetTaskResponse.task:type_name -> taskd.v1.Task
+	10, // 16: taskd.v1.ListTasksResponse.tasks:type_name -> taskd.v1.Task
+	10, // 17: taskd.v1.WatchTasksResponse.tasks:type_name -> taskd.v1.Task
+	27, // 18: taskd.v1.RunnerInfo.running_by_type:type_name -> taskd.v1.RunnerInfo.RunningByTypeEntry
+	28, // 19: taskd.v1.RunnerInfo.type_capacity:type_name -> taskd.v1.RunnerInfo.TypeCapacityEntry
+	29, // 20: taskd.v1.RunnerInfo.started:type_name -> google.protobuf.Timestamp
+	22, // 21: taskd.v1.ListRunnersResponse.runners:type_name -> taskd.v1.RunnerInfo
+	22, // 22: taskd.v1.SetRunnerMarksResponse.runner:type_name -> taskd.v1.RunnerInfo
+	11, // 23: taskd.v1.TaskService.CreateTask:input_type -> taskd.v1.CreateTaskRequest
+	13, // 24: taskd.v1.TaskService.GetTask:input_type -> taskd.v1.GetTaskRequest
+	16, // 25: taskd.v1.TaskService.ListTasks:input_type -> taskd.v1.ListTasksRequest
+	15, // 26: taskd.v1.TaskService.CancelTask:input_type -> taskd.v1.TaskRef
+	15, // 27: taskd.v1.TaskService.PauseTask:input_type -> taskd.v1.TaskRef
+	15, // 28: taskd.v1.TaskService.ResumeTask:input_type -> taskd.v1.TaskRef
+	20, // 29: taskd.v1.TaskService.SetTaskWindow:input_type -> taskd.v1.SetTaskWindowRequest
+	21, // 30: taskd.v1.TaskService.SetTaskRate:input_type -> taskd.v1.SetTaskRateRequest
+	15, // 31: taskd.v1.TaskService.WatchTask:input_type -> taskd.v1.TaskRef
+	18, // 32: taskd.v1.TaskService.WatchTasks:input_type -> taskd.v1.WatchTasksRequest
+	4,  // 33: taskd.v1.TaskService.TaskLog:input_type -> taskd.v1.TaskLogRequest
+	0,  // 34: taskd.v1.TaskService.SetTypeLimit:input_type -> taskd.v1.SetTypeLimitRequest
+	1,  // 35: taskd.v1.TaskService.ListTypeLimits:input_type -> taskd.v1.ListTypeLimitsRequest
+	23, // 36: taskd.v1.RunnerService.ListRunners:input_type -> taskd.v1.ListRunnersRequest
+	25, // 37: taskd.v1.RunnerService.SetRunnerMarks:input_type -> taskd.v1.SetRunnerMarksRequest
+	12, // 38: taskd.v1.TaskService.CreateTask:output_type -> taskd.v1.CreateTaskResponse
+	14, // 39: taskd.v1.TaskService.GetTask:output_type -> taskd.v1.GetTaskResponse
+	17, // 40: taskd.v1.TaskService.ListTasks:output_type -> taskd.v1.ListTasksResponse
+	14, // 41: taskd.v1.TaskService.CancelTask:output_type -> taskd.v1.GetTaskResponse
+	14, // 42: taskd.v1.TaskService.PauseTask:output_type -> taskd.v1.GetTaskResponse
+	14, // 43: taskd.v1.TaskService.ResumeTask:output_type -> taskd.v1.GetTaskResponse
+	14, // 44: taskd.v1.TaskService.SetTaskWindow:output_type -> taskd.v1.GetTaskResponse
+	14, // 45: taskd.v1.TaskService.SetTaskRate:output_type -> taskd.v1.GetTaskResponse
+	14, // 46: taskd.v1.TaskService.WatchTask:output_type -> taskd.v1.GetTaskResponse
+	19, // 47: taskd.v1.TaskService.WatchTasks:output_type -> taskd.v1.WatchTasksResponse
+	6,  // 48: taskd.v1.TaskService.TaskLog:output_type -> taskd.v1.TaskLogResponse
+	3,  // 49: taskd.v1.TaskService.SetTypeLimit:output_type -> taskd.v1.TypeLimitsResponse
+	3,  // 50: taskd.v1.TaskService.ListTypeLimits:output_type -> taskd.v1.TypeLimitsResponse
+	24, // 51: taskd.v1.RunnerService.ListRunners:output_type -> taskd.v1.ListRunnersResponse
+	26, // 52: taskd.v1.RunnerService.SetRunnerMarks:output_type -> taskd.v1.SetRunnerMarksResponse
+	38, // [38:53] is the sub-list for method output_type
+	23, // [23:38] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_taskd_v1_task_proto_init() }
@@ -2042,14 +2266,14 @@ func file_taskd_v1_task_proto_init() {
 	if File_taskd_v1_task_proto != nil {
 		return
 	}
-	file_taskd_v1_task_proto_msgTypes[7].OneofWrappers = []any{}
+	file_taskd_v1_task_proto_msgTypes[11].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskd_v1_task_proto_rawDesc), len(file_taskd_v1_task_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

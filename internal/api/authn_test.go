@@ -90,7 +90,7 @@ func TestEveryProcedureNeedsItsRole(t *testing.T) {
 			need[p] = auth.Viewer
 		case strings.HasPrefix(p, "/taskd.v1.TokenService/"), strings.HasSuffix(p, "/SetVIP"), strings.HasSuffix(p, "/DeleteVIP"),
 			strings.HasSuffix(p, "/DrainVIP"), strings.HasSuffix(p, "/SetPriority"), strings.HasSuffix(p, "/SetSpecifiedMembers"),
-			strings.HasSuffix(p, "/ForgetMember"):
+			strings.HasSuffix(p, "/ForgetMember"), strings.HasSuffix(p, "/SetTypeLimit"):
 			need[p] = auth.Admin
 		case strings.HasSuffix(p, "/Join"):
 			need[p] = auth.Join

@@ -87,6 +87,7 @@ const (
 	watchTasks   watchIndex = iota // the unfinished tasks (ActiveDir)
 	watchRunners                   // the live runners (RunnersDir)
 	watchMarks                     // the runners' marks (RunnerConfigDir)
+	watchLimits                    // the limits per type (TypeLimitsDir)
 	numWatches
 )
 
@@ -96,6 +97,7 @@ type state struct {
 	tasks   map[string]*task.Record
 	runners map[string]task.RunnerInfo
 	marks   map[string]task.Marks
+	limits  task.TypeLimits
 	synced  [numWatches]bool
 	dirty   bool // changed since the last pass
 	// ended caches the finished tasks that waiting tasks depend on (a
@@ -112,6 +114,7 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		watchTasks:   d.store.WatchActive(ctx),
 		watchRunners: d.store.WatchRunners(ctx),
 		watchMarks:   d.store.WatchMarks(ctx),
+		watchLimits:  d.store.WatchTypeLimits(ctx),
 	}
 	defer func() {
 		for _, w := range watchers {
@@ -122,7 +125,7 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 	for i, w := range watchers {
 		watches[i] = w.Events()
 	}
-	st := &state{lay: lay, tasks: map[string]*task.Record{}, runners: map[string]task.RunnerInfo{}, marks: map[string]task.Marks{}}
+	st := &state{lay: lay, tasks: map[string]*task.Record{}, runners: map[string]task.RunnerInfo{}, marks: map[string]task.Marks{}, limits: task.TypeLimits{}}
 	log := d.log.With("epoch", l.Epoch())
 	log.Info("dispatcher started")
 	if m := d.cfg.Metrics; m != nil {
@@ -151,6 +154,10 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 			if !st.apply(watchMarks, ev, ok, log) {
 				return nil
 			}
+		case ev, ok := <-watches[watchLimits]:
+			if !st.apply(watchLimits, ev, ok, log) {
+				return nil
+			}
 		case <-wake.C:
 			st.dirty = true
 		case <-gc.C:
@@ -167,7 +174,7 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		if !d.drain(ctx, st, watches, log) {
 			return nil
 		}
-		if !st.synced[watchTasks] || !st.synced[watchRunners] || !st.synced[watchMarks] || !st.dirty {
+		if !st.synced[watchTasks] || !st.synced[watchRunners] || !st.synced[watchMarks] || !st.synced[watchLimits] || !st.dirty {
 			continue
 		}
 		st.dirty = false
@@ -202,6 +209,8 @@ func (d *Dispatcher) drain(ctx context.Context, st *state, watches [numWatches]<
 			i = watchRunners
 		case ev, ok = <-watches[watchMarks]:
 			i = watchMarks
+		case ev, ok = <-watches[watchLimits]:
+			i = watchLimits
 		default:
 			return ctx.Err() == nil
 		}
@@ -224,14 +233,19 @@ func (st *state) apply(i watchIndex, ev coord.Event, ok bool, log *slog.Logger) 
 		}
 		return true
 	case watchRunners:
-		applyJSON(st.runners, &st.synced[watchRunners], st.lay.RunnersDir(), ev, log, func(kv coord.KV) (task.RunnerInfo, error) {
+		applyJSON(st.runners, &st.synced[watchRunners], st.lay.RunnersDir(), keys.ValidName, ev, log, func(kv coord.KV) (task.RunnerInfo, error) {
 			return task.DecodeRunner(st.lay.RunnersDir(), kv)
 		})
 	case watchMarks:
-		applyJSON(st.marks, &st.synced[watchMarks], st.lay.RunnerConfigDir(), ev, log, func(kv coord.KV) (task.Marks, error) {
+		applyJSON(st.marks, &st.synced[watchMarks], st.lay.RunnerConfigDir(), keys.ValidName, ev, log, func(kv coord.KV) (task.Marks, error) {
 			var m task.Marks
 			err := json.Unmarshal(kv.Value, &m)
 			return m, err
+		})
+	case watchLimits:
+		applyJSON(st.limits, &st.synced[watchLimits], st.lay.TypeLimitsDir(), keys.ValidTaskType, ev, log, func(kv coord.KV) (int, error) {
+			_, n, err := task.DecodeTypeLimit(st.lay, kv)
+			return n, err
 		})
 	}
 	st.dirty = true
@@ -271,17 +285,18 @@ func (st *state) applyTask(ev coord.Event, log *slog.Logger) bool {
 	return true
 }
 
-// applyJSON feeds a runner or marks event of dir, whose keys are named by
-// node; decode reads a record. A key that names no valid node, or a record
-// decode refuses, is skipped.
-func applyJSON[T any](m map[string]T, synced *bool, dir string, ev coord.Event, log *slog.Logger, decode func(coord.KV) (T, error)) {
+// applyJSON feeds a runner, marks or type limit event of dir, whose keys
+// are named by node (or type: valid checks the name); decode reads a
+// record. A key with a name valid refuses, or a record decode refuses, is
+// skipped.
+func applyJSON[T any](m map[string]T, synced *bool, dir string, valid func(string) error, ev coord.Event, log *slog.Logger, decode func(coord.KV) (T, error)) {
 	if ev.Type == coord.EventSynced {
 		*synced = true
 		return
 	}
-	name, err := keys.Child(dir, ev.KV.Key, keys.ValidName)
+	name, err := keys.Child(dir, ev.KV.Key, valid)
 	if err != nil {
-		log.Warn("ignoring a key that names no valid node", "key", keys.Quote(ev.KV.Key), "err", err)
+		log.Warn("ignoring a key that names nothing valid", "key", keys.Quote(ev.KV.Key), "err", err)
 		return
 	}
 	switch ev.Type {
@@ -309,10 +324,13 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 
 	var waiting []*task.Record
 	var errs []error
-	keyed := task.KeyUse{}
+	keyed, typed := task.KeyUse{}, task.TypeUse{}
 	for _, r := range st.tasks {
 		switch r.State {
 		case task.Running:
+			// A task given back below still counts against its type's
+			// limit in this pass: it may still be working.
+			typed.Add(r)
 			rn, ok := runners[r.Runner]
 			if ok && rn.Info.Session == r.RunnerSession {
 				rn.Running++
@@ -361,8 +379,8 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 		if free == 0 {
 			continue // still scan for wake times; nothing else can be placed
 		}
-		if r.KeyReason(keyed) != "" {
-			continue // its key is at its limit; the end of a holder is an event
+		if r.KeyReason(keyed) != "" || r.TypeLimitReason(st.limits, typed) != "" {
+			continue // its key or type is at its limit; the end of a holder or a new limit is an event
 		}
 		best := pick(runners, r)
 		if best == nil {
@@ -373,6 +391,7 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 		best.Running++
 		best.RunningByType[r.Type]++
 		keyed.Add(a)
+		typed.Add(a)
 		free--
 		batch = append(batch, a)
 		if len(batch) == batchSize {

@@ -18,6 +18,7 @@ import (
 //	election/specified       who may lead
 //	config/priority/NAME     an operator's priority for a node
 //	config/runners/NAME      a runner's cordon and drain marks
+//	config/type-limits/TYPE  an operator's cluster-wide limit of running tasks of TYPE
 //	tasks/active/ID          unfinished task records
 //	tasks/done/XY/ID         finished task records, sharded by ID[:2]
 //	tasks/idem/SHA256        an idempotency key in use: the task it made
@@ -102,6 +103,14 @@ func (t Tasks) DoneKey(id string) (string, error) {
 		return "", err
 	}
 	return child(dir, id, ValidTaskID)
+}
+
+// TypeLimitsDir holds the operators' cluster-wide limits per task type.
+func (t Tasks) TypeLimitsDir() string { return t.root + "/config/type-limits" }
+
+// TypeLimitKey is the limit of task type typ.
+func (t Tasks) TypeLimitKey(typ string) (string, error) {
+	return child(t.TypeLimitsDir(), typ, ValidTaskType)
 }
 
 // LogsDir holds one bounded output log per task that wrote one.

@@ -58,6 +58,12 @@ const (
 	TaskServiceWatchTasksProcedure = "/taskd.v1.TaskService/WatchTasks"
 	// TaskServiceTaskLogProcedure is the fully-qualified name of the TaskService's TaskLog RPC.
 	TaskServiceTaskLogProcedure = "/taskd.v1.TaskService/TaskLog"
+	// TaskServiceSetTypeLimitProcedure is the fully-qualified name of the TaskService's SetTypeLimit
+	// RPC.
+	TaskServiceSetTypeLimitProcedure = "/taskd.v1.TaskService/SetTypeLimit"
+	// TaskServiceListTypeLimitsProcedure is the fully-qualified name of the TaskService's
+	// ListTypeLimits RPC.
+	TaskServiceListTypeLimitsProcedure = "/taskd.v1.TaskService/ListTypeLimits"
 	// RunnerServiceListRunnersProcedure is the fully-qualified name of the RunnerService's ListRunners
 	// RPC.
 	RunnerServiceListRunnersProcedure = "/taskd.v1.RunnerService/ListRunners"
@@ -92,6 +98,13 @@ type TaskServiceClient interface {
 	// one message, then with follow the new lines as the runner stores them,
 	// until the task is final. It follows the store's watch: no polling.
 	TaskLog(context.Context, *connect.Request[taskdv1.TaskLogRequest]) (*connect.ServerStreamForClient[taskdv1.TaskLogResponse], error)
+	// SetTypeLimit sets (or with unset removes) the cluster-wide limit of
+	// running tasks of one type; the dispatcher applies it under its epoch
+	// fence. Admin only.
+	SetTypeLimit(context.Context, *connect.Request[taskdv1.SetTypeLimitRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error)
+	// ListTypeLimits lists the limits per type with how many tasks of each
+	// type run now.
+	ListTypeLimits(context.Context, *connect.Request[taskdv1.ListTypeLimitsRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error)
 }
 
 // NewTaskServiceClient constructs a client for the taskd.v1.TaskService service. By default, it
@@ -178,22 +191,38 @@ func NewTaskServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(taskServiceMethods.ByName("TaskLog")),
 			connect.WithClientOptions(opts...),
 		),
+		setTypeLimit: connect.NewClient[taskdv1.SetTypeLimitRequest, taskdv1.TypeLimitsResponse](
+			httpClient,
+			baseURL+TaskServiceSetTypeLimitProcedure,
+			connect.WithSchema(taskServiceMethods.ByName("SetTypeLimit")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
+		listTypeLimits: connect.NewClient[taskdv1.ListTypeLimitsRequest, taskdv1.TypeLimitsResponse](
+			httpClient,
+			baseURL+TaskServiceListTypeLimitsProcedure,
+			connect.WithSchema(taskServiceMethods.ByName("ListTypeLimits")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // taskServiceClient implements TaskServiceClient.
 type taskServiceClient struct {
-	createTask    *connect.Client[taskdv1.CreateTaskRequest, taskdv1.CreateTaskResponse]
-	getTask       *connect.Client[taskdv1.GetTaskRequest, taskdv1.GetTaskResponse]
-	listTasks     *connect.Client[taskdv1.ListTasksRequest, taskdv1.ListTasksResponse]
-	cancelTask    *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
-	pauseTask     *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
-	resumeTask    *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
-	setTaskWindow *connect.Client[taskdv1.SetTaskWindowRequest, taskdv1.GetTaskResponse]
-	setTaskRate   *connect.Client[taskdv1.SetTaskRateRequest, taskdv1.GetTaskResponse]
-	watchTask     *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
-	watchTasks    *connect.Client[taskdv1.WatchTasksRequest, taskdv1.WatchTasksResponse]
-	taskLog       *connect.Client[taskdv1.TaskLogRequest, taskdv1.TaskLogResponse]
+	createTask     *connect.Client[taskdv1.CreateTaskRequest, taskdv1.CreateTaskResponse]
+	getTask        *connect.Client[taskdv1.GetTaskRequest, taskdv1.GetTaskResponse]
+	listTasks      *connect.Client[taskdv1.ListTasksRequest, taskdv1.ListTasksResponse]
+	cancelTask     *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
+	pauseTask      *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
+	resumeTask     *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
+	setTaskWindow  *connect.Client[taskdv1.SetTaskWindowRequest, taskdv1.GetTaskResponse]
+	setTaskRate    *connect.Client[taskdv1.SetTaskRateRequest, taskdv1.GetTaskResponse]
+	watchTask      *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
+	watchTasks     *connect.Client[taskdv1.WatchTasksRequest, taskdv1.WatchTasksResponse]
+	taskLog        *connect.Client[taskdv1.TaskLogRequest, taskdv1.TaskLogResponse]
+	setTypeLimit   *connect.Client[taskdv1.SetTypeLimitRequest, taskdv1.TypeLimitsResponse]
+	listTypeLimits *connect.Client[taskdv1.ListTypeLimitsRequest, taskdv1.TypeLimitsResponse]
 }
 
 // CreateTask calls taskd.v1.TaskService.CreateTask.
@@ -251,6 +280,16 @@ func (c *taskServiceClient) TaskLog(ctx context.Context, req *connect.Request[ta
 	return c.taskLog.CallServerStream(ctx, req)
 }
 
+// SetTypeLimit calls taskd.v1.TaskService.SetTypeLimit.
+func (c *taskServiceClient) SetTypeLimit(ctx context.Context, req *connect.Request[taskdv1.SetTypeLimitRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error) {
+	return c.setTypeLimit.CallUnary(ctx, req)
+}
+
+// ListTypeLimits calls taskd.v1.TaskService.ListTypeLimits.
+func (c *taskServiceClient) ListTypeLimits(ctx context.Context, req *connect.Request[taskdv1.ListTypeLimitsRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error) {
+	return c.listTypeLimits.CallUnary(ctx, req)
+}
+
 // TaskServiceHandler is an implementation of the taskd.v1.TaskService service.
 type TaskServiceHandler interface {
 	CreateTask(context.Context, *connect.Request[taskdv1.CreateTaskRequest]) (*connect.Response[taskdv1.CreateTaskResponse], error)
@@ -277,6 +316,13 @@ type TaskServiceHandler interface {
 	// one message, then with follow the new lines as the runner stores them,
 	// until the task is final. It follows the store's watch: no polling.
 	TaskLog(context.Context, *connect.Request[taskdv1.TaskLogRequest], *connect.ServerStream[taskdv1.TaskLogResponse]) error
+	// SetTypeLimit sets (or with unset removes) the cluster-wide limit of
+	// running tasks of one type; the dispatcher applies it under its epoch
+	// fence. Admin only.
+	SetTypeLimit(context.Context, *connect.Request[taskdv1.SetTypeLimitRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error)
+	// ListTypeLimits lists the limits per type with how many tasks of each
+	// type run now.
+	ListTypeLimits(context.Context, *connect.Request[taskdv1.ListTypeLimitsRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error)
 }
 
 // NewTaskServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -359,6 +405,20 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(taskServiceMethods.ByName("TaskLog")),
 		connect.WithHandlerOptions(opts...),
 	)
+	taskServiceSetTypeLimitHandler := connect.NewUnaryHandler(
+		TaskServiceSetTypeLimitProcedure,
+		svc.SetTypeLimit,
+		connect.WithSchema(taskServiceMethods.ByName("SetTypeLimit")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
+	taskServiceListTypeLimitsHandler := connect.NewUnaryHandler(
+		TaskServiceListTypeLimitsProcedure,
+		svc.ListTypeLimits,
+		connect.WithSchema(taskServiceMethods.ByName("ListTypeLimits")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/taskd.v1.TaskService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case TaskServiceCreateTaskProcedure:
@@ -383,6 +443,10 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 			taskServiceWatchTasksHandler.ServeHTTP(w, r)
 		case TaskServiceTaskLogProcedure:
 			taskServiceTaskLogHandler.ServeHTTP(w, r)
+		case TaskServiceSetTypeLimitProcedure:
+			taskServiceSetTypeLimitHandler.ServeHTTP(w, r)
+		case TaskServiceListTypeLimitsProcedure:
+			taskServiceListTypeLimitsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -434,6 +498,14 @@ func (UnimplementedTaskServiceHandler) WatchTasks(context.Context, *connect.Requ
 
 func (UnimplementedTaskServiceHandler) TaskLog(context.Context, *connect.Request[taskdv1.TaskLogRequest], *connect.ServerStream[taskdv1.TaskLogResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TaskService.TaskLog is not implemented"))
+}
+
+func (UnimplementedTaskServiceHandler) SetTypeLimit(context.Context, *connect.Request[taskdv1.SetTypeLimitRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TaskService.SetTypeLimit is not implemented"))
+}
+
+func (UnimplementedTaskServiceHandler) ListTypeLimits(context.Context, *connect.Request[taskdv1.ListTypeLimitsRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TaskService.ListTypeLimits is not implemented"))
 }
 
 // RunnerServiceClient is a client for the taskd.v1.RunnerService service.
