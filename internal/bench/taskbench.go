@@ -307,6 +307,12 @@ func storeCeiling(ctx context.Context, kv coord.Store, n, clients int) (float64,
 // noopThroughput creates n noop tasks from concurrent clients spread over
 // the nodes and times the first create to the last task's end.
 func noopThroughput(ctx context.Context, c *harness.Cluster, kv coord.Store, lay keys.Tasks, n, creators int) (float64, time.Duration, error) {
+	return noopThroughputWith(ctx, c, kv, lay, n, creators, func(int) *taskdv1.CreateTaskRequest { return &taskdv1.CreateTaskRequest{Type: "noop"} })
+}
+
+// noopThroughputWith is noopThroughput with the create request of the
+// i-th task made by req (a noop task, with a key or not).
+func noopThroughputWith(ctx context.Context, c *harness.Cluster, kv coord.Store, lay keys.Tasks, n, creators int, req func(i int) *taskdv1.CreateTaskRequest) (float64, time.Duration, error) {
 	f, stop := follow(ctx, kv, lay)
 	defer stop()
 	ids := make(chan string, n)
@@ -323,8 +329,8 @@ func noopThroughput(ctx context.Context, c *harness.Cluster, kv coord.Store, lay
 		go func() {
 			defer wg.Done()
 			node := c.Nodes[w%len(c.Nodes)]
-			for range work {
-				id, err := createTask(ctx, node, &taskdv1.CreateTaskRequest{Type: "noop"})
+			for i := range work {
+				id, err := createTask(ctx, node, req(i))
 				if err != nil {
 					errs <- err
 					return

@@ -172,34 +172,36 @@ func (x Exec) Run(ctx context.Context, spec json.RawMessage, checkpoint []byte, 
 	out := &logWriter{log: log, task: tl}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	g, err := startGuard()
+	g, err := theGuard()
 	if err != nil {
 		pw.Close()
 		return err // retryable: the program did not start
 	}
 	if err := cmd.Start(); err != nil {
 		pw.Close()
-		_ = g.stop(true)
 		return task.Permanent(fmt.Errorf("start %s: %w", x.Path, err))
 	}
 	pw.Close()
 	pgid := cmd.Process.Pid
 	kill := func(sig syscall.Signal) { _ = syscall.Kill(-pgid, sig) }
-	defer g.stop(true) // after the group was killed (the waited case)
 	af, _ := r.(activeFor)
+	var first time.Duration // no deadline without a session
+	if af != nil {
+		first = max(af.ActiveFor(), time.Nanosecond)
+	}
+	if err := g.add(pgid, first); err != nil {
+		kill(syscall.SIGKILL)
+		_ = cmd.Wait()
+		return err
+	}
+	// After the group was killed (the waited case): a pid reused in the
+	// meantime is not ours to guard.
+	defer func() { _ = g.remove(pgid) }()
 	renew := func() error {
 		if af == nil {
 			return nil
 		}
-		if err := g.renew(af.ActiveFor()); err != nil {
-			return fmt.Errorf("exec guard gone: %w", err)
-		}
-		return nil
-	}
-	if err := errors.Join(g.follow(pgid), renew()); err != nil {
-		kill(syscall.SIGKILL)
-		_ = cmd.Wait()
-		return err
+		return g.renew(pgid, af.ActiveFor())
 	}
 	tick := time.NewTicker(guardTick)
 	defer tick.Stop()

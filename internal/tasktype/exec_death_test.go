@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -163,43 +164,95 @@ func TestExecGuardKillsWhileTaskdIsStopped(t *testing.T) {
 	}
 }
 
-// TestExecGuardRefusesBadInput: a guard run with arguments, or told
-// something else than a group first, kills nothing and exits 2; a line
-// that is not the protocol's after the group kills the group (the guard
-// can no longer tell whether the attempt is active).
-func TestExecGuardRefusesBadInput(t *testing.T) {
-	for _, c := range []struct {
-		args []string
-		in   string
-	}{{[]string{"12"}, "group 12\n"}, {nil, "12\n"}, {nil, "group x\n"}, {nil, "group 1\n"}, {nil, "group -5\n"}, {nil, "active 100\n"}} {
-		var out bytes.Buffer
-		if code := GuardMain(c.args, strings.NewReader(c.in), &out); code != 2 {
-			t.Errorf("GuardMain(%q) with %q = %d; want 2", c.args, c.in, code)
-		}
-	}
-	for _, in := range []string{"active nonsense\n", "active -1\n", "what\n", ""} {
-		cmd := exec.Command("sleep", "600")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill() })
-		var out bytes.Buffer
-		if code := GuardMain(nil, strings.NewReader(fmt.Sprintf("group %d\nactive 60000000000\n%s", cmd.Process.Pid, in)), &out); code != 0 || out.String() != "ready\n" {
-			t.Fatalf("GuardMain = %d, %q", code, out.String())
-		}
-		if err := cmd.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
-			t.Fatalf("after %q the group was not killed: %v", in, err)
-		}
-	}
-	// "done" leaves the group alone.
+// sleeper starts sleep 600 in a process group of its own.
+func sleeper(t *testing.T) *exec.Cmd {
+	t.Helper()
 	cmd := exec.Command("sleep", "600")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	if code := GuardMain(nil, strings.NewReader(fmt.Sprintf("group %d\ndone\n", cmd.Process.Pid)), io.Discard); code != 0 || dead(cmd.Process.Pid) {
-		t.Fatalf("after done: code %d, alive %v", code, !dead(cmd.Process.Pid))
+	return cmd
+}
+
+// TestExecGuardProtocol plays taskd and crafted input against the guard:
+// a group past its deadline is killed and one renewed or forgotten is
+// not; a line that is not the protocol's kills every group followed
+// (the guard can no longer tell which attempts are active) and ends it
+// with 2; arguments are refused before anything is followed; EOF (taskd
+// died) kills every group.
+func TestExecGuardProtocol(t *testing.T) {
+	var out bytes.Buffer
+	if code := GuardMain([]string{"12"}, strings.NewReader(""), &out); code != 2 || out.Len() != 0 {
+		t.Errorf("GuardMain with arguments = %d, %q; want 2 and nothing written", code, out.String())
 	}
+	for _, bad := range []string{"12", "add x 5", "add 1 5", "add -5 5", "add 12 -1", "active 12", "del", "kill 12", "add 12 5 6"} {
+		s := sleeper(t)
+		in := fmt.Sprintf("add %d 0\n%s\n", s.Process.Pid, bad)
+		if code := GuardMain(nil, strings.NewReader(in), io.Discard); code != 2 {
+			t.Errorf("line %q: exit %d, want 2", bad, code)
+		}
+		if err := s.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
+			t.Errorf("after line %q the followed group was not killed: %v", bad, err)
+		}
+	}
+	// EOF: every group followed dies, with or without a deadline.
+	a, b := sleeper(t), sleeper(t)
+	in := fmt.Sprintf("add %d 0\nadd %d 60000000000\n", a.Process.Pid, b.Process.Pid)
+	if code := GuardMain(nil, strings.NewReader(in), io.Discard); code != 0 {
+		t.Fatalf("exit %d at EOF", code)
+	}
+	for _, c := range []*exec.Cmd{a, b} {
+		if err := c.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
+			t.Fatalf("group %d not killed at EOF: %v", c.Process.Pid, err)
+		}
+	}
+	// Deadlines: late dies; renewed (0.2 s given, renewed to 60 s) and
+	// forgotten (del) live on while the guard waits for late.
+	pr, pw := io.Pipe()
+	done := make(chan int, 1)
+	go func() { done <- GuardMain(nil, pr, io.Discard) }()
+	late, renewed, forgotten := sleeper(t), sleeper(t), sleeper(t)
+	fmt.Fprintf(pw, "add %d 200000000\nadd %d 200000000\nadd %d 200000000\nactive %d 60000000000\ndel %d\n",
+		late.Process.Pid, renewed.Process.Pid, forgotten.Process.Pid, renewed.Process.Pid, forgotten.Process.Pid)
+	waitGone(t, 5*time.Second, "past its deadline", late.Process.Pid)
+	if dead(renewed.Process.Pid) || dead(forgotten.Process.Pid) {
+		t.Fatal("the guard killed a renewed or forgotten group")
+	}
+	fmt.Fprintf(pw, "del %d\n", renewed.Process.Pid)
+	pw.Close()
+	if code := <-done; code != 0 || dead(renewed.Process.Pid) || dead(forgotten.Process.Pid) {
+		t.Fatalf("exit %d; a forgotten group was killed at EOF", code)
+	}
+}
+
+// TestExecGuardReplaced: a guard that died (killed by someone) is noticed
+// at the next line taskd sends it (errGuardGone: the attempt stops, its
+// program unprotected), and the next program gets a new guard that works.
+func TestExecGuardReplaced(t *testing.T) {
+	g, err := theGuard()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	s := sleeper(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// The pipe breaks once the guard is gone: EPIPE on a write.
+	if err := testenv.WaitFor(ctx, 10*time.Millisecond, func() bool {
+		return errors.Is(g.add(s.Process.Pid, 0), errGuardGone)
+	}); err != nil {
+		t.Fatal("writes to a dead guard do not fail")
+	}
+	g2, err := theGuard()
+	if err != nil || g2 == g {
+		t.Fatalf("no new guard: %v (same: %v)", err, g2 == g)
+	}
+	if err := g2.add(s.Process.Pid, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, 5*time.Second, "past its deadline under the new guard", s.Process.Pid)
 }
