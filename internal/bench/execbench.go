@@ -15,7 +15,6 @@ import (
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/keys"
-	"github.com/taskd/taskd/internal/quorum"
 )
 
 // execNoop is the exec bench's program: it does nothing and succeeds.
@@ -39,13 +38,9 @@ func execBench(args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	for _, v := range []struct {
-		name   string
-		v, max int
-	}{{"seq-n", *seqN, 10000}, {"noop-n", *noopN, 100000}, {"creators", *creators, 256}, {"keys", *keysN, 5000}, {"waiting", *waitingN, 100000}, {"probe-n", *probeN, 10000}} {
-		if v.v < 0 || v.v > v.max {
-			return fmt.Errorf("-%s must be 0-%d", v.name, v.max)
-		}
+	if err := checkRanges([]intFlag{{"seq-n", *seqN, 10000}, {"noop-n", *noopN, 100000}, {"creators", *creators, 256},
+		{"keys", *keysN, 5000}, {"waiting", *waitingN, 100000}, {"probe-n", *probeN, 10000}}); err != nil {
+		return err
 	}
 	e, cleanup, err := setup(*backend, *timeout)
 	if err != nil {
@@ -66,30 +61,13 @@ func execBench(args []string, out io.Writer) error {
 	capacity := (*keysN + *probeN + 2) / 3 * 2
 	capacity = max(capacity, 64)
 	e.opts.Extra = append(e.opts.Extra, "--exec-dir", types, "--runner-capacity", fmt.Sprint(capacity))
-	c, err := e.startCluster(3)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	st, err := harness.WaitAgreed(ctx, c.Nodes, 0)
+	c, kv, lay, closeCluster, err := e.taskCluster(ctx, *backend)
 	if err != nil {
 		return err
 	}
-	kv, err := benchStore(*backend, c, e)
-	if err != nil {
-		return err
-	}
-	defer kv.Close()
-	root, err := keys.NewRoot(quorum.DefaultConfig().Root)
-	if err != nil {
-		return err
-	}
-	lay := root.Tasks()
-	if err := waitRunners(ctx, c.Node(st.Leader), 3); err != nil {
-		return err
-	}
+	defer closeCluster()
 	fmt.Fprintf(out, "exec: backend=%s 3 nodes on loopback, session-timeout=%v runner-capacity=%d\n", *backend, *timeout, capacity)
 
 	if *seqN > 0 {

@@ -3,6 +3,7 @@ package runner_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -51,18 +52,18 @@ func TestAttemptLog(t *testing.T) {
 				l.AppendLog("two")
 				l.FlushLog() // due: the attempt has written nothing yet
 			})
-			if got := texts(); !equalStrings(got, []string{"one", "two"}) {
+			if got := texts(); !slices.Equal(got, []string{"one", "two"}) {
 				t.Fatalf("after the first FlushLog: log %q", got)
 			}
 			f.in(t, func(r task.Reporter) {
 				r.(taskLogger).AppendLog("three")
 				r.(taskLogger).FlushLog() // not due: the last write was just now
 			})
-			if got := texts(); !equalStrings(got, []string{"one", "two"}) {
+			if got := texts(); !slices.Equal(got, []string{"one", "two"}) {
 				t.Fatalf("FlushLog wrote before a write was due: log %q", got)
 			}
 			f.in(t, func(r task.Reporter) { err = r.Checkpoint([]byte("c1"), task.Progress{Done: 1}) })
-			if got := texts(); err != nil || !equalStrings(got, []string{"one", "two", "three"}) {
+			if got := texts(); err != nil || !slices.Equal(got, []string{"one", "two", "three"}) {
 				t.Fatalf("after a checkpoint: log %q, err %v", got, err)
 			}
 			// The task goes to another runner while the attempt still
@@ -79,7 +80,7 @@ func TestAttemptLog(t *testing.T) {
 				r.(taskLogger).AppendLog("stale")
 				err = r.Checkpoint([]byte("c2"), task.Progress{Done: 2})
 			})
-			if got := texts(); !equalStrings(got, []string{"one", "two", "three"}) {
+			if got := texts(); !slices.Equal(got, []string{"one", "two", "three"}) {
 				t.Fatalf("a stale attempt changed the log: %q", got)
 			}
 			if !errors.Is(err, task.ErrFenced) {
@@ -87,16 +88,4 @@ func TestAttemptLog(t *testing.T) {
 			}
 		})
 	}
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
