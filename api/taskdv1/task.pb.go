@@ -22,6 +22,399 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SetTypeLimitRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// limit: 1 to 100000 running tasks of the type cluster-wide.
+	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// unset removes the type's limit (limit must be 0 then).
+	Unset         bool `protobuf:"varint,3,opt,name=unset,proto3" json:"unset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTypeLimitRequest) Reset() {
+	*x = SetTypeLimitRequest{}
+	mi := &file_taskd_v1_task_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTypeLimitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTypeLimitRequest) ProtoMessage() {}
+
+func (x *SetTypeLimitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTypeLimitRequest.ProtoReflect.Descriptor instead.
+func (*SetTypeLimitRequest) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SetTypeLimitRequest) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *SetTypeLimitRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *SetTypeLimitRequest) GetUnset() bool {
+	if x != nil {
+		return x.Unset
+	}
+	return false
+}
+
+type ListTypeLimitsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTypeLimitsRequest) Reset() {
+	*x = ListTypeLimitsRequest{}
+	mi := &file_taskd_v1_task_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTypeLimitsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTypeLimitsRequest) ProtoMessage() {}
+
+func (x *ListTypeLimitsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTypeLimitsRequest.ProtoReflect.Descriptor instead.
+func (*ListTypeLimitsRequest) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{1}
+}
+
+type TypeLimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Limit         int32                  `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	Running       int32                  `protobuf:"varint,3,opt,name=running,proto3" json:"running,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TypeLimit) Reset() {
+	*x = TypeLimit{}
+	mi := &file_taskd_v1_task_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TypeLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TypeLimit) ProtoMessage() {}
+
+func (x *TypeLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TypeLimit.ProtoReflect.Descriptor instead.
+func (*TypeLimit) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TypeLimit) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *TypeLimit) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *TypeLimit) GetRunning() int32 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
+type TypeLimitsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limits        []*TypeLimit           `protobuf:"bytes,1,rep,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TypeLimitsResponse) Reset() {
+	*x = TypeLimitsResponse{}
+	mi := &file_taskd_v1_task_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TypeLimitsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TypeLimitsResponse) ProtoMessage() {}
+
+func (x *TypeLimitsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TypeLimitsResponse.ProtoReflect.Descriptor instead.
+func (*TypeLimitsResponse) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TypeLimitsResponse) GetLimits() []*TypeLimit {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+type TaskLogRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Follow bool                   `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	// after_seq: send only the lines numbered above it (0: all kept).
+	AfterSeq      int64 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskLogRequest) Reset() {
+	*x = TaskLogRequest{}
+	mi := &file_taskd_v1_task_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskLogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskLogRequest) ProtoMessage() {}
+
+func (x *TaskLogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskLogRequest.ProtoReflect.Descriptor instead.
+func (*TaskLogRequest) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TaskLogRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *TaskLogRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *TaskLogRequest) GetAfterSeq() int64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+type TaskLogLine struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           int64                  `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	At            *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
+	Attempt       int32                  `protobuf:"varint,3,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Text          string                 `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskLogLine) Reset() {
+	*x = TaskLogLine{}
+	mi := &file_taskd_v1_task_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskLogLine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskLogLine) ProtoMessage() {}
+
+func (x *TaskLogLine) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskLogLine.ProtoReflect.Descriptor instead.
+func (*TaskLogLine) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TaskLogLine) GetSeq() int64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *TaskLogLine) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *TaskLogLine) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *TaskLogLine) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+type TaskLogResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Lines []*TaskLogLine         `protobuf:"bytes,1,rep,name=lines,proto3" json:"lines,omitempty"`
+	// dropped: how many of the oldest lines the bounds have dropped so far.
+	Dropped int64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	// state: the task's state when the message was sent.
+	State         string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskLogResponse) Reset() {
+	*x = TaskLogResponse{}
+	mi := &file_taskd_v1_task_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskLogResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskLogResponse) ProtoMessage() {}
+
+func (x *TaskLogResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_taskd_v1_task_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskLogResponse.ProtoReflect.Descriptor instead.
+func (*TaskLogResponse) Descriptor() ([]byte, []int) {
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TaskLogResponse) GetLines() []*TaskLogLine {
+	if x != nil {
+		return x.Lines
+	}
+	return nil
+}
+
+func (x *TaskLogResponse) GetDropped() int64 {
+	if x != nil {
+		return x.Dropped
+	}
+	return 0
+}
+
+func (x *TaskLogResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
 type TaskProgress struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Done          int64                  `protobuf:"varint,1,opt,name=done,proto3" json:"done,omitempty"`
@@ -35,7 +428,7 @@ type TaskProgress struct {
 
 func (x *TaskProgress) Reset() {
 	*x = TaskProgress{}
-	mi := &file_taskd_v1_task_proto_msgTypes[0]
+	mi := &file_taskd_v1_task_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -47,7 +440,7 @@ func (x *TaskProgress) String() string {
 func (*TaskProgress) ProtoMessage() {}
 
 func (x *TaskProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[0]
+	mi := &file_taskd_v1_task_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -60,7 +453,7 @@ func (x *TaskProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskProgress.ProtoReflect.Descriptor instead.
 func (*TaskProgress) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{0}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TaskProgress) GetDone() int64 {
@@ -108,7 +501,7 @@ type TaskError struct {
 
 func (x *TaskError) Reset() {
 	*x = TaskError{}
-	mi := &file_taskd_v1_task_proto_msgTypes[1]
+	mi := &file_taskd_v1_task_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -120,7 +513,7 @@ func (x *TaskError) String() string {
 func (*TaskError) ProtoMessage() {}
 
 func (x *TaskError) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[1]
+	mi := &file_taskd_v1_task_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -133,7 +526,7 @@ func (x *TaskError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskError.ProtoReflect.Descriptor instead.
 func (*TaskError) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{1}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TaskError) GetCode() string {
@@ -166,7 +559,7 @@ type TaskAttempt struct {
 
 func (x *TaskAttempt) Reset() {
 	*x = TaskAttempt{}
-	mi := &file_taskd_v1_task_proto_msgTypes[2]
+	mi := &file_taskd_v1_task_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -178,7 +571,7 @@ func (x *TaskAttempt) String() string {
 func (*TaskAttempt) ProtoMessage() {}
 
 func (x *TaskAttempt) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[2]
+	mi := &file_taskd_v1_task_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -191,7 +584,7 @@ func (x *TaskAttempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskAttempt.ProtoReflect.Descriptor instead.
 func (*TaskAttempt) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{2}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TaskAttempt) GetN() int32 {
@@ -297,7 +690,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_taskd_v1_task_proto_msgTypes[3]
+	mi := &file_taskd_v1_task_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -309,7 +702,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[3]
+	mi := &file_taskd_v1_task_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -322,7 +715,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{3}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Task) GetId() string {
@@ -578,7 +971,7 @@ type CreateTaskRequest struct {
 
 func (x *CreateTaskRequest) Reset() {
 	*x = CreateTaskRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[4]
+	mi := &file_taskd_v1_task_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +983,7 @@ func (x *CreateTaskRequest) String() string {
 func (*CreateTaskRequest) ProtoMessage() {}
 
 func (x *CreateTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[4]
+	mi := &file_taskd_v1_task_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +996,7 @@ func (x *CreateTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTaskRequest.ProtoReflect.Descriptor instead.
 func (*CreateTaskRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{4}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateTaskRequest) GetType() string {
@@ -701,7 +1094,7 @@ type CreateTaskResponse struct {
 
 func (x *CreateTaskResponse) Reset() {
 	*x = CreateTaskResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[5]
+	mi := &file_taskd_v1_task_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +1106,7 @@ func (x *CreateTaskResponse) String() string {
 func (*CreateTaskResponse) ProtoMessage() {}
 
 func (x *CreateTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[5]
+	mi := &file_taskd_v1_task_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +1119,7 @@ func (x *CreateTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTaskResponse.ProtoReflect.Descriptor instead.
 func (*CreateTaskResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{5}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateTaskResponse) GetTask() *Task {
@@ -752,7 +1145,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[6]
+	mi := &file_taskd_v1_task_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +1157,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[6]
+	mi := &file_taskd_v1_task_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +1170,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{6}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetTaskRequest) GetId() string {
@@ -796,7 +1189,7 @@ type GetTaskResponse struct {
 
 func (x *GetTaskResponse) Reset() {
 	*x = GetTaskResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[7]
+	mi := &file_taskd_v1_task_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -808,7 +1201,7 @@ func (x *GetTaskResponse) String() string {
 func (*GetTaskResponse) ProtoMessage() {}
 
 func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[7]
+	mi := &file_taskd_v1_task_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +1214,7 @@ func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{7}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetTaskResponse) GetTask() *Task {
@@ -840,7 +1233,7 @@ type TaskRef struct {
 
 func (x *TaskRef) Reset() {
 	*x = TaskRef{}
-	mi := &file_taskd_v1_task_proto_msgTypes[8]
+	mi := &file_taskd_v1_task_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -852,7 +1245,7 @@ func (x *TaskRef) String() string {
 func (*TaskRef) ProtoMessage() {}
 
 func (x *TaskRef) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[8]
+	mi := &file_taskd_v1_task_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -865,7 +1258,7 @@ func (x *TaskRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskRef.ProtoReflect.Descriptor instead.
 func (*TaskRef) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{8}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TaskRef) GetId() string {
@@ -897,7 +1290,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[9]
+	mi := &file_taskd_v1_task_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1302,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[9]
+	mi := &file_taskd_v1_task_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1315,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{9}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListTasksRequest) GetStatus() string {
@@ -992,7 +1385,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[10]
+	mi := &file_taskd_v1_task_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1397,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[10]
+	mi := &file_taskd_v1_task_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1410,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{10}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -1042,7 +1435,7 @@ type WatchTasksRequest struct {
 
 func (x *WatchTasksRequest) Reset() {
 	*x = WatchTasksRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[11]
+	mi := &file_taskd_v1_task_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1054,7 +1447,7 @@ func (x *WatchTasksRequest) String() string {
 func (*WatchTasksRequest) ProtoMessage() {}
 
 func (x *WatchTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[11]
+	mi := &file_taskd_v1_task_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1067,7 +1460,7 @@ func (x *WatchTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTasksRequest.ProtoReflect.Descriptor instead.
 func (*WatchTasksRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{11}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{18}
 }
 
 type WatchTasksResponse struct {
@@ -1084,7 +1477,7 @@ type WatchTasksResponse struct {
 
 func (x *WatchTasksResponse) Reset() {
 	*x = WatchTasksResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[12]
+	mi := &file_taskd_v1_task_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1489,7 @@ func (x *WatchTasksResponse) String() string {
 func (*WatchTasksResponse) ProtoMessage() {}
 
 func (x *WatchTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[12]
+	mi := &file_taskd_v1_task_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1502,7 @@ func (x *WatchTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTasksResponse.ProtoReflect.Descriptor instead.
 func (*WatchTasksResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{12}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchTasksResponse) GetTasks() []*Task {
@@ -1146,7 +1539,7 @@ type SetTaskWindowRequest struct {
 
 func (x *SetTaskWindowRequest) Reset() {
 	*x = SetTaskWindowRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[13]
+	mi := &file_taskd_v1_task_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1158,7 +1551,7 @@ func (x *SetTaskWindowRequest) String() string {
 func (*SetTaskWindowRequest) ProtoMessage() {}
 
 func (x *SetTaskWindowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[13]
+	mi := &file_taskd_v1_task_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1171,7 +1564,7 @@ func (x *SetTaskWindowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTaskWindowRequest.ProtoReflect.Descriptor instead.
 func (*SetTaskWindowRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{13}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SetTaskWindowRequest) GetId() string {
@@ -1213,7 +1606,7 @@ type SetTaskRateRequest struct {
 
 func (x *SetTaskRateRequest) Reset() {
 	*x = SetTaskRateRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[14]
+	mi := &file_taskd_v1_task_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1225,7 +1618,7 @@ func (x *SetTaskRateRequest) String() string {
 func (*SetTaskRateRequest) ProtoMessage() {}
 
 func (x *SetTaskRateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[14]
+	mi := &file_taskd_v1_task_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1238,7 +1631,7 @@ func (x *SetTaskRateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTaskRateRequest.ProtoReflect.Descriptor instead.
 func (*SetTaskRateRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{14}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SetTaskRateRequest) GetId() string {
@@ -1281,7 +1674,7 @@ type RunnerInfo struct {
 
 func (x *RunnerInfo) Reset() {
 	*x = RunnerInfo{}
-	mi := &file_taskd_v1_task_proto_msgTypes[15]
+	mi := &file_taskd_v1_task_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +1686,7 @@ func (x *RunnerInfo) String() string {
 func (*RunnerInfo) ProtoMessage() {}
 
 func (x *RunnerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[15]
+	mi := &file_taskd_v1_task_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,7 +1699,7 @@ func (x *RunnerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunnerInfo.ProtoReflect.Descriptor instead.
 func (*RunnerInfo) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{15}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RunnerInfo) GetNode() string {
@@ -1394,7 +1787,7 @@ type ListRunnersRequest struct {
 
 func (x *ListRunnersRequest) Reset() {
 	*x = ListRunnersRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[16]
+	mi := &file_taskd_v1_task_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1799,7 @@ func (x *ListRunnersRequest) String() string {
 func (*ListRunnersRequest) ProtoMessage() {}
 
 func (x *ListRunnersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[16]
+	mi := &file_taskd_v1_task_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1812,7 @@ func (x *ListRunnersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunnersRequest.ProtoReflect.Descriptor instead.
 func (*ListRunnersRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{16}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{23}
 }
 
 type ListRunnersResponse struct {
@@ -1431,7 +1824,7 @@ type ListRunnersResponse struct {
 
 func (x *ListRunnersResponse) Reset() {
 	*x = ListRunnersResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[17]
+	mi := &file_taskd_v1_task_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1443,7 +1836,7 @@ func (x *ListRunnersResponse) String() string {
 func (*ListRunnersResponse) ProtoMessage() {}
 
 func (x *ListRunnersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[17]
+	mi := &file_taskd_v1_task_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1456,7 +1849,7 @@ func (x *ListRunnersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunnersResponse.ProtoReflect.Descriptor instead.
 func (*ListRunnersResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{17}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListRunnersResponse) GetRunners() []*RunnerInfo {
@@ -1479,7 +1872,7 @@ type SetRunnerMarksRequest struct {
 
 func (x *SetRunnerMarksRequest) Reset() {
 	*x = SetRunnerMarksRequest{}
-	mi := &file_taskd_v1_task_proto_msgTypes[18]
+	mi := &file_taskd_v1_task_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1491,7 +1884,7 @@ func (x *SetRunnerMarksRequest) String() string {
 func (*SetRunnerMarksRequest) ProtoMessage() {}
 
 func (x *SetRunnerMarksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[18]
+	mi := &file_taskd_v1_task_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1504,7 +1897,7 @@ func (x *SetRunnerMarksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRunnerMarksRequest.ProtoReflect.Descriptor instead.
 func (*SetRunnerMarksRequest) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{18}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SetRunnerMarksRequest) GetNode() string {
@@ -1537,7 +1930,7 @@ type SetRunnerMarksResponse struct {
 
 func (x *SetRunnerMarksResponse) Reset() {
 	*x = SetRunnerMarksResponse{}
-	mi := &file_taskd_v1_task_proto_msgTypes[19]
+	mi := &file_taskd_v1_task_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1549,7 +1942,7 @@ func (x *SetRunnerMarksResponse) String() string {
 func (*SetRunnerMarksResponse) ProtoMessage() {}
 
 func (x *SetRunnerMarksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_taskd_v1_task_proto_msgTypes[19]
+	mi := &file_taskd_v1_task_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1562,7 +1955,7 @@ func (x *SetRunnerMarksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRunnerMarksResponse.ProtoReflect.Descriptor instead.
 func (*SetRunnerMarksResponse) Descriptor() ([]byte, []int) {
-	return file_taskd_v1_task_proto_rawDescGZIP(), []int{19}
+	return file_taskd_v1_task_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SetRunnerMarksResponse) GetRunner() *RunnerInfo {
@@ -1576,7 +1969,31 @@ var File_taskd_v1_task_proto protoreflect.FileDescriptor
 
 const file_taskd_v1_task_proto_rawDesc = "" +
 	"\n" +
-	"\x13taskd/v1/task.proto\x12\btaskd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x01\n" +
+	"\x13taskd/v1/task.proto\x12\btaskd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"U\n" +
+	"\x13SetTypeLimitRequest\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x14\n" +
+	"\x05unset\x18\x03 \x01(\bR\x05unset\"\x17\n" +
+	"\x15ListTypeLimitsRequest\"O\n" +
+	"\tTypeLimit\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x18\n" +
+	"\arunning\x18\x03 \x01(\x05R\arunning\"A\n" +
+	"\x12TypeLimitsResponse\x12+\n" +
+	"\x06limits\x18\x01 \x03(\v2\x13.taskd.v1.TypeLimitR\x06limits\"U\n" +
+	"\x0eTaskLogRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x1b\n" +
+	"\tafter_seq\x18\x03 \x01(\x03R\bafterSeq\"y\n" +
+	"\vTaskLogLine\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12*\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x18\n" +
+	"\aattempt\x18\x03 \x01(\x05R\aattempt\x12\x12\n" +
+	"\x04text\x18\x04 \x01(\tR\x04text\"n\n" +
+	"\x0fTaskLogResponse\x12+\n" +
+	"\x05lines\x18\x01 \x03(\v2\x15.taskd.v1.TaskLogLineR\x05lines\x12\x18\n" +
+	"\adropped\x18\x02 \x01(\x03R\adropped\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\"\x83\x01\n" +
 	"\fTaskProgress\x12\x12\n" +
 	"\x04done\x18\x01 \x01(\x03R\x04done\x12\x14\n" +
 	"\x05total\x18\x02 \x01(\x03R\x05total\x12\x14\n" +
@@ -1715,7 +2132,7 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x14\n" +
 	"\x05force\x18\x03 \x01(\bR\x05force\"F\n" +
 	"\x16SetRunnerMarksResponse\x12,\n" +
-	"\x06runner\x18\x01 \x01(\v2\x14.taskd.v1.RunnerInfoR\x06runner2\xd4\x05\n" +
+	"\x06runner\x18\x01 \x01(\v2\x14.taskd.v1.RunnerInfoR\x06runner2\xc0\a\n" +
 	"\vTaskService\x12I\n" +
 	"\n" +
 	"CreateTask\x12\x1b.taskd.v1.CreateTaskRequest\x1a\x1c.taskd.v1.CreateTaskResponse\"\x00\x12C\n" +
@@ -1730,7 +2147,10 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\vSetTaskRate\x12\x1c.taskd.v1.SetTaskRateRequest\x1a\x19.taskd.v1.GetTaskResponse\"\x03\x90\x02\x02\x12=\n" +
 	"\tWatchTask\x12\x11.taskd.v1.TaskRef\x1a\x19.taskd.v1.GetTaskResponse\"\x000\x01\x12K\n" +
 	"\n" +
-	"WatchTasks\x12\x1b.taskd.v1.WatchTasksRequest\x1a\x1c.taskd.v1.WatchTasksResponse\"\x000\x012\xba\x01\n" +
+	"WatchTasks\x12\x1b.taskd.v1.WatchTasksRequest\x1a\x1c.taskd.v1.WatchTasksResponse\"\x000\x01\x12B\n" +
+	"\aTaskLog\x12\x18.taskd.v1.TaskLogRequest\x1a\x19.taskd.v1.TaskLogResponse\"\x000\x01\x12P\n" +
+	"\fSetTypeLimit\x12\x1d.taskd.v1.SetTypeLimitRequest\x1a\x1c.taskd.v1.TypeLimitsResponse\"\x03\x90\x02\x02\x12T\n" +
+	"\x0eListTypeLimits\x12\x1f.taskd.v1.ListTypeLimitsRequest\x1a\x1c.taskd.v1.TypeLimitsResponse\"\x03\x90\x02\x012\xba\x01\n" +
 	"\rRunnerService\x12O\n" +
 	"\vListRunners\x12\x1c.taskd.v1.ListRunnersRequest\x1a\x1d.taskd.v1.ListRunnersResponse\"\x03\x90\x02\x01\x12X\n" +
 	"\x0eSetRunnerMarks\x12\x1f.taskd.v1.SetRunnerMarksRequest\x1a .taskd.v1.SetRunnerMarksResponse\"\x03\x90\x02\x02B,Z*github.com/taskd/taskd/api/taskdv1;taskdv1b\x06proto3"
@@ -1747,82 +2167,98 @@ func file_taskd_v1_task_proto_rawDescGZIP() []byte {
 	return file_taskd_v1_task_proto_rawDescData
 }
 
-var file_taskd_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_taskd_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_taskd_v1_task_proto_goTypes = []any{
-	(*TaskProgress)(nil),           // 0: taskd.v1.TaskProgress
-	(*TaskError)(nil),              // 1: taskd.v1.TaskError
-	(*TaskAttempt)(nil),            // 2: taskd.v1.TaskAttempt
-	(*Task)(nil),                   // 3: taskd.v1.Task
-	(*CreateTaskRequest)(nil),      // 4: taskd.v1.CreateTaskRequest
-	(*CreateTaskResponse)(nil),     // 5: taskd.v1.CreateTaskResponse
-	(*GetTaskRequest)(nil),         // 6: taskd.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),        // 7: taskd.v1.GetTaskResponse
-	(*TaskRef)(nil),                // 8: taskd.v1.TaskRef
-	(*ListTasksRequest)(nil),       // 9: taskd.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),      // 10: taskd.v1.ListTasksResponse
-	(*WatchTasksRequest)(nil),      // 11: taskd.v1.WatchTasksRequest
-	(*WatchTasksResponse)(nil),     // 12: taskd.v1.WatchTasksResponse
-	(*SetTaskWindowRequest)(nil),   // 13: taskd.v1.SetTaskWindowRequest
-	(*SetTaskRateRequest)(nil),     // 14: taskd.v1.SetTaskRateRequest
-	(*RunnerInfo)(nil),             // 15: taskd.v1.RunnerInfo
-	(*ListRunnersRequest)(nil),     // 16: taskd.v1.ListRunnersRequest
-	(*ListRunnersResponse)(nil),    // 17: taskd.v1.ListRunnersResponse
-	(*SetRunnerMarksRequest)(nil),  // 18: taskd.v1.SetRunnerMarksRequest
-	(*SetRunnerMarksResponse)(nil), // 19: taskd.v1.SetRunnerMarksResponse
-	nil,                            // 20: taskd.v1.RunnerInfo.RunningByTypeEntry
-	nil,                            // 21: taskd.v1.RunnerInfo.TypeCapacityEntry
-	(*timestamppb.Timestamp)(nil),  // 22: google.protobuf.Timestamp
+	(*SetTypeLimitRequest)(nil),    // 0: taskd.v1.SetTypeLimitRequest
+	(*ListTypeLimitsRequest)(nil),  // 1: taskd.v1.ListTypeLimitsRequest
+	(*TypeLimit)(nil),              // 2: taskd.v1.TypeLimit
+	(*TypeLimitsResponse)(nil),     // 3: taskd.v1.TypeLimitsResponse
+	(*TaskLogRequest)(nil),         // 4: taskd.v1.TaskLogRequest
+	(*TaskLogLine)(nil),            // 5: taskd.v1.TaskLogLine
+	(*TaskLogResponse)(nil),        // 6: taskd.v1.TaskLogResponse
+	(*TaskProgress)(nil),           // 7: taskd.v1.TaskProgress
+	(*TaskError)(nil),              // 8: taskd.v1.TaskError
+	(*TaskAttempt)(nil),            // 9: taskd.v1.TaskAttempt
+	(*Task)(nil),                   // 10: taskd.v1.Task
+	(*CreateTaskRequest)(nil),      // 11: taskd.v1.CreateTaskRequest
+	(*CreateTaskResponse)(nil),     // 12: taskd.v1.CreateTaskResponse
+	(*GetTaskRequest)(nil),         // 13: taskd.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),        // 14: taskd.v1.GetTaskResponse
+	(*TaskRef)(nil),                // 15: taskd.v1.TaskRef
+	(*ListTasksRequest)(nil),       // 16: taskd.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),      // 17: taskd.v1.ListTasksResponse
+	(*WatchTasksRequest)(nil),      // 18: taskd.v1.WatchTasksRequest
+	(*WatchTasksResponse)(nil),     // 19: taskd.v1.WatchTasksResponse
+	(*SetTaskWindowRequest)(nil),   // 20: taskd.v1.SetTaskWindowRequest
+	(*SetTaskRateRequest)(nil),     // 21: taskd.v1.SetTaskRateRequest
+	(*RunnerInfo)(nil),             // 22: taskd.v1.RunnerInfo
+	(*ListRunnersRequest)(nil),     // 23: taskd.v1.ListRunnersRequest
+	(*ListRunnersResponse)(nil),    // 24: taskd.v1.ListRunnersResponse
+	(*SetRunnerMarksRequest)(nil),  // 25: taskd.v1.SetRunnerMarksRequest
+	(*SetRunnerMarksResponse)(nil), // 26: taskd.v1.SetRunnerMarksResponse
+	nil,                            // 27: taskd.v1.RunnerInfo.RunningByTypeEntry
+	nil,                            // 28: taskd.v1.RunnerInfo.TypeCapacityEntry
+	(*timestamppb.Timestamp)(nil),  // 29: google.protobuf.Timestamp
 }
 var file_taskd_v1_task_proto_depIdxs = []int32{
-	22, // 0: taskd.v1.TaskAttempt.started:type_name -> google.protobuf.Timestamp
-	22, // 1: taskd.v1.TaskAttempt.ended:type_name -> google.protobuf.Timestamp
-	0,  // 2: taskd.v1.Task.progress:type_name -> taskd.v1.TaskProgress
-	1,  // 3: taskd.v1.Task.error:type_name -> taskd.v1.TaskError
-	22, // 4: taskd.v1.Task.created:type_name -> google.protobuf.Timestamp
-	22, // 5: taskd.v1.Task.started:type_name -> google.protobuf.Timestamp
-	22, // 6: taskd.v1.Task.finished:type_name -> google.protobuf.Timestamp
-	22, // 7: taskd.v1.Task.updated:type_name -> google.protobuf.Timestamp
-	22, // 8: taskd.v1.Task.not_before:type_name -> google.protobuf.Timestamp
-	2,  // 9: taskd.v1.Task.history:type_name -> taskd.v1.TaskAttempt
-	22, // 10: taskd.v1.Task.tick:type_name -> google.protobuf.Timestamp
-	3,  // 11: taskd.v1.CreateTaskResponse.task:type_name -> taskd.v1.Task
-	3,  // 12: taskd.v1.GetTaskResponse.task:type_name -> taskd.v1.Task
-	3,  // 13: taskd.v1.ListTasksResponse.tasks:type_name -> taskd.v1.Task
-	3,  // 14: taskd.v1.WatchTasksResponse.tasks:type_name -> taskd.v1.Task
-	20, // 15: taskd.v1.RunnerInfo.running_by_type:type_name -> taskd.v1.RunnerInfo.RunningByTypeEntry
-	21, // 16: taskd.v1.RunnerInfo.type_capacity:type_name -> taskd.v1.RunnerInfo.TypeCapacityEntry
-	22, // 17: taskd.v1.RunnerInfo.started:type_name -> google.protobuf.Timestamp
-	15, // 18: taskd.v1.ListRunnersResponse.runners:type_name -> taskd.v1.RunnerInfo
-	15, // 19: taskd.v1.SetRunnerMarksResponse.runner:type_name -> taskd.v1.RunnerInfo
-	4,  // 20: taskd.v1.TaskService.CreateTask:input_type -> taskd.v1.CreateTaskRequest
-	6,  // 21: taskd.v1.TaskService.GetTask:input_type -> taskd.v1.GetTaskRequest
-	9,  // 22: taskd.v1.TaskService.ListTasks:input_type -> taskd.v1.ListTasksRequest
-	8,  // 23: taskd.v1.TaskService.CancelTask:input_type -> taskd.v1.TaskRef
-	8,  // 24: taskd.v1.TaskService.PauseTask:input_type -> taskd.v1.TaskRef
-	8,  // 25: taskd.v1.TaskService.ResumeTask:input_type -> taskd.v1.TaskRef
-	13, // 26: taskd.v1.TaskService.SetTaskWindow:input_type -> taskd.v1.SetTaskWindowRequest
-	14, // 27: taskd.v1.TaskService.SetTaskRate:input_type -> taskd.v1.SetTaskRateRequest
-	8,  // 28: taskd.v1.TaskService.WatchTask:input_type -> taskd.v1.TaskRef
-	11, // 29: taskd.v1.TaskService.WatchTasks:input_type -> taskd.v1.WatchTasksRequest
-	16, // 30: taskd.v1.RunnerService.ListRunners:input_type -> taskd.v1.ListRunnersRequest
-	18, // 31: taskd.v1.RunnerService.SetRunnerMarks:input_type -> taskd.v1.SetRunnerMarksRequest
-	5,  // 32: taskd.v1.TaskService.CreateTask:output_type -> taskd.v1.CreateTaskResponse
-	7,  // 33: taskd.v1.TaskService.GetTask:output_type -> taskd.v1.GetTaskResponse
-	10, // 34: taskd.v1.TaskService.ListTasks:output_type -> taskd.v1.ListTasksResponse
-	7,  // 35: taskd.v1.TaskService.CancelTask:output_type -> taskd.v1.GetTaskResponse
-	7,  // 36: taskd.v1.TaskService.PauseTask:output_type -> taskd.v1.GetTaskResponse
-	7,  // 37: taskd.v1.TaskService.ResumeTask:output_type -> taskd.v1.GetTaskResponse
-	7,  // 38: taskd.v1.TaskService.SetTaskWindow:output_type -> taskd.v1.GetTaskResponse
-	7,  // 39: taskd.v1.TaskService.SetTaskRate:output_type -> taskd.v1.GetTaskResponse
-	7,  // 40: taskd.v1.TaskService.WatchTask:output_type -> taskd.v1.GetTaskResponse
-	12, // 41: taskd.v1.TaskService.WatchTasks:output_type -> taskd.v1.WatchTasksResponse
-	17, // 42: taskd.v1.RunnerService.ListRunners:output_type -> taskd.v1.ListRunnersResponse
-	19, // 43: taskd.v1.RunnerService.SetRunnerMarks:output_type -> taskd.v1.SetRunnerMarksResponse
-	32, // [32:44] is the sub-list for method output_type
-	20, // [20:32] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	2,  // 0: taskd.v1.TypeLimitsResponse.limits:type_name -> taskd.v1.TypeLimit
+	29, // 1: taskd.v1.TaskLogLine.at:type_name -> google.protobuf.Timestamp
+	5,  // 2: taskd.v1.TaskLogResponse.lines:type_name -> taskd.v1.TaskLogLine
+	29, // 3: taskd.v1.TaskAttempt.started:type_name -> google.protobuf.Timestamp
+	29, // 4: taskd.v1.TaskAttempt.ended:type_name -> google.protobuf.Timestamp
+	7,  // 5: taskd.v1.Task.progress:type_name -> taskd.v1.TaskProgress
+	8,  // 6: taskd.v1.Task.error:type_name -> taskd.v1.TaskError
+	29, // 7: taskd.v1.Task.created:type_name -> google.protobuf.Timestamp
+	29, // 8: taskd.v1.Task.started:type_name -> google.protobuf.Timestamp
+	29, // 9: taskd.v1.Task.finished:type_name -> google.protobuf.Timestamp
+	29, // 10: taskd.v1.Task.updated:type_name -> google.protobuf.Timestamp
+	29, // 11: taskd.v1.Task.not_before:type_name -> google.protobuf.Timestamp
+	9,  // 12: taskd.v1.Task.history:type_name -> taskd.v1.TaskAttempt
+	29, // 13: taskd.v1.Task.tick:type_name -> google.protobuf.Timestamp
+	10, // 14: taskd.v1.CreateTaskResponse.task:type_name -> taskd.v1.Task
+	10, // 15: taskd.v1.GetTaskResponse.task:type_name -> taskd.v1.Task
+	10, // 16: taskd.v1.ListTasksResponse.tasks:type_name -> taskd.v1.Task
+	10, // 17: taskd.v1.WatchTasksResponse.tasks:type_name -> taskd.v1.Task
+	27, // 18: taskd.v1.RunnerInfo.running_by_type:type_name -> taskd.v1.RunnerInfo.RunningByTypeEntry
+	28, // 19: taskd.v1.RunnerInfo.type_capacity:type_name -> taskd.v1.RunnerInfo.TypeCapacityEntry
+	29, // 20: taskd.v1.RunnerInfo.started:type_name -> google.protobuf.Timestamp
+	22, // 21: taskd.v1.ListRunnersResponse.runners:type_name -> taskd.v1.RunnerInfo
+	22, // 22: taskd.v1.SetRunnerMarksResponse.runner:type_name -> taskd.v1.RunnerInfo
+	11, // 23: taskd.v1.TaskService.CreateTask:input_type -> taskd.v1.CreateTaskRequest
+	13, // 24: taskd.v1.TaskService.GetTask:input_type -> taskd.v1.GetTaskRequest
+	16, // 25: taskd.v1.TaskService.ListTasks:input_type -> taskd.v1.ListTasksRequest
+	15, // 26: taskd.v1.TaskService.CancelTask:input_type -> taskd.v1.TaskRef
+	15, // 27: taskd.v1.TaskService.PauseTask:input_type -> taskd.v1.TaskRef
+	15, // 28: taskd.v1.TaskService.ResumeTask:input_type -> taskd.v1.TaskRef
+	20, // 29: taskd.v1.TaskService.SetTaskWindow:input_type -> taskd.v1.SetTaskWindowRequest
+	21, // 30: taskd.v1.TaskService.SetTaskRate:input_type -> taskd.v1.SetTaskRateRequest
+	15, // 31: taskd.v1.TaskService.WatchTask:input_type -> taskd.v1.TaskRef
+	18, // 32: taskd.v1.TaskService.WatchTasks:input_type -> taskd.v1.WatchTasksRequest
+	4,  // 33: taskd.v1.TaskService.TaskLog:input_type -> taskd.v1.TaskLogRequest
+	0,  // 34: taskd.v1.TaskService.SetTypeLimit:input_type -> taskd.v1.SetTypeLimitRequest
+	1,  // 35: taskd.v1.TaskService.ListTypeLimits:input_type -> taskd.v1.ListTypeLimitsRequest
+	23, // 36: taskd.v1.RunnerService.ListRunners:input_type -> taskd.v1.ListRunnersRequest
+	25, // 37: taskd.v1.RunnerService.SetRunnerMarks:input_type -> taskd.v1.SetRunnerMarksRequest
+	12, // 38: taskd.v1.TaskService.CreateTask:output_type -> taskd.v1.CreateTaskResponse
+	14, // 39: taskd.v1.TaskService.GetTask:output_type -> taskd.v1.GetTaskResponse
+	17, // 40: taskd.v1.TaskService.ListTasks:output_type -> taskd.v1.ListTasksResponse
+	14, // 41: taskd.v1.TaskService.CancelTask:output_type -> taskd.v1.GetTaskResponse
+	14, // 42: taskd.v1.TaskService.PauseTask:output_type -> taskd.v1.GetTaskResponse
+	14, // 43: taskd.v1.TaskService.ResumeTask:output_type -> taskd.v1.GetTaskResponse
+	14, // 44: taskd.v1.TaskService.SetTaskWindow:output_type -> taskd.v1.GetTaskResponse
+	14, // 45: taskd.v1.TaskService.SetTaskRate:output_type -> taskd.v1.GetTaskResponse
+	14, // 46: taskd.v1.TaskService.WatchTask:output_type -> taskd.v1.GetTaskResponse
+	19, // 47: taskd.v1.TaskService.WatchTasks:output_type -> taskd.v1.WatchTasksResponse
+	6,  // 48: taskd.v1.TaskService.TaskLog:output_type -> taskd.v1.TaskLogResponse
+	3,  // 49: taskd.v1.TaskService.SetTypeLimit:output_type -> taskd.v1.TypeLimitsResponse
+	3,  // 50: taskd.v1.TaskService.ListTypeLimits:output_type -> taskd.v1.TypeLimitsResponse
+	24, // 51: taskd.v1.RunnerService.ListRunners:output_type -> taskd.v1.ListRunnersResponse
+	26, // 52: taskd.v1.RunnerService.SetRunnerMarks:output_type -> taskd.v1.SetRunnerMarksResponse
+	38, // [38:53] is the sub-list for method output_type
+	23, // [23:38] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_taskd_v1_task_proto_init() }
@@ -1830,14 +2266,14 @@ func file_taskd_v1_task_proto_init() {
 	if File_taskd_v1_task_proto != nil {
 		return
 	}
-	file_taskd_v1_task_proto_msgTypes[4].OneofWrappers = []any{}
+	file_taskd_v1_task_proto_msgTypes[11].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_taskd_v1_task_proto_rawDesc), len(file_taskd_v1_task_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"path"
@@ -161,6 +162,11 @@ func targetOf(req, resp any) string {
 		return "new " + m.GetType() + " task"
 	case *taskdv1.CreateTokenRequest:
 		return "new " + m.GetRole() + " token"
+	case *taskdv1.SetTypeLimitRequest:
+		if m.GetUnset() {
+			return m.GetType() + " (unset)"
+		}
+		return fmt.Sprintf("%s=%d", m.GetType(), m.GetLimit())
 	case interface{ GetId() string }:
 		return m.GetId()
 	case interface{ GetNode() string }:

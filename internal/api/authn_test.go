@@ -90,12 +90,13 @@ func TestEveryProcedureNeedsItsRole(t *testing.T) {
 			need[p] = auth.Viewer
 		case strings.HasPrefix(p, "/taskd.v1.TokenService/"), strings.HasSuffix(p, "/SetVIP"), strings.HasSuffix(p, "/DeleteVIP"),
 			strings.HasSuffix(p, "/DrainVIP"), strings.HasSuffix(p, "/SetPriority"), strings.HasSuffix(p, "/SetSpecifiedMembers"),
-			strings.HasSuffix(p, "/ForgetMember"):
+			strings.HasSuffix(p, "/ForgetMember"), strings.HasSuffix(p, "/SetTypeLimit"):
 			need[p] = auth.Admin
 		case strings.HasSuffix(p, "/Join"):
 			need[p] = auth.Join
 		case strings.HasPrefix(p, "/taskd.v1.TaskService/") && !strings.HasPrefix(p, "/taskd.v1.TaskService/Get") &&
-			!strings.HasPrefix(p, "/taskd.v1.TaskService/List") && !strings.HasPrefix(p, "/taskd.v1.TaskService/Watch"),
+			!strings.HasPrefix(p, "/taskd.v1.TaskService/List") && !strings.HasPrefix(p, "/taskd.v1.TaskService/Watch") &&
+			p != "/taskd.v1.TaskService/TaskLog",
 			strings.HasPrefix(p, "/taskd.v1.ScheduleService/") && !strings.HasPrefix(p, "/taskd.v1.ScheduleService/Get") &&
 				!strings.HasPrefix(p, "/taskd.v1.ScheduleService/List"),
 			strings.HasSuffix(p, "/SetRunnerMarks"):

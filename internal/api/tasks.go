@@ -119,6 +119,27 @@ func keyReason(ctx context.Context, st *task.Store, r *task.Record) (string, err
 	return r.KeyReason(use), nil
 }
 
+// typeLimitReason says whether r waits for its type's cluster-wide
+// limit, reading the running tasks only when its type has one.
+func typeLimitReason(ctx context.Context, st *task.Store, r *task.Record) (string, error) {
+	limits, err := st.ReadTypeLimits(ctx)
+	if err != nil {
+		return "", err
+	}
+	if _, ok := limits[r.Type]; !ok {
+		return "", nil
+	}
+	rs, err := st.List(ctx, task.Filter{Status: string(task.Running), Type: r.Type})
+	if err != nil {
+		return "", err
+	}
+	use := task.TypeUse{}
+	for _, o := range rs {
+		use.Add(o)
+	}
+	return r.TypeLimitReason(limits, use), nil
+}
+
 // explain computes why r waits, reading the runners when it matters.
 func explain(ctx context.Context, st *task.Store, r *task.Record) (string, error) {
 	if r.State != task.Waiting && r.State != task.Paused {
@@ -137,6 +158,12 @@ func explain(ctx context.Context, st *task.Store, r *task.Record) (string, error
 	}
 	if why == "" && r.State == task.Waiting && r.Key != "" {
 		why, err = keyReason(ctx, st, r)
+		if err != nil {
+			return "", err
+		}
+	}
+	if why == "" && r.State == task.Waiting {
+		why, err = typeLimitReason(ctx, st, r)
 		if err != nil {
 			return "", err
 		}

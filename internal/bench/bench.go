@@ -30,6 +30,7 @@ commands:
   reconnect  kill the ZooKeeper server a session uses (3-server ensemble), time until the session is confirmed on another server
   idle       RSS and CPU of one idle node on the embedded default
   copy       volume copy against qemu-img convert, cp, dd, nbdcopy and rsync on generated images
+  exec       issue 15's figures: exec overhead per task, noop throughput with/without keys, keyed dispatch with 10k waiting over 1k keys
   tasks      task center on a 3-node cluster: dispatch latency, noop throughput, resume after kill -9, task list with 100k finished
   schedules  schedules on a 3-node cluster: tick -> task created latency, leader CPU with 10k idle schedules, kill -9 of the leader at a tick (lost/doubled ticks)
   vip-failover  kill -9 the VIP holder of a 3-node cluster in network namespaces, time until the VIP answers elsewhere (root)
@@ -46,7 +47,7 @@ func Main(args []string, out io.Writer) int {
 		return 0
 	}
 	cmds := map[string]func([]string, io.Writer) error{
-		"failover": failover, "handover": handover, "reconnect": reconnect, "idle": idle, "copy": copyBench, "vip-failover": vipFailover, "vip-drain": vipDrain, "tasks": taskBench,
+		"failover": failover, "handover": handover, "reconnect": reconnect, "idle": idle, "copy": copyBench, "vip-failover": vipFailover, "vip-drain": vipDrain, "tasks": taskBench, "exec": execBench,
 		"schedules": schedBench, "starve": starveBench, "console": consoleBench,
 		"arpsample": arpSample, // run by vip-failover inside the client namespace
 	}

@@ -42,13 +42,9 @@ func taskBench(args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	for _, v := range []struct {
-		name   string
-		v, max int
-	}{{"latency-n", *latN, 10000}, {"noop-n", *noopN, 100000}, {"resume-n", *resumeN, 20}, {"retained", *retained, 1000000}, {"list-n", *listN, 10000}, {"creators", *creators, 256}} {
-		if v.v < 0 || v.v > v.max {
-			return fmt.Errorf("-%s must be 0-%d", v.name, v.max)
-		}
+	if err := checkRanges([]intFlag{{"latency-n", *latN, 10000}, {"noop-n", *noopN, 100000}, {"resume-n", *resumeN, 20},
+		{"retained", *retained, 1000000}, {"list-n", *listN, 10000}, {"creators", *creators, 256}}); err != nil {
+		return err
 	}
 	e, cleanup, err := setup(*backend, *timeout)
 	if err != nil {
@@ -56,30 +52,13 @@ func taskBench(args []string, out io.Writer) error {
 	}
 	defer cleanup()
 	e.opts.Extra = append(e.opts.Extra, "--runner-capacity", fmt.Sprint(*capacity))
-	c, err := e.startCluster(3)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	st, err := harness.WaitAgreed(ctx, c.Nodes, 0)
+	c, kv, lay, closeCluster, err := e.taskCluster(ctx, *backend)
 	if err != nil {
 		return err
 	}
-	kv, err := benchStore(*backend, c, e)
-	if err != nil {
-		return err
-	}
-	defer kv.Close()
-	root, err := keys.NewRoot(quorum.DefaultConfig().Root)
-	if err != nil {
-		return err
-	}
-	lay := root.Tasks()
-	if err := waitRunners(ctx, c.Node(st.Leader), 3); err != nil {
-		return err
-	}
+	defer closeCluster()
 	fmt.Fprintf(out, "tasks: backend=%s 3 nodes on loopback, session-timeout=%v runner-capacity=%d\n", *backend, *timeout, *capacity)
 
 	if *latN > 0 {
@@ -118,6 +97,51 @@ func taskBench(args []string, out io.Writer) error {
 		fmt.Fprintf(out, "task list --status unfinished (%d unfinished, %d finished retained), API call: %s\n", n, *retained, summary(lat))
 	}
 	return nil
+}
+
+// intFlag is a numeric flag and its upper bound (the lower is 0).
+type intFlag struct {
+	name   string
+	v, max int
+}
+
+func checkRanges(fs []intFlag) error {
+	for _, f := range fs {
+		if f.v < 0 || f.v > f.max {
+			return fmt.Errorf("-%s must be 0-%d", f.name, f.max)
+		}
+	}
+	return nil
+}
+
+// taskCluster starts 3 nodes with e's options, waits for a leader and
+// three live runners, and opens the store directly (to watch records).
+func (e *env) taskCluster(ctx context.Context, backend string) (*harness.Cluster, coord.Store, keys.Tasks, func(), error) {
+	var lay keys.Tasks
+	c, err := e.startCluster(3)
+	if err != nil {
+		return nil, nil, lay, nil, err
+	}
+	st, err := harness.WaitAgreed(ctx, c.Nodes, 0)
+	if err != nil {
+		c.Close()
+		return nil, nil, lay, nil, err
+	}
+	kv, err := benchStore(backend, c, e)
+	if err != nil {
+		c.Close()
+		return nil, nil, lay, nil, err
+	}
+	closeAll := func() { kv.Close(); c.Close() }
+	root, err := keys.NewRoot(quorum.DefaultConfig().Root)
+	if err == nil {
+		err = waitRunners(ctx, c.Node(st.Leader), 3)
+	}
+	if err != nil {
+		closeAll()
+		return nil, nil, lay, nil, err
+	}
+	return c, kv, root.Tasks(), closeAll, nil
 }
 
 // benchStore opens the cluster's store directly, to watch records.
@@ -307,6 +331,12 @@ func storeCeiling(ctx context.Context, kv coord.Store, n, clients int) (float64,
 // noopThroughput creates n noop tasks from concurrent clients spread over
 // the nodes and times the first create to the last task's end.
 func noopThroughput(ctx context.Context, c *harness.Cluster, kv coord.Store, lay keys.Tasks, n, creators int) (float64, time.Duration, error) {
+	return noopThroughputWith(ctx, c, kv, lay, n, creators, func(int) *taskdv1.CreateTaskRequest { return &taskdv1.CreateTaskRequest{Type: "noop"} })
+}
+
+// noopThroughputWith is noopThroughput with the create request of the
+// i-th task made by req (a noop task, with a key or not).
+func noopThroughputWith(ctx context.Context, c *harness.Cluster, kv coord.Store, lay keys.Tasks, n, creators int, req func(i int) *taskdv1.CreateTaskRequest) (float64, time.Duration, error) {
 	f, stop := follow(ctx, kv, lay)
 	defer stop()
 	ids := make(chan string, n)
@@ -323,8 +353,8 @@ func noopThroughput(ctx context.Context, c *harness.Cluster, kv coord.Store, lay
 		go func() {
 			defer wg.Done()
 			node := c.Nodes[w%len(c.Nodes)]
-			for range work {
-				id, err := createTask(ctx, node, &taskdv1.CreateTaskRequest{Type: "noop"})
+			for i := range work {
+				id, err := createTask(ctx, node, req(i))
 				if err != nil {
 					errs <- err
 					return

@@ -1,11 +1,12 @@
 // Package chaos is the fault-injection acceptance suite: a three-node taskd
 // cluster in network namespaces, on a three-server ZooKeeper ensemble or on
-// the embedded etcd, a steady workload of checkpointed sleep tasks and
+// the embedded etcd, a steady workload of checkpointed sleep tasks,
+// checkpointed exec tasks (a shell program in every node's --exec-dir) and
 // verified copy tasks, a VIP sampled from a client namespace, and faults
 // drawn from a seeded schedule. It checks the safety invariants during and
 // after the run and reports one summary line:
 //
-//	chaos: backend=B faults=N tasks=M violations=V lost=L exits=E ticks=T ticks_lost=TL ticks_doubled=TD
+//	chaos: backend=B faults=N tasks=M violations=V lost=L exits=E ticks=T ticks_lost=TL ticks_doubled=TD keyed=K key_overlaps=KO exec=X
 //
 // Every fault is bounded in time and the run stops by itself after Faults
 // faults or Duration, whichever comes first.
@@ -58,7 +59,9 @@ type Report struct {
 	Ticks, TicksLost, TicksDoubled int
 	// Keyed tasks ran with a concurrency key of limit 1; KeyOverlaps
 	// counts moments two of one key worked at once (violations).
-	Keyed, KeyOverlaps           int
+	Keyed, KeyOverlaps int
+	// Exec tasks ran the campaign's exec program (--exec-dir).
+	Exec                         int
 	Problems                     []string
 	FaultCounts                  map[string]int
 	LeaderFailover, Resume, VIPs []time.Duration
@@ -74,8 +77,8 @@ type Report struct {
 
 // Summary is the one line the issue asks for.
 func (r Report) Summary() string {
-	return fmt.Sprintf("chaos: backend=%s faults=%d tasks=%d violations=%d lost=%d exits=%d ticks=%d ticks_lost=%d ticks_doubled=%d keyed=%d key_overlaps=%d",
-		r.Backend, r.Faults, r.Tasks, r.Violations, r.Lost, r.Exits, r.Ticks, r.TicksLost, r.TicksDoubled, r.Keyed, r.KeyOverlaps)
+	return fmt.Sprintf("chaos: backend=%s faults=%d tasks=%d violations=%d lost=%d exits=%d ticks=%d ticks_lost=%d ticks_doubled=%d keyed=%d key_overlaps=%d exec=%d",
+		r.Backend, r.Faults, r.Tasks, r.Violations, r.Lost, r.Exits, r.Ticks, r.TicksLost, r.TicksDoubled, r.Keyed, r.KeyOverlaps, r.Exec)
 }
 
 // run is the state of one campaign.
@@ -169,7 +172,12 @@ func (r *run) setup() error {
 		c.Close()
 		return err
 	}
-	c.Extra = []string{"--volume-root", vol}
+	execDir, err := installExec(r.cfg.Dir)
+	if err != nil {
+		c.Close()
+		return err
+	}
+	c.Extra = []string{"--volume-root", vol, "--exec-dir", execDir}
 	c.ClockFiles = true
 	if r.cfg.Backend == "zk" {
 		var hosts []harness.NSHost
@@ -268,12 +276,19 @@ func (r *run) ctl(args ...string) (string, error) {
 	return "", errors.Join(append(errs, errors.New("no node answered"))...)
 }
 
-// workload creates a checkpointed sleep task every 1-2 s until ctx ends;
-// every third has the concurrency key chaos/k0 or chaos/k1 (limit 1).
+// workload creates a checkpointed task every 1-2 s until ctx ends: a
+// sleep task, or every other one the exec program (6 s of work, a
+// checkpoint every 300 ms, both); every third has the concurrency key
+// chaos/k0 or chaos/k1 (limit 1), so keys cover both types.
 func (r *run) workload(ctx context.Context) {
 	for i := 0; ctx.Err() == nil && i < 2000; i++ {
+		typ := "sleep"
 		spec := fmt.Sprintf(`{"duration":"6s","checkpoint_interval":"300ms","ledger":%q}`, r.ledger)
-		args := []string{"task", "create", "sleep", "--spec", spec, "--max-retries", "100"}
+		if i%2 == 1 {
+			typ = execType
+			spec = fmt.Sprintf(`{"ledger":%q}`, r.ledger)
+		}
+		args := []string{"task", "create", typ, "--spec", spec, "--max-retries", "100"}
 		key := ""
 		if i%3 == 2 {
 			key = fmt.Sprintf("chaos/k%d", i/3%2)
@@ -283,7 +298,7 @@ func (r *run) workload(ctx context.Context) {
 		if err == nil {
 			id := strings.TrimSpace(out)
 			r.mu.Lock()
-			r.tasks[id] = "sleep"
+			r.tasks[id] = typ
 			if key != "" {
 				r.keyOf[id] = key
 			}
@@ -450,6 +465,9 @@ func (r *run) finish(ctx context.Context) {
 	})
 	r.rep.Tasks = len(r.tasks)
 	for id, typ := range r.tasks {
+		if typ == execType {
+			r.rep.Exec++
+		}
 		t, ok := last[id]
 		switch {
 		case !ok:

@@ -348,7 +348,7 @@ func (r *run) checkLedger(tasks map[string]taskView) {
 	}
 	r.checkKeys(byTask)
 	for id, typ := range r.tasks {
-		if t, ok := tasks[id]; typ == "sleep" && ok && t.State == "succeeded" && len(byTask[id]) == 0 {
+		if t, ok := tasks[id]; (typ == "sleep" || typ == execType) && ok && t.State == "succeeded" && len(byTask[id]) == 0 {
 			r.violation("task %s succeeded without any work in the ledger", id)
 		}
 	}

@@ -269,7 +269,7 @@ func newRoot(out io.Writer) *cobra.Command {
 	pf.StringVar(&g.tlsCA, "tls-ca", envOr("TASKD_TLS_CA", ""), "cluster CA certificate (PEM) the server must prove itself against (default: DATA_DIR/pki/ca.crt; env TASKD_TLS_CA)")
 	pf.DurationVar(&g.timeout, "timeout", api.DefaultTimeout, "deadline for each request")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(serviceCmd(g), taskCmd(g), runnerCmd(g), vipCmd(g), copyCmd(g), eventsCmd(g), doctorCmd(g), scheduleCmd(g), tokenCmd(g))
+	root.AddCommand(serviceCmd(g), taskCmd(g), runnerCmd(g), vipCmd(g), copyCmd(g), eventsCmd(g), doctorCmd(g), scheduleCmd(g), tokenCmd(g), limitsCmd(g))
 	root.Version = Version
 	refuseUnknownSubcommands(root)
 	addCompletions(root, g)

@@ -46,7 +46,7 @@ func (g *globals) printJSON(m proto.Message) error {
 
 func taskCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "task", Short: "Create, inspect and control tasks"}
-	cmd.AddCommand(taskCreateCmd(g), taskListCmd(g), taskShowCmd(g), taskWaitCmd(g), taskSetWindowCmd(g), taskSetRateCmd(g))
+	cmd.AddCommand(taskCreateCmd(g), taskListCmd(g), taskShowCmd(g), taskWaitCmd(g), taskLogCmd(g), taskSetWindowCmd(g), taskSetRateCmd(g))
 	for _, c := range []struct{ name, short string }{
 		{"cancel", "Cancel a task (a running one stops at its next checkpoint)"},
 		{"pause", "Pause a task (a running one parks at its next checkpoint); pausing twice is harmless"},

@@ -25,6 +25,7 @@ import (
 	"github.com/taskd/taskd/internal/node"
 	"github.com/taskd/taskd/internal/pki"
 	"github.com/taskd/taskd/internal/task"
+	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/volcmd"
 	"github.com/taskd/taskd/internal/volcopy"
 )
@@ -57,6 +58,10 @@ func Main(args []string) int { return MainWith(args, nil) }
 
 // MainWith is Main for a taskd built with more task types (package sdk).
 func MainWith(args []string, types task.Registry) int {
+	if len(args) > 0 && args[0] == tasktype.GuardArg {
+		// taskd watching one of its exec programs (tasktype.GuardArg).
+		return tasktype.GuardMain(args[1:], os.Stdin, os.Stdout)
+	}
 	extraTypes = types
 	cmd := newRootCmd()
 	cmd.SetArgs(args)

@@ -53,6 +53,7 @@ func (d *Dispatcher) collect(ctx context.Context, l *quorum.Leadership, log *slo
 		}
 		var conds []coord.Cond
 		var ops []coord.Op
+		batched := 0
 		for _, kv := range kvs {
 			if _, err := keys.Child(dir, kv.Key, keys.ValidTaskID); err != nil {
 				continue // not a task taskd wrote: left alone
@@ -63,19 +64,26 @@ func (d *Dispatcher) collect(ctx context.Context, l *quorum.Leadership, log *slo
 			}
 			conds = append(conds, coord.VersionIs(kv.Key, kv.Version))
 			ops = append(ops, coord.DeleteOp(kv.Key))
-			if len(ops) == batchSize {
+			batched++
+			// Its output log goes with it.
+			if c, op, ok, err := d.store.LogDelete(ctx, r.ID); err != nil {
+				return err
+			} else if ok {
+				conds, ops = append(conds, c), append(ops, op)
+			}
+			if len(ops) >= batchSize {
 				if _, err := l.Txn(ctx, conds, ops); err != nil && !errors.Is(err, coord.ErrConflict) {
 					return fmt.Errorf("delete finished tasks: %w", err)
 				}
-				n += len(ops)
-				conds, ops = nil, nil
+				n += batched
+				conds, ops, batched = nil, nil, 0
 			}
 		}
 		if len(ops) > 0 {
 			if _, err := l.Txn(ctx, conds, ops); err != nil && !errors.Is(err, coord.ErrConflict) {
 				return fmt.Errorf("delete finished tasks: %w", err)
 			}
-			n += len(ops)
+			n += batched
 		}
 	}
 	if n > 0 {

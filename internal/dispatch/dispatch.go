@@ -19,7 +19,6 @@ package dispatch
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -88,6 +87,7 @@ const (
 	watchTasks   watchIndex = iota // the unfinished tasks (ActiveDir)
 	watchRunners                   // the live runners (RunnersDir)
 	watchMarks                     // the runners' marks (RunnerConfigDir)
+	watchLimits                    // the limits per type (TypeLimitsDir)
 	numWatches
 )
 
@@ -97,6 +97,7 @@ type state struct {
 	tasks   map[string]*task.Record
 	runners map[string]task.RunnerInfo
 	marks   map[string]task.Marks
+	limits  task.TypeLimits
 	synced  [numWatches]bool
 	dirty   bool // changed since the last pass
 	// ended caches the finished tasks that waiting tasks depend on (a
@@ -113,6 +114,7 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		watchTasks:   d.store.WatchActive(ctx),
 		watchRunners: d.store.WatchRunners(ctx),
 		watchMarks:   d.store.WatchMarks(ctx),
+		watchLimits:  d.store.WatchTypeLimits(ctx),
 	}
 	defer func() {
 		for _, w := range watchers {
@@ -123,7 +125,7 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 	for i, w := range watchers {
 		watches[i] = w.Events()
 	}
-	st := &state{lay: lay, tasks: map[string]*task.Record{}, runners: map[string]task.RunnerInfo{}, marks: map[string]task.Marks{}}
+	st := &state{lay: lay, tasks: map[string]*task.Record{}, runners: map[string]task.RunnerInfo{}, marks: map[string]task.Marks{}, limits: task.TypeLimits{}}
 	log := d.log.With("epoch", l.Epoch())
 	log.Info("dispatcher started")
 	if m := d.cfg.Metrics; m != nil {
@@ -166,6 +168,10 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 			if !st.apply(watchMarks, ev, ok, log) {
 				return nil
 			}
+		case ev, ok := <-watches[watchLimits]:
+			if !st.apply(watchLimits, ev, ok, log) {
+				return nil
+			}
 		case <-wake.C:
 			st.dirty = true
 		}
@@ -173,7 +179,7 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		if !d.drain(ctx, st, watches, log) {
 			return nil
 		}
-		if !st.synced[watchTasks] || !st.synced[watchRunners] || !st.synced[watchMarks] || !st.dirty {
+		if !st.synced[watchTasks] || !st.synced[watchRunners] || !st.synced[watchMarks] || !st.synced[watchLimits] || !st.dirty {
 			continue
 		}
 		st.dirty = false
@@ -195,114 +201,6 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 	}
 }
 
-// drain applies every event already waiting, without blocking.
-func (d *Dispatcher) drain(ctx context.Context, st *state, watches [numWatches]<-chan coord.Event, log *slog.Logger) bool {
-	for range 10000 {
-		var ok bool
-		var ev coord.Event
-		var i watchIndex
-		select {
-		case ev, ok = <-watches[watchTasks]:
-			i = watchTasks
-		case ev, ok = <-watches[watchRunners]:
-			i = watchRunners
-		case ev, ok = <-watches[watchMarks]:
-			i = watchMarks
-		default:
-			return ctx.Err() == nil
-		}
-		if !st.apply(i, ev, ok, log) {
-			return false
-		}
-	}
-	return ctx.Err() == nil
-}
-
-// apply feeds one event of watch i; false when the watch has closed.
-func (st *state) apply(i watchIndex, ev coord.Event, ok bool, log *slog.Logger) bool {
-	if !ok {
-		return false
-	}
-	switch i {
-	case watchTasks:
-		if st.applyTask(ev, log) {
-			st.dirty = true
-		}
-		return true
-	case watchRunners:
-		applyJSON(st.runners, &st.synced[watchRunners], st.lay.RunnersDir(), ev, log, func(kv coord.KV) (task.RunnerInfo, error) {
-			return task.DecodeRunner(st.lay.RunnersDir(), kv)
-		})
-	case watchMarks:
-		applyJSON(st.marks, &st.synced[watchMarks], st.lay.RunnerConfigDir(), ev, log, func(kv coord.KV) (task.Marks, error) {
-			var m task.Marks
-			err := json.Unmarshal(kv.Value, &m)
-			return m, err
-		})
-	}
-	st.dirty = true
-	return true
-}
-
-// applyTask reports whether the event changed the view: the echo of the
-// dispatcher's own write does not.
-func (st *state) applyTask(ev coord.Event, log *slog.Logger) bool {
-	if ev.Type == coord.EventSynced {
-		st.synced[watchTasks] = true
-		return true
-	}
-	// A key or record with an invalid id was written around taskd: it is
-	// never assigned, given back or collected, so no key is built from it.
-	id, err := keys.Child(st.lay.ActiveDir(), ev.KV.Key, keys.ValidTaskID)
-	if err != nil {
-		log.Warn("ignoring a task key that is not a valid task id", "key", keys.Quote(ev.KV.Key), "err", err)
-		return false
-	}
-	switch ev.Type {
-	case coord.EventDelete:
-		delete(st.tasks, id)
-	case coord.EventPut:
-		// Our own writes come back through the watch; keep the newer.
-		// Versions of one key only grow while it exists.
-		if cur, ok := st.tasks[id]; ok && cur.Version() >= ev.KV.Version {
-			return false
-		}
-		r, err := task.Decode(ev.KV.Key, ev.KV.Value, ev.KV.Version)
-		if err != nil {
-			log.Warn("skipping unreadable task record", "key", ev.KV.Key, "err", err)
-			return false
-		}
-		st.tasks[id] = r
-	}
-	return true
-}
-
-// applyJSON feeds a runner or marks event of dir, whose keys are named by
-// node; decode reads a record. A key that names no valid node, or a record
-// decode refuses, is skipped.
-func applyJSON[T any](m map[string]T, synced *bool, dir string, ev coord.Event, log *slog.Logger, decode func(coord.KV) (T, error)) {
-	if ev.Type == coord.EventSynced {
-		*synced = true
-		return
-	}
-	name, err := keys.Child(dir, ev.KV.Key, keys.ValidName)
-	if err != nil {
-		log.Warn("ignoring a key that names no valid node", "key", keys.Quote(ev.KV.Key), "err", err)
-		return
-	}
-	switch ev.Type {
-	case coord.EventDelete:
-		delete(m, name)
-	case coord.EventPut:
-		v, err := decode(ev.KV)
-		if err != nil {
-			log.Warn("skipping unreadable record", "key", ev.KV.Key, "err", err)
-			return
-		}
-		m[name] = v
-	}
-}
-
 // reconcile makes one pass and returns when the clock alone may make more
 // work possible (zero: only an event can).
 func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *state, log *slog.Logger) (time.Time, error) {
@@ -315,10 +213,13 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 
 	var waiting []*task.Record
 	var errs []error
-	keyed := task.KeyUse{}
+	keyed, typed := task.KeyUse{}, task.TypeUse{}
 	for _, r := range st.tasks {
 		switch r.State {
 		case task.Running:
+			// A task given back below still counts against its type's
+			// limit in this pass: it may still be working.
+			typed.Add(r)
 			rn, ok := runners[r.Runner]
 			if ok && rn.Info.Session == r.RunnerSession {
 				rn.Running++
@@ -367,8 +268,8 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 		if free == 0 {
 			continue // still scan for wake times; nothing else can be placed
 		}
-		if r.KeyReason(keyed) != "" {
-			continue // its key is at its limit; the end of a holder is an event
+		if r.KeyReason(keyed) != "" || r.TypeLimitReason(st.limits, typed) != "" {
+			continue // its key or type is at its limit; the end of a holder or a new limit is an event
 		}
 		best := pick(runners, r)
 		if best == nil {
@@ -379,6 +280,7 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 		best.Running++
 		best.RunningByType[r.Type]++
 		keyed.Add(a)
+		typed.Add(a)
 		free--
 		batch = append(batch, a)
 		if len(batch) == batchSize {

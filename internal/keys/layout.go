@@ -18,9 +18,11 @@ import (
 //	election/specified       who may lead
 //	config/priority/NAME     an operator's priority for a node
 //	config/runners/NAME      a runner's cordon and drain marks
+//	config/type-limits/TYPE  an operator's cluster-wide limit of running tasks of TYPE
 //	tasks/active/ID          unfinished task records
 //	tasks/done/XY/ID         finished task records, sharded by ID[:2]
 //	tasks/idem/SHA256        an idempotency key in use: the task it made
+//	tasks/logs/ID            a task's bounded output log (its runner, fenced)
 //	assigned/NAME/ID         one key per task running on NAME
 //	runners/NAME             a live runner (bound to its session)
 //	sessions/SESSION         a runner session's fencing key
@@ -102,6 +104,20 @@ func (t Tasks) DoneKey(id string) (string, error) {
 	}
 	return child(dir, id, ValidTaskID)
 }
+
+// TypeLimitsDir holds the operators' cluster-wide limits per task type.
+func (t Tasks) TypeLimitsDir() string { return t.root + "/config/type-limits" }
+
+// TypeLimitKey is the limit of task type typ.
+func (t Tasks) TypeLimitKey(typ string) (string, error) {
+	return child(t.TypeLimitsDir(), typ, ValidTaskType)
+}
+
+// LogsDir holds one bounded output log per task that wrote one.
+func (t Tasks) LogsDir() string { return t.root + "/tasks/logs" }
+
+// LogKey is the output log of task id.
+func (t Tasks) LogKey(id string) (string, error) { return child(t.LogsDir(), id, ValidTaskID) }
 
 // IdemDir holds one record per idempotency key in use: the task it made.
 func (t Tasks) IdemDir() string { return t.root + "/tasks/idem" }

@@ -33,6 +33,12 @@ type attempt struct {
 	progress  task.Progress
 	lastWrite time.Time
 
+	// The task's output log: lines not yet stored, and the log as this
+	// attempt last read or wrote it (nil: read it before the next write).
+	logMu      sync.Mutex
+	logPending []task.LogLine
+	logStored  *task.Log
+
 	rateMu      sync.Mutex
 	rateLimit   int64
 	rateSet     bool
@@ -83,6 +89,14 @@ func (a *attempt) Active() bool {
 		return false
 	}
 	return a.s.r.clock.Now().Before(a.s.r.cfg.Deadline(a.s.sess))
+}
+
+// ActiveFor is how long the runner's session stays alive by the local
+// deadline unless it is renewed (0 past it), whether or not the attempt
+// was asked to stop. The exec type's guard kills the program when that
+// time passes without news from this process (tasktype.GuardArg).
+func (a *attempt) ActiveFor() time.Duration {
+	return max(a.s.r.cfg.Deadline(a.s.sess).Sub(a.s.r.clock.Now()), 0)
 }
 
 // Checkpoint implements task.Reporter.
@@ -170,12 +184,16 @@ func (a *attempt) writeOnce(f func(r *task.Record) bool) error {
 		if !r.Owns(a.s.r.cfg.Node, a.s.sess.ID(), a.n) {
 			return fmt.Errorf("task %s attempt %d: %w", a.id, a.n, task.ErrFenced)
 		}
-		var err error
-		if f(r) {
-			err = st.Finish(ctx, st.Txn, r, a.s.fence)
-		} else {
-			err = st.Put(ctx, st.Txn, r, a.s.fence)
+		txn, stored, err := a.withLog(ctx, st.Txn)
+		if err != nil {
+			return err
 		}
+		if f(r) {
+			err = st.Finish(ctx, txn, r, a.s.fence)
+		} else {
+			err = st.Put(ctx, txn, r, a.s.fence)
+		}
+		stored(err)
 		if err == nil {
 			a.mu.Lock()
 			a.rec, a.lastWrite = r, a.s.r.clock.Now()

@@ -266,6 +266,12 @@ func (r *Leader) prune(ctx context.Context, l *quorum.Leadership, w *world, sc *
 			}
 			conds = append(conds, coord.VersionIs(dk, rec.Version()))
 			ops = append(ops, coord.DeleteOp(dk))
+			// Its output log goes with it.
+			if c, op, ok, err := r.store.tasks.LogDelete(ctx, id); err != nil {
+				return err
+			} else if ok {
+				conds, ops = append(conds, c), append(ops, op)
+			}
 			deleted = append(deleted, id)
 		}
 		excess--

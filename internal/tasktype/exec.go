@@ -168,9 +168,15 @@ func (x Exec) Run(ctx context.Context, spec json.RawMessage, checkpoint []byte, 
 	cmd.Env, cmd.Dir = env, "/"
 	cmd.Stdin = bytesReader(spec)
 	cmd.ExtraFiles = []*os.File{pw}
-	out := &logWriter{log: log}
+	tl, _ := r.(taskLog)
+	out := &logWriter{log: log, task: tl}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	g, err := theGuard()
+	if err != nil {
+		pw.Close()
+		return err // retryable: the program did not start
+	}
 	if err := cmd.Start(); err != nil {
 		pw.Close()
 		return task.Permanent(fmt.Errorf("start %s: %w", x.Path, err))
@@ -178,11 +184,53 @@ func (x Exec) Run(ctx context.Context, spec json.RawMessage, checkpoint []byte, 
 	pw.Close()
 	pgid := cmd.Process.Pid
 	kill := func(sig syscall.Signal) { _ = syscall.Kill(-pgid, sig) }
+	af, _ := r.(activeFor)
+	var first time.Duration // no deadline without a session
+	if af != nil {
+		first = max(af.ActiveFor(), time.Nanosecond)
+	}
+	if err := g.add(pgid, first); err != nil {
+		kill(syscall.SIGKILL)
+		_ = cmd.Wait()
+		return err
+	}
+	// After the group was killed (the waited case): a pid reused in the
+	// meantime is not ours to guard.
+	defer func() { _ = g.remove(pgid) }()
+	renew := func() error {
+		if af == nil {
+			return nil
+		}
+		return g.renew(pgid, af.ActiveFor())
+	}
+	tick := time.NewTicker(guardTick)
+	defer tick.Stop()
+	if tl != nil {
+		// The log's store writes wait for the store; they must not hold
+		// up the guard's renewals, so they have a goroutine of their own.
+		flushCtx, stopFlush := context.WithCancel(context.Background())
+		var flushing sync.WaitGroup
+		flushing.Add(1)
+		go func() {
+			defer flushing.Done()
+			t := time.NewTicker(guardTick)
+			defer t.Stop()
+			for {
+				select {
+				case <-flushCtx.Done():
+					return
+				case <-t.C:
+					tl.FlushLog()
+				}
+			}
+		}()
+		defer func() { stopFlush(); flushing.Wait() }()
+	}
 
 	// The protocol reader ends at EOF (the program and its children
 	// closed fd 3) or when a checkpoint is refused (fenced, stopped).
 	protoErr := make(chan error, 1)
-	go func() { protoErr <- x.follow(pr, r, log) }()
+	go func() { protoErr <- x.follow(pr, r, tl, log) }()
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
 
@@ -190,6 +238,14 @@ func (x Exec) Run(ctx context.Context, spec json.RawMessage, checkpoint []byte, 
 	var grace <-chan time.Time
 	for {
 		select {
+		case <-tick.C:
+			if err := renew(); err != nil && stopErr == nil {
+				// Without its guard the program could outlive a pause
+				// of taskd; stop it.
+				kill(syscall.SIGKILL)
+				stopErr = err
+			}
+			continue
 		case err := <-protoErr:
 			protoErr = nil
 			if err != nil {
@@ -248,7 +304,7 @@ func (x Exec) Run(ctx context.Context, spec json.RawMessage, checkpoint []byte, 
 }
 
 // follow applies the program's protocol lines until EOF.
-func (x Exec) follow(pr io.Reader, r task.Reporter, log *slog.Logger) error {
+func (x Exec) follow(pr io.Reader, r task.Reporter, tl taskLog, log *slog.Logger) error {
 	sc := bufio.NewScanner(pr)
 	sc.Buffer(make([]byte, 64<<10), maxLine)
 	var p task.Progress
@@ -263,6 +319,9 @@ func (x Exec) follow(pr io.Reader, r task.Reporter, log *slog.Logger) error {
 		}
 		if l.Log != "" {
 			log.Info("exec program: "+l.Log, "event", "exec_log")
+			if tl != nil {
+				tl.AppendLog(l.Log)
+			}
 		}
 		switch {
 		case l.Checkpoint != nil:
@@ -301,10 +360,18 @@ func exitError(path string, err error, tail string) error {
 	}
 }
 
-// logWriter logs the program's stdout and stderr line by line and keeps
-// the last line for the error message.
+// taskLog is implemented by reporters that keep the task's output log
+// (the runner's attempts): the program's output and log lines go there.
+type taskLog interface {
+	AppendLog(text string)
+	FlushLog()
+}
+
+// logWriter logs the program's stdout and stderr line by line, adds each
+// line to the task's log and keeps the last line for the error message.
 type logWriter struct {
 	log  *slog.Logger
+	task taskLog
 	mu   sync.Mutex
 	buf  []byte
 	tail string
@@ -331,6 +398,9 @@ func (w *logWriter) Write(b []byte) (int, error) {
 func (w *logWriter) emit(s string) {
 	w.tail = s
 	w.log.Info("exec program output", "event", "exec_output", "line", s)
+	if w.task != nil {
+		w.task.AppendLog(s)
+	}
 }
 
 func (w *logWriter) last() string {

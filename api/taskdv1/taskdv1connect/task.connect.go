@@ -56,6 +56,14 @@ const (
 	TaskServiceWatchTaskProcedure = "/taskd.v1.TaskService/WatchTask"
 	// TaskServiceWatchTasksProcedure is the fully-qualified name of the TaskService's WatchTasks RPC.
 	TaskServiceWatchTasksProcedure = "/taskd.v1.TaskService/WatchTasks"
+	// TaskServiceTaskLogProcedure is the fully-qualified name of the TaskService's TaskLog RPC.
+	TaskServiceTaskLogProcedure = "/taskd.v1.TaskService/TaskLog"
+	// TaskServiceSetTypeLimitProcedure is the fully-qualified name of the TaskService's SetTypeLimit
+	// RPC.
+	TaskServiceSetTypeLimitProcedure = "/taskd.v1.TaskService/SetTypeLimit"
+	// TaskServiceListTypeLimitsProcedure is the fully-qualified name of the TaskService's
+	// ListTypeLimits RPC.
+	TaskServiceListTypeLimitsProcedure = "/taskd.v1.TaskService/ListTypeLimits"
 	// RunnerServiceListRunnersProcedure is the fully-qualified name of the RunnerService's ListRunners
 	// RPC.
 	RunnerServiceListRunnersProcedure = "/taskd.v1.RunnerService/ListRunners"
@@ -85,6 +93,18 @@ type TaskServiceClient interface {
 	// the unfinished set, batched. It follows the store's watch: the web
 	// console's live table.
 	WatchTasks(context.Context, *connect.Request[taskdv1.WatchTasksRequest]) (*connect.ServerStreamForClient[taskdv1.WatchTasksResponse], error)
+	// TaskLog streams the task's output log (an exec program's output and
+	// log lines, bounded: docs/task-types.md): the lines after after_seq in
+	// one message, then with follow the new lines as the runner stores them,
+	// until the task is final. It follows the store's watch: no polling.
+	TaskLog(context.Context, *connect.Request[taskdv1.TaskLogRequest]) (*connect.ServerStreamForClient[taskdv1.TaskLogResponse], error)
+	// SetTypeLimit sets (or with unset removes) the cluster-wide limit of
+	// running tasks of one type; the dispatcher applies it under its epoch
+	// fence. Admin only.
+	SetTypeLimit(context.Context, *connect.Request[taskdv1.SetTypeLimitRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error)
+	// ListTypeLimits lists the limits per type with how many tasks of each
+	// type run now.
+	ListTypeLimits(context.Context, *connect.Request[taskdv1.ListTypeLimitsRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error)
 }
 
 // NewTaskServiceClient constructs a client for the taskd.v1.TaskService service. By default, it
@@ -165,21 +185,44 @@ func NewTaskServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(taskServiceMethods.ByName("WatchTasks")),
 			connect.WithClientOptions(opts...),
 		),
+		taskLog: connect.NewClient[taskdv1.TaskLogRequest, taskdv1.TaskLogResponse](
+			httpClient,
+			baseURL+TaskServiceTaskLogProcedure,
+			connect.WithSchema(taskServiceMethods.ByName("TaskLog")),
+			connect.WithClientOptions(opts...),
+		),
+		setTypeLimit: connect.NewClient[taskdv1.SetTypeLimitRequest, taskdv1.TypeLimitsResponse](
+			httpClient,
+			baseURL+TaskServiceSetTypeLimitProcedure,
+			connect.WithSchema(taskServiceMethods.ByName("SetTypeLimit")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
+		listTypeLimits: connect.NewClient[taskdv1.ListTypeLimitsRequest, taskdv1.TypeLimitsResponse](
+			httpClient,
+			baseURL+TaskServiceListTypeLimitsProcedure,
+			connect.WithSchema(taskServiceMethods.ByName("ListTypeLimits")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // taskServiceClient implements TaskServiceClient.
 type taskServiceClient struct {
-	createTask    *connect.Client[taskdv1.CreateTaskRequest, taskdv1.CreateTaskResponse]
-	getTask       *connect.Client[taskdv1.GetTaskRequest, taskdv1.GetTaskResponse]
-	listTasks     *connect.Client[taskdv1.ListTasksRequest, taskdv1.ListTasksResponse]
-	cancelTask    *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
-	pauseTask     *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
-	resumeTask    *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
-	setTaskWindow *connect.Client[taskdv1.SetTaskWindowRequest, taskdv1.GetTaskResponse]
-	setTaskRate   *connect.Client[taskdv1.SetTaskRateRequest, taskdv1.GetTaskResponse]
-	watchTask     *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
-	watchTasks    *connect.Client[taskdv1.WatchTasksRequest, taskdv1.WatchTasksResponse]
+	createTask     *connect.Client[taskdv1.CreateTaskRequest, taskdv1.CreateTaskResponse]
+	getTask        *connect.Client[taskdv1.GetTaskRequest, taskdv1.GetTaskResponse]
+	listTasks      *connect.Client[taskdv1.ListTasksRequest, taskdv1.ListTasksResponse]
+	cancelTask     *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
+	pauseTask      *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
+	resumeTask     *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
+	setTaskWindow  *connect.Client[taskdv1.SetTaskWindowRequest, taskdv1.GetTaskResponse]
+	setTaskRate    *connect.Client[taskdv1.SetTaskRateRequest, taskdv1.GetTaskResponse]
+	watchTask      *connect.Client[taskdv1.TaskRef, taskdv1.GetTaskResponse]
+	watchTasks     *connect.Client[taskdv1.WatchTasksRequest, taskdv1.WatchTasksResponse]
+	taskLog        *connect.Client[taskdv1.TaskLogRequest, taskdv1.TaskLogResponse]
+	setTypeLimit   *connect.Client[taskdv1.SetTypeLimitRequest, taskdv1.TypeLimitsResponse]
+	listTypeLimits *connect.Client[taskdv1.ListTypeLimitsRequest, taskdv1.TypeLimitsResponse]
 }
 
 // CreateTask calls taskd.v1.TaskService.CreateTask.
@@ -232,6 +275,21 @@ func (c *taskServiceClient) WatchTasks(ctx context.Context, req *connect.Request
 	return c.watchTasks.CallServerStream(ctx, req)
 }
 
+// TaskLog calls taskd.v1.TaskService.TaskLog.
+func (c *taskServiceClient) TaskLog(ctx context.Context, req *connect.Request[taskdv1.TaskLogRequest]) (*connect.ServerStreamForClient[taskdv1.TaskLogResponse], error) {
+	return c.taskLog.CallServerStream(ctx, req)
+}
+
+// SetTypeLimit calls taskd.v1.TaskService.SetTypeLimit.
+func (c *taskServiceClient) SetTypeLimit(ctx context.Context, req *connect.Request[taskdv1.SetTypeLimitRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error) {
+	return c.setTypeLimit.CallUnary(ctx, req)
+}
+
+// ListTypeLimits calls taskd.v1.TaskService.ListTypeLimits.
+func (c *taskServiceClient) ListTypeLimits(ctx context.Context, req *connect.Request[taskdv1.ListTypeLimitsRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error) {
+	return c.listTypeLimits.CallUnary(ctx, req)
+}
+
 // TaskServiceHandler is an implementation of the taskd.v1.TaskService service.
 type TaskServiceHandler interface {
 	CreateTask(context.Context, *connect.Request[taskdv1.CreateTaskRequest]) (*connect.Response[taskdv1.CreateTaskResponse], error)
@@ -253,6 +311,18 @@ type TaskServiceHandler interface {
 	// the unfinished set, batched. It follows the store's watch: the web
 	// console's live table.
 	WatchTasks(context.Context, *connect.Request[taskdv1.WatchTasksRequest], *connect.ServerStream[taskdv1.WatchTasksResponse]) error
+	// TaskLog streams the task's output log (an exec program's output and
+	// log lines, bounded: docs/task-types.md): the lines after after_seq in
+	// one message, then with follow the new lines as the runner stores them,
+	// until the task is final. It follows the store's watch: no polling.
+	TaskLog(context.Context, *connect.Request[taskdv1.TaskLogRequest], *connect.ServerStream[taskdv1.TaskLogResponse]) error
+	// SetTypeLimit sets (or with unset removes) the cluster-wide limit of
+	// running tasks of one type; the dispatcher applies it under its epoch
+	// fence. Admin only.
+	SetTypeLimit(context.Context, *connect.Request[taskdv1.SetTypeLimitRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error)
+	// ListTypeLimits lists the limits per type with how many tasks of each
+	// type run now.
+	ListTypeLimits(context.Context, *connect.Request[taskdv1.ListTypeLimitsRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error)
 }
 
 // NewTaskServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -329,6 +399,26 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(taskServiceMethods.ByName("WatchTasks")),
 		connect.WithHandlerOptions(opts...),
 	)
+	taskServiceTaskLogHandler := connect.NewServerStreamHandler(
+		TaskServiceTaskLogProcedure,
+		svc.TaskLog,
+		connect.WithSchema(taskServiceMethods.ByName("TaskLog")),
+		connect.WithHandlerOptions(opts...),
+	)
+	taskServiceSetTypeLimitHandler := connect.NewUnaryHandler(
+		TaskServiceSetTypeLimitProcedure,
+		svc.SetTypeLimit,
+		connect.WithSchema(taskServiceMethods.ByName("SetTypeLimit")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
+	taskServiceListTypeLimitsHandler := connect.NewUnaryHandler(
+		TaskServiceListTypeLimitsProcedure,
+		svc.ListTypeLimits,
+		connect.WithSchema(taskServiceMethods.ByName("ListTypeLimits")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/taskd.v1.TaskService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case TaskServiceCreateTaskProcedure:
@@ -351,6 +441,12 @@ func NewTaskServiceHandler(svc TaskServiceHandler, opts ...connect.HandlerOption
 			taskServiceWatchTaskHandler.ServeHTTP(w, r)
 		case TaskServiceWatchTasksProcedure:
 			taskServiceWatchTasksHandler.ServeHTTP(w, r)
+		case TaskServiceTaskLogProcedure:
+			taskServiceTaskLogHandler.ServeHTTP(w, r)
+		case TaskServiceSetTypeLimitProcedure:
+			taskServiceSetTypeLimitHandler.ServeHTTP(w, r)
+		case TaskServiceListTypeLimitsProcedure:
+			taskServiceListTypeLimitsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -398,6 +494,18 @@ func (UnimplementedTaskServiceHandler) WatchTask(context.Context, *connect.Reque
 
 func (UnimplementedTaskServiceHandler) WatchTasks(context.Context, *connect.Request[taskdv1.WatchTasksRequest], *connect.ServerStream[taskdv1.WatchTasksResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TaskService.WatchTasks is not implemented"))
+}
+
+func (UnimplementedTaskServiceHandler) TaskLog(context.Context, *connect.Request[taskdv1.TaskLogRequest], *connect.ServerStream[taskdv1.TaskLogResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TaskService.TaskLog is not implemented"))
+}
+
+func (UnimplementedTaskServiceHandler) SetTypeLimit(context.Context, *connect.Request[taskdv1.SetTypeLimitRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TaskService.SetTypeLimit is not implemented"))
+}
+
+func (UnimplementedTaskServiceHandler) ListTypeLimits(context.Context, *connect.Request[taskdv1.ListTypeLimitsRequest]) (*connect.Response[taskdv1.TypeLimitsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("taskd.v1.TaskService.ListTypeLimits is not implemented"))
 }
 
 // RunnerServiceClient is a client for the taskd.v1.RunnerService service.
