@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -69,17 +70,27 @@ func starveBench(args []string, out io.Writer) error {
 	for _, n := range ts {
 		smallest := 0
 		for _, q := range qs {
+			// A node still starved from the previous quota (within its
+			// recovery grace) would enter this round starved and record
+			// no new starved event: wait until it has recovered.
+			if err := waitUnstarved(ctx, node); err != nil {
+				return err
+			}
 			r := starveRound{dir: e.dir, c: c, node: node, quota: q, d: *dur, busy: *busy, tasks: n}
-			fences, starved, err := r.run(ctx)
+			res, err := r.run(ctx)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "starve: tasks=%d quota=%dus/100ms (%.0f%% of a CPU) fences=%d starved_events=%d exited=%v\n",
-				n, q, float64(q)/1000, fences, starved, node.Proc.Exited())
+			first := "none"
+			if res.firstStarved > 0 {
+				first = res.firstStarved.Round(100 * time.Millisecond).String()
+			}
+			fmt.Fprintf(out, "starve: tasks=%d quota=%dus/100ms (%.0f%% of a CPU) fences=%d starved_events=%d first_starved_after=%s exited=%v\n",
+				n, q, float64(q)/1000, res.fences, res.starved, first, node.Proc.Exited())
 			if node.Proc.Exited() {
 				return fmt.Errorf("%s exited under quota %d", node.Name, q)
 			}
-			if fences == 0 {
+			if res.fences == 0 {
 				smallest = q
 			}
 			// Let it recover before the next quota.
@@ -124,48 +135,90 @@ type starveRound struct {
 	tasks int
 }
 
+// roundResult is what the node's log showed during a round.
+type roundResult struct {
+	fences, starved int
+	// firstStarved is the time from the squeeze to the first starved
+	// event (0: none).
+	firstStarved time.Duration
+}
+
+// waitUnstarved waits until node says it is not starved (up to 2 min: the
+// recovery grace is max(10 s, 2 × session timeout)).
+func waitUnstarved(ctx context.Context, node *harness.Node) error {
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := harness.WaitFor(wctx, time.Second, func() bool {
+		r, err := node.List(wctx)
+		return err == nil && r.Self == node.Name && !r.SelfStarved
+	}); err != nil {
+		return fmt.Errorf("%s still starved (or silent) 2 min after its quota was lifted: %w", node.Name, err)
+	}
+	return nil
+}
+
 // run holds the node under the quota for d and counts the fences and
 // starved events its log shows meanwhile.
-func (r starveRound) run(ctx context.Context) (fences, starved int, err error) {
+func (r starveRound) run(ctx context.Context) (res roundResult, err error) {
 	ids, err := r.startTasks(ctx)
 	defer r.cancelTasks(ids)
 	if err != nil {
-		return 0, 0, err
+		return res, err
 	}
 	cg, err := harness.NewCPUCgroup(fmt.Sprintf("taskd-bench-%d-%d-%d", os.Getpid(), r.quota, r.tasks), r.quota)
 	if err != nil {
-		return 0, 0, err
+		return res, err
 	}
 	defer cg.Close()
 	if r.busy {
 		p, err := harness.StartBusyLoop(filepath.Join(r.dir, "busy.log"))
 		if err != nil {
-			return 0, 0, err
+			return res, err
 		}
 		defer func() { p.Signal(syscall.SIGKILL); p.Wait() }()
 		if err := cg.Move(p.PID()); err != nil {
-			return 0, 0, err
+			return res, err
 		}
 	}
 	before := len(r.node.Log())
+	squeezed := time.Now()
 	if err := cg.Move(r.node.Proc.PID()); err != nil {
-		return 0, 0, err
+		return res, err
 	}
 	t := time.NewTimer(r.d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return 0, 0, ctx.Err()
+		return res, ctx.Err()
 	case <-t.C:
 	}
 	if err := cg.Release(); err != nil {
-		return 0, 0, err
+		return res, err
 	}
 	log := r.node.Log()
 	if len(log) >= before {
 		log = log[before:]
 	}
-	return strings.Count(log, `"event":"fence_started"`), strings.Count(log, `"event":"starved"`), nil
+	res.fences, res.starved = strings.Count(log, `"event":"fence_started"`), strings.Count(log, `"event":"starved"`)
+	res.firstStarved = firstEventAfter(log, "starved", squeezed)
+	return res, nil
+}
+
+// firstEventAfter is the time from since to the first JSON log line with
+// "event" ev (0 when there is none).
+func firstEventAfter(log, ev string, since time.Time) time.Duration {
+	for line := range strings.Lines(log) {
+		if !strings.Contains(line, `"event":"`+ev+`"`) {
+			continue
+		}
+		var l struct {
+			Time time.Time `json:"time"`
+		}
+		if json.Unmarshal([]byte(line), &l) == nil && l.Time.After(since) {
+			return l.Time.Sub(since)
+		}
+	}
+	return 0
 }
 
 // startTasks creates r.tasks sleep tasks pinned to the node, outlasting
