@@ -21,29 +21,41 @@ import (
 // never said it was starved.
 const onePercent = 1000
 
-// TestStarvedAtOnePercent (issue 20), on both backends: the leader, alone
-// in a cgroup of 1 % of a CPU (no busy loop: the node's own demand is
-// what the quota throttles), reports itself starved within a few seconds
+// TestStarvedAtOnePercent (issue 20), on both backends: the leader, in a
+// cgroup of 1 % of a CPU, reports itself starved within a few seconds
 // where it can be read without its help: the `starved` event in its local
 // journal (DATA_DIR/events.jsonl) and taskd_starved 1 on its /metrics. It
 // does not exit, and once the quota is lifted it records `recovered`.
+// On the embedded store the node alone in the cgroup (its etcd member's
+// own demand is more than 1 %: the setting of the first figures, which
+// fenced five times a minute), and beside a busy loop; on ZooKeeper an
+// idle node fits in 1 % (it keeps its session and is not starved), so
+// only beside a busy loop, the issue's setting.
 func TestStarvedAtOnePercent(t *testing.T) {
-	t.Run("embedded", func(t *testing.T) {
-		testStarvedAtOnePercent(t, newCluster(t, 3, harness.Options{}))
+	t.Run("embedded/alone", func(t *testing.T) {
+		testStarvedAtOnePercent(t, newCluster(t, 3, harness.Options{}), false)
 	})
-	t.Run("zookeeper", func(t *testing.T) {
+	t.Run("embedded/busy", func(t *testing.T) {
+		testStarvedAtOnePercent(t, newCluster(t, 3, harness.Options{}), true)
+	})
+	t.Run("zookeeper/busy", func(t *testing.T) {
 		ens := testenv.StartEnsemble(t, 1)
-		testStarvedAtOnePercent(t, newCluster(t, 3, harness.Options{Coordinator: ens.URL("/starve1pct"), PKI: ens.PKI}))
+		testStarvedAtOnePercent(t, newCluster(t, 3, harness.Options{Coordinator: ens.URL("/starve1pct"), PKI: ens.PKI}), true)
 	})
 }
 
-func testStarvedAtOnePercent(t *testing.T, c *harness.Cluster) {
+func testStarvedAtOnePercent(t *testing.T, c *harness.Cluster, busy bool) {
 	st, err := harness.WaitAgreed(ctxFor(t, 60*time.Second), c.Nodes, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	victim := c.Node(st.Leader)
 	cg := newCPUCgroup(t, onePercent)
+	if busy {
+		if err := cg.Move(busyLoop(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	squeezed := time.Now()
 	if err := cg.Move(victim.Proc.PID()); err != nil {
 		t.Fatal(err)
