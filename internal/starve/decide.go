@@ -201,12 +201,24 @@ func (d *Decider) Observe(s Sample) Verdict {
 	return Verdict{Starved: d.starved, Changed: changed, Since: d.since, Figures: d.figures()}
 }
 
+// lateIn counts the late periods in the entry window that ends now. The
+// window is stretched by the time the sampler itself was held off (each
+// newer sample's TickLate): a node so starved that its sampler wakes up
+// less often than once per EnterWindow would otherwise never have two
+// late periods inside it, and would never be told starved however late
+// everything is. A single stall still counts once.
 func (d *Decider) lateIn(now time.Time) int {
 	n := 0
-	for _, h := range d.hist {
-		if now.Sub(h.At) <= d.p.EnterWindow && h.late(d.p.Threshold) {
+	var stretch time.Duration
+	for i := len(d.hist) - 1; i >= 0; i-- {
+		h := d.hist[i]
+		if now.Sub(h.At) > d.p.EnterWindow+stretch {
+			break
+		}
+		if h.late(d.p.Threshold) {
 			n++
 		}
+		stretch += h.TickLate
 	}
 	return n
 }

@@ -32,6 +32,10 @@ func TestDecider(t *testing.T) {
 		{"scheduler latency holds starvation", []step{
 			{1 * s, 900, 0, 0, false, false}, {2 * s, 900, 0, 0, true, true}, {8 * s, 0, 0, 350, true, false}, {17 * s, 0, 0, 0, true, false}, {18 * s, 0, 0, 0, false, true}}},
 		{"two late periods further apart than the window do not", []step{{1 * s, 700, 0, 0, false, false}, {12 * s, 700, 0, 0, false, false}, {23 * s, 700, 0, 0, false, false}}},
+		{"a sampler held off longer than the window still enters (two samples, each 14 s late)", []step{
+			{1 * s, 0, 0, 0, false, false}, {16 * s, 0, 14000, 0, false, false}, {31 * s, 0, 14000, 0, true, true}}},
+		{"two late periods apart by more than the window and the sampler's lateness do not", []step{
+			{1 * s, 0, 700, 0, false, false}, {13 * s, 0, 700, 0, false, false}}},
 		{"late exactly at the threshold counts", []step{{1 * s, 600, 0, 0, false, false}, {2 * s, 600, 0, 0, true, true}}},
 		{"recovers after the grace without uneasy periods", []step{
 			{1 * s, 900, 0, 0, false, false}, {2 * s, 900, 0, 0, true, true},
