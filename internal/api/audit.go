@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"github.com/taskd/taskd/internal/events"
 	"log/slog"
 	"net/http"
 	"path"
@@ -91,7 +92,7 @@ func (a *auditor) denied(r *http.Request, procedure string, id auth.Identity, er
 		}
 	}
 	code := connect.CodeOf(err).String()
-	attrs := []any{"event", "audit", "who", who, "procedure", procedure, "result", code, "remote", r.RemoteAddr}
+	attrs := []any{events.Audit.Attr(), "who", who, "procedure", procedure, "result", code, "remote", r.RemoteAddr}
 	if id.TokenID != "" {
 		attrs = append(attrs, "token", id.TokenID, "role", string(id.Role))
 	}
@@ -112,7 +113,7 @@ func (a *auditor) call(r *http.Request, procedure string, p procedure, id auth.I
 		msg += " " + target
 	}
 	msg += " by " + id.String() + ": " + result
-	a.log.Info(msg, "event", "audit", "who", id.String(), "token", id.TokenID, "role", string(id.Role),
+	a.log.Info(msg, events.Audit.Attr(), "who", id.String(), "token", id.TokenID, "role", string(id.Role),
 		"procedure", procedure, "target_kind", p.target, "target", target, "result", result, "remote", r.RemoteAddr)
 }
 

@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/taskd/taskd/internal/events"
 	"log/slog"
 	"maps"
 	"slices"
@@ -482,7 +483,7 @@ func (d *Dispatcher) giveBack(ctx context.Context, txn task.TxnFunc, r *task.Rec
 	if m := d.cfg.Metrics; m != nil {
 		m.GivenBack.Inc()
 	}
-	log.Info("task given back: its runner's session ended", "event", "task_reassigned", "task", r.ID, "attempt", r.Attempt, "runner", r.Runner, "state", g.State)
+	log.Info("task given back: its runner's session ended", events.TaskReassigned.Attr(), "task", r.ID, "attempt", r.Attempt, "runner", r.Runner, "state", g.State)
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/taskd/taskd/internal/events"
 	"log/slog"
 	"slices"
 	"strings"
@@ -248,6 +249,6 @@ func (q *Quorum) Forget(ctx context.Context, name string, removeEtcd func(contex
 	if !f.Known && !f.Etcd {
 		return f, fmt.Errorf("%s: %w", name, ErrNotKnown)
 	}
-	q.log.Info("member forgotten", "event", "member_forgotten", "member", name, "known_record", f.Known, "etcd_member", f.Etcd)
+	q.log.Info("member forgotten", events.MemberForgotten.Attr(), "member", name, "known_record", f.Known, "etcd_member", f.Etcd)
 	return f, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/taskd/taskd/internal/events"
 	"log/slog"
 	"strings"
 	"sync"
@@ -279,7 +280,7 @@ func (a *attempt) run() {
 		m.Attempts.WithLabelValues(metricLabel(string(out))).Inc()
 	}
 	if state == task.Waiting && (out == outcomeWindowClosed || out == outcomeDrained) {
-		a.log.Info("task parked", "event", "task_parked", "outcome", out)
+		a.log.Info("task parked", events.TaskParked.Attr(), "outcome", out)
 	}
 	a.log.Info("attempt ended", "outcome", out, "state", state, "err", err)
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 	"log/slog"
 	"maps"
@@ -129,7 +130,7 @@ func (r *Leader) Run(ctx context.Context, l *quorum.Leadership) error {
 		case <-r.steps:
 			// Wake times were computed by the old clock: plan everything
 			// again (and rewind a state decided ahead of the clock).
-			log.Info("wall clock was set; planning every schedule again", "event", "schedule_clock_step")
+			log.Info("wall clock was set; planning every schedule again", events.ScheduleClockStep.Attr())
 			for name := range w.defs {
 				w.dirty[name] = true
 			}

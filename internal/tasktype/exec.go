@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/taskd/taskd/internal/events"
 	"io"
 	"log/slog"
 	"os"
@@ -262,7 +263,7 @@ func (x Exec) follow(pr io.Reader, r task.Reporter, log *slog.Logger) error {
 			p.Done, p.Total = l.Progress.Done, l.Progress.Total
 		}
 		if l.Log != "" {
-			log.Info("exec program: "+l.Log, "event", "exec_log")
+			log.Info("exec program: "+l.Log, events.ExecLog.Attr())
 		}
 		switch {
 		case l.Checkpoint != nil:
@@ -330,7 +331,7 @@ func (w *logWriter) Write(b []byte) (int, error) {
 
 func (w *logWriter) emit(s string) {
 	w.tail = s
-	w.log.Info("exec program output", "event", "exec_output", "line", s)
+	w.log.Info("exec program output", events.ExecOutput.Attr(), "line", s)
 }
 
 func (w *logWriter) last() string {

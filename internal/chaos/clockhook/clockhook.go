@@ -7,6 +7,7 @@ package clockhook
 import (
 	"context"
 	"fmt"
+	"github.com/taskd/taskd/internal/events"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -62,7 +63,7 @@ func (c *Clock) Follow(ctx context.Context, path string, log *slog.Logger) {
 		if err != nil {
 			log.Error("clock offset file unreadable; offset unchanged", "path", path, "err", err)
 		} else if old := time.Duration(c.offset.Swap(int64(d))); old != d {
-			log.Warn("wall clock offset changed (fault injection)", "event", "clock_offset", "from", old, "to", d)
+			log.Warn("wall clock offset changed (fault injection)", events.ClockOffset.Attr(), "from", old, "to", d)
 			c.Step()
 		}
 		select {
