@@ -1,6 +1,7 @@
 // Package events is the cluster's lifecycle timeline. A component records
-// an event by logging a line with its kind's attribute (Kind.Attr: an "event" attribute; the log line is the
-// one place a state transition is told); Tap copies such lines into the
+// an event by logging a line with its kind's attribute (Kind.Attr, an
+// "event" attribute: the log line is the one place a state transition is
+// told); Tap copies such lines into the
 // node's Recorder. The recorder keeps them in a local journal in the data
 // directory, which survives a coordinator outage, and publishes them to a
 // bounded ring per node in the coordination store. Readers merge both.
