@@ -277,7 +277,7 @@ func (a *attempt) run() {
 	state := a.rec.State
 	a.mu.Unlock()
 	if m := a.s.r.cfg.Metrics; m != nil {
-		m.Attempts.WithLabelValues(metricLabel(string(out))).Inc()
+		m.Attempts.WithLabelValues(metricLabel(out)).Inc()
 	}
 	if state == task.Waiting && (out == outcomeWindowClosed || out == outcomeDrained) {
 		a.log.Info("task parked", events.TaskParked.Attr(), "outcome", out)
@@ -299,4 +299,4 @@ func runSafely(ctx context.Context, typ task.Type, spec, cp []byte, r task.Repor
 // metricLabel is an outcome as a Prometheus label value: words joined by
 // underscores ("window closed" -> "window_closed"), as label values are
 // by convention and as queries can match them without quoting spaces.
-func metricLabel(outcome string) string { return strings.ReplaceAll(outcome, " ", "_") }
+func metricLabel(o outcome) string { return strings.ReplaceAll(string(o), " ", "_") }
