@@ -23,7 +23,7 @@ type tokenService struct {
 	}
 }
 
-func (s *tokenService) store() (*auth.Tokens, error) {
+func (s *tokenService) records() (*auth.Tokens, error) {
 	t := s.c.Tokens()
 	if t == nil {
 		return nil, toConnect(errNotConnected)
@@ -37,7 +37,7 @@ func toTokenInfo(r auth.Record, now time.Time) *taskdv1.TokenInfo {
 }
 
 func (s *tokenService) CreateToken(ctx context.Context, req *connect.Request[taskdv1.CreateTokenRequest]) (*connect.Response[taskdv1.CreateTokenResponse], error) {
-	tokens, err := s.store()
+	tokens, err := s.records()
 	if err != nil {
 		return nil, err
 	}
@@ -60,7 +60,7 @@ func (s *tokenService) CreateToken(ctx context.Context, req *connect.Request[tas
 }
 
 func (s *tokenService) ListTokens(ctx context.Context, _ *connect.Request[taskdv1.ListTokensRequest]) (*connect.Response[taskdv1.ListTokensResponse], error) {
-	tokens, err := s.store()
+	tokens, err := s.records()
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +77,7 @@ func (s *tokenService) ListTokens(ctx context.Context, _ *connect.Request[taskdv
 }
 
 func (s *tokenService) RevokeToken(ctx context.Context, req *connect.Request[taskdv1.RevokeTokenRequest]) (*connect.Response[taskdv1.RevokeTokenResponse], error) {
-	tokens, err := s.store()
+	tokens, err := s.records()
 	if err != nil {
 		return nil, err
 	}
