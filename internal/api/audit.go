@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"github.com/taskd/taskd/internal/events"
 	"log/slog"
 	"net/http"
 	"path"
@@ -13,6 +12,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/auth"
+	"github.com/taskd/taskd/internal/events"
 )
 
 // Audit: every mutating call, and every refused call, becomes one event of

@@ -5,13 +5,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"github.com/taskd/taskd/internal/events"
 	"log/slog"
 	"net"
 	"net/url"
 	"regexp"
 	"time"
 
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/pki"
 )

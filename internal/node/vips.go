@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/taskd/taskd/internal/events"
 	"net/netip"
 	"time"
 
 	"github.com/taskd/taskd/internal/backoff"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/vipaddr"
 	"github.com/vishvananda/netlink"
 )

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/taskd/taskd/internal/events"
 	"log/slog"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 )
 

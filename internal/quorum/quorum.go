@@ -30,7 +30,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/taskd/taskd/internal/events"
 	"log/slog"
 	"slices"
 	"sync"
@@ -39,6 +38,7 @@ import (
 
 	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 )
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/taskd/taskd/internal/events"
 	"log/slog"
 	"strings"
 	"sync"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/task"
 )
 

@@ -1,9 +1,10 @@
 package schedule
 
 import (
-	"github.com/taskd/taskd/internal/events"
 	"slices"
 	"time"
+
+	"github.com/taskd/taskd/internal/events"
 )
 
 // skewTolerance is how far the latest decided tick may lie ahead of the

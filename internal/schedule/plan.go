@@ -2,11 +2,11 @@ package schedule
 
 import (
 	"fmt"
-	"github.com/taskd/taskd/internal/events"
 	"log/slog"
 	"slices"
 	"time"
 
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/task"
 )
 

@@ -26,11 +26,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/taskd/taskd/internal/events"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/metrics"
 )
 

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/taskd/taskd/internal/events"
 	"io"
 	"log/slog"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/task"
 )

@@ -7,7 +7,6 @@ package clockhook
 import (
 	"context"
 	"fmt"
-	"github.com/taskd/taskd/internal/events"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -16,6 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/taskd/taskd/internal/events"
 )
 
 // Clock is the wall clock of the task center (record times, run windows,
