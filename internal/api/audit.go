@@ -13,6 +13,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/auth"
+	"github.com/taskd/taskd/internal/events"
 )
 
 // Audit: every mutating call, and every refused call, becomes one event of
@@ -92,7 +93,7 @@ func (a *auditor) denied(r *http.Request, procedure string, id auth.Identity, er
 		}
 	}
 	code := connect.CodeOf(err).String()
-	attrs := []any{"event", "audit", "who", who, "procedure", procedure, "result", code, "remote", r.RemoteAddr}
+	attrs := []any{events.Audit.Attr(), "who", who, "procedure", procedure, "result", code, "remote", r.RemoteAddr}
 	if id.TokenID != "" {
 		attrs = append(attrs, "token", id.TokenID, "role", string(id.Role))
 	}
@@ -113,7 +114,7 @@ func (a *auditor) call(r *http.Request, procedure string, p procedure, id auth.I
 		msg += " " + target
 	}
 	msg += " by " + id.String() + ": " + result
-	a.log.Info(msg, "event", "audit", "who", id.String(), "token", id.TokenID, "role", string(id.Role),
+	a.log.Info(msg, events.Audit.Attr(), "who", id.String(), "token", id.TokenID, "role", string(id.Role),
 		"procedure", procedure, "target_kind", p.target, "target", target, "result", result, "remote", r.RemoteAddr)
 }
 

@@ -33,13 +33,13 @@ func (s *eventService) ListEvents(ctx context.Context, req *connect.Request[task
 		}
 		lists = append(lists, local)
 	}
-	if st := s.c.TaskStore(); !m.LocalOnly && st != nil {
+	if rings := s.c.EventRings(); !m.LocalOnly && rings != nil {
 		names := ringNodes(s.c.View(), s.c.EtcdMembers())
 		if m.Node != "" {
 			names = slices.DeleteFunc(names, func(n string) bool { return n != m.Node })
 		}
 		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		ring, err := events.FromStore(rctx, st.KV(), quorum.DefaultConfig().Root, names)
+		ring, err := rings.Read(rctx, names)
 		cancel()
 		if err != nil {
 			out.Partial = "the store's event rings could not be read: " + err.Error()
@@ -51,7 +51,7 @@ func (s *eventService) ListEvents(ctx context.Context, req *connect.Request[task
 		since = m.Since.AsTime()
 	}
 	for _, e := range events.Merge(lists...) {
-		if e.Time.Before(since) || (m.Node != "" && e.Node != m.Node) || (m.Type != "" && e.Type != m.Type) {
+		if e.Time.Before(since) || (m.Node != "" && e.Node != m.Node) || (m.Type != "" && string(e.Type) != m.Type) {
 			continue
 		}
 		out.Events = append(out.Events, toEventPB(e))
@@ -66,8 +66,8 @@ func (s *eventService) WatchEvents(ctx context.Context, req *connect.Request[tas
 	if err := events.ValidType(req.Msg.Type); err != nil {
 		return toConnect(err)
 	}
-	st := s.c.TaskStore()
-	if st == nil {
+	rings := s.c.EventRings()
+	if rings == nil {
 		return toConnect(errNotConnected)
 	}
 	m := req.Msg
@@ -79,11 +79,10 @@ func (s *eventService) WatchEvents(ctx context.Context, req *connect.Request[tas
 		if m.Node != "" && n != m.Node {
 			continue
 		}
-		dir, err := events.Dir(quorum.DefaultConfig().Root, n)
+		w, err := rings.Watch(wctx, n)
 		if err != nil {
 			continue // not a member taskd named: no key is built from it
 		}
-		w := st.KV().Watch(wctx, dir)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -114,7 +113,7 @@ func (s *eventService) WatchEvents(ctx context.Context, req *connect.Request[tas
 			continue
 		}
 		var e events.Event
-		if json.Unmarshal(ev.KV.Value, &e) != nil || e.Seq <= seen[e.Node] || e.Time.Before(since) || (m.Type != "" && e.Type != m.Type) {
+		if json.Unmarshal(ev.KV.Value, &e) != nil || e.Seq <= seen[e.Node] || e.Time.Before(since) || (m.Type != "" && string(e.Type) != m.Type) {
 			continue
 		}
 		seen[e.Node] = e.Seq
@@ -142,5 +141,5 @@ func ringNodes(v quorum.View, etcdMembers []string) []string {
 }
 
 func toEventPB(e events.Event) *taskdv1.Event {
-	return &taskdv1.Event{Time: timestamppb.New(e.Time), Node: e.Node, Seq: e.Seq, Type: e.Type, Message: e.Message, Attrs: e.Attrs}
+	return &taskdv1.Event{Time: timestamppb.New(e.Time), Node: e.Node, Seq: e.Seq, Type: string(e.Type), Message: e.Message, Attrs: e.Attrs}
 }

@@ -35,6 +35,8 @@ type member struct {
 	backend string
 	q       *quorum.Quorum
 	tasks   *task.Store
+	tokens  *auth.Tokens
+	rings   *events.Rings
 	reg     *vips.Registry
 }
 
@@ -42,6 +44,8 @@ func (n *member) View() quorum.View          { v, _ := n.q.View(); return v }
 func (n *member) Ready() bool                { return n.q.Ready() }
 func (n *member) Coordinator() string        { return n.backend }
 func (n *member) TaskStore() *task.Store     { return n.tasks }
+func (n *member) Tokens() *auth.Tokens       { return n.tokens }
+func (n *member) EventRings() *events.Rings  { return n.rings }
 func (n *member) Events() *events.Recorder   { return nil }
 func (n *member) VIPs() *vips.Registry       { return n.reg }
 func (n *member) Schedules() *schedule.Store { return nil }
@@ -87,7 +91,7 @@ func startNode(t *testing.T, b testenv.Backend, kv coord.Store) *member {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &member{backend: b.Name, q: q, tasks: st}
+	n := &member{backend: b.Name, q: q, tasks: st, tokens: auth.NewTokens(kv, root), rings: events.NewRings(kv, root)}
 	n.reg = vips.NewRegistry(kv, root, n.View, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -59,6 +59,12 @@ type Cluster interface {
 	Coordinator() string
 	// TaskStore is the task store, nil until the node is connected.
 	TaskStore() *task.Store
+	// Tokens is the API token records under the cluster's store root, nil
+	// until the node is connected.
+	Tokens() *auth.Tokens
+	// EventRings is the members' event rings under the cluster's store
+	// root, nil until the node is connected.
+	EventRings() *events.Rings
 	// Events is the node's timeline recorder (nil before it is open).
 	Events() *events.Recorder
 	// VIPs is the VIP registry, nil until the node is connected.

@@ -39,11 +39,13 @@ const root = "/taskd"
 // embedded etcd, the task store, the VIP registry, the event recorder);
 // only the quorum is left out.
 type node struct {
-	store coord.Store
-	tasks *task.Store
-	vips  *vips.Registry
-	rec   *events.Recorder
-	ready atomic.Bool
+	store  coord.Store
+	tasks  *task.Store
+	tokens *auth.Tokens
+	rings  *events.Rings
+	vips   *vips.Registry
+	rec    *events.Recorder
+	ready  atomic.Bool
 }
 
 // lostSession is when the fake node's session was lost, while it is not ready.
@@ -64,6 +66,8 @@ func (n *node) Forget(context.Context, string) (quorum.Forgotten, error) {
 	return quorum.Forgotten{}, quorum.ErrNotKnown
 }
 func (n *node) TaskStore() *task.Store     { return n.tasks }
+func (n *node) Tokens() *auth.Tokens       { return n.tokens }
+func (n *node) EventRings() *events.Rings  { return n.rings }
 func (n *node) Events() *events.Recorder   { return n.rec }
 func (n *node) VIPs() *vips.Registry       { return n.vips }
 func (n *node) Schedules() *schedule.Store { return nil }
@@ -81,8 +85,9 @@ type server struct {
 	tokens   map[auth.Role]string
 }
 
-func keysRoot(t *testing.T) keys.Root {
-	r, err := keys.NewRoot(root)
+func keysRoot(t *testing.T, dir string) keys.Root {
+	t.Helper()
+	r, err := keys.NewRoot(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,6 +96,12 @@ func keysRoot(t *testing.T) keys.Root {
 
 func startServer(t *testing.T, tweak func(*api.ServerConfig)) *server {
 	t.Helper()
+	return startServerAt(t, root, tweak)
+}
+
+// startServerAt is startServer with the node's stores under storeRoot.
+func startServerAt(t *testing.T, storeRoot string, tweak func(*api.ServerConfig)) *server {
+	t.Helper()
 	srv := testenv.StartEtcd(t)
 	store := srv.Open(t)
 	dir := t.TempDir()
@@ -98,7 +109,7 @@ func startServer(t *testing.T, tweak func(*api.ServerConfig)) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, err := events.Open(filepath.Join(dir, "events.jsonl"), "n1", root)
+	rec, err := events.Open(filepath.Join(dir, "events.jsonl"), "n1", storeRoot)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,18 +119,18 @@ func startServer(t *testing.T, tweak func(*api.ServerConfig)) *server {
 	go func() { defer close(jdone); rec.RunJournal(jctx) }()
 	t.Cleanup(func() { jstop(); <-jdone }) // runs before rec.Close
 	log := slog.New(events.Tap(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}), rec))
-	tasks, err := task.NewStore(store, root, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", time.Now)
+	tasks, err := task.NewStore(store, storeRoot, tasktype.Builtin(tasktype.Copy{}, nil, nil), "UTC", time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{store: store, tasks: tasks, rec: rec,
-		vips: vips.NewRegistry(store, keysRoot(t), func() quorum.View { return quorum.View{Self: "n1"} }, func() (map[netip.Addr]string, error) { return nil, nil })}
+	n := &node{store: store, tasks: tasks, rec: rec, tokens: auth.NewTokens(store, keysRoot(t, storeRoot)), rings: events.NewRings(store, keysRoot(t, storeRoot)),
+		vips: vips.NewRegistry(store, keysRoot(t, storeRoot), func() quorum.View { return quorum.View{Self: "n1"} }, func() (map[netip.Addr]string, error) { return nil, nil })}
 	n.ready.Store(true) // a joined node; tests that need another take it away
 	local, err := auth.LoadLocal(dir, "n1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := auth.NewVerifier(root, "n1", local, log)
+	v := auth.NewVerifier(storeRoot, "n1", local, log)
 	v.Joined() // as a node whose member record the quorum accepted
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -145,7 +156,7 @@ func startServer(t *testing.T, tweak func(*api.ServerConfig)) *server {
 	out := &server{url: "https://" + ln.Addr().String(), addr: ln.Addr().String(), etcd: srv, pool: bundle.CA.Pool(), store: store,
 		node: n, verifier: v, local: local, tokens: map[auth.Role]string{}}
 	for _, r := range auth.Roles {
-		tok, _, err := auth.Create(context.Background(), store, root, auth.CreateRequest{Role: r, CreatedBy: "test"}, time.Now())
+		tok, _, err := auth.Create(context.Background(), store, storeRoot, auth.CreateRequest{Role: r, CreatedBy: "test"}, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -103,7 +103,7 @@ func (s *taskService) WatchTasks(ctx context.Context, _ *connect.Request[taskdv1
 	if err != nil {
 		return err
 	}
-	w := st.KV().Watch(ctx, st.Layout().ActiveDir())
+	w := st.WatchActive(ctx)
 	defer w.Close()
 	var (
 		changed  = map[string]*task.Record{}

@@ -9,8 +9,6 @@ import (
 	"connectrpc.com/connect"
 	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/auth"
-	"github.com/taskd/taskd/internal/coord"
-	"github.com/taskd/taskd/internal/quorum"
 )
 
 type tokenService struct {
@@ -25,12 +23,12 @@ type tokenService struct {
 	}
 }
 
-func (s *tokenService) store() (coord.Store, error) {
-	st := s.c.TaskStore()
-	if st == nil {
+func (s *tokenService) records() (*auth.Tokens, error) {
+	t := s.c.Tokens()
+	if t == nil {
 		return nil, toConnect(errNotConnected)
 	}
-	return st.KV(), nil
+	return t, nil
 }
 
 func toTokenInfo(r auth.Record, now time.Time) *taskdv1.TokenInfo {
@@ -39,7 +37,7 @@ func toTokenInfo(r auth.Record, now time.Time) *taskdv1.TokenInfo {
 }
 
 func (s *tokenService) CreateToken(ctx context.Context, req *connect.Request[taskdv1.CreateTokenRequest]) (*connect.Response[taskdv1.CreateTokenResponse], error) {
-	kv, err := s.store()
+	tokens, err := s.records()
 	if err != nil {
 		return nil, err
 	}
@@ -49,7 +47,7 @@ func (s *tokenService) CreateToken(ctx context.Context, req *connect.Request[tas
 		return nil, toConnect(fmt.Errorf("%w: ttl of %d seconds: must be between 0 (never expires) and %v", auth.ErrInvalid, m.TtlSeconds, auth.MaxTTL))
 	}
 	now := time.Now()
-	tok, rec, err := auth.Create(ctx, kv, quorum.DefaultConfig().Root, auth.CreateRequest{
+	tok, rec, err := tokens.Create(ctx, auth.CreateRequest{
 		Role: auth.Role(m.Role), TTL: time.Duration(m.TtlSeconds) * time.Second, Description: m.Description, CreatedBy: who.String(),
 	}, now)
 	if err != nil {
@@ -62,11 +60,11 @@ func (s *tokenService) CreateToken(ctx context.Context, req *connect.Request[tas
 }
 
 func (s *tokenService) ListTokens(ctx context.Context, _ *connect.Request[taskdv1.ListTokensRequest]) (*connect.Response[taskdv1.ListTokensResponse], error) {
-	kv, err := s.store()
+	tokens, err := s.records()
 	if err != nil {
 		return nil, err
 	}
-	recs, err := auth.List(ctx, kv, quorum.DefaultConfig().Root)
+	recs, err := tokens.List(ctx)
 	if err != nil {
 		return nil, toConnect(err)
 	}
@@ -79,11 +77,11 @@ func (s *tokenService) ListTokens(ctx context.Context, _ *connect.Request[taskdv
 }
 
 func (s *tokenService) RevokeToken(ctx context.Context, req *connect.Request[taskdv1.RevokeTokenRequest]) (*connect.Response[taskdv1.RevokeTokenResponse], error) {
-	kv, err := s.store()
+	tokens, err := s.records()
 	if err != nil {
 		return nil, err
 	}
-	if err := auth.Revoke(ctx, kv, quorum.DefaultConfig().Root, req.Msg.Id); err != nil {
+	if err := tokens.Revoke(ctx, req.Msg.Id); err != nil {
 		return nil, toConnect(err)
 	}
 	if s.learner != nil {

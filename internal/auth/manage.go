@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
 )
 
 // CreateRequest describes a token to make.
@@ -130,3 +131,27 @@ func Register(ctx context.Context, store coord.Store, root string, t Token, req 
 	_, stored, err := put(ctx, store, root, t, req, now)
 	return stored, err
 }
+
+// Tokens is the token records of one cluster root: the narrow view of the
+// store that the API's token service needs (create, list, revoke), bound
+// to the root it was built with.
+type Tokens struct {
+	kv   coord.Store
+	root string
+}
+
+// NewTokens binds the token records under root to kv.
+func NewTokens(kv coord.Store, root keys.Root) *Tokens {
+	return &Tokens{kv: kv, root: root.String()}
+}
+
+// Create is Create on the bound store and root.
+func (t *Tokens) Create(ctx context.Context, req CreateRequest, now time.Time) (Token, Record, error) {
+	return Create(ctx, t.kv, t.root, req, now)
+}
+
+// List is List on the bound store and root.
+func (t *Tokens) List(ctx context.Context) ([]Record, error) { return List(ctx, t.kv, t.root) }
+
+// Revoke is Revoke on the bound store and root.
+func (t *Tokens) Revoke(ctx context.Context, id string) error { return Revoke(ctx, t.kv, t.root, id) }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 )
 
@@ -246,7 +247,7 @@ func (v *Verifier) registerLocal(ctx context.Context, store coord.Store) {
 			}
 			v.mu.Unlock()
 			if rotated {
-				v.log.Warn("node-local admin token was revoked; made a new one", "event", "token_rotated", "token", local.Token.ID, "path", local.Path)
+				v.log.Warn("node-local admin token was revoked; made a new one", events.TokenRotated.Attr(), "token", local.Token.ID, "path", local.Path)
 			}
 			return
 		}

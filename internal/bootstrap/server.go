@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/pki"
 )
@@ -91,7 +92,7 @@ func (s *Server) Join(ctx context.Context, remoteAddr, credential string, req Re
 			return Response{}, err
 		}
 	}
-	s.Log.Info("admitted a node to the cluster", "event", "join", "joined", req.Name, "from", remoteAddr,
+	s.Log.Info("admitted a node to the cluster", events.Join.Attr(), "joined", req.Name, "from", remoteAddr,
 		"api_address", req.APIAddress, "etcd_peer_url", req.EtcdPeerURL)
 	return resp, nil
 }

@@ -135,15 +135,6 @@ type OpOptions struct {
 // WithSession binds the created key to s: it disappears when s ends.
 func WithSession(s Session) OpOption { return func(o *OpOptions) { o.Session = s } }
 
-// ApplyOptions resolves opts; for backends.
-func ApplyOptions(opts []OpOption) OpOptions {
-	var o OpOptions
-	for _, f := range opts {
-		f(&o)
-	}
-	return o
-}
-
 // Cond is a transaction condition on one key.
 type Cond struct {
 	Key string
@@ -230,3 +221,21 @@ type Session interface {
 	// Close ends the session, deleting its keys if the store is reachable.
 	Close(ctx context.Context) error
 }
+
+// HeartbeatObserver is told, for every scheduled heartbeat (keepalive) of a
+// session, how late it was sent against its schedule, and how long its
+// round trip took (to the answer or the failure). A node starved of CPU
+// sends its heartbeats late, or cannot process their answers, long before
+// its session is in danger. It must not block.
+type HeartbeatObserver func(late, roundTrip time.Duration)
+
+// HeartbeatReporter is a Store whose sessions report their heartbeats'
+// lateness. Both backends implement it; ObserveHeartbeats applies to the
+// sessions opened after it.
+type HeartbeatReporter interface {
+	ObserveHeartbeats(HeartbeatObserver)
+}
+
+// HeartbeatInterval is how often backends confirm contact: a sixth of the
+// timeout, so that LastContact is never more than that stale while healthy.
+func HeartbeatInterval(timeout time.Duration) time.Duration { return timeout / 6 }

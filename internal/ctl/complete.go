@@ -198,7 +198,7 @@ func addCompletions(root *cobra.Command, g *globals) {
 	flags := map[string]map[string]cobra.CompletionFunc{
 		"task list":   {"status": fixed(statusValues), "type": flagValues(g, taskTypes)},
 		"task create": {"node": flagValues(g, nodeNames)},
-		"events":      {"node": flagValues(g, nodeNames), "type": fixed(events.Types)},
+		"events":      {"node": flagValues(g, nodeNames), "type": fixed(events.TypeNames())},
 		"vip drain":   {"to": flagValues(g, nodeNames)},
 		"copy":        {"node": flagValues(g, nodeNames)},
 	}

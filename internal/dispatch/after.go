@@ -7,6 +7,7 @@ import (
 	"log/slog"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/task"
 )
 
@@ -56,6 +57,6 @@ func (d *Dispatcher) failWaiting(ctx context.Context, txn task.TxnFunc, r *task.
 	if err != nil {
 		return err
 	}
-	log.Info("task failed: a task it waited for did not succeed", "event", "task_dependency_failed", "task", r.ID, "reason", why.Message)
+	log.Info("task failed: a task it waited for did not succeed", events.TaskDependencyFailed.Attr(), "task", r.ID, "reason", why.Message)
 	return nil
 }

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/quorum"
@@ -390,6 +391,6 @@ func (d *Dispatcher) giveBack(ctx context.Context, txn task.TxnFunc, r *task.Rec
 	if m := d.cfg.Metrics; m != nil {
 		m.GivenBack.Inc()
 	}
-	log.Info("task given back: its runner's session ended", "event", "task_reassigned", "task", r.ID, "attempt", r.Attempt, "runner", r.Runner, "state", g.State)
+	log.Info("task given back: its runner's session ended", events.TaskReassigned.Attr(), "task", r.ID, "attempt", r.Attempt, "runner", r.Runner, "state", g.State)
 	return nil
 }

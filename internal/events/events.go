@@ -1,6 +1,7 @@
 // Package events is the cluster's lifecycle timeline. A component records
-// an event by logging a line with an "event" attribute (the log line is the
-// one place a state transition is told); Tap copies such lines into the
+// an event by logging a line with its kind's attribute (Kind.Attr, an
+// "event" attribute: the log line is the one place a state transition is
+// told); Tap copies such lines into the
 // node's Recorder. The recorder keeps them in a local journal in the data
 // directory, which survives a coordinator outage, and publishes them to a
 // bounded ring per node in the coordination store. Readers merge both.
@@ -35,7 +36,7 @@ type Event struct {
 	Time    time.Time         `json:"time"`
 	Node    string            `json:"node"`
 	Seq     uint64            `json:"seq"`
-	Type    string            `json:"type"`
+	Type    Kind              `json:"type"`
 	Message string            `json:"message"`
 	Attrs   map[string]string `json:"attrs,omitempty"`
 }
@@ -155,7 +156,7 @@ func (r *Recorder) Close() error {
 // Record queues an event for the journal and for the store. It never
 // waits: an event that finds a queue full is dropped there and counted
 // (the log line itself still exists).
-func (r *Recorder) Record(typ, msg string, attrs map[string]string) {
+func (r *Recorder) Record(typ Kind, msg string, attrs map[string]string) {
 	r.qmu.Lock()
 	defer r.qmu.Unlock()
 	r.seq++
@@ -283,16 +284,6 @@ func readJournal(p string) ([]Event, error) {
 	return out, sc.Err()
 }
 
-// Dir is the store directory of node's ring; an invalid root or node name
-// is an error (wrapping keys.ErrInvalid).
-func Dir(root, node string) (string, error) {
-	rt, err := keys.NewRoot(root)
-	if err != nil {
-		return "", err
-	}
-	return rt.Events().RingDir(node)
-}
-
 // Run publishes queued events to the store until ctx ends, retrying while
 // the store is unavailable. Events queued together (a burst: many audited
 // calls, a fence and its consequences) go in one transaction of up to
@@ -417,30 +408,6 @@ func put(ctx context.Context, kv coord.Store, key string, e Event) error {
 	return err
 }
 
-// FromStore reads the rings of nodes. A name that is not a valid node name
-// (a member record written around taskd) is skipped: no key is built from
-// it.
-func FromStore(ctx context.Context, kv coord.Store, root string, nodes []string) ([]Event, error) {
-	var out []Event
-	for _, n := range nodes {
-		dir, err := Dir(root, n)
-		if errors.Is(err, keys.ErrInvalid) {
-			continue
-		}
-		kvs, err := kv.List(ctx, dir)
-		if err != nil {
-			return out, err
-		}
-		for _, k := range kvs {
-			var e Event
-			if json.Unmarshal(k.Value, &e) == nil {
-				out = append(out, e)
-			}
-		}
-	}
-	return out, nil
-}
-
 // Merge orders events by time, without duplicates (same node and seq).
 func Merge(lists ...[]Event) []Event {
 	return MergeFunc(slices.Concat(lists...), func(e Event) (string, uint64, time.Time) { return e.Node, e.Seq, e.Time })
@@ -493,10 +460,10 @@ func (t *tap) Enabled(ctx context.Context, l slog.Level) bool {
 func (t *tap) Handle(ctx context.Context, rec slog.Record) error {
 	// Most lines are not events: look for the attribute before building
 	// anything.
-	var typ string
+	var typ Kind
 	find := func(a slog.Attr) bool {
-		if a.Key == "event" {
-			typ = a.Value.String()
+		if a.Key == attrKey {
+			typ = Kind(a.Value.String())
 			return false
 		}
 		return true
@@ -508,7 +475,7 @@ func (t *tap) Handle(ctx context.Context, rec slog.Record) error {
 	if typ != "" {
 		attrs := map[string]string{}
 		add := func(a slog.Attr) bool {
-			if a.Key != "event" && a.Key != "node" {
+			if a.Key != attrKey && a.Key != "node" {
 				attrs[a.Key] = a.Value.String()
 			}
 			return true

@@ -13,6 +13,7 @@ import (
 
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/events"
+	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/testenv"
 )
 
@@ -67,7 +68,7 @@ func TestPublishBursts(t *testing.T) {
 				// can show the last event with earlier slots still old.
 				// Wait for the whole ring, then check it.
 				err = testenv.WaitFor(wctx, 20*time.Millisecond, func() bool {
-					got, _ = events.FromStore(wctx, store, "/taskd", []string{"n1"})
+					got, _ = rings(t, store).Read(wctx, []string{"n1"})
 					slices.SortFunc(got, func(a, b events.Event) int { return cmp.Compare(a.Seq, b.Seq) })
 					return len(got) == min(total, events.RingSize) && got[len(got)-1].Seq == uint64(total)
 				})
@@ -118,7 +119,7 @@ func TestPublishAfterWipe(t *testing.T) {
 		wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer wcancel()
 		if err := testenv.WaitFor(wctx, 20*time.Millisecond, func() bool {
-			got, _ = events.FromStore(wctx, store, "/taskd", []string{"n1"})
+			got, _ = rings(t, store).Read(wctx, []string{"n1"})
 			return len(got) == want
 		}); err != nil {
 			t.Fatalf("ring holds %d events, want %d", len(got), want)
@@ -153,4 +154,14 @@ func ringSlot(t *testing.T, seq uint64) string {
 		t.Fatal(err)
 	}
 	return fmt.Sprintf("%s/%03d", dir, seq%events.RingSize)
+}
+
+// rings is the event rings under /taskd in store.
+func rings(t *testing.T, store coord.Store) *events.Rings {
+	t.Helper()
+	root, err := keys.NewRoot("/taskd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return events.NewRings(store, root)
 }

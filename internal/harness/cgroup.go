@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -138,12 +139,14 @@ func (cg *CPUCgroup) Release() error {
 func (cg *CPUCgroup) Close() error {
 	err := cg.Release()
 	// The kernel lets go of exited tasks asynchronously: retry briefly.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	var rerr error
-	for range 50 {
-		if rerr = os.Remove(cg.dir); rerr == nil || errors.Is(rerr, os.ErrNotExist) {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond)
+	if WaitFor(ctx, 100*time.Millisecond, func() bool {
+		rerr = os.Remove(cg.dir)
+		return rerr == nil || errors.Is(rerr, os.ErrNotExist)
+	}) == nil {
+		return err
 	}
 	return errors.Join(err, fmt.Errorf("remove cgroup %s: %w", cg.dir, rerr))
 }

@@ -64,6 +64,8 @@ type Node struct {
 	tasks   atomic.Pointer[task.Store]
 	scheds  atomic.Pointer[schedule.Store]
 	vipReg  atomic.Pointer[vips.Registry]
+	tokens  atomic.Pointer[auth.Tokens]
+	rings   atomic.Pointer[events.Rings]
 	// vipLabels records the labels of VIPs held here (stale cleanup).
 	vipLabels *vipaddr.LabelFile
 	clock     clockhook.Clock
@@ -145,7 +147,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
-	n.log.Info("taskd starting", "event", "start", "previous_exit", prevCode, "previous_reason", prevReason, "version", cfg.Version, "listen", ln.Addr().String(), "coordinator", target.String(),
+	n.log.Info("taskd starting", events.Start.Attr(), "previous_exit", prevCode, "previous_reason", prevReason, "version", cfg.Version, "listen", ln.Addr().String(), "coordinator", target.String(),
 		"data_dir", cfg.DataDir, "node_id", nodeID, "session_timeout", cfg.SessionTimeout)
 	for _, w := range cfg.rootWarnings() {
 		n.log.Warn(w)
@@ -158,7 +160,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { n.clock.Follow(gctx, cfg.ClockOffsetFile, n.log); return nil })
 	g.Go(func() error {
 		err := clockstep.Watch(gctx, func() {
-			n.log.Warn("the system's wall clock was set", "event", "clock_set")
+			n.log.Warn("the system's wall clock was set", events.ClockSet.Attr())
 			n.clock.Step()
 		})
 		if err != nil {
@@ -210,6 +212,8 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 		return err
 	}
 	n.vipReg.Store(vips.NewRegistry(store, root, n.View, localAddrs))
+	n.tokens.Store(auth.NewTokens(store, root))
+	n.rings.Store(events.NewRings(store, root))
 	policy, _ := n.cfg.vipPolicy() // validated in Run
 	holder := vips.NewHolder(store, root, n.cfg.Name, policy, n.holdVIP, n.log)
 	seed, _ := n.cfg.vipSpecs() // validated in Run
@@ -434,55 +438,6 @@ func (n *Node) fitForRaftLeadership(name string) bool {
 	}
 	return false
 }
-
-// View implements api.Cluster.
-func (n *Node) View() quorum.View {
-	if q := n.q.Load(); q != nil {
-		v, _ := q.View()
-		return v
-	}
-	return quorum.View{Self: n.cfg.Name, Session: coord.StateConnecting.String(), JoinError: *n.wait.Load(),
-		Timeout: n.cfg.SessionTimeout, DeadlineFraction: n.cfg.DeadlineFraction}
-}
-
-// Ready implements api.Cluster.
-func (n *Node) Ready() bool {
-	q := n.q.Load()
-	return q != nil && q.Ready()
-}
-
-// SetPriority implements api.Cluster.
-func (n *Node) SetPriority(ctx context.Context, node string, priority int, force bool) error {
-	q := n.q.Load()
-	if q == nil {
-		return fmt.Errorf("node is not connected to the coordinator yet: %w", coord.ErrUnavailable)
-	}
-	return q.SetPriority(ctx, node, priority, force)
-}
-
-// SetSpecified implements api.Cluster.
-func (n *Node) SetSpecified(ctx context.Context, names []string, force bool) error {
-	q := n.q.Load()
-	if q == nil {
-		return fmt.Errorf("node is not connected to the coordinator yet: %w", coord.ErrUnavailable)
-	}
-	return q.SetSpecified(ctx, names, force)
-}
-
-// Events implements api.Cluster.
-func (n *Node) Events() *events.Recorder { return n.events }
-
-// VIPs implements api.Cluster.
-func (n *Node) VIPs() *vips.Registry { return n.vipReg.Load() }
-
-// TaskStore implements api.Cluster.
-func (n *Node) TaskStore() *task.Store { return n.tasks.Load() }
-
-// Schedules implements api.Cluster.
-func (n *Node) Schedules() *schedule.Store { return n.scheds.Load() }
-
-// Coordinator implements api.Cluster.
-func (n *Node) Coordinator() string { return n.target.String() }
 
 // prepareDataDir creates the directory, takes its lock (one taskd per
 // directory) and reads or creates the node id.

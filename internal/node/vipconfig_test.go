@@ -4,6 +4,9 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/taskd/taskd/internal/events"
+	"github.com/taskd/taskd/internal/vipaddr"
 )
 
 // The VIP flags: allowlists are validated, and a --vip outside this node's
@@ -33,5 +36,20 @@ func TestVIPFlagsValidate(t *testing.T) {
 		case tc.text != "" && (!errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.text)):
 			t.Errorf("%s: %v, want a configuration error mentioning %q", tc.name, err, tc.text)
 		}
+	}
+}
+
+// TestVIPEventKinds: every kind a VIP holder reports is recorded on the
+// timeline under a known kind, the one operators know ("vip_" + kind); a
+// kind without one would be logged without its event.
+func TestVIPEventKinds(t *testing.T) {
+	for _, k := range vipaddr.EventKinds {
+		ek, ok := vipEventKinds[k]
+		if !ok || string(ek) != "vip_"+string(k) || events.ValidType(string(ek)) != nil {
+			t.Errorf("holder event %q is recorded as %q, want the known type %q", k, ek, "vip_"+string(k))
+		}
+	}
+	if len(vipEventKinds) != len(vipaddr.EventKinds) {
+		t.Errorf("%d timeline kinds for %d holder kinds", len(vipEventKinds), len(vipaddr.EventKinds))
 	}
 }

@@ -8,9 +8,22 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/backoff"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/vipaddr"
 	"github.com/vishvananda/netlink"
 )
+
+// vipEventKinds are the timeline kinds of a holder's events
+// (TestVIPEventKinds: every kind has one).
+var vipEventKinds = map[vipaddr.EventKind]events.Kind{
+	vipaddr.ProbeConflict:      events.VIPProbeConflict,
+	vipaddr.Duplicate:          events.VIPDuplicate,
+	vipaddr.Defended:           events.VIPDefended,
+	vipaddr.ReleasedOnConflict: events.VIPReleasedOnConflict,
+	vipaddr.Held:               events.VIPHeld,
+	vipaddr.Released:           events.VIPReleased,
+	vipaddr.Lapsed:             events.VIPLapsed,
+}
 
 // vipConfig is the holder timing: one probe and 20 ms of listening (a host
 // on the LAN answers within a millisecond or two), since a takeover waits
@@ -21,18 +34,18 @@ func (n *Node) vipConfig(report func(up bool, err error)) vipaddr.Config {
 	c.Policy, _ = n.cfg.vipPolicy() // validated in Run
 	c.Log = n.log
 	c.Event = func(e vipaddr.Event) {
-		attrs := []any{"event", "vip_" + e.Kind, "service", e.Service, "vip", e.Addr.String()}
+		attrs := []any{vipEventKinds[e.Kind].Attr(), "service", e.Service, "vip", e.Addr.String()}
 		if e.MAC != "" {
 			attrs = append(attrs, "mac", e.MAC)
 		}
 		switch e.Kind {
-		case "held":
+		case vipaddr.Held:
 			report(true, nil)
 			n.log.Info("vip up", attrs...)
-		case "released":
+		case vipaddr.Released:
 			report(false, nil)
 			n.log.Info("vip down", attrs...)
-		case "lapsed":
+		case vipaddr.Lapsed:
 			n.log.Warn("vip hold lapsed: this node did not run for a whole address lifetime", attrs...)
 		default: // probe-conflict, duplicate, defended, released-on-conflict
 			n.log.Warn("another host claims the vip", attrs...)
@@ -54,7 +67,7 @@ func (n *Node) cleanupVIPs(specs []vipaddr.Spec) {
 	}
 	removed, err := vipaddr.Cleanup(labels)
 	for _, r := range removed {
-		n.log.Warn("removed a vip left from an earlier run", "event", "vip_stale_removed", "address", r)
+		n.log.Warn("removed a vip left from an earlier run", events.VIPStaleRemoved.Attr(), "address", r)
 	}
 	if err != nil {
 		n.log.Error("cannot remove stale vips; they may answer until removed by hand", "err", err)
@@ -67,10 +80,10 @@ func (n *Node) cleanupVIPs(specs []vipaddr.Spec) {
 func (n *Node) holdVIP(ctx context.Context, s vipaddr.Spec, report func(up bool, err error)) {
 	holding := n.metrics.VIPHolding.WithLabelValues(s.Service)
 	holding.Set(1)
-	n.log.Info("taking the vip", "event", "vip_take", "service", s.Service, "vip", s.Prefix.String())
+	n.log.Info("taking the vip", events.VIPTake.Attr(), "service", s.Service, "vip", s.Prefix.String())
 	defer func() {
 		holding.Set(0)
-		n.log.Info("vip released", "event", "vip_release", "service", s.Service, "vip", s.Prefix.String())
+		n.log.Info("vip released", events.VIPRelease.Attr(), "service", s.Service, "vip", s.Prefix.String())
 	}()
 	if err := n.vipLabels.Add(s.Label()); err != nil {
 		n.log.Warn("the vip's label is not recorded; a crash may leave the address until its lifetime ends", "err", err)
@@ -87,7 +100,7 @@ func (n *Node) holdVIP(ctx context.Context, s vipaddr.Spec, report func(up bool,
 			// Once per reason: the timeline shows why this node does
 			// not hold the VIP, without an event per retry.
 			lastRefusal = err.Error()
-			n.log.Error("this node refuses the vip", "event", "vip_refused", "service", s.Service, "vip", s.Prefix.String(), "reason", err.Error())
+			n.log.Error("this node refuses the vip", events.VIPRefused.Attr(), "service", s.Service, "vip", s.Prefix.String(), "reason", err.Error())
 		}
 		n.log.Error("vip not held; retrying", "service", s.Service, "vip", s.Prefix.String(), "err", err, "retry_in", retry.Next())
 		if retry.Wait(ctx) != nil {

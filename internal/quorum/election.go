@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 )
 
@@ -365,7 +366,7 @@ func (e *election) updateOwnRecord(ctx context.Context) {
 	want.joinOrder = me.joinOrder
 	e.members[want.Name] = want
 	if want.Priority != me.Priority || want.CurrentPriority != me.CurrentPriority || want.Health != me.Health || want.HealthReason != me.HealthReason || want.Starved != me.Starved {
-		e.log.Info("priority changed", "event", "priority", "priority", want.Priority, "current_priority", want.CurrentPriority, "health", want.Health, "starved", want.Starved)
+		e.log.Info("priority changed", events.Priority.Attr(), "priority", want.Priority, "current_priority", want.CurrentPriority, "health", want.Health, "starved", want.Starved)
 	}
 	e.publish()
 }
@@ -415,7 +416,7 @@ func (e *election) campaign(ctx context.Context) {
 	}
 	e.leader = &rec
 	e.startLeading(ctx, &Leadership{q: e.q, sess: e.sess, epoch: rec.Epoch, token: ekv.Version})
-	e.log.Info("elected leader", "event", "election", "epoch", rec.Epoch, "reason", "best eligible candidate and no leader")
+	e.log.Info("elected leader", events.Election.Attr(), "epoch", rec.Epoch, "reason", "best eligible candidate and no leader")
 	e.publish()
 }
 

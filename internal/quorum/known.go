@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 )
 
@@ -248,6 +249,6 @@ func (q *Quorum) Forget(ctx context.Context, name string, removeEtcd func(contex
 	if !f.Known && !f.Etcd {
 		return f, fmt.Errorf("%s: %w", name, ErrNotKnown)
 	}
-	q.log.Info("member forgotten", "event", "member_forgotten", "member", name, "known_record", f.Known, "etcd_member", f.Etcd)
+	q.log.Info("member forgotten", events.MemberForgotten.Attr(), "member", name, "known_record", f.Known, "etcd_member", f.Etcd)
 	return f, nil
 }

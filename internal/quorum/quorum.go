@@ -38,6 +38,7 @@ import (
 
 	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 )
 
@@ -192,7 +193,7 @@ func (q *Quorum) SetHealth(ok bool, reason string) {
 	q.healthy, q.hReason = ok, reason
 	q.mu.Unlock()
 	if changed {
-		q.log.Info("health changed", "event", "health", "healthy", ok, "reason", reason)
+		q.log.Info("health changed", events.Health.Attr(), "healthy", ok, "reason", reason)
 		q.poke()
 	}
 }
@@ -388,7 +389,7 @@ func (q *Quorum) term(ctx context.Context, sess coord.Session) (joined bool, err
 	if err := q.join(ctx, sess, log); err != nil {
 		return false, err
 	}
-	log.Info("session state changed", "event", "session", "from", "stopped", "to", "running", "reason", "joined the cluster")
+	log.Info("session state changed", events.Session.Attr(), "from", "stopped", "to", "running", "reason", "joined the cluster")
 	q.updateView(func(v *View) {
 		v.Session, v.SessionID, v.JoinError, v.Ready = coord.StateRunning.String(), sess.ID(), "", true
 	})
@@ -423,9 +424,9 @@ func (q *Quorum) term(ctx context.Context, sess coord.Session) (joined bool, err
 	q.ready.Store(false)
 	started := time.Now()
 	if ctx.Err() != nil {
-		log.Info("fencing started", "event", "fence_started", "reason", reason)
+		log.Info("fencing started", events.FenceStarted.Attr(), "reason", reason)
 	} else {
-		log.Warn("fencing started", "event", "fence_started", "reason", reason)
+		log.Warn("fencing started", events.FenceStarted.Attr(), "reason", reason)
 	}
 	cancel()
 	wg.Wait()
@@ -434,10 +435,10 @@ func (q *Quorum) term(ctx context.Context, sess coord.Session) (joined bool, err
 	rep := FenceReport{Reason: reason, Started: started, Finished: finished, Duration: finished.Sub(started),
 		EarliestExpiry: expiry, BeforeExpiry: finished.Before(expiry)}
 	if rep.BeforeExpiry || ctx.Err() != nil {
-		log.Info("fencing finished", "event", "fence_finished", "reason", reason, "duration", rep.Duration, "margin_to_expiry", expiry.Sub(finished))
+		log.Info("fencing finished", events.FenceFinished.Attr(), "reason", reason, "duration", rep.Duration, "margin_to_expiry", expiry.Sub(finished))
 	} else {
 		// Only a stopped process gets here: it could not run at its deadline.
-		log.Error("fencing finished after the session may have expired (process was not running at its local deadline)", "event", "fence_finished",
+		log.Error("fencing finished after the session may have expired (process was not running at its local deadline)", events.FenceFinished.Attr(),
 			"reason", reason, "duration", rep.Duration, "late_by", finished.Sub(expiry))
 	}
 	q.updateView(func(v *View) {
@@ -463,7 +464,7 @@ func (q *Quorum) awaitEnd(ctx context.Context, sess coord.Session, log *slog.Log
 		st, changed := sess.State()
 		lc := sess.LastContact()
 		if st != last {
-			log.Warn("session state changed", "event", "session", "from", last.String(), "to", st.String(), "last_contact", lc)
+			log.Warn("session state changed", events.Session.Attr(), "from", last.String(), "to", st.String(), "last_contact", lc)
 			last = st
 		}
 		q.updateView(func(v *View) { v.Session, v.LastContact = st.String(), lc })

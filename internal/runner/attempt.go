@@ -12,6 +12,7 @@ import (
 
 	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/task"
 )
 
@@ -294,10 +295,10 @@ func (a *attempt) run() {
 	state := a.rec.State
 	a.mu.Unlock()
 	if m := a.s.r.cfg.Metrics; m != nil {
-		m.Attempts.WithLabelValues(metricLabel(string(out))).Inc()
+		m.Attempts.WithLabelValues(metricLabel(out)).Inc()
 	}
 	if state == task.Waiting && (out == outcomeWindowClosed || out == outcomeDrained) {
-		a.log.Info("task parked", "event", "task_parked", "outcome", out)
+		a.log.Info("task parked", events.TaskParked.Attr(), "outcome", out)
 	}
 	a.log.Info("attempt ended", "outcome", out, "state", state, "err", err)
 }
@@ -316,4 +317,4 @@ func runSafely(ctx context.Context, typ task.Type, spec, cp []byte, r task.Repor
 // metricLabel is an outcome as a Prometheus label value: words joined by
 // underscores ("window closed" -> "window_closed"), as label values are
 // by convention and as queries can match them without quoting spaces.
-func metricLabel(outcome string) string { return strings.ReplaceAll(outcome, " ", "_") }
+func metricLabel(o outcome) string { return strings.ReplaceAll(string(o), " ", "_") }

@@ -9,7 +9,7 @@ import (
 // words, become label values without spaces.
 func TestMetricLabel(t *testing.T) {
 	ok := regexp.MustCompile(`^[a-z_]+$`)
-	for in, want := range map[string]string{"window closed": "window_closed", "runner drained": "runner_drained", "stopped on request": "stopped_on_request", "succeeded": "succeeded"} {
+	for in, want := range map[outcome]string{outcomeWindowClosed: "window_closed", outcomeDrained: "runner_drained", outcomeStopped: "stopped_on_request", outcomeSucceeded: "succeeded", outcomeFailed: "failed"} {
 		if got := metricLabel(in); got != want || !ok.MatchString(got) {
 			t.Errorf("metricLabel(%q) = %q, want %q", in, got, want)
 		}

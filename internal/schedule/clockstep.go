@@ -3,6 +3,8 @@ package schedule
 import (
 	"slices"
 	"time"
+
+	"github.com/taskd/taskd/internal/events"
 )
 
 // skewTolerance is how far the latest decided tick may lie ahead of the
@@ -68,17 +70,17 @@ func (s *State) pruneAhead() {
 // pastStood moves LastTick past stood, the latest due tick that made its
 // task ahead of time, when no newer tick is due. Due ticks older than it
 // that made nothing are missed: a later tick already ran.
-func pastStood(a action, st *State, stood time.Time, due []time.Time, now time.Time, log func(string, string, ...any) logLine) action {
+func pastStood(a action, st *State, stood time.Time, due []time.Time, now time.Time, log func(string, events.Kind, ...any) logLine) action {
 	next := st.clone()
 	if len(due) > 0 {
 		reason := "not fired at its time; a later tick already ran ahead of time (a leader's clock was ahead)"
 		next.addRun(Run{Tick: due[len(due)-1], At: now, Outcome: Missed, Count: len(due), Reason: reason})
-		a.logs = append(a.logs, log("schedule missed ticks", "schedule_missed", "count", len(due),
+		a.logs = append(a.logs, log("schedule missed ticks", events.ScheduleMissed, "count", len(due),
 			"first", due[0], "last", due[len(due)-1], "reason", reason))
 	}
 	next.LastTick = stood
 	next.pruneAhead()
 	a.next = next
-	a.logs = append(a.logs, log("schedule tick already made its task ahead of time; not fired again", "schedule_tick_stood", "tick", stood))
+	a.logs = append(a.logs, log("schedule tick already made its task ahead of time; not fired again", events.ScheduleTickStood, "tick", stood))
 	return a
 }

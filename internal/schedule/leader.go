@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
 )
@@ -129,7 +130,7 @@ func (r *Leader) Run(ctx context.Context, l *quorum.Leadership) error {
 		case <-r.steps:
 			// Wake times were computed by the old clock: plan everything
 			// again (and rewind a state decided ahead of the clock).
-			log.Info("wall clock was set; planning every schedule again", "event", "schedule_clock_step")
+			log.Info("wall clock was set; planning every schedule again", events.ScheduleClockStep.Attr())
 			for name := range w.defs {
 				w.dirty[name] = true
 			}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/task"
 )
 
@@ -48,6 +49,7 @@ type made struct {
 
 type logLine struct {
 	msg   string
+	event events.Kind
 	attrs []any
 }
 
@@ -60,8 +62,8 @@ const maxDue = 10000
 // alone makes the next step due (zero: only an event can).
 func plan(v view, now, since time.Time) (action, time.Time) {
 	sc, st := v.sc, v.st
-	log := func(msg, event string, attrs ...any) logLine {
-		out := []any{"event", event, "schedule", sc.Name}
+	log := func(msg string, event events.Kind, attrs ...any) logLine {
+		out := []any{"schedule", sc.Name}
 		for i := 0; i+1 < len(attrs); i += 2 {
 			switch v := attrs[i+1].(type) {
 			case string:
@@ -73,7 +75,7 @@ func plan(v view, now, since time.Time) (action, time.Time) {
 			}
 			out = append(out, attrs[i], attrs[i+1])
 		}
-		return logLine{msg: msg, attrs: out}
+		return logLine{msg: msg, event: event, attrs: out}
 	}
 
 	// 1. A pending tick runs once the previous tasks have ended.
@@ -89,7 +91,7 @@ func plan(v view, now, since time.Time) (action, time.Time) {
 			next.addRun(Run{Tick: p.Tick, At: now, Outcome: out, Task: id, Trigger: p.Trigger, Reason: "waited for the previous run to end"})
 			next.Made = append(next.Made, id)
 			return action{next: next, create: &made{id: id, tick: p.Tick, trigger: p.Trigger},
-				logs: []logLine{log("schedule fired a waiting tick", "schedule_fired", "tick", p.Tick, "task", id, "waited", now.Sub(p.Tick).Round(time.Millisecond).String())}}, time.Time{}
+				logs: []logLine{log("schedule fired a waiting tick", events.ScheduleFired, "tick", p.Tick, "task", id, "waited", now.Sub(p.Tick).Round(time.Millisecond).String())}}, time.Time{}
 		}
 		if sc.Overlap == OverlapCancelPrevious {
 			if ids := uncancelled(v.open); len(ids) > 0 {
@@ -118,7 +120,7 @@ func plan(v view, now, since time.Time) (action, time.Time) {
 	var a action
 	if st.LastTick.After(now.Add(skewTolerance)) && st.LastTick.After(sc.Since) {
 		next, msg, attrs := rewind(sc, st, now)
-		a = action{next: next, logs: []logLine{log(msg, "schedule_clock_behind", attrs...)}}
+		a = action{next: next, logs: []logLine{log(msg, events.ScheduleClockBehind, attrs...)}}
 		v.st, st = next, next
 	}
 	if since.After(now) {
@@ -183,7 +185,7 @@ func plan(v view, now, since time.Time) (action, time.Time) {
 		next.addRun(Run{Tick: last, At: now, Outcome: Missed, Count: len(missed), Reason: reason})
 		next.LastTick = last
 		next.pruneAhead()
-		a = action{next: next, logs: append(a.logs, log("schedule missed ticks", "schedule_missed", "count", len(missed),
+		a = action{next: next, logs: append(a.logs, log("schedule missed ticks", events.ScheduleMissed, "count", len(missed),
 			"first", first, "last", last, "reason", reason))}
 		if len(missed) == len(due) {
 			return a, wake
@@ -201,7 +203,7 @@ func plan(v view, now, since time.Time) (action, time.Time) {
 
 // startTick applies the overlap policy to a tick (or a trigger, tr) that
 // is due now.
-func startTick(v view, now, tick time.Time, tr *trigger, outcome Outcome, log func(string, string, ...any) logLine) action {
+func startTick(v view, now, tick time.Time, tr *trigger, outcome Outcome, log func(string, events.Kind, ...any) logLine) action {
 	sc := v.sc
 	next := v.st.clone()
 	trigID := ""
@@ -213,7 +215,7 @@ func startTick(v view, now, tick time.Time, tr *trigger, outcome Outcome, log fu
 	}
 	a := action{next: next, dropTrigger: tr}
 	run := Run{Tick: tick, At: now, Trigger: trigID}
-	event := map[Outcome]string{Fired: "schedule_fired", CaughtUp: "schedule_caught_up", Triggered: "schedule_fired"}[outcome]
+	event := map[Outcome]events.Kind{Fired: events.ScheduleFired, CaughtUp: events.ScheduleCaughtUp, Triggered: events.ScheduleFired}[outcome]
 	if len(v.open) == 0 || sc.Overlap == OverlapAllow {
 		id := tickID(sc, tick, trigID)
 		run.Outcome, run.Task = outcome, id
@@ -232,7 +234,7 @@ func startTick(v view, now, tick time.Time, tr *trigger, outcome Outcome, log fu
 	skip := func(reason string) action {
 		run.Outcome, run.Reason = Skipped, reason
 		next.addRun(run)
-		a.logs = append(a.logs, log("schedule skipped a tick", "schedule_skipped", "tick", tick, "trigger", trigID, "reason", reason))
+		a.logs = append(a.logs, log("schedule skipped a tick", events.ScheduleSkipped, "tick", tick, "trigger", trigID, "reason", reason))
 		return a
 	}
 	switch sc.Overlap {
@@ -245,7 +247,7 @@ func startTick(v view, now, tick time.Time, tr *trigger, outcome Outcome, log fu
 	case OverlapCancelPrevious:
 		if p := next.Pending; p != nil {
 			next.addRun(Run{Tick: p.Tick, At: now, Outcome: Skipped, Trigger: p.Trigger, Reason: "a newer tick replaced it (overlap policy cancel-previous)"})
-			a.logs = append(a.logs, log("schedule skipped a tick", "schedule_skipped", "tick", p.Tick, "trigger", p.Trigger,
+			a.logs = append(a.logs, log("schedule skipped a tick", events.ScheduleSkipped, "tick", p.Tick, "trigger", p.Trigger,
 				"reason", "a newer tick replaced it (overlap policy cancel-previous)"))
 		}
 		a.cancel = uncancelled(v.open)
@@ -253,7 +255,7 @@ func startTick(v view, now, tick time.Time, tr *trigger, outcome Outcome, log fu
 	next.Pending = &Pending{Tick: tick, Trigger: trigID}
 	run.Outcome, run.Reason = Buffered, busy+" (overlap policy "+string(sc.Overlap)+"): runs when it ends"
 	next.addRun(run)
-	a.logs = append(a.logs, log("schedule tick waits for the previous run", "schedule_buffered", "tick", tick, "trigger", trigID, "reason", run.Reason))
+	a.logs = append(a.logs, log("schedule tick waits for the previous run", events.ScheduleBuffered, "tick", tick, "trigger", trigID, "reason", run.Reason))
 	return a
 }
 
@@ -285,4 +287,6 @@ func sortOpen(open []*task.Record) {
 	})
 }
 
-func (l logLine) emit(log *slog.Logger) { log.Info(l.msg, l.attrs...) }
+func (l logLine) emit(log *slog.Logger) {
+	log.Info(l.msg, append([]any{l.event.Attr()}, l.attrs...)...)
+}

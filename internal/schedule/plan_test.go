@@ -126,7 +126,7 @@ func TestPlanTicks(t *testing.T) {
 			}
 			events := ""
 			for _, l := range a.logs {
-				events += l.attrs[1].(string) + " "
+				events += string(l.event) + " "
 			}
 			wantEvent := map[Outcome]string{Fired: "schedule_fired", CaughtUp: "schedule_caught_up", Missed: "schedule_missed"}[c.want]
 			if !strings.Contains(events, wantEvent) || (c.wantCount > 0 && !strings.Contains(events, "schedule_missed")) {

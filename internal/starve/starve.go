@@ -30,6 +30,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/metrics"
 )
 
@@ -179,14 +180,14 @@ func (m *Monitor) Run(ctx context.Context) error {
 		}
 		switch {
 		case v.Changed && v.Starved:
-			m.log.Warn("node is starved of CPU: it advertises priority 0 and yields the leadership", "event", "starved", "reason", reason,
+			m.log.Warn("node is starved of CPU: it advertises priority 0 and yields the leadership", events.Starved.Attr(), "reason", reason,
 				"heartbeat_late_max", v.Figures.MaxLate, "sched_latency_p99", v.Figures.SchedP99,
 				"throttled_pct", fmt.Sprintf("%.0f", v.Figures.ThrottledPct), "throttled_time", v.Figures.ThrottledTime,
 				"threshold", m.cfg.Threshold)
 			refreshed = now
 			m.onChange(true, reason)
 		case v.Changed:
-			m.log.Info("node recovered from CPU starvation", "event", "recovered", "grace", m.cfg.Grace,
+			m.log.Info("node recovered from CPU starvation", events.Recovered.Attr(), "grace", m.cfg.Grace,
 				"heartbeat_late_max", v.Figures.MaxLate, "throttled_pct", fmt.Sprintf("%.0f", v.Figures.ThrottledPct))
 			m.onChange(false, "")
 		case v.Starved && now.Sub(refreshed) >= m.cfg.Refresh:

@@ -80,11 +80,6 @@ func (s *Store) rateLimitedTypes() []string {
 	return out
 }
 
-// KV is the underlying coordination store. Only the API's token and event
-// services still use it, for records that are not tasks; the task center
-// uses the narrow watches and reads of watch.go.
-func (s *Store) KV() coord.Store { return s.kv }
-
 // Now is the store's clock.
 func (s *Store) Now() time.Time { return s.now() }
 

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/task"
 )
@@ -318,7 +319,7 @@ func (x Exec) follow(pr io.Reader, r task.Reporter, tl taskLog, log *slog.Logger
 			p.Done, p.Total = l.Progress.Done, l.Progress.Total
 		}
 		if l.Log != "" {
-			log.Info("exec program: "+l.Log, "event", "exec_log")
+			log.Info("exec program: "+l.Log, events.ExecLog.Attr())
 			if tl != nil {
 				tl.AppendLog(l.Log)
 			}
@@ -397,7 +398,7 @@ func (w *logWriter) Write(b []byte) (int, error) {
 
 func (w *logWriter) emit(s string) {
 	w.tail = s
-	w.log.Info("exec program output", "event", "exec_output", "line", s)
+	w.log.Info("exec program output", events.ExecOutput.Attr(), "line", s)
 	if w.task != nil {
 		w.task.AppendLog(s)
 	}

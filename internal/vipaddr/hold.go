@@ -68,9 +68,27 @@ func (c Config) Validate() error {
 	return c.Policy.Validate()
 }
 
+// EventKind names what a holder saw. The node records each as the
+// timeline event "vip_" + kind (events.VIPHeld …).
+type EventKind string
+
+// The kinds of a holder's events.
+const (
+	ProbeConflict      EventKind = "probe-conflict"
+	Duplicate          EventKind = "duplicate"
+	Defended           EventKind = "defended"
+	ReleasedOnConflict EventKind = "released-on-conflict"
+	Held               EventKind = "held"
+	Released           EventKind = "released"
+	Lapsed             EventKind = "lapsed"
+)
+
+// EventKinds are every kind a holder reports.
+var EventKinds = []EventKind{ProbeConflict, Duplicate, Defended, ReleasedOnConflict, Held, Released, Lapsed}
+
 // Event is something a holder saw.
 type Event struct {
-	Kind    string // "probe-conflict", "duplicate", "defended", "released-on-conflict", "held", "released", "lapsed"
+	Kind    EventKind
 	Service string
 	Addr    netip.Addr
 	MAC     string // the other host's MAC, for conflicts
@@ -114,7 +132,7 @@ func Hold(ctx context.Context, s Spec, cfg Config) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("service", s.Service, "vip", s.Prefix.String(), "interface", s.Interface)
-	emit := func(kind, mac string) {
+	emit := func(kind EventKind, mac string) {
 		if cfg.Event != nil {
 			cfg.Event(Event{Kind: kind, Service: s.Service, Addr: s.Prefix.Addr(), MAC: mac, Time: time.Now()})
 		}
@@ -136,7 +154,7 @@ func Hold(ctx context.Context, s Spec, cfg Config) error {
 		return err
 	} else if other != nil {
 		log.Warn("vip not added: another host answers for it", "mac", other.String())
-		emit("probe-conflict", other.String())
+		emit(ProbeConflict, other.String())
 		return fmt.Errorf("%w: %s answers for %s", ErrConflict, other, ip)
 	}
 	// Look again after the probe: it took time.
@@ -150,7 +168,7 @@ func Hold(ctx context.Context, s Spec, cfg Config) error {
 		return fmt.Errorf("add %s to %s: %w", s.Prefix, s.Interface, err)
 	}
 	log.Info("vip added")
-	emit("held", "")
+	emit(Held, "")
 	defer func() {
 		// The delete names the label: the kernel removes only the
 		// address that carries it, never a foreign copy.
@@ -159,7 +177,7 @@ func Hold(ctx context.Context, s Spec, cfg Config) error {
 			return
 		}
 		log.Info("vip removed")
-		emit("released", "")
+		emit(Released, "")
 	}()
 	renew := func() error {
 		// A replace of a foreign copy would give it the VIP's
@@ -242,7 +260,7 @@ const claimPair = 50 * time.Millisecond
 // may hold it now. It then neither renews (which would add the address
 // back) nor announces; it returns ErrLapsed, and whoever holds it decides
 // again, after a new probe.
-func keep(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config, log *slog.Logger, emit func(kind, mac string), renew func() error, renewedAt time.Time) error {
+func keep(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config, log *slog.Logger, emit func(kind EventKind, mac string), renew func() error, renewedAt time.Time) error {
 	next := time.Now()
 	nextRenew := time.Now().Add(cfg.RenewInterval)
 	burst := cfg.Burst + 1
@@ -252,7 +270,7 @@ func keep(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config, log *slog.
 	lapsed := func() error {
 		if since := time.Since(renewedAt); since >= cfg.ValidLifetime-lifetimeMargin {
 			log.Error("the holder did not run for a whole address lifetime; not renewing or announcing the vip", "not_running_for", since)
-			emit("lapsed", "")
+			emit(Lapsed, "")
 			return fmt.Errorf("%w: no renewal for %v (lifetime %v)", ErrLapsed, since.Round(time.Millisecond), cfg.ValidLifetime)
 		}
 		return nil
@@ -315,19 +333,19 @@ func keep(ctx context.Context, c *arpConn, ip netip.Addr, cfg Config, log *slog.
 		lastMAC, lastOp = other, p.Op
 		if !lastClaim.IsZero() && now.Sub(lastClaim) < cfg.DefendWindow {
 			log.Error("another host keeps claiming the vip; giving it up", "mac", other)
-			emit("released-on-conflict", other)
+			emit(ReleasedOnConflict, other)
 			return fmt.Errorf("%w: %s keeps claiming %s", ErrConflict, other, ip)
 		}
 		lastClaim = now
 		log.Warn("another host claims the vip; defending", "mac", other)
-		emit("duplicate", other)
+		emit(Duplicate, other)
 		if err := lapsed(); err != nil {
 			return err
 		}
 		if err := c.announce(ip); err != nil {
 			log.Warn("gratuitous ARP failed", "err", err)
 		}
-		emit("defended", other)
+		emit(Defended, other)
 	}
 }
 

@@ -179,7 +179,7 @@ func events(t *testing.T, log string) []vipaddr.Event {
 	return out
 }
 
-func hasEvent(t *testing.T, log, kind string) bool {
+func hasEvent(t *testing.T, log string, kind vipaddr.EventKind) bool {
 	for _, e := range events(t, log) {
 		if e.Kind == kind {
 			return true

@@ -13,6 +13,7 @@ import (
 
 	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/events"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/vipaddr"
@@ -172,7 +173,7 @@ func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum
 			}
 		}
 		if d.dropPref {
-			a.log.Info("vip's preferred node is gone or unhealthy; the preference is dropped", "event", "vip_preference_dropped", "service", svc, "node", c.Preferred)
+			a.log.Info("vip's preferred node is gone or unhealthy; the preference is dropped", events.VIPPreferenceDropped.Attr(), "service", svc, "node", c.Preferred)
 			c.Preferred, c.UpdatedAt = "", now.UTC()
 			conds = append(conds, coord.VersionIs(ckv.Key, ckv.Version))
 			ops = append(ops, coord.PutOp(ckv.Key, encode(c)))
@@ -189,7 +190,7 @@ func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum
 		}
 		if reassign { // ops[0] is the assignment
 			asg.keys[svc] = coord.KV{Key: ops[0].Key, Value: ops[0].Value, Version: vers[0]}
-			a.log.Info("vip assigned", "event", "vip_assign", "service", svc, "node", d.node, "reason", d.reason)
+			a.log.Info("vip assigned", events.VIPAssign.Attr(), "service", svc, "node", d.node, "reason", d.reason)
 		}
 		if d.dropPref { // the last op is the configuration
 			cfgs.keys[svc] = coord.KV{Key: ckv.Key, Value: ops[len(ops)-1].Value, Version: vers[len(vers)-1]}
@@ -209,7 +210,7 @@ func (a *Assigner) reconcile(ctx context.Context, l *quorum.Leadership, v quorum
 			continue
 		}
 		delete(asg.keys, svc)
-		a.log.Info("vip unassigned (deleted)", "event", "vip_unassign", "service", svc)
+		a.log.Info("vip unassigned (deleted)", events.VIPUnassign.Attr(), "service", svc)
 	}
 	return next, errors.Join(errs...)
 }

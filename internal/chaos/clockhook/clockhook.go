@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/taskd/taskd/internal/events"
 )
 
 // Clock is the wall clock of the task center (record times, run windows,
@@ -62,7 +64,7 @@ func (c *Clock) Follow(ctx context.Context, path string, log *slog.Logger) {
 		if err != nil {
 			log.Error("clock offset file unreadable; offset unchanged", "path", path, "err", err)
 		} else if old := time.Duration(c.offset.Swap(int64(d))); old != d {
-			log.Warn("wall clock offset changed (fault injection)", "event", "clock_offset", "from", old, "to", d)
+			log.Warn("wall clock offset changed (fault injection)", events.ClockOffset.Attr(), "from", old, "to", d)
 			c.Step()
 		}
 		select {

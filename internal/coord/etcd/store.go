@@ -18,6 +18,7 @@ import (
 
 	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/coord/internal/backend"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -103,7 +104,7 @@ func (s *Store) list(ctx context.Context, dir string) ([]coord.KV, int64, error)
 	}
 	out := make([]coord.KV, 0, len(resp.Kvs))
 	for _, k := range resp.Kvs {
-		if coord.IsChild(dir, string(k.Key)) {
+		if backend.IsChild(dir, string(k.Key)) {
 			out = append(out, kvOf(k))
 		}
 	}
@@ -123,7 +124,7 @@ func leaseOf(sess coord.Session) (clientv3.LeaseID, error) {
 
 // Create implements coord.Store.
 func (s *Store) Create(ctx context.Context, key string, value []byte, opts ...coord.OpOption) (coord.KV, error) {
-	o := coord.ApplyOptions(opts)
+	o := backend.ApplyOptions(opts)
 	lease, err := leaseOf(o.Session)
 	if err != nil {
 		return coord.KV{}, err
@@ -243,7 +244,7 @@ func (s *Store) Watch(ctx context.Context, dir string) *coord.Watcher {
 
 // watch lists and follows dir until ctx ends.
 func (s *Store) watch(ctx context.Context, dir string, out chan<- coord.Event) {
-	cache := coord.NewWatchCache(out)
+	cache := backend.NewWatchCache(out)
 	retry := backoff.New(50*time.Millisecond, 2*time.Second)
 	for ctx.Err() == nil {
 		list, rev, err := s.list(ctx, dir)
@@ -266,7 +267,7 @@ func (s *Store) watch(ctx context.Context, dir string, out chan<- coord.Event) {
 
 // follow applies watch events until the watch breaks (returns true: resync)
 // or ctx ends (returns false).
-func (s *Store) follow(ctx context.Context, dir string, rev int64, cache *coord.WatchCache) bool {
+func (s *Store) follow(ctx context.Context, dir string, rev int64, cache *backend.WatchCache) bool {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	prefix := strings.TrimSuffix(dir, "/") + "/"
@@ -277,7 +278,7 @@ func (s *Store) follow(ctx context.Context, dir string, rev int64, cache *coord.
 		}
 		for _, ev := range wr.Events {
 			key := string(ev.Kv.Key)
-			if !coord.IsChild(dir, key) {
+			if !backend.IsChild(dir, key) {
 				continue
 			}
 			ok := true
@@ -296,7 +297,7 @@ func (s *Store) follow(ctx context.Context, dir string, rev int64, cache *coord.
 
 // session is an etcd lease with a heartbeat that records confirmed contact.
 type session struct {
-	*coord.SessionCore
+	*backend.SessionCore
 	id     clientv3.LeaseID
 	cli    *clientv3.Client
 	cancel context.CancelFunc
@@ -314,14 +315,14 @@ func (s *Store) NewSession(ctx context.Context, timeout time.Duration) (coord.Se
 		return nil, wrap("grant lease", "", err)
 	}
 	hctx, cancel := context.WithCancel(context.Background())
-	ls := &session{SessionCore: coord.NewSessionCore(timeout, sent), id: resp.ID, cli: s.cli, cancel: cancel}
+	ls := &session{SessionCore: backend.NewSessionCore(timeout, sent), id: resp.ID, cli: s.cli, cancel: cancel}
 	if f := s.observe.Load(); f != nil {
 		ls.ObserveLateness(*f)
 	}
 	ls.wg.Add(1)
 	go func() {
 		defer ls.wg.Done()
-		coord.RunHeartbeat(hctx, ls.SessionCore, ls.ping)
+		backend.RunHeartbeat(hctx, ls.SessionCore, ls.ping)
 	}()
 	return ls, nil
 }

@@ -9,11 +9,12 @@ import (
 
 	"github.com/go-zookeeper/zk"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/coord/internal/backend"
 )
 
 // session is one ZooKeeper connection used as a coord.Session.
 type session struct {
-	*coord.SessionCore
+	*backend.SessionCore
 	c      *conn
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -52,7 +53,7 @@ func (s *Store) NewSession(ctx context.Context, timeout time.Duration) (coord.Se
 	}
 	hctx, cancel := context.WithCancel(context.Background())
 	coreMu.Lock()
-	zs.SessionCore = coord.NewSessionCore(timeout, sent)
+	zs.SessionCore = backend.NewSessionCore(timeout, sent)
 	zs.c, zs.cancel = c, cancel
 	if f := s.observe.Load(); f != nil {
 		zs.ObserveLateness(*f)
@@ -68,7 +69,7 @@ func (s *Store) NewSession(ctx context.Context, timeout time.Duration) (coord.Se
 	zs.wg.Add(1)
 	go func() {
 		defer zs.wg.Done()
-		coord.RunHeartbeat(hctx, zs.SessionCore, zs.ping)
+		backend.RunHeartbeat(hctx, zs.SessionCore, zs.ping)
 	}()
 	return zs, nil
 }
@@ -76,7 +77,7 @@ func (s *Store) NewSession(ctx context.Context, timeout time.Duration) (coord.Se
 // chrootKey is a key whose parents are the chroot itself.
 func (s *Store) chrootKey() string { return "/.chroot" }
 
-func applyState(core *coord.SessionCore, st zk.State) {
+func applyState(core *backend.SessionCore, st zk.State) {
 	switch st {
 	case zk.StateDisconnected, zk.StateConnecting:
 		core.Disconnected()

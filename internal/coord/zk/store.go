@@ -44,6 +44,7 @@ import (
 
 	"github.com/go-zookeeper/zk"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/coord/internal/backend"
 )
 
 // baseTimeout is the session timeout of the base connection. Its expiry only
@@ -378,7 +379,7 @@ func (s *Store) Create(ctx context.Context, key string, value []byte, opts ...co
 	if err := ctx.Err(); err != nil {
 		return coord.KV{}, err
 	}
-	c, flags, err := s.sessionConn(ctx, coord.ApplyOptions(opts).Session)
+	c, flags, err := s.sessionConn(ctx, backend.ApplyOptions(opts).Session)
 	if err != nil {
 		return coord.KV{}, err
 	}

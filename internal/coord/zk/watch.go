@@ -10,6 +10,7 @@ import (
 	"github.com/go-zookeeper/zk"
 	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/coord/internal/backend"
 )
 
 // Watch implements coord.Store with one child watch on dir and one data watch
@@ -25,7 +26,7 @@ func (s *Store) Watch(ctx context.Context, dir string) *coord.Watcher {
 
 // watch follows dir, session after session, until ctx ends.
 func (s *Store) watch(ctx context.Context, dir string, out chan<- coord.Event) {
-	cache := coord.NewWatchCache(out)
+	cache := backend.NewWatchCache(out)
 	// Reset once a session's listing is delivered: only failures in a row
 	// wait longer and longer.
 	retry := backoff.New(50*time.Millisecond, 2*time.Second)
@@ -46,7 +47,7 @@ var errNotWatching = errors.New("zookeeper watch lost (session expired or connec
 
 // watchSession follows dir on one base connection until a watch is lost or
 // ctx ends.
-func (s *Store) watchSession(ctx context.Context, dir string, cache *coord.WatchCache, synced func()) error {
+func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.WatchCache, synced func()) error {
 	c, err := s.conn(ctx)
 	if err != nil {
 		return err

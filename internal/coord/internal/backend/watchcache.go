@@ -1,27 +1,29 @@
-package coord
+package backend
 
 import (
 	"context"
 	"path"
 	"strings"
+
+	"github.com/taskd/taskd/internal/coord"
 )
 
 // WatchCache remembers what a watcher has delivered, so that after a gap
 // (reconnect, compaction, new ZooKeeper session) a fresh listing can be turned
 // into exactly the events the consumer missed.
 type WatchCache struct {
-	out   chan<- Event
-	known map[string]KV
+	out   chan<- coord.Event
+	known map[string]coord.KV
 }
 
 // NewWatchCache delivers to out.
-func NewWatchCache(out chan<- Event) *WatchCache {
-	return &WatchCache{out: out, known: make(map[string]KV)}
+func NewWatchCache(out chan<- coord.Event) *WatchCache {
+	return &WatchCache{out: out, known: make(map[string]coord.KV)}
 }
 
 // Resync compares a full listing with what was delivered, emits the
-// difference and then EventSynced. It returns false if ctx ended.
-func (w *WatchCache) Resync(ctx context.Context, list []KV) bool {
+// difference and then coord.EventSynced. It returns false if ctx ended.
+func (w *WatchCache) Resync(ctx context.Context, list []coord.KV) bool {
 	seen := make(map[string]bool, len(list))
 	for _, kv := range list {
 		seen[kv.Key] = true
@@ -39,16 +41,16 @@ func (w *WatchCache) Resync(ctx context.Context, list []KV) bool {
 			}
 		}
 	}
-	return w.send(ctx, Event{Type: EventSynced})
+	return w.send(ctx, coord.Event{Type: coord.EventSynced})
 }
 
 // Put delivers a put unless the same version was already delivered.
-func (w *WatchCache) Put(ctx context.Context, kv KV) bool {
+func (w *WatchCache) Put(ctx context.Context, kv coord.KV) bool {
 	if old, ok := w.known[kv.Key]; ok && old.Version == kv.Version && old.CreateOrder == kv.CreateOrder {
 		return true
 	}
 	w.known[kv.Key] = kv
-	return w.send(ctx, Event{Type: EventPut, KV: kv})
+	return w.send(ctx, coord.Event{Type: coord.EventPut, KV: kv})
 }
 
 // Delete delivers a delete of a known key.
@@ -58,10 +60,10 @@ func (w *WatchCache) Delete(ctx context.Context, key string) bool {
 		return true
 	}
 	delete(w.known, key)
-	return w.send(ctx, Event{Type: EventDelete, KV: kv})
+	return w.send(ctx, coord.Event{Type: coord.EventDelete, KV: kv})
 }
 
-func (w *WatchCache) send(ctx context.Context, ev Event) bool {
+func (w *WatchCache) send(ctx context.Context, ev coord.Event) bool {
 	select {
 	case w.out <- ev:
 		return true

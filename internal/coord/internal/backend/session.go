@@ -1,9 +1,16 @@
-package coord
+// Package backend is the plumbing the coordination store's backends
+// (internal/coord/etcd, internal/coord/zk) share: the session bookkeeping
+// fed by a heartbeat, and the cache that turns a fresh listing after a gap
+// into the watch events a consumer missed. It is internal to coord: users of
+// the store see only coord's Store and Session interfaces.
+package backend
 
 import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/taskd/taskd/internal/coord"
 )
 
 // SessionCore holds the bookkeeping every backend's Session shares: the
@@ -16,38 +23,24 @@ type SessionCore struct {
 	timeout time.Duration
 
 	mu          sync.Mutex
-	state       SessionState
+	state       coord.SessionState
 	changed     chan struct{}
 	lastContact time.Time
 	done        chan struct{}
 	kick        chan struct{} // asks the heartbeat to confirm contact now
 	// observe is told how late each scheduled heartbeat was sent.
-	observe HeartbeatObserver
-}
-
-// HeartbeatObserver is told, for every scheduled heartbeat (keepalive) of a
-// session, how late it was sent against its schedule, and how long its
-// round trip took (to the answer or the failure). A node starved of CPU
-// sends its heartbeats late, or cannot process their answers, long before
-// its session is in danger. It must not block.
-type HeartbeatObserver func(late, roundTrip time.Duration)
-
-// HeartbeatReporter is a Store whose sessions report their heartbeats'
-// lateness. Both backends implement it; ObserveHeartbeats applies to the
-// sessions opened after it.
-type HeartbeatReporter interface {
-	ObserveHeartbeats(HeartbeatObserver)
+	observe coord.HeartbeatObserver
 }
 
 // ObserveLateness sets the observer of this session's heartbeats. Call it
 // before RunHeartbeat starts.
-func (c *SessionCore) ObserveLateness(f HeartbeatObserver) { c.observe = f }
+func (c *SessionCore) ObserveLateness(f coord.HeartbeatObserver) { c.observe = f }
 
-// NewSessionCore starts in StateRunning with contact confirmed at sentAt.
+// NewSessionCore starts in coord.StateRunning with contact confirmed at sentAt.
 func NewSessionCore(timeout time.Duration, sentAt time.Time) *SessionCore {
 	return &SessionCore{
 		timeout:     timeout,
-		state:       StateRunning,
+		state:       coord.StateRunning,
 		changed:     make(chan struct{}),
 		lastContact: sentAt,
 		done:        make(chan struct{}),
@@ -59,7 +52,7 @@ func NewSessionCore(timeout time.Duration, sentAt time.Time) *SessionCore {
 func (c *SessionCore) Timeout() time.Duration { return c.timeout }
 
 // State returns the state and a channel closed at the next change.
-func (c *SessionCore) State() (SessionState, <-chan struct{}) {
+func (c *SessionCore) State() (coord.SessionState, <-chan struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.state, c.changed
@@ -80,13 +73,13 @@ func (c *SessionCore) Done() <-chan struct{} { return c.done }
 func (c *SessionCore) Confirm(sentAt time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state == StateExpired || c.state == StateStopped {
+	if c.state == coord.StateExpired || c.state == coord.StateStopped {
 		return
 	}
 	if sentAt.After(c.lastContact) {
 		c.lastContact = sentAt
 	}
-	c.setLocked(StateRunning)
+	c.setLocked(coord.StateRunning)
 }
 
 // Reconnected asks the heartbeat to confirm contact at once, so that a
@@ -104,24 +97,24 @@ func (c *SessionCore) Reconnected() {
 func (c *SessionCore) Disconnected() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state == StateRunning {
-		c.setLocked(StateConnecting)
+	if c.state == coord.StateRunning {
+		c.setLocked(coord.StateConnecting)
 	}
 }
 
-// End moves to a final state (StateExpired or StateStopped) and closes Done.
+// End moves to a final state (coord.StateExpired or coord.StateStopped) and closes Done.
 // Only the first call has an effect.
-func (c *SessionCore) End(final SessionState) {
+func (c *SessionCore) End(final coord.SessionState) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state == StateExpired || c.state == StateStopped {
+	if c.state == coord.StateExpired || c.state == coord.StateStopped {
 		return
 	}
 	c.setLocked(final)
 	close(c.done)
 }
 
-func (c *SessionCore) setLocked(s SessionState) {
+func (c *SessionCore) setLocked(s coord.SessionState) {
 	if c.state == s {
 		return
 	}
@@ -130,16 +123,12 @@ func (c *SessionCore) setLocked(s SessionState) {
 	c.changed = make(chan struct{})
 }
 
-// HeartbeatInterval is how often backends confirm contact: a sixth of the
-// timeout, so that LastContact is never more than that stale while healthy.
-func HeartbeatInterval(timeout time.Duration) time.Duration { return timeout / 6 }
-
 // RunHeartbeat confirms contact every interval with ping until ctx ends or
 // the session ends. ping returns expired=true when the store reports the
 // session gone. When no confirmation has arrived for a whole timeout the
 // session is ended as expired locally: the server may already have expired it.
 func RunHeartbeat(ctx context.Context, c *SessionCore, ping func(ctx context.Context) (expired bool, err error)) {
-	interval := HeartbeatInterval(c.timeout)
+	interval := coord.HeartbeatInterval(c.timeout)
 	t := time.NewTimer(interval)
 	defer t.Stop()
 	due := time.Now().Add(interval)
@@ -163,14 +152,14 @@ func RunHeartbeat(ctx context.Context, c *SessionCore, ping func(ctx context.Con
 		}
 		switch {
 		case expired:
-			c.End(StateExpired)
+			c.End(coord.StateExpired)
 			return
 		case err == nil:
 			c.Confirm(sent)
 		default:
 			c.Disconnected()
 			if time.Since(c.LastContact()) >= c.timeout {
-				c.End(StateExpired)
+				c.End(coord.StateExpired)
 				return
 			}
 		}

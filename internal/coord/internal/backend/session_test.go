@@ -1,17 +1,19 @@
-package coord
+package backend
 
 import (
 	"context"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/taskd/taskd/internal/coord"
 )
 
 // TestHeartbeatLateness: a ping that overruns the interval makes the next
 // scheduled heartbeat late by the overrun, and RunHeartbeat reports it.
 func TestHeartbeatLateness(t *testing.T) {
 	const timeout = 2 * time.Second
-	interval := HeartbeatInterval(timeout)
+	interval := coord.HeartbeatInterval(timeout)
 	c := NewSessionCore(timeout, time.Now())
 	var mu sync.Mutex
 	var lates []time.Duration
