@@ -74,12 +74,16 @@ func testStarvedAtOnePercent(t *testing.T, c *harness.Cluster, busy bool) {
 	if !strings.Contains(starved.Attrs["reason"], "heartbeats up to") || !strings.Contains(starved.Attrs["reason"], "CPU quota") {
 		t.Fatalf("starved event without its figures and cause: %+v", starved)
 	}
-	// The metric says so while the quota holds (the starved node answers
-	// slowly: each scrape may take seconds).
-	if err := harness.WaitFor(ctxFor(t, 30*time.Second), 200*time.Millisecond, func() bool {
-		return metricLine(victim, "taskd_starved") == "taskd_starved 1"
+	// The metric says so while the quota holds. The starved node answers
+	// slowly: beside a busy loop in the same 1 % quota, a TLS handshake
+	// and the scrape take it seconds of wall time (a 5 s scrape timeout
+	// failed once in CI), so each scrape may take up to 20 s.
+	var lastLine string
+	if err := harness.WaitFor(ctxFor(t, 60*time.Second), 200*time.Millisecond, func() bool {
+		lastLine = metricLineWithin(victim, "taskd_starved", 20*time.Second)
+		return lastLine == "taskd_starved 1"
 	}); err != nil {
-		t.Fatalf("%s: taskd_starved is not 1 while starved", victim.Name)
+		t.Fatalf("%s: taskd_starved is not 1 while starved (last scrape: %q; \"\" is no answer)", victim.Name, lastLine)
 	}
 	if victim.Proc.Exited() {
 		t.Fatalf("starved %s exited with %d", victim.Name, victim.Proc.ExitCode())
@@ -132,7 +136,12 @@ func firstJournalEvent(t *testing.T, n *harness.Node, typ string, since time.Tim
 // metricLine is the line of /metrics that starts with name ("" when the
 // node does not answer within 5 s).
 func metricLine(n *harness.Node, name string) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	return metricLineWithin(n, name, 5*time.Second)
+}
+
+// metricLineWithin is metricLine with the scrape's own time limit.
+func metricLineWithin(n *harness.Node, name string, limit time.Duration) string {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.Client().Base+"/metrics", nil)
 	if err != nil {

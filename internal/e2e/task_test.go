@@ -62,13 +62,30 @@ func ready(t *testing.T, c *harness.Cluster) *harness.Node {
 	return n
 }
 
+// create creates a task the way a client does: an unavailable answer
+// (the node's session is between keepalives, e.g. while the embedded
+// store's raft leadership moves just after the cluster formed) is retried
+// within 10 s; any other error ends the test.
 func create(t *testing.T, n *harness.Node, typ, spec string) string {
 	t.Helper()
-	r, err := n.Client().Tasks.CreateTask(ctxFor(t, 10*time.Second), connect.NewRequest(&taskdv1.CreateTaskRequest{Type: typ, Spec: spec}))
+	ctx := ctxFor(t, 10*time.Second)
+	var id string
+	var last error
+	err := harness.WaitFor(ctx, 100*time.Millisecond, func() bool {
+		r, err := n.Client().Tasks.CreateTask(ctx, connect.NewRequest(&taskdv1.CreateTaskRequest{Type: typ, Spec: spec}))
+		last = err
+		if err != nil && connect.CodeOf(err) != connect.CodeUnavailable {
+			t.Fatalf("create %s task: %v", typ, err)
+		}
+		if err == nil {
+			id = r.Msg.Task.Id
+		}
+		return err == nil
+	})
 	if err != nil {
-		t.Fatalf("create %s task: %v", typ, err)
+		t.Fatalf("create %s task: unavailable for 10 s: %v", typ, last)
 	}
-	return r.Msg.Task.Id
+	return id
 }
 
 func getTask(ctx context.Context, n *harness.Node, id string) (*taskdv1.Task, error) {
