@@ -2,15 +2,12 @@ package bench
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"time"
 
@@ -176,27 +173,14 @@ func startSleepers(ctx context.Context, api *harness.Node, n int) error {
 // startChromium starts headless Chromium that trusts exactly the nodes'
 // certificates and resolves no host name (it reaches only loopback).
 func startChromium(ctx context.Context, bin string, c *harness.Cluster, dir string) (context.Context, func(), error) {
-	var spki []string
-	for _, n := range c.Nodes {
-		if n.Creds == nil {
-			return nil, nil, fmt.Errorf("node %s has no credentials", n.Name)
-		}
-		sum := sha256.Sum256(n.Creds.Leaf.RawSubjectPublicKeyInfo)
-		spki = append(spki, base64.StdEncoding.EncodeToString(sum[:]))
-	}
 	profile, err := os.MkdirTemp(dir, "chromium")
 	if err != nil {
 		return nil, nil, err
 	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(bin), chromedp.UserDataDir(profile), chromedp.NoSandbox,
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("ignore-certificate-errors-spki-list", strings.Join(spki, ",")),
-		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("no-proxy-server", true),
-		chromedp.WindowSize(1400, 900),
-	)
+	opts, err := harness.ChromiumOptions(bin, profile, c)
+	if err != nil {
+		return nil, nil, err
+	}
 	actx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
 	bctx, cancel := chromedp.NewContext(actx)
 	stop := func() {

@@ -2,13 +2,10 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/base64"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -36,13 +33,10 @@ func newBrowser(t *testing.T, c *harness.Cluster) *browser {
 	if err != nil {
 		testenv.Missing(t, "chromium (Debian package chromium): %v", err)
 	}
-	var spki []string
 	for _, n := range c.Nodes {
-		if n.Client() == nil || n.Creds == nil {
-			t.Fatalf("node %s has no credentials", n.Name)
+		if n.Client() == nil {
+			t.Fatalf("node %s has no API client", n.Name)
 		}
-		sum := sha256.Sum256(n.Creds.Leaf.RawSubjectPublicKeyInfo)
-		spki = append(spki, base64.StdEncoding.EncodeToString(sum[:]))
 	}
 	shots := os.Getenv("TASKD_UI_SHOTS")
 	if shots == "" {
@@ -50,17 +44,10 @@ func newBrowser(t *testing.T, c *harness.Cluster) *browser {
 	} else if err := os.MkdirAll(shots, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(bin),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.NoSandbox,
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("ignore-certificate-errors-spki-list", strings.Join(spki, ",")),
-		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("no-proxy-server", true),
-		chromedp.WindowSize(1400, 900),
-	)
+	opts, err := harness.ChromiumOptions(bin, t.TempDir(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
 	t.Cleanup(func() {
