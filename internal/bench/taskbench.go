@@ -37,12 +37,16 @@ func taskBench(args []string, out io.Writer) error {
 	creators := fs.Int("creators", 32, "concurrent clients creating noop tasks")
 	capacity := fs.Int("runner-capacity", 64, "taskd --runner-capacity")
 	resumeN := fs.Int("resume-n", 3, "kill -9 rounds for the resume time")
+	resumeRaftN := fs.Int("resume-raft-n", 0, "kill -9 rounds where the runner hosts the etcd raft leader (embedded only), reported separately")
 	retained := fs.Int("retained", 100000, "finished tasks stored before timing task list")
 	listN := fs.Int("list-n", 200, "timed task list calls")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := checkRanges([]intFlag{{"latency-n", *latN, 10000}, {"noop-n", *noopN, 100000}, {"resume-n", *resumeN, 20},
+	if *resumeRaftN > 0 && *backend != "embedded" {
+		return fmt.Errorf("-resume-raft-n needs -backend embedded (no etcd raft runs in the nodes otherwise)")
+	}
+	if err := checkRanges([]intFlag{{"latency-n", *latN, 10000}, {"noop-n", *noopN, 100000}, {"resume-n", *resumeN, 20}, {"resume-raft-n", *resumeRaftN, 50},
 		{"retained", *retained, 1000000}, {"list-n", *listN, 10000}, {"creators", *creators, 256}}); err != nil {
 		return err
 	}
@@ -82,12 +86,20 @@ func taskBench(args []string, out io.Writer) error {
 		fmt.Fprintf(out, "noop throughput create->succeeded: %d tasks in %v = %.0f tasks/s (%d creators)\n", *noopN, d.Round(time.Millisecond), rate, *creators)
 	}
 	if *resumeN > 0 {
-		re, first, err := resumeAfterKill(ctx, out, c, kv, lay, *resumeN)
+		re, first, err := resumeAfterKill(ctx, out, c, kv, lay, *resumeN, false)
 		if err != nil {
 			return fmt.Errorf("resume: %w", err)
 		}
 		fmt.Fprintf(out, "resume after kill -9 of the runner, kill->attempt 2 assigned:       %s\n", summary(re))
 		fmt.Fprintf(out, "resume after kill -9 of the runner, kill->attempt 2 first checkpoint: %s (checkpoint interval 100ms)\n", summary(first))
+	}
+	if *resumeRaftN > 0 {
+		re, first, err := resumeAfterKill(ctx, out, c, kv, lay, *resumeRaftN, true)
+		if err != nil {
+			return fmt.Errorf("resume (raft host): %w", err)
+		}
+		fmt.Fprintf(out, "resume after kill -9 of the runner hosting the etcd raft leader, kill->attempt 2 assigned:       %s\n", summary(re))
+		fmt.Fprintf(out, "resume after kill -9 of the runner hosting the etcd raft leader, kill->attempt 2 first checkpoint: %s\n", summary(first))
 	}
 	if *listN > 0 {
 		lat, n, err := listUnfinished(ctx, c, kv, lay, *retained, *listN)
@@ -418,7 +430,10 @@ func noopThroughputWith(ctx context.Context, c *harness.Cluster, kv coord.Store,
 // resumeAfterKill runs a sleep task on a non-leader runner, kills that
 // runner with SIGKILL, and times the kill -> the next attempt's assignment
 // and its first checkpoint. The killed node is restarted after each round.
-func resumeAfterKill(ctx context.Context, out io.Writer, c *harness.Cluster, kv coord.Store, lay keys.Tasks, rounds int) ([]time.Duration, []time.Duration, error) {
+// With onRaftHost the task is placed on the node that hosts the etcd raft
+// leader (the other runners cordoned until it runs), and a round where
+// the raft leadership moved before the kill is an error.
+func resumeAfterKill(ctx context.Context, out io.Writer, c *harness.Cluster, kv coord.Store, lay keys.Tasks, rounds int, onRaftHost bool) ([]time.Duration, []time.Duration, error) {
 	f, stop := follow(ctx, kv, lay)
 	defer stop()
 	var re, first []time.Duration
@@ -436,6 +451,12 @@ func resumeAfterKill(ctx context.Context, out io.Writer, c *harness.Cluster, kv 
 		if _, err := leader.Client().Runners.SetRunnerMarks(ctx, connect.NewRequest(&taskdv1.SetRunnerMarksRequest{Node: leader.Name, Action: "cordon"})); err != nil {
 			return nil, nil, err
 		}
+		var held []string // runners cordoned to place the task on the raft host
+		if onRaftHost {
+			if held, err = placeOnRaftHost(ctx, c, leader); err != nil {
+				return nil, nil, err
+			}
+		}
 		id, err := createTask(ctx, leader, &taskdv1.CreateTaskRequest{Type: "sleep", Spec: `{"duration":"60s","checkpoint_interval":"100ms"}`})
 		if err != nil {
 			return nil, nil, err
@@ -451,9 +472,16 @@ func resumeAfterKill(ctx context.Context, out io.Writer, c *harness.Cluster, kv 
 			return nil, nil, err
 		}
 		victim := c.Node(r.Runner)
+		for _, n := range held {
+			if err := setMark(ctx, leader, n, "uncordon"); err != nil {
+				return nil, nil, err
+			}
+		}
 		raft := ""
 		if leads, err := victim.LeadsRaft(ctx); err == nil && leads {
 			raft = " (it hosted the etcd raft leader)"
+		} else if onRaftHost {
+			return nil, nil, fmt.Errorf("the raft leadership left %s before the kill", victim.Name)
 		}
 		killed := time.Now()
 		victim.Kill()
@@ -551,4 +579,39 @@ func storeFinished(ctx context.Context, kv coord.Store, lay keys.Tasks, n int) e
 		}
 	}
 	return nil
+}
+
+// placeOnRaftHost cordons every runner but the node that hosts the etcd
+// raft leader (other than the taskd leader, already cordoned) and returns
+// the runners it cordoned.
+func placeOnRaftHost(ctx context.Context, c *harness.Cluster, leader *harness.Node) ([]string, error) {
+	var host *harness.Node
+	err := harness.WaitFor(ctx, 50*time.Millisecond, func() bool {
+		for _, n := range c.Nodes {
+			if leads, err := n.LeadsRaft(ctx); err == nil && leads && n != leader {
+				host = n
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		return nil, fmt.Errorf("no node but the taskd leader hosts the etcd raft leader: %w", err)
+	}
+	var held []string
+	for _, n := range c.Nodes {
+		if n != host && n != leader {
+			if err := setMark(ctx, leader, n.Name, "cordon"); err != nil {
+				return nil, err
+			}
+			held = append(held, n.Name)
+		}
+	}
+	return held, nil
+}
+
+// setMark cordons or uncordons node through leader.
+func setMark(ctx context.Context, leader *harness.Node, node, action string) error {
+	_, err := leader.Client().Runners.SetRunnerMarks(ctx, connect.NewRequest(&taskdv1.SetRunnerMarksRequest{Node: node, Action: action}))
+	return err
 }

@@ -61,7 +61,10 @@ type Report struct {
 	// counts moments two of one key worked at once (violations).
 	Keyed, KeyOverlaps int
 	// Exec tasks ran the campaign's exec program (--exec-dir).
-	Exec                         int
+	Exec int
+	// Revoked counts the sessions the leader ended early (embedded etcd:
+	// a member every other member's raft transport lost).
+	Revoked                      int
 	Problems                     []string
 	FaultCounts                  map[string]int
 	LeaderFailover, Resume, VIPs []time.Duration
@@ -77,8 +80,8 @@ type Report struct {
 
 // Summary is the one line the issue asks for.
 func (r Report) Summary() string {
-	return fmt.Sprintf("chaos: backend=%s faults=%d tasks=%d violations=%d lost=%d exits=%d ticks=%d ticks_lost=%d ticks_doubled=%d keyed=%d key_overlaps=%d exec=%d",
-		r.Backend, r.Faults, r.Tasks, r.Violations, r.Lost, r.Exits, r.Ticks, r.TicksLost, r.TicksDoubled, r.Keyed, r.KeyOverlaps, r.Exec)
+	return fmt.Sprintf("chaos: backend=%s faults=%d tasks=%d violations=%d lost=%d exits=%d ticks=%d ticks_lost=%d ticks_doubled=%d keyed=%d key_overlaps=%d exec=%d revoked=%d",
+		r.Backend, r.Faults, r.Tasks, r.Violations, r.Lost, r.Exits, r.Ticks, r.TicksLost, r.TicksDoubled, r.Keyed, r.KeyOverlaps, r.Exec, r.Revoked)
 }
 
 // run is the state of one campaign.
@@ -490,6 +493,7 @@ func (r *run) finish(ctx context.Context) {
 	r.checkCopies(last)
 	r.checkVIP()
 	r.checkFences()
+	r.checkRevocations()
 	r.checkExits()
 }
 

@@ -399,32 +399,39 @@ func (r *run) checkKeys(byTask map[string][]ledgerLine) {
 // stopped process cannot run at its deadline (its VIP addresses expire by
 // their kernel lifetime and its task writes are fenced by the store).
 func (r *run) checkFences() {
+	r.eachLogLine(func(n string, line []byte) {
+		var l struct {
+			Time  time.Time `json:"time"`
+			Event string    `json:"event"`
+			Late  string    `json:"late_by"`
+		}
+		if json.Unmarshal(line, &l) != nil || l.Event != "fence_finished" || l.Late == "" {
+			return
+		}
+		r.mu.Lock()
+		excused := slices.ContainsFunc(r.stopped[n], func(iv [2]time.Time) bool {
+			return l.Time.After(iv[0]) && l.Time.Before(iv[1].Add(r.cfg.SessionTimeout))
+		})
+		r.mu.Unlock()
+		if !excused {
+			r.violation("fence on %s at %s finished %s after the session could expire", n, l.Time.Format(time.StampMilli), l.Late)
+		}
+	})
+}
+
+// eachLogLine calls f with every line of every node's log.
+func (r *run) eachLogLine(f func(node string, line []byte)) {
 	for _, n := range harness.VIPNodes {
-		f, err := os.Open(r.c.LogPath(n))
+		fh, err := os.Open(r.c.LogPath(n))
 		if err != nil {
 			continue
 		}
-		sc := bufio.NewScanner(f)
+		sc := bufio.NewScanner(fh)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
-			var l struct {
-				Time  time.Time `json:"time"`
-				Event string    `json:"event"`
-				Late  string    `json:"late_by"`
-			}
-			if json.Unmarshal(sc.Bytes(), &l) != nil || l.Event != "fence_finished" || l.Late == "" {
-				continue
-			}
-			r.mu.Lock()
-			excused := slices.ContainsFunc(r.stopped[n], func(iv [2]time.Time) bool {
-				return l.Time.After(iv[0]) && l.Time.Before(iv[1].Add(r.cfg.SessionTimeout))
-			})
-			r.mu.Unlock()
-			if !excused {
-				r.violation("fence on %s at %s finished %s after the session could expire", n, l.Time.Format(time.StampMilli), l.Late)
-			}
+			f(n, sc.Bytes())
 		}
-		f.Close()
+		fh.Close()
 	}
 }
 

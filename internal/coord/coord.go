@@ -222,6 +222,14 @@ type Session interface {
 	Close(ctx context.Context) error
 }
 
+// SessionRevoker is a Store that can end another process's session by its
+// ID (Session.ID), deleting the session's keys at once. Only the embedded
+// etcd's peer watch (internal/peerwatch) uses it, on evidence that the
+// session's process is gone.
+type SessionRevoker interface {
+	RevokeSession(ctx context.Context, id string) error
+}
+
 // HeartbeatObserver is told, for every scheduled heartbeat (keepalive) of a
 // session, how late it was sent against its schedule, and how long its
 // round trip took (to the answer or the failure). A node starved of CPU

@@ -46,6 +46,7 @@ const (
 	ScheduleSkipped       Kind = "schedule_skipped"
 	ScheduleTickStood     Kind = "schedule_tick_stood"
 	Session               Kind = "session"
+	SessionRevoked        Kind = "session_revoked"
 	Start                 Kind = "start"
 	Starved               Kind = "starved"
 	TaskDependencyFailed  Kind = "task_dependency_failed"
@@ -75,7 +76,7 @@ var Types = []Kind{
 	FenceStarted, Health, Join, MemberForgotten, Priority, Recovered,
 	ScheduleBuffered, ScheduleCaughtUp, ScheduleClockBehind, ScheduleClockStep,
 	ScheduleFired, ScheduleMissed, ScheduleSkipped, ScheduleTickStood, Session,
-	Start, Starved, TaskDependencyFailed, TaskParked, TaskReassigned, TokenRotated,
+	SessionRevoked, Start, Starved, TaskDependencyFailed, TaskParked, TaskReassigned, TokenRotated,
 	VIPAssign, VIPDefended, VIPDuplicate, VIPHeld, VIPLapsed, VIPPreferenceDropped,
 	VIPProbeConflict, VIPRefused, VIPRelease, VIPReleased, VIPReleasedOnConflict,
 	VIPStaleRemoved, VIPTake, VIPUnassign,

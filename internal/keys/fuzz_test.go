@@ -159,6 +159,11 @@ func FuzzKnownKey(f *testing.F) {
 	fuzzBuilder(f, q.KnownDir(), q.KnownKey, keys.ValidName)
 }
 
+func FuzzSilenceKey(f *testing.F) {
+	q := testRoot(f).Quorum()
+	fuzzBuilder(f, q.SilenceDir(), q.SilenceKey, keys.ValidName)
+}
+
 func FuzzPriorityKey(f *testing.F) {
 	q := testRoot(f).Quorum()
 	fuzzBuilder(f, q.PriorityDir(), q.PriorityKey, keys.ValidName)

@@ -187,6 +187,16 @@ func (q Quorum) KnownDir() string { return q.root + "/known" }
 // KnownKey is the known-member record of node name.
 func (q Quorum) KnownKey(name string) (string, error) { return child(q.KnownDir(), name, ValidName) }
 
+// SilenceDir holds one record per embedded etcd member, bound to its
+// session: the peers its raft transport has not been connected to for a
+// session timeout (internal/peerwatch).
+func (q Quorum) SilenceDir() string { return q.root + "/silence" }
+
+// SilenceKey is the silence record of node name.
+func (q Quorum) SilenceKey(name string) (string, error) {
+	return child(q.SilenceDir(), name, ValidName)
+}
+
 // ElectionDir holds the leader, epoch and specified-members records.
 func (q Quorum) ElectionDir() string { return q.root + "/election" }
 

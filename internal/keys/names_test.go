@@ -143,6 +143,8 @@ func TestLayout(t *testing.T) {
 		must(q.MemberKey("n1")):         "/taskd/members/n1",
 		q.KnownDir():                    "/taskd/known",
 		must(q.KnownKey("n1")):          "/taskd/known/n1",
+		q.SilenceDir():                  "/taskd/silence",
+		must(q.SilenceKey("n1")):        "/taskd/silence/n1",
 		q.ElectionDir():                 "/taskd/election",
 		q.LeaderKey():                   "/taskd/election/leader",
 		q.EpochKey():                    "/taskd/election/epoch",

@@ -31,6 +31,7 @@ import (
 	"github.com/taskd/taskd/internal/health"
 	"github.com/taskd/taskd/internal/keys"
 	"github.com/taskd/taskd/internal/metrics"
+	"github.com/taskd/taskd/internal/peerwatch"
 	"github.com/taskd/taskd/internal/pki"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/runner"
@@ -220,9 +221,22 @@ func (n *Node) runCoordinated(ctx context.Context, nodeID string) error {
 	n.cleanupVIPs(seed)
 	assigner := vips.NewAssigner(store, root, n.cfg.Name, n.cfg.YieldGrace, seed, n.log)
 	var q *quorum.Quorum
+	// The embedded store's peer watch: every member reports the peers its
+	// raft transport lost; the leader ends their sessions (a dead raft
+	// leader's lease would outlive it by an election and a timeout).
+	var reporter *peerwatch.Reporter
+	var reaper *peerwatch.Reaper
+	if cs.links != nil {
+		if reporter, err = peerwatch.NewReporter(cs.links, store, root, n.cfg.Name, n.cfg.SessionTimeout, n.log); err != nil {
+			return fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+		if rv, ok := store.(coord.SessionRevoker); ok {
+			reaper = peerwatch.NewReaper(store, rv, root, n.cfg.Name, n.log)
+		}
+	}
 	roles := quorum.Roles{
-		Member: n.memberRole(tc, holder),
-		Leader: leaderRole(tc.leaderParts(assigner, func() (quorum.View, <-chan struct{}) { return q.View() }, cs.raftAway)),
+		Member: n.memberRole(tc, holder, reporter),
+		Leader: leaderRole(tc.leaderParts(assigner, func() (quorum.View, <-chan struct{}) { return q.View() }, cs.raftAway, reaper)),
 	}
 	q, err = quorum.New(n.cfg.quorumConfig(nodeID), store, roles, n.baseLog, quorum.WithFenceHook(n.metrics.Fenced))
 	if err != nil {
@@ -264,7 +278,10 @@ type coordination struct {
 	// raftAway keeps the embedded etcd's raft leadership off the taskd
 	// leader (nil for external stores).
 	raftAway func(context.Context)
-	close    func()
+	// links reads the embedded etcd member's peer links (nil for
+	// external stores).
+	links peerwatch.Links
+	close func()
 }
 
 // openCoordination starts the embedded etcd or dials the external store.
@@ -298,6 +315,7 @@ func (n *Node) openCoordination(ctx context.Context) (*coordination, error) {
 		store:    store,
 		srvErrs:  srv.Err(),
 		raftAway: func(ctx context.Context) { srv.KeepRaftLeadershipAway(ctx, n.log, n.fitForRaftLeadership) },
+		links:    srv,
 		close: func() {
 			store.Close()
 			n.etcdSrv.Store(nil)
@@ -346,9 +364,9 @@ func (n *Node) startTaskCenter(store coord.Store, root keys.Root) (*taskCenter, 
 	return &taskCenter{tasks: tasks, runner: run, disp: disp, ticker: ticker, log: n.log}, nil
 }
 
-// memberRole is what every member runs on its session: the runner and the
-// VIP holder.
-func (n *Node) memberRole(tc *taskCenter, holder *vips.Holder) func(ctx context.Context, s coord.Session) error {
+// memberRole is what every member runs on its session: the runner, the
+// VIP holder and, with the embedded store, the peer silence reporter.
+func (n *Node) memberRole(tc *taskCenter, holder *vips.Holder, reporter *peerwatch.Reporter) func(ctx context.Context, s coord.Session) error {
 	return func(ctx context.Context, s coord.Session) error {
 		// The name is ours now: the admin token may go into the store.
 		n.auth.Joined()
@@ -357,6 +375,9 @@ func (n *Node) memberRole(tc *taskCenter, holder *vips.Holder) func(ctx context.
 		g, gctx := errgroup.WithContext(ctx)
 		g.Go(func() error { return tc.runner.Run(gctx, s) })
 		g.Go(func() error { return holder.Run(gctx, s) })
+		if reporter != nil {
+			g.Go(func() error { return reporter.Run(gctx, s) })
+		}
 		return g.Wait()
 	}
 }
@@ -364,7 +385,7 @@ func (n *Node) memberRole(tc *taskCenter, holder *vips.Holder) func(ctx context.
 // leaderParts are the leader's duties: they run until leadership ends, and
 // the fence waits for them. view is the quorum's (it exists once the role
 // runs).
-func (tc *taskCenter) leaderParts(assigner *vips.Assigner, view func() (quorum.View, <-chan struct{}), raftAway func(context.Context)) []leaderPart {
+func (tc *taskCenter) leaderParts(assigner *vips.Assigner, view func() (quorum.View, <-chan struct{}), raftAway func(context.Context), reaper *peerwatch.Reaper) []leaderPart {
 	parts := []leaderPart{
 		{"dispatcher", tc.disp.Run},
 		{"scheduler", tc.ticker.Run},
@@ -375,6 +396,9 @@ func (tc *taskCenter) leaderParts(assigner *vips.Assigner, view func() (quorum.V
 	}
 	if raftAway != nil {
 		parts = append(parts, leaderPart{"raft leadership mover", func(ctx context.Context, _ *quorum.Leadership) error { raftAway(ctx); return nil }})
+	}
+	if reaper != nil {
+		parts = append(parts, leaderPart{"silent member reaper", func(ctx context.Context, l *quorum.Leadership) error { return reaper.Run(ctx, l, view) }})
 	}
 	return parts
 }

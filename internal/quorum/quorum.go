@@ -536,7 +536,19 @@ func (q *Quorum) join(ctx context.Context, sess coord.Session, log *slog.Logger)
 				ErrDuplicateName, q.cfg.Name, old.NodeID, old.Address, old.JoinedAt.Format(time.RFC3339))
 		}
 		// Our own earlier incarnation (the data directory lock proves it is
-		// gone) or our own fenced session: its record may be removed.
+		// gone) or our own fenced session: its record may be removed. Where
+		// the store can, end that session outright: its runner and attempt
+		// records go with it at once, and its tasks resume now rather than
+		// when its lease expires (after a raft leader change, an election
+		// and a whole timeout after the old process died).
+		if rv, ok := q.store.(coord.SessionRevoker); ok && old.SessionID != "" && old.SessionID != sess.ID() {
+			if err := rv.RevokeSession(ctx, old.SessionID); err == nil {
+				log.Info("ended this node's previous session", events.SessionRevoked.Attr(), "member", q.cfg.Name, "session_id", old.SessionID, "why", "this process holds the node's data directory lock, so the process of that session is gone")
+				continue
+			} else {
+				log.Warn("cannot end this node's previous session; removing its member record only", "old_session", old.SessionID, "err", err)
+			}
+		}
 		log.Info("removing member record of this node's previous session", "old_session", old.SessionID)
 		if err := q.store.Delete(ctx, key, kv.Version); err != nil && !errors.Is(err, coord.ErrNotFound) && !errors.Is(err, coord.ErrConflict) {
 			return fmt.Errorf("remove stale member record: %w", err)

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -108,9 +109,10 @@ func parseURL(s string) (url.URL, error) {
 
 // Server is a running embedded etcd member.
 type Server struct {
-	e       *embed.Etcd
-	cfg     ServerConfig
-	closing *atomic.Bool
+	e         *embed.Etcd
+	cfg       ServerConfig
+	closing   *atomic.Bool
+	closeOnce sync.Once
 }
 
 // StartServer starts the member and waits until it serves (a multi-member
@@ -208,10 +210,13 @@ func (s *Server) Err() <-chan error { return s.e.Err() }
 // IsLeader reports whether this member leads the raft group.
 func (s *Server) IsLeader() bool { return s.e.Server.Leader() == s.e.Server.MemberID() }
 
-// Close stops the member; etcd hands raft leadership to a peer first.
+// Close stops the member; etcd hands raft leadership to a peer first. A
+// second Close does nothing (etcd's own panics).
 func (s *Server) Close() {
-	s.closing.Store(true)
-	s.e.Close()
+	s.closeOnce.Do(func() {
+		s.closing.Store(true)
+		s.e.Close()
+	})
 }
 
 // KeepRaftLeadershipAway hands raft leadership to another voting member

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -162,20 +163,19 @@ func TestEmbeddedRefusesWithoutCredentials(t *testing.T) {
 	}
 }
 
-// TestClusterAuthSetUpConcurrently starts three members at once: each
-// sets up auth (root user, role, its own user, auth enable) while the
-// others do the same, and all must come up with auth on and every node's
-// user working.
-func TestClusterAuthSetUpConcurrently(t *testing.T) {
+// startCluster starts n members at once on free loopback ports (n1, n2,
+// ...); cleanup stops them.
+func startCluster(t *testing.T, n int) (*harness.PKI, []*etcd.Server, []string) {
+	t.Helper()
 	p, err := harness.NewPKI(filepath.Join(t.TempDir(), "pki"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ports := testenv.FreePorts(t, 6)
-	names := []string{"n1", "n2", "n3"}
-	var initial []string
-	for i, n := range names {
-		initial = append(initial, fmt.Sprintf("%s=https://127.0.0.1:%d", n, ports[2*i+1]))
+	ports := testenv.FreePorts(t, 2*n)
+	var names, initial []string
+	for i := range n {
+		names = append(names, fmt.Sprintf("n%d", i+1))
+		initial = append(initial, fmt.Sprintf("%s=https://127.0.0.1:%d", names[i], ports[2*i+1]))
 	}
 	servers := make([]*etcd.Server, len(names))
 	errs := make([]error, len(names))
@@ -193,7 +193,7 @@ func TestClusterAuthSetUpConcurrently(t *testing.T) {
 		cfg.Name, cfg.DataDir, cfg.Creds, cfg.Log = n, filepath.Join(dir, "etcd"), creds, quiet
 		cfg.ClientURL = fmt.Sprintf("https://127.0.0.1:%d", ports[2*i])
 		cfg.PeerURL = fmt.Sprintf("https://127.0.0.1:%d", ports[2*i+1])
-		cfg.InitialCluster = fmt.Sprint(initial[0], ",", initial[1], ",", initial[2])
+		cfg.InitialCluster = strings.Join(initial, ",")
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -209,6 +209,15 @@ func TestClusterAuthSetUpConcurrently(t *testing.T) {
 			t.Fatalf("%s: %v", names[i], errs[i])
 		}
 	}
+	return p, servers, names
+}
+
+// TestClusterAuthSetUpConcurrently starts three members at once: each
+// sets up auth (root user, role, its own user, auth enable) while the
+// others do the same, and all must come up with auth on and every node's
+// user working.
+func TestClusterAuthSetUpConcurrently(t *testing.T) {
+	p, servers, names := startCluster(t, 3)
 	for i, s := range servers {
 		st := testenv.OpenEtcd(t, s.ClientConfig())
 		if _, err := st.Create(ctxFor(t, 10*time.Second), "/taskd/by-"+names[i], nil); err != nil {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -339,6 +340,21 @@ func (ls *session) ping(ctx context.Context) (bool, error) {
 }
 
 func (ls *session) ID() string { return fmt.Sprintf("lease-%x", int64(ls.id)) }
+
+// RevokeSession revokes the lease of the session with ID id (as
+// session.ID spells it), deleting its keys. A lease already gone is not an
+// error: the session has ended either way.
+func (s *Store) RevokeSession(ctx context.Context, id string) error {
+	hex, ok := strings.CutPrefix(id, "lease-")
+	n, err := strconv.ParseInt(hex, 16, 64)
+	if !ok || err != nil || n <= 0 {
+		return fmt.Errorf("session ID %q is not an etcd lease", id)
+	}
+	if _, err := s.cli.Revoke(ctx, clientv3.LeaseID(n)); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return wrap("revoke lease", id, err)
+	}
+	return nil
+}
 
 // Close revokes the lease (deleting its keys) and stops the heartbeat.
 func (ls *session) Close(ctx context.Context) error {

@@ -1,0 +1,78 @@
+package peerwatch
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestTrackerReportsOnlyAfterAThresholdOfSilence(t *testing.T) {
+	tr := newTracker(6 * time.Second)
+	t0 := time.Now()
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	steps := []struct {
+		at    time.Duration
+		links map[string]bool
+		want  []string
+	}{
+		{0, map[string]bool{"a": true, "b": false}, nil},                       // b's silence starts
+		{5900 * time.Millisecond, map[string]bool{"a": true, "b": false}, nil}, // not yet a threshold
+		{6 * time.Second, map[string]bool{"a": true, "b": false}, []string{"b"}},
+		{6100 * time.Millisecond, map[string]bool{"a": false, "b": true}, nil}, // b back; a's silence starts
+		{12 * time.Second, map[string]bool{"a": false, "b": false}, nil},       // b starts over, a at 5.9 s
+		{12100 * time.Millisecond, map[string]bool{"a": false, "b": false}, []string{"a"}},
+		{18 * time.Second, map[string]bool{"b": false}, []string{"b"}},                     // a left the membership
+		{18100 * time.Millisecond, map[string]bool{"a": false, "b": false}, []string{"b"}}, // a again: starts over
+	}
+	for i, s := range steps {
+		got := names(tr.observe(at(s.at), s.links))
+		if !slices.Equal(got, s.want) && !(len(got) == 0 && len(s.want) == 0) {
+			t.Fatalf("step %d at %v: silent %v, want %v", i, s.at, got, s.want)
+		}
+	}
+}
+
+func member(names ...string) []Member {
+	var out []Member
+	for _, n := range names {
+		out = append(out, Member{Name: n, SessionID: "lease-" + n})
+	}
+	return out
+}
+
+func rec(v int64, silent ...string) record {
+	r := record{version: v, silent: map[string]int64{}}
+	for _, s := range silent {
+		r.silent[s] = 6000
+	}
+	return r
+}
+
+func TestDoomed(t *testing.T) {
+	cases := []struct {
+		name    string
+		members []Member
+		records map[string]record
+		self    string
+		want    []string
+	}{
+		{"every other member lost n3", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3"), "n2": rec(2, "n3")}, "n1", []string{"n3"}},
+		{"one member still reaches n3 (asymmetric partition)", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3"), "n2": rec(2)}, "n1", nil},
+		{"one member has no record", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3")}, "n1", nil},
+		{"the leader itself is never doomed", member("n1", "n2", "n3"), map[string]record{"n2": rec(1, "n1"), "n3": rec(2, "n1")}, "n1", nil},
+		{"a record of a dead reporter does not count", member("n1", "n2"), map[string]record{"n3": rec(1, "n2")}, "n1", nil},
+		{"a member's own record is not evidence against it", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3"), "n3": rec(2, "n3")}, "n1", nil},
+		{"alone: nobody vouches", member("n1"), map[string]record{}, "n2", nil},
+		{"a member without a session ID", []Member{{Name: "n1", SessionID: "lease-1"}, {Name: "n2"}}, map[string]record{"n1": rec(1, "n2")}, "n1", nil},
+		{"two members lost each other: only the non-leader", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3"), "n2": rec(1, "n3"), "n3": rec(1, "n1", "n2")}, "n1", []string{"n3"}},
+	}
+	for _, c := range cases {
+		var got []string
+		for _, m := range doomed(c.members, c.records, c.self) {
+			got = append(got, m.Name)
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("%s: doomed %v, want %v", c.name, got, c.want)
+		}
+	}
+}
