@@ -55,4 +55,3 @@ func TestRestartEndsPreviousSession(t *testing.T) {
 		})
 	}
 }
-
