@@ -161,9 +161,13 @@ const (
 	// O_DIRECT: the queue depth is ours to keep up.
 	directWorkers = 4
 	directRequest = 1 << 20
-	// copy_file_range: large chunks (no buffer of ours holds them).
-	rangeWorkers = 2
-	rangeRequest = 1 << 20
+	// copy_file_range: one caller in large chunks (no buffer of ours
+	// holds them). The kernel copies at memory speed and write-behind
+	// waits for the disk, so a second caller adds no bandwidth; it only
+	// contends for the target's inode lock (ext4 takes it for every
+	// buffered write), which perf showed spinning.
+	rangeWorkers = 1
+	rangeRequest = 8 << 20
 	// NBD: many requests in flight over several connections.
 	nbdWorkers = 32
 	nbdRequest = 1 << 20
