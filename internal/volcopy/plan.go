@@ -175,6 +175,34 @@ const (
 	writeBehind = 32 << 20
 )
 
+// queueOf is the queue a path runs with: its defaults, overridden by the
+// workers and request size the caller set (0: unset). The kernel copy's
+// large chunks are for its single default caller: with a worker count of
+// the caller's own, it takes the 1 MiB requests of the other paths, so that
+// --workers alone never needs more buffer memory (a refused copy_file_range
+// falls back to buffers of the request size).
+func queueOf(path ioPath, workers, request int) (int, int) {
+	w, r := bufferedWorkers, bufferedRequest
+	switch path {
+	case pathDirect:
+		w, r = directWorkers, directRequest
+	case pathCopyRange:
+		w, r = rangeWorkers, rangeRequest
+		if workers > 0 {
+			r = bufferedRequest
+		}
+	case pathNBD:
+		w, r = nbdWorkers, nbdRequest
+	}
+	if workers > 0 {
+		w = workers
+	}
+	if request > 0 {
+		r = request
+	}
+	return w, r
+}
+
 // choosePlan picks the I/O path. It is pure: the tests of plan_test.go pin
 // which path each kind of endpoint pair takes.
 func choosePlan(in planInput) plan {
@@ -241,12 +269,7 @@ func choosePlan(in planInput) plan {
 	if local(in.dst.kind) {
 		p.dstIO = fileIO(in.dst.kind)
 	}
-	if in.workers > 0 {
-		p.workers = in.workers
-	}
-	if in.request > 0 {
-		p.request = in.request
-	}
+	p.workers, p.request = queueOf(p.path, in.workers, in.request)
 	p.why = strings.Join(why, "; ")
 	return p
 }
