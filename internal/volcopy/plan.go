@@ -152,7 +152,7 @@ type plan struct {
 }
 
 // Defaults of each path (docs/volume-copy.md#how-a-copy-moves-data says why, and
-// docs/benchmarks/2026-11-26-copy-engine-merged.txt holds a measurement).
+// docs/benchmarks/2026-11-27-copy-engine-checkpoints.txt holds the latest measurement).
 const (
 	// The page cache path: few large requests. The kernel's readahead
 	// and writeback, not a deep queue of ours, keep the disk busy.
