@@ -35,18 +35,11 @@ func BufferMemory(workers, requestSize int, base, verify bool) int64 {
 // that asks for what cannot be, so that a task is refused when it is
 // created, not when it runs.
 func (s Spec) CheckLimits() error {
-	workers, req := s.Workers, s.RequestSize
-	if workers == 0 {
-		workers = max(bufferedWorkers, directWorkers, rangeWorkers, nbdWorkers)
+	if s.Workers < 0 || s.Workers > maxWorkers {
+		return fmt.Errorf("%w: workers %d outside 1-%d", ErrInvalid, s.Workers, maxWorkers)
 	}
-	if req == 0 {
-		req = max(bufferedRequest, directRequest, rangeRequest, nbdRequest)
-	}
-	if workers < 0 || workers > maxWorkers {
-		return fmt.Errorf("%w: workers %d outside 1-%d", ErrInvalid, workers, maxWorkers)
-	}
-	if req < 0 || req > maxRequestSize {
-		return fmt.Errorf("%w: request size %d above %d MiB", ErrInvalid, req, maxRequestSize>>20)
+	if s.RequestSize < 0 || s.RequestSize > maxRequestSize {
+		return fmt.Errorf("%w: request size %d above %d MiB", ErrInvalid, s.RequestSize, maxRequestSize>>20)
 	}
 	if _, err := ParseZeroDetect(s.ZeroDetect); err != nil {
 		return err
@@ -54,7 +47,14 @@ func (s Spec) CheckLimits() error {
 	if s.Manifest && (s.Base != "" || s.DirtyBitmap != "") {
 		return fmt.Errorf("%w: a manifest copy excludes --base and --dirty-bitmap", ErrInvalid)
 	}
-	return checkMemory(workers, req, s.Base != "" || s.Manifest, s.Verify)
+	// Every path's queue, as choosePlan would size it for this spec.
+	for _, path := range []ioPath{pathBuffered, pathDirect, pathCopyRange, pathNBD} {
+		workers, req := queueOf(path, s.Workers, s.RequestSize)
+		if err := checkMemory(workers, req, s.Base != "" || s.Manifest, s.Verify); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func checkMemory(workers, req int, base, verify bool) error {

@@ -152,7 +152,7 @@ type plan struct {
 }
 
 // Defaults of each path (docs/volume-copy.md#how-a-copy-moves-data says why, and
-// docs/benchmarks/2026-11-26-copy-engine-merged.txt holds a measurement).
+// docs/benchmarks/2026-11-27-copy-engine-checkpoints.txt holds the latest measurement).
 const (
 	// The page cache path: few large requests. The kernel's readahead
 	// and writeback, not a deep queue of ours, keep the disk busy.
@@ -161,15 +161,47 @@ const (
 	// O_DIRECT: the queue depth is ours to keep up.
 	directWorkers = 4
 	directRequest = 1 << 20
-	// copy_file_range: large chunks (no buffer of ours holds them).
-	rangeWorkers = 2
-	rangeRequest = 1 << 20
+	// copy_file_range: one caller in large chunks (no buffer of ours
+	// holds them). The kernel copies at memory speed and write-behind
+	// waits for the disk, so a second caller adds no bandwidth; it only
+	// contends for the target's inode lock (ext4 takes it for every
+	// buffered write), which perf showed spinning.
+	rangeWorkers = 1
+	rangeRequest = 8 << 20
 	// NBD: many requests in flight over several connections.
 	nbdWorkers = 32
 	nbdRequest = 1 << 20
 	// writeBehind bounds the dirty data a flush may find.
 	writeBehind = 32 << 20
 )
+
+// queueOf is the queue a path runs with: its defaults, overridden by the
+// workers and request size the caller set (0: unset). The kernel copy's
+// large chunks are for its single default caller: with a worker count of
+// the caller's own, it takes the 1 MiB requests of the other paths, so that
+// --workers alone never needs more buffer memory (a refused copy_file_range
+// falls back to buffers of the request size).
+func queueOf(path ioPath, workers, request int) (int, int) {
+	w, r := bufferedWorkers, bufferedRequest
+	switch path {
+	case pathDirect:
+		w, r = directWorkers, directRequest
+	case pathCopyRange:
+		w, r = rangeWorkers, rangeRequest
+		if workers > 0 {
+			r = bufferedRequest
+		}
+	case pathNBD:
+		w, r = nbdWorkers, nbdRequest
+	}
+	if workers > 0 {
+		w = workers
+	}
+	if request > 0 {
+		r = request
+	}
+	return w, r
+}
 
 // choosePlan picks the I/O path. It is pure: the tests of plan_test.go pin
 // which path each kind of endpoint pair takes.
@@ -237,12 +269,7 @@ func choosePlan(in planInput) plan {
 	if local(in.dst.kind) {
 		p.dstIO = fileIO(in.dst.kind)
 	}
-	if in.workers > 0 {
-		p.workers = in.workers
-	}
-	if in.request > 0 {
-		p.request = in.request
-	}
+	p.workers, p.request = queueOf(p.path, in.workers, in.request)
 	p.why = strings.Join(why, "; ")
 	return p
 }

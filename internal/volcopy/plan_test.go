@@ -157,3 +157,39 @@ func TestPlanFromRealFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestQueueOf: the kernel copy's 8 MiB chunks go with its single default
+// worker only; a caller's own worker count takes 1 MiB requests, so that
+// --workers alone never needs more buffer memory than on the other paths
+// (a refused copy_file_range falls back to buffers of the request size).
+// CheckLimits sizes every path as choosePlan does.
+func TestQueueOf(t *testing.T) {
+	for _, tc := range []struct {
+		path                 ioPath
+		workers, request     int
+		wantWorkers, wantReq int
+	}{
+		{pathCopyRange, 0, 0, 1, 8 << 20},
+		{pathCopyRange, 64, 0, 64, 1 << 20},
+		{pathCopyRange, 0, 4 << 20, 1, 4 << 20},
+		{pathBuffered, 0, 0, bufferedWorkers, bufferedRequest},
+		{pathNBD, 0, 0, nbdWorkers, nbdRequest},
+		{pathNBD, 2, 64 << 10, 2, 64 << 10},
+	} {
+		w, r := queueOf(tc.path, tc.workers, tc.request)
+		if w != tc.wantWorkers || r != tc.wantReq {
+			t.Errorf("queueOf(%s, %d, %d) = %d × %d, want %d × %d", tc.path, tc.workers, tc.request, w, r, tc.wantWorkers, tc.wantReq)
+		}
+	}
+	// 64 workers of the default request fit (64 MiB); with 8 MiB they
+	// would not (512 MiB), and an explicit 8 MiB is refused.
+	if err := (Spec{Workers: 64}).CheckLimits(); err != nil {
+		t.Errorf("64 workers, default request: %v", err)
+	}
+	if err := (Spec{}).CheckLimits(); err != nil {
+		t.Errorf("defaults: %v", err)
+	}
+	if err := (Spec{Workers: 64, RequestSize: 8 << 20}).CheckLimits(); err == nil {
+		t.Error("64 workers × 8 MiB passed CheckLimits")
+	}
+}

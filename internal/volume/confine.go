@@ -68,6 +68,20 @@ func (e *dirEntry) remove() error {
 
 func (e *dirEntry) close() { unix.Close(e.dir) }
 
+// sync makes the entry durable: fsync of the directory holding it (opened
+// for reading through the O_PATH fd, which itself cannot be synced).
+func (e *dirEntry) sync() error {
+	fd, err := unix.Openat(e.dir, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open the directory of %s to flush it: %w", e.path, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Fsync(fd); err != nil {
+		return fmt.Errorf("flush the directory of %s: %w", e.path, err)
+	}
+	return nil
+}
+
 // createIn creates name in the directory dir (an O_PATH fd it takes over)
 // with O_EXCL, never through a symlink, and records the new entry.
 func createIn(dir int, name string, flags int, path string) (*os.File, *dirEntry, error) {
