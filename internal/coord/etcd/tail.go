@@ -1,0 +1,56 @@
+package etcd
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/coord/internal/backend"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ListTail implements coord.Store: ranged reads from the end of dir's
+// range, descending, each of at most limit+1 keys; keys at other depths
+// are skipped (a caller keeps none there, so one read is the rule).
+func (s *Store) ListTail(ctx context.Context, dir, before string, limit int) ([]coord.KV, bool, error) {
+	if limit <= 0 {
+		return nil, false, fmt.Errorf("etcd list tail %s: limit %d: want > 0", dir, limit)
+	}
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	if before != "" && before < end {
+		end = before
+	}
+	var out []coord.KV
+	for end > prefix {
+		resp, err := s.cli.Get(ctx, prefix, clientv3.WithRange(end),
+			clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(int64(limit+1)))
+		if err != nil {
+			return nil, false, wrap("list tail", dir, err)
+		}
+		for _, k := range resp.Kvs {
+			if !backend.IsGrandchild(dir, string(k.Key)) {
+				continue
+			}
+			if len(out) == limit {
+				return out, true, nil
+			}
+			out = append(out, kvOf(k))
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return out, false, nil
+		}
+		end = string(resp.Kvs[len(resp.Kvs)-1].Key)
+	}
+	return out, false, nil
+}
+
+// CountTail implements coord.Store with a count-only read of dir's range.
+func (s *Store) CountTail(ctx context.Context, dir string) (int, error) {
+	resp, err := s.cli.Get(ctx, strings.TrimSuffix(dir, "/")+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, wrap("count", dir, err)
+	}
+	return int(resp.Count), nil
+}
