@@ -15,8 +15,6 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/harness"
-	"github.com/taskd/taskd/internal/keys"
-	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/webui"
 )
 
@@ -67,11 +65,7 @@ func consoleBench(args []string, out io.Writer) error {
 		return err
 	}
 	defer kv.Close()
-	root, err := keys.NewRoot(quorum.DefaultConfig().Root)
-	if err != nil {
-		return err
-	}
-	if err := storeFinished(ctx, kv, root.Tasks(), *finished); err != nil {
+	if err := storeFinished(ctx, kv, *finished); err != nil {
 		return err
 	}
 	api := c.Node(st.Leader)

@@ -496,7 +496,7 @@ func getRecord(ctx context.Context, kv coord.Store, lay keys.Tasks, id string) (
 // runners leave them), adds paused tasks through the API, and times
 // ListTasks(status=unfinished).
 func listUnfinished(ctx context.Context, c *harness.Cluster, kv coord.Store, lay keys.Tasks, retained, n int) ([]time.Duration, int, error) {
-	if err := storeFinished(ctx, kv, lay, retained); err != nil {
+	if err := storeFinished(ctx, kv, retained); err != nil {
 		return nil, 0, err
 	}
 	api := c.Running()[0]
@@ -525,26 +525,28 @@ func listUnfinished(ctx context.Context, c *harness.Cluster, kv coord.Store, lay
 }
 
 // storeFinished stores n succeeded noop records directly, the way the
-// runners leave them, 100 to a transaction.
-func storeFinished(ctx context.Context, kv coord.Store, lay keys.Tasks, n int) error {
+// runners leave them (record and finished-task index entry), 50 to a
+// transaction (100 operations: etcd takes at most 128), created a
+// millisecond apart up to now.
+func storeFinished(ctx context.Context, kv coord.Store, n int) error {
+	st, err := task.NewStore(kv, quorum.DefaultConfig().Root, nil, "", nil)
+	if err != nil {
+		return err
+	}
 	now := time.Now().UTC()
-	const batch = 100
+	const batch = 50
 	for i := 0; i < n; i += batch {
 		var ops []coord.Op
 		for j := i; j < min(i+batch, n); j++ {
-			id := uuid.NewString()
-			r := task.Record{ID: id, Type: "noop", Spec: json.RawMessage("{}"), State: task.Succeeded, MaxRetries: 3, Attempt: 1,
-				Created: now, Started: now, Finished: now, Updated: now,
-				History: []task.Attempt{{N: 1, Runner: "n1", Started: now, Ended: now, Outcome: "succeeded"}}}
-			b, err := json.Marshal(&r)
+			at := now.Add(-time.Duration(n-j) * time.Millisecond)
+			r := &task.Record{ID: uuid.NewString(), Type: "noop", Spec: json.RawMessage("{}"), State: task.Succeeded, MaxRetries: 3, Attempt: 1,
+				Created: at, Started: at, Finished: now, Updated: now,
+				History: []task.Attempt{{N: 1, Runner: "n1", Started: at, Ended: now, Outcome: "succeeded"}}}
+			o, err := st.FinishedOps(r)
 			if err != nil {
 				return err
 			}
-			key, err := lay.DoneKey(id)
-			if err != nil {
-				return err
-			}
-			ops = append(ops, coord.CreateOp(key, b, nil))
+			ops = append(ops, o...)
 		}
 		if _, err := kv.Txn(ctx, nil, ops); err != nil {
 			return fmt.Errorf("store finished tasks: %w", err)

@@ -131,9 +131,11 @@ function viewTasks(root, scope) {
       // A user-timing mark at the first rows this page load shows (read
       // by taskd-bench console; visible in the browser's performance tools).
       if (ts.length && !performance.getEntriesByName('taskd:tasks-rendered').length) performance.mark('taskd:tasks-rendered');
-      const total = r.total || 0;
-      info.textContent = total ? (offset + 1) + '–' + (offset + ts.length) + ' of ' + total : 'no tasks';
-      prev.disabled = offset === 0; next.disabled = offset + ts.length >= total;
+      // total_at_least: a filtered page stopped reading the finished
+      // tasks once it had the page; more may follow.
+      const total = r.total || 0, more = !!r.totalAtLeast;
+      info.textContent = total ? (offset + 1) + '–' + (offset + ts.length) + ' of ' + total + (more ? '+' : '') : 'no tasks';
+      prev.disabled = offset === 0; next.disabled = offset + ts.length >= total && !(more && ts.length === pageSize);
     } catch (e) { showError(e); }
   }
   const reload = scope.throttle(load);

@@ -1,0 +1,189 @@
+package task
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/keys"
+	"golang.org/x/sync/errgroup"
+)
+
+// PageQuery asks for one page of the tasks, newest (by creation) first.
+type PageQuery struct {
+	Filter
+	// Node keeps the tasks whose runner or pinned node is Node.
+	Node string
+	// Key keeps the tasks whose id or concurrency key contains Key.
+	Key string
+	// Offset skips that many matches; Limit (> 0) is the page size.
+	Offset, Limit int
+}
+
+// Page is one page of tasks and the number of matches.
+type Page struct {
+	Records []*Record
+	// Total is the number of matches. It is exact when TotalExact; else
+	// a filter beyond the state left finished tasks unread and Total
+	// counts the matches found, at least Offset+len(Records), and more
+	// may exist.
+	Total      int
+	TotalExact bool
+}
+
+// scanChunk is how many index entries a filtered page reads at a time.
+const scanChunk = 500
+
+// pageReaders bounds the concurrent reads of a page's finished records.
+const pageReaders = 16
+
+// ListPage returns a page of the tasks that match q, newest first. The
+// unfinished tasks are one directory read (they are few); the finished
+// ones are read from the end of the index: Offset+Limit entries without a
+// filter beyond the state, chunks until as many match with one, and then
+// the records of the page only. It answers ErrIndexNotReady until the
+// index is complete (List reads everything instead).
+func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
+	active, done, state, err := s.parseFilter(q.Filter)
+	if err != nil {
+		return nil, err
+	}
+	if q.Limit <= 0 || q.Offset < 0 {
+		return nil, fmt.Errorf("%w: page limit %d offset %d", ErrInvalid, q.Limit, q.Offset)
+	}
+	if q.Node != "" {
+		if err := keys.ValidName(q.Node); err != nil {
+			return nil, err
+		}
+	}
+	if done {
+		if ok, err := s.IndexReady(ctx); err != nil {
+			return nil, err
+		} else if !ok {
+			return nil, ErrIndexNotReady
+		}
+	}
+	// rows are the candidates, each a record (unfinished) or an index
+	// entry whose record is read once it is on the page.
+	type row struct {
+		created time.Time
+		id      string
+		rec     *Record
+	}
+	var rows []row
+	total, exact := 0, true
+	if active {
+		kvs, err := s.kv.List(ctx, s.layout.ActiveDir())
+		if err != nil {
+			return nil, fmt.Errorf("list tasks: %w", err)
+		}
+		for _, kv := range kvs {
+			r, err := Decode(kv.Key, kv.Value, kv.Version)
+			if errors.Is(err, ErrInvalid) {
+				continue // written around taskd: not a task
+			}
+			if err != nil {
+				return nil, err
+			}
+			if q.match(r, state) {
+				rows = append(rows, row{r.Created, r.ID, r})
+			}
+		}
+		total += len(rows)
+	}
+	if done {
+		need := q.Offset + q.Limit
+		plain := q.Type == "" && q.Node == "" && q.Key == "" && state == ""
+		chunk := need
+		if !plain {
+			chunk = max(need, scanChunk)
+		}
+		found, before := 0, ""
+		for {
+			kvs, more, err := s.kv.ListTail(ctx, s.layout.IndexDir(), before, chunk)
+			if err != nil {
+				return nil, fmt.Errorf("read the finished-task index: %w", err)
+			}
+			for _, kv := range kvs {
+				created, id, err := s.layout.ParseIndexKey(kv.Key)
+				if err != nil {
+					continue // written around taskd
+				}
+				var e indexEntry
+				if !plain && json.Unmarshal(kv.Value, &e) != nil {
+					continue
+				}
+				if plain || q.matchEntry(id, e, state) {
+					found++
+					if found <= need {
+						rows = append(rows, row{created, id, nil})
+					}
+				}
+			}
+			if len(kvs) > 0 {
+				before = kvs[len(kvs)-1].Key
+			}
+			if !more {
+				total += found
+				break
+			}
+			if found >= need {
+				if plain {
+					n, err := s.kv.CountTail(ctx, s.layout.IndexDir())
+					if err != nil {
+						return nil, fmt.Errorf("count the finished tasks: %w", err)
+					}
+					total += max(n, found)
+				} else {
+					total, exact = total+found, false
+				}
+				break
+			}
+		}
+	}
+	slices.SortFunc(rows, func(a, b row) int {
+		if c := b.created.Compare(a.created); c != 0 {
+			return c
+		}
+		return strings.Compare(b.id, a.id)
+	})
+	rows = rows[min(q.Offset, len(rows)):]
+	rows = rows[:min(q.Limit, len(rows))]
+	out := make([]*Record, len(rows))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(pageReaders)
+	for i, rw := range rows {
+		if rw.rec != nil {
+			out[i] = rw.rec
+			continue
+		}
+		g.Go(func() error {
+			key, err := s.layout.DoneKey(rw.id)
+			if err != nil {
+				return err
+			}
+			kv, err := s.kv.Get(gctx, key)
+			if errors.Is(err, coord.ErrNotFound) {
+				return nil // collected since the index was read
+			}
+			if err != nil {
+				return fmt.Errorf("read task %s: %w", rw.id, err)
+			}
+			r, err := Decode(kv.Key, kv.Value, kv.Version)
+			if err == nil {
+				out[i] = r
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	out = slices.DeleteFunc(out, func(r *Record) bool { return r == nil })
+	return &Page{Records: out, Total: total, TotalExact: exact}, nil
+}
