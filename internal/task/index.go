@@ -121,12 +121,14 @@ func (s *Store) Backfill(ctx context.Context, txn TxnFunc) (int, error) {
 	if ok, err := s.IndexReady(ctx); err != nil || ok {
 		return 0, err
 	}
-	shards, err := s.listShards(ctx)
-	if err != nil {
-		return 0, err
-	}
 	n := 0
-	for _, kvs := range shards {
+	// One shard at a time: a one-time pass that must not hold the store
+	// (or the leader's memory) the way a burst of 256 reads would.
+	for _, shard := range Shards() {
+		kvs, err := s.ListDone(ctx, shard)
+		if err != nil {
+			return n, fmt.Errorf("backfill the finished-task index: %w", err)
+		}
 		var conds []coord.Cond
 		var ops []coord.Op
 		flush := func() error {
