@@ -7,7 +7,6 @@ import (
 	"path"
 	"sort"
 	"strings"
-	"sync"
 
 	"github.com/go-zookeeper/zk"
 	"github.com/taskd/taskd/internal/coord"
@@ -76,42 +75,6 @@ func (s *Store) ListTail(ctx context.Context, dir, before string, limit int) ([]
 	return kvs, more, err
 }
 
-// getAll reads keys together, listParallel at a time, in order; a key
-// deleted meanwhile is left out.
-func (s *Store) getAll(c *conn, keys []string) ([]coord.KV, error) {
-	kvs := make([]coord.KV, len(keys))
-	found := make([]bool, len(keys))
-	errs := make([]error, len(keys))
-	sem := make(chan struct{}, listParallel)
-	var wg sync.WaitGroup
-	for i, key := range keys {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			data, st, err := c.Get(s.abs(key))
-			switch {
-			case errors.Is(err, zk.ErrNoNode):
-			case err != nil:
-				errs[i] = mapErr("get", key, err)
-			default:
-				kvs[i], found[i] = s.kv(key, data, st), true
-			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	out := make([]coord.KV, 0, len(keys))
-	for i := range kvs {
-		if found[i] {
-			out = append(out, kvs[i])
-		}
-	}
-	return out, nil
-}
-
 // CountTail implements coord.Store: the children of dir, and the number of
 // children in each one's stat, read together.
 func (s *Store) CountTail(ctx context.Context, dir string) (int, error) {
@@ -130,25 +93,17 @@ func (s *Store) CountTail(ctx context.Context, dir string) (int, error) {
 		return 0, mapErr("count", dir, err)
 	}
 	counts := make([]int, len(top))
-	errs := make([]error, len(top))
-	sem := make(chan struct{}, listParallel)
-	var wg sync.WaitGroup
-	for i, a := range top {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			ok, st, err := c.Exists(s.abs(path.Join(dir, a)))
-			switch {
-			case err != nil:
-				errs[i] = mapErr("count", dir, err)
-			case ok:
-				counts[i] = int(st.NumChildren)
-			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	err = each(len(top), func(i int) error {
+		ok, st, err := c.Exists(s.abs(path.Join(dir, top[i])))
+		if err != nil {
+			return mapErr("count", dir, err)
+		}
+		if ok {
+			counts[i] = int(st.NumChildren)
+		}
+		return nil
+	})
+	if err != nil {
 		return 0, err
 	}
 	n := 0
