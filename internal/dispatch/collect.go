@@ -39,6 +39,18 @@ func (d *Dispatcher) collectLoop(ctx context.Context, l *quorum.Leadership, log 
 		} else if n > 0 {
 			log.Info("finished-task index backfilled", "entries", n)
 		}
+		// What nodes of an older version left: records without entries,
+		// entries without records.
+		if added, removed, err := d.store.Repair(ctx, l.Txn); err != nil {
+			if errors.Is(err, quorum.ErrFenced) {
+				return fmt.Errorf("repair the finished-task index: %w", err)
+			}
+			if ctx.Err() == nil {
+				log.Warn("repairing the finished-task index failed; next try at the next interval", "err", err)
+			}
+		} else if added > 0 || removed > 0 {
+			log.Info("finished-task index repaired: entries a node of an older version left out or behind", "added", added, "removed", removed)
+		}
 		if err := d.collect(ctx, l, log); err != nil {
 			if errors.Is(err, quorum.ErrFenced) {
 				return fmt.Errorf("collect finished tasks: %w", err)

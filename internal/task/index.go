@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/taskd/taskd/internal/coord"
 )
@@ -22,7 +21,9 @@ import (
 // disagree, on either backend. A store written before the index has
 // finished tasks without entries: the leader's Backfill writes them and
 // then the ready key; until then ListPage answers ErrIndexNotReady and the
-// caller reads the whole list instead.
+// caller reads the whole list instead. A binary from before the index
+// finishes and deletes tasks without their entries: the leader's Repair
+// (indexrepair.go) finds what such a node left and mends it.
 
 // ErrIndexNotReady: the finished-task index is not complete yet.
 var ErrIndexNotReady = errors.New("the finished-task index is not complete yet")
@@ -91,95 +92,6 @@ func (s *Store) IndexDelete(ctx context.Context, r *Record) ([]coord.Cond, []coo
 		return nil, nil, fmt.Errorf("read the index entry of task %s: %w", r.ID, err)
 	}
 	return []coord.Cond{coord.VersionIs(key, kv.Version)}, []coord.Op{coord.DeleteOp(key)}, nil
-}
-
-// IndexReady reports whether every finished task has its index entry.
-func (s *Store) IndexReady(ctx context.Context) (bool, error) {
-	if s.indexReady.Load() {
-		return true, nil
-	}
-	_, err := s.kv.Get(ctx, s.layout.IndexReadyKey())
-	if errors.Is(err, coord.ErrNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("read the index's ready mark: %w", err)
-	}
-	s.indexReady.Store(true) // it is never deleted
-	return true, nil
-}
-
-// backfillBatch is how many entries one backfill transaction writes.
-const backfillBatch = 50
-
-// Backfill writes the index entry of every finished task that has none,
-// each on condition that its record is unchanged, then the ready key. The
-// leader runs it (txn is its fenced transaction) before its first
-// collection; with the ready key present it reads nothing more. It returns
-// how many entries it wrote.
-func (s *Store) Backfill(ctx context.Context, txn TxnFunc) (int, error) {
-	if ok, err := s.IndexReady(ctx); err != nil || ok {
-		return 0, err
-	}
-	n := 0
-	// One shard at a time: a one-time pass that must not hold the store
-	// (or the leader's memory) the way a burst of 256 reads would.
-	for _, shard := range Shards() {
-		kvs, err := s.ListDone(ctx, shard)
-		if err != nil {
-			return n, fmt.Errorf("backfill the finished-task index: %w", err)
-		}
-		var conds []coord.Cond
-		var ops []coord.Op
-		flush := func() error {
-			if len(ops) == 0 {
-				return nil
-			}
-			_, err := txn(ctx, conds, ops)
-			if errors.Is(err, coord.ErrConflict) && len(ops) > 1 {
-				// Some entry exists or some record changed: one by one.
-				for i := range ops {
-					if _, err := txn(ctx, conds[i:i+1], ops[i:i+1]); err == nil {
-						n++
-					} else if !errors.Is(err, coord.ErrConflict) {
-						return fmt.Errorf("backfill the finished-task index: %w", err)
-					}
-				}
-			} else if err == nil {
-				n += len(ops)
-			} else if !errors.Is(err, coord.ErrConflict) {
-				return fmt.Errorf("backfill the finished-task index: %w", err)
-			}
-			conds, ops = nil, nil
-			return nil
-		}
-		for _, kv := range kvs {
-			r, err := Decode(kv.Key, kv.Value, kv.Version)
-			if err != nil || !r.State.Final() {
-				continue // written around taskd: not a task
-			}
-			key, err := s.layout.IndexKey(r.Created, r.ID)
-			if err != nil {
-				continue
-			}
-			conds = append(conds, coord.VersionIs(kv.Key, kv.Version))
-			ops = append(ops, coord.CreateOp(key, entryOf(r), nil))
-			if len(ops) == backfillBatch {
-				if err := flush(); err != nil {
-					return n, err
-				}
-			}
-		}
-		if err := flush(); err != nil {
-			return n, err
-		}
-	}
-	stamp := []byte(s.now().UTC().Format(time.RFC3339Nano))
-	if _, err := txn(ctx, nil, []coord.Op{coord.CreateOp(s.layout.IndexReadyKey(), stamp, nil)}); err != nil && !errors.Is(err, coord.ErrConflict) {
-		return n, fmt.Errorf("mark the finished-task index ready: %w", err)
-	}
-	s.indexReady.Store(true)
-	return n, nil
 }
 
 // matchEntry applies the filters of a page to what an index entry holds.
