@@ -39,8 +39,9 @@ type Page struct {
 // scanChunk is how many index entries a filtered page reads at a time.
 const scanChunk = 500
 
-// pageReaders bounds the concurrent reads of a page's finished records.
-const pageReaders = 16
+// pageReaders bounds the concurrent reads of a page's finished records:
+// a console page (50) is one round of reads.
+const pageReaders = 64
 
 // ListPage returns a page of the tasks that match q, newest first. The
 // unfinished tasks are one directory read (they are few); the finished
@@ -48,6 +49,13 @@ const pageReaders = 16
 // filter beyond the state, chunks until as many match with one, and then
 // the records of the page only. It answers ErrIndexNotReady until the
 // index is complete (List reads everything instead).
+//
+// The reads that do not depend on each other go out together: the
+// unfinished tasks, the first read of the index and (without a filter)
+// its count, then every record of the page. On a store busy with writes
+// each read waits its turn (etcd's linearizable reads wait for the
+// writes before them to apply): a page costs two such waits, not one a
+// read.
 func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 	active, done, state, err := s.parseFilter(q.Filter)
 	if err != nil {
@@ -68,6 +76,48 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 			return nil, ErrIndexNotReady
 		}
 	}
+	need := q.Offset + q.Limit
+	plain := q.Type == "" && q.Node == "" && q.Key == "" && state == ""
+	chunk := need
+	if !plain {
+		chunk = max(need, scanChunk)
+	}
+	var (
+		activeKVs []coord.KV
+		first     []coord.KV
+		firstMore bool
+		count     int
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	if active {
+		g.Go(func() (err error) {
+			if activeKVs, err = s.kv.List(gctx, s.layout.ActiveDir()); err != nil {
+				return fmt.Errorf("list tasks: %w", err)
+			}
+			return nil
+		})
+	}
+	if done {
+		g.Go(func() (err error) {
+			if first, firstMore, err = s.kv.ListTail(gctx, s.layout.IndexDir(), "", chunk); err != nil {
+				return fmt.Errorf("read the finished-task index: %w", err)
+			}
+			return nil
+		})
+		if plain {
+			// Needed when more than a page is stored; read beside the
+			// page rather than after it.
+			g.Go(func() (err error) {
+				if count, err = s.kv.CountTail(gctx, s.layout.IndexDir()); err != nil {
+					return fmt.Errorf("count the finished tasks: %w", err)
+				}
+				return nil
+			})
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
 	// rows are the candidates, each a record (unfinished) or an index
 	// entry whose record is read once it is on the page.
 	type row struct {
@@ -77,38 +127,23 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 	}
 	var rows []row
 	total, exact := 0, true
-	if active {
-		kvs, err := s.kv.List(ctx, s.layout.ActiveDir())
+	for _, kv := range activeKVs {
+		r, err := Decode(kv.Key, kv.Value, kv.Version)
+		if errors.Is(err, ErrInvalid) {
+			continue // written around taskd: not a task
+		}
 		if err != nil {
-			return nil, fmt.Errorf("list tasks: %w", err)
+			return nil, err
 		}
-		for _, kv := range kvs {
-			r, err := Decode(kv.Key, kv.Value, kv.Version)
-			if errors.Is(err, ErrInvalid) {
-				continue // written around taskd: not a task
-			}
-			if err != nil {
-				return nil, err
-			}
-			if q.match(r, state) {
-				rows = append(rows, row{r.Created, r.ID, r})
-			}
+		if q.match(r, state) {
+			rows = append(rows, row{r.Created, r.ID, r})
 		}
-		total += len(rows)
 	}
+	total += len(rows)
 	if done {
-		need := q.Offset + q.Limit
-		plain := q.Type == "" && q.Node == "" && q.Key == "" && state == ""
-		chunk := need
-		if !plain {
-			chunk = max(need, scanChunk)
-		}
 		found, before := 0, ""
+		kvs, more := first, firstMore
 		for {
-			kvs, more, err := s.kv.ListTail(ctx, s.layout.IndexDir(), before, chunk)
-			if err != nil {
-				return nil, fmt.Errorf("read the finished-task index: %w", err)
-			}
 			for _, kv := range kvs {
 				created, id, err := s.layout.ParseIndexKey(kv.Key)
 				if err != nil {
@@ -134,15 +169,15 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 			}
 			if found >= need {
 				if plain {
-					n, err := s.kv.CountTail(ctx, s.layout.IndexDir())
-					if err != nil {
-						return nil, fmt.Errorf("count the finished tasks: %w", err)
-					}
-					total += max(n, found)
+					total += max(count, found)
 				} else {
 					total, exact = total+found, false
 				}
 				break
+			}
+			var err error
+			if kvs, more, err = s.kv.ListTail(ctx, s.layout.IndexDir(), before, chunk); err != nil {
+				return nil, fmt.Errorf("read the finished-task index: %w", err)
 			}
 		}
 	}
@@ -155,7 +190,7 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 	rows = rows[min(q.Offset, len(rows)):]
 	rows = rows[:min(q.Limit, len(rows))]
 	out := make([]*Record, len(rows))
-	g, gctx := errgroup.WithContext(ctx)
+	g, gctx = errgroup.WithContext(ctx)
 	g.SetLimit(pageReaders)
 	for i, rw := range rows {
 		if rw.rec != nil {

@@ -145,12 +145,17 @@ function viewTasks(root, scope) {
     return (!st || st === 'unfinished' || st === t.state) && (!typ || t.type === typ) &&
       (!node || t.runner === node || t.node === node) && (!key || t.id.includes(key));
   };
-  load();
   // known: the state of every unfinished task, from WatchTasks, so that a
   // progress write to a task off the page costs nothing.
   const known = new Map();
   const showsFinished = () => ['', 'finished', 'succeeded', 'failed', 'cancelled'].includes(f.status.value);
-  scope.live('TaskService', 'WatchTasks', {}, (m) => {
+  // The first page is asked for alone; the live stream opens once it is
+  // shown: the stream's first message (every unfinished task, a thousand
+  // and more) must not compete with the page, in the server or on the
+  // wire. That message refetches the page, which covers what changed in
+  // between.
+  load().finally(() => { if (!scope.done) scope.live('TaskService', 'WatchTasks', {}, onWatch); });
+  function onWatch(m) {
     if (m.snapshot) { known.clear(); (m.tasks || []).forEach((t) => known.set(t.id, t.state)); reload(); return; }
     let refetch = false;
     for (const id of m.removed || []) {
@@ -172,7 +177,7 @@ function viewTasks(root, scope) {
       if (row || matches(t)) refetch = true;
     }
     if (refetch) reload();
-  });
+  }
 }
 
 // Task page: every field, the attempts on a time axis, actions; live by
