@@ -83,3 +83,43 @@ func TestRetentionDeletesIndex(t *testing.T) {
 		})
 	}
 }
+
+// TestLeaderRepairsIndex: in a cluster whose index is ready, a node of the
+// version before the index has finished a task (its record, no entry): the
+// next leader's first collection repairs the index, and the task is on
+// the console's page.
+func TestLeaderRepairsIndex(t *testing.T) {
+	for _, b := range testenv.Backends(t) {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			kv := b.Open(t)
+			st := newStore(t, kv, builtin())
+			if _, err := st.Backfill(ctx, st.Txn); err != nil {
+				t.Fatal(err)
+			}
+			at := time.Now().UTC()
+			legacy := task.Record{ID: uuid.NewString(), Type: "noop", Spec: json.RawMessage("{}"), State: task.Succeeded, Created: at, Finished: at, Updated: at}
+			b, _ := json.Marshal(&legacy)
+			dk, err := st.Layout().DoneKey(legacy.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := kv.Create(ctx, dk, b); err != nil {
+				t.Fatal(err)
+			}
+			if p, err := st.ListPage(ctx, task.PageQuery{Limit: 10}); err != nil || len(p.Records) != 0 {
+				t.Fatalf("page before the leader: %+v, %v; want the old node's task missing", p, err)
+			}
+			startMember(t, kv, st, "n1", 1)
+			var page *task.Page
+			err = testenv.WaitFor(ctx, 20*time.Millisecond, func() bool {
+				page, err = st.ListPage(ctx, task.PageQuery{Limit: 10})
+				return err == nil && len(page.Records) == 1
+			})
+			if err != nil || page.Records[0].ID != legacy.ID || page.Total != 1 {
+				t.Fatalf("page after the leader's collection: %+v, %v; want %s", page, err, legacy.ID)
+			}
+		})
+	}
+}
