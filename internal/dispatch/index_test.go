@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/testenv"
 )
@@ -39,15 +40,7 @@ func TestRetentionDeletesIndex(t *testing.T) {
 				old = append(old, r.ID)
 			}
 			// A record from before the index: no entry.
-			legacy := task.Record{ID: uuid.NewString(), Type: "noop", Spec: json.RawMessage("{}"), State: task.Succeeded, Created: at, Finished: at, Updated: at}
-			b, _ := json.Marshal(&legacy)
-			dk, err := st.Layout().DoneKey(legacy.ID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := kv.Create(ctx, dk, b); err != nil {
-				t.Fatal(err)
-			}
+			legacy := storeLegacy(ctx, t, kv, st, at)
 			at = time.Now().UTC()
 			fresh, err := st.Create(ctx, task.CreateRequest{Type: "noop"})
 			if err != nil {
@@ -57,11 +50,7 @@ func TestRetentionDeletesIndex(t *testing.T) {
 				t.Fatal(err)
 			}
 			startMember(t, kv, st, "n1", 1)
-			var page *task.Page
-			err = testenv.WaitFor(ctx, 20*time.Millisecond, func() bool {
-				page, err = st.ListPage(ctx, task.PageQuery{Limit: 10})
-				return err == nil && len(page.Records) == 1
-			})
+			page, err := waitPageOfOne(ctx, st)
 			if err != nil {
 				t.Fatalf("the collection left %+v (%v); want only %s", page, err, fresh.ID)
 			}
@@ -98,28 +87,45 @@ func TestLeaderRepairsIndex(t *testing.T) {
 			if _, err := st.Backfill(ctx, st.Txn); err != nil {
 				t.Fatal(err)
 			}
-			at := time.Now().UTC()
-			legacy := task.Record{ID: uuid.NewString(), Type: "noop", Spec: json.RawMessage("{}"), State: task.Succeeded, Created: at, Finished: at, Updated: at}
-			b, _ := json.Marshal(&legacy)
-			dk, err := st.Layout().DoneKey(legacy.ID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := kv.Create(ctx, dk, b); err != nil {
-				t.Fatal(err)
-			}
+			legacy := storeLegacy(ctx, t, kv, st, time.Now().UTC())
 			if p, err := st.ListPage(ctx, task.PageQuery{Limit: 10}); err != nil || len(p.Records) != 0 {
 				t.Fatalf("page before the leader: %+v, %v; want the old node's task missing", p, err)
 			}
 			startMember(t, kv, st, "n1", 1)
-			var page *task.Page
-			err = testenv.WaitFor(ctx, 20*time.Millisecond, func() bool {
-				page, err = st.ListPage(ctx, task.PageQuery{Limit: 10})
-				return err == nil && len(page.Records) == 1
-			})
+			page, err := waitPageOfOne(ctx, st)
 			if err != nil || page.Records[0].ID != legacy.ID || page.Total != 1 {
 				t.Fatalf("page after the leader's collection: %+v, %v; want %s", page, err, legacy.ID)
 			}
 		})
 	}
+}
+
+// storeLegacy stores a succeeded task as a node of the version before the
+// index finishes one: its record, no index entry.
+func storeLegacy(ctx context.Context, t *testing.T, kv coord.Store, st *task.Store, at time.Time) task.Record {
+	t.Helper()
+	r := task.Record{ID: uuid.NewString(), Type: "noop", Spec: json.RawMessage("{}"), State: task.Succeeded, Created: at, Finished: at, Updated: at}
+	b, err := json.Marshal(&r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk, err := st.Layout().DoneKey(r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, dk, b); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// waitPageOfOne waits until the newest page holds exactly one task.
+func waitPageOfOne(ctx context.Context, st *task.Store) (*task.Page, error) {
+	var page *task.Page
+	err := testenv.WaitFor(ctx, 20*time.Millisecond, func() bool {
+		var err error
+		page, err = st.ListPage(ctx, task.PageQuery{Limit: 10})
+		return err == nil && len(page.Records) == 1
+	})
+	return page, err
 }
