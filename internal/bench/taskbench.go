@@ -524,24 +524,33 @@ func listUnfinished(ctx context.Context, c *harness.Cluster, kv coord.Store, lay
 	return lat, got, nil
 }
 
+// storedSpan is the history storeFinished spreads its tasks over: six of
+// the default retention's seven days, so that no node's collection
+// deletes them while a benchmark runs.
+const storedSpan = 6 * 24 * time.Hour
+
 // storeFinished stores n succeeded noop records directly, the way the
 // runners leave them (record and finished-task index entry), 50 to a
-// transaction (100 operations: etcd takes at most 128), created a
-// millisecond apart up to now.
+// transaction (100 operations: etcd takes at most 128), created evenly
+// over the last storedSpan, as a cluster's retained history is (the index
+// then has an hour bucket of some hundreds of tasks per hour, not one
+// bucket of them all), each finished a second after its creation.
 func storeFinished(ctx context.Context, kv coord.Store, n int) error {
 	st, err := task.NewStore(kv, quorum.DefaultConfig().Root, nil, "", nil)
 	if err != nil {
 		return err
 	}
 	now := time.Now().UTC()
+	step := storedSpan / time.Duration(max(n, 1))
 	const batch = 50
 	for i := 0; i < n; i += batch {
 		var ops []coord.Op
 		for j := i; j < min(i+batch, n); j++ {
-			at := now.Add(-time.Duration(n-j) * time.Millisecond)
+			at := now.Add(-time.Duration(n-j) * step)
+			end := at.Add(time.Second)
 			r := &task.Record{ID: uuid.NewString(), Type: "noop", Spec: json.RawMessage("{}"), State: task.Succeeded, MaxRetries: 3, Attempt: 1,
-				Created: at, Started: at, Finished: now, Updated: now,
-				History: []task.Attempt{{N: 1, Runner: "n1", Started: at, Ended: now, Outcome: "succeeded"}}}
+				Created: at, Started: at, Finished: end, Updated: end,
+				History: []task.Attempt{{N: 1, Runner: "n1", Started: at, Ended: end, Outcome: "succeeded"}}}
 			o, err := st.FinishedOps(r)
 			if err != nil {
 				return err
