@@ -219,6 +219,10 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	// A record deleted since the index was read (collected with its
+	// entry) is neither a row nor a match.
+	n := len(out)
 	out = slices.DeleteFunc(out, func(r *Record) bool { return r == nil })
+	total -= n - len(out)
 	return &Page{Records: out, Total: total, TotalExact: exact}, nil
 }
