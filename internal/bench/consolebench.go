@@ -116,7 +116,7 @@ func consoleBench(args []string, out io.Writer) error {
 		}
 		paints = append(paints, time.Duration(ms*float64(time.Millisecond)))
 		// When the page sent its first ListTasks and had the reply.
-		if rt, err := chromedp.Run(bctx, chromedp.Evaluate[[]float64](`(() => { const e = performance.getEntriesByType('resource').filter((e) => e.name.endsWith('/TaskService/ListTasks'))[0]; return e ? [e.startTime, e.responseEnd] : [0, 0]; })()`)); err == nil && len(rt) == 2 {
+		if rt, err := chromedp.Run(bctx, chromedp.Evaluate[[]float64](`(() => { const e = performance.getEntriesByType('resource').filter((e) => e.name.endsWith('.TaskService/ListTasks'))[0]; return e ? [e.startTime, e.responseEnd] : [0, 0]; })()`)); err == nil && len(rt) == 2 {
 			fetchStarts = append(fetchStarts, time.Duration(rt[0]*float64(time.Millisecond)))
 			fetchEnds = append(fetchEnds, time.Duration(rt[1]*float64(time.Millisecond)))
 		}

@@ -57,7 +57,7 @@ func TestRetentionDeletesIndex(t *testing.T) {
 			if page.Records[0].ID != fresh.ID || page.Total != 1 || !page.TotalExact {
 				t.Fatalf("page %v total %d; want %s, total 1", page.Records[0].ID, page.Total, fresh.ID)
 			}
-			if n, err := kv.CountTail(ctx, st.Layout().IndexDir()); err != nil || n != 1 {
+			if n, err := kv.CountBelow(ctx, st.Layout().IndexDir()); err != nil || n != 1 {
 				t.Fatalf("%d index entries (%v); want 1", n, err)
 			}
 			for _, id := range append(old, legacy.ID) {

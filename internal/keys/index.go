@@ -5,19 +5,49 @@ import (
 	"time"
 )
 
-// The index of finished tasks, ordered by creation time:
+// The index of finished tasks, newest first:
 //
 //	tasks/index/BUCKET/ENTRY   one key per finished task
 //
 // BUCKET is the hour of the task's creation (UTC, YYYYMMDDHH) and ENTRY is
 // its creation time to the nanosecond (YYYYMMDDhhmmss.nnnnnnnnn) and its
-// id, joined by "_". Every part has a fixed width, so the keys sort in
-// creation order, and a bucket holds an hour's tasks: ZooKeeper, which has
-// no ranged read, lists the buckets and then one bucket at a time.
+// id, joined by "_", each written with its digits inverted (0 for 9, 1 for
+// 8, …; the id's hex digits likewise), so that the keys sort newest first.
+// A page of the newest tasks is then the first keys of the range: etcd
+// honours a read's limit only in ascending order (a descending read sorts
+// the whole range first). Every part has a fixed width, so the keys sort
+// alike on every backend, and a bucket holds an hour's tasks: ZooKeeper,
+// which has no ranged read, lists the buckets and then one bucket at a
+// time.
 const (
 	indexBucketLayout = "2006010215"
 	indexTimeLayout   = "20060102150405.000000000"
 )
+
+// invertDigits complements each decimal digit (9 for 0, 8 for 1, …) and
+// keeps every other byte; invertHex complements each lower-case hex digit
+// (f for 0, …). Each is its own inverse and reverses the order of strings
+// of one width.
+func invertDigits(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= '0' && c <= '9' {
+			b[i] = '9' - (c - '0')
+		}
+	}
+	return string(b)
+}
+
+func invertHex(s string) string {
+	const hex = "0123456789abcdef"
+	b := []byte(s)
+	for i, c := range b {
+		if j := strings.IndexByte(hex, c); j >= 0 {
+			b[i] = hex[15-j]
+		}
+	}
+	return string(b)
+}
 
 // IndexDir holds the buckets of the finished-task index.
 func (t Tasks) IndexDir() string { return t.root + "/tasks/index" }
@@ -40,11 +70,11 @@ func (t Tasks) IndexKey(created time.Time, id string) (string, error) {
 	if c.Year() < 0 || c.Year() > 9999 {
 		return "", refuse("creation time", c.String(), "the year must be 0000-9999")
 	}
-	dir, err := t.IndexBucketDir(c.Format(indexBucketLayout))
+	dir, err := t.IndexBucketDir(invertDigits(c.Format(indexBucketLayout)))
 	if err != nil {
 		return "", err
 	}
-	return child(dir, c.Format(indexTimeLayout)+"_"+id, ValidIndexEntry)
+	return child(dir, invertDigits(c.Format(indexTimeLayout))+"_"+invertHex(id), ValidIndexEntry)
 }
 
 // ParseIndexKey reads the creation time and the task id back from an index
@@ -63,27 +93,33 @@ func (t Tasks) ParseIndexKey(key string) (time.Time, string, error) {
 		return time.Time{}, "", err
 	}
 	created, id := parseIndexEntry(entry)
-	if created.Format(indexBucketLayout) != bucket {
+	if invertDigits(created.Format(indexBucketLayout)) != bucket {
 		return time.Time{}, "", refuse("index key", key, "its entry is not of its bucket's hour")
 	}
 	return created, id, nil
 }
 
-// ValidIndexBucket checks an index bucket: an hour, YYYYMMDDHH.
+// ValidIndexBucket checks an index bucket: an hour, YYYYMMDDHH, inverted.
 func ValidIndexBucket(s string) error {
 	if len(s) != len(indexBucketLayout) || !digits(s) {
-		return refuse("index bucket", s, "want an hour YYYYMMDDHH")
+		return refuse("index bucket", s, "want an inverted hour YYYYMMDDHH")
 	}
+	s = invertDigits(s)
 	if t, err := time.Parse(indexBucketLayout, s); err != nil || t.Format(indexBucketLayout) != s {
-		return refuse("index bucket", s, "want an hour YYYYMMDDHH")
+		return refuse("index bucket", invertDigits(s), "want an inverted hour YYYYMMDDHH")
 	}
 	return nil
 }
 
-// ValidIndexEntry checks an index entry: YYYYMMDDhhmmss.nnnnnnnnn_ID.
+// ValidIndexEntry checks an index entry: YYYYMMDDhhmmss.nnnnnnnnn_ID,
+// inverted.
 func ValidIndexEntry(s string) error {
 	const n = len(indexTimeLayout)
-	bad := refuse("index entry", s, "want YYYYMMDDhhmmss.nnnnnnnnn_TASKID")
+	bad := refuse("index entry", s, "want an inverted YYYYMMDDhhmmss.nnnnnnnnn_TASKID")
+	if len(s) != n+1+36 || s[n] != '_' {
+		return bad
+	}
+	s = invertDigits(s[:n]) + "_" + invertHex(s[n+1:])
 	if len(s) != n+1+36 || s[n] != '_' || s[14] != '.' || !digits(s[:14]) || !digits(s[15:n]) {
 		return bad
 	}
@@ -99,8 +135,8 @@ func ValidIndexEntry(s string) error {
 // parseIndexEntry splits a valid entry.
 func parseIndexEntry(s string) (time.Time, string) {
 	n := len(indexTimeLayout)
-	t, _ := time.Parse(indexTimeLayout, s[:n])
-	return t, s[n+1:]
+	t, _ := time.Parse(indexTimeLayout, invertDigits(s[:n]))
+	return t, invertHex(s[n+1:])
 }
 
 func digits(s string) bool {

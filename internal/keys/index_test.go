@@ -20,7 +20,7 @@ func TestIndexKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := lay.IndexDir() + "/2024022922/20240229225959.123456789_" + id; key != want {
+	if want := lay.IndexDir() + "/" + inv("2024022922") + "/" + inv("20240229225959.123456789") + "_" + invHex(id); key != want {
 		t.Fatalf("key %s; want %s", key, want)
 	}
 	got, gid, err := lay.ParseIndexKey(key)
@@ -33,16 +33,19 @@ func TestIndexKey(t *testing.T) {
 	if _, err := lay.IndexKey(time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), id); !errors.Is(err, keys.ErrInvalid) {
 		t.Fatalf("year 10000: %v", err)
 	}
+	entry := func(bucket, at, id string) string { return inv(bucket) + "/" + inv(at) + "_" + invHex(id) }
 	bad := []string{
-		lay.IndexDir() + "/2024022921/20240229225959.123456789_" + id, // another hour
-		lay.IndexDir() + "/2024022922/20240229225959.123456789_" + id + "/x",
-		lay.IndexDir() + "/../2024022922/20240229225959.123456789_" + id,
-		lay.IndexDir() + "/2024022922/20240229225960.123456789_" + id, // second 60
-		lay.IndexDir() + "/2024022922/20240229225959.12345678x_" + id,
-		lay.IndexDir() + "/2024022922/..",
-		lay.IndexDir() + "/2024023022/20240230225959.123456789_" + id, // 30 February
-		lay.IndexDir() + "/20240229220/20240229225959.123456789_" + id,
-		lay.IndexDir() + "2024022922/20240229225959.123456789_" + id,
+		lay.IndexDir() + "/" + entry("2024022921", "20240229225959.123456789", id), // another hour
+		lay.IndexDir() + "/" + entry("2024022922", "20240229225959.123456789", id) + "/x",
+		lay.IndexDir() + "/../" + entry("2024022922", "20240229225959.123456789", id),
+		lay.IndexDir() + "/" + entry("2024022922", "20240229225960.123456789", id), // second 60
+		lay.IndexDir() + "/" + entry("2024022922", "20240229225959.12345678x", id),
+		lay.IndexDir() + "/" + inv("2024022922") + "/..",
+		lay.IndexDir() + "/" + entry("2024023022", "20240230225959.123456789", id), // 30 February
+		lay.IndexDir() + "/" + entry("20240229220", "20240229225959.123456789", id),
+		lay.IndexDir() + entry("2024022922", "20240229225959.123456789", id),
+		lay.IndexDir() + "/2024022922/20240229225959.123456789_" + id, // not inverted
+		lay.IndexDir() + "/" + entry("2024022922", "20240229225959.123456789", strings.ToUpper(id)),
 		strings.ToUpper(key),
 	}
 	for _, k := range append(bad, hostile...) {
@@ -53,6 +56,51 @@ func TestIndexKey(t *testing.T) {
 	for _, s := range hostile {
 		if _, err := lay.IndexBucketDir(s); !errors.Is(err, keys.ErrInvalid) {
 			t.Errorf("IndexBucketDir(%q) accepted", s)
+		}
+	}
+}
+
+// inv and invHex invert as the index does: decimal digits, hex digits.
+func inv(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= '0' && c <= '9' {
+			b[i] = '9' - (c - '0')
+		}
+	}
+	return string(b)
+}
+
+func invHex(s string) string {
+	const hex = "0123456789abcdef"
+	b := []byte(s)
+	for i, c := range b {
+		if j := strings.IndexByte(hex, c); j >= 0 {
+			b[i] = hex[15-j]
+		}
+	}
+	return string(b)
+}
+
+// TestIndexKeyOrder: the keys sort newest first, across hours, and by id
+// descending at one instant (the order of task list, reversed).
+func TestIndexKeyOrder(t *testing.T) {
+	lay := testRoot(t).Tasks()
+	base := time.Date(2024, 2, 29, 23, 59, 59, 999999999, time.UTC)
+	ids := []string{"ffffffff-ffff-4fff-bfff-ffffffffffff", id, "00000000-0000-4000-8000-000000000000"}
+	var keys []string // newest first
+	for _, at := range []time.Time{base.Add(time.Hour), base.Add(time.Nanosecond), base, base.Add(-time.Nanosecond), base.Add(-time.Hour), time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC)} {
+		for _, x := range ids {
+			k, err := lay.IndexKey(at, x)
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys = append(keys, k)
+		}
+	}
+	for i := 1; i < len(keys); i++ {
+		if keys[i-1] >= keys[i] {
+			t.Fatalf("%s sorts at or after %s; want before (newer)", keys[i-1], keys[i])
 		}
 	}
 }

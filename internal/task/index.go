@@ -12,7 +12,7 @@ import (
 
 // The finished-task index (keys.Tasks.IndexKey): one key per finished
 // task, named by its creation time and id, so that a page of the newest
-// finished tasks is a bounded read from the index's end (coord ListTail)
+// finished tasks is a bounded read from the index.s start (coord ListBelow)
 // and a read of that page's records, not a read of the whole history.
 //
 // The entry is written in the transaction that moves the task to the

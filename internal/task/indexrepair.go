@@ -95,7 +95,7 @@ func (s *Store) Repair(ctx context.Context, txn TxnFunc) (added, removed int, er
 	}
 	var counts [3]int
 	for i, dir := range []string{s.layout.IndexDir(), s.layout.DoneDir(), s.layout.IndexDir()} {
-		if counts[i], err = s.kv.CountTail(ctx, dir); err != nil {
+		if counts[i], err = s.kv.CountBelow(ctx, dir); err != nil {
 			return 0, 0, fmt.Errorf("repair the finished-task index: %w", err)
 		}
 	}
@@ -120,9 +120,9 @@ const indexRead = 1000
 // the record is still absent and the entry unchanged.
 func (s *Store) sweepIndex(ctx context.Context, txn TxnFunc) (added, removed int, err error) {
 	entries := map[string]coord.KV{} // by task id
-	before := ""
+	after := ""
 	for {
-		kvs, more, err := s.kv.ListTail(ctx, s.layout.IndexDir(), before, indexRead)
+		kvs, more, err := s.kv.ListBelow(ctx, s.layout.IndexDir(), after, indexRead)
 		if err != nil {
 			return 0, 0, fmt.Errorf("read the index: %w", err)
 		}
@@ -134,7 +134,7 @@ func (s *Store) sweepIndex(ctx context.Context, txn TxnFunc) (added, removed int
 		if !more || len(kvs) == 0 {
 			break
 		}
-		before = kvs[len(kvs)-1].Key
+		after = kvs[len(kvs)-1].Key
 	}
 	b := batcher{txn: txn}
 	for _, shard := range Shards() {

@@ -45,7 +45,7 @@ const pageReaders = 64
 
 // ListPage returns a page of the tasks that match q, newest first. The
 // unfinished tasks are one directory read (they are few); the finished
-// ones are read from the end of the index: Offset+Limit entries without a
+// ones are read from the start of the index (newest first): Offset+Limit entries without a
 // filter beyond the state, chunks until as many match with one, and then
 // the records of the page only. It answers ErrIndexNotReady until the
 // index is complete (List reads everything instead).
@@ -99,7 +99,7 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 	}
 	if done {
 		g.Go(func() (err error) {
-			if first, firstMore, err = s.kv.ListTail(gctx, s.layout.IndexDir(), "", chunk); err != nil {
+			if first, firstMore, err = s.kv.ListBelow(gctx, s.layout.IndexDir(), "", chunk); err != nil {
 				return fmt.Errorf("read the finished-task index: %w", err)
 			}
 			return nil
@@ -108,7 +108,7 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 			// Needed when more than a page is stored; read beside the
 			// page rather than after it.
 			g.Go(func() (err error) {
-				if count, err = s.kv.CountTail(gctx, s.layout.IndexDir()); err != nil {
+				if count, err = s.kv.CountBelow(gctx, s.layout.IndexDir()); err != nil {
 					return fmt.Errorf("count the finished tasks: %w", err)
 				}
 				return nil
@@ -141,7 +141,7 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 	}
 	total += len(rows)
 	if done {
-		found, before := 0, ""
+		found, after := 0, ""
 		kvs, more := first, firstMore
 		for {
 			for _, kv := range kvs {
@@ -161,7 +161,7 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 				}
 			}
 			if len(kvs) > 0 {
-				before = kvs[len(kvs)-1].Key
+				after = kvs[len(kvs)-1].Key
 			}
 			if !more {
 				total += found
@@ -176,7 +176,7 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 				break
 			}
 			var err error
-			if kvs, more, err = s.kv.ListTail(ctx, s.layout.IndexDir(), before, chunk); err != nil {
+			if kvs, more, err = s.kv.ListBelow(ctx, s.layout.IndexDir(), after, chunk); err != nil {
 				return nil, fmt.Errorf("read the finished-task index: %w", err)
 			}
 		}

@@ -25,7 +25,7 @@ type rounds struct {
 	activeDir, doneDir string
 	want               int
 
-	tail     chan struct{} // closed at the first ListTail
+	tail     chan struct{} // closed at the first ListBelow
 	tailOnce sync.Once
 	mu       sync.Mutex
 	inFlight int
@@ -45,9 +45,9 @@ func (s *rounds) List(ctx context.Context, dir string) ([]coord.KV, error) {
 	return s.Store.List(ctx, dir)
 }
 
-func (s *rounds) ListTail(ctx context.Context, dir, before string, limit int) ([]coord.KV, bool, error) {
+func (s *rounds) ListBelow(ctx context.Context, dir, after string, limit int) ([]coord.KV, bool, error) {
 	s.tailOnce.Do(func() { close(s.tail) })
-	return s.Store.ListTail(ctx, dir, before, limit)
+	return s.Store.ListBelow(ctx, dir, after, limit)
 }
 
 func (s *rounds) Get(ctx context.Context, key string) (coord.KV, error) {

@@ -2,23 +2,22 @@ package coordtest
 
 import (
 	"fmt"
-	"slices"
 	"testing"
 
 	"github.com/taskd/taskd/internal/coord"
 )
 
-// testListTail holds ListTail and CountTail to their contract: keys two
-// levels below dir, newest (greatest) first, bounded by before and limit,
+// testListBelow holds ListBelow and CountBelow to their contract: keys two
+// levels below dir, in ascending order, bounded by after and limit,
 // across the children's boundaries, with the "more" flag exact; keys at
 // other depths and in sibling directories are not returned.
-func testListTail(t *testing.T, s coord.Store) {
+func testListBelow(t *testing.T, s coord.Store) {
 	ctx, p := ctxT(t), prefix(t)
 	dir := p + "/idx"
-	if kvs, more, err := s.ListTail(ctx, dir, "", 10); err != nil || len(kvs) != 0 || more {
+	if kvs, more, err := s.ListBelow(ctx, dir, "", 10); err != nil || len(kvs) != 0 || more {
 		t.Fatalf("tail of a missing dir = %v, %v, %v", kvs, more, err)
 	}
-	if n, err := s.CountTail(ctx, dir); err != nil || n != 0 {
+	if n, err := s.CountBelow(ctx, dir); err != nil || n != 0 {
 		t.Fatalf("count of a missing dir = %d, %v", n, err)
 	}
 	var want []string // every key, ascending
@@ -40,8 +39,7 @@ func testListTail(t *testing.T, s coord.Store) {
 			t.Fatal(err)
 		}
 	}
-	slices.Reverse(want)
-	if n, err := s.CountTail(ctx, dir); err != nil || n != len(want) {
+	if n, err := s.CountBelow(ctx, dir); err != nil || n != len(want) {
 		t.Fatalf("count = %d, %v; want %d", n, err, len(want))
 	}
 	keysOf := func(kvs []coord.KV) []string {
@@ -55,12 +53,12 @@ func testListTail(t *testing.T, s coord.Store) {
 		return out
 	}
 	// Page through with every limit: the concatenation is every key,
-	// descending, and more is set exactly when a key remains.
+	// ascending, and more is set exactly when a key remains.
 	for limit := 1; limit <= len(want)+1; limit++ {
 		var got []string
-		before := ""
+		after := ""
 		for {
-			kvs, more, err := s.ListTail(ctx, dir, before, limit)
+			kvs, more, err := s.ListBelow(ctx, dir, after, limit)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -75,18 +73,26 @@ func testListTail(t *testing.T, s coord.Store) {
 			if !more {
 				break
 			}
-			before = page[len(page)-1]
+			after = page[len(page)-1]
 		}
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatalf("limit %d: paged %v\nwant %v", limit, got, want)
 		}
 	}
 	// A bound that is no key: between two children.
-	kvs, more, err := s.ListTail(ctx, dir, dir+"/11/zz", 2)
-	if err != nil || fmt.Sprint(keysOf(kvs)) != fmt.Sprint([]string{dir + "/11/x2", dir + "/10/x3"}) || !more {
-		t.Fatalf("tail before %s/11/zz = %v, %v, %v", dir, keysOf(kvs), more, err)
+	kvs, more, err := s.ListBelow(ctx, dir, dir+"/10/zz", 2)
+	if err != nil || fmt.Sprint(keysOf(kvs)) != fmt.Sprint([]string{dir + "/11/x2", dir + "/12/x1"}) || !more {
+		t.Fatalf("below %s after %s/10/zz = %v, %v, %v", dir, dir, keysOf(kvs), more, err)
 	}
-	if _, _, err := s.ListTail(ctx, dir, "", 0); err == nil {
+	// A bound inside a child, and one past the last key.
+	kvs, more, err = s.ListBelow(ctx, dir, dir+"/12/x1", 5)
+	if err != nil || fmt.Sprint(keysOf(kvs)) != fmt.Sprint([]string{dir + "/12/x2", dir + "/12/x3"}) || more {
+		t.Fatalf("below %s after %s/12/x1 = %v, %v, %v", dir, dir, keysOf(kvs), more, err)
+	}
+	if kvs, more, err := s.ListBelow(ctx, dir, dir+"/12/x3", 5); err != nil || len(kvs) != 0 || more {
+		t.Fatalf("below %s after its last key = %v, %v, %v", dir, keysOf(kvs), more, err)
+	}
+	if _, _, err := s.ListBelow(ctx, dir, "", 0); err == nil {
 		t.Fatal("limit 0 accepted")
 	}
 }

@@ -12,13 +12,13 @@ import (
 	"github.com/taskd/taskd/internal/coord"
 )
 
-// ListTail implements coord.Store. ZooKeeper has no ranged read: it lists
-// dir's children, then, from the last child down, the names of one child
-// after another until it has limit+1 keys before before, and reads the
-// first limit of them (together, pipelined on the connection).
-func (s *Store) ListTail(ctx context.Context, dir, before string, limit int) ([]coord.KV, bool, error) {
+// ListBelow implements coord.Store. ZooKeeper has no ranged read: it
+// lists dir's children, then, from the first child on, the names of one
+// child after another until it has limit+1 keys after after, and reads
+// the first limit of them (together, pipelined on the connection).
+func (s *Store) ListBelow(ctx context.Context, dir, after string, limit int) ([]coord.KV, bool, error) {
 	if limit <= 0 {
-		return nil, false, fmt.Errorf("zookeeper list tail %s: limit %d: want > 0", dir, limit)
+		return nil, false, fmt.Errorf("zookeeper list below %s: limit %d: want > 0", dir, limit)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, false, err
@@ -33,29 +33,29 @@ func (s *Store) ListTail(ctx context.Context, dir, before string, limit int) ([]
 		return nil, false, nil
 	}
 	if err != nil {
-		return nil, false, mapErr("list tail", dir, err)
+		return nil, false, mapErr("list below", dir, err)
 	}
-	sort.Sort(sort.Reverse(sort.StringSlice(top)))
+	sort.Strings(top)
 	var keys []string
 	for _, a := range top {
 		if err := ctx.Err(); err != nil {
 			return nil, false, err
 		}
 		sub := dir + "/" + a
-		if before != "" && sub+"/" >= before && !strings.HasPrefix(before, sub+"/") {
-			continue // every key of this child sorts at or after before
+		if after != "" && sub+"/" < after && !strings.HasPrefix(after, sub+"/") {
+			continue // every key of this child sorts before after
 		}
 		names, _, err := c.Children(s.abs(sub))
 		if errors.Is(err, zk.ErrNoNode) {
 			continue // deleted between the two reads
 		}
 		if err != nil {
-			return nil, false, mapErr("list tail", sub, err)
+			return nil, false, mapErr("list below", sub, err)
 		}
-		sort.Sort(sort.Reverse(sort.StringSlice(names)))
+		sort.Strings(names)
 		for _, b := range names {
 			key := sub + "/" + b
-			if before != "" && key >= before {
+			if after != "" && key <= after {
 				continue
 			}
 			keys = append(keys, key)
@@ -75,9 +75,9 @@ func (s *Store) ListTail(ctx context.Context, dir, before string, limit int) ([]
 	return kvs, more, err
 }
 
-// CountTail implements coord.Store: the children of dir, and the number of
+// CountBelow implements coord.Store: the children of dir, and the number of
 // children in each one's stat, read together.
-func (s *Store) CountTail(ctx context.Context, dir string) (int, error) {
+func (s *Store) CountBelow(ctx context.Context, dir string) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
