@@ -557,9 +557,33 @@ func storeFinished(ctx context.Context, kv coord.Store, n int) error {
 			}
 			ops = append(ops, o...)
 		}
-		if _, err := kv.Txn(ctx, nil, ops); err != nil {
+		if err := storeBatch(ctx, kv, ops); err != nil {
 			return fmt.Errorf("store finished tasks: %w", err)
 		}
 	}
 	return nil
+}
+
+// storeBatch writes one batch of new keys, again after a lost connection
+// (a loaded ZooKeeper server stalls past the client's timeout): a retry
+// that finds its first key written means the lost attempt was applied
+// (nothing else writes these random ids).
+func storeBatch(ctx context.Context, kv coord.Store, ops []coord.Op) error {
+	var err error
+	for range 5 {
+		if _, err = kv.Txn(ctx, nil, ops); err == nil || !errors.Is(err, coord.ErrUnavailable) {
+			break
+		}
+		if _, gerr := kv.Get(ctx, ops[0].Key); gerr == nil {
+			return nil
+		}
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return err
 }
