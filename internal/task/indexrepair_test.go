@@ -28,18 +28,7 @@ func TestIndexRepair(t *testing.T) {
 		if _, err := st.Backfill(ctx, st.Txn); err != nil {
 			t.Fatal(err)
 		}
-		var ids []string
-		for range 3 {
-			r, err := st.Create(ctx, task.CreateRequest{Type: "noop"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := st.Cancel(ctx, r.ID); err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, r.ID)
-			tick()
-		}
+		ids := idsOf(cancelled(ctx, t, st, tick, 3))
 		pageIDs := func() []string {
 			t.Helper()
 			p, err := st.ListPage(ctx, task.PageQuery{Limit: 10})

@@ -151,18 +151,7 @@ func TestListPageCollectedMeanwhile(t *testing.T) {
 		if _, err := st.Backfill(ctx, st.Txn); err != nil {
 			t.Fatal(err)
 		}
-		var rs []*task.Record
-		for range 3 {
-			r, err := st.Create(ctx, task.CreateRequest{Type: "noop"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := st.Cancel(ctx, r.ID); err != nil {
-				t.Fatal(err)
-			}
-			rs = append(rs, r)
-			tick()
-		}
+		rs := cancelled(ctx, t, st, tick, 3)
 		lay := st.Layout()
 		victim, err := lay.DoneKey(rs[1].ID)
 		if err != nil {
@@ -184,4 +173,23 @@ func TestListPageCollectedMeanwhile(t *testing.T) {
 			t.Fatalf("page %v total %d (exact %v); want %v, total 2", got, p.Total, p.TotalExact, want)
 		}
 	})
+}
+
+// cancelled creates n noop tasks a clock step apart and cancels each: n
+// finished tasks, each with its index entry.
+func cancelled(ctx context.Context, t *testing.T, st *task.Store, tick func(), n int) []*task.Record {
+	t.Helper()
+	var rs []*task.Record
+	for range n {
+		r, err := st.Create(ctx, task.CreateRequest{Type: "noop"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Cancel(ctx, r.ID); err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+		tick()
+	}
+	return rs
 }
