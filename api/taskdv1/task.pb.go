@@ -1377,8 +1377,14 @@ func (x *ListTasksRequest) GetExplain() bool {
 type ListTasksResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Tasks []*Task                `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
-	// total is the number of matches before paging.
+	// total is the number of matches before paging. A page of the newest
+	// tasks (limit > 0, newest_first) reads the finished tasks from an index,
+	// a page at a time: without a filter beyond the state it still counts
+	// every match; with one (type, node, key, or a finished state) it stops
+	// reading once it has the page, and then total counts the matches found
+	// (at least offset + the page) and total_at_least is set: more may exist.
 	Total         int32 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
+	TotalAtLeast  bool  `protobuf:"varint,3,opt,name=total_at_least,json=totalAtLeast,proto3" json:"total_at_least,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1425,6 +1431,13 @@ func (x *ListTasksResponse) GetTotal() int32 {
 		return x.Total
 	}
 	return 0
+}
+
+func (x *ListTasksResponse) GetTotalAtLeast() bool {
+	if x != nil {
+		return x.TotalAtLeast
+	}
+	return false
 }
 
 type WatchTasksRequest struct {
@@ -2085,10 +2098,11 @@ const file_taskd_v1_task_proto_rawDesc = "" +
 	"\x05limit\x18\x05 \x01(\x05R\x05limit\x12\x16\n" +
 	"\x06offset\x18\x06 \x01(\x05R\x06offset\x12!\n" +
 	"\fnewest_first\x18\a \x01(\bR\vnewestFirst\x12\x18\n" +
-	"\aexplain\x18\b \x01(\bR\aexplain\"O\n" +
+	"\aexplain\x18\b \x01(\bR\aexplain\"u\n" +
 	"\x11ListTasksResponse\x12$\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x0e.taskd.v1.TaskR\x05tasks\x12\x14\n" +
-	"\x05total\x18\x02 \x01(\x05R\x05total\"\x13\n" +
+	"\x05total\x18\x02 \x01(\x05R\x05total\x12$\n" +
+	"\x0etotal_at_least\x18\x03 \x01(\bR\ftotalAtLeast\"\x13\n" +
 	"\x11WatchTasksRequest\"p\n" +
 	"\x12WatchTasksResponse\x12$\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x0e.taskd.v1.TaskR\x05tasks\x12\x18\n" +

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -18,9 +19,11 @@ import (
 // with limit 0 (taskctl), a browser pages.
 const maxPage = 1000
 
-// ListTasks filters, orders and pages the store's list. The store reads
-// every match (finished tasks are one read per shard); only the page is
-// converted and sent, so the reply stays small whatever the history holds.
+// ListTasks filters, orders and pages the tasks. A page of the newest
+// (limit > 0, newest first: the console) is the store's ListPage, a bounded
+// read of the finished-task index and of the page's records; every other
+// request (taskctl's limit 0, oldest first), and any while the index is not
+// complete, reads every match and pages it here.
 func (s *taskService) ListTasks(ctx context.Context, req *connect.Request[taskdv1.ListTasksRequest]) (*connect.Response[taskdv1.ListTasksResponse], error) {
 	m := req.Msg
 	if m.Type != "" {
@@ -43,9 +46,43 @@ func (s *taskService) ListTasks(ctx context.Context, req *connect.Request[taskdv
 	if err != nil {
 		return nil, err
 	}
-	rs, err := st.List(ctx, task.Filter{Status: m.Status, Type: m.Type})
+	rs, total, atLeast, err := listTasks(ctx, st, m)
 	if err != nil {
 		return nil, toConnect(err)
+	}
+	var runners []task.Runner
+	if m.Explain && slices.ContainsFunc(rs, waits) {
+		if runners, err = st.Runners(ctx); err != nil {
+			return nil, toConnect(err)
+		}
+	}
+	out := &taskdv1.ListTasksResponse{Tasks: make([]*taskdv1.Task, 0, len(rs)), Total: int32(total), TotalAtLeast: atLeast}
+	for _, r := range rs {
+		why := ""
+		if m.Explain && waits(r) {
+			why = reasonWith(r, runners, st.Now())
+		}
+		out.Tasks = append(out.Tasks, toTask(r, why))
+	}
+	return connect.NewResponse(out), nil
+}
+
+// listTasks is the page m asks for, the number of matches, and whether
+// that number is a lower bound (see ListTasksResponse.total).
+func listTasks(ctx context.Context, st *task.Store, m *taskdv1.ListTasksRequest) ([]*task.Record, int, bool, error) {
+	f := task.Filter{Status: m.Status, Type: m.Type}
+	if m.Limit > 0 && m.NewestFirst {
+		p, err := st.ListPage(ctx, task.PageQuery{Filter: f, Node: m.Node, Key: m.Key, Offset: int(m.Offset), Limit: int(m.Limit)})
+		if err == nil {
+			return p.Records, p.Total, !p.TotalExact, nil
+		}
+		if !errors.Is(err, task.ErrIndexNotReady) {
+			return nil, 0, false, err
+		}
+	}
+	rs, err := st.List(ctx, f)
+	if err != nil {
+		return nil, 0, false, err
 	}
 	if m.Node != "" || m.Key != "" {
 		rs = slices.DeleteFunc(rs, func(r *task.Record) bool {
@@ -60,21 +97,7 @@ func (s *taskService) ListTasks(ctx context.Context, req *connect.Request[taskdv
 	if m.Limit > 0 && len(rs) > int(m.Limit) {
 		rs = rs[:m.Limit]
 	}
-	var runners []task.Runner
-	if m.Explain && slices.ContainsFunc(rs, waits) {
-		if runners, err = st.Runners(ctx); err != nil {
-			return nil, toConnect(err)
-		}
-	}
-	out := &taskdv1.ListTasksResponse{Tasks: make([]*taskdv1.Task, 0, len(rs)), Total: int32(total)}
-	for _, r := range rs {
-		why := ""
-		if m.Explain && waits(r) {
-			why = reasonWith(r, runners, st.Now())
-		}
-		out.Tasks = append(out.Tasks, toTask(r, why))
-	}
-	return connect.NewResponse(out), nil
+	return rs, total, false, nil
 }
 
 func waits(r *task.Record) bool { return r.State == task.Waiting || r.State == task.Paused }

@@ -15,8 +15,6 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/harness"
-	"github.com/taskd/taskd/internal/keys"
-	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/webui"
 )
 
@@ -67,11 +65,7 @@ func consoleBench(args []string, out io.Writer) error {
 		return err
 	}
 	defer kv.Close()
-	root, err := keys.NewRoot(quorum.DefaultConfig().Root)
-	if err != nil {
-		return err
-	}
-	if err := storeFinished(ctx, kv, root.Tasks(), *finished); err != nil {
+	if err := storeFinished(ctx, kv, *finished); err != nil {
 		return err
 	}
 	api := c.Node(st.Leader)
@@ -100,7 +94,17 @@ func consoleBench(args []string, out io.Writer) error {
 	if _, err := waitEval[int](bctx, 10*time.Second, `document.getElementById('view').checkVisibility() && document.getElementById('who').textContent !== '' ? 1 : 0`); err != nil {
 		return fmt.Errorf("log in: %w", err)
 	}
-	var paints []time.Duration
+	// The server's part, without a browser: the console's first-page
+	// request, and the live stream's first message (the snapshot of the
+	// unfinished tasks), each timed alone.
+	lists, snaps, err := serverParts(ctx, api, *reps*4)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "server: ListTasks as the console's first page asks it (limit 50, newest first, explain): %s\n", summary(lists))
+	fmt.Fprintf(out, "server: WatchTasks call -> first message (the snapshot of %d unfinished tasks): %s\n", *running, summary(snaps))
+
+	var paints, fetchStarts, fetchEnds []time.Duration
 	for range *reps {
 		// A page load of the task table: the token stays in the tab.
 		if err := chromedp.Do(bctx, chromedp.Navigate("about:blank"), chromedp.Navigate(page+"#/tasks")); err != nil {
@@ -111,8 +115,15 @@ func consoleBench(args []string, out io.Writer) error {
 			return fmt.Errorf("the task table's first rows: %w", err)
 		}
 		paints = append(paints, time.Duration(ms*float64(time.Millisecond)))
+		// When the page sent its first ListTasks and had the reply.
+		if rt, err := chromedp.Run(bctx, chromedp.Evaluate[[]float64](`(() => { const e = performance.getEntriesByType('resource').filter((e) => e.name.endsWith('.TaskService/ListTasks'))[0]; return e ? [e.startTime, e.responseEnd] : [0, 0]; })()`)); err == nil && len(rt) == 2 {
+			fetchStarts = append(fetchStarts, time.Duration(rt[0]*float64(time.Millisecond)))
+			fetchEnds = append(fetchEnds, time.Duration(rt[1]*float64(time.Millisecond)))
+		}
 	}
 	fmt.Fprintf(out, "first rows of the task table after a page load (navigation start -> rows shown, 50 of %d): %s\n", *finished+*running, summary(paints))
+	fmt.Fprintf(out, "  of which: navigation start -> first ListTasks sent: %s\n", summary(fetchStarts))
+	fmt.Fprintf(out, "  of which: navigation start -> first ListTasks answered: %s\n", summary(fetchEnds))
 
 	// Live: the page records when each row first appears (its clock is
 	// this machine's); the row of a new task is awaited after its create.
@@ -205,4 +216,32 @@ func waitEval[T float64 | int](ctx context.Context, limit time.Duration, expr st
 		return err == nil && got != 0
 	})
 	return v, err
+}
+
+// serverParts times, n times each and one at a time, the console's
+// first-page ListTasks and a WatchTasks stream's first message.
+func serverParts(ctx context.Context, api *harness.Node, n int) (lists, snaps []time.Duration, err error) {
+	cl := api.Client()
+	for range n {
+		start := time.Now()
+		if _, err := cl.Tasks.ListTasks(ctx, connect.NewRequest(&taskdv1.ListTasksRequest{Limit: 50, NewestFirst: true, Explain: true})); err != nil {
+			return nil, nil, fmt.Errorf("list tasks: %w", err)
+		}
+		lists = append(lists, time.Since(start))
+		sctx, cancel := context.WithCancel(ctx)
+		start = time.Now()
+		st, err := cl.Tasks.WatchTasks(sctx, connect.NewRequest(&taskdv1.WatchTasksRequest{}))
+		if err == nil && !st.Receive() {
+			err = fmt.Errorf("watch tasks: no first message: %w", st.Err())
+		}
+		if err == nil {
+			snaps = append(snaps, time.Since(start))
+			err = st.Close()
+		}
+		cancel()
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	return lists, snaps, nil
 }

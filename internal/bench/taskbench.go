@@ -524,7 +524,7 @@ func getRecord(ctx context.Context, kv coord.Store, lay keys.Tasks, id string) (
 // runners leave them), adds paused tasks through the API, and times
 // ListTasks(status=unfinished).
 func listUnfinished(ctx context.Context, c *harness.Cluster, kv coord.Store, lay keys.Tasks, retained, n int) ([]time.Duration, int, error) {
-	if err := storeFinished(ctx, kv, lay, retained); err != nil {
+	if err := storeFinished(ctx, kv, retained); err != nil {
 		return nil, 0, err
 	}
 	api := c.Running()[0]
@@ -552,29 +552,40 @@ func listUnfinished(ctx context.Context, c *harness.Cluster, kv coord.Store, lay
 	return lat, got, nil
 }
 
+// storedSpan is the history storeFinished spreads its tasks over: six of
+// the default retention's seven days, so that no node's collection
+// deletes them while a benchmark runs.
+const storedSpan = 6 * 24 * time.Hour
+
 // storeFinished stores n succeeded noop records directly, the way the
-// runners leave them, 100 to a transaction.
-func storeFinished(ctx context.Context, kv coord.Store, lay keys.Tasks, n int) error {
+// runners leave them (record and finished-task index entry), 50 to a
+// transaction (100 operations: etcd takes at most 128), created evenly
+// over the last storedSpan, as a cluster's retained history is (the index
+// then has an hour bucket of some hundreds of tasks per hour, not one
+// bucket of them all), each finished a second after its creation.
+func storeFinished(ctx context.Context, kv coord.Store, n int) error {
+	st, err := task.NewStore(kv, quorum.DefaultConfig().Root, nil, "", nil)
+	if err != nil {
+		return err
+	}
 	now := time.Now().UTC()
-	const batch = 100
+	step := storedSpan / time.Duration(max(n, 1))
+	const batch = 50
 	for i := 0; i < n; i += batch {
 		var ops []coord.Op
 		for j := i; j < min(i+batch, n); j++ {
-			id := uuid.NewString()
-			r := task.Record{ID: id, Type: "noop", Spec: json.RawMessage("{}"), State: task.Succeeded, MaxRetries: 3, Attempt: 1,
-				Created: now, Started: now, Finished: now, Updated: now,
-				History: []task.Attempt{{N: 1, Runner: "n1", Started: now, Ended: now, Outcome: "succeeded"}}}
-			b, err := json.Marshal(&r)
+			at := now.Add(-time.Duration(n-j) * step)
+			end := at.Add(time.Second)
+			r := &task.Record{ID: uuid.NewString(), Type: "noop", Spec: json.RawMessage("{}"), State: task.Succeeded, MaxRetries: 3, Attempt: 1,
+				Created: at, Started: at, Finished: end, Updated: end,
+				History: []task.Attempt{{N: 1, Runner: "n1", Started: at, Ended: end, Outcome: "succeeded"}}}
+			o, err := st.FinishedOps(r)
 			if err != nil {
 				return err
 			}
-			key, err := lay.DoneKey(id)
-			if err != nil {
-				return err
-			}
-			ops = append(ops, coord.CreateOp(key, b, nil))
+			ops = append(ops, o...)
 		}
-		if _, err := kv.Txn(ctx, nil, ops); err != nil {
+		if err := storeBatch(ctx, kv, ops); err != nil {
 			return fmt.Errorf("store finished tasks: %w", err)
 		}
 	}
@@ -613,5 +624,29 @@ func placeOnRaftHost(ctx context.Context, c *harness.Cluster, leader *harness.No
 // setMark cordons or uncordons node through leader.
 func setMark(ctx context.Context, leader *harness.Node, node, action string) error {
 	_, err := leader.Client().Runners.SetRunnerMarks(ctx, connect.NewRequest(&taskdv1.SetRunnerMarksRequest{Node: node, Action: action}))
+	return err
+}
+
+// storeBatch writes one batch of new keys, again after a lost connection
+// (a loaded ZooKeeper server stalls past the client's timeout): a retry
+// that finds its first key written means the lost attempt was applied
+// (nothing else writes these random ids).
+func storeBatch(ctx context.Context, kv coord.Store, ops []coord.Op) error {
+	var err error
+	for range 5 {
+		if _, err = kv.Txn(ctx, nil, ops); err == nil || !errors.Is(err, coord.ErrUnavailable) {
+			break
+		}
+		if _, gerr := kv.Get(ctx, ops[0].Key); gerr == nil {
+			return nil
+		}
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 	return err
 }

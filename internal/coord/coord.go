@@ -103,6 +103,23 @@ type Store interface {
 	Get(ctx context.Context, key string) (KV, error)
 	// List reads the direct children of dir, sorted by key.
 	List(ctx context.Context, dir string) ([]KV, error)
+	// ListBelow reads the keys exactly two segments below dir
+	// (DIR/A/B), in ascending order of key, those that sort after after
+	// ("" for no bound), at most limit (> 0) of them; more reports that
+	// keys beyond the last one returned exist. It is how an index is read
+	// a page at a time from its start without reading it whole: one ranged
+	// read on etcd (which honours a limit only in ascending order); on
+	// ZooKeeper, which has no ranged read, a listing of dir's children,
+	// then of one child after another from the first, and a read of each
+	// key returned. Keys compare as byte strings within each level;
+	// callers use segments of a fixed width per level, for which every
+	// backend orders alike.
+	ListBelow(ctx context.Context, dir, after string, limit int) (kvs []KV, more bool, err error)
+	// CountBelow counts the keys two segments below dir: on etcd a
+	// count-only read (keys at other depths below dir count too: callers
+	// keep none there), on ZooKeeper a listing of dir and a stat of each
+	// child.
+	CountBelow(ctx context.Context, dir string) (int, error)
 	// Create writes key only if it is absent (ErrExists otherwise).
 	Create(ctx context.Context, key string, value []byte, opts ...OpOption) (KV, error)
 	// Update writes key only if its version is ifVersion (ErrConflict

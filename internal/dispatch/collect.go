@@ -25,6 +25,32 @@ func (d *Dispatcher) collectLoop(ctx context.Context, l *quorum.Leadership, log 
 			return nil
 		case <-gc.C:
 		}
+		// A store written before the finished-task index gets its
+		// entries first (once: the ready key ends it).
+		if n, err := d.store.Backfill(ctx, l.Txn); err != nil {
+			if errors.Is(err, quorum.ErrFenced) {
+				return fmt.Errorf("backfill the finished-task index: %w", err)
+			}
+			if ctx.Err() == nil {
+				log.Warn("backfilling the finished-task index failed; next try at the next interval", "err", err)
+			}
+			gc.Reset(d.cfg.GCInterval)
+			continue
+		} else if n > 0 {
+			log.Info("finished-task index backfilled", "entries", n)
+		}
+		// What nodes of an older version left: records without entries,
+		// entries without records.
+		if added, removed, err := d.store.Repair(ctx, l.Txn); err != nil {
+			if errors.Is(err, quorum.ErrFenced) {
+				return fmt.Errorf("repair the finished-task index: %w", err)
+			}
+			if ctx.Err() == nil {
+				log.Warn("repairing the finished-task index failed; next try at the next interval", "err", err)
+			}
+		} else if added > 0 || removed > 0 {
+			log.Info("finished-task index repaired: entries a node of an older version left out or behind", "added", added, "removed", removed)
+		}
 		if err := d.collect(ctx, l, log); err != nil {
 			if errors.Is(err, quorum.ErrFenced) {
 				return fmt.Errorf("collect finished tasks: %w", err)
@@ -65,7 +91,12 @@ func (d *Dispatcher) collect(ctx context.Context, l *quorum.Leadership, log *slo
 			conds = append(conds, coord.VersionIs(kv.Key, kv.Version))
 			ops = append(ops, coord.DeleteOp(kv.Key))
 			batched++
-			// Its output log goes with it.
+			// Its index entry and its output log go with it.
+			ic, iop, err := d.store.IndexDelete(ctx, r)
+			if err != nil {
+				return err
+			}
+			conds, ops = append(conds, ic...), append(ops, iop...)
 			if c, op, ok, err := d.store.LogDelete(ctx, r.ID); err != nil {
 				return err
 			} else if ok {

@@ -21,6 +21,8 @@ import (
 //	config/type-limits/TYPE  an operator's cluster-wide limit of running tasks of TYPE
 //	tasks/active/ID          unfinished task records
 //	tasks/done/XY/ID         finished task records, sharded by ID[:2]
+//	tasks/index/HOUR/TIME_ID one key per finished task, by creation time (index.go)
+//	tasks/index-ready        every finished task has its index entry
 //	tasks/idem/SHA256        an idempotency key in use: the task it made
 //	tasks/logs/ID            a task's bounded output log (its runner, fenced)
 //	assigned/NAME/ID         one key per task running on NAME

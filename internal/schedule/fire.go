@@ -266,7 +266,12 @@ func (r *Leader) prune(ctx context.Context, l *quorum.Leadership, w *world, sc *
 			}
 			conds = append(conds, coord.VersionIs(dk, rec.Version()))
 			ops = append(ops, coord.DeleteOp(dk))
-			// Its output log goes with it.
+			// Its index entry and its output log go with it.
+			ic, iop, err := r.store.tasks.IndexDelete(ctx, rec)
+			if err != nil {
+				return err
+			}
+			conds, ops = append(conds, ic...), append(ops, iop...)
 			if c, op, ok, err := r.store.tasks.LogDelete(ctx, id); err != nil {
 				return err
 			} else if ok {

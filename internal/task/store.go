@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -37,6 +38,8 @@ type Store struct {
 	types  Registry
 	zone   string
 	now    func() time.Time
+	// indexReady caches the finished-task index's ready key once seen.
+	indexReady atomic.Bool
 }
 
 // NewStore binds the layout under root to kv. zone is the default time zone
@@ -313,32 +316,12 @@ type Filter struct {
 }
 
 // List returns the tasks that match f, oldest first. Unfinished tasks are
-// one directory read; finished ones are a read per shard.
+// one directory read; finished ones are a read per shard: every finished
+// task is read (ListPage reads a page).
 func (s *Store) List(ctx context.Context, f Filter) ([]*Record, error) {
-	var active, done bool
-	var state State
-	switch f.Status {
-	case "", "all":
-		active, done = true, true
-	case "unfinished":
-		active = true
-	case "finished":
-		done = true
-	default:
-		st, err := ParseState(f.Status)
-		if err != nil {
-			return nil, fmt.Errorf("%w (or unfinished, finished, all)", err)
-		}
-		state = st
-		active, done = !st.Final(), st.Final()
-	}
-	if f.Type != "" {
-		if err := keys.ValidTaskType(f.Type); err != nil {
-			return nil, err
-		}
-		if _, err := s.types.Lookup(f.Type); err != nil {
-			return nil, err
-		}
+	active, done, state, err := s.parseFilter(f)
+	if err != nil {
+		return nil, err
 	}
 	var out []*Record
 	keep := func(kvs []coord.KV) error {
@@ -384,6 +367,35 @@ func (s *Store) List(ctx context.Context, f Filter) ([]*Record, error) {
 		return strings.Compare(a.ID, b.ID)
 	})
 	return out, nil
+}
+
+// parseFilter validates f: which of the unfinished and finished tasks it
+// reads, and the state it keeps ("" for any).
+func (s *Store) parseFilter(f Filter) (active, done bool, state State, err error) {
+	switch f.Status {
+	case "", "all":
+		active, done = true, true
+	case "unfinished":
+		active = true
+	case "finished":
+		done = true
+	default:
+		st, err := ParseState(f.Status)
+		if err != nil {
+			return false, false, "", fmt.Errorf("%w (or unfinished, finished, all)", err)
+		}
+		state = st
+		active, done = !st.Final(), st.Final()
+	}
+	if f.Type != "" {
+		if err := keys.ValidTaskType(f.Type); err != nil {
+			return false, false, "", err
+		}
+		if _, err := s.types.Lookup(f.Type); err != nil {
+			return false, false, "", err
+		}
+	}
+	return active, done, state, nil
 }
 
 // shardReaders bounds the concurrent reads of finished-task shards.
@@ -555,8 +567,14 @@ func (s *Store) Finish(ctx context.Context, txn TxnFunc, r *Record, extra ...coo
 	if err != nil {
 		return err
 	}
+	idx, err := s.indexOp(r)
+	if err != nil {
+		return err
+	}
 	conds := append([]coord.Cond{coord.VersionIs(active, r.version)}, extra...)
-	ops := append([]coord.Op{coord.DeleteOp(active), coord.CreateOp(done, enc, nil)}, assign...)
+	// The index entry goes in the same transaction: no crash leaves a
+	// finished record without its entry, or an entry without its record.
+	ops := append([]coord.Op{coord.DeleteOp(active), coord.CreateOp(done, enc, nil), idx}, assign...)
 	vers, err := txn(ctx, conds, ops)
 	if err != nil {
 		return fmt.Errorf("finish task %s: %w", r.ID, err)

@@ -36,6 +36,7 @@ func Run(t *testing.T, newStore Factory) {
 	t.Run("CreateGet", func(t *testing.T) { testCreateGet(t, newStore(t)) })
 	t.Run("UpdateDelete", func(t *testing.T) { testUpdateDelete(t, newStore(t)) })
 	t.Run("List", func(t *testing.T) { testList(t, newStore(t)) })
+	t.Run("ListBelow", func(t *testing.T) { testListBelow(t, newStore(t)) })
 	t.Run("Txn", func(t *testing.T) { testTxn(t, newStore(t)) })
 	t.Run("SessionEphemeral", func(t *testing.T) { testSessionEphemeral(t, newStore(t)) })
 	t.Run("Watch", func(t *testing.T) { testWatch(t, newStore(t)) })

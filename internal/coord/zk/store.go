@@ -298,40 +298,57 @@ func (s *Store) List(ctx context.Context, dir string) ([]coord.KV, error) {
 		return nil, mapErr("list", dir, err)
 	}
 	sort.Strings(kids)
-	// The reads are independent: issue them together (the client pipelines
-	// requests on its connection) instead of one round trip after another.
-	kvs := make([]coord.KV, len(kids))
-	found := make([]bool, len(kids))
-	errs := make([]error, len(kids))
-	sem := make(chan struct{}, listParallel)
-	var wg sync.WaitGroup
+	keys := make([]string, len(kids))
 	for i, k := range kids {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			key := path.Join(dir, k)
-			data, st, err := c.Get(s.abs(key))
-			switch {
-			case errors.Is(err, zk.ErrNoNode): // deleted between the two reads
-			case err != nil:
-				errs[i] = mapErr("list", dir, err)
-			default:
-				kvs[i], found[i] = s.kv(key, data, st), true
-			}
-		}()
+		keys[i] = path.Join(dir, k)
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	return s.getAll(c, keys)
+}
+
+// getAll reads keys, in order; a key deleted meanwhile is left out. The
+// reads are independent: they are issued together (the client pipelines
+// requests on its connection) instead of one round trip after another.
+func (s *Store) getAll(c *conn, keys []string) ([]coord.KV, error) {
+	kvs := make([]coord.KV, len(keys))
+	found := make([]bool, len(keys))
+	err := each(len(keys), func(i int) error {
+		data, st, err := c.Get(s.abs(keys[i]))
+		switch {
+		case errors.Is(err, zk.ErrNoNode): // deleted between the two reads
+		case err != nil:
+			return mapErr("get", keys[i], err)
+		default:
+			kvs[i], found[i] = s.kv(keys[i], data, st), true
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	out := make([]coord.KV, 0, len(kids))
+	out := make([]coord.KV, 0, len(keys))
 	for i := range kvs {
 		if found[i] {
 			out = append(out, kvs[i])
 		}
 	}
 	return out, nil
+}
+
+// each runs f(0) … f(n-1), listParallel at a time, and joins their errors.
+func each(n int, f func(i int) error) error {
+	errs := make([]error, n)
+	sem := make(chan struct{}, listParallel)
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = f(i)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // listParallel bounds the reads one List has in flight.

@@ -131,9 +131,11 @@ function viewTasks(root, scope) {
       // A user-timing mark at the first rows this page load shows (read
       // by taskd-bench console; visible in the browser's performance tools).
       if (ts.length && !performance.getEntriesByName('taskd:tasks-rendered').length) performance.mark('taskd:tasks-rendered');
-      const total = r.total || 0;
-      info.textContent = total ? (offset + 1) + '–' + (offset + ts.length) + ' of ' + total : 'no tasks';
-      prev.disabled = offset === 0; next.disabled = offset + ts.length >= total;
+      // total_at_least: a filtered page stopped reading the finished
+      // tasks once it had the page; more may follow.
+      const total = r.total || 0, more = !!r.totalAtLeast;
+      info.textContent = total ? (offset + 1) + '–' + (offset + ts.length) + ' of ' + total + (more ? '+' : '') : 'no tasks';
+      prev.disabled = offset === 0; next.disabled = offset + ts.length >= total && !(more && ts.length === pageSize);
     } catch (e) { showError(e); }
   }
   const reload = scope.throttle(load);
@@ -143,12 +145,17 @@ function viewTasks(root, scope) {
     return (!st || st === 'unfinished' || st === t.state) && (!typ || t.type === typ) &&
       (!node || t.runner === node || t.node === node) && (!key || t.id.includes(key));
   };
-  load();
   // known: the state of every unfinished task, from WatchTasks, so that a
   // progress write to a task off the page costs nothing.
   const known = new Map();
   const showsFinished = () => ['', 'finished', 'succeeded', 'failed', 'cancelled'].includes(f.status.value);
-  scope.live('TaskService', 'WatchTasks', {}, (m) => {
+  // The first page is asked for alone; the live stream opens once it is
+  // shown: the stream's first message (every unfinished task, a thousand
+  // and more) must not compete with the page, in the server or on the
+  // wire. That message refetches the page, which covers what changed in
+  // between.
+  load().finally(() => { if (!scope.done) scope.live('TaskService', 'WatchTasks', {}, onWatch); });
+  function onWatch(m) {
     if (m.snapshot) { known.clear(); (m.tasks || []).forEach((t) => known.set(t.id, t.state)); reload(); return; }
     let refetch = false;
     for (const id of m.removed || []) {
@@ -170,7 +177,7 @@ function viewTasks(root, scope) {
       if (row || matches(t)) refetch = true;
     }
     if (refetch) reload();
-  });
+  }
 }
 
 // Task page: every field, the attempts on a time axis, actions; live by

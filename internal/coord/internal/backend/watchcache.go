@@ -89,3 +89,13 @@ func Join(dir, name string) string { return path.Join(dir, name) }
 func ValidKey(key string) bool {
 	return strings.HasPrefix(key, "/") && key != "/" && path.Clean(key) == key
 }
+
+// IsGrandchild reports whether key is exactly two segments below dir.
+func IsGrandchild(dir, key string) bool {
+	dir = strings.TrimSuffix(dir, "/") + "/"
+	if !strings.HasPrefix(key, dir) {
+		return false
+	}
+	a, b, ok := strings.Cut(key[len(dir):], "/")
+	return ok && a != "" && b != "" && !strings.Contains(b, "/")
+}
