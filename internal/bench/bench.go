@@ -36,6 +36,7 @@ commands:
   vip-failover  kill -9 the VIP holder of a 3-node cluster in network namespaces, time until the VIP answers elsewhere (root)
   starve     one node of a 3-node cluster under decreasing CPU quotas (cgroup, root): fences and starvation per quota, the smallest quota without a fence
   console    the web console in headless Chromium with 100k finished and 1k running tasks: first rows after a page load, live update of a new task
+  scale      issue 19: a 3-node and then an N-node cluster (-nodes, default 30) on zk or an external etcd (-backend): kill -9 failover, dispatch latency, noop throughput, with the targets
   vip-drain     taskctl vip drain between the nodes of a 3-node cluster in network namespaces, time until the VIP answers on the target (root)
 Run "taskd-bench COMMAND -h" for flags. Build first: the command builds taskd itself.
 `
@@ -48,7 +49,7 @@ func Main(args []string, out io.Writer) int {
 	}
 	cmds := map[string]func([]string, io.Writer) error{
 		"failover": failover, "handover": handover, "reconnect": reconnect, "idle": idle, "copy": copyBench, "vip-failover": vipFailover, "vip-drain": vipDrain, "tasks": taskBench, "exec": execBench,
-		"schedules": schedBench, "starve": starveBench, "console": consoleBench,
+		"schedules": schedBench, "scale": scaleBench, "starve": starveBench, "console": consoleBench,
 		"arpsample": arpSample, // run by vip-failover inside the client namespace
 	}
 	f, ok := cmds[args[0]]
@@ -64,48 +65,99 @@ func Main(args []string, out io.Writer) int {
 }
 
 type env struct {
-	dir  string
-	bin  string
-	ens  *harness.Ensemble
-	opts harness.Options
+	dir     string
+	bin     string
+	backend string
+	ens     *harness.Ensemble
+	ext     *harness.EtcdProc
+	opts    harness.Options
 }
 
+// setup builds taskd into a new temporary directory and starts the
+// backend's servers; the cleanup stops them and removes the directory.
 func setup(backend string, timeout time.Duration) (*env, func(), error) {
-	dir, err := os.MkdirTemp("", "taskd-bench")
+	dir, bin, removeDir, err := buildTemp()
 	if err != nil {
 		return nil, nil, err
 	}
-	e := &env{dir: dir}
-	cleanup := func() {
-		if e.ens != nil {
-			e.ens.Close()
-		}
+	e, stop, err := startEnv(dir, bin, backend, timeout)
+	if err != nil {
+		removeDir()
+		return nil, nil, err
+	}
+	return e, func() { stop(); removeDir() }, nil
+}
+
+// buildTemp builds taskd into a new temporary directory; remove deletes
+// the directory (unless TASKD_BENCH_KEEP is set).
+func buildTemp() (dir, bin string, remove func(), err error) {
+	if dir, err = os.MkdirTemp("", "taskd-bench"); err != nil {
+		return "", "", nil, err
+	}
+	remove = func() {
 		if os.Getenv("TASKD_BENCH_KEEP") != "" {
 			fmt.Fprintf(os.Stderr, "kept %s (TASKD_BENCH_KEEP)\n", dir)
 			return
 		}
 		os.RemoveAll(dir)
 	}
-	e.bin, _, err = harness.Build(dir)
-	if err != nil {
-		cleanup()
-		return nil, nil, err
+	if bin, _, err = harness.Build(dir); err != nil {
+		remove()
+		return "", "", nil, err
 	}
-	e.opts = harness.Options{SessionTimeout: timeout}
+	return dir, bin, remove, nil
+}
+
+// startEnv starts the servers of backend under dir for nodes running bin:
+// nothing for embedded (the nodes form their own etcd cluster), a
+// 3-server ZooKeeper ensemble for zk, one external etcd server (Debian's,
+// TLS with client certificates and password auth) for etcd. stop kills
+// them.
+func startEnv(dir, bin, backend string, timeout time.Duration) (e *env, stop func(), err error) {
+	e = &env{dir: dir, bin: bin, backend: backend, opts: harness.Options{SessionTimeout: timeout}}
+	stop = func() {
+		if e.ens != nil {
+			e.ens.Close()
+		}
+		if e.ext != nil {
+			e.ext.Kill()
+		}
+	}
 	switch backend {
 	case "embedded":
 	case "zk":
 		e.ens, err = harness.StartEnsemble(filepath.Join(dir, "zk"), 3, nil)
 		if err != nil {
-			cleanup()
 			return nil, nil, err
 		}
 		e.opts.Coordinator, e.opts.PKI = e.ens.URL("/bench"), e.ens.PKI
+	case "etcd":
+		if err := e.startExtEtcd(); err != nil {
+			stop()
+			return nil, nil, err
+		}
 	default:
-		cleanup()
-		return nil, nil, fmt.Errorf("backend %q: use embedded or zk", backend)
+		return nil, nil, fmt.Errorf("backend %q: use embedded, zk or etcd", backend)
 	}
-	return e, cleanup, nil
+	return e, stop, nil
+}
+
+// startExtEtcd starts the external etcd server and points the nodes at it
+// as an operator would: etcds:// with the node certificates (signed by the
+// server's CA, which becomes the cluster's) and taskd's etcd user.
+func (e *env) startExtEtcd() error {
+	var err error
+	if e.ext, err = harness.StartEtcdProc(filepath.Join(e.dir, "etcd"), harness.EtcdProcOptions{}); err != nil {
+		return err
+	}
+	pw := filepath.Join(e.dir, "etcd-password")
+	if err := os.WriteFile(pw, []byte(e.ext.Password+"\n"), 0o600); err != nil {
+		return err
+	}
+	e.opts.Coordinator = "etcds://" + strings.TrimPrefix(e.ext.ClientURL, "https://")
+	e.opts.PKI = e.ext.PKI
+	e.opts.Extra = append(e.opts.Extra, "--etcd-user", e.ext.User, "--etcd-password-file", pw)
+	return nil
 }
 
 // startCluster starts n taskd nodes; the caller closes the cluster.
@@ -133,8 +185,8 @@ func others(c *harness.Cluster, name string) []*harness.Node {
 
 // leaderRound runs one disruption of the leader and returns the time until
 // the survivors agree on a successor.
-func leaderRound(c *harness.Cluster, embedded bool, settle time.Duration, disrupt func(*harness.Node)) (time.Duration, string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+func leaderRound(ctx context.Context, c *harness.Cluster, embedded bool, settle time.Duration, disrupt func(*harness.Node)) (time.Duration, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	st, err := harness.WaitAgreed(ctx, c.Nodes, 0)
 	if err != nil {
@@ -150,7 +202,12 @@ func leaderRound(c *harness.Cluster, embedded bool, settle time.Duration, disrup
 		}
 	}
 	t := time.NewTimer(settle) // a stable cluster: see docs/operations.md
-	<-t.C
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return 0, "", ctx.Err()
+	}
 	start := time.Now()
 	disrupt(old)
 	nst, err := harness.WaitAgreed(ctx, others(c, old.Name), st.Epoch)
@@ -171,7 +228,7 @@ func leaderRound(c *harness.Cluster, embedded bool, settle time.Duration, disrup
 func leaderBench(name string, args []string, out io.Writer, sig syscall.Signal) error {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	rounds := fs.Int("n", 10, "rounds")
-	backend := fs.String("backend", "embedded", "embedded or zk")
+	backend := fs.String("backend", "embedded", "embedded, zk or etcd")
 	timeout := fs.Duration("session-timeout", 6*time.Second, "taskd --session-timeout")
 	settle := fs.Duration("settle", 0, "wait before each disruption (default: session timeout + 1s for kill, 1s for term)")
 	if err := fs.Parse(args); err != nil {
@@ -199,7 +256,7 @@ func leaderBench(name string, args []string, out io.Writer, sig syscall.Signal) 
 	fmt.Fprintf(out, "%s: backend=%s session-timeout=%v rounds=%d settle=%v\n", name, *backend, *timeout, *rounds, *settle)
 	var samples []time.Duration
 	for i := range *rounds {
-		d, what, err := leaderRound(c, *backend == "embedded", *settle, func(n *harness.Node) { n.Signal(sig) })
+		d, what, err := leaderRound(context.Background(), c, *backend == "embedded", *settle, func(n *harness.Node) { n.Signal(sig) })
 		if err != nil {
 			return fmt.Errorf("round %d: %w", i+1, err)
 		}

@@ -23,7 +23,7 @@ import (
 // a page load, and a new task's row appearing live.
 func consoleBench(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("console", flag.ContinueOnError)
-	backend := fs.String("backend", "embedded", "embedded or zk")
+	backend := fs.String("backend", "embedded", "embedded, zk or etcd")
 	finished := fs.Int("finished", 100000, "finished tasks stored before the browser opens")
 	running := fs.Int("running", 1000, "running sleep tasks while the browser is open")
 	reps := fs.Int("reps", 5, "page loads timed")
@@ -60,7 +60,7 @@ func consoleBench(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	kv, err := benchStore(*backend, c, e)
+	kv, err := e.benchStore(c)
 	if err != nil {
 		return err
 	}

@@ -27,7 +27,7 @@ const execNoop = "#!/bin/sh\nexit 0\n"
 // latency of a keyed task while many keyed tasks wait over many keys.
 func execBench(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
-	backend := fs.String("backend", "embedded", "embedded or zk")
+	backend := fs.String("backend", "embedded", "embedded, zk or etcd")
 	timeout := fs.Duration("session-timeout", 6*time.Second, "taskd --session-timeout")
 	seqN := fs.Int("seq-n", 100, "tasks of each type run one at a time for the exec overhead")
 	noopN := fs.Int("noop-n", 2000, "noop tasks per throughput run (without and with keys)")
@@ -63,7 +63,7 @@ func execBench(args []string, out io.Writer) error {
 	e.opts.Extra = append(e.opts.Extra, "--exec-dir", types, "--runner-capacity", fmt.Sprint(capacity))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	c, kv, lay, closeCluster, err := e.taskCluster(ctx, *backend)
+	c, kv, lay, closeCluster, err := e.taskCluster(ctx, 3)
 	if err != nil {
 		return err
 	}

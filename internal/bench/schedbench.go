@@ -27,7 +27,7 @@ import (
 // ticks).
 func schedBench(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("schedules", flag.ContinueOnError)
-	backend := fs.String("backend", "embedded", "embedded or zk")
+	backend := fs.String("backend", "embedded", "embedded, zk or etcd")
 	timeout := fs.Duration("session-timeout", 3*time.Second, "taskd --session-timeout")
 	latN := fs.Int("latency-schedules", 20, "schedules ticking together for the latency run (0: skip)")
 	latEvery := fs.Duration("latency-every", 2*time.Second, "their interval")
@@ -57,7 +57,7 @@ func schedBench(args []string, out io.Writer) error {
 	if _, err := harness.WaitAgreed(ctx, c.Nodes, 0); err != nil {
 		return err
 	}
-	kv, err := benchStore(*backend, c, e)
+	kv, err := e.benchStore(c)
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ import (
 // smallest quota at which the node kept its session without fencing.
 func starveBench(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("starve", flag.ContinueOnError)
-	backend := fs.String("backend", "zk", "embedded or zk")
+	backend := fs.String("backend", "zk", "embedded, zk or etcd")
 	quotas := fs.String("quotas", "20000,10000,5000,3000,2000,1000", "CFS quotas to try, in microseconds per 100 ms period, largest first")
 	loads := fs.String("tasks", "0,8", "running tasks on the starved node, one round of every quota per entry: 0 is idle; N pins N sleep tasks to it (at most its runner capacity, 8 by default)")
 	dur := fs.Duration("duration", 5*time.Minute, "how long each quota holds (at most 30m)")

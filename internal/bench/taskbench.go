@@ -30,7 +30,7 @@ import (
 // `task list --status unfinished` with many finished tasks retained.
 func taskBench(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("tasks", flag.ContinueOnError)
-	backend := fs.String("backend", "embedded", "embedded or zk")
+	backend := fs.String("backend", "embedded", "embedded, zk or etcd")
 	timeout := fs.Duration("session-timeout", 6*time.Second, "taskd --session-timeout")
 	latN := fs.Int("latency-n", 200, "tasks timed create -> running, one at a time")
 	noopN := fs.Int("noop-n", 5000, "noop tasks for the throughput run")
@@ -58,7 +58,7 @@ func taskBench(args []string, out io.Writer) error {
 	e.opts.Extra = append(e.opts.Extra, "--runner-capacity", fmt.Sprint(*capacity))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	c, kv, lay, closeCluster, err := e.taskCluster(ctx, *backend)
+	c, kv, lay, closeCluster, err := e.taskCluster(ctx, 3)
 	if err != nil {
 		return err
 	}
@@ -126,20 +126,20 @@ func checkRanges(fs []intFlag) error {
 	return nil
 }
 
-// taskCluster starts 3 nodes with e's options, waits for a leader and
-// three live runners, and opens the store directly (to watch records).
-func (e *env) taskCluster(ctx context.Context, backend string) (*harness.Cluster, coord.Store, keys.Tasks, func(), error) {
+// taskCluster starts n nodes with e's options, waits for a leader and n
+// live runners, and opens the store directly (to watch records).
+func (e *env) taskCluster(ctx context.Context, n int) (*harness.Cluster, coord.Store, keys.Tasks, func(), error) {
 	var lay keys.Tasks
-	c, err := e.startCluster(3)
+	c, err := e.startCluster(n)
 	if err != nil {
 		return nil, nil, lay, nil, err
 	}
 	st, err := harness.WaitAgreed(ctx, c.Nodes, 0)
 	if err != nil {
 		c.Close()
-		return nil, nil, lay, nil, err
+		return nil, nil, lay, nil, fmt.Errorf("no agreed leader among %d nodes: %w", n, err)
 	}
-	kv, err := benchStore(backend, c, e)
+	kv, err := e.benchStore(c)
 	if err != nil {
 		c.Close()
 		return nil, nil, lay, nil, err
@@ -147,7 +147,9 @@ func (e *env) taskCluster(ctx context.Context, backend string) (*harness.Cluster
 	closeAll := func() { kv.Close(); c.Close() }
 	root, err := keys.NewRoot(quorum.DefaultConfig().Root)
 	if err == nil {
-		err = waitRunners(ctx, c.Node(st.Leader), 3)
+		if err = waitRunners(ctx, c.Node(st.Leader), n); err != nil {
+			err = fmt.Errorf("waiting for %d live runners: %w", n, err)
+		}
 	}
 	if err != nil {
 		closeAll()
@@ -157,23 +159,31 @@ func (e *env) taskCluster(ctx context.Context, backend string) (*harness.Cluster
 }
 
 // benchStore opens the cluster's store directly, to watch records.
-func benchStore(backend string, c *harness.Cluster, e *env) (coord.Store, error) {
+func (e *env) benchStore(c *harness.Cluster) (coord.Store, error) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	// As a node of the cluster: its certificate (and, on ZooKeeper, the
-	// cluster's digest credential).
-	if backend == "zk" {
+	// cluster's digest credential; on external etcd, taskd's etcd user).
+	switch e.backend {
+	case "zk":
 		creds, err := e.ens.PKI.Bundle("bench")
 		if err != nil {
 			return nil, err
 		}
 		return zk.Open(zk.Config{Servers: e.ens.Addrs(), Chroot: "/bench", Digest: e.ens.PKI.Secrets.ZKDigest, TLS: e.ens.PKI.ClientTLS(creds)}, log)
+	case "etcd":
+		creds, err := e.ext.PKI.Bundle("bench")
+		if err != nil {
+			return nil, err
+		}
+		return etcd.Open(ctx, etcd.ClientConfig{Endpoints: []string{e.ext.ClientURL}, TLS: e.ext.PKI.ClientTLS(creds),
+			Username: e.ext.User, Password: e.ext.Password}, log)
 	}
 	var eps []string
 	for _, n := range c.Nodes {
 		eps = append(eps, n.EtcdClientURL)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	return etcd.Open(ctx, etcd.ClientConfig{Endpoints: eps, TLS: c.Nodes[0].Creds.ClientTLS("")}, log)
 }
 

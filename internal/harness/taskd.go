@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -275,13 +276,25 @@ type LeaderState struct {
 }
 
 // Agreed returns the leader every node in nodes reports, if they agree and
-// the leader is one of them.
+// the leader is one of them. The nodes are asked at once, so that a check
+// of a large cluster takes one round trip rather than one per node.
 func Agreed(ctx context.Context, nodes []*Node) (LeaderState, bool) {
+	views := make([]*taskdv1.ListMembersResponse, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if r, err := n.List(ctx); err == nil {
+				views[i] = r
+			}
+		}()
+	}
+	wg.Wait()
 	var st LeaderState
 	inSet := false
-	for i, n := range nodes {
-		r, err := n.List(ctx)
-		if err != nil || r.Leader == "" {
+	for i, r := range views {
+		if r == nil || r.Leader == "" {
 			return LeaderState{}, false
 		}
 		if i == 0 {
@@ -292,7 +305,7 @@ func Agreed(ctx context.Context, nodes []*Node) (LeaderState, bool) {
 		} else if r.Leader != st.Leader || r.Epoch != st.Epoch {
 			return LeaderState{}, false
 		}
-		inSet = inSet || n.Name == r.Leader
+		inSet = inSet || nodes[i].Name == r.Leader
 	}
 	return st, inSet
 }

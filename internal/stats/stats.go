@@ -15,9 +15,21 @@ func Summary(s []time.Duration) string {
 	}
 	s = slices.Clone(s)
 	slices.Sort(s)
-	q := func(p float64) time.Duration {
-		i := int(p*float64(len(s)-1) + 0.5)
-		return s[i].Round(time.Millisecond)
+	q := func(p float64) time.Duration { return sortedQuantile(s, p).Round(time.Millisecond) }
+	return fmt.Sprintf("n=%d min=%v p50=%v p99=%v max=%v", len(s), q(0), q(0.5), q(0.99), q(1))
+}
+
+// Quantile is the p-quantile (0 <= p <= 1) of s as Summary reports it (the
+// nearest rank, unrounded), or 0 for no samples.
+func Quantile(s []time.Duration, p float64) time.Duration {
+	if len(s) == 0 {
+		return 0
 	}
-	return fmt.Sprintf("n=%d min=%v p50=%v p99=%v max=%v", len(s), s[0].Round(time.Millisecond), q(0.5), q(0.99), s[len(s)-1].Round(time.Millisecond))
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return sortedQuantile(s, p)
+}
+
+func sortedQuantile(s []time.Duration, p float64) time.Duration {
+	return s[int(p*float64(len(s)-1)+0.5)]
 }
