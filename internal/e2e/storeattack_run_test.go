@@ -201,6 +201,17 @@ func attackerBinary(t *testing.T) string {
 // ensemble and the credential files of two running nodes (one per
 // backend). Everything is refused, and the stores' keys, members, users and
 // ACLs are unchanged.
+// settled reports whether the snapshots show the etcd node e and the
+// ZooKeeper node z registered, and both leaders' first collection done
+// (the finished-task index's ready key written).
+func settled(etcdKeys, zkKeys []string, e, z string) bool {
+	zkHas := func(key string) bool {
+		return slices.ContainsFunc(zkKeys, func(s string) bool { return strings.HasPrefix(s, key+" ") })
+	}
+	return slices.Contains(etcdKeys, "/taskd/members/"+e) && slices.Contains(etcdKeys, "/taskd/tasks/index-ready") &&
+		zkHas("/att/taskd/members/"+z) && zkHas("/att/taskd/tasks/index-ready")
+}
+
 func TestStoreAttackUnprivilegedLocal(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testenv.Missing(t, "running a child as uid 65534 needs root")
@@ -228,12 +239,16 @@ func TestStoreAttackUnprivilegedLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 	dialPlain := func(network, addr string) (net.Conn, error) { return net.DialTimeout(network, addr, 5*time.Second) }
-	etcdBefore := etcdKeys(t, en.EtcdClientURL, en.Creds, nil)
-	zkBefore := zkKeys(t, ens.Addrs(), ens.PKI.ClientTLS(zkCreds), ens.PKI.Secrets.ZKDigest, "/att", dialPlain)
-	if !slices.Contains(etcdBefore, "/taskd/members/n1") || !slices.ContainsFunc(zkBefore, func(s string) bool {
-		return strings.HasPrefix(s, "/att/taskd/members/n1 ")
-	}) {
-		t.Fatalf("nothing to protect yet: etcd %v zk %v", etcdBefore, zkBefore)
+	// The snapshot is taken once each leader has done its first
+	// collection (the finished-task index's ready key exists): after that
+	// an idle cluster writes nothing on its own.
+	var etcdBefore, zkBefore []string
+	if err := harness.WaitFor(ctxFor(t, 60*time.Second), 200*time.Millisecond, func() bool {
+		etcdBefore = etcdKeys(t, en.EtcdClientURL, en.Creds, nil)
+		zkBefore = zkKeys(t, ens.Addrs(), ens.PKI.ClientTLS(zkCreds), ens.PKI.Secrets.ZKDigest, "/att", dialPlain)
+		return settled(etcdBefore, zkBefore, "n1", "n1")
+	}); err != nil {
+		t.Fatalf("nothing to protect yet, or no first collection: etcd %v zk %v", etcdBefore, zkBefore)
 	}
 
 	b, err := json.Marshal(plan)
@@ -323,9 +338,7 @@ func TestStoreAttackFromAnotherNamespace(t *testing.T) {
 		}
 		etcdBefore = etcdKeys(t, endpoint, creds, inNS)
 		zkBefore = zkKeys(t, ens.Addrs(), p.ClientTLS(zkCreds), p.Secrets.ZKDigest, "/att", dialNS)
-		return slices.Contains(etcdBefore, "/taskd/members/e1") && slices.ContainsFunc(zkBefore, func(s string) bool {
-			return strings.HasPrefix(s, "/att/taskd/members/z1 ")
-		})
+		return settled(etcdBefore, zkBefore, "e1", "z1")
 	}); err != nil {
 		t.Fatalf("the nodes never registered: etcd %v zk %v", etcdBefore, zkBefore)
 	}
