@@ -1,9 +1,13 @@
 package peerwatch
 
 import (
+	"io"
+	"log/slog"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/taskd/taskd/internal/coord"
 )
 
 func TestTrackerReportsOnlyAfterAThresholdOfSilence(t *testing.T) {
@@ -74,5 +78,36 @@ func TestDoomed(t *testing.T) {
 		if !slices.Equal(got, c.want) {
 			t.Errorf("%s: doomed %v, want %v", c.name, got, c.want)
 		}
+	}
+}
+
+// TestApplyRefusesCraftedRecords: a silence record whose name is not a
+// node name, or whose value is not a report, never becomes evidence, and
+// an unreadable rewrite of a good record withdraws it.
+func TestApplyRefusesCraftedRecords(t *testing.T) {
+	r := &Reaper{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	records := map[string]record{}
+	good := coord.KV{Key: "/taskd/silence/n2", Value: []byte(`{"silent_ms":{"n3":6000}}`), Version: 3}
+	r.apply(records, coord.Event{Type: coord.EventPut, KV: good})
+	for _, kv := range []coord.KV{
+		{Key: "/taskd/silence/..", Value: good.Value},
+		{Key: "/taskd/silence/n 1", Value: good.Value},
+		{Key: "/taskd/silence/-n1", Value: good.Value},
+		{Key: "/taskd/silence/n2", Value: []byte(`{"silent_ms":`)}, // garbled rewrite of n2
+	} {
+		r.apply(records, coord.Event{Type: coord.EventPut, KV: kv})
+	}
+	if len(records) != 0 {
+		t.Fatalf("crafted records kept: %v", records)
+	}
+	members := member("n1", "n2", "n3")
+	r.apply(records, coord.Event{Type: coord.EventPut, KV: good})
+	r.apply(records, coord.Event{Type: coord.EventPut, KV: coord.KV{Key: "/taskd/silence/n1", Value: []byte(`{"silent_ms":{"n3":1}}`)}})
+	if got := doomed(members, records, "n1"); len(got) != 1 || got[0].Name != "n3" {
+		t.Fatalf("well-formed records: doomed %v, want n3", got)
+	}
+	r.apply(records, coord.Event{Type: coord.EventDelete, KV: good})
+	if got := doomed(members, records, "n1"); len(got) != 0 {
+		t.Fatalf("after n2's record is deleted: doomed %v, want none", got)
 	}
 }
