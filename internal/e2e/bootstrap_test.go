@@ -108,7 +108,16 @@ func TestBootstrapInitJoin(t *testing.T) {
 		t.Fatal("join token does not pin the cluster CA")
 	}
 	good := writeToken(t, dir, "good.token", tok)
-	before := clusterState(t, n1)
+	// The snapshot is taken once the leader's first collection has
+	// written the finished-task index's ready key: after that an idle
+	// cluster writes nothing on its own.
+	var before string
+	if err := harness.WaitFor(ctxFor(t, 60*time.Second), 200*time.Millisecond, func() bool {
+		before = clusterState(t, n1)
+		return slices.Contains(strings.Split(before, "\n"), "key /taskd/tasks/index-ready")
+	}); err != nil {
+		t.Fatalf("the leader never did its first collection:\n%s", before)
+	}
 
 	other, err := harness.NewPKI(filepath.Join(dir, "other"))
 	if err != nil {
