@@ -5,6 +5,7 @@ package backoff
 
 import (
 	"context"
+	"math/rand/v2"
 	"time"
 )
 
@@ -27,6 +28,7 @@ func (realClock) After(d time.Duration) (<-chan time.Time, func()) {
 type Backoff struct {
 	first, max, next time.Duration
 	clock            Clock
+	jitter           bool
 }
 
 // Option configures a Backoff.
@@ -34,6 +36,12 @@ type Option func(*Backoff)
 
 // WithClock makes Wait use c instead of real timers.
 func WithClock(c Clock) Option { return func(b *Backoff) { b.clock = c } }
+
+// WithJitter makes Wait wait a uniformly random delay between half the
+// current delay and all of it ("equal jitter"), so that many clients that
+// failed together do not retry together. Next and Advance still return the
+// undithered delay.
+func WithJitter() Option { return func(b *Backoff) { b.jitter = true } }
 
 // New returns a backoff that waits first, then twice as long each time, up
 // to limit. A limit below first is raised to first.
@@ -63,7 +71,11 @@ func (b *Backoff) Advance() time.Duration {
 // Wait waits the current delay and doubles it (up to max). It returns
 // ctx's error if ctx ends first, nil otherwise.
 func (b *Backoff) Wait(ctx context.Context) error {
-	c, stop := b.clock.After(b.Advance())
+	d := b.Advance()
+	if b.jitter && d > 1 {
+		d = d/2 + rand.N(d-d/2+1)
+	}
+	c, stop := b.clock.After(d)
 	defer stop()
 	select {
 	case <-ctx.Done():

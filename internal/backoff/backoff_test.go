@@ -95,3 +95,34 @@ func TestAdvance(t *testing.T) {
 		}
 	}
 }
+
+// TestJitter: with jitter every wait lies between half the undithered delay
+// and all of it, the sequence still doubles to the cap, and the waits are
+// not all the same (retries of clients that failed together spread out).
+func TestJitter(t *testing.T) {
+	ms := time.Millisecond
+	c := &fakeClock{}
+	b := New(100*ms, 800*ms, WithClock(c), WithJitter())
+	var want []time.Duration
+	for range 200 {
+		want = append(want, b.Next())
+		if err := b.Wait(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	distinct := map[time.Duration]bool{}
+	for i, d := range c.asked {
+		if d < want[i]/2 || d > want[i] {
+			t.Fatalf("wait %d: %v, want within [%v, %v]", i, d, want[i]/2, want[i])
+		}
+		if want[i] == 800*ms {
+			distinct[d] = true
+		}
+	}
+	if want[3] != 800*ms {
+		t.Fatalf("undithered delays %v, want doubling to 800ms", want[:4])
+	}
+	if len(distinct) < 2 {
+		t.Fatalf("196 waits at the cap were all %v: no jitter", c.asked[len(c.asked)-1])
+	}
+}

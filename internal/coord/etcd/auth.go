@@ -48,7 +48,7 @@ var ErrBusy = errors.New("etcd: membership change not possible yet")
 func (s *Server) rootClient() (*clientv3.Client, error) {
 	c := s.ClientConfig()
 	c.Username, c.Password = RootUser, s.cfg.Creds.Secrets.EtcdRootPassword
-	return newClient(c, 5*time.Second)
+	return newClient(c, 5*time.Second, context.Background())
 }
 
 // ensureAuth makes sure etcd auth is on, with the root user, the taskd role

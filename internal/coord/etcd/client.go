@@ -89,28 +89,66 @@ var ErrAuth = errors.New("etcd: authentication failed")
 // does. With a user it must authenticate first, which needs an answer: it
 // retries until ctx ends, and fails at once (ErrAuth) if etcd refuses the
 // password.
+//
+// Each attempt's time to connect and log in doubles after a failure, from
+// 2 s up to 32 s, and the waits between attempts are jittered. etcd checks
+// a password with bcrypt, which costs tens of milliseconds of its CPU: when
+// many nodes start against one busy etcd, a fixed short timeout would give
+// up on every login the server is still working on and ask again, and the
+// retries alone would keep it too busy to answer anyone.
 func Open(ctx context.Context, c ClientConfig, log *slog.Logger) (*Store, error) {
-	b := backoff.New(50*time.Millisecond, 2*time.Second)
-	for {
-		cli, err := newClient(c, 2*time.Second)
+	b := backoff.New(50*time.Millisecond, 2*time.Second, backoff.WithJitter())
+	for attempt := 0; ; attempt++ {
+		cli, err := loginOnce(ctx, c, loginTimeout(attempt))
 		if err == nil {
 			return &Store{cli: cli, log: log}, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w: %w", err, ctx.Err())
 		}
 		if errors.Is(err, ErrAuth) || errors.Is(err, ErrInsecure) || c.Username == "" {
 			return nil, err
 		}
-		log.Debug("etcd not answering yet", "endpoints", c.Endpoints, "err", err)
+		log.Debug("etcd not answering yet", "endpoints", c.Endpoints, "attempt", attempt+1, "err", err)
 		if b.Wait(ctx) != nil {
 			return nil, fmt.Errorf("%w: %w", err, ctx.Err())
 		}
 	}
 }
 
-func newClient(c ClientConfig, dialTimeout time.Duration) (*clientv3.Client, error) {
+// loginOnce is one attempt of Open. ctx ending cuts the attempt short (a
+// stop during start-up does not wait out a long login), but once the
+// client is logged in it no longer depends on ctx.
+func loginOnce(ctx context.Context, c ClientConfig, timeout time.Duration) (*clientv3.Client, error) {
+	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	detach := context.AfterFunc(ctx, cancel)
+	cli, err := newClient(c, timeout, base)
+	if !detach() && err == nil { // ctx ended while logging in
+		cli.Close()
+		err = fmt.Errorf("etcd client for %v: %w", c.Endpoints, ctx.Err())
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	// base now only ends with the client: Client.Close cancels the
+	// client's own context, derived from it.
+	context.AfterFunc(cli.Ctx(), cancel)
+	return cli, nil
+}
+
+// loginTimeout is the time attempt n (from 0) of Open gets to connect and
+// log in: 2 s, doubling up to 32 s.
+func loginTimeout(n int) time.Duration {
+	return 2 * time.Second << min(n, 4)
+}
+
+func newClient(c ClientConfig, dialTimeout time.Duration, base context.Context) (*clientv3.Client, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	cfg := clientv3.Config{
+		Context:              base,
 		Endpoints:            c.Endpoints,
 		DialTimeout:          dialTimeout,
 		DialKeepAliveTime:    2 * time.Second,
