@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -107,15 +108,25 @@ func zkKeys(t *testing.T, servers []string, tc *tls.Config, digest, root string,
 		if strings.HasPrefix(p, root+"/taskd/events") {
 			return
 		}
+		// A node may not exist yet (the root, before the first taskd
+		// created it) or be gone by the time it is read (a session's
+		// node): the snapshot leaves it out, and the callers compare
+		// snapshots of a settled cluster.
 		acl, _, err := c.GetACL(p)
+		if errors.Is(err, gozk.ErrNoNode) {
+			return
+		}
 		if err != nil {
 			t.Fatalf("acl of %s: %v", p, err)
 		}
-		out = append(out, fmt.Sprintf("%s %+v", p, acl))
 		kids, _, err := c.Children(p)
+		if errors.Is(err, gozk.ErrNoNode) {
+			return
+		}
 		if err != nil {
 			t.Fatalf("children of %s: %v", p, err)
 		}
+		out = append(out, fmt.Sprintf("%s %+v", p, acl))
 		slices.Sort(kids)
 		for _, k := range kids {
 			walk(path.Join(p, k))
