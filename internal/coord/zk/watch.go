@@ -75,7 +75,7 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.Wat
 	absDir := s.abs(dir)
 
 	// readChildren reads children and arms their data watches, the reads
-	// issued together (bounded by listParallel) rather than one round trip
+	// issued together (bounded by watchReadParallel) rather than one round trip
 	// after another: a new leader's watch of 10 000 schedules took seconds
 	// to deliver its first contents, and a burst of new tasks one round
 	// trip each. It returns the children still present, in names' order.
@@ -88,7 +88,7 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.Wat
 			stopped bool // not issued: ctx ended
 		}
 		reads := make([]read, len(names))
-		sem := make(chan struct{}, listParallel)
+		sem := make(chan struct{}, watchReadParallel)
 		var rg sync.WaitGroup
 		for i, name := range names {
 			if err := ctx.Err(); err != nil {
@@ -192,6 +192,12 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.Wat
 
 // maxFiredBatch bounds the fired watches handled in one step.
 const maxFiredBatch = 4096
+
+// watchReadParallel bounds the reads one step of a watch has in flight. A
+// session's reads wait on the server behind its writes in flight, so a
+// step's reads are best sent at once: at 32 a step that re-read the 192
+// tasks of one dispatch pass waited six rounds of writes (issue 19).
+const watchReadParallel = 256
 
 // applyFired handles the watches of dir that have fired (batch), in one
 // step: the directory's is listed again, and every child whose data watch
