@@ -421,12 +421,17 @@ func noopThroughputWith(ctx context.Context, c *harness.Cluster, kv coord.Store,
 	}
 	var last time.Time
 	ok := 0
+	// The stages of a task, by the times its record holds: created (the
+	// API node), assigned (the leader's write), finished (the runner's).
+	var queued, ran []time.Duration
 	for _, t := range done.Msg.Tasks {
 		if t.State == "succeeded" && !t.Finished.AsTime().Before(start) {
 			ok++
 			if t.Finished.AsTime().After(last) {
 				last = t.Finished.AsTime()
 			}
+			queued = append(queued, t.Started.AsTime().Sub(t.Created.AsTime()))
+			ran = append(ran, t.Finished.AsTime().Sub(t.Started.AsTime()))
 		}
 	}
 	if ok < n {
@@ -434,6 +439,8 @@ func noopThroughputWith(ctx context.Context, c *harness.Cluster, kv coord.Store,
 	}
 	d := last.Sub(start)
 	fmt.Fprintf(os.Stderr, "noop: creates done after %v\n", created.Round(time.Millisecond))
+	fmt.Fprintf(os.Stderr, "noop: created->assigned %s\n", summary(queued))
+	fmt.Fprintf(os.Stderr, "noop: assigned->finished %s\n", summary(ran))
 	return float64(n) / d.Seconds(), d, nil
 }
 

@@ -33,6 +33,7 @@ import (
 	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
+	"golang.org/x/sync/errgroup"
 )
 
 // Config tunes the dispatcher.
@@ -243,6 +244,7 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 	}
 	var next time.Time
 	var batch []*task.Record
+	var batches [][]*task.Record
 	seen := map[string]bool{} // dependencies referenced in this pass
 	defer func() { maps.DeleteFunc(st.ended, func(id string, _ *task.Record) bool { return !seen[id] }) }()
 	for _, r := range waiting {
@@ -285,13 +287,14 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 		free--
 		batch = append(batch, a)
 		if len(batch) == batchSize {
-			errs = append(errs, d.assign(ctx, txn, st, batch, log))
+			batches = append(batches, batch)
 			batch = nil
 		}
 	}
 	if len(batch) > 0 {
-		errs = append(errs, d.assign(ctx, txn, st, batch, log))
+		batches = append(batches, batch)
 	}
+	errs = append(errs, d.assignAll(ctx, txn, st, batches, log))
 	return next, errors.Join(errs...)
 }
 
@@ -340,36 +343,65 @@ func pick(runners map[string]*task.Runner, r *task.Record) *task.Runner {
 	return best
 }
 
-// assign writes a batch of assignments; if one record changed since it was
-// read the batch is written one by one, and the changed ones are left to
-// the pass its watch event triggers.
-func (d *Dispatcher) assign(ctx context.Context, txn task.TxnFunc, st *state, batch []*task.Record, log *slog.Logger) error {
-	err := d.store.PutMany(ctx, txn, batch)
-	if errors.Is(err, coord.ErrConflict) && len(batch) > 1 {
-		var errs []error
-		for _, r := range batch {
-			errs = append(errs, d.assign(ctx, txn, st, []*task.Record{r}, log))
-		}
-		return errors.Join(errs...)
+// assignParallel bounds the assignment transactions of a pass in flight.
+const assignParallel = 8
+
+// assignAll writes the batches of one pass together and then records what
+// was written in st. The batches hold distinct tasks, each written on
+// condition of the record version this pass read and of the leader's
+// epoch, so their order does not matter: written one after another, a pass
+// that filled 192 free slots waited seven write round trips, and the
+// dispatcher saw no event meanwhile (issue 19).
+func (d *Dispatcher) assignAll(ctx context.Context, txn task.TxnFunc, st *state, batches [][]*task.Record, log *slog.Logger) error {
+	written := make([][]*task.Record, len(batches))
+	errs := make([]error, len(batches))
+	var g errgroup.Group
+	g.SetLimit(assignParallel)
+	for i, b := range batches {
+		g.Go(func() error {
+			written[i], errs[i] = d.assign(ctx, txn, b)
+			return nil
+		})
 	}
-	if errors.Is(err, coord.ErrConflict) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
+	_ = g.Wait() // each batch's error is in errs
 	now := d.store.Now()
-	for _, r := range batch {
-		st.tasks[r.ID] = r
-		log.Debug("task assigned", "task", r.ID, "attempt", r.Attempt, "runner", r.Runner)
-		if m := d.cfg.Metrics; m != nil {
-			m.Assignments.Inc()
-			if r.Attempt == 1 {
-				m.DispatchLatency.Observe(now.Sub(r.Created).Seconds())
+	for _, rs := range written {
+		for _, r := range rs {
+			st.tasks[r.ID] = r
+			log.Debug("task assigned", "task", r.ID, "attempt", r.Attempt, "runner", r.Runner)
+			if m := d.cfg.Metrics; m != nil {
+				m.Assignments.Inc()
+				if r.Attempt == 1 {
+					m.DispatchLatency.Observe(now.Sub(r.Created).Seconds())
+				}
 			}
 		}
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// assign writes a batch of assignments and returns those written; if one
+// record changed since it was read the batch is written one by one, and the
+// changed ones are left to the pass its watch event triggers.
+func (d *Dispatcher) assign(ctx context.Context, txn task.TxnFunc, batch []*task.Record) ([]*task.Record, error) {
+	err := d.store.PutMany(ctx, txn, batch)
+	if errors.Is(err, coord.ErrConflict) && len(batch) > 1 {
+		var errs []error
+		var written []*task.Record
+		for _, r := range batch {
+			w, err := d.assign(ctx, txn, []*task.Record{r})
+			written = append(written, w...)
+			errs = append(errs, err)
+		}
+		return written, errors.Join(errs...)
+	}
+	if errors.Is(err, coord.ErrConflict) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return batch, nil
 }
 
 // giveBack returns a task whose runner's session has ended.

@@ -134,11 +134,21 @@ func (s *Store) Create(ctx context.Context, req CreateRequest) (*Record, error) 
 	if err != nil {
 		return nil, err
 	}
-	kv, err := s.kv.Create(ctx, key, r.encode())
+	// A transaction of one create: on ZooKeeper, Create also reads the
+	// new node back for its creation order, a round trip a task does not
+	// need (issue 19). A refused create is tried again as a plain Create,
+	// which tells an existing task from a missing parent.
+	enc := r.encode()
+	vers, err := s.kv.Txn(ctx, nil, []coord.Op{coord.CreateOp(key, enc, nil)})
+	if errors.Is(err, coord.ErrConflict) {
+		var kv coord.KV
+		kv, err = s.kv.Create(ctx, key, enc)
+		vers = []int64{kv.Version}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store task %s: %w", r.ID, err)
 	}
-	r.version = kv.Version
+	r.version = vers[0]
 	return r, nil
 }
 

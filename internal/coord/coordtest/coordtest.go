@@ -41,6 +41,7 @@ func Run(t *testing.T, newStore Factory) {
 	t.Run("SessionEphemeral", func(t *testing.T) { testSessionEphemeral(t, newStore(t)) })
 	t.Run("Watch", func(t *testing.T) { testWatch(t, newStore(t)) })
 	t.Run("WatchClose", func(t *testing.T) { testWatchClose(t, newStore(t)) })
+	t.Run("WatchBurst", func(t *testing.T) { testWatchBurst(t, newStore(t)) })
 	t.Run("CreateOrder", func(t *testing.T) { testCreateOrder(t, newStore(t)) })
 	t.Run("HeartbeatLateness", func(t *testing.T) { testHeartbeatLateness(t, newStore(t)) })
 }

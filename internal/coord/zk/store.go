@@ -366,16 +366,28 @@ func (s *Store) ensureParents(c *conn, key string) error {
 	if _, ok := s.dirs.Load(dir); ok {
 		return nil
 	}
-	parts := strings.Split(strings.TrimPrefix(dir, "/"), "/")
-	p := ""
-	for _, part := range parts {
-		p += "/" + part
-		if _, err := c.Create(p, nil, 0, s.acl); err != nil && !errors.Is(err, zk.ErrNodeExists) {
-			return mapErr("create parent", s.rel(p), err)
+	return s.ensureDir(c, dir, true)
+}
+
+// ensureDir creates the absolute directory dir, and its missing ancestors
+// first. It starts at dir and climbs only while a parent is missing: a new
+// shard of an existing directory is one create, where creating the whole
+// chain from the root was six writes one after another, for each of the
+// 256 shards of the finished tasks on each node (issue 19). With retry, a
+// parent found missing is created and dir tried once more.
+func (s *Store) ensureDir(c *conn, dir string, retry bool) error {
+	_, err := c.Create(dir, nil, 0, s.acl)
+	switch {
+	case err == nil, errors.Is(err, zk.ErrNodeExists):
+		s.dirs.Store(dir, true)
+		return nil
+	case errors.Is(err, zk.ErrNoNode) && retry && path.Dir(dir) != "/":
+		if err := s.ensureDir(c, path.Dir(dir), true); err != nil {
+			return err
 		}
+		return s.ensureDir(c, dir, false)
 	}
-	s.dirs.Store(dir, true)
-	return nil
+	return mapErr("create parent", s.rel(dir), err)
 }
 
 // sessionConn picks the connection for a write that may bind keys to sess.

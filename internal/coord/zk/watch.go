@@ -75,7 +75,7 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.Wat
 	absDir := s.abs(dir)
 
 	// readChildren reads children and arms their data watches, the reads
-	// issued together (bounded by listParallel) rather than one round trip
+	// issued together (bounded by watchReadParallel) rather than one round trip
 	// after another: a new leader's watch of 10 000 schedules took seconds
 	// to deliver its first contents, and a burst of new tasks one round
 	// trip each. It returns the children still present, in names' order.
@@ -88,7 +88,7 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.Wat
 			stopped bool // not issued: ctx ended
 		}
 		reads := make([]read, len(names))
-		sem := make(chan struct{}, listParallel)
+		sem := make(chan struct{}, watchReadParallel)
 		var rg sync.WaitGroup
 		for i, name := range names {
 			if err := ctx.Err(); err != nil {
@@ -164,61 +164,127 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.Wat
 	}
 	synced()
 	for {
-		var f fired
+		var batch []fired
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case f = <-events:
+		case f := <-events:
+			batch = append(batch, f)
 		}
+		// Take every watch that has fired meanwhile, so that their reads
+		// go out together: one read after another, each waiting behind
+		// the session's writes in flight, held the dispatcher's view a
+		// round trip per change behind (issue 19).
+	more:
+		for len(batch) < maxFiredBatch {
+			select {
+			case f := <-events:
+				batch = append(batch, f)
+			default:
+				break more
+			}
+		}
+		if err := s.applyFired(ctx, dir, batch, armed, cache, listDir, readChildren); err != nil {
+			return err
+		}
+	}
+}
+
+// maxFiredBatch bounds the fired watches handled in one step.
+const maxFiredBatch = 4096
+
+// watchReadParallel bounds the reads one step of a watch has in flight. A
+// session's reads wait on the server behind its writes in flight, so a
+// step's reads are best sent at once: at 32 a step that re-read the 192
+// tasks of one dispatch pass waited six rounds of writes (issue 19).
+const watchReadParallel = 256
+
+// applyFired handles the watches of dir that have fired (batch), in one
+// step: the directory's is listed again, and every child whose data watch
+// fired or that the listing shows new is read (which re-arms its watch),
+// the reads issued together. A child whose watch reports it deleted is read
+// too (it may have been created again under its name, and a listing may
+// have shown it present while its old watch was still to fire), unless a
+// listing made after the report shows it absent: that listing's watch then
+// reports its next creation. armed holds the children whose data watch is
+// set; it is updated.
+func (s *Store) applyFired(ctx context.Context, dir string, batch []fired, armed map[string]bool, cache *backend.WatchCache,
+	listDir func() ([]string, error), readChildren func([]string) ([]coord.KV, error)) error {
+	listed := false
+	var gone, read []string
+	for _, f := range batch {
 		if f.ev.Type == zk.EventNotWatching || f.ev.Err != nil {
 			return errNotWatching
 		}
 		if f.name == "" {
-			kids, err := listDir()
-			if err != nil {
-				return err
-			}
-			present := make(map[string]bool, len(kids))
-			var added []string
-			for _, k := range kids {
-				present[k] = true
-				if !armed[k] {
-					added = append(added, k)
-				}
-			}
-			kvs, err := readChildren(added)
-			if err != nil {
-				return err
-			}
-			for _, kv := range kvs {
-				if !cache.Put(ctx, kv) {
-					return ctx.Err()
-				}
-			}
-			for k := range armed {
-				if !present[k] {
-					// Its data watch reports the deletion too; the cache
-					// delivers it once.
-					if !cache.Delete(ctx, path.Join(dir, k)) {
-						return ctx.Err()
-					}
-				}
-			}
+			listed = true
 			continue
 		}
 		delete(armed, f.name)
-		kvs, err := readChildren([]string{f.name})
+		if f.ev.Type == zk.EventNodeDeleted {
+			gone = append(gone, f.name)
+		} else {
+			read = append(read, f.name)
+		}
+	}
+	var present map[string]bool
+	if !listed {
+		read = append(read, gone...)
+	} else {
+		kids, err := listDir()
 		if err != nil {
 			return err
 		}
-		if len(kvs) == 0 {
-			if !cache.Delete(ctx, path.Join(dir, f.name)) {
+		present = make(map[string]bool, len(kids))
+		for _, k := range kids {
+			present[k] = true
+		}
+		for _, name := range gone {
+			if present[name] {
+				read = append(read, name)
+			} else if !cache.Delete(ctx, path.Join(dir, name)) {
 				return ctx.Err()
 			}
-			continue
 		}
-		if !cache.Put(ctx, kvs[0]) {
+		reading := make(map[string]bool, len(read))
+		for _, name := range read {
+			reading[name] = true
+		}
+		for _, k := range kids {
+			if !armed[k] && !reading[k] {
+				read = append(read, k)
+			}
+		}
+		// Before the reads, which arm the children they find: one the
+		// listing missed may have been created again since.
+		for k := range armed {
+			if !present[k] {
+				// Its data watch reports the deletion too; the cache
+				// delivers it once.
+				if !cache.Delete(ctx, path.Join(dir, k)) {
+					return ctx.Err()
+				}
+			}
+		}
+	}
+	kvs, err := readChildren(read)
+	if err != nil {
+		return err
+	}
+	found := make(map[string]bool, len(kvs))
+	for _, kv := range kvs {
+		found[kv.Key] = true
+		if !cache.Put(ctx, kv) {
 			return ctx.Err()
 		}
 	}
+	// A child gone by its read (the cache ignores one it never delivered).
+	for _, name := range read {
+		if key := path.Join(dir, name); !found[key] {
+			if !cache.Delete(ctx, key) {
+				return ctx.Err()
+			}
+		}
+	}
+	return nil
 }

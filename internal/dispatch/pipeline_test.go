@@ -1,0 +1,156 @@
+package dispatch_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+	"github.com/taskd/taskd/internal/dispatch"
+	"github.com/taskd/taskd/internal/quorum"
+	"github.com/taskd/taskd/internal/runner"
+	"github.com/taskd/taskd/internal/task"
+	"github.com/taskd/taskd/internal/testenv"
+	"golang.org/x/sync/errgroup"
+)
+
+// attempts records every run of every task in the process, across all
+// members: a task assigned to two attempts at once runs twice, and the
+// runs overlap.
+type attempts struct {
+	task.Type
+	mu      sync.Mutex
+	runs    map[string][]int // attempt numbers run, by task
+	running map[string]int   // runs in progress, by task
+	overlap []string
+}
+
+func (a *attempts) Run(ctx context.Context, spec json.RawMessage, cp []byte, r task.Reporter) error {
+	a.mu.Lock()
+	a.runs[r.TaskID()] = append(a.runs[r.TaskID()], r.Attempt())
+	if a.running[r.TaskID()]++; a.running[r.TaskID()] > 1 {
+		a.overlap = append(a.overlap, fmt.Sprintf("%s attempt %d", r.TaskID(), r.Attempt()))
+	}
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.running[r.TaskID()]--
+		a.mu.Unlock()
+	}()
+	return a.Type.Run(ctx, spec, cp, r)
+}
+
+// startRacingMember is startMember whose leader role runs n dispatchers
+// at once on the one leadership, as if passes overlapped.
+func startRacingMember(t *testing.T, kv coord.Store, st *task.Store, name string, capacity, n int) {
+	cfg := quorum.DefaultConfig()
+	cfg.Name, cfg.NodeID, cfg.Address, cfg.Root = name, "id-"+name, name+":1", "/taskd"
+	cfg.SessionTimeout = 2 * time.Second
+	rc := runner.DefaultConfig()
+	rc.Node, rc.Capacity, rc.Deadline = name, capacity, cfg.DeadlineOf
+	run, err := runner.New(rc, st, quiet.With("node", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var disps []*dispatch.Dispatcher
+	for range n {
+		d, err := dispatch.New(dispatch.DefaultConfig(), st, quiet.With("node", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		disps = append(disps, d)
+	}
+	roles := quorum.Roles{
+		Leader: func(ctx context.Context, l *quorum.Leadership) error {
+			g, gctx := errgroup.WithContext(ctx)
+			for _, d := range disps {
+				g.Go(func() error { return d.Run(gctx, l) })
+			}
+			return g.Wait()
+		},
+		Member: run.Run,
+	}
+	q, err := quorum.New(cfg, kv, roles, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &member{cancel: cancel, done: make(chan error, 1)}
+	go func() { m.done <- q.Run(ctx) }()
+	t.Cleanup(m.stop)
+}
+
+// TestConcurrentPassesAssignOnce: a pass writes its assignment batches
+// together, and here two dispatchers of one leadership race over the same
+// waiting tasks as well. Every task still runs one attempt at a time, each
+// attempt once, and an attempt is replaced only when its runner lost its
+// session: the record version each assignment is conditional on admits one
+// writer per version.
+func TestConcurrentPassesAssignOnce(t *testing.T) {
+	for _, b := range testenv.Backends(t) {
+		t.Run(b.Name, func(t *testing.T) { testConcurrentPassesAssignOnce(t, b.Open(t)) })
+	}
+}
+
+func testConcurrentPassesAssignOnce(t *testing.T, kv coord.Store) {
+	const n, capacity = 300, 60
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	types := builtin()
+	rec := &attempts{Type: types["sleep"], runs: map[string][]int{}, running: map[string]int{}}
+	types["sleep"] = rec
+	st := newStore(t, kv, types)
+	// The tasks wait before any runner exists, so that the first passes
+	// each fill a runner's capacity: several batches of one pass at once.
+	ids := make([]string, n)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for i := range n {
+		g.Go(func() error {
+			r, err := st.Create(gctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"10ms"}`)})
+			if err == nil {
+				ids[i] = r.ID
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"n1", "n2", "n3"} {
+		startRacingMember(t, kv, newStore(t, kv, types), name, capacity, 2)
+	}
+	final := waitFinal(t, st, ids, 90*time.Second)
+
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.overlap) > 0 {
+		t.Errorf("%d runs overlapped another run of their task: %v", len(rec.overlap), rec.overlap)
+	}
+	for _, id := range ids {
+		r := final[id]
+		if r.State != task.Succeeded {
+			t.Errorf("task %s ended %s: %+v", id, r.State, r.Error)
+			continue
+		}
+		runs := rec.runs[id]
+		seen := map[int]bool{}
+		for _, a := range runs {
+			if seen[a] {
+				t.Errorf("task %s: attempt %d ran twice (runs %v)", id, a, runs)
+			}
+			seen[a] = true
+		}
+		if len(runs) != r.Attempt {
+			t.Errorf("task %s: %d runs for %d attempts (runs %v)", id, len(runs), r.Attempt, runs)
+		}
+		for _, h := range r.History {
+			if h.N < r.Attempt && h.Outcome != "runner lost" {
+				t.Errorf("task %s: attempt %d of %d replaced with outcome %q, want only runner lost: %+v", id, h.N, r.Attempt, h.Outcome, r.History)
+			}
+		}
+	}
+}
