@@ -43,6 +43,10 @@ type fired struct {
 	ev   zk.Event
 }
 
+// watchBatch bounds how many fired watches one pass of a watch's loop
+// handles together.
+const watchBatch = 512
+
 var errNotWatching = errors.New("zookeeper watch lost (session expired or connection closed)")
 
 // watchSession follows dir on one base connection until a watch is lost or
@@ -164,61 +168,113 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.Wat
 	}
 	synced()
 	for {
-		var f fired
+		var batch []fired
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case f = <-events:
+		case f := <-events:
+			batch = append(batch, f)
 		}
-		if f.ev.Type == zk.EventNotWatching || f.ev.Err != nil {
-			return errNotWatching
+		// What else has fired is handled with it: the re-reads of a
+		// batch go out together. One at a time, a directory of a
+		// thousand running tasks, each writing its progress every
+		// second, kept the loop a round trip per write behind: a new
+		// task waited seconds behind the progress of others.
+	gather:
+		for len(batch) < watchBatch {
+			select {
+			case f := <-events:
+				batch = append(batch, f)
+			default:
+				break gather
+			}
 		}
-		if f.name == "" {
-			kids, err := listDir()
-			if err != nil {
+		var names []string
+		dirFired := false
+		for _, f := range batch {
+			if f.ev.Type == zk.EventNotWatching || f.ev.Err != nil {
+				return errNotWatching
+			}
+			if f.name == "" {
+				dirFired = true
+			} else {
+				names = append(names, f.name)
+			}
+		}
+		if dirFired {
+			if err := s.dirChanged(ctx, dir, listDir, readChildren, armed, cache); err != nil {
 				return err
 			}
-			present := make(map[string]bool, len(kids))
-			var added []string
-			for _, k := range kids {
-				present[k] = true
-				if !armed[k] {
-					added = append(added, k)
-				}
-			}
-			kvs, err := readChildren(added)
-			if err != nil {
-				return err
-			}
-			for _, kv := range kvs {
-				if !cache.Put(ctx, kv) {
-					return ctx.Err()
-				}
-			}
-			for k := range armed {
-				if !present[k] {
-					// Its data watch reports the deletion too; the cache
-					// delivers it once.
-					if !cache.Delete(ctx, path.Join(dir, k)) {
-						return ctx.Err()
-					}
-				}
-			}
-			continue
 		}
-		delete(armed, f.name)
-		kvs, err := readChildren([]string{f.name})
-		if err != nil {
+		if err := s.childrenChanged(ctx, dir, names, readChildren, armed, cache); err != nil {
 			return err
 		}
-		if len(kvs) == 0 {
-			if !cache.Delete(ctx, path.Join(dir, f.name)) {
-				return ctx.Err()
-			}
-			continue
+	}
+}
+
+// dirChanged handles the directory's watch: it re-arms it, reads the
+// children that are new and delivers the ones gone.
+func (s *Store) dirChanged(ctx context.Context, dir string, listDir func() ([]string, error), readChildren func([]string) ([]coord.KV, error), armed map[string]bool, cache *backend.WatchCache) error {
+	kids, err := listDir()
+	if err != nil {
+		return err
+	}
+	present := make(map[string]bool, len(kids))
+	var added []string
+	for _, k := range kids {
+		present[k] = true
+		if !armed[k] {
+			added = append(added, k)
 		}
-		if !cache.Put(ctx, kvs[0]) {
+	}
+	kvs, err := readChildren(added)
+	if err != nil {
+		return err
+	}
+	for _, kv := range kvs {
+		if !cache.Put(ctx, kv) {
 			return ctx.Err()
 		}
 	}
+	for k := range armed {
+		if !present[k] {
+			// Its data watch reports the deletion too; the cache
+			// delivers it once.
+			if !cache.Delete(ctx, path.Join(dir, k)) {
+				return ctx.Err()
+			}
+		}
+	}
+	return nil
+}
+
+// childrenChanged handles the data watches that fired on names: it
+// re-reads them together (re-arming each) and delivers what changed and
+// what is gone.
+func (s *Store) childrenChanged(ctx context.Context, dir string, names []string, readChildren func([]string) ([]coord.KV, error), armed map[string]bool, cache *backend.WatchCache) error {
+	if len(names) == 0 {
+		return nil
+	}
+	for _, n := range names {
+		delete(armed, n)
+	}
+	kvs, err := readChildren(names)
+	if err != nil {
+		return err
+	}
+	got := make(map[string]bool, len(kvs))
+	for _, kv := range kvs {
+		got[path.Base(kv.Key)] = true
+		if !cache.Put(ctx, kv) {
+			return ctx.Err()
+		}
+	}
+	for _, n := range names {
+		if !got[n] {
+			if !cache.Delete(ctx, path.Join(dir, n)) {
+				return ctx.Err()
+			}
+		}
+	}
+	return nil
 }
