@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
@@ -118,29 +119,31 @@ const indexRead = 1000
 // gets one, on condition that the record is unchanged and the entry still
 // absent; an entry left without a record is deleted, on condition that
 // the record is still absent and the entry unchanged.
+//
+// Tasks that finish while it reads (Finish writes the record and its
+// entry together) have records the first read of the index did not see
+// entries for: the records without an entry are checked against a second
+// read of the index, made after every shard's, and only those still
+// without one are written. Without it each such record cost a batch that
+// failed and then a transaction of its own (two store round trips on the
+// leader): with a thousand tasks running and a history being written
+// meanwhile the backfill ground on for many minutes, and every console
+// page until it ended read the whole history.
 func (s *Store) sweepIndex(ctx context.Context, txn TxnFunc) (added, removed int, err error) {
-	entries := map[string]coord.KV{} // by task id
-	after := ""
-	for {
-		kvs, more, err := s.kv.ListBelow(ctx, s.layout.IndexDir(), after, indexRead)
-		if err != nil {
-			return 0, 0, fmt.Errorf("read the index: %w", err)
-		}
-		for _, kv := range kvs {
-			if _, id, err := s.layout.ParseIndexKey(kv.Key); err == nil {
-				entries[id] = kv
-			}
-		}
-		if !more || len(kvs) == 0 {
-			break
-		}
-		after = kvs[len(kvs)-1].Key
+	entries, err := s.readIndex(ctx)
+	if err != nil {
+		return 0, 0, err
 	}
-	b := batcher{txn: txn}
+	type missing struct {
+		id   string
+		op   coord.Op
+		cond coord.Cond
+	}
+	var lacking []missing
 	for _, shard := range Shards() {
 		kvs, err := s.ListDone(ctx, shard)
 		if err != nil {
-			return b.done, 0, err
+			return 0, 0, err
 		}
 		for _, kv := range kvs {
 			r, err := Decode(kv.Key, kv.Value, kv.Version)
@@ -155,9 +158,22 @@ func (s *Store) sweepIndex(ctx context.Context, txn TxnFunc) (added, removed int
 			if err != nil {
 				continue // can have no entry
 			}
-			if err := b.add(ctx, coord.CreateOp(key, entryOf(r), nil), coord.VersionIs(kv.Key, kv.Version)); err != nil {
-				return b.done, 0, err
-			}
+			lacking = append(lacking, missing{r.ID, coord.CreateOp(key, entryOf(r), nil), coord.VersionIs(kv.Key, kv.Version)})
+		}
+	}
+	if len(lacking) > 0 {
+		// Entries written since the first read: their tasks finished
+		// while the shards were read.
+		again, err := s.readIndex(ctx)
+		if err != nil {
+			return 0, 0, err
+		}
+		lacking = slices.DeleteFunc(lacking, func(m missing) bool { _, ok := again[m.id]; return ok })
+	}
+	b := batcher{txn: txn}
+	for _, m := range lacking {
+		if err := b.add(ctx, m.op, m.cond); err != nil {
+			return b.done, 0, err
 		}
 	}
 	if err := b.flush(ctx); err != nil {
@@ -180,6 +196,27 @@ func (s *Store) sweepIndex(ctx context.Context, txn TxnFunc) (added, removed int
 		return added, b.done, err
 	}
 	return added, b.done, nil
+}
+
+// readIndex reads every index entry, by task id, indexRead at a time.
+func (s *Store) readIndex(ctx context.Context) (map[string]coord.KV, error) {
+	entries := map[string]coord.KV{}
+	after := ""
+	for {
+		kvs, more, err := s.kv.ListBelow(ctx, s.layout.IndexDir(), after, indexRead)
+		if err != nil {
+			return nil, fmt.Errorf("read the index: %w", err)
+		}
+		for _, kv := range kvs {
+			if _, id, err := s.layout.ParseIndexKey(kv.Key); err == nil {
+				entries[id] = kv
+			}
+		}
+		if !more || len(kvs) == 0 {
+			return entries, nil
+		}
+		after = kvs[len(kvs)-1].Key
+	}
 }
 
 // indexBatch is how many entries one transaction of a sweep writes.

@@ -2,10 +2,14 @@ package task_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/taskd/taskd/internal/coord"
@@ -124,6 +128,107 @@ func TestIndexFormat(t *testing.T) {
 			if err := kv.Delete(ctx, key, 0); err != nil {
 				t.Fatal(err)
 			}
+		}
+	})
+}
+
+// finishing is a store on which tasks finish (record and entry together,
+// as Finish writes them) while a sweep reads: the first read of a shard
+// of finished records writes them first, after the sweep's read of the
+// index.
+type finishing struct {
+	coord.Store
+	doneDir string
+	finish  func() error
+	once    sync.Once
+	err     error
+}
+
+func (s *finishing) List(ctx context.Context, dir string) ([]coord.KV, error) {
+	if strings.HasPrefix(dir, s.doneDir+"/") {
+		s.once.Do(func() { s.err = s.finish() })
+		if s.err != nil {
+			return nil, s.err
+		}
+	}
+	return s.Store.List(ctx, dir)
+}
+
+// TestBackfillBesideFinishes: tasks that finish while the backfill reads
+// have records whose entries its first read of the index did not see.
+// The backfill writes entries for the records from before the index only,
+// in transactions none of which fails; before, each such record cost a
+// failed batch and a transaction of its own (the console's leader ground
+// through 100k of them for many minutes while every page read the whole
+// history). Then the index is ready and a page agrees with the whole list.
+func TestBackfillBesideFinishes(t *testing.T) {
+	stores(t, func(t *testing.T, kv coord.Store) {
+		ctx := ctxT(t)
+		raw, _ := clocked(t, kv)
+		lay := raw.Layout()
+		at := raw.Now()
+		record := func(i int) task.Record {
+			c := at.Add(time.Duration(i) * time.Second)
+			return task.Record{ID: uuid.NewString(), Type: "noop", Spec: json.RawMessage("{}"), State: task.Succeeded, Created: c, Finished: c, Updated: c}
+		}
+		// Three records from before the index: no entries.
+		var legacy []string
+		for i := range 3 {
+			r := record(i)
+			b, _ := json.Marshal(&r)
+			dk, err := lay.DoneKey(r.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := kv.Create(ctx, dk, b); err != nil {
+				t.Fatal(err)
+			}
+			legacy = append(legacy, r.ID)
+		}
+		const finishes = 120 // more than two batches of the sweep
+		fs := &finishing{Store: kv, doneDir: lay.DoneDir(), finish: func() error {
+			for i := range finishes {
+				r := record(10 + i)
+				ops, err := raw.FinishedOps(&r)
+				if err != nil {
+					return err
+				}
+				if _, err := kv.Txn(ctx, nil, ops); err != nil {
+					return err
+				}
+			}
+			return nil
+		}}
+		st, _ := clocked(t, fs)
+		var txns, failed int
+		counted := func(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]int64, error) {
+			txns++
+			v, err := st.Txn(ctx, conds, ops)
+			if err != nil {
+				failed++
+			}
+			return v, err
+		}
+		n, err := st.Backfill(ctx, counted)
+		if err != nil || n != len(legacy) {
+			t.Fatalf("backfill: %d entries, %v; want %d (the records from before the index)", n, err, len(legacy))
+		}
+		if fs.err != nil {
+			t.Fatal(fs.err)
+		}
+		if failed != 0 || txns != 2 {
+			t.Fatalf("backfill beside %d finishes: %d transactions, %d of them failed; want 2 (the three entries, the ready mark), none failed", finishes, txns, failed)
+		}
+		if ok, err := st.IndexReady(ctx); err != nil || !ok {
+			t.Fatalf("index ready after the backfill: %v, %v", ok, err)
+		}
+		if c, err := kv.CountBelow(ctx, lay.IndexDir()); err != nil || c != finishes+len(legacy) {
+			t.Fatalf("%d index entries (%v); want %d", c, err, finishes+len(legacy))
+		}
+		want := newestFirst(t, st, task.Filter{}, nil)
+		p, err := st.ListPage(ctx, task.PageQuery{Limit: 200})
+		if err != nil || !slices.Equal(idsOf(p.Records), want) || p.Total != len(want) {
+			t.Fatalf("page after the backfill: %v, %v; want %d rows as the whole list has them", p, err, len(want))
 		}
 	})
 }
