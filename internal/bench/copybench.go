@@ -32,6 +32,9 @@ type copyTool struct {
 	// source (their own, not the set's).
 	incremental incrRole
 	source      string
+	// ours: one of taskd's rows, compared with every other tool of the
+	// set (not only through the first row).
+	ours bool
 }
 
 type copyResult struct {
@@ -61,7 +64,7 @@ func copyBench(args []string, out io.Writer) error {
 	reps := fs.Int("reps", 5, "repetitions; the tools take turns within each")
 	dirFlag := fs.String("dir", "", "work directory (default: new under /var/tmp); needs about 4x the image size free")
 	drop := fs.Bool("drop-caches", true, "sync and drop the page cache before every timed run (needs root)")
-	setsFlag := fs.String("sets", "sparse25,sparse25-halfzero,random100,incremental,dirty-bitmap,nbd", "sets to run")
+	setsFlag := fs.String("sets", "file4k,sparse25,sparse25-halfzero,random100,incremental,dirty-bitmap,nbd", "sets to run")
 	seed := fs.Uint64("seed", 1, "image generator seed")
 	keep := fs.Bool("keep", false, "keep the work directory")
 	sizeMiB := fs.Int64("size-mib", 0, "image size in MiB (overrides -quick; for a smoke run)")
@@ -99,6 +102,11 @@ func copyBench(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	taskdCopy, err := harness.BuildCopy(filepath.Join(dir, "bin"))
+	if err != nil {
+		return err
+	}
+	bins := copyBins{copy: taskdCopy, taskd: taskd}
 	if *drop && os.Geteuid() != 0 {
 		fmt.Fprintln(out, "note: not root, page cache not dropped between runs")
 		*drop = false
@@ -110,7 +118,7 @@ func copyBench(args []string, out io.Writer) error {
 		humanSize(size), *seed, *reps, *drop, dir)
 	var sets []*copySet
 	for _, name := range strings.Split(*setsFlag, ",") {
-		s, err := makeSet(name, gen, dir, img, taskd, *granularity)
+		s, err := makeSet(name, gen, dir, img, bins, *granularity)
 		if err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
@@ -147,182 +155,6 @@ func copyBench(args []string, out io.Writer) error {
 		printSet(out, s, results)
 	}
 	return nil
-}
-
-func makeSet(name string, gen imageGen, dir string, img func(string) string, taskd string, granularity int) (*copySet, error) {
-	ensure := func(kind string) (string, error) {
-		p := img(kind)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-		return p, gen.write(p, kind)
-	}
-	dst := filepath.Join(dir, "target-"+name)
-	manifest := filepath.Join(dir, ".target-"+name+".taskd-manifest")
-	checkpoint := filepath.Join(dir, "checkpoint-"+name)
-	fresh := func() error {
-		for _, p := range []string{dst, manifest, checkpoint} {
-			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return err
-			}
-		}
-		return nil
-	}
-	local := func(src string) []*copyTool {
-		return []*copyTool{
-			{name: "taskd", argv: []string{taskd, "volume", "copy", src, dst, "--progress", "none"}, target: dst, reset: fresh},
-			// With a checkpoint file, as a copy task always runs: a
-			// flush and a checkpoint every half extent (128 MiB). The
-			// row above keeps no checkpoint and flushes once, at its end.
-			{name: "taskd --checkpoint", argv: []string{taskd, "volume", "copy", src, dst, "--progress", "none", "--checkpoint", checkpoint}, target: dst, reset: fresh},
-			{name: "qemu-img convert -W -m 16", argv: []string{"qemu-img", "convert", "-W", "-m", "16", "-f", "raw", "-O", "raw", src, dst}, target: dst, reset: fresh},
-			{name: "cp", argv: []string{"cp", src, dst}, target: dst, reset: fresh},
-			{name: "dd conv=sparse bs=1M", argv: []string{"dd", "if=" + src, "of=" + dst, "bs=1M", "conv=sparse", "status=none"}, target: dst, reset: fresh},
-		}
-	}
-	switch name {
-	case imgSparse, imgHalf, imgRandom:
-		src, err := ensure(name)
-		if err != nil {
-			return nil, err
-		}
-		incr, err := incrementalTools(gen, src, dst, taskd, fresh)
-		if err != nil {
-			return nil, err
-		}
-		return &copySet{name: name, source: src, size: gen.size, tools: append(local(src), incr...)}, nil
-	case "incremental":
-		base, err := ensure(imgBase)
-		if err != nil {
-			return nil, err
-		}
-		src := img(imgIncr)
-		if _, err := os.Stat(src); err != nil {
-			if err := gen.writeIncremental(base, src, 10000); err != nil {
-				return nil, err
-			}
-		}
-		fromBase := func() error {
-			if err := fresh(); err != nil {
-				return err
-			}
-			return copyFileSparse(base, dst)
-		}
-		// The target holds the base and the manifest the copy of the
-		// base left beside it (made untimed by taskd itself).
-		fromBaseWithManifest := copyWithManifest(taskd, base, dst, fresh)
-		return &copySet{name: "incremental (base + 10k random 4 KiB writes)", source: src, size: gen.size, tools: []*copyTool{
-			{name: "taskd --manifest", argv: []string{taskd, "volume", "copy", src, dst, "--manifest", "--progress", "none"}, target: dst, reset: fromBaseWithManifest},
-			{name: "taskd --base", argv: []string{taskd, "volume", "copy", src, dst, "--base", base, "--progress", "none"}, target: dst, reset: fromBase},
-			{name: "rsync --inplace --no-whole-file", argv: []string{"rsync", "--inplace", "--no-whole-file", src, dst}, target: dst, reset: fromBase},
-			{name: "taskd full copy", argv: []string{taskd, "volume", "copy", src, dst, "--progress", "none"}, target: dst, reset: fresh},
-		}}, nil
-	case "dirty-bitmap":
-		base, err := ensure(imgBase)
-		if err != nil {
-			return nil, err
-		}
-		disk, want, err := gen.writeBitmapImage(base, dir, 10000, granularity)
-		if err != nil {
-			return nil, err
-		}
-		fromBase := func() error {
-			if err := fresh(); err != nil {
-				return err
-			}
-			return copyFileSparse(base, dst)
-		}
-		serve := []nbdExport{{disk, []string{"-f", "qcow2", "--read-only", "--shared=4", "--bitmap=b0"}}}
-		return &copySet{name: fmt.Sprintf("dirty bitmap (qcow2 base + 10k random 4 KiB writes, bitmap granularity %d, served by qemu-nbd)", granularity), source: want, size: gen.size, tools: []*copyTool{
-			nbdTool("taskd --dirty-bitmap b0", dir, dst, fromBase, serve, func(u []string) []string {
-				return []string{taskd, "volume", "copy", u[0], dst, "--dirty-bitmap", "b0", "--progress", "none"}
-			}),
-			nbdTool("taskd full copy", dir, dst, fresh, serve, func(u []string) []string {
-				return []string{taskd, "volume", "copy", u[0], dst, "--progress", "none"}
-			}),
-			nbdTool("nbdcopy full copy", dir, dst, func() error {
-				if err := fresh(); err != nil {
-					return err
-				}
-				return os.WriteFile(dst, nil, 0o600)
-			}, serve, func(u []string) []string {
-				return []string{"nbdcopy", u[0], dst}
-			}),
-		}}, nil
-	case "nbd":
-		src, err := ensure(imgSparse)
-		if err != nil {
-			return nil, err
-		}
-		sparseTarget := func() error {
-			if err := fresh(); err != nil {
-				return err
-			}
-			if err := os.WriteFile(dst, nil, 0o600); err != nil {
-				return err
-			}
-			return os.Truncate(dst, gen.size)
-		}
-		exports := []nbdExport{
-			{src, []string{"-f", "raw", "--read-only", "--shared=4"}},
-			{dst, []string{"-f", "raw", "--shared=4", "--discard=unmap"}},
-		}
-		return &copySet{name: "nbd (sparse25 through qemu-nbd -e 4)", source: src, size: gen.size, tools: []*copyTool{
-			nbdTool("taskd", dir, dst, sparseTarget, exports, func(u []string) []string {
-				return []string{taskd, "volume", "copy", u[0], u[1], "--progress", "none"}
-			}),
-			nbdTool("nbdcopy", dir, dst, sparseTarget, exports, func(u []string) []string {
-				return []string{"nbdcopy", u[0], u[1]}
-			}),
-		}}, nil
-	}
-	return nil, fmt.Errorf("unknown set %q (sparse25, sparse25-halfzero, random100, incremental, dirty-bitmap, nbd)", name)
-}
-
-// nbdExport is an image a tool reads or writes through qemu-nbd.
-type nbdExport struct {
-	image string
-	args  []string // qemu-nbd flags before the image
-}
-
-// nbdTool resets the target, then serves each export with qemu-nbd for one
-// run; argv gets the exports' URIs in order. The servers' CPU and I/O count
-// in the run.
-func nbdTool(name, dir, dst string, reset func() error, exports []nbdExport, argv func(uris []string) []string) *copyTool {
-	t := &copyTool{name: name, target: dst}
-	var servers []*harness.NBDServer
-	sockDir := filepath.Join(dir, "sock-"+strings.NewReplacer(" ", "-", "/", "-").Replace(name))
-	t.stop = func() []*syscall.Rusage {
-		var out []*syscall.Rusage
-		for _, s := range servers {
-			s.Stop()
-			out = append(out, s.Rusage())
-		}
-		servers = nil
-		return out
-	}
-	t.reset = func() error {
-		if err := reset(); err != nil {
-			return err
-		}
-		os.RemoveAll(sockDir)
-		if err := os.MkdirAll(sockDir, 0o700); err != nil {
-			return err
-		}
-		var uris []string
-		for i, e := range exports {
-			s, err := harness.StartQemuNBD(sockDir, fmt.Sprint("e", i), e.image, e.args...)
-			if err != nil {
-				t.stop()
-				return err
-			}
-			servers = append(servers, s)
-			uris = append(uris, s.URI())
-		}
-		t.argv = argv(uris)
-		return nil
-	}
-	return t
 }
 
 func runTool(t *copyTool, r *copyResult, source string, drop bool) error {
@@ -424,7 +256,7 @@ func printSet(out io.Writer, s *copySet, results map[string]*copyResult) {
 	for _, t := range s.tools {
 		r := results[t.name]
 		w := median(r.walls)
-		fmt.Fprintf(out, "| %s | %.2fs (%.2f-%.2f) | %.2f | %s | %s | %.2f | %s | %s | %s |\n",
+		fmt.Fprintf(out, "| %s | %.3fs (%.3f-%.3f) | %.2f | %s | %s | %.2f | %s | %s | %s |\n",
 			t.name, w.Seconds(), slices.Min(r.walls).Seconds(), slices.Max(r.walls).Seconds(),
 			float64(r.logicalBytes)/w.Seconds()/1e9, humanSize(median(r.readB)), humanSize(median(r.writeB)),
 			median(r.cpu), humanSize(r.maxRSS<<10), humanSize(r.du), r.correct)
@@ -440,13 +272,14 @@ func printSet(out io.Writer, s *copySet, results map[string]*copyResult) {
 		fmt.Fprintf(out, "ratio %s / %s = %.2f (per repetition %.2f-%.2f)\n", s.tools[0].name, t.name,
 			median(first.walls).Seconds()/median(r.walls).Seconds(), lo, hi)
 	}
-	// The checkpointed copy against the other tools too.
+	// taskd's other rows against the other tools too: the checkpointed
+	// copy, and the copy inside the daemon's binary (its start-up).
 	for _, c := range s.tools[1:] {
-		if c.name != "taskd --checkpoint" {
+		if !c.ours {
 			continue
 		}
 		for _, t := range s.tools[1:] {
-			if t == c || t.limit != limitNone || t.incremental != incrNone || strings.HasPrefix(t.name, "taskd") {
+			if t.ours || t.limit != limitNone || t.incremental != incrNone {
 				continue
 			}
 			r, cr := results[t.name], results[c.name]

@@ -18,6 +18,8 @@ const (
 	imgRandom  = "random100"
 	imgBase    = "incr-base"
 	imgIncr    = "incr-src"
+	imgSmall   = "file4k" // one small file: start-up, not throughput
+	smallSize  = 4 << 10
 )
 
 type imageGen struct {

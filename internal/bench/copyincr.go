@@ -21,14 +21,14 @@ const (
 
 // incrementalTools are a set's incremental rows. The source is the set's
 // image changed by incrementalWrites random 4 KiB writes (made once,
-// untimed). "taskd --manifest" copies it onto a target that holds the
+// untimed). "taskd-copy --manifest" copies it onto a target that holds the
 // set's image and the manifest taskd left beside it when it copied the
 // image (untimed, in the reset): it reads only the source, compares each
 // block's hash with the manifest and writes the blocks that differ. The
 // other row is a full copy of the same source onto a new target, the
 // reference of the ratio: the writes land in the image's holes too, so the
 // changed image has more, smaller extents than the set's.
-func incrementalTools(gen imageGen, image, dst, taskd string, fresh func() error) ([]*copyTool, error) {
+func incrementalTools(gen imageGen, image, dst, taskdCopy string, fresh func() error) ([]*copyTool, error) {
 	changed := image + ".incr"
 	if _, err := os.Stat(changed); err != nil {
 		if err := gen.writeIncremental(image, changed, incrementalWrites); err != nil {
@@ -36,15 +36,15 @@ func incrementalTools(gen imageGen, image, dst, taskd string, fresh func() error
 		}
 	}
 	return []*copyTool{{
-		name:        fmt.Sprintf("taskd --manifest incremental (%dk 4 KiB writes)", incrementalWrites/1000),
-		argv:        []string{taskd, "volume", "copy", changed, dst, "--manifest", "--progress", "none"},
+		name:        fmt.Sprintf("taskd-copy --manifest incremental (%dk 4 KiB writes)", incrementalWrites/1000),
+		argv:        []string{taskdCopy, changed, dst, "--manifest", "--progress", "none"},
 		target:      dst,
 		incremental: incrManifest,
 		source:      changed,
-		reset:       copyWithManifest(taskd, image, dst, fresh),
+		reset:       copyWithManifest(taskdCopy, image, dst, fresh),
 	}, {
-		name:        "taskd full copy of the changed image",
-		argv:        []string{taskd, "volume", "copy", changed, dst, "--progress", "none"},
+		name:        "taskd-copy full copy of the changed image",
+		argv:        []string{taskdCopy, changed, dst, "--progress", "none"},
 		target:      dst,
 		incremental: incrFull,
 		source:      changed,
@@ -53,15 +53,15 @@ func incrementalTools(gen imageGen, image, dst, taskd string, fresh func() error
 }
 
 // copyWithManifest is a reset: a fresh target that holds from and the
-// manifest taskd left beside it when it copied from (untimed).
-func copyWithManifest(taskd, from, dst string, fresh func() error) func() error {
+// manifest taskd-copy left beside it when it copied from (untimed).
+func copyWithManifest(taskdCopy, from, dst string, fresh func() error) func() error {
 	return func() error {
 		if err := fresh(); err != nil {
 			return err
 		}
-		out, err := runQuiet(taskd, "volume", "copy", "--manifest", from, dst, "--progress", "none")
+		out, err := runQuiet(taskdCopy, "--manifest", from, dst, "--progress", "none")
 		if err != nil {
-			return fmt.Errorf("taskd volume copy --manifest %s: %v: %s", from, err, out)
+			return fmt.Errorf("taskd-copy --manifest %s: %v: %s", from, err, out)
 		}
 		return nil
 	}

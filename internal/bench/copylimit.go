@@ -36,7 +36,7 @@ const (
 func addLimit(s *copySet, name string, gen imageGen, dir string, img func(string) string) error {
 	var err error
 	switch name {
-	case imgSparse, imgHalf, imgRandom, "nbd":
+	case imgSparse, imgHalf, imgRandom, imgSmall, "nbd":
 		src := img(imgSparse)
 		if name != "nbd" {
 			src = img(name)
@@ -61,6 +61,10 @@ func addLimit(s *copySet, name string, gen imageGen, dir string, img func(string
 		return err
 	}
 	readFrom := img(imgRandom)
+	if name == imgSmall {
+		// Its own 4 KiB, cold after the drop: no 1 GiB image to make.
+		readFrom = img(imgSmall)
+	}
 	if _, err := os.Stat(readFrom); err != nil {
 		if err := gen.write(readFrom, imgRandom); err != nil {
 			return err
