@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -227,14 +229,21 @@ func runVolumeCopy(ctx context.Context, stderr io.Writer, spec volcopy.Spec, cpF
 			mode = "bar"
 		}
 	}
-	var bar *progressBar
+	var bar *progressbar.ProgressBar
 	switch mode {
 	case "bar":
-		// The bar draws the percentage; its figures are in the units
-		// of the log lines (IEC).
-		bar = &progressBar{w: stderr, width: func() int { return termWidth(stderr) }}
+		// The bar draws the percentage; its description the rest, in
+		// the units of the log lines (IEC), not the bar's own (SI).
+		// No spinner ticker: a goroutine of its own that nothing joins.
+		bar = progressbar.NewOptions64(-1, progressbar.OptionSetWriter(stderr), progressbar.OptionSetSpinnerChangeInterval(0),
+			progressbar.OptionSetDescription("copy"), progressbar.OptionThrottle(200*time.Millisecond),
+			progressbar.OptionFullWidth())
 		opts.ProgressInterval = 250 * time.Millisecond
-		opts.OnProgress = bar.draw
+		opts.OnProgress = func(p volcopy.Progress) {
+			bar.ChangeMax64(max(p.AllocatedTotal, 1))
+			_ = bar.Set64(min(p.AllocatedDone, max(p.AllocatedTotal, 1)))
+			bar.Describe("copy " + progressDetail(p))
+		}
 	case "log":
 		opts.ProgressInterval = 5 * time.Second
 		opts.OnProgress = func(p volcopy.Progress) { fmt.Fprintln(stderr, formatProgress(p)) }
@@ -263,7 +272,10 @@ func runVolumeCopy(ctx context.Context, stderr io.Writer, spec volcopy.Spec, cpF
 	stopFollow()
 	follow.Wait()
 	if bar != nil {
-		bar.finish(p)
+		// Where the copy stopped (not 100% for a failed one), and the
+		// line ended before the result.
+		_ = bar.Exit()
+		fmt.Fprintln(stderr)
 	}
 	switch {
 	case err == nil:
@@ -340,18 +352,7 @@ func etaText(p volcopy.Progress) string {
 	return p.ETA.Round(time.Second).String()
 }
 
-// termWidth is the terminal's width in columns, 0 if w is not a terminal.
-func termWidth(w io.Writer) int {
-	f, ok := w.(*os.File)
-	if !ok {
-		return 0
-	}
-	cols, _, err := term.GetSize(int(f.Fd()))
-	if err != nil {
-		return 0
-	}
-	return cols
-}
+func humanBytes(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }
 
 func writeFileAtomic(path string, b []byte) error {
 	tmp := path + ".tmp"

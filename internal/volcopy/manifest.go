@@ -1,6 +1,7 @@
 package volcopy
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -10,7 +11,6 @@ import (
 	"unsafe"
 
 	"github.com/zeebo/xxh3"
-	"golang.org/x/sys/unix"
 
 	"github.com/taskd/taskd/internal/volume"
 )
@@ -243,7 +243,7 @@ func sameTarget(rec, now volume.FileState) bool {
 // target state, all entries zero (a sparse file).
 func createManifest(sc volume.Sidecars, blockSize int, size int64) (*manifestFile, error) {
 	h := manifestHead{blockSize: uint32(blockSize), size: size}
-	if err := randomID(h.id[:]); err != nil {
+	if _, err := rand.Read(h.id[:]); err != nil {
 		return nil, err
 	}
 	f, err := sc.CreateSidecar(manifestSuffix, false)
@@ -276,21 +276,4 @@ func (m *manifestFile) commit(sc volume.Sidecars, target volume.FileState) error
 		return fmt.Errorf("sync new manifest: %w", err)
 	}
 	return sc.CommitSidecar(manifestSuffix)
-}
-
-// randomID fills b from the kernel's random source (getrandom(2)), as
-// crypto/rand does on Linux, without linking crypto/rand: its FIPS module
-// is initialised at every start-up of taskd-copy.
-func randomID(b []byte) error {
-	for len(b) > 0 {
-		n, err := unix.Getrandom(b, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("manifest id: getrandom: %w", err)
-		}
-		b = b[n:]
-	}
-	return nil
 }
