@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"sync"
@@ -97,7 +98,7 @@ func consoleBench(args []string, out io.Writer) error {
 		return err
 	}
 	defer stop()
-	page := "https://" + api.API + "/ui/"
+	page := (&url.URL{Scheme: "https", Host: api.API, Path: "/ui/"}).String()
 	if err := chromedp.Do(bctx, chromedp.Navigate(page), chromedp.WaitVisible(`#token`),
 		chromedp.SendKeys(`#token`, api.Token), chromedp.Click(`#login-submit`)); err != nil {
 		return fmt.Errorf("log in: %w", err)
