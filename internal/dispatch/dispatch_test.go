@@ -17,6 +17,7 @@ import (
 	"github.com/taskd/taskd/internal/tasktype"
 	"github.com/taskd/taskd/internal/testenv"
 	"go.uber.org/goleak"
+	"golang.org/x/sync/errgroup"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -31,6 +32,12 @@ type member struct {
 }
 
 func startMember(t *testing.T, kv coord.Store, st *task.Store, name string, capacity int) *member {
+	return startMemberN(t, kv, st, name, capacity, 1)
+}
+
+// startMemberN is startMember whose leader role runs n dispatchers at once
+// on its one leadership (n > 1: as if passes overlapped).
+func startMemberN(t *testing.T, kv coord.Store, st *task.Store, name string, capacity, n int) *member {
 	cfg := quorum.DefaultConfig()
 	cfg.Name, cfg.NodeID, cfg.Address, cfg.Root = name, "id-"+name, name+":1", "/taskd"
 	cfg.SessionTimeout = 2 * time.Second
@@ -40,12 +47,22 @@ func startMember(t *testing.T, kv coord.Store, st *task.Store, name string, capa
 	if err != nil {
 		t.Fatal(err)
 	}
-	disp, err := dispatch.New(dispatch.DefaultConfig(), st, quiet.With("node", name))
-	if err != nil {
-		t.Fatal(err)
+	var disps []*dispatch.Dispatcher
+	for range n {
+		d, err := dispatch.New(dispatch.DefaultConfig(), st, quiet.With("node", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		disps = append(disps, d)
 	}
 	roles := quorum.Roles{
-		Leader: func(ctx context.Context, l *quorum.Leadership) error { return disp.Run(ctx, l) },
+		Leader: func(ctx context.Context, l *quorum.Leadership) error {
+			g, gctx := errgroup.WithContext(ctx)
+			for _, d := range disps {
+				g.Go(func() error { return d.Run(gctx, l) })
+			}
+			return g.Wait()
+		},
 		Member: run.Run,
 	}
 	q, err := quorum.New(cfg, kv, roles, quiet)

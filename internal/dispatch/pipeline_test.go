@@ -10,9 +10,6 @@ import (
 	"time"
 
 	"github.com/taskd/taskd/internal/coord"
-	"github.com/taskd/taskd/internal/dispatch"
-	"github.com/taskd/taskd/internal/quorum"
-	"github.com/taskd/taskd/internal/runner"
 	"github.com/taskd/taskd/internal/task"
 	"github.com/taskd/taskd/internal/testenv"
 	"golang.org/x/sync/errgroup"
@@ -42,46 +39,6 @@ func (a *attempts) Run(ctx context.Context, spec json.RawMessage, cp []byte, r t
 		a.mu.Unlock()
 	}()
 	return a.Type.Run(ctx, spec, cp, r)
-}
-
-// startRacingMember is startMember whose leader role runs n dispatchers
-// at once on the one leadership, as if passes overlapped.
-func startRacingMember(t *testing.T, kv coord.Store, st *task.Store, name string, capacity, n int) {
-	cfg := quorum.DefaultConfig()
-	cfg.Name, cfg.NodeID, cfg.Address, cfg.Root = name, "id-"+name, name+":1", "/taskd"
-	cfg.SessionTimeout = 2 * time.Second
-	rc := runner.DefaultConfig()
-	rc.Node, rc.Capacity, rc.Deadline = name, capacity, cfg.DeadlineOf
-	run, err := runner.New(rc, st, quiet.With("node", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var disps []*dispatch.Dispatcher
-	for range n {
-		d, err := dispatch.New(dispatch.DefaultConfig(), st, quiet.With("node", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		disps = append(disps, d)
-	}
-	roles := quorum.Roles{
-		Leader: func(ctx context.Context, l *quorum.Leadership) error {
-			g, gctx := errgroup.WithContext(ctx)
-			for _, d := range disps {
-				g.Go(func() error { return d.Run(gctx, l) })
-			}
-			return g.Wait()
-		},
-		Member: run.Run,
-	}
-	q, err := quorum.New(cfg, kv, roles, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m := &member{cancel: cancel, done: make(chan error, 1)}
-	go func() { m.done <- q.Run(ctx) }()
-	t.Cleanup(m.stop)
 }
 
 // TestConcurrentPassesAssignOnce: a pass writes its assignment batches
@@ -122,7 +79,7 @@ func testConcurrentPassesAssignOnce(t *testing.T, kv coord.Store) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"n1", "n2", "n3"} {
-		startRacingMember(t, kv, newStore(t, kv, types), name, capacity, 2)
+		startMemberN(t, kv, newStore(t, kv, types), name, capacity, 2)
 	}
 	final := waitFinal(t, st, ids, 90*time.Second)
 
