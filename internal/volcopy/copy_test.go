@@ -355,20 +355,43 @@ func TestResumeRecopiesAtMostOneExtent(t *testing.T) {
 	t.Logf("cut at %d of %d bytes; %d bytes re-written on resume", info.Next, first.LogicalTotal, recopied)
 }
 
-// crashingVolume cancels the copy when a write reaches offset at, as if
-// the process died there.
+// crashingVolume models a process that dies right after a write reaching
+// offset at has landed: that write completes, the copy's context is
+// cancelled, and every later write, zero or flush is refused. The write
+// that reached at is therefore always work past the last checkpoint (its
+// extent can no longer be flushed), whatever order the workers ran in.
 type crashingVolume struct {
 	volume.Volume
-	at    int64
-	crash context.CancelFunc
+	at      int64
+	crash   context.CancelFunc
+	crashed atomic.Bool
 }
 
 func (v *crashingVolume) WriteAt(ctx context.Context, p []byte, off int64) error {
-	if off+int64(len(p)) > v.at {
-		v.crash()
+	if v.crashed.Load() {
 		return context.Canceled
 	}
-	return v.Volume.WriteAt(ctx, p, off)
+	if err := v.Volume.WriteAt(ctx, p, off); err != nil {
+		return err
+	}
+	if off+int64(len(p)) > v.at && v.crashed.CompareAndSwap(false, true) {
+		v.crash()
+	}
+	return nil
+}
+
+func (v *crashingVolume) Zero(ctx context.Context, off, n int64) error {
+	if v.crashed.Load() {
+		return context.Canceled
+	}
+	return v.Volume.Zero(ctx, off, n)
+}
+
+func (v *crashingVolume) Flush(ctx context.Context) error {
+	if v.crashed.Load() {
+		return context.Canceled
+	}
+	return v.Volume.Flush(ctx)
 }
 
 // Units that change nothing on the target are not flushed: on a fresh
