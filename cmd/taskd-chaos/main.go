@@ -45,6 +45,7 @@ func run() int {
 	seed := flag.Uint64("seed", 1, "seed of the fault schedule and the images")
 	timeout := flag.Duration("session-timeout", 4*time.Second, "taskd --session-timeout")
 	kinds := flag.String("kinds", "", "comma-separated fault kinds to draw from (default: all available)")
+	keep := flag.Bool("keep", false, "keep each campaign's logs and data directories even when it passes")
 	flag.Parse()
 	if *long {
 		*faults, *duration = 200, 2*time.Hour
@@ -113,6 +114,8 @@ func run() int {
 		if rep.Violations+rep.Lost+rep.Exits > 0 {
 			code = 1
 			fmt.Printf("  logs kept in %s\n", dir)
+		} else if *keep {
+			fmt.Printf("  logs kept in %s (-keep)\n", dir)
 		} else {
 			os.RemoveAll(filepath.Clean(dir))
 		}

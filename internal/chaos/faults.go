@@ -235,6 +235,10 @@ func (r *run) starve(ctx context.Context, node string, d time.Duration) string {
 			r.logf("starve cleanup: %v", err)
 		}
 	}()
+	// What the node was when it was starved, for the report: a starved
+	// taskd leader or etcd raft leader slows the whole cluster, a plain
+	// member only itself.
+	roles := r.roles(ctx, node)
 	busy, err := harness.StartBusyLoop(filepath.Join(r.cfg.Dir, "busy.log"))
 	if err != nil {
 		return "starvation not applied: " + err.Error()
@@ -249,7 +253,23 @@ func (r *run) starve(ctx context.Context, node string, d time.Duration) string {
 		return "starvation not applied: " + err.Error()
 	}
 	pause(ctx, d)
-	return fmt.Sprintf("%s under a CPU quota of %dus per 100ms next to a busy loop for %v", node, starveQuotaUS, d)
+	return fmt.Sprintf("%s%s under a CPU quota of %dus per 100ms next to a busy loop for %v", node, roles, starveQuotaUS, d)
+}
+
+// roles names what node is now, " (taskd leader, etcd raft leader)", or
+// "" when it is neither.
+func (r *run) roles(ctx context.Context, node string) string {
+	var is []string
+	if r.leaderSeenBy(node) == node {
+		is = append(is, "taskd leader")
+	}
+	if r.ens == nil && r.raftLeader(ctx) == node {
+		is = append(is, "etcd raft leader")
+	}
+	if len(is) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(is, ", ") + ")"
 }
 
 // partition drops (on) or restores (off) all traffic of node's namespace
