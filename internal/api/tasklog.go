@@ -12,7 +12,8 @@ import (
 )
 
 // TaskLog sends the task's output log after AfterSeq and, with Follow,
-// the lines its runner stores next, until the task is final. The runner
+// the lines its runner stores next, until the task is final; its last
+// message carries the final state. The runner
 // stores log lines in the same transaction as a write of the task's
 // record, so the watch of the unfinished records says when to read the
 // log again: no polling.
@@ -52,7 +53,9 @@ func (s *taskService) TaskLog(ctx context.Context, req *connect.Request[taskdv1.
 			return false, toConnect(err)
 		}
 		lines := l.After(after)
-		if len(lines) > 0 || first {
+		// The first message, and the last (the task final), go out even
+		// without lines: a follower learns the state it ends on.
+		if len(lines) > 0 || first || r.State.Final() {
 			msg := &taskdv1.TaskLogResponse{Dropped: l.Dropped, State: string(r.State)}
 			for _, ln := range lines {
 				msg.Lines = append(msg.Lines, &taskdv1.TaskLogLine{Seq: ln.Seq, At: ts(ln.At), Attempt: int32(ln.Attempt), Text: ln.Text})

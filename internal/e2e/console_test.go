@@ -3,12 +3,14 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 	"github.com/taskd/taskd/api/taskdv1"
 	"github.com/taskd/taskd/internal/harness"
@@ -20,7 +22,14 @@ import (
 // on its page, cancel it from the page; then log in as a viewer, who sees
 // no action and whose call, made from the page anyway, the API refuses.
 func TestConsole(t *testing.T) {
-	c := newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout})
+	execDir := t.TempDir()
+	if err := os.Chmod(execDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(execDir, "shout"), []byte(shoutProgram), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := newCluster(t, 3, harness.Options{SessionTimeout: taskTimeout, Extra: []string{"--exec-dir", execDir}})
 	leader := ready(t, c)
 	b := newBrowser(t, c)
 
@@ -107,6 +116,7 @@ func TestConsole(t *testing.T) {
 	b.goTo("#/runners")
 	b.waitJS(20*time.Second, "three live runners", `document.querySelectorAll('tr[data-runner] td.ok').length === 3`)
 	b.shot("runners")
+	runnerActions(t, c, leader, b)
 	b.goTo("#/vips")
 	b.waitJS(10*time.Second, "the VIP view", `document.querySelector('#view h1')?.textContent === 'Virtual IPs' && document.querySelector('#view p, #view table')`)
 	b.shot("vips")
@@ -126,8 +136,54 @@ func TestConsole(t *testing.T) {
 	}
 	b.shot("timeline")
 
+	execLog(t, c, leader, b)
+	filters(t, b)
+	themes(t, b)
 	bulkActions(t, c, leader, b)
 	viewerCannotAct(t, c, leader, b)
+}
+
+// shoutProgram prints a line of markup and a protocol log line, waits for
+// the file the spec's "gate" names, then prints a last line and succeeds.
+const shoutProgram = `#!/bin/sh
+spec=$(cat)
+gate=$(printf '%s' "$spec" | sed -n 's/.*"gate":"\([^"]*\)".*/\1/p')
+echo '<img src=x onerror="window.__pwned=2"> before the gate'
+printf '{"log":"logged by the protocol"}\n' >&3
+while [ ! -e "$gate" ]; do sleep 0.05; done
+echo "after the gate"
+`
+
+// execLog: an exec task's page shows its log while the program runs (the
+// markup it prints as text), then the lines after the gate as they come,
+// and stops following when the task succeeds.
+func execLog(t *testing.T, c *harness.Cluster, leader *harness.Node, b *browser) {
+	gate := filepath.Join(t.TempDir(), "gate")
+	id := create(t, leader, "shout", fmt.Sprintf(`{"gate":%q}`, gate))
+	b.goTo("#/task/" + id)
+	logHas := func(text string) string {
+		return fmt.Sprintf(`[...document.querySelectorAll('#task-log .line')].some((l) => l.textContent.endsWith(%q))`, text)
+	}
+	b.waitJS(20*time.Second, "the log's first lines while the program waits",
+		logHas(`<img src=x onerror="window.__pwned=2"> before the gate`)+` && `+logHas("logged by the protocol"))
+	if st := b.text("#task-state"); st != "running" {
+		t.Fatalf("the task is %q before its gate opened; want running", st)
+	}
+	if !strings.HasSuffix(b.text("#task-log-info"), "; following") {
+		t.Errorf("the log's info line says %q while the task runs; want it following", b.text("#task-log-info"))
+	}
+	if pwned, err := eval[bool](b, `window.__pwned === 2 || document.querySelector('#task-log img') !== null`); err != nil || pwned {
+		t.Errorf("markup from a task's output became HTML in the console (%v)", err)
+	}
+	b.shot("task-log")
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b.waitJS(20*time.Second, "the last line and the task succeeded, the log no longer followed",
+		logHas("after the gate")+` && document.getElementById('task-state')?.textContent === 'succeeded' && document.getElementById('task-log-info')?.textContent === '3 lines'`)
+	if n, err := eval[int](b, `document.querySelectorAll('#task-log .line').length`); err != nil || n != 3 {
+		t.Errorf("the log shows %d lines (%v); want 3, each once", n, err)
+	}
 }
 
 // bulkActions: three tasks picked with the table's "select all" box are
@@ -213,5 +269,75 @@ func viewerCannotAct(t *testing.T, c *harness.Cluster, leader *harness.Node, b *
 	}
 	if tk, err := getTask(context.Background(), leader, id); err != nil || tk.State != "running" {
 		t.Errorf("after the viewer's refused cancel the task is %v (%v); want running", tk, err)
+	}
+}
+
+// runnerActions: an operator cordons a runner from the runners view and
+// uncordons it; the API says so after each click, and the row too.
+func runnerActions(t *testing.T, c *harness.Cluster, leader *harness.Node, b *browser) {
+	var node string
+	for _, n := range c.Nodes {
+		if n != leader {
+			node = n.Name
+			break
+		}
+	}
+	marks := func() *taskdv1.RunnerInfo {
+		t.Helper()
+		r, err := leader.Client().Runners.ListRunners(ctxFor(t, 5*time.Second), connect.NewRequest(&taskdv1.ListRunnersRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range r.Msg.Runners {
+			if x.Node == node {
+				return x
+			}
+		}
+		t.Fatalf("runner %s not listed", node)
+		return nil
+	}
+	if m := marks(); m.Cordoned || m.Draining {
+		t.Fatalf("runner %s is already marked (%v)", node, m)
+	}
+	row := fmt.Sprintf(`tr[data-runner=%q]`, node)
+	for _, step := range []struct {
+		action, shows string
+		cordoned      bool
+	}{{"cordon", "cordoned", true}, {"uncordon", "schedulable", false}} {
+		b.must(5*time.Second, step.action+" "+node, chromedp.Click(row+fmt.Sprintf(` button[data-action=%q]`, step.action)))
+		b.waitJS(10*time.Second, "the row shows "+step.shows, fmt.Sprintf(`document.querySelector(%q)?.children[3]?.textContent === %q`, row, step.shows))
+		if m := marks(); m.Cordoned != step.cordoned {
+			t.Fatalf("after %s from the console the API says cordoned=%v", step.action, m.Cordoned)
+		}
+		if step.cordoned {
+			b.shot("runners-cordoned")
+		}
+	}
+}
+
+// filters: the task table's type and state filters ask the server for
+// the matching tasks only.
+func filters(t *testing.T, b *browser) {
+	b.goTo("#/tasks")
+	b.waitJS(10*time.Second, "the task table", `document.querySelectorAll('tr[data-task]').length > 1`)
+	if _, err := eval[string](b, `(() => { document.querySelector('input[aria-label="Filter by type"]').value = 'shout';
+		const st = document.querySelector('select[aria-label="Filter by state"]'); st.value = 'succeeded';
+		document.querySelector('button[aria-label="Apply filters"]').click(); return ''; })()`); err != nil {
+		t.Fatal(err)
+	}
+	b.waitJS(10*time.Second, "only the succeeded shout task", `document.getElementById('task-count')?.textContent === '1–1 of 1' && [...document.querySelectorAll('tr[data-task]')].every((r) => r.children[2].textContent === 'shout' && r.dataset.state === 'succeeded') && document.querySelectorAll('tr[data-task]').length === 1`)
+	b.shot("tasks-filtered")
+}
+
+// themes: the console follows the system's light or dark preference.
+func themes(t *testing.T, b *browser) {
+	for _, theme := range []struct{ scheme, background string }{{"dark", "rgb(15, 19, 24)"}, {"light", "rgb(250, 250, 250)"}} {
+		_, err := chromedp.Call(b.ctx, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
+			Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: theme.scheme}}})
+		if err != nil {
+			t.Fatalf("emulate %s: %v", theme.scheme, err)
+		}
+		b.waitJS(5*time.Second, "the "+theme.scheme+" theme", fmt.Sprintf(`getComputedStyle(document.body).backgroundColor === %q`, theme.background))
+		b.shot("tasks-" + theme.scheme)
 	}
 }

@@ -224,6 +224,34 @@ function viewTask(root, scope, id) {
         ['Spec', h('code', {}, t.spec || '')]].flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])));
   };
   scope.live('TaskService', 'WatchTask', { id }, (m) => render(m.task));
+  taskLog(root, scope, id);
+}
+
+// taskLog: the task's log (an exec program's output and log lines),
+// followed live by TaskLog until the task is final; a reconnect asks only
+// for the lines after the last one shown. Lines are text, never HTML.
+const logLines = 2000;
+function taskLog(root, scope, id) {
+  const box = h('div', { class: 'log', id: 'task-log', role: 'log', 'aria-label': 'Task log', tabindex: 0 });
+  const info = h('p', { class: 'muted', id: 'task-log-info' }, 'No log lines (exec tasks write one).');
+  root.append(h('h2', {}, 'Log'), info, box);
+  let last = 0, dropped = 0;
+  scope.live('TaskService', 'TaskLog', () => ({ id, follow: true, afterSeq: String(last) }), (m) => {
+    const stick = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+    for (const l of m.lines || []) {
+      const seq = Number(l.seq || 0);
+      if (seq <= last) continue; // a reconnect's overlap
+      last = seq;
+      box.append(h('div', { class: 'line', 'data-seq': seq }, h('span', { class: 'at' }, fmtTime(l.at) + ' #' + (l.attempt || 0) + ' '), l.text || ''));
+    }
+    while (box.childElementCount > logLines) { box.firstElementChild.remove(); dropped++; }
+    const kept = Number(m.dropped || 0);
+    if (box.childElementCount) {
+      info.textContent = box.childElementCount + ' lines' + (kept + dropped ? '; ' + (kept + dropped) + ' older lines not shown' : '') +
+        (m.state && !['succeeded', 'failed', 'cancelled'].includes(m.state) ? '; following' : '');
+    }
+    if (stick) box.scrollTop = box.scrollHeight;
+  });
 }
 
 // Runners: capacity and load, cordon/uncordon/drain.
