@@ -14,10 +14,15 @@
 package webui
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"io/fs"
 	"net/http"
 	"strings"
+	"sync"
+	"time"
 )
 
 //go:embed assets
@@ -49,13 +54,49 @@ func AssetBytes() (int64, error) {
 	return n, err
 }
 
-// Handler serves the console's files under Prefix; "/ui" redirects there.
-func Handler() http.Handler {
+// site is the console as served: index.html names every other file with
+// a version, the first bytes of the file's SHA-256 ("app.js?v=1a2b…"), so
+// a browser keeps each file until a new binary changes it and a page load
+// asks the server for index.html alone.
+type site struct {
+	files   http.Handler
+	index   []byte
+	version map[string]string // file name -> version
+}
+
+var loadSite = sync.OnceValue(func() *site {
 	sub, err := fs.Sub(assets, "assets")
 	if err != nil {
 		panic(err) // the embedded tree is fixed at build time
 	}
-	files := http.StripPrefix(Prefix, http.FileServerFS(sub))
+	index, err := fs.ReadFile(sub, "index.html")
+	if err != nil {
+		panic(err)
+	}
+	s := &site{files: http.StripPrefix(Prefix, http.FileServerFS(sub)), version: map[string]string{}}
+	names, err := fs.Glob(sub, "*")
+	if err != nil {
+		panic(err)
+	}
+	for _, name := range names {
+		if name == "index.html" {
+			continue
+		}
+		b, err := fs.ReadFile(sub, name)
+		if err != nil {
+			panic(err)
+		}
+		sum := sha256.Sum256(b)
+		s.version[name] = hex.EncodeToString(sum[:6])
+		index = bytes.ReplaceAll(index, []byte(`"`+name+`"`), []byte(`"`+name+"?v="+s.version[name]+`"`))
+	}
+	s.index = index
+	return s
+})
+
+// Handler serves the console's files under Prefix; "/ui" redirects there.
+func Handler() http.Handler {
+	s := loadSite()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
@@ -71,7 +112,20 @@ func Handler() http.Handler {
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("X-Frame-Options", "DENY")
-		h.Set("Cache-Control", "no-cache")
-		files.ServeHTTP(w, r)
+		name := strings.TrimPrefix(r.URL.Path, Prefix)
+		if name == "" || name == "index.html" {
+			h.Set("Cache-Control", "no-cache")
+			h.Set("Content-Type", "text/html; charset=utf-8")
+			http.ServeContent(w, r, "index.html", time.Time{}, bytes.NewReader(s.index))
+			return
+		}
+		// Only the version index.html names is cached for good: a
+		// request for any other keeps being checked.
+		if v, ok := s.version[name]; ok && r.URL.Query().Get("v") == v {
+			h.Set("Cache-Control", "public, max-age=31536000, immutable")
+		} else {
+			h.Set("Cache-Control", "no-cache")
+		}
+		s.files.ServeHTTP(w, r)
 	})
 }
