@@ -102,6 +102,7 @@ func run() int {
 		fmt.Printf("  recovery: task resume (last work of one attempt to first of the next) %s\n", stats.Summary(rep.Resume))
 		fmt.Printf("  recovery: task resume, gaps with at most one fault %s\n", stats.Summary(rep.ResumeSingle))
 		fmt.Printf("  recovery: task resume, gaps with two faults or more %s\n", stats.Summary(rep.ResumeCompound))
+		fmt.Printf("  recovery: task resume less the time other tasks of its concurrency key worked in the gap %s\n", stats.Summary(rep.ResumeKeyFree))
 		for _, s := range rep.SlowResumes {
 			fmt.Println("  " + s.String())
 		}

@@ -71,6 +71,10 @@ type Report struct {
 	// ResumeSingle and ResumeCompound split Resume by the number of
 	// faults that fell into each gap (at most one, or more).
 	ResumeSingle, ResumeCompound []time.Duration
+	// ResumeKeyFree is Resume less, for a keyed task, the time within the
+	// gap that other tasks of its key were working (a queue, not a
+	// recovery).
+	ResumeKeyFree []time.Duration
 	// SlowResumes explains every resume over 2 × timeout + 2 s.
 	SlowResumes []SlowResume
 	// SlowVIPMoves lists every VIP move over timeout + 2 s with the faults

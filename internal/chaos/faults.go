@@ -367,6 +367,7 @@ func (r *run) checkLedger(tasks map[string]taskView) {
 		}
 	}
 	r.checkKeys(byTask)
+	r.keyWaits(byTask)
 	for id, typ := range r.tasks {
 		if t, ok := tasks[id]; (typ == "sleep" || typ == execType) && ok && t.State == "succeeded" && len(byTask[id]) == 0 {
 			r.violation("task %s succeeded without any work in the ledger", id)
@@ -385,17 +386,8 @@ func (r *run) checkKeys(byTask map[string][]ledgerLine) {
 	byKey := map[string][]span{}
 	for id, key := range r.keyOf {
 		r.rep.Keyed++
-		spans := map[int]*span{}
-		for _, l := range byTask[id] {
-			sp, ok := spans[l.attempt]
-			if !ok {
-				sp = &span{id: id, from: l.at, to: l.at}
-				spans[l.attempt] = sp
-			}
-			sp.from, sp.to = min(sp.from, l.at), max(sp.to, l.at)
-		}
-		for _, sp := range spans {
-			byKey[key] = append(byKey[key], *sp)
+		for _, w := range workSpans(byTask[id]) {
+			byKey[key] = append(byKey[key], span{id: id, from: w[0], to: w[1]})
 		}
 	}
 	for key, spans := range byKey {
@@ -409,6 +401,50 @@ func (r *run) checkKeys(byTask map[string][]ledgerLine) {
 			}
 			if cur.to > last.to {
 				last = cur
+			}
+		}
+	}
+}
+
+// workSpans gives each attempt's work, from its first ledger line to its
+// last (unix nanoseconds).
+func workSpans(lines []ledgerLine) [][2]int64 {
+	spans := map[int]*[2]int64{}
+	for _, l := range lines {
+		sp, ok := spans[l.attempt]
+		if !ok {
+			sp = &[2]int64{l.at, l.at}
+			spans[l.attempt] = sp
+		}
+		sp[0], sp[1] = min(sp[0], l.at), max(sp[1], l.at)
+	}
+	out := make([][2]int64, 0, len(spans))
+	for _, sp := range spans {
+		out = append(out, *sp)
+	}
+	return out
+}
+
+// keyWaits: for each resume gap of a keyed task, how long other tasks of
+// its key (limit 1) were working inside the gap. The task could not run
+// then whatever the faults did: that part of the gap is a queue, not a
+// recovery.
+func (r *run) keyWaits(byTask map[string][]ledgerLine) {
+	for i := range r.gaps {
+		g := &r.gaps[i]
+		g.key = r.keyOf[g.task]
+		if g.key == "" {
+			continue
+		}
+		from, to := g.lastWork.UnixNano(), g.firstWork.UnixNano()
+		for id, key := range r.keyOf {
+			if key != g.key || id == g.task {
+				continue
+			}
+			for _, w := range workSpans(byTask[id]) {
+				if lo, hi := max(w[0], from), min(w[1], to); hi > lo {
+					g.keyBusy += time.Duration(hi - lo)
+				}
 			}
 		}
 	}

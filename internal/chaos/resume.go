@@ -22,6 +22,10 @@ type resumeGap struct {
 	task                string
 	from, to            int
 	lastWork, firstWork time.Time
+	// key is the task's concurrency key ("" for none); keyBusy, the time
+	// within the gap that other tasks of that key were working.
+	key     string
+	keyBusy time.Duration
 }
 
 // SlowResume explains one resume sample over the campaign's goal
@@ -39,6 +43,10 @@ type SlowResume struct {
 	Noticed, Dispatched, Started time.Duration
 	OldRunner, NewRunner         string
 	Faults                       []string // "3:partition n1" for each fault in the gap
+	// Key is the task's concurrency key, KeyBusy the part of the gap in
+	// which other tasks of the key worked.
+	Key     string
+	KeyBusy time.Duration
 }
 
 func (s SlowResume) String() string {
@@ -48,9 +56,13 @@ func (s SlowResume) String() string {
 		}
 		return d.Round(10 * time.Millisecond).String()
 	}
-	return fmt.Sprintf("slow resume %s attempt %s: %v = noticed %s + dispatched %s + started %s (runner %s -> %s) faults in the gap: %s",
+	key := ""
+	if s.Key != "" {
+		key = fmt.Sprintf("; key %s busy with other tasks' work for %v of the gap", s.Key, s.KeyBusy.Round(10*time.Millisecond))
+	}
+	return fmt.Sprintf("slow resume %s attempt %s: %v = noticed %s + dispatched %s + started %s (runner %s -> %s)%s faults in the gap: %s",
 		s.Task, s.Attempts, s.Gap.Round(10*time.Millisecond), ph(s.Noticed), ph(s.Dispatched), ph(s.Started),
-		s.OldRunner, s.NewRunner, strings.Join(s.Faults, ", "))
+		s.OldRunner, s.NewRunner, key, strings.Join(s.Faults, ", "))
 }
 
 // faultsIn lists the faults whose span meets [from, to].
@@ -83,6 +95,7 @@ func (r *run) breakDownResumes() {
 	sort.Slice(gaps, func(i, j int) bool { return gaps[i].lastWork.Before(gaps[j].lastWork) })
 	for _, g := range gaps {
 		gap := g.firstWork.Sub(g.lastWork)
+		r.rep.ResumeKeyFree = append(r.rep.ResumeKeyFree, gap-g.keyBusy)
 		in := faultsIn(spans, g.lastWork.Add(-time.Second), g.firstWork)
 		if len(in) > 1 {
 			r.rep.ResumeCompound = append(r.rep.ResumeCompound, gap)
@@ -92,7 +105,8 @@ func (r *run) breakDownResumes() {
 		if gap <= goal {
 			continue
 		}
-		s := SlowResume{Task: g.task, Attempts: fmt.Sprintf("%d->%d", g.from, g.to), Gap: gap, Noticed: -1, Dispatched: -1, Started: -1}
+		s := SlowResume{Task: g.task, Attempts: fmt.Sprintf("%d->%d", g.from, g.to), Gap: gap, Noticed: -1, Dispatched: -1, Started: -1,
+			Key: g.key, KeyBusy: g.keyBusy}
 		for _, f := range in {
 			s.Faults = append(s.Faults, fmt.Sprintf("%d:%s (%s, %s after the last work; whole again %s after it)", f.n, f.kind, f.what,
 				f.began.Sub(g.lastWork).Round(100*time.Millisecond), f.whole.Sub(g.lastWork).Round(100*time.Millisecond)))

@@ -47,3 +47,37 @@ func TestSlowResumeUnknownPhase(t *testing.T) {
 		t.Errorf("got  %q\nwant %q", got, want)
 	}
 }
+
+// TestKeyWaits: only other tasks of the same key count, only their work
+// inside the gap, each attempt from its first ledger line to its last.
+func TestKeyWaits(t *testing.T) {
+	t0 := time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
+	at := func(s float64) int64 { return t0.Add(time.Duration(s * float64(time.Second))).UnixNano() }
+	lines := func(attempt int, secs ...float64) []ledgerLine {
+		var out []ledgerLine
+		for _, s := range secs {
+			out = append(out, ledgerLine{attempt: attempt, at: at(s)})
+		}
+		return out
+	}
+	r := &run{keyOf: map[string]string{"t": "k0", "same": "k0", "other": "k1"}}
+	r.gaps = []resumeGap{
+		{task: "t", from: 1, to: 2, lastWork: time.Unix(0, at(10)), firstWork: time.Unix(0, at(20))},
+		{task: "plain", from: 1, to: 2, lastWork: time.Unix(0, at(10)), firstWork: time.Unix(0, at(20))},
+	}
+	byTask := map[string][]ledgerLine{
+		"t": append(lines(1, 5, 10), lines(2, 20, 22)...),
+		// Attempt 1 works 8-12 (2 s in the gap), attempt 2 works 15-18
+		// (3 s): 5 s of the key's time.
+		"same":  append(lines(1, 8, 12), lines(2, 15, 16, 18)...),
+		"other": lines(1, 11, 19), // another key: never counts
+		"plain": lines(1, 11, 19),
+	}
+	r.keyWaits(byTask)
+	if g := r.gaps[0]; g.key != "k0" || g.keyBusy != 5*time.Second {
+		t.Errorf("keyed gap: key %q busy %v; want k0, 5s", g.key, g.keyBusy)
+	}
+	if g := r.gaps[1]; g.key != "" || g.keyBusy != 0 {
+		t.Errorf("unkeyed gap: key %q busy %v; want none", g.key, g.keyBusy)
+	}
+}
