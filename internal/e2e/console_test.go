@@ -184,6 +184,15 @@ func execLog(t *testing.T, c *harness.Cluster, leader *harness.Node, b *browser)
 	if n, err := eval[int](b, `document.querySelectorAll('#task-log .line').length`); err != nil || n != 3 {
 		t.Errorf("the log shows %d lines (%v); want 3, each once", n, err)
 	}
+
+	// A task cancelled while its program waits writes no line more; the
+	// page learns from the log stream's last message that it is final.
+	id = create(t, leader, "shout", fmt.Sprintf(`{"gate":%q}`, filepath.Join(t.TempDir(), "never")))
+	b.goTo("#/task/" + id)
+	b.waitJS(20*time.Second, "the second task's first lines", logHas("logged by the protocol")+` && document.getElementById('task-state')?.textContent === 'running'`)
+	b.must(5*time.Second, "click cancel", chromedp.Click(`button[data-action="cancel"]`))
+	b.waitJS(20*time.Second, "cancelled, the log no longer followed",
+		`document.getElementById('task-state')?.textContent === 'cancelled' && !document.getElementById('task-log-info')?.textContent.endsWith('following')`)
 }
 
 // bulkActions: three tasks picked with the table's "select all" box are
@@ -327,6 +336,13 @@ func filters(t *testing.T, b *browser) {
 	}
 	b.waitJS(10*time.Second, "only the succeeded shout task", `document.getElementById('task-count')?.textContent === '1–1 of 1' && [...document.querySelectorAll('tr[data-task]')].every((r) => r.children[2].textContent === 'shout' && r.dataset.state === 'succeeded') && document.querySelectorAll('tr[data-task]').length === 1`)
 	b.shot("tasks-filtered")
+	// Cleared, the filters show every task again.
+	if _, err := eval[string](b, `(() => { document.querySelector('input[aria-label="Filter by type"]').value = '';
+		document.querySelector('select[aria-label="Filter by state"]').value = '';
+		document.querySelector('button[aria-label="Apply filters"]').click(); return ''; })()`); err != nil {
+		t.Fatal(err)
+	}
+	b.waitJS(10*time.Second, "every task again", `document.querySelectorAll('tr[data-task]').length > 1 && [...document.querySelectorAll('tr[data-task]')].some((r) => r.children[2].textContent !== 'shout')`)
 }
 
 // themes: the console follows the system's light or dark preference.
