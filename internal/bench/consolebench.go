@@ -117,7 +117,7 @@ func consoleBench(args []string, out io.Writer) error {
 	fmt.Fprintf(out, "server: WatchTasks call -> first message (the snapshot of %d unfinished tasks): %s\n", *running, summary(snaps))
 
 	var paints []time.Duration
-	steps := make([][]time.Duration, 5)
+	steps := make([][]time.Duration, 6)
 	for range *reps {
 		// A page load of the task table: the token stays in the tab.
 		if err := chromedp.Do(bctx, chromedp.Navigate("about:blank"), chromedp.Navigate(page+"#/tasks")); err != nil {
@@ -136,7 +136,8 @@ func consoleBench(args []string, out io.Writer) error {
 			const res = performance.getEntriesByType('resource');
 			const files = res.filter((e) => !e.name.includes('/taskd.v1.')).map((e) => e.responseEnd);
 			const list = res.filter((e) => e.name.endsWith('.TaskService/ListTasks'))[0] || {};
-			return [nav.responseEnd || 0, Math.max(0, ...files), nav.domContentLoadedEventEnd || 0, list.startTime || 0, list.responseEnd || 0];
+			const fcp = performance.getEntriesByName('first-contentful-paint')[0] || {};
+			return [nav.responseEnd || 0, Math.max(0, ...files), nav.domContentLoadedEventEnd || 0, fcp.startTime || 0, list.startTime || 0, list.responseEnd || 0];
 		})()`))
 		if err != nil || len(rt) != len(steps) {
 			return fmt.Errorf("the page's timings: %v (%d values)", err, len(rt))
@@ -146,8 +147,17 @@ func consoleBench(args []string, out io.Writer) error {
 		}
 	}
 	fmt.Fprintf(out, "first rows of the task table after a page load (navigation start -> rows shown, 50 of %d): %s\n", *finished+*running, summary(paints))
-	for i, what := range []string{"the page's document in", "the console's files in", "scripts run (DOMContentLoaded end)", "first ListTasks sent", "first ListTasks answered"} {
+	for i, what := range []string{"the page's document in", "the console's files in", "scripts run (DOMContentLoaded end)",
+		"first contentful paint (the browser's first paint)", "first ListTasks sent", "first ListTasks answered"} {
 		fmt.Fprintf(out, "  of which: navigation start -> %s: %s\n", what, summary(steps[i]))
+	}
+	// How the last load got its files: the protocol, and the bytes that
+	// crossed the network (0: from the browser's cache).
+	if how, err := chromedp.Run(bctx, chromedp.Evaluate[string](`(() => {
+		const res = performance.getEntriesByType('resource').filter((e) => !e.name.includes('/taskd.v1.'));
+		return (performance.getEntriesByType('navigation')[0] || {}).nextHopProtocol + ', ' + res.length + ' files, ' + res.reduce((n, e) => n + e.transferSize, 0) + ' bytes over the network';
+	})()`)); err == nil {
+		fmt.Fprintf(out, "  the last load: %s\n", how)
 	}
 
 	// Live: the page records when each row first appears (its clock is
