@@ -160,6 +160,21 @@ func consoleBench(args []string, out io.Writer) error {
 		fmt.Fprintf(out, "  the last load: %s\n", how)
 	}
 
+	// The same first-page request made by the open page's own transport
+	// (JSON over fetch) once the page has loaded: the browser's share of
+	// a ListTasks, apart from the page load.
+	var inPage []time.Duration
+	ms, err := chromedp.Run(bctx, chromedp.Evaluate[[]float64](`(async () => { const t = [];
+		for (let i = 0; i < 10; i++) { const s = performance.now(); await call('TaskService', 'ListTasks', { limit: 50, newestFirst: true, explain: true }); t.push(performance.now() - s); }
+		return t; })()`, chromedp.EvalAwaitPromise))
+	if err != nil {
+		return fmt.Errorf("ListTasks from the page: %w", err)
+	}
+	for _, v := range ms {
+		inPage = append(inPage, time.Duration(v*float64(time.Millisecond)))
+	}
+	fmt.Fprintf(out, "ListTasks from the loaded page (its own JSON transport, one after another): %s\n", summary(inPage))
+
 	// Live: the page records when each row first appears (its clock is
 	// this machine's); the row of a new task is awaited after its create.
 	if _, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`(() => { window.__seen = {};
