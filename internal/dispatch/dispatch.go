@@ -229,7 +229,15 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 				keyed.Add(r)
 				continue
 			}
-			errs = append(errs, d.giveBack(ctx, txn, r, now, log))
+			// Given back, it waits in this same pass, in its own place in
+			// the order: its key is free from this pass on, and a newer
+			// task of that key must not take its turn.
+			g, err := d.giveBack(ctx, txn, r, now, log)
+			errs = append(errs, err)
+			if g != nil && g.State == task.Waiting {
+				st.tasks[g.ID] = g
+				waiting = append(waiting, g)
+			}
 		case task.Waiting:
 			waiting = append(waiting, r)
 		}
@@ -404,8 +412,9 @@ func (d *Dispatcher) assign(ctx context.Context, txn task.TxnFunc, batch []*task
 	return batch, nil
 }
 
-// giveBack returns a task whose runner's session has ended.
-func (d *Dispatcher) giveBack(ctx context.Context, txn task.TxnFunc, r *task.Record, now time.Time, log *slog.Logger) error {
+// giveBack returns a task whose runner's session has ended, and gives the
+// record as now stored (nil when nothing was written).
+func (d *Dispatcher) giveBack(ctx context.Context, txn task.TxnFunc, r *task.Record, now time.Time, log *slog.Logger) (*task.Record, error) {
 	g := r.Clone()
 	why := fmt.Sprintf("runner %s lost its session", r.Runner)
 	var err error
@@ -415,14 +424,14 @@ func (d *Dispatcher) giveBack(ctx context.Context, txn task.TxnFunc, r *task.Rec
 		err = d.store.Put(ctx, txn, g)
 	}
 	if errors.Is(err, coord.ErrConflict) {
-		return nil // changed meanwhile; its event brings the next pass
+		return nil, nil // changed meanwhile; its event brings the next pass
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if m := d.cfg.Metrics; m != nil {
 		m.GivenBack.Inc()
 	}
 	log.Info("task given back: its runner's session ended", events.TaskReassigned.Attr(), "task", r.ID, "attempt", r.Attempt, "runner", r.Runner, "state", g.State)
-	return nil
+	return g, nil
 }
