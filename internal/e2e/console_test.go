@@ -186,7 +186,7 @@ func execLog(t *testing.T, c *harness.Cluster, leader *harness.Node, b *browser)
 	}
 
 	// A task cancelled while its program waits writes no line more; the
-	// page learns from the log stream's last message that it is final.
+	// page stops following once its WatchTask says the task is final.
 	id = create(t, leader, "shout", fmt.Sprintf(`{"gate":%q}`, filepath.Join(t.TempDir(), "never")))
 	b.goTo("#/task/" + id)
 	b.waitJS(20*time.Second, "the second task's first lines", logHas("logged by the protocol")+` && document.getElementById('task-state')?.textContent === 'running'`)

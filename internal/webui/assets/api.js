@@ -101,7 +101,7 @@ class Scope {
         try {
           setLive(true);
           await stream(service, method, typeof msg === 'function' ? msg() : msg, onMsg, this.ctl.signal);
-          if (method === 'WatchTask' || method === 'TaskLog') return; // a final task: nothing more comes
+          if (method === 'WatchTask') return; // a final task: nothing more comes
         } catch (e) {
           if (this.done) return;
           setLive(false, e.message);

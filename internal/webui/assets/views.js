@@ -223,35 +223,48 @@ function viewTask(root, scope, id) {
         ['Rate limit', t.rateLimitSet ? fmtBytes(t.rateLimit) + '/s' : 'spec'], ['Schedule', t.schedule || ''],
         ['Spec', h('code', {}, t.spec || '')]].flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])));
   };
-  scope.live('TaskService', 'WatchTask', { id }, (m) => render(m.task));
-  taskLog(root, scope, id);
+  const logSeen = taskLog(root, scope, id);
+  scope.live('TaskService', 'WatchTask', { id }, (m) => { render(m.task); logSeen(m.task); });
 }
 
-// taskLog: the task's log (an exec program's output and log lines),
-// followed live by TaskLog until the task is final; a reconnect asks only
-// for the lines after the last one shown. Lines are text, never HTML.
+// taskLog: the task's log (an exec program's output and log lines). The
+// runner stores lines in the same write as the task's record, so each
+// change the page's WatchTask reports is the event to read the lines
+// after the last one shown (at most once a second): the page adds no
+// watch of its own to the server. Lines are text, never HTML. It returns
+// the function the task page calls with each version of the task.
 const logLines = 2000;
 function taskLog(root, scope, id) {
   const box = h('div', { class: 'log', id: 'task-log', role: 'log', 'aria-label': 'Task log', tabindex: 0 });
   const info = h('p', { class: 'muted', id: 'task-log-info' }, 'No log lines (exec tasks write one).');
   root.append(h('h2', {}, 'Log'), info, box);
-  let last = 0, dropped = 0;
-  scope.live('TaskService', 'TaskLog', () => ({ id, follow: true, afterSeq: String(last) }), (m) => {
+  let last = 0, dropped = 0, kept = 0, final = false, busy = false, again = false;
+  const show = () => {
+    if (!box.childElementCount) return;
+    info.textContent = box.childElementCount + ' lines' + (kept + dropped ? '; ' + (kept + dropped) + ' older lines not shown' : '') + (final ? '' : '; following');
+  };
+  const onMsg = (m) => {
     const stick = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
     for (const l of m.lines || []) {
       const seq = Number(l.seq || 0);
-      if (seq <= last) continue; // a reconnect's overlap
+      if (seq <= last) continue;
       last = seq;
       box.append(h('div', { class: 'line', 'data-seq': seq }, h('span', { class: 'at' }, fmtTime(l.at) + ' #' + (l.attempt || 0) + ' '), l.text || ''));
     }
     while (box.childElementCount > logLines) { box.firstElementChild.remove(); dropped++; }
-    const kept = Number(m.dropped || 0);
-    if (box.childElementCount) {
-      info.textContent = box.childElementCount + ' lines' + (kept + dropped ? '; ' + (kept + dropped) + ' older lines not shown' : '') +
-        (m.state && !['succeeded', 'failed', 'cancelled'].includes(m.state) ? '; following' : '');
-    }
+    kept = Number(m.dropped || 0);
     if (stick) box.scrollTop = box.scrollHeight;
-  });
+  };
+  const read = async () => {
+    if (busy) { again = true; return; }
+    busy = true;
+    try { await stream('TaskService', 'TaskLog', { id, afterSeq: String(last) }, onMsg, scope.ctl.signal); } catch (e) { if (!scope.done) showError(e); }
+    busy = false;
+    show();
+    if (again && !scope.done) { again = false; refresh(); }
+  };
+  const refresh = scope.throttle(read);
+  return (t) => { final = ['succeeded', 'failed', 'cancelled'].includes(t.state); show(); refresh(); };
 }
 
 // Runners: capacity and load, cordon/uncordon/drain.
