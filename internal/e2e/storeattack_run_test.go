@@ -35,6 +35,29 @@ type dialFunc func(ctx context.Context, addr string) (net.Conn, error)
 // running nodes keep writing) and etcd's members and users, as root.
 func etcdKeys(t *testing.T, endpoint string, creds *pki.Bundle, dial dialFunc) []string {
 	t.Helper()
+	keys, err := readEtcdKeys(endpoint, creds, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+// settledEtcdKeys is etcdKeys while the node may still be setting its
+// store up: a read that fails (while the node enables etcd's auth, root's
+// reads are refused for a moment) is not settled yet, and is retried.
+func settledEtcdKeys(t *testing.T, endpoint string, creds *pki.Bundle, dial dialFunc) []string {
+	t.Helper()
+	keys, err := readEtcdKeys(endpoint, creds, dial)
+	if err != nil {
+		t.Logf("etcd not readable yet: %v", err)
+		return nil
+	}
+	return keys
+}
+
+// readEtcdKeys lists every key (not the event ring), the members and the
+// users, as root.
+func readEtcdKeys(endpoint string, creds *pki.Bundle, dial dialFunc) ([]string, error) {
 	cfg := clientv3.Config{Endpoints: []string{endpoint}, TLS: creds.ClientTLS(""), Username: etcd.RootUser,
 		Password: creds.Secrets.EtcdRootPassword, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
 	if dial != nil {
@@ -42,14 +65,14 @@ func etcdKeys(t *testing.T, endpoint string, creds *pki.Bundle, dial dialFunc) [
 	}
 	cli, err := clientv3.New(cfg)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := cli.Get(ctx, "", clientv3.WithFromKey(), clientv3.WithKeysOnly())
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("list keys: %w", err)
 	}
 	var out []string
 	for _, kv := range resp.Kvs {
@@ -59,16 +82,16 @@ func etcdKeys(t *testing.T, endpoint string, creds *pki.Bundle, dial dialFunc) [
 	}
 	ml, err := cli.MemberList(ctx)
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("list members: %w", err)
 	}
 	for _, m := range ml.Members {
 		out = append(out, fmt.Sprintf("member %x %v", m.ID, m.PeerURLs))
 	}
 	users, err := cli.UserList(ctx)
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("list users: %w", err)
 	}
-	return append(out, "users "+strings.Join(users.Users, ","))
+	return append(out, "users "+strings.Join(users.Users, ",")), nil
 }
 
 // zkKeys lists the znodes under root (not the event ring) and their ACLs,
@@ -255,7 +278,7 @@ func TestStoreAttackUnprivilegedLocal(t *testing.T) {
 	// an idle cluster writes nothing on its own.
 	var etcdBefore, zkBefore []string
 	if err := harness.WaitFor(ctxFor(t, 60*time.Second), 200*time.Millisecond, func() bool {
-		etcdBefore = etcdKeys(t, en.EtcdClientURL, en.Creds, nil)
+		etcdBefore = settledEtcdKeys(t, en.EtcdClientURL, en.Creds, nil)
 		zkBefore = zkKeys(t, ens.Addrs(), ens.PKI.ClientTLS(zkCreds), ens.PKI.Secrets.ZKDigest, "/att", dialPlain)
 		return settled(etcdBefore, zkBefore, "n1", "n1")
 	}); err != nil {
@@ -347,7 +370,7 @@ func TestStoreAttackFromAnotherNamespace(t *testing.T) {
 		if _, err := harness.EtcdLeads(ctx, creds, endpoint, inNS); err != nil {
 			return false
 		}
-		etcdBefore = etcdKeys(t, endpoint, creds, inNS)
+		etcdBefore = settledEtcdKeys(t, endpoint, creds, inNS)
 		zkBefore = zkKeys(t, ens.Addrs(), p.ClientTLS(zkCreds), p.Secrets.ZKDigest, "/att", dialNS)
 		return settled(etcdBefore, zkBefore, "e1", "z1")
 	}); err != nil {
