@@ -54,10 +54,19 @@ func testStarvedLeader(t *testing.T, b backend) {
 	if v.Epoch != epoch+1 {
 		t.Fatalf("epoch %d -> %d, want one handover", epoch, v.Epoch)
 	}
-	for _, m := range v.Members {
-		if m.Name == leader && (!m.Starved || m.StarvedReason != reason || m.CurrentPriority != 0) {
-			t.Fatalf("starved member record %+v", m)
+	// The member record comes by its own watch, which may trail the
+	// leader record's: wait for it to say starved.
+	var last string
+	if err := testenv.WaitFor(ctx, 20*time.Millisecond, func() bool {
+		for _, m := range nodes[0].view().Members {
+			if m.Name == leader {
+				last = fmt.Sprintf("%+v", m)
+				return m.Starved && m.StarvedReason == reason && m.CurrentPriority == 0
+			}
 		}
+		return false
+	}); err != nil {
+		t.Fatalf("starved member record %s: %v", last, err)
 	}
 	// While starved, and after recovering with equal priority, the
 	// leadership stays where it went.
