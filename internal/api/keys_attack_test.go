@@ -217,6 +217,15 @@ func testKeyTraversal(t *testing.T, b testenv.Backend) {
 	}); err != nil {
 		t.Fatalf("task %s never ran: %v", id, err)
 	}
+	// The leader's first collection marks the finished-task index ready
+	// (CI: it wrote the key between the snapshots); after it an idle
+	// node writes nothing on its own.
+	if err := testenv.WaitFor(ctx, 20*time.Millisecond, func() bool {
+		_, err := kv.Get(ctx, "/taskd/tasks/index-ready")
+		return err == nil
+	}); err != nil {
+		t.Fatalf("the leader never marked the finished-task index ready: %v", err)
+	}
 	before := storeState(t, ctx, kv, id)
 	knownBefore := knownKeys(t, ctx, kv)
 	view := n.View()
