@@ -16,7 +16,9 @@ import (
 	"go.etcd.io/etcd/server/v3/auth"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
 	etcderrors "go.etcd.io/etcd/server/v3/etcdserver/errors"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/taskd/taskd/internal/backoff"
 )
@@ -135,6 +137,10 @@ func (s *Server) Admit(ctx context.Context, name, peerURL string) (string, error
 	if _, err := parseURL(peerURL); err != nil {
 		return "", fmt.Errorf("%w: peer URL: %w", ErrAdmit, err)
 	}
+	// One admission at a time through this member: two joins at once
+	// would otherwise propose two membership changes at once (see below).
+	s.admitMu.Lock()
+	defer s.admitMu.Unlock()
 	cli, err := s.rootClient()
 	if err != nil {
 		return "", err
@@ -161,12 +167,16 @@ func (s *Server) Admit(ctx context.Context, name, peerURL string) (string, error
 	}
 	members := list.Members
 	if newID == 0 {
-		resp, err := cli.MemberAddAsLearner(ctx, []string{peerURL})
+		// Bounded: etcd takes one membership change at a time, and a
+		// second proposed while another (a learner promoting itself) is
+		// pending is dropped by raft without an answer; the call then
+		// hangs until its deadline. Ended here, the joiner retries, and
+		// the retry finds the member if it was added after all.
+		actx, cancel := context.WithTimeout(ctx, memberAddTimeout)
+		resp, err := cli.MemberAddAsLearner(actx, []string{peerURL})
+		cancel()
 		if err != nil {
-			if isBusy(err) {
-				return "", fmt.Errorf("%w: %w", ErrBusy, err)
-			}
-			return "", fmt.Errorf("%w: member add: %w", ErrAdmit, err)
+			return "", memberAddError(ctx, err)
 		}
 		newID, members = resp.Member.ID, resp.Members
 	}
@@ -196,6 +206,23 @@ func (s *Server) promoteOnce(ctx context.Context) error {
 	}
 	_, err = s.e.Server.PromoteMember(ctx, uint64(s.e.Server.MemberID()))
 	return err
+}
+
+// memberAddTimeout bounds one member add; see Admit.
+const memberAddTimeout = 8 * time.Second
+
+// memberAddError sorts a failed member add: a refusal that a retry cannot
+// change is ErrAdmit; a busy cluster, or a call that timed out or lost its
+// connection while the caller's ctx is still live, is ErrBusy, which the
+// joiner retries.
+func memberAddError(ctx context.Context, err error) error {
+	transient := isBusy(err) || errors.Is(err, context.DeadlineExceeded) ||
+		status.Code(err) == codes.DeadlineExceeded || unavailable(err) ||
+		errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrNoLeader)
+	if transient && ctx.Err() == nil {
+		return fmt.Errorf("%w: member add: %w", ErrBusy, err)
+	}
+	return fmt.Errorf("%w: member add: %w", ErrAdmit, err)
 }
 
 // isBusy: etcd cannot change membership yet (a learner is still catching

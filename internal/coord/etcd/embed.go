@@ -113,6 +113,7 @@ type Server struct {
 	cfg       ServerConfig
 	closing   *atomic.Bool
 	closeOnce sync.Once
+	admitMu   sync.Mutex // see Admit
 }
 
 // StartServer starts the member and waits until it serves (a multi-member
