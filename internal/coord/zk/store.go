@@ -88,6 +88,11 @@ type Store struct {
 
 	dirs sync.Map // absolute directories known to exist
 
+	hubsMu sync.Mutex
+	hubs   map[string]*hub // the shared watch of each watched directory
+	// watchReads counts the reads the watches have made.
+	watchReads atomic.Int64
+
 	// mu guards base and closed. It is never held across zk.Conn.Close,
 	// which waits up to a second for an ensemble that stopped answering.
 	mu     sync.Mutex

@@ -10,28 +10,21 @@ import (
 	"github.com/go-zookeeper/zk"
 	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
-	"github.com/taskd/taskd/internal/coord/internal/backend"
 )
 
-// Watch implements coord.Store with one child watch on dir and one data watch
-// per child. ZooKeeper watches fire once, so each is re-armed with the read
-// that follows it. The library re-registers watches after a reconnect and the
-// server fires those whose node changed meanwhile, so a reconnect loses
-// nothing. If the base session expires every watch reports "not watching";
-// the watcher then lists the directory on the new session and delivers the
-// difference.
-func (s *Store) Watch(ctx context.Context, dir string) *coord.Watcher {
-	return coord.StartWatcher(ctx, func(ctx context.Context, out chan<- coord.Event) { s.watch(ctx, dir, out) })
-}
-
-// watch follows dir, session after session, until ctx ends.
-func (s *Store) watch(ctx context.Context, dir string, out chan<- coord.Event) {
-	cache := backend.NewWatchCache(out)
+// watch follows dir for h, session after session, until ctx ends: one
+// child watch on dir and one data watch per child. ZooKeeper watches fire
+// once, so each is re-armed with the read that follows it. The library
+// re-registers watches after a reconnect and the server fires those whose
+// node changed meanwhile, so a reconnect loses nothing. If the base
+// session expires every watch reports "not watching"; the watch then lists
+// the directory on the new session and delivers the difference.
+func (s *Store) watch(ctx context.Context, dir string, h *hub) {
 	// Reset once a session's listing is delivered: only failures in a row
 	// wait longer and longer.
 	retry := backoff.New(50*time.Millisecond, 2*time.Second)
 	for ctx.Err() == nil {
-		if err := s.watchSession(ctx, dir, cache, retry.Reset); err != nil {
+		if err := s.watchSession(ctx, dir, h, retry.Reset); err != nil {
 			s.log.Debug("zookeeper watch interrupted, resyncing", "dir", dir, "err", err)
 		}
 		_ = retry.Wait(ctx) // ctx's end is seen by the loop
@@ -47,7 +40,7 @@ var errNotWatching = errors.New("zookeeper watch lost (session expired or connec
 
 // watchSession follows dir on one base connection until a watch is lost or
 // ctx ends.
-func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.WatchCache, synced func()) error {
+func (s *Store) watchSession(ctx context.Context, dir string, h *hub, synced func()) error {
 	c, err := s.conn(ctx)
 	if err != nil {
 		return err
@@ -79,7 +72,7 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.Wat
 	// after another: a new leader's watch of 10 000 schedules took seconds
 	// to deliver its first contents, and a burst of new tasks one round
 	// trip each. It returns the children still present, in names' order.
-	readChildren := func(names []string) ([]coord.KV, error) {
+	readChildren := func(names []string, arm bool) ([]coord.KV, error) {
 		type read struct {
 			data    []byte
 			st      *zk.Stat
@@ -104,7 +97,12 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.Wat
 			go func() {
 				defer func() { <-sem; rg.Done() }()
 				r := &reads[i]
-				r.data, r.st, r.ch, r.err = c.GetW(s.abs(path.Join(dir, name)))
+				s.watchReads.Add(1)
+				if arm {
+					r.data, r.st, r.ch, r.err = c.GetW(s.abs(path.Join(dir, name)))
+				} else {
+					r.data, r.st, r.err = c.Get(s.abs(path.Join(dir, name)))
+				}
 			}()
 		}
 		rg.Wait()
@@ -122,8 +120,10 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.Wat
 				// Armed even when another read failed: its event is then
 				// dropped with this session's watcher (the library's
 				// watch channels are buffered and never block it).
-				armed[name] = true
-				forward(name, r.ch)
+				if arm {
+					armed[name] = true
+					forward(name, r.ch)
+				}
 				out = append(out, s.kv(path.Join(dir, name), r.data, r.st))
 			}
 		}
@@ -151,23 +151,30 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.Wat
 		}
 	}
 
+	// The session's first listing serves every subscriber, those waiting
+	// for a refresh included: each gets EventSynced after it.
+	h.takeWaiting()
+	everyone := h.allSubscribers()
 	kids, err := listDir()
 	if err != nil {
 		return err
 	}
-	list, err := readChildren(kids)
+	list, err := readChildren(kids, true)
 	if err != nil {
 		return err
 	}
-	if !cache.Resync(ctx, list) {
-		return ctx.Err()
-	}
+	h.resync(list, everyone)
 	synced()
 	for {
 		var batch []fired
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-h.refresh:
+			if err := s.refresh(c, dir, h, readChildren); err != nil {
+				return err
+			}
+			continue
 		case f := <-events:
 			batch = append(batch, f)
 		}
@@ -184,7 +191,7 @@ func (s *Store) watchSession(ctx context.Context, dir string, cache *backend.Wat
 				break more
 			}
 		}
-		if err := s.applyFired(ctx, dir, batch, armed, cache, listDir, readChildren); err != nil {
+		if err := s.applyFired(dir, batch, armed, h, listDir, readChildren); err != nil {
 			return err
 		}
 	}
@@ -208,8 +215,8 @@ const watchReadParallel = 256
 // listing made after the report shows it absent: that listing's watch then
 // reports its next creation. armed holds the children whose data watch is
 // set; it is updated.
-func (s *Store) applyFired(ctx context.Context, dir string, batch []fired, armed map[string]bool, cache *backend.WatchCache,
-	listDir func() ([]string, error), readChildren func([]string) ([]coord.KV, error)) error {
+func (s *Store) applyFired(dir string, batch []fired, armed map[string]bool, h *hub,
+	listDir func() ([]string, error), readChildren func([]string, bool) ([]coord.KV, error)) error {
 	listed := false
 	var gone, read []string
 	for _, f := range batch {
@@ -242,8 +249,8 @@ func (s *Store) applyFired(ctx context.Context, dir string, batch []fired, armed
 		for _, name := range gone {
 			if present[name] {
 				read = append(read, name)
-			} else if !cache.Delete(ctx, path.Join(dir, name)) {
-				return ctx.Err()
+			} else {
+				h.delete(path.Join(dir, name))
 			}
 		}
 		reading := make(map[string]bool, len(read))
@@ -259,32 +266,49 @@ func (s *Store) applyFired(ctx context.Context, dir string, batch []fired, armed
 		// listing missed may have been created again since.
 		for k := range armed {
 			if !present[k] {
-				// Its data watch reports the deletion too; the cache
+				// Its data watch reports the deletion too; the hub
 				// delivers it once.
-				if !cache.Delete(ctx, path.Join(dir, k)) {
-					return ctx.Err()
-				}
+				h.delete(path.Join(dir, k))
 			}
 		}
 	}
-	kvs, err := readChildren(read)
+	kvs, err := readChildren(read, true)
 	if err != nil {
 		return err
 	}
 	found := make(map[string]bool, len(kvs))
 	for _, kv := range kvs {
 		found[kv.Key] = true
-		if !cache.Put(ctx, kv) {
-			return ctx.Err()
-		}
+		h.put(kv)
 	}
-	// A child gone by its read (the cache ignores one it never delivered).
+	// A child gone by its read (the hub ignores one it never delivered).
 	for _, name := range read {
 		if key := path.Join(dir, name); !found[key] {
-			if !cache.Delete(ctx, key) {
-				return ctx.Err()
-			}
+			h.delete(key)
 		}
 	}
+	return nil
+}
+
+// refresh lists dir afresh for the subscribers waiting for it, without
+// setting watches (those set stay as they are: a child the listing finds
+// that no watch covers was created after the directory's watch was set,
+// which therefore fires and arms it). It runs in the watch's goroutine, on
+// its connection, so its reads come after every read the hub has applied
+// and it never hands a subscriber an older version.
+func (s *Store) refresh(c *conn, dir string, h *hub, readChildren func([]string, bool) ([]coord.KV, error)) error {
+	to := h.takeWaiting()
+	if len(to) == 0 {
+		return nil
+	}
+	kids, _, err := c.Children(s.abs(dir))
+	if err != nil && !errors.Is(err, zk.ErrNoNode) {
+		return mapErr("watch refresh", dir, err)
+	}
+	list, err := readChildren(kids, false)
+	if err != nil {
+		return err
+	}
+	h.resync(list, to)
 	return nil
 }

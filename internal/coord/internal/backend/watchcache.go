@@ -63,6 +63,11 @@ func (w *WatchCache) Delete(ctx context.Context, key string) bool {
 	return w.send(ctx, coord.Event{Type: coord.EventDelete, KV: kv})
 }
 
+// Synced delivers coord.EventSynced. It returns false if ctx ended.
+func (w *WatchCache) Synced(ctx context.Context) bool {
+	return w.send(ctx, coord.Event{Type: coord.EventSynced})
+}
+
 func (w *WatchCache) send(ctx context.Context, ev coord.Event) bool {
 	select {
 	case w.out <- ev:
