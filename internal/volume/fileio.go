@@ -117,7 +117,10 @@ func (v *fileVolume) wroteBuffered(off, n int64) {
 		_ = unix.SyncFileRange(fd, off, n, unix.SYNC_FILE_RANGE_WRITE)
 	}
 	w := v.io.WriteBehind
-	if w <= 0 || off < w {
+	if w <= 0 || off < w || n < minWriteBehind {
+		// A small write (scattered blocks of an incremental copy) has
+		// nothing of its own this far behind worth a wait: its
+		// writeback is left to the cache and the final flush.
 		return
 	}
 	// The range this far behind: wait until it is written (starting
