@@ -300,6 +300,10 @@ func (s *taskService) WatchTask(ctx context.Context, req *connect.Request[taskdv
 	if err != nil {
 		return toConnect(err)
 	}
+	// sent is the store version of the record last sent: a watch's first
+	// contents may be older than the Get that opened the stream, and a
+	// task's state must not be shown going back.
+	var sent int64
 	send := func(r *task.Record) (bool, error) {
 		why, err := explain(ctx, st, r)
 		if err != nil {
@@ -308,6 +312,7 @@ func (s *taskService) WatchTask(ctx context.Context, req *connect.Request[taskdv
 		if err := stream.Send(&taskdv1.GetTaskResponse{Task: toTask(r, why)}); err != nil {
 			return false, err
 		}
+		sent = r.Version()
 		return r.State.Final(), nil
 	}
 	w := st.WatchActive(ctx)
@@ -321,7 +326,7 @@ func (s *taskService) WatchTask(ctx context.Context, req *connect.Request[taskdv
 	}
 	for ev := range w.Events() {
 		switch {
-		case ev.Type == coord.EventPut && ev.KV.Key == key:
+		case ev.Type == coord.EventPut && ev.KV.Key == key && ev.KV.Version > sent:
 			r, err := task.Decode(ev.KV.Key, ev.KV.Value, ev.KV.Version)
 			if err != nil {
 				return toConnect(err)

@@ -153,8 +153,7 @@ func (s *Store) watchSession(ctx context.Context, dir string, h *hub, synced fun
 
 	// The session's first listing serves every subscriber, those waiting
 	// for a refresh included: each gets EventSynced after it.
-	h.takeWaiting()
-	everyone := h.allSubscribers()
+	everyone := h.startListing()
 	kids, err := listDir()
 	if err != nil {
 		return err
@@ -263,13 +262,13 @@ func (s *Store) applyFired(dir string, batch []fired, armed map[string]bool, h *
 			}
 		}
 		// Before the reads, which arm the children they find: one the
-		// listing missed may have been created again since.
-		for k := range armed {
-			if !present[k] {
-				// Its data watch reports the deletion too; the hub
-				// delivers it once.
-				h.delete(path.Join(dir, k))
-			}
+		// listing missed may have been created again since. Every child
+		// the hub knows counts, armed or not: one only a refresh found
+		// (read without a watch) and deleted since has no data watch to
+		// report it. An armed one's data watch reports the deletion too;
+		// the hub delivers it once.
+		for _, key := range h.keysNotIn(dir, present) {
+			h.delete(key)
 		}
 	}
 	kvs, err := readChildren(read, true)

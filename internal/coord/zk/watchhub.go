@@ -2,6 +2,7 @@ package zk
 
 import (
 	"context"
+	"path"
 	"slices"
 	"sync"
 
@@ -53,10 +54,13 @@ func newSubscriber() *subscriber {
 	return &subscriber{at: make(map[string]int), wake: make(chan struct{}, 1)}
 }
 
-// push queues ev, replacing a queued change of the same key.
+// push queues ev, replacing a queued change of the same key and the same
+// incarnation (CreateOrder). A key deleted and created again keeps both
+// changes, in order: merged, a consumer would see the new incarnation's
+// lower version replace the old one's without the delete between.
 func (sb *subscriber) push(ev coord.Event) {
 	sb.mu.Lock()
-	if i, ok := sb.at[ev.KV.Key]; ok && ev.Type != coord.EventSynced {
+	if i, ok := sb.at[ev.KV.Key]; ok && ev.Type != coord.EventSynced && sb.pending[i].KV.CreateOrder == ev.KV.CreateOrder {
 		sb.pending[i] = ev
 	} else {
 		if ev.Type != coord.EventSynced {
@@ -181,6 +185,34 @@ func (s *Store) unsubscribe(h *hub, sb *subscriber) {
 	}
 }
 
+// startListing is called as a session's first listing starts: that
+// listing serves every current subscriber, those waiting for a refresh
+// included, all taken in one step so that none is served twice.
+func (h *hub) startListing() []*subscriber {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.waiting = nil
+	out := make([]*subscriber, 0, len(h.subs))
+	for sb := range h.subs {
+		out = append(out, sb)
+	}
+	return out
+}
+
+// keysNotIn returns the keys the hub holds whose names (children of dir)
+// are not in present.
+func (h *hub) keysNotIn(dir string, present map[string]bool) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for key := range h.known {
+		if !present[path.Base(key)] {
+			out = append(out, key)
+		}
+	}
+	return out
+}
+
 // takeWaiting returns the subscribers waiting for a fresh listing and
 // forgets them: the listing about to be made is theirs.
 func (h *hub) takeWaiting() []*subscriber {
@@ -244,15 +276,4 @@ func (h *hub) resync(list []coord.KV, to []*subscriber) {
 			sb.push(coord.Event{Type: coord.EventSynced})
 		}
 	}
-}
-
-// allSubscribers returns every current subscriber.
-func (h *hub) allSubscribers() []*subscriber {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	out := make([]*subscriber, 0, len(h.subs))
-	for sb := range h.subs {
-		out = append(out, sb)
-	}
-	return out
 }

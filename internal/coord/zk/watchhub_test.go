@@ -24,6 +24,17 @@ func newView(ctx context.Context, s coord.Store, dir string) *view {
 	return &view{w: s.Watch(ctx, dir), vers: map[string]int64{}}
 }
 
+func (v *view) apply(ev coord.Event) {
+	switch ev.Type {
+	case coord.EventPut:
+		v.vers[ev.KV.Key] = ev.KV.Version
+	case coord.EventDelete:
+		delete(v.vers, ev.KV.Key)
+	case coord.EventSynced:
+		v.synced = true
+	}
+}
+
 // until reads events until ok holds after an event, or fails the test at
 // the deadline.
 func (v *view) until(t *testing.T, what string, ok func(*view) bool) {
@@ -35,17 +46,10 @@ func (v *view) until(t *testing.T, what string, ok func(*view) bool) {
 			if !open {
 				t.Fatalf("%s: the watch ended", what)
 			}
-			switch ev.Type {
-			case coord.EventPut:
-				if ev.KV.Version < v.vers[ev.KV.Key] {
-					t.Fatalf("%s: %s went back from version %d to %d", what, ev.KV.Key, v.vers[ev.KV.Key], ev.KV.Version)
-				}
-				v.vers[ev.KV.Key] = ev.KV.Version
-			case coord.EventDelete:
-				delete(v.vers, ev.KV.Key)
-			case coord.EventSynced:
-				v.synced = true
+			if ev.Type == coord.EventPut && ev.KV.Version < v.vers[ev.KV.Key] {
+				t.Fatalf("%s: %s went back from version %d to %d", what, ev.KV.Key, v.vers[ev.KV.Key], ev.KV.Version)
 			}
+			v.apply(ev)
 		case <-timeout:
 			t.Fatalf("%s: not within 30s (synced %v, %d keys)", what, v.synced, len(v.vers))
 		}
@@ -154,8 +158,7 @@ func TestSharedWatch(t *testing.T) {
 	// events) does not hold up the others.
 	idle := s.Watch(ctx, dir)
 	defer idle.Close()
-	for round := range 3 * coord.WatchBuffer / n {
-		_ = round
+	for range 3 * coord.WatchBuffer / n {
 		for i := range n {
 			update(i)
 		}
@@ -188,4 +191,116 @@ func diff(got, want map[string]int64) string {
 	}
 	slices.Sort(out)
 	return fmt.Sprintf("%d keys, want %d: %s", len(got), len(want), strings.Join(out, "; "))
+}
+
+// TestSharedWatchChurn: children created and deleted at once, and changed,
+// by four writers while watchers open one after another (each open lists
+// the directory afresh beside the shared watch): once the writes stop,
+// every view equals a listing of the store. A child that only such a
+// listing had seen, deleted before the shared watch handled its creation,
+// could stay in every view for good.
+func TestSharedWatchChurn(t *testing.T) {
+	ens := testenv.StartEnsemble(t, 1)
+	s := open(t, ens, "/taskd")
+	writer := open(t, ens, "/taskd")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	dir := fmt.Sprintf("/churn-%d", time.Now().UnixNano())
+	const stay = 200
+	for i := range stay {
+		if _, err := writer.Create(ctx, fmt.Sprintf("%s/stay%03d", dir, i), []byte("0")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := newView(ctx, s, dir)
+	defer first.w.Close()
+	first.until(t, "first watcher synced", func(v *view) bool { return v.synced })
+
+	// The writers stop once the watchers below are all open; each open's
+	// listing reads the 200 lasting children, long enough for brief ones
+	// to come and go meanwhile.
+	stop := make(chan struct{})
+	const writers = 4
+	done := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					done <- nil
+					return
+				default:
+				}
+				key := fmt.Sprintf("%s/brief%d-%05d", dir, w, i)
+				if _, err := writer.Create(ctx, key, nil); err != nil {
+					done <- err
+					return
+				}
+				if _, err := writer.Update(ctx, fmt.Sprintf("%s/stay%03d", dir, (i*writers+w)%stay), []byte(fmt.Sprint(i)), 0); err != nil {
+					done <- err
+					return
+				}
+				if err := writer.Delete(ctx, key, 0); err != nil {
+					done <- err
+					return
+				}
+			}
+		}()
+	}
+	views := []*view{first}
+	for range 60 {
+		v := newView(ctx, s, dir)
+		defer v.w.Close()
+		v.until(t, "watcher synced during churn", func(v *view) bool { return v.synced })
+		views = append(views, v)
+	}
+	close(stop)
+	for range writers {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A last write marks the end: every view must have it, then settle
+	// on the store's contents.
+	end, err := writer.Create(ctx, dir+"/end", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kvs, err := writer.List(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{}
+	for _, kv := range kvs {
+		want[kv.Key] = kv.Version
+	}
+	for i, v := range views {
+		v.until(t, fmt.Sprintf("watcher %d sees the end mark", i), func(v *view) bool { _, ok := v.vers[end.Key]; return ok })
+		// Events of the last changes may still be on their way.
+		deadline := time.After(10 * time.Second)
+	settle:
+		for !equalVersions(v.vers, want) {
+			select {
+			case ev := <-v.w.Events():
+				v.apply(ev)
+			case <-deadline:
+				break settle
+			}
+		}
+		if !equalVersions(v.vers, want) {
+			t.Fatalf("watcher %d does not match the store: %s", i, diff(v.vers, want))
+		}
+	}
+}
+
+func equalVersions(a, b map[string]int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range b {
+		if a[k] != v {
+			return false
+		}
+	}
+	return true
 }
