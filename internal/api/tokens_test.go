@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -174,6 +175,23 @@ func TestAudit(t *testing.T) {
 		}
 		return out
 	}
+	// An audit event is logged once the handler has returned (the client
+	// may have its answer first) and reaches the journal through a queue:
+	// wait, bounded, for what must come.
+	awaitAudits := func(what string, ok func([]events.Event) bool) []events.Event {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			all := audits()
+			if ok(all) {
+				return all
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 10s; audit events: %+v", what, all)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	op := s.client(t, s.tokens[auth.Operator], false)
 	opID := strings.Split(s.tokens[auth.Operator], ".")[1]
 	n0 := len(audits())
@@ -186,7 +204,7 @@ func TestAudit(t *testing.T) {
 	if _, err := op.VIPs.DeleteVIP(ctx, connect.NewRequest(&taskdv1.DeleteVIPRequest{Service: "iscsi"})); connect.CodeOf(err) != connect.CodePermissionDenied {
 		t.Fatalf("operator deleting a VIP: %v", err)
 	}
-	got := audits()[n0:]
+	got := awaitAudits("the two mutating calls audited", func(all []events.Event) bool { return len(all) >= n0+2 })[n0:]
 	if len(got) != 2 {
 		t.Fatalf("audit events: %d, want 2 (the read is not audited): %+v", len(got), got)
 	}
@@ -208,7 +226,7 @@ func TestAudit(t *testing.T) {
 		resp.Body.Close()
 	}
 	elapsed := time.Since(start)
-	flood := audits()[n1:]
+	flood := awaitAudits("the flood audited in part", func(all []events.Event) bool { return len(all) > n1 })[n1:]
 	if limit := 20 + int(elapsed.Seconds()*5) + 1; len(flood) > limit || len(flood) == 0 {
 		t.Fatalf("200 anonymous refusals in %v made %d audit events, want 1..%d", elapsed, len(flood), limit)
 	}
@@ -217,8 +235,13 @@ func TestAudit(t *testing.T) {
 	if _, err := op.Tasks.CancelTask(ctx, connect.NewRequest(&taskdv1.TaskRef{Id: "nosuchtask"})); err == nil {
 		t.Fatal("cancel of an unknown task succeeded")
 	}
-	last := audits()
-	if e := last[len(last)-1]; e.Attrs["procedure"] != "/taskd.v1.TaskService/CancelTask" || e.Attrs["token"] != opID {
-		t.Fatalf("authenticated call after a flood of refusals not audited: %+v", e)
+	isCancel := func(e events.Event) bool {
+		return e.Attrs["procedure"] == "/taskd.v1.TaskService/CancelTask" && e.Attrs["token"] == opID
+	}
+	last := awaitAudits("the authenticated call after a flood of refusals audited", func(all []events.Event) bool {
+		return slices.ContainsFunc(all[n1:], isCancel)
+	})
+	if e := last[len(last)-1]; !isCancel(e) {
+		t.Fatalf("the authenticated call after a flood of refusals is not the last audit event: %+v", e)
 	}
 }
