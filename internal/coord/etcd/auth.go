@@ -216,10 +216,8 @@ const memberAddTimeout = 8 * time.Second
 // connection while the caller's ctx is still live, is ErrBusy, which the
 // joiner retries.
 func memberAddError(ctx context.Context, err error) error {
-	transient := isBusy(err) || errors.Is(err, context.DeadlineExceeded) ||
-		status.Code(err) == codes.DeadlineExceeded || unavailable(err) ||
-		errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrNoLeader)
-	if transient && ctx.Err() == nil {
+	retry := isBusy(err) || transient(err) || status.Code(err) == codes.DeadlineExceeded
+	if retry && ctx.Err() == nil {
 		return fmt.Errorf("%w: member add: %w", ErrBusy, err)
 	}
 	return fmt.Errorf("%w: member add: %w", ErrAdmit, err)

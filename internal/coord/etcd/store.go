@@ -60,12 +60,18 @@ func wrap(op, key string, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("etcd %s %s: %w", op, key, err)
 	}
-	if errors.Is(err, context.DeadlineExceeded) || unavailable(err) ||
-		errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrTimeout) ||
-		errors.Is(err, rpctypes.ErrAuthOldRevision) {
+	if transient(err) {
 		return fmt.Errorf("etcd %s %s: %w: %w", op, key, coord.ErrUnavailable, err)
 	}
 	return fmt.Errorf("etcd %s %s: %w", op, key, err)
+}
+
+// transient reports whether err is an outage or a timeout that the same
+// request may get past later (wrap marks it coord.ErrUnavailable).
+func transient(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || unavailable(err) ||
+		errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrTimeout) ||
+		errors.Is(err, rpctypes.ErrAuthOldRevision)
 }
 
 // unavailable reports whether err carries the gRPC code Unavailable: a

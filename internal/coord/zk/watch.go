@@ -245,11 +245,11 @@ func (s *Store) applyFired(dir string, batch []fired, armed map[string]bool, h *
 		for _, k := range kids {
 			present[k] = true
 		}
+		// A reported deletion the listing confirms is delivered with the
+		// hub's keys the listing does not show, below.
 		for _, name := range gone {
 			if present[name] {
 				read = append(read, name)
-			} else {
-				h.delete(path.Join(dir, name))
 			}
 		}
 		reading := make(map[string]bool, len(read))
@@ -267,7 +267,7 @@ func (s *Store) applyFired(dir string, batch []fired, armed map[string]bool, h *
 		// (read without a watch) and deleted since has no data watch to
 		// report it. An armed one's data watch reports the deletion too;
 		// the hub delivers it once.
-		for _, key := range h.keysNotIn(dir, present) {
+		for _, key := range h.keysNotIn(present) {
 			h.delete(key)
 		}
 	}

@@ -199,9 +199,9 @@ func (h *hub) startListing() []*subscriber {
 	return out
 }
 
-// keysNotIn returns the keys the hub holds whose names (children of dir)
-// are not in present.
-func (h *hub) keysNotIn(dir string, present map[string]bool) []string {
+// keysNotIn returns the keys the hub holds whose names (the last segment:
+// they are children of the hub's directory) are not in present.
+func (h *hub) keysNotIn(present map[string]bool) []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var out []string
