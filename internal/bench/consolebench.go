@@ -117,7 +117,7 @@ func consoleBench(args []string, out io.Writer) error {
 	fmt.Fprintf(out, "server: WatchTasks call -> first message (the snapshot of %d unfinished tasks): %s\n", *running, summary(snaps))
 
 	var paints []time.Duration
-	steps := make([][]time.Duration, 6)
+	steps := make([][]time.Duration, 8)
 	for range *reps {
 		// A page load of the task table: the token stays in the tab.
 		if err := chromedp.Do(bctx, chromedp.Navigate("about:blank"), chromedp.Navigate(page+"#/tasks")); err != nil {
@@ -130,14 +130,15 @@ func consoleBench(args []string, out io.Writer) error {
 		paints = append(paints, time.Duration(ms*float64(time.Millisecond)))
 		// Where the time before the rows went: the page's document, its
 		// files (the last one in), the scripts run, the first ListTasks
-		// sent and answered (all from navigation start).
+		// called, on the wire, its answer's first byte and its end (all
+		// from navigation start).
 		rt, err := chromedp.Run(bctx, chromedp.Evaluate[[]float64](`(() => {
 			const nav = performance.getEntriesByType('navigation')[0] || {};
 			const res = performance.getEntriesByType('resource');
 			const files = res.filter((e) => !e.name.includes('/taskd.v1.')).map((e) => e.responseEnd);
 			const list = res.filter((e) => e.name.endsWith('.TaskService/ListTasks'))[0] || {};
 			const fcp = performance.getEntriesByName('first-contentful-paint')[0] || {};
-			return [nav.responseEnd || 0, Math.max(0, ...files), nav.domContentLoadedEventEnd || 0, fcp.startTime || 0, list.startTime || 0, list.responseEnd || 0];
+			return [nav.responseEnd || 0, Math.max(0, ...files), nav.domContentLoadedEventEnd || 0, fcp.startTime || 0, list.startTime || 0, list.requestStart || 0, list.responseStart || 0, list.responseEnd || 0];
 		})()`))
 		if err != nil || len(rt) != len(steps) {
 			return fmt.Errorf("the page's timings: %v (%d values)", err, len(rt))
@@ -148,7 +149,8 @@ func consoleBench(args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "first rows of the task table after a page load (navigation start -> rows shown, 50 of %d): %s\n", *finished+*running, summary(paints))
 	for i, what := range []string{"the page's document in", "the console's files in", "scripts run (DOMContentLoaded end)",
-		"first contentful paint (the browser's first paint)", "first ListTasks sent", "first ListTasks answered"} {
+		"first contentful paint (the browser's first paint)", "first ListTasks sent",
+		"first ListTasks on the wire (requestStart)", "first ListTasks answer's first byte (responseStart)", "first ListTasks answered"} {
 		fmt.Fprintf(out, "  of which: navigation start -> %s: %s\n", what, summary(steps[i]))
 	}
 	// How the last load got its files: the protocol, and the bytes that

@@ -103,6 +103,10 @@ type Store interface {
 	Get(ctx context.Context, key string) (KV, error)
 	// List reads the direct children of dir, sorted by key.
 	List(ctx context.Context, dir string) ([]KV, error)
+	// Keys names the direct children of dir, sorted, without reading
+	// their values: a keys-only read on etcd, one listing on ZooKeeper
+	// (where List reads each child after the listing).
+	Keys(ctx context.Context, dir string) ([]string, error)
 	// ListBelow reads the keys exactly two segments below dir
 	// (DIR/A/B), in ascending order of key, those that sort after after
 	// ("" for no bound), at most limit (> 0) of them; more reports that
@@ -139,6 +143,21 @@ type Store interface {
 	NewSession(ctx context.Context, timeout time.Duration) (Session, error)
 	// Close releases the store's connections.
 	Close() error
+}
+
+// LocalGetter is a Store that can read a key from what the one member its
+// client talks to has applied, without first asking the leader how far to
+// wait (etcd's serializable read; a linearizable read on a store busy
+// with writes waits for every write before it to apply). ZooKeeper's reads
+// are such reads already.
+type LocalGetter interface {
+	// LocalGet is Get served so. It sees at least what every earlier read
+	// and write of this client saw, as long as OneMember holds.
+	LocalGet(ctx context.Context, key string) (KV, error)
+	// OneMember reports whether the client talks to one member only: with
+	// several, a read may go to a member behind the one that served the
+	// client's last request, and LocalGet must not be used.
+	OneMember() bool
 }
 
 // OpOption modifies a Create.

@@ -44,18 +44,23 @@ const scanChunk = 500
 const pageReaders = 64
 
 // ListPage returns a page of the tasks that match q, newest first. The
-// unfinished tasks are one directory read (they are few); the finished
-// ones are read from the start of the index (newest first): Offset+Limit entries without a
-// filter beyond the state, chunks until as many match with one, and then
-// the records of the page only. It answers ErrIndexNotReady until the
-// index is complete (List reads everything instead).
+// unfinished tasks are a listing of their keys, ordered and filtered (by
+// type and key) by facts this Store keeps of each (see facts): a page
+// reads the records of its rows and of the tasks created since the last
+// page, not every record. The first page, and a page that filters by
+// state or node, reads every unfinished record. The finished ones are
+// read from the start of the index (newest first): Offset+Limit entries
+// without a filter beyond the state, chunks until as many match with
+// one, and then the records of the page only. It answers
+// ErrIndexNotReady until the index is complete (List reads everything
+// instead).
 //
 // The reads that do not depend on each other go out together: the
 // unfinished tasks, the first read of the index and (without a filter)
 // its count, then every record of the page. On a store busy with writes
 // each read waits its turn (etcd's linearizable reads wait for the
 // writes before them to apply): a page costs two such waits, not one a
-// read.
+// read (three when it reads the facts of new tasks).
 func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 	active, done, state, err := s.parseFilter(q.Filter)
 	if err != nil {
@@ -82,15 +87,29 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 	if !plain {
 		chunk = max(need, scanChunk)
 	}
+	// byFacts: the unfinished tasks can be ordered and filtered by their
+	// facts (see facts); a page then lists their keys and reads the
+	// records of its rows, not every record. The facts fill at the first
+	// page, which reads every record.
+	byFacts := active && state == "" && q.Node == ""
 	var (
-		activeKVs []coord.KV
-		first     []coord.KV
-		firstMore bool
-		count     int
+		activeKVs  []coord.KV
+		activeKeys []string
+		listed     bool
+		first      []coord.KV
+		firstMore  bool
+		count      int
 	)
 	g, gctx := errgroup.WithContext(ctx)
 	if active {
 		g.Go(func() (err error) {
+			if byFacts && s.facts.ready() {
+				if activeKeys, err = s.kv.Keys(gctx, s.layout.ActiveDir()); err != nil {
+					return fmt.Errorf("list tasks: %w", err)
+				}
+				listed = true
+				return nil
+			}
 			if activeKVs, err = s.kv.List(gctx, s.layout.ActiveDir()); err != nil {
 				return fmt.Errorf("list tasks: %w", err)
 			}
@@ -118,28 +137,40 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	// rows are the candidates, each a record (unfinished) or an index
-	// entry whose record is read once it is on the page.
-	type row struct {
-		created time.Time
-		id      string
-		rec     *Record
-	}
-	var rows []row
-	total, exact := 0, true
-	for _, kv := range activeKVs {
-		r, err := Decode(kv.Key, kv.Value, kv.Version)
-		if errors.Is(err, ErrInvalid) {
-			continue // written around taskd: not a task
-		}
-		if err != nil {
+	// rows are the candidates, each a record or an index entry or an
+	// unfinished task's facts, whose record is read once it is on the
+	// page.
+	var rows []pageRow
+	if listed {
+		var ok bool
+		if rows, ok, err = s.unfinishedByFacts(ctx, q, activeKeys); err != nil {
 			return nil, err
 		}
-		if q.match(r, state) {
-			rows = append(rows, row{r.Created, r.ID, r})
+		if !ok {
+			if activeKVs, err = s.kv.List(ctx, s.layout.ActiveDir()); err != nil {
+				return nil, fmt.Errorf("list tasks: %w", err)
+			}
+			listed = false
 		}
 	}
-	total += len(rows)
+	if active && !listed {
+		learnt := make(map[string]facts, len(activeKVs))
+		for _, kv := range activeKVs {
+			r, err := Decode(kv.Key, kv.Value, kv.Version)
+			if errors.Is(err, ErrInvalid) {
+				continue // written around taskd: not a task
+			}
+			if err != nil {
+				return nil, err
+			}
+			learnt[r.ID] = factsOf(r)
+			if q.match(r, state) {
+				rows = append(rows, pageRow{created: r.Created, id: r.ID, rec: r})
+			}
+		}
+		s.facts.reset(learnt)
+	}
+	total, exact := len(rows), true
 	if done {
 		found, after := 0, ""
 		kvs, more := first, firstMore
@@ -156,7 +187,7 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 				if plain || q.matchEntry(id, e, state) {
 					found++
 					if found <= need {
-						rows = append(rows, row{created, id, nil})
+						rows = append(rows, pageRow{created: created, id: id})
 					}
 				}
 			}
@@ -181,7 +212,7 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 			}
 		}
 	}
-	slices.SortFunc(rows, func(a, b row) int {
+	slices.SortFunc(rows, func(a, b pageRow) int {
 		if c := b.created.Compare(a.created); c != 0 {
 			return c
 		}
@@ -197,32 +228,131 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 			out[i] = rw.rec
 			continue
 		}
-		g.Go(func() error {
-			key, err := s.layout.DoneKey(rw.id)
-			if err != nil {
-				return err
-			}
-			kv, err := s.kv.Get(gctx, key)
-			if errors.Is(err, coord.ErrNotFound) {
-				return nil // collected since the index was read
-			}
-			if err != nil {
-				return fmt.Errorf("read task %s: %w", rw.id, err)
-			}
-			r, err := Decode(kv.Key, kv.Value, kv.Version)
-			if err == nil {
-				out[i] = r
-			}
-			return nil
+		g.Go(func() (err error) {
+			out[i], err = s.readRow(gctx, q, rw)
+			return err
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
 	// A record deleted since the index was read (collected with its
-	// entry) is neither a row nor a match.
+	// entry), or an unfinished one that finished since it was listed, is
+	// neither a row nor a match.
 	n := len(out)
 	out = slices.DeleteFunc(out, func(r *Record) bool { return r == nil })
 	total -= n - len(out)
 	return &Page{Records: out, Total: total, TotalExact: exact}, nil
+}
+
+// pageRow is a candidate row of a page: its record, or what orders it
+// until its record is read (an index entry's or the facts' creation time).
+type pageRow struct {
+	created time.Time
+	id      string
+	rec     *Record
+	// active: an unfinished task known by its facts; else a finished one.
+	active bool
+}
+
+// maxFactReads bounds the unfinished records a page reads one by one for
+// their facts (tasks created since the last page); with more it lists
+// them all in one read.
+const maxFactReads = 256
+
+// unfinishedByFacts is the unfinished part of a page from a listing of
+// their keys: the rows that match q (type and key), ordered by facts,
+// with the record of each task whose facts had to be read. ok is false
+// when the facts cannot answer: the caller lists the records.
+func (s *Store) unfinishedByFacts(ctx context.Context, q PageQuery, listing []string) (rows []pageRow, ok bool, err error) {
+	ids := make([]string, 0, len(listing))
+	for _, key := range listing {
+		id, err := keys.Child(s.layout.ActiveDir(), key, keys.ValidTaskID)
+		if err != nil {
+			continue // written around taskd: not a task
+		}
+		ids = append(ids, id)
+	}
+	known, unknown, ok := s.facts.lookup(ids)
+	if !ok || len(unknown) > maxFactReads {
+		return nil, false, nil
+	}
+	recs := make([]*Record, len(ids))
+	gone := make([]bool, len(ids))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(pageReaders)
+	for _, i := range unknown {
+		g.Go(func() error {
+			r, found, err := s.readUnfinished(gctx, ids[i])
+			if err != nil {
+				return err
+			}
+			recs[i], gone[i], known[i] = r, !found, factsOf(r)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, false, err
+	}
+	for i, id := range ids {
+		if !gone[i] && q.matchFacts(id, known[i]) {
+			rows = append(rows, pageRow{created: known[i].created, id: id, rec: recs[i], active: recs[i] == nil})
+		}
+	}
+	return rows, true, nil
+}
+
+// readUnfinished reads an unfinished task's record and learns its facts:
+// nil if the key holds no record taskd wrote; found is false if the task
+// is no longer unfinished.
+func (s *Store) readUnfinished(ctx context.Context, id string) (r *Record, found bool, err error) {
+	key, err := s.layout.ActiveKey(id)
+	if err != nil {
+		return nil, false, err
+	}
+	kv, err := s.pageGet(ctx, key)
+	if errors.Is(err, coord.ErrNotFound) {
+		return nil, false, nil // finished since the listing
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read task %s: %w", id, err)
+	}
+	r, err = Decode(kv.Key, kv.Value, kv.Version)
+	if err != nil && !errors.Is(err, ErrInvalid) {
+		return nil, false, err
+	}
+	if err != nil {
+		r = nil
+	}
+	s.facts.learn(id, factsOf(r))
+	return r, true, nil
+}
+
+// readRow reads the record of a row of the page: nil if it is no longer
+// there (collected, or finished since it was listed as unfinished) or no
+// longer matches q.
+func (s *Store) readRow(ctx context.Context, q PageQuery, rw pageRow) (*Record, error) {
+	if rw.active {
+		r, _, err := s.readUnfinished(ctx, rw.id)
+		if err != nil || r == nil || !q.matchFacts(r.ID, factsOf(r)) {
+			return nil, err
+		}
+		return r, nil
+	}
+	key, err := s.layout.DoneKey(rw.id)
+	if err != nil {
+		return nil, err
+	}
+	kv, err := s.pageGet(ctx, key)
+	if errors.Is(err, coord.ErrNotFound) {
+		return nil, nil // collected since the index was read
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read task %s: %w", rw.id, err)
+	}
+	r, err := Decode(kv.Key, kv.Value, kv.Version)
+	if err != nil {
+		return nil, nil
+	}
+	return r, nil
 }

@@ -193,3 +193,209 @@ func cancelled(ctx context.Context, t *testing.T, st *task.Store, tick func(), n
 	}
 	return rs
 }
+
+// counting counts the listings of the unfinished tasks' records and the
+// reads of single task records.
+type counting struct {
+	coord.Store
+	activeDir string
+	doneDir   string
+	mu        sync.Mutex
+	lists     int
+	reads     int
+}
+
+func (s *counting) List(ctx context.Context, dir string) ([]coord.KV, error) {
+	if dir == s.activeDir {
+		s.mu.Lock()
+		s.lists++
+		s.mu.Unlock()
+	}
+	return s.Store.List(ctx, dir)
+}
+
+func (s *counting) Get(ctx context.Context, key string) (coord.KV, error) {
+	if strings.HasPrefix(key, s.activeDir+"/") || strings.HasPrefix(key, s.doneDir+"/") {
+		s.mu.Lock()
+		s.reads++
+		s.mu.Unlock()
+	}
+	return s.Store.Get(ctx, key)
+}
+
+// localCounting is counting with the store's local reads
+// (coord.LocalGetter, one member): it counts them apart.
+type localCounting struct {
+	*counting
+	local int
+}
+
+func (s *localCounting) LocalGet(ctx context.Context, key string) (coord.KV, error) {
+	s.mu.Lock()
+	s.local++
+	s.mu.Unlock()
+	return s.Store.Get(ctx, key)
+}
+
+func (s *localCounting) OneMember() bool { return true }
+
+// take returns the counts since the last take and starts again.
+func (s *counting) take() (lists, reads int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lists, reads = s.lists, s.reads
+	s.lists, s.reads = 0, 0
+	return lists, reads
+}
+
+// TestListPageFacts: once a page has read the unfinished tasks, the next
+// pages read the records of their rows and of the tasks created since,
+// not every unfinished record (on ZooKeeper one read each: the console's
+// first page with 1000 running tasks read 1000 records). The rows are
+// what List says while tasks are created and finish between pages.
+func TestListPageFacts(t *testing.T) {
+	stores(t, func(t *testing.T, kv coord.Store) {
+		ctx := ctxT(t)
+		cnt := &counting{Store: kv}
+		st, tick := clocked(t, cnt)
+		cnt.activeDir, cnt.doneDir = st.Layout().ActiveDir(), st.Layout().DoneDir()
+		if _, err := st.Backfill(ctx, st.Txn); err != nil {
+			t.Fatal(err)
+		}
+		const n, limit = 120, 10
+		var all []*task.Record
+		create := func(i int) {
+			req := task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1h"}`)}
+			if i%4 == 0 {
+				req.Key = fmt.Sprintf("vol-%d", i)
+			}
+			r, err := st.Create(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			all = append(all, r)
+			tick()
+		}
+		for i := range n {
+			create(i)
+		}
+		for _, r := range all[:5] {
+			if _, err := st.Cancel(ctx, r.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// check asks for a page and compares it with List; maxReads < 0:
+		// the page may read every record, else it reads at most maxReads
+		// unfinished records and lists none.
+		check := func(q task.PageQuery, maxReads int) {
+			t.Helper()
+			cnt.take()
+			p, err := st.ListPage(ctx, q)
+			if err != nil {
+				t.Fatalf("%+v: %v", q, err)
+			}
+			lists, reads := cnt.take()
+			var keep func(*task.Record) bool
+			if q.Key != "" {
+				keep = func(r *task.Record) bool { return strings.Contains(r.Key, q.Key) || strings.Contains(r.ID, q.Key) }
+			}
+			want := newestFirst(t, st, q.Filter, keep)
+			w := want[min(q.Offset, len(want)):]
+			w = w[:min(q.Limit, len(w))]
+			if got := idsOf(p.Records); !slices.Equal(got, w) || p.Total != len(want) || !p.TotalExact {
+				t.Fatalf("%+v: page %v total %d (exact %v)\nwant %v total %d", q, got, p.Total, p.TotalExact, w, len(want))
+			}
+			if maxReads >= 0 && (lists != 0 || reads > maxReads) {
+				t.Fatalf("%+v: the page listed the unfinished records %d times and read %d records; want no listing and at most %d reads", q, lists, reads, maxReads)
+			}
+		}
+		check(task.PageQuery{Limit: limit}, -1) // the first page learns every task
+		check(task.PageQuery{Limit: limit}, limit)
+		check(task.PageQuery{Limit: limit, Offset: 30}, limit)
+		check(task.PageQuery{Limit: limit, Key: "vol-"}, limit)
+		check(task.PageQuery{Limit: limit, Filter: task.Filter{Status: "unfinished", Type: "sleep"}}, limit)
+		// Three new tasks; the two newest of before end.
+		for i := range 3 {
+			create(n + i)
+		}
+		for _, r := range all[n-2 : n] {
+			if _, err := st.Cancel(ctx, r.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		check(task.PageQuery{Limit: limit}, limit+3)
+		check(task.PageQuery{Limit: limit, Offset: 2}, limit)
+		// A state filter needs every record.
+		check(task.PageQuery{Limit: limit, Filter: task.Filter{Status: "waiting"}}, -1)
+		// More new tasks than a page reads one by one (256): it lists them
+		// all again, and the next page reads its rows only.
+		for i := range 260 {
+			create(n + 3 + i)
+		}
+		check(task.PageQuery{Limit: limit}, -1)
+		check(task.PageQuery{Limit: limit, Offset: 250}, limit)
+	})
+}
+
+// TestListPageLocalReads: where the store offers local reads (etcd with
+// one member: taskd's embedded one), a page reads its records so, after
+// its listings' linearizable reads; the listings stay linearizable.
+func TestListPageLocalReads(t *testing.T) {
+	stores(t, func(t *testing.T, kv coord.Store) {
+		ctx := ctxT(t)
+		lc := &localCounting{counting: &counting{Store: kv}}
+		st, tick := clocked(t, lc)
+		lc.activeDir, lc.doneDir = st.Layout().ActiveDir(), st.Layout().DoneDir()
+		if _, err := st.Backfill(ctx, st.Txn); err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for range 12 {
+			r, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1h"}`)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, r.ID)
+			tick()
+		}
+		for _, id := range ids[:4] {
+			if _, err := st.Cancel(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, q := range []task.PageQuery{{Limit: 10}, {Limit: 10}, {Limit: 5, Offset: 6}} {
+			lc.take()
+			lc.mu.Lock()
+			lc.local = 0
+			lc.mu.Unlock()
+			p, err := st.ListPage(ctx, q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lists, reads := lc.take()
+			lc.mu.Lock()
+			local := lc.local
+			lc.mu.Unlock()
+			want := newestFirst(t, st, q.Filter, nil)
+			w := want[min(q.Offset, len(want)):]
+			w = w[:min(q.Limit, len(w))]
+			if got := idsOf(p.Records); !slices.Equal(got, w) {
+				t.Fatalf("%+v: page %v\nwant %v", q, got, w)
+			}
+			// Every record the page did not have from a listing was read
+			// locally: the first page lists the unfinished records and
+			// reads the finished ones of its rows.
+			fromListing := 0
+			if lists == 1 {
+				for _, r := range p.Records {
+					if !r.State.Final() {
+						fromListing++
+					}
+				}
+			}
+			if reads != 0 || local != len(p.Records)-fromListing {
+				t.Fatalf("%+v: %d linearizable and %d local reads of records for %d rows (%d from a listing); want 0 and %d", q, reads, local, len(p.Records), fromListing, len(p.Records)-fromListing)
+			}
+		}
+	})
+}

@@ -40,6 +40,13 @@ type Store struct {
 	now    func() time.Time
 	// indexReady caches the finished-task index's ready key once seen.
 	indexReady atomic.Bool
+	// facts of the unfinished tasks, for pages of the newest.
+	facts factCache
+	// pageGet reads a page's records once its listings are read: a local
+	// read where the store offers one (see coord.LocalGetter), since the
+	// listings' linearizable reads already waited for the writes before
+	// them.
+	pageGet func(ctx context.Context, key string) (coord.KV, error)
 }
 
 // NewStore binds the layout under root to kv. zone is the default time zone
@@ -63,7 +70,11 @@ func NewStore(kv coord.Store, root string, types Registry, zone string, now func
 	if now == nil {
 		now = time.Now
 	}
-	return &Store{kv: kv, layout: r.Tasks(), types: types, zone: zone, now: now}, nil
+	pageGet := kv.Get
+	if lg, ok := kv.(coord.LocalGetter); ok && lg.OneMember() {
+		pageGet = lg.LocalGet
+	}
+	return &Store{kv: kv, layout: r.Tasks(), types: types, zone: zone, now: now, pageGet: pageGet}, nil
 }
 
 // Layout is the store layout in use.

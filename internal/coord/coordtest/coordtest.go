@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -129,6 +130,16 @@ func testList(t *testing.T, s coord.Store) {
 	}
 	if fmt.Sprint(names) != "[a b c]" {
 		t.Fatalf("list = %v, want [a b c] (sorted, direct children only)", names)
+	}
+	keys, err := s.Keys(ctx, p+"/d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{p + "/d/a", p + "/d/b", p + "/d/c"}; !slices.Equal(keys, want) {
+		t.Fatalf("keys = %v, want %v (sorted, direct children only)", keys, want)
+	}
+	if keys, err := s.Keys(ctx, p+"/none"); err != nil || len(keys) != 0 {
+		t.Fatalf("keys of missing dir = %v, %v", keys, err)
 	}
 }
 

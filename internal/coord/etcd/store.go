@@ -33,6 +33,8 @@ type mvccKV = mvccpb.KeyValue
 type Store struct {
 	cli *clientv3.Client
 	log *slog.Logger
+	// own: the client talks to this process's embedded member only.
+	own bool
 	// observe, when set, is told each heartbeat's lateness.
 	observe atomic.Pointer[coord.HeartbeatObserver]
 }
@@ -40,6 +42,7 @@ type Store struct {
 var (
 	_ coord.Store             = (*Store)(nil)
 	_ coord.HeartbeatReporter = (*Store)(nil)
+	_ coord.LocalGetter       = (*Store)(nil)
 )
 
 // ObserveHeartbeats implements coord.HeartbeatReporter.
@@ -87,7 +90,21 @@ func unavailable(err error) bool {
 
 // Get implements coord.Store.
 func (s *Store) Get(ctx context.Context, key string) (coord.KV, error) {
-	resp, err := s.cli.Get(ctx, key)
+	return s.get(ctx, key)
+}
+
+// LocalGet implements coord.LocalGetter with a serializable read.
+func (s *Store) LocalGet(ctx context.Context, key string) (coord.KV, error) {
+	return s.get(ctx, key, clientv3.WithSerializable())
+}
+
+// OneMember implements coord.LocalGetter: the client talks to this
+// process's embedded member only (ClientConfig.Own; automatic endpoint
+// sync is off).
+func (s *Store) OneMember() bool { return s.own }
+
+func (s *Store) get(ctx context.Context, key string, opts ...clientv3.OpOption) (coord.KV, error) {
+	resp, err := s.cli.Get(ctx, key, opts...)
 	if err != nil {
 		return coord.KV{}, wrap("get", key, err)
 	}
@@ -101,6 +118,22 @@ func (s *Store) Get(ctx context.Context, key string) (coord.KV, error) {
 func (s *Store) List(ctx context.Context, dir string) ([]coord.KV, error) {
 	list, _, err := s.list(ctx, dir)
 	return list, err
+}
+
+// Keys implements coord.Store with a keys-only read of dir's range.
+func (s *Store) Keys(ctx context.Context, dir string) ([]string, error) {
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, wrap("keys", dir, err)
+	}
+	out := make([]string, 0, len(resp.Kvs))
+	for _, k := range resp.Kvs {
+		if backend.IsChild(dir, string(k.Key)) {
+			out = append(out, string(k.Key))
+		}
+	}
+	return out, nil
 }
 
 func (s *Store) list(ctx context.Context, dir string) ([]coord.KV, int64, error) {

@@ -1,6 +1,7 @@
 package etcd_test
 
 import (
+	"errors"
 	"testing"
 
 	"github.com/taskd/taskd/internal/coord"
@@ -41,5 +42,42 @@ func TestServerConfigValidate(t *testing.T) {
 		if err := cfg.Validate(); err == nil {
 			t.Errorf("%s: accepted", c.name)
 		}
+	}
+}
+
+// TestLocalGet: a serializable read answers as Get does, and is offered
+// only to a client of the process's own member (ClientConfig.Own): not to
+// one with several endpoints, nor to one endpoint not marked as its own
+// (an external etcd, perhaps behind a balancer).
+func TestLocalGet(t *testing.T) {
+	srv := testenv.StartEtcd(t)
+	s := srv.Open(t).(*etcd.Store)
+	ctx := t.Context()
+	put, err := s.Create(ctx, "/taskd/local/a", []byte("v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if put, err = s.Update(ctx, "/taskd/local/a", []byte("v2"), put.Version); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.LocalGet(ctx, "/taskd/local/a")
+	if err != nil || string(got.Value) != "v2" || got.Version != put.Version {
+		t.Fatalf("local get after the update: %+v, %v; want v2 at version %d", got, err, put.Version)
+	}
+	if _, err := s.LocalGet(ctx, "/taskd/local/none"); !errors.Is(err, coord.ErrNotFound) {
+		t.Fatalf("local get of an absent key: %v; want ErrNotFound", err)
+	}
+	if !s.OneMember() {
+		t.Fatal("a client of the embedded member says it talks to several members")
+	}
+	cfg := srv.ClientConfig()
+	cfg.Endpoints = append(cfg.Endpoints, cfg.Endpoints[0])
+	if two := testenv.OpenEtcd(t, cfg).(*etcd.Store); two.OneMember() {
+		t.Fatal("a client with two endpoints says it talks to one member")
+	}
+	cfg = srv.ClientConfig()
+	cfg.Own = false
+	if ext := testenv.OpenEtcd(t, cfg).(*etcd.Store); ext.OneMember() {
+		t.Fatal("a client of an external etcd's endpoint says it talks to one member")
 	}
 }

@@ -295,6 +295,27 @@ func (s *Store) List(ctx context.Context, dir string) ([]coord.KV, error) {
 	if err != nil {
 		return nil, err
 	}
+	keys, err := s.children(c, dir)
+	if err != nil {
+		return nil, err
+	}
+	return s.getAll(c, keys)
+}
+
+// Keys implements coord.Store: the listing List starts with.
+func (s *Store) Keys(ctx context.Context, dir string) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c, err := s.conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.children(c, dir)
+}
+
+// children names dir's children, sorted; none if dir is absent.
+func (s *Store) children(c *conn, dir string) ([]string, error) {
 	kids, _, err := c.Children(s.abs(dir))
 	if errors.Is(err, zk.ErrNoNode) {
 		return nil, nil
@@ -307,7 +328,7 @@ func (s *Store) List(ctx context.Context, dir string) ([]coord.KV, error) {
 	for i, k := range kids {
 		keys[i] = path.Join(dir, k)
 	}
-	return s.getAll(c, keys)
+	return keys, nil
 }
 
 // getAll reads keys, in order; a key deleted meanwhile is left out. The
