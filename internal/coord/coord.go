@@ -103,6 +103,11 @@ type Store interface {
 	Get(ctx context.Context, key string) (KV, error)
 	// List reads the direct children of dir, sorted by key.
 	List(ctx context.Context, dir string) ([]KV, error)
+	// GetMany reads keys together: kvs[i] is keys[i]'s, with an empty Key
+	// if it is absent. One transaction of reads on etcd (several of at
+	// most 128 keys, etcd's default limit of operations in a transaction,
+	// sent together), reads sent together on ZooKeeper.
+	GetMany(ctx context.Context, keys []string) ([]KV, error)
 	// Keys names the direct children of dir, sorted, without reading
 	// their values: a keys-only read on etcd, one listing on ZooKeeper
 	// (where List reads each child after the listing).
@@ -151,9 +156,10 @@ type Store interface {
 // with writes waits for every write before it to apply). ZooKeeper's reads
 // are such reads already.
 type LocalGetter interface {
-	// LocalGet is Get served so. It sees at least what every earlier read
-	// and write of this client saw, as long as OneMember holds.
-	LocalGet(ctx context.Context, key string) (KV, error)
+	// LocalGetMany is GetMany served so. It sees at least what every
+	// earlier read and write of this client saw, as long as OneMember
+	// holds.
+	LocalGetMany(ctx context.Context, keys []string) ([]KV, error)
 	// OneMember reports whether the client talks to one member only: with
 	// several, a read may go to a member behind the one that served the
 	// client's last request, and LocalGet must not be used.

@@ -39,34 +39,56 @@ func (q PageQuery) matchFacts(id string, f facts) bool {
 // by task id. It holds only ids of the last listing of the unfinished
 // tasks (and those read since), so it is as large as that directory.
 //
-// An id is created once: a task's record moves from the unfinished
-// directory to the finished one and never back. Only a schedule names
-// its tasks' ids (from the schedule and the tick), and the store refuses
-// a second task for a tick while the first one's record exists; so an id
-// could come back only after its finished record was collected. Such a
-// task would be ordered by the facts of the first one on this taskd's
-// pages until one of them reads its record (each read updates the facts).
+// A task's record moves from the unfinished directory to the finished one
+// and never back, but an id can be used again: a schedule names its tasks'
+// ids (from the tick, or from the request id of a trigger), and once the
+// first task's finished record is pruned (keep-last) the same id can be
+// created again. The cache forgets an id as soon as a page's listing does
+// not hold it, and a page reads the records of its rows (each read
+// updates the facts); an id that finished and came back between two pages
+// would still be ordered by its predecessor's creation time, perhaps off
+// every page. So the cache holds for factsIdle after the last page only:
+// an open console asks for its page again whenever a task is created,
+// changes state or finishes, and the first page after a pause reads
+// every record again.
 type factCache struct {
 	mu sync.Mutex
 	// filled: a whole listing with every record was learnt; before it
 	// a page reads every unfinished record instead of most of them one
 	// by one.
 	filled bool
-	by     map[string]facts
+	// used is when a page last used the cache (monotonic clock).
+	used time.Time
+	// idle is how long it holds without a page (0: factsIdle).
+	idle time.Duration
+	by   map[string]facts
 }
 
-// ready reports whether the cache was filled.
+// fresh reports whether the cache holds: filled and used within its
+// idle time. Called with mu held.
+func (c *factCache) fresh() bool {
+	idle := c.idle
+	if idle == 0 {
+		idle = factsIdle
+	}
+	return c.filled && time.Since(c.used) < idle
+}
+
+// factsIdle is how long the cache holds without a page.
+const factsIdle = 10 * time.Second
+
+// ready reports whether the cache was filled and used within factsIdle.
 func (c *factCache) ready() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.filled
+	return c.fresh()
 }
 
 // reset replaces the cache with a whole listing's facts.
 func (c *factCache) reset(by map[string]facts) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.by, c.filled = by, true
+	c.by, c.filled, c.used = by, true, time.Now()
 }
 
 // learn records the facts read for id.
@@ -86,9 +108,10 @@ func (c *factCache) learn(id string, f facts) {
 func (c *factCache) lookup(ids []string) (known []facts, unknown []int, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.filled {
+	if !c.fresh() {
 		return nil, nil, false
 	}
+	c.used = time.Now()
 	known = make([]facts, len(ids))
 	keep := make(map[string]facts, len(ids))
 	for i, id := range ids {

@@ -3,7 +3,6 @@ package task
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -39,10 +38,6 @@ type Page struct {
 // scanChunk is how many index entries a filtered page reads at a time.
 const scanChunk = 500
 
-// pageReaders bounds the concurrent reads of a page's finished records:
-// a console page (50) is one round of reads.
-const pageReaders = 64
-
 // ListPage returns a page of the tasks that match q, newest first. The
 // unfinished tasks are a listing of their keys, ordered and filtered (by
 // type and key) by facts this Store keeps of each (see facts): a page
@@ -60,7 +55,9 @@ const pageReaders = 64
 // its count, then every record of the page. On a store busy with writes
 // each read waits its turn (etcd's linearizable reads wait for the
 // writes before them to apply): a page costs two such waits, not one a
-// read (three when it reads the facts of new tasks).
+// read (three when it reads the facts of new tasks); one on the embedded
+// etcd, whose member serves the reads after the listings locally (see
+// coord.LocalGetter).
 func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 	active, done, state, err := s.parseFilter(q.Filter)
 	if err != nil {
@@ -156,14 +153,18 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 	if active && !listed {
 		learnt := make(map[string]facts, len(activeKVs))
 		for _, kv := range activeKVs {
-			r, err := Decode(kv.Key, kv.Value, kv.Version)
-			if errors.Is(err, ErrInvalid) {
+			id, err := keys.Child(s.layout.ActiveDir(), kv.Key, keys.ValidTaskID)
+			if err != nil {
 				continue // written around taskd: not a task
 			}
+			r, err := Decode(kv.Key, kv.Value, kv.Version)
 			if err != nil {
-				return nil, err
+				// Written around taskd: not a task, and known as such, so
+				// that the next page does not read it again.
+				learnt[id] = factsOf(nil)
+				continue
 			}
-			learnt[r.ID] = factsOf(r)
+			learnt[id] = factsOf(r)
 			if q.match(r, state) {
 				rows = append(rows, pageRow{created: r.Created, id: r.ID, rec: r})
 			}
@@ -220,20 +221,8 @@ func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 	})
 	rows = rows[min(q.Offset, len(rows)):]
 	rows = rows[:min(q.Limit, len(rows))]
-	out := make([]*Record, len(rows))
-	g, gctx = errgroup.WithContext(ctx)
-	g.SetLimit(pageReaders)
-	for i, rw := range rows {
-		if rw.rec != nil {
-			out[i] = rw.rec
-			continue
-		}
-		g.Go(func() (err error) {
-			out[i], err = s.readRow(gctx, q, rw)
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
+	out, err := s.readRows(ctx, q, rows)
+	if err != nil {
 		return nil, err
 	}
 	// A record deleted since the index was read (collected with its
@@ -255,7 +244,7 @@ type pageRow struct {
 	active bool
 }
 
-// maxFactReads bounds the unfinished records a page reads one by one for
+// maxFactReads bounds the unfinished records a page reads by key for
 // their facts (tasks created since the last page); with more it lists
 // them all in one read.
 const maxFactReads = 256
@@ -266,33 +255,34 @@ const maxFactReads = 256
 // when the facts cannot answer: the caller lists the records.
 func (s *Store) unfinishedByFacts(ctx context.Context, q PageQuery, listing []string) (rows []pageRow, ok bool, err error) {
 	ids := make([]string, 0, len(listing))
+	valid := make([]string, 0, len(listing))
 	for _, key := range listing {
 		id, err := keys.Child(s.layout.ActiveDir(), key, keys.ValidTaskID)
 		if err != nil {
 			continue // written around taskd: not a task
 		}
-		ids = append(ids, id)
+		ids, valid = append(ids, id), append(valid, key)
 	}
+	listing = valid
 	known, unknown, ok := s.facts.lookup(ids)
 	if !ok || len(unknown) > maxFactReads {
 		return nil, false, nil
 	}
 	recs := make([]*Record, len(ids))
 	gone := make([]bool, len(ids))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(pageReaders)
-	for _, i := range unknown {
-		g.Go(func() error {
-			r, found, err := s.readUnfinished(gctx, ids[i])
-			if err != nil {
-				return err
-			}
-			recs[i], gone[i], known[i] = r, !found, factsOf(r)
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, false, err
+	if len(unknown) > 0 {
+		names := make([]string, len(unknown))
+		for j, i := range unknown {
+			names[j] = listing[i]
+		}
+		kvs, err := s.pageGetMany(ctx, names)
+		if err != nil {
+			return nil, false, fmt.Errorf("read %d new tasks: %w", len(names), err)
+		}
+		for j, i := range unknown {
+			recs[i], gone[i] = s.decodeUnfinished(ids[i], kvs[j])
+			known[i] = factsOf(recs[i])
+		}
 	}
 	for i, id := range ids {
 		if !gone[i] && q.matchFacts(id, known[i]) {
@@ -302,57 +292,65 @@ func (s *Store) unfinishedByFacts(ctx context.Context, q PageQuery, listing []st
 	return rows, true, nil
 }
 
-// readUnfinished reads an unfinished task's record and learns its facts:
-// nil if the key holds no record taskd wrote; found is false if the task
-// is no longer unfinished.
-func (s *Store) readUnfinished(ctx context.Context, id string) (r *Record, found bool, err error) {
-	key, err := s.layout.ActiveKey(id)
-	if err != nil {
-		return nil, false, err
-	}
-	kv, err := s.pageGet(ctx, key)
-	if errors.Is(err, coord.ErrNotFound) {
-		return nil, false, nil // finished since the listing
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("read task %s: %w", id, err)
-	}
-	r, err = Decode(kv.Key, kv.Value, kv.Version)
-	if err != nil && !errors.Is(err, ErrInvalid) {
-		return nil, false, err
-	}
-	if err != nil {
-		r = nil
-	}
-	s.facts.learn(id, factsOf(r))
-	return r, true, nil
-}
-
-// readRow reads the record of a row of the page: nil if it is no longer
-// there (collected, or finished since it was listed as unfinished) or no
-// longer matches q.
-func (s *Store) readRow(ctx context.Context, q PageQuery, rw pageRow) (*Record, error) {
-	if rw.active {
-		r, _, err := s.readUnfinished(ctx, rw.id)
-		if err != nil || r == nil || !q.matchFacts(r.ID, factsOf(r)) {
-			return nil, err
-		}
-		return r, nil
-	}
-	key, err := s.layout.DoneKey(rw.id)
-	if err != nil {
-		return nil, err
-	}
-	kv, err := s.pageGet(ctx, key)
-	if errors.Is(err, coord.ErrNotFound) {
-		return nil, nil // collected since the index was read
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read task %s: %w", rw.id, err)
+// decodeUnfinished decodes an unfinished task's record read for a page and
+// learns its facts: nil if the key holds no record taskd wrote (a page
+// skips it rather than fail); gone if the task is no longer unfinished
+// (kv is absent).
+func (s *Store) decodeUnfinished(id string, kv coord.KV) (r *Record, gone bool) {
+	if kv.Key == "" {
+		return nil, true // finished since the listing
 	}
 	r, err := Decode(kv.Key, kv.Value, kv.Version)
 	if err != nil {
-		return nil, nil
+		r = nil // written around taskd: not a task
 	}
-	return r, nil
+	s.facts.learn(id, factsOf(r))
+	return r, false
+}
+
+// readRows returns the records of a page's rows: a row's own, or one read
+// in a single round of reads (GetMany); nil where a row is no longer
+// there (collected, or finished since it was listed as unfinished) or no
+// longer matches q.
+func (s *Store) readRows(ctx context.Context, q PageQuery, rows []pageRow) ([]*Record, error) {
+	out := make([]*Record, len(rows))
+	var names []string
+	var at []int
+	for i, rw := range rows {
+		if rw.rec != nil {
+			out[i] = rw.rec
+			continue
+		}
+		key, err := s.layout.DoneKey(rw.id)
+		if rw.active {
+			key, err = s.layout.ActiveKey(rw.id)
+		}
+		if err != nil {
+			return nil, err
+		}
+		names, at = append(names, key), append(at, i)
+	}
+	if len(names) == 0 {
+		return out, nil
+	}
+	kvs, err := s.pageGetMany(ctx, names)
+	if err != nil {
+		return nil, fmt.Errorf("read the %d tasks of a page: %w", len(names), err)
+	}
+	for j, i := range at {
+		rw := rows[i]
+		if rw.active {
+			if r, _ := s.decodeUnfinished(rw.id, kvs[j]); r != nil && q.matchFacts(r.ID, factsOf(r)) {
+				out[i] = r
+			}
+			continue
+		}
+		if kvs[j].Key == "" {
+			continue // collected since the index was read
+		}
+		if r, err := Decode(kvs[j].Key, kvs[j].Value, kvs[j].Version); err == nil {
+			out[i] = r
+		}
+	}
+	return out, nil
 }

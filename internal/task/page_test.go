@@ -17,9 +17,9 @@ import (
 
 // rounds is a store that holds ListPage to its rounds of reads: the
 // listing of the unfinished tasks waits until the index's first read has
-// been sent too, and each read of a finished record waits until want of
-// them are in flight together. A ListPage that sent one read after
-// another would leave a wait unmet: the read then fails after a deadline.
+// been sent too, and the finished records are read want (or more) in one
+// call. A ListPage that sent one read after another would leave a wait
+// unmet (the read then fails after a deadline) or read too few at once.
 type rounds struct {
 	coord.Store
 	activeDir, doneDir string
@@ -27,9 +27,6 @@ type rounds struct {
 
 	tail     chan struct{} // closed at the first ListBelow
 	tailOnce sync.Once
-	mu       sync.Mutex
-	inFlight int
-	full     chan struct{} // closed once want record reads are in flight
 }
 
 const roundWait = 5 * time.Second
@@ -50,21 +47,17 @@ func (s *rounds) ListBelow(ctx context.Context, dir, after string, limit int) ([
 	return s.Store.ListBelow(ctx, dir, after, limit)
 }
 
-func (s *rounds) Get(ctx context.Context, key string) (coord.KV, error) {
-	if strings.HasPrefix(key, s.doneDir+"/") {
-		s.mu.Lock()
-		s.inFlight++
-		if s.inFlight == s.want {
-			close(s.full)
-		}
-		s.mu.Unlock()
-		select {
-		case <-s.full:
-		case <-time.After(roundWait):
-			return coord.KV{}, fmt.Errorf("fewer than %d records of the page were read together", s.want)
+func (s *rounds) GetMany(ctx context.Context, keys []string) ([]coord.KV, error) {
+	n := 0
+	for _, k := range keys {
+		if strings.HasPrefix(k, s.doneDir+"/") {
+			n++
 		}
 	}
-	return s.Store.Get(ctx, key)
+	if n > 0 && n < s.want {
+		return nil, fmt.Errorf("%d records of the page were read together; want %d", n, s.want)
+	}
+	return s.Store.GetMany(ctx, keys)
 }
 
 // TestListPageRounds: on a store busy with writes every read waits its
@@ -104,7 +97,7 @@ func TestListPageRounds(t *testing.T) {
 		}
 		lay := st.Layout()
 		rs := &rounds{Store: kv, activeDir: lay.ActiveDir(), doneDir: lay.DoneDir(), want: page - 1,
-			tail: make(chan struct{}), full: make(chan struct{})}
+			tail: make(chan struct{})}
 		watched, err := task.NewStore(rs, "/taskd", nil, "UTC", nil)
 		if err != nil {
 			t.Fatal(err)
@@ -128,17 +121,17 @@ type collecting struct {
 	once          sync.Once
 }
 
-func (s *collecting) Get(ctx context.Context, key string) (coord.KV, error) {
+func (s *collecting) GetMany(ctx context.Context, keys []string) ([]coord.KV, error) {
 	var err error
-	if key == s.victim {
+	if slices.Contains(keys, s.victim) {
 		s.once.Do(func() {
 			_, err = s.Store.Txn(ctx, nil, []coord.Op{coord.DeleteOp(s.victim), coord.DeleteOp(s.entry)})
 		})
 	}
 	if err != nil {
-		return coord.KV{}, err
+		return nil, err
 	}
-	return s.Store.Get(ctx, key)
+	return s.Store.GetMany(ctx, keys)
 }
 
 // TestListPageCollectedMeanwhile: a task collected between the page's
@@ -195,7 +188,7 @@ func cancelled(ctx context.Context, t *testing.T, st *task.Store, tick func(), n
 }
 
 // counting counts the listings of the unfinished tasks' records and the
-// reads of single task records.
+// task records read by key.
 type counting struct {
 	coord.Store
 	activeDir string
@@ -214,13 +207,15 @@ func (s *counting) List(ctx context.Context, dir string) ([]coord.KV, error) {
 	return s.Store.List(ctx, dir)
 }
 
-func (s *counting) Get(ctx context.Context, key string) (coord.KV, error) {
-	if strings.HasPrefix(key, s.activeDir+"/") || strings.HasPrefix(key, s.doneDir+"/") {
-		s.mu.Lock()
-		s.reads++
-		s.mu.Unlock()
+func (s *counting) GetMany(ctx context.Context, keys []string) ([]coord.KV, error) {
+	s.mu.Lock()
+	for _, k := range keys {
+		if strings.HasPrefix(k, s.activeDir+"/") || strings.HasPrefix(k, s.doneDir+"/") {
+			s.reads++
+		}
 	}
-	return s.Store.Get(ctx, key)
+	s.mu.Unlock()
+	return s.Store.GetMany(ctx, keys)
 }
 
 // localCounting is counting with the store's local reads
@@ -230,11 +225,11 @@ type localCounting struct {
 	local int
 }
 
-func (s *localCounting) LocalGet(ctx context.Context, key string) (coord.KV, error) {
+func (s *localCounting) LocalGetMany(ctx context.Context, keys []string) ([]coord.KV, error) {
 	s.mu.Lock()
-	s.local++
+	s.local += len(keys)
 	s.mu.Unlock()
-	return s.Store.Get(ctx, key)
+	return s.Store.GetMany(ctx, keys)
 }
 
 func (s *localCounting) OneMember() bool { return true }
@@ -268,6 +263,9 @@ func TestListPageFacts(t *testing.T) {
 			req := task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1h"}`)}
 			if i%4 == 0 {
 				req.Key = fmt.Sprintf("vol-%d", i)
+			}
+			if i%5 == 0 {
+				req.Type, req.Spec = "noop", nil
 			}
 			r, err := st.Create(ctx, req)
 			if err != nil {
@@ -314,6 +312,20 @@ func TestListPageFacts(t *testing.T) {
 		check(task.PageQuery{Limit: limit, Offset: 30}, limit)
 		check(task.PageQuery{Limit: limit, Key: "vol-"}, limit)
 		check(task.PageQuery{Limit: limit, Filter: task.Filter{Status: "unfinished", Type: "sleep"}}, limit)
+		check(task.PageQuery{Limit: limit, Filter: task.Filter{Type: "noop"}}, limit)
+		// After a pause without pages (an id may have finished and come
+		// back meanwhile) the facts no longer hold: the page reads every
+		// record.
+		st.SetFactsIdle(time.Nanosecond)
+		cnt.take()
+		if _, err := st.ListPage(ctx, task.PageQuery{Limit: limit}); err != nil {
+			t.Fatal(err)
+		}
+		if lists, _ := cnt.take(); lists != 1 {
+			t.Fatalf("the page after the facts' idle time listed the unfinished records %d times; want 1", lists)
+		}
+		st.SetFactsIdle(time.Hour)
+		check(task.PageQuery{Limit: limit}, limit)
 		// Three new tasks; the two newest of before end.
 		for i := range 3 {
 			create(n + i)
@@ -396,6 +408,159 @@ func TestListPageLocalReads(t *testing.T) {
 			if reads != 0 || local != len(p.Records)-fromListing {
 				t.Fatalf("%+v: %d linearizable and %d local reads of records for %d rows (%d from a listing); want 0 and %d", q, reads, local, len(p.Records), fromListing, len(p.Records)-fromListing)
 			}
+		}
+	})
+}
+
+// finishingOnRead cancels a task (through another store) just before a
+// page first reads its record: the task was unfinished when the page
+// listed the keys and is finished when it reads the record.
+type finishingOnRead struct {
+	coord.Store
+	mu     sync.Mutex
+	victim string // the unfinished record's key
+	cancel func() error
+}
+
+func (s *finishingOnRead) GetMany(ctx context.Context, keys []string) ([]coord.KV, error) {
+	s.mu.Lock()
+	cancel := s.cancel
+	hit := slices.Contains(keys, s.victim)
+	if hit {
+		s.cancel = nil
+	}
+	s.mu.Unlock()
+	if hit && cancel != nil {
+		if err := cancel(); err != nil {
+			return nil, err
+		}
+	}
+	return s.Store.GetMany(ctx, keys)
+}
+
+// TestListPageFactsMeanwhile: a page whose row finished between the
+// listing and the read of its record leaves it out and counts it out; keys
+// written around taskd in the unfinished directory are neither shown nor
+// counted nor read again by the next page; pages asked together while
+// tasks are created and finish share the facts safely and end equal to
+// List.
+func TestListPageFactsMeanwhile(t *testing.T) {
+	stores(t, func(t *testing.T, kv coord.Store) {
+		ctx := ctxT(t)
+		fr := &finishingOnRead{Store: kv}
+		cnt := &counting{Store: fr}
+		st, tick := clocked(t, cnt)
+		lay := st.Layout()
+		cnt.activeDir, cnt.doneDir = lay.ActiveDir(), lay.DoneDir()
+		if _, err := st.Backfill(ctx, st.Txn); err != nil {
+			t.Fatal(err)
+		}
+		var all []*task.Record
+		create := func() {
+			r, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1h"}`)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			all = append(all, r)
+			tick()
+		}
+		for range 30 {
+			create()
+		}
+		const limit = 10
+		page := func(q task.PageQuery) *task.Page {
+			t.Helper()
+			p, err := st.ListPage(ctx, q)
+			if err != nil {
+				t.Fatalf("%+v: %v", q, err)
+			}
+			return p
+		}
+		before := page(task.PageQuery{Limit: limit}) // fills the facts
+		victim := before.Records[0]
+		key, err := lay.ActiveKey(victim.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fr.mu.Lock()
+		fr.victim, fr.cancel = key, func() error { _, err := st.Cancel(ctx, victim.ID); return err }
+		fr.mu.Unlock()
+		p := page(task.PageQuery{Limit: limit})
+		if got, want := idsOf(p.Records), idsOf(before.Records[1:]); !slices.Equal(got, want) || p.Total != before.Total-1 {
+			t.Fatalf("page with its first row finished meanwhile: %v total %d\nwant %v total %d", got, p.Total, want, before.Total-1)
+		}
+
+		// Keys written around taskd: a record that is not JSON and one
+		// whose id is not its key's, at task-id keys, and a key that is
+		// not a task id.
+		want := newestFirst(t, st, task.Filter{}, nil)
+		waiting := newestFirst(t, st, task.Filter{Status: "waiting"}, nil) // List fails on a record that is not JSON
+		crafted := []string{uuid.NewString(), uuid.NewString()}
+		for i, v := range []string{"not json", fmt.Sprintf(`{"id":%q,"type":"sleep","state":"waiting"}`, uuid.NewString())} {
+			if _, err := kv.Create(ctx, lay.ActiveDir()+"/"+crafted[i], []byte(v)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := kv.Create(ctx, lay.ActiveDir()+"/not-a-task", []byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+		for i, q := range []task.PageQuery{{Limit: limit}, {Limit: limit}, {Limit: limit, Filter: task.Filter{Status: "waiting"}}, {Limit: limit}} {
+			cnt.take()
+			p := page(q)
+			_, reads := cnt.take()
+			w := want
+			if q.Status == "waiting" {
+				w = waiting
+			}
+			if got := idsOf(p.Records); !slices.Equal(got, w[:limit]) || p.Total != len(w) {
+				t.Fatalf("%+v beside crafted keys: %v total %d\nwant %v total %d", q, got, p.Total, w[:limit], len(w))
+			}
+			if i > 0 && q.Status == "" && reads > limit {
+				t.Fatalf("%+v: %d records read; the crafted keys were read again", q, reads)
+			}
+		}
+		for _, id := range crafted {
+			if err := kv.Delete(ctx, lay.ActiveDir()+"/"+id, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := kv.Delete(ctx, lay.ActiveDir()+"/not-a-task", 0); err != nil {
+			t.Fatal(err)
+		}
+
+		// Pages asked together while tasks are created and finish.
+		pctx, stop := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		errs := make(chan error, 3)
+		for range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for pctx.Err() == nil {
+					if _, err := st.ListPage(pctx, task.PageQuery{Limit: limit}); err != nil && pctx.Err() == nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		for i := range 20 {
+			create()
+			if i%2 == 0 {
+				if _, err := st.Cancel(ctx, all[len(all)-1].ID); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		stop()
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("a page asked beside creates and finishes: %v", err)
+		}
+		want = newestFirst(t, st, task.Filter{}, nil)
+		if got := idsOf(page(task.PageQuery{Limit: limit}).Records); !slices.Equal(got, want[:limit]) {
+			t.Fatalf("page after the concurrent pages: %v\nwant %v", got, want[:limit])
 		}
 	})
 }

@@ -42,11 +42,11 @@ type Store struct {
 	indexReady atomic.Bool
 	// facts of the unfinished tasks, for pages of the newest.
 	facts factCache
-	// pageGet reads a page's records once its listings are read: a local
-	// read where the store offers one (see coord.LocalGetter), since the
+	// pageGetMany reads a page's records once its listings are read: local
+	// reads where the store offers them (see coord.LocalGetter), since the
 	// listings' linearizable reads already waited for the writes before
 	// them.
-	pageGet func(ctx context.Context, key string) (coord.KV, error)
+	pageGetMany func(ctx context.Context, keys []string) ([]coord.KV, error)
 }
 
 // NewStore binds the layout under root to kv. zone is the default time zone
@@ -70,11 +70,11 @@ func NewStore(kv coord.Store, root string, types Registry, zone string, now func
 	if now == nil {
 		now = time.Now
 	}
-	pageGet := kv.Get
+	pageGetMany := kv.GetMany
 	if lg, ok := kv.(coord.LocalGetter); ok && lg.OneMember() {
-		pageGet = lg.LocalGet
+		pageGetMany = lg.LocalGetMany
 	}
-	return &Store{kv: kv, layout: r.Tasks(), types: types, zone: zone, now: now, pageGet: pageGet}, nil
+	return &Store{kv: kv, layout: r.Tasks(), types: types, zone: zone, now: now, pageGetMany: pageGetMany}, nil
 }
 
 // Layout is the store layout in use.

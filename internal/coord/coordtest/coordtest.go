@@ -131,6 +131,9 @@ func testList(t *testing.T, s coord.Store) {
 	if fmt.Sprint(names) != "[a b c]" {
 		t.Fatalf("list = %v, want [a b c] (sorted, direct children only)", names)
 	}
+	if _, err := s.Create(ctx, p+"/d/a/deep", []byte("grandchild")); err != nil {
+		t.Fatal(err)
+	}
 	keys, err := s.Keys(ctx, p+"/d")
 	if err != nil {
 		t.Fatal(err)
@@ -140,6 +143,33 @@ func testList(t *testing.T, s coord.Store) {
 	}
 	if keys, err := s.Keys(ctx, p+"/none"); err != nil || len(keys) != 0 {
 		t.Fatalf("keys of missing dir = %v, %v", keys, err)
+	}
+	// GetMany: in the order asked, absent keys empty; more keys than one
+	// etcd transaction holds (128).
+	ask := []string{p + "/d/c", p + "/none", p + "/d/a"}
+	for i := range 140 {
+		k := fmt.Sprintf("%s/many/%03d", p, i)
+		if _, err := s.Create(ctx, k, []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+		ask = append(ask, k)
+	}
+	ask = append(ask, p+"/d/b")
+	got, err := s.GetMany(ctx, ask)
+	if err != nil || len(got) != len(ask) {
+		t.Fatalf("get many: %d values, %v; want %d", len(got), err, len(ask))
+	}
+	for i, k := range ask {
+		want := k
+		switch k {
+		case p + "/none":
+			want = ""
+		case p + "/d/a", p + "/d/b", p + "/d/c":
+			want = k[len(k)-1:]
+		}
+		if string(got[i].Value) != want || (want != "" && (got[i].Key != k || got[i].Version == 0)) || (want == "" && got[i].Key != "") {
+			t.Fatalf("get many [%d] %s = %+v; want value %q", i, k, got[i], want)
+		}
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -90,21 +91,7 @@ func unavailable(err error) bool {
 
 // Get implements coord.Store.
 func (s *Store) Get(ctx context.Context, key string) (coord.KV, error) {
-	return s.get(ctx, key)
-}
-
-// LocalGet implements coord.LocalGetter with a serializable read.
-func (s *Store) LocalGet(ctx context.Context, key string) (coord.KV, error) {
-	return s.get(ctx, key, clientv3.WithSerializable())
-}
-
-// OneMember implements coord.LocalGetter: the client talks to this
-// process's embedded member only (ClientConfig.Own; automatic endpoint
-// sync is off).
-func (s *Store) OneMember() bool { return s.own }
-
-func (s *Store) get(ctx context.Context, key string, opts ...clientv3.OpOption) (coord.KV, error) {
-	resp, err := s.cli.Get(ctx, key, opts...)
+	resp, err := s.cli.Get(ctx, key)
 	if err != nil {
 		return coord.KV{}, wrap("get", key, err)
 	}
@@ -113,6 +100,54 @@ func (s *Store) get(ctx context.Context, key string, opts ...clientv3.OpOption) 
 	}
 	return kvOf(resp.Kvs[0]), nil
 }
+
+// GetMany implements coord.Store.
+func (s *Store) GetMany(ctx context.Context, keys []string) ([]coord.KV, error) {
+	return s.getMany(ctx, keys)
+}
+
+// LocalGetMany implements coord.LocalGetter with a transaction of
+// serializable reads (etcd serves it from the member's applied state).
+func (s *Store) LocalGetMany(ctx context.Context, keys []string) ([]coord.KV, error) {
+	return s.getMany(ctx, keys, clientv3.WithSerializable())
+}
+
+// maxTxnReads is how many reads one transaction of GetMany holds: etcd's
+// default --max-txn-ops.
+const maxTxnReads = 128
+
+func (s *Store) getMany(ctx context.Context, keys []string, opts ...clientv3.OpOption) ([]coord.KV, error) {
+	kvs := make([]coord.KV, len(keys))
+	g, gctx := errgroup.WithContext(ctx)
+	for from := 0; from < len(keys); from += maxTxnReads {
+		chunk := keys[from:min(from+maxTxnReads, len(keys))]
+		g.Go(func() error {
+			ops := make([]clientv3.Op, len(chunk))
+			for i, k := range chunk {
+				ops[i] = clientv3.OpGet(k, opts...)
+			}
+			resp, err := s.cli.Txn(gctx).Then(ops...).Commit()
+			if err != nil {
+				return wrap("get", chunk[0], err)
+			}
+			for i, r := range resp.Responses {
+				if rr := r.GetResponseRange(); rr != nil && len(rr.Kvs) > 0 {
+					kvs[from+i] = kvOf(rr.Kvs[0])
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return kvs, nil
+}
+
+// OneMember implements coord.LocalGetter: the client talks to this
+// process's embedded member only (its one endpoint is the member's client
+// URL; automatic endpoint sync is off).
+func (s *Store) OneMember() bool { return s.own }
 
 // List implements coord.Store.
 func (s *Store) List(ctx context.Context, dir string) ([]coord.KV, error) {

@@ -36,6 +36,7 @@ import (
 	"log/slog"
 	"net"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -321,7 +322,7 @@ func (s *Store) children(c *conn, dir string) ([]string, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, mapErr("list", dir, err)
+		return nil, mapErr("list keys of", dir, err)
 	}
 	sort.Strings(kids)
 	keys := make([]string, len(kids))
@@ -331,33 +332,47 @@ func (s *Store) children(c *conn, dir string) ([]string, error) {
 	return keys, nil
 }
 
-// getAll reads keys, in order; a key deleted meanwhile is left out. The
+// GetMany implements coord.Store.
+func (s *Store) GetMany(ctx context.Context, keys []string) ([]coord.KV, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c, err := s.conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.getEach(c, keys)
+}
+
+// getEach reads keys, kvs[i] keys[i]'s (an empty Key if absent). The
 // reads are independent: they are issued together (the client pipelines
 // requests on its connection) instead of one round trip after another.
-func (s *Store) getAll(c *conn, keys []string) ([]coord.KV, error) {
+func (s *Store) getEach(c *conn, keys []string) ([]coord.KV, error) {
 	kvs := make([]coord.KV, len(keys))
-	found := make([]bool, len(keys))
 	err := each(len(keys), func(i int) error {
 		data, st, err := c.Get(s.abs(keys[i]))
 		switch {
-		case errors.Is(err, zk.ErrNoNode): // deleted between the two reads
+		case errors.Is(err, zk.ErrNoNode): // absent, or deleted since a listing
 		case err != nil:
 			return mapErr("get", keys[i], err)
 		default:
-			kvs[i], found[i] = s.kv(keys[i], data, st), true
+			kvs[i] = s.kv(keys[i], data, st)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	out := make([]coord.KV, 0, len(keys))
-	for i := range kvs {
-		if found[i] {
-			out = append(out, kvs[i])
-		}
+	return kvs, nil
+}
+
+// getAll reads keys, in order; a key deleted meanwhile is left out.
+func (s *Store) getAll(c *conn, keys []string) ([]coord.KV, error) {
+	kvs, err := s.getEach(c, keys)
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	return slices.DeleteFunc(kvs, func(kv coord.KV) bool { return kv.Key == "" }), nil
 }
 
 // each runs f(0) … f(n-1), listParallel at a time, and joins their errors.
