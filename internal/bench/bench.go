@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -105,7 +106,24 @@ func buildTemp() (dir, bin string, remove func(), err error) {
 		remove()
 		return "", "", nil, err
 	}
+	fmt.Fprintf(os.Stderr, "taskd-bench: taskd built from %s\n", sourceOf())
 	return dir, bin, remove, nil
+}
+
+// sourceOf names the source the nodes' taskd was built from: the module
+// in the working directory (not the one taskd-bench was built from), with
+// its commit when it is a git checkout. A before/after comparison runs
+// each side from its own checkout.
+func sourceOf() string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "the working directory"
+	}
+	out, err := exec.Command("git", "-C", wd, "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return wd
+	}
+	return wd + " at " + strings.TrimSpace(string(out))
 }
 
 // startEnv starts the servers of backend under dir for nodes running bin:
