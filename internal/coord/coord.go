@@ -150,22 +150,6 @@ type Store interface {
 	Close() error
 }
 
-// LocalGetter is a Store that can read a key from what the one member its
-// client talks to has applied, without first asking the leader how far to
-// wait (etcd's serializable read; a linearizable read on a store busy
-// with writes waits for every write before it to apply). ZooKeeper's reads
-// are such reads already.
-type LocalGetter interface {
-	// LocalGetMany is GetMany served so. It sees at least what every
-	// earlier read and write of this client saw, as long as OneMember
-	// holds.
-	LocalGetMany(ctx context.Context, keys []string) ([]KV, error)
-	// OneMember reports whether the client talks to one member only: with
-	// several, a read may go to a member behind the one that served the
-	// client's last request, and LocalGet must not be used.
-	OneMember() bool
-}
-
 // OpOption modifies a Create.
 type OpOption func(*OpOptions)
 

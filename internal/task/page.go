@@ -55,9 +55,7 @@ const scanChunk = 500
 // its count, then every record of the page. On a store busy with writes
 // each read waits its turn (etcd's linearizable reads wait for the
 // writes before them to apply): a page costs two such waits, not one a
-// read (three when it reads the facts of new tasks); one on the embedded
-// etcd, whose member serves the reads after the listings locally (see
-// coord.LocalGetter).
+// read (three when it reads the facts of new tasks).
 func (s *Store) ListPage(ctx context.Context, q PageQuery) (*Page, error) {
 	active, done, state, err := s.parseFilter(q.Filter)
 	if err != nil {
@@ -275,7 +273,7 @@ func (s *Store) unfinishedByFacts(ctx context.Context, q PageQuery, listing []st
 		for j, i := range unknown {
 			names[j] = listing[i]
 		}
-		kvs, err := s.pageGetMany(ctx, names)
+		kvs, err := s.kv.GetMany(ctx, names)
 		if err != nil {
 			return nil, false, fmt.Errorf("read %d new tasks: %w", len(names), err)
 		}
@@ -333,7 +331,7 @@ func (s *Store) readRows(ctx context.Context, q PageQuery, rows []pageRow) ([]*R
 	if len(names) == 0 {
 		return out, nil
 	}
-	kvs, err := s.pageGetMany(ctx, names)
+	kvs, err := s.kv.GetMany(ctx, names)
 	if err != nil {
 		return nil, fmt.Errorf("read the %d tasks of a page: %w", len(names), err)
 	}

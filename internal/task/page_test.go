@@ -218,22 +218,6 @@ func (s *counting) GetMany(ctx context.Context, keys []string) ([]coord.KV, erro
 	return s.Store.GetMany(ctx, keys)
 }
 
-// localCounting is counting with the store's local reads
-// (coord.LocalGetter, one member): it counts them apart.
-type localCounting struct {
-	*counting
-	local int
-}
-
-func (s *localCounting) LocalGetMany(ctx context.Context, keys []string) ([]coord.KV, error) {
-	s.mu.Lock()
-	s.local += len(keys)
-	s.mu.Unlock()
-	return s.Store.GetMany(ctx, keys)
-}
-
-func (s *localCounting) OneMember() bool { return true }
-
 // take returns the counts since the last take and starts again.
 func (s *counting) take() (lists, reads int) {
 	s.mu.Lock()
@@ -346,69 +330,6 @@ func TestListPageFacts(t *testing.T) {
 		}
 		check(task.PageQuery{Limit: limit}, -1)
 		check(task.PageQuery{Limit: limit, Offset: 250}, limit)
-	})
-}
-
-// TestListPageLocalReads: where the store offers local reads (etcd with
-// one member: taskd's embedded one), a page reads its records so, after
-// its listings' linearizable reads; the listings stay linearizable.
-func TestListPageLocalReads(t *testing.T) {
-	stores(t, func(t *testing.T, kv coord.Store) {
-		ctx := ctxT(t)
-		lc := &localCounting{counting: &counting{Store: kv}}
-		st, tick := clocked(t, lc)
-		lc.activeDir, lc.doneDir = st.Layout().ActiveDir(), st.Layout().DoneDir()
-		if _, err := st.Backfill(ctx, st.Txn); err != nil {
-			t.Fatal(err)
-		}
-		var ids []string
-		for range 12 {
-			r, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1h"}`)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, r.ID)
-			tick()
-		}
-		for _, id := range ids[:4] {
-			if _, err := st.Cancel(ctx, id); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for _, q := range []task.PageQuery{{Limit: 10}, {Limit: 10}, {Limit: 5, Offset: 6}} {
-			lc.take()
-			lc.mu.Lock()
-			lc.local = 0
-			lc.mu.Unlock()
-			p, err := st.ListPage(ctx, q)
-			if err != nil {
-				t.Fatal(err)
-			}
-			lists, reads := lc.take()
-			lc.mu.Lock()
-			local := lc.local
-			lc.mu.Unlock()
-			want := newestFirst(t, st, q.Filter, nil)
-			w := want[min(q.Offset, len(want)):]
-			w = w[:min(q.Limit, len(w))]
-			if got := idsOf(p.Records); !slices.Equal(got, w) {
-				t.Fatalf("%+v: page %v\nwant %v", q, got, w)
-			}
-			// Every record the page did not have from a listing was read
-			// locally: the first page lists the unfinished records and
-			// reads the finished ones of its rows.
-			fromListing := 0
-			if lists == 1 {
-				for _, r := range p.Records {
-					if !r.State.Final() {
-						fromListing++
-					}
-				}
-			}
-			if reads != 0 || local != len(p.Records)-fromListing {
-				t.Fatalf("%+v: %d linearizable and %d local reads of records for %d rows (%d from a listing); want 0 and %d", q, reads, local, len(p.Records), fromListing, len(p.Records)-fromListing)
-			}
-		}
 	})
 }
 

@@ -42,11 +42,6 @@ type Store struct {
 	indexReady atomic.Bool
 	// facts of the unfinished tasks, for pages of the newest.
 	facts factCache
-	// pageGetMany reads a page's records once its listings are read: local
-	// reads where the store offers them (see coord.LocalGetter), since the
-	// listings' linearizable reads already waited for the writes before
-	// them.
-	pageGetMany func(ctx context.Context, keys []string) ([]coord.KV, error)
 }
 
 // NewStore binds the layout under root to kv. zone is the default time zone
@@ -70,11 +65,7 @@ func NewStore(kv coord.Store, root string, types Registry, zone string, now func
 	if now == nil {
 		now = time.Now
 	}
-	pageGetMany := kv.GetMany
-	if lg, ok := kv.(coord.LocalGetter); ok && lg.OneMember() {
-		pageGetMany = lg.LocalGetMany
-	}
-	return &Store{kv: kv, layout: r.Tasks(), types: types, zone: zone, now: now, pageGetMany: pageGetMany}, nil
+	return &Store{kv: kv, layout: r.Tasks(), types: types, zone: zone, now: now}, nil
 }
 
 // Layout is the store layout in use.

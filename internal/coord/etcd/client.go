@@ -34,12 +34,6 @@ type ClientConfig struct {
 	TLS      *tls.Config
 	Username string
 	Password string
-	// own is the client URL of the member this process runs (set by
-	// Server.ClientConfig). Only a client whose one endpoint is that URL
-	// offers local reads (coord.LocalGetter): one endpoint of an external
-	// etcd may be a balancer in front of several members, and a copy of
-	// this config pointed elsewhere is not the own member.
-	own string
 }
 
 // Validate refuses plaintext off loopback and plaintext without a
@@ -107,7 +101,7 @@ func Open(ctx context.Context, c ClientConfig, log *slog.Logger) (*Store, error)
 	for attempt := 0; ; attempt++ {
 		cli, err := loginOnce(ctx, c, loginTimeout(attempt))
 		if err == nil {
-			return &Store{cli: cli, log: log, own: len(c.Endpoints) == 1 && c.Endpoints[0] == c.own}, nil
+			return &Store{cli: cli, log: log}, nil
 		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w: %w", err, ctx.Err())

@@ -202,7 +202,7 @@ func (s *Server) PeerURL() string { return s.cfg.PeerURL }
 // ClientConfig reaches this member as its node: the node certificate,
 // which etcd maps to the node's user.
 func (s *Server) ClientConfig() ClientConfig {
-	return ClientConfig{Endpoints: []string{s.cfg.ClientURL}, TLS: s.cfg.Creds.ClientTLS(""), own: s.cfg.ClientURL}
+	return ClientConfig{Endpoints: []string{s.cfg.ClientURL}, TLS: s.cfg.Creds.ClientTLS("")}
 }
 
 // Err reports a fatal server error.

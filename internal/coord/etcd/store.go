@@ -34,8 +34,6 @@ type mvccKV = mvccpb.KeyValue
 type Store struct {
 	cli *clientv3.Client
 	log *slog.Logger
-	// own: the client talks to this process's embedded member only.
-	own bool
 	// observe, when set, is told each heartbeat's lateness.
 	observe atomic.Pointer[coord.HeartbeatObserver]
 }
@@ -43,7 +41,6 @@ type Store struct {
 var (
 	_ coord.Store             = (*Store)(nil)
 	_ coord.HeartbeatReporter = (*Store)(nil)
-	_ coord.LocalGetter       = (*Store)(nil)
 )
 
 // ObserveHeartbeats implements coord.HeartbeatReporter.
@@ -106,17 +103,11 @@ func (s *Store) GetMany(ctx context.Context, keys []string) ([]coord.KV, error) 
 	return s.getMany(ctx, keys)
 }
 
-// LocalGetMany implements coord.LocalGetter with a transaction of
-// serializable reads (etcd serves it from the member's applied state).
-func (s *Store) LocalGetMany(ctx context.Context, keys []string) ([]coord.KV, error) {
-	return s.getMany(ctx, keys, clientv3.WithSerializable())
-}
-
 // maxTxnReads is how many reads one transaction of GetMany holds: etcd's
 // default --max-txn-ops.
 const maxTxnReads = 128
 
-func (s *Store) getMany(ctx context.Context, keys []string, opts ...clientv3.OpOption) ([]coord.KV, error) {
+func (s *Store) getMany(ctx context.Context, keys []string) ([]coord.KV, error) {
 	kvs := make([]coord.KV, len(keys))
 	g, gctx := errgroup.WithContext(ctx)
 	for from := 0; from < len(keys); from += maxTxnReads {
@@ -124,7 +115,7 @@ func (s *Store) getMany(ctx context.Context, keys []string, opts ...clientv3.OpO
 		g.Go(func() error {
 			ops := make([]clientv3.Op, len(chunk))
 			for i, k := range chunk {
-				ops[i] = clientv3.OpGet(k, opts...)
+				ops[i] = clientv3.OpGet(k)
 			}
 			resp, err := s.cli.Txn(gctx).Then(ops...).Commit()
 			if err != nil {
@@ -143,11 +134,6 @@ func (s *Store) getMany(ctx context.Context, keys []string, opts ...clientv3.OpO
 	}
 	return kvs, nil
 }
-
-// OneMember implements coord.LocalGetter: the client talks to this
-// process's embedded member only (its one endpoint is the member's client
-// URL; automatic endpoint sync is off).
-func (s *Store) OneMember() bool { return s.own }
 
 // List implements coord.Store.
 func (s *Store) List(ctx context.Context, dir string) ([]coord.KV, error) {
