@@ -2,10 +2,10 @@ package task
 
 import "time"
 
-// SetFactsIdle sets how long s's facts of the unfinished tasks hold
-// without a page.
-func (s *Store) SetFactsIdle(d time.Duration) {
+// SetFactsMaxAge sets how long the facts of a whole listing of the
+// unfinished tasks hold in s.
+func (s *Store) SetFactsMaxAge(d time.Duration) {
 	s.facts.mu.Lock()
 	defer s.facts.mu.Unlock()
-	s.facts.idle = d
+	s.facts.maxAge = d
 }

@@ -47,37 +47,33 @@ func (q PageQuery) matchFacts(id string, f facts) bool {
 // not hold it, and a page reads the records of its rows (each read
 // updates the facts); an id that finished and came back between two pages
 // would still be ordered by its predecessor's creation time, perhaps off
-// every page. So the cache holds for factsIdle after the last page only:
-// an open console asks for its page again whenever a task is created,
-// changes state or finishes, and the first page after a pause reads
-// every record again.
+// every page. So the facts are renewed by a whole listing (every record)
+// once they are factsMaxAge old: that bounds how long such a task can be
+// misplaced.
 type factCache struct {
 	mu sync.Mutex
-	// filled: a whole listing with every record was learnt; before it
-	// a page reads every unfinished record instead of most of them one
-	// by one.
-	filled bool
-	// used is when a page last used the cache (monotonic clock).
-	used time.Time
-	// idle is how long it holds without a page (0: factsIdle).
-	idle time.Duration
-	by   map[string]facts
+	// filled is when a whole listing with every record was learnt (zero:
+	// never); until then, and once it is maxAge old, a page reads every
+	// unfinished record instead of most of them by key.
+	filled time.Time
+	// maxAge is how long a whole listing's facts hold (0: factsMaxAge).
+	maxAge time.Duration
+	by     map[string]facts
 }
 
-// fresh reports whether the cache holds: filled and used within its
-// idle time. Called with mu held.
+// factsMaxAge is how long the facts of a whole listing hold.
+const factsMaxAge = 10 * time.Second
+
+// fresh reports whether the facts hold. Called with mu held.
 func (c *factCache) fresh() bool {
-	idle := c.idle
-	if idle == 0 {
-		idle = factsIdle
+	maxAge := c.maxAge
+	if maxAge == 0 {
+		maxAge = factsMaxAge
 	}
-	return c.filled && time.Since(c.used) < idle
+	return !c.filled.IsZero() && time.Since(c.filled) < maxAge
 }
 
-// factsIdle is how long the cache holds without a page.
-const factsIdle = 10 * time.Second
-
-// ready reports whether the cache was filled and used within factsIdle.
+// ready reports whether the facts hold (see fresh).
 func (c *factCache) ready() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -88,7 +84,7 @@ func (c *factCache) ready() bool {
 func (c *factCache) reset(by map[string]facts) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.by, c.filled, c.used = by, true, time.Now()
+	c.by, c.filled = by, time.Now()
 }
 
 // learn records the facts read for id.
@@ -103,15 +99,14 @@ func (c *factCache) learn(id string, f facts) {
 
 // lookup returns the facts of each id it knows (in ids' order; unknown
 // ones are zero) and the indices of the ids it does not know, and forgets
-// every id not among ids (ids is a whole listing). ok is false until the
-// cache is filled.
+// every id not among ids (ids is a whole listing). ok is false when the
+// facts do not hold (see fresh).
 func (c *factCache) lookup(ids []string) (known []facts, unknown []int, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.fresh() {
 		return nil, nil, false
 	}
-	c.used = time.Now()
 	known = make([]facts, len(ids))
 	keep := make(map[string]facts, len(ids))
 	for i, id := range ids {

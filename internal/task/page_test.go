@@ -47,6 +47,13 @@ func (s *rounds) ListBelow(ctx context.Context, dir, after string, limit int) ([
 	return s.Store.ListBelow(ctx, dir, after, limit)
 }
 
+func (s *rounds) Get(ctx context.Context, key string) (coord.KV, error) {
+	if strings.HasPrefix(key, s.doneDir+"/") {
+		return coord.KV{}, fmt.Errorf("record %s read alone, not with the rest of the page", key)
+	}
+	return s.Store.Get(ctx, key)
+}
+
 func (s *rounds) GetMany(ctx context.Context, keys []string) ([]coord.KV, error) {
 	n := 0
 	for _, k := range keys {
@@ -207,6 +214,15 @@ func (s *counting) List(ctx context.Context, dir string) ([]coord.KV, error) {
 	return s.Store.List(ctx, dir)
 }
 
+func (s *counting) Get(ctx context.Context, key string) (coord.KV, error) {
+	if strings.HasPrefix(key, s.activeDir+"/") || strings.HasPrefix(key, s.doneDir+"/") {
+		s.mu.Lock()
+		s.reads++
+		s.mu.Unlock()
+	}
+	return s.Store.Get(ctx, key)
+}
+
 func (s *counting) GetMany(ctx context.Context, keys []string) ([]coord.KV, error) {
 	s.mu.Lock()
 	for _, k := range keys {
@@ -297,18 +313,17 @@ func TestListPageFacts(t *testing.T) {
 		check(task.PageQuery{Limit: limit, Key: "vol-"}, limit)
 		check(task.PageQuery{Limit: limit, Filter: task.Filter{Status: "unfinished", Type: "sleep"}}, limit)
 		check(task.PageQuery{Limit: limit, Filter: task.Filter{Type: "noop"}}, limit)
-		// After a pause without pages (an id may have finished and come
-		// back meanwhile) the facts no longer hold: the page reads every
-		// record.
-		st.SetFactsIdle(time.Nanosecond)
+		// Once the facts are older than their age limit (an id may have
+		// finished and come back meanwhile) the page reads every record.
+		st.SetFactsMaxAge(time.Nanosecond)
 		cnt.take()
 		if _, err := st.ListPage(ctx, task.PageQuery{Limit: limit}); err != nil {
 			t.Fatal(err)
 		}
 		if lists, _ := cnt.take(); lists != 1 {
-			t.Fatalf("the page after the facts' idle time listed the unfinished records %d times; want 1", lists)
+			t.Fatalf("the page after the facts' age limit listed the unfinished records %d times; want 1", lists)
 		}
-		st.SetFactsIdle(time.Hour)
+		st.SetFactsMaxAge(time.Hour)
 		check(task.PageQuery{Limit: limit}, limit)
 		// Three new tasks; the two newest of before end.
 		for i := range 3 {

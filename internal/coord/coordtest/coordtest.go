@@ -144,8 +144,12 @@ func testList(t *testing.T, s coord.Store) {
 	if keys, err := s.Keys(ctx, p+"/none"); err != nil || len(keys) != 0 {
 		t.Fatalf("keys of missing dir = %v, %v", keys, err)
 	}
-	// GetMany: in the order asked, absent keys empty; more keys than one
-	// etcd transaction holds (128).
+	// GetMany: in the order asked, absent keys empty (one in the second
+	// etcd transaction too); more keys than one etcd transaction holds
+	// (128); none.
+	if got, err := s.GetMany(ctx, nil); err != nil || len(got) != 0 {
+		t.Fatalf("get many of no keys = %v, %v", got, err)
+	}
 	ask := []string{p + "/d/c", p + "/none", p + "/d/a"}
 	for i := range 140 {
 		k := fmt.Sprintf("%s/many/%03d", p, i)
@@ -154,7 +158,7 @@ func testList(t *testing.T, s coord.Store) {
 		}
 		ask = append(ask, k)
 	}
-	ask = append(ask, p+"/d/b")
+	ask = append(ask, p+"/d/b", p+"/none")
 	got, err := s.GetMany(ctx, ask)
 	if err != nil || len(got) != len(ask) {
 		t.Fatalf("get many: %d values, %v; want %d", len(got), err, len(ask))

@@ -98,16 +98,12 @@ func (s *Store) Get(ctx context.Context, key string) (coord.KV, error) {
 	return kvOf(resp.Kvs[0]), nil
 }
 
-// GetMany implements coord.Store.
+// GetMany implements coord.Store: read-only transactions of at most
+// maxTxnReads reads, sent together. The client retries a Range that
+// meets an unavailable server (a leader change) but never a Txn; a read
+// is safe to repeat, so a transaction is tried again here, getManyTries
+// times at most.
 func (s *Store) GetMany(ctx context.Context, keys []string) ([]coord.KV, error) {
-	return s.getMany(ctx, keys)
-}
-
-// maxTxnReads is how many reads one transaction of GetMany holds: etcd's
-// default --max-txn-ops.
-const maxTxnReads = 128
-
-func (s *Store) getMany(ctx context.Context, keys []string) ([]coord.KV, error) {
 	kvs := make([]coord.KV, len(keys))
 	g, gctx := errgroup.WithContext(ctx)
 	for from := 0; from < len(keys); from += maxTxnReads {
@@ -117,7 +113,7 @@ func (s *Store) getMany(ctx context.Context, keys []string) ([]coord.KV, error) 
 			for i, k := range chunk {
 				ops[i] = clientv3.OpGet(k)
 			}
-			resp, err := s.cli.Txn(gctx).Then(ops...).Commit()
+			resp, err := s.readTxn(gctx, ops)
 			if err != nil {
 				return wrap("get", chunk[0], err)
 			}
@@ -133,6 +129,37 @@ func (s *Store) getMany(ctx context.Context, keys []string) ([]coord.KV, error) 
 		return nil, err
 	}
 	return kvs, nil
+}
+
+// maxTxnReads is how many reads one transaction of GetMany holds: etcd's
+// default --max-txn-ops (an external etcd must not be set lower).
+const maxTxnReads = 128
+
+// getManyTries bounds the tries of one read-only transaction; the waits
+// between them double from getManyWait.
+const (
+	getManyTries = 4
+	getManyWait  = 50 * time.Millisecond
+)
+
+// readTxn commits a transaction of reads, again after an unavailable
+// server while ctx lasts.
+func (s *Store) readTxn(ctx context.Context, ops []clientv3.Op) (*clientv3.TxnResponse, error) {
+	wait := getManyWait
+	for try := 1; ; try++ {
+		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+		if err == nil || try == getManyTries || !unavailable(err) {
+			return resp, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (after: %w)", ctx.Err(), err)
+		case <-t.C:
+		}
+		wait *= 2
+	}
 }
 
 // List implements coord.Store.

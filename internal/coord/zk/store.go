@@ -296,7 +296,7 @@ func (s *Store) List(ctx context.Context, dir string) ([]coord.KV, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := s.children(c, dir)
+	keys, err := s.children(c, "list", dir)
 	if err != nil {
 		return nil, err
 	}
@@ -312,17 +312,18 @@ func (s *Store) Keys(ctx context.Context, dir string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.children(c, dir)
+	return s.children(c, "list keys of", dir)
 }
 
-// children names dir's children, sorted; none if dir is absent.
-func (s *Store) children(c *conn, dir string) ([]string, error) {
+// children names dir's children, sorted; none if dir is absent. op names
+// the caller's operation in an error.
+func (s *Store) children(c *conn, op, dir string) ([]string, error) {
 	kids, _, err := c.Children(s.abs(dir))
 	if errors.Is(err, zk.ErrNoNode) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, mapErr("list keys of", dir, err)
+		return nil, mapErr(op, dir, err)
 	}
 	sort.Strings(kids)
 	keys := make([]string, len(kids))
