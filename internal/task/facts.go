@@ -62,7 +62,7 @@ type factCache struct {
 }
 
 // factsMaxAge is how long the facts of a whole listing hold.
-const factsMaxAge = 10 * time.Second
+const factsMaxAge = time.Minute
 
 // fresh reports whether the facts hold. Called with mu held.
 func (c *factCache) fresh() bool {
