@@ -1,7 +1,6 @@
 package task
 
 import (
-	"strings"
 	"sync"
 	"time"
 )
@@ -31,8 +30,7 @@ func factsOf(r *Record) facts {
 // matchFacts is match for the filters that facts answer: type and key
 // (the state and the node need the record).
 func (q PageQuery) matchFacts(id string, f facts) bool {
-	return !f.bad && (q.Type == "" || f.typ == q.Type) &&
-		(q.Key == "" || strings.Contains(id, q.Key) || strings.Contains(f.key, q.Key))
+	return !f.bad && q.matchTypeKey(id, f.typ, f.key)
 }
 
 // factCache holds the facts of the unfinished tasks this Store has read,

@@ -96,12 +96,17 @@ func (s *Store) IndexDelete(ctx context.Context, r *Record) ([]coord.Cond, []coo
 
 // matchEntry applies the filters of a page to what an index entry holds.
 func (q PageQuery) matchEntry(id string, e indexEntry, state State) bool {
-	return (state == "" || e.State == state) && (q.Type == "" || e.Type == q.Type) &&
-		(q.Node == "" || e.Node == q.Node) && (q.Key == "" || strings.Contains(id, q.Key) || strings.Contains(e.Key, q.Key))
+	return (state == "" || e.State == state) && (q.Node == "" || e.Node == q.Node) && q.matchTypeKey(id, e.Type, e.Key)
 }
 
-// match applies them to a record.
+// matchTypeKey applies the type and key filters, which every page row
+// answers (a record, an index entry, an unfinished task's facts): the key
+// filter matches the id or the concurrency key.
+func (q PageQuery) matchTypeKey(id, typ, key string) bool {
+	return (q.Type == "" || typ == q.Type) && (q.Key == "" || strings.Contains(id, q.Key) || strings.Contains(key, q.Key))
+}
+
+// match applies the filters of a page to a record.
 func (q PageQuery) match(r *Record, state State) bool {
-	return (state == "" || r.State == state) && (q.Type == "" || r.Type == q.Type) &&
-		(q.Node == "" || r.Runner == q.Node || r.Node == q.Node) && (q.Key == "" || strings.Contains(r.ID, q.Key) || strings.Contains(r.Key, q.Key))
+	return (state == "" || r.State == state) && (q.Node == "" || r.Runner == q.Node || r.Node == q.Node) && q.matchTypeKey(r.ID, r.Type, r.Key)
 }
