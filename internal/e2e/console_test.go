@@ -325,16 +325,43 @@ func runnerActions(t *testing.T, c *harness.Cluster, leader *harness.Node, b *br
 }
 
 // filters: the task table's type and state filters ask the server for
-// the matching tasks only.
+// the matching tasks only, and an older read answering last does not
+// undo them.
 func filters(t *testing.T, b *browser) {
 	b.goTo("#/tasks")
 	b.waitJS(10*time.Second, "the task table", `document.querySelectorAll('tr[data-task]').length > 1`)
+	// Reads overlap: a live refresh is often in flight when a user
+	// filters, and the two answers can arrive in either order. The page's
+	// fetch holds back the answer to the next unfiltered read until the
+	// filtered answer is shown.
+	if _, err := eval[string](b, `(() => { window.__held = 'none'; window.__fetch = window.fetch;
+		window.fetch = async (url, init) => {
+			if (window.__held !== 'none' || !String(url).endsWith('/ListTasks') || JSON.parse(init.body).type !== '') return window.__fetch(url, init);
+			window.__held = 'holding';
+			const r = await window.__fetch(url, init);
+			await new Promise((res) => { window.__release = res; });
+			const json = r.json.bind(r);
+			// Set once the page has had the answer's body and shown it (or not).
+			r.json = async () => { const v = await json(); setTimeout(() => { window.__held = 'delivered'; }, 0); return v; };
+			return r;
+		};
+		document.querySelector('button[aria-label="Apply filters"]').click(); return ''; })()`); err != nil {
+		t.Fatal(err)
+	}
+	b.waitJS(10*time.Second, "an unfiltered read held back", `window.__held === 'holding'`)
 	if _, err := eval[string](b, `(() => { document.querySelector('input[aria-label="Filter by type"]').value = 'shout';
 		const st = document.querySelector('select[aria-label="Filter by state"]'); st.value = 'succeeded';
 		document.querySelector('button[aria-label="Apply filters"]').click(); return ''; })()`); err != nil {
 		t.Fatal(err)
 	}
 	b.waitJS(10*time.Second, "only the succeeded shout task", `document.getElementById('task-count')?.textContent === '1–1 of 1' && [...document.querySelectorAll('tr[data-task]')].every((r) => r.children[2].textContent === 'shout' && r.dataset.state === 'succeeded') && document.querySelectorAll('tr[data-task]').length === 1`)
+	if _, err := eval[string](b, `(() => { window.__release(); return ''; })()`); err != nil {
+		t.Fatal(err)
+	}
+	b.waitJS(10*time.Second, "the held answer delivered", `window.__held === 'delivered'`)
+	if s, err := eval[string](b, `(() => { window.fetch = window.__fetch; return document.getElementById('task-count').textContent + ' / ' + document.querySelectorAll('tr[data-task]').length + ' rows'; })()`); err != nil || s != "1–1 of 1 / 1 rows" {
+		t.Fatalf("the older unfiltered answer, arriving last, replaced the filtered table: %q (%v)", s, err)
+	}
 	b.shot("tasks-filtered")
 	// Cleared, the filters show every task again.
 	if _, err := eval[string](b, `(() => { document.querySelector('input[aria-label="Filter by type"]').value = '';

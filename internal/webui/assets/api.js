@@ -37,6 +37,20 @@ async function call(service, method, msg, token) {
   return body;
 }
 
+// newest wraps a view's read so that only the answer to its latest call
+// is shown. Reads overlap (a live refresh is in flight when a filter is
+// applied or a runner is cordoned) and their answers can arrive in any
+// order; an older answer arriving last would show a page the user has
+// already left (what a filtered task table once showed for good).
+function newest(read, show) {
+  let gen = 0;
+  return async () => {
+    const mine = ++gen;
+    const r = await read();
+    if (mine === gen) show(r);
+  };
+}
+
 // stream runs one server stream, calling onMsg per message, until it ends
 // (resolves) or fails (rejects). signal aborts it.
 async function stream(service, method, msg, onMsg, signal) {

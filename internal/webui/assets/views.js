@@ -19,8 +19,7 @@ function viewCluster(root, scope) {
   const sum = h('div', { class: 'summary' });
   const body = h('div');
   root.append(h('h1', {}, 'Cluster'), sum, body);
-  const load = async () => {
-    const r = await call('ClusterService', 'ListMembers', {});
+  const load = newest(() => call('ClusterService', 'ListMembers', {}), (r) => {
     const f = r.lastFence;
     sum.replaceChildren(
       card('Leader', r.leader || 'none', 'leader'), card('Epoch', r.epoch || '0', 'epoch'),
@@ -33,7 +32,7 @@ function viewCluster(root, scope) {
       h('td', { title: m.healthReason || '' }, m.health || ''), h('td', { class: 'mono' }, m.address || ''),
       h('td', {}, m.version || ''), h('td', {}, m.startedAt && m.state !== 'down' ? fmtAgo(m.startedAt) : (m.since ? 'down ' + fmtAgo(m.since) : ''))));
     body.replaceChildren(table(['Name', 'State', 'Role', 'Priority / current', 'Session', 'Health', 'Address', 'Version', 'Uptime'], rows, 'Members'));
-  };
+  });
   const refresh = scope.throttle(() => load().catch(showError));
   scope.every(5000, refresh);
   scope.live('EventService', 'WatchEvents', () => ({ since: new Date().toISOString() }), refresh);
@@ -118,26 +117,24 @@ function viewTasks(root, scope) {
   f.status.addEventListener('change', () => { offset = 0; load(); });
   const req = () => ({ status: f.status.value, type: f.type.value.trim(), node: f.node.value.trim(), key: f.key.value.trim(),
     limit: pageSize, offset, newestFirst: true, explain: true });
-  async function load() {
-    try {
-      const r = await call('TaskService', 'ListTasks', req());
-      const ts = r.tasks || [];
-      shown = new Map(ts.map((t) => [t.id, t]));
-      // The selection keeps only what this page still shows.
-      for (const id of [...selected]) if (!shown.has(id) || !actionable(shown.get(id))) selected.delete(id);
-      allBox.checked = false;
-      selected.changed();
-      body.replaceChildren(...ts.map((t) => taskRow(t, selected)));
-      // A user-timing mark at the first rows this page load shows (read
-      // by taskd-bench console; visible in the browser's performance tools).
-      if (ts.length && !performance.getEntriesByName('taskd:tasks-rendered').length) performance.mark('taskd:tasks-rendered');
-      // total_at_least: a filtered page stopped reading the finished
-      // tasks once it had the page; more may follow.
-      const total = r.total || 0, more = !!r.totalAtLeast;
-      info.textContent = total ? (offset + 1) + '–' + (offset + ts.length) + ' of ' + total + (more ? '+' : '') : 'no tasks';
-      prev.disabled = offset === 0; next.disabled = offset + ts.length >= total && !(more && ts.length === pageSize);
-    } catch (e) { showError(e); }
-  }
+  const read = newest(() => call('TaskService', 'ListTasks', req()), (r) => {
+    const ts = r.tasks || [];
+    shown = new Map(ts.map((t) => [t.id, t]));
+    // The selection keeps only what this page still shows.
+    for (const id of [...selected]) if (!shown.has(id) || !actionable(shown.get(id))) selected.delete(id);
+    allBox.checked = false;
+    selected.changed();
+    body.replaceChildren(...ts.map((t) => taskRow(t, selected)));
+    // A user-timing mark at the first rows this page load shows (read
+    // by taskd-bench console; visible in the browser's performance tools).
+    if (ts.length && !performance.getEntriesByName('taskd:tasks-rendered').length) performance.mark('taskd:tasks-rendered');
+    // total_at_least: a filtered page stopped reading the finished
+    // tasks once it had the page; more may follow.
+    const total = r.total || 0, more = !!r.totalAtLeast;
+    info.textContent = total ? (offset + 1) + '–' + (offset + ts.length) + ' of ' + total + (more ? '+' : '') : 'no tasks';
+    prev.disabled = offset === 0; next.disabled = offset + ts.length >= total && !(more && ts.length === pageSize);
+  });
+  const load = () => read().catch(showError);
   const reload = scope.throttle(load);
   // matches: would the filters keep t (an unfinished task)?
   const matches = (t) => {
@@ -271,8 +268,7 @@ function taskLog(root, scope, id) {
 function viewRunners(root, scope) {
   const body = h('div');
   root.append(h('h1', {}, 'Runners'), body);
-  const load = async () => {
-    const r = await call('RunnerService', 'ListRunners', {});
+  const load = newest(() => call('RunnerService', 'ListRunners', {}), (r) => {
     const rows = (r.runners || []).map((x) => {
       const mark = (action) => act(action[0].toUpperCase() + action.slice(1), action + ' runner ' + x.node, () => call('RunnerService', 'SetRunnerMarks', { node: x.node, action }).then(load));
       return h('tr', { 'data-runner': x.node }, h('td', {}, x.node), h('td', { class: x.live ? 'ok' : 'bad' }, x.live ? 'live' : 'down'),
@@ -281,7 +277,7 @@ function viewRunners(root, scope) {
         h('td', {}, may('operator') ? h('span', { class: 'actions' }, mark('cordon'), mark('uncordon'), mark('drain')) : ''));
     });
     body.replaceChildren(table(['Node', 'Live', 'Running / capacity', 'Marks', 'Types', 'Up', 'Actions'], rows, 'Runners'));
-  };
+  });
   const refresh = scope.throttle(() => load().catch(showError));
   scope.every(5000, refresh);
   scope.live('TaskService', 'WatchTasks', {}, refresh);
@@ -291,8 +287,7 @@ function viewRunners(root, scope) {
 function viewVIPs(root, scope) {
   const body = h('div');
   root.append(h('h1', {}, 'Virtual IPs'), body);
-  const load = async () => {
-    const r = await call('VIPService', 'ListVIPs', {});
+  const load = newest(() => call('VIPService', 'ListVIPs', {}), (r) => {
     const rows = (r.vips || []).map((v) => {
       const to = h('input', { placeholder: 'node', 'aria-label': 'Drain ' + v.service + ' to node', size: 8 });
       return h('tr', { 'data-vip': v.service }, h('td', {}, v.service), h('td', { class: 'mono' }, v.address), h('td', {}, v.interface || ''),
@@ -301,7 +296,7 @@ function viewVIPs(root, scope) {
         h('td', {}, may('admin') ? h('span', { class: 'actions' }, to, act('Drain', 'Drain ' + v.service, () => call('VIPService', 'DrainVIP', { service: v.service, to: to.value.trim() }).then(load))) : ''));
     });
     body.replaceChildren(rows.length ? table(['Service', 'Address', 'Interface', 'Holder', 'State', 'Held for', 'Holder health', 'Reason', 'Actions'], rows, 'VIPs') : h('p', {}, 'No VIPs (taskctl vip set).'));
-  };
+  });
   const refresh = scope.throttle(() => load().catch(showError));
   scope.every(5000, refresh);
   scope.live('EventService', 'WatchEvents', () => ({ since: new Date().toISOString() }), refresh);
