@@ -131,6 +131,7 @@ func (s *Server) authenticate(r *http.Request) (auth.Identity, error) {
 func (s *Server) guard(next http.Handler) http.Handler {
 	ew := connect.NewErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		path := r.URL.Path
 		switch path {
 		case pathHealth, pathReady:
@@ -167,6 +168,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			return
 		}
 		id, err := s.authenticate(r)
+		authed := time.Since(start)
 		if err == nil && !id.Role.Satisfies(p.role) {
 			err = connect.NewError(connect.CodePermissionDenied,
 				fmt.Errorf("token %s has role %s; %s needs role %s", id.TokenID, id.Role, path, p.role))
@@ -187,7 +189,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		}
 		r = r.WithContext(ctx)
 		s.limitBody(w, r)
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(&timed{ResponseWriter: w, start: start, auth: authed}, r)
 		if rec != nil {
 			s.audit.call(r, path, p, id, rec)
 		}
@@ -241,3 +243,46 @@ func httpStatus(err error) int {
 	}
 	return http.StatusInternalServerError
 }
+
+// timed adds a Server-Timing header to a procedure's answer: "handler" is
+// the time from the request's arrival in the guard to the answer's
+// headers (for a stream, to its first message), "auth" the token check's
+// share of it. A browser shows it in its network panel
+// (and in the Resource Timing API's serverTiming), so the server's share
+// of a slow call can be told from the network's and the browser's. It
+// carries no data a caller did not already have.
+type timed struct {
+	http.ResponseWriter
+	start time.Time
+	auth  time.Duration // of which the token's check
+	wrote bool
+}
+
+func (t *timed) stamp() {
+	if !t.wrote {
+		t.wrote = true
+		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+		t.Header().Set("Server-Timing", fmt.Sprintf("auth;dur=%.1f, handler;dur=%.1f", ms(t.auth), ms(time.Since(t.start))))
+	}
+}
+
+func (t *timed) WriteHeader(code int) {
+	t.stamp()
+	t.ResponseWriter.WriteHeader(code)
+}
+
+func (t *timed) Write(b []byte) (int, error) {
+	t.stamp()
+	return t.ResponseWriter.Write(b)
+}
+
+// Flush keeps server streams working: connect flushes each message.
+func (t *timed) Flush() {
+	t.stamp()
+	if f, ok := t.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (t *timed) Unwrap() http.ResponseWriter { return t.ResponseWriter }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -91,7 +93,28 @@ func TestWhoAmI(t *testing.T) {
 		}
 		if err != nil || got.Msg.Role != string(r) || got.Msg.TokenId == "" || !strings.Contains(s.tokens[r], got.Msg.TokenId) {
 			t.Errorf("WhoAmI with a %s token: %v %v", r, got, err)
+			continue
 		}
+		checkServerTiming(t, "WhoAmI", got.Header())
+	}
+}
+
+// serverTiming is the Server-Timing header of a procedure's answer.
+var serverTiming = regexp.MustCompile(`^auth;dur=([0-9]+\.[0-9]), handler;dur=([0-9]+\.[0-9])$`)
+
+// checkServerTiming: the answer says how long the server took, and the
+// token check's share is part of the whole.
+func checkServerTiming(t *testing.T, what string, h http.Header) {
+	t.Helper()
+	m := serverTiming.FindStringSubmatch(h.Get("Server-Timing"))
+	if m == nil {
+		t.Errorf("%s: Server-Timing %q; want auth;dur=…, handler;dur=…", what, h.Get("Server-Timing"))
+		return
+	}
+	a, _ := strconv.ParseFloat(m[1], 64)
+	w, _ := strconv.ParseFloat(m[2], 64)
+	if a > w {
+		t.Errorf("%s: Server-Timing %q: the token check (%v ms) is more than the whole (%v ms)", what, m[0], a, w)
 	}
 }
 
@@ -200,6 +223,7 @@ func TestWatchTasks(t *testing.T) {
 		return st.Msg()
 	}
 	m := next("snapshot")
+	checkServerTiming(t, "WatchTasks", st.ResponseHeader())
 	if !m.Snapshot || len(m.Tasks) != 1 || m.Tasks[0].Id != first.Msg.Task.Id || m.Tasks[0].Reason == "" {
 		t.Fatalf("first message %v; want a snapshot of the one waiting task, with its reason", m)
 	}
