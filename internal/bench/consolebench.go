@@ -32,6 +32,7 @@ func consoleBench(args []string, out io.Writer) error {
 	running := fs.Int("running", 1000, "running sleep tasks while the browser is open")
 	reps := fs.Int("reps", 5, "page loads timed")
 	updates := fs.Int("updates", 20, "live updates timed (one new task each)")
+	batch := fs.Bool("batch-writes", false, "run the nodes with --runner-batch-writes")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -53,6 +54,9 @@ func consoleBench(args []string, out io.Writer) error {
 	}
 	defer cleanup()
 	e.opts.Extra = append(e.opts.Extra, "--runner-capacity", fmt.Sprint(*running/3+*updates+10))
+	if *batch {
+		e.opts.Extra = append(e.opts.Extra, "--runner-batch-writes")
+	}
 	c, err := e.startCluster(3)
 	if err != nil {
 		return err
@@ -84,7 +88,7 @@ func consoleBench(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "console: backend=%s 3 nodes, %d finished tasks, %d running; the console's files: %d bytes in the binary\n", *backend, *finished, *running, ui)
+	fmt.Fprintf(out, "console: backend=%s 3 nodes, %d finished tasks, %d running, batch writes %v; the console's files: %d bytes in the binary\n", *backend, *finished, *running, *batch, ui)
 	// Until the leader's backfill marks the finished-task index ready, a
 	// page reads the whole history: say which the figures below measure.
 	ready, err := indexReady(ctx, kv)

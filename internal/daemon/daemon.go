@@ -292,6 +292,7 @@ func (d *daemonFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&cfg.ClockOffsetFile, "clock-offset-file", "", "fault injection for tests: a file holding a duration added to the task center's wall clock, re-read on SIGUSR2")
 	_ = f.MarkHidden("clock-offset-file")
 	f.IntVar(&cfg.RunnerCapacity, "runner-capacity", cfg.RunnerCapacity, "most tasks this node runs at once")
+	f.BoolVar(&cfg.RunnerBatchWrites, "runner-batch-writes", cfg.RunnerBatchWrites, "join the running tasks' concurrent checkpoint and progress writes into one store transaction (each keeps its own conditions)")
 	f.StringArrayVar(&cfg.RunnerTypeCapacity, "runner-type-capacity", nil, "most tasks of one type this node runs at once, TYPE=N (repeatable), e.g. copy=2")
 	f.StringArrayVar(&cfg.VolumeRoots, "volume-root", nil, "directory under which copy tasks may use file:// endpoints (repeatable); none: file endpoints are refused")
 	f.StringVar(&cfg.ExecDir, "exec-dir", "", "directory of exec task type programs, one executable per type name, owned by root and writable by no one else (docs/task-types.md)")

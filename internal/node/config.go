@@ -62,6 +62,7 @@ type Config struct {
 
 	// Tasks.
 	RunnerCapacity     int
+	RunnerBatchWrites  bool
 	RunnerTypeCapacity []string // TYPE=N
 	TaskRetention      time.Duration
 	TimeZone           string // default zone of run windows
@@ -322,6 +323,7 @@ func (c Config) healthConfig() (health.Config, error) {
 func (c Config) runnerConfig() (runner.Config, error) {
 	rc := runner.DefaultConfig()
 	rc.Node, rc.Capacity, rc.Deadline = c.Name, c.RunnerCapacity, c.quorumConfig("").DeadlineOf
+	rc.BatchWrites = c.RunnerBatchWrites
 	for _, tc := range c.RunnerTypeCapacity {
 		typ, n, ok := strings.Cut(tc, "=")
 		v, err := strconv.Atoi(n)

@@ -185,7 +185,7 @@ func (a *attempt) writeOnce(f func(r *task.Record) bool) error {
 		if !r.Owns(a.s.r.cfg.Node, a.s.sess.ID(), a.n) {
 			return fmt.Errorf("task %s attempt %d: %w", a.id, a.n, task.ErrFenced)
 		}
-		txn, stored, err := a.withLog(ctx, st.Txn)
+		txn, stored, err := a.withLog(ctx, a.s.txn)
 		if err != nil {
 			return err
 		}

@@ -31,6 +31,7 @@ import (
 	"github.com/taskd/taskd/internal/metrics"
 	"github.com/taskd/taskd/internal/quorum"
 	"github.com/taskd/taskd/internal/task"
+	"github.com/taskd/taskd/internal/txnbatch"
 )
 
 // Config tunes a runner.
@@ -46,6 +47,10 @@ type Config struct {
 	Deadline func(coord.Session) time.Time
 	// ProgressInterval is the least time between two progress-only writes.
 	ProgressInterval time.Duration
+	// BatchWrites joins the attempts' concurrent writes (checkpoints,
+	// progress, outcomes) into one store transaction each round
+	// (internal/txnbatch); each keeps its own conditions.
+	BatchWrites bool
 	// Backoff gives the wait before retry n (task.Backoff if nil).
 	Backoff func(retry int) time.Duration
 	// Metrics, when set, counts ended attempts.
@@ -143,6 +148,9 @@ type session struct {
 	wg       sync.WaitGroup
 	kick     chan struct{} // an attempt ended: look at its task again
 	ended    []string      // tasks whose attempts ended, for the loop
+	// txn is the store transaction of the attempts' writes: the store's
+	// own, or the session's batcher's.
+	txn task.TxnFunc
 	// ran is the highest attempt of each task this session has run. An
 	// attempt number is started at most once: the watch may still show a
 	// record the attempt itself has just moved on.
@@ -165,7 +173,17 @@ func (r *Runner) Run(ctx context.Context, sess coord.Session) error {
 	if ctx.Err() != nil {
 		return nil
 	}
-	s := &session{r: r, sess: sess, fence: fence, log: log, ctx: ctx, attempts: map[string]*attempt{}, kick: make(chan struct{}, 1), ran: map[string]int{}}
+	s := &session{r: r, sess: sess, fence: fence, log: log, ctx: ctx, attempts: map[string]*attempt{}, kick: make(chan struct{}, 1), ran: map[string]int{}, txn: r.store.Txn}
+	if r.cfg.BatchWrites {
+		// The batcher outlives the attempts (their last writes go
+		// through it): it stops once they have all returned.
+		b := txnbatch.New(r.store.Txn, 0)
+		s.txn = b.Txn
+		bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		go func() { defer close(done); b.Run(bctx) }()
+		defer func() { stop(); <-done }()
+	}
 	defer s.wg.Wait()
 	defer s.stopAll(errShutdown)
 	return s.loop(ctx)

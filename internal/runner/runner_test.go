@@ -135,7 +135,19 @@ func (f *fixture) in(t *testing.T, do func(task.Reporter)) {
 	<-done
 }
 
-func start(t *testing.T, b testenv.Backend) *fixture {
+// forWrites runs test on b with the attempts' writes alone and batched
+// (Config.BatchWrites).
+func forWrites(t *testing.T, b testenv.Backend, test func(t *testing.T, batch bool)) {
+	for _, batch := range []bool{false, true} {
+		name := b.Name
+		if batch {
+			name += "/batched"
+		}
+		t.Run(name, func(t *testing.T) { test(t, batch) })
+	}
+}
+
+func start(t *testing.T, b testenv.Backend, batch bool) *fixture {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
@@ -152,7 +164,7 @@ func start(t *testing.T, b testenv.Backend) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sess.Close(context.Background()) })
-	cfg := runner.Config{Node: "n1", Capacity: 1, ProgressInterval: time.Hour, Clock: f.clock,
+	cfg := runner.Config{Node: "n1", Capacity: 1, ProgressInterval: time.Hour, Clock: f.clock, BatchWrites: batch,
 		Deadline: func(coord.Session) time.Time { return f.deadline }}
 	run, err := runner.New(cfg, st, quiet)
 	if err != nil {
@@ -190,8 +202,8 @@ func start(t *testing.T, b testenv.Backend) *fixture {
 // starts again from the first delay.
 func TestAttemptWriteBacksOff(t *testing.T) {
 	for _, b := range testenv.Backends(t) {
-		t.Run(b.Name, func(t *testing.T) {
-			f := start(t, b)
+		forWrites(t, b, func(t *testing.T, batch bool) {
+			f := start(t, b, batch)
 			ms := time.Millisecond
 			f.kv.failNext(f.id, 7)
 			var err error
@@ -230,8 +242,8 @@ func TestAttemptWriteBacksOff(t *testing.T) {
 // cancelled.
 func TestActiveUntilDeadline(t *testing.T) {
 	for _, b := range testenv.Backends(t) {
-		t.Run(b.Name, func(t *testing.T) {
-			f := start(t, b)
+		forWrites(t, b, func(t *testing.T, batch bool) {
+			f := start(t, b, batch)
 			active := func() (a bool) {
 				f.in(t, func(r task.Reporter) { a = r.Active() })
 				return a

@@ -24,8 +24,8 @@ type taskLogger interface {
 // write is refused. ActiveFor counts down to the local deadline.
 func TestAttemptLog(t *testing.T) {
 	for _, b := range testenv.Backends(t) {
-		t.Run(b.Name, func(t *testing.T) {
-			f := start(t, b)
+		forWrites(t, b, func(t *testing.T, batch bool) {
+			f := start(t, b, batch)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			texts := func() []string {

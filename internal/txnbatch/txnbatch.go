@@ -1,0 +1,237 @@
+// Package txnbatch joins concurrent conditional store transactions into
+// one (group commit). A runner with hundreds of tasks writes hundreds of
+// checkpoints a second, each its own transaction; every one costs the
+// store a consensus round, a log entry and a request. Joined, they cost
+// one each per batch; the conditions and writes stay those of each
+// caller.
+//
+// A batch commits all of its writes or none: the store checks every
+// caller's conditions at one point, so a committed batch is exactly what
+// the callers' own transactions would have done in some order. When a
+// batch fails on a condition (one caller's record moved, one session
+// ended), each of its transactions is run again alone, so each caller
+// gets its own answer.
+//
+// There is no timer: while one batch is in the store, the transactions
+// that arrive wait and form the next. A lone caller waits for nothing.
+package txnbatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/taskd/taskd/internal/coord"
+)
+
+// Func is a store transaction: every condition must hold, then every op
+// is applied; it returns each op's new version.
+type Func func(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]int64, error)
+
+// MaxSize is the most conditions plus ops one batch holds: etcd refuses a
+// transaction with more than --max-txn-ops (default 128) comparisons, and
+// each op of a Func adds one.
+const MaxSize = 120
+
+// queueSize is how many transactions wait for the next batch without
+// blocking their callers.
+const queueSize = 1024
+
+// ErrStopped: the batcher no longer runs (its Run returned).
+var ErrStopped = errors.New("txnbatch: stopped")
+
+// Batcher joins the transactions given to Txn while Run runs.
+type Batcher struct {
+	txn     Func
+	max     int
+	reqs    chan *request
+	stopped chan struct{}
+	stop    sync.Once
+
+	batches, joined, alone atomic.Int64
+}
+
+type request struct {
+	ctx   context.Context
+	conds []coord.Cond
+	ops   []coord.Op
+	done  chan result // buffered: the batcher never waits for a caller
+}
+
+type result struct {
+	vers []int64
+	err  error
+}
+
+// New returns a Batcher over txn whose batches hold at most max conditions
+// plus ops (MaxSize if max <= 0).
+func New(txn Func, max int) *Batcher {
+	if max <= 0 {
+		max = MaxSize
+	}
+	return &Batcher{txn: txn, max: max, reqs: make(chan *request, queueSize), stopped: make(chan struct{})}
+}
+
+// Stats are the store transactions a Batcher made: batches of more than
+// one, the transactions they joined, and those run alone (a lone one, or
+// one run again after its batch failed).
+type Stats struct{ Batches, Joined, Alone int64 }
+
+// Stats returns the counts so far.
+func (b *Batcher) Stats() Stats {
+	return Stats{Batches: b.batches.Load(), Joined: b.joined.Load(), Alone: b.alone.Load()}
+}
+
+// Txn is a Func: it hands the transaction to the batcher and waits for its
+// answer. If ctx ends first it returns ctx's error; the transaction may
+// still commit, as a store transaction whose caller gave up may.
+func (b *Batcher) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]int64, error) {
+	r := &request{ctx: ctx, conds: conds, ops: ops, done: make(chan result, 1)}
+	select {
+	case b.reqs <- r:
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	case <-b.stopped:
+		return nil, ErrStopped
+	}
+	select {
+	case res := <-r.done:
+		return res.vers, res.err
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	case <-b.stopped:
+		// Run answers every batch it took before it returns: an answer
+		// may be here already; a request still queued was never sent.
+		select {
+		case res := <-r.done:
+			return res.vers, res.err
+		default:
+			return nil, ErrStopped
+		}
+	}
+}
+
+// Run batches until ctx ends. A batch in the store when ctx ends is
+// finished (its callers get their answers); Txn calls after that get
+// ErrStopped.
+func (b *Batcher) Run(ctx context.Context) {
+	defer b.stop.Do(func() { close(b.stopped) })
+	var next *request
+	for {
+		if next == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case next = <-b.reqs:
+			}
+		}
+		batch, size, keys := []*request{next}, len(next.conds)+len(next.ops), opKeys(nil, next)
+		next = nil
+	gather:
+		for size < b.max {
+			select {
+			case r := <-b.reqs:
+				n := len(r.conds) + len(r.ops)
+				if size+n > b.max || overlaps(keys, r) {
+					next = r // the first of the next batch
+					break gather
+				}
+				batch, size, keys = append(batch, r), size+n, opKeys(keys, r)
+			default:
+				break gather
+			}
+		}
+		b.commit(batch)
+	}
+}
+
+// opKeys adds the keys r writes to keys: a store transaction may write a
+// key once (etcd refuses a duplicate).
+func opKeys(keys map[string]bool, r *request) map[string]bool {
+	if keys == nil {
+		keys = map[string]bool{}
+	}
+	for _, op := range r.ops {
+		keys[op.Key] = true
+	}
+	return keys
+}
+
+func overlaps(keys map[string]bool, r *request) bool {
+	for _, op := range r.ops {
+		if keys[op.Key] {
+			return true
+		}
+	}
+	return false
+}
+
+// commit runs the batch as one store transaction, or each alone.
+func (b *Batcher) commit(batch []*request) {
+	if len(batch) == 1 {
+		b.runAlone(batch[0])
+		return
+	}
+	var conds []coord.Cond
+	var ops []coord.Op
+	for _, r := range batch {
+		conds = append(conds, r.conds...)
+		ops = append(ops, r.ops...)
+	}
+	ctx, cancel := batchContext(batch)
+	vers, err := b.txn(ctx, conds, ops)
+	cancel()
+	switch {
+	case err == nil && len(vers) != len(ops):
+		err = fmt.Errorf("txnbatch: the store answered %d versions for %d ops", len(vers), len(ops))
+	case err == nil:
+		b.batches.Add(1)
+		b.joined.Add(int64(len(batch)))
+		for _, r := range batch {
+			r.done <- result{vers: vers[:len(r.ops):len(r.ops)]}
+			vers = vers[len(r.ops):]
+		}
+		return
+	case errors.Is(err, coord.ErrUnavailable):
+		// The store is away: each alone would fail the same way, and the
+		// callers retry as they do for their own transactions.
+		for _, r := range batch {
+			r.done <- result{err: err}
+		}
+		return
+	}
+	// A condition failed (or the batch was refused): each transaction
+	// again, alone and at once, so each caller gets its own answer.
+	var wg sync.WaitGroup
+	for _, r := range batch {
+		wg.Add(1)
+		go func() { defer wg.Done(); b.runAlone(r) }()
+	}
+	wg.Wait()
+}
+
+func (b *Batcher) runAlone(r *request) {
+	b.alone.Add(1)
+	vers, err := b.txn(r.ctx, r.conds, r.ops)
+	r.done <- result{vers: vers, err: err}
+}
+
+// batchContext lives until the last deadline of the batch's callers (the
+// batch is not cut short for a caller that gives up early), and without
+// one if any caller has none.
+func batchContext(batch []*request) (context.Context, context.CancelFunc) {
+	var last time.Time
+	for _, r := range batch {
+		d, ok := r.ctx.Deadline()
+		if !ok {
+			return context.WithCancel(context.WithoutCancel(r.ctx))
+		}
+		if d.After(last) {
+			last = d
+		}
+	}
+	return context.WithDeadline(context.WithoutCancel(batch[0].ctx), last)
+}
