@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/taskd/taskd/internal/coord"
 )
@@ -219,19 +218,25 @@ func (b *Batcher) runAlone(r *request) {
 	r.done <- result{vers: vers, err: err}
 }
 
-// batchContext lives until the last deadline of the batch's callers (the
-// batch is not cut short for a caller that gives up early), and without
-// one if any caller has none.
+// batchContext ends once every caller of the batch has given up (its
+// context ended: a deadline, a session lost), not when the first one
+// does: the others still want their writes.
 func batchContext(batch []*request) (context.Context, context.CancelFunc) {
-	var last time.Time
-	for _, r := range batch {
-		d, ok := r.ctx.Deadline()
-		if !ok {
-			return context.WithCancel(context.WithoutCancel(r.ctx))
-		}
-		if d.After(last) {
-			last = d
-		}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].ctx))
+	var left atomic.Int64
+	left.Store(int64(len(batch)))
+	stops := make([]func() bool, len(batch))
+	for i, r := range batch {
+		stops[i] = context.AfterFunc(r.ctx, func() {
+			if left.Add(-1) == 0 {
+				cancel()
+			}
+		})
 	}
-	return context.WithDeadline(context.WithoutCancel(batch[0].ctx), last)
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel()
+	}
 }

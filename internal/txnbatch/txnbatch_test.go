@@ -274,3 +274,64 @@ func TestStopped(t *testing.T) {
 		t.Fatalf("after Run: %v; want ErrStopped", err)
 	}
 }
+
+// TestGivenUp: a batch in a store that does not answer ends once every
+// caller has given up, not before; the batcher then takes the next.
+func TestGivenUp(t *testing.T) {
+	var mu sync.Mutex
+	var ended []time.Duration // how long each store transaction lasted
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	b := New(func(ctx context.Context, _ []coord.Cond, ops []coord.Op) ([]int64, error) {
+		if len(ops) == 1 && ops[0].Key == "/first" {
+			once.Do(func() { close(entered); <-release })
+			return []int64{1}, nil
+		}
+		start := time.Now()
+		<-ctx.Done() // a store that never answers
+		mu.Lock()
+		ended = append(ended, time.Since(start))
+		mu.Unlock()
+		return nil, ctx.Err()
+	}, 0)
+	rctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); b.Run(rctx) }()
+	defer func() { stop(); <-done }()
+
+	go b.Txn(context.Background(), nil, []coord.Op{coord.PutOp("/first", nil)})
+	<-entered
+	// Two callers: one gives up after 50 ms, the other after 400 ms,
+	// without a deadline (cancelled, as a lost session cancels).
+	var wg sync.WaitGroup
+	for i, d := range []time.Duration{50 * time.Millisecond, 400 * time.Millisecond} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer time.AfterFunc(d, cancel).Stop()
+			b.Txn(ctx, nil, []coord.Op{coord.PutOp(fmt.Sprint("/k", i), nil)})
+		}()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := waitFor(ctx, func() bool { return len(b.reqs) == 2 }); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	wg.Wait()
+	// The batch of two (then each alone, as the batch failed) lasted
+	// until the later caller gave up; the batcher answers again.
+	if err := waitFor(ctx, func() bool { mu.Lock(); defer mu.Unlock(); return len(ended) == 3 }); err != nil {
+		t.Fatalf("store transactions that ended: %v (%v)", ended, err)
+	}
+	mu.Lock()
+	batch := ended[0]
+	mu.Unlock()
+	if batch < 300*time.Millisecond {
+		t.Fatalf("the batch ended after %v, before its second caller gave up (400 ms)", batch)
+	}
+	if _, err := b.Txn(ctx, nil, []coord.Op{coord.PutOp("/first", nil)}); err != nil {
+		t.Fatalf("the batcher after a batch its callers gave up: %v", err)
+	}
+}
