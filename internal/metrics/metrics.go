@@ -28,6 +28,12 @@ type Set struct {
 	GivenBack prometheus.Counter
 	// Attempts counts attempts this node's runner ended, by outcome.
 	Attempts *prometheus.CounterVec
+	// RunnerWrites counts the runner's attempt writes that went through
+	// its batcher (--runner-batch-writes), by whether they were joined
+	// with others into one store transaction; RunnerBatches counts those
+	// transactions.
+	RunnerWrites  *prometheus.CounterVec
+	RunnerBatches prometheus.Counter
 	// CopyBytes counts bytes written by copy tasks on this node.
 	CopyBytes prometheus.Counter
 	// CopyRate is the rate of the copy tasks running here, summed.
@@ -68,9 +74,13 @@ func New(view func() *quorum.View) *Set {
 		Attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "taskd_runner_attempts_total", Help: "Attempts this node's runner ended, by outcome.",
 		}, []string{"outcome"}),
-		CopyBytes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "taskd_copy_bytes_written_total", Help: "Bytes written by copy tasks on this node."}),
-		CopyRate:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "taskd_copy_rate_bytes_per_second", Help: "Summed rate of the copy tasks running on this node."}),
-		VIPHolding: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "taskd_vip_holding", Help: "1 while this node holds or acquires the service's virtual IP."}, []string{"service"}),
+		RunnerWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "taskd_runner_batched_writes_total", Help: "Attempt writes through the runner's batcher (--runner-batch-writes), by how they reached the store: joined with others in one transaction, or alone.",
+		}, []string{"how"}),
+		RunnerBatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "taskd_runner_write_batches_total", Help: "Store transactions that carried more than one attempt write (--runner-batch-writes)."}),
+		CopyBytes:     prometheus.NewCounter(prometheus.CounterOpts{Name: "taskd_copy_bytes_written_total", Help: "Bytes written by copy tasks on this node."}),
+		CopyRate:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "taskd_copy_rate_bytes_per_second", Help: "Summed rate of the copy tasks running on this node."}),
+		VIPHolding:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "taskd_vip_holding", Help: "1 while this node holds or acquires the service's virtual IP."}, []string{"service"}),
 		Fences: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "taskd_fences_total", Help: "Fences of this node, by whether they finished before the session could expire.",
 		}, []string{"before_expiry"}),
@@ -96,13 +106,15 @@ func New(view func() *quorum.View) *Set {
 			Help: "Time the node's cgroup spent throttled by its CPU quota (cpu.stat throttled_time / throttled_usec)."}),
 		Starved: prometheus.NewGauge(prometheus.GaugeOpts{Name: "taskd_starved", Help: "1 while this node counts as starved of CPU."}),
 	}
-	reg.MustRegister(s.DispatchLatency, s.Tasks, s.Assignments, s.GivenBack, s.Attempts, s.CopyBytes, s.CopyRate,
+	reg.MustRegister(s.DispatchLatency, s.Tasks, s.Assignments, s.GivenBack, s.Attempts, s.RunnerWrites, s.RunnerBatches, s.CopyBytes, s.CopyRate,
 		s.VIPHolding, s.Fences, s.FenceDuration, s.HeartbeatLateness, s.HeartbeatRoundTrip, s.SchedLatencyP99, s.CPUPeriods, s.CPUThrottledPeriods,
 		s.CPUThrottledSeconds, s.Starved, &viewCollector{view: view})
 	// Present from the start, at 0: a rate() or an alert on fences needs
 	// the series before the first fence.
 	s.Fences.WithLabelValues("true")
 	s.Fences.WithLabelValues("false")
+	s.RunnerWrites.WithLabelValues("joined")
+	s.RunnerWrites.WithLabelValues("alone")
 	return s
 }
 

@@ -178,6 +178,16 @@ func (r *Runner) Run(ctx context.Context, sess coord.Session) error {
 		// The batcher outlives the attempts (their last writes go
 		// through it): it stops once they have all returned.
 		b := txnbatch.New(r.store.Txn, 0)
+		if m := r.cfg.Metrics; m != nil {
+			b.Observe = func(calls int, joined bool) {
+				if joined {
+					m.RunnerBatches.Inc()
+					m.RunnerWrites.WithLabelValues("joined").Add(float64(calls))
+				} else {
+					m.RunnerWrites.WithLabelValues("alone").Inc()
+				}
+			}
+		}
 		s.txn = b.Txn
 		bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan struct{})

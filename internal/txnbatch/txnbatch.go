@@ -44,6 +44,11 @@ var ErrStopped = errors.New("txnbatch: stopped")
 
 // Batcher joins the transactions given to Txn while Run runs.
 type Batcher struct {
+	// Observe, when set before the first Txn, is called after each store
+	// transaction that committed: with how many calls it carried, and
+	// whether they were joined (false: one call alone).
+	Observe func(calls int, joined bool)
+
 	txn     Func
 	max     int
 	reqs    chan *request
@@ -189,6 +194,9 @@ func (b *Batcher) commit(batch []*request) {
 	case err == nil:
 		b.batches.Add(1)
 		b.joined.Add(int64(len(batch)))
+		if b.Observe != nil {
+			b.Observe(len(batch), true)
+		}
 		for _, r := range batch {
 			r.done <- result{vers: vers[:len(r.ops):len(r.ops)]}
 			vers = vers[len(r.ops):]
@@ -215,6 +223,9 @@ func (b *Batcher) commit(batch []*request) {
 func (b *Batcher) runAlone(r *request) {
 	b.alone.Add(1)
 	vers, err := b.txn(r.ctx, r.conds, r.ops)
+	if err == nil && b.Observe != nil {
+		b.Observe(1, false)
+	}
 	r.done <- result{vers: vers, err: err}
 }
 

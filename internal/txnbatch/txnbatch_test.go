@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -156,6 +157,14 @@ func put(kv coord.KV, v string) call {
 func TestJoins(t *testing.T) {
 	onStores(t, func(t *testing.T, st coord.Store) {
 		b, g, kvs := fixture(t, st, 41, 0)
+		var mu sync.Mutex
+		var seen []string
+		b.Observe = func(calls int, joined bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			seen = append(seen, fmt.Sprint(calls, map[bool]string{true: " joined", false: " alone"}[joined]))
+		}
+		observed := func() []string { mu.Lock(); defer mu.Unlock(); return slices.Clone(seen) }
 		calls := make([]call, len(kvs))
 		for i, kv := range kvs {
 			calls[i] = put(kv, fmt.Sprint("v", i))
@@ -176,6 +185,9 @@ func TestJoins(t *testing.T) {
 		}
 		if s := b.Stats(); s != (Stats{Batches: 1, Joined: 40, Alone: 1}) {
 			t.Fatalf("stats %+v", s)
+		}
+		if seen := observed(); !slices.Equal(seen, []string{"1 alone", "40 joined"}) {
+			t.Fatalf("observed %v", seen)
 		}
 	})
 }
