@@ -35,6 +35,13 @@ type Func func(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]int64
 // each op of a Func adds one.
 const MaxSize = 120
 
+// MaxBytes is the most bytes of keys and values one batch carries: a
+// ZooKeeper server drops the connection of a request larger than its
+// jute.maxbuffer (1 MiB by default), and etcd refuses one larger than
+// --max-request-bytes (1.5 MiB). A single larger transaction goes alone,
+// as it would without the batcher.
+const MaxBytes = 256 << 10
+
 // queueSize is how many transactions wait for the next batch without
 // blocking their callers.
 const queueSize = 1024
@@ -49,11 +56,12 @@ type Batcher struct {
 	// whether they were joined (false: one call alone).
 	Observe func(calls int, joined bool)
 
-	txn     Func
-	max     int
-	reqs    chan *request
-	stopped chan struct{}
-	stop    sync.Once
+	txn      Func
+	max      int
+	maxBytes int
+	reqs     chan *request
+	stopped  chan struct{}
+	stop     sync.Once
 
 	batches, joined, alone atomic.Int64
 }
@@ -62,6 +70,7 @@ type request struct {
 	ctx   context.Context
 	conds []coord.Cond
 	ops   []coord.Op
+	bytes int         // of the ops' keys and values
 	done  chan result // buffered: the batcher never waits for a caller
 }
 
@@ -76,7 +85,7 @@ func New(txn Func, max int) *Batcher {
 	if max <= 0 {
 		max = MaxSize
 	}
-	return &Batcher{txn: txn, max: max, reqs: make(chan *request, queueSize), stopped: make(chan struct{})}
+	return &Batcher{txn: txn, max: max, maxBytes: MaxBytes, reqs: make(chan *request, queueSize), stopped: make(chan struct{})}
 }
 
 // Stats are the store transactions a Batcher made: batches of more than
@@ -94,6 +103,9 @@ func (b *Batcher) Stats() Stats {
 // still commit, as a store transaction whose caller gave up may.
 func (b *Batcher) Txn(ctx context.Context, conds []coord.Cond, ops []coord.Op) ([]int64, error) {
 	r := &request{ctx: ctx, conds: conds, ops: ops, done: make(chan result, 1)}
+	for _, op := range ops {
+		r.bytes += len(op.Key) + len(op.Value)
+	}
 	select {
 	case b.reqs <- r:
 	case <-ctx.Done():
@@ -132,18 +144,18 @@ func (b *Batcher) Run(ctx context.Context) {
 			case next = <-b.reqs:
 			}
 		}
-		batch, size, keys := []*request{next}, len(next.conds)+len(next.ops), opKeys(nil, next)
+		batch, size, bytes, keys := []*request{next}, len(next.conds)+len(next.ops), next.bytes, opKeys(nil, next)
 		next = nil
 	gather:
-		for size < b.max {
+		for size < b.max && bytes < b.maxBytes {
 			select {
 			case r := <-b.reqs:
 				n := len(r.conds) + len(r.ops)
-				if size+n > b.max || overlaps(keys, r) {
+				if size+n > b.max || bytes+r.bytes > b.maxBytes || overlaps(keys, r) {
 					next = r // the first of the next batch
 					break gather
 				}
-				batch, size, keys = append(batch, r), size+n, opKeys(keys, r)
+				batch, size, bytes, keys = append(batch, r), size+n, bytes+r.bytes, opKeys(keys, r)
 			default:
 				break gather
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -272,6 +273,19 @@ func TestSplits(t *testing.T) {
 		}
 		if calls := g.opsPerCall(); len(calls) != 3 || calls[1] != 3 || calls[2] != 3 {
 			t.Fatalf("store transactions with %v ops; want [1 3 3]", calls)
+		}
+
+		// And at most maxBytes of keys and values: 5 calls of 1000-byte
+		// values, 4 of them queued, in batches of 2.
+		b, g, kvs = fixture(t, st, 5, 0)
+		b.maxBytes = 2*len(kvs[0].Key) + 2000
+		for i, a := range send(t, b, g, puts(kvs, strings.Repeat("v", 1000))) {
+			if a.err != nil {
+				t.Fatalf("call %d: %v", i, a.err)
+			}
+		}
+		if calls := g.opsPerCall(); len(calls) != 3 || calls[1] != 2 || calls[2] != 2 {
+			t.Fatalf("store transactions with %v ops; want [1 2 2]", calls)
 		}
 	})
 }
