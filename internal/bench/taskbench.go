@@ -36,6 +36,7 @@ func taskBench(args []string, out io.Writer) error {
 	noopN := fs.Int("noop-n", 5000, "noop tasks for the throughput run")
 	creators := fs.Int("creators", 32, "concurrent clients creating noop tasks")
 	capacity := fs.Int("runner-capacity", 64, "taskd --runner-capacity")
+	batch := fs.Bool("batch-writes", false, "run the nodes with --runner-batch-writes")
 	resumeN := fs.Int("resume-n", 3, "kill -9 rounds for the resume time")
 	resumeRaftN := fs.Int("resume-raft-n", 0, "kill -9 rounds where the runner hosts the etcd raft leader (embedded only), reported separately")
 	retained := fs.Int("retained", 100000, "finished tasks stored before timing task list")
@@ -56,6 +57,9 @@ func taskBench(args []string, out io.Writer) error {
 	}
 	defer cleanup()
 	e.opts.Extra = append(e.opts.Extra, "--runner-capacity", fmt.Sprint(*capacity))
+	if *batch {
+		e.opts.Extra = append(e.opts.Extra, "--runner-batch-writes")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	c, kv, lay, closeCluster, err := e.taskCluster(ctx, 3)
@@ -63,7 +67,7 @@ func taskBench(args []string, out io.Writer) error {
 		return err
 	}
 	defer closeCluster()
-	fmt.Fprintf(out, "tasks: backend=%s 3 nodes on loopback, session-timeout=%v runner-capacity=%d\n", *backend, *timeout, *capacity)
+	fmt.Fprintf(out, "tasks: backend=%s 3 nodes on loopback, session-timeout=%v runner-capacity=%d batch-writes=%v\n", *backend, *timeout, *capacity, *batch)
 
 	if *latN > 0 {
 		lat, ack, err := dispatchLatency(ctx, c, kv, lay, *latN)
