@@ -12,6 +12,9 @@
 // ended), each of its transactions is run again alone, so each caller
 // gets its own answer.
 //
+// A request joins a batch only if it writes no key the batch writes or
+// whose version it compares, and compares no key the batch writes.
+//
 // There is no timer: while one batch is in the store, the transactions
 // that arrive wait and form the next. A lone caller waits for nothing.
 package txnbatch
@@ -144,18 +147,28 @@ func (b *Batcher) Run(ctx context.Context) {
 			case next = <-b.reqs:
 			}
 		}
-		batch, size, bytes, keys := []*request{next}, len(next.conds)+len(next.ops), next.bytes, opKeys(nil, next)
+		if gaveUp(next) {
+			next = nil
+			continue
+		}
+		batch, size, bytes := []*request{next}, len(next.conds)+len(next.ops), next.bytes
+		keys := touched{}
+		keys.add(next)
 		next = nil
 	gather:
 		for size < b.max && bytes < b.maxBytes {
 			select {
 			case r := <-b.reqs:
+				if gaveUp(r) {
+					continue
+				}
 				n := len(r.conds) + len(r.ops)
-				if size+n > b.max || bytes+r.bytes > b.maxBytes || overlaps(keys, r) {
+				if size+n > b.max || bytes+r.bytes > b.maxBytes || keys.overlap(r) {
 					next = r // the first of the next batch
 					break gather
 				}
-				batch, size, bytes, keys = append(batch, r), size+n, bytes+r.bytes, opKeys(keys, r)
+				batch, size, bytes = append(batch, r), size+n, bytes+r.bytes
+				keys.add(r)
 			default:
 				break gather
 			}
@@ -164,21 +177,44 @@ func (b *Batcher) Run(ctx context.Context) {
 	}
 }
 
-// opKeys adds the keys r writes to keys: a store transaction may write a
-// key once (etcd refuses a duplicate).
-func opKeys(keys map[string]bool, r *request) map[string]bool {
-	if keys == nil {
-		keys = map[string]bool{}
+// gaveUp answers a request whose caller has already given up (its time
+// in the queue counts against its deadline) instead of sending it: sent
+// with a live batch, it would commit after its caller had gone on, and a
+// retry of the same write would then fail on its own stale copy.
+func gaveUp(r *request) bool {
+	if r.ctx.Err() == nil {
+		return false
 	}
-	for _, op := range r.ops {
-		keys[op.Key] = true
-	}
-	return keys
+	r.done <- result{err: context.Cause(r.ctx)}
+	return true
 }
 
-func overlaps(keys map[string]bool, r *request) bool {
+// touched are the keys a batch writes and the keys its conditions read.
+// A request joins only if it writes none of them and its conditions read
+// none of the keys written: then the batch is what the requests would do
+// one at a time, in any order (etcd also refuses a key written twice).
+type touched struct{ written, read map[string]bool }
+
+func (t *touched) add(r *request) {
+	if t.written == nil {
+		t.written, t.read = map[string]bool{}, map[string]bool{}
+	}
 	for _, op := range r.ops {
-		if keys[op.Key] {
+		t.written[op.Key] = true
+	}
+	for _, c := range r.conds {
+		t.read[c.Key] = true
+	}
+}
+
+func (t *touched) overlap(r *request) bool {
+	for _, op := range r.ops {
+		if t.written[op.Key] || t.read[op.Key] {
+			return true
+		}
+	}
+	for _, c := range r.conds {
+		if t.written[c.Key] {
 			return true
 		}
 	}
@@ -202,7 +238,13 @@ func (b *Batcher) commit(batch []*request) {
 	cancel()
 	switch {
 	case err == nil && len(vers) != len(ops):
+		// Committed, but the answer cannot be shared out: never run
+		// these writes again.
 		err = fmt.Errorf("txnbatch: the store answered %d versions for %d ops", len(vers), len(ops))
+		for _, r := range batch {
+			r.done <- result{err: err}
+		}
+		return
 	case err == nil:
 		b.batches.Add(1)
 		b.joined.Add(int64(len(batch)))
@@ -226,6 +268,9 @@ func (b *Batcher) commit(batch []*request) {
 	// again, alone and at once, so each caller gets its own answer.
 	var wg sync.WaitGroup
 	for _, r := range batch {
+		if gaveUp(r) {
+			continue
+		}
 		wg.Add(1)
 		go func() { defer wg.Done(); b.runAlone(r) }()
 	}

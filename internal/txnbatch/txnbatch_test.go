@@ -87,6 +87,7 @@ func fixture(t *testing.T, st coord.Store, n, max int) (*Batcher, *gated, []coor
 type call struct {
 	conds []coord.Cond
 	ops   []coord.Op
+	ctx   context.Context // the caller's, if not the test's
 }
 
 type answer struct {
@@ -95,8 +96,8 @@ type answer struct {
 }
 
 // send makes the calls at once: the first is held in the store, the rest
-// queue behind it; then the first is let go.
-func send(t *testing.T, b *Batcher, g *gated, calls []call) []answer {
+// queue behind it; then queued runs, and the first is let go.
+func send(t *testing.T, b *Batcher, g *gated, calls []call, queued ...func()) []answer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -104,7 +105,11 @@ func send(t *testing.T, b *Batcher, g *gated, calls []call) []answer {
 	var wg sync.WaitGroup
 	run := func(i int) {
 		defer wg.Done()
-		v, err := b.Txn(ctx, calls[i].conds, calls[i].ops)
+		c := ctx
+		if calls[i].ctx != nil {
+			c = calls[i].ctx
+		}
+		v, err := b.Txn(c, calls[i].conds, calls[i].ops)
 		out[i] = answer{v, err}
 	}
 	wg.Add(len(calls))
@@ -119,6 +124,9 @@ func send(t *testing.T, b *Batcher, g *gated, calls []call) []answer {
 	}
 	if err := waitFor(ctx, func() bool { return len(b.reqs) == len(calls)-1 }); err != nil {
 		t.Fatalf("%d of %d transactions queued: %v", len(b.reqs), len(calls)-1, err)
+	}
+	for _, f := range queued {
+		f()
 	}
 	close(g.release)
 	wg.Wait()
@@ -149,15 +157,28 @@ func puts(kvs []coord.KV, v string) []call {
 }
 
 func put(kv coord.KV, v string) call {
-	return call{[]coord.Cond{coord.VersionIs(kv.Key, kv.Version)}, []coord.Op{coord.PutOp(kv.Key, []byte(v))}}
+	return call{conds: []coord.Cond{coord.VersionIs(kv.Key, kv.Version)}, ops: []coord.Op{coord.PutOp(kv.Key, []byte(v))}}
 }
 
 // TestJoins: calls that queue behind a store transaction go to the store
-// as one; each caller gets its own versions, and the store holds every
-// write at the version its caller was given.
+// as one; each caller gets the versions of its own ops, and the store
+// holds every write at the version its caller was given. Calls write two
+// keys each (a runner's write is a record and its log), and the keys
+// start at different versions, so that on ZooKeeper (a version per key)
+// a caller given another's versions fails.
 func TestJoins(t *testing.T) {
 	onStores(t, func(t *testing.T, st coord.Store) {
+		ctx := context.Background()
 		b, g, kvs := fixture(t, st, 41, 0)
+		for i := range kvs {
+			for range i % 3 {
+				kv, err := st.Update(ctx, kvs[i].Key, []byte("bump"), kvs[i].Version)
+				if err != nil {
+					t.Fatal(err)
+				}
+				kvs[i] = kv
+			}
+		}
 		var mu sync.Mutex
 		var seen []string
 		b.Observe = func(calls int, joined bool) {
@@ -166,29 +187,63 @@ func TestJoins(t *testing.T) {
 			seen = append(seen, fmt.Sprint(calls, map[bool]string{true: " joined", false: " alone"}[joined]))
 		}
 		observed := func() []string { mu.Lock(); defer mu.Unlock(); return slices.Clone(seen) }
-		calls := make([]call, len(kvs))
-		for i, kv := range kvs {
-			calls[i] = put(kv, fmt.Sprint("v", i))
+		// Call 0 writes key 0 (held); call i writes keys 2i-1 and 2i.
+		calls := []call{put(kvs[0], "v0")}
+		for i := 1; i < len(kvs); i += 2 {
+			a, b := put(kvs[i], fmt.Sprint("v", i)), put(kvs[i+1], fmt.Sprint("v", i+1))
+			calls = append(calls, call{conds: append(a.conds, b.conds...), ops: append(a.ops, b.ops...)})
 		}
 		out := send(t, b, g, calls)
+		key := 0
 		for i, a := range out {
-			if a.err != nil || len(a.vers) != 1 {
+			if a.err != nil || len(a.vers) != len(calls[i].ops) {
 				t.Fatalf("call %d: %v %v", i, a.vers, a.err)
 			}
-			got, err := st.Get(context.Background(), kvs[i].Key)
-			if err != nil || string(got.Value) != fmt.Sprint("v", i) || got.Version != a.vers[0] {
-				t.Fatalf("call %d: the store holds %q at version %d (%v); the caller was given %d", i, got.Value, got.Version, err, a.vers[0])
+			for j, v := range a.vers {
+				got, err := st.Get(ctx, kvs[key].Key)
+				if err != nil || string(got.Value) != fmt.Sprint("v", key) || got.Version != v {
+					t.Fatalf("call %d op %d: the store holds %q at version %d (%v); the caller was given %d", i, j, got.Value, got.Version, err, v)
+				}
+				key++
 			}
 		}
-		// The first alone (held), the 40 that queued in one.
+		// The first alone (held), the 20 that queued in one.
 		if calls := g.opsPerCall(); len(calls) != 2 || calls[1] != 40 {
 			t.Fatalf("store transactions with %v ops; want [1 40]", calls)
 		}
-		if s := b.Stats(); s != (Stats{Batches: 1, Joined: 40, Alone: 1}) {
+		if s := b.Stats(); s != (Stats{Batches: 1, Joined: 20, Alone: 1}) {
 			t.Fatalf("stats %+v", s)
 		}
-		if seen := observed(); !slices.Equal(seen, []string{"1 alone", "40 joined"}) {
+		if seen := observed(); !slices.Equal(seen, []string{"1 alone", "20 joined"}) {
 			t.Fatalf("observed %v", seen)
+		}
+	})
+}
+
+// TestGaveUpNotSent: a call whose caller gave up while it waited in the
+// queue is not sent; the others are.
+func TestGaveUpNotSent(t *testing.T) {
+	onStores(t, func(t *testing.T, st coord.Store) {
+		b, g, kvs := fixture(t, st, 4, 0)
+		calls := puts(kvs, "w")
+		gone, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		calls[2].ctx = gone
+		out := send(t, b, g, calls, cancel) // given up once queued
+		if !errors.Is(out[2].err, context.Canceled) {
+			t.Fatalf("the call whose caller gave up: %v", out[2].err)
+		}
+		for i, kv := range kvs {
+			got, err := st.Get(context.Background(), kv.Key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]string{true: "0", false: "w"}[i == 2]; string(got.Value) != want {
+				t.Fatalf("key %d holds %q, want %q", i, got.Value, want)
+			}
+		}
+		if calls := g.opsPerCall(); !slices.Equal(calls, []int{1, 2}) {
+			t.Fatalf("store transactions with %v ops; want [1 2]", calls)
 		}
 	})
 }
@@ -239,8 +294,8 @@ func TestSplits(t *testing.T) {
 		calls := puts(kvs[:5], "y")
 		// Two writes of one key, with no condition: the queue's order
 		// decides which is last; they go in two store transactions.
-		calls = append(calls, call{nil, []coord.Op{coord.PutOp(kvs[5].Key, []byte("z1"))}},
-			call{nil, []coord.Op{coord.PutOp(kvs[5].Key, []byte("z2"))}})
+		calls = append(calls, call{ops: []coord.Op{coord.PutOp(kvs[5].Key, []byte("z1"))}},
+			call{ops: []coord.Op{coord.PutOp(kvs[5].Key, []byte("z2"))}})
 		out := send(t, b, g, calls)
 		for i, a := range out {
 			if a.err != nil {
@@ -302,21 +357,24 @@ func TestStopped(t *testing.T) {
 }
 
 // TestGivenUp: a batch in a store that does not answer ends once every
-// caller has given up, not before; the batcher then takes the next.
+// caller has given up, not when the first does; the batcher then takes
+// the next.
 func TestGivenUp(t *testing.T) {
 	var mu sync.Mutex
-	var ended []time.Duration // how long each store transaction lasted
-	entered, release := make(chan struct{}), make(chan struct{})
+	var ended []time.Time // when each store transaction of a batch returned
+	entered, release, inStore := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	b := New(func(ctx context.Context, _ []coord.Cond, ops []coord.Op) ([]int64, error) {
 		if len(ops) == 1 && ops[0].Key == "/first" {
 			once.Do(func() { close(entered); <-release })
 			return []int64{1}, nil
 		}
-		start := time.Now()
+		if len(ops) == 2 {
+			close(inStore)
+		}
 		<-ctx.Done() // a store that never answers
 		mu.Lock()
-		ended = append(ended, time.Since(start))
+		ended = append(ended, time.Now())
 		mu.Unlock()
 		return nil, ctx.Err()
 	}, 0)
@@ -327,35 +385,53 @@ func TestGivenUp(t *testing.T) {
 
 	go b.Txn(context.Background(), nil, []coord.Op{coord.PutOp("/first", nil)})
 	<-entered
-	// Two callers: one gives up after 50 ms, the other after 400 ms,
-	// without a deadline (cancelled, as a lost session cancels).
+	// Two callers without a deadline (cancelled, as a lost session
+	// cancels), queued behind the held transaction.
 	var wg sync.WaitGroup
-	for i, d := range []time.Duration{50 * time.Millisecond, 400 * time.Millisecond} {
+	cancels := make([]context.CancelFunc, 2)
+	for i := range cancels {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancels[i] = cancel
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithCancel(context.Background())
-			defer time.AfterFunc(d, cancel).Stop()
 			b.Txn(ctx, nil, []coord.Op{coord.PutOp(fmt.Sprint("/k", i), nil)})
 		}()
 	}
+	defer func() { // on a failure too
+		for _, c := range cancels {
+			c()
+		}
+		wg.Wait()
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := waitFor(ctx, func() bool { return len(b.reqs) == 2 }); err != nil {
 		t.Fatal(err)
 	}
 	close(release)
+	<-inStore // the two in one batch
+	cancels[0]()
+	// The first caller has given up: for the next 200 ms the batch must
+	// stay in the store (a batch cut short by its first caller ends in
+	// microseconds).
+	wctx, wcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	err := waitFor(wctx, func() bool { mu.Lock(); defer mu.Unlock(); return len(ended) > 0 })
+	wcancel()
+	if err == nil {
+		t.Fatal("the batch ended when its first caller gave up")
+	}
+	late := time.Now()
+	cancels[1]()
 	wg.Wait()
-	// The batch of two (then each alone, as the batch failed) lasted
-	// until the later caller gave up; the batcher answers again.
-	if err := waitFor(ctx, func() bool { mu.Lock(); defer mu.Unlock(); return len(ended) == 3 }); err != nil {
+	if err := waitFor(ctx, func() bool { mu.Lock(); defer mu.Unlock(); return len(ended) == 1 }); err != nil {
 		t.Fatalf("store transactions that ended: %v (%v)", ended, err)
 	}
 	mu.Lock()
-	batch := ended[0]
+	end := ended[0]
 	mu.Unlock()
-	if batch < 300*time.Millisecond {
-		t.Fatalf("the batch ended after %v, before its second caller gave up (400 ms)", batch)
+	if end.Before(late) {
+		t.Fatalf("the batch ended before its second caller gave up")
 	}
 	if _, err := b.Txn(ctx, nil, []coord.Op{coord.PutOp("/first", nil)}); err != nil {
 		t.Fatalf("the batcher after a batch its callers gave up: %v", err)

@@ -46,7 +46,8 @@ function newest(read, show) {
   let gen = 0;
   return async () => {
     const mine = ++gen;
-    const r = await read();
+    let r;
+    try { r = await read(); } catch (e) { if (mine === gen) throw e; return; } // an older read's failure is as stale as its answer
     if (mine === gen) show(r);
   };
 }
