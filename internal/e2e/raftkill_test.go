@@ -80,17 +80,26 @@ func TestRaftLeaderRunnerKill(t *testing.T) {
 		}
 		return n == 1
 	})
-	if err != nil {
-		t.Fatalf("no session_revoked event: the dead raft leader's session ended by its lease alone")
-	}
-	if revoked.Attrs["member"] != raftHost.Name {
-		t.Fatalf("session_revoked names %q, want the killed %s: %+v", revoked.Attrs["member"], raftHost.Name, revoked)
-	}
-	witnesses := strings.Fields(strings.Trim(revoked.Attrs["witnesses"], "[]"))
-	for _, w := range []string{leader.Name, other.Name} {
-		if !slices.Contains(witnesses, w) {
-			t.Errorf("session_revoked witnesses %q lack %s", revoked.Attrs["witnesses"], w)
+	switch {
+	case err == nil:
+		if revoked.Attrs["member"] != raftHost.Name {
+			t.Fatalf("session_revoked names %q, want the killed %s: %+v", revoked.Attrs["member"], raftHost.Name, revoked)
 		}
+		witnesses := strings.Fields(strings.Trim(revoked.Attrs["witnesses"], "[]"))
+		for _, w := range []string{leader.Name, other.Name} {
+			if !slices.Contains(witnesses, w) {
+				t.Errorf("session_revoked witnesses %q lack %s", revoked.Attrs["witnesses"], w)
+			}
+		}
+	case survivorFenced(t, leader, killed, raftHost.Name) != "":
+		// A survivor that fenced during the raft election had no session
+		// when the silence was a timeout old: a known node without a
+		// session blocks the revocation (it may be a live etcd member,
+		// even the raft leader), and the lease ended the dead member's
+		// session instead (seen once in CI).
+		t.Logf("no session_revoked: %s fenced after the kill; the lease ended %s's session", survivorFenced(t, leader, killed, raftHost.Name), raftHost.Name)
+	default:
+		t.Fatalf("no session_revoked event: the dead raft leader's session ended by its lease alone")
 	}
 	waitTask(t, c, id, 40*time.Second, "success", func(tk *taskdv1.Task) bool { return tk.State == "succeeded" })
 	checkOneActive(t, readLedger(t, ledger))
@@ -100,4 +109,16 @@ func TestRaftLeaderRunnerKill(t *testing.T) {
 			t.Errorf("a live member's session was ended: %+v", e)
 		}
 	}
+}
+
+// survivorFenced names a node other than dead that fenced after since
+// ("" if none).
+func survivorFenced(t *testing.T, n *harness.Node, since time.Time, dead string) string {
+	t.Helper()
+	for _, e := range listEvents(t, n) {
+		if e.Type == "fence_started" && e.Node != dead && e.Time.After(since) {
+			return e.Node
+		}
+	}
+	return ""
 }

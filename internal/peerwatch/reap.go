@@ -26,30 +26,53 @@ type record struct {
 	silent  map[string]int64
 }
 
-// doomed are the members whose session to revoke: every other live member
-// has a record naming it silent. self (the leader, alive by definition) is
-// never one, nor is a member with no other live member to vouch for its
-// death.
-func doomed(members []Member, records map[string]record, self string) []Member {
+// doomed are the members whose session to revoke: every other node the
+// cluster knows (known: the known-member records, which outlive a
+// session; and every live member) is a live member with a record naming
+// it silent. A known node without a session blocks the decision: it may
+// still be a live etcd member, even the raft leader, and a member that
+// reaches it renews its lease through it. self (the leader, alive by
+// definition) is never doomed, nor is a member with no other node to
+// vouch for its death. With known empty (not read yet) nothing is.
+func doomed(members []Member, known []string, records map[string]record, self string) []Member {
+	if len(known) == 0 {
+		return nil
+	}
+	live := map[string]bool{}
+	for _, m := range members {
+		if m.SessionID != "" {
+			live[m.Name] = true
+		}
+	}
+	others := func(m string) []string {
+		var out []string
+		for _, n := range known {
+			if n != m && !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+		for _, s := range members {
+			if s.Name != m && !slices.Contains(out, s.Name) {
+				out = append(out, s.Name)
+			}
+		}
+		return out
+	}
 	var out []Member
 	for _, m := range members {
 		if m.Name == self || m.SessionID == "" {
 			continue
 		}
-		others := 0
-		all := true
-		for _, s := range members {
-			if s.Name == m.Name {
-				continue
-			}
-			others++
-			rec, ok := records[s.Name]
-			if _, silent := rec.silent[m.Name]; !ok || !silent {
+		witnesses := others(m.Name)
+		all := len(witnesses) > 0
+		for _, s := range witnesses {
+			rec, ok := records[s]
+			if _, silent := rec.silent[m.Name]; !live[s] || !ok || !silent {
 				all = false
 				break
 			}
 		}
-		if others > 0 && all {
+		if all {
 			out = append(out, m)
 		}
 	}
@@ -138,7 +161,11 @@ func (r *Reaper) reap(ctx context.Context, l *quorum.Leadership, v quorum.View, 
 	for _, m := range v.Members {
 		members = append(members, Member{Name: m.Name, SessionID: m.SessionID})
 	}
-	for _, m := range doomed(members, records, r.self) {
+	known := make([]string, 0, len(v.Known))
+	for _, k := range v.Known {
+		known = append(known, k.Name)
+	}
+	for _, m := range doomed(members, known, records, r.self) {
 		if revoked[m.SessionID] {
 			continue
 		}

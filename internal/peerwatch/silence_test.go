@@ -59,20 +59,35 @@ func TestDoomed(t *testing.T) {
 		records map[string]record
 		self    string
 		want    []string
+		known   []string // nil: the members' names
 	}{
-		{"every other member lost n3", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3"), "n2": rec(2, "n3")}, "n1", []string{"n3"}},
-		{"one member still reaches n3 (asymmetric partition)", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3"), "n2": rec(2)}, "n1", nil},
-		{"one member has no record", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3")}, "n1", nil},
-		{"the leader itself is never doomed", member("n1", "n2", "n3"), map[string]record{"n2": rec(1, "n1"), "n3": rec(2, "n1")}, "n1", nil},
-		{"a record of a dead reporter does not count", member("n1", "n2"), map[string]record{"n3": rec(1, "n2")}, "n1", nil},
-		{"a member's own record is not evidence against it", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3"), "n3": rec(2, "n3")}, "n1", nil},
-		{"alone: nobody vouches", member("n1"), map[string]record{}, "n2", nil},
-		{"a member without a session ID", []Member{{Name: "n1", SessionID: "lease-1"}, {Name: "n2"}}, map[string]record{"n1": rec(1, "n2")}, "n1", nil},
-		{"two members lost each other: only the non-leader", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3"), "n2": rec(1, "n3"), "n3": rec(1, "n1", "n2")}, "n1", []string{"n3"}},
+		{"every other member lost n3", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3"), "n2": rec(2, "n3")}, "n1", []string{"n3"}, nil},
+		{"one member still reaches n3 (asymmetric partition)", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3"), "n2": rec(2)}, "n1", nil, nil},
+		{"one member has no record", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3")}, "n1", nil, nil},
+		{"the leader itself is never doomed", member("n1", "n2", "n3"), map[string]record{"n2": rec(1, "n1"), "n3": rec(2, "n1")}, "n1", nil, nil},
+		{"a record of a dead reporter does not count", member("n1", "n2"), map[string]record{"n3": rec(1, "n2")}, "n1", nil, nil},
+		{"a member's own record is not evidence against it", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3"), "n3": rec(2, "n3")}, "n1", nil, nil},
+		{"alone: nobody vouches", member("n1"), map[string]record{}, "n2", nil, nil},
+		{"a member without a session ID", []Member{{Name: "n1", SessionID: "lease-1"}, {Name: "n2"}}, map[string]record{"n1": rec(1, "n2")}, "n1", nil, nil},
+		{"two members lost each other: only the non-leader", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3"), "n2": rec(1, "n3"), "n3": rec(1, "n1", "n2")}, "n1", []string{"n3"}, nil},
+		// A known node without a session may be a live etcd member, even
+		// the raft leader, that the doomed one still reaches (CI: n3 had
+		// fenced during the raft election when n2 revoked the dead n1 on
+		// n2's word alone).
+		{"a known node without a session blocks", member("n1", "n2"), map[string]record{"n2": rec(1, "n1")}, "n2", nil, []string{"n1", "n2", "n3"}},
+		{"every known node lost n3", member("n1", "n2", "n3", "n4"), map[string]record{"n1": rec(1, "n3"), "n2": rec(1, "n3"), "n4": rec(1, "n3")}, "n1", []string{"n3"}, []string{"n1", "n2", "n3", "n4"}},
+		{"the known records not read yet", member("n1", "n2", "n3"), map[string]record{"n1": rec(1, "n3"), "n2": rec(2, "n3")}, "n1", nil, []string{}},
+		{"a live member not yet in the known records counts", member("n1", "n2", "n3", "n4"), map[string]record{"n1": rec(1, "n3"), "n2": rec(2, "n3")}, "n1", nil, []string{"n1", "n2", "n3"}},
 	}
 	for _, c := range cases {
+		known := c.known
+		if known == nil {
+			for _, m := range c.members {
+				known = append(known, m.Name)
+			}
+		}
 		var got []string
-		for _, m := range doomed(c.members, c.records, c.self) {
+		for _, m := range doomed(c.members, known, c.records, c.self) {
 			got = append(got, m.Name)
 		}
 		if !slices.Equal(got, c.want) {
@@ -103,11 +118,11 @@ func TestApplyRefusesCraftedRecords(t *testing.T) {
 	members := member("n1", "n2", "n3")
 	r.apply(records, coord.Event{Type: coord.EventPut, KV: good})
 	r.apply(records, coord.Event{Type: coord.EventPut, KV: coord.KV{Key: "/taskd/silence/n1", Value: []byte(`{"silent_ms":{"n3":1}}`)}})
-	if got := doomed(members, records, "n1"); len(got) != 1 || got[0].Name != "n3" {
+	if got := doomed(members, []string{"n1", "n2", "n3"}, records, "n1"); len(got) != 1 || got[0].Name != "n3" {
 		t.Fatalf("well-formed records: doomed %v, want n3", got)
 	}
 	r.apply(records, coord.Event{Type: coord.EventDelete, KV: good})
-	if got := doomed(members, records, "n1"); len(got) != 0 {
+	if got := doomed(members, []string{"n1", "n2", "n3"}, records, "n1"); len(got) != 0 {
 		t.Fatalf("after n2's record is deleted: doomed %v, want none", got)
 	}
 }
