@@ -115,13 +115,28 @@ func cloneFile(t *testing.T, from, to string) {
 // them (st_blocks would also count the file system's extent-tree blocks).
 func allocated(t *testing.T, path string) int64 {
 	t.Helper()
+	total, _ := allocatedAndGaps(t, path, 0)
+	return total
+}
+
+// mayRead is what a copy of the file at path may read: its allocated
+// data, and the holes between two data extents short enough for one read
+// to span (at most gap bytes).
+func mayRead(t *testing.T, path string, gap int64) int64 {
+	t.Helper()
+	total, gaps := allocatedAndGaps(t, path, gap)
+	return total + gaps
+}
+
+func allocatedAndGaps(t *testing.T, path string, gap int64) (total, gaps int64) {
+	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	fi, _ := f.Stat()
-	var total int64
+	end := int64(-1) // the end of the last data extent
 	for pos := int64(0); pos < fi.Size(); {
 		data, err := unix.Seek(int(f.Fd()), pos, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {
@@ -134,10 +149,13 @@ func allocated(t *testing.T, path string) int64 {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if end >= 0 && data-end <= gap {
+			gaps += data - end
+		}
 		total += hole - data
-		pos = hole
+		pos, end = hole, hole
 	}
-	return total
+	return total, gaps
 }
 
 // nonZeroBytes is the size of the blocks of b that hold a non-zero byte:

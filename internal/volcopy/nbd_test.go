@@ -39,8 +39,8 @@ func TestCopyThroughQemuNBD(t *testing.T) {
 	if a, max := allocated(t, tgt.path), nonZeroBytes(src.data)+1<<20; a > max {
 		t.Fatalf("nbd target allocates %d bytes; the source has %d non-zero bytes", a, nonZeroBytes(src.data))
 	}
-	if p.BytesRead > allocated(t, src.path) {
-		t.Fatalf("read %d bytes from a source with %d allocated", p.BytesRead, allocated(t, src.path))
+	if p.BytesRead > mayRead(t, src.path, volcopy.SpanGapFile) {
+		t.Fatalf("read %d bytes from a source with %d allocated (%d with the holes a read may span)", p.BytesRead, allocated(t, src.path), mayRead(t, src.path, volcopy.SpanGapFile))
 	}
 
 	// NBD to file: only what block status reports as data is read.
@@ -51,7 +51,7 @@ func TestCopyThroughQemuNBD(t *testing.T) {
 		t.Fatalf("nbd -> file: %v", err)
 	}
 	mustEqual(t, out, src.data)
-	if p.BytesRead > allocated(t, src.path) {
+	if p.BytesRead > mayRead(t, src.path, volcopy.SpanGapNBD) {
 		t.Fatalf("read %d bytes over NBD from a source with %d allocated", p.BytesRead, allocated(t, src.path))
 	}
 }
@@ -121,8 +121,13 @@ func TestDirtyBitmapCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustEqual(t, target, wantData)
-	if p.BytesRead != p.AllocatedTotal {
+	// A read spans a clean gap of up to SpanGapNBD between two dirty ranges;
+	// 25 writes make at most 50 ranges.
+	if p.BytesRead < p.AllocatedTotal || p.BytesRead > p.AllocatedTotal+49*volcopy.SpanGapNBD {
 		t.Fatalf("read %d bytes for %d dirty bytes", p.BytesRead, p.AllocatedTotal)
+	}
+	if p.BytesWritten+p.BytesZeroed > p.AllocatedTotal {
+		t.Fatalf("wrote %d and zeroed %d bytes for %d dirty bytes", p.BytesWritten, p.BytesZeroed, p.AllocatedTotal)
 	}
 	t.Logf("dirty %d bytes of %d; read %d, wrote %d, zeroed %d", p.AllocatedTotal, len(wantData), p.BytesRead, p.BytesWritten, p.BytesZeroed)
 

@@ -90,6 +90,18 @@ func TestChoosePlan(t *testing.T) {
 			if p.why == "" {
 				t.Fatal("a plan without a reason")
 			}
+			// Reads span short gaps, shorter on an NBD source, and none
+			// on the kernel copy, whose requests carry no ranges to keep.
+			want := int64(spanGapFile)
+			switch {
+			case p.path == pathCopyRange:
+				want = -1
+			case tc.in.src.kind == epNBD:
+				want = spanGapNBD
+			}
+			if p.spanGap != want {
+				t.Fatalf("path %s from a %v source spans gaps of %d bytes, want %d", p.path, tc.in.src.kind, p.spanGap, want)
+			}
 		})
 	}
 }

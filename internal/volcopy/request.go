@@ -48,7 +48,7 @@ func (c *Copier) worker(ctx context.Context, items <-chan item) error {
 		var err error
 		switch it.kind {
 		case itemData:
-			if c.plan.path == pathCopyRange && !c.noRange.Load() {
+			if c.plan.path == pathCopyRange && it.keep == nil && !c.noRange.Load() {
 				err = c.copyRange(ctx, it)
 				if !errors.Is(err, volume.ErrNoCopyRange) {
 					break
@@ -73,7 +73,7 @@ func (c *Copier) worker(ctx context.Context, items <-chan item) error {
 		if err != nil {
 			return err
 		}
-		c.logicalDone.Add(it.n)
+		c.logicalDone.Add(it.logical())
 		it.ext.finishOne()
 	}
 }
@@ -139,27 +139,38 @@ func (c *Copier) readSource(ctx context.Context, e *extentWork, v volume.Volume,
 	return nil
 }
 
-// copyRequest reads one request of the source (and with compare, the same
-// range of the base) and writes it: data blocks as data, all-zero blocks
-// as holes (or nothing, on a zero target), and only the blocks that differ
-// from the base, or whose hash differs from the old manifest's (itemHash).
-// With a manifest it records every block's entry.
+// copyRequest reads one request of the source (across the gaps between
+// the ranges it is for, see spanner) and writes each of those ranges
+// (with compare, after reading the same range of the base): data blocks
+// as data, all-zero blocks as holes (or nothing, on a zero target), and
+// only the blocks that differ from the base, or whose hash differs from
+// the old manifest's (itemHash). With a manifest it records every block's
+// entry.
 func (c *Copier) copyRequest(ctx context.Context, s *scratch, it item, compare bool) error {
 	off, e := it.off, it.ext
 	buf := s.buf[:it.n]
 	if err := c.readSource(ctx, e, c.src, buf, off); err != nil {
 		return fmt.Errorf("read source at %d: %w", off, err)
 	}
+	return it.ranges(func(r volume.Range) error {
+		return c.writeRange(ctx, s, it, buf[r.Off-off:r.Off-off+r.Len], r.Off, compare)
+	})
+}
+
+// writeRange writes one range of what a request read: buf holds the source
+// at off. With compare it reads the base's range to skip what is equal.
+func (c *Copier) writeRange(ctx context.Context, s *scratch, it item, buf []byte, off int64, compare bool) error {
+	e := it.ext
 	var base []byte
 	if compare {
-		base = s.base[:it.n]
+		base = s.base[:len(buf)]
 		if err := c.readSource(ctx, e, c.base, base, off); err != nil {
 			return fmt.Errorf("read base at %d: %w", off, err)
 		}
 	}
 	var cur, old []entry
 	if c.manifest != nil {
-		blocks := (it.n + int64(c.opts.BlockSize) - 1) / int64(c.opts.BlockSize)
+		blocks := (int64(len(buf)) + int64(c.opts.BlockSize) - 1) / int64(c.opts.BlockSize)
 		cur = s.cur[:blocks]
 		if it.kind == itemHash {
 			old = s.old[:blocks]

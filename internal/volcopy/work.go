@@ -21,6 +21,36 @@ type item struct {
 	kind   itemKind
 	off, n int64
 	ext    *extentWork
+	// keep, when set, lists the ranges of [off, off+n) the item is for,
+	// in order: the item reads its whole range in one request and writes
+	// only these (see spanner). Unset, the item is for all of its range.
+	keep []volume.Range
+}
+
+// ranges calls fn for each range the item is for.
+func (it item) ranges(fn func(volume.Range) error) error {
+	if it.keep == nil {
+		return fn(volume.Range{Off: it.off, Len: it.n})
+	}
+	for _, r := range it.keep {
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// logical is how many bytes of the volume the item accounts for: its
+// kept ranges, not the gaps it reads across (the walk accounts for those).
+func (it item) logical() int64 {
+	if it.keep == nil {
+		return it.n
+	}
+	var n int64
+	for _, r := range it.keep {
+		n += r.Len
+	}
+	return n
 }
 
 // extentWork tracks the items of one checkpoint extent. pending starts at 1,
@@ -134,6 +164,54 @@ func (c *Copier) split(kind itemKind, off, n int64, send func(item) error) error
 	return nil
 }
 
+// spanner joins the data ranges of a walk into reads. A range joins the
+// read before it when the gap between them (a hole, or data the copy does
+// not need) is at most gap bytes and the read stays within the request
+// size: one request costs both endpoints more than reading a short gap
+// does (docs/volume-copy.md#small-extents). The gap is read, never written.
+type spanner struct {
+	c    *Copier
+	kind itemKind
+	send func(item) error
+	keep []volume.Range
+}
+
+func (c *Copier) spanner(kind itemKind, send func(item) error) *spanner {
+	return &spanner{c: c, kind: kind, send: send}
+}
+
+// add queues a data range; ranges come in ascending order.
+func (s *spanner) add(off, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	if k := len(s.keep); k > 0 {
+		start, end := s.keep[0].Off, s.keep[k-1].Off+s.keep[k-1].Len
+		if off-end > s.c.plan.spanGap || off+n-start > int64(s.c.opts.RequestSize) {
+			if err := s.flush(); err != nil {
+				return err
+			}
+		}
+	}
+	s.keep = append(s.keep, volume.Range{Off: off, Len: n})
+	return nil
+}
+
+// flush sends the read the queued ranges make. A read of one range is
+// that range, in requests of the request size.
+func (s *spanner) flush() error {
+	keep := s.keep
+	s.keep = nil
+	switch len(keep) {
+	case 0:
+		return nil
+	case 1:
+		return s.c.split(s.kind, keep[0].Off, keep[0].Len, s.send)
+	}
+	start, last := keep[0].Off, keep[len(keep)-1]
+	return s.send(item{kind: s.kind, off: start, n: last.Off + last.Len - start, keep: keep})
+}
+
 // forExtents calls fn for each allocation extent of v in [off, end).
 func forExtents(ctx context.Context, v volume.Volume, role string, off, end int64, fn func(volume.Extent) error) error {
 	for pos := off; pos < end; {
@@ -153,13 +231,14 @@ func forExtents(ctx context.Context, v volume.Volume, role string, off, end int6
 
 func (c *Copier) walkFull(ctx context.Context, e *extentWork, send func(item) error) error {
 	al := c.aligner(e)
-	return forExtents(ctx, c.src, "source", e.off, e.end, func(x volume.Extent) error {
+	data := c.spanner(itemData, send)
+	err := forExtents(ctx, c.src, "source", e.off, e.end, func(x volume.Extent) error {
 		x = al.align(x)
 		switch {
 		case x.Len == 0:
 			return nil
 		case !x.Zero:
-			return c.split(itemData, x.Off, x.Len, send)
+			return data.add(x.Off, x.Len)
 		case c.targetZero:
 			c.logicalDone.Add(x.Len)
 			return nil
@@ -167,6 +246,10 @@ func (c *Copier) walkFull(ctx context.Context, e *extentWork, send func(item) er
 			return send(item{kind: itemZero, off: x.Off, n: x.Len})
 		}
 	})
+	if err != nil {
+		return err
+	}
+	return data.flush()
 }
 
 // aligner rounds extents to whole blocks when the copy keeps a manifest
@@ -228,11 +311,12 @@ func (c *Copier) forDirty(ctx context.Context, off, end int64, fn func(ranges []
 
 func (c *Copier) walkDirty(ctx context.Context, e *extentWork, send func(item) error) error {
 	pos := e.off
-	return c.forDirty(ctx, e.off, e.end, func(ranges []volume.Range, upTo int64) error {
+	data := c.spanner(itemData, send)
+	err := c.forDirty(ctx, e.off, e.end, func(ranges []volume.Range, upTo int64) error {
 		clean := upTo - pos
 		for _, r := range ranges {
 			clean -= r.Len
-			if err := c.split(itemData, r.Off, r.Len, send); err != nil {
+			if err := data.add(r.Off, r.Len); err != nil {
 				return err
 			}
 		}
@@ -240,19 +324,24 @@ func (c *Copier) walkDirty(ctx context.Context, e *extentWork, send func(item) e
 		pos = upTo
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	return data.flush()
 }
 
 // walkBase compares what the source holds with the base (in ModeManifest:
 // the target itself).
 func (c *Copier) walkBase(ctx context.Context, e *extentWork, send func(item) error) error {
 	al := c.aligner(e)
-	return forExtents(ctx, c.src, "source", e.off, e.end, func(x volume.Extent) error {
+	data := c.spanner(itemCompare, send)
+	err := forExtents(ctx, c.src, "source", e.off, e.end, func(x volume.Extent) error {
 		x = al.align(x)
 		if x.Len == 0 {
 			return nil
 		}
 		if !x.Zero {
-			return c.split(itemCompare, x.Off, x.Len, send)
+			return data.add(x.Off, x.Len)
 		}
 		// Where the source is a hole but the base holds data, zero the
 		// target (which holds the base).
@@ -264,6 +353,10 @@ func (c *Copier) walkBase(ctx context.Context, e *extentWork, send func(item) er
 			return send(item{kind: itemZero, off: b.Off, n: b.Len})
 		})
 	})
+	if err != nil {
+		return err
+	}
+	return data.flush()
 }
 
 // walkManifest reads only the source where the old manifest can be
@@ -276,13 +369,14 @@ func (c *Copier) walkManifest(ctx context.Context, e *extentWork, send func(item
 	}
 	al := c.aligner(e)
 	bs := int64(c.opts.BlockSize)
-	return forExtents(ctx, c.src, "source", e.off, e.end, func(x volume.Extent) error {
+	data := c.spanner(itemHash, send)
+	err := forExtents(ctx, c.src, "source", e.off, e.end, func(x volume.Extent) error {
 		x = al.align(x)
 		if x.Len == 0 {
 			return nil
 		}
 		if !x.Zero {
-			return c.split(itemHash, x.Off, x.Len, send)
+			return data.add(x.Off, x.Len)
 		}
 		first, blocks := x.Off/bs, (x.Len+bs-1)/bs
 		covered := int64(0)
@@ -295,6 +389,10 @@ func (c *Copier) walkManifest(ctx context.Context, e *extentWork, send func(item
 		c.logicalDone.Add(x.Len - covered)
 		return err
 	})
+	if err != nil {
+		return err
+	}
+	return data.flush()
 }
 
 // scanAllocated sums the bytes the copy will have to read, for progress.
