@@ -180,7 +180,11 @@ func run(t *testing.T, spec volcopy.Spec, opts volcopy.Options) (volcopy.Progres
 		return volcopy.Progress{}, err
 	}
 	defer job.Close()
-	return job.Run(ctx)
+	p, err := job.Run(ctx)
+	if err == nil && p.LogicalDone != p.LogicalTotal {
+		t.Errorf("a finished copy accounts for %d of %d logical bytes", p.LogicalDone, p.LogicalTotal)
+	}
+	return p, err
 }
 
 func mustEqual(t *testing.T, path string, want []byte) {

@@ -180,17 +180,24 @@ func (c *Copier) spanner(kind itemKind, send func(item) error) *spanner {
 	return &spanner{c: c, kind: kind, send: send}
 }
 
-// add queues a data range; ranges come in ascending order.
+// add queues a data range. Ranges come in ascending order; one that does
+// not (a misbehaving extent map) starts a read of its own. A range that
+// touches the last one extends it.
 func (s *spanner) add(off, n int64) error {
 	if n <= 0 {
 		return nil
 	}
 	if k := len(s.keep); k > 0 {
-		start, end := s.keep[0].Off, s.keep[k-1].Off+s.keep[k-1].Len
-		if off-end > s.c.plan.spanGap || off+n-start > int64(s.c.opts.RequestSize) {
+		last := &s.keep[k-1]
+		start, end := s.keep[0].Off, last.Off+last.Len
+		switch {
+		case off < end || off-end > s.c.plan.spanGap || off+n-start > int64(s.c.opts.RequestSize):
 			if err := s.flush(); err != nil {
 				return err
 			}
+		case off == end:
+			last.Len += n
+			return nil
 		}
 	}
 	s.keep = append(s.keep, volume.Range{Off: off, Len: n})
