@@ -44,7 +44,8 @@ func newBrowser(t *testing.T, c *harness.Cluster) *browser {
 	} else if err := os.MkdirAll(shots, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	opts, err := harness.ChromiumOptions(bin, t.TempDir(), c)
+	profile := t.TempDir()
+	opts, err := harness.ChromiumOptions(bin, profile, c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,6 +57,12 @@ func newBrowser(t *testing.T, c *harness.Cluster) *browser {
 	})
 	if err := chromedp.Do(ctx); err != nil {
 		t.Fatalf("start chromium: %v", err)
+	}
+	// Chromium's own temporary directory is inside the profile, which the
+	// test removes: killed, Chromium leaves it behind (60 of them had
+	// piled up in /tmp before).
+	if m, _ := filepath.Glob(filepath.Join(profile, "org.chromium.Chromium.*")); len(m) == 0 {
+		t.Fatalf("chromium keeps its temporary files outside its profile %s", profile)
 	}
 	t.Logf("screenshots in %s", shots)
 	return &browser{t: t, ctx: ctx, shots: shots}

@@ -14,7 +14,10 @@ import (
 // exactly the nodes' certificate keys (the cluster CA is not in the
 // system's store), resolving no host name (it reaches only the loopback
 // addresses it is sent to), and without the sandbox, which Chromium
-// refuses to start with as root in a container.
+// refuses to start with as root in a container. Its temporary files go
+// under profile too (TMPDIR): killed, Chromium leaves its singleton
+// directory (org.chromium.Chromium.*) behind, and only the caller's
+// removal of profile takes it away.
 func ChromiumOptions(bin, profile string, c *Cluster) ([]chromedp.ExecAllocatorOption, error) {
 	var spki []string
 	for _, n := range c.Nodes {
@@ -27,6 +30,7 @@ func ChromiumOptions(bin, profile string, c *Cluster) ([]chromedp.ExecAllocatorO
 	return append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(bin),
 		chromedp.UserDataDir(profile),
+		chromedp.Env("TMPDIR="+profile),
 		chromedp.NoSandbox,
 		chromedp.Flag("disable-gpu", true),
 		chromedp.Flag("ignore-certificate-errors-spki-list", strings.Join(spki, ",")),
