@@ -122,17 +122,50 @@ func (cg *CPUCgroup) cgroupOf(pid int) (string, error) {
 }
 
 // Release moves every moved process that still lives back to the cgroup
-// it came from.
+// it came from, and every other process in the cgroup (a child a moved
+// process started while it was in: a starved node's exec tasks) to the
+// cgroup this one was made in. A process left behind would keep the
+// cgroup from being removed.
 func (cg *CPUCgroup) Release() error {
 	var errs []error
 	for pid, home := range cg.home {
-		err := os.WriteFile(filepath.Join(home, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
-		if err != nil && !errors.Is(err, syscall.ESRCH) {
-			errs = append(errs, fmt.Errorf("move pid %d back to %s: %w", pid, home, err))
+		if err := moveTo(home, pid); err != nil {
+			errs = append(errs, err)
 		}
 		delete(cg.home, pid)
 	}
+	// A child may fork while its parent is moved: a few passes.
+	for range 3 {
+		b, err := os.ReadFile(filepath.Join(cg.dir, "cgroup.procs"))
+		if err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("list cgroup %s: %w", cg.dir, err))
+			}
+			break
+		}
+		left := strings.Fields(string(b))
+		if len(left) == 0 {
+			break
+		}
+		for _, f := range left {
+			if pid, err := strconv.Atoi(f); err == nil {
+				if err := moveTo(filepath.Dir(cg.dir), pid); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// moveTo puts pid into the cgroup at dir; a process gone already is not
+// an error.
+func moveTo(dir string, pid int) error {
+	err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
+	if err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("move pid %d back to %s: %w", pid, dir, err)
+	}
+	return nil
 }
 
 // Close releases the processes and removes the cgroup.
