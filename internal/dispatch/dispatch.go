@@ -337,18 +337,44 @@ func dispatchOrder(a, b *task.Record) int {
 }
 
 // pick chooses the least loaded runner that accepts r; ties go by name so
-// that a pass is deterministic.
+// that a pass is deterministic. A task whose last attempt failed or lost
+// its runner goes to another runner when one accepts it, and back to the
+// same one only when none does: that runner may be why it failed (starved
+// of CPU, its disk full, cut off from an endpoint). Its failure also made
+// it the least loaded (CI: a starved runner's failed attempt went back to
+// it and took 7.4 s to start).
 func pick(runners map[string]*task.Runner, r *task.Record) *task.Runner {
+	avoid := failedOn(r)
 	var best *task.Runner
 	for _, rn := range runners {
 		if ok, _ := rn.Accepts(r); !ok {
 			continue
 		}
-		if best == nil || rn.Running < best.Running || (rn.Running == best.Running && rn.Info.Node < best.Info.Node) {
+		if best == nil || better(rn, best, avoid) {
 			best = rn
 		}
 	}
 	return best
+}
+
+// better says whether runner a is a better choice than b: not the runner
+// to avoid, then less loaded, then first by name.
+func better(a, b *task.Runner, avoid string) bool {
+	if (a.Info.Node == avoid) != (b.Info.Node == avoid) {
+		return b.Info.Node == avoid
+	}
+	return a.Running < b.Running || (a.Running == b.Running && a.Info.Node < b.Info.Node)
+}
+
+// failedOn is the runner r's last attempt failed on or was lost with; ""
+// if it ended otherwise (parked, paused, drained) or there was none.
+func failedOn(r *task.Record) string {
+	if n := len(r.History); n > 0 {
+		if h := r.History[n-1]; h.Outcome == "failed" || h.Outcome == "runner lost" {
+			return h.Runner
+		}
+	}
+	return ""
 }
 
 // assignParallel bounds the assignment transactions of a pass in flight.

@@ -42,6 +42,12 @@ func TestPick(t *testing.T) {
 		{"constraint to a node without a runner", []*task.Runner{runnerOf("a", 0, 8)}, nil, &task.Record{Type: "sleep", Node: "z"}, ""},
 		{"nobody accepts", []*task.Runner{runnerOf("a", 8, 8), runnerOf("b", 0, 8, "noop")}, nil, sleep, ""},
 		{"no runners", nil, nil, sleep, ""},
+		{"a retry goes to another runner than the one it failed on", []*task.Runner{runnerOf("a", 0, 8), runnerOf("b", 4, 8)}, nil, retryOf("a", "failed"), "b"},
+		{"and after its runner was lost", []*task.Runner{runnerOf("a", 0, 8), runnerOf("b", 4, 8)}, nil, retryOf("a", "runner lost"), "b"},
+		{"back to the same runner when no other accepts it", []*task.Runner{runnerOf("a", 0, 8), runnerOf("b", 8, 8)}, nil, retryOf("a", "failed"), "a"},
+		{"a parked task may go back to its runner", []*task.Runner{runnerOf("a", 0, 8), runnerOf("b", 4, 8)}, nil, retryOf("a", "window closed"), "a"},
+		{"a node constraint beats the retry's preference", []*task.Runner{runnerOf("a", 0, 8), runnerOf("b", 0, 8)}, nil,
+			func() *task.Record { r := retryOf("a", "failed"); r.Node = "a"; return r }(), "a"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -101,4 +107,10 @@ func TestDispatchOrder(t *testing.T) {
 			}
 		})
 	}
+}
+
+// retryOf is a waiting sleep task whose last attempt ran on runner and
+// ended with outcome.
+func retryOf(runner, outcome string) *task.Record {
+	return &task.Record{Type: "sleep", Attempt: 1, History: []task.Attempt{{N: 1, Runner: runner, Outcome: outcome}}}
 }
