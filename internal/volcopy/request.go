@@ -140,38 +140,35 @@ func (c *Copier) readSource(ctx context.Context, e *extentWork, v volume.Volume,
 }
 
 // copyRequest reads one request of the source (across the gaps between
-// the ranges it is for, see spanner; with compare, the base's same span
-// too) and writes each of those ranges: data blocks as data, all-zero
-// blocks as holes (or nothing, on a zero target), and only the blocks that
-// differ from the base, or whose hash differs from the old manifest's
-// (itemHash). With a manifest it records every block's entry.
+// the ranges it is for, see spanner) and writes each of those ranges
+// (with compare, after reading the base's same range): data blocks as
+// data, all-zero blocks as holes (or nothing, on a zero target), and only
+// the blocks that differ from the base, or whose hash differs from the old
+// manifest's (itemHash). With a manifest it records every block's entry.
 func (c *Copier) copyRequest(ctx context.Context, s *scratch, it item, compare bool) error {
 	off, e := it.off, it.ext
 	buf := s.buf[:it.n]
 	if err := c.readSource(ctx, e, c.src, buf, off); err != nil {
 		return fmt.Errorf("read source at %d: %w", off, err)
 	}
-	var base []byte
-	if compare {
-		base = s.base[:it.n]
-		if err := c.readSource(ctx, e, c.base, base, off); err != nil {
-			return fmt.Errorf("read base at %d: %w", off, err)
-		}
-	}
 	return it.ranges(func(r volume.Range) error {
-		var b []byte
-		if base != nil {
-			b = base[r.Off-off : r.Off-off+r.Len]
-		}
-		return c.writeRange(ctx, s, it, buf[r.Off-off:r.Off-off+r.Len], b, r.Off)
+		return c.writeRange(ctx, s, it, buf[r.Off-off:r.Off-off+r.Len], r.Off, compare)
 	})
 }
 
 // writeRange writes one range of what a request read: buf holds the source
-// at off, and base, when set, the base's same range (what is equal to it
-// is skipped).
-func (c *Copier) writeRange(ctx context.Context, s *scratch, it item, buf, base []byte, off int64) error {
+// at off. With compare it reads the base's same range: read across the
+// gaps of a span, the base was not faster in the measurements (its holes
+// cost page-cache pages too; docs/benchmarks/2026-11-27-copy-spans.txt).
+func (c *Copier) writeRange(ctx context.Context, s *scratch, it item, buf []byte, off int64, compare bool) error {
 	e := it.ext
+	var base []byte
+	if compare {
+		base = s.base[:len(buf)]
+		if err := c.readSource(ctx, e, c.base, base, off); err != nil {
+			return fmt.Errorf("read base at %d: %w", off, err)
+		}
+	}
 	var cur, old []entry
 	if c.manifest != nil {
 		blocks := (int64(len(buf)) + int64(c.opts.BlockSize) - 1) / int64(c.opts.BlockSize)
