@@ -370,7 +370,7 @@ func better(a, b *task.Runner, avoid string) bool {
 // if it ended otherwise (parked, paused, drained) or there was none.
 func failedOn(r *task.Record) string {
 	if n := len(r.History); n > 0 {
-		if h := r.History[n-1]; h.Outcome == "failed" || h.Outcome == "runner lost" {
+		if h := r.History[n-1]; h.Outcome == task.OutcomeFailed || h.Outcome == task.OutcomeRunnerLost {
 			return h.Runner
 		}
 	}
@@ -444,7 +444,7 @@ func (d *Dispatcher) giveBack(ctx context.Context, txn task.TxnFunc, r *task.Rec
 	g := r.Clone()
 	why := fmt.Sprintf("runner %s lost its session", r.Runner)
 	var err error
-	if g.Park(now, "runner lost", why) {
+	if g.Park(now, task.OutcomeRunnerLost, why) {
 		err = d.store.Finish(ctx, txn, g)
 	} else {
 		err = d.store.Put(ctx, txn, g)

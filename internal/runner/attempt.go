@@ -231,7 +231,7 @@ const (
 	outcomeStopped      outcome = "stopped on request"
 	outcomeDrained      outcome = "runner drained"
 	outcomeWindowClosed outcome = "window closed"
-	outcomeFailed       outcome = "failed"
+	outcomeFailed       outcome = task.OutcomeFailed
 )
 
 // run executes the attempt and records its outcome.

@@ -5,6 +5,13 @@ import (
 	"time"
 )
 
+// Outcomes of an attempt that the dispatcher reads back: a retry avoids
+// the runner an attempt ended with either on (see dispatch.pick).
+const (
+	OutcomeFailed     = "failed"
+	OutcomeRunnerLost = "runner lost"
+)
+
 // Assign starts attempt Attempt+1 of a waiting task on runner.
 func (r *Record) Assign(runner RunnerInfo, now time.Time) {
 	r.State = Running
@@ -48,7 +55,7 @@ func (r *Record) Succeed(now time.Time) {
 // too many, fails the task (final is true); otherwise the task waits until
 // the backoff has passed.
 func (r *Record) Fail(now time.Time, err error, permanent bool, backoff func(retry int) time.Duration) (final bool) {
-	r.endAttempt(now, "failed", err.Error())
+	r.endAttempt(now, OutcomeFailed, err.Error())
 	r.Runner, r.RunnerSession = "", ""
 	if r.Request == RequestCancel {
 		r.State, r.Request = Cancelled, RequestNone
