@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
-
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,7 +36,9 @@ func taskBench(args []string, out io.Writer) error {
 	timeout := fs.Duration("session-timeout", 6*time.Second, "taskd --session-timeout")
 	latN := fs.Int("latency-n", 200, "tasks timed create -> running, one at a time")
 	noopN := fs.Int("noop-n", 5000, "noop tasks for the throughput run")
+	noopRounds := fs.Int("noop-rounds", 1, "throughput runs one after another on the same cluster (the first warms the store's and the nodes' code up)")
 	creators := fs.Int("creators", 32, "concurrent clients creating noop tasks")
+	ceilingOps := fs.Int("ceiling-ops", 1, "also measure the store's ceiling with this many keys to a transaction (1: only single-key transactions)")
 	capacity := fs.Int("runner-capacity", 64, "taskd --runner-capacity")
 	batch := fs.Bool("batch-writes", false, "run the nodes with --runner-batch-writes")
 	resumeN := fs.Int("resume-n", 3, "kill -9 rounds for the resume time")
@@ -44,11 +48,14 @@ func taskBench(args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *ceilingOps < 1 {
+		return fmt.Errorf("-ceiling-ops must be 1-100")
+	}
 	if *resumeRaftN > 0 && *backend != "embedded" {
 		return fmt.Errorf("-resume-raft-n needs -backend embedded (no etcd raft runs in the nodes otherwise)")
 	}
-	if err := checkRanges([]intFlag{{"latency-n", *latN, 10000}, {"noop-n", *noopN, 100000}, {"resume-n", *resumeN, 20}, {"resume-raft-n", *resumeRaftN, 50},
-		{"retained", *retained, 1000000}, {"list-n", *listN, 10000}, {"creators", *creators, 256}}); err != nil {
+	if err := checkRanges([]intFlag{{"latency-n", *latN, 10000}, {"noop-n", *noopN, 100000}, {"noop-rounds", *noopRounds, 10}, {"resume-n", *resumeN, 20}, {"resume-raft-n", *resumeRaftN, 50},
+		{"retained", *retained, 1000000}, {"list-n", *listN, 10000}, {"creators", *creators, 256}, {"ceiling-ops", *ceilingOps, 100}}); err != nil {
 		return err
 	}
 	e, cleanup, err := setup(*backend, *timeout)
@@ -78,16 +85,37 @@ func taskBench(args []string, out io.Writer) error {
 		fmt.Fprintf(out, "dispatch latency create->first checkpoint (10ms): %s\n", summary(ack))
 	}
 	if *noopN > 0 {
-		wps, err := storeCeiling(ctx, kv, *noopN, *creators)
+		meter := e.cpuMeter(c)
+		wps, err := storeCeiling(ctx, kv, *noopN, *creators, 1)
 		if err != nil {
 			return fmt.Errorf("store ceiling: %w", err)
 		}
 		fmt.Fprintf(out, "store ceiling: %d single-key transactions from %d clients straight to the store = %.0f writes/s (a noop task needs 2 plus a share of a batch)\n", *noopN, *creators, wps)
-		rate, d, err := noopThroughput(ctx, c, kv, lay, *noopN, *creators)
-		if err != nil {
-			return fmt.Errorf("noop throughput: %w", err)
+		fmt.Fprintf(out, "store ceiling: CPU per write: %s\n", meter.perTask(*noopN))
+		if *ceilingOps > 1 {
+			meter := e.cpuMeter(c)
+			wps, err := storeCeiling(ctx, kv, *noopN, *creators, *ceilingOps)
+			if err != nil {
+				return fmt.Errorf("store ceiling: %w", err)
+			}
+			fmt.Fprintf(out, "store ceiling: %d keys in transactions of %d from %d clients = %.0f writes/s\n", *noopN, *ceilingOps, *creators, wps)
+			fmt.Fprintf(out, "store ceiling: CPU per write, %d to a transaction: %s\n", *ceilingOps, meter.perTask(*noopN))
 		}
-		fmt.Fprintf(out, "noop throughput create->succeeded: %d tasks in %v = %.0f tasks/s (%d creators)\n", *noopN, d.Round(time.Millisecond), rate, *creators)
+		for round := range *noopRounds {
+			if *noopRounds > 1 {
+				fmt.Fprintf(out, "noop round %d of %d:\n", round+1, *noopRounds)
+			}
+			meter := e.cpuMeter(c)
+			rate, d, err := noopThroughput(ctx, c, kv, lay, *noopN, *creators)
+			if err != nil {
+				return fmt.Errorf("noop throughput: %w", err)
+			}
+			fmt.Fprintf(out, "noop: CPU during the run, per task: %s\n", meter.perTask(*noopN))
+			if *batch {
+				fmt.Fprintf(out, "noop: the runners' batchers so far: %s\n", batchCounters(ctx, c))
+			}
+			fmt.Fprintf(out, "noop throughput create->succeeded: %d tasks in %v = %.0f tasks/s (%d creators)\n", *noopN, d.Round(time.Millisecond), rate, *creators)
+		}
 	}
 	if *resumeN > 0 {
 		re, first, err := resumeAfterKill(ctx, out, c, kv, lay, *resumeN, false)
@@ -322,9 +350,9 @@ func dispatchLatency(ctx context.Context, c *harness.Cluster, kv coord.Store, la
 // storeCeiling measures how many small conditional writes per second the
 // store itself takes from the bench process: the ceiling under any task
 // throughput, since every task is at least a create and a finish.
-func storeCeiling(ctx context.Context, kv coord.Store, n, clients int) (float64, error) {
-	work := make(chan int, n)
-	for i := range n {
+func storeCeiling(ctx context.Context, kv coord.Store, n, clients, perTxn int) (float64, error) {
+	work := make(chan int, (n+perTxn-1)/perTxn)
+	for i := 0; i < n; i += perTxn {
 		work <- i
 	}
 	close(work)
@@ -335,10 +363,14 @@ func storeCeiling(ctx context.Context, kv coord.Store, n, clients int) (float64,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range work {
-				// Under the cluster root: the only prefix the nodes' store users may write.
-				key := fmt.Sprintf("/taskd/bench-ceiling/%02x/%d", i%256, i)
-				if _, err := kv.Txn(ctx, nil, []coord.Op{coord.CreateOp(key, []byte(`{"state":"succeeded"}`), nil)}); err != nil {
+			for first := range work {
+				var ops []coord.Op
+				for i := first; i < min(first+perTxn, n); i++ {
+					// Under the cluster root: the only prefix the nodes' store users may write.
+					key := fmt.Sprintf("/taskd/bench-ceiling/%d/%02x/%d", perTxn, i%256, i)
+					ops = append(ops, coord.CreateOp(key, []byte(`{"state":"succeeded"}`), nil))
+				}
+				if _, err := kv.Txn(ctx, nil, ops); err != nil {
 					errs <- err
 					return
 				}
@@ -670,4 +702,105 @@ func storeBatch(ctx context.Context, kv coord.Store, ops []coord.Op) error {
 		}
 	}
 	return err
+}
+
+// cpuMeter reads the CPU time (user + system) of the cluster's processes:
+// the external store's servers (none with the embedded store, which runs
+// in taskd), the taskd nodes, and this benchmark.
+type cpuMeter struct {
+	groups []cpuGroup
+}
+
+type cpuGroup struct {
+	name  string
+	pids  []int
+	start int64 // clock ticks at the meter's start
+}
+
+func (e *env) cpuMeter(c *harness.Cluster) *cpuMeter {
+	m := &cpuMeter{}
+	var store, nodes []int
+	if e.ens != nil {
+		for _, s := range e.ens.Servers {
+			store = append(store, s.PID())
+		}
+	}
+	if e.ext != nil {
+		store = append(store, e.ext.PID())
+	}
+	for _, n := range c.Nodes {
+		nodes = append(nodes, n.Proc.PID())
+	}
+	for _, g := range []cpuGroup{{name: "store servers", pids: store}, {name: "taskd nodes", pids: nodes}, {name: "this benchmark", pids: []int{os.Getpid()}}} {
+		if len(g.pids) > 0 {
+			g.start = ticksOf(g.pids)
+			m.groups = append(m.groups, g)
+		}
+	}
+	return m
+}
+
+// perTask is the CPU time each group used since the meter started,
+// divided by n tasks. The processes must live through the measurement:
+// one that exited reads as 0.
+func (m *cpuMeter) perTask(n int) string {
+	var parts []string
+	for _, g := range m.groups {
+		d := float64(ticksOf(g.pids)-g.start) / 100 // USER_HZ
+		parts = append(parts, fmt.Sprintf("%s %.2f ms (%.1f s)", g.name, 1000*d/float64(n), d))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func ticksOf(pids []int) int64 {
+	var sum int64
+	for _, pid := range pids {
+		t, err := cpuTicks(pid)
+		if err == nil {
+			sum += t
+		}
+	}
+	return sum
+}
+
+// batchCounters sums the runners' batcher metrics (--runner-batch-writes):
+// writes joined and alone, and the transactions that joined them.
+func batchCounters(ctx context.Context, c *harness.Cluster) string {
+	names := []string{
+		`taskd_runner_batched_writes_total{how="joined"}`, `taskd_runner_batched_writes_total{how="alone"}`, "taskd_runner_write_batches_total",
+	}
+	sum := map[string]float64{}
+	for _, n := range c.Nodes {
+		cl := n.Client()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, cl.Base+"/metrics", nil)
+		if err != nil {
+			return err.Error()
+		}
+		req.Header.Set("Authorization", "Bearer "+n.Token)
+		resp, err := cl.HTTP.Do(req)
+		if err != nil {
+			return err.Error()
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("%s: GET /metrics: %s", n.Name, resp.Status)
+		}
+		if err != nil {
+			return err.Error()
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			for _, name := range names {
+				if v, ok := strings.CutPrefix(line, name+" "); ok {
+					f, _ := strconv.ParseFloat(v, 64)
+					sum[name] += f
+				}
+			}
+		}
+	}
+	var parts []string
+	for _, name := range names {
+		parts = append(parts, fmt.Sprintf("%s %.0f", name, sum[name]))
+	}
+	return strings.Join(parts, ", ")
 }

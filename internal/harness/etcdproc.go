@@ -138,6 +138,14 @@ func (e *EtcdProc) setupAuth() error {
 	return nil
 }
 
+// PID is the etcd process's id, 0 when it was never started.
+func (e *EtcdProc) PID() int {
+	if e.proc == nil {
+		return 0
+	}
+	return e.proc.PID()
+}
+
 // Kill stops the server (SIGKILL) and waits.
 func (e *EtcdProc) Kill() {
 	if e.proc != nil {

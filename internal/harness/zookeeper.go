@@ -212,6 +212,15 @@ func (s *ZKServer) Addr() string { return fmt.Sprintf("%s:%d", s.host, s.ClientP
 // Running reports whether the process runs.
 func (s *ZKServer) Running() bool { return s.proc != nil && !s.proc.Exited() }
 
+// PID is the server process's id (in a namespace, "ip netns exec" runs
+// the server in its own place), 0 when it was never started.
+func (s *ZKServer) PID() int {
+	if s.proc == nil {
+		return 0
+	}
+	return s.proc.PID()
+}
+
 // Start runs the server process.
 func (s *ZKServer) Start() error {
 	// C1 only: a test server lives seconds to minutes, and starts
