@@ -17,9 +17,17 @@ import (
 // browser is a headless Chromium that the test starts, with a fresh
 // profile, driven over the DevTools protocol.
 type browser struct {
-	t     *testing.T
+	t     failer
 	ctx   context.Context
 	shots string // where screenshots go
+}
+
+// failer is whom the browser reports to: a test, or a helper process in
+// a lab namespace (helperFailer).
+type failer interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
 }
 
 // newBrowser starts Chromium for the cluster's API. It trusts exactly the
@@ -29,10 +37,7 @@ type browser struct {
 // in a container Chromium refuses to start with it.
 func newBrowser(t *testing.T, c *harness.Cluster) *browser {
 	t.Helper()
-	bin, err := exec.LookPath("chromium")
-	if err != nil {
-		testenv.Missing(t, "chromium (Debian package chromium): %v", err)
-	}
+	bin := chromiumBin(t)
 	for _, n := range c.Nodes {
 		if n.Client() == nil {
 			t.Fatalf("node %s has no API client", n.Name)
@@ -49,23 +54,44 @@ func newBrowser(t *testing.T, c *harness.Cluster) *browser {
 	if err != nil {
 		t.Fatal(err)
 	}
+	b, stop := startBrowser(t, opts, profile, shots)
+	t.Cleanup(stop)
+	return b
+}
+
+// chromiumBin is Debian's chromium; the test is skipped (or, in CI,
+// fails) without it.
+func chromiumBin(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("chromium")
+	if err != nil {
+		testenv.Missing(t, "chromium (Debian package chromium): %v", err)
+	}
+	return bin
+}
+
+// startBrowser starts Chromium with opts; stop kills it and waits.
+func startBrowser(f failer, opts []chromedp.ExecAllocatorOption, profile, shots string) (*browser, func()) {
+	f.Helper()
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancel := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	t.Cleanup(func() {
+	ctx, cancel := chromedp.NewContext(actx, chromedp.WithLogf(f.Logf))
+	stop := func() {
 		cancel()
 		cancelAlloc() // kills Chromium and waits for it
-	})
+	}
 	if err := chromedp.Do(ctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
+		stop()
+		f.Fatalf("start chromium: %v", err)
 	}
 	// Chromium's own temporary directory is inside the profile, which the
 	// test removes: killed, Chromium leaves it behind (60 of them had
 	// piled up in /tmp before).
 	if m, _ := filepath.Glob(filepath.Join(profile, "org.chromium.Chromium.*")); len(m) == 0 {
-		t.Fatalf("chromium keeps its temporary files outside its profile %s", profile)
+		stop()
+		f.Fatalf("chromium keeps its temporary files outside its profile %s", profile)
 	}
-	t.Logf("screenshots in %s", shots)
-	return &browser{t: t, ctx: ctx, shots: shots}
+	f.Logf("screenshots in %s", shots)
+	return &browser{t: f, ctx: ctx, shots: shots}, stop
 }
 
 // do runs actions with a deadline.
@@ -94,7 +120,9 @@ func eval[T any](b *browser, expr string) (T, error) {
 func (b *browser) waitJS(limit time.Duration, what, expr string) {
 	b.t.Helper()
 	var last error
-	err := harness.WaitFor(ctxFor(b.t, limit), 50*time.Millisecond, func() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	err := harness.WaitFor(ctx, 50*time.Millisecond, func() bool {
 		ok, err := eval[bool](b, "!!("+expr+")")
 		last = err
 		return err == nil && ok
@@ -121,14 +149,20 @@ func (b *browser) shot(name string) {
 		b.t.Fatalf("screenshot %s: %v", name, err)
 	}
 	if err := os.WriteFile(filepath.Join(b.shots, name+".png"), png, 0o644); err != nil {
-		b.t.Fatal(err)
+		b.t.Fatalf("screenshot %s: %v", name, err)
 	}
 }
 
 // login opens the console on node and logs in with token.
 func (b *browser) login(node *harness.Node, token string) {
 	b.t.Helper()
-	b.must(15*time.Second, "open the console", chromedp.Navigate("https://"+node.API+"/ui/"), chromedp.WaitVisible(`#token`))
+	b.loginAt("https://"+node.API+"/ui/", token)
+}
+
+// loginAt opens the console at url and logs in with token.
+func (b *browser) loginAt(url, token string) {
+	b.t.Helper()
+	b.must(15*time.Second, "open the console", chromedp.Navigate(url), chromedp.WaitVisible(`#token`))
 	b.must(10*time.Second, "log in", chromedp.SendKeys(`#token`, token), chromedp.Click(`#login-submit`))
 	b.waitJS(10*time.Second, "logged in", `!document.getElementById('login').checkVisibility() && document.getElementById('view').checkVisibility() && document.getElementById('who').textContent !== ''`)
 }
