@@ -84,7 +84,7 @@ func startNode(t *testing.T, b testenv.Backend, kv coord.Store) *member {
 		t.Fatal(err)
 	}
 	roles := quorum.Roles{
-		Leader: func(ctx context.Context, l *quorum.Leadership) error { return disp.Run(ctx, l) },
+		Leader: func(ctx context.Context, l *quorum.Leadership) error { return disp.Run(ctx, l, nil) },
 		Member: run.Run,
 	}
 	q, err := quorum.New(cfg, kv, roles, quiet)

@@ -106,11 +106,16 @@ type state struct {
 	// finished record never changes); each pass keeps only those still
 	// referenced.
 	ended map[string]*task.Record
+	// starved are the members the quorum's view says are starved of CPU.
+	starved map[string]bool
 }
 
 // Run dispatches until ctx ends (leadership lost or shutdown). It returns
-// nil then; it returns early only if the leadership is fenced.
-func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
+// nil then; it returns early only if the leadership is fenced. view, when
+// not nil, is the quorum's view and a channel closed at its next change:
+// a runner whose member is starved of CPU gets a task only when no other
+// runner takes it.
+func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership, view func() (quorum.View, <-chan struct{})) error {
 	lay := d.store.Layout()
 	watchers := [numWatches]*coord.Watcher{
 		watchTasks:   d.store.WatchActive(ctx),
@@ -145,6 +150,18 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 	go func() { defer gcDone.Done(); gcErr <- d.collectLoop(gcCtx, l, log) }()
 	defer func() { stopGC(); gcDone.Wait() }()
 
+	var viewChanged <-chan struct{} // nil without a view: never ready
+	readView := func() {
+		v, changed := view()
+		viewChanged = changed
+		if s := starvedOf(v); !maps.Equal(s, st.starved) {
+			st.starved, st.dirty = s, true
+		}
+	}
+	if view != nil {
+		readView()
+	}
+
 	wake := time.NewTimer(time.Hour)
 	wake.Stop()
 	defer wake.Stop()
@@ -153,6 +170,8 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		case <-ctx.Done():
 			log.Info("dispatcher stopped")
 			return nil
+		case <-viewChanged:
+			readView()
 		case err := <-gcErr:
 			if err != nil {
 				return err
@@ -177,9 +196,15 @@ func (d *Dispatcher) Run(ctx context.Context, l *quorum.Leadership) error {
 		case <-wake.C:
 			st.dirty = true
 		}
-		// Drain whatever else is pending, so one pass covers a burst.
+		// Drain whatever else is pending, so one pass covers a burst; a
+		// pass places by the newest view.
 		if !d.drain(ctx, st, watches, log) {
 			return nil
+		}
+		select {
+		case <-viewChanged:
+			readView()
+		default:
 		}
 		if !st.synced[watchTasks] || !st.synced[watchRunners] || !st.synced[watchMarks] || !st.synced[watchLimits] || !st.dirty {
 			continue
@@ -210,7 +235,7 @@ func (d *Dispatcher) reconcile(ctx context.Context, l *quorum.Leadership, st *st
 	txn := task.TxnFunc(l.Txn)
 	runners := make(map[string]*task.Runner, len(st.runners))
 	for name, info := range st.runners {
-		runners[name] = &task.Runner{Info: info, Marks: st.marks[name], Live: true, RunningByType: map[string]int{}}
+		runners[name] = &task.Runner{Info: info, Marks: st.marks[name], Live: true, RunningByType: map[string]int{}, Starved: st.starved[name]}
 	}
 
 	var waiting []*task.Record
@@ -358,12 +383,26 @@ func pick(runners map[string]*task.Runner, r *task.Record) *task.Runner {
 }
 
 // better says whether runner a is a better choice than b: not the runner
-// to avoid, then less loaded, then first by name.
+// to avoid, then not starved of CPU, then less loaded, then first by name.
 func better(a, b *task.Runner, avoid string) bool {
 	if (a.Info.Node == avoid) != (b.Info.Node == avoid) {
 		return b.Info.Node == avoid
 	}
+	if a.Starved != b.Starved {
+		return b.Starved
+	}
 	return a.Running < b.Running || (a.Running == b.Running && a.Info.Node < b.Info.Node)
+}
+
+// starvedOf is the set of members v says are starved of CPU.
+func starvedOf(v quorum.View) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range v.Members {
+		if m.Starved {
+			out[m.Name] = true
+		}
+	}
+	return out
 }
 
 // failedOn is the runner r's last attempt failed on or was lost with; ""

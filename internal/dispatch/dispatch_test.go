@@ -27,6 +27,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // member is one in-process node: a quorum whose leader role dispatches and
 // whose member role runs a runner, as in taskd.
 type member struct {
+	q      *quorum.Quorum
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -55,22 +56,23 @@ func startMemberN(t *testing.T, kv coord.Store, st *task.Store, name string, cap
 		}
 		disps = append(disps, d)
 	}
+	var q *quorum.Quorum
 	roles := quorum.Roles{
 		Leader: func(ctx context.Context, l *quorum.Leadership) error {
 			g, gctx := errgroup.WithContext(ctx)
 			for _, d := range disps {
-				g.Go(func() error { return d.Run(gctx, l) })
+				g.Go(func() error { return d.Run(gctx, l, q.View) })
 			}
 			return g.Wait()
 		},
 		Member: run.Run,
 	}
-	q, err := quorum.New(cfg, kv, roles, quiet)
+	q, err = quorum.New(cfg, kv, roles, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &member{cancel: cancel, done: make(chan error, 1)}
+	m := &member{q: q, cancel: cancel, done: make(chan error, 1)}
 	go func() { m.done <- q.Run(ctx) }()
 	t.Cleanup(m.stop)
 	return m
@@ -254,5 +256,67 @@ func waitRunning(ctx context.Context, t *testing.T, st *task.Store, id string) {
 	})
 	if err != nil {
 		t.Fatalf("task %s never ran: %v %v", id, last, lastErr)
+	}
+}
+
+// TestStarvedRunnerLast: a runner whose node is starved of CPU (its member
+// record says so, as the node's starvation monitor sets it) gets a task
+// only when no other runner takes it. With a starved, the tasks go to b
+// although a wins a tie by name; once b is full, the next goes to a.
+func TestStarvedRunnerLast(t *testing.T) {
+	for _, b := range testenv.Backends(t) {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			kv := b.Open(t)
+			st := newStore(t, kv, builtin())
+			ma := startMember(t, kv, st, "a", 3)
+			mb := startMember(t, kv, st, "b", 3)
+			if err := testenv.WaitFor(ctx, 20*time.Millisecond, func() bool {
+				rs, err := st.Runners(ctx)
+				return err == nil && len(rs) == 2 && rs[0].Live && rs[1].Live
+			}); err != nil {
+				t.Fatalf("two live runners: %v", err)
+			}
+			ma.q.SetStarved(true, "test: starved")
+			if err := testenv.WaitFor(ctx, 20*time.Millisecond, func() bool {
+				for _, m := range []*member{ma, mb} {
+					v, _ := m.q.View()
+					if v.Leader == "" || !dispatch.StarvedOf(v)["a"] {
+						return false
+					}
+				}
+				return true
+			}); err != nil {
+				t.Fatalf("the members never saw a starved: %v", err)
+			}
+			long := json.RawMessage(`{"duration":"1h","checkpoint_interval":"50ms"}`)
+			var ids []string
+			for i := range 4 {
+				r, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: long})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ids = append(ids, r.ID)
+				waitRunning(ctx, t, st, r.ID)
+				got, err := st.Get(ctx, r.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := "b"
+				if i == 3 {
+					want = "a" // b runs 3, its capacity
+				}
+				if got.Runner != want {
+					t.Fatalf("task %d ran on %s, want %s (a starved)", i, got.Runner, want)
+				}
+			}
+			for _, id := range ids {
+				if _, err := st.Cancel(ctx, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFinal(t, st, ids, 30*time.Second)
+		})
 	}
 }

@@ -48,6 +48,11 @@ func TestPick(t *testing.T) {
 		{"a parked task may go back to its runner", []*task.Runner{runnerOf("a", 0, 8), runnerOf("b", 4, 8)}, nil, retryOf("a", "window closed"), "a"},
 		{"a node constraint beats the retry's preference", []*task.Runner{runnerOf("a", 0, 8), runnerOf("b", 0, 8)}, nil,
 			func() *task.Record { r := retryOf("a", "failed"); r.Node = "a"; return r }(), "a"},
+		{"a starved runner only when no other takes the task", []*task.Runner{runnerOf("a", 0, 8), runnerOf("b", 6, 8)}, func(rs []*task.Runner) { rs[0].Starved = true }, sleep, "b"},
+		{"a starved runner when every other is full", []*task.Runner{runnerOf("a", 0, 8), runnerOf("b", 8, 8)}, func(rs []*task.Runner) { rs[0].Starved = true }, sleep, "a"},
+		{"the least loaded of two starved runners", []*task.Runner{runnerOf("a", 3, 8), runnerOf("b", 1, 8)}, func(rs []*task.Runner) { rs[0].Starved, rs[1].Starved = true, true }, sleep, "b"},
+		{"a node constraint beats starvation", []*task.Runner{runnerOf("a", 0, 8), runnerOf("b", 0, 8)}, func(rs []*task.Runner) { rs[0].Starved = true }, &task.Record{Type: "sleep", Node: "a"}, "a"},
+		{"a retry avoids the runner it failed on before a starved one", []*task.Runner{runnerOf("a", 0, 8), runnerOf("b", 0, 8)}, func(rs []*task.Runner) { rs[0].Starved = true }, retryOf("b", "failed"), "a"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -387,7 +387,7 @@ func (n *Node) memberRole(tc *taskCenter, holder *vips.Holder, reporter *peerwat
 // runs).
 func (tc *taskCenter) leaderParts(assigner *vips.Assigner, view func() (quorum.View, <-chan struct{}), raftAway func(context.Context), reaper *peerwatch.Reaper) []leaderPart {
 	parts := []leaderPart{
-		{"dispatcher", tc.disp.Run},
+		{"dispatcher", func(ctx context.Context, l *quorum.Leadership) error { return tc.disp.Run(ctx, l, view) }},
 		{"scheduler", tc.ticker.Run},
 		{"vip assigner", func(ctx context.Context, l *quorum.Leadership) error { return assigner.Run(ctx, l, view) }},
 		{"idempotency sweeper", func(ctx context.Context, _ *quorum.Leadership) error {

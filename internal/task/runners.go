@@ -41,6 +41,9 @@ type Runner struct {
 	Running int        `json:"running"`
 	// RunningByType counts running tasks per type.
 	RunningByType map[string]int `json:"running_by_type,omitempty"`
+	// Starved: the runner's node is starved of CPU, by its member record
+	// (the dispatcher sets it from the quorum's view).
+	Starved bool `json:"starved,omitempty"`
 }
 
 // Accepts reports whether the runner may take r now, and if not, why.

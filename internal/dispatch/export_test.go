@@ -1,0 +1,4 @@
+package dispatch
+
+// StarvedOf is starvedOf, for the package's external tests.
+var StarvedOf = starvedOf
