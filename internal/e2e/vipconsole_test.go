@@ -52,7 +52,9 @@ func TestVIPDrainFromConsole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("ip", "netns", "exec", c.Lab.NS("client"), "env", "TASKD_E2E_HELPER=vipconsole",
+	// Bounded: killed, the helper takes Chromium with it (chromedp starts
+	// it with a parent-death signal).
+	cmd := exec.CommandContext(ctxFor(t, 3*time.Minute), "ip", "netns", "exec", c.Lab.NS("client"), "env", "TASKD_E2E_HELPER=vipconsole",
 		"CONSOLE=https://"+c.Lab.Addr("n1")+":10600/ui/", "TOKEN="+tok.String(), "DATA_DIRS="+strings.Join(dirs, ","),
 		"ADDRS="+strings.Join(addrs, ","), "PROFILE="+t.TempDir(), "SHOTS="+shots, "SERVICE=iscsi", "FROM="+holder, "TO="+to, os.Args[0])
 	out, err := cmd.CombinedOutput()
