@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -772,7 +773,11 @@ func batchCounters(ctx context.Context, c *harness.Cluster) string {
 	sum := map[string]float64{}
 	for _, n := range c.Nodes {
 		cl := n.Client()
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, cl.Base+"/metrics", nil)
+		u, err := url.JoinPath(cl.Base, "metrics")
+		if err != nil {
+			return err.Error()
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 		if err != nil {
 			return err.Error()
 		}
