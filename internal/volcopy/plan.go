@@ -172,9 +172,12 @@ const (
 	// buffered write), which perf showed spinning.
 	rangeWorkers = 1
 	rangeRequest = 8 << 20
-	// NBD: many requests in flight over several connections.
+	// NBD: many requests in flight over several connections. Requests
+	// of 512 KiB instead of 1 MiB: the NBD copies took 5-18 % less wall
+	// and CPU time in one alternating series (docs/benchmarks/
+	// 2026-11-27-copy-nbd-request.txt); nbdcopy uses 256 KiB.
 	nbdWorkers = 32
-	nbdRequest = 1 << 20
+	nbdRequest = 512 << 10
 	// writeBehind bounds the dirty data a flush may find.
 	writeBehind = 32 << 20
 	// One request per small extent costs more than reading a gap of up
