@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -54,6 +55,19 @@ func TestTypeLimit(t *testing.T) {
 				t.Fatal(err)
 			}
 			ids = append(ids, r.ID)
+		}
+		// states says where every sleep task is, for a failure message.
+		states := func() string {
+			var b strings.Builder
+			for _, id := range ids {
+				r, err := st.Get(ctx, id)
+				if err != nil {
+					fmt.Fprintf(&b, "\n  %s: %v", id, err)
+					continue
+				}
+				fmt.Fprintf(&b, "\n  %s: %s attempt %d on %s, history %+v", id, r.State, r.Attempt, r.Runner, r.History)
+			}
+			return b.String()
 		}
 		running := func() (out []*task.Record) {
 			t.Helper()
@@ -109,11 +123,11 @@ func TestTypeLimit(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := testenv.WaitFor(ctx, 10*time.Millisecond, func() bool { return len(running()) == 4 }); err != nil {
-			t.Fatalf("%d running after the limit was raised to 4", len(running()))
+			t.Fatalf("%d running after the limit was raised to 4:%s", len(running()), states())
 		}
 		passed()
 		if n := len(running()); n != 4 {
-			t.Fatalf("%d running with limit 4", n)
+			t.Fatalf("%d running with limit 4:%s", n, states())
 		}
 		if err := st.UnsetTypeLimit(ctx, "sleep"); err != nil {
 			t.Fatal(err)
