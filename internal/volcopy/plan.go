@@ -173,8 +173,8 @@ const (
 	rangeWorkers = 1
 	rangeRequest = 8 << 20
 	// NBD: many requests in flight over several connections. Requests
-	// of 512 KiB instead of 1 MiB: the NBD copies took 5-18 % less wall
-	// and CPU time in one alternating series (docs/benchmarks/
+	// of 512 KiB instead of 1 MiB: the NBD copies took 3-23 % less wall
+	// time and less CPU in one alternating series (docs/benchmarks/
 	// 2026-11-27-copy-nbd-request.txt); nbdcopy uses 256 KiB.
 	nbdWorkers = 32
 	nbdRequest = 512 << 10
