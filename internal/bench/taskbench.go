@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -772,29 +770,11 @@ func batchCounters(ctx context.Context, c *harness.Cluster) string {
 	}
 	sum := map[string]float64{}
 	for _, n := range c.Nodes {
-		cl := n.Client()
-		u, err := url.JoinPath(cl.Base, "metrics")
+		b, err := n.Metrics(ctx)
 		if err != nil {
 			return err.Error()
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-		if err != nil {
-			return err.Error()
-		}
-		req.Header.Set("Authorization", "Bearer "+n.Token)
-		resp, err := cl.HTTP.Do(req)
-		if err != nil {
-			return err.Error()
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err == nil && resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("%s: GET /metrics: %s", n.Name, resp.Status)
-		}
-		if err != nil {
-			return err.Error()
-		}
-		for _, line := range strings.Split(string(b), "\n") {
+		for _, line := range strings.Split(b, "\n") {
 			for _, name := range names {
 				if v, ok := strings.CutPrefix(line, name+" "); ok {
 					f, _ := strconv.ParseFloat(v, 64)

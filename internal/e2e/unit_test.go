@@ -184,13 +184,7 @@ func TestUnitRestrictionsVIPCluster(t *testing.T) {
 		checkConfined(t, c.Nodes[n].PID(), capMask(t, caps))
 	}
 
-	var leader string
-	if err := harness.WaitFor(ctxFor(t, 60*time.Second), 100*time.Millisecond, func() bool {
-		leader, _ = c.Leader("n1")
-		return leader != ""
-	}); err != nil {
-		t.Fatalf("no leader under the unit's restrictions: %v", err)
-	}
+	leader := waitVIPLeader(t, c)
 	// ICMP probes of the access network work: every member is healthy.
 	if err := harness.WaitFor(ctxFor(t, 20*time.Second), 100*time.Millisecond, func() bool {
 		out, err := c.Ctl("n1", "service", "list", "-o", "json")

@@ -92,9 +92,8 @@ func TestVIPDrainFromConsole(t *testing.T) {
 	}
 }
 
-// waitVIPOnLeader waits for a leader, and for the VIP to answer ARP on
-// it; it returns the leader.
-func waitVIPOnLeader(t *testing.T, c *harness.VIPCluster, samples string) string {
+// waitVIPLeader waits (60 s) for n1 to name a leader and returns it.
+func waitVIPLeader(t *testing.T, c *harness.VIPCluster) string {
 	t.Helper()
 	var leader string
 	if err := harness.WaitFor(ctxFor(t, 60*time.Second), 100*time.Millisecond, func() bool {
@@ -103,6 +102,14 @@ func waitVIPOnLeader(t *testing.T, c *harness.VIPCluster, samples string) string
 	}); err != nil {
 		t.Fatalf("no leader: %v", err)
 	}
+	return leader
+}
+
+// waitVIPOnLeader waits for a leader, and for the VIP to answer ARP on
+// it; it returns the leader.
+func waitVIPOnLeader(t *testing.T, c *harness.VIPCluster, samples string) string {
+	t.Helper()
+	leader := waitVIPLeader(t, c)
 	if err := harness.WaitFor(ctxFor(t, 20*time.Second), 20*time.Millisecond, func() bool {
 		_, mac, ok := vipaddr.FirstAnswer(vipaddr.ReadSamples(samples), time.Time{}, "")
 		return ok && c.NodeOf(mac) == leader

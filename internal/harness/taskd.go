@@ -3,7 +3,10 @@ package harness
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -385,6 +388,36 @@ func (n *Node) api() (*api.Client, error) {
 		}
 	}
 	return n.client, nil
+}
+
+// Metrics reads the node's /metrics with its admin token.
+func (n *Node) Metrics(ctx context.Context) (string, error) {
+	cl, err := n.api()
+	if err != nil {
+		return "", err
+	}
+	u, err := url.JoinPath(cl.Base, "metrics")
+	if err != nil {
+		return "", err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Authorization", "Bearer "+n.Token)
+	resp, err := cl.HTTP.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("%s: GET /metrics: %w", n.Name, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %s", resp.Status)
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s: GET /metrics: %w", n.Name, err)
+	}
+	return string(b), nil
 }
 
 // LiveRunners counts the runners the node reports live.
