@@ -149,7 +149,7 @@ func startEnv(dir, bin, backend string, timeout time.Duration) (e *env, stop fun
 			return nil, nil, err
 		}
 		e.opts.Coordinator, e.opts.PKI = e.ens.URL("/bench"), e.ens.PKI
-	case "etcd":
+	case "etcd", "etcd-cert":
 		if err := e.startExtEtcd(); err != nil {
 			stop()
 			return nil, nil, err
@@ -174,15 +174,31 @@ func (e *env) startExtEtcd() error {
 	}
 	e.opts.Coordinator = "etcds://" + strings.TrimPrefix(e.ext.ClientURL, "https://")
 	e.opts.PKI = e.ext.PKI
-	e.opts.Extra = append(e.opts.Extra, "--etcd-user", e.ext.User, "--etcd-password-file", pw)
+	if e.backend == "etcd" {
+		e.opts.Extra = append(e.opts.Extra, "--etcd-user", e.ext.User, "--etcd-password-file", pw)
+	}
 	return nil
 }
+
+// certAuth: the nodes reach the external etcd with their certificates
+// alone (backend etcd-cert); etcd takes the common name as the user.
+func (e *env) certAuth() bool { return e.backend == "etcd-cert" }
 
 // startCluster starts n taskd nodes; the caller closes the cluster.
 func (e *env) startCluster(n int) (*harness.Cluster, error) {
 	c, err := harness.NewCluster(filepath.Join(e.dir, "cluster"), e.bin, n, e.opts)
 	if err != nil {
 		return nil, err
+	}
+	if e.certAuth() {
+		names := []string{"bench"}
+		for _, node := range c.Nodes {
+			names = append(names, node.Name)
+		}
+		if err := e.ext.AddCertUsers(names...); err != nil {
+			c.Close()
+			return nil, err
+		}
 	}
 	if err := c.StartAll(); err != nil {
 		c.Close()

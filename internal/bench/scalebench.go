@@ -35,8 +35,8 @@ type scaleConfig struct {
 }
 
 func (c scaleConfig) validate() error {
-	if c.backend != "zk" && c.backend != "etcd" {
-		return fmt.Errorf("-backend %q: use zk or etcd (with the embedded store every node is an etcd member; the scale targets are for a shared external store)", c.backend)
+	if c.backend != "zk" && c.backend != "etcd" && c.backend != "etcd-cert" {
+		return fmt.Errorf("-backend %q: use zk, etcd or etcd-cert (with the embedded store every node is an etcd member; the scale targets are for a shared external store)", c.backend)
 	}
 	if c.nodes < 4 || c.nodes > 50 {
 		return errors.New("-nodes must be 4-50 (the 3-node cluster is always measured as the baseline)")
@@ -76,7 +76,7 @@ type scaleFigures struct {
 func scaleBench(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("scale", flag.ContinueOnError)
 	var cfg scaleConfig
-	fs.StringVar(&cfg.backend, "backend", "zk", "zk (3-server ZooKeeper ensemble) or etcd (one external etcd server)")
+	fs.StringVar(&cfg.backend, "backend", "zk", "zk (3-server ZooKeeper ensemble), etcd (one external etcd server, nodes log in with a password) or etcd-cert (the same server, nodes authenticate with their certificates alone)")
 	fs.IntVar(&cfg.nodes, "nodes", 30, "nodes of the large cluster (4-50)")
 	fs.DurationVar(&cfg.timeout, "session-timeout", 6*time.Second, "taskd --session-timeout")
 	fs.DurationVar(&cfg.phase, "phase-timeout", 5*time.Minute, "limit of each phase: start-up, latency, throughput, each failover round")
@@ -130,6 +130,7 @@ func (cfg scaleConfig) run(out io.Writer, dir, bin string, n int) (*scaleFigures
 	start := time.Now()
 	c, kv, lay, closeCluster, err := e.taskCluster(ctx, n)
 	cancel()
+	e.printLogins(out)
 	if err != nil {
 		return nil, fmt.Errorf("start-up (limit %v): %w", cfg.phase, err)
 	}
@@ -169,6 +170,23 @@ func (cfg scaleConfig) run(out io.Writer, dir, bin string, n int) (*scaleFigures
 	}
 	fmt.Fprintf(out, "  failover kill -9 -> survivors agree: %s\n", summary(f.failover))
 	return f, nil
+}
+
+// printLogins prints, on external etcd, the password logins the server
+// has seen so far: with password auth every node logs in once, and a
+// count far above the nodes' is the retry storm of an overloaded server.
+func (e *env) printLogins(out io.Writer) {
+	if e.ext == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	started, failed, invalid, err := e.ext.Logins(ctx)
+	if err != nil {
+		fmt.Fprintf(out, "  etcd logins: %v\n", err)
+		return
+	}
+	fmt.Fprintf(out, "  etcd logins (Authenticate calls, a bcrypt check each): %d, %d of them failed; requests refused for an invalid auth token: %d\n", started, failed, invalid)
 }
 
 // report prints both clusters' figures side by side, with the targets.

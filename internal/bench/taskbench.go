@@ -203,13 +203,16 @@ func (e *env) benchStore(c *harness.Cluster) (coord.Store, error) {
 			return nil, err
 		}
 		return zk.Open(zk.Config{Servers: e.ens.Addrs(), Chroot: "/bench", Digest: e.ens.PKI.Secrets.ZKDigest, TLS: e.ens.PKI.ClientTLS(creds)}, log)
-	case "etcd":
+	case "etcd", "etcd-cert":
 		creds, err := e.ext.PKI.Bundle("bench")
 		if err != nil {
 			return nil, err
 		}
-		return etcd.Open(ctx, etcd.ClientConfig{Endpoints: []string{e.ext.ClientURL}, TLS: e.ext.PKI.ClientTLS(creds),
-			Username: e.ext.User, Password: e.ext.Password}, log)
+		cc := etcd.ClientConfig{Endpoints: []string{e.ext.ClientURL}, TLS: e.ext.PKI.ClientTLS(creds)}
+		if !e.certAuth() {
+			cc.Username, cc.Password = e.ext.User, e.ext.Password
+		}
+		return etcd.Open(ctx, cc, log)
 	}
 	var eps []string
 	for _, n := range c.Nodes {

@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -136,6 +141,83 @@ func (e *EtcdProc) setupAuth() error {
 		}
 	}
 	return nil
+}
+
+// AddCertUsers adds an etcd user without a password, with the taskd role,
+// for each name: a client whose certificate's common name is that name
+// is that user (the server runs with --client-cert-auth), as
+// docs/security.md tells an operator to set up certificate auth. It logs
+// in as root once (one bcrypt check on the server).
+func (e *EtcdProc) AddCertUsers(names ...string) error {
+	cfg := clientv3.Config{Endpoints: []string{e.ClientURL}, DialTimeout: 10 * time.Second, Logger: zap.NewNop(),
+		Username: etcd.RootUser, Password: e.RootPassword}
+	if e.ClientURL[:5] == "https" {
+		b, err := pki.Load(filepath.Join(e.dir, "server"))
+		if err != nil {
+			return err
+		}
+		cfg.TLS = b.ClientTLS("")
+	}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return fmt.Errorf("external etcd as root: %w", err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, n := range names {
+		if _, err := cli.UserAddWithOptions(ctx, n, "", &clientv3.UserAddOptions{NoPassword: true}); err != nil {
+			return fmt.Errorf("add etcd user %s: %w", n, err)
+		}
+		if _, err := cli.UserGrantRole(ctx, n, etcd.TaskdRole); err != nil {
+			return fmt.Errorf("grant role %s to %s: %w", etcd.TaskdRole, n, err)
+		}
+	}
+	return nil
+}
+
+// Logins reads how many password logins (Authenticate calls) the server
+// started and how many of them failed, from its /metrics, and counts the
+// requests its log refused for an invalid auth token. Each login costs the
+// server a bcrypt check; a client whose token is refused logs in again.
+func (e *EtcdProc) Logins(ctx context.Context) (started, failed, invalidToken int, err error) {
+	b, err := pki.Load(filepath.Join(e.dir, "server"))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	u, err := url.JoinPath(e.ClientURL, "metrics")
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	cl := &http.Client{Transport: &http.Transport{TLSClientConfig: b.ClientTLS("")}}
+	defer cl.CloseIdleConnections()
+	resp, err := cl.Do(req)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("etcd metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("etcd metrics: %w", err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.Contains(line, `grpc_method="Authenticate"`) {
+			continue
+		}
+		f := strings.Fields(line)
+		n, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		switch {
+		case strings.HasPrefix(line, "grpc_server_started_total{"):
+			started += int(n)
+		case strings.HasPrefix(line, "grpc_server_handled_total{") && !strings.Contains(line, `grpc_code="OK"`):
+			failed += int(n)
+		}
+	}
+	return started, failed, strings.Count(e.Log(), "auth: invalid auth token"), nil
 }
 
 // PID is the etcd process's id, 0 when it was never started.
