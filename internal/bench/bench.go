@@ -149,13 +149,13 @@ func startEnv(dir, bin, backend string, timeout time.Duration) (e *env, stop fun
 			return nil, nil, err
 		}
 		e.opts.Coordinator, e.opts.PKI = e.ens.URL("/bench"), e.ens.PKI
-	case "etcd", "etcd-cert":
+	case "etcd", "etcd-cert", "etcd-jwt":
 		if err := e.startExtEtcd(); err != nil {
 			stop()
 			return nil, nil, err
 		}
 	default:
-		return nil, nil, fmt.Errorf("backend %q: use embedded, zk or etcd", backend)
+		return nil, nil, fmt.Errorf("backend %q: use embedded, zk, etcd, etcd-cert or etcd-jwt", backend)
 	}
 	return e, stop, nil
 }
@@ -165,7 +165,7 @@ func startEnv(dir, bin, backend string, timeout time.Duration) (e *env, stop fun
 // server's CA, which becomes the cluster's) and taskd's etcd user.
 func (e *env) startExtEtcd() error {
 	var err error
-	if e.ext, err = harness.StartEtcdProc(filepath.Join(e.dir, "etcd"), harness.EtcdProcOptions{}); err != nil {
+	if e.ext, err = harness.StartEtcdProc(filepath.Join(e.dir, "etcd"), harness.EtcdProcOptions{JWT: e.backend == "etcd-jwt"}); err != nil {
 		return err
 	}
 	pw := filepath.Join(e.dir, "etcd-password")
@@ -174,7 +174,7 @@ func (e *env) startExtEtcd() error {
 	}
 	e.opts.Coordinator = "etcds://" + strings.TrimPrefix(e.ext.ClientURL, "https://")
 	e.opts.PKI = e.ext.PKI
-	if e.backend == "etcd" {
+	if !e.certAuth() {
 		e.opts.Extra = append(e.opts.Extra, "--etcd-user", e.ext.User, "--etcd-password-file", pw)
 	}
 	return nil

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -35,8 +36,8 @@ type scaleConfig struct {
 }
 
 func (c scaleConfig) validate() error {
-	if c.backend != "zk" && c.backend != "etcd" && c.backend != "etcd-cert" {
-		return fmt.Errorf("-backend %q: use zk, etcd or etcd-cert (with the embedded store every node is an etcd member; the scale targets are for a shared external store)", c.backend)
+	if !slices.Contains([]string{"zk", "etcd", "etcd-cert", "etcd-jwt"}, c.backend) {
+		return fmt.Errorf("-backend %q: use zk, etcd, etcd-cert or etcd-jwt (with the embedded store every node is an etcd member; the scale targets are for a shared external store)", c.backend)
 	}
 	if c.nodes < 4 || c.nodes > 50 {
 		return errors.New("-nodes must be 4-50 (the 3-node cluster is always measured as the baseline)")
@@ -76,7 +77,7 @@ type scaleFigures struct {
 func scaleBench(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("scale", flag.ContinueOnError)
 	var cfg scaleConfig
-	fs.StringVar(&cfg.backend, "backend", "zk", "zk (3-server ZooKeeper ensemble), etcd (one external etcd server, nodes log in with a password) or etcd-cert (the same server, nodes authenticate with their certificates alone)")
+	fs.StringVar(&cfg.backend, "backend", "zk", "zk (3-server ZooKeeper ensemble), etcd (one external etcd server, nodes log in with a password) etcd-cert (the same server, nodes authenticate with their certificates alone) or etcd-jwt (password logins, the server issuing JWT tokens instead of simple ones)")
 	fs.IntVar(&cfg.nodes, "nodes", 30, "nodes of the large cluster (4-50)")
 	fs.DurationVar(&cfg.timeout, "session-timeout", 6*time.Second, "taskd --session-timeout")
 	fs.DurationVar(&cfg.phase, "phase-timeout", 5*time.Minute, "limit of each phase: start-up, latency, throughput, each failover round")

@@ -203,7 +203,7 @@ func (e *env) benchStore(c *harness.Cluster) (coord.Store, error) {
 			return nil, err
 		}
 		return zk.Open(zk.Config{Servers: e.ens.Addrs(), Chroot: "/bench", Digest: e.ens.PKI.Secrets.ZKDigest, TLS: e.ens.PKI.ClientTLS(creds)}, log)
-	case "etcd", "etcd-cert":
+	case "etcd", "etcd-cert", "etcd-jwt":
 		creds, err := e.ext.PKI.Bundle("bench")
 		if err != nil {
 			return nil, err

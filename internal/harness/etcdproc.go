@@ -2,6 +2,11 @@ package harness
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -44,6 +49,9 @@ type EtcdProcOptions struct {
 	// Plaintext serves clients over plain HTTP on loopback (peers still
 	// use TLS).
 	Plaintext bool
+	// JWT makes the server issue signed JWT auth tokens (ES256, a key
+	// made for the server) instead of its default simple tokens.
+	JWT bool
 }
 
 // StartEtcdProc starts one etcd server under dir on free loopback ports,
@@ -82,6 +90,13 @@ func StartEtcdProc(dir string, opt EtcdProcOptions) (*EtcdProc, error) {
 		args = append(args, "--cert-file", files.NodeCert(), "--key-file", files.NodeKey(),
 			"--trusted-ca-file", files.CACert(), "--client-cert-auth")
 	}
+	if opt.JWT {
+		pub, priv, err := writeJWTKeys(filepath.Join(dir, "jwt"))
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "--auth-token", "jwt,pub-key="+pub+",priv-key="+priv+",sign-method=ES256")
+	}
 	if e.proc, err = StartProc(filepath.Join(dir, "etcd.log"), "etcd", args...); err != nil {
 		return nil, err
 	}
@@ -90,6 +105,34 @@ func StartEtcdProc(dir string, opt EtcdProcOptions) (*EtcdProc, error) {
 		return nil, fmt.Errorf("external etcd (log in %s): %w", filepath.Join(dir, "etcd.log"), err)
 	}
 	return e, nil
+}
+
+// writeJWTKeys writes a new P-256 key pair for the server's JWT tokens
+// into dir and returns the paths of the public and the private key.
+func writeJWTKeys(dir string) (pub, priv string, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", err
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return "", "", err
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return "", "", err
+	}
+	pub, priv = filepath.Join(dir, "jwt.pub"), filepath.Join(dir, "jwt.key")
+	if err := os.WriteFile(priv, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return "", "", err
+	}
+	if err := os.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644); err != nil {
+		return "", "", err
+	}
+	return pub, priv, nil
 }
 
 // admin connects with the server's own certificate; before auth is on
