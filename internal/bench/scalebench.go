@@ -150,6 +150,7 @@ func (cfg scaleConfig) run(out io.Writer, dir, bin string, n int) (*scaleFigures
 
 	ctx, cancel = context.WithTimeout(context.Background(), cfg.phase)
 	var took time.Duration
+	meter := e.cpuMeter(c)
 	f.noopRate, took, err = noopThroughput(ctx, c, kv, lay, cfg.noopN, cfg.creators)
 	cancel()
 	if err != nil {
@@ -157,6 +158,7 @@ func (cfg scaleConfig) run(out io.Writer, dir, bin string, n int) (*scaleFigures
 	}
 	fmt.Fprintf(out, "  noop throughput create->succeeded: %d tasks in %v = %.0f tasks/s (%d creators) (%s)\n",
 		cfg.noopN, took.Round(time.Millisecond), f.noopRate, cfg.creators, loadAvg())
+	fmt.Fprintf(out, "  noop: CPU during the run, per task: %s\n", meter.perTask(cfg.noopN))
 
 	settle := cfg.timeout + time.Second // as failover: a stable cluster before each kill
 	for i := range cfg.failoverN {
