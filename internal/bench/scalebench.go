@@ -172,12 +172,12 @@ func (cfg scaleConfig) run(out io.Writer, dir, bin string, n int) (*scaleFigures
 		fmt.Fprintf(out, "  failover round %d: kill -9 %-24s %v (%s)\n", i+1, what, d.Round(time.Millisecond), loadAvg())
 	}
 	fmt.Fprintf(out, "  failover kill -9 -> survivors agree: %s\n", summary(f.failover))
+	e.printLogins(out)
 	return f, nil
 }
 
 // printLogins prints, on external etcd, the password logins the server
-// has seen so far: with password auth every node logs in once, and a
-// count far above the nodes' is the retry storm of an overloaded server.
+// has seen so far (after start-up, and at the end of the cluster's run).
 func (e *env) printLogins(out io.Writer) {
 	if e.ext == nil {
 		return

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -370,5 +371,46 @@ func TestExternalEtcdPlaintextLoopback(t *testing.T) {
 		if err := cc.Validate(); !errors.Is(err, etcd.ErrInsecure) {
 			t.Errorf("%s: Validate() = %v, want ErrInsecure", name, err)
 		}
+	}
+}
+
+// TestExternalEtcdHeartbeatsDoNotLogIn: with password auth, a session's
+// heartbeats renew the lease without logging in again. The etcd client
+// logs in (Authenticate: a bcrypt check on the server) for every stream
+// it opens; a stream per heartbeat cost the server a login per node
+// every heartbeat, and 30 nodes on one server never settled. Counted by
+// the server's own metrics.
+func TestExternalEtcdHeartbeatsDoNotLogIn(t *testing.T) {
+	ext := testenv.StartEtcdProc(t, harness.EtcdProcOptions{})
+	s := testenv.OpenEtcd(t, testenv.ExtEtcdConfig(t, ext))
+	var beats atomic.Int32
+	s.(coord.HeartbeatReporter).ObserveHeartbeats(func(late, roundTrip time.Duration) { beats.Add(1) })
+	ctx := ctxFor(t, time.Minute)
+	before, _, _, err := ext.Logins(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := s.NewSession(ctx, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close(ctx)
+	const want = 12
+	if err := testenv.WaitFor(ctx, 20*time.Millisecond, func() bool { return beats.Load() >= want }); err != nil {
+		t.Fatalf("%d heartbeats: %v", beats.Load(), err)
+	}
+	if st, _ := sess.State(); st != coord.StateRunning {
+		t.Fatalf("session %v after %d heartbeats, want running", st, want)
+	}
+	if since := time.Since(sess.LastContact()); since > time.Second {
+		t.Fatalf("last confirmed contact %v ago: the heartbeats are not confirmed", since)
+	}
+	after, failed, _, err := ext.Logins(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("logins: %d before the session, %d after %d heartbeats (%d failed in all)", before, after, beats.Load(), failed)
+	if after-before > 1 {
+		t.Fatalf("%d logins during %d heartbeats of one session, want at most 1 (its keep-alive stream's)", after-before, beats.Load())
 	}
 }

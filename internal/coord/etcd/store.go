@@ -20,6 +20,7 @@ import (
 	"github.com/taskd/taskd/internal/backoff"
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/internal/backend"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -388,8 +389,14 @@ type session struct {
 	*backend.SessionCore
 	id     clientv3.LeaseID
 	cli    *clientv3.Client
+	hctx   context.Context // the heartbeat's; ends at Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// ka is the lease keep-alive stream the heartbeat reuses, nil until the
+	// first ping and after a failed one; only the heartbeat goroutine
+	// touches it.
+	ka       pb.Lease_LeaseKeepAliveClient
+	kaCancel context.CancelFunc
 }
 
 // NewSession grants a lease of timeout (rounded up to whole seconds, as etcd
@@ -403,27 +410,81 @@ func (s *Store) NewSession(ctx context.Context, timeout time.Duration) (coord.Se
 		return nil, wrap("grant lease", "", err)
 	}
 	hctx, cancel := context.WithCancel(context.Background())
-	ls := &session{SessionCore: backend.NewSessionCore(timeout, sent), id: resp.ID, cli: s.cli, cancel: cancel}
+	ls := &session{SessionCore: backend.NewSessionCore(timeout, sent), id: resp.ID, cli: s.cli, hctx: hctx, cancel: cancel}
 	if f := s.observe.Load(); f != nil {
 		ls.ObserveLateness(*f)
 	}
 	ls.wg.Add(1)
 	go func() {
 		defer ls.wg.Done()
+		defer ls.dropStream()
 		backend.RunHeartbeat(hctx, ls.SessionCore, ls.ping)
 	}()
 	return ls, nil
 }
 
+// ping renews the lease once, on the session's keep-alive stream.
+//
+// The stream lives from one ping to the next: the etcd client logs in
+// again (Authenticate, a bcrypt check on the server) for every stream it
+// opens when it uses a password, so a stream per ping (KeepAliveOnce)
+// cost the server a login per node every heartbeat, and 30 nodes on one
+// server spent its CPU on bcrypt. A ping that fails or runs out of time
+// ends the stream; the next attempt opens another. As KeepAliveOnce did,
+// a failed attempt is retried until ctx ends.
 func (ls *session) ping(ctx context.Context) (bool, error) {
-	resp, err := ls.cli.KeepAliveOnce(ctx, ls.id)
-	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return true, err
+	for {
+		ttl, err := ls.renew(ctx)
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return true, err
+		}
+		if err == nil {
+			return ttl <= 0, nil
+		}
+		ls.dropStream()
+		if ctx.Err() != nil {
+			return false, wrap("keep lease alive", ls.ID(), ctx.Err())
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false, wrap("keep lease alive", ls.ID(), err)
+		case <-t.C:
+		}
 	}
+}
+
+// renew sends one keep-alive on the stream (opened first if there is
+// none) and returns the lease's remaining TTL. ctx ending cuts the stream.
+func (ls *session) renew(ctx context.Context) (int64, error) {
+	if ls.ka == nil {
+		sctx, cancel := context.WithCancel(ls.hctx)
+		st, err := pb.NewLeaseClient(ls.cli.ActiveConnection()).LeaseKeepAlive(sctx)
+		if err != nil {
+			cancel()
+			return 0, rpctypes.Error(err)
+		}
+		ls.ka, ls.kaCancel = st, cancel
+	}
+	stop := context.AfterFunc(ctx, ls.kaCancel)
+	defer stop()
+	if err := ls.ka.Send(&pb.LeaseKeepAliveRequest{ID: int64(ls.id)}); err != nil {
+		return 0, rpctypes.Error(err)
+	}
+	resp, err := ls.ka.Recv()
 	if err != nil {
-		return false, err
+		return 0, rpctypes.Error(err)
 	}
-	return resp.TTL <= 0, nil
+	return resp.TTL, nil
+}
+
+// dropStream ends the keep-alive stream, if any.
+func (ls *session) dropStream() {
+	if ls.ka != nil {
+		ls.kaCancel()
+		ls.ka, ls.kaCancel = nil, nil
+	}
 }
 
 func (ls *session) ID() string { return fmt.Sprintf("lease-%x", int64(ls.id)) }
