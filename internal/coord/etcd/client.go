@@ -101,7 +101,7 @@ func Open(ctx context.Context, c ClientConfig, log *slog.Logger) (*Store, error)
 	for attempt := 0; ; attempt++ {
 		cli, err := loginOnce(ctx, c, loginTimeout(attempt))
 		if err == nil {
-			return &Store{cli: cli, log: log}, nil
+			return &Store{cli: cli, log: log, ka: &keepAlive{cli: cli}}, nil
 		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w: %w", err, ctx.Err())

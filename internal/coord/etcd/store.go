@@ -37,6 +37,7 @@ type Store struct {
 	log *slog.Logger
 	// observe, when set, is told each heartbeat's lateness.
 	observe atomic.Pointer[coord.HeartbeatObserver]
+	ka      *keepAlive // the sessions' lease keep-alive stream
 }
 
 var (
@@ -389,14 +390,19 @@ type session struct {
 	*backend.SessionCore
 	id     clientv3.LeaseID
 	cli    *clientv3.Client
-	hctx   context.Context // the heartbeat's; ends at Close
+	ka     *keepAlive
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	// ka is the lease keep-alive stream the heartbeat reuses, nil until the
-	// first ping and after a failed one; only the heartbeat goroutine
-	// touches it.
-	ka       pb.Lease_LeaseKeepAliveClient
-	kaCancel context.CancelFunc
+}
+
+// keepAlive is the store's lease keep-alive stream, which every session's
+// heartbeat uses in turn and which outlives the sessions: nil until the
+// first renewal and after a failed one.
+type keepAlive struct {
+	cli    *clientv3.Client
+	mu     sync.Mutex // one renewal on the stream at a time
+	st     pb.Lease_LeaseKeepAliveClient
+	cancel context.CancelFunc
 }
 
 // NewSession grants a lease of timeout (rounded up to whole seconds, as etcd
@@ -410,38 +416,37 @@ func (s *Store) NewSession(ctx context.Context, timeout time.Duration) (coord.Se
 		return nil, wrap("grant lease", "", err)
 	}
 	hctx, cancel := context.WithCancel(context.Background())
-	ls := &session{SessionCore: backend.NewSessionCore(timeout, sent), id: resp.ID, cli: s.cli, hctx: hctx, cancel: cancel}
+	ls := &session{SessionCore: backend.NewSessionCore(timeout, sent), id: resp.ID, cli: s.cli, ka: s.ka, cancel: cancel}
 	if f := s.observe.Load(); f != nil {
 		ls.ObserveLateness(*f)
 	}
 	ls.wg.Add(1)
 	go func() {
 		defer ls.wg.Done()
-		defer ls.dropStream()
 		backend.RunHeartbeat(hctx, ls.SessionCore, ls.ping)
 	}()
 	return ls, nil
 }
 
-// ping renews the lease once, on the session's keep-alive stream.
+// ping renews the lease once, on the store's keep-alive stream.
 //
-// The stream lives from one ping to the next: the etcd client logs in
-// again (Authenticate, a bcrypt check on the server) for every stream it
-// opens when it uses a password, so a stream per ping (KeepAliveOnce)
-// cost the server a login per node every heartbeat, and 30 nodes on one
-// server spent its CPU on bcrypt. A ping that fails or runs out of time
-// ends the stream; the next attempt opens another. As KeepAliveOnce did,
-// a failed attempt is retried until ctx ends.
+// The stream lives from one ping to the next and from one session to the
+// next: the etcd client logs in again (Authenticate, a bcrypt check on the
+// server) for every stream it opens when it uses a password, so a stream
+// per ping (KeepAliveOnce) cost the server a login per node every
+// heartbeat, and a stream per session a login per node every new session.
+// A ping that fails or runs out of time ends the stream; the next attempt
+// opens another. As KeepAliveOnce did, a failed attempt is retried until
+// ctx ends.
 func (ls *session) ping(ctx context.Context) (bool, error) {
 	for {
-		ttl, err := ls.renew(ctx)
+		ttl, err := ls.ka.renew(ctx, ls.id)
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			return true, err
 		}
 		if err == nil {
 			return ttl <= 0, nil
 		}
-		ls.dropStream()
 		if ctx.Err() != nil {
 			return false, wrap("keep lease alive", ls.ID(), ctx.Err())
 		}
@@ -455,36 +460,44 @@ func (ls *session) ping(ctx context.Context) (bool, error) {
 	}
 }
 
-// renew sends one keep-alive on the stream (opened first if there is
-// none) and returns the lease's remaining TTL. ctx ending cuts the stream.
-func (ls *session) renew(ctx context.Context) (int64, error) {
-	if ls.ka == nil {
-		sctx, cancel := context.WithCancel(ls.hctx)
-		st, err := pb.NewLeaseClient(ls.cli.ActiveConnection()).LeaseKeepAlive(sctx)
+// renew sends one keep-alive for lease id on the stream (opened first if
+// there is none) and returns the lease's remaining TTL. ctx ending cuts
+// the stream; any error ends it.
+func (k *keepAlive) renew(ctx context.Context, id clientv3.LeaseID) (int64, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.st == nil {
+		sctx, cancel := context.WithCancel(k.cli.Ctx())
+		st, err := pb.NewLeaseClient(k.cli.ActiveConnection()).LeaseKeepAlive(sctx)
 		if err != nil {
 			cancel()
 			return 0, rpctypes.Error(err)
 		}
-		ls.ka, ls.kaCancel = st, cancel
+		k.st, k.cancel = st, cancel
 	}
-	stop := context.AfterFunc(ctx, ls.kaCancel)
+	stop := context.AfterFunc(ctx, k.cancel)
 	defer stop()
-	if err := ls.ka.Send(&pb.LeaseKeepAliveRequest{ID: int64(ls.id)}); err != nil {
-		return 0, rpctypes.Error(err)
-	}
-	resp, err := ls.ka.Recv()
+	resp, err := k.roundTrip(id)
 	if err != nil {
-		return 0, rpctypes.Error(err)
+		k.cancel()
+		k.st, k.cancel = nil, nil
+		return 0, err
 	}
 	return resp.TTL, nil
 }
 
-// dropStream ends the keep-alive stream, if any.
-func (ls *session) dropStream() {
-	if ls.ka != nil {
-		ls.kaCancel()
-		ls.ka, ls.kaCancel = nil, nil
+func (k *keepAlive) roundTrip(id clientv3.LeaseID) (*pb.LeaseKeepAliveResponse, error) {
+	if err := k.st.Send(&pb.LeaseKeepAliveRequest{ID: int64(id)}); err != nil {
+		return nil, rpctypes.Error(err)
 	}
+	resp, err := k.st.Recv()
+	if err != nil {
+		return nil, rpctypes.Error(err)
+	}
+	if resp.ID != int64(id) {
+		return nil, fmt.Errorf("etcd keep-alive of lease %x answered for lease %x", int64(id), resp.ID)
+	}
+	return resp, nil
 }
 
 func (ls *session) ID() string { return fmt.Sprintf("lease-%x", int64(ls.id)) }
