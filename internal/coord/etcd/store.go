@@ -466,6 +466,11 @@ func (ls *session) ping(ctx context.Context) (bool, error) {
 func (k *keepAlive) renew(ctx context.Context, id clientv3.LeaseID) (int64, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		// Ran out waiting for another session's renewal: leave the
+		// stream alone.
+		return 0, err
+	}
 	if k.st == nil {
 		sctx, cancel := context.WithCancel(k.cli.Ctx())
 		st, err := pb.NewLeaseClient(k.cli.ActiveConnection()).LeaseKeepAlive(sctx)
