@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -135,16 +136,35 @@ func writeJWTKeys(dir string) (pub, priv string, err error) {
 	return pub, priv, nil
 }
 
-// admin connects with the server's own certificate; before auth is on
-// that is enough for anything.
-func (e *EtcdProc) admin() (*clientv3.Client, error) {
+// clientConfig reaches the server with its own certificate (on a TLS
+// client port).
+func (e *EtcdProc) clientConfig() (clientv3.Config, error) {
+	cfg := clientv3.Config{Endpoints: []string{e.ClientURL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
+	if e.ClientURL[:5] == "https" {
+		tc, err := e.serverTLS()
+		if err != nil {
+			return cfg, err
+		}
+		cfg.TLS = tc
+	}
+	return cfg, nil
+}
+
+// serverTLS is a client TLS configuration with the server's certificate.
+func (e *EtcdProc) serverTLS() (*tls.Config, error) {
 	b, err := pki.Load(filepath.Join(e.dir, "server"))
 	if err != nil {
 		return nil, err
 	}
-	cfg := clientv3.Config{Endpoints: []string{e.ClientURL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
-	if e.ClientURL[:5] == "https" {
-		cfg.TLS = b.ClientTLS("")
+	return b.ClientTLS(""), nil
+}
+
+// admin connects with the server's own certificate; before auth is on
+// that is enough for anything.
+func (e *EtcdProc) admin() (*clientv3.Client, error) {
+	cfg, err := e.clientConfig()
+	if err != nil {
+		return nil, err
 	}
 	return clientv3.New(cfg)
 }
@@ -192,15 +212,11 @@ func (e *EtcdProc) setupAuth() error {
 // docs/security.md tells an operator to set up certificate auth. It logs
 // in as root once (one bcrypt check on the server).
 func (e *EtcdProc) AddCertUsers(names ...string) error {
-	cfg := clientv3.Config{Endpoints: []string{e.ClientURL}, DialTimeout: 10 * time.Second, Logger: zap.NewNop(),
-		Username: etcd.RootUser, Password: e.RootPassword}
-	if e.ClientURL[:5] == "https" {
-		b, err := pki.Load(filepath.Join(e.dir, "server"))
-		if err != nil {
-			return err
-		}
-		cfg.TLS = b.ClientTLS("")
+	cfg, err := e.clientConfig()
+	if err != nil {
+		return err
 	}
+	cfg.Username, cfg.Password = etcd.RootUser, e.RootPassword
 	cli, err := clientv3.New(cfg)
 	if err != nil {
 		return fmt.Errorf("external etcd as root: %w", err)
@@ -224,7 +240,7 @@ func (e *EtcdProc) AddCertUsers(names ...string) error {
 // requests its log refused for an invalid auth token. Each login costs the
 // server a bcrypt check; a client whose token is refused logs in again.
 func (e *EtcdProc) Logins(ctx context.Context) (started, failed, invalidToken int, err error) {
-	b, err := pki.Load(filepath.Join(e.dir, "server"))
+	tc, err := e.serverTLS()
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -236,7 +252,7 @@ func (e *EtcdProc) Logins(ctx context.Context) (started, failed, invalidToken in
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	cl := &http.Client{Transport: &http.Transport{TLSClientConfig: b.ClientTLS("")}}
+	cl := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
 	defer cl.CloseIdleConnections()
 	resp, err := cl.Do(req)
 	if err != nil {
