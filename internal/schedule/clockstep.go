@@ -16,25 +16,35 @@ const skewTolerance = time.Second
 // rewind answers a state whose LastTick lies ahead of now: a leader with
 // a clock ahead decided it (or this leader's clock went back). Only
 // decisions this clock can vouch for stand: LastTick goes back to the
-// latest run's tick at or before now, ticks after it that made a task
-// (or were skipped or buffered) are kept in Ahead and never run again,
-// and ticks declared missed after it are walked again when they come
-// due by this clock.
+// latest tick at or before now that a remembered run decided, ticks after
+// it that made a task (or were skipped or buffered) are kept in Ahead and
+// never run again, and ticks declared missed after it are walked again
+// when they come due by this clock.
+//
+// A missed run ahead of now may stand for ticks that are due by now (a
+// clock ahead declared them missed before their time): the ticks at or
+// before its After were decided before it, so the walk starts there and
+// those due ticks are decided again.
 func rewind(sc *Schedule, st *State, now time.Time) (*State, string, []any) {
 	next := st.clone()
 	from := time.Time{}
+	later := func(t time.Time) {
+		if t.After(from) {
+			from = t
+		}
+	}
 	for _, r := range st.Runs {
 		if r.Trigger != "" {
 			continue
 		}
 		if !r.Tick.After(now) {
-			if r.Tick.After(from) {
-				from = r.Tick
-			}
+			later(r.Tick)
 			continue
 		}
 		if r.Outcome != Missed {
 			next.Ahead = append(next.Ahead, r.Tick)
+		} else if !r.After.IsZero() && !r.After.After(now) {
+			later(r.After)
 		}
 	}
 	if from.IsZero() {
@@ -70,11 +80,11 @@ func (s *State) pruneAhead() {
 // pastStood moves LastTick past stood, the latest due tick that made its
 // task ahead of time, when no newer tick is due. Due ticks older than it
 // that made nothing are missed: a later tick already ran.
-func pastStood(a action, st *State, stood time.Time, due []time.Time, now time.Time, log func(string, events.Kind, ...any) logLine) action {
+func pastStood(a action, st *State, lower, stood time.Time, due []time.Time, now time.Time, log func(string, events.Kind, ...any) logLine) action {
 	next := st.clone()
 	if len(due) > 0 {
 		reason := "not fired at its time; a later tick already ran ahead of time (a leader's clock was ahead)"
-		next.addRun(Run{Tick: due[len(due)-1], At: now, Outcome: Missed, Count: len(due), Reason: reason})
+		next.addRun(Run{Tick: due[len(due)-1], At: now, Outcome: Missed, Count: len(due), After: lower, Reason: reason})
 		a.logs = append(a.logs, log("schedule missed ticks", events.ScheduleMissed, "count", len(due),
 			"first", due[0], "last", due[len(due)-1], "reason", reason))
 	}

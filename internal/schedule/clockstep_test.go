@@ -13,50 +13,63 @@ import (
 // later than the step lasted. Before the rewind (plan.go, clockstep.go)
 // a forward step silenced the schedule until real time caught up with
 // the tick the stepped clock had fired.
+//
+// The step comes either two minutes after the schedule was made, or
+// before its first tick and ending just after it (first tick at 10 s,
+// clock ahead from 5.5 s to 10.5 s). The second is the chaos campaign's
+// seed 6 on ZooKeeper: the clock ahead declared the first ticks missed,
+// and the rewind, finding no run at or before its clock, walked from
+// "now", 0.5 s past the first tick, which then made no task.
 func TestPlanClockStep(t *testing.T) {
 	start := utc("2026-01-01T00:00:00Z")
 	const hold = 5 * time.Second
-	for _, step := range []time.Duration{0, 45 * time.Second, -45 * time.Second, 393 * time.Second, -393 * time.Second, 600 * time.Second, -600 * time.Second} {
-		t.Run(fmt.Sprint(step), func(t *testing.T) {
-			sc := testSchedule(t, Spec{Every: "10s"}, OverlapAllow, start)
-			sc.CatchUp = Duration(time.Minute)
-			st := &State{UID: sc.UID, Name: sc.Name}
-			made := map[string]time.Time{} // task id -> real time made
-			perTick := map[time.Time]int{} // tick -> creations
-			stepAt, end := start.Add(2*time.Minute), start.Add(4*time.Minute)
-			for real := start; real.Before(end); real = real.Add(250 * time.Millisecond) {
-				now := real
-				if !real.Before(stepAt) && real.Before(stepAt.Add(hold)) {
-					now = real.Add(step)
-				}
-				for i := 0; ; i++ {
-					if i == 10 {
-						t.Fatalf("at %v: plan keeps writing", real)
-					}
-					a, _ := plan(testView(t, sc, st), now, start)
-					if a.next == nil {
-						break
-					}
-					if a.create != nil {
-						if _, ok := made[a.create.id]; ok {
-							t.Fatalf("at %v (clock %v): tick %v made again", real, now, a.create.tick)
-						}
-						made[a.create.id] = real
-						perTick[a.create.tick]++
-					}
-					st = a.next
-				}
+	for _, stepAfter := range []time.Duration{2 * time.Minute, 5500 * time.Millisecond} {
+		for _, step := range []time.Duration{0, 45 * time.Second, -45 * time.Second, 393 * time.Second, -393 * time.Second, 600 * time.Second, -600 * time.Second} {
+			t.Run(fmt.Sprintf("after %v step %v", stepAfter, step), func(t *testing.T) {
+				planClockStep(t, start, start.Add(stepAfter), step, hold)
+			})
+		}
+	}
+}
+
+func planClockStep(t *testing.T, start, stepAt time.Time, step, hold time.Duration) {
+	sc := testSchedule(t, Spec{Every: "10s"}, OverlapAllow, start)
+	sc.CatchUp = Duration(time.Minute)
+	st := &State{UID: sc.UID, Name: sc.Name}
+	made := map[string]time.Time{} // task id -> real time made
+	perTick := map[time.Time]int{} // tick -> creations
+	end := start.Add(4 * time.Minute)
+	for real := start; real.Before(end); real = real.Add(250 * time.Millisecond) {
+		now := real
+		if !real.Before(stepAt) && real.Before(stepAt.Add(hold)) {
+			now = real.Add(step)
+		}
+		for i := 0; ; i++ {
+			if i == 10 {
+				t.Fatalf("at %v: plan keeps writing", real)
 			}
-			for tick := start.Add(10 * time.Second); tick.Before(end.Add(-time.Second)); tick = tick.Add(10 * time.Second) {
-				if n := perTick[tick]; n != 1 {
-					t.Errorf("tick %v made %d tasks, want 1", tick.Format(time.TimeOnly), n)
-					continue
-				}
-				at := made[TickTaskID(sc.UID, tick)]
-				if late := at.Sub(tick); late > hold+time.Second {
-					t.Errorf("tick %v ran %v late", tick.Format(time.TimeOnly), late)
-				}
+			a, _ := plan(testView(t, sc, st), now, start)
+			if a.next == nil {
+				break
 			}
-		})
+			if a.create != nil {
+				if _, ok := made[a.create.id]; ok {
+					t.Fatalf("at %v (clock %v): tick %v made again", real, now, a.create.tick)
+				}
+				made[a.create.id] = real
+				perTick[a.create.tick]++
+			}
+			st = a.next
+		}
+	}
+	for tick := start.Add(10 * time.Second); tick.Before(end.Add(-time.Second)); tick = tick.Add(10 * time.Second) {
+		if n := perTick[tick]; n != 1 {
+			t.Errorf("tick %v made %d tasks, want 1", tick.Format(time.TimeOnly), n)
+			continue
+		}
+		at := made[TickTaskID(sc.UID, tick)]
+		if late := at.Sub(tick); late > hold+time.Second {
+			t.Errorf("tick %v ran %v late", tick.Format(time.TimeOnly), late)
+		}
 	}
 }

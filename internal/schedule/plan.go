@@ -161,7 +161,7 @@ func plan(v view, now, since time.Time) (action, time.Time) {
 		// Every due tick made its task already (before a clock step),
 		// or only older ones are left: they are decided; move past them.
 		if !stood.IsZero() {
-			a = pastStood(a, st, stood, due, now, log)
+			a = pastStood(a, st, lower, stood, due, now, log)
 		}
 		return a, wake
 	}
@@ -182,7 +182,7 @@ func plan(v view, now, since time.Time) (action, time.Time) {
 		if len(missed) < len(due) {
 			reason = "not fired at its time (no leader, or the store was unavailable); only the latest due tick runs"
 		}
-		next.addRun(Run{Tick: last, At: now, Outcome: Missed, Count: len(missed), Reason: reason})
+		next.addRun(Run{Tick: last, At: now, Outcome: Missed, Count: len(missed), After: lower, Reason: reason})
 		next.LastTick = last
 		next.pruneAhead()
 		a = action{next: next, logs: append(a.logs, log("schedule missed ticks", events.ScheduleMissed, "count", len(missed),

@@ -251,8 +251,13 @@ type Run struct {
 	Task    string    `json:"task,omitempty"`
 	Reason  string    `json:"reason,omitempty"`
 	// Count of ticks a missed run stands for.
-	Count   int    `json:"count,omitempty"`
-	Trigger string `json:"trigger,omitempty"`
+	Count int `json:"count,omitempty"`
+	// After, on a missed run: it stands for the ticks after this time up
+	// to Tick (the decided tick its walk started from, or the schedule's
+	// Since); ticks at or before it were decided before it. Zero in runs
+	// recorded before the field existed.
+	After   time.Time `json:"after,omitzero"`
+	Trigger string    `json:"trigger,omitempty"`
 }
 
 // Pending is a tick (or a trigger) that waits for the schedule's previous
