@@ -95,8 +95,31 @@ func applyState(core *backend.SessionCore, st zk.State) {
 // keeps answering reads until it notices (syncLimit ticks later), while the
 // leader, which is what expires sessions, hears nothing; the local deadline
 // would then count from contact the leader never saw.
-func (zs *session) ping(context.Context) (bool, error) {
-	_, err := zs.c.Sync("/")
+//
+// The heartbeat gives the ping one interval (ctx's deadline). A sync not
+// answered by then leaves the server: its connection is dropped and the
+// library moves the session to the next server at once (conn.dropServer),
+// well before the local deadline. The sync itself returns when its
+// connection fails.
+func (zs *session) ping(ctx context.Context) (bool, error) {
+	done := make(chan error, 1)
+	zs.wg.Add(1)
+	go func() {
+		defer zs.wg.Done()
+		_, err := zs.c.Sync("/")
+		done <- err
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return false, ctx.Err() // the session is closing
+		}
+		server := zs.c.Server()
+		zs.c.dropServer()
+		return false, fmt.Errorf("zookeeper sync on %s: no answer within the heartbeat interval; leaving the server: %w", server, coord.ErrUnavailable)
+	}
 	if errors.Is(err, zk.ErrSessionExpired) {
 		return true, err
 	}

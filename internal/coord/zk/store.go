@@ -122,6 +122,40 @@ type conn struct {
 	hasSess   chan struct{}
 	hasOnce   sync.Once
 	onSession func(zk.State)
+
+	mu     sync.Mutex
+	server net.Conn // the library's connection to its current server
+}
+
+// tracked wraps dial so that the connection the library uses now is
+// known, for dropServer.
+func (c *conn) tracked(dial zk.Dialer) zk.Dialer {
+	return func(network, address string, timeout time.Duration) (net.Conn, error) {
+		nc, err := dial(network, address, timeout)
+		if err == nil {
+			c.mu.Lock()
+			c.server = nc
+			c.mu.Unlock()
+		}
+		return nc, err
+	}
+}
+
+// dropServer closes the connection to the current server. The library
+// sees it fail at once, fails the requests in flight on it (the callers'
+// usual "unavailable, outcome unknown") and moves the session to the next
+// server, as when a server dies. Without it, a server that stops
+// answering without closing (hung, or cut off by a partition) is left
+// only after the library's receive timeout, two thirds of the session
+// timeout: later than the node's local deadline (0.6 of it), so the node
+// fenced although the ensemble kept its session.
+func (c *conn) dropServer() {
+	c.mu.Lock()
+	nc := c.server
+	c.mu.Unlock()
+	if nc != nil {
+		nc.Close()
+	}
 }
 
 // dial connects and authenticates: it returns once the ensemble has
@@ -133,7 +167,7 @@ type conn struct {
 func (s *Store) dial(ctx context.Context, timeout time.Duration, onState func(zk.State)) (*conn, error) {
 	c := &conn{hasSess: make(chan struct{}), onSession: onState}
 	zc, _, err := zk.Connect(s.servers, timeout,
-		zk.WithDialer(s.dialServer),
+		zk.WithDialer(c.tracked(s.dialServer)),
 		zk.WithHostProvider(newHostProvider()),
 		zk.WithLogger(zkLogger{s.log}),
 		zk.WithLogInfo(false),

@@ -168,3 +168,78 @@ func TestCutOffFollowerConfirmsNoContact(t *testing.T) {
 		t.Fatalf("session state after the outage: %v", st)
 	}
 }
+
+// TestHungServerMovesSessionBeforeDeadline freezes (SIGSTOP) the follower a
+// session is connected to: the server neither answers nor closes, as a
+// hung host or a partition that drops packets. The library alone leaves
+// such a server after its receive timeout, two thirds of the session
+// timeout, later than the node's local deadline (0.6 of it): the node
+// fenced although the ensemble kept its session (chaos campaign seed 6 on
+// ZooKeeper: a partition of one node made the two others fence). The
+// session must be confirmed on another server before the local deadline
+// would have passed, and never expire.
+func TestHungServerMovesSessionBeforeDeadline(t *testing.T) {
+	ens := testenv.StartEnsemble(t, 3)
+	// The client knows the two followers only (the library shuffles its
+	// list), so its session is on a follower and moves to the other one;
+	// hanging the leader would add an election.
+	var followers []string
+	for _, z := range ens.Servers {
+		if z.Mode() == "follower" {
+			followers = append(followers, z.Addr())
+		}
+	}
+	if len(followers) != 2 {
+		t.Fatalf("followers %v, want 2", followers)
+	}
+	s := testenv.OpenZKWith(t, testenv.ZKConfig(t, ens, followers, ""))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const timeout = 4 * time.Second // the chaos campaigns'
+	deadline := time.Duration(0.6 * float64(timeout))
+	sess, err := s.NewSession(ctx, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close(ctx)
+	server := func() string { return sess.(interface{ Server() string }).Server() }
+	var hung *harness.ZKServer
+	for _, z := range ens.Servers {
+		if z.Addr() == server() {
+			hung = z
+		}
+	}
+	if hung == nil {
+		t.Fatalf("session server %q not in ensemble %v", server(), ens.Addrs())
+	}
+	// Let a heartbeat confirm contact, then hang the server right after
+	// the confirmation.
+	start := sess.LastContact()
+	if err := testenv.WaitFor(ctx, 5*time.Millisecond, func() bool { return sess.LastContact().After(start) }); err != nil {
+		t.Fatal(err)
+	}
+	before := sess.LastContact()
+	hung.Freeze()
+	defer hung.Thaw()
+	var after time.Time
+	err = testenv.WaitFor(ctx, 5*time.Millisecond, func() bool {
+		after = sess.LastContact()
+		return after.After(before)
+	})
+	if err != nil {
+		t.Fatalf("no contact after the server hung: %v", err)
+	}
+	gap := after.Sub(before)
+	t.Logf("contact confirmed %v after the last one before the hang, on %s (local deadline %v)", gap, server(), deadline)
+	if gap >= deadline {
+		t.Fatalf("contact confirmed again only after %v: past the local deadline %v, the node would have fenced", gap, deadline)
+	}
+	if got := server(); got == hung.Addr() {
+		t.Fatalf("session still on the hung server %s", got)
+	}
+	select {
+	case <-sess.Done():
+		t.Fatal("session ended after one of three servers hung")
+	default:
+	}
+}
