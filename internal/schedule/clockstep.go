@@ -21,10 +21,10 @@ const skewTolerance = time.Second
 // never run again, and ticks declared missed after it are walked again
 // when they come due by this clock.
 //
-// A missed run ahead of now may stand for ticks that are due by now (a
-// clock ahead declared them missed before their time): the ticks at or
-// before its After were decided before it, so the walk starts there and
-// those due ticks are decided again.
+// A missed run decided by a clock ahead of this one (its At is later than
+// now) may stand for ticks that are due by now, declared missed before
+// their time: the ticks at or before its After were decided before it, so
+// the walk starts there and those due ticks are decided again.
 func rewind(sc *Schedule, st *State, now time.Time) (*State, string, []any) {
 	next := st.clone()
 	from := time.Time{}
@@ -37,14 +37,17 @@ func rewind(sc *Schedule, st *State, now time.Time) (*State, string, []any) {
 		if r.Trigger != "" {
 			continue
 		}
-		if !r.Tick.After(now) {
+		switch {
+		case r.Outcome == Missed && r.At.After(now.Add(skewTolerance)) && !r.After.IsZero():
+			// Declared missed by a clock ahead, even if its ticks are
+			// due by now: they are walked again.
+			if !r.After.After(now) {
+				later(r.After)
+			}
+		case !r.Tick.After(now):
 			later(r.Tick)
-			continue
-		}
-		if r.Outcome != Missed {
+		case r.Outcome != Missed:
 			next.Ahead = append(next.Ahead, r.Tick)
-		} else if !r.After.IsZero() && !r.After.After(now) {
-			later(r.After)
 		}
 	}
 	if from.IsZero() {

@@ -14,17 +14,20 @@ import (
 // a forward step silenced the schedule until real time caught up with
 // the tick the stepped clock had fired.
 //
-// The step comes either two minutes after the schedule was made, or
-// before its first tick and ending just after it (first tick at 10 s,
-// clock ahead from 5.5 s to 10.5 s). The second is the chaos campaign's
-// seed 6 on ZooKeeper: the clock ahead declared the first ticks missed,
-// and the rewind, finding no run at or before its clock, walked from
-// "now", 0.5 s past the first tick, which then made no task.
+// The step comes two minutes after the schedule was made, 2 s before a
+// tick (118 s), or before its first tick and ending just after it (first
+// tick at 10 s, clock ahead from 5.5 s to 10.5 s). The last is the chaos
+// campaign's seed 6 on ZooKeeper: the clock ahead declared the first
+// ticks missed, and the rewind, finding no run at or before its clock,
+// walked from "now", 0.5 s past the first tick, which then made no task.
+// Short steps (15 s, 25 s) at 118 s are the review's case: the clock
+// ahead declares tick 120 s missed before its time, and that run's tick is
+// at or before the corrected clock when the rewind comes.
 func TestPlanClockStep(t *testing.T) {
 	start := utc("2026-01-01T00:00:00Z")
 	const hold = 5 * time.Second
-	for _, stepAfter := range []time.Duration{2 * time.Minute, 5500 * time.Millisecond} {
-		for _, step := range []time.Duration{0, 45 * time.Second, -45 * time.Second, 393 * time.Second, -393 * time.Second, 600 * time.Second, -600 * time.Second} {
+	for _, stepAfter := range []time.Duration{2 * time.Minute, 118 * time.Second, 5500 * time.Millisecond} {
+		for _, step := range []time.Duration{0, 15 * time.Second, -15 * time.Second, 25 * time.Second, 45 * time.Second, -45 * time.Second, 393 * time.Second, -393 * time.Second, 600 * time.Second, -600 * time.Second} {
 			t.Run(fmt.Sprintf("after %v step %v", stepAfter, step), func(t *testing.T) {
 				planClockStep(t, start, start.Add(stepAfter), step, hold)
 			})

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-zookeeper/zk"
@@ -16,6 +18,7 @@ import (
 type session struct {
 	*backend.SessionCore
 	c      *conn
+	log    *slog.Logger
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -54,7 +57,7 @@ func (s *Store) NewSession(ctx context.Context, timeout time.Duration) (coord.Se
 	hctx, cancel := context.WithCancel(context.Background())
 	coreMu.Lock()
 	zs.SessionCore = backend.NewSessionCore(timeout, sent)
-	zs.c, zs.cancel = c, cancel
+	zs.c, zs.cancel, zs.log = c, cancel, s.log
 	if f := s.observe.Load(); f != nil {
 		zs.ObserveLateness(*f)
 	}
@@ -97,28 +100,43 @@ func applyState(core *backend.SessionCore, st zk.State) {
 // would then count from contact the leader never saw.
 //
 // The heartbeat gives the ping one interval (ctx's deadline). A sync not
-// answered by then leaves the server: its connection is dropped and the
-// library moves the session to the next server at once (conn.dropServer),
-// well before the local deadline. The sync itself returns when its
-// connection fails.
+// answered by then, on a connection that read nothing else either, leaves
+// its server: that connection is dropped and the library moves the
+// session to the next server at once (conn.dropQuiet), well before the
+// local deadline. An answer that comes after the ping gave up still
+// confirms contact, as of the sync's sending.
 func (zs *session) ping(ctx context.Context) (bool, error) {
+	nc, start := zs.c.current(), time.Now()
 	done := make(chan error, 1)
+	var gaveUp atomic.Bool
 	zs.wg.Add(1)
 	go func() {
 		defer zs.wg.Done()
+		sent := time.Now()
 		_, err := zs.c.Sync("/")
+		if err == nil && gaveUp.Load() {
+			zs.Confirm(sent)
+		}
 		done <- err
 	}()
 	var err error
 	select {
 	case err = <-done:
 	case <-ctx.Done():
-		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return false, ctx.Err() // the session is closing
+		gaveUp.Store(true)
+		select {
+		case err = <-done: // answered as the wait ended
+		default:
+			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return false, ctx.Err() // the session is closing
+			}
+			server := zs.c.Server()
+			if zs.c.dropQuiet(nc, start) {
+				zs.log.Warn("leaving a ZooKeeper server that does not answer: the session moves to the next server",
+					"server", server, "session", zs.ID(), "no_contact_for", time.Since(zs.LastContact()).Round(time.Millisecond).String())
+			}
+			return false, fmt.Errorf("zookeeper sync on %s: no answer within the heartbeat interval: %w", server, coord.ErrUnavailable)
 		}
-		server := zs.c.Server()
-		zs.c.dropServer()
-		return false, fmt.Errorf("zookeeper sync on %s: no answer within the heartbeat interval; leaving the server: %w", server, coord.ErrUnavailable)
 	}
 	if errors.Is(err, zk.ErrSessionExpired) {
 		return true, err

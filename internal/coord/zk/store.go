@@ -99,6 +99,11 @@ type Store struct {
 	mu     sync.Mutex
 	base   *conn
 	closed bool
+	// ctx ends at Close; watchers joins the base connection's watchdogs
+	// (watchBase) and their probes.
+	ctx      context.Context
+	cancel   context.CancelFunc
+	watchers sync.WaitGroup
 	// retiring joins the closes of replaced base connections.
 	retiring sync.WaitGroup
 	// observe, when set, is told each heartbeat's lateness.
@@ -124,7 +129,23 @@ type conn struct {
 	onSession func(zk.State)
 
 	mu     sync.Mutex
-	server net.Conn // the library's connection to its current server
+	server *readConn // the library's connection to its current server
+}
+
+// readConn is a connection to a server that remembers when it last read
+// something: a busy connection whose answers keep coming is slow, not
+// hung.
+type readConn struct {
+	net.Conn
+	last atomic.Int64 // unix nanoseconds of the latest read that returned data
+}
+
+func (r *readConn) Read(p []byte) (int, error) {
+	n, err := r.Conn.Read(p)
+	if n > 0 {
+		r.last.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 // tracked wraps dial so that the connection the library uses now is
@@ -132,30 +153,51 @@ type conn struct {
 func (c *conn) tracked(dial zk.Dialer) zk.Dialer {
 	return func(network, address string, timeout time.Duration) (net.Conn, error) {
 		nc, err := dial(network, address, timeout)
-		if err == nil {
-			c.mu.Lock()
-			c.server = nc
-			c.mu.Unlock()
+		if err != nil {
+			return nil, err
 		}
-		return nc, err
+		rc := &readConn{Conn: nc}
+		c.mu.Lock()
+		c.server = rc
+		c.mu.Unlock()
+		return rc, nil
 	}
 }
 
-// dropServer closes the connection to the current server. The library
-// sees it fail at once, fails the requests in flight on it (the callers'
-// usual "unavailable, outcome unknown") and moves the session to the next
-// server, as when a server dies. Without it, a server that stops
-// answering without closing (hung, or cut off by a partition) is left
-// only after the library's receive timeout, two thirds of the session
-// timeout: later than the node's local deadline (0.6 of it), so the node
-// fenced although the ensemble kept its session.
-func (c *conn) dropServer() {
+// current is the connection to the server the library uses now (nil
+// before the first dial).
+func (c *conn) current() *readConn {
 	c.mu.Lock()
-	nc := c.server
-	c.mu.Unlock()
-	if nc != nil {
-		nc.Close()
+	defer c.mu.Unlock()
+	return c.server
+}
+
+// dropQuiet closes rc if the library still uses it and it has read
+// nothing since t, and says whether it did. The library sees the
+// connection fail at once, fails the requests in flight on it (the
+// callers' usual "unavailable, outcome unknown") and moves to the next
+// server, keeping the session, as when a server dies. Without it, a server
+// that stops answering without closing (hung, or cut off by a partition)
+// is left only after the library's receive timeout, two thirds of the
+// session timeout: for a session, later than the node's local deadline
+// (0.6 of it), so the node fenced although the ensemble kept its session.
+//
+// A connection the library has already replaced is left alone, and so is
+// one that read anything since t (its answers are coming, slowly). Under
+// TLS the TCP connection is closed, not the TLS one: its close would
+// first try to send an alert, which can wait seconds on a dead peer.
+func (c *conn) dropQuiet(rc *readConn, t time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if rc == nil || c.server != rc || rc.last.Load() > t.UnixNano() {
+		return false
 	}
+	nc := rc.Conn
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	nc.Close()
+	return true
 }
 
 // dial connects and authenticates: it returns once the ensemble has
@@ -234,13 +276,16 @@ func Open(cfg Config, log *slog.Logger) (*Store, error) {
 		return nil, err
 	}
 	user, pw, _ := strings.Cut(cfg.Digest, ":")
+	ctx, cancel := context.WithCancel(context.Background())
 	return &Store{servers: cfg.Servers, chroot: strings.TrimSuffix(cfg.Chroot, "/"), log: log,
-		digest: []byte(cfg.Digest), acl: zk.DigestACL(zk.PermAll, user, pw), tls: cfg.TLS}, nil
+		digest: []byte(cfg.Digest), acl: zk.DigestACL(zk.PermAll, user, pw), tls: cfg.TLS,
+		ctx: ctx, cancel: cancel}, nil
 }
 
 // Close closes the base connection; operations started afterwards fail with
 // coord.ErrUnavailable. Sessions are closed by their owners.
 func (s *Store) Close() error {
+	s.cancel()
 	s.mu.Lock()
 	base := s.base
 	s.base, s.closed = nil, true
@@ -249,7 +294,63 @@ func (s *Store) Close() error {
 		base.Close()
 	}
 	s.retiring.Wait()
+	s.watchers.Wait()
 	return nil
+}
+
+// baseProbe is how often the base connection's watchdog checks its server,
+// and how long a probe may go unanswered on a connection that reads
+// nothing else before the server is left.
+const baseProbe = time.Second
+
+// watchBase keeps the base connection c off a server that stopped
+// answering. The base carries every store request that is not a session's
+// own (reads, fenced writes, watches), under a session of baseTimeout,
+// whose receive timeout alone would leave a hung server only after about
+// 6.7 s. Every baseProbe it sends a sync, one at a time. A sync still
+// unanswered at the next tick, on a connection that read nothing else in
+// the last baseProbe either, drops the server (conn.dropQuiet). A busy
+// connection whose answers keep coming is never dropped for a slow sync.
+// It ends with the store, or when c is no longer the base connection.
+func (s *Store) watchBase(c *conn) {
+	t := time.NewTicker(baseProbe)
+	defer t.Stop()
+	var probe chan struct{} // the outstanding sync; nil when none
+	var on *readConn        // the connection it went out on
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		current := s.base == c
+		s.mu.Unlock()
+		if !current {
+			return
+		}
+		if probe != nil {
+			select {
+			case <-probe:
+				probe = nil
+			default:
+				server := c.Server()
+				if c.dropQuiet(on, time.Now().Add(-baseProbe)) {
+					s.log.Warn("leaving a ZooKeeper server that does not answer: the store's connection moves to the next server",
+						"server", server)
+				}
+				continue
+			}
+		}
+		done := make(chan struct{})
+		probe, on = done, c.current()
+		s.watchers.Add(1)
+		go func() {
+			defer s.watchers.Done()
+			defer close(done)
+			c.Sync("/") // returns when answered or when the connection fails
+		}()
+	}
 }
 
 // conn returns a live base connection, replacing an expired one. The
@@ -274,6 +375,11 @@ func (s *Store) conn(ctx context.Context) (*conn, error) {
 		return nil, err
 	}
 	s.base = c
+	s.watchers.Add(1)
+	go func() {
+		defer s.watchers.Done()
+		s.watchBase(c)
+	}()
 	return c, nil
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/taskd/taskd/internal/coord"
 	"github.com/taskd/taskd/internal/coord/coordtest"
+	"github.com/taskd/taskd/internal/coord/zk"
 	"github.com/taskd/taskd/internal/harness"
 	"github.com/taskd/taskd/internal/testenv"
 )
@@ -177,25 +178,15 @@ func TestCutOffFollowerConfirmsNoContact(t *testing.T) {
 // fenced although the ensemble kept its session (chaos campaign seed 6 on
 // ZooKeeper: a partition of one node made the two others fence). The
 // session must be confirmed on another server before the local deadline
-// would have passed, and never expire.
+// would have passed, and never expire. At the default 6 s timeout the
+// library's own move comes at 4 s, past the 3.6 s deadline; taskd's at
+// about two heartbeat intervals (2 s), which leaves the reconnect a
+// second and a half of slack on a loaded machine.
 func TestHungServerMovesSessionBeforeDeadline(t *testing.T) {
-	ens := testenv.StartEnsemble(t, 3)
-	// The client knows the two followers only (the library shuffles its
-	// list), so its session is on a follower and moves to the other one;
-	// hanging the leader would add an election.
-	var followers []string
-	for _, z := range ens.Servers {
-		if z.Mode() == "follower" {
-			followers = append(followers, z.Addr())
-		}
-	}
-	if len(followers) != 2 {
-		t.Fatalf("followers %v, want 2", followers)
-	}
-	s := testenv.OpenZKWith(t, testenv.ZKConfig(t, ens, followers, ""))
+	ens, s := followersOnly(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	const timeout = 4 * time.Second // the chaos campaigns'
+	const timeout = 6 * time.Second // taskd's default
 	deadline := time.Duration(0.6 * float64(timeout))
 	sess, err := s.NewSession(ctx, timeout)
 	if err != nil {
@@ -203,15 +194,7 @@ func TestHungServerMovesSessionBeforeDeadline(t *testing.T) {
 	}
 	defer sess.Close(ctx)
 	server := func() string { return sess.(interface{ Server() string }).Server() }
-	var hung *harness.ZKServer
-	for _, z := range ens.Servers {
-		if z.Addr() == server() {
-			hung = z
-		}
-	}
-	if hung == nil {
-		t.Fatalf("session server %q not in ensemble %v", server(), ens.Addrs())
-	}
+	hung := serverAt(t, ens, server())
 	// Let a heartbeat confirm contact, then hang the server right after
 	// the confirmation.
 	start := sess.LastContact()
@@ -242,4 +225,75 @@ func TestHungServerMovesSessionBeforeDeadline(t *testing.T) {
 		t.Fatal("session ended after one of three servers hung")
 	default:
 	}
+}
+
+// TestHungServerMovesBaseConnection freezes the follower the store's base
+// connection uses (reads, fenced writes and watches go over it, under a
+// 10 s session of its own). The library alone leaves the frozen server
+// after its receive timeout, about 6.7 s; the store's watchdog must move
+// the connection so that reads are answered again within 4 s.
+func TestHungServerMovesBaseConnection(t *testing.T) {
+	ens, s := followersOnly(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := s.Create(ctx, "/base/x", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	hung := serverAt(t, ens, zk.BaseServer(s.(*zk.Store)))
+	hung.Freeze()
+	defer hung.Thaw()
+	frozen := time.Now()
+	for attempt := 1; ; attempt++ {
+		rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
+		kv, err := s.Get(rctx, "/base/x")
+		rcancel()
+		if err == nil {
+			if string(kv.Value) != "x" {
+				t.Fatalf("read %q, want x", kv.Value)
+			}
+			break
+		}
+		if !errors.Is(err, coord.ErrUnavailable) || attempt == 10 {
+			t.Fatalf("read after the freeze (attempt %d): %v", attempt, err)
+		}
+	}
+	took := time.Since(frozen)
+	t.Logf("read answered %v after the base connection's server hung, now on %s", took, zk.BaseServer(s.(*zk.Store)))
+	if took > 4*time.Second {
+		t.Fatalf("reads answered again only after %v, want within 4s", took)
+	}
+	if got := zk.BaseServer(s.(*zk.Store)); got == hung.Addr() {
+		t.Fatalf("base connection still on the hung server %s", got)
+	}
+}
+
+// followersOnly starts a three-server ensemble and opens a store that
+// knows its two followers only (the library shuffles its list), so its
+// connections are on a follower and move to the other one; hanging the
+// leader would add an election.
+func followersOnly(t *testing.T) (*harness.Ensemble, coord.Store) {
+	t.Helper()
+	ens := testenv.StartEnsemble(t, 3)
+	var followers []string
+	for _, z := range ens.Servers {
+		if z.Mode() == "follower" {
+			followers = append(followers, z.Addr())
+		}
+	}
+	if len(followers) != 2 {
+		t.Fatalf("followers %v, want 2", followers)
+	}
+	return ens, testenv.OpenZKWith(t, testenv.ZKConfig(t, ens, followers, ""))
+}
+
+// serverAt is the ensemble's server at addr.
+func serverAt(t *testing.T, ens *harness.Ensemble, addr string) *harness.ZKServer {
+	t.Helper()
+	for _, z := range ens.Servers {
+		if z.Addr() == addr {
+			return z
+		}
+	}
+	t.Fatalf("server %q not in ensemble %v", addr, ens.Addrs())
+	return nil
 }
