@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-zookeeper/zk"
@@ -108,14 +107,13 @@ func applyState(core *backend.SessionCore, st zk.State) {
 func (zs *session) ping(ctx context.Context) (bool, error) {
 	nc, start := zs.c.current(), time.Now()
 	done := make(chan error, 1)
-	var gaveUp atomic.Bool
 	zs.wg.Add(1)
 	go func() {
 		defer zs.wg.Done()
 		sent := time.Now()
 		_, err := zs.c.Sync("/")
-		if err == nil && gaveUp.Load() {
-			zs.Confirm(sent)
+		if err == nil {
+			zs.Confirm(sent) // also when the ping gave up before the answer
 		}
 		done <- err
 	}()
@@ -123,7 +121,6 @@ func (zs *session) ping(ctx context.Context) (bool, error) {
 	select {
 	case err = <-done:
 	case <-ctx.Done():
-		gaveUp.Store(true)
 		select {
 		case err = <-done: // answered as the wait ended
 		default:

@@ -137,13 +137,19 @@ type conn struct {
 // hung.
 type readConn struct {
 	net.Conn
-	last atomic.Int64 // unix nanoseconds of the latest read that returned data
+	last atomic.Int64 // sinceEpoch of the latest read that returned data
 }
+
+// epoch anchors readConn's times on the monotonic clock: a step of the
+// wall clock must not make a hung server look busy, or a busy one hung.
+var epoch = time.Now()
+
+func sinceEpoch(t time.Time) int64 { return int64(t.Sub(epoch)) }
 
 func (r *readConn) Read(p []byte) (int, error) {
 	n, err := r.Conn.Read(p)
 	if n > 0 {
-		r.last.Store(time.Now().UnixNano())
+		r.last.Store(sinceEpoch(time.Now()))
 	}
 	return n, err
 }
@@ -189,7 +195,7 @@ func (c *conn) current() *readConn {
 func (c *conn) dropQuiet(rc *readConn, t time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if rc == nil || c.server != rc || rc.last.Load() > t.UnixNano() {
+	if rc == nil || c.server != rc || rc.last.Load() > sinceEpoch(t) {
 		return false
 	}
 	nc := rc.Conn
@@ -298,25 +304,31 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// baseProbe is how often the base connection's watchdog checks its server,
-// and how long a probe may go unanswered on a connection that reads
-// nothing else before the server is left.
-const baseProbe = time.Second
+// baseProbe is how often the base connection's watchdog checks its
+// server; a probe unanswered for baseQuiet, on a connection that read
+// nothing else in that time, leaves the server. Two probe intervals, so
+// that a leader that stalls for a second (a slow disk sync, a GC pause)
+// does not cost the connection and the writes in flight on it.
+const (
+	baseProbe = time.Second
+	baseQuiet = 2 * baseProbe
+)
 
 // watchBase keeps the base connection c off a server that stopped
 // answering. The base carries every store request that is not a session's
 // own (reads, fenced writes, watches), under a session of baseTimeout,
 // whose receive timeout alone would leave a hung server only after about
 // 6.7 s. Every baseProbe it sends a sync, one at a time. A sync still
-// unanswered at the next tick, on a connection that read nothing else in
-// the last baseProbe either, drops the server (conn.dropQuiet). A busy
-// connection whose answers keep coming is never dropped for a slow sync.
-// It ends with the store, or when c is no longer the base connection.
+// unanswered after baseQuiet, on a connection that read nothing else in
+// that time either, drops the server (conn.dropQuiet). A busy connection
+// whose answers keep coming is never dropped for a slow sync. It ends with
+// the store, or when c is no longer the base connection.
 func (s *Store) watchBase(c *conn) {
 	t := time.NewTicker(baseProbe)
 	defer t.Stop()
 	var probe chan struct{} // the outstanding sync; nil when none
 	var on *readConn        // the connection it went out on
+	var sent time.Time
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -334,16 +346,20 @@ func (s *Store) watchBase(c *conn) {
 			case <-probe:
 				probe = nil
 			default:
+				now := time.Now()
+				if now.Sub(sent) < baseQuiet {
+					continue
+				}
 				server := c.Server()
-				if c.dropQuiet(on, time.Now().Add(-baseProbe)) {
+				if c.dropQuiet(on, now.Add(-baseQuiet)) {
 					s.log.Warn("leaving a ZooKeeper server that does not answer: the store's connection moves to the next server",
-						"server", server)
+						"server", server, "waited", now.Sub(sent).Round(time.Millisecond).String())
 				}
 				continue
 			}
 		}
 		done := make(chan struct{})
-		probe, on = done, c.current()
+		probe, on, sent = done, c.current(), time.Now()
 		s.watchers.Add(1)
 		go func() {
 			defer s.watchers.Done()

@@ -230,8 +230,9 @@ func TestHungServerMovesSessionBeforeDeadline(t *testing.T) {
 // TestHungServerMovesBaseConnection freezes the follower the store's base
 // connection uses (reads, fenced writes and watches go over it, under a
 // 10 s session of its own). The library alone leaves the frozen server
-// after its receive timeout, about 6.7 s; the store's watchdog must move
-// the connection so that reads are answered again within 4 s.
+// after its receive timeout, about 6.7 s; the store's watchdog (a probe
+// a second, two seconds of silence) must move the connection so that
+// reads are answered again within 5 s.
 func TestHungServerMovesBaseConnection(t *testing.T) {
 	ens, s := followersOnly(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -259,8 +260,8 @@ func TestHungServerMovesBaseConnection(t *testing.T) {
 	}
 	took := time.Since(frozen)
 	t.Logf("read answered %v after the base connection's server hung, now on %s", took, zk.BaseServer(s.(*zk.Store)))
-	if took > 4*time.Second {
-		t.Fatalf("reads answered again only after %v, want within 4s", took)
+	if took > 5*time.Second {
+		t.Fatalf("reads answered again only after %v, want within 5s", took)
 	}
 	if got := zk.BaseServer(s.(*zk.Store)); got == hung.Addr() {
 		t.Fatalf("base connection still on the hung server %s", got)
