@@ -9,13 +9,3 @@ func Hubs(s *Store) int {
 	defer s.hubsMu.Unlock()
 	return len(s.hubs)
 }
-
-// BaseServer is the server s's base connection uses ("" before it exists).
-func BaseServer(s *Store) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.base == nil {
-		return ""
-	}
-	return s.base.Server()
-}

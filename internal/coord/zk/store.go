@@ -99,11 +99,6 @@ type Store struct {
 	mu     sync.Mutex
 	base   *conn
 	closed bool
-	// ctx ends at Close; watchers joins the base connection's watchdogs
-	// (watchBase) and their probes.
-	ctx      context.Context
-	cancel   context.CancelFunc
-	watchers sync.WaitGroup
 	// retiring joins the closes of replaced base connections.
 	retiring sync.WaitGroup
 	// observe, when set, is told each heartbeat's lateness.
@@ -282,16 +277,13 @@ func Open(cfg Config, log *slog.Logger) (*Store, error) {
 		return nil, err
 	}
 	user, pw, _ := strings.Cut(cfg.Digest, ":")
-	ctx, cancel := context.WithCancel(context.Background())
 	return &Store{servers: cfg.Servers, chroot: strings.TrimSuffix(cfg.Chroot, "/"), log: log,
-		digest: []byte(cfg.Digest), acl: zk.DigestACL(zk.PermAll, user, pw), tls: cfg.TLS,
-		ctx: ctx, cancel: cancel}, nil
+		digest: []byte(cfg.Digest), acl: zk.DigestACL(zk.PermAll, user, pw), tls: cfg.TLS}, nil
 }
 
 // Close closes the base connection; operations started afterwards fail with
 // coord.ErrUnavailable. Sessions are closed by their owners.
 func (s *Store) Close() error {
-	s.cancel()
 	s.mu.Lock()
 	base := s.base
 	s.base, s.closed = nil, true
@@ -300,73 +292,7 @@ func (s *Store) Close() error {
 		base.Close()
 	}
 	s.retiring.Wait()
-	s.watchers.Wait()
 	return nil
-}
-
-// baseProbe is how often the base connection's watchdog checks its
-// server; a probe unanswered for baseQuiet, on a connection that read
-// nothing else in that time, leaves the server. Two probe intervals, so
-// that a leader that stalls for a second (a slow disk sync, a GC pause)
-// does not cost the connection and the writes in flight on it.
-const (
-	baseProbe = time.Second
-	baseQuiet = 2 * baseProbe
-)
-
-// watchBase keeps the base connection c off a server that stopped
-// answering. The base carries every store request that is not a session's
-// own (reads, fenced writes, watches), under a session of baseTimeout,
-// whose receive timeout alone would leave a hung server only after about
-// 6.7 s. Every baseProbe it sends a sync, one at a time. A sync still
-// unanswered after baseQuiet, on a connection that read nothing else in
-// that time either, drops the server (conn.dropQuiet). A busy connection
-// whose answers keep coming is never dropped for a slow sync. It ends with
-// the store, or when c is no longer the base connection.
-func (s *Store) watchBase(c *conn) {
-	t := time.NewTicker(baseProbe)
-	defer t.Stop()
-	var probe chan struct{} // the outstanding sync; nil when none
-	var on *readConn        // the connection it went out on
-	var sent time.Time
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-t.C:
-		}
-		s.mu.Lock()
-		current := s.base == c
-		s.mu.Unlock()
-		if !current {
-			return
-		}
-		if probe != nil {
-			select {
-			case <-probe:
-				probe = nil
-			default:
-				now := time.Now()
-				if now.Sub(sent) < baseQuiet {
-					continue
-				}
-				server := c.Server()
-				if c.dropQuiet(on, now.Add(-baseQuiet)) {
-					s.log.Warn("leaving a ZooKeeper server that does not answer: the store's connection moves to the next server",
-						"server", server, "waited", now.Sub(sent).Round(time.Millisecond).String())
-				}
-				continue
-			}
-		}
-		done := make(chan struct{})
-		probe, on, sent = done, c.current(), time.Now()
-		s.watchers.Add(1)
-		go func() {
-			defer s.watchers.Done()
-			defer close(done)
-			c.Sync("/") // returns when answered or when the connection fails
-		}()
-	}
 }
 
 // conn returns a live base connection, replacing an expired one. The
@@ -391,11 +317,6 @@ func (s *Store) conn(ctx context.Context) (*conn, error) {
 		return nil, err
 	}
 	s.base = c
-	s.watchers.Add(1)
-	go func() {
-		defer s.watchers.Done()
-		s.watchBase(c)
-	}()
 	return c, nil
 }
 
