@@ -110,10 +110,9 @@ func (zs *session) ping(ctx context.Context) (bool, error) {
 	zs.wg.Add(1)
 	go func() {
 		defer zs.wg.Done()
-		sent := time.Now()
 		_, err := zs.c.Sync("/")
 		if err == nil {
-			zs.Confirm(sent) // also when the ping gave up before the answer
+			zs.Confirm(start) // also when the ping gave up before the answer
 		}
 		done <- err
 	}()

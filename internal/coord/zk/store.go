@@ -150,7 +150,7 @@ func (r *readConn) Read(p []byte) (int, error) {
 }
 
 // tracked wraps dial so that the connection the library uses now is
-// known, for dropServer.
+// known, for dropQuiet.
 func (c *conn) tracked(dial zk.Dialer) zk.Dialer {
 	return func(network, address string, timeout time.Duration) (net.Conn, error) {
 		nc, err := dial(network, address, timeout)
