@@ -138,6 +138,7 @@ func TestConsole(t *testing.T) {
 
 	execLog(t, c, leader, b)
 	filters(t, b)
+	earlyFirstPage(t, leader, b)
 	themes(t, b)
 	bulkActions(t, c, leader, b)
 	viewerCannotAct(t, c, leader, b)
@@ -370,6 +371,36 @@ func filters(t *testing.T, b *browser) {
 		t.Fatal(err)
 	}
 	b.waitJS(10*time.Second, "every task again", `document.querySelectorAll('tr[data-task]').length > 1 && [...document.querySelectorAll('tr[data-task]')].some((r) => r.children[2].textContent !== 'shout')`)
+}
+
+// earlyFirstPage: a page loaded on the task table, in a tab that holds a
+// token, sends the table's first ListTasks from its head, before its
+// files arrive, and the table shows that answer (the inline script runs,
+// so the Content-Security-Policy's hash of it is right). A page loaded on
+// another view sends none, and the table reached from there asks itself.
+func earlyFirstPage(t *testing.T, leader *harness.Node, b *browser) {
+	t.Helper()
+	url := "https://" + leader.API + "/ui/"
+	lists := `performance.getEntriesByType('resource').filter((e) => e.name.endsWith('/ListTasks')).length`
+	b.must(15*time.Second, "load the page on the task table", chromedp.Navigate("about:blank"), chromedp.Navigate(url+"#/tasks"))
+	b.waitJS(10*time.Second, "the task table from the early call", `document.querySelectorAll('tr[data-task]').length > 1 && performance.getEntriesByName('taskd:early-call-used').length === 1`)
+	// domInteractive: the document parsed, before its deferred scripts
+	// (the console's files) run.
+	if n, err := eval[float64](b, `(() => { const l = performance.getEntriesByType('resource').find((e) => e.name.endsWith('/ListTasks'));
+		const nav = performance.getEntriesByType('navigation')[0];
+		return l && nav && l.startTime < nav.domInteractive ? 1 : 0; })()`); err != nil || n != 1 {
+		t.Errorf("the first ListTasks did not go out while the page was parsed (%v, %v)", n, err)
+	}
+	b.must(15*time.Second, "load the page on the cluster view", chromedp.Navigate("about:blank"), chromedp.Navigate(url+"#/cluster"))
+	b.waitJS(10*time.Second, "the cluster view", `document.getElementById('leader')`)
+	if n, err := eval[float64](b, lists); err != nil || n != 0 {
+		t.Errorf("a page loaded on the cluster view sent %v ListTasks (%v); want 0", n, err)
+	}
+	b.goTo("#/tasks")
+	b.waitJS(10*time.Second, "the task table, asked by the view", `document.querySelectorAll('tr[data-task]').length > 1`)
+	if n, err := eval[float64](b, `performance.getEntriesByName('taskd:early-call-used').length`); err != nil || n != 0 {
+		t.Errorf("the table reached without a page load used an early call (%v, %v)", n, err)
+	}
 }
 
 // themes: the console follows the system's light or dark preference.

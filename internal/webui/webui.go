@@ -10,16 +10,20 @@
 // Because the token sits in the page's storage, the page must never run
 // injected script: every value from the API is written as text
 // (textContent), never as HTML, and the Content-Security-Policy allows
-// scripts from the console's own files only.
+// scripts from the console's own files only: its files, and the one file
+// index.html carries inline (early.js), allowed by the hash of its bytes.
 package webui
 
 import (
 	"bytes"
 	"crypto/sha256"
 	"embed"
+	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"io/fs"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -31,10 +35,16 @@ var assets embed.FS
 // Prefix is where the console is served.
 const Prefix = "/ui/"
 
-// csp: only the console's own files, no inline script or style, no
-// frames, and fetch only to the origin that served the page.
-const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+// cspFormat: only the console's own files and its one inlined script
+// (allowed by the SHA-256 of its bytes, %s), no inline style, no frames,
+// and fetch only to the origin that served the page.
+const cspFormat = "default-src 'none'; script-src 'self' %s; style-src 'self'; img-src 'self' data:; " +
 	"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+// inlined are the files index.html carries inside itself, where it says
+// <script data-inline="NAME"></script>: early.js must run before the
+// other files arrive.
+var inlined = []string{"early.js"}
 
 // AssetBytes is the size of the console's files, the bytes the console
 // adds to the binary.
@@ -62,6 +72,7 @@ type site struct {
 	files   http.Handler
 	index   []byte
 	version map[string]string // file name -> version
+	csp     string
 }
 
 var loadSite = sync.OnceValue(func() *site {
@@ -78,8 +89,23 @@ var loadSite = sync.OnceValue(func() *site {
 	if err != nil {
 		panic(err)
 	}
+	var hashes []string
+	for _, name := range inlined {
+		b, err := fs.ReadFile(sub, name)
+		if err != nil {
+			panic(err)
+		}
+		tag := []byte(`<script data-inline="` + name + `"></script>`)
+		if bytes.Count(index, tag) != 1 || bytes.Contains(bytes.ToLower(b), []byte("</script")) {
+			panic("webui: " + name + " cannot be inlined once into index.html")
+		}
+		index = bytes.Replace(index, tag, append(append([]byte("<script>"), b...), "</script>"...), 1)
+		sum := sha256.Sum256(b)
+		hashes = append(hashes, "'sha256-"+base64.StdEncoding.EncodeToString(sum[:])+"'")
+	}
+	s.csp = fmt.Sprintf(cspFormat, strings.Join(hashes, " "))
 	for _, name := range names {
-		if name == "index.html" {
+		if name == "index.html" || slices.Contains(inlined, name) {
 			continue
 		}
 		b, err := fs.ReadFile(sub, name)
@@ -108,7 +134,7 @@ func Handler() http.Handler {
 			return
 		}
 		h := w.Header()
-		h.Set("Content-Security-Policy", csp)
+		h.Set("Content-Security-Policy", s.csp)
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("X-Frame-Options", "DENY")

@@ -2,11 +2,13 @@ package webui
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"io"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -41,7 +43,7 @@ func TestVersionedFiles(t *testing.T) {
 	}
 	for _, p := range names {
 		name := strings.TrimPrefix(p, "assets/")
-		if name == "index.html" {
+		if name == "index.html" || slices.Contains(inlined, name) {
 			continue
 		}
 		b, err := fs.ReadFile(assets, p)
@@ -65,7 +67,7 @@ func TestVersionedFiles(t *testing.T) {
 			if got := resp.Header.Get("Cache-Control"); got != c.cache {
 				t.Errorf("GET %s%s: Cache-Control %q; want %q", name, c.query, got, c.cache)
 			}
-			if resp.Header.Get("Content-Security-Policy") != csp {
+			if resp.Header.Get("Content-Security-Policy") != loadSite().csp {
 				t.Errorf("GET %s%s: no Content-Security-Policy", name, c.query)
 			}
 		}
@@ -76,5 +78,37 @@ func TestVersionedFiles(t *testing.T) {
 	// net/http's error reply drops Cache-Control: a 404 is never kept.
 	if resp, _ := get(t, Prefix+"nosuch.js?v=1"); resp.StatusCode != http.StatusNotFound || strings.Contains(resp.Header.Get("Cache-Control"), "max-age") {
 		t.Errorf("GET nosuch.js: %d, Cache-Control %q; want 404, not cached", resp.StatusCode, resp.Header.Get("Cache-Control"))
+	}
+}
+
+// TestInlinedScript: index.html carries early.js inside itself, and the
+// page's Content-Security-Policy allows that script by the SHA-256 of its
+// bytes and no other inline script; a browser refuses a script whose
+// bytes do not match (the console's browser tests see it run:
+// TestConsoleEarlyFirstPage).
+func TestInlinedScript(t *testing.T) {
+	resp, index := get(t, Prefix)
+	policy := resp.Header.Get("Content-Security-Policy")
+	for _, name := range inlined {
+		b, err := fs.ReadFile(assets, "assets/"+name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(index, "<script>"+string(b)+"</script>") {
+			t.Errorf("index.html does not carry %s inline:\n%s", name, index)
+		}
+		if strings.Contains(index, `data-inline="`+name+`"`) || strings.Contains(index, `"`+name+`?v=`) {
+			t.Errorf("index.html still names %s:\n%s", name, index)
+		}
+		sum := sha256.Sum256(b)
+		if want := "script-src 'self' 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "';"; !strings.Contains(policy, want) {
+			t.Errorf("Content-Security-Policy %q lacks %q", policy, want)
+		}
+	}
+	if strings.Contains(policy, "unsafe-inline") || strings.Count(policy, "'sha256-") != len(inlined) {
+		t.Errorf("Content-Security-Policy %q allows more inline script than %v", policy, inlined)
+	}
+	if n := strings.Count(index, "<script>"); n != len(inlined) {
+		t.Errorf("index.html has %d inline scripts, want %d", n, len(inlined))
 	}
 }

@@ -5,6 +5,7 @@ let current = null;
 
 function logout(why) {
   session.clear();
+  window.taskdEarly = null;
   if (current) { current.close(); current = null; }
   document.getElementById('view').hidden = true;
   document.getElementById('nav').hidden = true;

@@ -117,7 +117,7 @@ function viewTasks(root, scope) {
   f.status.addEventListener('change', () => { offset = 0; load(); });
   const req = () => ({ status: f.status.value, type: f.type.value.trim(), node: f.node.value.trim(), key: f.key.value.trim(),
     limit: pageSize, offset, newestFirst: true, explain: true });
-  const read = newest(() => call('TaskService', 'ListTasks', req()), (r) => {
+  const read = newest(() => callEarly('TaskService', 'ListTasks', req()), (r) => {
     const ts = r.tasks || [];
     shown = new Map(ts.map((t) => [t.id, t]));
     // The selection keeps only what this page still shows.
