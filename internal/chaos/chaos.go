@@ -93,7 +93,8 @@ type run struct {
 	cfg     Config
 	c       *harness.VIPCluster
 	ens     *harness.Ensemble
-	rng     *rand.Rand // the fault schedule and the images (one goroutine)
+	rng     *rand.Rand // the images and the VIP's first holder (set-up)
+	frng    *rand.Rand // the running fault's own choices (the fault goroutine; schedule.go)
 	workRng *rand.Rand // the workload's pacing (its own goroutine)
 	samples string
 	ledger  string

@@ -53,8 +53,10 @@ func (r *run) faults(ctx context.Context) {
 		}
 	}
 	start := time.Now()
+	sched := newSchedule(r.cfg.Seed, kinds)
 	for i := 1; i <= r.cfg.Faults && time.Since(start) < r.cfg.Duration && ctx.Err() == nil; i++ {
-		kind := kinds[r.rng.IntN(len(kinds))]
+		kind, own, gap := sched.next(i)
+		r.frng = own
 		began := time.Now()
 		what := r.inject(ctx, kind)
 		r.mu.Lock()
@@ -70,7 +72,7 @@ func (r *run) faults(ctx context.Context) {
 		r.spans = append(r.spans, faultSpan{n: i, kind: kind, what: what, began: began, whole: time.Now()})
 		r.mu.Unlock()
 		r.logf("fault %3d: %-12s %s; cluster whole again after %v", i, kind, what, time.Since(began).Round(100*time.Millisecond))
-		pause(ctx, 500*time.Millisecond+time.Duration(r.rng.Int64N(int64(time.Second))))
+		pause(ctx, gap)
 	}
 }
 
@@ -95,7 +97,7 @@ func (r *run) pick(not string) string {
 			c = append(c, n)
 		}
 	}
-	return c[r.rng.IntN(len(c))]
+	return c[r.frng.IntN(len(c))]
 }
 
 func (r *run) setFaulted(node string, on bool) {
@@ -129,7 +131,7 @@ func (r *run) killNode(ctx context.Context, node string) string {
 			what += fmt.Sprintf(" (leader; new leader after %v)", took.Round(time.Millisecond))
 		}
 	}
-	pause(ctx, time.Second+time.Duration(r.rng.Int64N(int64(time.Second))))
+	pause(ctx, time.Second+time.Duration(r.frng.Int64N(int64(time.Second))))
 	if err := r.c.Start(node); err != nil {
 		r.logf("restart %s: %v", node, err)
 	}
@@ -143,7 +145,7 @@ func (r *run) inject(ctx context.Context, kind string) string {
 	long := r.cfg.SessionTimeout + time.Second
 	switch kind {
 	case faultKillLeader:
-		l := r.leaderSeenBy(harness.VIPNodes[r.rng.IntN(3)])
+		l := r.leaderSeenBy(harness.VIPNodes[r.frng.IntN(3)])
 		if l == "" {
 			l = r.pick("")
 		}
@@ -176,8 +178,8 @@ func (r *run) inject(ctx context.Context, kind string) string {
 		return fmt.Sprintf("partition %s for %v", n, long)
 	case faultClock:
 		n := r.pick("")
-		step := time.Duration(30+r.rng.IntN(570)) * time.Second
-		if r.rng.IntN(2) == 0 {
+		step := time.Duration(30+r.frng.IntN(570)) * time.Second
+		if r.frng.IntN(2) == 0 {
 			step = -step
 		}
 		if err := r.stepClock(n, step); err != nil {
@@ -192,9 +194,9 @@ func (r *run) inject(ctx context.Context, kind string) string {
 	case faultStarve:
 		return r.starve(ctx, r.pick(""), 2*long)
 	case faultZKKill:
-		s := r.ens.Servers[r.rng.IntN(len(r.ens.Servers))]
+		s := r.ens.Servers[r.frng.IntN(len(r.ens.Servers))]
 		s.Kill()
-		pause(ctx, 2*time.Second+time.Duration(r.rng.Int64N(int64(2*time.Second))))
+		pause(ctx, 2*time.Second+time.Duration(r.frng.Int64N(int64(2*time.Second))))
 		if err := s.Start(); err != nil {
 			r.logf("restart zookeeper %d: %v", s.ID, err)
 		}
