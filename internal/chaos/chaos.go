@@ -93,7 +93,6 @@ type run struct {
 	cfg     Config
 	c       *harness.VIPCluster
 	ens     *harness.Ensemble
-	rng     *rand.Rand // the images and the VIP's first holder (set-up)
 	frng    *rand.Rand // the running fault's own choices (the fault goroutine; schedule.go)
 	workRng *rand.Rand // the workload's pacing (its own goroutine)
 	samples string
@@ -138,7 +137,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if cfg.Faults < 1 || cfg.Faults > 2000 || cfg.Duration <= 0 || cfg.Duration > 6*time.Hour {
 		return Report{}, errors.New("faults must be 1-2000 and duration positive, at most 6h")
 	}
-	r := &run{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 0x7a5d)), workRng: rand.New(rand.NewPCG(cfg.Seed, 0x30b1)), tasks: map[string]string{},
+	r := &run{cfg: cfg, workRng: rand.New(rand.NewPCG(cfg.Seed, 0x30b1)), tasks: map[string]string{},
 		keyOf: map[string]string{}, copies: map[string][2]string{}, killed: map[string]bool{}, stopped: map[string][][2]time.Time{},
 		faulted: map[string]bool{}, progress: cfg.Log}
 	r.rep = Report{Backend: cfg.Backend, FaultCounts: map[string]int{}}
@@ -316,13 +315,16 @@ func (r *run) workload(ctx context.Context) {
 	}
 }
 
-// startCopies creates two sparse images and verified copy tasks of them.
+// startCopies creates two sparse images and verified copy tasks of them,
+// each on a node drawn from a source of its own (the faults draw from
+// theirs: schedule.go).
 func (r *run) startCopies() error {
+	rng := rand.New(rand.NewPCG(r.cfg.Seed, 0x7a5d))
 	vol := filepath.Join(r.cfg.Dir, "vol")
 	for i := range 2 {
 		src := filepath.Join(vol, fmt.Sprintf("src%d.img", i))
 		dst := filepath.Join(vol, fmt.Sprintf("dst%d.img", i))
-		if err := sparseImage(src, 96<<20, r.rng); err != nil {
+		if err := sparseImage(src, 96<<20, rng); err != nil {
 			return err
 		}
 		if err := os.WriteFile(dst, nil, 0o644); err != nil {
@@ -331,7 +333,7 @@ func (r *run) startCopies() error {
 		if err := os.Truncate(dst, 96<<20); err != nil {
 			return err
 		}
-		node := harness.VIPNodes[r.rng.IntN(len(harness.VIPNodes))]
+		node := harness.VIPNodes[rng.IntN(len(harness.VIPNodes))]
 		out, err := r.c.Ctl(node, "copy", "file://"+src, "file://"+dst, "--verify", "--rate", "8M", "--node", node)
 		if err != nil {
 			return fmt.Errorf("create copy task: %w", err)

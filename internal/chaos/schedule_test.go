@@ -41,6 +41,15 @@ func TestScheduleReplays(t *testing.T) {
 	if fmt.Sprint(a) == fmt.Sprint(c) {
 		t.Fatalf("seeds 7 and 8 drew the same schedule")
 	}
+	// Each fault's own source is its own: faults of one kind do not all
+	// pick the same node.
+	own := map[uint64]int{}
+	for i, f := range a {
+		if j, ok := own[f.first]; ok {
+			t.Fatalf("faults %d and %d drew the same first number from their own sources", j+1, i+1)
+		}
+		own[f.first] = i
+	}
 	seen := map[string]bool{}
 	for _, f := range a {
 		seen[f.kind] = true

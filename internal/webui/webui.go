@@ -95,8 +95,12 @@ var loadSite = sync.OnceValue(func() *site {
 		if err != nil {
 			panic(err)
 		}
+		// The browser hashes the script's text as the HTML parser left
+		// it, line ends as LF; so are the bytes hashed and served here.
+		b = bytes.ReplaceAll(bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n")), []byte("\r"), []byte("\n"))
 		tag := []byte(`<script data-inline="` + name + `"></script>`)
-		if bytes.Count(index, tag) != 1 || bytes.Contains(bytes.ToLower(b), []byte("</script")) {
+		low := bytes.ToLower(b)
+		if bytes.Count(index, tag) != 1 || bytes.Contains(low, []byte("</script")) || bytes.Contains(low, []byte("<!--")) {
 			panic("webui: " + name + " cannot be inlined once into index.html")
 		}
 		index = bytes.Replace(index, tag, append(append([]byte("<script>"), b...), "</script>"...), 1)

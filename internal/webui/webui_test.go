@@ -84,8 +84,8 @@ func TestVersionedFiles(t *testing.T) {
 // TestInlinedScript: index.html carries early.js inside itself, and the
 // page's Content-Security-Policy allows that script by the SHA-256 of its
 // bytes and no other inline script; a browser refuses a script whose
-// bytes do not match (the console's browser tests see it run:
-// TestConsoleEarlyFirstPage).
+// bytes do not match (the browser test TestConsole sees it run, in its
+// step earlyFirstPage).
 func TestInlinedScript(t *testing.T) {
 	resp, index := get(t, Prefix)
 	policy := resp.Header.Get("Content-Security-Policy")

@@ -32,6 +32,10 @@ function route() {
   const views = { cluster: viewCluster, tasks: viewTasks, runners: viewRunners, vips: viewVIPs, timeline: viewTimeline };
   if (name === 'task' && arg) viewTask(root, current, decodeURIComponent(arg));
   else (views[name] || viewCluster)(root, current);
+  // The early call (early.js) is for the first view of a page load: the
+  // tasks view has taken it by now (its first read starts at once), and
+  // no later view may take it.
+  window.taskdEarly = null;
 }
 
 document.getElementById('login').addEventListener('submit', async (ev) => {
