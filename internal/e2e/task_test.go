@@ -117,6 +117,19 @@ func waitTask(t *testing.T, c *harness.Cluster, id string, limit time.Duration, 
 	return last
 }
 
+// runningSleep creates a sleep task of d that writes a ledger and
+// checkpoints every interval, and waits until attempt 1 has done done ms
+// of it. It returns the task's id, its ledger and the task as then seen.
+func runningSleep(t *testing.T, c *harness.Cluster, leader *harness.Node, d, interval time.Duration, done int64) (string, string, *taskdv1.Task) {
+	t.Helper()
+	ledger := filepath.Join(t.TempDir(), "ledger")
+	id := create(t, leader, "sleep", sleepSpec(d, interval, ledger))
+	tk := waitTask(t, c, id, 10*time.Second, "progress on attempt 1", func(tk *taskdv1.Task) bool {
+		return tk.State == "running" && tk.Progress.GetDone() >= done
+	})
+	return id, ledger, tk
+}
+
 func sleepSpec(d, interval time.Duration, ledger string) string {
 	return fmt.Sprintf(`{"duration":%q,"checkpoint_interval":%q,"ledger":%q}`, d.String(), interval.String(), ledger)
 }
@@ -195,12 +208,8 @@ func TestTaskResumesAfterRunnerKill(t *testing.T) {
 				cordon(t, leader, n.Name)
 			}
 		}
-		ledger := filepath.Join(t.TempDir(), "ledger")
 		const interval = 500 * time.Millisecond
-		id := create(t, leader, "sleep", sleepSpec(12*time.Second, interval, ledger))
-		tk := waitTask(t, c, id, 10*time.Second, "progress on attempt 1", func(tk *taskdv1.Task) bool {
-			return tk.State == "running" && tk.Progress.GetDone() >= 2000
-		})
+		id, ledger, tk := runningSleep(t, c, leader, 12*time.Second, interval, 2000)
 		victim := c.Node(tk.Runner)
 		if raftHost != nil { // the task is placed; the raft host may take it over
 			if _, err := leader.Client().Runners.SetRunnerMarks(ctxFor(t, 5*time.Second), connect.NewRequest(
@@ -245,6 +254,51 @@ func TestTaskResumesAfterRunnerKill(t *testing.T) {
 			t.Errorf("resumed %v after the kill; want <= %v", resume, bound)
 		}
 		checkOneActive(t, readLedger(t, ledger))
+	})
+}
+
+// TestRestartedRunnerEndsItsOldSession: a runner killed with kill -9 and
+// started again at once (as systemd's Restart= does) gives its task back
+// when it rejoins, not when the store expires its old session. On the
+// embedded etcd the new process revokes the old lease; on ZooKeeper,
+// which cannot end another client's session, it removes the old
+// session's runner records (task.Store.EndStaleRunner). A session
+// timeout of 20 s tells the two apart: the task must run again within
+// 0.6 of it, and never on two runners at once.
+func TestRestartedRunnerEndsItsOldSession(t *testing.T) {
+	const timeout = 20 * time.Second
+	run := func(t *testing.T, c *harness.Cluster) {
+		leader := ready(t, c)
+		cordon(t, leader, leader.Name)
+		id, ledger, tk := runningSleep(t, c, leader, 40*time.Second, 500*time.Millisecond, 1000)
+		victim := c.Node(tk.Runner)
+		raft, _ := victim.LeadsRaft(context.Background()) // embedded only: false on ZooKeeper
+		killed := time.Now()
+		victim.Kill()
+		if err := victim.Start(); err != nil {
+			t.Fatal(err)
+		}
+		tk = waitTask(t, c, id, timeout+10*time.Second, "attempt 2 running", func(tk *taskdv1.Task) bool {
+			return tk.Attempt >= 2 && tk.State == "running"
+		})
+		took := time.Since(killed)
+		bound := timeout * 6 / 10
+		t.Logf("runner %s (etcd raft leader: %v) killed and started again; attempt %d running on %s after %v (session timeout %v)", victim.Name, raft, tk.Attempt, tk.Runner, took.Round(time.Millisecond), timeout)
+		if took > bound {
+			t.Errorf("attempt 2 ran %v after the kill; want <= %v (the restarted runner ends its old session's records)", took, bound)
+		}
+		if _, err := leader.Client().Tasks.CancelTask(ctxFor(t, 5*time.Second), connect.NewRequest(&taskdv1.TaskRef{Id: id})); err != nil {
+			t.Fatal(err)
+		}
+		waitTask(t, c, id, 10*time.Second, "cancelled", func(tk *taskdv1.Task) bool { return tk.State == "cancelled" })
+		checkOneActive(t, readLedger(t, ledger))
+	}
+	t.Run("embedded", func(t *testing.T) {
+		run(t, newCluster(t, 3, harness.Options{SessionTimeout: timeout}))
+	})
+	t.Run("zookeeper", func(t *testing.T) {
+		ens := testenv.StartEnsemble(t, 1)
+		run(t, newCluster(t, 3, harness.Options{SessionTimeout: timeout, Coordinator: ens.URL("/tasks"), PKI: ens.PKI}))
 	})
 }
 

@@ -214,6 +214,7 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 		}
 	}()
 	retry := backoff.New(100*time.Millisecond, 2*time.Second)
+	ended := false // the previous session's records, once
 	for {
 		fence, err := r.store.Register(ctx, sess, info)
 		if err == nil {
@@ -231,6 +232,17 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 				return coord.Cond{}, nil
 			}
 			continue
+		}
+		if !ended {
+			ended = true
+			old, err := r.store.EndStaleRunner(ctx, sess, info.Node)
+			if err == nil && old != "" {
+				log.Info("ended the runner records of this node's previous session: its tasks are given back now, not when the store expires it", "old_session", old)
+				continue
+			}
+			if err != nil {
+				log.Warn("cannot end the runner records of this node's previous session", "err", err)
+			}
 		}
 		if w == nil {
 			log.Info("runner key of a previous session still exists; waiting for the store to remove it")

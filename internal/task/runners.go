@@ -103,6 +103,64 @@ func (s *Store) Register(ctx context.Context, sess coord.Session, info RunnerInf
 	return coord.VersionIs(skey, vers[0]), nil
 }
 
+// EndStaleRunner removes the runner key of node, and the fencing key of
+// the session that wrote it, when that session is not sess: the records
+// this node's previous session left. It returns that session's id ("" if
+// there was nothing to remove, or the records changed meanwhile).
+//
+// Only the member that holds node's name may call it, on its own session
+// (the quorum registered the name for this node id, and the runner runs
+// as that member's duty): a previous session of this node either belongs
+// to a process that is gone (the data directory's lock says so) or ended
+// in this process, whose fence stopped its attempts before a new session
+// began. The store would remove both keys when it expires that session;
+// removed now, the session's writes fail from here on (their condition,
+// the fencing key, is gone) and the leader gives its tasks back at once.
+// On ZooKeeper, which cannot end another client's session, this is what
+// spares a restarted node's tasks the wait for its old session to expire.
+func (s *Store) EndStaleRunner(ctx context.Context, sess coord.Session, node string) (string, error) {
+	key, err := s.layout.RunnerKey(node)
+	if err != nil {
+		return "", err
+	}
+	kv, err := s.kv.Get(ctx, key)
+	if errors.Is(err, coord.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read runner %s: %w", node, err)
+	}
+	var old RunnerInfo
+	if err := json.Unmarshal(kv.Value, &old); err != nil {
+		return "", fmt.Errorf("decode runner %s: %w", node, err)
+	}
+	if old.Node != node || old.Session == "" || old.Session == sess.ID() {
+		return "", nil
+	}
+	conds := []coord.Cond{coord.VersionIs(key, kv.Version)}
+	ops := []coord.Op{coord.DeleteOp(key)}
+	skey, err := s.layout.SessionKey(old.Session)
+	if err != nil {
+		return "", fmt.Errorf("runner %s names session %q: %w", node, old.Session, err)
+	}
+	switch skv, err := s.kv.Get(ctx, skey); {
+	case errors.Is(err, coord.ErrNotFound):
+	case err != nil:
+		return "", fmt.Errorf("read session key of runner %s: %w", node, err)
+	case string(skv.Value) != node:
+		return "", fmt.Errorf("session key %s names runner %q, not %q", skey, skv.Value, node)
+	default:
+		conds = append(conds, coord.VersionIs(skey, skv.Version))
+		ops = append(ops, coord.DeleteOp(skey))
+	}
+	if _, err := s.kv.Txn(ctx, conds, ops); errors.Is(err, coord.ErrConflict) || errors.Is(err, coord.ErrNotFound) {
+		return "", nil
+	} else if err != nil {
+		return "", fmt.Errorf("end runner %s of session %s: %w", node, old.Session, err)
+	}
+	return old.Session, nil
+}
+
 // Runners lists every runner that is live or has marks, with its load.
 func (s *Store) Runners(ctx context.Context) ([]Runner, error) {
 	live, err := s.kv.List(ctx, s.layout.RunnersDir())

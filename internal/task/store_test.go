@@ -195,3 +195,87 @@ func TestStaleRunnerWriteRejected(t *testing.T) {
 		}
 	})
 }
+
+// TestEndStaleRunner: a node's new session ends the runner records its
+// previous session left while that session is still alive in the store
+// (a process killed and restarted within the session timeout): the new
+// session registers at once, the old session's fenced writes fail, and
+// the runner key names the new session (so the leader gives the old
+// one's tasks back). Another node's runner, and a runner key of the
+// session itself, are left alone.
+func TestEndStaleRunner(t *testing.T) {
+	stores(t, func(t *testing.T, kv coord.Store) {
+		ctx, st := ctxT(t), newStore(t, kv)
+		old, err := kv.NewSession(ctx, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer old.Close(ctx)
+		other, err := kv.NewSession(ctx, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close(ctx)
+		fence, err := st.Register(ctx, old, task.RunnerInfo{Node: "n1", Session: old.ID(), Capacity: 1, Types: []string{"sleep"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Register(ctx, other, task.RunnerInfo{Node: "n2", Session: other.ID(), Capacity: 1}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1h"}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Assign(task.RunnerInfo{Node: "n1", Session: old.ID()}, time.Now())
+		if err := st.Put(ctx, kv.Txn, r, fence); err != nil {
+			t.Fatal(err)
+		}
+
+		// The old session's own records are not stale to it.
+		if ended, err := st.EndStaleRunner(ctx, old, "n1"); err != nil || ended != "" {
+			t.Fatalf("EndStaleRunner on the runner's own session: %q, %v; want nothing ended", ended, err)
+		}
+		cur, err := kv.NewSession(ctx, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cur.Close(ctx)
+		info := task.RunnerInfo{Node: "n1", Session: cur.ID(), Capacity: 1, Types: []string{"sleep"}}
+		if _, err := st.Register(ctx, cur, info); !errors.Is(err, coord.ErrConflict) {
+			t.Fatalf("register over a live previous session: %v, want a conflict", err)
+		}
+		ended, err := st.EndStaleRunner(ctx, cur, "n1")
+		if err != nil || ended != old.ID() {
+			t.Fatalf("EndStaleRunner: %q, %v; want the old session %s ended", ended, err, old.ID())
+		}
+		if _, err := st.Register(ctx, cur, info); err != nil {
+			t.Fatalf("register after the previous session's records ended: %v", err)
+		}
+		r.Checkpoint = []byte("late")
+		if err := st.Put(ctx, kv.Txn, r, fence); !errors.Is(err, coord.ErrConflict) {
+			t.Fatalf("the ended session's fenced write: %v, want a conflict", err)
+		}
+		runners, err := st.Runners(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		live := map[string]string{}
+		for _, rn := range runners {
+			if rn.Live {
+				live[rn.Info.Node] = rn.Info.Session
+			}
+		}
+		if live["n1"] != cur.ID() || live["n2"] != other.ID() {
+			t.Fatalf("live runners %v; want n1 on %s and n2 untouched on %s", live, cur.ID(), other.ID())
+		}
+		// Nothing is stale now: a second call ends nothing.
+		if ended, err := st.EndStaleRunner(ctx, cur, "n1"); err != nil || ended != "" {
+			t.Fatalf("EndStaleRunner again: %q, %v; want nothing ended", ended, err)
+		}
+		// A name that is not a valid node changes nothing.
+		if _, err := st.EndStaleRunner(ctx, cur, "../n2"); err == nil {
+			t.Fatalf("EndStaleRunner of an invalid name: no error")
+		}
+	})
+}
