@@ -249,9 +249,10 @@ type Session interface {
 }
 
 // SessionRevoker is a Store that can end another process's session by its
-// ID (Session.ID), deleting the session's keys at once. Only the embedded
-// etcd's peer watch (internal/peerwatch) uses it, on evidence that the
-// session's process is gone.
+// ID (Session.ID), deleting the session's keys at once (etcd, embedded or
+// external). The embedded etcd's peer watch (internal/peerwatch) uses it
+// on evidence that the session's process is gone, and a node's quorum on
+// its own previous session when it rejoins (internal/quorum).
 type SessionRevoker interface {
 	RevokeSession(ctx context.Context, id string) error
 }

@@ -10,7 +10,8 @@
 //
 // Every write of an attempt is fenced twice by the store: on the record's
 // version, which any reassignment changes, and on the runner's session key,
-// which the store deletes when the session ends. A runner that was paused
+// which the store deletes when the session ends (or the node's next session
+// deletes, when it finds it left behind: see register). A runner that was paused
 // past its session cannot write; when it runs again it finds itself fenced
 // and stops. The session's loss also cancels the member role, and the
 // quorum waits for the runner to return before its local deadline.
@@ -200,8 +201,10 @@ func (r *Runner) Run(ctx context.Context, sess coord.Session) error {
 }
 
 // register creates the runner's keys. A key left by this node's previous
-// session blocks it until the store deletes it with that session; the
-// runners watch says when.
+// session is ended at once (task.Store.EndStaleRunner: that session's
+// process is gone, or its fence in this process stopped its attempts);
+// failing that, it blocks registration until the store deletes it with
+// that session, and the runners watch says when.
 func (r *Runner) register(ctx context.Context, sess coord.Session, info task.RunnerInfo, log *slog.Logger) (coord.Cond, error) {
 	key, err := r.store.Layout().RunnerKey(info.Node)
 	if err != nil {
@@ -214,7 +217,7 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 		}
 	}()
 	retry := backoff.New(100*time.Millisecond, 2*time.Second)
-	ended := false // the previous session's records, once
+	ended := false // the previous session's records were ended (or found changing)
 	for {
 		fence, err := r.store.Register(ctx, sess, info)
 		if err == nil {
@@ -234,14 +237,23 @@ func (r *Runner) register(ctx context.Context, sess coord.Session, info task.Run
 			continue
 		}
 		if !ended {
-			ended = true
 			old, err := r.store.EndStaleRunner(ctx, sess, info.Node)
-			if err == nil && old != "" {
+			switch {
+			case err == nil && old != "":
+				// Once: a key that is back after that is not our past.
+				ended = true
 				log.Info("ended the runner records of this node's previous session: its tasks are given back now, not when the store expires it", "old_session", old)
 				continue
-			}
-			if err != nil {
-				log.Warn("cannot end the runner records of this node's previous session", "err", err)
+			case err == nil:
+				ended = true // changed meanwhile: the store's own removal comes
+			default:
+				// The store may be electing a leader: try again (or
+				// register, once the store has expired that session).
+				log.Warn("cannot end the runner records of this node's previous session; retrying", "err", err, "in", retry.Next())
+				if retry.Wait(ctx) != nil {
+					return coord.Cond{}, nil
+				}
+				continue
 			}
 		}
 		if w == nil {

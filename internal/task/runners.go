@@ -84,7 +84,8 @@ func (s *Store) Register(ctx context.Context, sess coord.Session, info RunnerInf
 		return coord.Cond{}, fmt.Errorf("encode runner info: %w", err)
 	}
 	// A runner key left by this node's previous session disappears when
-	// that session expires; until then the new one cannot be created.
+	// that session expires, or when EndStaleRunner ends it; until then
+	// the new one cannot be created.
 	vers, err := s.kv.Txn(ctx, nil, []coord.Op{
 		coord.CreateOp(skey, []byte(info.Node), sess),
 		coord.CreateOp(key, b, sess),

@@ -220,7 +220,8 @@ func TestEndStaleRunner(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.Register(ctx, other, task.RunnerInfo{Node: "n2", Session: other.ID(), Capacity: 1}); err != nil {
+		fence2, err := st.Register(ctx, other, task.RunnerInfo{Node: "n2", Session: other.ID(), Capacity: 1, Types: []string{"sleep"}})
+		if err != nil {
 			t.Fatal(err)
 		}
 		r, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1h"}`)})
@@ -268,6 +269,15 @@ func TestEndStaleRunner(t *testing.T) {
 		}
 		if live["n1"] != cur.ID() || live["n2"] != other.ID() {
 			t.Fatalf("live runners %v; want n1 on %s and n2 untouched on %s", live, cur.ID(), other.ID())
+		}
+		// n2's fence still holds: its fenced write is accepted.
+		r2, err := st.Create(ctx, task.CreateRequest{Type: "sleep", Spec: json.RawMessage(`{"duration":"1h"}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r2.Assign(task.RunnerInfo{Node: "n2", Session: other.ID()}, time.Now())
+		if err := st.Put(ctx, kv.Txn, r2, fence2); err != nil {
+			t.Fatalf("n2's fenced write after n1's old records ended: %v", err)
 		}
 		// Nothing is stale now: a second call ends nothing.
 		if ended, err := st.EndStaleRunner(ctx, cur, "n1"); err != nil || ended != "" {
