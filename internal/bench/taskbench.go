@@ -330,7 +330,11 @@ func dispatchLatency(ctx context.Context, c *harness.Cluster, kv coord.Store, la
 	for i := range n {
 		node := c.Nodes[i%len(c.Nodes)]
 		start := time.Now()
-		id, err := createTask(ctx, node, &taskdv1.CreateTaskRequest{Type: "sleep", Spec: `{"duration":"20ms","checkpoint_interval":"10ms"}`})
+		// The task lives until the bench has seen its first checkpoint
+		// and cancels it. A task that ended by itself within 20 ms could
+		// come and go unseen between two reads of a ZooKeeper watch, and
+		// the wait below ran out on a task that had succeeded.
+		id, err := createTask(ctx, node, &taskdv1.CreateTaskRequest{Type: "sleep", Spec: `{"duration":"1m","checkpoint_interval":"10ms"}`})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -342,6 +346,9 @@ func dispatchLatency(ctx context.Context, c *harness.Cluster, kv coord.Store, la
 		}
 		lat = append(lat, m.running.Sub(start))
 		ack = append(ack, m.progress.Sub(start))
+		if _, err := node.Client().Tasks.CancelTask(ctx, connect.NewRequest(&taskdv1.TaskRef{Id: id})); err != nil {
+			return nil, nil, fmt.Errorf("cancel latency task %s: %w", id, err)
+		}
 	}
 	if len(ack) == 0 {
 		return nil, nil, errors.New("no samples")
