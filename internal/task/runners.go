@@ -131,11 +131,14 @@ func (s *Store) EndStaleRunner(ctx context.Context, sess coord.Session, node str
 	if err != nil {
 		return "", fmt.Errorf("read runner %s: %w", node, err)
 	}
-	var old RunnerInfo
-	if err := json.Unmarshal(kv.Value, &old); err != nil {
-		return "", fmt.Errorf("decode runner %s: %w", node, err)
+	old, err := DecodeRunner(s.layout.RunnersDir(), kv)
+	if errors.Is(err, ErrInvalid) {
+		return "", nil // written around taskd: not a session of ours to end
 	}
-	if old.Node != node || old.Session == "" || old.Session == sess.ID() {
+	if err != nil {
+		return "", err
+	}
+	if old.Session == sess.ID() {
 		return "", nil
 	}
 	conds := []coord.Cond{coord.VersionIs(key, kv.Version)}
