@@ -51,7 +51,8 @@ func Main(args []string, out io.Writer) int {
 	cmds := map[string]func([]string, io.Writer) error{
 		"failover": failover, "handover": handover, "reconnect": reconnect, "idle": idle, "copy": copyBench, "vip-failover": vipFailover, "vip-drain": vipDrain, "tasks": taskBench, "exec": execBench,
 		"schedules": schedBench, "scale": scaleBench, "starve": starveBench, "console": consoleBench,
-		"arpsample": arpSample, // run by vip-failover inside the client namespace
+		"arpsample":     arpSample,    // run by vip-failover inside the client namespace
+		"inplace-write": inPlaceWrite, // run by copy: its in-place limit line
 	}
 	f, ok := cmds[args[0]]
 	if !ok {

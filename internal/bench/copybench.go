@@ -35,6 +35,9 @@ type copyTool struct {
 	// ours: one of taskd's rows, compared with every other tool of the
 	// set (not only through the first row).
 	ours bool
+	// fullCopy: taskd's full copy in a set whose first row is incremental
+	// (the reference of the in-place limit's floor ratio).
+	fullCopy bool
 }
 
 type copyResult struct {
@@ -138,7 +141,7 @@ func copyBench(args []string, out io.Writer) error {
 					switch t.limit {
 					case limitRead:
 						r.logicalBytes = s.limitRead
-					case limitWrite:
+					case limitWrite, limitInPlace:
 						r.logicalBytes = s.limitWrite
 					}
 					results[t.name] = r

@@ -98,7 +98,7 @@ func makeSet(name string, gen imageGen, dir string, img func(string) string, bin
 			{name: "taskd-copy --manifest", argv: []string{bin.copy, src, dst, "--manifest", "--progress", "none"}, target: dst, reset: fromBaseWithManifest},
 			{name: "taskd-copy --base", argv: []string{bin.copy, src, dst, "--base", base, "--progress", "none"}, target: dst, reset: fromBase},
 			{name: "rsync --inplace --no-whole-file", argv: []string{"rsync", "--inplace", "--no-whole-file", src, dst}, target: dst, reset: fromBase},
-			{name: "taskd-copy full copy", argv: []string{bin.copy, src, dst, "--progress", "none"}, target: dst, reset: fresh},
+			{name: "taskd-copy full copy", argv: []string{bin.copy, src, dst, "--progress", "none"}, target: dst, reset: fresh, fullCopy: true},
 		}}, nil
 	case "dirty-bitmap":
 		base, err := ensure(imgBase)
@@ -120,9 +120,9 @@ func makeSet(name string, gen imageGen, dir string, img func(string) string, bin
 			nbdTool("taskd-copy --dirty-bitmap b0", dir, dst, fromBase, serve, func(u []string) []string {
 				return []string{bin.copy, u[0], dst, "--dirty-bitmap", "b0", "--progress", "none"}
 			}),
-			nbdTool("taskd-copy full copy", dir, dst, fresh, serve, func(u []string) []string {
+			fullCopy(nbdTool("taskd-copy full copy", dir, dst, fresh, serve, func(u []string) []string {
 				return []string{bin.copy, u[0], dst, "--progress", "none"}
-			}),
+			})),
 			nbdTool("nbdcopy full copy", dir, dst, func() error {
 				if err := fresh(); err != nil {
 					return err
@@ -214,3 +214,9 @@ func nbdTool(name, dir, dst string, reset func() error, exports []nbdExport, arg
 // ours marks a tool as one of taskd's rows: compared with the set's other
 // tools too, not only the first.
 func ours(t *copyTool) *copyTool { t.ours = true; return t }
+
+// fullCopy marks t as its set's full copy (copyTool.fullCopy).
+func fullCopy(t *copyTool) *copyTool {
+	t.fullCopy = true
+	return t
+}
