@@ -1,7 +1,6 @@
 package volcopy
 
 import (
-	"context"
 	"fmt"
 	"strings"
 
@@ -117,15 +116,14 @@ func sparseFile(v volume.Volume, ep endpoint) bool {
 	if ep.kind != epFile {
 		return true
 	}
-	if v.Size() == 0 {
-		return false
-	}
-	// Local and non-blocking: SEEK_DATA/SEEK_HOLE.
-	ext, err := v.Extents(context.Background(), 0, v.Size())
-	if err != nil {
+	f, ok := v.(volume.File)
+	if !ok {
 		return true
 	}
-	return len(ext) != 1 || ext[0].Zero || ext[0].Len != v.Size()
+	// Local and non-blocking: one SEEK_HOLE (a walk of every extent
+	// costs thousands of seeks on a fragmented file).
+	hole, err := f.HasHole()
+	return err != nil || hole
 }
 
 // planInput is everything the choice of I/O path depends on.

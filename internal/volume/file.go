@@ -219,6 +219,21 @@ func (v *fileVolume) Flush(context.Context) error {
 	return nil
 }
 
+// HasHole: see File.
+func (v *fileVolume) HasHole() (bool, error) {
+	if v.block || v.size == 0 {
+		return false, nil
+	}
+	hole, err := unix.Seek(int(v.f.Fd()), 0, unix.SEEK_HOLE)
+	switch {
+	case errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EOPNOTSUPP):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("seek hole in %s: %w", v.f.Name(), err)
+	}
+	return hole < v.size, nil
+}
+
 // Extents walks SEEK_DATA/SEEK_HOLE. A block device, or a file system
 // without them, reads as one data extent.
 func (v *fileVolume) Extents(_ context.Context, off, n int64) ([]Extent, error) {
@@ -231,26 +246,36 @@ func (v *fileVolume) Extents(_ context.Context, off, n int64) ([]Extent, error) 
 	}
 	fd := int(v.f.Fd())
 	var out []Extent
+	// atData: SEEK_DATA has just said that data starts at pos, so the
+	// next call is SEEK_HOLE (two seeks per data extent and hole, not
+	// three: a fragmented file has thousands of them).
+	atData := false
 	for pos := off; pos < end && len(out) < 1024; {
-		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
-		if errors.Is(err, syscall.ENXIO) {
-			data = end
-		} else if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EOPNOTSUPP) {
-			return []Extent{{Off: off, Len: end - off}}, nil
-		} else if err != nil {
-			return nil, fmt.Errorf("seek data in %s: %w", v.f.Name(), err)
+		if !atData {
+			data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+			if errors.Is(err, syscall.ENXIO) {
+				data = end
+			} else if errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.EOPNOTSUPP) {
+				return []Extent{{Off: off, Len: end - off}}, nil
+			} else if err != nil {
+				return nil, fmt.Errorf("seek data in %s: %w", v.f.Name(), err)
+			}
+			if data > pos {
+				h := min(data, end)
+				out = append(out, Extent{Off: pos, Len: h - pos, Zero: true})
+				pos, atData = h, true
+				continue
+			}
 		}
-		if data > pos {
-			h := min(data, end)
-			out = append(out, Extent{Off: pos, Len: h - pos, Zero: true})
-			pos = h
-			continue
-		}
+		atData = false
 		hole, err := unix.Seek(fd, pos, unix.SEEK_HOLE)
 		if err != nil {
 			return nil, fmt.Errorf("seek hole in %s: %w", v.f.Name(), err)
 		}
 		h := min(hole, end)
+		if h == pos {
+			continue // changed since SEEK_DATA: look again
+		}
 		out = append(out, Extent{Off: pos, Len: h - pos})
 		pos = h
 	}

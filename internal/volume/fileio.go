@@ -47,6 +47,10 @@ type File interface {
 	CopyRange(ctx context.Context, dst File, off, n int64) error
 	// State is the file's identity and change time now.
 	State() (FileState, error)
+	// HasHole says whether a regular file has a hole before its end (one
+	// SEEK_HOLE, not a walk of its extents). A block device, an empty
+	// file, or a file system without SEEK_HOLE has none.
+	HasHole() (bool, error)
 }
 
 // FileInfo is what a file volume is.
