@@ -6,3 +6,11 @@ const (
 	SpanGapFile = spanGapFile
 	SpanGapNBD  = spanGapNBD
 )
+
+// HoldUnitEntries sets the most manifest entries of one extent held in
+// memory (0: none, every range goes to the files) and returns the undo.
+func HoldUnitEntries(n int64) (undo func()) {
+	old := maxUnitEntries
+	maxUnitEntries = n
+	return func() { maxUnitEntries = old }
+}

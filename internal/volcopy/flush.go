@@ -39,6 +39,9 @@ func (c *Copier) flusher(ctx context.Context, extents <-chan *extentWork, window
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		if err := c.manifest.closeUnit(e); err != nil {
+			return err
+		}
 		// A unit that changed nothing needs no flush: every write before
 		// it was covered by the previous unit's flush, which finished
 		// after all of them (units are flushed in order).

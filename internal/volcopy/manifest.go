@@ -156,15 +156,20 @@ func entryBytes(e []entry) []byte {
 }
 
 // nonZeroRuns calls fn with the runs of blocks in [first, first+n) whose
-// entry is not zero (blocks the target holds data in), reading a chunk of
-// entries at a time.
-func (m *manifestFile) nonZeroRuns(first, n int64, fn func(first, n int64) error) error {
-	buf := make([]entry, min(n, 4096))
+// entry is not zero (blocks the target holds data in). held, when not nil,
+// holds those n entries; otherwise they are read a chunk at a time.
+func (m *manifestFile) nonZeroRuns(held []entry, first, n int64, fn func(first, n int64) error) error {
+	buf := held
+	if buf == nil {
+		buf = make([]entry, min(n, 4096))
+	}
 	runStart, inRun := int64(0), false
 	for done := int64(0); done < n; {
 		k := min(n-done, int64(len(buf)))
-		if err := m.readEntries(first+done, buf[:k]); err != nil {
-			return err
+		if held == nil {
+			if err := m.readEntries(first+done, buf[:k]); err != nil {
+				return err
+			}
 		}
 		for i := range k {
 			nz := buf[i] != entry{}

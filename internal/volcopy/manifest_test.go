@@ -32,10 +32,14 @@ func changedBlocks(a, b []byte) int64 {
 // TestManifestIncrementalReadsOnlySource: a copy with a trusted manifest
 // reads the source's allocated data and nothing of the target, and writes
 // only blocks that changed; the result is the source, and the next
-// manifest is valid again.
+// manifest is valid again. Seeds 2, 3, 6 and 7 keep no extent's entries
+// in memory (every range reads and writes the manifest files itself).
 func TestManifestIncrementalReadsOnlySource(t *testing.T) {
-	for seed := range uint64(6) {
+	for seed := range uint64(8) {
 		t.Run("", func(t *testing.T) {
+			if seed%4 >= 2 {
+				defer volcopy.HoldUnitEntries(0)()
+			}
 			rng := rand.New(rand.NewPCG(seed, 21))
 			dir := t.TempDir()
 			size := 1<<20 + rng.IntN(7<<20)

@@ -170,13 +170,21 @@ func (c *Copier) writeRange(ctx context.Context, s *scratch, it item, buf []byte
 		}
 	}
 	var cur, old []entry
+	recorded := false // cur is the extent's own (held) entries
 	if c.manifest != nil {
-		blocks := (int64(len(buf)) + int64(c.opts.BlockSize) - 1) / int64(c.opts.BlockSize)
-		cur = s.cur[:blocks]
+		bs := int64(c.opts.BlockSize)
+		first, blocks := off/bs, (int64(len(buf))+bs-1)/bs
+		if cur = e.entries.curOf(first, blocks); cur != nil {
+			recorded = true
+		} else {
+			cur = s.cur[:blocks]
+		}
 		if it.kind == itemHash {
-			old = s.old[:blocks]
-			if err := c.manifest.old.readEntries(off/int64(c.opts.BlockSize), old); err != nil {
-				return err
+			if old = e.entries.oldOf(first, blocks); old == nil {
+				old = s.old[:blocks]
+				if err := c.manifest.old.readEntries(first, old); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -187,6 +195,9 @@ func (c *Copier) writeRange(ctx context.Context, s *scratch, it item, buf []byte
 	e.alloc.Add(int64(len(buf)))
 	if err := c.writeRuns(ctx, e, buf, off, base, cur, old); err != nil {
 		return err
+	}
+	if recorded {
+		return nil // written with the extent (manifestRun.closeUnit)
 	}
 	return c.manifest.record(off, cur)
 }

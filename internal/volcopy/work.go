@@ -73,6 +73,10 @@ type extentWork struct {
 	// What this extent read and wrote, so a checkpoint records counters
 	// that match its offset even while the next extent reads ahead.
 	read, written, zeroed, alloc atomic.Int64
+
+	// entries: the manifest entries of its blocks, when held in memory
+	// (manifestRun.openUnit; nil otherwise).
+	entries *unitEntries
 }
 
 func newExtent(index, off, end int64, writable <-chan struct{}) *extentWork {
@@ -126,6 +130,9 @@ func (c *Copier) produce(ctx context.Context, items chan<- item, extents chan<- 
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+		}
+		if err := c.manifest.openUnit(e, size); err != nil {
+			return err
 		}
 		var err error
 		switch c.mode {
@@ -387,7 +394,7 @@ func (c *Copier) walkManifest(ctx context.Context, e *extentWork, send func(item
 		}
 		first, blocks := x.Off/bs, (x.Len+bs-1)/bs
 		covered := int64(0)
-		err := c.manifest.old.nonZeroRuns(first, blocks, func(b, n int64) error {
+		err := c.manifest.old.nonZeroRuns(e.entries.oldOf(first, blocks), first, blocks, func(b, n int64) error {
 			off := b * bs
 			m := min(n*bs, x.Off+x.Len-off)
 			covered += m
