@@ -294,7 +294,9 @@ func (c *Copier) applyIO() {
 	}
 	set(c.src, "source", c.plan.srcIO)
 	if c.base != nil && c.base != c.dst {
-		set(c.base, "base", c.plan.srcIO)
+		b := c.plan.srcIO
+		b.Prefetch = false // announced for the source only
+		set(c.base, "base", b)
 	}
 	set(c.dst, "target", c.plan.dstIO)
 }

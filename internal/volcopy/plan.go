@@ -276,6 +276,14 @@ func choosePlan(in planInput) plan {
 	}
 	if local(in.src.kind) {
 		p.srcIO = fileIO(in.src.kind)
+		// A sparse source file read through the page cache: the copy
+		// announces the ranges it reads (the walk's data, and the small
+		// holes a span crosses) instead of the kernel's readahead,
+		// which zero-fills the holes around them too.
+		p.srcIO.Prefetch = in.src.kind == epFile && in.srcSparse && !p.srcIO.Direct && p.path != pathCopyRange
+		if p.srcIO.Prefetch {
+			why = append(why, "sparse source: reads announced, no kernel readahead into its holes")
+		}
 	}
 	if local(in.dst.kind) {
 		p.dstIO = fileIO(in.dst.kind)

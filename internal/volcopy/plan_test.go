@@ -17,6 +17,8 @@ func TestChoosePlan(t *testing.T) {
 	nbdExp := endpoint{kind: epNBD}
 	buffered := volume.IO{WriteBehind: writeBehind, DropCache: true}
 	direct := volume.IO{Direct: true}
+	announced := buffered // a sparse source file: its reads announced, no kernel readahead
+	announced.Prefetch = true
 	for _, tc := range []struct {
 		name             string
 		in               planInput
@@ -27,7 +29,10 @@ func TestChoosePlan(t *testing.T) {
 	}{
 		{name: "sparse file onto a file of the same file system: read, detect zeros, page cache",
 			in:   planInput{src: file(1), dst: file(1), mode: ModeFull, srcSparse: true},
-			path: pathBuffered, zero: true, srcIO: buffered, dstIO: buffered, workers: bufferedWorkers, request: bufferedRequest},
+			path: pathBuffered, zero: true, srcIO: announced, dstIO: buffered, workers: bufferedWorkers, request: bufferedRequest},
+		{name: "sparse file onto another file system: the same",
+			in:   planInput{src: file(1), dst: file(2), mode: ModeFull, srcSparse: true},
+			path: pathBuffered, zero: true, srcIO: announced, dstIO: buffered, workers: bufferedWorkers, request: bufferedRequest},
 		{name: "file without holes onto the same file system: copy_file_range, as allocated",
 			in:   planInput{src: file(1), dst: file(1), mode: ModeFull},
 			path: pathCopyRange, zero: false, srcIO: buffered, dstIO: buffered, workers: rangeWorkers, request: rangeRequest},
@@ -48,7 +53,7 @@ func TestChoosePlan(t *testing.T) {
 			path: pathBuffered, zero: true, srcIO: buffered, dstIO: buffered, workers: bufferedWorkers, request: bufferedRequest},
 		{name: "manifest compare",
 			in:   planInput{src: file(1), dst: file(1), mode: ModeManifest, hashing: true, srcSparse: true},
-			path: pathBuffered, zero: true, srcIO: buffered, dstIO: buffered, workers: bufferedWorkers, request: bufferedRequest},
+			path: pathBuffered, zero: true, srcIO: announced, dstIO: buffered, workers: bufferedWorkers, request: bufferedRequest},
 		{name: "block device source: direct I/O",
 			in:   planInput{src: blockDev, dst: file(1), mode: ModeFull},
 			path: pathDirect, zero: true, srcIO: direct, dstIO: direct, workers: directWorkers, request: directRequest},
@@ -67,6 +72,9 @@ func TestChoosePlan(t *testing.T) {
 		{name: "file onto NBD",
 			in:   planInput{src: file(1), dst: nbdExp, mode: ModeFull},
 			path: pathNBD, zero: false, srcIO: buffered, workers: nbdWorkers, request: nbdRequest},
+		{name: "sparse file onto NBD: its reads announced",
+			in:   planInput{src: file(1), dst: nbdExp, mode: ModeFull, srcSparse: true},
+			path: pathNBD, zero: true, srcIO: announced, workers: nbdWorkers, request: nbdRequest},
 		{name: "NBD onto a block device: the device direct",
 			in:   planInput{src: nbdExp, dst: blockDev, mode: ModeFull},
 			path: pathNBD, zero: true, dstIO: direct, workers: nbdWorkers, request: nbdRequest},

@@ -113,6 +113,13 @@ func (c *Copier) produce(ctx context.Context, items chan<- item, extents chan<- 
 	for i := range gates {
 		gates[i] = open
 	}
+	// prefetch: the source, when it wants its reads announced (a sparse
+	// file: see volume.IO.Prefetch). An item is announced as it is queued,
+	// at most the queue's length ahead of the workers.
+	var prefetch volume.File
+	if f, ok := c.src.(volume.File); ok && c.plan.srcIO.Prefetch {
+		prefetch = f
+	}
 	for off := c.resumed.Next; off < size; off += c.unit {
 		select {
 		case window <- struct{}{}:
@@ -124,6 +131,9 @@ func (c *Copier) produce(ctx context.Context, items chan<- item, extents chan<- 
 		send := func(it item) error {
 			it.ext = e
 			e.pending.Add(1)
+			if prefetch != nil && (it.kind == itemData || it.kind == itemHash || it.kind == itemCompare) {
+				prefetch.Prefetch(it.off, it.n)
+			}
 			select {
 			case items <- it:
 				return nil

@@ -92,10 +92,17 @@ func newFileVolume(f *os.File, created bool, opts Options) (*fileVolume, error) 
 		v.size = opts.CreateSize
 		v.zero = true
 	}
-	if !opts.Write {
-		_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL)
-	}
+	_ = unix.Fadvise(int(f.Fd()), 0, 0, v.readAdvice())
 	return v, nil
+}
+
+// readAdvice is the readahead a file gets unless IO.Prefetch is set: a
+// source is read in order (twice the readahead), a target as it comes.
+func (v *fileVolume) readAdvice() int {
+	if v.flags&(unix.O_WRONLY|unix.O_RDWR) == 0 {
+		return unix.FADV_SEQUENTIAL
+	}
+	return unix.FADV_NORMAL
 }
 
 func (v *fileVolume) Size() int64      { return v.size }
