@@ -115,10 +115,8 @@ func addLimit(s *copySet, name string, gen imageGen, dir string, img func(string
 // addInPlaceLimit adds the set's limitInPlace run: the blocks at offs
 // written into a copy of base.
 func addInPlaceLimit(s *copySet, name, dir, base string, offs []int64) error {
-	self, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("the in-place limit runs this binary: %w", err)
-	}
+	// This binary, even if its file is replaced or removed meanwhile.
+	const self = "/proc/self/exe"
 	list := filepath.Join(dir, "limit-inplace-"+name+".offsets")
 	var b strings.Builder
 	for _, off := range offs {

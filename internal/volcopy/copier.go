@@ -141,9 +141,9 @@ func isNBD(v volume.Volume) bool { return strings.HasPrefix(v.Identity(), "nbd:"
 func (c *Copier) choosePlan() error {
 	in := planInput{src: describe(c.src), dst: describe(c.dst), mode: c.mode, hashing: c.opts.Manifest,
 		zero: c.opts.ZeroDetect, direct: c.opts.DirectIO, workers: c.opts.Workers, request: c.opts.RequestSize}
-	if in.zero == "" || in.zero == ZeroAuto {
-		in.srcSparse = sparseFile(c.src, in.src)
-	}
+	// One SEEK_HOLE: whether the source has holes decides zero detection
+	// (--zero-detect auto) and whether its reads are announced.
+	in.srcSparse = sparseFile(c.src, in.src)
 	c.plan = choosePlan(in)
 	return nil
 }

@@ -186,11 +186,12 @@ type unitEntries struct {
 	cur   []entry // nil: this run leaves no manifest
 }
 
-// maxUnitEntries bounds one extent's entries held in memory, per manifest
-// (1 MiB at the default 256 MiB extent and 4 KiB blocks). An extent with
-// more goes to the files range by range, as before. A variable for the
-// tests of that path.
-var maxUnitEntries int64 = (8 << 20) / entrySize
+// maxUnitEntries bounds one unit's entries held in memory, per manifest:
+// 1 MiB, so a copy holds at most 6 MiB of them (old and new, lag+1 = 3
+// units in flight), outside its buffer memory. The default unit (half a
+// 256 MiB extent, 4 KiB blocks) needs 512 KiB. A larger unit goes to the
+// files range by range, as before. A variable for the tests of that path.
+var maxUnitEntries int64 = (1 << 20) / entrySize
 
 // openUnit prepares e's entries: nil when the copy keeps no manifest or
 // the extent has too many blocks.
@@ -231,6 +232,10 @@ func (u *unitEntries) curOf(first, n int64) []entry {
 	}
 	return u.held(u.cur, first, n)
 }
+
+// holdsCur says whether u holds new entries: every range of its unit must
+// then record into them (closeUnit writes them all, zeros included).
+func (u *unitEntries) holdsCur() bool { return u != nil && u.cur != nil }
 
 func (u *unitEntries) held(list []entry, first, n int64) []entry {
 	if list == nil || first < u.first || first+n > u.first+int64(len(list)) {

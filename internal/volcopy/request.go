@@ -174,9 +174,14 @@ func (c *Copier) writeRange(ctx context.Context, s *scratch, it item, buf []byte
 	if c.manifest != nil {
 		bs := int64(c.opts.BlockSize)
 		first, blocks := off/bs, (int64(len(buf))+bs-1)/bs
-		if cur = e.entries.curOf(first, blocks); cur != nil {
+		switch cur = e.entries.curOf(first, blocks); {
+		case cur != nil:
 			recorded = true
-		} else {
+		case e.entries.holdsCur():
+			// Recorded on its own, the range would be overwritten by the
+			// unit's held entries: never let that pass silently.
+			return fmt.Errorf("internal error: blocks %d-%d lie outside the manifest entries of their unit", first, first+blocks-1)
+		default:
 			cur = s.cur[:blocks]
 		}
 		if it.kind == itemHash {

@@ -17,6 +17,7 @@ import (
 type fileVolume struct {
 	f      *os.File
 	flags  int      // open flags, to reopen the inode with O_DIRECT
+	advice int      // the readahead advice last given for the whole file (POSIX_FADV_*)
 	direct *os.File // the same file with O_DIRECT, for aligned I/O; nil if unsupported or off
 	io     IO
 	size   int64
@@ -43,7 +44,7 @@ func openFile(path string, opts Options) (Volume, error) {
 		return nil, err
 	}
 	created := entry != nil && entry.created
-	v, err := newFileVolume(f, created, opts)
+	v, err := newFileVolume(f, flags, created, opts)
 	if err == nil {
 		if err = unix.SetNonblock(int(f.Fd()), false); err != nil {
 			err = fmt.Errorf("open %s: %w", path, err)
@@ -60,16 +61,16 @@ func openFile(path string, opts Options) (Volume, error) {
 		}
 		return nil, err
 	}
-	v.flags, v.entry = flags, entry
+	v.entry = entry
 	return v, nil
 }
 
-func newFileVolume(f *os.File, created bool, opts Options) (*fileVolume, error) {
+func newFileVolume(f *os.File, flags int, created bool, opts Options) (*fileVolume, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return nil, fmt.Errorf("stat %s: %w", f.Name(), err)
 	}
-	v := &fileVolume{f: f, id: fmt.Sprintf("file:%d:%d", st.Dev, st.Ino)}
+	v := &fileVolume{f: f, flags: flags, id: fmt.Sprintf("file:%d:%d", st.Dev, st.Ino)}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
 		v.size = st.Size
@@ -92,7 +93,7 @@ func newFileVolume(f *os.File, created bool, opts Options) (*fileVolume, error) 
 		v.size = opts.CreateSize
 		v.zero = true
 	}
-	_ = unix.Fadvise(int(f.Fd()), 0, 0, v.readAdvice())
+	v.advise(v.readAdvice())
 	return v, nil
 }
 
@@ -103,6 +104,13 @@ func (v *fileVolume) readAdvice() int {
 		return unix.FADV_SEQUENTIAL
 	}
 	return unix.FADV_NORMAL
+}
+
+// advise sets the whole file's readahead advice (a hint: it fails
+// silently) and remembers it for the tests.
+func (v *fileVolume) advise(adv int) {
+	_ = unix.Fadvise(int(v.f.Fd()), 0, 0, adv)
+	v.advice = adv
 }
 
 func (v *fileVolume) Size() int64      { return v.size }
@@ -257,6 +265,7 @@ func (v *fileVolume) Extents(_ context.Context, off, n int64) ([]Extent, error) 
 	// next call is SEEK_HOLE (two seeks per data extent and hole, not
 	// three: a fragmented file has thousands of them).
 	atData := false
+	changing := 0 // SEEK_HOLE found no data where SEEK_DATA had just found it
 	for pos := off; pos < end && len(out) < 1024; {
 		if !atData {
 			data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
@@ -281,7 +290,12 @@ func (v *fileVolume) Extents(_ context.Context, off, n int64) ([]Extent, error) 
 		}
 		h := min(hole, end)
 		if h == pos {
-			continue // changed since SEEK_DATA: look again
+			// Changed since SEEK_DATA: look again, a bounded number of
+			// times (a file system that keeps answering so is broken).
+			if changing++; changing > 16 {
+				return nil, fmt.Errorf("allocation of %s at %d keeps changing", v.f.Name(), pos)
+			}
+			continue
 		}
 		out = append(out, Extent{Off: pos, Len: h - pos})
 		pos = h

@@ -110,7 +110,7 @@ func (v *fileVolume) SetIO(set IO) IO {
 		if !set.Prefetch {
 			adv = v.readAdvice()
 		}
-		_ = unix.Fadvise(int(v.f.Fd()), 0, 0, adv)
+		v.advise(adv)
 	}
 	v.io = set
 	return set

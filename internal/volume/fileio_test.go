@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 	"unsafe"
@@ -132,9 +131,10 @@ func TestSetIODirect(t *testing.T) {
 	}
 }
 
-// TestPrefetch: with IO.Prefetch, Prefetch brings a range of a cold file
-// into the page cache (seen with mincore), and reads return the file's
-// data; direct I/O and SetIO without it turn it off.
+// TestPrefetch: with IO.Prefetch, a read brings in only what it asked for
+// (no readahead of the kernel's own), Prefetch brings a range of a cold
+// file into the page cache (both seen with mincore), and reads return the
+// file's data; direct I/O and SetIO without it turn it off.
 func TestPrefetch(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "src")
@@ -167,9 +167,10 @@ func TestPrefetch(t *testing.T) {
 	}
 	defer unix.Munmap(m)
 	const off, n = 1 << 20, 1 << 20
-	resident := func() int {
-		vec := make([]byte, n/os.Getpagesize())
-		if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[off])), n, uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+	pages := n / os.Getpagesize()
+	residentAt := func(at int) int {
+		vec := make([]byte, pages)
+		if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[at])), n, uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
 			t.Fatal(e)
 		}
 		c := 0
@@ -178,16 +179,27 @@ func TestPrefetch(t *testing.T) {
 		}
 		return c
 	}
-	if r := resident(); r == n/os.Getpagesize() {
-		t.Skipf("the file system keeps the range cached after FADV_DONTNEED (%d pages): nothing to see", r)
+	resident := func() int { return residentAt(off) }
+	if r, r0 := resident(), residentAt(0); r == pages || r0 == pages {
+		t.Skipf("the file system keeps the file cached after FADV_DONTNEED (%d, %d pages): nothing to see", r, r0)
+	}
+	// The first two pages, read in order: the kernel would read ahead
+	// (at least 4 pages); with Prefetch set it reads only those two.
+	for _, at := range []int64{0, 4096} {
+		if err := v.ReadAt(context.Background(), make([]byte, 4096), at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := residentAt(0); r > 2 {
+		t.Errorf("two one-page reads with Prefetch set cached %d pages: the kernel still reads ahead", r)
 	}
 	v.Prefetch(off, n)
 	deadline := time.Now().Add(10 * time.Second)
-	for resident() < n/os.Getpagesize() {
+	for resident() < pages {
 		if time.Now().After(deadline) {
-			t.Fatalf("after Prefetch, %d of %d pages cached", resident(), n/os.Getpagesize())
+			t.Fatalf("after Prefetch, %d of %d pages cached", resident(), pages)
 		}
-		runtime.Gosched()
+		time.Sleep(time.Millisecond) // the reads are in flight: look again
 	}
 	back := make([]byte, n)
 	if err := v.ReadAt(context.Background(), back, off); err != nil {
