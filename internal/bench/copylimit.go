@@ -98,13 +98,8 @@ func addLimit(s *copySet, name string, gen imageGen, dir string, img func(string
 		&copyTool{name: "limit: dd read", limit: limitRead, target: readFrom, reset: func() error { return nil },
 			argv: []string{"dd", "if=" + readFrom, "of=/dev/null", "bs=4M", fmt.Sprintf("count=%d", s.limitRead), "iflag=count_bytes", "status=none"}},
 		&copyTool{name: "limit: dd write+fsync", limit: limitWrite, target: w,
-			reset: func() error {
-				if err := os.Remove(w); err != nil && !errors.Is(err, os.ErrNotExist) {
-					return err
-				}
-				return nil
-			},
-			argv: []string{"dd", "if=/dev/zero", "of=" + w, "bs=4M", fmt.Sprintf("count=%d", s.limitWrite), "iflag=count_bytes", "conv=fsync", "status=none"}},
+			reset: func() error { return removeFiles(w) },
+			argv:  []string{"dd", "if=/dev/zero", "of=" + w, "bs=4M", fmt.Sprintf("count=%d", s.limitWrite), "iflag=count_bytes", "conv=fsync", "status=none"}},
 	)
 	if inPlace != nil {
 		return addInPlaceLimit(s, name, dir, img(imgBase), inPlace)
@@ -129,7 +124,7 @@ func addInPlaceLimit(s *copySet, name, dir, base string, offs []int64) error {
 	s.tools = append(s.tools, &copyTool{
 		name: fmt.Sprintf("limit: %d changed blocks written in place+fdatasync", len(offs)), limit: limitInPlace, target: w,
 		reset: func() error {
-			if err := os.Remove(w); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if err := removeFiles(w); err != nil {
 				return err
 			}
 			return copyFileSparse(base, w)

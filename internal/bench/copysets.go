@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -30,14 +29,7 @@ func makeSet(name string, gen imageGen, dir string, img func(string) string, bin
 	dst := filepath.Join(dir, "target-"+name)
 	manifest := filepath.Join(dir, ".target-"+name+".taskd-manifest")
 	checkpoint := filepath.Join(dir, "checkpoint-"+name)
-	fresh := func() error {
-		for _, p := range []string{dst, manifest, checkpoint} {
-			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return err
-			}
-		}
-		return nil
-	}
+	fresh := func() error { return removeFiles(dst, manifest, checkpoint) }
 	local := func(src string) []*copyTool {
 		return []*copyTool{
 			{name: "taskd-copy", ours: true, argv: []string{bin.copy, src, dst, "--progress", "none"}, target: dst, reset: fresh},

@@ -265,7 +265,7 @@ func (v *fileVolume) Extents(_ context.Context, off, n int64) ([]Extent, error) 
 	// next call is SEEK_HOLE (two seeks per data extent and hole, not
 	// three: a fragmented file has thousands of them).
 	atData := false
-	changing := 0 // SEEK_HOLE found no data where SEEK_DATA had just found it
+	changing := 0 // SEEK_HOLE found no data where SEEK_DATA had just found it, in a row
 	for pos := off; pos < end && len(out) < 1024; {
 		if !atData {
 			data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
@@ -298,7 +298,7 @@ func (v *fileVolume) Extents(_ context.Context, off, n int64) ([]Extent, error) 
 			continue
 		}
 		out = append(out, Extent{Off: pos, Len: h - pos})
-		pos = h
+		pos, changing = h, 0
 	}
 	return out, nil
 }
